@@ -1,0 +1,89 @@
+"""The damage report: what could not be read, where, and why.
+
+An entry names the layer (backend) that found it, the node path in the
+mounted tree it concerns, the byte ranges inside that node, a stable code and
+a one-line message.  Entries are de-duplicated, so reporting the same fact
+twice (during discovery and again on a read) is harmless.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+SEVERITIES = ("info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Damage:
+    severity: str  # info | warning | error
+    layer: str  # backend name: "qcow2", "ddrescue", "gpt", "core" ...
+    path: str  # node path in the tree ("storage/files/x.qcow2/disk.raw") or input path
+    code: str  # stable machine-readable code, e.g. "bad-sectors"
+    message: str  # one line for humans
+    ranges: tuple = ()  # ((offset, length), ...) inside ``path``
+
+    def to_json(self):
+        return {
+            "severity": self.severity,
+            "layer": self.layer,
+            "path": self.path,
+            "code": self.code,
+            "message": self.message,
+            "ranges": [[o, n] for o, n in self.ranges],
+        }
+
+    def line(self):
+        rng = ""
+        if self.ranges:
+            shown = ", ".join(f"{o:#x}+{n:#x}" for o, n in self.ranges[:8])
+            more = f" (+{len(self.ranges) - 8} more)" if len(self.ranges) > 8 else ""
+            rng = f" [{shown}{more}]"
+        return f"{self.severity.upper():7} {self.layer}: {self.path}: {self.message}{rng}"
+
+
+def merge_ranges(ranges):
+    """Sort ``(offset, length)`` pairs and join the ones that touch."""
+    out = []
+    for off, ln in sorted(r for r in ranges if r[1] > 0):
+        if out and off <= out[-1][0] + out[-1][1]:
+            last_off, last_len = out[-1]
+            out[-1] = (last_off, max(last_len, off + ln - last_off))
+        else:
+            out.append((off, ln))
+    return out
+
+
+@dataclass
+class DamageReport:
+    """Thread-safe, de-duplicating collection of :class:`Damage` entries."""
+
+    entries: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self._seen = set()
+        self._lock = threading.Lock()
+
+    def add(self, severity, layer, path, code, message, ranges=()):
+        assert severity in SEVERITIES, severity
+        entry = Damage(severity, layer, str(path), code, message,
+                       tuple(tuple(r) for r in merge_ranges(ranges)))
+        with self._lock:
+            if entry in self._seen:
+                return entry
+            self._seen.add(entry)
+            self.entries.append(entry)
+        return entry
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self.entries))
+
+    def __len__(self):
+        return len(self.entries)
+
+    def count(self, severity):
+        return sum(1 for e in self if e.severity == severity)
+
+    def to_json(self):
+        return [e.to_json() for e in self]

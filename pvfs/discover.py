@@ -1,0 +1,417 @@
+"""Discovery: stack the layers found in the inputs into one node tree.
+
+Every input file becomes a :class:`Volume`.  Each volume is probed by every
+backend; the best score opens it, and what it exposes (a virtual disk, a
+partition, an LV) becomes a new volume that is probed in turn, so layers
+stack without knowing each other.  Members of multi-member formats are
+collected by key and opened as a group once nothing is left to probe.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+
+from . import ddrescue
+from .backend import load_backends, load_errors
+from .damage import DamageReport
+from .errors import PvfsError, UnreadableError
+from .fsprobe import detect_filesystem
+from .nodes import Dir, File, GeneratedFile
+from .proxmox import parse_volname
+from .source import BAD_EIO, FileSource
+
+MAX_DEPTH = 12  # layers inside layers; protects against loops in hostile images
+MAX_VOLUMES = 100_000
+
+
+@dataclass
+class Options:
+    bad: str | None = None  # None: each backend's default; "eio" or "zero"
+    mapfiles: dict = field(default_factory=dict)  # input path -> mapfile path
+    backend_options: dict = field(default_factory=dict)  # e.g. {"zfs_txg": 123}
+    progress: bool | None = None  # None: when stderr is a terminal
+
+    def get(self, key, default=None):
+        return self.backend_options.get(key, default)
+
+
+@dataclass
+class Home:
+    """A place where a volume's children (partitions) are shown."""
+
+    parent: Dir
+    subdir: str | None  # None: children go straight into parent
+    path: str  # tree path of the directory the children land in
+
+    def dir(self):
+        if self.subdir is None:
+            return self.parent
+        return self.parent.subdir(self.subdir)
+
+
+class Volume:
+    """A random-access source found during discovery, and where it is shown."""
+
+    def __init__(self, source, path, name, role, parent=None, input_path=None):
+        self.source = source
+        self.path = path  # tree path of the node that exposes it ("storage/files/a.img")
+        self.name = name
+        self.role = role  # input | disk | partition | lv | zvol | member-data ...
+        self.parent = parent
+        self.depth = 0 if parent is None else parent.depth + 1
+        self.input_path = input_path
+        self.homes: list[Home] = []
+        self.children: list[tuple[str, "Volume"]] = []
+        self.claimed_by: str | None = None
+        self.info: dict = {}
+        self.filesystem: str | None = None
+        self.vm_paths: list[str] = []
+
+    def __repr__(self):
+        return f"<Volume {self.path} {self.role}>"
+
+
+class Context:
+    """What backends use to build the tree and report damage."""
+
+    def __init__(self, options: Options | None = None):
+        self.options = options or Options()
+        self.report = DamageReport()
+        self.root = Dir(mode=0o555)
+        self.storage_root = self.root.subdir("storage")
+        self.vms_root = self.root.subdir("vms")
+        self.cts_root = self.root.subdir("cts")
+        self.volumes: list[Volume] = []
+        self.inputs: list[dict] = []
+        self.queue: list[Volume] = []
+        self.groups: dict = {}
+        self.opened_groups: set = set()
+        self.progress = None
+        self.started = time.time()
+        self.extra_readme: list[str] = []
+
+    # -- options -----------------------------------------------------------
+    def bad(self, default=BAD_EIO):
+        """The unreadable-bytes policy: the user's ``--bad`` or the backend's default."""
+        return self.options.bad or default
+
+    # -- tree helpers --------------------------------------------------------
+    def storage(self, area: str) -> Dir:
+        """``storage/<area>/`` (zfs, lvm, ceph, pbs, drbd, files)."""
+        return self.storage_root.subdir(area)
+
+    def add_volume(self, source, directory: Dir, name: str, dir_path: str, role: str,
+                   parent: Volume | None = None, probe=True, children_home="sibling",
+                   mtime=None, input_path=None) -> Volume:
+        """Show ``source`` as file ``name`` in ``directory`` and queue it for probing.
+
+        ``children_home`` says where its partitions go: ``"sibling"`` (into
+        the same directory, as ``storage/files/<input>/p1``) or ``"parts"``
+        (into ``<name>.parts/``) or None (nowhere).
+        """
+        name = directory.add(name, File(source, mtime=mtime), report=self.report,
+                             path_hint=dir_path)
+        path = f"{dir_path}/{name}"
+        vol = Volume(source, path, name, role, parent=parent, input_path=input_path)
+        if children_home == "sibling":
+            vol.homes.append(Home(directory, None, dir_path))
+        elif children_home == "parts":
+            vol.homes.append(Home(directory, f"{name}.parts", f"{dir_path}/{name}.parts"))
+        self._register(vol, probe)
+        return vol
+
+    def _register(self, vol, probe):
+        if len(self.volumes) >= MAX_VOLUMES:
+            raise PvfsError(f"more than {MAX_VOLUMES} volumes found; refusing to go on")
+        self.volumes.append(vol)
+        if probe and vol.depth <= MAX_DEPTH:
+            self.queue.append(vol)
+        elif probe:
+            self.report.add("warning", "core", vol.path, "too-deep",
+                            f"more than {MAX_DEPTH} layers deep; not probed further")
+
+    def add_child(self, volume: Volume, name: str, source, role="partition", info=None) -> Volume:
+        """Add a child of ``volume`` (a partition) in every one of its homes."""
+        first = None
+        for home in volume.homes:
+            d = home.dir()
+            used = d.add(name, File(source), report=self.report, path_hint=home.path)
+            if first is None:
+                first = Volume(source, f"{home.path}/{used}", used, role, parent=volume)
+                first.info.update(info or {})
+                first.homes.append(Home(d, f"{used}.parts", f"{home.path}/{used}.parts"))
+        if first is None:  # no home: still probe it (e.g. LVM inside an unlisted partition)
+            first = Volume(source, f"{volume.path}#{name}", name, role, parent=volume)
+        volume.children.append((name, first))
+        self._register(first, True)
+        return first
+
+    def add_home(self, volume: Volume, home: Home):
+        """Show ``volume``'s children in one more place (children added later follow)."""
+        volume.homes.append(home)
+        for name, child in volume.children:
+            home.dir().add(name, File(child.source), report=self.report, path_hint=home.path)
+
+    def add_input_disk(self, input_vol: Volume, source, snapshot: str | None = None,
+                       info: dict | None = None, mtime=None) -> Volume:
+        """Show the virtual disk that an input file holds (qcow2, raw, vmdk ...).
+
+        It lands at ``storage/files/<input>/disk.raw`` (or
+        ``snapshots/<snapshot>/disk.raw``) with its partitions beside it, and
+        under ``vms/<vmid>/`` when the input follows Proxmox naming.
+        """
+        d = input_vol.homes[0].dir()
+        dpath = input_vol.homes[0].path
+        if snapshot is not None:
+            d = d.subdir("snapshots").subdir(snapshot)
+            dpath = f"{dpath}/snapshots/{snapshot}"
+        mtime = mtime if mtime is not None else getattr(input_vol, "mtime", None)
+        vol = self.add_volume(source, d, "disk.raw", dpath, "disk", parent=input_vol,
+                              children_home="sibling", mtime=mtime)
+        vol.info.update(info or {})
+        stem = input_vol.name
+        for ext in (".qcow2", ".raw", ".img", ".vmdk"):
+            if stem.endswith(ext):
+                stem = stem[: -len(ext)]
+                break
+        self.add_proxmox_disk(stem, vol, snapshot=snapshot, mtime=mtime)
+        return vol
+
+    # -- Proxmox view ------------------------------------------------------------
+    def add_proxmox_disk(self, volname: str, volume: Volume, snapshot: str | None = None,
+                         mtime=None) -> bool:
+        """If ``volname`` follows Proxmox naming, show ``volume`` under ``vms/<vmid>/``.
+
+        ``snapshot`` puts it in ``vms/<vmid>/snapshots/<snapshot>/``.
+        Returns whether the name matched.
+        """
+        vn = parse_volname(volname)
+        if vn is None or vn.is_container:
+            return False
+        vmdir = self.vms_root.subdir(str(vn.vmid))
+        dpath = f"vms/{vn.vmid}"
+        if snapshot is not None:
+            vmdir = vmdir.subdir("snapshots").subdir(snapshot)
+            dpath = f"{dpath}/snapshots/{snapshot}"
+        name = vmdir.add(f"disk-{vn.disk}.raw", File(volume.source, mtime=mtime),
+                         report=self.report, path_hint=dpath)
+        volume.vm_paths.append(f"{dpath}/{name}")
+        volume.info.setdefault("proxmox", {"vmid": vn.vmid, "disk": vn.disk, "kind": vn.kind})
+        stem = name[:-4] if name.endswith(".raw") else name
+        self.add_home(volume, Home(vmdir, f"{stem}.parts", f"{dpath}/{stem}.parts"))
+        return True
+
+    def container_dir(self, vmid: int, snapshot: str | None = None) -> tuple[Dir, str]:
+        """``cts/<vmid>/`` (or its ``snapshots/<snapshot>/``), for container backends."""
+        d = self.cts_root.subdir(str(vmid))
+        path = f"cts/{vmid}"
+        if snapshot is not None:
+            d = d.subdir("snapshots").subdir(snapshot)
+            path = f"{path}/snapshots/{snapshot}"
+        return d, path
+
+    # -- groups ----------------------------------------------------------------
+    def add_member(self, backend, key, volume):
+        gkey = (backend.name, key)
+        if gkey in self.opened_groups:
+            self.report.add("warning", backend.name, volume.path, "late-member",
+                            "member found after its group was assembled; not used")
+            return
+        self.groups.setdefault(gkey, (backend, []))[1].append(volume)
+
+    def note_progress(self, text):
+        if self.progress is not None:
+            self.progress.update(text)
+
+
+# ---------------------------------------------------------------------------
+def _safe_probe(backend, volume, ctx):
+    try:
+        return float(backend.probe(volume, ctx) or 0)
+    except Exception as e:  # a probe must never raise; if it does, it is a bug, not damage
+        ctx.report.add("warning", backend.name, volume.path, "probe-failed",
+                       f"probe raised {type(e).__name__}: {e}")
+        return 0.0
+
+
+def _run_backend(ctx, backend, volume, what, fn, *args):
+    try:
+        fn(*args)
+        return True
+    except UnreadableError as e:
+        ctx.report.add("error", backend.name, volume.path if volume else what, "unreadable",
+                       f"{what}: {e}", e.ranges)
+    except PvfsError as e:
+        ctx.report.add("error", backend.name, volume.path if volume else what, "open-failed",
+                       f"{what}: {e}")
+    except (RecursionError, MemoryError) as e:
+        ctx.report.add("error", backend.name, volume.path if volume else what, "open-failed",
+                       f"{what}: {type(e).__name__} (hostile structure?)")
+    except Exception as e:
+        ctx.report.add("error", backend.name, volume.path if volume else what, "internal-error",
+                       f"{what}: {type(e).__name__}: {e}")
+    return False
+
+
+def probe_volume(ctx, volume):
+    backends = load_backends()
+    scores = []
+    for b in backends:
+        if b.roles is not None and volume.role not in b.roles:
+            continue
+        s = _safe_probe(b, volume, ctx)
+        if s > 0:
+            scores.append((s, b))
+    if not scores:
+        volume.filesystem = detect_filesystem(volume.source)
+        return
+    scores.sort(key=lambda t: -t[0])
+    best = scores[0][1]
+    volume.claimed_by = best.name
+    ctx.note_progress(f"{best.name}: {volume.path}")
+    if best.grouped:
+        key = None
+        try:
+            key = best.member_key(volume, ctx)
+        except Exception as e:
+            ctx.report.add("error", best.name, volume.path, "open-failed",
+                           f"member label: {type(e).__name__}: {e}")
+        if key is not None:
+            ctx.add_member(best, key, volume)
+        return
+    _run_backend(ctx, best, volume, volume.path, best.open, volume, ctx)
+
+
+def _open_input_file(ctx, path, directory, dir_path, name):
+    src = FileSource(path)
+    bad_ranges = None
+    mapfile = ctx.options.mapfiles.get(os.path.abspath(path))
+    if mapfile is None and os.path.exists(path + ".map"):
+        mapfile = path + ".map"
+    if mapfile:
+        try:
+            bad_ranges = ddrescue.load_mapfile(mapfile)
+        except ddrescue.MapfileError as e:
+            ctx.report.add("error", "ddrescue", path, "bad-mapfile", str(e))
+    if bad_ranges:
+        src = ddrescue.BadRangeSource(src, bad_ranges, bad=ctx.bad(BAD_EIO), label=name)
+    ctx.inputs.append({"path": os.path.abspath(path), "size": src.size,
+                       "mapfile": os.path.abspath(mapfile) if mapfile else None,
+                       "bad_bytes": sum(n for _, n in bad_ranges or [])})
+    st = os.stat(path)
+    d = directory.subdir(name)
+    dpath = f"{dir_path}/{name}"
+    # The input itself is a volume without its own node: what it holds is shown in d.
+    vol = Volume(src, dpath, name, "input", input_path=os.path.abspath(path))
+    vol.mtime = st.st_mtime
+    vol.homes.append(Home(d, None, dpath))
+    vol.dir = d
+    ctx._register(vol, True)
+    if bad_ranges:
+        ctx.report.add("error", "ddrescue", os.path.abspath(path), "bad-sectors",
+                       f"{len(bad_ranges)} unreadable ranges ({sum(n for _, n in bad_ranges)} bytes) "
+                       f"in the ddrescue mapfile {os.path.basename(mapfile)}", bad_ranges)
+    return vol
+
+
+MAX_DIR_FILES = 100_000
+
+
+def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
+    backends = load_backends()
+    scores = []
+    for b in backends:
+        try:
+            s = float(b.probe_dir(path, ctx) or 0)
+        except Exception as e:
+            ctx.report.add("warning", b.name, path, "probe-failed", f"{type(e).__name__}: {e}")
+            s = 0
+        if s > 0:
+            scores.append((s, b))
+    if scores:
+        scores.sort(key=lambda t: -t[0])
+        best = scores[0][1]
+        _run_backend(ctx, best, None, path, best.open_dir, path, ctx)
+        return
+    # A plain folder: every file in it is an input, sub-folders are probed again.
+    if depth > 8:
+        ctx.report.add("warning", "core", path, "too-deep", "directory nesting too deep; skipped")
+        return
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as e:
+        ctx.report.add("error", "core", path, "unreadable-dir", f"cannot list: {e.strerror}")
+        return
+    d = directory.subdir(name)
+    for e in entries:
+        add_input(ctx, e.path, d, f"{dir_path}/{name}", depth=depth + 1)
+
+
+def add_input(ctx, path, directory=None, dir_path="storage/files", depth=0):
+    """Add one command-line input (file, block device or directory)."""
+    if directory is None:
+        directory = ctx.storage("files")
+    name = os.path.basename(os.path.normpath(path)) or "input"
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise PvfsError(f"{path}: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        _open_input_dir(ctx, path, directory, dir_path, name, depth)
+    elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        if depth > 0 and (name.endswith(".map") and os.path.exists(path[:-4])):
+            return  # a ddrescue mapfile beside its image
+        _open_input_file(ctx, path, directory, dir_path, name)
+
+
+def run_queue(ctx):
+    while True:
+        while ctx.queue:
+            vol = ctx.queue.pop(0)
+            probe_volume(ctx, vol)
+        pending = [(k, v) for k, v in ctx.groups.items() if k not in ctx.opened_groups]
+        if not pending:
+            break
+        for gkey, (backend, members) in pending:
+            ctx.opened_groups.add(gkey)
+            ctx.note_progress(f"{backend.name}: assembling {gkey[1]}")
+            _run_backend(ctx, backend, members[0], f"{backend.name} group {gkey[1]}",
+                         backend.open_group, gkey[1], members, ctx)
+
+
+def finish(ctx):
+    """Steps after all layers are open: container rootfs view, damage of bad ranges."""
+    from .report import attach_generated_files, propagate_unreadable
+
+    for vol in ctx.volumes:
+        if vol.claimed_by is None and vol.filesystem is None and vol.role != "input":
+            vol.filesystem = detect_filesystem(vol.source)
+    # A Proxmox disk with a bare filesystem and no partition table: a container volume.
+    for vol in ctx.volumes:
+        pm = vol.info.get("proxmox")
+        if not pm or vol.claimed_by is not None or vol.filesystem in (None, "swap"):
+            continue
+        cdir, cpath = ctx.container_dir(pm["vmid"])
+        fname = "rootfs.raw" if "rootfs.raw" not in cdir.children() else f"disk-{pm['disk']}.raw"
+        used = cdir.add(fname, File(vol.source), report=ctx.report, path_hint=cpath)
+        vol.vm_paths.append(f"{cpath}/{used}")
+    propagate_unreadable(ctx)
+    attach_generated_files(ctx)
+
+
+def discover(inputs, options: Options | None = None, progress=None) -> Context:
+    """Open every input, stack every layer, return the finished :class:`Context`."""
+    ctx = Context(options)
+    ctx.progress = progress
+    for name, err in load_errors():
+        ctx.report.add("warning", "core", f"backends/{name}", "backend-unavailable",
+                       f"backend {name} could not be loaded: {err}")
+    for path in inputs:
+        ctx.note_progress(f"opening {path}")
+        add_input(ctx, path)
+    run_queue(ctx)
+    finish(ctx)
+    return ctx

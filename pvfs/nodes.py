@@ -1,0 +1,176 @@
+"""The node tree that is mounted: directories, files, symlinks, special files.
+
+Nodes know nothing about FUSE; ``mountd`` turns them into inodes.  A node
+object is one inode: a hard link is the same node placed in two
+directories.  Directories may be lazy: ``loader`` is called once, on first
+listing, to fill the children (large ZFS or pxar directories).
+"""
+
+from __future__ import annotations
+
+import stat
+import threading
+import time
+
+from .source import Source
+
+_START_TIME = time.time()
+
+
+class Node:
+    kind = "node"
+
+    def __init__(self, mode, mtime=None, uid=0, gid=0, atime=None, ctime=None):
+        self.mode = mode
+        self.mtime = _START_TIME if mtime is None else mtime
+        self.atime = self.mtime if atime is None else atime
+        self.ctime = self.mtime if ctime is None else ctime
+        self.uid = uid
+        self.gid = gid
+        self.xattrs: dict[bytes, bytes] = {}
+        self.nlink = 1
+        self.rdev = 0
+
+    @property
+    def size(self):
+        return 0
+
+    def allocated_bytes(self):
+        return 0
+
+
+class Dir(Node):
+    kind = "dir"
+
+    def __init__(self, mode=0o555, loader=None, **kw):
+        super().__init__(stat.S_IFDIR | (mode & 0o7777), **kw)
+        self._children: dict[str, Node] = {}
+        self._loader = loader
+        self._lock = threading.Lock()
+
+    def children(self) -> dict:
+        if self._loader is not None:
+            with self._lock:
+                loader, self._loader = self._loader, None
+                if loader is not None:
+                    loader(self)
+        return self._children
+
+    def get(self, name):
+        return self.children().get(name)
+
+    def add(self, name: str, node: Node, report=None, layer="core", path_hint="") -> str:
+        """Add ``node`` under ``name``; a clashing name gets ``~2``, ``~3`` ...
+
+        Returns the name used.  A renamed entry is reported (nothing is
+        silently hidden).
+        """
+        name = sanitize_name(name)
+        chosen = name
+        n = 2
+        while chosen in self._children:
+            stem, dot, ext = name.partition(".") if not isinstance(node, Dir) else (name, "", "")
+            chosen = f"{stem}~{n}{dot}{ext}"
+            n += 1
+        self._children[chosen] = node
+        if chosen != name and report is not None:
+            where = f"{path_hint}/{chosen}" if path_hint else chosen
+            report.add("info", layer, where, "name-clash",
+                       f"name {name!r} was taken; this entry is shown as {chosen!r}")
+        return chosen
+
+    def subdir(self, name: str, **kw) -> "Dir":
+        """The child directory ``name``, created if missing."""
+        node = self._children.get(name)
+        if isinstance(node, Dir):
+            return node
+        node = Dir(**kw)
+        self.add(name, node)
+        return node
+
+
+class File(Node):
+    kind = "file"
+
+    def __init__(self, source: Source, mode=0o444, **kw):
+        super().__init__(stat.S_IFREG | (mode & 0o7777), **kw)
+        self.source = source
+        self._allocated = None
+
+    @property
+    def size(self):
+        return self.source.size
+
+    def allocated_bytes(self):
+        if self._allocated is None:
+            try:
+                self._allocated = self.source.allocated_bytes()
+            except Exception:
+                self._allocated = self.source.size
+        return self._allocated
+
+
+class GeneratedFile(Node):
+    """A small file whose text is made when it is read (README.txt, report.json)."""
+
+    kind = "generated"
+
+    def __init__(self, render, mode=0o444, **kw):
+        super().__init__(stat.S_IFREG | (mode & 0o7777), **kw)
+        self.render = render
+
+    @property
+    def size(self):
+        return len(self.render())
+
+    def allocated_bytes(self):
+        return self.size
+
+
+class Symlink(Node):
+    kind = "symlink"
+
+    def __init__(self, target: bytes | str, **kw):
+        super().__init__(stat.S_IFLNK | 0o777, **kw)
+        self.target = target.encode() if isinstance(target, str) else target
+
+    @property
+    def size(self):
+        return len(self.target)
+
+
+class Special(Node):
+    """Device node, fifo or socket: shown with its type, never opened."""
+
+    kind = "special"
+
+    def __init__(self, mode, rdev=0, **kw):
+        super().__init__(mode, **kw)
+        self.rdev = rdev
+
+
+def sanitize_name(name: str) -> str:
+    """A name that is valid as one path component."""
+    name = name.replace("/", "_").replace("\0", "_")
+    if name in ("", ".", ".."):
+        name = name.replace(".", "_") or "_"
+    return name
+
+
+def walk(node: Node, path=""):
+    """Yield ``(path, node)`` for every node below ``node`` (loads lazy dirs)."""
+    yield path, node
+    if isinstance(node, Dir):
+        for name, child in node.children().items():
+            yield from walk(child, f"{path}/{name}" if path else name)
+
+
+def resolve(root: Dir, path: str):
+    node = root
+    for part in [p for p in path.split("/") if p]:
+        if not isinstance(node, Dir):
+            return None
+        node = node.get(part)
+        if node is None:
+            return None
+    return node

@@ -1,0 +1,320 @@
+"""Random-access sources: the one interface every layer reads and exposes.
+
+A :class:`Source` has a ``size`` and ``read(offset, length)`` with pread
+semantics: no cursor, safe to call from several threads, short only at the
+end of the source.  ``block_status`` tells, per range, whether bytes are
+``data``, explicitly ``zero``, ``unmapped`` (reads as zeros, never written)
+or ``unreadable`` (bad sectors, a missing member, a failed checksum).
+
+Subclasses implement ``_read(offset, length)`` for an in-bounds range and,
+when they know better than "all data", ``_block_status``.  The model is
+dissect.util's stream.py and qemu's block-status API.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import itertools
+import os
+import stat
+
+from .errors import PvfsError, UnreadableError
+
+DATA = "data"
+ZERO = "zero"
+UNMAPPED = "unmapped"
+UNREADABLE = "unreadable"
+STATUSES = (DATA, ZERO, UNMAPPED, UNREADABLE)
+
+#: What a reader does with unreadable bytes: raise EIO or read zeros.
+BAD_EIO = "eio"
+BAD_ZERO = "zero"
+
+_uids = itertools.count(1)
+
+
+def coalesce(extents):
+    """Join neighbouring ``(offset, length, status)`` triples of equal status."""
+    out = []
+    for off, ln, st in extents:
+        if ln <= 0:
+            continue
+        if out and out[-1][2] == st and out[-1][0] + out[-1][1] == off:
+            out[-1] = (out[-1][0], out[-1][1] + ln, st)
+        else:
+            out.append((off, ln, st))
+    return out
+
+
+class Source:
+    """Base class of every random-access source."""
+
+    size: int = 0
+    label: str = "source"
+
+    def __init__(self):
+        self.uid = next(_uids)
+
+    # -- public API -------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        if offset >= self.size or length == 0:
+            return b""
+        length = min(length, self.size - offset)
+        data = self._read(offset, length)
+        if len(data) != length:  # defensive: a backend must never return short
+            raise UnreadableError(
+                f"{self.label}: short read at {offset:#x} ({len(data)} of {length} bytes)",
+                [(offset + len(data), length - len(data))])
+        return data
+
+    def block_status(self, offset: int = 0, length: int | None = None):
+        """List of ``(offset, length, status)`` covering the range, coalesced."""
+        if length is None:
+            length = self.size - offset
+        offset = max(0, offset)
+        length = min(length, self.size - offset)
+        if length <= 0:
+            return []
+        return coalesce(self._block_status(offset, length))
+
+    def unreadable_ranges(self, offset: int = 0, length: int | None = None):
+        return [(o, n) for o, n, s in self.block_status(offset, length) if s == UNREADABLE]
+
+    def allocated_bytes(self) -> int:
+        """Bytes that hold data (for ``st_blocks``)."""
+        return sum(n for _, n, s in self.block_status() if s == DATA)
+
+    def close(self):
+        pass
+
+    # -- for subclasses ----------------------------------------------------
+    def _read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def _block_status(self, offset: int, length: int):
+        return [(offset, length, DATA)]
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.label} size={self.size}>"
+
+
+class FileSource(Source):
+    """A regular file or block device, opened ``O_RDONLY`` and read with pread."""
+
+    def __init__(self, path, label=None):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.label = label or os.path.basename(self.path)
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise PvfsError(f"cannot open {self.path}: {e.strerror}") from None
+        st = os.fstat(self.fd)
+        self.stat = st
+        if stat.S_ISBLK(st.st_mode):
+            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        elif stat.S_ISREG(st.st_mode):
+            self.size = st.st_size
+        else:
+            os.close(self.fd)
+            raise PvfsError(f"{self.path}: not a regular file or block device")
+
+    def _read(self, offset, length):
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as e:
+            raise UnreadableError(f"{self.label}: read error at {offset:#x}: {e.strerror}",
+                                  [(offset, length)]) from None
+        if len(data) < length:  # file shrank under us
+            raise UnreadableError(f"{self.label}: file ends at {offset + len(data):#x}",
+                                  [(offset + len(data), length - len(data))])
+        return data
+
+    def _block_status(self, offset, length):
+        """Holes found with SEEK_DATA/SEEK_HOLE are ``unmapped``."""
+        end = offset + length
+        out = []
+        pos = offset
+        try:
+            while pos < end:
+                try:
+                    data = os.lseek(self.fd, pos, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno == errno.ENXIO:  # only a hole remains
+                        out.append((pos, end - pos, UNMAPPED))
+                        break
+                    raise
+                if data > pos:
+                    out.append((pos, min(data, end) - pos, UNMAPPED))
+                if data >= end:
+                    break
+                hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), end)
+                out.append((data, hole - data, DATA))
+                pos = hole
+        except OSError:
+            return [(offset, length, DATA)]
+        return out
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class BytesSource(Source):
+    """Small in-memory data (decoded config blobs, generated files, tests)."""
+
+    def __init__(self, data: bytes, label="bytes"):
+        super().__init__()
+        self.data = bytes(data)
+        self.size = len(self.data)
+        self.label = label
+
+    def _read(self, offset, length):
+        return self.data[offset:offset + length]
+
+
+class ZeroSource(Source):
+    """``size`` bytes of zeros; ``status`` says how they count."""
+
+    def __init__(self, size, status=UNMAPPED, label="zeros"):
+        super().__init__()
+        self.size = size
+        self.status = status
+        self.label = label
+
+    def _read(self, offset, length):
+        return bytes(length)
+
+    def _block_status(self, offset, length):
+        return [(offset, length, self.status)]
+
+
+class MissingSource(Source):
+    """Bytes that exist in the layout but that nobody can give us.
+
+    Reads raise :class:`UnreadableError` (policy ``eio``) or return zeros
+    (policy ``zero``); block status is always ``unreadable``.
+    """
+
+    def __init__(self, size, reason, bad=BAD_EIO, label="missing"):
+        super().__init__()
+        self.size = size
+        self.reason = reason
+        self.bad = bad
+        self.label = label
+
+    def _read(self, offset, length):
+        if self.bad == BAD_ZERO:
+            return bytes(length)
+        raise UnreadableError(f"{self.label}: {self.reason}", [(offset, length)])
+
+    def _block_status(self, offset, length):
+        return [(offset, length, UNREADABLE)]
+
+
+class SliceSource(Source):
+    """``size`` bytes of ``parent`` starting at ``offset`` (a partition, an LV segment).
+
+    Bytes past the end of the parent (a truncated image) are unreadable.
+    """
+
+    def __init__(self, parent: Source, offset: int, size: int, label=None, bad=BAD_EIO):
+        super().__init__()
+        self.parent = parent
+        self.offset = offset
+        self.size = size
+        self.bad = bad
+        self.label = label or f"{parent.label}[{offset:#x}+{size:#x}]"
+
+    def _read(self, offset, length):
+        start = self.offset + offset
+        avail = max(0, min(length, self.parent.size - start))
+        data = self.parent.read(start, avail) if avail else b""
+        if avail < length:
+            if self.bad == BAD_ZERO:
+                return data + bytes(length - avail)
+            raise UnreadableError(f"{self.label}: beyond the end of {self.parent.label}",
+                                  [(offset + avail, length - avail)])
+        return data
+
+    def _block_status(self, offset, length):
+        start = self.offset + offset
+        avail = max(0, min(length, self.parent.size - start))
+        out = []
+        if avail:
+            out = [(o - self.offset, n, s) for o, n, s in self.parent.block_status(start, avail)]
+        if avail < length:
+            out.append((offset + avail, length - avail, UNREADABLE))
+        return out
+
+
+class ExtentSource(Source):
+    """A source assembled from extents of other sources.
+
+    ``extents`` is a list of ``(offset, length, target, target_offset)``;
+    ``target`` ``None`` means unmapped (reads zeros).  Gaps between extents
+    are unmapped too.  Concatenation, LVM segments, DRBD merges and RBD
+    objects are all ExtentSources.
+    """
+
+    def __init__(self, size, extents, label="extents"):
+        super().__init__()
+        self.size = size
+        self.label = label
+        self.extents = sorted((e for e in extents if e[1] > 0), key=lambda e: e[0])
+        self._starts = [e[0] for e in self.extents]
+
+    def _pieces(self, offset, length):
+        """Yield ``(offset, length, target, target_offset)`` covering the range, gaps as None."""
+        end = offset + length
+        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        pos = offset
+        while pos < end:
+            if i < len(self.extents):
+                e_off, e_len, target, t_off = self.extents[i]
+                if e_off + e_len <= pos:
+                    i += 1
+                    continue
+                if e_off > pos:
+                    gap = min(e_off, end) - pos
+                    yield pos, gap, None, 0
+                    pos += gap
+                    continue
+                n = min(e_off + e_len, end) - pos
+                yield pos, n, target, t_off + (pos - e_off)
+                pos += n
+                i += 1
+            else:
+                yield pos, end - pos, None, 0
+                pos = end
+
+    def _read(self, offset, length):
+        parts = []
+        for pos, n, target, t_off in self._pieces(offset, length):
+            if target is None:
+                parts.append(bytes(n))
+            else:
+                parts.append(target.read(t_off, n))
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def _block_status(self, offset, length):
+        out = []
+        for pos, n, target, t_off in self._pieces(offset, length):
+            if target is None:
+                out.append((pos, n, UNMAPPED))
+            else:
+                out.extend((o - t_off + pos, ln, s) for o, ln, s in target.block_status(t_off, n))
+        return out
+
+
+def concat(sources, label="concat"):
+    """Sources one after another."""
+    extents, pos = [], 0
+    for s in sources:
+        extents.append((pos, s.size, s, 0))
+        pos += s.size
+    return ExtentSource(pos, extents, label=label)

@@ -1,0 +1,76 @@
+import os
+
+import pytest
+
+from pvfs.ddrescue import BadRangeSource, MapfileError, parse_mapfile
+from pvfs.errors import UnreadableError
+from pvfs.source import (DATA, UNMAPPED, UNREADABLE, BytesSource, ExtentSource, FileSource,
+                         SliceSource, concat)
+
+
+def test_file_source_reads_and_holes(tmp_path):
+    p = tmp_path / "img"
+    with open(p, "wb") as f:
+        f.write(b"A" * 4096)
+        f.seek(1 << 20)
+        f.write(b"B" * 4096)
+    src = FileSource(p)
+    assert src.size == (1 << 20) + 4096
+    assert src.read(0, 4) == b"AAAA"
+    assert src.read((1 << 20) - 2, 4) == b"\0\0BB"
+    assert src.read(src.size - 2, 100) == b"BB"
+    assert src.read(src.size, 10) == b""
+    st = src.block_status()
+    assert st[0] == (0, 4096, DATA)
+    assert st[-1][2] == DATA and st[-1][0] + st[-1][1] == src.size
+    assert any(s == UNMAPPED for _, _, s in st)
+
+
+def test_slice_and_concat():
+    a = BytesSource(b"0123456789")
+    s = SliceSource(a, 2, 5)
+    assert s.read(0, 100) == b"23456"
+    c = concat([a, s])
+    assert c.size == 15
+    assert c.read(8, 5) == b"89234"
+    e = ExtentSource(20, [(5, 3, a, 0)])
+    assert e.read(0, 10) == b"\0" * 5 + b"012" + b"\0\0"
+    assert e.block_status() == [(0, 5, UNMAPPED), (5, 3, DATA), (8, 12, UNMAPPED)]
+
+
+def test_slice_past_parent_end_is_unreadable():
+    s = SliceSource(BytesSource(b"x" * 10), 5, 10)
+    with pytest.raises(UnreadableError):
+        s.read(0, 10)
+    assert s.block_status() == [(0, 5, DATA), (5, 5, UNREADABLE)]
+
+
+MAP = """# Mapfile. Created by GNU ddrescue version 1.27
+# current_pos  current_status  current_pass
+0x00001000     +               1
+#      pos        size  status
+0x00000000  0x00001000  +
+0x00001000  0x00000200  -
+0x00001200  0x00000E00  +
+0x00002000  0x00001000  ?
+"""
+
+
+def test_mapfile_parse():
+    assert parse_mapfile(MAP) == [(0x1000, 0x200), (0x2000, 0x1000)]
+    for bad in ["", "garbage here now\n", "0x0 +\n0x0 0x10 X\n", "0x0 +\n-5 10 -\n"]:
+        with pytest.raises(MapfileError):
+            parse_mapfile(bad)
+
+
+def test_bad_range_source_eio_and_zero():
+    base = BytesSource(b"\xff" * 0x4000)
+    eio = BadRangeSource(base, parse_mapfile(MAP), bad="eio")
+    assert eio.read(0, 0x1000) == b"\xff" * 0x1000
+    with pytest.raises(UnreadableError) as ei:
+        eio.read(0xF00, 0x200)
+    assert ei.value.ranges == [(0x1000, 0x100)]
+    zero = BadRangeSource(base, parse_mapfile(MAP), bad="zero")
+    data = zero.read(0xF00, 0x400)
+    assert data == b"\xff" * 0x100 + b"\0" * 0x200 + b"\xff" * 0x100
+    assert zero.unreadable_ranges() == [(0x1000, 0x200), (0x2000, 0x1000)]
