@@ -39,6 +39,10 @@ class Backend:
     #: Only consider volumes of these roles (None: any).  "input" is a file given
     #: on the command line or found in a directory input.
     roles: tuple | None = None
+    #: Command-line options this backend adds to ``pvfs mount`` and ``pvfs scan``:
+    #: ``[("--zfs-txg", {"type": int, "help": "..."})]``.  The value lands in
+    #: ``ctx.options.get("zfs_txg")`` (dest = flag without dashes, ``-`` -> ``_``).
+    cli_options: list = []
 
     def probe(self, volume, ctx) -> float:
         return 0.0
