@@ -92,6 +92,7 @@ class Context:
         self.progress = None
         self.started = time.time()
         self.extra_readme: list[str] = []
+        self.has_bad_ranges = False  # some opened file has a ddrescue mapfile
 
     # -- options -----------------------------------------------------------
     def bad(self, default=BAD_EIO):
@@ -285,9 +286,14 @@ def probe_volume(ctx, volume):
     _run_backend(ctx, best, volume, volume.path, best.open, volume, ctx)
 
 
-def _open_input_file(ctx, path, directory, dir_path, name):
-    src = FileSource(path)
-    bad_ranges = None
+def open_file_source(ctx, path, label=None):
+    """Open ``path`` read-only, with the bad ranges of its ddrescue mapfile if any.
+
+    Returns ``(source, mapfile path or None, bad ranges)``.  Backends use it to
+    open files that an image refers to (qcow2 backing files, data files).
+    """
+    src = FileSource(path, label=label)
+    bad_ranges = []
     mapfile = ctx.options.mapfiles.get(os.path.abspath(path))
     if mapfile is None and os.path.exists(path + ".map"):
         mapfile = path + ".map"
@@ -297,10 +303,19 @@ def _open_input_file(ctx, path, directory, dir_path, name):
         except ddrescue.MapfileError as e:
             ctx.report.add("error", "ddrescue", path, "bad-mapfile", str(e))
     if bad_ranges:
-        src = ddrescue.BadRangeSource(src, bad_ranges, bad=ctx.bad(BAD_EIO), label=name)
+        ctx.has_bad_ranges = True
+        src = ddrescue.BadRangeSource(src, bad_ranges, bad=ctx.bad(BAD_EIO), label=src.label)
+        ctx.report.add("error", "ddrescue", os.path.abspath(path), "bad-sectors",
+                       f"{len(bad_ranges)} unreadable ranges ({sum(n for _, n in bad_ranges)} bytes) "
+                       f"in the ddrescue mapfile {os.path.basename(mapfile)}", bad_ranges)
+    return src, mapfile, bad_ranges
+
+
+def _open_input_file(ctx, path, directory, dir_path, name):
+    src, mapfile, bad_ranges = open_file_source(ctx, path, label=name)
     ctx.inputs.append({"path": os.path.abspath(path), "size": src.size,
                        "mapfile": os.path.abspath(mapfile) if mapfile else None,
-                       "bad_bytes": sum(n for _, n in bad_ranges or [])})
+                       "bad_bytes": sum(n for _, n in bad_ranges)})
     st = os.stat(path)
     d = directory.subdir(name)
     dpath = f"{dir_path}/{name}"
@@ -310,10 +325,6 @@ def _open_input_file(ctx, path, directory, dir_path, name):
     vol.homes.append(Home(d, None, dpath))
     vol.dir = d
     ctx._register(vol, True)
-    if bad_ranges:
-        ctx.report.add("error", "ddrescue", os.path.abspath(path), "bad-sectors",
-                       f"{len(bad_ranges)} unreadable ranges ({sum(n for _, n in bad_ranges)} bytes) "
-                       f"in the ddrescue mapfile {os.path.basename(mapfile)}", bad_ranges)
     return vol
 
 

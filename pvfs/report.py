@@ -20,11 +20,10 @@ def _root_input(vol):
 
 def propagate_unreadable(ctx):
     """Give every volume above a bad range its own damage entry (its own byte ranges)."""
-    damaged_inputs = {i["path"] for i in ctx.inputs if i.get("bad_bytes")}
-    if not damaged_inputs:
+    if not ctx.has_bad_ranges:
         return
     for vol in ctx.volumes:
-        if vol.role == "input" or _root_input(vol).input_path not in damaged_inputs:
+        if vol.role == "input":
             continue
         try:
             bad = vol.source.unreadable_ranges()

@@ -1,0 +1,213 @@
+"""Reading MBR (with extended/logical partitions) and GPT (with backup header fallback).
+
+References: UEFI Specification 2.10 sections 5.2-5.3; Linux block/partitions/msdos.c
+and efi.c for the tolerated deviations (EBR chain, protective MBR, backup header).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+from pvfs.errors import FormatError, UnreadableError
+from pvfs.structs import guid_str, parse
+
+from .structs import (EXTENDED_TYPES, GPT_ENTRY_MIN, GPT_HEADER_MIN, GPT_PROTECTIVE, GPT_TYPES,
+                      MBR_ENTRIES_OFFSET, MBR_SIGNATURE, GptHeader, GptPartitionEntry,
+                      MbrPartitionEntry)
+
+GPT_PROBE_SECTOR_SIZES = (512, 4096)
+MAX_GPT_ENTRIES_BYTES = 1 << 20  # 8192 entries of 128 bytes; the spec minimum is 16 KiB
+MAX_LOGICAL = 256
+
+
+class PartitionTableError(FormatError):
+    pass
+
+
+@dataclass
+class Partition:
+    number: int
+    offset: int
+    size: int
+    type: str
+    name: str = ""
+    guid: str = ""
+    bootable: bool = False
+
+    def info(self):
+        d = {"number": self.number, "offset": self.offset, "size": self.size, "type": self.type}
+        if self.name:
+            d["name"] = self.name
+        if self.guid:
+            d["guid"] = self.guid
+        return d
+
+
+@dataclass
+class PartitionTable:
+    scheme: str
+    sector_size: int
+    partitions: list = field(default_factory=list)
+    problems: list = field(default_factory=list)  # (severity, code, message)
+    disk_guid: str = ""
+
+    def summary(self):
+        d = {"scheme": self.scheme, "sector_size": self.sector_size,
+             "partitions": len(self.partitions)}
+        if self.disk_guid:
+            d["disk_guid"] = self.disk_guid
+        return d
+
+
+# -- MBR ---------------------------------------------------------------------
+def _mbr_entries(sector: bytes):
+    return [parse(MbrPartitionEntry, sector[MBR_ENTRIES_OFFSET + 16 * i:MBR_ENTRIES_OFFSET + 16 * i + 16],
+                  PartitionTableError, "MBR partition entry") for i in range(4)]
+
+
+def read_mbr(source, probe_only=False) -> PartitionTable:
+    """Primary partitions are p1-p4, logical partitions p5 and up (Linux numbering)."""
+    sector = source.read(0, 512)
+    if len(sector) < 512 or sector[510:512] != MBR_SIGNATURE:
+        raise PartitionTableError("no MBR signature (55 AA) in sector 0")
+    entries = _mbr_entries(sector)
+    if any(e.status not in (0x00, 0x80) for e in entries):
+        raise PartitionTableError("MBR status bytes are not 00/80: a boot sector, not a partition table")
+    if any(e.type == GPT_PROTECTIVE for e in entries):
+        raise PartitionTableError("protective MBR: the disk uses GPT")
+    total = source.size // 512
+    table = PartitionTable("mbr", 512)
+    for i, e in enumerate(entries, 1):
+        if e.type == 0 or e.num_sectors == 0:
+            continue
+        if e.lba_first == 0 or e.lba_first >= max(total, 1) and total:
+            if probe_only:
+                raise PartitionTableError(f"partition {i} starts outside the disk")
+            table.problems.append(("warning", "bad-entry",
+                                   f"MBR entry {i} starts at LBA {e.lba_first}, outside the disk; skipped"))
+            continue
+        if e.type in EXTENDED_TYPES:
+            if not probe_only:
+                _read_ebr_chain(source, e.lba_first, e.num_sectors, table)
+            continue
+        table.partitions.append(Partition(i, e.lba_first * 512, e.num_sectors * 512,
+                                          f"0x{e.type:02x}", bootable=e.status == 0x80))
+    if probe_only and not table.partitions and not any(e.type in EXTENDED_TYPES for e in entries):
+        return table
+    return table
+
+
+def _read_ebr_chain(source, ext_start, ext_sectors, table):
+    """Follow the chain of extended boot records; stop at loops and bad links."""
+    number = 5
+    rel = 0
+    seen = set()
+    for _ in range(MAX_LOGICAL):
+        lba = ext_start + rel
+        if lba in seen:
+            table.problems.append(("error", "ebr-loop", f"extended partition chain loops at LBA {lba}"))
+            return
+        seen.add(lba)
+        try:
+            ebr = source.read(lba * 512, 512)
+        except UnreadableError as e:
+            table.problems.append(("error", "ebr-unreadable", f"EBR at LBA {lba} unreadable: {e}"))
+            return
+        if len(ebr) < 512 or ebr[510:512] != MBR_SIGNATURE:
+            table.problems.append(("error", "ebr-bad", f"EBR at LBA {lba} has no 55 AA signature; "
+                                   "later logical partitions are lost"))
+            return
+        first, link = _mbr_entries(ebr)[:2]
+        if first.type and first.num_sectors:
+            table.partitions.append(Partition(number, (lba + first.lba_first) * 512,
+                                              first.num_sectors * 512, f"0x{first.type:02x}"))
+            number += 1
+        if link.type not in EXTENDED_TYPES or link.lba_first == 0:
+            return
+        rel = link.lba_first
+        if rel >= ext_sectors and ext_sectors:
+            table.problems.append(("error", "ebr-bad", f"EBR link to LBA {ext_start + rel} leaves "
+                                   "the extended partition"))
+            return
+    table.problems.append(("error", "ebr-loop", f"more than {MAX_LOGICAL} logical partitions"))
+
+
+# -- GPT ---------------------------------------------------------------------
+def _check_header(source, lba, ss):
+    """Read and verify the GPT header at ``lba``; return (header, entries) or raise."""
+    raw = source.read(lba * ss, ss)
+    if raw[:8] != b"EFI PART":
+        raise PartitionTableError(f"no GPT signature at LBA {lba}")
+    hdr = parse(GptHeader, raw, PartitionTableError, "GPT header", lba * ss)
+    if not GPT_HEADER_MIN <= hdr.header_size <= ss:
+        raise PartitionTableError(f"GPT header at LBA {lba}: header size {hdr.header_size} invalid")
+    crc_data = raw[:16] + b"\0\0\0\0" + raw[20:hdr.header_size]
+    if zlib.crc32(crc_data) != hdr.header_crc32:
+        raise PartitionTableError(f"GPT header at LBA {lba}: header CRC mismatch")
+    n, esz = hdr.number_of_partition_entries, hdr.size_of_partition_entry
+    if esz < GPT_ENTRY_MIN or esz % 8 or n * esz > MAX_GPT_ENTRIES_BYTES:
+        raise PartitionTableError(f"GPT header at LBA {lba}: {n} entries of {esz} bytes is not sane")
+    array = source.read(hdr.partition_entry_lba * ss, n * esz)
+    if len(array) != n * esz:
+        raise PartitionTableError(f"GPT partition array at LBA {hdr.partition_entry_lba} "
+                                  "lies past the end of the disk")
+    if zlib.crc32(array) != hdr.partition_entry_array_crc32:
+        raise PartitionTableError(f"GPT partition array of header at LBA {lba}: CRC mismatch")
+    return hdr, array
+
+
+def read_gpt(source) -> PartitionTable:
+    """Primary header at LBA 1; if it or its array fail their CRC, the backup header."""
+    errors = []
+    for ss in GPT_PROBE_SECTOR_SIZES:
+        if source.size < 3 * ss:
+            continue
+        last = source.size // ss - 1
+        candidates = [(1, "primary")]
+        try:
+            if source.read(ss, 8) == b"EFI PART":
+                alt = parse(GptHeader, source.read(ss, 92), PartitionTableError, "GPT header").alternate_lba
+                if 1 < alt <= last:
+                    candidates.append((alt, "backup"))
+        except (PartitionTableError, UnreadableError):
+            pass
+        if (last, "backup") not in candidates:
+            candidates.append((last, "backup"))
+        for lba, which in candidates:
+            try:
+                hdr, array = _check_header(source, lba, ss)
+            except (PartitionTableError, UnreadableError) as e:
+                if source.read(lba * ss, 8) == b"EFI PART" or which == "primary" and lba == 1 and \
+                        source.read(ss, 8) == b"EFI PART":
+                    errors.append(str(e))
+                continue
+            table = PartitionTable("gpt", ss, disk_guid=guid_str(hdr.disk_guid))
+            if which == "backup":
+                table.problems.append(("error", "gpt-primary-damaged",
+                                       "primary GPT header or partition array is damaged ("
+                                       + "; ".join(errors or ["not found"])
+                                       + f"); using the backup header at LBA {lba}"))
+            elif errors:
+                table.problems.append(("warning", "gpt", "; ".join(errors)))
+            _gpt_partitions(hdr, array, ss, table, source.size)
+            return table
+    raise PartitionTableError("no valid GPT header: " + ("; ".join(errors) or "no signature"))
+
+
+def _gpt_partitions(hdr, array, ss, table, disk_size):
+    esz = hdr.size_of_partition_entry
+    for i in range(hdr.number_of_partition_entries):
+        raw = array[i * esz:i * esz + GPT_ENTRY_MIN]
+        if raw[:16] == bytes(16):
+            continue
+        e = parse(GptPartitionEntry, raw, PartitionTableError, "GPT partition entry")
+        if e.ending_lba < e.starting_lba:
+            table.problems.append(("warning", "bad-entry",
+                                   f"GPT entry {i + 1}: ends before it starts; skipped"))
+            continue
+        name = e.partition_name.decode("utf-16-le", "replace").split("\0", 1)[0]
+        tguid = guid_str(e.partition_type_guid)
+        table.partitions.append(Partition(
+            i + 1, e.starting_lba * ss, (e.ending_lba - e.starting_lba + 1) * ss,
+            GPT_TYPES.get(tguid, tguid), name=name, guid=guid_str(e.unique_partition_guid)))
