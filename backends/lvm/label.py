@@ -1,0 +1,332 @@
+"""PV labels, metadata area headers and every VG text generation in the ring.
+
+References: lvm2 ``lib/label/label.c`` (``_find_lvm_header``: the label is in one of the
+first four sectors, its crc covers the sector from ``offset_xl``), ``lib/format_text/
+text_label.c`` (``_text_read``: the data-area and metadata-area ``disk_locn`` lists),
+``lib/format_text/format-text.c`` (``_raw_read_mda_header``, ``_vg_read_raw_area``:
+the text may wrap from the end of the area back to ``MDA_HEADER_SIZE``; the crc of
+``raw_locn`` covers both pieces), ``lib/metadata/metadata.h`` / ``lib/uuid/uuid.c``
+(``id_write_format``: 6-4-4-4-4-4-6 groups).
+
+The circular buffer keeps older VG texts until they are overwritten.  Every text still
+present is found by scanning the ring for ``<vgname> {`` + ``id = "`` at the start of
+a text (after a NUL or at the start of the ring).  The text ``raw_locn`` points at is
+verified by its crc; the others are validated by parsing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from construct import ConstructError
+
+from . import structs as S
+from .config import ConfigError, parse_config
+from .errors import LvmError
+
+MAX_RAW_LOCNS = (S.MDA_HEADER_SIZE - S.MDA_HEADER_FIXED) // S.RAW_LOCN_SIZE
+MAX_MDA_SIZE = 1 << 30  # an mda larger than 1 GiB is not something lvm2 writes
+MAX_GENERATIONS = 1000
+SCAN_CHUNK = 4 << 20
+MAX_TEXT = 32 << 20
+
+
+def format_uuid(raw: bytes) -> str:
+    """``id_write_format``: 32 characters as 6-4-4-4-4-4-6."""
+    s = raw.decode("ascii", "replace")
+    out, pos = [], 0
+    for n in (6, 4, 4, 4, 4, 4, 6):
+        out.append(s[pos:pos + n])
+        pos += n
+    return "-".join(out)
+
+
+@dataclass
+class PVLabel:
+    sector: int  # sector of the label (0..3)
+    crc_ok: bool
+    pv_uuid: str
+    device_size: int
+    data_areas: list  # [(offset, size)] in bytes from the PV start
+    metadata_areas: list
+    ext_version: int | None = None
+    ext_flags: int | None = None
+
+
+@dataclass
+class Generation:
+    """One VG text found in a metadata area."""
+
+    vgname: str
+    vg_id: str
+    seqno: int
+    mda_offset: int  # byte offset of the mda from the PV start
+    offset: int  # of the text, relative to the mda start
+    size: int
+    how: str  # "committed" | "precommitted" | "scan"
+    crc_ok: bool | None  # None: no checksum known (found by scanning)
+    config: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def vg(self) -> dict:
+        return self.config[self.vgname]
+
+    def describe(self):
+        check = {True: "crc ok", False: "CRC MISMATCH", None: "parsed, no crc"}[self.crc_ok]
+        desc = self.config.get("description", "")
+        when = self.config.get("creation_time")
+        extra = f", written {when}" if isinstance(when, int) else ""
+        return (f"seqno {self.seqno} at mda+{self.offset:#x} ({self.size} bytes, {self.how}, "
+                f"{check}{extra}){': ' + desc if desc else ''}")
+
+
+def _u64(b, o):
+    return int.from_bytes(b[o:o + 8], "little")
+
+
+def read_label(source) -> PVLabel | None:
+    """Find ``LABELONE`` in sectors 0..3 and parse the pv_header; None when absent."""
+    head = source.read(0, S.SECTOR_SIZE * S.LABEL_SCAN_SECTORS)
+    for sector in range(S.LABEL_SCAN_SECTORS):
+        sec = head[sector * S.SECTOR_SIZE:(sector + 1) * S.SECTOR_SIZE]
+        if len(sec) < S.SECTOR_SIZE or not sec.startswith(S.LABEL_ID):
+            continue
+        try:
+            lh = S.label_header.parse(sec)
+        except ConstructError:
+            continue
+        if lh.sector != sector or lh.type != S.LVM2_LABEL:
+            continue
+        if not 32 <= lh.offset <= S.SECTOR_SIZE - S.ID_LEN - 8 - 2 * S.DISK_LOCN_SIZE:
+            continue
+        crc_ok = S.calc_crc(sec[20:]) == lh.crc
+        return _parse_pv_header(sec, sector, lh.offset, crc_ok)
+    return None
+
+
+def _parse_pv_header(sec, sector, off, crc_ok) -> PVLabel:
+    ph = S.pv_header.parse(sec[off:])
+    pos = off + S.ID_LEN + 8
+    lists = []
+    for _ in range(2):
+        areas = []
+        while True:
+            if pos + S.DISK_LOCN_SIZE > len(sec):
+                raise LvmError("pv_header: disk area list runs past the label sector")
+            o, n = _u64(sec, pos), _u64(sec, pos + 8)
+            pos += S.DISK_LOCN_SIZE
+            if o == 0:
+                break
+            areas.append((o, n))
+        lists.append(areas)
+    ext_version = ext_flags = None
+    if pos + 8 <= len(sec):
+        ext = S.pv_header_extension.parse(sec[pos:pos + 8])
+        if ext.version in (1, 2):
+            ext_version, ext_flags = ext.version, ext.flags
+    uuid = ph.pv_uuid
+    if not re.fullmatch(rb"[0-9A-Za-z!#]{32}", uuid):
+        raise LvmError("pv_header: PV UUID is not printable")
+    return PVLabel(sector, crc_ok, format_uuid(uuid), ph.device_size, lists[0], lists[1],
+                   ext_version, ext_flags)
+
+
+@dataclass
+class MdaHeader:
+    offset: int  # from the PV start
+    size: int
+    crc_ok: bool
+    raw_locns: list  # [(offset, size, checksum, flags)]
+
+
+def read_mda_header(source, offset, size) -> MdaHeader:
+    """Read and check ``struct mda_header`` at ``offset`` (bytes from the PV start)."""
+    if size < 2 * S.MDA_HEADER_SIZE or size > MAX_MDA_SIZE:
+        raise LvmError(f"metadata area at {offset:#x}: implausible size {size}")
+    if offset + S.MDA_HEADER_SIZE > source.size:
+        raise LvmError(f"metadata area at {offset:#x}: beyond the end of the PV")
+    b = source.read(offset, S.MDA_HEADER_SIZE)
+    h = S.mda_header.parse(b)
+    if h.magic != S.FMTT_MAGIC:
+        raise LvmError(f"metadata area at {offset:#x}: bad mda_header magic")
+    if h.version != S.FMTT_VERSION:
+        raise LvmError(f"metadata area at {offset:#x}: unknown mda_header version {h.version}")
+    crc_ok = S.calc_crc(b[4:]) == h.checksum
+    locns = []
+    pos = S.MDA_HEADER_FIXED
+    for _ in range(MAX_RAW_LOCNS):
+        rl = S.raw_locn.parse(b[pos:pos + S.RAW_LOCN_SIZE])
+        pos += S.RAW_LOCN_SIZE
+        if rl.offset == 0:
+            locns.append(None)
+            if len(locns) >= 2:
+                break
+            continue
+        locns.append((rl.offset, rl.size, rl.checksum, rl.flags))
+    return MdaHeader(offset, size, crc_ok, locns)
+
+
+class _Ring:
+    """The circular text buffer of one metadata area: bytes [512, size) of the mda."""
+
+    def __init__(self, source, mda_offset, mda_size):
+        self.source = source
+        self.base = mda_offset
+        self.size = min(mda_size, max(0, source.size - mda_offset))
+        self.start = S.MDA_HEADER_SIZE
+
+    def read(self, off, length):
+        """Read ``length`` bytes from ring offset ``off``, wrapping to ``start``."""
+        out = []
+        length = min(length, max(0, self.size - self.start))
+        while length > 0:
+            if off >= self.size:
+                off = self.start
+            n = min(length, self.size - off)
+            out.append(self.source.read(self.base + off, n))
+            length -= n
+            off += n
+        return b"".join(out)
+
+    def text_at(self, off, limit):
+        """The NUL-terminated text at ``off`` (wrapping), at most ``limit`` bytes."""
+        out, total, pos = [], 0, off
+        limit = min(limit, self.size - self.start)
+        while total < limit:
+            n = min(65536, limit - total)
+            chunk = self.read(pos, n)
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                out.append(chunk[:nul])
+                break
+            out.append(chunk)
+            total += n
+            pos += n
+            if pos >= self.size:
+                pos = self.start + (pos - self.size)
+        return b"".join(out)
+
+
+_TEXT_START = re.compile(rb'([0-9A-Za-z+_.-]{1,127}) \{\s{0,8}id = "')
+
+
+def _make_generation(vgname_hint, text, mda_offset, off, how, crc_ok):
+    cfg = parse_config(text)
+    candidates = [k for k, v in cfg.items() if isinstance(v, dict) and "seqno" in v
+                  and "id" in v]
+    if vgname_hint in candidates:
+        vgname = vgname_hint
+    elif len(candidates) == 1:
+        vgname = candidates[0]
+    else:
+        raise LvmError("VG text holds no single volume group section")
+    vg = cfg[vgname]
+    if not isinstance(vg["seqno"], int) or not isinstance(vg["id"], str):
+        raise LvmError("VG text: seqno or id has the wrong type")
+    return Generation(vgname, vg["id"], vg["seqno"], mda_offset, off, len(text), how,
+                      crc_ok, cfg)
+
+
+def read_generations(source, mda: MdaHeader, problems: list) -> list:
+    """Every VG text in the metadata area: raw_locn texts (crc checked) and scanned ones."""
+    ring = _Ring(source, mda.offset, mda.size)
+    gens = {}
+    pointed = {}
+    for i, rl in enumerate(mda.raw_locns[:2]):
+        if rl is None:
+            continue
+        off, size, csum, flags = rl
+        how = "committed" if i == 0 else "precommitted"
+        if flags & S.RAW_LOCN_IGNORED:
+            problems.append(f"mda at {mda.offset:#x}: {how} copy is marked ignored")
+        if not S.MDA_HEADER_SIZE <= off < ring.size or size > min(MAX_TEXT, ring.size):
+            problems.append(f"mda at {mda.offset:#x}: {how} raw_locn out of range "
+                            f"(offset {off:#x}, size {size})")
+            continue
+        text = ring.read(off, size)
+        crc_ok = S.calc_crc(text) == csum
+        if not crc_ok:
+            problems.append(f"mda at {mda.offset:#x}: {how} VG text at +{off:#x} fails its crc")
+        pointed[off] = crc_ok
+        try:
+            g = _make_generation(None, text, mda.offset, off, how, crc_ok)
+        except (LvmError, RecursionError) as e:
+            problems.append(f"mda at {mda.offset:#x}: {how} VG text at +{off:#x}: {e}")
+            continue
+        gens[off] = g
+    # Scan the ring for every other text still present.
+    pos = ring.start
+    starts = []
+    while pos < ring.size and len(starts) < MAX_GENERATIONS * 4:
+        n = min(SCAN_CHUNK + 256, ring.size - pos)
+        chunk = ring.source.read(ring.base + pos - 1, n + 1)  # one byte before: a NUL?
+        for m in _TEXT_START.finditer(chunk, 1):
+            if m.start() > SCAN_CHUNK:
+                break
+            at = pos + m.start() - 1
+            if at != ring.start and chunk[m.start() - 1] != 0 and at not in pointed:
+                continue
+            starts.append((at, m.group(1).decode()))
+        pos += SCAN_CHUNK
+    for at, name in starts:
+        if at in gens or len(gens) >= MAX_GENERATIONS:
+            continue
+        text = ring.text_at(at, MAX_TEXT)
+        try:
+            g = _make_generation(name, text, mda.offset, at, "scan", pointed.get(at))
+        except (LvmError, RecursionError):
+            continue  # overwritten in part by a newer text: not a whole generation
+        gens[at] = g
+    return sorted(gens.values(), key=lambda g: (g.seqno, g.how == "committed"))
+
+
+@dataclass
+class PVInfo:
+    """What one PV holds: its label, metadata areas and VG text generations."""
+
+    label: PVLabel
+    mdas: list
+    generations: list
+    problems: list
+
+    @property
+    def cache_cost(self):
+        return 4096 + sum(g.size * 8 for g in self.generations)
+
+    def newest(self):
+        return self.generations[-1] if self.generations else None
+
+
+def read_pv(source) -> PVInfo | None:
+    """Label, mda headers and all generations of the PV in ``source`` (None: no label)."""
+    label = read_label(source)
+    if label is None:
+        return None
+    problems = []
+    if not label.crc_ok:
+        problems.append("label_header crc mismatch (label sector damaged?)")
+    mdas, gens = [], []
+    for off, size in label.metadata_areas[:4]:
+        try:
+            mda = read_mda_header(source, off, size)
+        except (LvmError, ConstructError) as e:
+            problems.append(str(e))
+            continue
+        if not mda.crc_ok:
+            problems.append(f"mda at {off:#x}: mda_header crc mismatch")
+        mdas.append(mda)
+        try:
+            gens.extend(read_generations(source, mda, problems))
+        except ConfigError as e:
+            problems.append(str(e))
+    # One entry per (vg id, seqno): a checksummed copy wins over a scanned one.
+    best = {}
+    for g in gens:
+        k = (g.vg_id, g.seqno)
+        old = best.get(k)
+        rank = (g.crc_ok is True, g.how == "committed")
+        if old is None or rank > (old.crc_ok is True, old.how == "committed"):
+            best[k] = g
+    ordered = sorted(best.values(), key=lambda g: g.seqno)
+    return PVInfo(label, mdas, ordered, problems)
