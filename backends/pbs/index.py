@@ -1,0 +1,335 @@
+"""Fixed and dynamic chunk indexes, the chunk store, and the sources built on them.
+
+References: proxmox-backup ``pbs-datastore/src/fixed_index.rs`` (header, file size =
+4096 + 32 * ceil(size / chunk_size), csum = sha256 of the digest table),
+``dynamic_index.rs`` (entries {end u64, digest}, csum = sha256 of the entry table),
+``chunk_store.rs`` (``.chunks/<4 hex>/<64 hex>``, ``*.bad`` copies),
+proxmox-backup-qemu ``src/commands.rs`` (all-zero chunks share the zero-chunk digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import numpy as np
+
+from pvfs.cache import METADATA_CACHE
+from pvfs.errors import UnreadableError
+from pvfs.source import BAD_ZERO, DATA, UNREADABLE, ZERO, Source
+
+from .blob import MAX_BLOB_SIZE, CryptConfig, decode_blob
+from .structs import (DYNAMIC_ENTRY_SIZE, DYNAMIC_SIZED_CHUNK_INDEX_1_0, FIXED_ENTRY_SIZE,
+                      FIXED_SIZED_CHUNK_INDEX_1_0, INDEX_HEADER_SIZE, DynamicIndexHeader,
+                      FixedIndexHeader, PbsError, parse)
+
+#: An index file larger than this is refused (64 Ki digests per GiB... 4 PiB of disk).
+MAX_INDEX_FILE = 1 << 30
+
+
+class ChunkError(PbsError):
+    """A chunk is missing from every store, or every copy of it is corrupt."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind  # "missing" | "corrupt"
+
+
+def _read_file(path, limit):
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise PbsError(f"{os.path.basename(path)} is larger than {limit} bytes")
+    return data
+
+
+# ---------------------------------------------------------------------------
+class FixedIndex:
+    """A ``.fidx``: image size, chunk size and one digest per chunk.
+
+    A truncated table keeps the digests that are there; the missing tail is reported
+    through ``problems`` and reads as unreadable (``digest(i)`` is None).
+    """
+
+    kind = "fidx"
+
+    def __init__(self, path):
+        self.path = path
+        self.problems: list[str] = []
+        try:
+            fsize = os.path.getsize(path)
+            with open(path, "rb") as f:
+                head = f.read(INDEX_HEADER_SIZE)
+                h = parse(FixedIndexHeader, head, f"{os.path.basename(path)} header")
+                if h.magic != FIXED_SIZED_CHUNK_INDEX_1_0:
+                    raise PbsError(f"{os.path.basename(path)}: not a fixed index (bad magic)")
+                if h.chunk_size <= 0 or h.chunk_size > MAX_BLOB_SIZE:
+                    raise PbsError(f"{os.path.basename(path)}: chunk size {h.chunk_size} out of range")
+                self.size = h.size
+                self.chunk_size = h.chunk_size
+                self.count = -(-h.size // h.chunk_size)
+                expect = INDEX_HEADER_SIZE + FIXED_ENTRY_SIZE * self.count
+                if expect > MAX_INDEX_FILE:
+                    raise PbsError(f"{os.path.basename(path)}: image size {h.size} is implausible")
+                self.table = f.read(min(fsize, expect) - INDEX_HEADER_SIZE if fsize > INDEX_HEADER_SIZE else 0)
+        except OSError as e:
+            raise PbsError(f"cannot read {path}: {e.strerror}") from None
+        self.uuid, self.ctime, self.index_csum = h.uuid, h.ctime, h.index_csum
+        self.known = len(self.table) // FIXED_ENTRY_SIZE
+        if fsize != expect:
+            self.problems.append(
+                f"file size {fsize} != 4096 + 32*ceil(size/chunk_size) = {expect}"
+                + (f"; digests of chunks {self.known}..{self.count - 1} are lost"
+                   if self.known < self.count else ""))
+        elif hashlib.sha256(self.table).digest() != self.index_csum:
+            self.problems.append("index checksum mismatch (digest table altered)")
+        self.table = self.table[: self.known * FIXED_ENTRY_SIZE]
+
+    def digest(self, i):
+        if i >= self.known:
+            return None
+        return self.table[i * 32:(i + 1) * 32]
+
+    def chunk_range(self, i):
+        start = i * self.chunk_size
+        return start, min(self.chunk_size, self.size - start)
+
+    def chunks_at(self, offset, length):
+        first = offset // self.chunk_size
+        last = (offset + length - 1) // self.chunk_size
+        return range(first, last + 1)
+
+    def digests(self):
+        return (self.digest(i) for i in range(self.known))
+
+
+class DynamicIndex:
+    """A ``.didx``: a stream cut into chunks; entry i ends at ``ends[i]``."""
+
+    kind = "didx"
+
+    def __init__(self, path):
+        self.path = path
+        self.problems: list[str] = []
+        name = os.path.basename(path)
+        try:
+            fsize = os.path.getsize(path)
+            if fsize > MAX_INDEX_FILE:
+                raise PbsError(f"{name}: index file of {fsize} bytes is implausible")
+            data = _read_file(path, MAX_INDEX_FILE)
+        except OSError as e:
+            raise PbsError(f"cannot read {path}: {e.strerror}") from None
+        h = parse(DynamicIndexHeader, data[:INDEX_HEADER_SIZE], f"{name} header")
+        if h.magic != DYNAMIC_SIZED_CHUNK_INDEX_1_0:
+            raise PbsError(f"{name}: not a dynamic index (bad magic)")
+        self.uuid, self.ctime, self.index_csum = h.uuid, h.ctime, h.index_csum
+        body = data[INDEX_HEADER_SIZE:]
+        n = len(body) // DYNAMIC_ENTRY_SIZE
+        if len(body) % DYNAMIC_ENTRY_SIZE:
+            self.problems.append(f"file size {fsize} != 4096 + 40*N; the last partial entry is dropped")
+        body = body[: n * DYNAMIC_ENTRY_SIZE]
+        if not self.problems and hashlib.sha256(body).digest() != self.index_csum:
+            self.problems.append("index checksum mismatch (entry table altered)")
+        arr = np.frombuffer(body, dtype=[("end", "<u8"), ("digest", "S32")])
+        ends = arr["end"].astype(np.int64) if n else np.zeros(0, np.int64)
+        # Ends must grow strictly; keep the consistent prefix of a damaged table.
+        if n and (ends[0] <= 0 or (n > 1 and not np.all(np.diff(ends) > 0))):
+            bad = 0 if ends[0] <= 0 else int(np.argmax(np.diff(ends) <= 0)) + 1
+            self.problems.append(f"entry {bad}: end offsets do not increase; later entries ignored")
+            n = bad
+            ends = ends[:n]
+        self.ends = np.ascontiguousarray(ends[:n])
+        # (numpy "S32" would strip trailing NUL bytes of a digest: slice the raw body.)
+        self.table = b"".join(body[i * 40 + 8:i * 40 + 40] for i in range(n))
+        self.count = self.known = n
+        self.size = int(self.ends[-1]) if n else 0
+
+    def digest(self, i):
+        return self.table[i * 32:(i + 1) * 32] if i < self.count else None
+
+    def chunk_range(self, i):
+        start = int(self.ends[i - 1]) if i else 0
+        return start, int(self.ends[i]) - start
+
+    def chunks_at(self, offset, length):
+        first = int(np.searchsorted(self.ends, offset, side="right"))
+        last = int(np.searchsorted(self.ends, offset + length - 1, side="right"))
+        return range(first, min(last, self.count - 1) + 1)
+
+    def digests(self):
+        return (self.digest(i) for i in range(self.count))
+
+
+def open_index(path):
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic == FIXED_SIZED_CHUNK_INDEX_1_0:
+        return FixedIndex(path)
+    if magic == DYNAMIC_SIZED_CHUNK_INDEX_1_0:
+        return DynamicIndex(path)
+    raise PbsError(f"{os.path.basename(path)}: no index magic")
+
+
+# ---------------------------------------------------------------------------
+class ChunkStore:
+    """``<datastore>/.chunks``: chunk files named by digest."""
+
+    def __init__(self, root, name):
+        self.root = root
+        self.name = name
+        self.chunks = os.path.join(root, ".chunks")
+
+    def path(self, hexdigest):
+        return os.path.join(self.chunks, hexdigest[:4], hexdigest)
+
+    def read_raw(self, hexdigest):
+        try:
+            return _read_file(self.path(hexdigest), MAX_BLOB_SIZE + 64)
+        except FileNotFoundError:
+            return None
+
+    def exists(self, hexdigest):
+        try:
+            return os.stat(self.path(hexdigest)).st_size
+        except OSError:
+            return None
+
+
+_ZERO_DIGESTS: dict = {}
+
+
+def zero_digest(size):
+    d = _ZERO_DIGESTS.get(size)
+    if d is None:
+        d = _ZERO_DIGESTS[size] = hashlib.sha256(bytes(size)).digest()
+    return d
+
+
+class ChunkPool:
+    """All chunk stores given at once; each is a fallback for the others' chunks."""
+
+    def __init__(self, crypt: CryptConfig | None = None):
+        self.stores: list[ChunkStore] = []
+        self.crypt = crypt
+        self.bad: dict[bytes, ChunkError] = {}  # known-broken digests fail fast
+        self._lock = threading.Lock()
+
+    def add(self, store):
+        self.stores.append(store)
+        self.bad.clear()  # a new store may hold a good copy
+
+    def is_zero(self, digest, size):
+        return self.crypt is None and digest == zero_digest(size)
+
+    def exists(self, digest):
+        h = digest.hex()
+        return any(s.exists(h) is not None for s in self.stores)
+
+    def get(self, digest: bytes, size: int | None) -> bytes:
+        key = ("pbs-chunk", digest)
+        data = METADATA_CACHE.get(key)
+        if data is not None:
+            return data
+        if size is not None and self.is_zero(digest, size):
+            return bytes(size)
+        err = self.bad.get(digest)
+        if err is not None:
+            raise err
+        data = self._load(digest, size)
+        return METADATA_CACHE.put(key, data)
+
+    def _load(self, digest, size):
+        h = digest.hex()
+        problems = []
+        for store in self.stores:
+            try:
+                raw = store.read_raw(h)
+            except (OSError, PbsError) as e:
+                problems.append(f"{store.name}: {getattr(e, 'strerror', None) or e}")
+                continue
+            if raw is None:
+                continue
+            try:
+                plain = decode_blob(raw, self.crypt, limit=size if size is not None else MAX_BLOB_SIZE)
+            except PbsError as e:
+                problems.append(f"{store.name}: {e}")
+                continue
+            if size is not None and len(plain) != size:
+                problems.append(f"{store.name}: decodes to {len(plain)} bytes, index says {size}")
+                continue
+            actual = self.crypt.compute_digest(plain) if self.crypt else hashlib.sha256(plain).digest()
+            if actual != digest:
+                problems.append(f"{store.name}: content digest is {actual.hex()[:16]}…")
+                continue
+            return plain
+        if problems:
+            err = ChunkError("corrupt", f"chunk {h} is corrupt ({'; '.join(problems)})")
+        else:
+            err = ChunkError("missing", f"chunk {h} is missing from every datastore")
+        self.bad[digest] = err
+        return self._raise(err)
+
+    @staticmethod
+    def _raise(err):
+        raise err
+
+
+class IndexSource(Source):
+    """The data an index describes (a VM disk image or a pxar/catalog stream).
+
+    A missing or corrupt chunk reads as zeros (policy ``zero``, the default) or raises
+    EIO (policy ``eio``); either way ``on_bad(start, length, error)`` is called so the
+    damage is reported with its byte range.
+    """
+
+    def __init__(self, index, pool: ChunkPool, bad=BAD_ZERO, label="index", on_bad=None):
+        super().__init__()
+        self.index = index
+        self.pool = pool
+        self.bad = bad
+        self.label = label
+        self.on_bad = on_bad
+        self.size = index.size
+
+    def chunk(self, i):
+        start, length = self.index.chunk_range(i)
+        digest = self.index.digest(i)
+        if digest is None:
+            raise ChunkError("missing", f"chunk {i} is not in the (truncated) index")
+        return self.pool.get(digest, length)
+
+    def _read(self, offset, length):
+        parts = []
+        end = offset + length
+        for i in self.index.chunks_at(offset, length):
+            cstart, clen = self.index.chunk_range(i)
+            lo = max(offset, cstart) - cstart
+            hi = min(end, cstart + clen) - cstart
+            try:
+                data = self.chunk(i)
+            except ChunkError as e:
+                if self.on_bad is not None:
+                    self.on_bad(cstart, clen, e)
+                if self.bad != BAD_ZERO:
+                    raise UnreadableError(f"{self.label}: {e}", [(cstart + lo, hi - lo)]) from None
+                parts.append(bytes(hi - lo))
+                continue
+            parts.append(data[lo:hi] if (lo or hi != len(data)) else data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _block_status(self, offset, length):
+        out = []
+        end = offset + length
+        for i in self.index.chunks_at(offset, length):
+            cstart, clen = self.index.chunk_range(i)
+            lo, hi = max(offset, cstart), min(end, cstart + clen)
+            digest = self.index.digest(i)
+            if digest is None or digest in self.pool.bad:
+                st = UNREADABLE
+            elif self.pool.is_zero(digest, clen):
+                st = ZERO
+            else:
+                st = DATA
+            out.append((lo, hi - lo, st))
+        return out
