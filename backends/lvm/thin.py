@@ -1,0 +1,704 @@
+"""dm-thin pool metadata: superblock, btrees, device mappings, and recovery by scanning.
+
+References: Linux ``drivers/md/dm-thin-metadata.c`` (superblock layout and checksum,
+the two-level mapping tree ``dev_id -> (virtual block -> (data block << 24 | time))``,
+the device-details tree), ``drivers/md/persistent-data/dm-btree.c`` and
+``dm-btree-internal.h`` (node layout: header, ``max_entries`` keys, then values;
+internal nodes hold child block numbers; ``btree_node_validator`` checks csum and
+blocknr), ``dm-block-manager.c`` (``dm_bm_checksum`` = crc32c(~0) ^ xor),
+``dm-space-map-common.h``/``dm-space-map-disk.c`` (``struct disk_sm_root``);
+thin-provisioning-tools ``thin-provisioning/metadata_dumper.cc`` and
+``thin_repair``/``thin_dump --repair`` (finding roots by scanning for nodes).
+
+A thin device is exposed as a :class:`ThinSource` whose mapping is loaded on first
+read.  Unmapped blocks read as zeros (block status ``unmapped``).  Virtual ranges whose
+mapping could not be read (a bad btree node) are ``unreadable``.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pvfs.cache import METADATA_CACHE
+from pvfs.errors import UnreadableError
+from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, Source
+
+from . import structs as S
+from .errors import ThinError
+
+try:  # a C implementation when installed; the table below otherwise
+    from crc32c import crc32c as _crc32c_std
+except ImportError:  # pragma: no cover - depends on the environment
+    _crc32c_std = None
+
+BLOCK = S.THIN_METADATA_BLOCK_SIZE
+MAX_TREE_DEPTH = 16
+MAX_DEVICE_ID = (1 << 24) - 1
+MAX_SCAN_NODES = 4_000_000
+_NODE_HDR = struct.Struct("<IIQIIII")
+
+
+def _make_table():
+    poly = 0x82F63B78
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ poly if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_TABLE = None
+
+
+def crc32c_raw(data: bytes, seed: int = 0xFFFFFFFF) -> int:
+    """The kernel's ``crc32c(seed, data)``: no final inversion."""
+    if _crc32c_std is not None and seed == 0xFFFFFFFF:
+        return (~_crc32c_std(data)) & 0xFFFFFFFF
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _make_table()
+    c = seed
+    t = _TABLE
+    for b in data:
+        c = t[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c
+
+
+def dm_checksum(block: bytes, xor: int) -> int:
+    """``dm_bm_checksum`` of a metadata block (everything after the csum field)."""
+    return crc32c_raw(block[4:]) ^ xor
+
+
+# ---------------------------------------------------------------------------
+@dataclass
+class Superblock:
+    flags: int
+    blocknr: int
+    uuid: bytes
+    version: int
+    time: int
+    trans_id: int
+    held_root: int
+    data_sm: dict
+    metadata_sm: dict
+    data_mapping_root: int
+    device_details_root: int
+    data_block_size: int  # sectors
+    metadata_block_size: int
+    metadata_nr_blocks: int
+    incompat_flags: int
+
+
+def parse_superblock(block: bytes) -> Superblock:
+    """Check and parse metadata block 0; raise :class:`ThinError` when it is not valid."""
+    if len(block) < BLOCK:
+        raise ThinError("thin superblock: short block")
+    sb = S.thin_disk_superblock.parse(block)
+    if sb.magic != S.THIN_SUPERBLOCK_MAGIC:
+        raise ThinError(f"thin superblock: bad magic {sb.magic}")
+    if dm_checksum(block, S.SUPERBLOCK_CSUM_XOR) != sb.csum:
+        raise ThinError("thin superblock: checksum mismatch")
+    if sb.blocknr != 0:
+        raise ThinError(f"thin superblock: blocknr {sb.blocknr}, expected 0")
+    if not 1 <= sb.version <= S.THIN_MAX_SUPPORTED_VERSION:
+        raise ThinError(f"thin superblock: unsupported version {sb.version}")
+    if sb.metadata_block_size != BLOCK // 512:
+        raise ThinError(f"thin superblock: metadata block size {sb.metadata_block_size} sectors")
+    if sb.data_block_size == 0 or sb.data_block_size % 128 or sb.data_block_size > 2097152:
+        raise ThinError(f"thin superblock: implausible data block size {sb.data_block_size}")
+    dsm = S.disk_sm_root.parse(sb.data_space_map_root)
+    msm = S.disk_sm_root.parse(sb.metadata_space_map_root)
+    return Superblock(sb.flags, sb.blocknr, bytes(sb.uuid), sb.version, sb.time, sb.trans_id,
+                      sb.held_root, dict(dsm), dict(msm), sb.data_mapping_root,
+                      sb.device_details_root, sb.data_block_size, sb.metadata_block_size,
+                      sb.metadata_nr_blocks, sb.incompat_flags)
+
+
+@dataclass
+class Node:
+    """A btree node whose checksum and block number were verified."""
+
+    blocknr: int
+    flags: int
+    value_size: int
+    keys: np.ndarray
+    values: bytes  # nr_entries * value_size bytes
+
+    @property
+    def is_leaf(self):
+        return self.flags & S.LEAF_NODE != 0
+
+    @property
+    def nbytes(self):
+        return self.keys.nbytes + len(self.values) + 64
+
+    def u64_values(self):
+        return np.frombuffer(self.values, "<u8")
+
+
+def parse_node(block: bytes, blocknr: int) -> Node:
+    """Verify and parse one btree node (``btree_node_validator``)."""
+    if len(block) < BLOCK:
+        raise ThinError(f"btree node {blocknr}: short block")
+    csum, flags, bnr, nr, max_e, vsize, _pad = _NODE_HDR.unpack_from(block)
+    if bnr != blocknr:
+        raise ThinError(f"btree node {blocknr}: header says block {bnr}")
+    if dm_checksum(block, S.BTREE_CSUM_XOR) != csum:
+        raise ThinError(f"btree node {blocknr}: checksum mismatch")
+    if flags not in (S.INTERNAL_NODE, S.LEAF_NODE):
+        raise ThinError(f"btree node {blocknr}: bad flags {flags:#x}")
+    if vsize == 0 or vsize > BLOCK or max_e == 0 or nr > max_e \
+            or S.NODE_HEADER_SIZE + max_e * (8 + vsize) > BLOCK:
+        raise ThinError(f"btree node {blocknr}: bad sizes (nr {nr}, max {max_e}, "
+                        f"value size {vsize})")
+    if flags == S.INTERNAL_NODE and vsize != 8:
+        raise ThinError(f"btree node {blocknr}: internal node with value size {vsize}")
+    keys = np.frombuffer(block, "<u8", nr, S.NODE_HEADER_SIZE).copy()
+    voff = S.NODE_HEADER_SIZE + 8 * max_e
+    values = bytes(block[voff:voff + nr * vsize])
+    if nr > 1 and not np.all(keys[1:] > keys[:-1]):
+        raise ThinError(f"btree node {blocknr}: keys out of order")
+    return Node(blocknr, flags, vsize, keys, values)
+
+
+@dataclass
+class Walk:
+    """What a tree walk found: leaf entries, and key ranges that could not be read."""
+
+    keys: np.ndarray
+    values: bytes
+    unknown: list  # [(lo, hi)] key ranges below bad nodes (hi exclusive, None = open)
+    bad: list  # messages
+    nodes: int = 0
+
+
+class ThinMetadata:
+    """Random access to the btree nodes of a tmeta device."""
+
+    def __init__(self, tmeta: Source):
+        self.tmeta = tmeta
+        self.nr_blocks = tmeta.size // BLOCK
+
+    def read_block(self, b: int) -> bytes:
+        if not 0 <= b < self.nr_blocks:
+            raise ThinError(f"metadata block {b} is beyond the metadata device "
+                            f"({self.nr_blocks} blocks)")
+        return self.tmeta.read(b * BLOCK, BLOCK)
+
+    def node(self, b: int) -> Node:
+        key = ("lvm-thin-node", self.tmeta.uid, b)
+        n = METADATA_CACHE.get(key)
+        if n is None:
+            n = METADATA_CACHE.put(key, parse_node(self.read_block(b), b))
+        return n
+
+    def walk(self, root: int, value_size: int, max_entries=50_000_000) -> Walk:
+        """Collect every leaf entry of the tree at ``root``; bad subtrees become unknown."""
+        keys, vals, unknown, bad = [], [], [], []
+        stack = [(root, 0, None, 0)]
+        seen = set()
+        count = nodes = 0
+        while stack:
+            b, lo, hi, depth = stack.pop()
+            try:
+                if b in seen:
+                    raise ThinError(f"btree node {b} appears twice (loop)")
+                seen.add(b)
+                if depth > MAX_TREE_DEPTH:
+                    raise ThinError(f"btree deeper than {MAX_TREE_DEPTH} at node {b}")
+                n = self.node(b)
+                nodes += 1
+                if n.is_leaf and n.value_size != value_size:
+                    raise ThinError(f"btree node {b}: value size {n.value_size}, "
+                                    f"expected {value_size}")
+            except (ThinError, UnreadableError) as e:
+                unknown.append((lo, hi))
+                bad.append(str(e))
+                continue
+            if n.is_leaf:
+                sel = n.keys >= lo
+                if hi is not None:
+                    sel &= n.keys < hi
+                if not sel.all():
+                    bad.append(f"btree node {b}: keys outside the range its parent gives")
+                k = n.keys[sel]
+                count += len(k)
+                if count > max_entries:
+                    raise ThinError(f"btree at {root}: more than {max_entries} entries")
+                keys.append(k)
+                v = np.frombuffer(n.values, np.uint8).reshape(-1, value_size)[sel]
+                vals.append(v.tobytes())
+                continue
+            children = n.u64_values()
+            ks = n.keys
+            # push in reverse so leaves come out in key order
+            for i in range(len(ks) - 1, -1, -1):
+                c_lo = max(lo, int(ks[i])) if i else lo
+                c_hi = int(ks[i + 1]) if i + 1 < len(ks) else hi
+                stack.append((int(children[i]), c_lo, c_hi, depth + 1))
+        k = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+        return Walk(k, b"".join(vals), unknown, bad, nodes)
+
+
+# ---------------------------------------------------------------------------
+@dataclass
+class DeviceDetails:
+    mapped_blocks: int
+    transaction_id: int
+    creation_time: int
+    snapshotted_time: int
+
+
+def details_from_walk(w: Walk) -> dict:
+    out = {}
+    for i, k in enumerate(w.keys.tolist()):
+        mb, tid, ct, st = struct.unpack_from("<QQII", w.values, i * S.DEVICE_DETAILS_SIZE)
+        out[int(k)] = DeviceDetails(mb, tid, ct, st)
+    return out
+
+
+@dataclass
+class Mapping:
+    """A thin device's mapping as runs of consecutive blocks (numpy arrays)."""
+
+    vstart: np.ndarray  # virtual block of each run
+    dstart: np.ndarray  # data block of each run
+    length: np.ndarray
+    unknown: list  # [(vlo, vhi)] virtual block ranges that could not be read
+    mapped: int
+    max_time: int
+
+    @property
+    def nbytes(self):
+        return self.vstart.nbytes * 3 + 64 * len(self.unknown) + 128
+
+
+def mapping_from_entries(vblocks: np.ndarray, values: np.ndarray, unknown, nr_data_blocks=None):
+    order = np.argsort(vblocks, kind="stable")
+    vb = vblocks[order].astype(np.int64)
+    val = values[order]
+    db = (val >> np.uint64(S.TIME_BITS)).astype(np.int64)
+    tm = (val & np.uint64((1 << S.TIME_BITS) - 1)).astype(np.int64)
+    if len(vb):
+        brk = np.flatnonzero((np.diff(vb) != 1) | (np.diff(db) != 1)) + 1
+        starts = np.concatenate(([0], brk))
+        ends = np.concatenate((brk, [len(vb)]))
+        vstart, dstart, length = vb[starts], db[starts], ends - starts
+    else:
+        vstart = dstart = length = np.zeros(0, np.int64)
+    return Mapping(vstart, dstart, length.astype(np.int64), list(unknown), len(vb),
+                   int(tm.max()) if len(tm) else 0)
+
+
+# ---------------------------------------------------------------------------
+@dataclass
+class ScanResult:
+    """Every checksummed btree node found in the metadata device, summarised."""
+
+    leaves24: dict = field(default_factory=dict)  # blocknr -> nr_entries
+    leaves8: dict = field(default_factory=dict)  # blocknr -> (nr, first key, last key)
+    internal: dict = field(default_factory=dict)  # blocknr -> children (list)
+    other: dict = field(default_factory=dict)  # blocknr -> value_size (space maps)
+    scanned_blocks: int = 0
+
+    def valid(self, b):
+        return b in self.leaves24 or b in self.leaves8 or b in self.internal or b in self.other
+
+
+def scan_nodes(md: ThinMetadata, progress=None) -> ScanResult:
+    """Checksum-verify every metadata block that claims to be a btree node at its place."""
+    res = ScanResult()
+    per = 256
+    found = 0
+    for first in range(0, md.nr_blocks, per):
+        n = min(per, md.nr_blocks - first)
+        try:
+            chunk = md.tmeta.read(first * BLOCK, n * BLOCK)
+        except UnreadableError:
+            continue
+        arr = np.frombuffer(chunk, "<u8").reshape(n, BLOCK // 8)
+        flags = (arr[:, 0] >> np.uint64(32)).astype(np.int64)
+        cand = np.flatnonzero((arr[:, 1] == np.arange(first, first + n, dtype=np.uint64))
+                              & ((flags == S.INTERNAL_NODE) | (flags == S.LEAF_NODE)))
+        for i in cand.tolist():
+            b = first + i
+            try:
+                node = parse_node(chunk[i * BLOCK:(i + 1) * BLOCK], b)
+            except ThinError:
+                continue
+            found += 1
+            if found > MAX_SCAN_NODES:
+                raise ThinError(f"more than {MAX_SCAN_NODES} btree nodes in the metadata")
+            if not node.is_leaf:
+                res.internal[b] = node.u64_values().tolist()
+            elif node.value_size == 8:
+                nr = len(node.keys)
+                res.leaves8[b] = (nr, int(node.keys[0]) if nr else 0,
+                                  int(node.keys[-1]) if nr else 0)
+            elif node.value_size == S.DEVICE_DETAILS_SIZE:
+                res.leaves24[b] = len(node.keys)
+            else:
+                res.other[b] = node.value_size
+        res.scanned_blocks += n
+    return res
+
+
+class Recovery:
+    """Rebuild the roots of a pool whose superblock or tree roots are damaged.
+
+    The kind of each tree is told by its leaves: 24-byte values are device details;
+    8-byte leaf values that are all block numbers of valid nodes make the top-level
+    tree (``dev_id -> mapping root``); other 8-byte leaves are mappings.  A node
+    nobody references is a root.  Among several candidate roots (copy-on-write leaves
+    older generations behind) the newest is preferred: the details tree with the
+    highest transaction id, the top-level tree that agrees best with the LVM text and
+    the device details.
+    """
+
+    def __init__(self, md: ThinMetadata, scan: ScanResult, expected_devs=(), nr_data_blocks=None):
+        self.md = md
+        self.scan = scan
+        self.notes = []
+        self.kind = {}
+        self.expected = set(expected_devs)
+        self.nr_data_blocks = nr_data_blocks
+        self._classify()
+
+    def _leaf8_kind(self, b):
+        try:
+            node = self.md.node(b)
+        except (ThinError, UnreadableError):
+            return "bad"
+        vals = node.u64_values()
+        if len(vals) and int(node.keys[-1]) <= MAX_DEVICE_ID and all(
+                self.scan.valid(int(v)) and int(v) != b for v in vals.tolist()):
+            return "top"
+        return "map"
+
+    def _kind_of(self, b, depth=0):
+        k = self.kind.get(b)
+        if k is not None:
+            return k
+        s = self.scan
+        if b in s.leaves24:
+            k = "details"
+        elif b in s.leaves8:
+            k = self._leaf8_kind(b)
+        elif b in s.internal and depth < MAX_TREE_DEPTH:
+            k = "bad"
+            for c in s.internal[b]:
+                if s.valid(c) and c != b:
+                    k = self._kind_of(c, depth + 1)
+                    if k != "bad":
+                        break
+        elif b in s.other:
+            k = "spacemap"
+        else:
+            k = "bad"
+        self.kind[b] = k
+        return k
+
+    def _classify(self):
+        s = self.scan
+        referenced = set()
+        for b, children in s.internal.items():
+            referenced.update(c for c in children if c != b)
+        for b in list(s.leaves8) + list(s.internal) + list(s.leaves24) + list(s.other):
+            self._kind_of(b)
+        for b in s.leaves8:
+            if self.kind[b] == "top":
+                referenced.update(self.md.node(b).u64_values().tolist())
+        self.referenced = referenced
+        self.roots = [b for b in self.kind if b not in referenced]
+
+    def roots_of(self, kind):
+        return sorted(b for b in self.roots if self.kind.get(b) == kind)
+
+    def best_details(self):
+        best, best_rank = None, None
+        for r in self.roots_of("details"):
+            d = details_from_walk(self.md.walk(r, S.DEVICE_DETAILS_SIZE))
+            if not d:
+                continue
+            rank = (len(self.expected & set(d)), max(x.transaction_id for x in d.values()),
+                    len(d), r)
+            if best_rank is None or rank > best_rank:
+                best, best_rank = (r, d), rank
+        if best is None:
+            return None, {}
+        others = len(self.roots_of("details")) - 1
+        if others > 0:
+            self.notes.append(f"{others} older device-details tree(s) found; using the one at "
+                              f"block {best[0]} (highest transaction id)")
+        return best
+
+    def _entries(self, root):
+        """Number of leaf entries below ``root`` from the scan summaries (no parsing)."""
+        total, stack, seen = 0, [(root, 0)], set()
+        while stack:
+            b, d = stack.pop()
+            if b in seen or d > MAX_TREE_DEPTH:
+                continue
+            seen.add(b)
+            if b in self.scan.leaves8:
+                total += self.scan.leaves8[b][0]
+            elif b in self.scan.internal:
+                stack.extend((c, d + 1) for c in self.scan.internal[b])
+        return total
+
+    def best_top(self, details):
+        best, best_rank = None, None
+        for r in self.roots_of("top"):
+            w = self.md.walk(r, 8)
+            devs = dict(zip(w.keys.tolist(), np.frombuffer(w.values, "<u8").tolist()))
+            agree = sum(1 for d, root in devs.items()
+                        if d in details and self._entries(root) == details[d].mapped_blocks)
+            rank = (len(self.expected & set(devs)), agree, len(devs), r)
+            if best_rank is None or rank > best_rank:
+                best, best_rank = (r, devs), rank
+        if best is None:
+            return None, {}
+        others = len(self.roots_of("top")) - 1
+        if others > 0:
+            self.notes.append(f"{others} older top-level mapping tree(s) found; using the one "
+                              f"at block {best[0]}")
+        return best
+
+    def orphan_mapping_roots(self, used_roots):
+        """Mapping subtrees nobody references: candidates for devices whose tree is lost."""
+        return [r for r in self.roots_of("map") if r not in used_roots]
+
+
+# ---------------------------------------------------------------------------
+class ThinPool:
+    """One thin pool: metadata, data device and the device table.
+
+    ``hints`` come from the LVM text: ``chunk_size`` (sectors), ``transaction_id``,
+    ``device_ids`` (of the thin LVs) — enough to go on without the superblock.
+    """
+
+    def __init__(self, tmeta: Source, tdata: Source, name="pool", hints=None, report=None):
+        self.name = name
+        self.tmeta = tmeta
+        self.tdata = tdata
+        self.md = ThinMetadata(tmeta)
+        self.hints = hints or {}
+        self.problems = []  # (severity, code, message)
+        self.info = []
+        self.sb = None
+        self.recovered = False
+        self.usable = False
+        self.details = {}
+        self.dev_roots = {}
+        self.extra_leaves = {}  # dev_id -> [mapping subtree roots] found by recovery
+        self._lock = threading.Lock()
+        self._open()
+
+    def _problem(self, severity, code, msg):
+        self.problems.append((severity, code, msg))
+
+    def _open(self):
+        chunk_hint = self.hints.get("chunk_size")
+        try:
+            self.sb = parse_superblock(self.md.read_block(0))
+        except (ThinError, UnreadableError) as e:
+            self._problem("error", "thin-superblock", f"{e}; rebuilding from the btree nodes")
+        if self.sb is not None:
+            self.chunk_sectors = self.sb.data_block_size
+            if chunk_hint and chunk_hint != self.chunk_sectors:
+                self._problem("warning", "thin-chunk-size",
+                              f"LVM says chunk_size {chunk_hint}, the superblock "
+                              f"{self.chunk_sectors}; using the superblock")
+            tid = self.hints.get("transaction_id")
+            if tid is not None and tid != self.sb.trans_id:
+                self._problem("warning", "thin-transaction-mismatch",
+                              f"transaction id mismatch: LVM metadata says {tid}, the pool "
+                              f"superblock {self.sb.trans_id}")
+            if self.sb.held_root:
+                self.info.append(f"a metadata snapshot is held at block {self.sb.held_root}")
+        else:
+            if not chunk_hint:
+                raise ThinError(f"thin pool {self.name}: no superblock and no chunk size "
+                                f"in the LVM metadata")
+            self.chunk_sectors = int(chunk_hint)
+        self.chunk_bytes = self.chunk_sectors * 512
+        self.nr_data_blocks = self.tdata.size // self.chunk_bytes
+        if self.sb is not None:
+            dsm = self.sb.data_sm
+            self.info.append(f"superblock: transaction {self.sb.trans_id}, time {self.sb.time}, "
+                             f"data blocks {dsm['nr_allocated']}/{dsm['nr_blocks']} allocated, "
+                             f"metadata blocks {self.sb.metadata_sm['nr_allocated']}/"
+                             f"{self.sb.metadata_sm['nr_blocks']}")
+            if dsm["nr_blocks"] != self.nr_data_blocks:
+                self._problem("warning", "thin-data-size",
+                              f"data space map has {dsm['nr_blocks']} blocks, the data LV "
+                              f"{self.nr_data_blocks}")
+            ok = self._load_roots(self.sb.device_details_root, self.sb.data_mapping_root)
+            if ok:
+                self.usable = True
+                return
+        self._recover()
+
+    def _load_roots(self, details_root, mapping_root) -> bool:
+        dw = self.md.walk(details_root, S.DEVICE_DETAILS_SIZE)
+        tw = self.md.walk(mapping_root, 8)
+        for msg in dw.bad + tw.bad:
+            self._problem("error", "thin-btree", msg)
+        if dw.unknown or tw.unknown:
+            return False
+        self.details = details_from_walk(dw)
+        self.dev_roots = dict(zip(tw.keys.tolist(), np.frombuffer(tw.values, "<u8").tolist()))
+        return True
+
+    def _recover(self):
+        self.recovered = True
+        scan = scan_nodes(self.md)
+        rec = Recovery(self.md, scan, self.hints.get("device_ids", ()), self.nr_data_blocks)
+        droot, details = rec.best_details()
+        troot, devs = rec.best_top(details)
+        self.details = details
+        self.dev_roots = dict(devs)
+        self.info.extend(rec.notes)
+        self.info.append(f"recovery: scanned {scan.scanned_blocks} metadata blocks, "
+                         f"{len(scan.internal) + len(scan.leaves8) + len(scan.leaves24)} valid "
+                         f"btree nodes; device details at {droot}, top-level tree at {troot}")
+        # Devices the LVM text names, with details but without a mapping tree: match an
+        # orphan mapping subtree by its entry count (= mapped_blocks).
+        orphans = rec.orphan_mapping_roots(set(self.dev_roots.values()))
+        wanted = set(self.hints.get("device_ids", ())) | set(details)
+        for dev in sorted(wanted - set(self.dev_roots)):
+            if dev not in details:
+                continue
+            fits = [r for r in orphans if rec._entries(r) == details[dev].mapped_blocks]
+            if len(fits) == 1:
+                self.dev_roots[dev] = fits[0]
+                orphans.remove(fits[0])
+                self._problem("warning", "thin-guessed-root",
+                              f"thin device {dev}: mapping tree at block {fits[0]} matched by "
+                              f"its {details[dev].mapped_blocks} mapped blocks")
+        self.orphans = orphans
+        self._rec = rec
+        if not self.dev_roots:
+            self._problem("error", "thin-metadata-unusable",
+                          "no thin device mapping could be recovered; only the pool data "
+                          "area is exposed (for carving)")
+            return
+        self.usable = True
+
+    # -- mappings ---------------------------------------------------------------
+    def mapping(self, dev_id) -> Mapping:
+        key = ("lvm-thin-map", self.tmeta.uid, dev_id)
+        m = METADATA_CACHE.get(key)
+        if m is None:
+            m = METADATA_CACHE.put(key, self._load_mapping(dev_id))
+        return m
+
+    def _load_mapping(self, dev_id) -> Mapping:
+        root = self.dev_roots.get(dev_id)
+        if root is None:
+            return Mapping(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                           [(0, None)], 0, 0)
+        w = self.md.walk(int(root), 8)
+        keys, vals, unknown = w.keys, np.frombuffer(w.values, "<u8"), list(w.unknown)
+        if unknown and self.recovered and getattr(self, "orphans", None):
+            keys, vals, unknown = self._fill_from_orphans(keys, vals, unknown)
+        return mapping_from_entries(keys, vals, unknown, self.nr_data_blocks)
+
+    def _fill_from_orphans(self, keys, vals, unknown):
+        """Mapping leaves nobody references whose keys fall inside an unknown range."""
+        add_k, add_v = [keys], [vals]
+        best = {}
+        for r in self.orphans:
+            w = self.md.walk(r, 8)
+            v = np.frombuffer(w.values, "<u8")
+            for k, val in zip(w.keys.tolist(), v.tolist()):
+                if any(lo <= k and (hi is None or k < hi) for lo, hi in unknown):
+                    old = best.get(k)
+                    if old is None or (val & 0xFFFFFF) > (old & 0xFFFFFF):
+                        best[k] = val
+        if best:
+            add_k.append(np.array(list(best), np.uint64))
+            add_v.append(np.array(list(best.values()), np.uint64))
+        return np.concatenate(add_k), np.concatenate(add_v), unknown
+
+
+class ThinSource(Source):
+    """A thin device: virtual blocks -> pool data blocks; unmapped reads as zeros."""
+
+    def __init__(self, pool: ThinPool, dev_id: int, size: int, label="thin", bad=BAD_EIO):
+        super().__init__()
+        self.pool = pool
+        self.dev_id = dev_id
+        self.size = size
+        self.label = label
+        self.bad = bad
+
+    def _map(self):
+        return self.pool.mapping(self.dev_id)
+
+    def _pieces(self, offset, length):
+        """Yield (offset, n, data_offset | None, status) over the range."""
+        m = self._map()
+        cb = self.pool.chunk_bytes
+        end = offset + length
+        pos = offset
+        vstart, dstart, rlen = m.vstart, m.dstart, m.length
+        while pos < end:
+            vb = pos // cb
+            i = int(np.searchsorted(vstart, vb, "right")) - 1
+            if i >= 0 and vb < vstart[i] + rlen[i]:
+                run_end = int(vstart[i] + rlen[i]) * cb
+                n = min(end, run_end) - pos
+                doff = int(dstart[i]) * cb + (pos - int(vstart[i]) * cb)
+                if doff + n > self.pool.tdata.size:
+                    yield pos, n, None, UNREADABLE
+                else:
+                    yield pos, n, doff, DATA
+                pos += n
+                continue
+            nxt = int(vstart[i + 1]) * cb if i + 1 < len(vstart) else end
+            gap_end = min(end, nxt)
+            # split the gap by unknown ranges
+            for g_off, g_n, st in _split_unknown(pos, gap_end, m.unknown, cb):
+                yield g_off, g_n, None, st
+            pos = gap_end
+
+    def _read(self, offset, length):
+        parts = []
+        for pos, n, doff, st in self._pieces(offset, length):
+            if st == DATA:
+                parts.append(self.pool.tdata.read(doff, n))
+            elif st == UNMAPPED or self.bad == BAD_ZERO:
+                parts.append(bytes(n))
+            else:
+                raise UnreadableError(f"{self.label}: mapping of this range is lost "
+                                      f"(damaged thin-pool metadata)", [(pos, n)])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _block_status(self, offset, length):
+        return [(pos, n, st) for pos, n, _d, st in self._pieces(offset, length)]
+
+
+def _split_unknown(start, end, unknown, cb):
+    if not unknown:
+        yield start, end - start, UNMAPPED
+        return
+    pos = start
+    for lo, hi in sorted(unknown, key=lambda r: r[0]):
+        u_lo = lo * cb
+        u_hi = end if hi is None else min(end, hi * cb)
+        if u_hi <= pos or u_lo >= end:
+            continue
+        if u_lo > pos:
+            yield pos, u_lo - pos, UNMAPPED
+            pos = u_lo
+        yield pos, u_hi - pos, UNREADABLE
+        pos = u_hi
+    if pos < end:
+        yield pos, end - pos, UNMAPPED
