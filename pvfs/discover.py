@@ -144,6 +144,8 @@ class Context:
                 first = Volume(source, f"{home.path}/{used}", used, role, parent=volume)
                 first.info.update(info or {})
                 first.homes.append(Home(d, f"{used}.parts", f"{home.path}/{used}.parts"))
+            else:
+                first.vm_paths.append(f"{home.path}/{used}")
         if first is None:  # no home: still probe it (e.g. LVM inside an unlisted partition)
             first = Volume(source, f"{volume.path}#{name}", name, role, parent=volume)
         volume.children.append((name, first))
@@ -154,7 +156,9 @@ class Context:
         """Show ``volume``'s children in one more place (children added later follow)."""
         volume.homes.append(home)
         for name, child in volume.children:
-            home.dir().add(name, File(child.source), report=self.report, path_hint=home.path)
+            used = home.dir().add(name, File(child.source), report=self.report,
+                                  path_hint=home.path)
+            child.vm_paths.append(f"{home.path}/{used}")
 
     def add_input_disk(self, input_vol: Volume, source, snapshot: str | None = None,
                        info: dict | None = None, mtime=None) -> Volume:
@@ -232,6 +236,11 @@ class Context:
 def _safe_probe(backend, volume, ctx):
     try:
         return float(backend.probe(volume, ctx) or 0)
+    except UnreadableError as e:
+        ctx.report.add("warning", backend.name, volume.path, "probe-unreadable",
+                       f"could not read enough to recognise a {backend.name} structure: {e}",
+                       e.ranges)
+        return 0.0
     except Exception as e:  # a probe must never raise; if it does, it is a bug, not damage
         ctx.report.add("warning", backend.name, volume.path, "probe-failed",
                        f"probe raised {type(e).__name__}: {e}")
@@ -267,7 +276,11 @@ def probe_volume(ctx, volume):
         if s > 0:
             scores.append((s, b))
     if not scores:
-        volume.filesystem = detect_filesystem(volume.source)
+        if volume.role == "input":
+            ctx.report.add("info", "core", volume.path, "not-recognised",
+                           "no format recognised; file skipped")
+        else:
+            volume.filesystem = detect_filesystem(volume.source)
         return
     scores.sort(key=lambda t: -t[0])
     best = scores[0][1]
@@ -311,7 +324,7 @@ def open_file_source(ctx, path, label=None):
     return src, mapfile, bad_ranges
 
 
-def _open_input_file(ctx, path, directory, dir_path, name):
+def _open_input_file(ctx, path, directory, dir_path, name, from_dir=False):
     src, mapfile, bad_ranges = open_file_source(ctx, path, label=name)
     ctx.inputs.append({"path": os.path.abspath(path), "size": src.size,
                        "mapfile": os.path.abspath(mapfile) if mapfile else None,
@@ -322,6 +335,7 @@ def _open_input_file(ctx, path, directory, dir_path, name):
     # The input itself is a volume without its own node: what it holds is shown in d.
     vol = Volume(src, dpath, name, "input", input_path=os.path.abspath(path))
     vol.mtime = st.st_mtime
+    vol.from_dir = from_dir  # found by walking a directory input, not named by the user
     vol.homes.append(Home(d, None, dpath))
     vol.dir = d
     ctx._register(vol, True)
@@ -375,7 +389,7 @@ def add_input(ctx, path, directory=None, dir_path="storage/files", depth=0):
     elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
         if depth > 0 and (name.endswith(".map") and os.path.exists(path[:-4])):
             return  # a ddrescue mapfile beside its image
-        _open_input_file(ctx, path, directory, dir_path, name)
+        _open_input_file(ctx, path, directory, dir_path, name, from_dir=depth > 0)
 
 
 def run_queue(ctx):

@@ -1,4 +1,9 @@
-"""Raw disk images: an input file that no other backend claims is itself the disk."""
+"""Raw disk images: an input file that no other backend claims is itself the disk.
+
+Files found while walking a directory input are taken as raw disks only when
+their name says so (``.raw``, ``.img`` ...) or they are at least 1 MiB of whole
+sectors; the rest (notes, checksums, scripts) are listed as skipped.
+"""
 
 from pvfs.backend import Backend
 
@@ -9,7 +14,15 @@ class RawBackend(Backend):
     name = "raw"
     roles = ("input",)
 
+    #: In a directory walk, only files that look like disk images are taken as raw disks.
+    IMAGE_SUFFIXES = (".raw", ".img", ".dd", ".bin", ".iso", ".dsk", ".disk")
+
     def probe(self, volume, ctx):
+        if getattr(volume, "from_dir", False):
+            name = volume.name.lower()
+            big_sectors = volume.source.size >= (1 << 20) and volume.source.size % 512 == 0
+            if not (name.endswith(self.IMAGE_SUFFIXES) or big_sectors):
+                return 0.0
         return 1.0
 
     def open(self, volume, ctx):

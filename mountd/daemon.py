@@ -1,0 +1,63 @@
+"""Run the FUSE session: mount, serve until unmounted or signalled, unmount.
+
+``serve`` is called in the foreground or, after a fork, in the background
+daemon; ``ready`` is called once the kernel has the mount, so ``pvfs mount``
+returns only when the tree can be used.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import pyfuse3
+import trio
+
+from .fs import PvfsOperations
+
+log = logging.getLogger("pvfs.mountd")
+
+BASE_OPTIONS = ("fsname=pvfs", "subtype=pvfs", "ro", "default_permissions")
+
+
+def fuse_options(extra=()):
+    opts = set(BASE_OPTIONS)
+    for o in extra:
+        for part in o.split(","):
+            part = part.strip()
+            if part and part not in ("rw",):
+                opts.add(part)
+    return opts
+
+
+async def _main(ops_stop):
+    async with trio.open_nursery() as nursery:
+        async def on_signals():
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+                async for _ in sigs:
+                    log.info("signal received: unmounting")
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(on_signals)
+        await pyfuse3.main(min_tasks=4, max_tasks=64)
+        nursery.cancel_scope.cancel()
+
+
+def serve(root, mountpoint, report=None, options=(), ready=None, threads=8):
+    """Mount ``root`` at ``mountpoint`` and serve it until unmounted."""
+    ops = PvfsOperations(root, report=report, threads=threads)
+    pyfuse3.init(ops, str(mountpoint), fuse_options(options))
+    unmount = True
+    try:
+        if ready is not None:
+            ready()
+        trio.run(_main, None)
+    except BaseException:
+        unmount = True
+        raise
+    finally:
+        try:
+            pyfuse3.close(unmount=unmount)
+        except Exception:  # already unmounted from outside (fusermount3 -u)
+            pass

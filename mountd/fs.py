@@ -1,0 +1,308 @@
+"""pyfuse3 operations over a :class:`pvfs.nodes.Dir` tree, read-only.
+
+Every handler goes through :func:`handler`: blocking work (lazy directory
+loading, reads, allocation maps) runs in worker threads under a capacity
+limiter, and any exception other than ``FUSEError`` becomes EIO plus a damage
+entry, because pyfuse3 ends the session on anything it does not expect.
+Inode numbers are handed out once per node object and never reused, so they
+stay stable for the life of the mount; the tree never changes, hence long
+kernel cache timeouts and ``keep_cache``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import threading
+
+import pyfuse3
+import trio
+
+from pvfs.errors import UnreadableError
+from pvfs.nodes import Dir, File, GeneratedFile, Node, Symlink
+
+log = logging.getLogger("pvfs.mountd")
+
+TIMEOUT = 3600.0  # the tree is immutable
+GENERATED_TIMEOUT = 1.0  # README.txt / report.json change as damage is found
+
+
+def handler(fn):
+    """The one wrapper of every handler: FUSEError passes, anything else is EIO."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except UnreadableError as e:
+            self.note_error(fn.__name__, args, e, "unreadable")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:  # noqa: BLE001 - the mount must never die
+            log.exception("handler %s failed", fn.__name__)
+            self.note_error(fn.__name__, args, e, "handler-error")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class PvfsOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, root: Dir, report=None, threads=8):
+        super().__init__()
+        self.report = report
+        self.limiter = trio.CapacityLimiter(threads)
+        self._lock = threading.Lock()
+        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
+        self._inos: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}
+        self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
+        self._parents: dict[int, int] = {pyfuse3.ROOT_INODE: pyfuse3.ROOT_INODE}
+        self._lookups: dict[int, int] = {}
+        self._next_ino = pyfuse3.ROOT_INODE + 1
+        self._handles: dict[int, tuple] = {}
+        self._next_fh = 1
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+
+    # -- bookkeeping -----------------------------------------------------------
+    def _ino(self, node, path, parent_ino):
+        with self._lock:
+            ino = self._inos.get(id(node))
+            if ino is None:
+                ino = self._next_ino
+                self._next_ino += 1
+                self._inos[id(node)] = ino
+                self._nodes[ino] = node
+                self._paths[ino] = path
+                self._parents[ino] = parent_ino
+            return ino
+
+    def _node(self, ino) -> Node:
+        node = self._nodes.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def path_of(self, ino):
+        return self._paths.get(ino, f"<inode {ino}>")
+
+    def note_error(self, op, args, exc, code):
+        if self.report is None:
+            return
+        ino = args[0] if args and isinstance(args[0], int) else None
+        path = self.path_of(ino) if ino is not None else "?"
+        if op == "read" and ino in self._handles:
+            path = self.path_of(self._handles[ino][0])
+        ranges = getattr(exc, "ranges", None) or []
+        self.report.add("error", "mount", path or "/", code,
+                        f"{op}: {type(exc).__name__}: {exc}", ranges)
+
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def _attrs(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.generation = 0
+        timeout = GENERATED_TIMEOUT if isinstance(node, GeneratedFile) else TIMEOUT
+        a.entry_timeout = timeout
+        a.attr_timeout = timeout
+        a.st_mode = node.mode
+        a.st_nlink = node.nlink if not isinstance(node, Dir) else 2
+        a.st_uid = node.uid
+        a.st_gid = node.gid
+        a.st_rdev = node.rdev
+        a.st_size = node.size
+        a.st_blksize = 65536
+        a.st_blocks = (node.allocated_bytes() + 511) // 512
+        a.st_atime_ns = int(node.atime * 1e9)
+        a.st_mtime_ns = int(node.mtime * 1e9)
+        a.st_ctime_ns = int(node.ctime * 1e9)
+        return a
+
+    async def _attrs_async(self, node, ino):
+        if isinstance(node, File) and node._allocated is None:
+            return await self._run(self._attrs, node, ino)
+        return self._attrs(node, ino)
+
+    # -- handlers ------------------------------------------------------------------
+    @handler
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self._node(parent_inode)
+        if not isinstance(parent, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        name_s = os.fsdecode(name)
+        if name_s == ".":
+            node, ino = parent, parent_inode
+        elif name_s == "..":
+            ino = self._parents.get(parent_inode, pyfuse3.ROOT_INODE)
+            node = self._node(ino)
+        else:
+            children = await self._run(parent.children)
+            node = children.get(name_s)
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            ppath = self.path_of(parent_inode)
+            ino = self._ino(node, f"{ppath}/{name_s}" if ppath else name_s, parent_inode)
+        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+        return await self._attrs_async(node, ino)
+
+    async def forget(self, inode_list):
+        for ino, nlookup in inode_list:
+            left = self._lookups.get(ino, 0) - nlookup
+            if left <= 0:
+                self._lookups.pop(ino, None)
+            else:
+                self._lookups[ino] = left
+
+    @handler
+    async def getattr(self, inode, ctx=None):
+        return await self._attrs_async(self._node(inode), inode)
+
+    @handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    @handler
+    async def readlink(self, inode, ctx):
+        node = self._node(inode)
+        if not isinstance(node, Symlink):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
+
+    @handler
+    async def opendir(self, inode, ctx):
+        node = self._node(inode)
+        if not isinstance(node, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        children = await self._run(node.children)
+        names = list(children.items())
+        fh = self._new_handle((inode, names))
+        return fh
+
+    @handler
+    async def readdir(self, fh, start_id, token):
+        inode, entries = self._handles[fh]
+        ppath = self.path_of(inode)
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            ino = self._ino(node, f"{ppath}/{name}" if ppath else name, inode)
+            attrs = await self._attrs_async(node, ino)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, i + 1):
+                return
+            self._lookups[ino] = self._lookups.get(ino, 0) + 1
+
+    @handler
+    async def releasedir(self, fh):
+        self._handles.pop(fh, None)
+
+    @handler
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if isinstance(node, GeneratedFile):
+            data = await self._run(node.render)
+            fi = pyfuse3.FileInfo(fh=self._new_handle((inode, data)), direct_io=True,
+                                  keep_cache=False)
+            return fi
+        if not isinstance(node, File):
+            raise pyfuse3.FUSEError(errno.EINVAL if not stat.S_ISDIR(node.mode) else errno.EISDIR)
+        return pyfuse3.FileInfo(fh=self._new_handle((inode, node.source)), keep_cache=True)
+
+    @handler
+    async def read(self, fh, off, size):
+        inode, what = self._handles[fh]
+        if isinstance(what, bytes):
+            return what[off:off + size]
+        try:
+            return await self._run(what.read, off, size)
+        except UnreadableError as e:
+            if self.report is not None:
+                self.report.add("error", "mount", self.path_of(inode) or "/", "read-eio",
+                                f"read failed: {e}", e.ranges or [(off, size)])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    @handler
+    async def release(self, fh):
+        self._handles.pop(fh, None)
+
+    @handler
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = 65536
+        s.f_frsize = 65536
+        s.f_blocks = 0
+        s.f_bfree = 0
+        s.f_bavail = 0
+        s.f_files = len(self._nodes)
+        s.f_ffree = 0
+        s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    @handler
+    async def getxattr(self, inode, name, ctx):
+        node = self._node(inode)
+        try:
+            return node.xattrs[name]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENODATA) from None
+
+    @handler
+    async def listxattr(self, inode, ctx):
+        return list(self._node(inode).xattrs.keys())
+
+    @handler
+    async def access(self, inode, mode, ctx):
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return True
+
+    # -- write operations: read-only file system ------------------------------------
+    async def create(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def write(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mkdir(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def unlink(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rmdir(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rename(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def symlink(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def link(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mknod(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setxattr(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def removexattr(self, *a, **k):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _new_handle(self, value):
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+        self._handles[fh] = value
+        return fh
