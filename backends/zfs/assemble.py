@@ -1,0 +1,103 @@
+"""Assembling a pool from its members: configs, vdev tree, uberblock choice.
+
+References: OpenZFS module/zfs/spa.c (spa_load: the newest label config, top-level
+vdevs by "id", vdev_children), vdev_label.c (vdev_uberblock_load: the best uberblock
+over all labels of all devices), uberblock.c, "ZFS On-Disk Specification" 1.3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import vdev as vdevmod
+from .errors import ZfsError
+from .label import read_labels
+from .pool import Pool
+
+MAX_TOP_VDEVS = 4096
+
+
+@dataclass
+class Member:
+    volume: object
+    source: object
+    config: dict
+    labels: object
+
+
+@dataclass
+class Assembly:
+    pool: Pool
+    uberblocks: list  # every valid uberblock, newest first, one per txg
+    notes: list = field(default_factory=list)  # (severity, code, message)
+    members: list = field(default_factory=list)
+
+
+def assemble(volumes, ctx=None, path="") -> Assembly:
+    notes = []
+    members = []
+    for vol in volumes:
+        info = read_labels(vol.source)
+        cfg = info.config
+        if cfg is None:
+            notes.append(("warning", "no-label", f"{vol.path}: no valid label"))
+            continue
+        for l, why in info.bad_labels:
+            notes.append(("warning", "bad-label", f"{vol.path}: label {l}: {why}"))
+        members.append(Member(vol, vol.source, cfg, info))
+    if not members:
+        raise ZfsError("no member has a valid label")
+    newest = max(members, key=lambda m: m.config.get("txg", 0) or 0).config
+    name = newest.get("name", "pool")
+    guid = newest.get("pool_guid", 0)
+    nchildren = newest.get("vdev_children", 1)
+    if not isinstance(nchildren, int) or not 0 < nchildren <= MAX_TOP_VDEVS:
+        nchildren = 1
+    leaves = {}
+    for m in members:
+        lg = m.config.get("guid")
+        if lg in leaves:
+            notes.append(("warning", "duplicate-member",
+                          f"{m.volume.path}: the same vdev (guid {lg}) was given twice; "
+                          f"using {leaves[lg][1].path}"))
+            continue
+        leaves[lg] = (m.source, m.volume)
+    # Each label holds the config of its own top-level vdev: take the newest per id.
+    tops_cfg = {}
+    for m in members:
+        tree = m.config.get("vdev_tree")
+        if not isinstance(tree, dict):
+            continue
+        tid = tree.get("id", 0)
+        if not isinstance(tid, int) or tid < 0 or tid >= MAX_TOP_VDEVS:
+            continue
+        txg = m.config.get("txg", 0) or 0
+        if tid not in tops_cfg or txg > tops_cfg[tid][0]:
+            tops_cfg[tid] = (txg, tree)
+    nchildren = max(nchildren, max(tops_cfg, default=-1) + 1)
+    tops = []
+    bnotes = []
+    for tid in range(nchildren):
+        if tid not in tops_cfg:
+            tops.append(vdevmod.Missing(why="no member of this top-level vdev was found"))
+            notes.append(("error", "missing-vdev", f"top-level vdev {tid} is missing: no "
+                                                   f"label of any of its members was found"))
+            continue
+        tops.append(vdevmod.build(tops_cfg[tid][1], leaves, notes=bnotes))
+    for n in bnotes:
+        notes.append(("error", "unsupported-vdev", n))
+    for t in tops:
+        for leaf in t.missing_leaves():
+            notes.append(("warning", "missing-member",
+                          f"member {leaf.path} (guid {leaf.guid}) of {t.kind} vdev is missing"))
+    pool = Pool(name, guid, newest, tops, ctx=ctx, path=path)
+    ubs = {}
+    for m in members:
+        for ub in m.labels.uberblocks:
+            cur = ubs.get(ub.txg)
+            if cur is None or ub.timestamp > cur.timestamp:
+                ubs[ub.txg] = ub
+    ordered = sorted(ubs.values(), key=lambda u: (u.txg, u.timestamp), reverse=True)
+    if not ordered:
+        raise ZfsError(f"pool {name}: no valid uberblock on any member")
+    return Assembly(pool, ordered, notes, members)

@@ -1,0 +1,152 @@
+"""Block decompression: lzjb, lz4, gzip, zle, zstd.
+
+References: OpenZFS module/zfs/lzjb.c, lz4.c / lz4_zfs.c (4-byte big-endian compressed
+length before the LZ4 block), gzip.c (zlib streams), zle.c (n = 64), zfs_zstd.c
+(zfs_zstdhdr_t: big-endian c_len and version/level, then a zstd frame).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from .errors import ZfsError
+from .structs import ZIO_COMPRESS
+
+try:
+    import lz4.block as _lz4
+except ImportError:  # pragma: no cover
+    _lz4 = None
+try:
+    import zstandard as _zstd
+except ImportError:  # pragma: no cover
+    _zstd = None
+
+
+class DecompressError(ZfsError):
+    pass
+
+
+def lzjb_decompress(src: bytes, d_len: int) -> bytes:
+    """lzjb.c: a copy map byte before every 8 items; a match is 6 bits length, 10 bits offset."""
+    dst = bytearray()
+    s = 0
+    slen = len(src)
+    copymap = 0
+    copymask = 1 << 7
+    while len(dst) < d_len:
+        copymask <<= 1
+        if copymask == 256:
+            copymask = 1
+            if s >= slen:
+                raise DecompressError("lzjb: input ends early")
+            copymap = src[s]
+            s += 1
+        if copymap & copymask:
+            if s + 1 >= slen:
+                raise DecompressError("lzjb: input ends inside a match")
+            b0, b1 = src[s], src[s + 1]
+            s += 2
+            mlen = (b0 >> 2) + 3
+            offset = ((b0 << 8) | b1) & 0x3FF
+            pos = len(dst) - offset
+            if pos < 0 or offset == 0:
+                raise DecompressError("lzjb: match before the start of the block")
+            mlen = min(mlen, d_len - len(dst))
+            if offset >= mlen:
+                dst += dst[pos:pos + mlen]
+            else:
+                pat = dst[pos:]
+                dst += (pat * (mlen // offset + 1))[:mlen]
+        else:
+            if s >= slen:
+                raise DecompressError("lzjb: input ends early")
+            dst.append(src[s])
+            s += 1
+    return bytes(dst)
+
+
+def zle_decompress(src: bytes, d_len: int, n: int = 64) -> bytes:
+    dst = bytearray()
+    s, slen = 0, len(src)
+    while s < slen and len(dst) < d_len:
+        ln = 1 + src[s]
+        s += 1
+        if ln <= n:
+            if s + ln > slen or len(dst) + ln > d_len:
+                raise DecompressError("zle: literal run past the end")
+            dst += src[s:s + ln]
+            s += ln
+        else:
+            ln -= n
+            if len(dst) + ln > d_len:
+                raise DecompressError("zle: zero run past the end")
+            dst += bytes(ln)
+    if len(dst) < d_len:
+        dst += bytes(d_len - len(dst))
+    return bytes(dst)
+
+
+def lz4_decompress(src: bytes, d_len: int) -> bytes:
+    if _lz4 is None:
+        raise DecompressError("lz4: the lz4 package is not installed")
+    if len(src) < 4:
+        raise DecompressError("lz4: block shorter than its header")
+    (clen,) = struct.unpack(">I", src[:4])
+    if clen > len(src) - 4:
+        raise DecompressError(f"lz4: header says {clen} bytes, block has {len(src) - 4}")
+    try:
+        out = _lz4.decompress(src[4:4 + clen], uncompressed_size=d_len)
+    except Exception as e:
+        raise DecompressError(f"lz4: {e}") from None
+    if len(out) < d_len:
+        out += bytes(d_len - len(out))
+    return out
+
+
+def zstd_decompress(src: bytes, d_len: int) -> bytes:
+    if _zstd is None:
+        raise DecompressError("zstd: the zstandard package is not installed")
+    if len(src) < 8:
+        raise DecompressError("zstd: block shorter than its header")
+    (clen,) = struct.unpack(">I", src[:4])
+    if clen > len(src) - 8:
+        raise DecompressError(f"zstd: header says {clen} bytes, block has {len(src) - 8}")
+    try:
+        out = _zstd.ZstdDecompressor().decompress(src[8:8 + clen], max_output_size=d_len)
+    except Exception as e:
+        raise DecompressError(f"zstd: {e}") from None
+    if len(out) < d_len:
+        out += bytes(d_len - len(out))
+    return out[:d_len]
+
+
+def gzip_decompress(src: bytes, d_len: int) -> bytes:
+    try:
+        d = zlib.decompressobj()
+        out = d.decompress(src, d_len)
+    except zlib.error as e:
+        raise DecompressError(f"gzip: {e}") from None
+    if len(out) < d_len:
+        out += bytes(d_len - len(out))
+    return out
+
+
+def decompress(comp: int, data: bytes, lsize: int) -> bytes:
+    """Decompress one block's physical bytes to its logical size."""
+    name = ZIO_COMPRESS.get(comp)
+    if name in ("off", "inherit", "on", None) and comp in (0, 2):
+        return data[:lsize] if len(data) >= lsize else data + bytes(lsize - len(data))
+    if name == "empty":
+        return bytes(lsize)
+    if name == "lzjb":
+        return lzjb_decompress(data, lsize)
+    if name == "lz4":
+        return lz4_decompress(data, lsize)
+    if name == "zle":
+        return zle_decompress(data, lsize)
+    if name == "zstd":
+        return zstd_decompress(data, lsize)
+    if name and name.startswith("gzip"):
+        return gzip_decompress(data, lsize)
+    raise DecompressError(f"unsupported compression {name or comp}")

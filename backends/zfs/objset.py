@@ -1,0 +1,297 @@
+"""Object sets and dnodes: the DMU layer every dataset, zvol and the MOS is made of.
+
+References: OpenZFS include/sys/dnode.h (dnode_phys_t, DN_SLOTS / dn_extra_slots for
+large dnodes, DNODE_FLAG_SPILL_BLKPTR, DN_SPILL_BLKPTR at the end of the dnode),
+dmu_objset.h (objset_phys_t), module/zfs/dbuf.c (dbuf_findbp: the block tree walk,
+``epbs = indblkshift - SPA_BLKPTRSHIFT``), "ZFS On-Disk Specification" chapters 3-4.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pvfs.cache import METADATA_CACHE
+from pvfs.errors import UnreadableError
+from pvfs.source import BAD_ZERO, DATA, UNMAPPED, UNREADABLE, Source
+
+from .blkptr import BlkPtr
+from .errors import ZfsError
+from .structs import (BLKPTR_SIZE, DNODE_CORE_SIZE, DNODE_FLAG_SPILL_BLKPTR, DNODE_SIZE,
+                      OBJSET_PHYS_OS_TYPE, SPA_MAXBLOCKSIZE)
+
+_CORE = struct.Struct("<BBBBBBBBHHB3xQQ32x")
+_CORE_BE = struct.Struct(">BBBBBBBBHHB3xQQ32x")
+SPA_BLKPTRSHIFT = 7
+MAX_LEVELS = 10
+
+
+class Dnode:
+    """One dnode (object) of an object set; see INTERFACE.md."""
+
+    __slots__ = ("objset", "objnum", "raw", "little", "type", "indblkshift", "nlevels",
+                 "nblkptr", "bonustype", "checksum", "compress", "flags", "datablksz",
+                 "bonuslen", "extra_slots", "maxblkid", "used", "blkptrs", "bonus",
+                 "_spill", "_spill_bp", "cache_key")
+
+    def __init__(self, objset, objnum: int, raw: bytes, little: bool):
+        self.objset = objset
+        self.objnum = objnum
+        self.raw = raw
+        self.little = little
+        (self.type, self.indblkshift, self.nlevels, self.nblkptr, self.bonustype,
+         self.checksum, self.compress, self.flags, dsec, self.bonuslen, self.extra_slots,
+         self.maxblkid, self.used) = (_CORE if little else _CORE_BE).unpack_from(raw, 0)
+        self.datablksz = dsec * 512
+        size = len(raw)
+        if self.nblkptr < 1 or DNODE_CORE_SIZE + self.nblkptr * BLKPTR_SIZE > size:
+            raise ZfsError(f"object {objnum}: bad dn_nblkptr {self.nblkptr}")
+        if self.nlevels < 1 or self.nlevels > MAX_LEVELS:
+            raise ZfsError(f"object {objnum}: bad dn_nlevels {self.nlevels}")
+        if self.datablksz == 0 or self.datablksz > SPA_MAXBLOCKSIZE:
+            raise ZfsError(f"object {objnum}: bad data block size {self.datablksz}")
+        if self.nlevels > 1 and not 7 <= self.indblkshift <= 17:
+            raise ZfsError(f"object {objnum}: bad dn_indblkshift {self.indblkshift}")
+        self.blkptrs = [BlkPtr(raw[DNODE_CORE_SIZE + i * BLKPTR_SIZE:
+                                   DNODE_CORE_SIZE + (i + 1) * BLKPTR_SIZE], little)
+                        for i in range(self.nblkptr)]
+        bstart = DNODE_CORE_SIZE + self.nblkptr * BLKPTR_SIZE
+        bmax = size - bstart - (BLKPTR_SIZE if self.flags & DNODE_FLAG_SPILL_BLKPTR else 0)
+        self.bonus = raw[bstart:bstart + min(self.bonuslen, max(0, bmax))]
+        self._spill = None
+        self._spill_bp = None
+        if self.flags & DNODE_FLAG_SPILL_BLKPTR:
+            self._spill_bp = BlkPtr(raw[size - BLKPTR_SIZE:], little)
+        self.cache_key = (objset.key, objnum, raw)
+
+    @property
+    def size(self) -> int:
+        return (self.maxblkid + 1) * self.datablksz
+
+    @property
+    def spill(self):
+        if self._spill_bp is None or self._spill_bp.hole:
+            return None
+        if self._spill is None:
+            self._spill = self.objset.pool.read_bp(self._spill_bp, self.objset)
+        return self._spill
+
+    @property
+    def spill_bp(self):
+        return self._spill_bp
+
+    # -- the block tree ---------------------------------------------------------------
+    def _indirect(self, bp: BlkPtr):
+        key = ("zfs-ind", self.objset.pool.uid, bp.dvas[0].offset if bp.dvas else 0,
+               bp.birth, bp.cksum)
+        arr = METADATA_CACHE.get(key)
+        if arr is None:
+            data = self.objset.pool.read_bp(bp, self.objset)
+            arr = _BpArray(data, bp.little)
+            METADATA_CACHE.put(key, arr)
+        return arr
+
+    def block_bp(self, blkid: int):
+        """The level-0 block pointer of ``blkid`` (None when beyond the tree: a hole)."""
+        if blkid < 0 or blkid > self.maxblkid:
+            return None
+        epbs = self.indblkshift - SPA_BLKPTRSHIFT
+        shift = epbs * (self.nlevels - 1)
+        top = blkid >> shift if self.nlevels > 1 else blkid
+        if top >= self.nblkptr:
+            return None
+        bp = self.blkptrs[top]
+        for level in range(self.nlevels - 1, 0, -1):
+            if bp.hole:
+                return bp
+            if bp.embedded:
+                raise ZfsError(f"object {self.objnum}: embedded block pointer at level {level}")
+            arr = self._indirect(bp)
+            shift -= epbs
+            idx = (blkid >> shift) & ((1 << epbs) - 1)
+            bp = arr.get(idx)
+            if bp is None:
+                return None
+        return bp
+
+    def read_block(self, blkid: int) -> bytes:
+        bp = self.block_bp(blkid)
+        if bp is None or bp.hole:
+            return bytes(self.datablksz)
+        try:
+            data = self.objset.pool.read_bp(bp, self.objset)
+        except UnreadableError as e:
+            raise UnreadableError(f"object {self.objnum} block {blkid}: {e}",
+                                  [(blkid * self.datablksz, self.datablksz)]) from None
+        if len(data) < self.datablksz:
+            data += bytes(self.datablksz - len(data))
+        return data[:self.datablksz]
+
+    def read(self, offset: int, length: int, bad=None) -> bytes:
+        """Object bytes; holes are zeros.  ``bad == "zero"`` reads bad blocks as zeros."""
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        bs = self.datablksz
+        out = []
+        first, last = offset // bs, (end - 1) // bs
+        for blkid in range(first, last + 1):
+            try:
+                data = self.read_block(blkid)
+            except UnreadableError:
+                if bad != BAD_ZERO:
+                    raise
+                data = bytes(bs)
+            lo = offset - blkid * bs if blkid == first else 0
+            hi = end - blkid * bs if blkid == last else bs
+            out.append(data[lo:hi] if (lo or hi != bs) else data)
+        return b"".join(out)
+
+    def block_status(self, offset: int = 0, length: int | None = None):
+        if length is None:
+            length = self.size - offset
+        end = min(offset + length, self.size)
+        out = []
+        bs = self.datablksz
+        blkid = offset // bs
+        while blkid * bs < end:
+            try:
+                bp = self.block_bp(blkid)
+                st = UNMAPPED if bp is None or bp.hole else DATA
+            except (UnreadableError, ZfsError):
+                st = UNREADABLE
+            lo = max(offset, blkid * bs)
+            hi = min(end, (blkid + 1) * bs)
+            if out and out[-1][2] == st and out[-1][0] + out[-1][1] == lo:
+                out[-1] = (out[-1][0], out[-1][1] + hi - lo, st)
+            else:
+                out.append((lo, hi - lo, st))
+            blkid += 1
+        return out
+
+    def __repr__(self):
+        return (f"<Dnode {self.objnum} type={self.type} bonustype={self.bonustype} "
+                f"blksz={self.datablksz} levels={self.nlevels} maxblkid={self.maxblkid}>")
+
+
+class _BpArray:
+    """An indirect block's block pointers, parsed on demand."""
+
+    def __init__(self, data: bytes, little: bool):
+        self.data = data
+        self.little = little
+        self.n = len(data) // BLKPTR_SIZE
+        self.cache_cost = len(data) + 128
+
+    def get(self, i):
+        if i >= self.n:
+            return None
+        return BlkPtr(self.data[i * BLKPTR_SIZE:(i + 1) * BLKPTR_SIZE], self.little)
+
+
+class ObjSet:
+    """An object set: the meta-dnode and the objects it describes; see INTERFACE.md."""
+
+    def __init__(self, pool, bp: BlkPtr, name: str, crypt=None):
+        self.pool = pool
+        self.name = name
+        self.bp = bp
+        self.crypt = crypt
+        self.dsl_crypto_key_obj = None
+        self.key = (pool.uid, bp.dvas[0].offset if bp.dvas else 0, bp.birth, bp.cksum)
+        if bp.hole:
+            raise ZfsError(f"{name}: the object set block pointer is a hole")
+        raw = pool.read_bp(bp, self)
+        if len(raw) < DNODE_SIZE + 192 + 16:
+            raise ZfsError(f"{name}: object set block of {len(raw)} bytes")
+        self.little = bp.little
+        self.raw = raw
+        self.os_type, self.os_flags = struct.unpack_from("<QQ" if self.little else ">QQ", raw,
+                                                         OBJSET_PHYS_OS_TYPE)
+        self.meta = Dnode(self, 0, raw[:DNODE_SIZE], self.little)
+        self.nobjects = self.meta.size // DNODE_SIZE
+
+    def _dnode_block(self, blkid):
+        key = ("zfs-dnblk", self.key, blkid)
+        hit = METADATA_CACHE.get(key)
+        if hit is None:
+            bp = self.meta.block_bp(blkid)
+            little = bp.little if bp is not None and not bp.hole else self.little
+            data = self.meta.read_block(blkid)
+            hit = (data, little)
+            hit = METADATA_CACHE.put(key, _Block(data, little))
+        return hit
+
+    def dnode(self, objnum: int) -> Dnode:
+        if objnum <= 0 or objnum >= self.nobjects:
+            raise ZfsError(f"{self.name}: object {objnum} is out of range (0..{self.nobjects})")
+        off = objnum * DNODE_SIZE
+        bs = self.meta.datablksz
+        blk = self._dnode_block(off // bs)
+        boff = off % bs
+        core = blk.data[boff:boff + DNODE_SIZE]
+        if core[0] == 0:
+            raise ZfsError(f"{self.name}: object {objnum} is free")
+        extra = core[12]  # dn_extra_slots
+        size = DNODE_SIZE * (1 + extra)
+        if boff + size > bs:
+            raise ZfsError(f"{self.name}: object {objnum}: dn_extra_slots {extra} runs past "
+                           f"its dnode block")
+        return Dnode(self, objnum, blk.data[boff:boff + size], blk.little)
+
+    def dnode_or_none(self, objnum: int):
+        try:
+            return self.dnode(objnum)
+        except (ZfsError, UnreadableError):
+            return None
+
+    def __repr__(self):
+        return f"<ObjSet {self.name} type={self.os_type} objects={self.nobjects}>"
+
+
+class _Block:
+    __slots__ = ("data", "little", "cache_cost")
+
+    def __init__(self, data, little):
+        self.data = data
+        self.little = little
+        self.cache_cost = len(data) + 96
+
+
+class DnodeSource(Source):
+    """A file's or zvol's bytes: ``size`` bytes of a dnode's data; see INTERFACE.md."""
+
+    def __init__(self, dnode: Dnode, size: int, label: str, path=None, bad="eio", ctx=None):
+        super().__init__()
+        self.dnode = dnode
+        self.size = size
+        self.label = label
+        self.path = path
+        self.bad = bad
+        self.ctx = ctx if ctx is not None else getattr(dnode.objset.pool, "ctx", None)
+
+    def _read(self, offset, length):
+        d = self.dnode
+        avail = max(0, min(length, d.size - offset))
+        try:
+            data = d.read(offset, avail) if avail else b""
+        except UnreadableError as e:
+            self._report(e)
+            if self.bad == BAD_ZERO:
+                data = d.read(offset, avail, bad=BAD_ZERO)
+            else:
+                raise UnreadableError(f"{self.label}: {e}", e.ranges) from None
+        if len(data) < length:  # file size beyond the last block: zeros (sparse tail)
+            data += bytes(length - len(data))
+        return data
+
+    def _report(self, e):
+        if self.ctx is not None and self.path:
+            self.ctx.report.add("error", "zfs", self.path, "unreadable-block", str(e), e.ranges)
+
+    def _block_status(self, offset, length):
+        d = self.dnode
+        avail = max(0, min(length, d.size - offset))
+        out = d.block_status(offset, avail) if avail else []
+        if avail < length:
+            out.append((offset + avail, length - avail, UNMAPPED))
+        return out

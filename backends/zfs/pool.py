@@ -1,0 +1,173 @@
+"""A pool: its members, vdev tree, uberblocks and the block read path.
+
+References: OpenZFS module/zfs/zio.c (zio_read: ditto DVAs, gang blocks
+zio_gang_tree_*, zio_checksum_verify, zio_decompress_data, embedded data:
+decode_embedded_bp_compressed), spa.c / vdev_label.c (uberblock selection:
+vdev_uberblock_compare, newest txg then timestamp), spa_misc.c (spa_config),
+"ZFS On-Disk Specification" chapters 1-2.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pvfs.cache import METADATA_CACHE
+from pvfs.errors import UnreadableError
+
+from . import checksum, compress
+from .blkptr import BlkPtr
+from .errors import ZfsError
+from .structs import BLKPTR_SIZE, SPA_GANGBLOCKSIZE, SPA_MAXBLOCKSIZE, ZEC_MAGIC
+
+MAX_GANG_DEPTH = 8  # SPA_GANGBLOCKSIZE trees are at most a few levels deep
+
+
+class BlockError(UnreadableError):
+    """A block could not be read from any copy (ranges are filled in by the caller)."""
+
+
+class Pool:
+    """An assembled pool: ``read_bp`` turns block pointers into bytes."""
+
+    def __init__(self, name, guid, config, root_vdevs, ctx=None, path=""):
+        self.name = name
+        self.guid = guid
+        self.config = config
+        self.tops = root_vdevs  # list indexed by top-level vdev id
+        self.ctx = ctx
+        self.path = path
+        self.uid = id(self)
+        self.unverified = set()  # checksum algorithms seen but not verified
+        self.repairs = 0  # blocks whose first copy was bad and another one was good
+        self.mos = None
+
+    # -- damage ---------------------------------------------------------------------
+    def report(self, severity, code, message, path=None, ranges=()):
+        if self.ctx is not None:
+            self.ctx.report.add(severity, "zfs", path or self.path, code, message, ranges)
+
+    # -- block reads -----------------------------------------------------------------
+    def _candidates(self, dva, size):
+        if dva.vdev >= len(self.tops):
+            return iter(())
+        return self.tops[dva.vdev].candidates(dva.offset, size)
+
+    def _top_ashift(self, dva):
+        if dva.vdev < len(self.tops):
+            return self.tops[dva.vdev].ashift
+        return 9
+
+    def _verify(self, bp, data):
+        algo = checksum.algo_name(bp.cksum_type)
+        actual = checksum.compute(algo, data, bp.little)
+        if actual is None:
+            self.unverified.add(algo)
+            return True
+        return checksum.verify_words(actual, bp.cksum, crypt=bp.encrypted)
+
+    def _read_gang(self, bp, dva, depth):
+        """A gang block: a 512-byte header of three block pointers whose data, joined,
+        is the block's physical data."""
+        if depth > MAX_GANG_DEPTH:
+            raise ZfsError("gang block tree too deep")
+        header = None
+        for cand in self._candidates(dva, SPA_GANGBLOCKSIZE):
+            # zio_checksum_gang_verifier: (vdev, offset, birth, 0) in the eck.
+            ok, little = _verify_gang_header(cand, dva, bp.birth)
+            if ok:
+                header = (cand, little)
+                break
+        if header is None:
+            return None
+        raw, little = header
+        parts = []
+        total = 0
+        for i in range(3):
+            child = BlkPtr(raw[i * BLKPTR_SIZE:(i + 1) * BLKPTR_SIZE], little)
+            if child.hole:
+                continue
+            data = self.read_physical(child, depth + 1)
+            parts.append(data[:child.psize])
+            total += child.psize
+            if total >= bp.psize:
+                break
+        data = b"".join(parts)
+        if len(data) < bp.psize:
+            return None
+        return data[:bp.psize]
+
+    def read_physical(self, bp: BlkPtr, depth=0) -> bytes:
+        """The block's physical bytes (``psize``), checked against its checksum."""
+        if bp.psize > SPA_MAXBLOCKSIZE or bp.lsize > SPA_MAXBLOCKSIZE:
+            raise ZfsError(f"block pointer with a hostile size {bp.psize}/{bp.lsize}")
+        tried = 0
+        for copy, dva in enumerate(bp.dvas):
+            if dva.gang:
+                try:
+                    data = self._read_gang(bp, dva, depth)
+                except UnreadableError:
+                    data = None
+                if data is not None and self._verify(bp, data):
+                    if copy:
+                        self.repairs += 1
+                    return data
+                tried += 1
+                continue
+            for n, cand in enumerate(self._candidates(dva, bp.psize)):
+                tried += 1
+                if len(cand) == bp.psize and self._verify(bp, cand):
+                    if copy or n:
+                        self.repairs += 1
+                    return cand
+                if tried > 10000:
+                    break
+        where = ", ".join(repr(d) for d in bp.dvas) or "no DVA"
+        raise BlockError(f"zfs: block {where} (birth {bp.birth}) unreadable: "
+                         f"{'checksum mismatch on every copy' if tried else 'no copy can be read'}")
+
+    def read_bp(self, bp: BlkPtr, objset=None, cache=True) -> bytes:
+        """The block's logical bytes (``lsize``): verified, decrypted, decompressed."""
+        if bp.embedded:
+            if bp.etype != 0:
+                raise ZfsError(f"embedded block pointer of unknown type {bp.etype}")
+            return compress.decompress(bp.comp, bp.embedded_payload(), bp.lsize)
+        if bp.hole:
+            return bytes(bp.lsize)
+        key = None
+        if cache and bp.dvas:
+            d0 = bp.dvas[0]
+            key = ("zfs-blk", self.uid, d0.vdev, d0.offset, bp.birth, bp.cksum)
+            hit = METADATA_CACHE.get(key)
+            if hit is not None:
+                return hit
+        data = self.read_physical(bp)
+        if bp.encrypted:
+            crypt = getattr(objset, "crypt", None) if objset is not None else None
+            if crypt is None:
+                raise EncryptedError("zfs: block is encrypted and no key is loaded")
+            data = crypt.decrypt_block(bp, data)
+        if bp.comp not in (0, 2) or len(data) != bp.lsize:
+            data = compress.decompress(bp.comp, data, bp.lsize)
+        if key is not None:
+            METADATA_CACHE.put(key, data)
+        return data
+
+    def describe(self):
+        return [t.describe() for t in self.tops]
+
+
+class EncryptedError(ZfsError):
+    """Data of an encrypted dataset without its key."""
+
+
+def _verify_gang_header(buf, dva, birth):
+    if len(buf) < SPA_GANGBLOCKSIZE:
+        return False, None
+    tail = buf[-40:]
+    (m,) = struct.unpack("<Q", tail[:8])
+    little = m == ZEC_MAGIC
+    fmt = "<4Q" if little else ">4Q"
+    stored = struct.unpack(fmt, tail[8:40])
+    ver = struct.pack(fmt, dva.vdev, dva.offset, birth, 0)
+    return checksum.sha256_words(buf[:-32] + ver) == stored, little
+
