@@ -1,0 +1,258 @@
+"""BlueStore label and BlueFS replay against the Ceph 16.2 fixture's ground truth."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backends.ceph.bluefs import (BlueFS, FNode, decode_fnode, decode_super, device_map,
+                                  file_source, open_bluefs)
+from backends.ceph.checksum import ceph_crc32c
+from backends.ceph.denc import Reader
+from backends.ceph.errors import BlueFSError, CephError, DencError, LabelError
+from backends.ceph.label import decode_label, probe_label, read_label
+from pvfs.source import BytesSource, FileSource, Source
+
+from conftest import FIXTURES, require_fixture, unpack
+
+GT = FIXTURES / "ceph" / "ground-truth"
+OSDS = ["osd.0", "osd.1", "osd.2"]
+ALL = OSDS + ["variants/osd.0-compacted"]
+
+
+@pytest.fixture(scope="module")
+def root():
+    return unpack(require_fixture("ceph", "ceph-fixture.tar.zst")) / "ceph-fixture"
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return json.loads((FIXTURES / "ceph" / "manifest.json").read_text())
+
+
+def tsv_for(osd):
+    name = "osd.0-compacted" if "compacted" in osd else osd
+    rows = (GT / f"bluefs-files-{name}.tsv").read_text().splitlines()
+    return {p: int(n) for p, n in (r.split("\t") for r in rows if r.strip())}
+
+
+class Patched(Source):
+    """A source with some bytes replaced (damage injected without copying 2 GiB)."""
+
+    def __init__(self, base, patches):
+        super().__init__()
+        self.base, self.size, self.patches, self.label = base, base.size, patches, "patched"
+
+    def _read(self, offset, length):
+        buf = bytearray(self.base.read(offset, length))
+        for off, data in self.patches.items():
+            lo, hi = max(off, offset), min(off + len(data), offset + length)
+            if lo < hi:
+                buf[lo - offset:hi - offset] = data[lo - off:hi - off]
+        return bytes(buf)
+
+
+# -- label ------------------------------------------------------------------------------
+@pytest.mark.parametrize("osd", OSDS)
+def test_label_matches_manifest(root, manifest, osd):
+    want = next(o for o in manifest["cluster"]["osds"] if o["dir"].endswith(osd))
+    lab = read_label(FileSource(root / osd / "block"))
+    assert lab.crc_ok and lab.description == "main"
+    assert str(lab.osd_uuid) == want["label"]["osd_uuid"] == (root / osd / "fsid").read_text().strip()
+    assert lab.size == want["label"]["size"]
+    assert lab.ceph_fsid == manifest["cluster"]["fsid"]
+    assert lab.whoami == want["id"]
+    for k, v in want["label"].items():
+        if k not in ("osd_uuid", "size", "btime", "description"):
+            assert lab.meta[k] == v, k
+
+
+def test_label_damage(root):
+    block = (root / "osd.0" / "block").open("rb").read(4096)
+    bad = bytearray(block)
+    bad[0x100] ^= 1  # inside the meta map
+    with pytest.raises(LabelError, match="crc mismatch"):
+        decode_label(bytes(bad))
+    assert probe_label(bytes(bad)).crc_ok is False
+    with pytest.raises(LabelError, match="magic"):
+        decode_label(bytes(4096))
+    with pytest.raises(LabelError, match="truncated|runs past"):
+        decode_label(block[:200])
+    with pytest.raises(LabelError, match="too small"):
+        read_label(BytesSource(block[:40]))
+    assert probe_label(bytes(4096)) is None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=700), st.integers(0, 700))
+def test_label_fuzz(data, cut):
+    blob = b"bluestore block device\n" + b"9e7439a1-6a8b-4209-b244-0d0e1ca27394\n" + data[:cut]
+    try:
+        decode_label(blob)
+    except LabelError:
+        pass
+
+
+# -- denc --------------------------------------------------------------------------------
+def test_denc_lba_and_lowz_known_values():
+    # values from the osd.0 BlueFS superblock's log extent: lba 0x2000, lowz 0x400000
+    r = Reader(bytes.fromhex("04000000") + bytes.fromhex("8320"))
+    assert r.lba() == 0x2000 and r.varint_lowz() == 0x400000
+    # *111 form keeps all bits; a continuation byte adds bits 28..
+    word = (0x5 << 3) | 7 | 0x80000000
+    r = Reader(struct.pack("<I", word) + b"\x01")
+    assert r.lba() == 0x5 | (1 << 28)
+    with pytest.raises(DencError):
+        Reader(b"\xff" * 11).varint()
+    with pytest.raises(DencError, match="exceeds"):
+        Reader(b"\xff\xff\xff\x7f").count()
+
+
+# -- BlueFS ------------------------------------------------------------------------------
+@pytest.mark.parametrize("osd", ALL)
+def test_bluefs_file_table(root, osd):
+    fs = open_bluefs(FileSource(root / osd / "block"))
+    assert {p: f.size for p, f in fs.files.items()} == tsv_for(osd)
+    assert fs.damage == []
+    assert fs.log_records > 100
+    assert fs.super.osd_uuid == read_label(FileSource(root / osd / "block")).osd_uuid
+
+
+def test_bluefs_file_contents(root, manifest):
+    fs = open_bluefs(FileSource(root / "osd.0" / "block"))
+    assert fs.read_file("sharding/def").decode() == \
+        manifest["cluster"]["osds"][0]["rocksdb_sharding"]
+    assert fs.read_file("db/CURRENT") == b"MANIFEST-000034\n"
+    assert fs.listdir("db.wal") == ["000035.log"]
+    with pytest.raises(BlueFSError, match="no file"):
+        fs.open("db/nothere")
+
+
+def _super_block(root, osd="osd.0"):
+    with (root / osd / "block").open("rb") as f:
+        f.seek(4096)
+        return f.read(4096)
+
+
+def test_bluefs_super_damage(root):
+    block = bytearray(_super_block(root))
+    sup = decode_super(bytes(block))
+    assert sup.block_size == 4096 and sup.layout["shared_bdev"] == 1
+    block[50] ^= 0x40
+    with pytest.raises(BlueFSError, match="crc mismatch"):
+        decode_super(bytes(block))
+    with pytest.raises(BlueFSError):
+        decode_super(bytes(4096))
+    src = Patched(FileSource(root / "osd.0" / "block"), {4096: bytes(4096)})
+    with pytest.raises(CephError):
+        open_bluefs(src)
+    with pytest.raises(BlueFSError, match="too small"):
+        open_bluefs(BytesSource(b"x" * 5000))
+
+
+def _log_positions(root, osd="osd.0"):
+    """(device offset of the log, [record offsets]) of the osd's BlueFS log."""
+    sup = decode_super(_super_block(root, osd))
+    (bdev, off, length), = sup.log_fnode.extents[:1]
+    return off
+
+
+def test_bluefs_torn_log_tail(root):
+    """A record with a broken crc ends the replay there; what came before stays."""
+    base = FileSource(root / "osd.0" / "block")
+    good = open_bluefs(base)
+    log_off = _log_positions(root)
+    # break the op_bl of the last record: the replay stops before it and says so
+    last = good.log_end - 4096
+    src = Patched(base, {log_off + last + 40: b"\xde\xad\xbe\xef"})
+    fs = open_bluefs(src)
+    assert fs.log_records == good.log_records - 1
+    assert [c for c, _ in fs.damage] == ["bluefs-log-bad-record"]
+    with pytest.raises(BlueFSError, match="bad record"):
+        open_bluefs(src, strict=True)
+    # a zeroed record in the middle ends the log like stale data would
+    mid = Patched(base, {log_off + 4096 * 50: bytes(4096)})
+    fs = open_bluefs(mid)
+    assert fs.log_records == 50 and fs.damage == []
+    assert "uuid differs" in fs.stop_reason
+
+
+def test_bluefs_missing_device_reads_unreadable():
+    f = FNode(5, 10000, (0, 0), [(0, 0, 8192)])
+    src = file_source(f, {})
+    assert src.size == 10000
+    assert src.unreadable_ranges() == [(0, 10000)]
+    f = FNode(5, 10000, (0, 0), [(1, 0, 8192)])
+    src = file_source(f, {1: BytesSource(bytes(range(256)) * 32)})
+    assert src.read(0, 4) == b"\x00\x01\x02\x03"
+    assert src.unreadable_ranges() == [(8192, 10000 - 8192)]
+
+
+def test_device_map_layouts():
+    m, d, w = object(), object(), object()
+    assert device_map(m) == {1: m}
+    assert device_map(m, d, w) == {1: d, 2: m, 0: w}
+    assert device_map(m, d, w, {"shared_bdev": 2, "dedicated_db": True,
+                                "dedicated_wal": True}) == {2: m, 1: d, 0: w}
+
+
+# -- fuzz: BlueFS log records on a synthetic device ------------------------------------
+def _synthetic_device(log_bytes, uuid=b"U" * 16):
+    """A tiny device: a valid super at 4096 whose log (8 KiB at 8192) holds log_bytes."""
+    fnode = (b"\x01\x01" + struct.pack("<I", 0) + b"\x01" + b"\x80\x40" + bytes(8) + b"\x00"
+             + struct.pack("<I", 1) + b"\x01\x01" + struct.pack("<I", 6)
+             + struct.pack("<I", 0x2000 >> 11) + b"\x0b" + b"\x01")
+    fnode = fnode[:2] + struct.pack("<I", len(fnode) - 6) + fnode[6:]
+    body = uuid + b"O" * 16 + struct.pack("<QI", 1, 4096) + fnode
+    sup = b"\x01\x01" + struct.pack("<I", len(body)) + body
+    sup += struct.pack("<I", ceph_crc32c(0xFFFFFFFF, sup))
+    dev = bytearray(8192 + 8192)
+    dev[4096:4096 + len(sup)] = sup
+    log_bytes = log_bytes[:8192]
+    dev[8192:8192 + len(log_bytes)] = log_bytes
+    return BytesSource(bytes(dev))
+
+
+def _record(seq, op_bl, uuid=b"U" * 16):
+    body = uuid + struct.pack("<Q", seq) + struct.pack("<I", len(op_bl)) + op_bl
+    body += struct.pack("<I", ceph_crc32c(0xFFFFFFFF, op_bl))
+    rec = b"\x01\x01" + struct.pack("<I", len(body)) + body
+    return rec + bytes(-len(rec) % 4096)
+
+
+def test_synthetic_log_ops():
+    s = lambda t: struct.pack("<I", len(t)) + t  # noqa: E731
+    fn = (b"\x01\x01" + struct.pack("<I", 27) + b"\x07" + b"\x64" + bytes(8) + b"\x00"
+          + struct.pack("<I", 1) + b"\x01\x01" + struct.pack("<I", 6)
+          + struct.pack("<I", 0) + b"\x04" + b"\x01")
+    ops = (b"\x01" + b"\x06" + s(b"db") + b"\x08" + fn + b"\x04" + s(b"db") + s(b"f")
+           + struct.pack("<Q", 7))
+    fs = open_bluefs(_synthetic_device(_record(1, ops)))
+    assert {p: (f.size, f.extents) for p, f in fs.files.items()} == {"db/f": (100, [(1, 0, 1)])}
+    assert fs.damage == [] and fs.log_records == 1
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300), st.booleans())
+def test_bluefs_log_fuzz(op_bl, valid_envelope):
+    log = _record(1, op_bl) if valid_envelope else op_bl
+    try:
+        fs = open_bluefs(_synthetic_device(log))
+    except CephError:
+        return
+    assert isinstance(fs, BlueFS)
+    assert fs.log_records <= 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_fnode_and_super_fuzz(data):
+    for fn in (lambda: decode_fnode(Reader(data)), lambda: decode_super(data)):
+        try:
+            fn()
+        except (DencError, BlueFSError):
+            pass
