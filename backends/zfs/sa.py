@@ -1,0 +1,285 @@
+"""System attributes (SA) and legacy znodes: the metadata of a ZPL object.
+
+A ZPL object's metadata lives in its dnode's bonus buffer, either as a
+fixed ``znode_phys_t`` (bonus type ``DMU_OT_ZNODE``, ZPL versions < 5, e.g.
+every zfs-fuse pool) or as system attributes (bonus type ``DMU_OT_SA``): an
+``sa_hdr_phys_t`` naming a *layout* (an ordered list of attribute numbers),
+then the attributes one after another, each padded to 8 bytes.  Attributes
+that do not fit go to the spill block, which starts with its own header.
+The attribute numbers, names and lengths come from the dataset's SA registry
+ZAP; the layouts from its layouts ZAP (master node ``SA_ATTRS`` -> SA master
+node -> ``REGISTRY`` and ``LAYOUTS``).
+
+References:
+  - OpenZFS ``include/sys/sa_impl.h`` (``sa_hdr_phys_t``, ``SA_HDR_LAYOUT_NUM``,
+    ``SA_HDR_SIZE``, ``ATTR_NUM``/``ATTR_BSWAP``/``ATTR_LENGTH``), ``module/zfs/sa.c``
+    (``sa_legacy_attrs``, ``sa_build_layouts``: 8-byte padding, ``sa_lengths`` for
+    variable-length attributes, layout per buffer), ``include/sys/zfs_sa.h``
+    (``zpl_attr_t`` names), ``include/sys/zfs_znode.h`` (``znode_phys_t``).
+  - mminkus/zfs-ondiskformat ``docs/06-zpl.md`` (znode_phys_t offsets).
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+from dataclasses import dataclass, field
+
+from construct import Bytes, Int64ub, Int64ul, Struct
+
+from pvfs.errors import FormatError
+from pvfs.structs import parse
+
+from . import zap
+
+SA_MAGIC = 0x2F505A
+DMU_OT_ZNODE = 17
+DMU_OT_SA = 44
+
+#: ``sa_legacy_attrs`` (sa.c): the fixed attribute numbers of ZPL < 5 and their lengths.
+LEGACY_ATTRS = [
+    ("ZPL_ATIME", 16), ("ZPL_MTIME", 16), ("ZPL_CTIME", 16), ("ZPL_CRTIME", 16),
+    ("ZPL_GEN", 8), ("ZPL_MODE", 8), ("ZPL_SIZE", 8), ("ZPL_PARENT", 8), ("ZPL_LINKS", 8),
+    ("ZPL_XATTR", 8), ("ZPL_RDEV", 8), ("ZPL_FLAGS", 8), ("ZPL_UID", 8), ("ZPL_GID", 8),
+    ("ZPL_PAD", 32), ("ZPL_ZNODE_ACL", 88),
+]
+
+MAX_LAYOUTS = 1 << 16
+MAX_ATTRS = 1 << 16
+
+
+class SaError(FormatError):
+    """System attributes or a znode that cannot be decoded."""
+
+
+def _znode_struct(u64):
+    # zfs_znode.h: znode_phys_t (264 bytes; zp_acl is the 88-byte zfs_acl_phys_t).
+    return Struct(
+        "zp_atime" / u64[2], "zp_mtime" / u64[2], "zp_ctime" / u64[2], "zp_crtime" / u64[2],
+        "zp_gen" / u64, "zp_mode" / u64, "zp_size" / u64, "zp_parent" / u64,
+        "zp_links" / u64, "zp_xattr" / u64, "zp_rdev" / u64, "zp_flags" / u64,
+        "zp_uid" / u64, "zp_gid" / u64, "zp_zap" / u64, "zp_pad" / u64[3],
+        "zp_acl" / Bytes(88),
+    )
+
+
+ZNODE_PHYS = {"<": _znode_struct(Int64ul), ">": _znode_struct(Int64ub)}
+ZNODE_PHYS_SIZE = 264
+
+_FILE_TYPES = {stat.S_IFIFO, stat.S_IFCHR, stat.S_IFDIR, stat.S_IFBLK, stat.S_IFREG,
+               stat.S_IFLNK, stat.S_IFSOCK}
+
+
+def plausible_mode(mode: int) -> bool:
+    return mode < (1 << 16) and stat.S_IFMT(mode) in _FILE_TYPES
+
+
+@dataclass
+class Znode:
+    """What the ZPL needs of one object, from a znode_phys_t or from SAs."""
+
+    mode: int = 0
+    size: int = 0
+    uid: int = 0
+    gid: int = 0
+    atime: float = 0.0
+    mtime: float = 0.0
+    ctime: float = 0.0
+    crtime: float = 0.0
+    links: int = 1
+    parent: int = 0
+    xattr: int = 0  # object number of the xattr directory (0: none)
+    rdev: int = 0  # as stored: major << 32 | minor
+    flags: int = 0
+    gen: int = 0
+    symlink: bytes | None = None  # ZPL_SYMLINK (SA) or the target inline in a legacy bonus
+    dxattr: bytes | None = None  # ZPL_DXATTR: packed nvlist of SA xattrs
+    legacy: bool = False
+    order: str = "<"
+    extra: dict = field(default_factory=dict)  # other SA attributes by name, raw bytes
+
+
+def _ts(pair) -> float:
+    sec, nsec = pair
+    if sec >= 1 << 63:
+        sec -= 1 << 64
+    return sec + (nsec % 1_000_000_000) / 1e9
+
+
+def parse_znode_phys(bonus: bytes) -> Znode:
+    """A legacy ``znode_phys_t`` bonus (byte order guessed from the mode's file type)."""
+    if len(bonus) < ZNODE_PHYS_SIZE:
+        raise SaError(f"znode bonus of {len(bonus)} bytes (needs {ZNODE_PHYS_SIZE})")
+    order = "<"
+    le_mode, = struct.unpack_from("<Q", bonus, 72)
+    if not plausible_mode(le_mode):
+        be_mode, = struct.unpack_from(">Q", bonus, 72)
+        if plausible_mode(be_mode):
+            order = ">"
+    z = parse(ZNODE_PHYS[order], bonus[:ZNODE_PHYS_SIZE], SaError, "znode_phys_t")
+    zn = Znode(mode=z.zp_mode, size=z.zp_size, uid=z.zp_uid, gid=z.zp_gid,
+               atime=_ts(z.zp_atime), mtime=_ts(z.zp_mtime), ctime=_ts(z.zp_ctime),
+               crtime=_ts(z.zp_crtime), links=z.zp_links, parent=z.zp_parent,
+               xattr=z.zp_xattr, rdev=z.zp_rdev, flags=z.zp_flags, gen=z.zp_gen,
+               legacy=True, order=order)
+    # A short symlink target follows the znode in the bonus buffer (zfs_symlink, ZPL < 5).
+    if stat.S_ISLNK(zn.mode) and len(bonus) >= ZNODE_PHYS_SIZE + zn.size:
+        zn.symlink = bytes(bonus[ZNODE_PHYS_SIZE:ZNODE_PHYS_SIZE + zn.size])
+    return zn
+
+
+class SaRegistry:
+    """The SA attribute table and layouts of one dataset (``sa_os_t``)."""
+
+    def __init__(self, attrs=None, layouts=None):
+        #: attribute number -> (name, registered length, byteswap type); length 0 = variable.
+        self.attrs: dict[int, tuple[str, int, int]] = dict(attrs or {})
+        #: layout number -> list of attribute numbers
+        self.layouts: dict[int, list[int]] = dict(layouts or {})
+        self.errors: list[str] = []
+        for num, (name, length) in enumerate(LEGACY_ATTRS):
+            self.attrs.setdefault(num, (name, length, 0))
+        self.layouts.setdefault(0, list(range(len(LEGACY_ATTRS))))
+        self.layouts.setdefault(1, [])
+
+    @classmethod
+    def load(cls, objset, sa_master_obj: int) -> "SaRegistry":
+        """Read ``REGISTRY`` and ``LAYOUTS`` below the SA master node."""
+        master = zap.zap_entries(objset.dnode(sa_master_obj))
+        attrs, layouts, errors = {}, {}, list(master.errors)
+        reg_obj = _first_int(master.get("REGISTRY"))
+        lay_obj = _first_int(master.get("LAYOUTS"))
+        if reg_obj:
+            reg = zap.zap_entries(objset.dnode(reg_obj))
+            errors += reg.errors
+            for name, value in list(reg.items())[:MAX_ATTRS]:
+                v = _first_int(value)
+                if v is None:
+                    errors.append(f"SA registry entry {name!r} has no integer value")
+                    continue
+                # sa_impl.h: ATTR_NUM (bits 0-15), ATTR_BSWAP (16-23), ATTR_LENGTH (24-39)
+                attrs[v & 0xFFFF] = (name, (v >> 24) & 0xFFFF, (v >> 16) & 0xFF)
+        if lay_obj:
+            lay = zap.zap_entries(objset.dnode(lay_obj))
+            errors += lay.errors
+            for name, value in list(lay.items())[:MAX_LAYOUTS]:
+                try:
+                    num = int(name, 10)
+                except ValueError:
+                    errors.append(f"SA layout name {name!r} is not a number")
+                    continue
+                if isinstance(value, bytes):  # integer size 1: not a layout
+                    errors.append(f"SA layout {num} has integer size 1")
+                    continue
+                layouts[num] = [int(a) for a in value]
+        out = cls(attrs, layouts)
+        out.errors = errors
+        return out
+
+    def parse(self, buf: bytes, what="SA") -> tuple[dict[str, bytes], str]:
+        """Decode one SA buffer (bonus or spill): ``({name: raw bytes}, byte order)``."""
+        if len(buf) < 8:
+            raise SaError(f"{what}: buffer of {len(buf)} bytes")
+        magic, = struct.unpack_from("<I", buf, 0)
+        if magic == SA_MAGIC:
+            order = "<"
+        elif struct.unpack_from(">I", buf, 0)[0] == SA_MAGIC:
+            order = ">"
+        else:
+            raise SaError(f"{what}: bad sa_magic {magic:#x}")
+        info, = struct.unpack_from(order + "H", buf, 4)
+        layout_num = info & 0x3FF  # SA_HDR_LAYOUT_NUM: bits 0-9
+        hdrsize = ((info >> 10) & 0x3F) << 3  # SA_HDR_SIZE: bits 10-15, in 8-byte units
+        layout = self.layouts.get(layout_num)
+        if layout is None:
+            raise SaError(f"{what}: unknown SA layout {layout_num}")
+        if hdrsize < 8 or hdrsize > len(buf):
+            raise SaError(f"{what}: SA header size {hdrsize} is impossible")
+        nvar = sum(1 for a in layout if self.attrs.get(a, ("", 0, 0))[1] == 0)
+        if 6 + 2 * nvar > hdrsize:
+            raise SaError(f"{what}: SA header of {hdrsize} bytes cannot hold {nvar} lengths")
+        lengths = struct.unpack_from(f"{order}{nvar}H", buf, 6) if nvar else ()
+        out: dict[str, bytes] = {}
+        off = hdrsize
+        k = 0
+        for a in layout:
+            name, length, _bswap = self.attrs.get(a, (f"attr-{a}", 0, 0))
+            if length == 0:
+                length = lengths[k]
+                k += 1
+            if off + length > len(buf):
+                raise SaError(f"{what}: attribute {name} ({length} bytes at {off}) runs past "
+                              f"the {len(buf)}-byte buffer")
+            out[name] = bytes(buf[off:off + length])
+            off += (length + 7) & ~7
+        return out, order
+
+
+def _first_int(value):
+    if isinstance(value, list) and value:
+        return value[0]
+    return None
+
+
+def _u64(raw: bytes | None, order, default=0):
+    if raw is None or len(raw) < 8:
+        return default
+    return struct.unpack_from(order + "Q", raw)[0]
+
+
+def _time(raw: bytes | None, order) -> float:
+    if raw is None or len(raw) < 16:
+        return 0.0
+    return _ts(struct.unpack_from(order + "QQ", raw))
+
+
+_KNOWN = {"ZPL_MODE", "ZPL_SIZE", "ZPL_UID", "ZPL_GID", "ZPL_ATIME", "ZPL_MTIME", "ZPL_CTIME",
+          "ZPL_CRTIME", "ZPL_LINKS", "ZPL_PARENT", "ZPL_XATTR", "ZPL_RDEV", "ZPL_FLAGS",
+          "ZPL_GEN", "ZPL_SYMLINK", "ZPL_DXATTR"}
+
+
+def znode_from_sa(attrs: dict[str, bytes], order="<") -> Znode:
+    if "ZPL_MODE" not in attrs:
+        raise SaError("system attributes without ZPL_MODE")
+    g = attrs.get
+    zn = Znode(mode=_u64(g("ZPL_MODE"), order), size=_u64(g("ZPL_SIZE"), order),
+               uid=_u64(g("ZPL_UID"), order), gid=_u64(g("ZPL_GID"), order),
+               atime=_time(g("ZPL_ATIME"), order), mtime=_time(g("ZPL_MTIME"), order),
+               ctime=_time(g("ZPL_CTIME"), order), crtime=_time(g("ZPL_CRTIME"), order),
+               links=_u64(g("ZPL_LINKS"), order, 1), parent=_u64(g("ZPL_PARENT"), order),
+               xattr=_u64(g("ZPL_XATTR"), order), rdev=_u64(g("ZPL_RDEV"), order),
+               flags=_u64(g("ZPL_FLAGS"), order), gen=_u64(g("ZPL_GEN"), order),
+               symlink=g("ZPL_SYMLINK"), dxattr=g("ZPL_DXATTR"), legacy=False, order=order)
+    zn.extra = {k: v for k, v in attrs.items() if k not in _KNOWN}
+    return zn
+
+
+def read_znode(dnode, registry: SaRegistry | None) -> Znode:
+    """The :class:`Znode` of a ZPL object from its bonus (and spill) buffer."""
+    bt = dnode.bonustype
+    bonus = dnode.bonus or b""
+    if bt == DMU_OT_ZNODE:
+        return parse_znode_phys(bonus)
+    if bt == DMU_OT_SA:
+        if registry is None:
+            raise SaError("SA bonus in a dataset without an SA registry")
+        attrs, order = registry.parse(bonus, "bonus")
+        spill = getattr(dnode, "spill", None)
+        if spill:
+            more, _ = registry.parse(spill, "spill block")
+            for k, v in more.items():
+                attrs.setdefault(k, v)
+        return znode_from_sa(attrs, order)
+    raise SaError(f"bonus type {bt} is neither a znode nor system attributes")
+
+
+def rdev_split(rdev: int) -> tuple[int, int]:
+    """``(major, minor)`` of a stored ``zp_rdev`` (``zfs_expldev``: major << 32 | minor).
+
+    A 32-bit old-style ``dev_t`` (major << 18 | minor, Solaris ``cmpldev``) is accepted
+    when the high word is zero and the value is large.
+    """
+    major, minor = rdev >> 32, rdev & 0xFFFFFFFF
+    if major == 0 and minor >= 1 << 18:
+        major, minor = minor >> 18, minor & 0x3FFFF
+    return major, minor

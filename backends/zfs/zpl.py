@@ -1,0 +1,284 @@
+"""The ZFS POSIX layer: a ZPL object set as a tree of pvfs nodes.
+
+Object 1 of a ZPL object set is the master node (a ZAP: ``ROOT``,
+``VERSION``, ``DELETE_QUEUE``, ``SA_ATTRS`` from ZPL 5).  Directories are
+ZAPs whose values hold the object number in the low 48 bits and the
+``DT_*`` type in the top 4 bits (``ZFS_DIRENT_OBJ``/``ZFS_DIRENT_TYPE``).
+Each object's metadata is a legacy znode or system attributes (``sa.py``).
+
+Directories become lazy :class:`pvfs.nodes.Dir` objects, filled when first
+listed; a hard-linked object is one node in several directories; xattrs
+(SA nvlist ``ZPL_DXATTR`` and xattr directories) land in ``node.xattrs``.
+Anything that cannot be decoded becomes a damage entry and the rest of the
+tree goes on.
+
+References:
+  - OpenZFS ``include/sys/zfs_znode.h`` (master node names, ``ZFS_DIRENT_*``),
+    ``module/zfs/zfs_dir.c``, ``module/os/linux/zfs/zfs_vnops_os.c`` (symlinks:
+    ``ZPL_SYMLINK`` or the data block), ``module/zfs/zfs_sa.c`` (``zfs_sa_readlink``,
+    ``zfs_sa_get_xattr``: the SA xattr nvlist is XDR-packed),
+    ``module/os/linux/zfs/zpl_xattr.c`` (xattr names keep their namespace prefix).
+  - "ZFS On-Disk Specification" (Sun, 2006), chapter 6.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from pvfs.errors import PvfsError, UnreadableError
+from pvfs.nodes import Dir, File, Special, Symlink
+
+from . import zap
+from .sa import SaError, SaRegistry, read_znode, rdev_split
+
+LAYER = "zfs"
+DIRENT_OBJ_MASK = (1 << 48) - 1
+MAX_SYMLINK = 1 << 16
+MAX_XATTR_VALUE = 1 << 20
+MAX_XATTRS = 10_000
+LINUX_XATTR_NAMESPACES = ("user.", "trusted.", "security.", "system.")
+
+
+class Zpl:
+    """One mounted ZPL object set (a filesystem, snapshot or clone)."""
+
+    def __init__(self, objset, ctx, path: str):
+        self.objset = objset
+        self.ctx = ctx
+        self.path = path
+        self.bad = ctx.bad("eio") if ctx is not None else "eio"
+        master = zap.zap_entries(objset.dnode(1))
+        for err in master.errors:
+            self.report("warning", "", "zap-damaged", f"master node: {err}")
+        self.version = _int(master.get("VERSION"), 0)
+        self.root = _int(master.get("ROOT"))
+        if self.root is None:
+            raise SaError("master node has no ROOT entry")
+        sa_obj = _int(master.get("SA_ATTRS"))
+        self.registry = None
+        if sa_obj:
+            try:
+                self.registry = SaRegistry.load(objset, sa_obj)
+            except (PvfsError, OSError) as e:
+                self.report("error", "", "sa-registry", f"SA registry unreadable: {e}")
+            else:
+                for err in self.registry.errors:
+                    self.report("warning", "", "sa-registry", err)
+        self.hardlinks: dict[int, object] = {}
+        self.dirs_seen: set[int] = set()
+
+    # -- helpers ---------------------------------------------------------------
+    def report(self, severity, relpath, code, message, ranges=()):
+        where = f"{self.path}/{relpath}" if relpath else self.path
+        if self.ctx is not None:
+            self.ctx.report.add(severity, LAYER, where, code, message, ranges)
+
+    def _node_kw(self, zn):
+        return dict(mtime=zn.mtime, atime=zn.atime, ctime=zn.ctime, uid=zn.uid, gid=zn.gid)
+
+    # -- the tree --------------------------------------------------------------
+    def fill_root(self, dir_node: Dir):
+        """Fill the dataset's root directory (``dir_node``) and take its metadata."""
+        dnode = self.objset.dnode(self.root)
+        zn = read_znode(dnode, self.registry)
+        if not stat.S_ISDIR(zn.mode):
+            raise SaError(f"root object {self.root} is not a directory (mode {zn.mode:o})")
+        dir_node.mode = stat.S_IFDIR | (zn.mode & 0o7777)
+        for k, v in self._node_kw(zn).items():
+            setattr(dir_node, k, v)
+        dir_node.nlink = zn.links
+        self.dirs_seen.add(self.root)
+        self._xattrs(dir_node, zn, "")
+        self.fill(dir_node, self.root, "", keep_existing=True)
+
+    def fill(self, dir_node: Dir, objnum: int, relpath: str, keep_existing=False):
+        """Add every entry of directory object ``objnum`` to ``dir_node``."""
+        try:
+            entries = zap.zap_entries(self.objset.dnode(objnum))
+        except UnreadableError as e:
+            self.report("error", relpath, "unreadable-dir", f"directory unreadable: {e}",
+                        e.ranges)
+            return
+        except (PvfsError, OSError) as e:
+            self.report("error", relpath, "bad-dir", f"directory object {objnum}: {e}")
+            return
+        for err in entries.errors:
+            self.report("error", relpath, "zap-damaged", f"directory entries lost: {err}")
+        for name, value in sorted(entries.items()):
+            child_rel = f"{relpath}/{name}" if relpath else name
+            if keep_existing and name in dir_node._children:
+                continue  # a child dataset is mounted on its (empty) mount-point directory
+            obj = _int(value)
+            if obj is None:
+                self.report("error", child_rel, "bad-dirent", "directory entry without an "
+                            "object number")
+                continue
+            node = self.node_for(obj & DIRENT_OBJ_MASK, child_rel)
+            if node is not None:
+                dir_node.add(name, node, report=self.ctx.report if self.ctx else None,
+                             layer=LAYER, path_hint=f"{self.path}/{relpath}".rstrip("/"))
+
+    def node_for(self, objnum: int, relpath: str):
+        """The node of object ``objnum`` (None, with a damage entry, if it is broken)."""
+        node = self.hardlinks.get(objnum)
+        if node is not None:
+            return node
+        try:
+            dnode = self.objset.dnode(objnum)
+            zn = read_znode(dnode, self.registry)
+        except UnreadableError as e:
+            self.report("error", relpath, "unreadable-object",
+                        f"object {objnum} unreadable: {e}")
+            return None
+        except (PvfsError, OSError) as e:
+            self.report("error", relpath, "bad-object", f"object {objnum}: {e}")
+            return None
+        kind = stat.S_IFMT(zn.mode)
+        kw = self._node_kw(zn)
+        tree_path = f"{self.path}/{relpath}"
+        try:
+            if kind == stat.S_IFDIR:
+                if objnum in self.dirs_seen:
+                    self.report("error", relpath, "dir-loop",
+                                f"directory object {objnum} appears twice (loop); skipped")
+                    return None
+                self.dirs_seen.add(objnum)
+                node = Dir(mode=zn.mode, loader=lambda d, o=objnum, r=relpath: self.fill(d, o, r),
+                           **kw)
+            elif kind == stat.S_IFREG:
+                from .objset import DnodeSource
+
+                src = DnodeSource(dnode, zn.size, f"{self.objset.name}:{relpath}",
+                                  path=tree_path, bad=self.bad)
+                node = File(src, mode=zn.mode, **kw)
+            elif kind == stat.S_IFLNK:
+                node = Symlink(self._symlink_target(dnode, zn, relpath), **kw)
+            elif kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+                rdev = 0
+                if kind in (stat.S_IFCHR, stat.S_IFBLK):
+                    major, minor = rdev_split(zn.rdev)
+                    try:
+                        rdev = os.makedev(major, minor)
+                    except (OverflowError, ValueError):
+                        rdev = 0
+                node = Special(stat.S_IFMT(zn.mode) | (zn.mode & 0o7777), rdev=rdev, **kw)
+            else:
+                self.report("warning", relpath, "unknown-type",
+                            f"object {objnum} has file type {kind >> 12:#o}; not shown")
+                return None
+        except UnreadableError as e:
+            self.report("error", relpath, "unreadable-object", f"object {objnum}: {e}",
+                        e.ranges)
+            return None
+        except (PvfsError, OSError) as e:
+            self.report("error", relpath, "bad-object", f"object {objnum}: {e}")
+            return None
+        node.nlink = zn.links
+        self._xattrs(node, zn, relpath)
+        if kind != stat.S_IFDIR and zn.links > 1:
+            self.hardlinks[objnum] = node
+        return node
+
+    def _symlink_target(self, dnode, zn, relpath) -> bytes:
+        if zn.symlink is not None:
+            return zn.symlink
+        n = min(zn.size, MAX_SYMLINK)
+        if n < zn.size:
+            self.report("warning", relpath, "symlink-too-long",
+                        f"symlink target of {zn.size} bytes cut to {n}")
+        return dnode.read(0, n)
+
+    # -- xattrs ----------------------------------------------------------------
+    def _xattrs(self, node, zn, relpath):
+        if zn.dxattr:
+            try:
+                from .nvlist import unpack_nvlist
+
+                for name, value in list(unpack_nvlist(zn.dxattr).items())[:MAX_XATTRS]:
+                    if isinstance(value, (bytes, bytearray)):
+                        node.xattrs[_xattr_name(name)] = bytes(value)
+                    elif isinstance(value, str):
+                        node.xattrs[_xattr_name(name)] = value.encode()
+            except (PvfsError, ValueError) as e:
+                self.report("warning", relpath, "bad-xattr", f"SA xattrs unreadable: {e}")
+        if zn.xattr:
+            self._xattr_dir(node, zn.xattr, relpath)
+
+    def _xattr_dir(self, node, objnum, relpath):
+        try:
+            entries = zap.zap_entries(self.objset.dnode(objnum))
+        except (PvfsError, OSError) as e:
+            self.report("warning", relpath, "bad-xattr", f"xattr directory {objnum}: {e}")
+            return
+        for err in entries.errors:
+            self.report("warning", relpath, "bad-xattr", f"xattr directory: {err}")
+        for name, value in list(entries.items())[:MAX_XATTRS]:
+            obj = _int(value)
+            if obj is None:
+                continue
+            obj &= DIRENT_OBJ_MASK
+            try:
+                dn = self.objset.dnode(obj)
+                zn = read_znode(dn, self.registry)
+                if not stat.S_ISREG(zn.mode):
+                    continue
+                if zn.size > MAX_XATTR_VALUE:
+                    self.report("warning", relpath, "xattr-too-large",
+                                f"xattr {name!r} of {zn.size} bytes not shown")
+                    continue
+                data = dn.read(0, zn.size)
+                if len(data) < zn.size:
+                    data = data + bytes(zn.size - len(data))
+            except (PvfsError, OSError) as e:
+                self.report("warning", relpath, "bad-xattr", f"xattr {name!r}: {e}")
+                continue
+            node.xattrs[_xattr_name(name)] = data
+
+
+def _int(value, default=None):
+    if isinstance(value, list) and value:
+        return value[0]
+    return default
+
+
+def _xattr_name(name: str) -> bytes:
+    """Linux names keep their namespace; names from other systems are ``user.`` xattrs."""
+    if not name.startswith(LINUX_XATTR_NAMESPACES):
+        name = "user." + name
+    return name.encode("utf-8", "surrogateescape")
+
+
+def build_tree(objset, dir_node: Dir, ctx, path: str, snapshots=None) -> Zpl:
+    """Fill ``dir_node`` with the ZPL filesystem in ``objset``.
+
+    ``path`` is the tree path of ``dir_node`` (for damage entries).  Names
+    already in ``dir_node`` (child datasets mounted there) are kept.
+    ``snapshots``: ``[(snapname, loader)]`` where ``loader()`` returns the
+    snapshot's ObjSet; they appear as lazy ``.zfs/snapshot/<snap>/``.
+    Raises on a broken master node or root (the caller reports it).
+    """
+    fs = Zpl(objset, ctx, path)
+    fs.fill_root(dir_node)
+    if snapshots is not None:
+        add_snapshot_dir(dir_node, ctx, path, snapshots)
+    return fs
+
+
+def add_snapshot_dir(dir_node: Dir, ctx, path: str, snapshots):
+    """``.zfs/snapshot/<snap>/``, each filled on first listing."""
+    zfsdir = dir_node.subdir(".zfs", mode=0o555)
+    snapdir = zfsdir.subdir("snapshot", mode=0o555)
+    for snapname, loader in snapshots:
+        spath = f"{path}/.zfs/snapshot/{snapname}"
+
+        def load(d, loader=loader, spath=spath):
+            try:
+                build_tree(loader(), d, ctx, spath)
+            except UnreadableError as e:
+                ctx.report.add("error", LAYER, spath, "unreadable", f"snapshot: {e}", e.ranges)
+            except (PvfsError, OSError) as e:
+                ctx.report.add("error", LAYER, spath, "bad-snapshot", f"snapshot: {e}")
+
+        snapdir.add(snapname, Dir(mode=0o555, loader=load), report=ctx.report, layer=LAYER,
+                    path_hint=f"{path}/.zfs/snapshot")
