@@ -1,0 +1,307 @@
+"""The LVM2 backend: PVs grouped by VG UUID, LVs and thin volumes into the tree.
+
+Tree::
+
+    storage/lvm/<vg>/<lv>                      every visible LV (raw), partitions in <lv>.parts/
+    storage/lvm/<vg>/.pool/<pool>/tmeta|tdata   thin-pool internals (for experts and carving)
+    storage/lvm/<vg>/.pool/<pool>/orphans/thin-<id>   thin devices the LVM text does not name
+    storage/lvm/<vg>/.hidden/<lv>               other hidden LVs (pmspare, mirror/raid images)
+    vms/<vmid>/disk-<n>.raw                     vm-<vmid>-disk-<n>
+    vms/<vmid>/snapshots/<snap>/disk-<n>.raw    snap_vm-<vmid>-disk-<n>_<snap>
+"""
+
+from __future__ import annotations
+
+import re
+
+from pvfs.backend import Backend
+from pvfs.cache import METADATA_CACHE
+from pvfs.errors import UnreadableError
+from pvfs.nodes import Dir
+
+from . import structs as S
+from .errors import LvmError, ThinError
+from .label import read_pv
+from .thin import ThinPool, ThinSource
+from .vg import VolumeGroup
+
+#: Group key of PVs without a metadata area (``pvcreate --metadatacopies 0``): they
+#: are matched by PV UUID when a VG that names them is assembled.
+NO_MDA_KEY = "pv-without-metadata"
+PV_ROLES = ("disk", "partition", "lv", "zvol", "rbd", "drbd-data", "input-disk")
+_SNAP_RE = re.compile(r"^snap_((?:vm|base)-\d+-disk-\d+)_(.+)$")
+
+
+def pv_info(volume):
+    """The PV's label and metadata generations, cached by source uid."""
+    key = ("lvm-pv", volume.source.uid)
+    info = METADATA_CACHE.get(key)
+    if info is None:
+        info = read_pv(volume.source)
+        if info is None:
+            raise LvmError("no LVM2 label in sectors 0-3")
+        METADATA_CACHE.put(key, info)
+    return info
+
+
+class LvmBackend(Backend):
+    name = "lvm"
+    grouped = True
+    roles = PV_ROLES
+    cli_options = [("--lvm-seqno", {
+        "type": int, "metavar": "N",
+        "help": "use LVM metadata generation (seqno) N instead of the newest one found "
+                "in the metadata ring (e.g. to see an LV removed by lvremove)"})]
+
+    def probe(self, volume, ctx):
+        try:
+            head = volume.source.read(0, S.SECTOR_SIZE * S.LABEL_SCAN_SECTORS)
+        except Exception:
+            return 0.0
+        for i in range(S.LABEL_SCAN_SECTORS):
+            sec = head[i * S.SECTOR_SIZE:(i + 1) * S.SECTOR_SIZE]
+            if len(sec) == S.SECTOR_SIZE and sec.startswith(S.LABEL_ID) \
+                    and sec[24:32] == S.LVM2_LABEL:
+                crc = int.from_bytes(sec[16:20], "little")
+                return 100.0 if S.calc_crc(sec[20:]) == crc else 50.0
+        return 0.0
+
+    def member_key(self, volume, ctx):
+        info = pv_info(volume)
+        for msg in info.problems:
+            ctx.report.add("warning", self.name, volume.path, "pv-metadata", msg)
+        newest = info.newest()
+        volume.info["lvm_pv"] = {
+            "pv_uuid": info.label.pv_uuid,
+            "device_size": info.label.device_size,
+            "metadata_areas": [[o, n] for o, n in info.label.metadata_areas],
+            "vg": newest.vgname if newest else None,
+            "vg_id": newest.vg_id if newest else None,
+            "generations": [g.seqno for g in info.generations],
+        }
+        return newest.vg_id if newest else NO_MDA_KEY
+
+    # -- assembling a VG ---------------------------------------------------------
+    def open_group(self, key, volumes, ctx):
+        if key == NO_MDA_KEY:
+            for v in volumes:
+                ctx.report.add("info", self.name, v.path, "pv-without-metadata",
+                               f"PV {pv_info(v).label.pv_uuid} has no metadata area; it is "
+                               f"used by the VG whose metadata names it")
+            return
+        pv_sources, gens, first = {}, {}, volumes[0]
+        candidates = list(volumes)
+        nomda = ctx.groups.get((self.name, NO_MDA_KEY))
+        if nomda:
+            candidates += nomda[1]
+        for v in candidates:
+            info = pv_info(v)
+            uuid = info.label.pv_uuid
+            if uuid in pv_sources:
+                ctx.report.add("warning", self.name, v.path, "duplicate-pv",
+                               f"PV {uuid} was found twice; using {pv_sources[uuid][1]}")
+                continue
+            pv_sources[uuid] = (v.source, v.path)
+            for g in info.generations:
+                if g.vg_id != key:
+                    continue
+                old = gens.get(g.seqno)
+                if old is None or (g.crc_ok is True and old.crc_ok is not True):
+                    gens[g.seqno] = g
+        if not gens:
+            raise LvmError(f"VG {key}: no metadata generation could be read")
+        ordered = [gens[s] for s in sorted(gens)]
+        want = ctx.options.get("lvm_seqno")
+        gen = ordered[-1]
+        if want is not None:
+            if want in gens:
+                gen = gens[want]
+            else:
+                ctx.report.add("error", self.name, first.path, "seqno-not-found",
+                               f"VG {gen.vgname}: metadata seqno {want} is not in the ring "
+                               f"(found {', '.join(str(g.seqno) for g in ordered)}); using "
+                               f"{gen.seqno}")
+        vg = VolumeGroup(gen, pv_sources, bad=ctx.bad())
+        lvm_dir = ctx.storage("lvm")
+        vgdir = Dir()
+        used = lvm_dir.add(vg.name, vgdir, report=ctx.report, layer=self.name,
+                           path_hint="storage/lvm")
+        base = f"storage/lvm/{used}"
+        for g in ordered:
+            mark = "in use" if g is gen else "available with --lvm-seqno"
+            ctx.report.add("info", self.name, base, "metadata-generation",
+                           f"VG {g.vgname} {g.describe()} [{mark}]")
+        if len(ordered) > 1:
+            ctx.extra_readme.append(
+                f"LVM VG {vg.name} ({base}): metadata seqno {gen.seqno} in use; generations "
+                f"found: {', '.join(str(g.seqno) for g in ordered)} (pvfs mount --lvm-seqno N "
+                f"shows an older one, e.g. LVs removed since)")
+        for v in volumes:
+            v.info.setdefault("lvm_pv", {})["seqno_used"] = gen.seqno
+        for sev, code, msg in vg.problems:
+            ctx.report.add(sev, self.name, base, code, msg)
+        for ref in vg.pvs.values():
+            if ref.source is not None and ref.pe_count:
+                need = ref.pe_start + ref.pe_count * vg.extent_bytes
+                if ref.source.size < need:
+                    ctx.report.add("error", self.name, ref.path, "pv-truncated",
+                                   f"PV {ref.name} is {ref.source.size} bytes, its extents "
+                                   f"need {need}", [(ref.source.size, need - ref.source.size)])
+        for uuid, (_, path) in pv_sources.items():
+            if uuid not in {r.uuid for r in vg.pvs.values()}:
+                ctx.report.add("warning", self.name, path, "pv-not-in-vg",
+                               f"PV {uuid} is not listed by VG {vg.name} seqno {gen.seqno}")
+        _Builder(self, ctx, vg, vgdir, base, first).build()
+
+
+class _Builder:
+    def __init__(self, backend, ctx, vg, vgdir, base, parent):
+        self.b, self.ctx, self.vg, self.dir, self.base, self.parent = \
+            backend, ctx, vg, vgdir, base, parent
+        self.pools = {}
+
+    def report(self, sev, code, msg, path=None, ranges=()):
+        self.ctx.report.add(sev, self.b.name, path or self.base, code, msg, ranges)
+
+    def build(self):
+        vg = self.vg
+        internal = set()
+        for lv in vg.lvs.values():
+            for seg in lv.segments:
+                if seg.type == "thin-pool":
+                    internal.update(str(seg.fields.get(k)) for k in ("metadata", "pool"))
+        for lv in vg.lvs.values():
+            if "thin-pool" in lv.types:
+                self.open_pool(lv)
+        for lv in vg.lvs.values():
+            if "thin-pool" in lv.types or lv.name in internal:
+                continue
+            try:
+                if "thin" in lv.types:
+                    self.add_thin(lv)
+                else:
+                    self.add_plain(lv)
+            except (LvmError, UnreadableError) as e:
+                self.report("error", "lv-failed", f"LV {lv.name}: {e}")
+
+    def _info(self, vol, lv, **extra):
+        vol.info["lvm"] = {"vg": self.vg.name, "vg_id": self.vg.id, "lv": lv.name,
+                           "lv_id": lv.id, "seqno": self.vg.seqno,
+                           "segments": [[s.start_extent, s.extent_count, s.type]
+                                        for s in lv.segments[:64]], **extra}
+
+    def _show(self, lv, src, **extra):
+        probe = True
+        try:
+            probe = not src.unreadable_ranges(0, min(src.size, 1 << 20))
+        except Exception:
+            probe = False
+        vol = self.ctx.add_volume(src, self.dir, lv.name, self.base, "lv", parent=self.parent,
+                                  probe=probe, children_home="parts")
+        self._info(vol, lv, **extra)
+        m = _SNAP_RE.match(lv.name)
+        if m:
+            self.ctx.add_proxmox_disk(m.group(1), vol, snapshot=m.group(2))
+        else:
+            self.ctx.add_proxmox_disk(lv.name, vol)
+        return vol
+
+    def add_plain(self, lv):
+        src = self.vg.lv_source(lv.name)
+        if lv.visible:
+            self._show(lv, src)
+        else:
+            hdir = self.dir.subdir(".hidden")
+            vol = self.ctx.add_volume(src, hdir, lv.name, f"{self.base}/.hidden", "lv-hidden",
+                                      parent=self.parent, probe=False, children_home=None)
+            self._info(vol, lv)
+
+    def open_pool(self, lv):
+        vg, ctx = self.vg, self.ctx
+        if len(lv.segments) != 1:
+            self.report("error", "thin-pool-segments",
+                        f"thin pool {lv.name} has {len(lv.segments)} segments; expected 1")
+            return
+        f = lv.segments[0].fields
+        pdir = self.dir.subdir(".pool").subdir(lv.name)
+        ppath = f"{self.base}/.pool/{lv.name}"
+        try:
+            tmeta = vg.lv_source(str(f.get("metadata")))
+            tdata = vg.lv_source(str(f.get("pool")))
+        except (LvmError, KeyError) as e:
+            self.report("error", "thin-pool-failed", f"thin pool {lv.name}: {e}")
+            return
+        for name, src in (("tmeta", tmeta), ("tdata", tdata)):
+            ctx.add_volume(src, pdir, name, ppath, "thin-pool-" + name, parent=self.parent,
+                           probe=False, children_home=None)
+        devs = [s.fields.get("device_id") for l2 in vg.lvs.values() for s in l2.segments
+                if s.type == "thin" and s.fields.get("thin_pool") == lv.name]
+        hints = {"chunk_size": f.get("chunk_size"), "transaction_id": f.get("transaction_id"),
+                 "device_ids": [d for d in devs if isinstance(d, int)]}
+        try:
+            pool = ThinPool(tmeta, tdata, name=f"{vg.name}/{lv.name}", hints=hints)
+        except (ThinError, UnreadableError) as e:
+            self.report("error", "thin-metadata-unusable",
+                        f"thin pool {lv.name}: {e}; the data area is at {ppath}/tdata "
+                        f"for carving", path=ppath)
+            self.pools[lv.name] = None
+            return
+        for sev, code, msg in pool.problems:
+            self.report(sev, code, f"thin pool {lv.name}: {msg}", path=ppath)
+        for msg in pool.info:
+            self.report("info", "thin-pool", f"thin pool {lv.name}: {msg}", path=ppath)
+        self.pools[lv.name] = pool
+        named = set(hints["device_ids"])
+        for dev in sorted(set(pool.dev_roots) - named):
+            m = pool.mapping(dev)
+            if not len(m.vstart):
+                continue
+            size = int(m.vstart[-1] + m.length[-1]) * pool.chunk_bytes
+            src = ThinSource(pool, dev, size, label=f"{lv.name}:thin-{dev}", bad=ctx.bad())
+            odir = pdir.subdir("orphans")
+            ctx.add_volume(src, odir, f"thin-{dev}", f"{ppath}/orphans", "lv",
+                           parent=self.parent, children_home="parts")
+            self.report("warning", "thin-orphan",
+                        f"thin device {dev} is in pool {lv.name} but no LV of this "
+                        f"metadata generation names it; shown as {ppath}/orphans/thin-{dev} "
+                        f"(size from its last mapped block)", path=ppath)
+
+    def add_thin(self, lv):
+        if len(lv.segments) != 1:
+            raise LvmError(f"thin LV with {len(lv.segments)} segments")
+        f = lv.segments[0].fields
+        pname, dev = f.get("thin_pool"), f.get("device_id")
+        if pname not in self.pools:
+            raise LvmError(f"its thin pool {pname!r} is not in the VG")
+        pool = self.pools[pname]
+        size = lv.extents * self.vg.extent_bytes
+        path = f"{self.base}/{lv.name}"
+        if pool is None or not isinstance(dev, int):
+            self.report("error", "thin-lv-lost",
+                        f"thin LV {lv.name}: pool {pname} metadata is unusable", path=path)
+            return
+        src = ThinSource(pool, dev, size, label=f"{self.vg.name}/{lv.name}", bad=self.ctx.bad())
+        if dev not in pool.dev_roots:
+            self.report("error", "thin-device-missing",
+                        f"thin device {dev} of LV {lv.name} is not in the pool metadata "
+                        f"(deleted, or its tree is lost); it reads as unreadable", path=path,
+                        ranges=[(0, size)])
+        else:
+            m = pool.mapping(dev)
+            cb = pool.chunk_bytes
+            ranges = [(lo * cb, (size if hi is None else min(size, hi * cb)) - lo * cb)
+                      for lo, hi in m.unknown if lo * cb < size]
+            if ranges:
+                self.report("error", "thin-mapping-lost",
+                            f"thin LV {lv.name}: the mapping of {len(ranges)} range(s) could not "
+                            f"be read (damaged btree nodes)", path=path, ranges=ranges)
+            if m.mapped and int(m.vstart[-1] + m.length[-1]) * cb > size:
+                self.report("warning", "thin-beyond-size",
+                            f"thin LV {lv.name}: blocks are mapped past its LVM size", path=path)
+            det = pool.details.get(dev)
+            if det is not None and det.mapped_blocks != m.mapped:
+                self.report("warning", "thin-mapped-count",
+                            f"thin LV {lv.name}: device details say {det.mapped_blocks} "
+                            f"mapped blocks, the mapping tree has {m.mapped}", path=path)
+        extra = {"thin_pool": pname, "device_id": dev, "origin": f.get("origin")}
+        self._show(lv, src, **extra)

@@ -1,0 +1,299 @@
+"""A volume group from its text metadata: LVs as sources over the PVs.
+
+References: lvm2 ``lib/format_text/import_vsn1.c`` (``_read_pv``, ``_read_lv``,
+``_read_segment``, ``_read_segment_areas``: an area name is a PV name or an LV name),
+``lib/format_text/export.c``, ``lib/metadata/segtype.h`` and the segment type
+modules: ``lib/striped/striped.c`` (``stripe_count``, ``stripe_size``, ``stripes``),
+``lib/mirror/mirrored.c`` (``mirror_count``, ``mirrors``), ``lib/raid/raid.c``
+(``device_count``, ``raids`` = rmeta/rimage pairs), ``lib/thin/thin.c`` (``metadata``,
+``pool``, ``chunk_size``, ``transaction_id``, ``thin_pool``, ``device_id``, ``origin``),
+``lib/zero/zero.c``, ``lib/error/errseg.c``.  Sizes in the text are 512-byte sectors;
+``pe_start`` is relative to the PV start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pvfs.errors import UnreadableError
+from pvfs.source import (DATA, UNREADABLE, ZERO, ExtentSource, MissingSource, Source,
+                         ZeroSource)
+
+from .errors import LvmError
+
+SECTOR = 512
+MAX_SEGMENTS = 100_000
+MAX_STRIPES = 128
+LINEAR_TYPES = ("striped", "linear")
+MIRROR_TYPES = ("mirror", "raid1")
+THIN_TYPES = ("thin-pool", "thin")
+
+
+def _int(d, key, default=None, what=""):
+    v = d.get(key, default)
+    if not isinstance(v, int) or v < 0:
+        raise LvmError(f"{what}: {key} is missing or not a non-negative number")
+    return v
+
+
+@dataclass
+class PVRef:
+    name: str  # pv0, pv1 ...
+    uuid: str
+    pe_start: int  # bytes
+    pe_count: int
+    dev_size: int  # bytes (0 when unknown)
+    source: Source | None = None  # None: missing
+    path: str = ""
+
+
+@dataclass
+class Segment:
+    start_extent: int
+    extent_count: int
+    type: str
+    fields: dict
+
+
+@dataclass
+class LV:
+    name: str
+    id: str
+    status: list
+    flags: list
+    segments: list
+    extents: int
+    visible: bool = field(init=False)
+
+    def __post_init__(self):
+        self.visible = "VISIBLE" in self.status
+
+    @property
+    def types(self):
+        return {s.type for s in self.segments}
+
+
+class StripedSource(Source):
+    """``len(areas)`` stripes of ``stripe_bytes``, round robin (dm-stripe)."""
+
+    def __init__(self, size, areas, stripe_bytes, label="striped"):
+        super().__init__()
+        self.size = size
+        self.areas = areas  # [(source, offset)]
+        self.stripe = stripe_bytes
+        self.label = label
+
+    def _locate(self, pos):
+        c, within = divmod(pos, self.stripe)
+        row, s = divmod(c, len(self.areas))
+        src, off = self.areas[s]
+        return src, off + row * self.stripe + within, self.stripe - within
+
+    def _read(self, offset, length):
+        parts, pos, end = [], offset, offset + length
+        while pos < end:
+            src, off, left = self._locate(pos)
+            n = min(left, end - pos)
+            parts.append(src.read(off, n))
+            pos += n
+        return b"".join(parts)
+
+    def _block_status(self, offset, length):
+        out, pos, end = [], offset, offset + length
+        while pos < end and len(out) < 100_000:
+            src, off, left = self._locate(pos)
+            n = min(left, end - pos)
+            out.extend((o - off + pos, ln, s) for o, ln, s in src.block_status(off, n))
+            pos += n
+        if pos < end:
+            out.append((pos, end - pos, DATA))
+        return out
+
+
+class MirrorSource(Source):
+    """Mirror legs holding the same bytes: read each piece from the first leg that can."""
+
+    def __init__(self, size, legs, label="mirror"):
+        super().__init__()
+        self.size = size
+        self.legs = legs
+        self.label = label
+
+    def _read(self, offset, length):
+        err = None
+        for leg in self.legs:
+            if leg.unreadable_ranges(offset, length):
+                continue
+            try:
+                return leg.read(offset, length)
+            except UnreadableError as e:
+                err = e
+        # no leg is whole here: go piece by piece (512 bytes) so good sectors are used
+        if length > SECTOR:
+            parts = []
+            for p in range(offset, offset + length, SECTOR):
+                parts.append(self._read(p, min(SECTOR, offset + length - p)))
+            return b"".join(parts)
+        for leg in self.legs:
+            try:
+                return leg.read(offset, length)
+            except UnreadableError as e:
+                err = e
+        raise err or UnreadableError(f"{self.label}: no healthy leg", [(offset, length)])
+
+    def _block_status(self, offset, length):
+        for leg in self.legs:
+            st = leg.block_status(offset, length)
+            if not any(s == UNREADABLE for _, _, s in st):
+                return st
+        return self.legs[0].block_status(offset, length)
+
+
+class VolumeGroup:
+    """The VG described by one metadata generation, over the PVs that were found."""
+
+    def __init__(self, gen, pv_sources: dict, bad="eio"):
+        self.gen = gen
+        self.name = gen.vgname
+        vg = gen.vg
+        self.id = vg.get("id")
+        self.seqno = vg.get("seqno")
+        self.bad = bad
+        self.problems = []  # (severity, code, message)
+        self.extent_bytes = _int(vg, "extent_size", what=f"VG {self.name}") * SECTOR
+        if self.extent_bytes == 0:
+            raise LvmError(f"VG {self.name}: extent_size is 0")
+        self.pvs = {}
+        for pvname, p in (vg.get("physical_volumes") or {}).items():
+            if not isinstance(p, dict):
+                continue
+            uuid = p.get("id", "")
+            what = f"VG {self.name} PV {pvname}"
+            ref = PVRef(pvname, uuid, _int(p, "pe_start", 0, what) * SECTOR,
+                        _int(p, "pe_count", 0, what), _int(p, "dev_size", 0, what) * SECTOR)
+            src = pv_sources.get(uuid)
+            if src is not None:
+                ref.source, ref.path = src
+            else:
+                self.problems.append(("error", "missing-pv",
+                                      f"PV {pvname} ({uuid}) of VG {self.name} was not found; "
+                                      f"its extents read as unreadable"))
+            self.pvs[pvname] = ref
+        self.lvs = {}
+        for lvname, l in (vg.get("logical_volumes") or {}).items():
+            if isinstance(l, dict):
+                try:
+                    self.lvs[lvname] = self._read_lv(lvname, l)
+                except LvmError as e:
+                    self.problems.append(("error", "bad-lv", str(e)))
+        self._sources = {}
+        self._building = set()
+
+    def _read_lv(self, name, l) -> LV:
+        segs = []
+        count = l.get("segment_count", 0)
+        for key, s in l.items():
+            if not (key.startswith("segment") and isinstance(s, dict)):
+                continue
+            what = f"LV {name} {key}"
+            segs.append(Segment(_int(s, "start_extent", what=what),
+                                _int(s, "extent_count", what=what),
+                                str(s.get("type", "?")), s))
+            if len(segs) > MAX_SEGMENTS:
+                raise LvmError(f"LV {name}: too many segments")
+        if isinstance(count, int) and count != len(segs):
+            self.problems.append(("warning", "segment-count",
+                                  f"LV {name}: segment_count {count} but {len(segs)} segments"))
+        segs.sort(key=lambda s: s.start_extent)
+        extents = max((s.start_extent + s.extent_count for s in segs), default=0)
+        status = [x for x in l.get("status", []) if isinstance(x, str)]
+        flags = [x for x in l.get("flags", []) if isinstance(x, str)]
+        return LV(name, str(l.get("id", "")), status, flags, segs, extents)
+
+    # -- sources ----------------------------------------------------------------
+    def pv_area(self, pvname, pe, length, what):
+        """(source, offset) of ``length`` bytes from extent ``pe`` of PV ``pvname``."""
+        ref = self.pvs.get(pvname)
+        if ref is None:
+            raise LvmError(f"{what}: unknown PV {pvname}")
+        off = ref.pe_start + pe * self.extent_bytes
+        if ref.source is None:
+            return MissingSource(off + length, f"PV {pvname} ({ref.uuid}) is missing",
+                                 bad=self.bad, label=f"{self.name}/{pvname}"), off
+        return ref.source, off
+
+    def area(self, name, start, length, what):
+        """An area of a segment: a PV (by extent) or another LV (by logical extent)."""
+        if name in self.pvs:
+            return self.pv_area(name, start, length, what)
+        if name in self.lvs:
+            return self.lv_source(name), start * self.extent_bytes
+        raise LvmError(f"{what}: area names unknown PV or LV {name!r}")
+
+    def lv_source(self, name) -> Source:
+        src = self._sources.get(name)
+        if src is not None:
+            return src
+        if name in self._building:
+            raise LvmError(f"LV {name} is built from itself (a loop in the metadata)")
+        self._building.add(name)
+        try:
+            src = self._build(self.lvs[name])
+        finally:
+            self._building.discard(name)
+        self._sources[name] = src
+        return src
+
+    def _build(self, lv: LV) -> Source:
+        eb = self.extent_bytes
+        extents = []
+        for seg in lv.segments:
+            off, length = seg.start_extent * eb, seg.extent_count * eb
+            what = f"LV {lv.name} segment at LE {seg.start_extent}"
+            src = self._segment(lv, seg, length, what)
+            extents.append((off, length, src[0], src[1]))
+        return ExtentSource(lv.extents * eb, extents, label=f"{self.name}/{lv.name}")
+
+    def _segment(self, lv, seg, length, what):
+        f = seg.fields
+        t = seg.type
+        if t in LINEAR_TYPES:
+            n = _int(f, "stripe_count", 1, what)
+            arr = f.get("stripes") or f.get("areas") or []
+            if not 1 <= n <= MAX_STRIPES or len(arr) != 2 * n:
+                raise LvmError(f"{what}: stripes list does not match stripe_count {n}")
+            if seg.extent_count % n:
+                raise LvmError(f"{what}: {seg.extent_count} extents do not divide into "
+                               f"{n} stripes")
+            per = length // n
+            areas = [self.area(str(arr[2 * i]), int(arr[2 * i + 1]), per, what)
+                     for i in range(n)]
+            if n == 1:
+                return areas[0]
+            ss = _int(f, "stripe_size", what=what) * SECTOR
+            if ss == 0:
+                raise LvmError(f"{what}: stripe_size 0")
+            return StripedSource(length, areas, ss, label=f"{self.name}/{lv.name}"), 0
+        if t in MIRROR_TYPES:
+            if t == "mirror":
+                arr = f.get("mirrors") or []
+                names = [(str(arr[i]), int(arr[i + 1])) for i in range(0, len(arr) - 1, 2)]
+            else:
+                arr = f.get("raids") or []
+                names = [(str(arr[i]), 0) for i in range(1, len(arr), 2)]
+            if not names:
+                raise LvmError(f"{what}: {t} segment without images")
+            legs = []
+            for nm, le in names:
+                src, off = self.area(nm, le, length, what)
+                legs.append(ExtentSource(length, [(0, length, src, off)], label=nm))
+            return MirrorSource(length, legs, label=f"{self.name}/{lv.name}"), 0
+        if t == "zero":
+            return ZeroSource(length, status=ZERO), 0
+        if t == "error":
+            return MissingSource(length, "error segment", bad=self.bad), 0
+        self.problems.append(("error", "unsupported-segment",
+                              f"{what}: segment type {t!r} is not supported; its bytes "
+                              f"read as unreadable"))
+        return MissingSource(length, f"segment type {t} not supported", bad=self.bad,
+                             label=f"{self.name}/{lv.name}"), 0
