@@ -80,6 +80,15 @@ class Source:
             return []
         return coalesce(self._block_status(offset, length))
 
+    def status_of(self, offset: int, length: int):
+        """Like ``block_status`` but covering the whole range: bytes past the end
+        of this source (a truncated file) are ``unreadable``."""
+        avail = max(0, min(length, self.size - offset))
+        out = self.block_status(offset, avail) if avail else []
+        if avail < length:
+            out.append((offset + avail, length - avail, UNREADABLE))
+        return out
+
     def unreadable_ranges(self, offset: int = 0, length: int | None = None):
         return [(o, n) for o, n, s in self.block_status(offset, length) if s == UNREADABLE]
 
@@ -242,14 +251,8 @@ class SliceSource(Source):
         return data
 
     def _block_status(self, offset, length):
-        start = self.offset + offset
-        avail = max(0, min(length, self.parent.size - start))
-        out = []
-        if avail:
-            out = [(o - self.offset, n, s) for o, n, s in self.parent.block_status(start, avail)]
-        if avail < length:
-            out.append((offset + avail, length - avail, UNREADABLE))
-        return out
+        return [(o - self.offset, n, s)
+                for o, n, s in self.parent.status_of(self.offset + offset, length)]
 
 
 class ExtentSource(Source):
@@ -307,7 +310,7 @@ class ExtentSource(Source):
             if target is None:
                 out.append((pos, n, UNMAPPED))
             else:
-                out.extend((o - t_off + pos, ln, s) for o, ln, s in target.block_status(t_off, n))
+                out.extend((o - t_off + pos, ln, s) for o, ln, s in target.status_of(t_off, n))
         return out
 
 

@@ -519,7 +519,7 @@ class Qcow2Disk(Source):
         out = []
         for vpos, n, kind, arg in self._merged_pieces(offset, length):
             if kind == _DATA:
-                out.extend((o - arg + vpos, ln, s) for o, ln, s in self.data.block_status(arg, n))
+                out.extend((o - arg + vpos, ln, s) for o, ln, s in self.data.status_of(arg, n))
             elif kind == _ZERO:
                 out.append((vpos, n, ZERO))
             elif kind == _BACKING:
@@ -527,7 +527,7 @@ class Qcow2Disk(Source):
             elif kind == _COMPRESSED:
                 x = 62 - (self.cluster_bits - 8)
                 host = arg & ((1 << x) - 1)
-                bad = self.data.unreadable_ranges(host, 512)
+                bad = [r for r in self.data.status_of(host, 512) if r[2] == UNREADABLE]
                 out.append((vpos, n, UNREADABLE if bad else DATA))
             else:
                 out.append((vpos, n, UNREADABLE))

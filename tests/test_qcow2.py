@@ -1,0 +1,149 @@
+"""qcow2 against the qemu-img fixtures: every disk and snapshot by sha256."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from pvfs.discover import Options, discover
+from pvfs.errors import UnreadableError
+from pvfs.nodes import resolve
+from pvfs.source import UNREADABLE, FileSource
+from backends.qcow2.image import Qcow2Error, Qcow2Image, parse_header
+
+MANIFEST_PATH = FIXTURES / "qcow2" / "manifest.json"
+MANIFEST = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.exists() else {"images": {}}
+BASE_SHA = MANIFEST["images"].get("base.qcow2", {}).get("raw_sha256")
+
+
+@pytest.fixture(scope="module")
+def imgdir():
+    return unpack(require_fixture("qcow2", "qcow2-fixtures.tar.xz")) / "img"
+
+
+def _expected(entry):
+    return entry.get("expected_raw_sha256") or entry["raw_sha256"]
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["images"]))
+def test_every_image_matches_manifest(imgdir, name):
+    entry = MANIFEST["images"][name]
+    ctx = discover([str(imgdir / name)])
+    base = os.path.basename(name)
+    node = resolve(ctx.root, f"storage/files/{base}/disk.raw")
+    assert node is not None, [d.line() for d in ctx.report]
+    assert node.size == entry["virtual_size"]
+    assert sha256_source(node.source) == _expected(entry)
+    for snap, sentry in (entry.get("snapshots") or {}).items():
+        snode = resolve(ctx.root, f"storage/files/{base}/snapshots/{snap}/disk.raw")
+        assert snode is not None
+        assert sha256_source(snode.source) == sentry["raw_sha256_applied"]
+    assert not [d for d in ctx.report if d.severity == "error" and d.layer == "qcow2"]
+
+
+def test_snapshot_dates_and_sizes(imgdir):
+    img = Qcow2Image(FileSource(imgdir / "snapshots.qcow2"), str(imgdir / "snapshots.qcow2"),
+                     FileSource)
+    snaps = {s.name: s for s in img.snapshots}
+    assert set(snaps) == {"before-upgrade", "after-upgrade"}
+    assert snaps["before-upgrade"].disk_size == 16 << 20
+    assert img.hdr.size == 24 << 20
+    # 2024-05-01 10:00 and 2024-05-02 11:30 (faketime, UTC)
+    assert sorted(s.date_sec for s in snaps.values()) == [1714557600, 1714649400]
+
+
+def test_proxmox_view_from_name(imgdir, tmp_path):
+    shutil.copy(imgdir / "base.qcow2", tmp_path / "vm-100-disk-0.qcow2")
+    shutil.copy(imgdir / "snapshots.qcow2", tmp_path / "base-9000-disk-1.qcow2")
+    ctx = discover([str(tmp_path)])
+    node = resolve(ctx.root, "vms/100/disk-0.raw")
+    assert sha256_source(node.source) == BASE_SHA
+    snap = resolve(ctx.root, "vms/9000/snapshots/before-upgrade/disk-1.raw")
+    entry = MANIFEST["images"]["snapshots.qcow2"]["snapshots"]["before-upgrade"]
+    assert sha256_source(snap.source) == entry["raw_sha256_applied"]
+
+
+def test_missing_backing_file_still_mounts(imgdir, tmp_path):
+    shutil.copy(imgdir / "overlay1.qcow2", tmp_path / "overlay1.qcow2")
+    ctx = discover([str(tmp_path / "overlay1.qcow2")])
+    codes = {d.code for d in ctx.report}
+    assert "backing-missing" in codes
+    node = resolve(ctx.root, "storage/files/overlay1.qcow2/disk.raw")
+    # 40M was written in the overlay itself: readable.
+    assert node.source.read(40 << 20, 16).startswith(b"QCOW2FIX")
+    # 10M comes from the (missing) backing file: EIO by default ...
+    with pytest.raises(UnreadableError):
+        node.source.read(10 << 20, 512)
+    assert node.source.block_status(10 << 20, 512)[0][2] == UNREADABLE
+    # ... zeros with --bad zero.
+    ctx = discover([str(tmp_path / "overlay1.qcow2")], Options(bad="zero"))
+    node = resolve(ctx.root, "storage/files/overlay1.qcow2/disk.raw")
+    assert node.source.read(10 << 20, 512) == bytes(512)
+
+
+def test_backing_loop_is_reported(imgdir, tmp_path):
+    # overlay -> itself: make a copy of overlay1 whose backing name points at itself.
+    data = bytearray((imgdir / "overlay1.qcow2").read_bytes())
+    hdr = parse_header(FileSource(imgdir / "overlay1.qcow2"))
+    off = int.from_bytes(data[8:16], "big")
+    name = b"loop.qcow2".ljust(len(hdr.backing_file.encode()), b"\0")
+    data[off:off + len(name)] = name
+    data[16:20] = len(b"loop.qcow2").to_bytes(4, "big")
+    (tmp_path / "loop.qcow2").write_bytes(bytes(data))
+    ctx = discover([str(tmp_path / "loop.qcow2")])
+    assert any(d.code == "backing-loop" for d in ctx.report)
+
+
+def test_destroyed_header_recovered_by_l1_scan(imgdir, tmp_path):
+    data = bytearray((imgdir / "base.qcow2").read_bytes())
+    data[:65536] = bytes(65536)  # the whole header cluster
+    p = tmp_path / "base.qcow2"
+    p.write_bytes(bytes(data))
+    ctx = discover([str(p)])
+    assert any(d.code == "header-destroyed" for d in ctx.report)
+    node = resolve(ctx.root, "storage/files/base.qcow2/disk.raw")
+    from pvfs.source import SliceSource
+
+    assert sha256_source(SliceSource(node.source, 0, 64 << 20)) == BASE_SHA
+
+
+def test_unknown_incompatible_bit_refused(imgdir, tmp_path):
+    data = bytearray((imgdir / "base.qcow2").read_bytes()[:1 << 20])
+    data[72:80] = (1 << 40).to_bytes(8, "big")
+    p = tmp_path / "x.qcow2"
+    p.write_bytes(bytes(data))
+    with pytest.raises(Qcow2Error, match="unknown incompatible feature bits"):
+        parse_header(FileSource(p))
+    ctx = discover([str(p)])
+    errs = [d for d in ctx.report if d.layer == "qcow2" and d.severity == "error"]
+    assert errs and "unknown incompatible feature bits" in errs[0].message
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d[:50], "file too small for a qcow2 header"),
+    (lambda d: d[:4] + (9).to_bytes(4, "big") + d[8:], "unsupported qcow2 version 9"),
+    (lambda d: d[:20] + (30).to_bytes(4, "big") + d[24:], "cluster_bits 30 outside 9..21"),
+])
+def test_bad_headers_give_clear_errors(imgdir, tmp_path, damage, message):
+    data = (imgdir / "base.qcow2").read_bytes()[:65536]
+    p = tmp_path / "bad.qcow2"
+    p.write_bytes(damage(data))
+    with pytest.raises(Qcow2Error, match=message):
+        parse_header(FileSource(p))
+
+
+def test_truncated_image_reads_eio_not_garbage(imgdir, tmp_path):
+    data = (imgdir / "base.qcow2").read_bytes()
+    p = tmp_path / "base.qcow2"
+    p.write_bytes(data[:len(data) // 2])
+    ctx = discover([str(p)])
+    node = resolve(ctx.root, "storage/files/base.qcow2/disk.raw")
+    bad = node.source.unreadable_ranges()
+    assert bad, "clusters past the end of the truncated file must be unreadable"
+    off = bad[0][0]
+    with pytest.raises(UnreadableError):
+        node.source.read(off, 512)
