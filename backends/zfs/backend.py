@@ -1,0 +1,333 @@
+"""The ZFS backend: pools from their members, datasets as directories, zvols as volumes.
+
+Tree: ``storage/zfs/<pool>/<dataset path>/`` (file systems; contents from ``zpl``),
+zvols as files ``<name>`` and ``<name>@<snap>`` (probed again: partitions land in
+``<name>.parts/``), ``vms/<vmid>/`` for vm-/base- zvols, ``cts/<vmid>/rootfs/`` for
+subvol- datasets and ``storage/zfs/<pool>@txg-<N>/`` for every older usable uberblock.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from pvfs.backend import Backend
+from pvfs.errors import PvfsError
+from pvfs.nodes import Dir, File
+from pvfs.proxmox import parse_volname
+
+from . import dsl, zap
+from .assemble import assemble
+from .errors import ZfsError
+from .label import read_labels
+from .objset import DnodeSource, ObjSet
+from .pool import EncryptedError
+
+MAX_TXG_VIEWS = 128
+
+#: features_for_read this reader handles (others are named in the report).
+SUPPORTED_FEATURES = {
+    "com.delphix:hole_birth", "com.delphix:embedded_data", "org.open-zfs:large_blocks",
+    "org.zfsonlinux:large_dnode", "org.illumos:lz4_compress", "org.freebsd:zstd_compress",
+    "com.delphix:extensible_dataset", "com.delphix:bookmarks", "com.joyent:filesystem_limits",
+    "com.datto:encryption", "org.illumos:sha512", "org.illumos:skein", "org.illumos:edonr",
+    "org.openzfs:blake3", "org.zfsonlinux:project_quota", "org.zfsonlinux:userobj_accounting",
+    "com.delphix:spacemap_v2", "com.delphix:head_errlog", "com.fudosecurity:block_cloning",
+    "com.datto:bookmark_v2", "com.delphix:bookmark_written", "com.delphix:livelist",
+    "com.delphix:log_spacemap", "org.zfsonlinux:allocation_classes",
+}
+
+
+def _zpl():
+    try:
+        return importlib.import_module("backends.zfs.zpl")
+    except ImportError:
+        return None
+
+
+def _key_options(ctx):
+    keys = {}
+    for item in ctx.options.get("zfs_key") or []:
+        if isinstance(item, str) and "=" in item:
+            k, v = item.split("=", 1)
+            keys[k] = v
+    return keys
+
+
+class ZfsBackend(Backend):
+    name = "zfs"
+    grouped = True
+    roles = None
+    cli_options = [
+        ("--zfs-txg", {"type": int, "metavar": "TXG",
+                       "help": "ZFS: open pools at this transaction group (an older "
+                               "uberblock) instead of the newest one"}),
+        ("--zfs-key", {"action": "append", "metavar": "DATASET=KEY",
+                       "help": "ZFS: passphrase or hex key of an encrypted dataset "
+                               "(repeatable)"}),
+    ]
+
+    def probe(self, volume, ctx):
+        try:
+            info = read_labels(volume.source)
+        except Exception:
+            return 0.0
+        cfg = info.config
+        if cfg is None or not isinstance(cfg.get("pool_guid"), int):
+            return 0.0
+        return 100.0
+
+    def member_key(self, volume, ctx):
+        cfg = read_labels(volume.source).config
+        volume.info["zfs"] = {"pool": cfg.get("name"), "pool_guid": cfg.get("pool_guid"),
+                              "vdev_guid": cfg.get("guid"), "txg": cfg.get("txg")}
+        return cfg.get("pool_guid")
+
+    def open_group(self, key, volumes, ctx):
+        root = ctx.storage("zfs")
+        probe_name = read_labels(volumes[0].source).config.get("name", "pool")
+        a = assemble(volumes, ctx, path=f"storage/zfs/{probe_name}")
+        pool = a.pool
+        name = str(pool.name)
+        path = f"storage/zfs/{name}"
+        if name in root.children():
+            path = f"storage/zfs/{name}~{pool.guid:x}"
+        pool.path = path
+        for sev, code, msg in a.notes:
+            ctx.report.add(sev, "zfs", path, code, msg)
+        self._features(pool, ctx, path)
+        want = ctx.options.get("zfs_txg")
+        ubs = a.uberblocks
+        if want is not None:
+            chosen = [u for u in ubs if u.txg == want]
+            if not chosen:
+                raise ZfsError(f"pool {name}: no valid uberblock with txg {want} (valid: "
+                               f"{', '.join(str(u.txg) for u in ubs[:40])})")
+            order = chosen
+        else:
+            order = ubs
+        opened = None
+        usable = []
+        for ub in ubs:
+            try:
+                mos = ObjSet(pool, ub.rootbp, f"{name} MOS @txg {ub.txg}")
+                usable.append((ub, mos))
+            except (PvfsError, ValueError) as e:
+                if ub in order and opened is None:
+                    ctx.report.add("warning", "zfs", path, "bad-uberblock",
+                                   f"uberblock txg {ub.txg}: MOS unreadable ({e}); "
+                                   f"trying an older one")
+                continue
+            if opened is None and ub in order:
+                try:
+                    notes = []
+                    rootds = dsl.walk(mos, notes, name)
+                    opened = (ub, mos, rootds, notes)
+                except (PvfsError, ValueError) as e:
+                    ctx.report.add("warning", "zfs", path, "bad-uberblock",
+                                   f"uberblock txg {ub.txg}: datasets unreadable ({e})")
+        if opened is None:
+            raise ZfsError(f"pool {name}: no uberblock with a readable MOS")
+        ub, mos, rootds, notes = opened
+        pool.mos = mos
+        for sev, code, msg in notes:
+            ctx.report.add(sev, "zfs", path, code, msg)
+        ctx.report.add("info", "zfs", path, "uberblocks",
+                       f"pool {name} (guid {pool.guid}) opened at txg {ub.txg}; usable txgs: "
+                       f"{', '.join(str(u.txg) for u, _ in usable[:64])}"
+                       f"{' ...' if len(usable) > 64 else ''}; vdevs: "
+                       f"{'; '.join(pool.describe())}")
+        builder = _TreeBuilder(pool, ctx, volumes[0], live=True)
+        used = path.rsplit("/", 1)[1]
+        builder.dataset(rootds, used, root, "storage/zfs")
+        # Older uberblocks as read-only views.
+        for oub, omos in usable[:MAX_TXG_VIEWS]:
+            if oub.txg == ub.txg:
+                continue
+            vname = f"{used}@txg-{oub.txg}"
+            vdir = Dir(loader=_txg_loader(pool, omos, ctx, volumes[0], f"storage/zfs/{vname}"))
+            root.add(vname, vdir, report=ctx.report, path_hint="storage/zfs")
+
+    def _features(self, pool, ctx, path):
+        feats = pool.config.get("features_for_read")
+        if not isinstance(feats, dict):
+            return
+        unsupported = sorted(f for f in feats if f not in SUPPORTED_FEATURES)
+        if unsupported:
+            ctx.report.add("warning", "zfs", path, "unsupported-feature",
+                           f"features for read not supported: {', '.join(unsupported)}; "
+                           f"blocks that need them will be unreadable")
+
+
+def _txg_loader(pool, mos, ctx, parent_vol, path):
+    def load(d):
+        notes = []
+        try:
+            rootds = dsl.walk(mos, notes, pool.name)
+        except (PvfsError, ValueError) as e:
+            ctx.report.add("error", "zfs", path, "bad-uberblock", f"datasets unreadable: {e}")
+            return
+        for sev, code, msg in notes:
+            ctx.report.add(sev, "zfs", path, code, msg)
+        scratch = Dir()
+        parent, _, name = path.rpartition("/")
+        _TreeBuilder(pool, ctx, parent_vol, live=False).dataset(rootds, name, scratch, parent)
+        for node in scratch.children().values():
+            if isinstance(node, Dir):
+                for n, child in node.children().items():
+                    d.add(n, child, report=ctx.report, path_hint=path)
+            else:  # a pool whose root dataset is a zvol (never made by zpool create)
+                d.add(name, node, report=ctx.report, path_hint=path)
+    return load
+
+
+class _TreeBuilder:
+    """Places datasets, snapshots and zvols in the tree."""
+
+    def __init__(self, pool, ctx, parent_vol, live=True):
+        self.pool = pool
+        self.ctx = ctx
+        self.parent_vol = parent_vol
+        self.live = live  # live tree: zvols are probed and shown under vms/ and cts/
+        self.keys = _key_options(ctx)
+
+    def report(self, severity, path, code, msg):
+        self.ctx.report.add(severity, "zfs", path, code, msg)
+
+    def objset(self, ds):
+        if ds.bp is None:
+            raise ZfsError(f"{ds.name}: no head dataset")
+        return ObjSet(self.pool, ds.bp, ds.name, crypt=self._crypt(ds))
+
+    def _crypt(self, ds):
+        if not ds.encrypted:
+            return None
+        try:
+            crypto = importlib.import_module("backends.zfs.crypto")
+        except ImportError:
+            return None
+        fn = getattr(crypto, "crypt_for", None)
+        if fn is None:
+            return None
+        try:
+            return fn(self.pool, ds, self.keys, self.ctx)
+        except PvfsError as e:
+            self.report("error", ds.name, "bad-key", f"{ds.name}: {e}")
+            return None
+
+    def dataset(self, ds, name, parent_dir, parent_path):
+        """Place dataset ``ds`` (and its children) as ``name`` in ``parent_dir``."""
+        path = f"{parent_path}/{name}"
+        try:
+            os_ = self.objset(ds)
+        except EncryptedError:
+            os_ = None
+        except (PvfsError, ValueError) as e:
+            self.report("error", path, "bad-dataset", f"{ds.name}: object set unreadable: {e}")
+            os_ = None
+        if ds.encrypted and (os_ is None or os_.crypt is None):
+            self.report("info", path, "encrypted",
+                        f"{ds.name} is encrypted; give its key with --zfs-key "
+                        f"{ds.name}=... to read it")
+            os_ = None
+        if os_ is not None and os_.os_type == 3:
+            self.zvol(ds, os_, parent_dir, parent_path, name)
+            return None
+        child_names = set()
+        loader = None
+        if os_ is not None and os_.os_type == 2:
+            loader = _zpl_loader(self, os_, ds, path, child_names)
+        elif os_ is not None:
+            self.report("warning", path, "unknown-objset",
+                        f"{ds.name}: object set type {os_.os_type} is not a file system or zvol")
+        d = Dir(loader=loader, mtime=ds.creation_time or None)
+        used = parent_dir.add(name, d, report=self.ctx.report, path_hint=parent_path)
+        path = f"{parent_path}/{used}"
+        for child in ds.children:
+            child_names.add(child.short)
+            self.dataset(child, child.short, d, path)
+        if loader is not None:
+            self.containers(ds, os_)
+        return d, path
+
+    def snapshots_of(self, ds):
+        out = []
+        for s in ds.snapshots:
+            out.append((s.name.split("@", 1)[1], _snap_loader(self, s)))
+        return out
+
+    def containers(self, ds, os_):
+        if not self.live:
+            return
+        vn = parse_volname(ds.short)
+        if vn is None or not vn.is_container:
+            return
+        cdir, cpath = self.ctx.container_dir(vn.vmid)
+        d = Dir(loader=_zpl_loader(self, os_, ds, f"{cpath}/rootfs", set(), snapshots=False))
+        cdir.add("rootfs", d, report=self.ctx.report, path_hint=cpath)
+        for s in ds.snapshots:
+            snap = s.name.split("@", 1)[1]
+            try:
+                sos = self.objset(s)
+            except (PvfsError, ValueError) as e:
+                self.report("error", cpath, "bad-snapshot", f"{s.name}: {e}")
+                continue
+            sdir, spath = self.ctx.container_dir(vn.vmid, snapshot=snap)
+            sd = Dir(loader=_zpl_loader(self, sos, s, f"{spath}/rootfs", set(), snapshots=False))
+            sdir.add("rootfs", sd, report=self.ctx.report, path_hint=spath)
+
+    def zvol(self, ds, os_, parent_dir, parent_path, name):
+        vols = [(ds, os_, name)]
+        for s in ds.snapshots:
+            try:
+                vols.append((s, self.objset(s), f"{name}@{s.name.split('@', 1)[1]}"))
+            except (PvfsError, ValueError) as e:
+                self.report("error", f"{parent_path}/{name}", "bad-snapshot",
+                            f"{s.name}: {e}")
+        for d, o, fname in vols:
+            try:
+                size = zap.zap_int(o.dnode(2), "size")
+                if size is None:
+                    raise ZfsError(f"{d.name}: zvol property object has no size")
+                data = o.dnode(1)
+            except (PvfsError, ValueError) as e:
+                self.report("error", f"{parent_path}/{fname}", "bad-zvol", f"{d.name}: {e}")
+                continue
+            fpath = f"{parent_path}/{fname}"
+            src = DnodeSource(data, size, label=d.name, path=fpath, bad=self.ctx.bad("eio"),
+                              ctx=self.ctx)
+            snap = d.name.split("@", 1)[1] if "@" in d.name else None
+            if not self.live:
+                parent_dir.add(fname, File(src, mtime=d.creation_time), report=self.ctx.report,
+                               path_hint=parent_path)
+                continue
+            vol = self.ctx.add_volume(src, parent_dir, fname, parent_path, "zvol",
+                                      parent=self.parent_vol, children_home="parts",
+                                      mtime=d.creation_time)
+            vol.info["zfs"] = {"dataset": d.name, "volsize": size}
+            self.ctx.add_proxmox_disk(ds.short, vol, snapshot=snap, mtime=d.creation_time)
+
+
+def _snap_loader(builder, s):
+    def load():
+        return builder.objset(s)
+    return load
+
+
+def _zpl_loader(builder, os_, ds, path, child_names, snapshots=True):
+    def load(d):
+        zpl = _zpl()
+        if zpl is None or not hasattr(zpl, "build_tree"):
+            builder.report("warning", path, "zpl-unavailable",
+                           "the ZPL (file system) reader is not available")
+            return
+        scratch = Dir()
+        try:
+            zpl.build_tree(os_, scratch, builder.ctx, path,
+                           snapshots=builder.snapshots_of(ds) if snapshots else [])
+        except (PvfsError, ValueError) as e:
+            builder.report("error", path, "bad-filesystem", f"{ds.name}: {e}")
+        for name, node in scratch.children().items():
+            if name in child_names and isinstance(node, Dir):
+                continue  # the mount point of a child dataset, which is shown instead
+            d.add(name, node, report=builder.ctx.report, path_hint=path)
+    return load
