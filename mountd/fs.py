@@ -215,7 +215,9 @@ class PvfsOperations(pyfuse3.Operations):
             return fi
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EINVAL if not stat.S_ISDIR(node.mode) else errno.EISDIR)
-        return pyfuse3.FileInfo(fh=self._new_handle((inode, node.source)), keep_cache=True)
+        damaged = getattr(node.source, "has_unreadable", False)
+        return pyfuse3.FileInfo(fh=self._new_handle((inode, node.source)), keep_cache=not damaged,
+                                direct_io=damaged)
 
     @handler
     async def read(self, fh, off, size):

@@ -33,6 +33,7 @@ def propagate_unreadable(ctx):
             continue
         if not bad:
             continue
+        vol.source.has_unreadable = True  # served with direct I/O: reads around bad bytes work
         total = sum(n for _, n in bad)
         for path in [vol.path] + vol.vm_paths:
             ctx.report.add("error", "ddrescue", path, "unreadable-range",

@@ -52,6 +52,10 @@ class Source:
 
     size: int = 0
     label: str = "source"
+    #: Set when some bytes are known to be unreadable.  The mount then serves the
+    #: file with direct I/O, so that a read next to a bad range is not failed
+    #: by kernel read-ahead that overlaps it.
+    has_unreadable: bool = False
 
     def __init__(self):
         self.uid = next(_uids)

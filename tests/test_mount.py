@@ -1,0 +1,201 @@
+"""Through a real FUSE mount: disks by sha256, cp, qemu-img, loop mounts, EIO, read-only."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, ROOT, require_fixture, sha256_file, unpack
+from mountutil import needs_fuse, pvfs_mounted, unmount
+
+pytestmark = needs_fuse
+
+MANIFEST = json.loads((FIXTURES / "qcow2" / "manifest.json").read_text()) \
+    if (FIXTURES / "qcow2" / "manifest.json").exists() else {"images": {}}
+EXAMPLES = ROOT / "examples"
+
+
+def _snapshot_inputs(folder):
+    out = {}
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            out[str(p)] = (sha256_file(p), st.st_mtime_ns, st.st_size)
+    return out
+
+
+@pytest.fixture(scope="module")
+def qcow2_mount(tmp_path_factory):
+    imgdir = unpack(require_fixture("qcow2", "qcow2-fixtures.tar.xz")) / "img"
+    before = _snapshot_inputs(imgdir)
+    mnt = tmp_path_factory.mktemp("mnt")
+    with pvfs_mounted([imgdir], mnt):
+        yield imgdir, mnt
+    assert _snapshot_inputs(imgdir) == before, "input files changed (bytes or mtime)"
+
+
+def test_every_disk_through_the_mount(qcow2_mount):
+    imgdir, mnt = qcow2_mount
+    for name, entry in MANIFEST["images"].items():
+        disk = mnt / "storage" / "files" / "img" / name / "disk.raw"
+        assert disk.stat().st_size == entry["virtual_size"], name
+        assert sha256_file(disk) == (entry.get("expected_raw_sha256") or entry["raw_sha256"]), name
+        for snap, sentry in (entry.get("snapshots") or {}).items():
+            sdisk = mnt / "storage" / "files" / "img" / name / "snapshots" / snap / "disk.raw"
+            assert sha256_file(sdisk) == sentry["raw_sha256_applied"], (name, snap)
+
+
+def test_cp_dd_and_qemu_img_convert(qcow2_mount, tmp_path):
+    imgdir, mnt = qcow2_mount
+    disk = mnt / "storage" / "files" / "img" / "compressed-zstd.qcow2" / "disk.raw"
+    want = MANIFEST["images"]["compressed-zstd.qcow2"]["raw_sha256"]
+    subprocess.run(["cp", "--sparse=always", str(disk), str(tmp_path / "cp.raw")], check=True)
+    assert sha256_file(tmp_path / "cp.raw") == want
+    subprocess.run(["dd", f"if={disk}", f"of={tmp_path / 'dd.raw'}", "bs=1M", "status=none"],
+                   check=True)
+    assert sha256_file(tmp_path / "dd.raw") == want
+    if shutil.which("qemu-img"):
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", str(disk),
+                        str(tmp_path / "qi.raw")], check=True)
+        assert sha256_file(tmp_path / "qi.raw") == want
+
+
+def test_sparse_allocation_is_visible(qcow2_mount):
+    imgdir, mnt = qcow2_mount
+    st = os.stat(mnt / "storage" / "files" / "img" / "base.qcow2" / "disk.raw")
+    assert st.st_size == 64 << 20
+    # base has well under 2 MiB of data: du must not claim 64 MiB
+    assert 0 < st.st_blocks * 512 < (2 << 20)
+
+
+def test_tree_is_read_only(qcow2_mount):
+    imgdir, mnt = qcow2_mount
+    disk = mnt / "storage" / "files" / "img" / "base.qcow2" / "disk.raw"
+    with pytest.raises(OSError) as ei:
+        open(disk, "r+b")
+    assert ei.value.errno in (errno.EROFS, errno.EACCES)
+    with pytest.raises(OSError):
+        (mnt / "newfile").write_text("x")
+
+
+def test_report_json_matches_scan(qcow2_mount):
+    imgdir, mnt = qcow2_mount
+    doc = json.loads((mnt / "report.json").read_text())
+    r = subprocess.run([sys.executable, "-m", "pvfs", "scan", "--json", str(imgdir)],
+                       capture_output=True, text=True)
+    scan = json.loads(r.stdout)
+    assert doc["schema"] == scan["schema"] == "pvfs-report/1"
+    assert [v["path"] for v in doc["volumes"]] == [v["path"] for v in scan["volumes"]]
+    assert "README.txt" in os.listdir(mnt)
+
+
+def test_examples_loop_mount_ext4(tmp_path):
+    mnt = tmp_path / "mnt"
+    with pvfs_mounted([EXAMPLES], mnt):
+        part = mnt / "vms" / "100" / "disk-0.parts" / "p2"
+        assert part.exists()
+        target = tmp_path / "guest"
+        target.mkdir()
+        r = subprocess.run(["mount", "-o", "ro,noload,loop", str(part), str(target)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"loop mounting is not possible here: {r.stderr.strip()}")
+        try:
+            assert (target / "home" / "demo" / "hello.txt").read_text() == \
+                "Hello from VM 100, recovered by pvfs.\n"
+            assert (target / "etc" / "hostname").read_text() == "pve-demo-vm\n"
+        finally:
+            subprocess.run(["umount", str(target)], check=True)
+
+
+def test_mapfile_bad_ranges_eio_zero_and_report(tmp_path):
+    damaged = EXAMPLES / "damaged" / "vm-102-disk-0.qcow2"
+    mnt = tmp_path / "mnt"
+    bad_virtual = 0x271800  # host 0x91800 in the mapfile is virtual 0x271800 (see make-examples.sh)
+    with pvfs_mounted([damaged], mnt):
+        disk = mnt / "vms" / "102" / "disk-0.raw"
+        with open(disk, "rb") as f:
+            # Right before and right after the bad sectors: readable (direct I/O, so
+            # kernel read-ahead does not drag the bad range into these reads).
+            assert len(os.pread(f.fileno(), 4096, bad_virtual - 4096)) == 4096
+            assert len(os.pread(f.fileno(), 4096, bad_virtual + 1024)) == 4096
+            with pytest.raises(OSError) as ei:
+                os.pread(f.fileno(), 1024, bad_virtual)
+            assert ei.value.errno == errno.EIO
+        doc = json.loads((mnt / "report.json").read_text())
+        entries = {(d["path"], d["code"]): d for d in doc["damage"]}
+        assert entries[("vms/102/disk-0.raw", "unreadable-range")]["ranges"] == [[bad_virtual, 1024]]
+        assert entries[("vms/102/disk-0.parts/p2", "unreadable-range")]["ranges"] == \
+            [[bad_virtual - (1 << 20), 1024]]
+        assert any(d["code"] == "read-eio" for d in doc["damage"])
+    with pvfs_mounted([damaged], mnt, "--bad", "zero"):
+        with open(mnt / "vms" / "102" / "disk-0.raw", "rb") as f:
+            assert os.pread(f.fileno(), 1024, bad_virtual) == bytes(1024)
+
+
+SERVE_SCRIPT = textwrap.dedent("""
+    import sys
+    from pvfs.damage import DamageReport
+    from pvfs.nodes import Dir, File
+    from pvfs.report import attach_generated_files
+    from pvfs.source import BytesSource, Source
+    from mountd.daemon import serve
+
+    class Exploding(Source):
+        size = 4096
+        label = "exploding"
+        def _read(self, offset, length):
+            raise RuntimeError("a backend bug")
+
+    class Ctx:  # the minimum report.json needs
+        pass
+
+    root = Dir()
+    root.add("bad.bin", File(Exploding()))
+    root.add("good.bin", File(BytesSource(b"good" * 1024)))
+    big = root.subdir("big")
+    for i in range(3000):
+        big.add(f"f{i:05d}", File(BytesSource(str(i).encode())))
+    report = DamageReport()
+    import json
+    from pvfs.nodes import GeneratedFile
+    root.add("report.json", GeneratedFile(lambda: json.dumps(report.to_json()).encode()))
+    serve(root, sys.argv[1], report, ready=lambda: print("READY", flush=True))
+""")
+
+
+def test_handler_exception_is_eio_and_mount_survives_then_sigterm(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(mnt)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        with pytest.raises(OSError) as ei:
+            (mnt / "bad.bin").read_bytes()
+        assert ei.value.errno == errno.EIO
+        assert (mnt / "good.bin").read_bytes() == b"good" * 1024
+        names = os.listdir(mnt / "big")  # 3000 entries: readdir offsets must resume correctly
+        assert sorted(names) == [f"f{i:05d}" for i in range(3000)]
+        assert (mnt / "big" / "f02999").read_bytes() == b"2999"
+        report = json.loads((mnt / "report.json").read_text())
+        assert any(d["code"] == "handler-error" and d["path"] == "bad.bin" for d in report)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        assert proc.returncode == 0, proc.stderr.read()
+        assert not os.path.ismount(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        unmount(mnt)
