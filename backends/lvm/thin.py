@@ -375,9 +375,12 @@ class Recovery:
             node = self.md.node(b)
         except (ThinError, UnreadableError):
             return "bad"
-        vals = node.u64_values()
-        if len(vals) and int(node.keys[-1]) <= MAX_DEVICE_ID and all(
-                self.scan.valid(int(v)) and int(v) != b for v in vals.tolist()):
+        vals = node.u64_values().tolist()
+        # Top-level values are metadata block numbers (most of them valid nodes); a
+        # mapping leaf of two or more entries always has a value >= 2**24.
+        if vals and int(node.keys[-1]) <= MAX_DEVICE_ID \
+                and all(0 < v < self.md.nr_blocks and v != b for v in vals) \
+                and 2 * sum(1 for v in vals if self.scan.valid(v)) >= len(vals):
             return "top"
         return "map"
 
@@ -413,7 +416,8 @@ class Recovery:
             self._kind_of(b)
         for b in s.leaves8:
             if self.kind[b] == "top":
-                referenced.update(self.md.node(b).u64_values().tolist())
+                referenced.update(v for v in self.md.node(b).u64_values().tolist()
+                                  if s.valid(v))
         self.referenced = referenced
         self.roots = [b for b in self.kind if b not in referenced]
 
@@ -498,6 +502,7 @@ class ThinPool:
         self.dev_roots = {}
         self.extra_leaves = {}  # dev_id -> [mapping subtree roots] found by recovery
         self._lock = threading.Lock()
+        self._rec = None
         self._open()
 
     def _problem(self, severity, code, msg):
@@ -556,10 +561,22 @@ class ThinPool:
         self.dev_roots = dict(zip(tw.keys.tolist(), np.frombuffer(tw.values, "<u8").tolist()))
         return True
 
+    def _scan_once(self):
+        with self._lock:
+            if self._rec is None:
+                scan = scan_nodes(self.md)
+                self._rec = Recovery(self.md, scan, self.hints.get("device_ids", ()),
+                                     self.nr_data_blocks)
+            return self._rec
+
+    def orphan_roots(self):
+        """Mapping subtrees no valid node references (their parent is damaged or stale)."""
+        return self._scan_once().orphan_mapping_roots(set(self.dev_roots.values()))
+
     def _recover(self):
         self.recovered = True
-        scan = scan_nodes(self.md)
-        rec = Recovery(self.md, scan, self.hints.get("device_ids", ()), self.nr_data_blocks)
+        rec = self._scan_once()
+        scan = rec.scan
         droot, details = rec.best_details()
         troot, devs = rec.best_top(details)
         self.details = details
@@ -582,8 +599,6 @@ class ThinPool:
                 self._problem("warning", "thin-guessed-root",
                               f"thin device {dev}: mapping tree at block {fits[0]} matched by "
                               f"its {details[dev].mapped_blocks} mapped blocks")
-        self.orphans = orphans
-        self._rec = rec
         if not self.dev_roots:
             self._problem("error", "thin-metadata-unusable",
                           "no thin device mapping could be recovered; only the pool data "
@@ -606,7 +621,7 @@ class ThinPool:
                            [(0, None)], 0, 0)
         w = self.md.walk(int(root), 8)
         keys, vals, unknown = w.keys, np.frombuffer(w.values, "<u8"), list(w.unknown)
-        if unknown and self.recovered and getattr(self, "orphans", None):
+        if unknown:
             keys, vals, unknown = self._fill_from_orphans(keys, vals, unknown)
         return mapping_from_entries(keys, vals, unknown, self.nr_data_blocks)
 
@@ -614,7 +629,7 @@ class ThinPool:
         """Mapping leaves nobody references whose keys fall inside an unknown range."""
         add_k, add_v = [keys], [vals]
         best = {}
-        for r in self.orphans:
+        for r in self.orphan_roots():
             w = self.md.walk(r, 8)
             v = np.frombuffer(w.values, "<u8")
             for k, val in zip(w.keys.tolist(), v.tolist()):
