@@ -2,7 +2,8 @@
 
 References: OpenZFS module/zfs/lzjb.c, lz4.c / lz4_zfs.c (4-byte big-endian compressed
 length before the LZ4 block), gzip.c (zlib streams), zle.c (n = 64), zfs_zstd.c
-(zfs_zstdhdr_t: big-endian c_len and version/level, then a zstd frame).
+(zfs_zstdhdr_t: big-endian c_len and version/level, then a zstd frame written with
+ZSTD_f_zstd1_magicless, i.e. without the 4-byte frame magic).
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def lz4_decompress(src: bytes, d_len: int) -> bytes:
     return out
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def zstd_decompress(src: bytes, d_len: int) -> bytes:
     if _zstd is None:
         raise DecompressError("zstd: the zstandard package is not installed")
@@ -112,10 +116,16 @@ def zstd_decompress(src: bytes, d_len: int) -> bytes:
     (clen,) = struct.unpack(">I", src[:4])
     if clen > len(src) - 8:
         raise DecompressError(f"zstd: header says {clen} bytes, block has {len(src) - 8}")
+    frame = src[8:8 + clen]
+    if frame[:4] != _ZSTD_MAGIC:  # OpenZFS writes ZSTD_f_zstd1_magicless frames
+        frame = _ZSTD_MAGIC + frame
     try:
-        out = _zstd.ZstdDecompressor().decompress(src[8:8 + clen], max_output_size=d_len)
+        dobj = _zstd.ZstdDecompressor().decompressobj()
+        out = dobj.decompress(frame)
     except Exception as e:
         raise DecompressError(f"zstd: {e}") from None
+    if len(out) > d_len:
+        raise DecompressError(f"zstd: {len(out)} bytes, more than the block's {d_len}")
     if len(out) < d_len:
         out += bytes(d_len - len(out))
     return out[:d_len]

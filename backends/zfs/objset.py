@@ -119,7 +119,7 @@ class Dnode:
             return bytes(self.datablksz)
         try:
             data = self.objset.pool.read_bp(bp, self.objset)
-        except UnreadableError as e:
+        except (UnreadableError, ZfsError) as e:  # no good copy, undecodable, encrypted
             raise UnreadableError(f"object {self.objnum} block {blkid}: {e}",
                                   [(blkid * self.datablksz, self.datablksz)]) from None
         if len(data) < self.datablksz:
