@@ -274,12 +274,17 @@ def read_znode(dnode, registry: SaRegistry | None) -> Znode:
 
 
 def rdev_split(rdev: int) -> tuple[int, int]:
-    """``(major, minor)`` of a stored ``zp_rdev`` (``zfs_expldev``: major << 32 | minor).
+    """``(major, minor)`` of a stored ``zp_rdev``/``ZPL_RDEV``.
 
-    A 32-bit old-style ``dev_t`` (major << 18 | minor, Solaris ``cmpldev``) is accepted
-    when the high word is zero and the value is large.
+    Three encodings are found on disk: Solaris/illumos ``zfs_expldev``
+    (major << 32 | minor, ``NBITSMINOR64``: a non-zero high word); the Linux
+    kernel's ``dev_t`` (major << 20 | minor, ``MINORBITS``); and zfs-fuse's
+    userland glibc ``dev_t`` (major in bits 8-19, minor in bits 0-7 and 20-31;
+    ``makedev(7, 0)`` = 0x700, checked against the fxmirror manifest).  Below
+    2**20 the kernel form would mean major 0, so such values are read as glibc's.
     """
-    major, minor = rdev >> 32, rdev & 0xFFFFFFFF
-    if major == 0 and minor >= 1 << 18:
-        major, minor = minor >> 18, minor & 0x3FFFF
-    return major, minor
+    if rdev >> 32:
+        return (rdev >> 32) & 0xFFFFFFFF, rdev & 0xFFFFFFFF
+    if rdev < 1 << 20:
+        return (rdev >> 8) & 0xFFF, (rdev & 0xFF) | ((rdev >> 12) & 0xFFF00)
+    return rdev >> 20, rdev & 0xFFFFF
