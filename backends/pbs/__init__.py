@@ -1,3 +1,31 @@
-"""Proxmox Backup Server datastores: blobs, chunk indexes, pxar archives (work in progress)."""
+"""Proxmox Backup Server datastores: blobs, chunk indexes, pxar archives."""
 
-BACKENDS = []
+from pvfs.backend import Backend
+
+from .datastore import DatastoreWalker, check_chunks, looks_like_datastore
+
+
+class PbsBackend(Backend):
+    """A PBS datastore folder given as an input (``.chunks/`` + backup groups)."""
+
+    name = "pbs"
+    roles = ()  # works on directories only
+    cli_options = [
+        ("--pbs-keyfile", {"help": "PBS client key file (JSON) to decrypt encrypted backups; "
+                                   "its password is read from PBS_ENCRYPTION_PASSWORD"}),
+        ("--pbs-verify", {"choices": ["exists", "full"], "default": None,
+                          "help": "check every referenced chunk at mount time: 'exists' (default) "
+                                  "only looks for the files, 'full' also checks CRC and digest"}),
+    ]
+
+    def probe_dir(self, path, ctx):
+        return looks_like_datastore(path)
+
+    def open_dir(self, path, ctx):
+        DatastoreWalker(path, ctx, self).open()
+
+    def open_group(self, key, volumes, ctx):
+        check_chunks(ctx, ctx.options.get("pbs_verify") or "exists")
+
+
+BACKENDS = [PbsBackend()]

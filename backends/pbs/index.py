@@ -10,8 +10,8 @@ proxmox-backup-qemu ``src/commands.rs`` (all-zero chunks share the zero-chunk di
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
-import threading
 
 import numpy as np
 
@@ -197,6 +197,7 @@ class ChunkStore:
 
 
 _ZERO_DIGESTS: dict = {}
+_pool_ids = itertools.count(1)
 
 
 def zero_digest(size):
@@ -213,7 +214,7 @@ class ChunkPool:
         self.stores: list[ChunkStore] = []
         self.crypt = crypt
         self.bad: dict[bytes, ChunkError] = {}  # known-broken digests fail fast
-        self._lock = threading.Lock()
+        self.uid = next(_pool_ids)  # cache key: another discovery has other stores
 
     def add(self, store):
         self.stores.append(store)
@@ -227,7 +228,7 @@ class ChunkPool:
         return any(s.exists(h) is not None for s in self.stores)
 
     def get(self, digest: bytes, size: int | None) -> bytes:
-        key = ("pbs-chunk", digest)
+        key = ("pbs-chunk", self.uid, digest)
         data = METADATA_CACHE.get(key)
         if data is not None:
             return data

@@ -129,6 +129,8 @@ class PxarArchive:
         else:
             raise PxarError(f"expected ENTRY at {off:#x}, found {htype:#018x}")
         mode = st.mode
+        if mode > 0o177777:
+            raise PxarError(f"{path or '/'}: impossible mode {mode:#x}")
         pos = off + size
         xattrs, acl_user, acl_group, acl_group_obj, acl_default = {}, [], [], None, None
         dfl_user, dfl_group = [], []
@@ -192,7 +194,8 @@ class PxarArchive:
                 c = self._content(pos, size)
                 if len(c) >= 16:
                     major, minor = struct.unpack_from("<QQ", c)
-                    rdev = os.makedev(major & 0xFFFFFFFF, minor & 0xFFFFFFFF)
+                    if major < (1 << 31) and minor < (1 << 31):
+                        rdev = os.makedev(major, minor)
             node = Special(mode, rdev=rdev, **kw)
         elif fmt in (stat.S_IFIFO, stat.S_IFSOCK):
             node = Special(mode, **kw)
@@ -263,7 +266,7 @@ class PxarArchive:
                 continue
             d.add(name, node)
 
-    def _child(self, fn_off, end, parent):
+    def _child(self, fn_off, end, parent, is_target=False):
         with self._lock:
             cached = self._by_offset.get(fn_off)
         htype, size = self._header(fn_off, end)
@@ -279,6 +282,8 @@ class PxarArchive:
         pos = fn_off + size
         htype, size = self._header(pos, end)
         if htype == PXAR_HARDLINK:
+            if is_target:
+                raise PxarError(f"hardlink at {fn_off:#x} points at another hardlink")
             c = self._content(pos, size)
             back = struct.unpack_from("<Q", c)[0] if len(c) >= 8 else 0
             target = fn_off - back
@@ -287,7 +292,7 @@ class PxarArchive:
             with self._lock:
                 node = self._by_offset.get(target)
             if node is None:
-                _tname, node = self._child(target, None, "<hardlink target>")
+                _tname, node = self._child(target, None, "<hardlink target>", is_target=True)
             node.nlink += 1
             return name, node
         node = self._parse_entry(pos, end, path)

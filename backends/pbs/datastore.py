@@ -1,0 +1,463 @@
+"""Walk a PBS datastore directory and build the tree, the Proxmox view and the damage report.
+
+References: proxmox-backup ``pbs-api-types/src/lib.rs`` and ``datastore.rs`` (backup type,
+id and RFC 3339 time regexes, ``ns/<name>`` namespaces up to depth 7),
+``pbs-datastore/src/datastore.rs`` and ``backup_info.rs`` (group and snapshot folders),
+``pbs-datastore/src/manifest.rs`` (``index.json.blob``: files with size and csum; for
+indexes csum = index_csum, for blobs sha256 of the blob file), ``chunk_store.rs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import weakref
+
+from pvfs.discover import Home, Volume
+from pvfs.nodes import Dir, File
+from pvfs.source import BAD_ZERO, BytesSource
+
+from .blob import EncryptedBlobError, decode_blob, load_keyfile
+from .index import ChunkError, ChunkPool, ChunkStore, FixedIndex, IndexSource, open_index
+from .pxar import PxarArchive
+from .structs import PbsError
+
+BACKUP_TYPES = ("vm", "ct", "host")
+ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]*$")
+TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+NS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]*$")
+HEX4_RE = re.compile(r"^[0-9a-f]{4}$")
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_NS_DEPTH = 7
+MAX_BLOB_FILE = 16 * 1024 * 1024  # config/log/manifest blobs decoded at discovery
+LAYER = "pbs"
+
+
+def looks_like_datastore(path) -> float:
+    """100: ``.chunks/`` with 4-hex folders; 60: ``.chunks/`` and a backup group folder."""
+    chunks = os.path.join(path, ".chunks")
+    if not os.path.isdir(chunks):
+        return 0.0
+    try:
+        with os.scandir(chunks) as it:
+            for i, e in enumerate(it):
+                if HEX4_RE.match(e.name) and e.is_dir(follow_symlinks=False):
+                    return 100.0
+                if i > 64:
+                    break
+    except OSError:
+        pass
+    for t in BACKUP_TYPES + ("ns",):
+        if os.path.isdir(os.path.join(path, t)):
+            return 60.0
+    return 30.0
+
+
+def _listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+class Archive:
+    """One index of a snapshot and where it is shown (for damage entries)."""
+
+    def __init__(self, snap, filename, index, source, paths, pxar=None, role="stream"):
+        self.snap = snap
+        self.filename = filename
+        self.index = index
+        self.source = source
+        self.paths = paths  # tree paths of the node(s) showing it
+        self.pxar = pxar  # PxarArchive reading this stream (metadata or payload)
+        self.role = role
+
+
+class State:
+    """Per-discovery PBS state: the shared chunk pool and every archive opened."""
+
+    def __init__(self, ctx):
+        self.crypt = None
+        keyfile = ctx.options.get("pbs_keyfile")
+        self.key_error = None
+        if keyfile:
+            try:
+                self.crypt = load_keyfile(keyfile)
+            except PbsError as e:
+                self.key_error = str(e)
+                ctx.report.add("error", LAYER, keyfile, "bad-keyfile", str(e))
+        self.pool = ChunkPool(self.crypt)
+        self.datastores = []  # (name, root path, tree path)
+        self.archives: list[Archive] = []
+
+
+_STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def state_for(ctx) -> State:
+    st = _STATES.get(ctx)
+    if st is None:
+        st = _STATES[ctx] = State(ctx)
+    return st
+
+
+# ---------------------------------------------------------------------------
+class DatastoreWalker:
+    def __init__(self, root, ctx, backend):
+        self.root = os.path.abspath(root)
+        self.ctx = ctx
+        self.backend = backend
+        self.state = state_for(ctx)
+        self.bad = ctx.bad(BAD_ZERO)
+
+    def open(self):
+        ctx = self.ctx
+        base = os.path.basename(os.path.normpath(self.root)) or "datastore"
+        pbs = ctx.storage("pbs")
+        name = pbs.add(base, Dir(), report=ctx.report, path_hint="storage/pbs")
+        self.name = name
+        self.tree_path = f"storage/pbs/{name}"
+        store = ChunkStore(self.root, name)
+        self.state.pool.add(store)
+        self.state.datastores.append((name, self.root, self.tree_path))
+        self.walk_ns(self.root, pbs.get(name), self.tree_path, "", 0)
+        # One group for all datastores: chunk checks run once every store is known.
+        vol = Volume(None, self.tree_path, name, "pbs-datastore")
+        ctx.add_member(self.backend, "datastores", vol)
+
+    def walk_ns(self, fs, tree, tpath, ns, depth):
+        for btype in BACKUP_TYPES:
+            tdir = os.path.join(fs, btype)
+            if not os.path.isdir(tdir):
+                continue
+            for bid in _listdir(tdir):
+                gdir = os.path.join(tdir, bid)
+                if not ID_RE.match(bid) or not os.path.isdir(gdir):
+                    continue
+                for btime in _listdir(gdir):
+                    sdir = os.path.join(gdir, btime)
+                    if not TIME_RE.match(btime) or not os.path.isdir(sdir):
+                        continue
+                    snap_tree = tree.subdir(btype).subdir(bid).subdir(btime)
+                    snap = Snapshot(self, sdir, snap_tree, f"{tpath}/{btype}/{bid}/{btime}",
+                                    btype, bid, btime, ns)
+                    try:
+                        snap.open()
+                    except (PbsError, OSError) as e:
+                        self.ctx.report.add("error", LAYER, snap.tree_path, "bad-snapshot", str(e))
+        nsdir = os.path.join(fs, "ns")
+        if os.path.isdir(nsdir):
+            if depth >= MAX_NS_DEPTH:
+                self.ctx.report.add("warning", LAYER, f"{tpath}/ns", "too-deep",
+                                    f"namespaces nested deeper than {MAX_NS_DEPTH}; not followed")
+                return
+            for n in _listdir(nsdir):
+                sub = os.path.join(nsdir, n)
+                if NS_RE.match(n) and os.path.isdir(sub):
+                    sub_tree = tree.subdir("ns").subdir(n)
+                    self.walk_ns(sub, sub_tree, f"{tpath}/ns/{n}", f"{ns}/{n}" if ns else n, depth + 1)
+
+
+class Snapshot:
+    def __init__(self, ds: DatastoreWalker, fs, tree: Dir, tree_path, btype, bid, btime, ns):
+        self.ds = ds
+        self.ctx = ds.ctx
+        self.fs = fs
+        self.tree = tree
+        self.tree_path = tree_path
+        self.btype, self.bid, self.btime, self.ns = btype, bid, btime, ns
+        self.label = f"{ns + ':' if ns else ''}{btype}/{bid}/{btime}"
+        self.manifest = None
+
+    def report(self, severity, code, path, message, ranges=()):
+        self.ctx.report.add(severity, LAYER, path, code, message, ranges)
+
+    def open(self):
+        files = _listdir(self.fs)
+        self.read_manifest("index.json.blob" in files)
+        self.vm_dir = self.ct_dir = None
+        handled = set()
+        for fn in files:
+            if fn.endswith(".mpxar.didx"):
+                pfn = fn[: -len(".mpxar.didx")] + ".ppxar.didx"
+                handled.update((fn, pfn))
+                self.open_split(fn, pfn if pfn in files else None)
+        for fn in files:
+            if fn in handled:
+                continue
+            full = os.path.join(self.fs, fn)
+            try:
+                if fn.endswith(".blob"):
+                    self.open_blob(fn, full)
+                elif fn.endswith(".fidx"):
+                    self.open_fidx(fn, full)
+                elif fn.endswith(".ppxar.didx"):
+                    self.report("error", "orphan-payload", f"{self.tree_path}/{fn}",
+                                f"{self.label}: payload stream {fn} without its metadata stream")
+                elif fn.endswith(".didx"):
+                    self.open_didx(fn, full)
+            except (PbsError, OSError) as e:
+                self.report("error", "bad-archive", f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {e}")
+        self.check_manifest(files)
+
+    # -- manifest ------------------------------------------------------------------
+    def read_manifest(self, present):
+        path = os.path.join(self.fs, "index.json.blob")
+        if not present:
+            self.report("warning", "no-manifest", self.tree_path,
+                        f"{self.label}: index.json.blob is missing; archives shown without it")
+            return
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_BLOB_FILE + 1)
+            doc = json.loads(decode_blob(raw, self.ds.state.crypt, limit=MAX_BLOB_FILE))
+            if not isinstance(doc, dict) or not isinstance(doc.get("files", []), list):
+                raise PbsError("manifest is not a JSON object with a files list")
+            self.manifest = doc
+        except (PbsError, OSError, ValueError) as e:
+            self.report("error", "bad-manifest", f"{self.tree_path}/index.json",
+                        f"{self.label}: manifest unreadable ({e}); archives shown without it")
+
+    def check_manifest(self, files):
+        if self.manifest is None:
+            return
+        for ent in self.manifest.get("files", []):
+            if not isinstance(ent, dict):
+                continue
+            fn = str(ent.get("filename", ""))
+            if fn not in files:
+                self.report("error", "missing-archive", f"{self.tree_path}/{fn}",
+                            f"{self.label}: {fn} is listed in the manifest but missing")
+                continue
+            full = os.path.join(self.fs, fn)
+            try:
+                if fn.endswith(".blob"):
+                    with open(full, "rb") as f:
+                        data = f.read(MAX_BLOB_FILE + 1)
+                    if ent.get("csum") and hashlib.sha256(data).hexdigest() != ent.get("csum"):
+                        self.report("error", "manifest-mismatch", f"{self.tree_path}/{fn}",
+                                    f"{self.label}: {fn} differs from the manifest checksum")
+                elif fn.endswith("idx"):
+                    ix = self.indexes.get(fn) if hasattr(self, "indexes") else None
+                    if ix is None:
+                        continue
+                    if ent.get("csum") and ix.index_csum.hex() != ent.get("csum"):
+                        self.report("error", "manifest-mismatch", f"{self.tree_path}/{fn}",
+                                    f"{self.label}: {fn} index checksum differs from the manifest")
+                    if ent.get("size") is not None and ent.get("size") != ix.size:
+                        self.report("error", "manifest-mismatch", f"{self.tree_path}/{fn}",
+                                    f"{self.label}: {fn} describes {ix.size} bytes, manifest says {ent.get('size')}")
+            except OSError as e:
+                self.report("error", "bad-archive", f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {e}")
+
+    # -- archives --------------------------------------------------------------------
+    def _index(self, fn, full):
+        ix = open_index(full)
+        self.indexes = getattr(self, "indexes", {})
+        self.indexes[fn] = ix
+        for p in ix.problems:
+            code = "truncated-index" if "file size" in p else "bad-index"
+            self.report("error", code, f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {p}")
+        return ix
+
+    def _source(self, fn, ix, paths_holder):
+        state = self.ds.state
+        snap = self
+
+        def on_bad(start, length, err: ChunkError):
+            code = "missing-chunk" if err.kind == "missing" else "bad-chunk"
+            how = "zero-filled" if snap.ds.bad == BAD_ZERO else "read as EIO"
+            for p in paths_holder:
+                snap.report("error", code, p, f"{snap.label}: {fn}: {err} ({length} bytes {how})",
+                            [(start, length)])
+
+        return IndexSource(ix, state.pool, bad=self.ds.bad, label=f"{self.label}/{fn}", on_bad=on_bad)
+
+    def open_fidx(self, fn, full):
+        ix = self._index(fn, full)
+        name = fn[: -len(".fidx")]
+        paths: list = []
+        src = self._source(fn, ix, paths)
+        vol = self.ctx.add_volume(src, self.tree, name, self.tree_path, "disk", children_home="parts",
+                                  mtime=ix.ctime)
+        vol.info.update({"format": "pbs-fidx", "snapshot": self.label, "archive": fn})
+        paths.append(vol.path)
+        lost = (ix.known * ix.chunk_size, ix.size - ix.known * ix.chunk_size) if ix.known < ix.count else None
+        if self.btype == "vm" and self.bid.isdigit():
+            stem = name[: -len(".img")] if name.endswith(".img") else name
+            dev = stem[len("drive-"):] if stem.startswith("drive-") else stem
+            d = self.ctx.vms_root.subdir(self.bid).subdir("backups").subdir(self.btime)
+            dpath = f"vms/{self.bid}/backups/{self.btime}"
+            used = d.add(f"disk-{dev}.raw", File(src, mtime=ix.ctime), report=self.ctx.report,
+                         path_hint=dpath)
+            vol.vm_paths.append(f"{dpath}/{used}")
+            paths.append(f"{dpath}/{used}")
+            self.ctx.add_home(vol, Home(d, f"{used[:-4]}.parts", f"{dpath}/{used[:-4]}.parts"))
+        self.ds.state.archives.append(Archive(self, fn, ix, src, paths, role="disk"))
+        if lost:
+            how = "zero-filled" if self.ds.bad == BAD_ZERO else "read as EIO"
+            for p in paths:
+                self.report("error", "truncated-index", p,
+                            f"{self.label}: {fn} is truncated: the digests of chunks {ix.known}.."
+                            f"{ix.count - 1} are lost ({lost[1]} bytes {how})", [lost])
+
+    def open_didx(self, fn, full):
+        ix = self._index(fn, full)
+        name = fn[: -len(".didx")]
+        paths: list = []
+        src = self._source(fn, ix, paths)
+        if name.endswith(".pxar"):
+            pxar = self._pxar(name, src, None, paths)
+            self.ds.state.archives.append(Archive(self, fn, ix, src, paths, pxar=pxar, role="pxar"))
+        else:
+            self.tree.add(name, File(src, mtime=ix.ctime), report=self.ctx.report, path_hint=self.tree_path)
+            paths.append(f"{self.tree_path}/{name}")
+            self.ds.state.archives.append(Archive(self, fn, ix, src, paths))
+
+    def open_split(self, mfn, pfn):
+        mix = self._index(mfn, os.path.join(self.fs, mfn))
+        name = mfn[: -len(".mpxar.didx")] + ".pxar"
+        paths: list = []
+        msrc = self._source(mfn, mix, paths)
+        psrc = pix = None
+        if pfn is None:
+            self.report("error", "missing-payload", f"{self.tree_path}/{name}",
+                        f"{self.label}: {mfn} has no payload stream; file contents are unreadable")
+        else:
+            try:
+                pix = self._index(pfn, os.path.join(self.fs, pfn))
+                psrc = self._source(pfn, pix, paths)
+            except PbsError as e:
+                self.report("error", "bad-archive", f"{self.tree_path}/{pfn}", f"{self.label}: {e}")
+        pxar = self._pxar(name, msrc, psrc, paths)
+        self.ds.state.archives.append(Archive(self, mfn, mix, msrc, paths, pxar=pxar, role="pxar"))
+        if pix is not None:
+            self.ds.state.archives.append(Archive(self, pfn, pix, psrc, paths, pxar=pxar, role="pxar"))
+
+    def _pxar(self, name, meta, payload, paths):
+        tpath = f"{self.tree_path}/{name}"
+        snap = self
+
+        def report(severity, code, relpath, message, ranges=()):
+            snap.report(severity, code, f"{tpath}{relpath if relpath != '/' else ''}",
+                        f"{snap.label}: {name}: {message}")
+
+        pxar = PxarArchive(meta, payload, label=f"{self.label}/{name}", report=report, bad=self.ds.bad)
+        root = pxar.root()
+        self.tree.add(name, root, report=self.ctx.report, path_hint=self.tree_path)
+        paths.append(tpath)
+        if self.btype == "ct" and self.bid.isdigit() and name == "root.pxar":
+            cdir, cpath = self.ctx.container_dir(int(self.bid))
+            d = cdir.subdir("backups").subdir(self.btime)
+            d.add("rootfs", root, report=self.ctx.report, path_hint=f"{cpath}/backups/{self.btime}")
+        return pxar
+
+    def open_blob(self, fn, full):
+        name = fn[: -len(".blob")]
+        with open(full, "rb") as f:
+            raw = f.read(MAX_BLOB_FILE + 1)
+        if len(raw) > MAX_BLOB_FILE:
+            self.report("warning", "large-blob", f"{self.tree_path}/{fn}",
+                        f"{self.label}: {fn} is larger than {MAX_BLOB_FILE} bytes; not decoded")
+            return
+        mtime = os.path.getmtime(full)
+        try:
+            data = decode_blob(raw, self.ds.state.crypt, limit=MAX_BLOB_FILE)
+        except EncryptedBlobError:
+            self.report("warning", "encrypted", f"{self.tree_path}/{fn}",
+                        f"{self.label}: {fn} is encrypted; pass --pbs-keyfile to decode it")
+            return
+        except PbsError as e:
+            self.report("error", "bad-blob", f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {e}")
+            return
+        node = File(BytesSource(data, label=f"{self.label}/{name}"), mtime=mtime)
+        self.tree.add(name, node, report=self.ctx.report, path_hint=self.tree_path)
+        if self.btype == "vm" and self.bid.isdigit() and name in ("qemu-server.conf", "fw.conf"):
+            d = self.ctx.vms_root.subdir(self.bid).subdir("backups").subdir(self.btime)
+            d.add(name, node, report=self.ctx.report, path_hint=f"vms/{self.bid}/backups/{self.btime}")
+        if self.btype == "ct" and self.bid.isdigit() and name in ("pct.conf", "fw.conf"):
+            cdir, cpath = self.ctx.container_dir(int(self.bid))
+            cdir.subdir("backups").subdir(self.btime).add(name, node, report=self.ctx.report,
+                                                          path_hint=f"{cpath}/backups/{self.btime}")
+
+
+# ---------------------------------------------------------------------------
+def check_chunks(ctx, verify="exists"):
+    """After every datastore is known: missing (and, with ``verify=full``, corrupt)
+    chunks become damage entries with their byte ranges, and for pxar the files in
+    them; chunk files no index references are counted."""
+    state = state_for(ctx)
+    pool = state.pool
+    status: dict[bytes, ChunkError | None] = {}
+    referenced: set = set()
+    for arc in state.archives:
+        ix = arc.index
+        bad_ranges: dict = {}
+        for i in range(ix.known):
+            digest = ix.digest(i)
+            referenced.add(digest)
+            start, length = ix.chunk_range(i)
+            if pool.is_zero(digest, length):
+                continue
+            if digest not in status:
+                status[digest] = _check_one(pool, digest, length, verify)
+            err = status[digest]
+            if err is not None:
+                bad_ranges.setdefault(err, []).append((start, length))
+        for err, ranges in bad_ranges.items():
+            code = "missing-chunk" if err.kind == "missing" else "bad-chunk"
+            how = "zero-filled" if arc.source.bad == BAD_ZERO else "read as EIO"
+            total = sum(n for _, n in ranges)
+            files = ""
+            if arc.pxar is not None:
+                names = []
+                for s, n in ranges:
+                    try:
+                        names += arc.pxar.files_in(arc.source, s, n)
+                    except Exception as e:  # the walk itself may hit the damage
+                        names.append(f"(listing failed: {type(e).__name__}: {e})")
+                files = "; files: " + (", ".join(sorted(set(names))) if names else "none (metadata only)")
+            for p in arc.paths:
+                ctx.report.add("error", LAYER, p, code,
+                               f"{arc.snap.label}: {arc.filename}: {err} ({total} bytes {how}){files}",
+                               ranges)
+    # Orphans: chunk files that no index references.
+    for name, root, tpath in state.datastores:
+        orphans = bad_files = 0
+        chunks = os.path.join(root, ".chunks")
+        for d in _listdir(chunks):
+            if not HEX4_RE.match(d):
+                continue
+            try:
+                with os.scandir(os.path.join(chunks, d)) as it:
+                    for e in it:
+                        if DIGEST_RE.match(e.name):
+                            if bytes.fromhex(e.name) not in referenced:
+                                orphans += 1
+                        elif e.name.endswith(".bad"):
+                            bad_files += 1
+            except OSError:
+                continue
+        if orphans:
+            ctx.report.add("info", LAYER, tpath, "orphan-chunks",
+                           f"{orphans} chunk files are referenced by no index found "
+                           f"(pruned backups or lost indexes; raw material for carving)")
+        if bad_files:
+            ctx.report.add("warning", LAYER, tpath, "bad-chunk-files",
+                           f"{bad_files} chunk files were renamed *.bad by a PBS verify job")
+
+
+def _check_one(pool, digest, length, verify):
+    if verify == "full":
+        try:
+            pool.get(digest, length)
+            return None
+        except ChunkError as e:
+            return e
+    if pool.exists(digest):
+        return None
+    err = ChunkError("missing", f"chunk {digest.hex()} is missing from every datastore")
+    pool.bad[digest] = err
+    return err

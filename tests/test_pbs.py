@@ -1,0 +1,483 @@
+"""PBS datastores: every archive and file of the fixture manifest by sha256, the damaged
+variants' exact damage entries, fallback datastores, encryption, and bounded fuzzing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import stat
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backends.pbs.blob import CryptConfig, EncryptedBlobError, blob_kind, decode_blob, encode_blob, load_keyfile
+from backends.pbs.index import ChunkPool, ChunkStore, DynamicIndex, FixedIndex, IndexSource, open_index
+from backends.pbs.pxar import PxarArchive
+from backends.pbs.structs import FIXED_SIZED_CHUNK_INDEX_1_0, PbsError
+from pvfs.discover import Options, discover
+from pvfs.errors import PvfsError, UnreadableError
+from pvfs.nodes import resolve, walk
+from pvfs.source import BytesSource, FileSource
+
+from conftest import FIXTURES, sha256_source
+
+GEN = FIXTURES / "pbs" / "generated"
+DS = GEN / "datastore"
+pytestmark = pytest.mark.skipif(not (GEN / "ground-truth.json").exists(),
+                                reason="PBS fixtures (shared/fixtures/pbs/generated) are absent")
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def gt():
+    return json.loads((GEN / "ground-truth.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return discover([str(DS)], Options())
+
+
+def pbs_entries(ctx, severities=("error", "warning")):
+    return [e for e in ctx.report if e.layer == "pbs" and e.severity in severities]
+
+
+def copy_store(src, dst):
+    shutil.copytree(src, dst)
+    for root, dirs, files in os.walk(dst):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+    return dst
+
+
+# --- readers directly --------------------------------------------------------------
+def test_every_index_reassembles_to_manifest_sha256(gt):
+    pool = ChunkPool()
+    pool.add(ChunkStore(str(DS), "datastore"))
+    n = 0
+    for snap in gt["snapshots"]:
+        for fn, a in snap["archives"].items():
+            if a["kind"] not in ("fidx", "didx"):
+                continue
+            ix = open_index(str(DS / snap["path"] / fn))
+            assert ix.problems == []
+            assert ix.size == a["size"]
+            assert ix.index_csum.hex() == a["index_csum"]
+            assert sha256_source(IndexSource(ix, pool)) == a["sha256"], fn
+            n += 1
+    assert n == 9
+
+
+def test_every_blob_decodes_to_manifest_sha256(gt):
+    n = 0
+    for snap in gt["snapshots"]:
+        for fn, a in snap["archives"].items():
+            if a["kind"] != "blob":
+                continue
+            raw = (DS / snap["path"] / fn).read_bytes()
+            if "magic" in a:
+                assert blob_kind(raw) == {"compressed": "zstd", "uncompressed": "uncompressed"}[a["magic"]]
+            plain = decode_blob(raw)
+            assert len(plain) == a["plain_size"]
+            assert hashlib.sha256(plain).hexdigest() == a["plain_sha256"]
+            n += 1
+    assert n == 14
+
+
+def test_streams_fixture_pxar_v1_and_split_v2(gt):
+    streams = GEN / "streams"
+    for name, want in gt["streams"].items():
+        assert hashlib.sha256((streams / name).read_bytes()).hexdigest() == want
+    tree = {t["path"]: t for t in gt["snapshots"][2]["archives"]["root.pxar.didx"]["tree"]}
+    v1 = PxarArchive(FileSource(streams / "root.pxar"))
+    v2 = PxarArchive(FileSource(streams / "root.mpxar"), FileSource(streams / "root.ppxar"))
+    for arc in (v1, v2):
+        found = {("/" + p) if p else "/": node for p, node in walk(arc.root())}
+        assert set(found) == set(tree)
+        check_tree(found, tree)
+    assert v2.version == 2
+
+
+def check_tree(found, tree):
+    """Compare nodes with the ground-truth listing: type, mode, owner, time, data, links."""
+    kinds = {"dir": "dir", "file": "file", "symlink": "symlink", "chardev": "special", "fifo": "special"}
+    files = 0
+    for path, t in tree.items():
+        node = found[path]
+        if t["type"] == "hardlink":
+            assert node is found["/" + t["target"]], path
+            continue
+        assert node.kind == kinds[t["type"]], path
+        assert node.mode == int(t["mode"], 8), path
+        assert (node.uid, node.gid) == (t["uid"], t["gid"]), path
+        assert node.mtime == pytest.approx(t["mtime"][0] + t["mtime"][1] / 1e9, abs=1e-6), path
+        if t["type"] == "file":
+            assert node.size == t["size"]
+            assert hashlib.sha256(node.source.read(0, node.size)).hexdigest() == t["sha256"], path
+            files += 1
+        if t["type"] == "symlink":
+            assert node.target == t["target"].encode()
+        if t["type"] == "chardev":
+            assert (os.major(node.rdev), os.minor(node.rdev)) == tuple(t["rdev"])
+        for k, v in t.get("xattrs", {}).items():
+            assert node.xattrs[k.encode()] == v.encode()
+    assert files == 10
+    # ACL (user 1001 r-x, group_obj r-x) and file capabilities, as POSIX xattrs.
+    acl = found["/home/user"].xattrs[b"system.posix_acl_access"]
+    ents = set(struct.iter_unpack("<HHI", acl[4:]))
+    assert struct.unpack("<I", acl[:4]) == (2,)
+    assert (2, 5, 1001) in ents and (4, 5, 0xFFFFFFFF) in ents
+    assert found["/usr/bin/tool"].xattrs[b"security.capability"][:4] == struct.pack("<I", 0x02000001)
+    assert found["/usr/bin/tool"].nlink == 2
+
+
+# --- end to end through discovery ---------------------------------------------------
+def test_tree_paths_and_contents(ctx, gt):
+    n = 0
+    for snap in gt["snapshots"]:
+        base = f"storage/pbs/datastore/{snap['path']}"
+        for fn, a in snap["archives"].items():
+            if a["kind"] == "blob":
+                node = resolve(ctx.root, f"{base}/{fn[:-5]}")
+                assert sha256_source(node.source) == a["plain_sha256"], fn
+            elif a["kind"] == "fidx":
+                node = resolve(ctx.root, f"{base}/{fn[:-5]}")
+                assert sha256_source(node.source) == a["sha256"], fn
+            elif fn.endswith(".pxar.didx") or fn.endswith(".mpxar.didx"):
+                name = fn.split(".")[0] + ".pxar"
+                root = resolve(ctx.root, f"{base}/{name}")
+                found = {("/" + p) if p else "/": nd for p, nd in walk(root)}
+                check_tree(found, {t["path"]: t for t in a["tree"]})
+            elif fn == "catalog.pcat1.didx":
+                node = resolve(ctx.root, f"{base}/catalog.pcat1")
+                assert sha256_source(node.source) == a["sha256"]
+            else:
+                continue
+            n += 1
+    assert n == 22
+    assert pbs_entries(ctx) == []
+
+
+def test_proxmox_view(ctx, gt):
+    s0 = gt["snapshots"][0]
+    d = "vms/100/backups/2024-01-15T10:00:00Z"
+    assert sha256_source(resolve(ctx.root, f"{d}/disk-scsi0.raw").source) == \
+        s0["archives"]["drive-scsi0.img.fidx"]["sha256"]
+    assert sha256_source(resolve(ctx.root, f"{d}/disk-efidisk0.raw").source) == \
+        s0["archives"]["drive-efidisk0.img.fidx"]["sha256"]
+    assert sha256_source(resolve(ctx.root, f"{d}/qemu-server.conf").source) == \
+        s0["archives"]["qemu-server.conf.blob"]["plain_sha256"]
+    assert resolve(ctx.root, "vms/200/backups/2024-01-17T09:30:00Z/disk-virtio0.raw").size == 4259840
+    ct = resolve(ctx.root, "cts/101/backups/2024-01-15T11:00:00Z/rootfs")
+    assert ct is resolve(ctx.root, "storage/pbs/datastore/ct/101/2024-01-15T11:00:00Z/root.pxar")
+    hosts = resolve(ctx.root, "cts/101/backups/2024-01-15T11:00:00Z/rootfs/etc/hosts")
+    assert hashlib.sha256(hosts.source.read(0, hosts.size)).hexdigest() == \
+        "82cd71042a904a505542073a55daed7ff4f8e68c80d170614c39cbf300ae5d17"
+    assert resolve(ctx.root, "storage/pbs/datastore/ns/testns/ns/empty-child") is None  # no snapshots: nothing shown
+    vol = next(v for v in ctx.volumes if v.path.endswith("2024-01-16T10:00:00Z/drive-scsi0.img"))
+    assert vol.role == "disk" and vol.vm_paths == ["vms/100/backups/2024-01-16T10:00:00Z/disk-scsi0.raw"]
+
+
+def test_holes_are_zero_in_block_status(ctx):
+    node = resolve(ctx.root, "storage/pbs/datastore/vm/100/2024-01-15T10:00:00Z/drive-scsi0.img")
+    st_ = node.source.block_status()
+    zero = [(o, n) for o, n, s in st_ if s == "zero"]
+    assert zero == [(4 << 20, 4 << 20), (16 << 20, 8 << 20)]  # chunks 1, 4 and 5
+
+
+# --- damaged variants ------------------------------------------------------------------
+def _damage_by_code(ctx, code):
+    return sorted((e.path, e.ranges) for e in ctx.report if e.layer == "pbs" and e.code == code)
+
+
+@pytest.mark.parametrize("verify", ["exists", "full"])
+def test_bad_crc_variant(gt, verify):
+    dv = gt["damaged_variants"]["datastore-bad-crc"]
+    ctx = discover([str(GEN / "datastore-bad-crc")], Options(backend_options={"pbs_verify": verify}))
+    lo, hi = dv["affected_byte_range"]
+    # Reading every affected image reports the chunk (with "exists" only reading finds it).
+    for a in dv["affected"]:
+        node = resolve(ctx.root, f"storage/pbs/datastore-bad-crc/{a[:-5]}")
+        data = node.source.read(lo, hi - lo)
+        assert data == bytes(hi - lo)  # zero-filled by default
+    want = []
+    for a in dv["affected"]:
+        snap = a.rsplit("/", 1)[0]
+        want.append((f"storage/pbs/datastore-bad-crc/{a[:-5]}", ((lo, hi - lo),)))
+        want.append((f"vms/100/backups/{snap.split('/')[-1]}/disk-scsi0.raw", ((lo, hi - lo),)))
+    assert _damage_by_code(ctx, "bad-chunk") == sorted(want)
+    msgs = {e.message for e in ctx.report if e.code == "bad-chunk"}
+    assert all(dv["bad_crc_chunk"] in m and "CRC32 mismatch" in m for m in msgs)
+    assert {e.code for e in pbs_entries(ctx)} == {"bad-chunk"}
+
+
+def test_missing_chunk_variant(gt):
+    dv = gt["damaged_variants"]["datastore-missing-chunk"]
+    ctx = discover([str(GEN / "datastore-missing-chunk")], Options())
+    lo, hi = dv["affected_byte_range"]
+    want = []
+    for a in dv["affected"]:
+        want.append((f"storage/pbs/datastore-missing-chunk/{a[:-5]}", ((lo, hi - lo),)))
+        want.append((f"vms/100/backups/{a.split('/')[2]}/disk-scsi0.raw", ((lo, hi - lo),)))
+    assert _damage_by_code(ctx, "missing-chunk") == sorted(want)
+    assert {e.code for e in pbs_entries(ctx)} == {"missing-chunk"}
+    assert all(dv["missing_chunk"] in e.message for e in pbs_entries(ctx))
+    node = resolve(ctx.root, f"storage/pbs/datastore-missing-chunk/{dv['affected'][0][:-5]}")
+    assert node.source.read(lo, 4096) == bytes(4096)
+    assert ("unreadable" in {s for _, _, s in node.source.block_status(lo, hi - lo)})
+
+
+def test_missing_chunk_eio_policy(gt):
+    dv = gt["damaged_variants"]["datastore-missing-chunk"]
+    ctx = discover([str(GEN / "datastore-missing-chunk")], Options(bad="eio"))
+    lo, hi = dv["affected_byte_range"]
+    node = resolve(ctx.root, f"storage/pbs/datastore-missing-chunk/{dv['affected'][0][:-5]}")
+    with pytest.raises(UnreadableError) as ei:
+        node.source.read(lo - 4096, 8192)
+    assert ei.value.ranges == [(lo, 4096)]
+    assert len(node.source.read(0, lo)) == lo  # everything before it still reads
+
+
+def test_second_datastore_is_a_fallback(gt):
+    dv = gt["damaged_variants"]["datastore-missing-chunk"]
+    ctx = discover([str(GEN / "datastore-missing-chunk"), str(DS)], Options())
+    assert _damage_by_code(ctx, "missing-chunk") == []
+    a = dv["affected"][0]
+    node = resolve(ctx.root, f"storage/pbs/datastore-missing-chunk/{a[:-5]}")
+    assert sha256_source(node.source) == gt["snapshots"][1]["archives"]["drive-scsi0.img.fidx"]["sha256"]
+
+
+def test_truncated_fidx_variant(gt):
+    dv = gt["damaged_variants"]["datastore-truncated-fidx"]
+    ctx = discover([str(GEN / "datastore-truncated-fidx")], Options())
+    path = f"storage/pbs/datastore-truncated-fidx/{dv['truncated_index']}"
+    msgs = [e for e in ctx.report if e.code == "truncated-index" and e.path == path]
+    assert len(msgs) == 1 and dv["expected_error"].split(" != ")[0] in msgs[0].message
+    assert f"{dv['new_length']} != 4096 + 32*ceil(size/chunk_size) = {dv['original_length']}" in msgs[0].message
+    # 4263 bytes hold 5 whole digests: chunks 0..4 are still served, 5..7 are unreadable.
+    img = resolve(ctx.root, path[:-5])
+    lost = [e for e in ctx.report if e.code == "truncated-index" and e.path == path[:-5]]
+    assert lost[0].ranges == ((5 << 22, 3 << 22),)
+    ref = resolve(ctx.root, "storage/pbs/datastore-truncated-fidx/vm/100/2024-01-16T10:00:00Z/drive-scsi0.img")
+    assert img.source.read(0, 1 << 20) == ref.source.read(0, 1 << 20)  # chunk 0 shared, intact
+
+
+# --- damage crafted here: pxar chunk lost, manifest lost, orphans -------------------
+def test_lost_pxar_chunk_names_the_files(tmp_path, gt):
+    ds = copy_store(DS, tmp_path / "ds")
+    chunks = gt["snapshots"][2]["archives"]["root.pxar.didx"]["chunks"]
+    end1, digest = chunks[1]
+    os.unlink(ds / ".chunks" / digest[:4] / digest)
+    ctx = discover([str(ds)], Options())
+    ent = [e for e in ctx.report if e.code == "missing-chunk" and e.path.endswith("root.pxar")]
+    assert len(ent) == 1
+    assert ent[0].ranges == ((chunks[0][0], end1 - chunks[0][0]),)
+    assert "/home/user/big.bin" in ent[0].message and "ct/101/2024-01-15T11:00:00Z" in ent[0].message
+    # Files outside the lost range still read correctly.
+    tree = {t["path"]: t for t in gt["snapshots"][2]["archives"]["root.pxar.didx"]["tree"]}
+    node = resolve(ctx.root, "storage/pbs/ds/ct/101/2024-01-15T11:00:00Z/root.pxar/usr/share/doc/README")
+    assert hashlib.sha256(node.source.read(0, node.size)).hexdigest() == tree["/usr/share/doc/README"]["sha256"]
+
+
+def test_lost_payload_chunk_of_split_archive(tmp_path, gt):
+    ds = copy_store(DS, tmp_path / "ds")
+    a = gt["snapshots"][3]["archives"]["root.ppxar.didx"]
+    end0, digest = a["chunks"][0]
+    os.unlink(ds / ".chunks" / digest[:4] / digest)
+    ctx = discover([str(ds)], Options())
+    ent = [e for e in ctx.report if e.code == "missing-chunk"]
+    assert len(ent) == 1 and ent[0].ranges == ((0, end0),)
+    assert "root.ppxar.didx" in ent[0].message and "/etc/hostname" in ent[0].message
+
+
+def test_manifest_lost_still_shows_indexes(tmp_path, gt):
+    ds = copy_store(DS, tmp_path / "ds")
+    snap = gt["snapshots"][0]
+    os.unlink(ds / snap["path"] / "index.json.blob")
+    ctx = discover([str(ds)], Options())
+    node = resolve(ctx.root, f"storage/pbs/ds/{snap['path']}/drive-scsi0.img")
+    assert sha256_source(node.source) == snap["archives"]["drive-scsi0.img.fidx"]["sha256"]
+    assert [e.code for e in pbs_entries(ctx)] == ["no-manifest"]
+
+
+def test_manifest_mismatch_and_orphans(tmp_path, gt):
+    ds = copy_store(DS, tmp_path / "ds")
+    snap = gt["snapshots"][0]
+    os.unlink(ds / snap["path"] / "fw.conf.blob")
+    orphan = encode_blob(b"orphan data" * 100)
+    d = hashlib.sha256(b"orphan data" * 100).hexdigest()
+    (ds / ".chunks" / d[:4]).mkdir()
+    (ds / ".chunks" / d[:4] / d).write_bytes(orphan)
+    ctx = discover([str(ds)], Options())
+    codes = sorted((e.code, e.path) for e in ctx.report if e.layer == "pbs")
+    assert ("missing-archive", f"storage/pbs/ds/{snap['path']}/fw.conf.blob") in codes
+    orph = [e for e in ctx.report if e.code == "orphan-chunks"]
+    assert len(orph) == 1 and orph[0].message.startswith("1 chunk files")
+
+
+def test_probe_dir_only_datastores(tmp_path):
+    from backends.pbs import PbsBackend
+
+    b = PbsBackend()
+    assert b.probe_dir(str(DS), None) == 100
+    assert b.probe_dir(str(tmp_path), None) == 0
+    (tmp_path / ".chunks").mkdir()
+    (tmp_path / "vm").mkdir()
+    assert 0 < b.probe_dir(str(tmp_path), None) < 100
+
+
+# --- encryption ---------------------------------------------------------------------
+KEY = bytes(range(32))
+
+
+def _keyfile(path, kdf=None, password=b"secret-pass"):
+    cfg = CryptConfig(KEY)
+    doc = {"created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z",
+           "fingerprint": cfg.fingerprint()}
+    if kdf is None:
+        doc["kdf"], doc["data"] = None, base64.b64encode(KEY).decode()
+    else:
+        salt = b"s" * 32
+        if kdf == "pbkdf2":
+            doc["kdf"] = {"PBKDF2": {"iter": 1000, "salt": base64.b64encode(salt).decode()}}
+            dk = hashlib.pbkdf2_hmac("sha256", password, salt, 1000, 32)
+        else:
+            doc["kdf"] = {"Scrypt": {"n": 1024, "r": 8, "p": 1, "salt": base64.b64encode(salt).decode()}}
+            dk = hashlib.scrypt(password, salt=salt, n=1024, r=8, p=1, dklen=32)
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        iv = b"i" * 16
+        ct = AESGCM(dk).encrypt(iv, KEY, b"")
+        doc["data"] = base64.b64encode(iv + ct[-16:] + ct[:-16]).decode()
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("kdf", [None, "pbkdf2", "scrypt"])
+def test_keyfile_kdfs(tmp_path, monkeypatch, kdf):
+    monkeypatch.setenv("PBS_ENCRYPTION_PASSWORD", "secret-pass")
+    cfg = load_keyfile(_keyfile(tmp_path / "k.json", kdf))
+    assert cfg.enc_key == KEY
+    if kdf:
+        monkeypatch.setenv("PBS_ENCRYPTION_PASSWORD", "wrong-pass")
+        with pytest.raises(PbsError, match="tag mismatch"):
+            load_keyfile(tmp_path / "k.json")
+
+
+def test_encrypted_datastore(tmp_path, monkeypatch):
+    """An encrypted VM backup built here: chunks named sha256(plain || id_key)."""
+    cfg = CryptConfig(KEY)
+    ds = tmp_path / "encds"
+    snap = ds / "vm" / "300" / "2024-02-01T00:00:00Z"
+    snap.mkdir(parents=True)
+    disk = os.urandom(3 << 20) + bytes(1 << 20) + b"tail" * 1000
+    cs = 1 << 20
+    digests = []
+    for i in range(0, len(disk), cs):
+        piece = disk[i:i + cs]
+        dg = cfg.compute_digest(piece)
+        digests.append(dg)
+        p = ds / ".chunks" / dg.hex()[:4]
+        p.mkdir(parents=True, exist_ok=True)
+        (p / dg.hex()).write_bytes(encode_blob(piece, compress=True, crypt=cfg))
+    table = b"".join(digests)
+    head = (FIXED_SIZED_CHUNK_INDEX_1_0 + bytes(16) + struct.pack("<q", 0) + hashlib.sha256(table).digest()
+            + struct.pack("<QQ", len(disk), cs)).ljust(4096, b"\0")
+    (snap / "drive-scsi0.img.fidx").write_bytes(head + table)
+    (snap / "qemu-server.conf.blob").write_bytes(encode_blob(b"memory: 512\n", crypt=cfg))
+    want = hashlib.sha256(disk).hexdigest()
+
+    ctx = discover([str(ds)], Options())
+    assert [e.code for e in ctx.report if e.layer == "pbs" and e.code == "encrypted"] == ["encrypted"]
+    node = resolve(ctx.root, "storage/pbs/encds/vm/300/2024-02-01T00:00:00Z/drive-scsi0.img")
+    node.source.read(0, 16)
+    assert any(e.code == "bad-chunk" and "pass --pbs-keyfile" in e.message for e in ctx.report)
+
+    kf = _keyfile(tmp_path / "k.json")
+    ctx = discover([str(ds)], Options(backend_options={"pbs_keyfile": str(kf), "pbs_verify": "full"}))
+    node = resolve(ctx.root, "storage/pbs/encds/vm/300/2024-02-01T00:00:00Z/drive-scsi0.img")
+    assert sha256_source(node.source) == want
+    conf = resolve(ctx.root, "vms/300/backups/2024-02-01T00:00:00Z/qemu-server.conf")
+    assert conf.source.read(0, 100) == b"memory: 512\n"
+    assert [e.code for e in pbs_entries(ctx)] == ["no-manifest"]  # none was written here
+
+
+def test_blob_errors():
+    good = encode_blob(b"hello world" * 50)
+    assert decode_blob(good) == b"hello world" * 50
+    with pytest.raises(PbsError, match="no blob magic"):
+        decode_blob(b"\0" * 40)
+    with pytest.raises(PbsError, match="CRC32 mismatch"):
+        decode_blob(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(PbsError, match="shorter than"):
+        decode_blob(good[:10])
+    with pytest.raises(EncryptedBlobError):
+        decode_blob(encode_blob(b"x" * 100, crypt=CryptConfig(KEY)))
+    with pytest.raises(PbsError, match="expands beyond"):
+        decode_blob(encode_blob(bytes(1 << 20)), limit=4096)
+
+
+# --- fuzz ---------------------------------------------------------------------------
+_BLOB = (DS / "vm/100/2024-01-15T10:00:00Z/qemu-server.conf.blob").read_bytes() if DS.exists() else b""
+_FIDX = (DS / "vm/100/2024-01-15T10:00:00Z/drive-scsi0.img.fidx").read_bytes() if DS.exists() else b""
+_DIDX = (DS / "ct/101/2024-01-15T11:00:00Z/root.pxar.didx").read_bytes() if DS.exists() else b""
+_PXAR = (GEN / "streams/root.pxar").read_bytes() if GEN.exists() else b""
+_MPXAR = (GEN / "streams/root.mpxar").read_bytes() if GEN.exists() else b""
+
+
+def _mutate(base, data):
+    b = bytearray(base)
+    for i in range(0, len(data) - 2, 3):
+        pos = int.from_bytes(data[i:i + 2], "little") * 7919 % max(1, len(b))
+        b[pos] = data[i + 2]
+    return bytes(b)
+
+
+@FUZZ
+@given(st.binary(max_size=60), st.integers(0, 400))
+def test_fuzz_blob(data, cut):
+    for raw in (_mutate(_BLOB, data)[:len(_BLOB) - cut], data):
+        try:
+            decode_blob(raw, limit=1 << 20)
+        except PbsError:
+            pass
+
+
+@FUZZ
+@given(st.binary(max_size=60), st.integers(0, 300), st.booleans())
+def test_fuzz_index(tmp_path_factory, data, cut, fixed):
+    base = _FIDX if fixed else _DIDX
+    path = tmp_path_factory.getbasetemp() / "fuzz.idx"
+    path.write_bytes(_mutate(base, data)[:len(base) - cut])
+    pool = ChunkPool()
+    pool.add(ChunkStore(str(DS), "ds"))
+    try:
+        ix = open_index(str(path))
+        src = IndexSource(ix, pool)
+        src.read(0, min(src.size, 1 << 16))
+        src.block_status()
+    except PvfsError:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=90), st.integers(0, 2000), st.booleans())
+def test_fuzz_pxar(data, cut, v2):
+    base = _MPXAR if v2 else _PXAR
+    payload = BytesSource((GEN / "streams/root.ppxar").read_bytes()) if v2 else None
+    arc = PxarArchive(BytesSource(_mutate(base, data)[:len(base) - cut]), payload)
+    try:
+        for _p, node in walk(arc.root()):
+            if node.kind == "file":
+                try:
+                    node.source.read(0, min(node.size, 4096))
+                except PvfsError:
+                    pass
+    except PvfsError:
+        pass
