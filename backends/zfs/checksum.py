@@ -2,7 +2,7 @@
 
 References: OpenZFS module/zcommon/zfs_fletcher.c (fletcher_2_native / _byteswap,
 fletcher_4_native / _byteswap), module/zfs/sha256.c (digest stored as four
-big-endian 64-bit words), module/zfs/zio_checksum.c (zio_checksum_table,
+big-endian 64-bit words), sha512 = SHA-512/256 stored in native word order, module/zfs/zio_checksum.c (zio_checksum_table,
 zio_checksum_handle_crypt), "ZFS On-Disk Specification" section 2.4.
 
 Fletcher sums are running sums modulo 2**64; with numpy they are prefix sums
@@ -50,12 +50,14 @@ def sha256_words(data):
     return struct.unpack(">4Q", hashlib.sha256(data).digest())
 
 
-def _sha512_256_words(data):
+def _sha512_256_words(data, little=True):
+    """SHA-512/256; unlike sha256 the digest bytes are stored as they are, so the words
+    are in the writer's byte order (zio_checksum.c abd_checksum_sha512_native)."""
     try:
         h = hashlib.new("sha512_256", data)
     except ValueError:
         return None
-    return struct.unpack(">4Q", h.digest())
+    return struct.unpack("<4Q" if little else ">4Q", h.digest())
 
 
 def compute(algo: str, data, little=True):
@@ -68,7 +70,7 @@ def compute(algo: str, data, little=True):
     if algo in ("sha256", "label", "gang_header"):
         return sha256_words(data)
     if algo == "sha512":
-        return _sha512_256_words(data)
+        return _sha512_256_words(data, little)
     return None
 
 
