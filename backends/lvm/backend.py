@@ -138,8 +138,6 @@ class LvmBackend(Backend):
                 f"shows an older one, e.g. LVs removed since)")
         for v in volumes:
             v.info.setdefault("lvm_pv", {})["seqno_used"] = gen.seqno
-        for sev, code, msg in vg.problems:
-            ctx.report.add(sev, self.name, base, code, msg)
         for ref in vg.pvs.values():
             if ref.source is not None and ref.pe_count:
                 need = ref.pe_start + ref.pe_count * vg.extent_bytes
@@ -152,6 +150,8 @@ class LvmBackend(Backend):
                 ctx.report.add("warning", self.name, path, "pv-not-in-vg",
                                f"PV {uuid} is not listed by VG {vg.name} seqno {gen.seqno}")
         _Builder(self, ctx, vg, vgdir, base, first).build()
+        for sev, code, msg in vg.problems:  # after the build: sources add theirs lazily
+            ctx.report.add(sev, self.name, base, code, msg)
 
 
 class _Builder:
