@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what pvfs needs on Debian 12 (run as root): system packages, then a
+# virtual environment in .venv with pvfs and its test extras. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev
+              qemu-utils fdisk e2fsprogs xz-utils zstd tar)
+# Packages that backends' tests and benchmarks need (backends/<fmt>/deps-apt.txt).
+for f in backends/*/deps-apt.txt; do
+    [ -f "$f" ] || continue
+    while read -r pkg; do
+        pkg=${pkg%%#*}; pkg=$(echo "$pkg" | xargs)
+        [ -n "$pkg" ] && APT_PACKAGES+=("$pkg")
+    done < "$f"
+done
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
