@@ -1,0 +1,207 @@
+"""Block-based table blocks: trailer, decompression, entries, restart points.
+
+A block is ``entries | restarts (u32 each) | [hash index] | u32 footer`` and
+is followed on disk by a 5-byte trailer: ``compression type`` and the
+checksum of ``block + type`` (masked crc32c when the table's checksum type is
+kCRC32c).  The footer is ``num_restarts``, with bit 31 set when a data block
+hash index (``u8`` buckets + ``u16 num_buckets``) sits before it.
+
+An entry is ``varint32 shared, varint32 non_shared, varint32 value_length,
+key delta, value``: its key is the first ``shared`` bytes of the previous key
++ the delta.  Index blocks of format_version >= 4 with
+``index_value_is_delta_encoded`` drop ``value_length``: the value is a full
+``BlockHandle`` at a restart point and else only ``varsignedint64`` size
+delta (offset = previous offset + previous size + trailer).
+
+Compression (table/format.cc UncompressBlockData): 0 none, 1 snappy (raw
+snappy with its own length header), 2 zlib (raw deflate), 4 lz4 / 5 lz4hc
+(LZ4 block), 7 zstd (frame); for format_version >= 2 the zlib/lz4/zstd data
+is prefixed by ``varint32 decompressed size`` (zlib/lz4 format 1: none /
+``u32 size`` twice ... only 2 is supported, RocksDB >= 4.x writes it).
+
+References: rocksdb table/block_based/block.cc (DecodeEntry, DecodeKeyV4,
+IndexBlockIter), table/block_based/block_builder.cc,
+table/block_based/data_block_footer.cc, table/format.cc, util/compression.h.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from ..checksum import crc32c, rocksdb_unmask
+from ..errors import RocksDBError
+from .coding import varint, varint32, varsigned64
+from .structs import kBlockTrailerSize
+
+kNoCompression = 0
+kSnappyCompression = 1
+kZlibCompression = 2
+kBZip2Compression = 3
+kLZ4Compression = 4
+kLZ4HCCompression = 5
+kXpressCompression = 6
+kZSTD = 7
+kZSTDNotFinalCompression = 0x40
+COMPRESSION_NAMES = {0: "none", 1: "snappy", 2: "zlib", 3: "bzip2", 4: "lz4", 5: "lz4hc",
+                     6: "xpress", 7: "zstd", 0x40: "zstd"}
+
+kNoChecksum, kCRC32c, kxxHash, kxxHash64, kXXH3 = range(5)
+
+#: Never inflate a block beyond this (RocksDB blocks are KiB..MiB).
+MAX_BLOCK = 64 << 20
+
+_U32 = struct.Struct("<I")
+
+
+def _snappy(data, size_hint):
+    try:
+        import cramjam
+        return bytes(cramjam.snappy.decompress_raw(data))
+    except ImportError:  # pragma: no cover - depends on the environment
+        try:
+            import snappy
+            return snappy.uncompress(data)
+        except ImportError:
+            raise RocksDBError("snappy block: neither cramjam nor python-snappy is installed") \
+                from None
+
+
+def decompress(ctype: int, data: bytes, format_version=2) -> bytes:
+    """Undo a block's compression; raise :class:`RocksDBError` on bad input."""
+    if ctype == kNoCompression:
+        return data
+    try:
+        if ctype == kSnappyCompression:
+            size, _ = varint32(data, 0, len(data))
+            if size > MAX_BLOCK:
+                raise RocksDBError(f"snappy block claims {size} bytes")
+            out = _snappy(data, size)
+        else:
+            if format_version < 2:
+                raise RocksDBError(f"{COMPRESSION_NAMES.get(ctype, ctype)} blocks of "
+                                   f"format_version {format_version} are not supported")
+            size, pos = varint32(data, 0, len(data))
+            if size > MAX_BLOCK:
+                raise RocksDBError(f"compressed block claims {size} bytes")
+            body = data[pos:]
+            if ctype == kZlibCompression:
+                d = zlib.decompressobj(-15)
+                out = d.decompress(body, size)
+            elif ctype in (kLZ4Compression, kLZ4HCCompression):
+                import lz4.block
+                out = lz4.block.decompress(body, uncompressed_size=size)
+            elif ctype in (kZSTD, kZSTDNotFinalCompression):
+                import zstandard
+                out = zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
+            else:
+                raise RocksDBError(f"unsupported block compression "
+                                   f"{COMPRESSION_NAMES.get(ctype, ctype)}")
+            if len(out) != size:
+                raise RocksDBError(f"block inflated to {len(out)} bytes, expected {size}")
+    except RocksDBError:
+        raise
+    except Exception as e:  # library errors: corrupt compressed data
+        raise RocksDBError(f"cannot decompress {COMPRESSION_NAMES.get(ctype, ctype)} block: "
+                           f"{type(e).__name__}: {e}") from None
+    return bytes(out)
+
+
+def check_trailer(raw: bytes, checksum_type=kCRC32c, verify=True):
+    """Split ``block + trailer``; verify the checksum -> ``(block, compression type)``."""
+    if len(raw) < kBlockTrailerSize:
+        raise RocksDBError("block shorter than its trailer")
+    n = len(raw) - kBlockTrailerSize
+    ctype = raw[n]
+    if verify and checksum_type == kCRC32c:
+        stored = _U32.unpack_from(raw, n + 1)[0]
+        if crc32c(raw[:n + 1]) != rocksdb_unmask(stored):
+            raise RocksDBError("block checksum mismatch")
+    return raw[:n], ctype
+
+
+def restart_offset(block) -> tuple:
+    """``(end of entries, [restart offsets])`` of a block."""
+    n = len(block)
+    if n < 4:
+        raise RocksDBError(f"block of {n} bytes has no restart footer")
+    footer = _U32.unpack_from(block, n - 4)[0]
+    num_restarts = footer & 0x7FFFFFFF
+    end = n - 4
+    if footer & 0x80000000:  # data block hash index
+        if end < 2:
+            raise RocksDBError("block hash index footer truncated")
+        num_buckets = struct.unpack_from("<H", block, end - 2)[0]
+        end -= 2 + num_buckets
+    end -= 4 * num_restarts
+    if end < 0 or (num_restarts == 0 and n > 4):
+        raise RocksDBError(f"block of {n} bytes cannot hold {num_restarts} restarts")
+    restarts = list(struct.unpack_from(f"<{num_restarts}I", block, end))
+    if restarts and (restarts[0] != 0 or max(restarts) > end):
+        raise RocksDBError("block restart points out of range")
+    return end, restarts
+
+
+def iter_entries(block, start=0):
+    """Yield ``(key, value)`` for every entry of a block (from restart offset ``start``)."""
+    end, _ = restart_offset(block)
+    return _entries(block, start, end)
+
+
+def _entries(block, pos, end):
+    key = b""
+    while pos < end:
+        # fast path: the three lengths as single bytes
+        shared, non_shared, vlen = block[pos], block[pos + 1] if pos + 1 < end else 255, \
+            block[pos + 2] if pos + 2 < end else 255
+        if shared | non_shared | vlen < 128:
+            pos += 3
+        else:
+            shared, pos = varint32(block, pos, end)
+            non_shared, pos = varint32(block, pos, end)
+            vlen, pos = varint32(block, pos, end)
+        if shared > len(key) or pos + non_shared + vlen > end:
+            raise RocksDBError(f"corrupt block entry at offset {pos}")
+        key = key[:shared] + bytes(block[pos:pos + non_shared])
+        pos += non_shared
+        yield key, bytes(block[pos:pos + vlen])
+        pos += vlen
+
+
+def decode_handle(buf, pos=0, end=None):
+    """``BlockHandle``: varint64 offset, varint64 size -> ``(offset, size, new_pos)``."""
+    end = len(buf) if end is None else end
+    off, pos = varint(buf, pos, end)
+    size, pos = varint(buf, pos, end)
+    return off, size, pos
+
+
+def iter_index_entries(block, value_delta_encoded=False):
+    """Yield ``(key, (offset, size))`` of an index block."""
+    if not value_delta_encoded:
+        for k, v in iter_entries(block):
+            off, size, _ = decode_handle(v)
+            yield k, (off, size)
+        return
+    end, restarts = restart_offset(block)
+    restart_set = set(restarts)
+    pos, key = 0, b""
+    prev = None
+    while pos < end:
+        at_restart = pos in restart_set
+        shared, pos = varint32(block, pos, end)
+        non_shared, pos = varint32(block, pos, end)
+        if shared > len(key) or pos + non_shared > end:
+            raise RocksDBError(f"corrupt index entry at offset {pos}")
+        key = key[:shared] + bytes(block[pos:pos + non_shared])
+        pos += non_shared
+        if at_restart or prev is None:
+            off, size, pos = decode_handle(block, pos, end)
+        else:
+            delta, pos = varsigned64(block, pos, end)
+            off = prev[0] + prev[1] + kBlockTrailerSize
+            size = prev[1] + delta
+            if size < 0:
+                raise RocksDBError("negative block size in a delta-encoded index")
+        prev = (off, size)
+        yield key, prev

@@ -1,0 +1,199 @@
+"""Block-based SST tables (``NNNNNN.sst``).
+
+Footer at the end of the file (``structs``) -> metaindex block (names ->
+handles of the properties, range deletion and filter blocks) and index block
+(one entry per data block: a separator key >= every key of that block and
+the block's handle).  Data block keys are *internal keys*: user key + u64
+``(sequence << 8) | value type``.
+
+Decoded index and data blocks go to ``pvfs.cache.METADATA_CACHE`` keyed by
+the file source's uid and offset, so reading a large table never keeps more
+than the cache's budget in memory.
+
+References: rocksdb table/block_based/block_based_table_reader.cc (Open,
+ReadMetaIndexBlock, index readers), table/format.cc (Footer::DecodeFrom),
+table/meta_blocks.cc (ReadTableProperties), include/rocksdb/table_properties.h
+(property names), db/dbformat.h (internal keys, ValueType).
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+
+from pvfs.cache import METADATA_CACHE
+from pvfs.errors import UnreadableError
+
+from ..errors import RocksDBError
+from .block import (check_trailer, decode_handle, decompress, iter_entries,
+                    iter_index_entries, kCRC32c, MAX_BLOCK)
+from .coding import varint
+from .structs import (footer_tail, kBlockBasedTableMagicNumber, kBlockTrailerSize,
+                      kLegacyBlockBasedTableMagicNumber, kNewVersionsEncodedLength,
+                      kVersion0EncodedLength)
+
+_Q = struct.Struct("<Q")
+
+kBinarySearch, kHashSearch, kTwoLevelIndexSearch, kBinarySearchWithFirstKey = 0, 1, 2, 3
+
+#: ``rocksdb.*`` property values that are varint64 numbers.
+_NUMERIC = {"rocksdb.column.family.id", "rocksdb.format.version", "rocksdb.num.entries",
+            "rocksdb.num.data.blocks", "rocksdb.data.size", "rocksdb.index.size",
+            "rocksdb.raw.key.size", "rocksdb.raw.value.size", "rocksdb.index.key.is.user.key",
+            "rocksdb.index.value.is.delta.encoded", "rocksdb.num.range-deletions",
+            "rocksdb.num.deletions", "rocksdb.num.merge.operands", "rocksdb.filter.size",
+            "rocksdb.creation.time", "rocksdb.oldest.key.time", "rocksdb.fixed.key.length",
+            "rocksdb.index.partitions", "rocksdb.top-level.index.size"}
+
+
+def split_internal_key(ikey: bytes):
+    """``user_key, sequence, value type`` of an internal key."""
+    if len(ikey) < 8:
+        raise RocksDBError(f"internal key of {len(ikey)} bytes")
+    packed = _Q.unpack_from(ikey, len(ikey) - 8)[0]
+    return ikey[:-8], packed >> 8, packed & 0xFF
+
+
+class _Entries(list):
+    """A decoded data block: ``[(user_key, seq, type, value)]`` with its memory cost."""
+
+    cache_cost = 0
+
+
+class Table:
+    """One SST file over a Source."""
+
+    def __init__(self, source, name="sst", verify=True):
+        self.source = source
+        self.name = name
+        self.verify = verify
+        size = source.size
+        if size < kVersion0EncodedLength:
+            raise RocksDBError(f"{name}: {size} bytes is too small for an SST")
+        tail = self._read(max(0, size - kNewVersionsEncodedLength), min(size, kNewVersionsEncodedLength))
+        magic = _Q.unpack_from(tail, len(tail) - 8)[0]
+        if magic == kBlockBasedTableMagicNumber:
+            if len(tail) < kNewVersionsEncodedLength:
+                raise RocksDBError(f"{name}: footer truncated")
+            ft = footer_tail.parse(tail[-12:])
+            self.format_version = ft.version
+            self.checksum_type = tail[0]
+            handles = tail[1:41]
+        elif magic == kLegacyBlockBasedTableMagicNumber:
+            self.format_version = 0
+            self.checksum_type = kCRC32c
+            handles = tail[-kVersion0EncodedLength:-8]
+        else:
+            raise RocksDBError(f"{name}: not a block-based table (magic {magic:#018x})")
+        if self.format_version > 6:
+            raise RocksDBError(f"{name}: table format_version {self.format_version} is not supported")
+        m_off, m_size, pos = decode_handle(handles, 0, len(handles))
+        i_off, i_size, _ = decode_handle(handles, pos, len(handles))
+        for what, off, ln in (("metaindex", m_off, m_size), ("index", i_off, i_size)):
+            if off + ln + kBlockTrailerSize > size or ln > MAX_BLOCK:
+                raise RocksDBError(f"{name}: {what} handle {off:#x}+{ln:#x} outside the file")
+        self.index_handle = (i_off, i_size)
+        self.meta = {k.decode("latin-1"): decode_handle(v)[:2]
+                     for k, v in iter_entries(self._block(m_off, m_size))}
+        self.properties = {}
+        if "rocksdb.properties" in self.meta:
+            for k, v in iter_entries(self._block(*self.meta["rocksdb.properties"])):
+                k = k.decode("latin-1")
+                if k in _NUMERIC:
+                    try:
+                        v = varint(v, 0, len(v))[0]
+                    except RocksDBError:
+                        pass
+                self.properties[k] = v
+        p = self.properties
+        self.index_key_is_user_key = bool(p.get("rocksdb.index.key.is.user.key", 0))
+        self.index_value_delta = bool(p.get("rocksdb.index.value.is.delta.encoded", 0))
+        it = p.get("rocksdb.block.based.table.index.type", b"")
+        self.index_type = struct.unpack("<I", it)[0] if len(it) == 4 else 0
+        self.column_family_id = p.get("rocksdb.column.family.id")
+        self.column_family_name = p.get("rocksdb.column.family.name", b"").decode("latin-1")
+        self.compression_name = p.get("rocksdb.compression", b"").decode("latin-1")
+        self.cache_cost = 1024
+
+    # -- low level ---------------------------------------------------------------------
+    def _read(self, off, n):
+        try:
+            return self.source.read(off, n)
+        except UnreadableError as e:
+            raise RocksDBError(f"{self.name}: unreadable at {off:#x}: {e}") from None
+
+    def _block(self, off, size):
+        if off + size + kBlockTrailerSize > self.source.size or size > MAX_BLOCK:
+            raise RocksDBError(f"{self.name}: block {off:#x}+{size:#x} outside the file")
+        raw = self._read(off, size + kBlockTrailerSize)
+        try:
+            data, ctype = check_trailer(raw, self.checksum_type, self.verify)
+            return decompress(ctype, data, self.format_version)
+        except RocksDBError as e:
+            raise RocksDBError(f"{self.name}: block at {off:#x}: {e}") from None
+
+    # -- index -------------------------------------------------------------------------
+    def index(self):
+        """``(separator user keys, [(offset, size)])``, cached."""
+        key = ("rocksdb-index", self.source.uid)
+        return METADATA_CACHE.get_or_load(key, self._load_index)
+
+    def _load_index(self):
+        seps, handles = [], []
+
+        def add(block):
+            for k, h in iter_index_entries(block, self.index_value_delta):
+                seps.append(k if self.index_key_is_user_key else k[:-8])
+                handles.append(h)
+
+        top = self._block(*self.index_handle)
+        if self.index_type == kTwoLevelIndexSearch:
+            for _, (off, size) in iter_index_entries(top, self.index_value_delta):
+                add(self._block(off, size))
+        else:
+            add(top)
+        out = _Index((seps, handles))
+        out.cache_cost = 64 + sum(len(s) + 48 for s in seps)
+        return out
+
+    def data_block(self, off, size):
+        key = ("rocksdb-block", self.source.uid, off)
+        return METADATA_CACHE.get_or_load(key, lambda: self._load_data(off, size))
+
+    def _load_data(self, off, size):
+        out = _Entries()
+        cost = 64
+        for ikey, value in iter_entries(self._block(off, size)):
+            uk, seq, typ = split_internal_key(ikey)
+            out.append((uk, seq, typ, value))
+            cost += len(ikey) + len(value) + 120
+        out.cache_cost = cost
+        return out
+
+    # -- iteration ---------------------------------------------------------------------
+    def iterate(self, start: bytes = b"", end: bytes | None = None):
+        """Yield ``(user_key, seq, type, value)`` in internal key order from ``start``."""
+        seps, handles = self.index()
+        i = bisect.bisect_left(seps, start) if start else 0
+        for j in range(i, len(handles)):
+            for e in self.data_block(*handles[j]):
+                if e[0] < start:
+                    continue
+                if end is not None and e[0] >= end:
+                    return
+                yield e
+
+    def range_tombstones(self):
+        """``[(begin user key, seq, end user key)]`` from the range deletion block."""
+        h = self.meta.get("rocksdb.range_del")
+        if h is None:
+            return []
+        out = []
+        for ikey, end_key in iter_entries(self._block(*h)):
+            uk, seq, _ = split_internal_key(ikey)
+            out.append((uk, seq, end_key))
+        return out
+
+
+class _Index(tuple):
+    cache_cost = 0
