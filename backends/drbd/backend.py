@@ -14,7 +14,7 @@ from pvfs.source import FileSource, SliceSource
 
 from . import pair as P
 from . import structs as S
-from .meta import (FLEX_EXTERNAL, INTERNAL, DrbdError, MdLocation, magic_at, read_activity_log,
+from .meta import (FLEX_EXTERNAL, INTERNAL, MIN_DEVICE, DrbdError, MdLocation, magic_at, read_activity_log,
                    read_bitmap, read_meta, uuid_hex)
 
 DIVERGED_FILE_CAP = 1 << 20  # bytes of each version shown per range in diverged/
@@ -131,7 +131,9 @@ class DrbdBackend(Backend):
         try:
             return self._probe(volume, ctx)
         except PvfsError as e:
-            ctx.report.add("error", self.name, volume.path, "bad-meta-data", str(e))
+            if volume.parent is None or volume.parent.source is not volume.source:
+                # (a raw disk.raw is its input again: reported once)
+                ctx.report.add("error", self.name, volume.path, "bad-meta-data", str(e))
             return 0.0
 
     def _probe(self, volume, ctx):
@@ -140,12 +142,10 @@ class DrbdBackend(Backend):
             md = read_meta(_md_source(ctx, spec[0]), spec[1], volume.source.size)
             return 100.0 if not md.problems else 60.0
         src = volume.source
-        if src.size < 68 * 1024:
-            return 0.0
-        if magic_at(src, INTERNAL.md_offset(src.size)) is not None:
+        if src.size >= MIN_DEVICE and magic_at(src, INTERNAL.md_offset(src.size)) is not None:
             md = read_meta(src, INTERNAL)
             return 100.0 if not md.problems else 60.0
-        if magic_at(src, 0) is not None and volume.role == "input":
+        if src.size >= 4096 and volume.role == "input" and magic_at(src, 0) is not None:
             return 60.0  # an external meta-data image (flexible layout)
         return 0.0
 
@@ -156,7 +156,8 @@ class DrbdBackend(Backend):
             mdsrc = _md_source(ctx, spec[0])
             md = read_meta(mdsrc, spec[1], volume.source.size)
             m = Member(volume, "node", md, mdsrc, os.path.abspath(spec[0]))
-        elif magic_at(volume.source, INTERNAL.md_offset(volume.source.size)) is not None:
+        elif (volume.source.size >= MIN_DEVICE
+              and magic_at(volume.source, INTERNAL.md_offset(volume.source.size)) is not None):
             m = Member(volume, "node", read_meta(volume.source, INTERNAL), volume.source)
         else:
             try:

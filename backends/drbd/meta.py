@@ -344,6 +344,9 @@ def check_layout(md: DrbdMeta, md_size: int, data_dev_size: int):
         # external: limited by the bitmap room and by the data device
         max_bits = bm_room * 8 // 32 // md.max_peers * 32
         md.max_usable = min(max_bits * bpb, data_dev_size) if md.bm_usable else data_dev_size
+    if md.al_size and not (0 <= md.al_offset and md.al_offset + md.al_size <= md_size):
+        p.append("activity log lies outside the meta-data device; not read")
+        md.al_size = 0
     if md.bm_usable and md.bm_offset + 4096 > md_size:
         p.append("bitmap lies beyond the end of the meta-data device; bitmap not used")
         md.bm_usable = False
