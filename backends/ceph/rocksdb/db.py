@@ -1,0 +1,312 @@
+"""A read-only RocksDB database: MANIFEST + live SSTs + WAL replay, merged.
+
+Opening follows ``DBImpl::Recover``: ``CURRENT`` names the MANIFEST; its
+edits give the column families, their live SST files and log numbers; then
+every WAL ``NNNNNN.log`` whose number is at least the oldest column family
+log number is replayed into an in-memory table (per column family, records
+of a family from a log older than that family's log number are skipped:
+they were flushed already).  Replay stops per log at the first bad record
+(``kPointInTimeRecovery``) or when the sequence numbers go backwards (stale
+records of a recycled log file).
+
+Reads merge, per column family, the memtable and every SST by internal key
+order (user key ascending, sequence descending) and resolve each user key:
+the newest Put wins, a Delete/SingleDelete or a covering range deletion
+hides it, Merge operands are combined oldest first by the caller's merge
+operator over the newest older Put (or nothing).
+
+References: rocksdb db/db_impl/db_impl_open.cc (Recover, RecoverLogFiles),
+db/version_set.cc, db/dbformat.h (internal key order), db/merge_helper.cc,
+db/range_del_aggregator.cc.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import os
+import re
+
+from pvfs.errors import UnreadableError
+from pvfs.source import FileSource
+
+from ..errors import RocksDBError
+from .log import LogReader
+from .manifest import Manifest
+from .table import Table
+from .writebatch import (BLOB_INDEX, DELETE, ENTITY, MERGE, PUT, RANGE_DELETE, SINGLE_DELETE,
+                         decode_write_batch, kTypeDeletionWithTimestamp)
+
+_LOG_RE = re.compile(r"^(\d+)\.log$")
+_SST_RE = re.compile(r"^(\d+)\.(sst|ldb)$")
+_MANIFEST_RE = re.compile(r"^MANIFEST-(\d+)$")
+
+_DELETES = (DELETE, SINGLE_DELETE, kTypeDeletionWithTimestamp)
+
+
+class HostDirFiles:
+    """Files of a RocksDB directory on the host file system (the mon ``store.db``)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def listdir(self, dirname):
+        d = os.path.join(self.path, dirname) if dirname else self.path
+        try:
+            return sorted(os.listdir(d))
+        except OSError:
+            return []
+
+    def size(self, path):
+        try:
+            return os.path.getsize(os.path.join(self.path, path))
+        except OSError:
+            return None
+
+    def open(self, path):
+        return FileSource(os.path.join(self.path, path))
+
+
+class ColumnFamilyData:
+    def __init__(self, cf):
+        self.id = cf.id
+        self.name = cf.name
+        self.log_number = cf.log_number
+        self.tables = []  # Table, newest file number first
+        self.mem = {}  # user key -> [(seq, type, value)]
+        self.mem_keys = []  # sorted after replay
+        self.tombstones = []  # (begin, seq, end)
+
+
+class DB:
+    """A RocksDB database read through ``files`` (``listdir``, ``open``).
+
+    ``db_dir``: where CURRENT, MANIFEST and (most) SSTs are; ``wal_dirs`` and
+    ``sst_dirs``: where else to look for logs / tables (BlueFS: ``db.wal``,
+    ``db.slow``).  ``merge``: ``fn(cf_name, user_key, base or None,
+    [operands oldest first]) -> bytes or None``.
+    """
+
+    def __init__(self, files, db_dir="", wal_dirs=None, sst_dirs=None, merge=None,
+                 verify=True, name="rocksdb"):
+        self.files = files
+        self.name = name
+        self.verify = verify
+        self.merge = merge
+        self.damage = []  # (severity, code, message)
+        self.db_dir = db_dir
+        self.wal_dirs = list(wal_dirs) if wal_dirs is not None else [db_dir]
+        self.sst_dirs = list(sst_dirs) if sst_dirs is not None else [db_dir]
+        self.manifest = self._open_manifest()
+        self.cfs = {}
+        for cf in self.manifest.live_column_families():
+            self.cfs[cf.id] = ColumnFamilyData(cf)
+        self.cf_by_name = {c.name: c for c in self.cfs.values()}
+        self._open_tables()
+        self.wal_records = 0
+        self.last_sequence = self.manifest.last_sequence
+        self._replay_wals()
+        for c in self.cfs.values():
+            c.mem_keys = sorted(c.mem)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _path(self, d, n):
+        return f"{d}/{n}" if d else n
+
+    def _note(self, severity, code, msg):
+        self.damage.append((severity, code, msg))
+
+    def _open_manifest(self):
+        names = self.files.listdir(self.db_dir)
+        current = None
+        if "CURRENT" in names:
+            try:
+                src = self.files.open(self._path(self.db_dir, "CURRENT"))
+                current = src.read(0, min(src.size, 4096)).decode("latin-1").strip()
+            except (UnreadableError, RocksDBError) as e:
+                self._note("warning", "rocksdb-current", f"CURRENT unreadable: {e}")
+        candidates = sorted((int(m.group(1)), n) for n in names
+                            if (m := _MANIFEST_RE.match(n)))
+        order = []
+        if current and current in names:
+            order.append(current)
+        elif current:
+            self._note("warning", "rocksdb-current", f"CURRENT names missing {current}")
+        else:
+            self._note("warning", "rocksdb-current", "no CURRENT file; trying the newest MANIFEST")
+        order += [n for _, n in reversed(candidates) if n not in order]
+        if not order:
+            raise RocksDBError(f"{self.name}: no MANIFEST in {self.db_dir or '.'}")
+        last_err = None
+        for n in order:
+            try:
+                m = Manifest(self.files.open(self._path(self.db_dir, n)),
+                             int(n.split("-")[1]) if "-" in n else None)
+            except (RocksDBError, UnreadableError) as e:
+                last_err = e
+                self._note("error", "rocksdb-manifest", f"{n}: {e}")
+                continue
+            for code, msg in m.damage:
+                self._note("warning", code, f"{n}: {msg}")
+            self.manifest_name = n
+            return m
+        raise RocksDBError(f"{self.name}: no usable MANIFEST ({last_err})")
+
+    def _find(self, dirs, number, exts):
+        for d in dirs:
+            for ext in exts:
+                n = f"{number:06d}.{ext}"
+                if n in self._listing(d):
+                    return self._path(d, n)
+        return None
+
+    def _listing(self, d):
+        cache = self.__dict__.setdefault("_listings", {})
+        if d not in cache:
+            cache[d] = set(self.files.listdir(d))
+        return cache[d]
+
+    def _open_tables(self):
+        for cf in self.manifest.live_column_families():
+            c = self.cfs[cf.id]
+            for number in sorted(cf.files, reverse=True):
+                path = self._find(self.sst_dirs, number, ("sst", "ldb"))
+                if path is None:
+                    self._note("error", "rocksdb-missing-sst",
+                               f"SST {number:06d} of column family {cf.name} is missing")
+                    continue
+                try:
+                    t = Table(self.files.open(path), path, self.verify)
+                    c.tombstones.extend(t.range_tombstones())
+                except (RocksDBError, UnreadableError) as e:
+                    self._note("error", "rocksdb-bad-sst", f"{path}: {e}")
+                    continue
+                c.tables.append(t)
+
+    def wal_files(self):
+        """``[(number, path)]`` of the logs replay reads, oldest first."""
+        lo = self.manifest.min_log_number()
+        if self.manifest.prev_log_number:
+            lo = min(lo, self.manifest.prev_log_number)
+        found = {}
+        for d in self.wal_dirs:
+            for n in self._listing(d):
+                m = _LOG_RE.match(n)
+                if m and int(m.group(1)) >= lo:
+                    found.setdefault(int(m.group(1)), self._path(d, n))
+        return sorted(found.items())
+
+    def _replay_wals(self):
+        logs = self.wal_files()
+        unknown_cf = set()
+        for i, (number, path) in enumerate(logs):
+            try:
+                src = self.files.open(path)
+            except (RocksDBError, UnreadableError) as e:
+                self._note("error", "rocksdb-wal", f"{path}: {e}")
+                continue
+            reader = LogReader(src, number, verify=self.verify)
+            expected = None
+            stale = False
+            for off, rec in reader:
+                try:
+                    seq, count, ops = decode_write_batch(rec)
+                except RocksDBError as e:
+                    self._note("warning", "rocksdb-wal-bad-batch", f"{path} at {off:#x}: {e}")
+                    break
+                if expected is not None and seq < expected:
+                    stale = True
+                    self._note("info", "rocksdb-wal-stale",
+                               f"{path} at {off:#x}: sequence {seq} < {expected}: "
+                               "stale records of a recycled log, replay stops")
+                    break
+                expected = seq + count
+                self.wal_records += 1
+                self.last_sequence = max(self.last_sequence, expected - 1)
+                for s, cf_id, kind, key, value in ops:
+                    c = self.cfs.get(cf_id)
+                    if c is None:
+                        if cf_id not in unknown_cf:
+                            unknown_cf.add(cf_id)
+                            self._note("warning", "rocksdb-wal-unknown-cf",
+                                       f"{path}: records for unknown column family {cf_id}")
+                        continue
+                    if number < c.log_number:
+                        continue  # flushed already
+                    if kind == RANGE_DELETE:
+                        c.tombstones.append((key, s, value))
+                    else:
+                        c.mem.setdefault(key, []).append((s, kind, value))
+            if reader.stop is not None and not stale:
+                off, why = reader.stop
+                last = i == len(logs) - 1
+                self._note("info" if last else "warning", "rocksdb-wal-tail",
+                           f"{path}: replay stopped at {off:#x} of {src.size:#x}: {why}"
+                           + (" (the unsynced tail of the live log)" if last else ""))
+
+    # -- reading ---------------------------------------------------------------------
+    def column_family_names(self):
+        return [c.name for _, c in sorted(self.cfs.items())]
+
+    def _mem_iter(self, c, start, end):
+        keys = c.mem_keys
+        i = bisect.bisect_left(keys, start) if start else 0
+        for k in itertools.islice(keys, i, None):
+            if end is not None and k >= end:
+                return
+            for seq, kind, value in sorted(c.mem[k], key=lambda e: -e[0]):
+                yield k, seq, kind, value
+
+    def raw_iterate(self, cf_name, start=b"", end=None):
+        """Every version ``(user_key, seq, type, value)`` in internal key order."""
+        c = self.cf_by_name.get(cf_name)
+        if c is None:
+            return iter(())
+        sources = [self._mem_iter(c, start, end)] + [t.iterate(start, end) for t in c.tables]
+        return heapq.merge(*sources, key=lambda e: (e[0], -e[1]))
+
+    def iterate(self, cf_name, start=b"", end=None):
+        """``(user_key, value)`` of the live keys of a column family, in order."""
+        c = self.cf_by_name.get(cf_name)
+        if c is None:
+            return
+        tomb = c.tombstones
+        for key, group in itertools.groupby(self.raw_iterate(cf_name, start, end),
+                                            key=lambda e: e[0]):
+            value = self._resolve(c, key, group, tomb)
+            if value is not None:
+                yield key, value
+
+    def get(self, cf_name, key):
+        for k, v in self.iterate(cf_name, key, key + b"\x00"):
+            if k == key:
+                return v
+        return None
+
+    def _resolve(self, c, key, group, tomb):
+        operands = []
+        base = None
+        for _, seq, kind, value in group:
+            if tomb and any(b <= key < e and s > seq for b, s, e in tomb):
+                break
+            if kind == PUT:
+                base = value
+                break
+            if kind in _DELETES:
+                break
+            if kind == MERGE:
+                operands.append(value)
+                continue
+            if kind in (BLOB_INDEX, ENTITY):
+                self._note("warning", "rocksdb-unsupported-value",
+                           f"{c.name}: key {key[:40]!r} holds a blob index / wide-column entity")
+                break
+            # range deletion markers or unknown types inside data: ignore that version
+        if not operands:
+            return base
+        operands.reverse()
+        if self.merge is None:
+            self._note("warning", "rocksdb-merge", f"{c.name}: merge operands without an operator")
+            return operands[-1]
+        return self.merge(c.name, key, base, operands)
