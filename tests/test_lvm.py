@@ -370,3 +370,20 @@ def test_mapping_equals_live_thin_dump(syn, tmp_path):
     out = tmp_path / "dump.xml"
     subprocess.run(["thin_dump", "-o", str(out), str(meta)], check=True, timeout=60)
     _check_against_xml(pool, out)
+
+
+def test_external_origin_fills_unmapped_blocks(syn):
+    """lvm2 ``external_origin``: unmapped thin blocks read from the origin LV."""
+    from pvfs.source import BytesSource
+    d, m = syn
+    pool = _pool(d / "pve-disk.img", m)
+    cb = m["thin_pool"]["chunk_size_bytes"]
+    tv = m["thin_volumes"]["vm-101-disk-0"]
+    ext = BytesSource(bytes([7]) * (400 * cb))
+    src = ThinSource(pool, 2, tv["size_bytes"], external=ext)
+    plain = ThinSource(pool, 2, tv["size_bytes"])
+    assert src.read(0, cb) == plain.read(0, cb)  # vblock 0 is mapped
+    assert src.read(301 * cb, cb) == bytes([7]) * cb  # unmapped: from the origin
+    assert src.read(450 * cb, cb) == bytes(cb)  # past the origin's end: zeros
+    assert src.block_status(301 * cb, cb) == [(301 * cb, cb, "data")]
+    assert src.block_status(450 * cb, cb) == [(450 * cb, cb, "unmapped")]

@@ -160,6 +160,24 @@ def test_striped_across_two_pvs_and_raid1_with_a_missing_leg(tmp_path):
     assert resolve(ctx.root, "storage/lvm/vgs/.hidden/r1_rimage_1") is not None
 
 
+def test_raid0_over_two_images(tmp_path):
+    stripe = 16 * 512
+    content = rnd(4 * EXT, 11)
+    img = {0: bytearray(2 * EXT), 1: bytearray(2 * EXT)}
+    for c in range(len(content) // stripe):
+        row, s = divmod(c, 2)
+        img[s][row * stripe:(row + 1) * stripe] = content[c * stripe:(c + 1) * stripe]
+    lvs = (lv("r0", ['start_extent = 0\nextent_count = 4\ntype = "raid0"\nstripe_size = 16\n'
+                     'device_count = 2\nraids = [\n"r0_rimage_0", "r0_rimage_1"\n]\n'])
+           + lv("r0_rimage_0", [linear(0, 2, "pv0", 2)], visible=False)
+           + lv("r0_rimage_1", [linear(0, 2, "pv0", 0)], visible=False))
+    text = vg_text("vgr", VGID, 1, [("pv0", pv_uuid(0), 4)], lvs)
+    a = write_pv(tmp_path / "a.img", pv_uuid(0), 4, [(512, text)], 0,
+                 extents={2: bytes(img[0]), 0: bytes(img[1])})
+    ctx = discover([str(a)], Options())
+    assert read_all(ctx, "storage/lvm/vgr/r0") == content
+
+
 def test_missing_pv_reads_eio_or_zeros(tmp_path):
     lvs = lv("good", [linear(0, 1, "pv0", 0)]) + lv("lost", [linear(0, 1, "pv1", 0)]) \
         + lv("half", [linear(0, 1, "pv0", 1), linear(1, 1, "pv1", 1)])

@@ -280,7 +280,17 @@ class _Builder:
             self.report("error", "thin-lv-lost",
                         f"thin LV {lv.name}: pool {pname} metadata is unusable", path=path)
             return
-        src = ThinSource(pool, dev, size, label=f"{self.vg.name}/{lv.name}", bad=self.ctx.bad())
+        ext = f.get("external_origin")
+        ext_src = None
+        if isinstance(ext, str):
+            if ext in self.vg.lvs:
+                ext_src = self.vg.lv_source(ext)
+            else:
+                self.report("error", "external-origin-missing",
+                            f"thin LV {lv.name}: external origin {ext} is not in the VG; "
+                            f"its unmapped blocks read as zeros", path=path)
+        src = ThinSource(pool, dev, size, label=f"{self.vg.name}/{lv.name}", bad=self.ctx.bad(),
+                         external=ext_src)
         if dev not in pool.dev_roots:
             self.report("error", "thin-device-missing",
                         f"thin device {dev} of LV {lv.name} is not in the pool metadata "
@@ -303,5 +313,6 @@ class _Builder:
                 self.report("warning", "thin-mapped-count",
                             f"thin LV {lv.name}: device details say {det.mapped_blocks} "
                             f"mapped blocks, the mapping tree has {m.mapped}", path=path)
-        extra = {"thin_pool": pname, "device_id": dev, "origin": f.get("origin")}
+        extra = {"thin_pool": pname, "device_id": dev, "origin": f.get("origin"),
+                 "external_origin": ext}
         self._show(lv, src, **extra)

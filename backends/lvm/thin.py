@@ -646,8 +646,10 @@ class ThinPool:
 class ThinSource(Source):
     """A thin device: virtual blocks -> pool data blocks; unmapped reads as zeros."""
 
-    def __init__(self, pool: ThinPool, dev_id: int, size: int, label="thin", bad=BAD_EIO):
+    def __init__(self, pool: ThinPool, dev_id: int, size: int, label="thin", bad=BAD_EIO,
+                 external=None):
         super().__init__()
+        self.external = external  # lvm2 external_origin: unmapped blocks read from it
         self.pool = pool
         self.dev_id = dev_id
         self.size = size
@@ -689,6 +691,8 @@ class ThinSource(Source):
         for pos, n, doff, st in self._pieces(offset, length):
             if st == DATA:
                 parts.append(self.pool.tdata.read(doff, n))
+            elif st == UNMAPPED and self.external is not None and pos < self.external.size:
+                parts.append(self.external.read(pos, n).ljust(n, b"\0"))
             elif st == UNMAPPED or self.bad == BAD_ZERO:
                 parts.append(bytes(n))
             else:
@@ -697,7 +701,16 @@ class ThinSource(Source):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _block_status(self, offset, length):
-        return [(pos, n, st) for pos, n, _d, st in self._pieces(offset, length)]
+        out = []
+        for pos, n, _d, st in self._pieces(offset, length):
+            if st == UNMAPPED and self.external is not None and pos < self.external.size:
+                m = min(n, self.external.size - pos)
+                out.extend(self.external.block_status(pos, m))
+                if m < n:
+                    out.append((pos + m, n - m, UNMAPPED))
+            else:
+                out.append((pos, n, st))
+        return out
 
 
 def _split_unknown(start, end, unknown, cb):

@@ -288,6 +288,17 @@ class VolumeGroup:
                 src, off = self.area(nm, le, length, what)
                 legs.append(ExtentSource(length, [(0, length, src, off)], label=nm))
             return MirrorSource(length, legs, label=f"{self.name}/{lv.name}"), 0
+        if t in ("raid0", "raid0_meta"):
+            arr = [str(x) for x in (f.get("raids") or [])]
+            names = arr if t == "raid0" else arr[1::2]
+            if not 1 <= len(names) <= MAX_STRIPES:
+                raise LvmError(f"{what}: {t} segment with {len(names)} images")
+            per = length // len(names)
+            areas = [self.area(nm, 0, per, what) for nm in names]
+            ss = _int(f, "stripe_size", what=what) * SECTOR
+            if ss == 0 or length % len(names):
+                raise LvmError(f"{what}: bad stripe_size or length for {t}")
+            return StripedSource(length, areas, ss, label=f"{self.name}/{lv.name}"), 0
         if t == "zero":
             return ZeroSource(length, status=ZERO), 0
         if t == "error":
