@@ -243,17 +243,24 @@ def _candidates(keys: dict, dataset: str):
             yield prefix, keys[prefix]
 
 
-def crypt_for(mos, dataset: str, key_obj: int, key_options) -> "DatasetCrypt | None":
+def _key_dict(keys) -> dict[str, str]:
+    if isinstance(keys, dict):
+        return {str(k).strip("/"): str(v) for k, v in keys.items()}
+    return parse_key_options(keys)
+
+
+def dataset_crypt(mos, dataset: str, key_obj: int, keys) -> "DatasetCrypt | None":
     """The decryptor of ``dataset`` or None when the user gave no key for it.
 
-    ``key_options`` is ``ctx.options.get("zfs_key")`` (a list of ``DATASET=KEY``).
-    Raises :class:`WrongKeyError` when keys were given and none unwraps, and
+    ``keys``: ``{"pool/ds": "secret"}`` or the raw ``--zfs-key`` list.  Raises
+    :class:`WrongKeyError` when keys were given and none unwraps, and
     :class:`CryptoError` when the key object is broken.
     """
-    keys = parse_key_options(key_options)
-    cands = list(_candidates(keys, dataset))
+    cands = list(_candidates(_key_dict(keys), dataset))
     if not cands:
         return None
+    if not key_obj:
+        raise CryptoError(f"{dataset}: encrypted, but its DSL directory names no crypto key")
     ko = load_key_object(mos, key_obj)
     errors = []
     for name, value in cands:
@@ -269,6 +276,16 @@ def crypt_for(mos, dataset: str, key_obj: int, key_options) -> "DatasetCrypt | N
             continue
         return METADATA_CACHE.put(ck, dc)
     raise WrongKeyError("; ".join(errors))
+
+
+def crypt_for(pool, ds, keys, ctx=None) -> "DatasetCrypt | None":
+    """Part A's call: the decryptor of DSL dataset ``ds`` (``ds.name``, ``ds.dirobj``,
+    ``ds.crypto_key_obj``) in ``pool`` (``pool.mos``), or None without a key."""
+    mos = pool.mos
+    key_obj = getattr(ds, "crypto_key_obj", None)
+    if not key_obj:
+        key_obj = key_object_of(mos, ds.dirobj)
+    return dataset_crypt(mos, ds.name, key_obj, keys)
 
 
 # --------------------------------------------------------------------------- blocks
