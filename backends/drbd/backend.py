@@ -232,8 +232,16 @@ def _stem(name):
     return name
 
 
+def _member_stem(m):
+    outer = m.volume.info.get("drbd", {}).get("resource")
+    if m.volume.role == "drbd-data" and outer:  # DRBD stacked on DRBD
+        return f"{outer}-stacked"
+    return _stem(m.volume.name)
+
+
 def resource_name(members):
-    stems = [_stem(m.volume.name) for m in members]
+    """The common part of the members' names (``r0-a.img``, ``r0-b.img`` -> ``r0``)."""
+    stems = [_member_stem(m) for m in members]
     prefix = os.path.commonprefix(stems)
     if len(members) > 1:
         prefix = prefix.rstrip("-_. ")

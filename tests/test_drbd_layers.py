@@ -1,0 +1,200 @@
+"""DRBD with layers inside (GPT + LVM thin, ext4, stacked DRBD) and the generation-UUID rules.
+
+Devices here get meta data from ``backends.drbd.craft``, which writes the same
+bytes as drbdmeta (checked against the drbdmeta fixtures in the first test);
+expected contents come from the other formats' fixture manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from pvfs.discover import discover
+from pvfs.nodes import resolve
+from pvfs.report import report_doc
+from pvfs.source import BytesSource
+from backends.drbd import craft
+from backends.drbd import pair as P
+from backends.drbd.meta import INTERNAL, read_meta
+
+DRBD_MANIFEST = FIXTURES / "drbd" / "manifest.json"
+LVM_MANIFEST = FIXTURES / "lvm-thin" / "manifest.json"
+
+
+def test_craft_writes_what_drbdmeta_writes():
+    """The meta data craft builds is byte-identical to the drbdmeta fixtures'."""
+    fx = unpack(require_fixture("drbd", "drbd-fixtures.tar.xz"))
+    man = json.loads(DRBD_MANIFEST.read_text())
+    for fmt in ("v09", "v08"):
+        name = f"drbd-{fmt}-node-a.img"
+        e = man["images"][name]
+        raw = (fx / name).read_bytes()
+        patches = craft.internal_md(len(raw), fmt, current_uuid=int(e["superblock"]["current_uuid@8"], 16),
+                                    bitmap_uuid=int(man["uuids"]["common_base_bitmap_uuid"], 16),
+                                    history=[int(man["uuids"]["initial_history"], 16)],
+                                    node_id=0, peer_node_id=1, flags=int(e["md_flags"], 16),
+                                    bits=e["bitmap_bits_set"], device_uuid=int(e["device_uuid"], 16))
+        for off, blob in patches:
+            assert raw[off:off + len(blob)] == blob, (fmt, off)
+
+
+# ---------------------------------------------------------------------------
+# a whole Proxmox disk (GPT, LVM, thin pool) inside DRBD
+
+@pytest.fixture(scope="module")
+def pve_disk():
+    d = unpack(require_fixture("lvm-thin", "lvm-thin-fixtures.tar.xz"))
+    for root, _, files in os.walk(d):
+        if "pve-disk.img" in files:
+            return os.path.join(root, "pve-disk.img")
+    pytest.skip("pve-disk.img not in the lvm-thin fixture")
+
+
+def _lvm_manifest():
+    return json.loads(LVM_MANIFEST.read_text())
+
+
+def test_lvm_thin_inside_one_node(pve_disk, tmp_path):
+    dev = tmp_path / "r0-node.img"
+    size = craft.write_device(dev, pve_disk, current_uuid=0xC0FFEE0000000010)
+    ctx = discover([str(dev)])
+    base = "storage/drbd/r0-node"
+    node = resolve(ctx.root, f"{base}/node-A.raw")
+    h = hashlib.sha256(open(pve_disk, "rb").read()).hexdigest()
+    assert size == os.path.getsize(pve_disk) and sha256_source(node.source) == h
+    assert resolve(ctx.root, f"{base}/node-A.raw.parts/p3") is not None
+    man = _lvm_manifest()
+    for lv, e in man["thin_volumes"].items():
+        n = resolve(ctx.root, f"storage/lvm/{man['vg']['name']}/{lv}")
+        assert n is not None and sha256_source(n.source) == e["sha256"], lv
+    assert sha256_source(resolve(ctx.root, "vms/101/disk-0.raw").source) == \
+        man["thin_volumes"]["vm-101-disk-0"]["sha256"]
+    vols = {v["path"]: v for v in report_doc(ctx)["volumes"]}
+    assert vols[f"{base}/node-A.raw.parts/p3"]["parent"] == f"{base}/node-A.raw"
+
+
+def test_lvm_thin_inside_an_in_sync_pair(pve_disk, tmp_path):
+    a, b = tmp_path / "r1-a.img", tmp_path / "r1-b.img"
+    craft.write_device(a, pve_disk, current_uuid=0xC0FFEE0000000020, node_id=0, peer_node_id=1)
+    craft.write_device(b, pve_disk, current_uuid=0xC0FFEE0000000020, node_id=1, peer_node_id=0)
+    ctx = discover([str(a), str(b)])
+    base = "storage/drbd/r1"
+    diff = json.loads(resolve(ctx.root, f"{base}/diff.json").render())
+    assert diff["verdict"]["relation"] == "in-sync" and diff["in_sync"] is True
+    assert diff["compared"]["blocks"] == [] and diff["bitmap_claims"]["blocks"] == []
+    for letter in "AB":  # both nodes' partitions are found again
+        assert resolve(ctx.root, f"{base}/node-{letter}.raw.parts/p3") is not None
+    man = _lvm_manifest()
+    lv = resolve(ctx.root, f"storage/lvm/{man['vg']['name']}/vm-100-disk-0")
+    assert sha256_source(lv.source) == man["thin_volumes"]["vm-100-disk-0"]["sha256"]
+
+
+def test_ext4_inside(tmp_path):
+    if shutil.which("mkfs.ext4") is None:
+        pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
+    fs = tmp_path / "fs.img"
+    with open(fs, "wb") as f:
+        f.truncate(8 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", str(fs)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dev = tmp_path / "web.img"
+    craft.write_device(dev, fs, version="v08", current_uuid=0x1111222233334444)
+    ctx = discover([str(dev)])
+    vols = {v["path"]: v for v in report_doc(ctx)["volumes"]}
+    assert vols["storage/drbd/web/node-A.raw"].get("filesystem") == "ext4"
+    assert sha256_source(resolve(ctx.root, "storage/drbd/web/node-A.raw").source) == \
+        hashlib.sha256(fs.read_bytes()).hexdigest()
+
+
+def test_stacked_drbd(tmp_path):
+    """DRBD on DRBD (8.4 stacked resources): the inner device is found in the outer data area."""
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(1 << 20))
+    paths = []
+    for n, node_id in (("a", 0), ("b", 1)):
+        inner = tmp_path / f"inner-{n}.bin"
+        craft.write_device(inner, payload, current_uuid=0x5555000000000010, node_id=node_id,
+                           peer_node_id=1 - node_id)
+        outer = tmp_path / f"outer-{n}.img"
+        craft.write_device(outer, inner, current_uuid=0x7777000000000010, node_id=node_id,
+                           peer_node_id=1 - node_id)
+        paths.append(str(outer))
+    ctx = discover(paths)
+    drbd = ctx.storage("drbd").children()
+    assert sorted(drbd) == ["outer", "outer-stacked"], sorted(drbd)
+    inner_dir = "storage/drbd/outer-stacked"
+    want = hashlib.sha256(payload.read_bytes()).hexdigest()
+    for letter in "AB":
+        assert sha256_source(resolve(ctx.root, f"{inner_dir}/node-{letter}.raw").source) == want
+    diff = json.loads(resolve(ctx.root, f"{inner_dir}/diff.json").render())
+    assert diff["verdict"]["relation"] == "in-sync"
+    assert not [d for d in ctx.report if d.code == "late-member"]
+
+
+def test_three_nodes(tmp_path):
+    payload = tmp_path / "p.bin"
+    payload.write_bytes(bytes(range(256)) * 4096)
+    paths = []
+    for node_id in range(3):
+        dev = tmp_path / f"vm-disk-n{node_id}.img"
+        craft.write_device(dev, payload, current_uuid=0x9999000000000010, node_id=node_id,
+                           peer_node_id=(node_id + 1) % 3)
+        paths.append(str(dev))
+    ctx = discover(paths)
+    base = "storage/drbd/vm-disk-n"
+    for letter in "ABC":
+        assert resolve(ctx.root, f"{base}/node-{letter}.raw") is not None
+    assert "more-nodes" in {d.code for d in ctx.report}
+
+
+# ---------------------------------------------------------------------------
+# generation-UUID rules (drbd_uuid_compare order)
+
+def _md(version="v09", node_id=0, peer=1, **kw):
+    dev = 1 << 20
+    buf = bytearray(dev)
+    for off, blob in craft.internal_md(dev, version, node_id=node_id, peer_node_id=peer, **kw):
+        buf[off:off + len(blob)] = blob
+    return read_meta(BytesSource(bytes(buf)), INTERNAL)
+
+
+JC = 4
+
+
+@pytest.mark.parametrize("version", ["v09", "v08"])
+@pytest.mark.parametrize("a,b,relation,resync", [
+    # (current, bitmap, history) of A and B
+    ((0x10, 0, []), (0x10, 0, []), "in-sync", None),
+    ((0x11, 0, []), (0x10, 0, []), "in-sync", None),  # bit 0 (primary) is ignored
+    ((0x10, 0x30, []), (0x10, 0, []), "same-generation", "bitmap"),
+    ((0x20, 0x10, [0x8]), (0x10, 0, [0x8]), "A-newer", "bitmap"),
+    ((0x10, 0, [0x8]), (0x20, 0x10, [0x8]), "B-newer", "bitmap"),
+    ((0x20, 0x10, [0x8]), (0x30, 0x10, [0x8]), "split-brain", "bitmap"),
+    ((0x40, 0, [0x20, 0x10]), (0x20, 0, [0x10]), "A-newer", "full"),
+    ((0x20, 0, [0x10]), (0x40, 0, [0x20, 0x10]), "B-newer", "full"),
+    ((0x40, 0x30, [0x10]), (0x50, 0x60, [0x10]), "split-brain", "full"),
+    ((0x40, 0, [0x10]), (0x50, 0, [0x70]), "unrelated", "full"),
+    ((JC, 0, []), (0x50, 0, []), "B-newer", "full"),
+    ((JC, 0, []), (JC, 0, []), "both-new", None),
+])
+def test_uuid_compare(version, a, b, relation, resync):
+    ma = _md(version, 0, 1, current_uuid=a[0], bitmap_uuid=a[1], history=a[2])
+    mb = _md(version, 1, 0, current_uuid=b[0], bitmap_uuid=b[1], history=b[2])
+    v = P.uuid_compare(ma, mb)
+    assert (v["relation"], v["resync"]) == (relation, resync), v["rule"]
+    # a just-created node shares no UUID yet: offline, nothing ties it to its peer
+    assert P.same_resource(ma, mb) == (relation not in ("unrelated", "both-new") and a[0] != JC)
+
+
+def test_v09_same_node_id_is_not_a_pair():
+    ma = _md("v09", 0, 1, current_uuid=0x10)
+    mb = _md("v09", 0, 1, current_uuid=0x10)
+    assert P.related(ma, mb) and not P.same_resource(ma, mb)
+    assert not P.same_resource(_md("v09", 0, 1, current_uuid=0x10), _md("v08", current_uuid=0x10))
