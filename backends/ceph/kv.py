@@ -140,10 +140,16 @@ class KV:
     """``get(prefix, key)`` / ``iterate(prefix, start, end)`` over a Ceph RocksDB."""
 
     def __init__(self, db: DB, sharding: dict | None = None, merge_ops: dict | None = None):
-        self.db = db
+        """``db`` is a :class:`DB` or a callable ``merge -> DB`` (so the WAL replay can
+        fold merge operands with this view's operators)."""
         self.sharding = sharding or {}
         self.merge_ops = merge_ops or {}
+        self.damage = []  # merge problems met while the DB replays its WAL
+        if not isinstance(db, DB):
+            db = db(self._merge)
+        db.damage.extend(self.damage)
         self.damage = db.damage
+        self.db = db
         db.merge = self._merge
         missing = [n for s in self.sharding.values() for n in s.cf_names()
                    if n not in db.cf_by_name]
@@ -156,19 +162,20 @@ class KV:
         return prefix.encode("latin-1") if isinstance(prefix, str) else bytes(prefix)
 
     def _merge(self, cf_name, key, base, operands):
+        damage = self.damage
         if cf_name == "default":
             prefix = key.split(b"\0", 1)[0].decode("latin-1")
         else:
             prefix = cf_name.rsplit("-", 1)[0] if cf_name not in self.sharding else cf_name
         fn = self.merge_ops.get(prefix)
         if fn is None:
-            self.damage.append(("warning", "rocksdb-merge",
-                                f"merge operands for prefix {prefix!r} without a merge operator"))
+            damage.append(("warning", "rocksdb-merge",
+                           f"merge operands for prefix {prefix!r} without a merge operator"))
             return operands[-1]
         try:
             return fn(base, operands)
         except RocksDBError as e:
-            self.damage.append(("warning", "rocksdb-merge", f"prefix {prefix!r}: {e}"))
+            damage.append(("warning", "rocksdb-merge", f"prefix {prefix!r}: {e}"))
             return operands[-1]
 
     def _sources(self, prefix, start, end):
@@ -266,10 +273,11 @@ def open_osd(source, *, db_source=None, wal_source=None, verify=True) -> Osd:
             sharding = parse_sharding(bluefs.read_file("sharding/def", 1 << 20).decode("latin-1"))
         except (RocksDBError, UnreadableError, BlueFSError) as e:
             damage.append(("warning", "rocksdb-sharding", f"sharding/def: {e}"))
-    db = DB(files, "db", wal_dirs=["db.wal", "db"], sst_dirs=["db", "db.slow"],
-            verify=verify, name=f"osd.{label.whoami}")
+    kv = KV(lambda merge: DB(files, "db", wal_dirs=["db.wal", "db"], sst_dirs=["db", "db.slow"],
+                             merge=merge, verify=verify, name=f"osd.{label.whoami}"),
+            sharding, BLUESTORE_MERGE)
+    db = kv.db
     db.damage[:0] = damage
-    kv = KV(db, sharding, BLUESTORE_MERGE)
     return Osd(source, label, bluefs, kv, db.damage)
 
 

@@ -236,14 +236,35 @@ class DB:
                         continue  # flushed already
                     if kind == RANGE_DELETE:
                         c.tombstones.append((key, s, value))
+                    elif kind == MERGE:
+                        self._mem_merge(c, key, s, value)
                     else:
-                        c.mem.setdefault(key, []).append((s, kind, value))
+                        # a newer Put/Delete shadows every older version of the key (SST
+                        # data is older than any WAL record), so only the newest is kept
+                        c.mem[key] = [(s, kind, value)]
             if reader.stop is not None and not stale:
                 off, why = reader.stop
                 last = i == len(logs) - 1
                 self._note("info" if last else "warning", "rocksdb-wal-tail",
                            f"{path}: replay stopped at {off:#x} of {src.size:#x}: {why}"
                            + (" (the unsynced tail of the live log)" if last else ""))
+
+    def _mem_merge(self, c, key, seq, operand):
+        """Add a merge operand; fold it at once when the WAL holds the key's base."""
+        versions = c.mem.get(key)
+        if versions is None:
+            c.mem[key] = [(seq, MERGE, operand)]
+            return
+        top_seq, top_kind, top_value = versions[-1]
+        if len(versions) == 1 and top_kind in (PUT,) + _DELETES and self.merge is not None:
+            base = top_value if top_kind == PUT else None
+            if not (c.tombstones and any(b <= key < e and top_seq < s <= seq
+                                         for b, s, e in c.tombstones)):
+                merged = self.merge(c.name, key, base, [operand])
+                if merged is not None:
+                    versions[0] = (seq, PUT, merged)
+                    return
+        versions.append((seq, MERGE, operand))
 
     # -- reading ---------------------------------------------------------------------
     def column_family_names(self):
@@ -255,7 +276,7 @@ class DB:
         for k in itertools.islice(keys, i, None):
             if end is not None and k >= end:
                 return
-            for seq, kind, value in sorted(c.mem[k], key=lambda e: -e[0]):
+            for seq, kind, value in reversed(c.mem[k]):  # appended oldest first
                 yield k, seq, kind, value
 
     def raw_iterate(self, cf_name, start=b"", end=None):
