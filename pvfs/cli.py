@@ -63,6 +63,8 @@ def build_parser():
                        metavar="OPT[,OPT...]", help="FUSE mount options, e.g. allow_other")
     mount.add_argument("--log", metavar="FILE", help="daemon log file (default: none)")
     mount.add_argument("--threads", type=int, default=8, help="worker threads for reads")
+    mount.add_argument("--readahead-kb", type=int, default=4096,
+                       help="kernel read-ahead for the mount in KiB (root only; 0 leaves it)")
 
     umount = sub.add_parser("umount", help="unmount a pvfs mount")
     umount.add_argument("mountpoint")
@@ -135,7 +137,8 @@ def cmd_mount(args):
 
     if args.foreground:
         print(summary, file=sys.stderr)
-        serve(ctx.root, mountpoint, ctx.report, args.fuse_options, threads=args.threads)
+        serve(ctx.root, mountpoint, ctx.report, args.fuse_options, threads=args.threads,
+              readahead_kb=args.readahead_kb)
         return EXIT_OK
     return _daemonize(ctx, mountpoint, args, summary)
 
@@ -174,7 +177,7 @@ def _daemonize(ctx, mountpoint, args, summary):
     code = 0
     try:
         serve(ctx.root, mountpoint, ctx.report, args.fuse_options, ready=ready,
-              threads=args.threads)
+              threads=args.threads, readahead_kb=args.readahead_kb)
     except BaseException as e:  # noqa: BLE001
         try:
             os.write(wfd, f"pvfs: error: cannot mount {mountpoint}: {e}\n".encode())
