@@ -44,13 +44,20 @@ def _zpl():
         return None
 
 
-def _key_options(ctx):
-    keys = {}
-    for item in ctx.options.get("zfs_key") or []:
-        if isinstance(item, str) and "=" in item:
-            k, v = item.split("=", 1)
-            keys[k] = v
-    return keys
+def _crypto():
+    try:
+        return importlib.import_module("backends.zfs.crypto")
+    except ImportError:
+        return None
+
+
+def _crypto_cli_options():
+    crypto = _crypto()
+    opts = getattr(crypto, "CLI_OPTIONS", None) if crypto is not None else None
+    if opts:
+        return list(opts)
+    return [("--zfs-key", {"action": "append", "metavar": "DATASET=KEY",
+                           "help": "ZFS: key of an encrypted dataset (repeatable)"})]
 
 
 class ZfsBackend(Backend):
@@ -61,10 +68,7 @@ class ZfsBackend(Backend):
         ("--zfs-txg", {"type": int, "metavar": "TXG",
                        "help": "ZFS: open pools at this transaction group (an older "
                                "uberblock) instead of the newest one"}),
-        ("--zfs-key", {"action": "append", "metavar": "DATASET=KEY",
-                       "help": "ZFS: passphrase or hex key of an encrypted dataset "
-                               "(repeatable)"}),
-    ]
+    ] + _crypto_cli_options()
 
     def probe(self, volume, ctx):
         try:
@@ -188,7 +192,6 @@ class _TreeBuilder:
         self.ctx = ctx
         self.parent_vol = parent_vol
         self.live = live  # live tree: zvols are probed and shown under vms/ and cts/
-        self.keys = _key_options(ctx)
 
     def report(self, severity, path, code, msg):
         self.ctx.report.add(severity, "zfs", path, code, msg)
@@ -199,20 +202,20 @@ class _TreeBuilder:
         return ObjSet(self.pool, ds.bp, ds.name, crypt=self._crypt(ds))
 
     def _crypt(self, ds):
-        if not ds.encrypted:
+        if not ds.encrypted or ds.crypto_key_obj is None:
             return None
-        try:
-            crypto = importlib.import_module("backends.zfs.crypto")
-        except ImportError:
-            return None
-        fn = getattr(crypto, "crypt_for", None)
+        crypto = _crypto()
+        fn = getattr(crypto, "crypt_for", None) if crypto is not None else None
         if fn is None:
             return None
+        path = f"{self.pool.path}/{ds.name.split('/', 1)[1]}" if "/" in ds.name else self.pool.path
         try:
-            return fn(self.pool, ds, self.keys, self.ctx)
+            return fn(self.pool, ds, self.ctx.options.get("zfs_key"), self.ctx)
         except PvfsError as e:
-            self.report("error", ds.name, "bad-key", f"{ds.name}: {e}")
-            return None
+            self.report("error", path, "bad-key", f"{ds.name}: {e}")
+        except Exception as e:  # a bug in the key code must not hide the rest of the pool
+            self.report("error", path, "internal-error", f"{ds.name}: {type(e).__name__}: {e}")
+        return None
 
     def dataset(self, ds, name, parent_dir, parent_path):
         """Place dataset ``ds`` (and its children) as ``name`` in ``parent_dir``."""
@@ -244,7 +247,11 @@ class _TreeBuilder:
         path = f"{parent_path}/{used}"
         for child in ds.children:
             child_names.add(child.short)
-            self.dataset(child, child.short, d, path)
+            try:
+                self.dataset(child, child.short, d, path)
+            except Exception as e:  # one broken dataset must not hide its siblings
+                self.report("error", f"{path}/{child.short}", "internal-error",
+                            f"{child.name}: {type(e).__name__}: {e}")
         if loader is not None:
             self.containers(ds, os_)
         return d, path
@@ -320,14 +327,14 @@ def _zpl_loader(builder, os_, ds, path, child_names, snapshots=True):
             builder.report("warning", path, "zpl-unavailable",
                            "the ZPL (file system) reader is not available")
             return
-        scratch = Dir()
+        # Child datasets are already in ``d``: build_tree keeps names that are present,
+        # so a child dataset hides its empty mount-point directory, as a mount does.
         try:
-            zpl.build_tree(os_, scratch, builder.ctx, path,
-                           snapshots=builder.snapshots_of(ds) if snapshots else [])
+            zpl.build_tree(os_, d, builder.ctx, path,
+                           snapshots=builder.snapshots_of(ds) if snapshots else None)
         except (PvfsError, ValueError) as e:
             builder.report("error", path, "bad-filesystem", f"{ds.name}: {e}")
-        for name, node in scratch.children().items():
-            if name in child_names and isinstance(node, Dir):
-                continue  # the mount point of a child dataset, which is shown instead
-            d.add(name, node, report=builder.ctx.report, path_hint=path)
+        except Exception as e:
+            builder.report("error", path, "internal-error",
+                           f"{ds.name}: {type(e).__name__}: {e}")
     return load

@@ -3,7 +3,7 @@
 References: OpenZFS include/sys/dsl_dir.h (dsl_dir_phys_t: dd_head_dataset_obj,
 dd_child_dir_zapobj, dd_origin_obj), dsl_dataset.h (dsl_dataset_phys_t: ds_bp,
 ds_snapnames_zapobj, ds_prev_snap_obj), module/zfs/dsl_dir.c (hidden "$MOS", "$FREE",
-"$ORIGIN" children), dsl_crypt.c (DSL_CRYPTO_KEY_OBJ in the dsl_dir ZAP),
+"$ORIGIN" children), dsl_crypt.c (DD_FIELD_CRYPTO_KEY_OBJ in the dsl_dir ZAP),
 zvol.c (object 1 = data, object 2 = the "size" ZAP), "ZFS On-Disk Specification" ch. 5.
 """
 
@@ -85,10 +85,11 @@ def walk(mos, notes: list, pool_name: str = "pool") -> Dataset:
         if ds is None:
             ds = Dataset(name, 0, dirobj, None, 0, 0, 0)
             dsp = None
-        # encryption: DSL_CRYPTO_KEY_OBJ in the dsl_dir's own ZAP
+        # encryption: "com.datto:crypto_key_obj" (DD_FIELD_CRYPTO_KEY_OBJ) in the
+        # dsl_dir's own ZAP (crypto.key_object_of)
         if ddn.maxblkid >= 0 and not ddn.blkptrs[0].hole:
             try:
-                k = zap.zap_int(ddn, "DSL_CRYPTO_KEY_OBJ")
+                k = _key_object_of(mos, dirobj)
                 if k:
                     ds.encrypted, ds.crypto_key_obj = True, k
             except (ZfsError, PvfsError):
@@ -138,6 +139,14 @@ def walk(mos, notes: list, pool_name: str = "pool") -> Dataset:
         return ds
 
     return visit(root_dir, pool_name, 0)
+
+
+def _key_object_of(mos, dirobj):
+    try:
+        from . import crypto
+    except ImportError:
+        return None
+    return crypto.key_object_of(mos, dirobj)
 
 
 def iter_datasets(ds):

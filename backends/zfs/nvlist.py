@@ -6,7 +6,9 @@ References: OpenZFS module/nvpair/nvpair.c (nvs_xdr_*, nvpair_xdr_*), include/sy
 Layout: a 4-byte header (encoding 1 = XDR, endian, 2 reserved), then an nvlist:
 ``nvl_version``, ``nvl_nvflag`` and pairs, each ``encoded size, decoded size, name,
 type, nelem, value``; a pair with encoded size 0 ends the list.  Every XDR item is
-big-endian and padded to 4 bytes; bytes, int8 and booleans take 4 bytes.
+big-endian and padded to 4 bytes; bytes, int8 and booleans take 4 bytes.  Byte arrays
+are ``xdr_opaque`` (nelem bytes, no length word); numeric arrays are ``xdr_array`` (a
+count word first); string and nvlist arrays are the elements one after another.
 """
 
 from __future__ import annotations
@@ -76,14 +78,16 @@ class _Reader:
             return struct.unpack(_SCALAR8[typ], self.take(8))[0]
         if typ == STRING:
             return self.string()
-        if typ == BYTE_ARRAY:
-            n = self.u32()
-            b = self.take(n)
-            self.take((-n) % 4)
-            return b
         if nelem < 0 or nelem > self.end - self.pos:
             raise NvlistError(f"nvlist: bad element count {nelem}")
-        if typ in _ARRAY_OF:
+        if typ == BYTE_ARRAY:  # xdr_opaque: nelem bytes, padded, no length word
+            b = self.take(nelem)
+            self.take((-nelem) % 4)
+            return b
+        if typ in _ARRAY_OF:  # xdr_array: a count word, then 4- or 8-byte elements
+            count = self.u32()
+            if count != nelem:
+                raise NvlistError(f"nvlist: array count {count} != nelem {nelem}")
             et = _ARRAY_OF[typ]
             return [self.value(et, 1, depth) for _ in range(nelem)]
         if typ == STRING_ARRAY:

@@ -9,6 +9,7 @@ vdev_uberblock_compare, newest txg then timestamp), spa_misc.c (spa_config),
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 from pvfs.cache import METADATA_CACHE
@@ -19,6 +20,7 @@ from .blkptr import BlkPtr
 from .errors import ZfsError
 from .structs import BLKPTR_SIZE, SPA_GANGBLOCKSIZE, SPA_MAXBLOCKSIZE, ZEC_MAGIC
 
+_POOL_UIDS = itertools.count(1)
 MAX_GANG_DEPTH = 8  # SPA_GANGBLOCKSIZE trees are at most a few levels deep
 
 
@@ -36,7 +38,7 @@ class Pool:
         self.tops = root_vdevs  # list indexed by top-level vdev id
         self.ctx = ctx
         self.path = path
-        self.uid = id(self)
+        self.uid = next(_POOL_UIDS)  # never id(): a freed pool's id is reused, its cache not
         self.unverified = set()  # checksum algorithms seen but not verified
         self.repairs = 0  # blocks whose first copy was bad and another one was good
         self.mos = None
@@ -96,6 +98,13 @@ class Pool:
             return None
         return data[:bp.psize]
 
+    def _repaired(self, bp, dva, failed):
+        self.repairs += 1
+        self.report("warning", "checksum-repaired",
+                    f"block {dva!r} (birth {bp.birth}): {failed} bad "
+                    f"cop{'y' if failed == 1 else 'ies'}/reconstruction(s) failed the checksum; "
+                    f"repaired from redundancy")
+
     def read_physical(self, bp: BlkPtr, depth=0) -> bytes:
         """The block's physical bytes (``psize``), checked against its checksum."""
         if bp.psize > SPA_MAXBLOCKSIZE or bp.lsize > SPA_MAXBLOCKSIZE:
@@ -108,16 +117,16 @@ class Pool:
                 except UnreadableError:
                     data = None
                 if data is not None and self._verify(bp, data):
-                    if copy:
-                        self.repairs += 1
+                    if tried:
+                        self._repaired(bp, dva, tried)
                     return data
                 tried += 1
                 continue
             for n, cand in enumerate(self._candidates(dva, bp.psize)):
                 tried += 1
                 if len(cand) == bp.psize and self._verify(bp, cand):
-                    if copy or n:
-                        self.repairs += 1
+                    if tried > 1:
+                        self._repaired(bp, dva, tried - 1)
                     return cand
                 if tried > 10000:
                     break

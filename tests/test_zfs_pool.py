@@ -1,0 +1,330 @@
+"""ZFS pool layer: nvlist, labels, uberblocks, block pointers, checksums, compression,
+RAIDZ math, and bounded fuzzing of every parser (part A of the ZFS backend)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from backends.zfs import checksum, compress, raidz
+from backends.zfs.blkptr import BlkPtr
+from backends.zfs.errors import ZfsError
+from backends.zfs.label import label_offset, parse_uberblock, read_labels, verify_eck
+from backends.zfs.nvlist import NvlistError, unpack_nvlist
+from backends.zfs.objset import Dnode
+from pvfs.errors import PvfsError
+from pvfs.source import BytesSource, FileSource
+
+from conftest import FIXTURES, require_fixture, unpack
+
+FUZZ = settings(max_examples=200, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# -- nvlist ---------------------------------------------------------------------------
+def _xdr_str(s: bytes) -> bytes:
+    return struct.pack(">I", len(s)) + s + bytes((-len(s)) % 4)
+
+
+def _pair(name: str, typ: int, nelem: int, value: bytes) -> bytes:
+    body = _xdr_str(name.encode()) + struct.pack(">ii", typ, nelem) + value
+    return struct.pack(">ii", len(body) + 8, len(body) + 8) + body
+
+
+def _nvlist(pairs: bytes) -> bytes:
+    return struct.pack(">ii", 0, 1) + pairs + bytes(8)
+
+
+def test_nvlist_hand_made():
+    inner = _nvlist(_pair("type", 9, 1, _xdr_str(b"disk")) + _pair("guid", 8, 1, struct.pack(">Q", 7)))
+    data = bytes([1, 1, 0, 0]) + _nvlist(
+        _pair("name", 9, 1, _xdr_str(b"tank"))
+        + _pair("version", 8, 1, struct.pack(">Q", 5000))
+        + _pair("flag", 1, 0, b"")
+        + _pair("vdev_tree", 19, 1, inner)
+        + _pair("kids", 20, 2, inner + inner)
+        + _pair("arr", 16, 3, struct.pack(">I3Q", 3, 1, 2, 3))  # xdr_array: count first
+        + _pair("blob", 10, 5, b"\x01\x02\x03\x04\x05" + bytes(3)))  # xdr_opaque: no length
+    nv = unpack_nvlist(data)
+    assert nv["name"] == "tank" and nv["version"] == 5000 and nv["flag"] is True
+    assert nv["vdev_tree"] == {"type": "disk", "guid": 7}
+    assert nv["kids"] == [{"type": "disk", "guid": 7}] * 2
+    assert nv["arr"] == [1, 2, 3] and nv["blob"] == b"\x01\x02\x03\x04\x05"
+
+
+def test_nvlist_rejects_native_and_truncation():
+    with pytest.raises(NvlistError, match="not XDR"):
+        unpack_nvlist(bytes([0, 1, 0, 0]) + bytes(16))
+    good = bytes([1, 1, 0, 0]) + _nvlist(_pair("name", 9, 1, _xdr_str(b"tank")))
+    with pytest.raises(NvlistError, match="truncated|bad pair size"):
+        unpack_nvlist(good[:-12])
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_fuzz_nvlist_random(data):
+    try:
+        unpack_nvlist(bytes([1, 1, 0, 0]) + data)
+    except NvlistError:
+        pass
+
+
+def _label_phys():
+    d = unpack(require_fixture("zfs", "images", "fxmirror.tar.xz"))
+    src = FileSource(sorted(d.rglob("*-d0.img"))[0])
+    return src, src.read(16 * 1024, 112 * 1024)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 2047), st.integers(0, 255)), min_size=1, max_size=8))
+def test_fuzz_nvlist_mutated_label(muts):
+    _, phys = _label_phys_cached()
+    buf = bytearray(phys[:2048 + 64])
+    for off, val in muts:
+        buf[off] = val
+    try:
+        unpack_nvlist(bytes(buf))
+    except NvlistError:
+        pass
+
+
+_CACHE = {}
+
+
+def _label_phys_cached():
+    if "phys" not in _CACHE:
+        _CACHE["phys"] = _label_phys()
+    return _CACHE["phys"]
+
+
+# -- labels and uberblocks ------------------------------------------------------------------
+def test_labels_of_fxmirror_member():
+    import json
+
+    m = json.loads((FIXTURES / "zfs" / "manifests" / "fxmirror.json").read_text())
+    src, phys = _label_phys_cached()
+    info = read_labels(src)
+    assert [l for l, _ in info.configs] == [0, 1, 2, 3] and not info.bad_labels
+    lab = m["pool"]["members"][0]["label"]
+    cfg = info.config
+    assert cfg["pool_guid"] == lab["pool_guid"] and cfg["guid"] == lab["guid"]
+    assert cfg["txg"] == lab["txg"] and cfg["vdev_tree"]["ashift"] == lab["ashift"]
+    assert info.uberblocks and max(u.txg for u in info.uberblocks) >= lab["txg"]
+    # ashift 12: the ring has 32 slots of 4 KiB
+    assert all(u.slot < 32 for u in info.uberblocks)
+
+
+def test_label_offsets():
+    size = 128 * 1024 * 1024 + 12345
+    assert label_offset(size, 0) == 0 and label_offset(size, 1) == 256 * 1024
+    assert label_offset(size, 3) == 128 * 1024 * 1024 - 256 * 1024
+
+
+def test_label_checksum_uses_offset_as_verifier():
+    src, phys = _label_phys_cached()
+    assert verify_eck(phys, 16 * 1024)[0]
+    assert not verify_eck(phys, 16 * 1024 + 512)[0]  # the same bytes elsewhere are no label
+    bad = bytearray(phys)
+    bad[100] ^= 1
+    assert not verify_eck(bytes(bad), 16 * 1024)[0]
+
+
+def test_labels_of_random_and_tiny_devices():
+    assert read_labels(BytesSource(os.urandom(300_000))).config is None
+    info = read_labels(BytesSource(bytes(1024)))
+    assert info.config is None and info.bad_labels
+
+
+@FUZZ
+@given(st.binary(min_size=1024, max_size=1024), st.booleans())
+def test_fuzz_uberblock(data, magic):
+    buf = bytearray(data)
+    if magic:
+        buf[0:8] = struct.pack("<Q", 0x00BAB10C)
+    assert parse_uberblock(bytes(buf), 128 * 1024, 0, 0) is None or True
+
+
+def test_uberblock_other_endian():
+    """A big-endian uberblock (SPARC / PowerPC writers) with a valid embedded checksum."""
+    ub = bytearray(1024)
+    struct.pack_into(">5Q", ub, 0, 0x00BAB10C, 5000, 77, 1, 2)
+    off = 128 * 1024 + 3 * 1024
+    ub[-40:-32] = struct.pack(">Q", 0x0210DA7AB10C7A11)
+    ub[-32:] = struct.pack(">4Q", off, 0, 0, 0)
+    ub[-32:] = struct.pack(">4Q", *checksum.sha256_words(bytes(ub)))
+    u = parse_uberblock(bytes(ub), off, 0, 3)
+    assert u is not None and u.txg == 77 and u.little is False and u.version == 5000
+
+
+# -- block pointers -----------------------------------------------------------------------
+def test_blkptr_fields():
+    w = [0] * 16
+    w[0] = (1 << 32) | 8  # vdev 1, asize 8 sectors
+    w[1] = (1 << 63) | 0x1000  # gang, offset 0x1000 sectors
+    w[6] = (1 << 63) | (3 << 56) | (19 << 48) | (7 << 40) | (15 << 32) | (3 << 16) | 255
+    w[10] = 1234
+    bp = BlkPtr(struct.pack("<16Q", *w), True)
+    d = bp.dvas[0]
+    assert (d.vdev, d.asize, d.offset, d.gang) == (1, 4096, 0x1000 * 512, True)
+    assert (bp.level, bp.type, bp.cksum_type, bp.comp, bp.lsize, bp.psize) == (3, 19, 7, 15, 256 * 512, 4 * 512)
+    assert bp.little and bp.birth == 1234 and not bp.hole and not bp.embedded
+    assert BlkPtr(bytes(128), True).hole
+
+
+def test_blkptr_embedded_payload():
+    payload = bytes(range(1, 113))
+    words = list(struct.unpack("<14Q", payload))
+    w = words[0:6] + [0] + words[6:9] + [99] + words[9:14]
+    w[6] = (1 << 63) | (1 << 39) | (0 << 40) | (2 << 32) | ((112 - 1) << 25) | (112 - 1)
+    for little in (True, False):
+        raw = struct.pack("<16Q" if little else ">16Q", *w)
+        bp = BlkPtr(raw, little)
+        assert bp.embedded and bp.psize == 112 and bp.lsize == 112
+        assert bp.embedded_payload() == payload
+
+
+@FUZZ
+@given(st.binary(min_size=128, max_size=128), st.booleans())
+def test_fuzz_blkptr(raw, little):
+    bp = BlkPtr(raw, little)
+    assert bp.psize <= 1 << 25 and bp.lsize <= 1 << 25
+    repr(bp)
+
+
+@FUZZ
+@given(st.binary(min_size=512, max_size=1024), st.booleans())
+def test_fuzz_dnode(raw, little):
+    class _OS:
+        key = ("fuzz",)
+    try:
+        d = Dnode(_OS(), 5, raw, little)
+    except ZfsError:
+        return
+    assert len(d.bonus) <= len(raw) and d.size >= 0
+
+
+# -- checksums ------------------------------------------------------------------------------
+def _fletcher4_ref(data, little):
+    a = b = c = d = 0
+    m = (1 << 64) - 1
+    for (w,) in struct.iter_unpack("<I" if little else ">I", data):
+        a = (a + w) & m
+        b = (b + a) & m
+        c = (c + b) & m
+        d = (d + c) & m
+    return (a, b, c, d)
+
+
+def _fletcher2_ref(data, little):
+    a0 = a1 = b0 = b1 = 0
+    m = (1 << 64) - 1
+    for w0, w1 in struct.iter_unpack("<QQ" if little else ">QQ", data):
+        a0 = (a0 + w0) & m
+        a1 = (a1 + w1) & m
+        b0 = (b0 + a0) & m
+        b1 = (b1 + a1) & m
+    return (a0, a1, b0, b1)
+
+
+@FUZZ
+@given(st.binary(max_size=2048).map(lambda b: b[:len(b) // 16 * 16]), st.booleans())
+def test_fletcher_matches_reference(data, little):
+    assert checksum.compute("fletcher4", data, little) == _fletcher4_ref(data, little)
+    assert checksum.compute("fletcher2", data, little) == _fletcher2_ref(data, little)
+
+
+def test_fletcher4_wraps_modulo_2_64():
+    big = b"\xff\xff\xff\xff" * 70000
+    assert checksum.compute("fletcher4", big) == _fletcher4_ref(big, True)
+
+
+def test_unverified_checksums_are_accepted():
+    assert checksum.compute("skein", b"x" * 512) is None
+    assert checksum.verify_words(None, (1, 2, 3, 4))
+
+
+# -- compression ------------------------------------------------------------------------
+def test_lz4_with_zfs_header():
+    import lz4.block
+
+    data = (b"hello zfs " * 500)[:4096]
+    comp = lz4.block.compress(data, store_size=False)
+    blob = struct.pack(">I", len(comp)) + comp + bytes(7)
+    assert compress.decompress(15, blob, 4096) == data
+    with pytest.raises(ZfsError):
+        compress.decompress(15, struct.pack(">I", 10_000) + comp, 4096)
+
+
+def test_zstd_magicless_with_zfs_header():
+    import zstandard
+
+    data = os.urandom(1000) + bytes(3096)
+    frame = zstandard.ZstdCompressor(level=3).compress(data)
+    assert frame[:4] == b"\x28\xb5\x2f\xfd"
+    blob = struct.pack(">II", len(frame) - 4, 3) + frame[4:]
+    assert compress.decompress(16, blob, 4096) == data
+    with pytest.raises(ZfsError):
+        compress.decompress(16, struct.pack(">II", 50, 3) + os.urandom(50), 4096)
+
+
+def test_gzip_zle_lzjb_and_unknown():
+    data = b"abc" * 300 + bytes(600)
+    assert compress.decompress(10, zlib.compress(data, 6), len(data)) == data
+    # zle: 3 literals (length byte 2), then 100 zeros (length byte 1 + 163 - 64 = 100)
+    assert compress.zle_decompress(bytes([2]) + b"xyz" + bytes([163]), 103) == b"xyz" + bytes(100)
+    # lzjb: a copy map byte 0b10 -> literal "a", then a match of length 3+1 at offset 1
+    assert compress.lzjb_decompress(bytes([0b10]) + b"a" + bytes([1 << 2, 1]), 5) == b"aaaaa"
+    with pytest.raises(ZfsError):
+        compress.lzjb_decompress(bytes([1, 0, 5]), 10)
+    with pytest.raises(ZfsError, match="unsupported"):
+        compress.decompress(99, b"x", 1)
+
+
+@FUZZ
+@given(st.binary(max_size=400), st.sampled_from([3, 14, 15, 16, 10]))
+def test_fuzz_decompress(data, comp):
+    try:
+        out = compress.decompress(comp, data, 2048)
+        assert len(out) == 2048
+    except ZfsError:
+        pass
+
+
+# -- RAIDZ ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("nparity", [1, 2, 3])
+def test_raidz_reconstruct_every_erasure(nparity):
+    import itertools
+
+    d = [os.urandom(1024), os.urandom(1024), os.urandom(512), os.urandom(512), os.urandom(512)]
+    sizes = [len(x) for x in d]
+    par = raidz.parity_of(d, nparity, 1024)
+    for k in range(1, nparity + 1):
+        for er in itertools.combinations(range(len(d)), k):
+            dd = [None if j in er else d[j] for j in range(len(d))]
+            assert raidz.reconstruct(par, dd, sizes, list(er)) == d
+    # more erasures than parity: refused
+    assert raidz.reconstruct(par, [None] * len(d), sizes, list(range(len(d)))) is None
+
+
+@FUZZ
+@given(st.integers(0, 1 << 30), st.integers(1, 256), st.integers(2, 12), st.integers(1, 3),
+       st.sampled_from([9, 12]))
+def test_raidz_map_covers_block(sector, nsect, dcols, nparity, ashift):
+    if dcols <= nparity:
+        return
+    cols = raidz.map_columns(sector << ashift, nsect << ashift, dcols, nparity, ashift)
+    data = sum(c[2] for c in cols[nparity:])
+    assert data == nsect << ashift
+    devs = [c[0] for c in cols]
+    assert len(set(devs)) == len(devs) and all(0 <= x < dcols for x in devs)
+    assert cols[0][2] >= max(c[2] for c in cols)  # parity columns are the longest
+
+
+def test_raidz_bad_config():
+    with pytest.raises(ZfsError):
+        raidz.map_columns(0, 4096, 2, 2, 9)
