@@ -1,0 +1,288 @@
+"""Open a vzdump archive: detect, index once (sidecar), build the tree and the Proxmox view.
+
+The sidecar index (stream restart points + VMA cluster map or tar member list) is kept in
+``$XDG_CACHE_HOME/pvfs/vzdump/`` (default ``~/.cache/pvfs/vzdump/``), never beside the
+input; ``--vzdump-index-dir DIR`` puts it elsewhere, ``--vzdump-index-dir none`` keeps it
+in memory only.  Its name is derived from the input's path, size and mtime, so a changed
+archive is indexed again.
+
+References: pve-manager ``PVE/VZDump.pm`` (archive names: ``vzdump-<qemu|lxc>-<vmid>-
+<YYYY_MM_DD-HH_MM_SS>.<vma|tar>[.zst|.lzo|.gz]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import time
+import zlib
+
+import numpy as np
+import zstandard
+
+from pvfs.nodes import Dir, File
+from pvfs.source import BAD_EIO, BytesSource
+
+from . import lzo
+from .streams import DecodedStream, StreamIndex, _SliceIO, decode_lzo_block, detect_codec, lzop_header, scan
+from .structs import VMA_MAGIC, VzdumpError
+from .tarindex import build_tree, header_ok, index_tar
+from .vma import VmaDevice, VmaHeaderInfo, index_vma
+
+NAME_RE = re.compile(r"^vzdump-(qemu|lxc|openvz)-(\d+)-(\d{4})_(\d\d)_(\d\d)-(\d\d)_(\d\d)_(\d\d)"
+                     r"\.(vma|tar|tgz)(\.zst|\.lzo|\.gz)?$")
+SIDECAR_VERSION = 1
+LAYER = "vzdump"
+
+
+def parse_name(name):
+    """(kind, vmid, time) from a vzdump file name, or None."""
+    m = NAME_RE.match(name)
+    if not m:
+        return None
+    kind = "qemu" if m[1] == "qemu" else "lxc"
+    return kind, int(m[2]), f"{m[3]}-{m[4]}-{m[5]}T{m[6]}:{m[7]}:{m[8]}"
+
+
+def peek(src, codec, n=12288):
+    """The first ``n`` decoded bytes (best effort, never raises)."""
+    try:
+        if codec == "raw":
+            return src.read(0, n)
+        if codec == "zstd":
+            r = zstandard.ZstdDecompressor().stream_reader(_SliceIO(src, 0, min(src.size, 4 << 20)))
+            return r.read(n)
+        if codec == "gzip":
+            return zlib.decompressobj(31).decompress(src.read(0, min(src.size, 1 << 20)), n)
+        if codec == "lzop":
+            flags, p = lzop_header(src)
+            import struct
+
+            dst, sl = struct.unpack(">II", src.read(p, 8))
+            p += 8 + (4 if flags & 1 else 0) + (4 if flags & 0x100 else 0)
+            if sl < dst:
+                p += (4 if flags & 2 else 0) + (4 if flags & 0x200 else 0)
+            if dst > (64 << 20) or sl > dst:
+                return b""
+            return decode_lzo_block(src.read(p, sl), dst, 4 if sl == dst else 3)[:n]
+    except Exception:
+        return b""
+    return b""
+
+
+def content_kind(head):
+    if head[:4] == VMA_MAGIC:
+        return "vma"
+    if len(head) >= 512 and header_ok(head[:512]):
+        return "tar"
+    return None
+
+
+# --- sidecar ------------------------------------------------------------------------------
+def sidecar_dir(ctx):
+    opt = ctx.options.get("vzdump_index_dir")
+    if opt is not None and str(opt).lower() in ("", "none", "off"):
+        return None
+    if opt:
+        return opt
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pvfs", "vzdump")
+
+
+def sidecar_key(path):
+    st = os.stat(path)
+    ident = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{SIDECAR_VERSION}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def load_sidecar(d, key):
+    try:
+        with open(os.path.join(d, key + ".json")) as f:
+            meta = json.load(f)
+        arrays = None
+        if meta.get("arrays"):
+            with np.load(os.path.join(d, key + ".npz")) as z:
+                arrays = {k: z[k] for k in z.files}
+        if meta.get("version") != SIDECAR_VERSION:
+            return None
+        return meta, arrays
+    except (OSError, ValueError, KeyError, zlib.error):
+        return None
+
+
+def save_sidecar(d, key, meta, arrays=None):
+    os.makedirs(d, exist_ok=True)
+    meta = dict(meta, version=SIDECAR_VERSION, arrays=bool(arrays))
+    if arrays:
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, os.path.join(d, key + ".npz"))
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp, os.path.join(d, key + ".json"))
+
+
+# --- open ---------------------------------------------------------------------------------
+class VzdumpArchive:
+    def __init__(self, volume, ctx):
+        self.vol = volume
+        self.ctx = ctx
+        self.src = volume.source
+        self.name = volume.name
+        self.codec = detect_codec(self.src.read(0, 16))
+        self.kind = content_kind(peek(self.src, self.codec))
+        self.bad = ctx.bad(BAD_EIO)
+        self.dir = volume.homes[0].dir()
+        self.path = volume.homes[0].path
+        self.parsed_name = parse_name(self.name)
+
+    def report(self, severity, code, path, message, ranges=()):
+        self.ctx.report.add(severity, LAYER, path, code, message, ranges)
+
+    def _progress(self, what):
+        last = [0.0]
+
+        def cb(pos, total=None):
+            now = time.monotonic()
+            if now - last[0] > 0.5:
+                last[0] = now
+                pct = f" {100 * pos // max(1, total or self.src.size)}%" if self.codec == "raw" or total else \
+                    f" {pos >> 20} MiB decoded"
+                self.ctx.note_progress(f"vzdump: indexing {self.name}:{pct}")
+        return cb
+
+    def open(self):
+        if self.kind is None:
+            raise VzdumpError(f"{self.name}: neither a VMA nor a tar archive inside the {self.codec} stream")
+        side = sidecar_dir(self.ctx)
+        key = sidecar_key(self.vol.input_path) if (side and self.vol.input_path) else None
+        cached = load_sidecar(side, key) if key else None
+        self.vol.info.update({"format": f"vzdump-{self.kind}", "compression": self.codec,
+                              "index": "reused" if cached else "built"})
+        if cached is None:
+            meta, arrays = self.build_index()
+            if key:
+                try:
+                    save_sidecar(side, key, meta, arrays)
+                    self.vol.info["sidecar"] = os.path.join(side, key + ".json")
+                except OSError as e:
+                    self.report("info", "no-sidecar", self.path,
+                                f"could not store the index in {side}: {e.strerror}; it is rebuilt next time")
+        else:
+            meta, arrays = cached
+            self.vol.info["sidecar"] = os.path.join(side, key + ".json")
+        sidx = StreamIndex.from_json(meta["stream"])
+        stream = self.src if self.codec == "raw" else DecodedStream(self.src, sidx, bad=self.bad,
+                                                                   label=f"{self.name} (decoded)")
+        for out_off, lost, in_off, reason in sidx.damage:
+            self.report("error", "corrupt-stream", self.path,
+                        f"{self.name}: {reason}" + (f" ({lost} decoded bytes lost)" if lost else ""),
+                        [(in_off, 1)] if not lost else [(out_off, lost)])
+        for sev, code, _gap, msg in meta.get("problems", []):
+            if code != "stream-gap":
+                self.report(sev, code, self.path, f"{self.name}: {msg}")
+        if self.kind == "vma":
+            self.open_vma(meta, arrays, stream)
+        else:
+            self.open_tar(meta, stream)
+
+    def build_index(self):
+        pieces = scan(self.src, self.codec, progress=self._progress("scan"))
+        if self.kind == "vma":
+            hdr, cmap, problems = index_vma(pieces)
+            meta = {"kind": "vma", "stream": pieces.index.to_json(),
+                    "problems": [[s, c, None, m] for s, c, _g, m in problems]}
+            arrays = {}
+            for dev_id in cmap.offsets:
+                arrays[f"off{dev_id}"] = cmap.offsets[dev_id]
+                arrays[f"mask{dev_id}"] = cmap.masks[dev_id]
+            return meta, arrays
+        members, problems = index_tar(pieces)
+        meta = {"kind": "tar", "stream": pieces.index.to_json(), "members": members,
+                "problems": [[s, c, None, m] for s, c, _g, m in problems]}
+        return meta, None
+
+    # -- VMA --------------------------------------------------------------------------------
+    def open_vma(self, meta, arrays, stream):
+        ctx = self.ctx
+        hdr = VmaHeaderInfo(stream.read(0, min(stream.size, 16 << 20)))
+        mtime = hdr.ctime
+        for name, data in hdr.configs.items():
+            self.dir.add(name, File(BytesSource(data, label=name), mtime=mtime), report=ctx.report,
+                         path_hint=self.path)
+        pm = self.parsed_name
+        vmdir = vmpath = None
+        if pm and pm[0] == "qemu":
+            vmpath = f"vms/{pm[1]}/backups/{pm[2]}"
+            vmdir = ctx.vms_root.subdir(str(pm[1])).subdir("backups").subdir(pm[2])
+            for name, data in hdr.configs.items():
+                if name in ("qemu-server.conf", "qemu-server.fw"):
+                    vmdir.add(name, File(BytesSource(data), mtime=mtime), report=ctx.report, path_hint=vmpath)
+        for dev_id, (name, size) in sorted(hdr.devices.items()):
+            offs = arrays.get(f"off{dev_id}")
+            masks = arrays.get(f"mask{dev_id}")
+            if offs is None or masks is None or len(offs) != -(-size // 65536):
+                self.report("error", "bad-index", self.path, f"{self.name}: sidecar has no map for {name}")
+                continue
+            dev = VmaDevice(stream, size, offs, masks, bad=self.bad, label=f"{self.name}:{name}")
+            v = ctx.add_volume(dev, self.dir, f"{name}.raw", self.path, "disk", parent=self.vol,
+                               children_home="parts", mtime=mtime)
+            v.info.update({"format": "vma-device", "archive": self.name, "dev_id": dev_id})
+            paths = [v.path]
+            if vmdir is not None:
+                short = name[len("drive-"):] if name.startswith("drive-") else name
+                used = vmdir.add(f"disk-{short}.raw", File(dev, mtime=mtime), report=ctx.report,
+                                 path_hint=vmpath)
+                v.vm_paths.append(f"{vmpath}/{used}")
+                paths.append(f"{vmpath}/{used}")
+                from pvfs.discover import Home
+
+                ctx.add_home(v, Home(vmdir, f"{used[:-4]}.parts", f"{vmpath}/{used[:-4]}.parts"))
+            missing = dev.missing_ranges()
+            if missing:
+                total = sum(n for _, n in missing)
+                how = "read as zeros" if self.bad == "zero" else "read as EIO"
+                for p in paths:
+                    self.report("error", "missing-clusters", p,
+                                f"{self.name}: {name}: {total} bytes in {len(missing)} ranges are not in "
+                                f"the archive (truncated or corrupt; {how})", missing)
+
+    # -- tar ---------------------------------------------------------------------------------
+    def open_tar(self, meta, stream):
+        ctx = self.ctx
+
+        def report(path, message, ranges):
+            self.report("error", "damaged-member", f"{self.path}{path}", f"{self.name}: {path}: {message}", ranges)
+
+        members = meta["members"]
+        self.vol.info["members"] = len(members)
+        root = build_tree(members, stream, self.bad, report)
+        # Members in a corrupt (lzop) block: name them.
+        bad_segs = [(s[0], s[1]) for s in StreamIndex.from_json(meta["stream"]).segs if s[4] == 5]
+        for m in members:
+            if m["type"] != "file" or not m["stored"]:
+                continue
+            for bo, bn in bad_segs:
+                if m["data"] < bo + bn and m["data"] + m["stored"] > bo:
+                    lo = max(0, bo - m["data"])
+                    report("/" + m["path"].lstrip("./"), "contents lie in a corrupt block",
+                           [(lo, min(m["stored"], bo + bn - m["data"]) - lo)])
+        for name, node in root.children().items():
+            self.dir.add(name, node, report=ctx.report, path_hint=self.path)
+        pm = self.parsed_name
+        if pm and pm[0] == "lxc":
+            cdir, cpath = ctx.container_dir(pm[1])
+            d = cdir.subdir("backups").subdir(pm[2])
+            d.add("rootfs", root, report=ctx.report, path_hint=f"{cpath}/backups/{pm[2]}")
+            conf = root.get("etc")
+            conf = conf.get("vzdump") if isinstance(conf, Dir) else None
+            for fn in ("pct.conf", "pct.fw"):
+                node = conf.get(fn) if isinstance(conf, Dir) else None
+                if node is not None:
+                    d.add(fn, node, report=ctx.report, path_hint=f"{cpath}/backups/{pm[2]}")
