@@ -229,7 +229,8 @@ class Context:
 
     def note_progress(self, text):
         if self.progress is not None:
-            self.progress.update(text)
+            done = sum(1 for v in self.volumes if v not in self.queue)
+            self.progress.update(text, completed=done, total=len(self.volumes))
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,8 @@ class Progress:
         self._lock = threading.Lock()
         self._timer = None
         self.steps = 0
+        self.completed = 0
+        self.total = None
 
     def __enter__(self):
         if self.enabled:
@@ -36,24 +38,31 @@ class Progress:
     def _start(self):
         from rich.console import Console
         from rich.progress import Progress as RichProgress
-        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn)
 
         with self._lock:
             if self._live is not None or self._timer is None:
                 return
-            prog = RichProgress(SpinnerColumn(), TextColumn("{task.description}"),
-                                TimeElapsedColumn(), console=Console(stderr=True),
-                                transient=True)
+            prog = RichProgress(SpinnerColumn(), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("{task.description}"),
+                                console=Console(stderr=True), transient=True)
             prog.start()
-            self._task = prog.add_task(self.text, total=None)
+            self._task = prog.add_task(self.text, total=self.total, completed=self.completed)
             self._live = prog
 
-    def update(self, text):
-        self.text = text if len(text) < 100 else "..." + text[-97:]
+    def update(self, text, completed=None, total=None):
+        """Show ``text``; ``completed``/``total`` (volumes probed / found) drive the bar."""
+        self.text = text if len(text) < 80 else "..." + text[-77:]
         self.steps += 1
+        if completed is not None:
+            self.completed = completed
+        if total is not None:
+            self.total = total
         with self._lock:
             if self._live is not None:
-                self._live.update(self._task, description=self.text)
+                self._live.update(self._task, description=self.text, completed=self.completed,
+                                  total=self.total)
 
     def __exit__(self, *exc):
         with self._lock:

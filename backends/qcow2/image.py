@@ -500,9 +500,60 @@ class Qcow2Disk(Source):
                 l2, err = None, "bad L1"
             if l2 is None and err is None:
                 out.extend(self._backing_status(pos, chunk_end - pos))
+            elif l2 is not None and self._fast_status_ok():
+                out.extend(self._table_status_fast(l2, pos, chunk_end - pos))
             else:
                 out.extend(self._table_status(pos, chunk_end - pos))
             pos = chunk_end
+        return out
+
+    def _fast_status_ok(self):
+        """The numpy path needs plain clusters and a data file without holes to ask about."""
+        from pvfs.source import FileSource
+
+        return not self.ext and type(self.data) is FileSource and self.hdr.version >= 3
+
+    def _table_status_fast(self, l2, offset, length):
+        """Status of the clusters of one L2 table, classified with numpy (no per-cluster loop).
+
+        Data clusters count as ``data`` without asking the image file about
+        holes: only used when the image has no known bad ranges.
+        """
+        cs = self.cs
+        first = (offset >> self.cluster_bits) & ((1 << self.l2_bits) - 1)
+        last = ((offset + length - 1) >> self.cluster_bits) & ((1 << self.l2_bits) - 1)
+        e = np.frombuffer(l2, dtype=">u8")[first:last + 1]
+        host = e & np.uint64(OFFSET_MASK)
+        compressed = (e & np.uint64(L2E_COMPRESSED)) != 0
+        zero = ~compressed & ((e & np.uint64(L2E_ZERO)) != 0)
+        unalloc = ~compressed & ~zero & (host == 0)
+        bad = ~compressed & ~zero & ~unalloc & (
+            ((e & np.uint64(L2E_STD_RESERVED)) != 0) | ((host % np.uint64(cs)) != 0))
+        # 0 data, 1 zero, 2 backing, 3 bad
+        data = ~compressed & ~zero & ~unalloc & ~bad
+        if (host[data] + np.uint64(cs) > np.uint64(self.file_size)).any():
+            return self._table_status(offset, length)  # truncated image: exact slow path
+        kind = np.zeros(len(e), dtype=np.int8)
+        kind[zero] = 1
+        kind[unalloc] = 2
+        kind[bad] = 3
+        edges = np.flatnonzero(np.diff(kind)) + 1
+        starts = np.concatenate(([0], edges))
+        ends = np.concatenate((edges, [len(kind)]))
+        base = (offset >> self.cluster_bits) << self.cluster_bits
+        out = []
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            lo = max(offset, base + a * cs)
+            hi = min(offset + length, base + b * cs)
+            k = int(kind[a])
+            if k == 0:
+                out.append((lo, hi - lo, DATA))
+            elif k == 1:
+                out.append((lo, hi - lo, ZERO))
+            elif k == 2:
+                out.extend(self._backing_status(lo, hi - lo))
+            else:
+                out.append((lo, hi - lo, UNREADABLE))
         return out
 
     def _backing_status(self, vpos, n):
