@@ -158,6 +158,13 @@ def main():
           f"max RSS {rss:.0f} MiB")
 
     src = resolve(ctx.root, "storage/lvm/bench/vm-1001-disk-0").source
+    from pvfs.cache import METADATA_CACHE
+    METADATA_CACHE.clear()
+    t = time.perf_counter()
+    total = sum(src.pool.mapping(dev).mapped for dev in src.pool.dev_roots)
+    t_maps = time.perf_counter() - t
+    print(f"mapping trees alone (cold metadata cache): {len(src.pool.dev_roots)} devices, "
+          f"{total} mappings in {t_maps:.2f} s ({total / t_maps / 1e6:.1f} M mappings/s)")
     size = args.mappings * CHUNK
     for req in (128 << 10, 1 << 20):
         bench_read(src, devs[1], img, tdata_off, req, size)  # warm the page cache

@@ -191,18 +191,22 @@ class ThinMetadata:
                             f"({self.nr_blocks} blocks)")
         return self.tmeta.read(b * BLOCK, BLOCK)
 
-    def node(self, b: int) -> Node:
+    def node(self, b: int, cache_leaf=True, raw=None) -> Node:
         key = ("lvm-thin-node", self.tmeta.uid, b)
         n = METADATA_CACHE.get(key)
         if n is None:
-            n = METADATA_CACHE.put(key, parse_node(self.read_block(b), b))
+            n = parse_node(raw if raw is not None else self.read_block(b), b)
+            if cache_leaf or not n.is_leaf:  # mapping leaves are read once into runs
+                METADATA_CACHE.put(key, n)
         return n
 
-    def walk(self, root: int, value_size: int, max_entries=50_000_000) -> Walk:
+    def walk(self, root: int, value_size: int, max_entries=50_000_000,
+             cache_leaves=True) -> Walk:
         """Collect every leaf entry of the tree at ``root``; bad subtrees become unknown."""
         keys, vals, unknown, bad = [], [], [], []
         stack = [(root, 0, None, 0)]
         seen = set()
+        pre = {}  # block -> raw bytes read ahead with its neighbours
         count = nodes = 0
         while stack:
             b, lo, hi, depth = stack.pop()
@@ -212,7 +216,7 @@ class ThinMetadata:
                 seen.add(b)
                 if depth > MAX_TREE_DEPTH:
                     raise ThinError(f"btree deeper than {MAX_TREE_DEPTH} at node {b}")
-                n = self.node(b)
+                n = self.node(b, cache_leaves, pre.pop(b, None))
                 nodes += 1
                 if n.is_leaf and n.value_size != value_size:
                     raise ThinError(f"btree node {b}: value size {n.value_size}, "
@@ -222,21 +226,23 @@ class ThinMetadata:
                 bad.append(str(e))
                 continue
             if n.is_leaf:
-                sel = n.keys >= lo
-                if hi is not None:
-                    sel &= n.keys < hi
-                if not sel.all():
+                k = n.keys
+                if len(k) and (k[0] < lo or (hi is not None and k[-1] >= hi)):
+                    sel = (k >= lo) if hi is None else ((k >= lo) & (k < hi))
                     bad.append(f"btree node {b}: keys outside the range its parent gives")
-                k = n.keys[sel]
+                    k = k[sel]
+                    v = np.frombuffer(n.values, np.uint8).reshape(-1, value_size)[sel]
+                    vals.append(v.tobytes())
+                else:
+                    vals.append(n.values)
                 count += len(k)
                 if count > max_entries:
                     raise ThinError(f"btree at {root}: more than {max_entries} entries")
                 keys.append(k)
-                v = np.frombuffer(n.values, np.uint8).reshape(-1, value_size)[sel]
-                vals.append(v.tobytes())
                 continue
             children = n.u64_values()
             ks = n.keys
+            self._read_ahead(children.tolist(), pre)
             # push in reverse so leaves come out in key order
             for i in range(len(ks) - 1, -1, -1):
                 c_lo = max(lo, int(ks[i])) if i else lo
@@ -244,6 +250,27 @@ class ThinMetadata:
                 stack.append((int(children[i]), c_lo, c_hi, depth + 1))
         k = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
         return Walk(k, b"".join(vals), unknown, bad, nodes)
+
+    def _read_ahead(self, blocks, pre, max_run=64):
+        """Read runs of consecutive child blocks with one read each (writers such as
+        thin_restore, and often the kernel, place siblings next to each other)."""
+        if len(pre) > 4096:
+            pre.clear()
+        i, n = 0, len(blocks)
+        while i < n:
+            j = i + 1
+            while j < n and j - i < max_run and blocks[j] == blocks[j - 1] + 1:
+                j += 1
+            first, cnt = blocks[i], j - i
+            if cnt > 1 and 0 <= first and first + cnt <= self.nr_blocks:
+                try:
+                    data = self.tmeta.read(first * BLOCK, cnt * BLOCK)
+                except UnreadableError:
+                    data = None
+                if data is not None and len(data) == cnt * BLOCK:
+                    for k in range(cnt):
+                        pre[first + k] = data[k * BLOCK:(k + 1) * BLOCK]
+            i = j
 
 
 # ---------------------------------------------------------------------------
@@ -619,7 +646,7 @@ class ThinPool:
         if root is None:
             return Mapping(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
                            [(0, None)], 0, 0)
-        w = self.md.walk(int(root), 8)
+        w = self.md.walk(int(root), 8, cache_leaves=False)
         keys, vals, unknown = w.keys, np.frombuffer(w.values, "<u8"), list(w.unknown)
         if unknown:
             keys, vals, unknown = self._fill_from_orphans(keys, vals, unknown)
