@@ -198,3 +198,45 @@ def test_v09_same_node_id_is_not_a_pair():
     mb = _md("v09", 0, 1, current_uuid=0x10)
     assert P.related(ma, mb) and not P.same_resource(ma, mb)
     assert not P.same_resource(_md("v09", 0, 1, current_uuid=0x10), _md("v08", current_uuid=0x10))
+
+
+# ---------------------------------------------------------------------------
+# max-peers > 1 (interleaved bitmaps) and coarser bitmap granularity
+
+def test_interleaved_bitmaps_pick_the_peer_slot(tmp_path):
+    payload = tmp_path / "p.bin"
+    payload.write_bytes(bytes(4 << 20))
+    u = 0x4242000000000010
+    a, b = tmp_path / "r3-a.img", tmp_path / "r3-b.img"
+    # node 0: bitmap 1 tracks node 1, bitmap 0 tracks node 2; node 1: bitmap 2 tracks node 0
+    craft.write_device(a, payload, current_uuid=0xA0, node_id=0, max_peers=3,
+                       peers={1: (1, u), 2: (0, u)},
+                       bits={0: [1, 2, 3], 1: [5, 31, 32, 33, 100], 2: [900]})
+    craft.write_device(b, payload, current_uuid=0xB0, node_id=1, max_peers=3,
+                       peers={0: (2, u), 2: (0, 0)},
+                       bits={0: [7], 1: [8], 2: [64, 65, 1000]})
+    ma = read_meta(BytesSource(a.read_bytes()), INTERNAL)
+    assert ma.max_peers == 3 and ma.problems == []
+    ctx = discover([str(a), str(b)])
+    diff = json.loads(resolve(ctx.root, "storage/drbd/r3/diff.json").render())
+    blocks = lambda rs: [o // 4096 + i for o, n in rs for i in range(n // 4096)]  # noqa: E731
+    assert blocks(diff["bitmaps"]["A"]["ranges"]) == [5, 31, 32, 33, 100]
+    assert diff["bitmaps"]["A"]["bitmap_index"] == 1
+    assert blocks(diff["bitmaps"]["B"]["ranges"]) == [64, 65, 1000]
+    assert diff["verdict"]["relation"] == "split-brain"
+    assert diff["compared"]["blocks"] == []  # the data is equal: every claim is "in bitmaps but equal"
+    assert blocks(diff["in_bitmaps_but_equal"]) == [5, 31, 32, 33, 64, 65, 100, 1000]
+
+
+def test_64k_bitmap_granularity(tmp_path):
+    payload = tmp_path / "p.bin"
+    payload.write_bytes(bytes(4 << 20))
+    dev = tmp_path / "coarse.img"
+    craft.write_device(dev, payload, current_uuid=0xC0, bm_bytes_per_bit=65536, bits=[0, 3, 63])
+    src = BytesSource(dev.read_bytes())
+    md = read_meta(src, INTERNAL)
+    assert md.bm_bytes_per_bit == 65536 and md.problems == [] and md.bm_bits == 64
+    from backends.drbd.meta import read_bitmap
+    bm = read_bitmap(src, md, 0)
+    assert bm.ranges == [(0, 65536), (3 * 65536, 65536), (63 * 65536, 65536)]
+    assert bm.bits_set == 3

@@ -28,20 +28,30 @@ def internal_layout(dev_size, max_peers=1, al_stripes=1, al_stripe_size_4k=8,
 
 def internal_md(dev_size, version="v09", current_uuid=0, bitmap_uuid=0, history=(),
                 node_id=0, peer_node_id=1, flags=S.MDF_CONSISTENT | S.MDF_WAS_UP_TO_DATE | S.MDF_AL_CLEAN,
-                bits=(), device_uuid=0x1234, la_size_sect=None):
-    """Patches ``[(offset, bytes)]`` that turn a ``dev_size`` file into a DRBD backing device."""
-    md_offset, al_rel, bm_rel, md_size_sect, data = internal_layout(dev_size)
+                bits=(), device_uuid=0x1234, la_size_sect=None, max_peers=1,
+                bm_bytes_per_bit=S.BM_BLOCK_SIZE_4k, peers=None):
+    """Patches ``[(offset, bytes)]`` that turn a ``dev_size`` file into a DRBD backing device.
+
+    ``bits`` lists the set bits of bitmap 0, or maps bitmap index -> bits.
+    ``peers`` (v09) maps peer node id -> (bitmap_index, bitmap_uuid); the default is
+    ``{peer_node_id: (0, bitmap_uuid)}``.
+    """
+    md_offset, al_rel, bm_rel, md_size_sect, data = internal_layout(
+        dev_size, max_peers=max_peers, bm_bytes_per_bit=bm_bytes_per_bit)
+    if peers is None:
+        peers = {peer_node_id: (0, bitmap_uuid)}
+    if not isinstance(bits, dict):
+        bits = {0: bits}
     la = data // 512 if la_size_sect is None else la_size_sect
     sb = bytearray(4096)
     if version == "v09":
         struct.pack_into(">QQQ", sb, 0, la, current_uuid, 0)
         struct.pack_into(">Q", sb, 48, device_uuid)
         struct.pack_into(">IIIiIiIIIiII", sb, 56, flags, S.DRBD_MD_MAGIC_09, md_size_sect, al_rel,
-                         257, bm_rel, S.BM_BLOCK_SIZE_4k, 1 << 20, 1, node_id, 1, 8)
+                         257, bm_rel, bm_bytes_per_bit, 1 << 20, max_peers, node_id, 1, 8)
         for p in range(S.DRBD_PEERS_MAX):
-            idx = 0 if p == peer_node_id else -1
-            uuid = bitmap_uuid if p == peer_node_id else 0
-            pflags = S.MDF_PEER_DEVICE_SEEN if p == peer_node_id else 0
+            idx, uuid = peers.get(p, (-1, 0))
+            pflags = S.MDF_PEER_DEVICE_SEEN if p in peers else 0
             struct.pack_into(">QQIi", sb, 112 + 32 * p, uuid, 0, pflags, idx)
         for i, u in enumerate(list(history)[:S.HISTORY_UUIDS]):
             struct.pack_into(">Q", sb, 112 + 32 * S.DRBD_PEERS_MAX + 8 * i, u)
@@ -52,9 +62,10 @@ def internal_md(dev_size, version="v09", current_uuid=0, bitmap_uuid=0, history=
                          257, bm_rel, S.BM_BLOCK_SIZE_4k, 1 << 20, 1, 8)
     nbm = md_offset + al_rel * 512 - (md_offset + bm_rel * 512)
     bm = bytearray(nbm)
-    for b in bits:
-        w = b // 32
-        struct.pack_into("<I", bm, w * 4, struct.unpack_from("<I", bm, w * 4)[0] | 1 << (b % 32))
+    for index, indexed_bits in bits.items():
+        for b in indexed_bits:  # interleaved 32-bit words (interleaved_word32)
+            w = (b // 32) * max_peers + index
+            struct.pack_into("<I", bm, w * 4, struct.unpack_from("<I", bm, w * 4)[0] | 1 << (b % 32))
     return [(md_offset + bm_rel * 512, bytes(bm)), (md_offset, bytes(sb))]
 
 
@@ -68,7 +79,8 @@ def write_device(path, data_source_path, version="v09", **kw):
 
     want = os.path.getsize(data_source_path)
     dev = -(-want // 4096) * 4096 + 4096
-    while internal_layout(dev)[4] < want:
+    lay_kw = {k: kw[k] for k in ("max_peers", "bm_bytes_per_bit") if k in kw}
+    while internal_layout(dev, **lay_kw)[4] < want:
         dev += 4096 * 8
     with open(data_source_path, "rb") as src, open(path, "wb") as out:
         while True:
@@ -77,7 +89,7 @@ def write_device(path, data_source_path, version="v09", **kw):
                 break
             out.write(chunk)
         out.truncate(dev)
-        data = internal_layout(dev)[4]
+        data = internal_layout(dev, **lay_kw)[4]
         kw.setdefault("la_size_sect", -(-want // 512))  # the agreed size: the payload
         for off, blob in internal_md(dev, version=version, **kw):
             out.seek(off)
