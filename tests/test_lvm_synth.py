@@ -285,3 +285,61 @@ def test_corrupt_committed_text_falls_back_to_scanned_generation(tmp_path):
     assert resolve(ctx.root, "storage/lvm/vgc/a") is not None
     assert any("fails its crc" in e.message for e in ctx.report)
     os.unlink(p)
+
+
+def _thin_pool_lvs(tid, with_vm100=True):
+    meta_ext, data_ext = 64, 512  # 4 MiB tmeta, 32 MiB tdata in 64 KiB extents
+    out = lv("data", [f'start_extent = 0\nextent_count = {data_ext}\ntype = "thin-pool"\n'
+                      f'metadata = "data_tmeta"\npool = "data_tdata"\n'
+                      f'transaction_id = {tid}\nchunk_size = 128\nzero_new_blocks = 1\n'])
+    out += lv("data_tmeta", [linear(0, meta_ext, "pv0", 0)], visible=False)
+    out += lv("data_tdata", [linear(0, data_ext, "pv0", meta_ext)], visible=False)
+    thin = [("vm-101-disk-0", 2, 512)] + ([("vm-100-disk-0", 1, 1024)] if with_vm100 else [])
+    for name, dev, ext in thin:
+        out += lv(name, [f'start_extent = 0\nextent_count = {ext}\ntype = "thin"\n'
+                         f'thin_pool = "data"\ntransaction_id = 0\ndevice_id = {dev}\n'])
+    return out
+
+
+@pytest.fixture(scope="module")
+def fixture_pool():
+    import json
+
+    from conftest import FIXTURES, require_fixture, unpack
+    require_fixture("lvm-thin", "lvm-thin-fixtures.tar.xz")
+    d = unpack(FIXTURES / "lvm-thin" / "lvm-thin-fixtures.tar.xz")
+    m = json.loads((FIXTURES / "lvm-thin" / "manifest.json").read_text())
+    with open(d / "pve-disk.img", "rb") as f:
+        lvs = m["linear_volumes"]
+        f.seek(lvs["data_tmeta"]["segments"][0]["disk_offset"])
+        tmeta = f.read(lvs["data_tmeta"]["size_bytes"])
+        tdata = b""
+        for s in lvs["data_tdata"]["segments"]:
+            f.seek(s["disk_offset"])
+            tdata += f.read(s["extents"] * (4 << 20))
+    return tmeta, tdata, m
+
+
+def test_transaction_mismatch_and_regretted_lvremove(tmp_path, fixture_pool):
+    """The classic Proxmox failure: LVM says transaction 6, the pool 5 (a crash during a
+    metadata commit); and vm-100 was lvremove'd from the LVM text (generation 2) while its
+    thin device is still in the pool.  Both are reported, nothing is lost."""
+    tmeta, tdata, m = fixture_pool
+    pvs = [("pv0", pv_uuid(0), 64 + 512)]
+    t1 = vg_text("pve", VGID, 1, pvs, _thin_pool_lvs(6), description="before lvremove")
+    t2 = vg_text("pve", VGID, 2, pvs, _thin_pool_lvs(6, with_vm100=False))
+    off2 = 512 * (1 + (len(t1) + 511) // 512)
+    exts = {0: tmeta, 64: tdata}
+    a = write_pv(tmp_path / "a.img", pv_uuid(0), 64 + 512, [(512, t1), (off2, t2)], 1,
+                 extents=exts)
+    want = m["thin_volumes"]
+    ctx = discover([str(a)], Options())
+    codes = {e.code for e in ctx.report}
+    assert "thin-transaction-mismatch" in codes and "thin-orphan" in codes
+    assert sha(read_all(ctx, "storage/lvm/pve/vm-101-disk-0")) == want["vm-101-disk-0"]["sha256"]
+    assert resolve(ctx.root, "storage/lvm/pve/vm-100-disk-0") is None
+    assert sha(read_all(ctx, "storage/lvm/pve/.pool/data/orphans/thin-1")) == \
+        want["vm-100-disk-0"]["sha256"]
+    ctx = discover([str(a)], Options(backend_options={"lvm_seqno": 1}))
+    assert sha(read_all(ctx, "storage/lvm/pve/vm-100-disk-0")) == want["vm-100-disk-0"]["sha256"]
+    assert sha(read_all(ctx, "vms/100/disk-0.raw")) == want["vm-100-disk-0"]["sha256"]
