@@ -177,7 +177,7 @@ class Context:
         vol = self.add_volume(source, d, "disk.raw", dpath, "disk", parent=input_vol,
                               children_home="sibling", mtime=mtime)
         vol.info.update(info or {})
-        stem = input_vol.name
+        stem = getattr(input_vol, "file_name", input_vol.name)
         for ext in (".qcow2", ".raw", ".img", ".vmdk"):
             if stem.endswith(ext):
                 stem = stem[: -len(ext)]
@@ -331,11 +331,13 @@ def _open_input_file(ctx, path, directory, dir_path, name, from_dir=False):
                        "mapfile": os.path.abspath(mapfile) if mapfile else None,
                        "bad_bytes": sum(n for _, n in bad_ranges)})
     st = os.stat(path)
-    d = directory.subdir(name)
+    d = Dir()
+    name = directory.add(name, d, report=ctx.report, path_hint=dir_path)  # unique per input
     dpath = f"{dir_path}/{name}"
     # The input itself is a volume without its own node: what it holds is shown in d.
     vol = Volume(src, dpath, name, "input", input_path=os.path.abspath(path))
     vol.mtime = st.st_mtime
+    vol.file_name = os.path.basename(path)  # the real name, before any clash renaming
     vol.from_dir = from_dir  # found by walking a directory input, not named by the user
     vol.homes.append(Home(d, None, dpath))
     vol.dir = d
@@ -371,7 +373,8 @@ def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
     except OSError as e:
         ctx.report.add("error", "core", path, "unreadable-dir", f"cannot list: {e.strerror}")
         return
-    d = directory.subdir(name)
+    d = Dir()
+    name = directory.add(name, d, report=ctx.report, path_hint=dir_path)
     for e in entries:
         add_input(ctx, e.path, d, f"{dir_path}/{name}", depth=depth + 1)
 

@@ -1,0 +1,63 @@
+"""Discovery rules: directory storages, containers, name clashes, depth limits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT, sha256_file, sha256_source
+from pvfs.discover import discover
+from pvfs.nodes import File, resolve
+
+EXAMPLES = ROOT / "examples"
+needs_mke2fs = pytest.mark.skipif(not shutil.which("mke2fs"), reason="mke2fs (e2fsprogs) not installed")
+
+
+@needs_mke2fs
+def test_var_lib_vz_copy_with_container_raw(tmp_path):
+    vz = tmp_path / "vz"
+    (vz / "images" / "105").mkdir(parents=True)
+    (vz / "images" / "100").mkdir(parents=True)
+    (vz / "template" / "iso").mkdir(parents=True)
+    (vz / "template" / "iso" / "notes.txt").write_text("an ISO would be here\n")
+    src = tmp_path / "rootfs"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "hostname").write_text("ct105\n")
+    raw = vz / "images" / "105" / "vm-105-disk-0.raw"
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(src), str(raw), "4M"], check=True)
+    shutil.copy(EXAMPLES / "vm-100-disk-0.qcow2", vz / "images" / "100" / "vm-100-disk-0.qcow2")
+    ctx = discover([str(vz)])
+    ct = resolve(ctx.root, "cts/105/rootfs.raw")
+    assert isinstance(ct, File) and sha256_source(ct.source) == sha256_file(raw)
+    assert resolve(ctx.root, "vms/105/disk-0.raw") is not None
+    assert resolve(ctx.root, "vms/100/disk-0.parts/p2") is not None
+    assert resolve(ctx.root, "storage/files/vz/images/105/vm-105-disk-0.raw/disk.raw") is not None
+    skipped = [d for d in ctx.report if d.code == "not-recognised"]
+    assert [d.path for d in skipped] == ["storage/files/vz/template/iso/notes.txt"]
+
+
+def test_name_clashes_are_unique_and_reported(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(EXAMPLES / "vm-100-disk-0.qcow2", tmp_path / sub / "vm-100-disk-0.qcow2")
+    ctx = discover([str(tmp_path / "a" / "vm-100-disk-0.qcow2"),
+                    str(tmp_path / "b" / "vm-100-disk-0.qcow2")])
+    vm = resolve(ctx.root, "vms/100")
+    assert {"disk-0.raw", "disk-0~2.raw", "disk-0.parts", "disk-0~2.parts"} <= set(vm.children())
+    assert set(resolve(ctx.root, "storage/files").children()) == {
+        "vm-100-disk-0.qcow2", "vm-100-disk-0.qcow2~2"}
+    clashes = [d for d in ctx.report if d.code == "name-clash"]
+    assert {d.path for d in clashes} >= {"vms/100/disk-0~2.raw", "storage/files/vm-100-disk-0.qcow2~2"}
+    # Same order, same names: deterministic.
+    ctx2 = discover([str(tmp_path / "a" / "vm-100-disk-0.qcow2"),
+                     str(tmp_path / "b" / "vm-100-disk-0.qcow2")])
+    assert [v.path for v in ctx2.volumes] == [v.path for v in ctx.volumes]
+
+
+def test_qcow2_inside_qcow2_layers_stop_at_depth(tmp_path):
+    """A raw file holding a copy of itself would loop forever without the depth limit;
+    qcow2 is only probed on input files, so nesting is bounded by construction."""
+    ctx = discover([str(EXAMPLES / "vm-100-disk-0.qcow2")])
+    assert max(v.depth for v in ctx.volumes) <= 3
