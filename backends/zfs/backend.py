@@ -112,6 +112,7 @@ class ZfsBackend(Backend):
         opened = None
         usable = []
         for ub in ubs:
+            pool.quiet = opened is not None  # older txgs: overwritten blocks are expected
             try:
                 mos = ObjSet(pool, ub.rootbp, f"{name} MOS @txg {ub.txg}")
                 usable.append((ub, mos))
@@ -129,6 +130,7 @@ class ZfsBackend(Backend):
                 except (PvfsError, ValueError) as e:
                     ctx.report.add("warning", "zfs", path, "bad-uberblock",
                                    f"uberblock txg {ub.txg}: datasets unreadable ({e})")
+        pool.quiet = False
         if opened is None:
             raise ZfsError(f"pool {name}: no uberblock with a readable MOS")
         ub, mos, rootds, notes = opened

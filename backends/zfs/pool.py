@@ -42,10 +42,11 @@ class Pool:
         self.unverified = set()  # checksum algorithms seen but not verified
         self.repairs = 0  # blocks whose first copy was bad and another one was good
         self.mos = None
+        self.quiet = False  # while probing older uberblocks: their blocks may be reused
 
     # -- damage ---------------------------------------------------------------------
     def report(self, severity, code, message, path=None, ranges=()):
-        if self.ctx is not None:
+        if self.ctx is not None and not self.quiet:
             self.ctx.report.add(severity, "zfs", path or self.path, code, message, ranges)
 
     # -- block reads -----------------------------------------------------------------
