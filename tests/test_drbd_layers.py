@@ -240,3 +240,46 @@ def test_64k_bitmap_granularity(tmp_path):
     bm = read_bitmap(src, md, 0)
     assert bm.ranges == [(0, 65536), (3 * 65536, 65536), (63 * 65536, 65536)]
     assert bm.bits_set == 3
+
+
+def test_drbd_on_an_lvm_lv_pairs_with_a_plain_image(pve_disk, tmp_path):
+    """LINSTOR layout: node A's backing device is an LV inside a disk image, node B's an image.
+
+    A's DRBD member appears only after the LVM group is assembled; the DRBD group waits
+    for it, so the two are still paired (A = first input).
+    """
+    man = _lvm_manifest()
+    seg = man["linear_volumes"]["root"]["segments"]
+    assert len(seg) == 1
+    lv_off, lv_size = seg[0]["disk_offset"], man["linear_volumes"]["root"]["size_bytes"]
+    disk = tmp_path / "node1-disk.img"
+    shutil.copyfile(pve_disk, disk)
+    u = dict(bitmap_uuid=0x6000000000000010, history=[0x5000000000000010])
+    with open(disk, "r+b") as f:
+        for off, blob in craft.internal_md(lv_size, current_uuid=0x7000000000000011, node_id=0,
+                                           peer_node_id=1, bits=[3], **u):
+            f.seek(lv_off + off)
+            f.write(blob)
+        f.seek(lv_off)
+        lv = f.read(lv_size)
+    b = tmp_path / "root.img"
+    b.write_bytes(lv)
+    with open(b, "r+b") as f:
+        f.seek(3 * 4096)
+        f.write(b"written on node B only".ljust(4096, b"\0"))
+        for off, blob in craft.internal_md(lv_size, current_uuid=0x7100000000000011, node_id=1,
+                                           peer_node_id=0, bits=[3], **u):
+            f.seek(off)
+            f.write(blob)
+    ctx = discover([str(disk), str(b)])
+    assert sorted(ctx.storage("drbd").children()) == ["root"]
+    base = "storage/drbd/root"
+    meta = json.loads(resolve(ctx.root, f"{base}/meta.json").render())
+    assert meta["nodes"]["A"]["volume"] == "storage/lvm/pve/root"
+    assert meta["nodes"]["B"]["input"] == str(b)
+    diff = json.loads(resolve(ctx.root, f"{base}/diff.json").render())
+    assert diff["verdict"]["relation"] == "split-brain"
+    assert diff["compared"]["blocks"] == [3] == diff["bitmap_claims"]["blocks"]
+    want_a = hashlib.sha256(lv[:resolve(ctx.root, f"{base}/node-A.raw").size]).hexdigest()
+    assert sha256_source(resolve(ctx.root, f"{base}/node-A.raw").source) == want_a
+    assert not [d for d in ctx.report if d.code == "late-member"]

@@ -21,6 +21,7 @@ DIVERGED_FILE_CAP = 1 << 20  # bytes of each version shown per range in diverged
 DIVERGED_MAX_RANGES = 1000  # ranges shown as directories in diverged/
 MAX_RANGES_FILE = 16 << 20
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MAX_DEFERRALS = 16  # how often the group waits for other layers to be opened first
 
 
 class Member:
@@ -175,6 +176,16 @@ class DrbdBackend(Backend):
     # -- assembling --------------------------------------------------------------
     def open_group(self, key, volumes, ctx):
         st = _state(ctx)
+        pending = [k for k in ctx.groups if k not in ctx.opened_groups]
+        if (ctx.queue or pending) and st.setdefault("deferrals", 0) < MAX_DEFERRALS:
+            # Other layers are still to be opened (an LVM VG whose LVs are DRBD backing
+            # devices, as LINSTOR makes them): wait for their DRBD members, so that both
+            # nodes of a resource are paired however deep each one was found.
+            st["deferrals"] += 1
+            st["round"] += 1
+            for v in volumes:
+                ctx.add_member(self, ("members", st["round"]), v)
+            return
         members = [st["members"][id(v)] for v in volumes if id(v) in st["members"]]
         inputs = [i["path"] for i in ctx.inputs]
         vol_index = {id(v): i for i, v in enumerate(ctx.volumes)}
