@@ -10,14 +10,16 @@ An entry is ``varint32 shared, varint32 non_shared, varint32 value_length,
 key delta, value``: its key is the first ``shared`` bytes of the previous key
 + the delta.  Index blocks of format_version >= 4 with
 ``index_value_is_delta_encoded`` drop ``value_length``: the value is a full
-``BlockHandle`` at a restart point and else only ``varsignedint64`` size
-delta (offset = previous offset + previous size + trailer).
+``BlockHandle`` when the entry shares no key bytes (``shared == 0``, always the
+case at a restart point) and else only a ``varsignedint64`` size delta
+(offset = previous offset + previous size + trailer).  The data block hash
+index exists only in blocks of at most 64 KiB.
 
 Compression (table/format.cc UncompressBlockData): 0 none, 1 snappy (raw
 snappy with its own length header), 2 zlib (raw deflate), 4 lz4 / 5 lz4hc
 (LZ4 block), 7 zstd (frame); for format_version >= 2 the zlib/lz4/zstd data
-is prefixed by ``varint32 decompressed size`` (zlib/lz4 format 1: none /
-``u32 size`` twice ... only 2 is supported, RocksDB >= 4.x writes it).
+is prefixed by ``varint32 decompressed size`` (before: zlib and bzip2 carry
+no size, lz4 an 8-byte little-endian size); 3 bzip2 is read too.
 
 References: rocksdb table/block_based/block.cc (DecodeEntry, DecodeKeyV4,
 IndexBlockIter), table/block_based/block_builder.cc,
@@ -67,43 +69,64 @@ def _snappy(data, size_hint):
                 from None
 
 
+def _inflate(kind, body, size):
+    """Decompress ``body`` (``size`` None: unknown, bounded by MAX_BLOCK)."""
+    limit = MAX_BLOCK if size is None else size
+    if kind == kZlibCompression:
+        d = zlib.decompressobj(-15)
+        return d.decompress(body, limit)
+    if kind == kBZip2Compression:
+        import bz2
+        return bz2.BZ2Decompressor().decompress(body, max_length=limit)
+    if kind in (kLZ4Compression, kLZ4HCCompression):
+        import lz4.block
+        return lz4.block.decompress(body, uncompressed_size=limit)
+    if kind in (kZSTD, kZSTDNotFinalCompression):
+        import zstandard
+        return zstandard.ZstdDecompressor().decompress(body, max_output_size=limit)
+    raise RocksDBError(f"unsupported block compression {COMPRESSION_NAMES.get(kind, kind)}")
+
+
 def decompress(ctype: int, data: bytes, format_version=2) -> bytes:
-    """Undo a block's compression; raise :class:`RocksDBError` on bad input."""
+    """Undo a block's compression; raise :class:`RocksDBError` on bad input.
+
+    ``compress_format_version`` is 2 for table format_version >= 2 (varint32
+    decompressed size first) and 1 before (zlib/bzip2: no size; lz4: the size
+    as a little-endian size_t in 8 bytes).
+    """
     if ctype == kNoCompression:
         return data
+    name = COMPRESSION_NAMES.get(ctype, ctype)
     try:
         if ctype == kSnappyCompression:
             size, _ = varint32(data, 0, len(data))
             if size > MAX_BLOCK:
                 raise RocksDBError(f"snappy block claims {size} bytes")
             out = _snappy(data, size)
-        else:
-            if format_version < 2:
-                raise RocksDBError(f"{COMPRESSION_NAMES.get(ctype, ctype)} blocks of "
-                                   f"format_version {format_version} are not supported")
+        elif format_version >= 2:
             size, pos = varint32(data, 0, len(data))
             if size > MAX_BLOCK:
                 raise RocksDBError(f"compressed block claims {size} bytes")
-            body = data[pos:]
-            if ctype == kZlibCompression:
-                d = zlib.decompressobj(-15)
-                out = d.decompress(body, size)
-            elif ctype in (kLZ4Compression, kLZ4HCCompression):
-                import lz4.block
-                out = lz4.block.decompress(body, uncompressed_size=size)
-            elif ctype in (kZSTD, kZSTDNotFinalCompression):
-                import zstandard
-                out = zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
-            else:
-                raise RocksDBError(f"unsupported block compression "
-                                   f"{COMPRESSION_NAMES.get(ctype, ctype)}")
-            if len(out) != size:
-                raise RocksDBError(f"block inflated to {len(out)} bytes, expected {size}")
+            out = _inflate(ctype, data[pos:], size)
+        elif ctype in (kLZ4Compression, kLZ4HCCompression):
+            if len(data) < 8:
+                raise RocksDBError("lz4 block shorter than its header")
+            size = struct.unpack_from("<Q", data)[0]
+            if size > MAX_BLOCK:
+                raise RocksDBError(f"compressed block claims {size} bytes")
+            out = _inflate(ctype, data[8:], size)
+        elif ctype in (kZlibCompression, kBZip2Compression):
+            size = None
+            out = _inflate(ctype, data, None)
+        else:
+            raise RocksDBError(f"{name} blocks of format_version {format_version} "
+                               "are not supported")
+        if size is not None and len(out) != size:
+            raise RocksDBError(f"block inflated to {len(out)} bytes, expected {size}")
     except RocksDBError:
         raise
     except Exception as e:  # library errors: corrupt compressed data
-        raise RocksDBError(f"cannot decompress {COMPRESSION_NAMES.get(ctype, ctype)} block: "
-                           f"{type(e).__name__}: {e}") from None
+        raise RocksDBError(f"cannot decompress {name} block: {type(e).__name__}: {e}") from None
     return bytes(out)
 
 
@@ -126,9 +149,10 @@ def restart_offset(block) -> tuple:
     if n < 4:
         raise RocksDBError(f"block of {n} bytes has no restart footer")
     footer = _U32.unpack_from(block, n - 4)[0]
-    num_restarts = footer & 0x7FFFFFFF
+    hashed = footer & 0x80000000 and n <= (1 << 16)  # data block hash index (<= 64 KiB)
+    num_restarts = footer & 0x7FFFFFFF if hashed else footer
     end = n - 4
-    if footer & 0x80000000:  # data block hash index
+    if hashed:
         if end < 2:
             raise RocksDBError("block hash index footer truncated")
         num_buckets = struct.unpack_from("<H", block, end - 2)[0]
@@ -183,19 +207,17 @@ def iter_index_entries(block, value_delta_encoded=False):
             off, size, _ = decode_handle(v)
             yield k, (off, size)
         return
-    end, restarts = restart_offset(block)
-    restart_set = set(restarts)
+    end, _ = restart_offset(block)
     pos, key = 0, b""
     prev = None
     while pos < end:
-        at_restart = pos in restart_set
         shared, pos = varint32(block, pos, end)
         non_shared, pos = varint32(block, pos, end)
         if shared > len(key) or pos + non_shared > end:
             raise RocksDBError(f"corrupt index entry at offset {pos}")
         key = key[:shared] + bytes(block[pos:pos + non_shared])
         pos += non_shared
-        if at_restart or prev is None:
+        if shared == 0 or prev is None:  # IndexBlockIter::DecodeCurrentValue
             off, size, pos = decode_handle(block, pos, end)
         else:
             delta, pos = varsigned64(block, pos, end)
