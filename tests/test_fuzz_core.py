@@ -29,7 +29,7 @@ def _base_head():
     if archive.exists():
         return (unpack(archive) / "img" / "base.qcow2").read_bytes()[:0x60000]
     # a minimal valid v3 header if the fixture is absent
-    h = bytearray(0x30000)
+    h = bytearray(0x60000)
     h[0:4] = b"QFI\xfb"
     h[4:8] = (3).to_bytes(4, "big")
     h[20:24] = (16).to_bytes(4, "big")
