@@ -211,7 +211,9 @@ class VzdumpArchive:
     # -- VMA --------------------------------------------------------------------------------
     def open_vma(self, meta, arrays, stream):
         ctx = self.ctx
-        hdr = VmaHeaderInfo(stream.read(0, min(stream.size, 16 << 20)))
+        head = stream.read(0, min(stream.size, 12288))
+        hsize = int.from_bytes(head[56:60], "big") if len(head) >= 60 else 0
+        hdr = VmaHeaderInfo(stream.read(0, min(stream.size, max(hsize, 12288), 16 << 20)))
         mtime = hdr.ctime
         for name, data in hdr.configs.items():
             self.dir.add(name, File(BytesSource(data, label=name), mtime=mtime), report=ctx.report,

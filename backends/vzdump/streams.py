@@ -217,7 +217,7 @@ class _Scan:
             try:
                 reader = dctx.stream_reader(_SliceIO(src, pos, max(flen, 4)), read_across_frames=False)
                 while True:
-                    b = reader.read(PIECE)
+                    b = reader.read(ZSTD_BLOCK_MAX)  # small reads: an error loses little
                     if not b:
                         break
                     yield out, b
@@ -405,9 +405,17 @@ class _GzipCursor:
             else:
                 buf = self.src.read(self.feed_pos, min(256 << 10, self.src.size - self.feed_pos))
                 if not buf:
+                    if have:  # serve what was decoded; the next read reports the truncation
+                        break
                     raise VzdumpError("gzip member is truncated")
                 self.feed_pos += len(buf)
-            b = self.d.decompress(buf, n - have)
+            try:
+                b = self.d.decompress(buf, n - have)
+            except zlib.error:
+                if have:  # serve what was decoded before the corrupt deflate data
+                    self.tail = buf
+                    break
+                raise
             self.tail = self.d.unconsumed_tail
             self.good_in = self.feed_pos - len(self.tail)
             if self.d.eof:
