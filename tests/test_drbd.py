@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from conftest import FIXTURES, ROOT, require_fixture, sha256_source, unpack
 from pvfs.discover import Options, discover
 from pvfs.nodes import resolve
 from pvfs.report import report_doc
@@ -290,3 +290,25 @@ def test_compare_off_and_now(fx):
     ctx = _pair_ctx(fx, "v08", drbd_compare="now")
     diff = json.loads(resolve(ctx.root, "storage/drbd/drbd-v08/diff.json").render())
     assert diff["compared"]["blocks"] == pair["differing_blocks"]
+
+
+def test_cli_scan_json_with_drbd_options(fx, tmp_path):
+    """The options reach the backend through the CLI (``pvfs scan --json``)."""
+    import subprocess
+    import sys
+
+    pair = MANIFEST["pairs"]["v09"]
+    rf = tmp_path / "r.txt"
+    rf.write_text("12b 1b B\n")
+    out = subprocess.run([sys.executable, "-m", "pvfs", "scan", "--json", "--no-progress",
+                          str(fx / pair["node_a"]), str(fx / pair["node_b"]),
+                          "--drbd-prefer", "A", "--drbd-ranges", f"drbd-v09={rf}",
+                          "--drbd-compare", "now"], capture_output=True, text=True, timeout=120,
+                         cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    vols = {v["path"]: v for v in doc["volumes"]}
+    assert "ranges" in vols["storage/drbd/drbd-v09/merged.raw"]["info"]["drbd"]["merged"]
+    compared = [d for d in doc["damage"] if d["code"] == "compared"]
+    assert len(compared) == 1
+    assert _blocks([tuple(r) for r in compared[0]["ranges"]]) == pair["differing_blocks"]

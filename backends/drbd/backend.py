@@ -535,6 +535,9 @@ class PairAnalysis:
             doc["differ_but_not_in_bitmaps"] = [[o, n] for o, n in missed]
             doc["in_bitmaps_but_equal"] = [[o, n] for o, n in clean]
             self.diverged = ranges
+            ctx.report.add("info", "drbd", self.resource.path, "compared",
+                           f"byte comparison: {nblocks} blocks of {S.BM_BLOCK_SIZE_4k} bytes "
+                           f"differ between A and B ({len(missed)} ranges no bitmap marks)", ranges)
             if missed:
                 ctx.report.add("warning", "drbd", self.resource.path, "bitmap-missed",
                                f"{sum(n for _, n in missed)} bytes differ between the nodes "

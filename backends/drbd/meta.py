@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from construct import ConstructError
-
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import FormatError
+from pvfs.structs import parse
 
 from . import structs as S
 
@@ -215,20 +214,13 @@ def flag_names(value, names):
     return [n for bit, n in sorted(names.items()) if value & bit]
 
 
-def _parse(struct_, buf, what):
-    try:
-        return struct_.parse(buf)
-    except ConstructError as e:  # only on a short buffer; the layouts are fixed-size
-        raise DrbdError(f"{what}: {e}") from None
-
-
 def decode_superblock(buf: bytes, location: MdLocation, md_offset: int) -> DrbdMeta:
     """Decode one 4 KiB superblock (no layout checks yet)."""
     if len(buf) < S.MD_SUPERBLOCK_SIZE:
         raise DrbdError(f"superblock at {md_offset:#x} is truncated ({len(buf)} bytes)")
     magic = int.from_bytes(buf[S.MAGIC_OFFSET:S.MAGIC_OFFSET + 4], "big")
     if magic in (S.DRBD_MD_MAGIC_08, S.DRBD_MD_MAGIC_84_UNCLEAN):
-        d = _parse(S.md_on_disk_08, buf, "v08 superblock")
+        d = parse(S.md_on_disk_08, buf, DrbdError, "v08 superblock", md_offset)
         al_stripes, al_4k = d.al_stripes, d.al_stripe_size_4k
         if al_stripes == 0 and al_4k == 0:  # pre-8.4: fixed 32 KiB activity log
             al_stripes, al_4k = 1, 8
@@ -243,7 +235,7 @@ def decode_superblock(buf: bytes, location: MdLocation, md_offset: int) -> DrbdM
             al_stripes=al_stripes, al_stripe_size_4k=al_4k, members=0,
             peers=[PeerSlot(None, d.uuid[S.UI_BITMAP], 0, 0, 0)])
     if magic == S.DRBD_MD_MAGIC_09:
-        d = _parse(S.meta_data_on_disk_9, buf, "v09 superblock")
+        d = parse(S.meta_data_on_disk_9, buf, DrbdError, "v09 superblock", md_offset)
         peers = [PeerSlot(i, p.bitmap_uuid, p.bitmap_dagtag, p.flags, p.bitmap_index)
                  for i, p in enumerate(d.peers)]
         return DrbdMeta(
