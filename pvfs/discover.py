@@ -69,6 +69,7 @@ class Volume:
         self.info: dict = {}
         self.filesystem: str | None = None
         self.vm_paths: list[str] = []
+        self.mtime = None  # from the source where known; children (partitions) inherit it
 
     def __repr__(self):
         return f"<Volume {self.path} {self.role}>"
@@ -117,6 +118,7 @@ class Context:
                              path_hint=dir_path)
         path = f"{dir_path}/{name}"
         vol = Volume(source, path, name, role, parent=parent, input_path=input_path)
+        vol.mtime = mtime
         if children_home == "sibling":
             vol.homes.append(Home(directory, None, dir_path))
         elif children_home == "parts":
@@ -139,9 +141,11 @@ class Context:
         first = None
         for home in volume.homes:
             d = home.dir()
-            used = d.add(name, File(source), report=self.report, path_hint=home.path)
+            used = d.add(name, File(source, mtime=volume.mtime), report=self.report,
+                         path_hint=home.path)
             if first is None:
                 first = Volume(source, f"{home.path}/{used}", used, role, parent=volume)
+                first.mtime = volume.mtime
                 first.info.update(info or {})
                 first.homes.append(Home(d, f"{used}.parts", f"{home.path}/{used}.parts"))
             else:
@@ -156,8 +160,8 @@ class Context:
         """Show ``volume``'s children in one more place (children added later follow)."""
         volume.homes.append(home)
         for name, child in volume.children:
-            used = home.dir().add(name, File(child.source), report=self.report,
-                                  path_hint=home.path)
+            used = home.dir().add(name, File(child.source, mtime=child.mtime),
+                                  report=self.report, path_hint=home.path)
             child.vm_paths.append(f"{home.path}/{used}")
 
     def add_input_disk(self, input_vol: Volume, source, snapshot: str | None = None,
