@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-import struct
 
 import pytest
 
@@ -312,3 +312,29 @@ def test_cli_scan_json_with_drbd_options(fx, tmp_path):
     compared = [d for d in doc["damage"] if d["code"] == "compared"]
     assert len(compared) == 1
     assert _blocks([tuple(r) for r in compared[0]["ranges"]]) == pair["differing_blocks"]
+
+
+def test_through_a_fuse_mount(fx, tmp_path):
+    """``pvfs mount nodeA.img nodeB.img MNT``: both timelines, diff.json and diverged/ as files."""
+    from mountutil import FUSE_OK, pvfs_mounted
+
+    if not FUSE_OK:
+        pytest.skip("needs /dev/fuse and fusermount3")
+    from conftest import sha256_file
+
+    pair = MANIFEST["pairs"]["v08"]
+    with pvfs_mounted([fx / pair["node_a"], fx / pair["node_b"]], tmp_path / "mnt") as mnt:
+        base = mnt / "storage" / "drbd" / "drbd-v08"
+        assert sorted(os.listdir(base)) == ["diff.json", "diverged", "merged.raw", "meta.json",
+                                            "node-A.raw", "node-B.raw"]
+        for letter, key in (("A", "node_a"), ("B", "node_b")):
+            assert sha256_file(base / f"node-{letter}.raw") == \
+                MANIFEST["images"][pair[key]]["data_area_sha256"]
+        diff = json.loads((base / "diff.json").read_text())
+        assert diff["compared"]["blocks"] == pair["differing_blocks"]
+        dirs = sorted(d for d in os.listdir(base / "diverged") if d != "README.txt")
+        assert len(dirs) == 6
+        first = base / "diverged" / dirs[0]
+        assert (first / "node-A.bin").read_bytes()[:24] == b"DRBDFIX node-a blk=10 se"
+        link = mnt / "storage" / "files" / pair["node_a"] / "drbd-data.raw"
+        assert os.readlink(link) == "../../drbd/drbd-v08/node-A.raw" and link.exists()

@@ -7,7 +7,6 @@ blocks), never from what the reader produced.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import struct
