@@ -175,20 +175,27 @@ def iter_entries(block, start=0):
 def _entries(block, pos, end):
     key = b""
     while pos < end:
-        # fast path: the three lengths as single bytes
-        shared, non_shared, vlen = block[pos], block[pos + 1] if pos + 1 < end else 255, \
-            block[pos + 2] if pos + 2 < end else 255
-        if shared | non_shared | vlen < 128:
-            pos += 3
+        # the three lengths are nearly always single bytes: decode those inline
+        b = block[pos]
+        if b < 0x80:
+            shared, pos = b, pos + 1
         else:
             shared, pos = varint32(block, pos, end)
+        b = block[pos] if pos < end else 0xFF
+        if b < 0x80:
+            non_shared, pos = b, pos + 1
+        else:
             non_shared, pos = varint32(block, pos, end)
+        b = block[pos] if pos < end else 0xFF
+        if b < 0x80:
+            vlen, pos = b, pos + 1
+        else:
             vlen, pos = varint32(block, pos, end)
         if shared > len(key) or pos + non_shared + vlen > end:
             raise RocksDBError(f"corrupt block entry at offset {pos}")
-        key = key[:shared] + bytes(block[pos:pos + non_shared])
+        key = key[:shared] + block[pos:pos + non_shared] if shared else block[pos:pos + non_shared]
         pos += non_shared
-        yield key, bytes(block[pos:pos + vlen])
+        yield key, block[pos:pos + vlen]
         pos += vlen
 
 

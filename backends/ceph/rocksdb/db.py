@@ -45,6 +45,11 @@ _MANIFEST_RE = re.compile(r"^MANIFEST-(\d+)$")
 _DELETES = (DELETE, SINGLE_DELETE, kTypeDeletionWithTimestamp)
 
 
+def _order(e):
+    """Internal key order: user key ascending, sequence descending."""
+    return e[0], -e[1]
+
+
 class HostDirFiles:
     """Files of a RocksDB directory on the host file system (the mon ``store.db``)."""
 
@@ -284,8 +289,12 @@ class DB:
         c = self.cf_by_name.get(cf_name)
         if c is None:
             return iter(())
-        sources = [self._mem_iter(c, start, end)] + [t.iterate(start, end) for t in c.tables]
-        return heapq.merge(*sources, key=lambda e: (e[0], -e[1]))
+        sources = [t.iterate(start, end) for t in c.tables]
+        if c.mem_keys:
+            sources.append(self._mem_iter(c, start, end))
+        if len(sources) == 1:
+            return sources[0]
+        return heapq.merge(*sources, key=_order)
 
     def iterate(self, cf_name, start=b"", end=None):
         """``(user_key, value)`` of the live keys of a column family, in order."""
@@ -293,11 +302,43 @@ class DB:
         if c is None:
             return
         tomb = c.tombstones
-        for key, group in itertools.groupby(self.raw_iterate(cf_name, start, end),
-                                            key=lambda e: e[0]):
-            value = self._resolve(c, key, group, tomb)
-            if value is not None:
-                yield key, value
+        cur = None
+        done = True
+        operands = []
+        for key, seq, kind, value in self.raw_iterate(cf_name, start, end):
+            if key != cur:
+                if not done and operands:  # a merge chain without a base value
+                    out = self._merged(c, cur, None, operands)
+                    if out is not None:
+                        yield cur, out
+                cur, done, operands = key, False, []
+            elif done:
+                continue  # an older version of a key already resolved
+            if tomb and any(b <= key < e and s > seq for b, s, e in tomb):
+                kind, value = DELETE, None  # hidden by a newer range deletion
+            if kind == PUT:
+                done = True
+                if operands:
+                    value = self._merged(c, key, value, operands)
+                if value is not None:
+                    yield key, value
+            elif kind == MERGE:
+                operands.append(value)
+            elif kind in _DELETES:
+                done = True
+                if operands:
+                    out = self._merged(c, key, None, operands)
+                    if out is not None:
+                        yield key, out
+            elif kind in (BLOB_INDEX, ENTITY):
+                done = True
+                self._note("warning", "rocksdb-unsupported-value",
+                           f"{c.name}: key {key[:40]!r} holds a blob index / wide-column entity")
+            # other types inside data blocks (range deletion markers): ignore that version
+        if not done and operands:
+            out = self._merged(c, cur, None, operands)
+            if out is not None:
+                yield cur, out
 
     def get(self, cf_name, key):
         for k, v in self.iterate(cf_name, key, key + b"\x00"):
@@ -305,28 +346,9 @@ class DB:
                 return v
         return None
 
-    def _resolve(self, c, key, group, tomb):
-        operands = []
-        base = None
-        for _, seq, kind, value in group:
-            if tomb and any(b <= key < e and s > seq for b, s, e in tomb):
-                break
-            if kind == PUT:
-                base = value
-                break
-            if kind in _DELETES:
-                break
-            if kind == MERGE:
-                operands.append(value)
-                continue
-            if kind in (BLOB_INDEX, ENTITY):
-                self._note("warning", "rocksdb-unsupported-value",
-                           f"{c.name}: key {key[:40]!r} holds a blob index / wide-column entity")
-                break
-            # range deletion markers or unknown types inside data: ignore that version
-        if not operands:
-            return base
-        operands.reverse()
+    def _merged(self, c, key, base, operands):
+        """Merge operands (collected newest first) over ``base``."""
+        operands = operands[::-1]
         if self.merge is None:
             self._note("warning", "rocksdb-merge", f"{c.name}: merge operands without an operator")
             return operands[-1]

@@ -163,10 +163,15 @@ class Table:
     def _load_data(self, off, size):
         out = _Entries()
         cost = 64
-        for ikey, value in iter_entries(self._block(off, size)):
-            uk, seq, typ = split_internal_key(ikey)
-            out.append((uk, seq, typ, value))
-            cost += len(ikey) + len(value) + 120
+        append = out.append
+        unpack = _Q.unpack_from
+        for ikey, value in iter_entries(bytes(self._block(off, size))):
+            n = len(ikey) - 8
+            if n < 0:
+                raise RocksDBError(f"{self.name}: internal key of {n + 8} bytes in block {off:#x}")
+            packed = unpack(ikey, n)[0]
+            append((ikey[:n], packed >> 8, packed & 0xFF, value))
+            cost += n + len(value) + 160
         out.cache_cost = cost
         return out
 
