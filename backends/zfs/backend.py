@@ -150,10 +150,16 @@ class ZfsBackend(Backend):
             if oub.txg == ub.txg:
                 continue
             vname = f"{used}@txg-{oub.txg}"
-            vdir = Dir(loader=_txg_loader(pool, omos, ctx, volumes[0], f"storage/zfs/{vname}"))
+            vdir = Dir(loader=_txg_loader(pool.view(f"storage/zfs/{vname}"), oub, ctx,
+                                          volumes[0], f"storage/zfs/{vname}"))
             root.add(vname, vdir, report=ctx.report, path_hint="storage/zfs")
 
     def _features(self, pool, ctx, path):
+        version = pool.config.get("version")
+        if not isinstance(version, int) or not (1 <= version <= 28 or version == 5000):
+            ctx.report.add("warning", "zfs", path, "unknown-version",
+                           f"pool version {version!r} is not a known ZFS version (1-28, 5000); "
+                           f"reading it anyway")
         feats = pool.config.get("features_for_read")
         if not isinstance(feats, dict):
             return
@@ -164,10 +170,12 @@ class ZfsBackend(Backend):
                            f"blocks that need them will be unreadable")
 
 
-def _txg_loader(pool, mos, ctx, parent_vol, path):
+def _txg_loader(pool, ub, ctx, parent_vol, path):
     def load(d):
         notes = []
         try:
+            mos = ObjSet(pool, ub.rootbp, f"{pool.name} MOS @txg {ub.txg}")
+            pool.mos = mos
             rootds = dsl.walk(mos, notes, pool.name)
         except (PvfsError, ValueError) as e:
             ctx.report.add("error", "zfs", path, "bad-uberblock", f"datasets unreadable: {e}")
@@ -230,10 +238,17 @@ class _TreeBuilder:
             self.report("error", path, "bad-dataset", f"{ds.name}: object set unreadable: {e}")
             os_ = None
         if ds.encrypted and (os_ is None or os_.crypt is None):
+            kind = "zvol" if os_ is not None and os_.os_type == 3 else "dataset"
             self.report("info", path, "encrypted",
-                        f"{ds.name} is encrypted; give its key with --zfs-key "
+                        f"{ds.name} is encrypted ({kind}); give its key with --zfs-key "
                         f"{ds.name}=... to read it")
+            if kind == "zvol":
+                return None  # nothing to show without the key (no empty stand-in)
             os_ = None
+        if os_ is not None and os_.has_intent_log and self.live:
+            self.report("warning", path, "intent-log",
+                        f"{ds.name} has intent log (ZIL) records that are not replayed: the "
+                        f"last synchronous writes before the crash are not shown")
         if os_ is not None and os_.os_type == 3:
             self.zvol(ds, os_, parent_dir, parent_path, name)
             return None

@@ -209,6 +209,13 @@ class ObjSet:
                                                          OBJSET_PHYS_OS_TYPE)
         self.meta = Dnode(self, 0, raw[:DNODE_SIZE], self.little)
         self.nobjects = self.meta.size // DNODE_SIZE
+        # zil_header_t after the meta-dnode: zh_claim_txg, zh_replay_seq, zh_log (blkptr)
+        self.zil_log = BlkPtr(raw[DNODE_SIZE + 16:DNODE_SIZE + 16 + BLKPTR_SIZE], self.little)
+
+    @property
+    def has_intent_log(self) -> bool:
+        """Records of synchronous writes that were never replayed into the objects."""
+        return not self.zil_log.hole and not self.zil_log.embedded
 
     def _dnode_block(self, blkid):
         key = ("zfs-dnblk", self.key, blkid)

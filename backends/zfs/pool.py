@@ -9,6 +9,7 @@ vdev_uberblock_compare, newest txg then timestamp), spa_misc.c (spa_config),
 
 from __future__ import annotations
 
+import copy
 import itertools
 import struct
 
@@ -18,7 +19,8 @@ from pvfs.errors import UnreadableError
 from . import checksum, compress
 from .blkptr import BlkPtr
 from .errors import ZfsError
-from .structs import BLKPTR_SIZE, SPA_GANGBLOCKSIZE, SPA_MAXBLOCKSIZE, ZEC_MAGIC
+from .structs import (BLKPTR_SIZE, DMU_OT_OBJSET, SPA_GANGBLOCKSIZE, SPA_MAXBLOCKSIZE,
+                      ZEC_MAGIC)
 
 _POOL_UIDS = itertools.count(1)
 MAX_GANG_DEPTH = 8  # SPA_GANGBLOCKSIZE trees are at most a few levels deep
@@ -153,9 +155,11 @@ class Pool:
         data = self.read_physical(bp)
         if bp.encrypted:
             crypt = getattr(objset, "crypt", None) if objset is not None else None
-            if crypt is None:
+            if crypt is not None:
+                data = crypt.decrypt_block(bp, data)
+            elif bp.level == 0 and bp.type != DMU_OT_OBJSET:
+                # objset and indirect blocks are only authenticated (MAC), not encrypted
                 raise EncryptedError("zfs: block is encrypted and no key is loaded")
-            data = crypt.decrypt_block(bp, data)
         if bp.comp not in (0, 2) or len(data) != bp.lsize:
             data = compress.decompress(bp.comp, data, bp.lsize)
         if key is not None:
@@ -164,6 +168,13 @@ class Pool:
 
     def describe(self):
         return [t.describe() for t in self.tops]
+
+    def view(self, path):
+        """The same pool seen at another txg: own tree path (for damage) and MOS."""
+        v = copy.copy(self)
+        v.path = path
+        v.mos = None
+        return v
 
 
 class EncryptedError(ZfsError):
