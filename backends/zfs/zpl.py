@@ -150,7 +150,7 @@ class Zpl:
                 from .objset import DnodeSource
 
                 src = DnodeSource(dnode, zn.size, f"{self.objset.name}:{relpath}",
-                                  path=tree_path, bad=self.bad)
+                                  path=tree_path, bad=self.bad, ctx=self.ctx)
                 node = File(src, mode=zn.mode, **kw)
             elif kind == stat.S_IFLNK:
                 node = Symlink(self._symlink_target(dnode, zn, relpath), **kw)
