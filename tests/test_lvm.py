@@ -252,7 +252,7 @@ def test_damaged_mapping_root_is_rebuilt_from_orphan_leaves(syn):
     d, m = syn
     pool = _pool(d / "pve-disk.img", m)
     root = pool.dev_roots[1]
-    off = m["thin_pool"]["tmeta_disk_offset_bytes"] + root * 4096 + 100
+    off = m["thin_pool"]["tmeta_disk_offset_bytes"] + root * 4096 + 16  # nr_entries
     pool = _pool(d / "pve-disk.img", m, {off: b"\xff\xfe"})
     mp = pool.mapping(1)
     assert mp.unknown == [(0, None)]
@@ -268,6 +268,64 @@ def test_damaged_mapping_root_is_rebuilt_from_orphan_leaves(syn):
     # the other devices are untouched
     s2 = ThinSource(pool, 2, m["thin_volumes"]["vm-101-disk-0"]["size_bytes"])
     assert sha256_source(s2) == m["thin_volumes"]["vm-101-disk-0"]["sha256"]
+
+
+def test_internal_node_with_flipped_bits_in_unused_space_is_salvaged(syn):
+    d, m = syn
+    pool = _pool(d / "pve-disk.img", m)
+    root = pool.dev_roots[1]
+    off = m["thin_pool"]["tmeta_disk_offset_bytes"] + root * 4096 + 1000  # unused keys
+    pool = _pool(d / "pve-disk.img", m, {off: b"\xff\xfe"})
+    mp = pool.mapping(1)
+    assert mp.unknown == [] and any("salvaged" in n for n in mp.notes)
+    tv = m["thin_volumes"]["vm-100-disk-0"]
+    assert sha256_source(ThinSource(pool, 1, tv["size_bytes"])) == tv["sha256"]
+
+
+def _real_pool_with(real, patch_block, patch_at, data):
+    img, m = real
+    tm = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
+    ctx = Context(Options())
+    f = FileSource(img)
+    off = m["pv_offset_bytes"]
+    src = SliceSource(Patched(f, {tm + patch_block * 4096 + patch_at: data}), off,
+                      f.size - off)
+    ctx.add_volume(src, ctx.storage("files"), "p3", "storage/files", "partition",
+                   children_home=None)
+    run_queue(ctx)
+    finish(ctx)
+    return ctx
+
+
+@pytest.mark.parametrize("what", ["superblock", "top-level root", "details root"])
+def test_real_kernel_pool_recovers_from_a_damaged_root(real, what):
+    """The kernel leaves many older checksummed trees behind (copy-on-write); recovery
+    must pick the current ones: by the metadata space map when the superblock is intact,
+    by transaction id / agreement with the device details when it is not."""
+    img, m = real
+    base = _discover_partition(img, m["pv_offset_bytes"])
+    pool = resolve(base.root, "storage/lvm/pve/vm-100-disk-0").source.pool
+    block, at, data = {"superblock": (0, 0, bytes(4096)),
+                       "top-level root": (pool.sb.data_mapping_root, 40, b"\xde\xad"),
+                       "details root": (pool.sb.device_details_root, 40, b"\xde\xad")}[what]
+    ctx = _real_pool_with(real, block, at, data)
+    for name in ("vm-100-disk-0", "vm-101-disk-0", "snap_vm-100-disk-0_before"):
+        assert _sha(ctx, f"storage/lvm/pve/{name}") == m["lvs"][name]["device"]["sha256"], name
+    assert [e for e in ctx.report if e.severity == "error" and e.layer == "lvm"]
+
+
+def test_real_kernel_pool_damaged_leaf_is_reported_not_guessed(real):
+    """vm-100's only leaf is damaged and the space map says every other copy is stale:
+    its whole range is unknown (EIO), never filled from stale nodes."""
+    img, m = real
+    base = _discover_partition(img, m["pv_offset_bytes"])
+    pool = resolve(base.root, "storage/lvm/pve/vm-100-disk-0").source.pool
+    ctx = _real_pool_with(real, pool.dev_roots[1], 40, b"\xde\xad")
+    lost = [e for e in ctx.report if e.code == "thin-mapping-lost"]
+    assert lost and lost[0].ranges == ((0, m["lvs"]["vm-100-disk-0"]["device"]["size"]),)
+    with pytest.raises(UnreadableError):
+        resolve(ctx.root, "storage/lvm/pve/vm-100-disk-0").source.read(0, 4096)
+    assert _sha(ctx, "storage/lvm/pve/vm-101-disk-0") == m["lvs"]["vm-101-disk-0"]["device"]["sha256"]
 
 
 def test_unusable_metadata_still_exposes_tdata(syn, tmp_path):

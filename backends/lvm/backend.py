@@ -301,6 +301,8 @@ class _Builder:
             cb = pool.chunk_bytes
             ranges = [(lo * cb, (size if hi is None else min(size, hi * cb)) - lo * cb)
                       for lo, hi in m.unknown if lo * cb < size]
+            for note in m.notes:
+                self.report("warning", "thin-btree", f"thin LV {lv.name}: {note}", path=path)
             if ranges:
                 self.report("error", "thin-mapping-lost",
                             f"thin LV {lv.name}: the mapping of {len(ranges)} range(s) could not "

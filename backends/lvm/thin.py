@@ -142,15 +142,22 @@ class Node:
         return np.frombuffer(self.values, "<u8")
 
 
-def parse_node(block: bytes, blocknr: int) -> Node:
-    """Verify and parse one btree node (``btree_node_validator``)."""
+class ChecksumError(ThinError):
+    """A btree node whose checksum fails (its content may still be mostly right)."""
+
+
+def parse_node(block: bytes, blocknr: int, verify=True) -> Node:
+    """Verify and parse one btree node (``btree_node_validator``).
+
+    ``verify=False`` skips only the checksum (for salvaging an internal node whose
+    children are then checked one by one)."""
     if len(block) < BLOCK:
         raise ThinError(f"btree node {blocknr}: short block")
     csum, flags, bnr, nr, max_e, vsize, _pad = _NODE_HDR.unpack_from(block)
     if bnr != blocknr:
         raise ThinError(f"btree node {blocknr}: header says block {bnr}")
-    if dm_checksum(block, S.BTREE_CSUM_XOR) != csum:
-        raise ThinError(f"btree node {blocknr}: checksum mismatch")
+    if verify and dm_checksum(block, S.BTREE_CSUM_XOR) != csum:
+        raise ChecksumError(f"btree node {blocknr}: checksum mismatch")
     if flags not in (S.INTERNAL_NODE, S.LEAF_NODE):
         raise ThinError(f"btree node {blocknr}: bad flags {flags:#x}")
     if vsize == 0 or vsize > BLOCK or max_e == 0 or nr > max_e \
@@ -216,7 +223,14 @@ class ThinMetadata:
                 seen.add(b)
                 if depth > MAX_TREE_DEPTH:
                     raise ThinError(f"btree deeper than {MAX_TREE_DEPTH} at node {b}")
-                n = self.node(b, cache_leaves, pre.pop(b, None))
+                try:
+                    n = self.node(b, cache_leaves, pre.pop(b, None))
+                except ChecksumError as e:
+                    n = self._salvage(b, lo, hi)
+                    if n is None:
+                        raise
+                    bad.append(f"{e}; salvaged: an internal node whose {len(n.keys)} "
+                               f"children are all valid nodes in key order")
                 nodes += 1
                 if n.is_leaf and n.value_size != value_size:
                     raise ThinError(f"btree node {b}: value size {n.value_size}, "
@@ -250,6 +264,29 @@ class ThinMetadata:
                 stack.append((int(children[i]), c_lo, c_hi, depth + 1))
         k = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
         return Walk(k, b"".join(vals), unknown, bad, nodes)
+
+    def _salvage(self, b, lo, hi):
+        """An internal node failing only its checksum is used when every child is a valid
+        node whose first key fits the separator keys (flipped bits in unused space)."""
+        try:
+            n = parse_node(self.read_block(b), b, verify=False)
+        except (ThinError, UnreadableError):
+            return None
+        if n.is_leaf or not len(n.keys):
+            return None
+        ks = n.keys.tolist()
+        if ks[0] < lo and lo and ks[0] != 0 or (hi is not None and ks[-1] >= hi):
+            return None
+        for i, c in enumerate(n.u64_values().tolist()):
+            try:
+                child = self.node(c)
+            except (ThinError, UnreadableError):
+                return None
+            if len(child.keys):
+                first, last = int(child.keys[0]), int(child.keys[-1])
+                if first < ks[i] or (i + 1 < len(ks) and last >= ks[i + 1]):
+                    return None
+        return n
 
     def _read_ahead(self, blocks, pre, max_run=64):
         """Read runs of consecutive child blocks with one read each (writers such as
@@ -300,6 +337,7 @@ class Mapping:
     unknown: list  # [(vlo, vhi)] virtual block ranges that could not be read
     mapped: int
     max_time: int
+    notes: list = field(default_factory=list)
 
     @property
     def nbytes(self):
@@ -321,6 +359,55 @@ def mapping_from_entries(vblocks: np.ndarray, values: np.ndarray, unknown, nr_da
         vstart = dstart = length = np.zeros(0, np.int64)
     return Mapping(vstart, dstart, length.astype(np.int64), list(unknown), len(vb),
                    int(tm.max()) if len(tm) else 0)
+
+
+# ---------------------------------------------------------------------------
+ENTRIES_PER_BITMAP = (BLOCK - S.BITMAP_HEADER_SIZE) * 4
+
+
+def bitmap_counts(block: bytes) -> np.ndarray:
+    """The 2-bit reference counts of one space-map bitmap block (``sm_lookup_bitmap``:
+    entry ``b`` is bits ``2b`` (high) and ``2b+1`` (low) of the little-endian words)."""
+    bits = np.unpackbits(np.frombuffer(block, np.uint8, offset=S.BITMAP_HEADER_SIZE),
+                         bitorder="little")
+    return (bits[0::2] << 1) | bits[1::2]
+
+
+def metadata_in_use(md: ThinMetadata, sb: Superblock):
+    """Boolean array: metadata blocks the superblock's metadata space map counts as used.
+
+    Copy-on-write leaves older tree nodes behind, still checksummed; the space map of
+    the committed transaction tells them apart.  None when the map cannot be read."""
+    root = sb.metadata_sm
+    nr = min(int(root["nr_blocks"]), md.nr_blocks)
+    try:
+        idx = md.read_block(int(root["bitmap_root"]))
+    except (ThinError, UnreadableError):
+        return None
+    csum, _pad, bnr = struct.unpack_from("<IIQ", idx)
+    if bnr != root["bitmap_root"] or dm_checksum(idx, S.INDEX_CSUM_XOR) != csum:
+        return None
+    used = np.zeros(nr, bool)
+    n_bitmaps = -(-nr // ENTRIES_PER_BITMAP)
+    if n_bitmaps > S.MAX_METADATA_BITMAPS:
+        return None
+    for i in range(n_bitmaps):
+        bb = _u64(idx, S.METADATA_INDEX_HEADER + i * S.INDEX_ENTRY_SIZE)
+        try:
+            blk = md.read_block(bb)
+        except (ThinError, UnreadableError):
+            return None
+        csum, _nu, bnr = struct.unpack_from("<IIQ", blk)
+        if bnr != bb or dm_checksum(blk, S.BITMAP_CSUM_XOR) != csum:
+            return None
+        lo = i * ENTRIES_PER_BITMAP
+        hi = min(nr, lo + ENTRIES_PER_BITMAP)
+        used[lo:hi] = bitmap_counts(blk)[:hi - lo] != 0
+    return used
+
+
+def _u64(b, o):
+    return int.from_bytes(b[o:o + 8], "little")
 
 
 # ---------------------------------------------------------------------------
@@ -388,13 +475,16 @@ class Recovery:
     the device details.
     """
 
-    def __init__(self, md: ThinMetadata, scan: ScanResult, expected_devs=(), nr_data_blocks=None):
+    def __init__(self, md: ThinMetadata, scan: ScanResult, expected_devs=(), nr_data_blocks=None,
+                 in_use=None):
         self.md = md
         self.scan = scan
+        self.in_use = in_use  # metadata space map of the committed transaction, if known
         self.notes = []
         self.kind = {}
         self.expected = set(expected_devs)
         self.nr_data_blocks = nr_data_blocks
+        self._tops = None
         self._classify()
 
     def _leaf8_kind(self, b):
@@ -448,8 +538,13 @@ class Recovery:
         self.referenced = referenced
         self.roots = [b for b in self.kind if b not in referenced]
 
-    def roots_of(self, kind):
-        return sorted(b for b in self.roots if self.kind.get(b) == kind)
+    def current(self, b):
+        """False for a node the committed metadata space map says is free (stale)."""
+        return self.in_use is None or (0 <= b < len(self.in_use) and bool(self.in_use[b]))
+
+    def roots_of(self, kind, only_current=True):
+        return sorted(b for b in self.roots if self.kind.get(b) == kind
+                      and (not only_current or self.current(b)))
 
     def best_details(self):
         best, best_rank = None, None
@@ -483,11 +578,32 @@ class Recovery:
                 stack.extend((c, d + 1) for c in self.scan.internal[b])
         return total
 
+    def top_trees(self):
+        """{root: {dev_id: mapping root}} for every top-level tree found (all generations)."""
+        if self._tops is None:
+            self._tops = {}
+            for r in self.roots_of("top", only_current=False):
+                w = self.md.walk(r, 8)
+                self._tops[r] = dict(zip(w.keys.tolist(),
+                                         np.frombuffer(w.values, "<u8").tolist()))
+        return self._tops
+
+    def device_roots(self, dev):
+        """Every mapping root some top-level tree (of any generation) gives ``dev``."""
+        return sorted({devs[dev] for devs in self.top_trees().values()
+                       if dev in devs and self.scan.valid(devs[dev])
+                       and self.current(devs[dev])})
+
+    def max_time(self, root):
+        w = self.md.walk(root, 8, cache_leaves=False)
+        v = np.frombuffer(w.values, "<u8")
+        return int((v & np.uint64(0xFFFFFF)).max()) if len(v) else -1
+
     def best_top(self, details):
         best, best_rank = None, None
-        for r in self.roots_of("top"):
-            w = self.md.walk(r, 8)
-            devs = dict(zip(w.keys.tolist(), np.frombuffer(w.values, "<u8").tolist()))
+        for r, devs in self.top_trees().items():
+            if not self.current(r):
+                continue
             agree = sum(1 for d, root in devs.items()
                         if d in details and self._entries(root) == details[d].mapped_blocks)
             rank = (len(self.expected & set(devs)), agree, len(devs), r)
@@ -592,8 +708,13 @@ class ThinPool:
         with self._lock:
             if self._rec is None:
                 scan = scan_nodes(self.md)
+                in_use = metadata_in_use(self.md, self.sb) if self.sb is not None else None
+                if self.sb is not None and in_use is None:
+                    self._problem("warning", "thin-space-map",
+                                  "the metadata space map cannot be read; stale btree nodes "
+                                  "cannot be told from current ones")
                 self._rec = Recovery(self.md, scan, self.hints.get("device_ids", ()),
-                                     self.nr_data_blocks)
+                                     self.nr_data_blocks, in_use)
             return self._rec
 
     def orphan_roots(self):
@@ -612,20 +733,31 @@ class ThinPool:
         self.info.append(f"recovery: scanned {scan.scanned_blocks} metadata blocks, "
                          f"{len(scan.internal) + len(scan.leaves8) + len(scan.leaves24)} valid "
                          f"btree nodes; device details at {droot}, top-level tree at {troot}")
-        # Devices the LVM text names, with details but without a mapping tree: match an
-        # orphan mapping subtree by its entry count (= mapped_blocks).
+        # Per device, every tree that may be its mapping: what the chosen top-level tree
+        # says, what older top-level trees say, and unreferenced mapping trees whose entry
+        # count is the device's mapped_blocks.  The one agreeing with the device details,
+        # then the one with the newest time, wins.
         orphans = rec.orphan_mapping_roots(set(self.dev_roots.values()))
-        wanted = set(self.hints.get("device_ids", ())) | set(details)
-        for dev in sorted(wanted - set(self.dev_roots)):
-            if dev not in details:
+        wanted = set(self.hints.get("device_ids", ())) | set(details) | set(self.dev_roots)
+        for dev in sorted(wanted):
+            cur = self.dev_roots.get(dev)
+            want_n = details[dev].mapped_blocks if dev in details else None
+            cands = set(rec.device_roots(dev))
+            if cur is not None:
+                cands.add(cur)
+            if want_n is not None:
+                cands.update(r for r in orphans if rec._entries(r) == want_n)
+            if not cands or (cur is not None and rec._entries(cur) == want_n):
                 continue
-            fits = [r for r in orphans if rec._entries(r) == details[dev].mapped_blocks]
-            if len(fits) == 1:
-                self.dev_roots[dev] = fits[0]
-                orphans.remove(fits[0])
+            best = max(cands, key=lambda r: (rec._entries(r) == want_n, rec.max_time(r),
+                                             r == cur, r))
+            if best != cur:
+                self.dev_roots[dev] = best
+                how = ("matches its mapped_blocks" if rec._entries(best) == want_n
+                       else "newest time")
                 self._problem("warning", "thin-guessed-root",
-                              f"thin device {dev}: mapping tree at block {fits[0]} matched by "
-                              f"its {details[dev].mapped_blocks} mapped blocks")
+                              f"thin device {dev}: using the mapping tree at block {best} "
+                              f"({how}; the top-level tree gave {cur})")
         if not self.dev_roots:
             self._problem("error", "thin-metadata-unusable",
                           "no thin device mapping could be recovered; only the pool data "
@@ -648,26 +780,42 @@ class ThinPool:
                            [(0, None)], 0, 0)
         w = self.md.walk(int(root), 8, cache_leaves=False)
         keys, vals, unknown = w.keys, np.frombuffer(w.values, "<u8"), list(w.unknown)
+        notes = list(w.bad)
         if unknown:
-            keys, vals, unknown = self._fill_from_orphans(keys, vals, unknown)
-        return mapping_from_entries(keys, vals, unknown, self.nr_data_blocks)
+            keys, vals, filled = self._fill_unknown(dev_id, int(root), keys, vals, unknown)
+            if filled:
+                notes.append(f"{filled} block mapping(s) in the lost range(s) taken from "
+                             f"unreferenced leaves and older copies of the tree (newest "
+                             f"time wins; may be stale)")
+        m = mapping_from_entries(keys, vals, unknown, self.nr_data_blocks)
+        m.notes = notes
+        return m
 
-    def _fill_from_orphans(self, keys, vals, unknown):
-        """Mapping leaves nobody references whose keys fall inside an unknown range."""
-        add_k, add_v = [keys], [vals]
-        best = {}
-        for r in self.orphan_roots():
-            w = self.md.walk(r, 8)
+    def _fill_unknown(self, dev, root, keys, vals, unknown):
+        """Entries for keys inside the lost ranges, from mapping trees nobody references
+        (a damaged node's children) and from older copies of this device's tree."""
+        best = {}  # key -> (time, preference, value)
+        rec = self._scan_once()
+        sources = [(r, 1) for r in self.orphan_roots()]
+        if rec.in_use is None:
+            # Without the committed space map, older copies of this device's tree are the
+            # best evidence left (stale where the device changed since; reported).  With
+            # it, an "older copy" still in use is a snapshot's tree: not this device's data.
+            sources += [(r, 0) for r in rec.device_roots(dev) if r != root]
+        for r, pref in sources:
+            w = self.md.walk(r, 8, cache_leaves=False)
             v = np.frombuffer(w.values, "<u8")
             for k, val in zip(w.keys.tolist(), v.tolist()):
                 if any(lo <= k and (hi is None or k < hi) for lo, hi in unknown):
+                    rank = (val & 0xFFFFFF, pref)
                     old = best.get(k)
-                    if old is None or (val & 0xFFFFFF) > (old & 0xFFFFFF):
-                        best[k] = val
-        if best:
-            add_k.append(np.array(list(best), np.uint64))
-            add_v.append(np.array(list(best.values()), np.uint64))
-        return np.concatenate(add_k), np.concatenate(add_v), unknown
+                    if old is None or rank > old[:2]:
+                        best[k] = (*rank, val)
+        if not best:
+            return keys, vals, 0
+        add_k = np.array(list(best), np.uint64)
+        add_v = np.array([x[2] for x in best.values()], np.uint64)
+        return np.concatenate([keys, add_k]), np.concatenate([vals, add_v]), len(best)
 
 
 class ThinSource(Source):
