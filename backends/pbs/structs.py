@@ -20,6 +20,7 @@ from __future__ import annotations
 import construct as c
 
 from pvfs.errors import FormatError
+from pvfs.structs import parse as _parse
 
 
 class PbsError(FormatError):
@@ -151,12 +152,8 @@ PayloadRef = c.Struct("offset" / c.Int64ul, "size" / c.Int64ul)
 
 
 def parse(struct, data, what, offset=None):
-    """Parse ``data`` with ``struct``; a short or bad buffer becomes one :class:`PbsError`."""
-    try:
-        if len(data) < struct.sizeof():
-            raise PbsError(f"{what}: {len(data)} bytes, need {struct.sizeof()}"
-                           + (f" at {offset:#x}" if offset is not None else ""))
-        return struct.parse(data)
-    except c.ConstructError as e:
+    """Parse a fixed-size header; a short buffer or a construct error is one :class:`PbsError`."""
+    if len(data) < struct.sizeof():
         where = f" at {offset:#x}" if offset is not None else ""
-        raise PbsError(f"{what}{where}: {e}") from None
+        raise PbsError(f"{what}{where}: {len(data)} bytes, need {struct.sizeof()}")
+    return _parse(struct, data, PbsError, what, offset)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import construct as c
 
 from pvfs.errors import FormatError
+from pvfs.structs import parse as _parse
 
 
 class VzdumpError(FormatError):
@@ -84,9 +85,8 @@ LZOP_MAX_BLOCK = 64 * 1024 * 1024
 
 
 def parse(struct, data, what, offset=None):
-    try:
-        if len(data) < struct.sizeof():
-            raise VzdumpError(f"{what}: {len(data)} bytes, need {struct.sizeof()}")
-        return struct.parse(data)
-    except c.ConstructError as e:
-        raise VzdumpError(f"{what}{f' at {offset:#x}' if offset is not None else ''}: {e}") from None
+    """Parse a fixed-size header; a short buffer or a construct error is one :class:`VzdumpError`."""
+    if len(data) < struct.sizeof():
+        where = f" at {offset:#x}" if offset is not None else ""
+        raise VzdumpError(f"{what}{where}: {len(data)} bytes, need {struct.sizeof()}")
+    return _parse(struct, data, VzdumpError, what, offset)
