@@ -283,3 +283,29 @@ def test_drbd_on_an_lvm_lv_pairs_with_a_plain_image(pve_disk, tmp_path):
     want_a = hashlib.sha256(lv[:resolve(ctx.root, f"{base}/node-A.raw").size]).hexdigest()
     assert sha256_source(resolve(ctx.root, f"{base}/node-A.raw").source) == want_a
     assert not [d for d in ctx.report if d.code == "late-member"]
+
+
+def test_linstor_named_resource_is_a_proxmox_disk(tmp_path):
+    """LINSTOR names backing LVs <resource>_00000; a resource vm-100-disk-1 is VM 100's disk-1."""
+    payload = tmp_path / "p.bin"
+    payload.write_bytes(os.urandom(2 << 20))
+    u = dict(bitmap_uuid=0x6000000000000010, history=[0x5000000000000010])
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    craft.write_device(a / "vm-100-disk-1_00000", payload, current_uuid=0x7000000000000010,
+                       node_id=0, peer_node_id=1, **u)
+    craft.write_device(b / "vm-100-disk-1_00000", payload, current_uuid=0x6000000000000010,
+                       node_id=1, peer_node_id=0, history=u["history"])
+    ctx = discover([str(a / "vm-100-disk-1_00000"), str(b / "vm-100-disk-1_00000")])
+    base = "storage/drbd/vm-100-disk-1"
+    diff = json.loads(resolve(ctx.root, f"{base}/diff.json").render())
+    assert diff["verdict"]["relation"] == "A-newer"
+    vm = resolve(ctx.root, "vms/100/disk-1.raw")
+    assert vm is not None and vm.source is resolve(ctx.root, f"{base}/merged.raw").source
+    assert sha256_source(vm.source) == hashlib.sha256(payload.read_bytes()).hexdigest()
+    assert "proxmox-disk" in {d.code for d in ctx.report}
+    # one node alone: its data is the VM disk
+    ctx = discover([str(b / "vm-100-disk-1_00000")])
+    assert resolve(ctx.root, "vms/100/disk-1.raw").source is \
+        resolve(ctx.root, f"{base}/node-A.raw").source

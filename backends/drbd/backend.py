@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import threading
 
 from pvfs.backend import Backend
 from pvfs.errors import PvfsError, UsageError
 from pvfs.nodes import Dir, File, GeneratedFile, Symlink
+from pvfs.proxmox import parse_volname
 from pvfs.source import FileSource, SliceSource
 
 from . import pair as P
@@ -236,11 +238,15 @@ class DrbdBackend(Backend):
                             report=ctx.report, path_hint=where.path)
 
 
+_LINSTOR_VOLUME = re.compile(r"_\d{5}$")  # LINSTOR backing LVs: <resource>_<volume number>
+
+
 def _stem(name):
     for ext in (".img", ".raw", ".bin", ".dd", ".qcow2", ".vmdk"):
         if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
+            name = name[: -len(ext)]
+            break
+    return _LINSTOR_VOLUME.sub("", name)
 
 
 def _member_stem(m):
@@ -290,6 +296,7 @@ class Resource:
         self.dir = None
         self.path = None
         self.analysis = None
+        self.merged_volume = None
 
     def build(self):
         ctx = self.ctx
@@ -319,9 +326,24 @@ class Resource:
         else:
             ctx.report.add("info", "drbd", self.path, "single-node",
                            "no peer of this DRBD node among the inputs; only its data is shown")
+        self._add_proxmox_view()
         meta = {"resource": self.name, "nodes": {m.letter: self._node_doc(m) for m in self.nodes}}
         text = (json.dumps(meta, indent=1) + "\n").encode()
         self.dir.add("meta.json", GeneratedFile(lambda: text), report=ctx.report, path_hint=self.path)
+
+    def _add_proxmox_view(self):
+        """A resource named like a Proxmox disk (LINSTOR: ``vm-100-disk-1``) is that VM's disk.
+
+        One node: its data.  Two or more: merged.raw, i.e. the rule the user chose
+        (default: the newer node by generation UUIDs, else A); the report says so.
+        """
+        if parse_volname(self.name) is None:
+            return
+        vol = self.merged_volume if self.merged_volume is not None else self.nodes[0].data_volume
+        if self.ctx.add_proxmox_disk(self.name, vol):
+            what = "merged.raw" if vol is self.merged_volume else f"node-{self.nodes[0].letter}.raw"
+            self.ctx.report.add("info", "drbd", self.path, "proxmox-disk",
+                                f"{self.name} is shown under {', '.join(vol.vm_paths)} as {what}")
 
     def _node_doc(self, m):
         doc = {"input": self._input_of(m), "volume": m.volume.path,
@@ -419,6 +441,7 @@ class Resource:
         vol = ctx.add_volume(src, self.dir, "merged.raw", self.path, "drbd-merged",
                              parent=a.data_volume, probe=False, children_home=None)
         vol.info["drbd"] = {"resource": self.name, "merged": why}
+        self.merged_volume = vol
 
 
 class PairAnalysis:
