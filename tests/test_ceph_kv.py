@@ -218,3 +218,25 @@ def test_parse_sharding_fuzz(text):
     except RocksDBError:
         return
     assert all(1 <= s.shards <= 1024 for s in out.values())
+
+
+def test_missing_wal_is_reported(root):
+    kv = _db(root, "osd.0", hide={"db.wal/000035.log"})
+    assert [c for _, c, _ in kv.damage] == ["rocksdb-wal-missing"]
+    assert sum(1 for p in kv.prefixes() for _ in kv.iterate(p)) < 100  # only the tiny SSTs
+
+
+def test_damaged_label_uses_copy_or_goes_on(root):
+    from test_ceph_bluefs import Patched
+    base = FileSource(root / "osd.1" / "block")
+    label = base.read(0, 4096)
+    # Ceph 19 keeps copies at 1 GiB, 10 GiB ...: a damaged label at 0 falls back to them
+    o = open_osd(Patched(base, {0: b"\0" * 64, 1 << 30: label}))
+    assert o.label.offset == 1 << 30 and o.label.whoami == 1
+    assert ("warning", "bluestore-label-copy") in [(s, c) for s, c, _ in o.damage]
+    # no copy, but the body still decodes: a crc warning and the OSD opens
+    bad = bytearray(label[:200])
+    bad[150] ^= 1
+    o = open_osd(Patched(base, {0: bytes(bad)}))
+    assert ("warning", "bluestore-label-crc") in [(s, c) for s, c, _ in o.damage]
+    assert len(list(o.kv.iterate("O"))) == len(list(osd(root, "osd.1").kv.iterate("O")))

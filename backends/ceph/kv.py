@@ -32,7 +32,7 @@ from pvfs.errors import UnreadableError
 
 from .bluefs import open_bluefs
 from .errors import BlueFSError, CephError, LabelError, RocksDBError
-from .label import probe_label, read_label
+from .label import find_label, probe_label
 from .rocksdb.db import DB, HostDirFiles
 
 #: BlueStore key prefixes (BlueStore.cc) with what they hold.
@@ -249,7 +249,10 @@ def open_osd(source, *, db_source=None, wal_source=None, verify=True) -> Osd:
     """Open the BlueStore OSD on ``source`` (the main block device)."""
     damage = []
     try:
-        label = read_label(source)
+        label = find_label(source)
+        if label.offset:
+            damage.append(("warning", "bluestore-label-copy",
+                           f"the label at 0 is damaged; using its copy at {label.offset:#x}"))
     except LabelError as e:
         label = probe_label(source.read(0, 4096)) if source.size >= 4096 else None
         if label is None:

@@ -97,6 +97,32 @@ def read_label(source, offset=0, verify_crc=True) -> Label:
                         verify_crc=verify_crc)
 
 
+#: Where Ceph 19 (Squid) keeps copies of the main device's label (BDEV_LABEL_POSITIONS);
+#: older releases have only the one at 0.
+LABEL_COPY_OFFSETS = (0, 1 << 30, 10 << 30, 100 << 30, 1000 << 30)
+
+
+def find_label(source) -> Label:
+    """The label at 0, or the first good copy when it is damaged (``offset`` says which).
+
+    Raises the error of the label at 0 when no copy is good either.
+    """
+    try:
+        return read_label(source)
+    except LabelError as first:
+        err = first
+    for off in LABEL_COPY_OFFSETS[1:]:
+        if off + LABEL_BLOCK_SIZE > source.size:
+            break
+        try:
+            label = read_label(source, off)
+        except (LabelError, OSError):
+            continue
+        if label.is_main:
+            return label
+    raise err
+
+
 def probe_label(block: bytes) -> Label | None:
     """A label when ``block`` starts with a decodable one (crc may be bad), else None."""
     try:

@@ -204,6 +204,11 @@ class DB:
 
     def _replay_wals(self):
         logs = self.wal_files()
+        if not logs:
+            # RocksDB always has a live log at least as new as every family's log number
+            self._note("warning", "rocksdb-wal-missing",
+                       f"no WAL numbered {self.manifest.min_log_number()} or later: writes not "
+                       "yet flushed to SSTs are lost")
         unknown_cf = set()
         for i, (number, path) in enumerate(logs):
             try:
