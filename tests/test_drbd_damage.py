@@ -444,3 +444,42 @@ def test_location_offsets():
         read_meta(BytesSource(bytes(4096)), INTERNAL)
     with pytest.raises(PvfsError):
         read_meta(BytesSource(bytes(1 << 17)), INTERNAL)
+
+
+def test_unclean_84_magic_means_a_dirty_log(fx, tmp_path):
+    name = "drbd-v08-node-b.img"
+    dst = _copy(fx, name, tmp_path, [(_sb(name, 60), struct.pack(">I", S.DRBD_MD_MAGIC_84_UNCLEAN))])
+    md = read_meta(concat([BytesSource(dst.read_bytes())]), INTERNAL)
+    assert md.version == "v08" and not md.al_clean and md.flags & S.MDF_AL_CLEAN
+    ctx = discover([str(dst)])
+    w = _warnings(ctx, "activity-log-dirty")
+    assert len(w) == 1 and "8/8 valid" in w[0].message and "0 hot" in w[0].message
+    node = resolve(ctx.root, "storage/drbd/drbd-v08-node-b/node-A.raw")
+    assert sha256_source(node.source) == _img(name)["data_area_sha256"]
+
+
+def test_nodes_of_different_sizes(tmp_path):
+    from backends.drbd import craft
+
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(bytes(range(256)) * (3 << 12))
+    small.write_bytes(big.read_bytes()[: 2 << 20])
+    u = dict(bitmap_uuid=0x6000000000000010, history=[0x5000000000000010])
+    craft.write_device(tmp_path / "r9-a.img", big, current_uuid=0x7000000000000010, node_id=0, **u)
+    craft.write_device(tmp_path / "r9-b.img", small, current_uuid=0x7100000000000010, node_id=1,
+                       peer_node_id=0, **u)
+    ctx = discover([str(tmp_path / "r9-a.img"), str(tmp_path / "r9-b.img")])
+    assert _warnings(ctx, "size-mismatch")
+    merged = resolve(ctx.root, "storage/drbd/r9/merged.raw")
+    assert merged.size == 2 << 20
+    diff = json.loads(resolve(ctx.root, "storage/drbd/r9/diff.json").render())
+    assert diff["size"] == 2 << 20 and diff["compared"]["blocks"] == []
+    assert resolve(ctx.root, "storage/drbd/r9/node-A.raw").size == 3 << 20
+
+
+def test_ranges_file_numbers():
+    got = P.parse_ranges_file("010 0x10 A\n1b 2s b\n1K 1M node-B # c\n", ["A", "B"], 1 << 30)
+    assert got == [(10, 16, "A"), (4096, 1024, "B"), (1024, 1 << 20, "B")]
+    for bad in ("1 2", "x 1 A", "0 1 C", "0 0 A", "2G 1 A", "1 1 A B"):
+        with pytest.raises(UsageError):
+            P.parse_ranges_file(bad, ["A", "B"], 1 << 30)

@@ -227,7 +227,9 @@ def _number(text, what, lineno):
     m = _NUM.match(text)
     if not m:
         raise UsageError(f"ranges file line {lineno}: bad {what} {text!r}")
-    return int(m.group(1), 0) * _UNITS[m.group(2)]
+    digits = m.group(1)
+    value = int(digits, 16) if digits[:2] in ("0x", "0X") else int(digits, 10)  # "010" is ten
+    return value * _UNITS[m.group(2)]
 
 
 def parse_ranges_file(text, nodes, size):
