@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 import subprocess
 import xml.etree.ElementTree as ET
 
@@ -445,3 +446,42 @@ def test_external_origin_fills_unmapped_blocks(syn):
     assert src.read(450 * cb, cb) == bytes(cb)  # past the origin's end: zeros
     assert src.block_status(301 * cb, cb) == [(301 * cb, cb, "data")]
     assert src.block_status(450 * cb, cb) == [(450 * cb, cb, "unmapped")]
+
+
+def test_removed_thin_device_restored_from_older_trees(real):
+    """A thin LV whose device is gone from the current pool metadata (as after an
+    ``lvremove`` that an older ``--lvm-seqno`` undoes): older copies of the top-level tree
+    still reference its mapping tree.  Simulated by dropping device 2 from the current
+    top-level leaf and device-details leaf (resealed), so the kernel's older trees are
+    the only way back to vm-101."""
+    from backends.lvm import structs as S
+    from backends.lvm.thin import dm_checksum
+    img, m = real
+    base = _discover_partition(img, m["pv_offset_bytes"])
+    pool = resolve(base.root, "storage/lvm/pve/vm-101-disk-0").source.pool
+    tm = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
+    patches = {}
+    for root in (pool.sb.data_mapping_root, pool.sb.device_details_root):
+        node = pool.md.node(root)
+        assert node.is_leaf and 2 in node.keys.tolist()
+        blk = bytearray(pool.md.read_block(root))
+        nr, max_e, vs = struct.unpack_from("<III", blk, 16)
+        keys = [k for k in node.keys.tolist() if k != 2]
+        vals = [node.values[i * vs:(i + 1) * vs] for i, k in enumerate(node.keys.tolist())
+                if k != 2]
+        struct.pack_into("<I", blk, 16, nr - 1)
+        for i, (k, v) in enumerate(zip(keys, vals)):
+            struct.pack_into("<Q", blk, 32 + 8 * i, k)
+            blk[32 + 8 * max_e + i * vs:32 + 8 * max_e + (i + 1) * vs] = v
+        struct.pack_into("<I", blk, 0, dm_checksum(bytes(blk), S.BTREE_CSUM_XOR))
+        patches[tm + root * 4096] = bytes(blk)
+    ctx = Context(Options())
+    f = FileSource(img)
+    off = m["pv_offset_bytes"]
+    ctx.add_volume(SliceSource(Patched(f, patches), off, f.size - off), ctx.storage("files"),
+                   "p3", "storage/files", "partition", children_home=None)
+    run_queue(ctx)
+    finish(ctx)
+    assert "thin-device-stale" in {e.code for e in ctx.report}
+    assert _sha(ctx, "storage/lvm/pve/vm-101-disk-0") == m["lvs"]["vm-101-disk-0"]["device"]["sha256"]
+    assert _sha(ctx, "storage/lvm/pve/vm-100-disk-0") == m["lvs"]["vm-100-disk-0"]["device"]["sha256"]

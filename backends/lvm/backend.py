@@ -291,6 +291,18 @@ class _Builder:
                             f"its unmapped blocks read as zeros", path=path)
         src = ThinSource(pool, dev, size, label=f"{self.vg.name}/{lv.name}", bad=self.ctx.bad(),
                          external=ext_src)
+        stale = None
+        if dev not in pool.dev_roots and pool.usable:
+            try:
+                stale = pool.adopt_stale(dev)
+            except (ThinError, UnreadableError) as e:
+                self.report("warning", "thin-btree", f"thin LV {lv.name}: {e}", path=path)
+        if stale is not None:
+            self.report("warning", "thin-device-stale",
+                        f"thin device {dev} of LV {lv.name} is not in the current pool "
+                        f"metadata (removed?); restored from an older copy of its mapping "
+                        f"tree at metadata block {stale}: its data blocks may have been "
+                        f"reused since, check the contents", path=path)
         if dev not in pool.dev_roots:
             self.report("error", "thin-device-missing",
                         f"thin device {dev} of LV {lv.name} is not in the pool metadata "

@@ -17,6 +17,7 @@ verified by its crc; the others are validated by parsing.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 from construct import ConstructError
@@ -76,7 +77,9 @@ class Generation:
         check = {True: "crc ok", False: "CRC MISMATCH", None: "parsed, no crc"}[self.crc_ok]
         desc = self.config.get("description", "")
         when = self.config.get("creation_time")
-        extra = f", written {when}" if isinstance(when, int) else ""
+        extra = ""
+        if isinstance(when, int) and 0 <= when < 1 << 40:
+            extra = ", written " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
         return (f"seqno {self.seqno} at mda+{self.offset:#x} ({self.size} bytes, {self.how}, "
                 f"{check}{extra}){': ' + desc if desc else ''}")
 

@@ -717,6 +717,23 @@ class ThinPool:
                                      self.nr_data_blocks, in_use)
             return self._rec
 
+    def adopt_stale(self, dev):
+        """A device the current metadata lacks (a removed thin LV): the newest copy of its
+        mapping tree that older top-level trees still reference, or None.
+
+        Copy-on-write leaves those trees behind until their blocks are reused; the data
+        blocks they point at may have been reused too, so the result is reported."""
+        rec = self._scan_once()
+        cands = {devs[dev] for devs in rec.top_trees().values() if dev in devs}
+        cands = [r for r in cands if r not in self.dev_roots.values() and rec.scan.valid(r)]
+        if not cands:
+            return None
+        best = max(cands, key=lambda r: (rec.max_time(r), rec._entries(r), r))
+        with self._lock:
+            self.dev_roots[dev] = best
+        METADATA_CACHE.put(("lvm-thin-map", self.tmeta.uid, dev), self._load_mapping(dev))
+        return best
+
     def orphan_roots(self):
         """Mapping subtrees no valid node references (their parent is damaged or stale)."""
         return self._scan_once().orphan_mapping_roots(set(self.dev_roots.values()))
