@@ -240,3 +240,15 @@ def test_damaged_label_uses_copy_or_goes_on(root):
     o = open_osd(Patched(base, {0: bytes(bad)}))
     assert ("warning", "bluestore-label-crc") in [(s, c) for s, c, _ in o.damage]
     assert len(list(o.kv.iterate("O"))) == len(list(osd(root, "osd.1").kv.iterate("O")))
+
+
+def test_lost_bluefs_super_is_rebuilt_from_the_log(root):
+    from test_ceph_bluefs import Patched
+    base = FileSource(root / "osd.0" / "block")
+    o = open_osd(Patched(base, {4096: bytes(4096)}))
+    assert ("warning", "bluefs-super-recovered") in [(s, c) for s, c, _ in o.damage]
+    assert {p: f.size for p, f in o.bluefs.files.items()} == \
+        {p: f.size for p, f in osd(root, "osd.0").bluefs.files.items()}
+    assert all_keys(o) == truth_keys(0)
+    with pytest.raises(CephError, match="no BlueFS log found"):
+        open_osd(Patched(base, {4096: bytes(4096), 0x2000: bytes(4096)}))

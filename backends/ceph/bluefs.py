@@ -190,6 +190,7 @@ class BlueFS:
         self.inodes: dict = {}  # ino -> FNode
         self.damage: list = []  # (code, message)
         self.log_records = 0
+        self.log_seq = 0
         self.log_end = 0
         self.stop_reason = ""
         self.strict = strict
@@ -279,6 +280,7 @@ class BlueFS:
                 break
             log = self.inodes.get(1, log)
             seq += 1
+            self.log_seq = seq
             self.log_records += 1
             pos = read_pos if jump is None else jump
             self.log_end = pos
@@ -408,17 +410,101 @@ def device_map(main, db=None, wal=None, layout=None) -> dict:
     return devices
 
 
-def open_bluefs(main, db=None, wal=None, *, strict=False) -> BlueFS:
-    """Read the super (from ``db`` if given, else ``main``) and replay the log."""
+def open_bluefs(main, db=None, wal=None, *, strict=False, recover=False,
+                osd_uuid=None, scan_limit=4 << 30) -> BlueFS:
+    """Read the super (from ``db`` if given, else ``main``) and replay the log.
+
+    ``recover``: when the super is unreadable or damaged, look for the log by
+    scanning the device (:func:`find_log_starts`) and replay the best candidate;
+    the result then has a ``bluefs-super-recovered`` damage entry.
+    """
     super_dev = db if db is not None else main
     if super_dev.size < BLUEFS_SUPER_OFFSET + 4096:
         raise BlueFSError(f"device of {super_dev.size} bytes is too small for BlueFS")
     try:
-        block = super_dev.read(BLUEFS_SUPER_OFFSET, 4096)
-    except UnreadableError as e:
-        raise BlueFSError(f"BlueFS superblock unreadable: {e}") from None
-    sup = decode_super(block)
+        try:
+            block = super_dev.read(BLUEFS_SUPER_OFFSET, 4096)
+        except UnreadableError as e:
+            raise BlueFSError(f"BlueFS superblock unreadable: {e}") from None
+        sup = decode_super(block)
+    except BlueFSError as e:
+        if not recover:
+            raise
+        return recover_bluefs(main, db, wal, reason=str(e), osd_uuid=osd_uuid,
+                              scan_limit=scan_limit)
     layout = sup.layout
     if layout and layout.get("dedicated_db") and db is None:
         raise BlueFSError("this OSD keeps BlueFS on a separate block.db device: give it too")
     return BlueFS(device_map(main, db, wal, layout), sup, strict=strict)
+
+
+_CHUNK_SCAN = 1 << 20
+MAX_CANDIDATES = 32
+
+
+def find_log_starts(dev, limit, block_size=4096):
+    """Offsets of blocks that look like the first record of a BlueFS log.
+
+    A log (re)written by ``_compact_log_sync`` / mkfs starts with a transaction of
+    ``seq`` 1 whose first op is ``op_init``: ENCODE_START(1, 1), uuid, seq = 1,
+    u32 op_bl length, op 1.  Holes are skipped (block_status); the crc is
+    checked by the caller.
+    """
+    import numpy as np
+
+    found = []
+    end = min(dev.size, limit)
+    for off, ln, st in dev.block_status(0, end):
+        if st != "data":
+            continue
+        pos = off - off % block_size
+        while pos < off + ln and len(found) < MAX_CANDIDATES:
+            n = min(_CHUNK_SCAN, off + ln - pos)
+            try:
+                buf = dev.read(pos, n)
+            except UnreadableError:
+                pos += n
+                continue
+            nb = len(buf) // block_size
+            if nb:
+                a = np.frombuffer(buf, np.uint8, nb * block_size).reshape(nb, block_size)
+                m = (a[:, 0] == 1) & (a[:, 1] == 1) & (a[:, 22] == 1) & (a[:, 34] == OP_INIT)
+                for j in range(23, 30):
+                    m &= a[:, j] == 0
+                found.extend(pos + int(i) * block_size for i in np.nonzero(m)[0])
+            pos += n
+    return found[:MAX_CANDIDATES]
+
+
+def recover_bluefs(main, db=None, wal=None, *, reason="", osd_uuid=None,
+                   scan_limit=4 << 30) -> BlueFS:
+    """Rebuild BlueFS without its superblock: find log starts, replay each, keep the best.
+
+    The log is assumed to lie on the super's device (DB, or main without block.db) and
+    to run on contiguously from its start until a replayed ``op_file_update`` of ino 1
+    gives its real extents.  The best replay reaches the highest log seq (the newest
+    log generation), then has the most files.
+    """
+    dev = db if db is not None else main
+    devices = device_map(main, db, wal, None)
+    best = None
+    for off in find_log_starts(dev, scan_limit):
+        head = bluefs_transaction_head.parse(dev.read(off, bluefs_transaction_head.sizeof()))
+        log = FNode(1, 0, (0, 0), [(BDEV_DB, off, dev.size - off)])
+        sup = Super(_uuid.UUID(bytes=head.uuid), osd_uuid or _uuid.UUID(int=0), 0, 4096, log,
+                    None, False, 0)
+        try:
+            fs = BlueFS(devices, sup)
+        except (BlueFSError, DencError, UnreadableError):
+            continue
+        if not fs.log_records:
+            continue
+        rank = (fs.log_seq, len(fs.files))
+        if best is None or rank > best[0]:
+            best = (rank, off, fs)
+    if best is None:
+        raise BlueFSError(f"{reason}; no BlueFS log found in the first {scan_limit >> 20} MiB")
+    _, off, fs = best
+    fs.damage.insert(0, ("bluefs-super-recovered",
+                         f"{reason}; BlueFS rebuilt from the log found at {off:#x}"))
+    return fs

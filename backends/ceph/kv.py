@@ -262,7 +262,8 @@ def open_osd(source, *, db_source=None, wal_source=None, verify=True) -> Osd:
         raise CephError(f"this is a BlueStore '{label.description}' device, not an OSD's main "
                         "block device")
     try:
-        bluefs = open_bluefs(source, db_source, wal_source)
+        bluefs = open_bluefs(source, db_source, wal_source, recover=True,
+                             osd_uuid=label.osd_uuid)
     except UnreadableError as e:
         raise BlueFSError(f"BlueFS unreadable: {e}") from None
     damage += [("warning", c, m) for c, m in bluefs.damage]
