@@ -483,3 +483,33 @@ def test_ranges_file_numbers():
     for bad in ("1 2", "x 1 A", "0 1 C", "0 0 A", "2G 1 A", "1 1 A B"):
         with pytest.raises(UsageError):
             P.parse_ranges_file(bad, ["A", "B"], 1 << 30)
+
+
+def _al07(tr, updates):
+    """An 8.3-style AL sector naming ``updates`` = [(slot, extent)]."""
+    pairs = list(updates) + [(0xFFFFFFFF, 0xFFFFFFFF)] * (S.AL_EXTENTS_PT + 1 - len(updates))
+    xor = 0
+    flat = []
+    for pos, ext in pairs:
+        flat += [pos, ext]
+        xor ^= ext
+    return S.AL_SECTOR_07.pack(S.DRBD_MAGIC, tr, *flat, xor, 0)
+
+
+def test_dirty_83_activity_log(fx, tmp_path):
+    """A v08 superblock over an 8.3-style log (no 8.4 transaction magic): sectors replayed."""
+    name = "drbd-v08-node-a.img"
+    lay = _img(name)["layout"]
+    flags = S.MDF_CONSISTENT | S.MDF_PRIMARY_IND  # crashed primary, AL not clean
+    log = _al07(5, [(0, 2)]) + _al07(6, [(1, 4), (0, 3)]) + _al07(4, [(2, 7)])
+    log += b"\0" * (4096 * 2 - len(log))  # wipe the 8.4 INITIALIZED transactions drbdmeta wrote
+    dst = _copy(fx, name, tmp_path, [(_sb(name, 56), struct.pack(">I", flags)), (lay["al_offset"], log)])
+    src = concat([BytesSource(dst.read_bytes())])
+    md = read_meta(src, INTERNAL)
+    al = read_activity_log(src, md)
+    # oldest tr 4 (slot 2 -> 7), then 5 (slot 0 -> 2), then 6 (slot 1 -> 4, slot 0 -> 3)
+    assert al.hot_extents == [3, 4, 7] and al.newest_tr == 6 and "8.3" in al.note
+    ctx = discover([str(dst)])
+    w = _warnings(ctx, "activity-log-dirty")
+    end = lay["data_area_bytes"]  # extent 7 is cut at the end of the data area
+    assert w and w[0].ranges == ((3 << 22, 2 << 22), (7 << 22, end - (7 << 22)))

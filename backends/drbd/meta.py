@@ -512,6 +512,10 @@ def read_activity_log(md_source, md: DrbdMeta) -> ActivityLog:
     raw = md_source.read(md.al_offset, md.al_size)
     if int.from_bytes(raw[:4], "big") == S.DRBD_AL_PMEM_MAGIC:
         return ActivityLog(mx, 0, 0, None, [], "persistent-memory activity log: not decoded")
+    if (md.magic == S.DRBD_MD_MAGIC_08 and (md.al_stripes, md.al_stripe_size_4k) == (1, 8)
+            and S.DRBD_AL_MAGIC not in (int.from_bytes(raw[0:4], "big"),
+                                        int.from_bytes(raw[4096:4100], "big"))):
+        return _read_activity_log_07(raw, md)  # as drbdmeta's meta_apply_al() decides
     trs = [None] * mx
     valid = updates = 0
     unverified = False
@@ -536,9 +540,9 @@ def read_activity_log(md_source, md: DrbdMeta) -> ActivityLog:
         if oldest is None:
             oldest = newest = (b, tr)
             continue
-        if ((tr - oldest[1] + 2**31) % 2**32) - 2**31 < 0:
+        if _newer(oldest[1], tr):
             oldest = (b, tr)
-        if ((tr - newest[1] + 2**31) % 2**32) - 2**31 > 0:
+        if _newer(tr, newest[1]):
             newest = (b, tr)
     if valid == 0:
         return ActivityLog(mx, 0, 0, None, [], "no valid activity-log transaction "
@@ -570,3 +574,48 @@ def read_activity_log(md_source, md: DrbdMeta) -> ActivityLog:
     extents = sorted({e for e in hot.values() if e != 0xFFFFFFFF})
     return ActivityLog(mx, valid, updates, newest[1] if newest else None, extents,
                        "CRC-32C unavailable: transactions checked by magic only" if unverified else "")
+
+
+def _newer(tr, than):
+    """``tr`` is after ``than`` in 32-bit wrapping transaction numbers."""
+    return ((tr - than + 2**31) % 2**32) - 2**31 > 0
+
+
+def _read_activity_log_07(raw, md) -> ActivityLog:
+    """The DRBD 0.7 - 8.3 activity log: 512-byte sectors (``replay_al_07``)."""
+    mx = min(1 + -(-md.al_nr_extents // S.AL_EXTENTS_PT), S.MD_AL_MAX_SECT_07, len(raw) // 512)
+    secs = [None] * mx
+    oldest = newest = None
+    for b in range(mx):
+        f = S.AL_SECTOR_07.unpack_from(raw, b * 512)
+        extents = f[3:3 + 2 * (S.AL_EXTENTS_PT + 1):2]
+        xor = 0
+        for e in extents:
+            xor ^= e
+        if f[0] != S.DRBD_MAGIC or f[-2] != xor:
+            continue
+        secs[b] = f
+        if oldest is None:
+            oldest = newest = (b, f[1])
+            continue
+        if _newer(oldest[1], f[1]):
+            oldest = (b, f[1])
+        if _newer(f[1], newest[1]):
+            newest = (b, f[1])
+    valid = sum(1 for f in secs if f is not None)
+    if oldest is None:
+        return ActivityLog(mx, 0, 0, None, [], "8.3-style activity log: no valid sector")
+    first, last = oldest[0], newest[0]
+    if last < first:
+        last += mx
+    hot = {}
+    for b in range(first, last + 1):
+        f = secs[b % mx]
+        if f is None:
+            continue
+        for i in range(S.AL_EXTENTS_PT, -1, -1):
+            pos, extent = f[2 + 2 * i], f[3 + 2 * i]
+            if extent != 0xFFFFFFFF and pos < S.AL_EXTENTS_MAX:
+                hot[pos] = extent
+    extents = sorted({e for e in hot.values() if e != 0xFFFFFFFF})
+    return ActivityLog(mx, valid, valid, newest[1], extents, "8.3-style activity log (512-byte sectors)")

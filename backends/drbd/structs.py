@@ -174,3 +174,11 @@ al_transaction_header = Struct(
 AL_TRANSACTION = struct.Struct(">IIIHHHH16x%dH%dI%dI" % (
     AL_UPDATES_PER_TRANSACTION, AL_UPDATES_PER_TRANSACTION, AL_CONTEXT_PER_TRANSACTION))
 assert AL_TRANSACTION.size == 4096
+
+#: ``struct al_sector_on_disk`` (drbdmeta.c, DRBD 0.7 - 8.3 activity log): 512-byte
+#: sectors of ``magic`` (DRBD_MAGIC), ``tr_number``, ``updates[62]`` of
+#: ``(pos, extent)``, ``xor_sum`` (of the 62 extents) and ``pad``.
+AL_EXTENTS_PT = 61
+AL_SECTOR_07 = struct.Struct(">II%dIII" % (2 * (AL_EXTENTS_PT + 1)))
+assert AL_SECTOR_07.size == 512
+MD_AL_MAX_SECT_07 = 64
