@@ -485,3 +485,29 @@ def test_removed_thin_device_restored_from_older_trees(real):
     assert "thin-device-stale" in {e.code for e in ctx.report}
     assert _sha(ctx, "storage/lvm/pve/vm-101-disk-0") == m["lvs"]["vm-101-disk-0"]["device"]["sha256"]
     assert _sha(ctx, "storage/lvm/pve/vm-100-disk-0") == m["lvs"]["vm-100-disk-0"]["device"]["sha256"]
+
+
+def test_bad_sectors_under_tdata_show_in_thin_block_status(syn):
+    """A chunk of tdata that cannot be read makes the thin LV's block unreadable."""
+    d, m = syn
+    f = FileSource(d / "pve-disk.img")
+    lv = m["linear_volumes"]
+    cb = m["thin_pool"]["chunk_size_bytes"]
+    tmeta = SliceSource(f, lv["data_tmeta"]["segments"][0]["disk_offset"],
+                        lv["data_tmeta"]["size_bytes"])
+    seg = lv["data_tdata"]["segments"]
+    # data block 24 (vblock 100 of vm-100) lies on a missing extent
+    from pvfs.source import MissingSource
+    hole = MissingSource(cb, "bad sectors")
+    tdata = ExtentSource(lv["data_tdata"]["size_bytes"],
+                         [(0, 24 * cb, f, seg[0]["disk_offset"]), (24 * cb, cb, hole, 0),
+                          (25 * cb, seg[0]["extents"] * EXTENT - 25 * cb, f,
+                           seg[0]["disk_offset"] + 25 * cb),
+                          (seg[1]["le_start"] * EXTENT, seg[1]["extents"] * EXTENT, f,
+                           seg[1]["disk_offset"])])
+    pool = ThinPool(tmeta, tdata, hints={"chunk_size": 128})
+    src = ThinSource(pool, 1, m["thin_volumes"]["vm-100-disk-0"]["size_bytes"])
+    assert src.unreadable_ranges() == [(100 * cb, cb)]
+    with pytest.raises(UnreadableError):
+        src.read(100 * cb, 10)
+    assert src.read(0, cb) == ThinSource(_pool(d / "pve-disk.img", m), 1, cb).read(0, cb)

@@ -201,7 +201,8 @@ class _Builder:
         self._info(vol, lv, **extra)
         m = _SNAP_RE.match(lv.name)
         if m:
-            self.ctx.add_proxmox_disk(m.group(1), vol, snapshot=m.group(2))
+            if self.ctx.add_proxmox_disk(m.group(1), vol, snapshot=m.group(2)):
+                vol.info["proxmox"]["snapshot"] = m.group(2)
         else:
             self.ctx.add_proxmox_disk(lv.name, vol)
         return vol

@@ -894,8 +894,11 @@ class ThinSource(Source):
 
     def _block_status(self, offset, length):
         out = []
-        for pos, n, _d, st in self._pieces(offset, length):
-            if st == UNMAPPED and self.external is not None and pos < self.external.size:
+        for pos, n, doff, st in self._pieces(offset, length):
+            if st == DATA:  # bad sectors or a missing PV under the pool's data LV show
+                out.extend((pos + o - doff, ln, s)
+                           for o, ln, s in self.pool.tdata.block_status(doff, n))
+            elif st == UNMAPPED and self.external is not None and pos < self.external.size:
                 m = min(n, self.external.size - pos)
                 out.extend(self.external.block_status(pos, m))
                 if m < n:
