@@ -318,6 +318,10 @@ class IndexSource(Source):
             cstart, clen = self.index.chunk_range(i)
             lo = max(offset, cstart) - cstart
             hi = min(end, cstart + clen) - cstart
+            digest = self.index.digest(i)
+            if digest is not None and self.pool.is_zero(digest, clen):
+                parts.append(bytes(hi - lo))  # the zero chunk: known content, nothing to read
+                continue
             try:
                 data = self.chunk(i)
             except ChunkError as e:
