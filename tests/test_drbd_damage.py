@@ -377,6 +377,30 @@ def test_fuzz_activity_log(md_region, blocks):
 
 
 @FUZZ
+@given(sectors=st.lists(st.tuples(st.integers(0, 63), st.binary(min_size=0, max_size=512),
+                                  st.booleans()), max_size=10),
+       nr_extents=st.integers(0, 1 << 32 - 1))
+def test_fuzz_activity_log_83(md_region, sectors, nr_extents):
+    """v08 superblock over an 8.3-style log of random sectors (some with the right magic)."""
+    region = bytearray(md_region["v08"])
+    al = 4096
+    region[al:al + 8192] = bytes(8192)  # no 8.4 transaction magic: the 8.3 decoder runs
+    for sec, data, magic in sectors:
+        blk = bytearray(data.ljust(512, b"\xff"))
+        if magic:
+            struct.pack_into(">I", blk, 0, S.DRBD_MAGIC)
+        region[al + sec * 512:al + (sec + 1) * 512] = blk
+    sb = len(region) - 4096
+    region[sb + 56:sb + 60] = struct.pack(">I", 0x13)
+    region[sb + 72:sb + 76] = struct.pack(">I", nr_extents)
+    src = concat([ZeroSource(1 << 20), BytesSource(bytes(region))])
+    md = read_meta(src, INTERNAL)
+    al_info = read_activity_log(src, md)
+    assert al_info.transactions <= S.MD_AL_MAX_SECT_07 and al_info.valid <= al_info.transactions
+    assert all(0 <= e < 2**32 - 1 for e in al_info.hot_extents)
+
+
+@FUZZ
 @given(text=st.text(alphabet="0123456789abxKMGsb ABC#\n-node", max_size=300))
 def test_fuzz_ranges_file(text):
     try:
