@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import itertools
 import os
 import re
 
@@ -120,7 +119,9 @@ class DB:
         return f"{d}/{n}" if d else n
 
     def _note(self, severity, code, msg):
-        self.damage.append((severity, code, msg))
+        entry = (severity, code, msg)
+        if entry not in self.damage[-16:]:  # the same fact met again on a later read
+            self.damage.append(entry)
 
     def _open_manifest(self):
         names = self.files.listdir(self.db_dir)
@@ -183,6 +184,10 @@ class DB:
                     continue
                 try:
                     t = Table(self.files.open(path), path, self.verify)
+                    meta = cf.files[number]
+                    # user-key range from the MANIFEST: lets point reads skip the table
+                    if len(meta.smallest) >= 8 and len(meta.largest) >= 8:
+                        t.key_range = (meta.smallest[:-8], meta.largest[:-8])
                     c.tombstones.extend(t.range_tombstones())
                 except (RocksDBError, UnreadableError) as e:
                     self._note("error", "rocksdb-bad-sst", f"{path}: {e}")
@@ -283,9 +288,9 @@ class DB:
     def _mem_iter(self, c, start, end):
         keys = c.mem_keys
         i = bisect.bisect_left(keys, start) if start else 0
-        for k in itertools.islice(keys, i, None):
-            if end is not None and k >= end:
-                return
+        j = bisect.bisect_left(keys, end) if end is not None else len(keys)
+        for idx in range(i, j):
+            k = keys[idx]
             for seq, kind, value in reversed(c.mem[k]):  # appended oldest first
                 yield k, seq, kind, value
 
@@ -294,7 +299,7 @@ class DB:
         c = self.cf_by_name.get(cf_name)
         if c is None:
             return iter(())
-        sources = [t.iterate(start, end) for t in c.tables]
+        sources = [t.iterate(start, end) for t in c.tables if t.overlaps(start, end)]
         if c.mem_keys:
             sources.append(self._mem_iter(c, start, end))
         if len(sources) == 1:

@@ -175,6 +175,16 @@ class Table:
         out.cache_cost = cost
         return out
 
+    #: ``(smallest, largest)`` user key of the table when the MANIFEST says so.
+    key_range = None
+
+    def overlaps(self, start, end) -> bool:
+        """May the table hold user keys in ``[start, end)``?"""
+        if self.key_range is None:
+            return True
+        lo, hi = self.key_range
+        return hi >= start and (end is None or lo < end)
+
     # -- iteration ---------------------------------------------------------------------
     def iterate(self, start: bytes = b"", end: bytes | None = None):
         """Yield ``(user_key, seq, type, value)`` in internal key order from ``start``."""
