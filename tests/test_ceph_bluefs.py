@@ -256,3 +256,84 @@ def test_fnode_and_super_fuzz(data):
             fn()
         except (DencError, BlueFSError):
             pass
+
+
+# -- a synthetic BlueFS exercising every op (Quincy's op_file_update_inc, op_jump, log growth)
+def _lba(v):
+    assert v % 4096 == 0 and v >> 12 < 1 << 30
+    return struct.pack("<I", (v >> 12) << 1)
+
+
+def _lowz(v):
+    nib = 0
+    while nib < 3 and v and v % 16 == 0:
+        v //= 16
+        nib += 1
+    i = (v << 2) | nib
+    out = bytearray()
+    while i >= 0x80:
+        out.append((i & 0x7F) | 0x80)
+        i >>= 7
+    return bytes(out + bytes([i]))
+
+
+def _denc(body):
+    return b"\x01\x01" + struct.pack("<I", len(body)) + body
+
+
+def _varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    return bytes(out + bytes([v]))
+
+
+def _extents(exts):
+    return struct.pack("<I", len(exts)) + b"".join(
+        _denc(_lba(off) + _lowz(ln) + bytes([bdev])) for bdev, off, ln in exts)
+
+
+def _fnode(ino, size, exts):
+    return _denc(_varint(ino) + _varint(size) + bytes(8) + b"\x00" + _extents(exts))
+
+
+def _str(s):
+    return struct.pack("<I", len(s)) + s
+
+
+def _rec(seq, ops, uuid=b"S" * 16):
+    return _record(seq, ops, uuid)
+
+
+def test_synthetic_bluefs_every_op():
+    uuid = b"S" * 16
+    dev = bytearray(0x10000)
+    log0 = [(1, 0x2000, 0x2000)]
+    body = uuid + b"O" * 16 + struct.pack("<QI", 1, 4096) + _fnode(1, 0x2000, log0)
+    sup = _denc(body)
+    dev[4096:4096 + len(sup) + 4] = sup + struct.pack("<I", ceph_crc32c(0xFFFFFFFF, sup))
+    ops1 = (b"\x01" + b"\x06" + _str(b"db") + b"\x08" + _fnode(2, 10, [(1, 0xC000, 0x1000)])
+            + b"\x04" + _str(b"db") + _str(b"a") + struct.pack("<Q", 2)
+            + b"\x08" + _fnode(1, 0x4000, log0 + [(1, 0x8000, 0x2000)]))
+    delta = _denc(_varint(2) + _varint(5000) + bytes(8) + struct.pack("<Q", 0x1000)
+                  + _extents([(1, 0xD000, 0x1000)]))
+    ops2 = (b"\x0c" + delta + b"\x06" + _str(b"tmp") + b"\x04" + _str(b"tmp") + _str(b"x")
+            + struct.pack("<Q", 2) + b"\x05" + _str(b"tmp") + _str(b"x") + b"\x07" + _str(b"tmp")
+            + b"\x02\x01" + struct.pack("<QQ", 0, 0x1000)  # legacy op_alloc_add
+            + b"\x0a" + struct.pack("<QQ", 10, 0x2000))  # op_jump(10, 0x2000): next is seq 11
+    ops3 = (b"\x08" + _fnode(3, 1, [(1, 0xE000, 0x1000)]) + b"\x04" + _str(b"db") + _str(b"b")
+            + struct.pack("<Q", 3) + b"\x05" + _str(b"db") + _str(b"b") + b"\x09"
+            + struct.pack("<Q", 3) + b"\x0b" + struct.pack("<Q", 20))  # op_jump_seq 20: next 21
+    dev[0x2000:0x3000] = _rec(1, ops1, uuid)
+    dev[0x3000:0x4000] = _rec(2, ops2, uuid)
+    dev[0x8000:0x9000] = _rec(11, ops3, uuid)
+    dev[0x9000:0xA000] = _rec(5, b"\x01", uuid)  # stale: seq goes back
+    data = bytes(range(256)) * 32
+    dev[0xC000:0xE000] = data
+    fs = open_bluefs(BytesSource(bytes(dev)))
+    assert fs.damage == [] and fs.log_records == 3 and "seq 5 != expected 21" in fs.stop_reason
+    assert {p: (f.size, f.extents) for p, f in fs.files.items()} == {
+        "db/a": (5000, [(1, 0xC000, 0x1000), (1, 0xD000, 0x1000)])}
+    assert fs.read_file("db/a") == data[:5000]
+    assert sorted(fs.dirs) == ["db"]
