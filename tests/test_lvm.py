@@ -511,3 +511,21 @@ def test_bad_sectors_under_tdata_show_in_thin_block_status(syn):
     with pytest.raises(UnreadableError):
         src.read(100 * cb, 10)
     assert src.read(0, cb) == ThinSource(_pool(d / "pve-disk.img", m), 1, cb).read(0, cb)
+
+
+@pytest.mark.parametrize("wipe", ["wipefs", "label sector zeroed"])
+def test_wiped_label_is_rebuilt_from_the_metadata_area(syn, wipe):
+    """``wipefs -a`` erases the 8-byte "LVM2 001" at 0x218; the mda and VG text remain."""
+    d, m = syn
+    pvoff = m["gpt"]["pv_offset_bytes"]
+    patch = {pvoff + 0x218: bytes(8)} if wipe == "wipefs" else {pvoff + 512: bytes(512)}
+    f = FileSource(d / "pve-disk.img")
+    ctx = Context(Options())
+    ctx.add_volume(SliceSource(Patched(f, patch), pvoff, f.size - pvoff), ctx.storage("files"),
+                   "p3", "storage/files", "partition", children_home=None)
+    run_queue(ctx)
+    finish(ctx)
+    assert any("no valid LVM2 label" in e.message for e in ctx.report)
+    assert _sha(ctx, "storage/lvm/pve/root") == m["linear_volumes"]["root"]["sha256"]
+    assert _sha(ctx, "vms/100/disk-0.raw") == m["thin_volumes"]["vm-100-disk-0"]["sha256"]
+    assert not [e for e in ctx.report if e.code == "missing-pv"]

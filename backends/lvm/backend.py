@@ -21,7 +21,7 @@ from pvfs.nodes import Dir
 
 from . import structs as S
 from .errors import LvmError, ThinError
-from .label import read_pv
+from .label import headless_mda, read_pv
 from .thin import ThinPool, ThinSource
 from .vg import VolumeGroup
 
@@ -64,7 +64,8 @@ class LvmBackend(Backend):
                     and sec[24:32] == S.LVM2_LABEL:
                 crc = int.from_bytes(sec[16:20], "little")
                 return 100.0 if S.calc_crc(sec[20:]) == crc else 50.0
-        return 0.0
+        # A wiped label (wipefs) with the metadata area still in place.
+        return 40.0 if headless_mda(volume.source) is not None else 0.0
 
     def member_key(self, volume, ctx):
         info = pv_info(volume)

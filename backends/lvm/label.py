@@ -301,13 +301,55 @@ class PVInfo:
         return self.generations[-1] if self.generations else None
 
 
-def read_pv(source) -> PVInfo | None:
-    """Label, mda headers and all generations of the PV in ``source`` (None: no label)."""
-    label = read_label(source)
-    if label is None:
+DEFAULT_MDA_OFFSET = 4096  # where pvcreate puts the first metadata area
+
+
+def headless_mda(source):
+    """``(offset, size)`` of a checksummed mda_header at the default place, for a PV whose
+    label was wiped (``wipefs`` erases the ``LVM2 001`` type at 0x218), else None."""
+    try:
+        b = source.read(DEFAULT_MDA_OFFSET, S.MDA_HEADER_SIZE)
+    except Exception:
         return None
+    if len(b) < S.MDA_HEADER_SIZE or b[4:20] != S.FMTT_MAGIC:
+        return None
+    h = S.mda_header.parse(b)
+    if S.calc_crc(b[4:]) != h.checksum or h.start != DEFAULT_MDA_OFFSET \
+            or not 2 * S.MDA_HEADER_SIZE <= h.size <= MAX_MDA_SIZE:
+        return None
+    return DEFAULT_MDA_OFFSET, h.size
+
+
+def _identify_headless(source, gens, problems):
+    """Which PV of the VG a label-less device is: the only one, or the one whose
+    ``dev_size`` is the device's size."""
+    if not gens:
+        return None
+    pvs = [p for p in (gens[-1].vg.get("physical_volumes") or {}).values()
+           if isinstance(p, dict) and isinstance(p.get("id"), str)]
+    if len(pvs) == 1:
+        return pvs[0]
+    fit = [p for p in pvs if isinstance(p.get("dev_size"), int)
+           and p["dev_size"] * S.SECTOR_SIZE == source.size]
+    if len(fit) == 1:
+        return fit[0]
+    problems.append("label missing and the VG has several PVs of this size; cannot tell "
+                    "which PV this is")
+    return None
+
+
+def read_pv(source) -> PVInfo | None:
+    """Label, mda headers and all generations of the PV in ``source`` (None: no PV)."""
+    label = read_label(source)
     problems = []
-    if not label.crc_ok:
+    if label is None:
+        loc = headless_mda(source)
+        if loc is None:
+            return None
+        problems.append("no valid LVM2 label (wiped?); found the metadata area at "
+                        f"{loc[0]:#x} and rebuilt the PV from the VG text")
+        label = PVLabel(-1, False, "", source.size, [], [loc])
+    elif not label.crc_ok:
         problems.append("label_header crc mismatch (label sector damaged?)")
     mdas, gens = [], []
     for off, size in label.metadata_areas[:4]:
@@ -332,4 +374,11 @@ def read_pv(source) -> PVInfo | None:
         if old is None or rank > (old.crc_ok is True, old.how == "committed"):
             best[k] = g
     ordered = sorted(best.values(), key=lambda g: g.seqno)
+    if label.sector < 0:
+        pv = _identify_headless(source, ordered, problems)
+        if pv is None:
+            return None if not ordered else PVInfo(label, mdas, ordered, problems)
+        label.pv_uuid = pv["id"]
+        if isinstance(pv.get("pe_start"), int):
+            label.data_areas = [(pv["pe_start"] * S.SECTOR_SIZE, 0)]
     return PVInfo(label, mdas, ordered, problems)
