@@ -481,3 +481,25 @@ def test_fuzz_pxar(data, cut, v2):
                     pass
     except PvfsError:
         pass
+
+
+def test_corrupt_pxar_chunk_found_on_read_names_the_files(tmp_path, gt):
+    """Without --pbs-verify a corrupt chunk is found by the read; the entry still names files."""
+    ds = copy_store(DS, tmp_path / "ds")
+    chunks = gt["snapshots"][2]["archives"]["root.pxar.didx"]["chunks"]
+    digest = chunks[1][1]
+    f = ds / ".chunks" / digest[:4] / digest
+    raw = bytearray(f.read_bytes())
+    raw[-1] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    ctx = discover([str(ds)], Options(bad="eio"))
+    assert [e for e in ctx.report if e.code == "bad-chunk"] == []  # nothing read it yet
+    node = resolve(ctx.root, "storage/pbs/ds/ct/101/2024-01-15T11:00:00Z/root.pxar/home/user/big.bin")
+    with pytest.raises(UnreadableError):
+        node.source.read(0, node.size)
+    ent = [e for e in ctx.report if e.code == "bad-chunk" and e.path.endswith("root.pxar")]
+    assert len(ent) == 1 and "CRC32 mismatch" in ent[0].message
+    assert ent[0].ranges == ((chunks[0][0], chunks[1][0] - chunks[0][0]),)
+    assert "/home/user/big.bin" in ent[0].message
+    # the same entry also lands on the container view's path
+    assert any(e.code == "bad-chunk" and e.path.startswith("storage/pbs/ds/ct/") for e in ctx.report)

@@ -602,3 +602,39 @@ def _small_tar():
 
 
 _TAR_SMALL = _small_tar()
+
+
+@needs_tools
+def test_gzip_checkpoints_serve_backward_reads(tmp_path, monkeypatch):
+    from backends.vzdump import streams
+    from pvfs.cache import METADATA_CACHE
+
+    monkeypatch.setattr(streams, "GZIP_CHECKPOINT_EVERY", 2 << 20)
+    r = random.Random(9)
+    data = b"".join(r.randbytes(100) + b"z" * r.randrange(900) for _ in range(16000))
+    path = tmp_path / "x.gz"
+    path.write_bytes(subprocess.run(["gzip", "-c"], input=data, capture_output=True, check=True).stdout)
+    src = FileSource(path)
+    sc = scan(src, "gzip")
+    list(sc)
+    ds = DecodedStream(src, sc.index)
+    assert ds.read(0, ds.size) == data
+    assert len(ds._gz_points[0]) >= 3  # one every 2 MiB of output
+    METADATA_CACHE.clear()
+    ds._cursors.clear()
+    for o in sorted((r.randrange(len(data)) for _ in range(25)), reverse=True):
+        n = r.randrange(1, 1 << 20)
+        assert ds.read(o, n) == data[o:o + n]
+
+
+@needs_fixtures
+def test_tar_sidecar_reused(tmp_path):
+    path = str(VZ / (TAR_STEM + ".lzo"))
+    ctx1 = discover([path], opts(tmp_path))
+    ctx2 = discover([path], opts(tmp_path))
+    infos = [next(v for v in c.volumes if v.role == "input").info for c in (ctx1, ctx2)]
+    assert [i["index"] for i in infos] == ["built", "reused"] and infos[1]["members"] == 33
+    a = resolve(ctx1.root, f"storage/files/{TAR_STEM}.lzo/usr/share/doc/README")
+    b = resolve(ctx2.root, f"storage/files/{TAR_STEM}.lzo/usr/share/doc/README")
+    assert sha256_source(b.source) == sha256_source(a.source) == \
+        "abc82f470e140d319a854eab1b8fbb94adae8cf4f8de3e683475abdc87b43730"

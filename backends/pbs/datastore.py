@@ -21,7 +21,7 @@ from pvfs.source import BAD_ZERO, BytesSource
 
 from .blob import EncryptedBlobError, decode_blob, load_keyfile
 from .index import ChunkError, ChunkPool, ChunkStore, FixedIndex, IndexSource, open_index
-from .pxar import PxarArchive
+from .pxar import LISTING, PxarArchive
 from .structs import PbsError
 
 BACKUP_TYPES = ("vm", "ct", "host")
@@ -262,18 +262,24 @@ class Snapshot:
             self.report("error", code, f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {p}")
         return ix
 
-    def _source(self, fn, ix, paths_holder):
+    def _source(self, fn, ix, paths_holder, pxar_holder=None):
+        """The index's source; a chunk that fails on read becomes a damage entry (for
+        pxar streams naming the files in it, unless a directory is being listed)."""
         state = self.ds.state
         snap = self
+        mapped = set()
 
         def on_bad(start, length, err: ChunkError):
-            code = "missing-chunk" if err.kind == "missing" else "bad-chunk"
-            how = "zero-filled" if snap.ds.bad == BAD_ZERO else "read as EIO"
-            for p in paths_holder:
-                snap.report("error", code, p, f"{snap.label}: {fn}: {err} ({length} bytes {how})",
-                            [(start, length)])
+            pxar = pxar_holder[0] if pxar_holder else None
+            if pxar is not None and (getattr(LISTING, "depth", 0) or start in mapped):
+                pxar = None
+            mapped.add(start)
+            for p, msg in damage_lines(snap.label, fn, err, [(start, length)], src, pxar, snap.ds.bad,
+                                       paths_holder):
+                snap.report("error", err_code(err), p, msg, [(start, length)])
 
-        return IndexSource(ix, state.pool, bad=self.ds.bad, label=f"{self.label}/{fn}", on_bad=on_bad)
+        src = IndexSource(ix, state.pool, bad=self.ds.bad, label=f"{self.label}/{fn}", on_bad=on_bad)
+        return src
 
     def open_fidx(self, fn, full):
         ix = self._index(fn, full)
@@ -307,9 +313,11 @@ class Snapshot:
         ix = self._index(fn, full)
         name = fn[: -len(".didx")]
         paths: list = []
-        src = self._source(fn, ix, paths)
+        holder: list = []
+        src = self._source(fn, ix, paths, holder)
         if name.endswith(".pxar"):
             pxar = self._pxar(name, src, None, paths)
+            holder.append(pxar)
             self.ds.state.archives.append(Archive(self, fn, ix, src, paths, pxar=pxar, role="pxar"))
         else:
             self.tree.add(name, File(src, mtime=ix.ctime), report=self.ctx.report, path_hint=self.tree_path)
@@ -320,7 +328,8 @@ class Snapshot:
         mix = self._index(mfn, os.path.join(self.fs, mfn))
         name = mfn[: -len(".mpxar.didx")] + ".pxar"
         paths: list = []
-        msrc = self._source(mfn, mix, paths)
+        holder: list = []
+        msrc = self._source(mfn, mix, paths, holder)
         psrc = pix = None
         if pfn is None:
             self.report("error", "missing-payload", f"{self.tree_path}/{name}",
@@ -328,10 +337,11 @@ class Snapshot:
         else:
             try:
                 pix = self._index(pfn, os.path.join(self.fs, pfn))
-                psrc = self._source(pfn, pix, paths)
+                psrc = self._source(pfn, pix, paths, holder)
             except PbsError as e:
                 self.report("error", "bad-archive", f"{self.tree_path}/{pfn}", f"{self.label}: {e}")
         pxar = self._pxar(name, msrc, psrc, paths)
+        holder.append(pxar)
         self.ds.state.archives.append(Archive(self, mfn, mix, msrc, paths, pxar=pxar, role="pxar"))
         if pix is not None:
             self.ds.state.archives.append(Archive(self, pfn, pix, psrc, paths, pxar=pxar, role="pxar"))
@@ -407,22 +417,9 @@ def check_chunks(ctx, verify="exists"):
             if err is not None:
                 bad_ranges.setdefault(err, []).append((start, length))
         for err, ranges in bad_ranges.items():
-            code = "missing-chunk" if err.kind == "missing" else "bad-chunk"
-            how = "zero-filled" if arc.source.bad == BAD_ZERO else "read as EIO"
-            total = sum(n for _, n in ranges)
-            files = ""
-            if arc.pxar is not None:
-                names = []
-                for s, n in ranges:
-                    try:
-                        names += arc.pxar.files_in(arc.source, s, n)
-                    except Exception as e:  # the walk itself may hit the damage
-                        names.append(f"(listing failed: {type(e).__name__}: {e})")
-                files = "; files: " + (", ".join(sorted(set(names))) if names else "none (metadata only)")
-            for p in arc.paths:
-                ctx.report.add("error", LAYER, p, code,
-                               f"{arc.snap.label}: {arc.filename}: {err} ({total} bytes {how}){files}",
-                               ranges)
+            for p, msg in damage_lines(arc.snap.label, arc.filename, err, ranges, arc.source, arc.pxar,
+                                       arc.source.bad, arc.paths):
+                ctx.report.add("error", LAYER, p, err_code(err), msg, ranges)
     # Orphans: chunk files that no index references.
     for name, root, tpath in state.datastores:
         orphans = bad_files = 0
@@ -447,6 +444,28 @@ def check_chunks(ctx, verify="exists"):
         if bad_files:
             ctx.report.add("warning", LAYER, tpath, "bad-chunk-files",
                            f"{bad_files} chunk files were renamed *.bad by a PBS verify job")
+
+
+def err_code(err):
+    return "missing-chunk" if err.kind == "missing" else "bad-chunk"
+
+
+def damage_lines(label, filename, err, ranges, source, pxar, bad, paths):
+    """(path, message) for each tree path of an archive hit by a bad chunk; for pxar
+    streams the message names the files whose contents lie in the ranges."""
+    how = "zero-filled" if bad == BAD_ZERO else "read as EIO"
+    total = sum(n for _, n in ranges)
+    files = ""
+    if pxar is not None:
+        names = []
+        for s, n in ranges:
+            try:
+                names += pxar.files_in(source, s, n)
+            except Exception as e:  # the walk itself may run into the damage
+                names.append(f"(listing failed: {type(e).__name__}: {e})")
+        files = "; files: " + (", ".join(sorted(set(names))) if names else "none (metadata only)")
+    msg = f"{label}: {filename}: {err} ({total} bytes {how}){files}"
+    return [(p, msg) for p in paths]
 
 
 def _check_one(pool, digest, length, verify):

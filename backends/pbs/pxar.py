@@ -45,6 +45,11 @@ class PxarError(PbsError):
     """A pxar item is not what the format says."""
 
 
+#: Set while this thread lists a pxar directory (its Dir lock is held): a damage
+#: callback must not walk the tree then.
+LISTING = threading.local()
+
+
 def _acl_xattr(entries):
     body = b"".join(struct.pack("<HHI", tag, perm & 7, ident)
                     for tag, ident, perm in sorted(entries, key=lambda e: (e[0], e[1])))
@@ -236,6 +241,14 @@ class PxarArchive:
         return start
 
     def _load_dir(self, d: Dir, first_child, gb_start, end, path):
+        depth = getattr(LISTING, "depth", 0)
+        LISTING.depth = depth + 1
+        try:
+            self._fill_dir(d, first_child, gb_start, end, path)
+        finally:
+            LISTING.depth = depth
+
+    def _fill_dir(self, d: Dir, first_child, gb_start, end, path):
         try:
             htype, size = self._header(gb_start, end)
             if htype != PXAR_GOODBYE or gb_start + size != end:
