@@ -529,3 +529,14 @@ def test_wiped_label_is_rebuilt_from_the_metadata_area(syn, wipe):
     assert _sha(ctx, "storage/lvm/pve/root") == m["linear_volumes"]["root"]["sha256"]
     assert _sha(ctx, "vms/100/disk-0.raw") == m["thin_volumes"]["vm-100-disk-0"]["sha256"]
     assert not [e for e in ctx.report if e.code == "missing-pv"]
+
+
+def test_damaged_mda_header_ring_is_still_scanned(syn):
+    d, m = syn
+    pvoff = m["gpt"]["pv_offset_bytes"]
+    f = FileSource(d / "pve-disk.img")
+    src = SliceSource(Patched(f, {pvoff + 4096: bytes(512)}), pvoff, f.size - pvoff)
+    info = read_pv(src)
+    assert [g.seqno for g in info.generations] == [8, 9]
+    assert all(g.crc_ok is None for g in info.generations)  # no raw_locn: parse-validated
+    assert any("without its header" in p for p in info.problems)

@@ -357,7 +357,11 @@ def read_pv(source) -> PVInfo | None:
             mda = read_mda_header(source, off, size)
         except (LvmError, ConstructError) as e:
             problems.append(str(e))
-            continue
+            if not (2 * S.MDA_HEADER_SIZE <= size <= MAX_MDA_SIZE and off < source.size):
+                continue
+            # The header is gone but the label says where the ring is: scan it anyway.
+            problems.append(f"mda at {off:#x}: scanning the ring without its header")
+            mda = MdaHeader(off, size, False, [])
         if not mda.crc_ok:
             problems.append(f"mda at {off:#x}: mda_header crc mismatch")
         mdas.append(mda)
