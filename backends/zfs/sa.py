@@ -74,6 +74,12 @@ def plausible_mode(mode: int) -> bool:
     return mode < (1 << 16) and stat.S_IFMT(mode) in _FILE_TYPES
 
 
+def _check_mode(mode: int) -> int:
+    if mode >> 16:
+        raise SaError(f"mode {mode:#o} is impossible")
+    return mode
+
+
 @dataclass
 class Znode:
     """What the ZPL needs of one object, from a znode_phys_t or from SAs."""
@@ -117,7 +123,7 @@ def parse_znode_phys(bonus: bytes) -> Znode:
         if plausible_mode(be_mode):
             order = ">"
     z = parse(ZNODE_PHYS[order], bonus[:ZNODE_PHYS_SIZE], SaError, "znode_phys_t")
-    zn = Znode(mode=z.zp_mode, size=z.zp_size, uid=z.zp_uid, gid=z.zp_gid,
+    zn = Znode(mode=_check_mode(z.zp_mode), size=z.zp_size, uid=z.zp_uid, gid=z.zp_gid,
                atime=_ts(z.zp_atime), mtime=_ts(z.zp_mtime), ctime=_ts(z.zp_ctime),
                crtime=_ts(z.zp_crtime), links=z.zp_links, parent=z.zp_parent,
                xattr=z.zp_xattr, rdev=z.zp_rdev, flags=z.zp_flags, gen=z.zp_gen,
@@ -242,7 +248,7 @@ def znode_from_sa(attrs: dict[str, bytes], order="<") -> Znode:
     if "ZPL_MODE" not in attrs:
         raise SaError("system attributes without ZPL_MODE")
     g = attrs.get
-    zn = Znode(mode=_u64(g("ZPL_MODE"), order), size=_u64(g("ZPL_SIZE"), order),
+    zn = Znode(mode=_check_mode(_u64(g("ZPL_MODE"), order)), size=_u64(g("ZPL_SIZE"), order),
                uid=_u64(g("ZPL_UID"), order), gid=_u64(g("ZPL_GID"), order),
                atime=_time(g("ZPL_ATIME"), order), mtime=_time(g("ZPL_MTIME"), order),
                ctime=_time(g("ZPL_CTIME"), order), crtime=_time(g("ZPL_CRTIME"), order),
