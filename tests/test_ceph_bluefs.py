@@ -337,3 +337,27 @@ def test_synthetic_bluefs_every_op():
         "db/a": (5000, [(1, 0xC000, 0x1000), (1, 0xD000, 0x1000)])}
     assert fs.read_file("db/a") == data[:5000]
     assert sorted(fs.dirs) == ["db"]
+
+
+def test_synthetic_separate_db_device():
+    """BlueFS on a block.db device (super v2, memorized_layout dedicated_db), with one
+    file spilled over to the main (slow) device."""
+    uuid = b"D" * 16
+    db = bytearray(0x8000)
+    main = bytearray(0x8000)
+    layout = b"\x01" + _denc(struct.pack("<I", 2) + b"\x01\x00")
+    body = uuid + b"O" * 16 + struct.pack("<QI", 1, 4096) + \
+        _fnode(1, 0x1000, [(1, 0x2000, 0x1000)]) + layout
+    sup = b"\x02\x01" + struct.pack("<I", len(body)) + body
+    db[4096:4096 + len(sup) + 4] = sup + struct.pack("<I", ceph_crc32c(0xFFFFFFFF, sup))
+    ops = (b"\x01" + b"\x06" + _str(b"db.slow") + b"\x08"
+           + _fnode(2, 8192, [(1, 0x4000, 0x1000), (2, 0x6000, 0x1000)])
+           + b"\x04" + _str(b"db.slow") + _str(b"000009.sst") + struct.pack("<Q", 2))
+    db[0x2000:0x3000] = _rec(1, ops, uuid)
+    db[0x4000:0x5000] = b"A" * 4096
+    main[0x6000:0x7000] = b"B" * 4096
+    fs = open_bluefs(BytesSource(bytes(main)), BytesSource(bytes(db)))
+    assert fs.super.layout == {"shared_bdev": 2, "dedicated_db": True, "dedicated_wal": False}
+    assert fs.read_file("db.slow/000009.sst") == b"A" * 4096 + b"B" * 4096
+    with pytest.raises(BlueFSError, match="block.db"):
+        open_bluefs(BytesSource(bytes(db)))  # the super alone, no db device given
