@@ -369,3 +369,14 @@ def test_fuzz_tree_mutations(obj, field, muts):
         elif isinstance(n, Symlink):
             assert isinstance(n.target, bytes)
     assert time.monotonic() - t < 2
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(min_size=264, max_size=264), st.sampled_from("<>"))
+def test_znode_fast_path_agrees_with_the_construct_declaration(raw, order):
+    from pvfs.structs import parse
+
+    z = parse(sa.ZNODE_PHYS[order], raw)
+    w = sa._ZNODE_FAST[order].unpack_from(raw)
+    assert (z.zp_mode, z.zp_size, z.zp_uid, z.zp_gid, z.zp_links, z.zp_xattr, z.zp_rdev,
+            list(z.zp_mtime)) == (w[9], w[10], w[16], w[17], w[12], w[13], w[14], list(w[2:4]))
