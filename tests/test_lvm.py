@@ -540,3 +540,45 @@ def test_damaged_mda_header_ring_is_still_scanned(syn):
     assert [g.seqno for g in info.generations] == [8, 9]
     assert all(g.crc_ok is None for g in info.generations)  # no raw_locn: parse-validated
     assert any("without its header" in p for p in info.problems)
+
+
+def test_data_space_map_against_manifest_and_thin_dump(syn, real):
+    from backends.lvm.thin import data_refcounts
+    d, m = syn
+    pool = _pool(d / "pve-disk.img", m)
+    sm = data_refcounts(pool.md, pool.sb)
+    assert len(sm) == m["thin_pool"]["nr_data_blocks"]
+    assert np.count_nonzero(sm) == m["thin_pool"]["referenced_data_blocks"]
+    lo, hi = m["thin_pool"]["stale_data_blocks"]["data_blocks"]
+    assert not sm[lo:hi + 1].any()  # the deleted vm-102's chunks are free
+    assert sm[0] == 2  # block 0 is shared by vm-100 and its snapshot
+    assert pool.check_data_space_map()[0][0] == "info"
+    img, mr = real
+    ctx = _discover_partition(img, mr["pv_offset_bytes"])
+    rpool = resolve(ctx.root, "storage/lvm/pve/vm-100-disk-0").source.pool
+    rsm = data_refcounts(rpool.md, rpool.sb)
+    truth = _xml_runs(REAL / "truth" / "thin_dump.xml")
+    used = set()
+    for _, runs in truth.values():
+        for _v, db, n, _t in runs:
+            used.update(range(db, db + n))
+    assert set(np.flatnonzero(rsm).tolist()) == used
+    assert any(e.code == "thin-data-space-map" and "agrees" in e.message for e in ctx.report)
+
+
+def test_mapping_to_a_free_data_block_is_reported(syn):
+    from backends.lvm import structs as S
+    from backends.lvm.thin import dm_checksum
+    d, m = syn
+    pool = _pool(d / "pve-disk.img", m)
+    leaf = pool.dev_roots[2]  # vm-101: one leaf
+    blk = bytearray(pool.md.read_block(leaf))
+    nr, max_e, vs = struct.unpack_from("<III", blk, 16)
+    voff = 32 + 8 * max_e
+    struct.pack_into("<Q", blk, voff, 61 << 24)  # vblock 0 -> free block 61 (vm-102's)
+    struct.pack_into("<I", blk, 0, dm_checksum(bytes(blk), S.BTREE_CSUM_XOR))
+    tm = m["thin_pool"]["tmeta_disk_offset_bytes"]
+    bad = _pool(d / "pve-disk.img", m, {tm + leaf * 4096: bytes(blk)})
+    msgs = bad.check_data_space_map()
+    assert any(sev == "error" and "[61]" in msg for sev, msg in msgs)
+    assert any("no device maps them" in msg and "[16]" in msg for _, msg in msgs)

@@ -184,6 +184,11 @@ class _Builder:
                     self.add_plain(lv)
             except (LvmError, UnreadableError) as e:
                 self.report("error", "lv-failed", f"LV {lv.name}: {e}")
+        for name, pool in self.pools.items():
+            if pool is not None:
+                for sev, msg in pool.check_data_space_map():
+                    self.report(sev, "thin-data-space-map", f"thin pool {name}: {msg}",
+                                path=f"{self.base}/.pool/{name}")
 
     def _info(self, vol, lv, **extra):
         vol.info["lvm"] = {"vg": self.vg.name, "vg_id": self.vg.id, "lv": lv.name,

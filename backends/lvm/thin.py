@@ -410,6 +410,50 @@ def _u64(b, o):
     return int.from_bytes(b[o:o + 8], "little")
 
 
+MAX_DATA_SM_BLOCKS = 1 << 28
+
+
+def data_refcounts(md: ThinMetadata, sb: Superblock) -> np.ndarray:
+    """Reference count of every data block from the data space map
+    (``dm-space-map-disk.c``: a btree of ``disk_index_entry`` keyed by bitmap number,
+    2-bit counts in the bitmaps, a btree of u32 counts for 3 and more)."""
+    nr = int(sb.data_sm["nr_blocks"])
+    if nr > MAX_DATA_SM_BLOCKS:
+        raise ThinError(f"data space map of {nr} blocks is too large to check")
+    counts = np.zeros(nr, np.uint32)
+    w = md.walk(int(sb.data_sm["bitmap_root"]), S.INDEX_ENTRY_SIZE)
+    if w.unknown:
+        raise ThinError("data space map index: " + "; ".join(w.bad[:3]))
+    for i, key in enumerate(w.keys.tolist()):
+        bb = _u64(w.values, i * S.INDEX_ENTRY_SIZE)
+        blk = md.read_block(bb)
+        csum, _nu, bnr = struct.unpack_from("<IIQ", blk)
+        if bnr != bb or dm_checksum(blk, S.BITMAP_CSUM_XOR) != csum:
+            raise ThinError(f"data space map bitmap at block {bb} fails its checks")
+        lo = key * ENTRIES_PER_BITMAP
+        if lo >= nr:
+            continue
+        hi = min(nr, lo + ENTRIES_PER_BITMAP)
+        counts[lo:hi] = bitmap_counts(blk)[:hi - lo]
+    rc = md.walk(int(sb.data_sm["ref_count_root"]), 4)
+    if rc.unknown:
+        raise ThinError("data space map reference counts: " + "; ".join(rc.bad[:3]))
+    keys = rc.keys.astype(np.int64)
+    ok = keys < nr
+    counts[keys[ok]] = np.frombuffer(rc.values, "<u4")[ok]
+    return counts
+
+
+def mapping_refcounts(mappings, nr) -> np.ndarray:
+    """How many mapping entries point at each data block."""
+    diff = np.zeros(nr + 1, np.int64)
+    for m in mappings:
+        ok = m.dstart + m.length <= nr
+        np.add.at(diff, m.dstart[ok], 1)
+        np.add.at(diff, (m.dstart + m.length)[ok], -1)
+    return np.cumsum(diff[:-1])
+
+
 # ---------------------------------------------------------------------------
 @dataclass
 class ScanResult:
@@ -781,6 +825,41 @@ class ThinPool:
                           "area is exposed (for carving)")
             return
         self.usable = True
+
+    def check_data_space_map(self):
+        """Compare the data space map with the mappings: ``(severity, message)`` list."""
+        if self.sb is None or self.recovered:
+            return []
+        try:
+            sm = data_refcounts(self.md, self.sb)
+        except (ThinError, UnreadableError) as e:
+            return [("warning", f"data space map not readable: {e}")]
+        maps = [self.mapping(d) for d in self.dev_roots]
+        if any(m.unknown for m in maps):
+            return []
+        ref = mapping_refcounts(maps, len(sm))
+        out = []
+        used = int(np.count_nonzero(sm))
+        if used != self.sb.data_sm["nr_allocated"]:
+            out.append(("warning", f"data space map bitmaps count {used} blocks in use, its "
+                                   f"root says {self.sb.data_sm['nr_allocated']}"))
+        free_ref = np.flatnonzero((sm == 0) & (ref > 0))
+        if len(free_ref):
+            out.append(("error", f"{len(free_ref)} data blocks are mapped but free in the "
+                                  f"space map (may have been reused), e.g. "
+                                  f"{free_ref[:8].tolist()}"))
+        leaked = np.flatnonzero((sm > 0) & (ref == 0))
+        if len(leaked):
+            out.append(("warning", f"{len(leaked)} data blocks are in use in the space map "
+                                    f"but no device maps them, e.g. {leaked[:8].tolist()}"))
+        other = np.count_nonzero((sm > 0) & (ref > 0) & (sm != ref))
+        if other:
+            out.append(("warning", f"{other} data blocks have a space-map reference count "
+                                    f"other than the number of mappings to them"))
+        if not out:
+            out.append(("info", f"data space map agrees with the mappings: {used} of "
+                                f"{len(sm)} blocks in use"))
+        return out
 
     # -- mappings ---------------------------------------------------------------
     def mapping(self, dev_id) -> Mapping:
