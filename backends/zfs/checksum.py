@@ -5,8 +5,9 @@ fletcher_4_native / _byteswap), module/zfs/sha256.c (digest stored as four
 big-endian 64-bit words), sha512 = SHA-512/256 stored in native word order, module/zfs/zio_checksum.c (zio_checksum_table,
 zio_checksum_handle_crypt), "ZFS On-Disk Specification" section 2.4.
 
-Fletcher sums are running sums modulo 2**64; with numpy they are prefix sums
-(``cumsum`` wraps in uint64), so ``a = sum(w)``, ``b = sum(cumsum(w))`` and so on.
+Fletcher sums are running sums modulo 2**64.  With numpy they are dot products of the
+words with fixed coefficient vectors (``b = sum((n - i) * w[i])`` ...), which uint64
+arithmetic wraps exactly like the C code; very large blocks use prefix sums instead.
 """
 
 from __future__ import annotations
@@ -22,11 +23,35 @@ VERIFIED = ("fletcher2", "fletcher4", "sha256", "sha512", "label", "gang_header"
             "zilog", "zilog2")
 
 
+#: Fletcher as dot products: for n words, word i (from 0) is added into b (n - i) times,
+#: into c C(n - i + 1, 2) times and into d C(n - i + 2, 3) times (all modulo 2**64).
+#: Coefficient vectors are kept for blocks up to 1 MiB; larger ones use prefix sums.
+_COEF_MAX_WORDS = 1 << 18
+_COEFS: dict = {}
+
+
+def _coefs(n):
+    co = _COEFS.get(n)
+    if co is None:
+        one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
+        kb = np.arange(n, 0, -1, dtype=np.uint64)
+        kc = kb * (kb + one) // two  # exact: < 2**37 for n <= 2**18
+        # kd = kb (kb+1) (kb+2) / 6, divided by 3 before the product so it stays exact
+        kd = np.where(kc % three == 0, (kc // three) * (kb + two), kc * ((kb + two) // three))
+        if len(_COEFS) >= 6:  # at most 6 block sizes (<= 6 MiB each) are kept
+            _COEFS.clear()
+        co = _COEFS[n] = np.stack([kb, kc, kd])  # one matrix product for b, c, d
+    return co
+
+
 def fletcher4(data, little=True):
     n = len(data) // 4
-    w = np.frombuffer(data, dtype="<u4" if little else ">u4", count=n).astype(np.uint64)
     if n == 0:
         return (0, 0, 0, 0)
+    w = np.frombuffer(data, dtype="<u4" if little else ">u4", count=n).astype(np.uint64)
+    if n <= _COEF_MAX_WORDS:
+        b, c, d = _coefs(n) @ w
+        return (int(w.sum(dtype=np.uint64)), int(b), int(c), int(d))
     a = np.cumsum(w, dtype=np.uint64)
     b = np.cumsum(a, dtype=np.uint64)
     c = np.cumsum(b, dtype=np.uint64)
@@ -39,8 +64,14 @@ def fletcher2(data, little=True):
     if n == 0:
         return (0, 0, 0, 0)
     w = np.frombuffer(data, dtype="<u8" if little else ">u8", count=n)
-    a0 = np.cumsum(w[0::2], dtype=np.uint64)
-    a1 = np.cumsum(w[1::2], dtype=np.uint64)
+    w0, w1 = w[0::2], w[1::2]
+    m = n // 2
+    if m <= _COEF_MAX_WORDS:
+        kb = _coefs(m)[0]
+        return (int(w0.sum(dtype=np.uint64)), int(w1.sum(dtype=np.uint64)),
+                int(np.dot(w0, kb)), int(np.dot(w1, kb)))
+    a0 = np.cumsum(w0, dtype=np.uint64)
+    a1 = np.cumsum(w1, dtype=np.uint64)
     b0 = np.cumsum(a0, dtype=np.uint64)
     b1 = np.cumsum(a1, dtype=np.uint64)
     return (int(a0[-1]), int(a1[-1]), int(b0[-1]), int(b1[-1]))

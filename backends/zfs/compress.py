@@ -1,5 +1,8 @@
 """Block decompression: lzjb, lz4, gzip, zle, zstd.
 
+lzjb is a byte loop: with the optional ``numba`` package it is compiled (hundreds of
+MB/s), without it pure Python does a few MB/s.
+
 References: OpenZFS module/zfs/lzjb.c, lz4.c / lz4_zfs.c (4-byte big-endian compressed
 length before the LZ4 block), gzip.c (zlib streams), zle.c (n = 64), zfs_zstd.c
 (zfs_zstdhdr_t: big-endian c_len and version/level, then a zstd frame written with
@@ -8,8 +11,11 @@ ZSTD_f_zstd1_magicless, i.e. without the 4-byte frame magic).
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
+
+import numpy as np
 
 from .errors import ZfsError
 from .structs import ZIO_COMPRESS
@@ -28,43 +34,118 @@ class DecompressError(ZfsError):
     pass
 
 
-def lzjb_decompress(src: bytes, d_len: int) -> bytes:
-    """lzjb.c: a copy map byte before every 8 items; a match is 6 bits length, 10 bits offset."""
-    dst = bytearray()
-    s = 0
+def _lzjb_python(src: bytes, d_len: int) -> bytes:
+    """lzjb.c: a copy map byte before every 8 items; a match is 6 bits length - 3 and
+    10 bits offset.  Pure Python (a few MB/s); literal-only groups are copied at once."""
+    dst = bytearray(d_len)
+    d = s = 0
     slen = len(src)
-    copymap = 0
-    copymask = 1 << 7
-    while len(dst) < d_len:
-        copymask <<= 1
-        if copymask == 256:
-            copymask = 1
-            if s >= slen:
-                raise DecompressError("lzjb: input ends early")
+    try:
+        while d < d_len:
             copymap = src[s]
             s += 1
-        if copymap & copymask:
-            if s + 1 >= slen:
-                raise DecompressError("lzjb: input ends inside a match")
-            b0, b1 = src[s], src[s + 1]
-            s += 2
-            mlen = (b0 >> 2) + 3
-            offset = ((b0 << 8) | b1) & 0x3FF
-            pos = len(dst) - offset
-            if pos < 0 or offset == 0:
-                raise DecompressError("lzjb: match before the start of the block")
-            mlen = min(mlen, d_len - len(dst))
-            if offset >= mlen:
-                dst += dst[pos:pos + mlen]
-            else:
-                pat = dst[pos:]
-                dst += (pat * (mlen // offset + 1))[:mlen]
-        else:
-            if s >= slen:
-                raise DecompressError("lzjb: input ends early")
-            dst.append(src[s])
-            s += 1
+            if copymap == 0 and d + 8 <= d_len and s + 8 <= slen:
+                dst[d:d + 8] = src[s:s + 8]
+                d += 8
+                s += 8
+                continue
+            for bit in (1, 2, 4, 8, 16, 32, 64, 128):
+                if d >= d_len:
+                    break
+                if copymap & bit:
+                    b0 = src[s]
+                    off = ((b0 << 8) | src[s + 1]) & 0x3FF
+                    s += 2
+                    mlen = (b0 >> 2) + 3
+                    cpy = d - off
+                    if cpy < 0 or off == 0:
+                        raise DecompressError("lzjb: match before the start of the block")
+                    if mlen > d_len - d:
+                        mlen = d_len - d
+                    if off >= mlen:
+                        dst[d:d + mlen] = dst[cpy:cpy + mlen]
+                    else:
+                        pat = dst[cpy:d]
+                        dst[d:d + mlen] = (pat * (mlen // off + 1))[:mlen]
+                    d += mlen
+                else:
+                    dst[d] = src[s]
+                    d += 1
+                    s += 1
+    except IndexError:
+        raise DecompressError("lzjb: input ends early") from None
     return bytes(dst)
+
+
+def _lzjb_kernel(src, dst):  # pragma: no cover - compiled by numba when it is installed
+    """The same loop over numpy arrays, for numba: returns the bytes written, < 0 on error."""
+    d_len = dst.shape[0]
+    slen = src.shape[0]
+    s = 0
+    d = 0
+    while d < d_len:
+        if s >= slen:
+            return -1
+        copymap = np.int64(src[s])
+        s += 1
+        for bit in range(8):
+            if d >= d_len:
+                break
+            if (copymap >> bit) & 1:
+                if s + 1 >= slen:
+                    return -1
+                b0 = np.int64(src[s])
+                b1 = np.int64(src[s + 1])
+                s += 2
+                mlen = (b0 >> 2) + 3
+                off = ((b0 << 8) | b1) & 0x3FF
+                cpy = d - off
+                if cpy < 0 or off == 0:
+                    return -2
+                if mlen > d_len - d:
+                    mlen = d_len - d
+                for k in range(mlen):
+                    dst[d + k] = dst[cpy + k]
+                d += mlen
+            else:
+                if s >= slen:
+                    return -1
+                dst[d] = src[s]
+                d += 1
+                s += 1
+    return d
+
+
+_LZJB_JIT = None  # None: not tried yet; False: numba is not installed
+
+
+def _lzjb_jit():
+    """numba-compiled lzjb (optional: ~50x faster), compiled on the first lzjb block."""
+    global _LZJB_JIT
+    if _LZJB_JIT is None:
+        if os.environ.get("PVFS_NO_NUMBA"):
+            _LZJB_JIT = False
+        else:
+            try:
+                import numba
+
+                _LZJB_JIT = numba.njit(cache=True, nogil=True, boundscheck=False)(_lzjb_kernel)
+            except Exception:
+                _LZJB_JIT = False
+    return _LZJB_JIT
+
+
+def lzjb_decompress(src: bytes, d_len: int) -> bytes:
+    jit = _lzjb_jit()
+    if not jit:
+        return _lzjb_python(src, d_len)
+    dst = np.empty(d_len, dtype=np.uint8)
+    r = jit(np.frombuffer(src, dtype=np.uint8), dst)
+    if r == -2:
+        raise DecompressError("lzjb: match before the start of the block")
+    if r < 0:
+        raise DecompressError("lzjb: input ends early")
+    return dst.tobytes()
 
 
 def zle_decompress(src: bytes, d_len: int, n: int = 64) -> bytes:

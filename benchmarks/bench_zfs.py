@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""ZFS: sequential read of a large file from a zfs-fuse raidz1 pool (compression off and
+on = lzjb) through ``pvfs mount`` versus zfs-fuse serving the same pool, same run; and the
+time to mount a pool and list a dataset of 10,000 files.
+
+The pool is made once with zfs-fuse (Debian package ``zfs-fuse``, pool version 23) in
+``--workdir`` (default: the fixture cache) and reused.  A zfs-fuse daemon is started only
+when none answers, and only that process is stopped again.  Needs root and /dev/fuse.
+Usage: python benchmarks/bench_zfs.py [--size-mib 256] [--files 10000] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = "pvfsbench"
+
+
+def sh(*cmd, check=True, **kw):
+    return subprocess.run(list(map(str, cmd)), check=check, capture_output=True, text=True, **kw)
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        pass
+
+
+def timed_read(path, bs=1 << 20):
+    drop_caches()
+    fd = os.open(path, os.O_RDONLY)
+    buf = bytearray(bs)
+    t = time.perf_counter()
+    total = 0
+    while True:
+        n = os.readv(fd, [buf])
+        if not n:
+            break
+        total += n
+    dt = time.perf_counter() - t
+    os.close(fd)
+    return total, total / dt / 1e6
+
+
+def timed_walk(top):
+    t = time.perf_counter()
+    n = 0
+    for dirpath, dirs, files in os.walk(top):
+        for f in files:
+            os.lstat(os.path.join(dirpath, f))
+            n += 1
+    return n, time.perf_counter() - t
+
+
+class ZfsFuse:
+    """A zfs-fuse daemon: the one that answers, or one we start (and stop) ourselves."""
+
+    def __init__(self, work):
+        self.proc = None
+        if sh("zpool", "list", check=False).returncode != 0:
+            log = open(work / "zfs-fuse.log", "w")
+            self.proc = subprocess.Popen(["zfs-fuse", "--no-daemon", "--no-kstat-mount"],
+                                         stdout=log, stderr=log)
+            for _ in range(100):
+                if sh("zpool", "list", check=False).returncode == 0:
+                    break
+                time.sleep(0.2)
+            else:
+                raise SystemExit("zfs-fuse did not start")
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+
+def text_chunk(seed, size):
+    """Log-like text that lzjb (1 KiB window) compresses about 2:1."""
+    rnd = random.Random(seed)
+    words = [b"kernel", b"zfs", b"pool", b"txg", b"sync", b"write", b"read", b"error", b"ok",
+             b"vdev", b"disk", b"raidz", b"mirror", b"block", b"checksum", b"scrub"]
+    out = bytearray()
+    while len(out) < size:
+        out += (b"Nov 26 10:%02d:%02d pve %s: " % (rnd.randint(0, 59), rnd.randint(0, 59),
+                                                  rnd.choice(words))
+                + b" ".join(rnd.choice(words) for _ in range(8)) + b" %d\n" % rnd.randint(0, 999))
+    return bytes(out[:size])
+
+
+def build_pool(work, size_mib, nfiles):
+    disks = [work / f"{POOL}-d{i}.img" for i in range(3)]
+    stamp = work / f"built-{size_mib}-{nfiles}"
+    if stamp.exists() and all(d.exists() for d in disks):
+        return disks
+    zf = ZfsFuse(work)
+    try:
+        sh("zpool", "destroy", "-f", POOL, check=False)
+        for d in disks:
+            d.unlink(missing_ok=True)
+            with open(d, "wb") as f:
+                f.truncate(max(1024, size_mib * 2 + 512) << 20)
+        mnt = work / "zmnt"
+        mnt.mkdir(exist_ok=True)
+        sh("zpool", "create", "-f", "-m", mnt, POOL, "raidz1", *disks)
+        sh("zfs", "create", "-o", "compression=off", f"{POOL}/off")
+        sh("zfs", "create", "-o", "compression=on", f"{POOL}/on")
+        sh("zfs", "create", f"{POOL}/many")
+        chunk = text_chunk(1, 1 << 20)
+        rnd = os.urandom(1 << 20)
+        for ds in ("off", "on"):
+            with open(mnt / ds / "big.bin", "wb") as f:
+                for i in range(size_mib):  # half text (compresses), half random (does not)
+                    f.write(chunk if i % 2 == 0 else rnd)
+        for i in range(nfiles):
+            d = mnt / "many" / f"d{i // 100:03d}"
+            if i % 100 == 0:
+                d.mkdir()
+            (d / f"f{i:05d}.txt").write_bytes(b"file %d\n" % i * (1 + i % 7))
+        sh("zpool", "export", POOL)
+    finally:
+        zf.stop()
+    stamp.write_text("ok")
+    return disks
+
+
+def bench_pvfs(work, disks, results):
+    mnt = work / "pvfs-mnt"
+    mnt.mkdir(exist_ok=True)
+    t = time.perf_counter()
+    sh(sys.executable, "-m", "pvfs", "mount", *disks, mnt, cwd=ROOT)
+    results["pvfs: mount (discover pool)"] = ("s", time.perf_counter() - t)
+    try:
+        base = mnt / "storage" / "zfs" / POOL
+        n, dt = timed_walk(base / "many")
+        results[f"pvfs: list+stat {n} files"] = ("s", dt)
+        for ds in ("off", "on"):
+            size, mbs = timed_read(base / ds / "big.bin")
+            results[f"pvfs: read big.bin, compression={ds}"] = ("MB/s", mbs)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)])
+
+
+def bench_zfs_fuse(work, disks, results):
+    zf = ZfsFuse(work)
+    try:
+        t = time.perf_counter()
+        sh("zpool", "import", "-d", work, POOL)
+        results["zfs-fuse: zpool import (+ mounts)"] = ("s", time.perf_counter() - t)
+        mnt = Path(sh("zfs", "get", "-H", "-o", "value", "mountpoint", POOL).stdout.strip())
+        try:
+            n, dt = timed_walk(mnt / "many")
+            results[f"zfs-fuse: list+stat {n} files"] = ("s", dt)
+            for ds in ("off", "on"):
+                size, mbs = timed_read(mnt / ds / "big.bin")
+                results[f"zfs-fuse: read big.bin, compression={ds}"] = ("MB/s", mbs)
+        finally:
+            sh("zpool", "export", POOL, check=False)
+    finally:
+        zf.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    for tool in ("zfs-fuse", "zpool", "zfs", "fusermount3"):
+        if not shutil.which(tool):
+            raise SystemExit(f"missing {tool} (Debian: zfs-fuse, fuse3)")
+    work = Path(args.workdir or Path.home() / ".cache" / "pvfs-bench-zfs")
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"pool: {args.size_mib} MiB files, {args.files} small files, in {work}", flush=True)
+    t = time.perf_counter()
+    disks = build_pool(work, args.size_mib, args.files)
+    print(f"pool ready ({time.perf_counter() - t:.0f} s)", flush=True)
+    results = {}
+    bench_pvfs(work, disks, results)
+    bench_zfs_fuse(work, disks, results)
+    print()
+    for k, (unit, v) in results.items():
+        print(f"{k:45s} {v:9.2f} {unit}")
+    print()
+    for ds in ("off", "on"):
+        a = results[f"pvfs: read big.bin, compression={ds}"][1]
+        b = results.get(f"zfs-fuse: read big.bin, compression={ds}", (None, None))[1]
+        if b:
+            print(f"ratio pvfs / zfs-fuse, compression={ds}: {a / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()
