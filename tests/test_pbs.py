@@ -503,3 +503,42 @@ def test_corrupt_pxar_chunk_found_on_read_names_the_files(tmp_path, gt):
     assert "/home/user/big.bin" in ent[0].message
     # the same entry also lands on the container view's path
     assert any(e.code == "bad-chunk" and e.path.startswith("storage/pbs/ds/ct/") for e in ctx.report)
+
+
+def _node_tree(path):
+    """The fixture datastore as pvfs nodes (what a ZFS dataset pvfs opened looks like)."""
+    from pvfs.nodes import Dir, File
+
+    d = Dir(mtime=os.path.getmtime(path))
+    for e in sorted(os.scandir(path), key=lambda e: e.name):
+        if e.is_dir():
+            d.add(e.name, _node_tree(e.path))
+        else:
+            d.add(e.name, File(FileSource(e.path), mtime=e.stat().st_mtime))
+    return d
+
+
+def test_datastore_inside_a_directory_node(gt):
+    from backends.pbs import PbsBackend
+    from pvfs.discover import Context, run_queue
+
+    ctx = Context(Options())
+    node = _node_tree(GEN / "datastore-missing-chunk")
+    b = PbsBackend()
+    assert b.probe_node(node, "storage/zfs/tank/pbs", ctx) == 100
+    assert b.probe_node(_node_tree(GEN / "streams"), "x", ctx) == 0
+    b.open_node(node, "storage/zfs/tank/pbs", ctx)
+    run_queue(ctx)
+    for snap in gt["snapshots"]:
+        for fn, a in snap["archives"].items():
+            if a["kind"] == "fidx" and not (snap["path"].endswith("16T10:00:00Z") and fn == "drive-scsi0.img.fidx"):
+                img = resolve(ctx.root, f"storage/pbs/pbs/{snap['path']}/{fn[:-5]}")
+                assert sha256_source(img.source) == a["sha256"], fn
+    dv = gt["damaged_variants"]["datastore-missing-chunk"]
+    lo, hi = dv["affected_byte_range"]
+    assert sorted((e.path, e.ranges) for e in ctx.report if e.code == "missing-chunk") == sorted([
+        ("storage/pbs/pbs/vm/100/2024-01-16T10:00:00Z/drive-scsi0.img", ((lo, hi - lo),)),
+        ("vms/100/backups/2024-01-16T10:00:00Z/disk-scsi0.raw", ((lo, hi - lo),))])
+    tree = {t["path"]: t for t in gt["snapshots"][3]["archives"]["root.mpxar.didx"]["tree"]}
+    root = resolve(ctx.root, "storage/pbs/pbs/host/fixturehost/2024-01-15T12:00:00Z/root.pxar")
+    check_tree({("/" + p) if p else "/": n for p, n in walk(root)}, tree)

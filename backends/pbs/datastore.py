@@ -20,6 +20,7 @@ from pvfs.nodes import Dir, File
 from pvfs.source import BAD_ZERO, BytesSource
 
 from .blob import EncryptedBlobError, decode_blob, load_keyfile
+from .fsaccess import NodeFS, OsFS
 from .index import ChunkError, ChunkPool, ChunkStore, FixedIndex, IndexSource, open_index
 from .pxar import LISTING, PxarArchive
 from .structs import PbsError
@@ -35,31 +36,28 @@ MAX_BLOB_FILE = 16 * 1024 * 1024  # config/log/manifest blobs decoded at discove
 LAYER = "pbs"
 
 
-def looks_like_datastore(path) -> float:
+def looks_like_datastore(path, fs=None) -> float:
     """100: ``.chunks/`` with 4-hex folders; 60: ``.chunks/`` and a backup group folder."""
-    chunks = os.path.join(path, ".chunks")
-    if not os.path.isdir(chunks):
+    fs = fs or OsFS(path)
+    chunks = fs.join(path, ".chunks")
+    if not fs.isdir(chunks):
         return 0.0
-    try:
-        with os.scandir(chunks) as it:
-            for i, e in enumerate(it):
-                if HEX4_RE.match(e.name) and e.is_dir(follow_symlinks=False):
-                    return 100.0
-                if i > 64:
-                    break
-    except OSError:
-        pass
+    if isinstance(fs, OsFS):
+        try:
+            with os.scandir(chunks) as it:  # a real store has 65536 folders: look at a few
+                for i, e in enumerate(it):
+                    if HEX4_RE.match(e.name) and e.is_dir(follow_symlinks=False):
+                        return 100.0
+                    if i > 64:
+                        break
+        except OSError:
+            pass
+    elif any(HEX4_RE.match(n) for n in fs.listdir(chunks)[:64]):
+        return 100.0
     for t in BACKUP_TYPES + ("ns",):
-        if os.path.isdir(os.path.join(path, t)):
+        if fs.isdir(fs.join(path, t)):
             return 60.0
     return 30.0
-
-
-def _listdir(path):
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
 
 
 class Archive:
@@ -105,8 +103,12 @@ def state_for(ctx) -> State:
 
 # ---------------------------------------------------------------------------
 class DatastoreWalker:
-    def __init__(self, root, ctx, backend):
-        self.root = os.path.abspath(root)
+    """One datastore: ``root`` in ``fs`` (a real folder, or a directory node)."""
+
+    def __init__(self, root, ctx, backend, fs=None, name=None):
+        self.fs = fs or OsFS(root)
+        self.root = self.fs.root if fs is None else root
+        self.base_name = name
         self.ctx = ctx
         self.backend = backend
         self.state = state_for(ctx)
@@ -114,31 +116,32 @@ class DatastoreWalker:
 
     def open(self):
         ctx = self.ctx
-        base = os.path.basename(os.path.normpath(self.root)) or "datastore"
+        base = self.base_name or self.fs.name(self.root) or "datastore"
         pbs = ctx.storage("pbs")
         name = pbs.add(base, Dir(), report=ctx.report, path_hint="storage/pbs")
         self.name = name
         self.tree_path = f"storage/pbs/{name}"
-        store = ChunkStore(self.root, name)
+        store = ChunkStore(self.root, name, self.fs)
         self.state.pool.add(store)
-        self.state.datastores.append((name, self.root, self.tree_path))
+        self.state.datastores.append((name, self.root, self.tree_path, self.fs))
         self.walk_ns(self.root, pbs.get(name), self.tree_path, "", 0)
         # One group for all datastores: chunk checks run once every store is known.
         vol = Volume(None, self.tree_path, name, "pbs-datastore")
         ctx.add_member(self.backend, "datastores", vol)
 
-    def walk_ns(self, fs, tree, tpath, ns, depth):
+    def walk_ns(self, at, tree, tpath, ns, depth):
+        fs = self.fs
         for btype in BACKUP_TYPES:
-            tdir = os.path.join(fs, btype)
-            if not os.path.isdir(tdir):
+            tdir = fs.join(at, btype)
+            if not fs.isdir(tdir):
                 continue
-            for bid in _listdir(tdir):
-                gdir = os.path.join(tdir, bid)
-                if not ID_RE.match(bid) or not os.path.isdir(gdir):
+            for bid in fs.listdir(tdir):
+                gdir = fs.join(tdir, bid)
+                if not ID_RE.match(bid) or not fs.isdir(gdir):
                     continue
-                for btime in _listdir(gdir):
-                    sdir = os.path.join(gdir, btime)
-                    if not TIME_RE.match(btime) or not os.path.isdir(sdir):
+                for btime in fs.listdir(gdir):
+                    sdir = fs.join(gdir, btime)
+                    if not TIME_RE.match(btime) or not fs.isdir(sdir):
                         continue
                     snap_tree = tree.subdir(btype).subdir(bid).subdir(btime)
                     snap = Snapshot(self, sdir, snap_tree, f"{tpath}/{btype}/{bid}/{btime}",
@@ -147,24 +150,25 @@ class DatastoreWalker:
                         snap.open()
                     except (PbsError, OSError) as e:
                         self.ctx.report.add("error", LAYER, snap.tree_path, "bad-snapshot", str(e))
-        nsdir = os.path.join(fs, "ns")
-        if os.path.isdir(nsdir):
+        nsdir = fs.join(at, "ns")
+        if fs.isdir(nsdir):
             if depth >= MAX_NS_DEPTH:
                 self.ctx.report.add("warning", LAYER, f"{tpath}/ns", "too-deep",
                                     f"namespaces nested deeper than {MAX_NS_DEPTH}; not followed")
                 return
-            for n in _listdir(nsdir):
-                sub = os.path.join(nsdir, n)
-                if NS_RE.match(n) and os.path.isdir(sub):
+            for n in fs.listdir(nsdir):
+                sub = fs.join(nsdir, n)
+                if NS_RE.match(n) and fs.isdir(sub):
                     sub_tree = tree.subdir("ns").subdir(n)
                     self.walk_ns(sub, sub_tree, f"{tpath}/ns/{n}", f"{ns}/{n}" if ns else n, depth + 1)
 
 
 class Snapshot:
-    def __init__(self, ds: DatastoreWalker, fs, tree: Dir, tree_path, btype, bid, btime, ns):
+    def __init__(self, ds: DatastoreWalker, at, tree: Dir, tree_path, btype, bid, btime, ns):
         self.ds = ds
         self.ctx = ds.ctx
-        self.fs = fs
+        self.fsa = ds.fs
+        self.fs = at
         self.tree = tree
         self.tree_path = tree_path
         self.btype, self.bid, self.btime, self.ns = btype, bid, btime, ns
@@ -175,7 +179,7 @@ class Snapshot:
         self.ctx.report.add(severity, LAYER, path, code, message, ranges)
 
     def open(self):
-        files = _listdir(self.fs)
+        files = self.fsa.listdir(self.fs)
         self.read_manifest("index.json.blob" in files)
         self.vm_dir = self.ct_dir = None
         handled = set()
@@ -187,7 +191,7 @@ class Snapshot:
         for fn in files:
             if fn in handled:
                 continue
-            full = os.path.join(self.fs, fn)
+            full = self.fsa.join(self.fs, fn)
             try:
                 if fn.endswith(".blob"):
                     self.open_blob(fn, full)
@@ -204,14 +208,13 @@ class Snapshot:
 
     # -- manifest ------------------------------------------------------------------
     def read_manifest(self, present):
-        path = os.path.join(self.fs, "index.json.blob")
+        path = self.fsa.join(self.fs, "index.json.blob")
         if not present:
             self.report("warning", "no-manifest", self.tree_path,
                         f"{self.label}: index.json.blob is missing; archives shown without it")
             return
         try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_BLOB_FILE + 1)
+            raw = self.fsa.read(path, MAX_BLOB_FILE)
             doc = json.loads(decode_blob(raw, self.ds.state.crypt, limit=MAX_BLOB_FILE))
             if not isinstance(doc, dict) or not isinstance(doc.get("files", []), list):
                 raise PbsError("manifest is not a JSON object with a files list")
@@ -231,11 +234,10 @@ class Snapshot:
                 self.report("error", "missing-archive", f"{self.tree_path}/{fn}",
                             f"{self.label}: {fn} is listed in the manifest but missing")
                 continue
-            full = os.path.join(self.fs, fn)
+            full = self.fsa.join(self.fs, fn)
             try:
                 if fn.endswith(".blob"):
-                    with open(full, "rb") as f:
-                        data = f.read(MAX_BLOB_FILE + 1)
+                    data = self.fsa.read(full, MAX_BLOB_FILE)
                     if ent.get("csum") and hashlib.sha256(data).hexdigest() != ent.get("csum"):
                         self.report("error", "manifest-mismatch", f"{self.tree_path}/{fn}",
                                     f"{self.label}: {fn} differs from the manifest checksum")
@@ -254,7 +256,7 @@ class Snapshot:
 
     # -- archives --------------------------------------------------------------------
     def _index(self, fn, full):
-        ix = open_index(full)
+        ix = open_index(full, self.fsa)
         self.indexes = getattr(self, "indexes", {})
         self.indexes[fn] = ix
         for p in ix.problems:
@@ -325,7 +327,7 @@ class Snapshot:
             self.ds.state.archives.append(Archive(self, fn, ix, src, paths))
 
     def open_split(self, mfn, pfn):
-        mix = self._index(mfn, os.path.join(self.fs, mfn))
+        mix = self._index(mfn, self.fsa.join(self.fs, mfn))
         name = mfn[: -len(".mpxar.didx")] + ".pxar"
         paths: list = []
         holder: list = []
@@ -336,7 +338,7 @@ class Snapshot:
                         f"{self.label}: {mfn} has no payload stream; file contents are unreadable")
         else:
             try:
-                pix = self._index(pfn, os.path.join(self.fs, pfn))
+                pix = self._index(pfn, self.fsa.join(self.fs, pfn))
                 psrc = self._source(pfn, pix, paths, holder)
             except PbsError as e:
                 self.report("error", "bad-archive", f"{self.tree_path}/{pfn}", f"{self.label}: {e}")
@@ -366,13 +368,12 @@ class Snapshot:
 
     def open_blob(self, fn, full):
         name = fn[: -len(".blob")]
-        with open(full, "rb") as f:
-            raw = f.read(MAX_BLOB_FILE + 1)
-        if len(raw) > MAX_BLOB_FILE:
+        if self.fsa.size(full) > MAX_BLOB_FILE:
             self.report("warning", "large-blob", f"{self.tree_path}/{fn}",
                         f"{self.label}: {fn} is larger than {MAX_BLOB_FILE} bytes; not decoded")
             return
-        mtime = os.path.getmtime(full)
+        raw = self.fsa.read(full, MAX_BLOB_FILE)
+        mtime = self.fsa.mtime(full)
         try:
             data = decode_blob(raw, self.ds.state.crypt, limit=MAX_BLOB_FILE)
         except EncryptedBlobError:
@@ -421,22 +422,18 @@ def check_chunks(ctx, verify="exists"):
                                        arc.source.bad, arc.paths):
                 ctx.report.add("error", LAYER, p, err_code(err), msg, ranges)
     # Orphans: chunk files that no index references.
-    for name, root, tpath in state.datastores:
+    for name, root, tpath, fs in state.datastores:
         orphans = bad_files = 0
-        chunks = os.path.join(root, ".chunks")
-        for d in _listdir(chunks):
+        chunks = fs.join(root, ".chunks")
+        for d in fs.listdir(chunks):
             if not HEX4_RE.match(d):
                 continue
-            try:
-                with os.scandir(os.path.join(chunks, d)) as it:
-                    for e in it:
-                        if DIGEST_RE.match(e.name):
-                            if bytes.fromhex(e.name) not in referenced:
-                                orphans += 1
-                        elif e.name.endswith(".bad"):
-                            bad_files += 1
-            except OSError:
-                continue
+            for e in fs.listdir(fs.join(chunks, d)):
+                if DIGEST_RE.match(e):
+                    if bytes.fromhex(e) not in referenced:
+                        orphans += 1
+                elif e.endswith(".bad"):
+                    bad_files += 1
         if orphans:
             ctx.report.add("info", LAYER, tpath, "orphan-chunks",
                            f"{orphans} chunk files are referenced by no index found "

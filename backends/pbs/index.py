@@ -20,6 +20,7 @@ from pvfs.errors import UnreadableError
 from pvfs.source import BAD_ZERO, DATA, UNREADABLE, ZERO, Source
 
 from .blob import MAX_BLOB_SIZE, CryptConfig, decode_blob
+from .fsaccess import OsFS
 from .structs import (DYNAMIC_ENTRY_SIZE, DYNAMIC_SIZED_CHUNK_INDEX_1_0, FIXED_ENTRY_SIZE,
                       FIXED_SIZED_CHUNK_INDEX_1_0, INDEX_HEADER_SIZE, DynamicIndexHeader,
                       FixedIndexHeader, PbsError, parse)
@@ -36,14 +37,6 @@ class ChunkError(PbsError):
         self.kind = kind  # "missing" | "corrupt"
 
 
-def _read_file(path, limit):
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise PbsError(f"{os.path.basename(path)} is larger than {limit} bytes")
-    return data
-
-
 # ---------------------------------------------------------------------------
 class FixedIndex:
     """A ``.fidx``: image size, chunk size and one digest per chunk.
@@ -54,27 +47,29 @@ class FixedIndex:
 
     kind = "fidx"
 
-    def __init__(self, path):
+    def __init__(self, path, fs=None):
+        fs = fs or OsFS(os.path.dirname(path) or ".")
         self.path = path
         self.problems: list[str] = []
+        name = fs.name(path)
         try:
-            fsize = os.path.getsize(path)
-            with open(path, "rb") as f:
-                head = f.read(INDEX_HEADER_SIZE)
-                h = parse(FixedIndexHeader, head, f"{os.path.basename(path)} header")
-                if h.magic != FIXED_SIZED_CHUNK_INDEX_1_0:
-                    raise PbsError(f"{os.path.basename(path)}: not a fixed index (bad magic)")
-                if h.chunk_size <= 0 or h.chunk_size > MAX_BLOB_SIZE:
-                    raise PbsError(f"{os.path.basename(path)}: chunk size {h.chunk_size} out of range")
-                self.size = h.size
-                self.chunk_size = h.chunk_size
-                self.count = -(-h.size // h.chunk_size)
-                expect = INDEX_HEADER_SIZE + FIXED_ENTRY_SIZE * self.count
-                if expect > MAX_INDEX_FILE:
-                    raise PbsError(f"{os.path.basename(path)}: image size {h.size} is implausible")
-                self.table = f.read(min(fsize, expect) - INDEX_HEADER_SIZE if fsize > INDEX_HEADER_SIZE else 0)
+            fsize = fs.size(path)
+            head = fs.read_range(path, 0, INDEX_HEADER_SIZE)
+            h = parse(FixedIndexHeader, head, f"{name} header")
+            if h.magic != FIXED_SIZED_CHUNK_INDEX_1_0:
+                raise PbsError(f"{name}: not a fixed index (bad magic)")
+            if h.chunk_size <= 0 or h.chunk_size > MAX_BLOB_SIZE:
+                raise PbsError(f"{name}: chunk size {h.chunk_size} out of range")
+            self.size = h.size
+            self.chunk_size = h.chunk_size
+            self.count = -(-h.size // h.chunk_size)
+            expect = INDEX_HEADER_SIZE + FIXED_ENTRY_SIZE * self.count
+            if expect > MAX_INDEX_FILE:
+                raise PbsError(f"{name}: image size {h.size} is implausible")
+            want = min(fsize, expect) - INDEX_HEADER_SIZE
+            self.table = fs.read_range(path, INDEX_HEADER_SIZE, want) if want > 0 else b""
         except OSError as e:
-            raise PbsError(f"cannot read {path}: {e.strerror}") from None
+            raise PbsError(f"cannot read {path}: {e.strerror or e}") from None
         self.uuid, self.ctime, self.index_csum = h.uuid, h.ctime, h.index_csum
         self.known = len(self.table) // FIXED_ENTRY_SIZE
         if fsize != expect:
@@ -109,17 +104,18 @@ class DynamicIndex:
 
     kind = "didx"
 
-    def __init__(self, path):
+    def __init__(self, path, fs=None):
+        fs = fs or OsFS(os.path.dirname(path) or ".")
         self.path = path
         self.problems: list[str] = []
-        name = os.path.basename(path)
+        name = fs.name(path)
         try:
-            fsize = os.path.getsize(path)
+            fsize = fs.size(path)
             if fsize > MAX_INDEX_FILE:
                 raise PbsError(f"{name}: index file of {fsize} bytes is implausible")
-            data = _read_file(path, MAX_INDEX_FILE)
+            data = fs.read(path, MAX_INDEX_FILE)
         except OSError as e:
-            raise PbsError(f"cannot read {path}: {e.strerror}") from None
+            raise PbsError(f"cannot read {path}: {e.strerror or e}") from None
         h = parse(DynamicIndexHeader, data[:INDEX_HEADER_SIZE], f"{name} header")
         if h.magic != DYNAMIC_SIZED_CHUNK_INDEX_1_0:
             raise PbsError(f"{name}: not a dynamic index (bad magic)")
@@ -161,39 +157,37 @@ class DynamicIndex:
         return (self.digest(i) for i in range(self.count))
 
 
-def open_index(path):
-    with open(path, "rb") as f:
-        magic = f.read(8)
+def open_index(path, fs=None):
+    fs = fs or OsFS(os.path.dirname(path) or ".")
+    magic = fs.read_range(path, 0, 8)
     if magic == FIXED_SIZED_CHUNK_INDEX_1_0:
-        return FixedIndex(path)
+        return FixedIndex(path, fs)
     if magic == DYNAMIC_SIZED_CHUNK_INDEX_1_0:
-        return DynamicIndex(path)
-    raise PbsError(f"{os.path.basename(path)}: no index magic")
+        return DynamicIndex(path, fs)
+    raise PbsError(f"{fs.name(path)}: no index magic")
 
 
 # ---------------------------------------------------------------------------
 class ChunkStore:
     """``<datastore>/.chunks``: chunk files named by digest."""
 
-    def __init__(self, root, name):
+    def __init__(self, root, name, fs=None):
+        self.fs = fs or OsFS(root)
         self.root = root
         self.name = name
-        self.chunks = os.path.join(root, ".chunks")
+        self.chunks = self.fs.join(root, ".chunks")
 
     def path(self, hexdigest):
-        return os.path.join(self.chunks, hexdigest[:4], hexdigest)
+        return self.fs.join(self.chunks, hexdigest[:4], hexdigest)
 
     def read_raw(self, hexdigest):
         try:
-            return _read_file(self.path(hexdigest), MAX_BLOB_SIZE + 64)
+            return self.fs.read(self.path(hexdigest), MAX_BLOB_SIZE + 64)
         except FileNotFoundError:
             return None
 
     def exists(self, hexdigest):
-        try:
-            return os.stat(self.path(hexdigest)).st_size
-        except OSError:
-            return None
+        return self.fs.exists_size(self.path(hexdigest))
 
 
 _ZERO_DIGESTS: dict = {}
