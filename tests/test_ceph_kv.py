@@ -3,7 +3,6 @@ against ceph-kvstore-tool's key listings and Ceph's own compaction."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import urllib.parse
 
@@ -18,19 +17,10 @@ from backends.ceph.kv import (KV, BlueFSFiles, int64_array_add, open_kv_dir, ope
 from backends.ceph.rocksdb.db import DB
 from pvfs.source import BytesSource, FileSource, SliceSource
 
-from conftest import FIXTURES, require_fixture, unpack
+from conftest import FIXTURES
+from test_ceph_bluefs import Patched, manifest, root  # noqa: F401 (shared fixtures)
 
 GT = FIXTURES / "ceph" / "ground-truth"
-
-
-@pytest.fixture(scope="module")
-def root():
-    return unpack(require_fixture("ceph", "ceph-fixture.tar.zst")) / "ceph-fixture"
-
-
-@pytest.fixture(scope="module")
-def manifest():
-    return json.loads((FIXTURES / "ceph" / "manifest.json").read_text())
 
 
 _osds = {}
@@ -227,7 +217,6 @@ def test_missing_wal_is_reported(root):
 
 
 def test_damaged_label_uses_copy_or_goes_on(root):
-    from test_ceph_bluefs import Patched
     base = FileSource(root / "osd.1" / "block")
     label = base.read(0, 4096)
     # Ceph 19 keeps copies at 1 GiB, 10 GiB ...: a damaged label at 0 falls back to them
@@ -243,7 +232,6 @@ def test_damaged_label_uses_copy_or_goes_on(root):
 
 
 def test_lost_bluefs_super_is_rebuilt_from_the_log(root):
-    from test_ceph_bluefs import Patched
     base = FileSource(root / "osd.0" / "block")
     o = open_osd(Patched(base, {4096: bytes(4096)}))
     assert ("warning", "bluefs-super-recovered") in [(s, c) for s, c, _ in o.damage]

@@ -22,16 +22,12 @@ from backends.ceph.rocksdb.table import Table, split_internal_key
 from backends.ceph.rocksdb.writebatch import decode_write_batch
 from pvfs.source import BytesSource, FileSource, SliceSource
 
-from conftest import FIXTURES, require_fixture, unpack
+from conftest import FIXTURES
+from test_ceph_bluefs import root  # noqa: F401 (shared fixture)
 
 GT = FIXTURES / "ceph" / "ground-truth"
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def root():
-    return unpack(require_fixture("ceph", "ceph-fixture.tar.zst")) / "ceph-fixture"
 
 
 _fs = {}

@@ -16,15 +16,10 @@ import pytest
 from backends.ceph.kv import open_kv_dir, open_osd
 from pvfs.source import FileSource
 
-from conftest import require_fixture, unpack
+from test_ceph_bluefs import root  # noqa: F401 (shared fixture)
 
 LDB = shutil.which("ldb")
 pytestmark = pytest.mark.skipif(LDB is None, reason="ldb (Debian rocksdb-tools) is not installed")
-
-
-@pytest.fixture(scope="module")
-def root():
-    return unpack(require_fixture("ceph", "ceph-fixture.tar.zst")) / "ceph-fixture"
 
 
 def ldb_scan(db_dir, cf="default"):
