@@ -343,3 +343,22 @@ def test_transaction_mismatch_and_regretted_lvremove(tmp_path, fixture_pool):
     ctx = discover([str(a)], Options(backend_options={"lvm_seqno": 1}))
     assert sha(read_all(ctx, "storage/lvm/pve/vm-100-disk-0")) == want["vm-100-disk-0"]["sha256"]
     assert sha(read_all(ctx, "vms/100/disk-0.raw")) == want["vm-100-disk-0"]["sha256"]
+
+
+def test_newer_uncommitted_text_is_used_and_reported(tmp_path):
+    """A crash after the new text was written to the ring but before raw_locn[0] moved."""
+    pvs = [("pv0", pv_uuid(0), 2)]
+    t1 = vg_text("vgu", VGID, 1, pvs, lv("a", [linear(0, 1, "pv0", 0)]))
+    t2 = vg_text("vgu", VGID, 2, pvs, lv("a", [linear(0, 1, "pv0", 0)])
+                 + lv("b", [linear(0, 1, "pv0", 1)]))
+    off2 = 512 * (1 + (len(t1) + 511) // 512)
+    data = rnd(2 * EXT, 12)
+    p = write_pv(tmp_path / "a.img", pv_uuid(0), 2, [(512, t1), (off2, t2)], 0,
+                 extents={0: data})
+    ctx = discover([str(p)], Options())
+    assert read_all(ctx, "storage/lvm/vgu/b") == data[EXT:]
+    warn = [e for e in ctx.report if e.code == "uncommitted-generation"]
+    assert len(warn) == 1 and "--lvm-seqno 1" in warn[0].message
+    ctx = discover([str(p)], Options(backend_options={"lvm_seqno": 1}))
+    assert resolve(ctx.root, "storage/lvm/vgu/b") is None
+    assert read_all(ctx, "storage/lvm/vgu/a") == data[:EXT]

@@ -122,6 +122,13 @@ class LvmBackend(Backend):
                                f"VG {gen.vgname}: metadata seqno {want} is not in the ring "
                                f"(found {', '.join(str(g.seqno) for g in ordered)}); using "
                                f"{gen.seqno}")
+        committed = [g for g in ordered if g.how == "committed" and g.crc_ok]
+        if want is None and committed and committed[-1].seqno < gen.seqno:
+            ctx.report.add("warning", self.name, first.path, "uncommitted-generation",
+                           f"VG {gen.vgname}: using seqno {gen.seqno} ({gen.how}), newer than "
+                           f"the committed seqno {committed[-1].seqno}: a metadata update may "
+                           f"have been interrupted; --lvm-seqno {committed[-1].seqno} shows "
+                           f"the committed one")
         vg = VolumeGroup(gen, pv_sources, bad=ctx.bad())
         lvm_dir = ctx.storage("lvm")
         vgdir = Dir()
