@@ -241,6 +241,13 @@ class DrbdBackend(Backend):
 _LINSTOR_VOLUME = re.compile(r"_\d{5}$")  # LINSTOR backing LVs: <resource>_<volume number>
 
 
+def _json_lines(doc) -> bytes:
+    """JSON with one top-level key a line: readable, and fast (the C encoder) for long lists."""
+    body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v, separators=(', ', ': '))}"
+                       for k, v in doc.items())
+    return ("{\n" + body + "\n}\n").encode()
+
+
 def _stem(name):
     for ext in (".img", ".raw", ".bin", ".dd", ".qcow2", ".vmdk"):
         if name.lower().endswith(ext):
@@ -510,7 +517,7 @@ class PairAnalysis:
     def render_json(self):
         if self._text is None:
             doc = self.doc()
-            self._text = (json.dumps(doc, indent=1) + "\n").encode()
+            self._text = _json_lines(doc)
         return self._text
 
     def _build(self):

@@ -28,7 +28,7 @@ from . import structs as S
 MIN_DEVICE = 68 * 1024  # drbdmeta's SO_MUCH: smaller devices cannot hold DRBD meta data
 MAX_AL_TRANSACTIONS = 4096  # decode at most 16 MiB of activity log
 MAX_BM_RANGES = 100_000  # ranges kept per bitmap; the bit count stays exact beyond
-BM_CHUNK_WORDS = 1 << 18  # 32-bit words of one peer read per step (1 MiB per peer)
+BM_CHUNK_WORDS = 1 << 18  # 32-bit words read per step (1 MiB), shared by all peers' bitmaps
 
 
 class DrbdError(FormatError):
@@ -416,9 +416,10 @@ def read_bitmap(md_source, md: DrbdMeta, bitmap_index: int) -> BitmapInfo:
     runs = []  # [start_bit, nbits]
     bits_set = past_end = 0
     truncated = False
+    step = max(1024, BM_CHUNK_WORDS // peers)  # about 1 MiB read per step whatever max-peers
     w = 0
     while w < total_words:
-        n = min(BM_CHUNK_WORDS, total_words - w)
+        n = min(step, total_words - w)
         raw = md_source.read(md.bm_offset + w * peers * 4, n * peers * 4)
         n = len(raw) // (4 * peers)
         if n == 0:
@@ -427,17 +428,19 @@ def read_bitmap(md_source, md: DrbdMeta, bitmap_index: int) -> BitmapInfo:
         if words.any():
             bits = np.unpackbits(np.ascontiguousarray(words, dtype="<u4").view(np.uint8),
                                  bitorder="little")
-            idx = np.flatnonzero(bits).astype(np.int64) + w * 32
-            over = idx >= nbits
-            if over.any():
-                past_end += int(over.sum())
-                idx = idx[~over]
-            bits_set += len(idx)
-            if len(idx) and not truncated:
-                breaks = np.flatnonzero(np.diff(idx) != 1)
-                starts = np.concatenate(([idx[0]], idx[breaks + 1]))
-                ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
-                for s, e in zip(starts.tolist(), ends.tolist()):
+            first = w * 32
+            if first + len(bits) > nbits:  # bits past the data area: count, then drop
+                cut = max(0, nbits - first)
+                past_end += int(np.count_nonzero(bits[cut:]))
+                bits = bits[:cut]
+            bits_set += int(np.count_nonzero(bits))
+            if not truncated and len(bits):
+                # runs of set bits: +1 where a run starts, -1 after it ends
+                zero = np.zeros(1, dtype=np.int8)  # keep int8: 1 byte per bit, not 8
+                edge = np.diff(np.concatenate((zero, bits.view(np.int8), zero)))
+                starts = np.flatnonzero(edge == 1)
+                ends = np.flatnonzero(edge == -1)
+                for s, e in zip((starts + first).tolist(), (ends + first).tolist()):
                     if runs and runs[-1][0] + runs[-1][1] == s:
                         runs[-1][1] += e - s
                     elif len(runs) >= MAX_BM_RANGES:
