@@ -542,3 +542,132 @@ def test_datastore_inside_a_directory_node(gt):
     tree = {t["path"]: t for t in gt["snapshots"][3]["archives"]["root.mpxar.didx"]["tree"]}
     root = resolve(ctx.root, "storage/pbs/pbs/host/fixturehost/2024-01-15T12:00:00Z/root.pxar")
     check_tree({("/" + p) if p else "/": n for p, n in walk(root)}, tree)
+
+
+def test_split_archive_without_payload_stream(tmp_path, gt):
+    ds = copy_store(DS, tmp_path / "ds")
+    snap = gt["snapshots"][3]["path"]
+    os.unlink(ds / snap / "root.ppxar.didx")
+    ctx = discover([str(ds)], Options(bad="eio"))
+    assert "missing-payload" in {e.code for e in pbs_entries(ctx)}
+    assert "missing-archive" in {e.code for e in pbs_entries(ctx)}  # the manifest lists it
+    base = f"storage/pbs/ds/{snap}/root.pxar"
+    tree = {t["path"]: t for t in gt["snapshots"][3]["archives"]["root.mpxar.didx"]["tree"]}
+    found = {("/" + p) if p else "/": n for p, n in walk(resolve(ctx.root, base))}
+    assert set(found) == set(tree)  # the metadata stream still lists everything
+    with pytest.raises(UnreadableError):
+        found["/etc/hosts"].source.read(0, 10)
+
+
+def test_nested_namespace(tmp_path, gt):
+    ds = copy_store(DS, tmp_path / "ds")
+    deep = ds / "ns" / "testns" / "ns" / "empty-child" / "ns" / "deeper"
+    deep.mkdir(parents=True)
+    shutil.move(str(ds / "ns/testns/vm"), str(deep / "vm"))
+    ctx = discover([str(ds)], Options())
+    a = gt["snapshots"][4]["archives"]["drive-virtio0.img.fidx"]
+    img = resolve(ctx.root, "storage/pbs/ds/ns/testns/ns/empty-child/ns/deeper/vm/200/"
+                            "2024-01-17T09:30:00Z/drive-virtio0.img")
+    assert sha256_source(img.source) == a["sha256"]
+    assert "testns/empty-child/deeper" in next(v for v in ctx.volumes if v.source is img.source).info["snapshot"]
+
+
+# --- pxar paths the fixture does not cover, from a minimal encoder written from the spec -------
+def _item(htype, content=b""):
+    return struct.pack("<QQ", htype, 16 + len(content)) + content
+
+
+def _encode(tree, v2=False, entry_v1=False, prelude=b""):
+    """tree = (stat_items, children[(name, tree_or_leaf)]) ; leaf = bytes of items after FILENAME."""
+    from backends.pbs import structs as S
+
+    out = bytearray()
+    if v2:
+        out += _item(S.PXAR_FORMAT_VERSION, struct.pack("<Q", 2))
+        if prelude:
+            out += _item(S.PXAR_PRELUDE, prelude)
+
+    def write_dir(node):
+        entry_off = len(out)
+        out.extend(node[0])
+        gb = []
+        for name, child in node[1]:
+            fn = len(out)
+            out.extend(_item(S.PXAR_FILENAME, name + b"\0"))
+            if isinstance(child, tuple):
+                write_dir(child)
+            else:
+                out.extend(child)
+            gb.append((fn, len(out) - fn))
+        start = len(out)
+        body = b"".join(struct.pack("<QQQ", i, start - fn, sz) for i, (fn, sz) in enumerate(gb))
+        size = 16 + len(body) + 24
+        body += struct.pack("<QQQ", S.PXAR_GOODBYE_TAIL_MARKER, start - entry_off, size)
+        out.extend(_item(S.PXAR_GOODBYE, body))
+
+    write_dir(tree)
+    return bytes(out)
+
+
+def _stat(mode, v1=False, uid=0, gid=0, mtime=1700000000):
+    from backends.pbs import structs as S
+
+    if v1:
+        return _item(S.PXAR_ENTRY_V1, struct.pack("<QQIIQ", mode, 0, uid, gid, mtime * 10**9))
+    return _item(S.PXAR_ENTRY, struct.pack("<QQIIqII", mode, 0, uid, gid, mtime, 5, 0))
+
+
+@pytest.mark.parametrize("v1", [False, True])
+def test_pxar_sockets_blockdevs_default_acls(v1):
+    from backends.pbs import structs as S
+
+    acl_default = _item(S.PXAR_ACL_DEFAULT, struct.pack("<QQQQ", 7, 5, 0, 7)) + \
+        _item(S.PXAR_ACL_DEFAULT_USER, struct.pack("<QQ", 1001, 6))
+    sub = (_stat(0o40750, v1) + acl_default, [
+        (b"blk", _stat(0o60640, v1) + _item(S.PXAR_DEVICE, struct.pack("<QQ", 8, 17))),
+        (b"sock", _stat(0o140755, v1, uid=33)),
+    ])
+    tree = (_stat(0o40755, v1), [
+        (b"a.txt", _stat(0o100644, v1) + _item(S.PXAR_XATTR, b"user.k\0v") + _item(S.PXAR_PAYLOAD, b"hello")),
+        (b"d", sub),
+    ])
+    raw = _encode(tree, v2=False)
+    arc = PxarArchive(BytesSource(raw))
+    nodes = {p: n for p, n in walk(arc.root())}
+    assert set(nodes) == {"", "a.txt", "d", "d/blk", "d/sock"}
+    assert nodes["a.txt"].source.read(0, 5) == b"hello" and nodes["a.txt"].xattrs == {b"user.k": b"v"}
+    assert stat.S_ISBLK(nodes["d/blk"].mode) and (os.major(nodes["d/blk"].rdev), os.minor(nodes["d/blk"].rdev)) == (8, 17)
+    assert stat.S_ISSOCK(nodes["d/sock"].mode) and nodes["d/sock"].uid == 33
+    assert nodes["a.txt"].mtime == pytest.approx(1700000000 + (0 if v1 else 5e-9))
+    dfl = nodes["d"].xattrs[b"system.posix_acl_default"]
+    ents = set(struct.iter_unpack("<HHI", dfl[4:]))
+    assert {(1, 7, 0xFFFFFFFF), (4, 5, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF), (0x10, 7, 0xFFFFFFFF), (2, 6, 1001)} == ents
+
+
+def test_pxar_v2_prelude_is_skipped():
+    from backends.pbs import structs as S
+
+    meta = _encode((_stat(0o40755), [(b"f", _stat(0o100600) + _item(S.PXAR_PAYLOAD_REF, struct.pack("<QQ", 16, 3)))]),
+                   v2=True, prelude=b"client prelude")
+    payload = _item(S.PXAR_PAYLOAD_START_MARKER) + _item(S.PXAR_PAYLOAD, b"abc") + _item(S.PXAR_PAYLOAD_TAIL_MARKER)
+    arc = PxarArchive(BytesSource(meta), BytesSource(payload))
+    f = arc.root().get("f")
+    assert arc.version == 2 and f.source.read(0, 3) == b"abc"
+    bad = PxarArchive(BytesSource(meta), BytesSource(_item(S.PXAR_PAYLOAD_START_MARKER) + _item(S.PXAR_SYMLINK, b"abc")))
+    with pytest.raises(UnreadableError, match="no PAYLOAD"):
+        bad.root().get("f").source.read(0, 3)
+
+
+def test_pxar_hostile_structures():
+    from backends.pbs import structs as S
+
+    reports = []
+    # a goodbye item pointing at the goodbye table itself, and a hardlink to itself
+    raw = bytearray(_encode((_stat(0o40755), [(b"x", _item(S.PXAR_HARDLINK, struct.pack("<Q", 0) + b"x\0"))])))
+    arc = PxarArchive(BytesSource(bytes(raw)), report=lambda *a: reports.append(a))
+    assert arc.root().children() == {}
+    assert [r[1] for r in reports] == ["bad-entry"] and "hardlink offset 0" in reports[0][3]
+    with pytest.raises(PbsError):
+        PxarArchive(BytesSource(b"\0" * 64)).root()
+    with pytest.raises(PbsError, match="version"):
+        PxarArchive(BytesSource(_item(S.PXAR_FORMAT_VERSION, struct.pack("<Q", 9)) + b"\0" * 64)).root()

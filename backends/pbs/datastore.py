@@ -403,9 +403,11 @@ def check_chunks(ctx, verify="exists"):
     pool = state.pool
     status: dict[bytes, ChunkError | None] = {}
     referenced: set = set()
-    for arc in state.archives:
+    for n, arc in enumerate(state.archives):
         ix = arc.index
         bad_ranges: dict = {}
+        ctx.note_progress(f"pbs: checking chunks of {arc.snap.label}/{arc.filename} "
+                          f"({n + 1}/{len(state.archives)}, {verify})")
         for i in range(ix.known):
             digest = ix.digest(i)
             referenced.add(digest)

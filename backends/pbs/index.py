@@ -127,7 +127,7 @@ class DynamicIndex:
         body = body[: n * DYNAMIC_ENTRY_SIZE]
         if not self.problems and hashlib.sha256(body).digest() != self.index_csum:
             self.problems.append("index checksum mismatch (entry table altered)")
-        arr = np.frombuffer(body, dtype=[("end", "<u8"), ("digest", "S32")])
+        arr = np.frombuffer(body, dtype=[("end", "<u8"), ("digest", "V32")])
         ends = arr["end"].astype(np.int64) if n else np.zeros(0, np.int64)
         # Ends must grow strictly; keep the consistent prefix of a damaged table.
         if n and (ends[0] <= 0 or (n > 1 and not np.all(np.diff(ends) > 0))):
@@ -136,8 +136,7 @@ class DynamicIndex:
             n = bad
             ends = ends[:n]
         self.ends = np.ascontiguousarray(ends[:n])
-        # (numpy "S32" would strip trailing NUL bytes of a digest: slice the raw body.)
-        self.table = b"".join(body[i * 40 + 8:i * 40 + 40] for i in range(n))
+        self.table = arr["digest"][:n].tobytes()  # "V32": raw bytes, trailing NULs kept
         self.count = self.known = n
         self.size = int(self.ends[-1]) if n else 0
 
