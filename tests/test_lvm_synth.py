@@ -136,8 +136,8 @@ def test_striped_across_two_pvs_and_raid1_with_a_missing_leg(tmp_path):
         row, s = divmod(c, 2)
         pv_ext[s][row * stripe:(row + 1) * stripe] = content[c * stripe:(c + 1) * stripe]
     mirror = rnd(2 * EXT, 2)
-    lvs = (lv("st", [f'start_extent = 0\nextent_count = 4\ntype = "striped"\n'
-                     f'stripe_count = 2\nstripe_size = 8\nstripes = [\n"pv0", 0,\n"pv1", 0\n]\n'])
+    lvs = (lv("st", ['start_extent = 0\nextent_count = 4\ntype = "striped"\n'
+                     'stripe_count = 2\nstripe_size = 8\nstripes = [\n"pv0", 0,\n"pv1", 0\n]\n'])
            + lv("r1", ['start_extent = 0\nextent_count = 2\ntype = "raid1"\ndevice_count = 2\n'
                        'region_size = 1024\nraids = [\n"r1_rmeta_0", "r1_rimage_0",\n'
                        '"r1_rmeta_1", "r1_rimage_1"\n]\n'])

@@ -344,7 +344,7 @@ class Mapping:
         return self.vstart.nbytes * 3 + 64 * len(self.unknown) + 128
 
 
-def mapping_from_entries(vblocks: np.ndarray, values: np.ndarray, unknown, nr_data_blocks=None):
+def mapping_from_entries(vblocks: np.ndarray, values: np.ndarray, unknown):
     order = np.argsort(vblocks, kind="stable")
     vb = vblocks[order].astype(np.int64)
     val = values[order]
@@ -469,7 +469,7 @@ class ScanResult:
         return b in self.leaves24 or b in self.leaves8 or b in self.internal or b in self.other
 
 
-def scan_nodes(md: ThinMetadata, progress=None) -> ScanResult:
+def scan_nodes(md: ThinMetadata) -> ScanResult:
     """Checksum-verify every metadata block that claims to be a btree node at its place."""
     res = ScanResult()
     per = 256
@@ -674,7 +674,7 @@ class ThinPool:
     ``device_ids`` (of the thin LVs) — enough to go on without the superblock.
     """
 
-    def __init__(self, tmeta: Source, tdata: Source, name="pool", hints=None, report=None):
+    def __init__(self, tmeta: Source, tdata: Source, name="pool", hints=None):
         self.name = name
         self.tmeta = tmeta
         self.tdata = tdata
@@ -883,7 +883,7 @@ class ThinPool:
                 notes.append(f"{filled} block mapping(s) in the lost range(s) taken from "
                              f"unreferenced leaves and older copies of the tree (newest "
                              f"time wins; may be stale)")
-        m = mapping_from_entries(keys, vals, unknown, self.nr_data_blocks)
+        m = mapping_from_entries(keys, vals, unknown)
         m.notes = notes
         return m
 
