@@ -142,9 +142,15 @@ def test_bluefs_super_damage(root):
     block = bytearray(_super_block(root))
     sup = decode_super(bytes(block))
     assert sup.block_size == 4096 and sup.layout["shared_bdev"] == 1
-    block[50] ^= 0x40
+    good = bytes(block)
+    block[30] ^= 0x40  # inside osd_uuid: only the crc notices
     with pytest.raises(BlueFSError, match="crc mismatch"):
         decode_super(bytes(block))
+    assert decode_super(bytes(block), verify_crc=False).crc_ok is False
+    broken = bytearray(good)
+    broken[50] = 0x41  # log_fnode struct_v 65: its fields run past the body
+    with pytest.raises(BlueFSError, match="past the end"):
+        decode_super(bytes(broken))
     with pytest.raises(BlueFSError):
         decode_super(bytes(4096))
     src = Patched(FileSource(root / "osd.0" / "block"), {4096: bytes(4096)})
@@ -361,3 +367,33 @@ def test_synthetic_separate_db_device():
     assert fs.read_file("db.slow/000009.sst") == b"A" * 4096 + b"B" * 4096
     with pytest.raises(BlueFSError, match="block.db"):
         open_bluefs(BytesSource(bytes(db)))  # the super alone, no db device given
+
+
+def test_synthetic_envelope_mode_wal():
+    """Ceph 20 envelope mode: super v3/compat 3, fnode v2 with encoding and
+    content_size, and a WAL file made of (le64 length, payload, stamp) envelopes that
+    runs past its journaled size."""
+    uuid = b"E" * 16
+    dev = bytearray(0x10000)
+    body = uuid + b"O" * 16 + struct.pack("<QI", 1, 4096) + _fnode(1, 0x1000, [(1, 0x2000, 0x1000)])
+    sup = b"\x03\x03" + struct.pack("<I", len(body)) + body
+    dev[4096:4096 + len(sup) + 4] = sup + struct.pack("<I", ceph_crc32c(0xFFFFFFFF, sup))
+    env_fnode = lambda size, csize: b"\x02\x02" + struct.pack("<I", 0) + (  # noqa: E731
+        _varint(2) + _varint(size) + bytes(8) + b"\x00" + _extents([(1, 0x4000, 0x2000)])
+        + _varint(1) + _varint(csize))
+    fn = env_fnode(8 + 5 + 8, 5)
+    fn = fn[:2] + struct.pack("<I", len(fn) - 6) + fn[6:]
+    ops = (b"\x01" + b"\x06" + _str(b"db.wal") + b"\x08" + fn + b"\x04" + _str(b"db.wal")
+           + _str(b"000007.log") + struct.pack("<Q", 2))
+    dev[0x2000:0x3000] = _rec(1, ops, uuid)
+    stamp = b"STAMP123"
+    wal = b""
+    for payload in (b"hello", b" world", b"!!"):
+        wal += struct.pack("<Q", len(payload)) + payload + stamp
+    wal += struct.pack("<Q", 3) + b"old" + b"OTHERFIL"  # stale envelope of another file
+    dev[0x4000:0x4000 + len(wal)] = wal
+    fs = open_bluefs(BytesSource(bytes(dev)))
+    assert fs.super.struct_v == 3 and fs.damage == []
+    f = fs.files["db.wal/000007.log"]
+    assert (f.encoding, f.content_size, f.size) == (1, 5, 21)
+    assert fs.read_file("db.wal/000007.log") == b"hello world!!"

@@ -55,21 +55,31 @@ MAX_EXTENTS = 1 << 20
 MAX_NAME = 4096
 
 
+#: ``bluefs_node_encoding``: how a file's bytes are laid out (Ceph 20 envelope mode).
+PLAIN, ENVELOPE, ENVELOPE_FIN = 0, 1, 2
+
+
 @dataclass
 class FNode:
-    """``bluefs_fnode_t``: extents are ``(bdev, offset, length)`` tuples."""
+    """``bluefs_fnode_t``: extents are ``(bdev, offset, length)`` tuples.
+
+    ``encoding``/``content_size`` exist from struct_v 2 (envelope mode, Ceph 20).
+    """
 
     ino: int
     size: int
     mtime: tuple
     extents: list = field(default_factory=list)
+    encoding: int = PLAIN
+    content_size: int = 0
 
     @property
     def allocated(self) -> int:
         return sum(e[2] for e in self.extents)
 
     def copy(self) -> "FNode":
-        return FNode(self.ino, self.size, self.mtime, list(self.extents))
+        return FNode(self.ino, self.size, self.mtime, list(self.extents), self.encoding,
+                     self.content_size)
 
 
 @dataclass
@@ -100,36 +110,46 @@ def _extents(r: Reader) -> list:
 
 
 def decode_fnode(r: Reader) -> FNode:
-    """``bluefs_fnode_t``: DENC(1,1) varint ino, varint size, utime mtime, u8 unused, extents."""
-    _, _, end = r.start(1, "bluefs_fnode_t")
+    """``bluefs_fnode_t``: DENC(1,1) varint ino, varint size, utime mtime, u8 unused, extents;
+    DENC(2,2) (envelope mode) adds varint encoding, varint content_size."""
+    v, _, end = r.start(2, "bluefs_fnode_t")
     ino = r.varint()
     size = r.varint()
     mtime = r.utime()
     r.u8()  # __unused__ (was prefer_bdev)
     extents = _extents(r)
+    encoding = content_size = 0
+    if v >= 2:
+        encoding = r.varint()
+        content_size = r.varint()
     r.finish(end)
-    return FNode(ino, size, mtime, extents)
+    return FNode(ino, size, mtime, extents, encoding, content_size)
 
 
 def decode_fnode_delta(r: Reader):
-    """``bluefs_fnode_delta_t`` (Quincy+): varint ino, varint size, mtime, u64 offset, extents."""
-    v, _, end = r.start(1, "bluefs_fnode_delta_t")
+    """``bluefs_fnode_delta_t`` (Quincy+): varint ino, varint size, mtime, u64 offset, extents;
+    v2 adds varint encoding, varint content_size ->
+    ``(ino, size, mtime, offset, extents, encoding or None, content_size)``."""
+    v, _, end = r.start(2, "bluefs_fnode_delta_t")
     ino = r.varint()
     size = r.varint()
     mtime = r.utime()
     offset = r.u64()
     extents = _extents(r)
+    encoding, content_size = None, 0
+    if v >= 2:
+        encoding = r.varint()
+        content_size = r.varint()
     r.finish(end)
-    return ino, size, mtime, offset, extents
+    return ino, size, mtime, offset, extents, encoding, content_size
 
 
 def decode_super(block: bytes, verify_crc=True) -> Super:
     """Decode ``bluefs_super_t`` + crc from the 4 KiB block at offset 4096."""
     block = bytes(block)
     head = parse(bluefs_super_head, block, BlueFSError, "bluefs_super_t")
-    if head.struct_compat > 2:
-        raise BlueFSError(f"bluefs_super_t compat {head.struct_compat} (envelope mode, Ceph 19+)"
-                          " is not supported")
+    if head.struct_compat > 3:
+        raise BlueFSError(f"bluefs_super_t compat {head.struct_compat} is newer than known (3)")
     if head.block_size < 512 or head.block_size > (1 << 20) or head.block_size & (head.block_size - 1):
         raise BlueFSError(f"bluefs_super_t: implausible block_size {head.block_size}")
     r = Reader(block, bluefs_super_head.sizeof(), error=BlueFSError)
@@ -180,6 +200,45 @@ def file_source(fnode: FNode, devices: dict, label="bluefs-file", size=None) -> 
     return ExtentSource(size, extents, label=label)
 
 
+MAX_ENVELOPES = 1 << 22
+
+
+def envelope_source(fnode: FNode, devices: dict, label="bluefs-file"):
+    """The payload of an envelope-mode file (Ceph 20 WAL files) -> ``(Source, note)``.
+
+    The raw file is a run of envelopes ``le64 length, payload, 8-byte stamp``; the
+    stamp is the same for every envelope of a file.  ``ENVELOPE_FIN`` files end at
+    ``size``; ``ENVELOPE`` files (still open when the OSD stopped) may go on past the
+    journaled ``size`` inside their allocation, as long as lengths fit and stamps match.
+    Implemented from the format description (BlueFS envelope_t), not yet checked
+    against a Ceph 20 OSD.
+    """
+    raw = file_source(fnode, devices, label=label, size=fnode.allocated)
+    limit = raw.size if fnode.encoding == ENVELOPE else min(fnode.size, raw.size)
+    pieces, pos, logical, stamp, note = [], 0, 0, None, ""
+    while pos + 16 <= limit and len(pieces) < MAX_ENVELOPES:
+        try:
+            length = int.from_bytes(raw.read(pos, 8), "little")
+            if length == 0 or pos + 16 + length > limit:
+                break
+            st = raw.read(pos + 8 + length, 8)
+        except UnreadableError as e:
+            note = f"unreadable envelope at {pos:#x}: {e}"
+            break
+        if stamp is None:
+            stamp = st
+        elif st != stamp:
+            break
+        pieces.append((logical, length, raw, pos + 8))
+        logical += length
+        pos += 16 + length
+    if fnode.encoding == ENVELOPE_FIN and pos != fnode.size and not note:
+        note = f"envelopes end at {pos:#x}, the file says {fnode.size:#x}"
+    elif fnode.encoding == ENVELOPE and pos < fnode.size and not note:
+        note = f"envelopes end at {pos:#x}, before the journaled size {fnode.size:#x}"
+    return ExtentSource(logical, pieces, label=label), note
+
+
 class BlueFS:
     """A replayed BlueFS: ``files`` maps ``"dir/name"`` to :class:`FNode`."""
 
@@ -214,6 +273,11 @@ class BlueFS:
         f = self.files.get(path)
         if f is None:
             raise BlueFSError(f"BlueFS has no file {path}")
+        if f.encoding in (ENVELOPE, ENVELOPE_FIN):
+            src, note = envelope_source(f, self.devices, label=f"bluefs:{path}")
+            if note:
+                self.damage.append(("bluefs-envelope", f"{path}: {note}"))
+            return src
         return file_source(f, self.devices, label=f"bluefs:{path}")
 
     def read_file(self, path, limit=64 << 20) -> bytes:
@@ -340,7 +404,7 @@ class BlueFS:
                 f = decode_fnode(r)
                 inodes[f.ino] = f
             elif op == OP_FILE_UPDATE_INC:
-                ino, size, mtime, offset, extents = decode_fnode_delta(r)
+                ino, size, mtime, offset, extents, encoding, csize = decode_fnode_delta(r)
                 f = inodes.setdefault(ino, FNode(ino, 0, mtime, []))
                 if offset != f.allocated:
                     self._note("bluefs-log-inconsistent",
@@ -356,6 +420,8 @@ class BlueFS:
                     f.extents = keep
                 f.size, f.mtime = size, mtime
                 f.extents = f.extents + extents
+                if encoding is not None:
+                    f.encoding, f.content_size = encoding, csize
                 if len(f.extents) > MAX_EXTENTS:
                     raise BlueFSError(f"ino {ino} has more than {MAX_EXTENTS} extents")
             elif op == OP_FILE_REMOVE:
