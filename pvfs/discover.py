@@ -19,6 +19,7 @@ from .backend import load_backends, load_errors
 from .damage import DamageReport
 from .errors import PvfsError, UnreadableError
 from .fsprobe import detect_filesystem
+from .namespace import OsFiles, TreeFiles
 from .nodes import Dir, File, GeneratedFile
 from .proxmox import parse_volname
 from .source import BAD_EIO, FileSource
@@ -70,6 +71,8 @@ class Volume:
         self.filesystem: str | None = None
         self.vm_paths: list[str] = []
         self.mtime = None  # from the source where known; children (partitions) inherit it
+        self.files = None  # pvfs.namespace object to find files an image names (backing files)
+        self.file_path = None  # this volume's path in ``files``
 
     def __repr__(self):
         return f"<Volume {self.path} {self.role}>"
@@ -342,6 +345,8 @@ def _open_input_file(ctx, path, directory, dir_path, name, from_dir=False):
     vol = Volume(src, dpath, name, "input", input_path=os.path.abspath(path))
     vol.mtime = st.st_mtime
     vol.file_name = os.path.basename(path)  # the real name, before any clash renaming
+    vol.files = OsFiles(lambda p: open_file_source(ctx, p)[0])
+    vol.file_path = os.path.abspath(path)
     vol.from_dir = from_dir  # found by walking a directory input, not named by the user
     vol.homes.append(Home(d, None, dpath))
     vol.dir = d
@@ -350,6 +355,31 @@ def _open_input_file(ctx, path, directory, dir_path, name, from_dir=False):
 
 
 MAX_DIR_FILES = 100_000
+
+
+def add_tree_input(ctx, node, tree_path, fs_root):
+    """An image file found inside the tree (a qcow2 in a ZFS dataset) becomes an input.
+
+    What it holds is shown under ``storage/files/<its tree path without storage/>/``.
+    """
+    parts = tree_path.split("/")[1:]
+    d = ctx.storage("files")
+    for p in parts[:-1]:
+        d = d.subdir(p)
+    dir_path = "storage/files/" + "/".join(parts[:-1])
+    sub = Dir()
+    name = d.add(parts[-1], sub, report=ctx.report, path_hint=dir_path)
+    dpath = f"{dir_path}/{name}"
+    vol = Volume(node.source, dpath, name, "input")
+    vol.file_name = parts[-1]
+    vol.mtime = node.mtime
+    vol.from_dir = True
+    vol.files = TreeFiles(ctx.root, fs_root)
+    vol.file_path = tree_path
+    vol.homes.append(Home(sub, None, dpath))
+    vol.info["found_in"] = tree_path
+    ctx._register(vol, True)
+    return vol
 
 
 def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
@@ -446,5 +476,11 @@ def discover(inputs, options: Options | None = None, progress=None) -> Context:
         ctx.note_progress(f"opening {path}")
         add_input(ctx, path)
     run_queue(ctx)
+    from .treestorage import scan_tree_storages
+
+    for _ in range(4):  # storages inside storages (a qcow2 on ZFS holding ZFS ...), bounded
+        if not scan_tree_storages(ctx):
+            break
+        run_queue(ctx)
     finish(ctx)
     return ctx

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from pvfs.backend import Backend
-from pvfs.discover import open_file_source
 from pvfs.errors import UnreadableError
 
 from .image import Qcow2Error, Qcow2Image, parse_header, scan_for_l1
@@ -32,17 +31,13 @@ class Qcow2Backend(Backend):
 
     def open(self, volume, ctx):
         bad = ctx.bad("eio")
-
-        def opener(path):
-            return open_file_source(ctx, path)[0]
-
-        path = volume.input_path
+        files, path = volume.files, volume.file_path
         try:
-            img = Qcow2Image(volume.source, path, opener, bad)
+            img = Qcow2Image(volume.source, path, files, bad)
         except (Qcow2Error, UnreadableError) as e:
             if volume.source.read(0, 4) == QCOW_MAGIC and not _header_destroyed(volume.source):
                 raise Qcow2Error(str(e)) from None
-            img = self._recover(volume, ctx, str(e), opener, bad)
+            img = self._recover(volume, ctx, str(e), files, bad)
             if img is None:
                 raise Qcow2Error(f"{e}; no L1 table found by scanning either") from None
         for sev, code, msg in img.problems:
@@ -57,7 +52,7 @@ class Qcow2Backend(Backend):
             ctx.add_input_disk(volume, img.disk(snap), snapshot=name, info=sinfo,
                                mtime=snap.date_sec or None)
 
-    def _recover(self, volume, ctx, why, opener, bad):
+    def _recover(self, volume, ctx, why, files, bad):
         """Header destroyed: find the L1 table and map what it maps (qcow2.txt "Cluster mapping")."""
         forced = ctx.options.get("qcow2_cluster_bits")
         tries = [forced] if forced else [16] + [b for b in range(9, 22) if b != 16]
@@ -73,7 +68,7 @@ class Qcow2Backend(Backend):
             hdr = Header(version=3, cluster_bits=bits, size=size, crypt_method=0, l1_size=l1_size,
                          l1_table_offset=l1_offset, refcount_table_offset=1,
                          refcount_table_clusters=1, nb_snapshots=0, snapshots_offset=0)
-            img = Qcow2Image(volume.source, volume.input_path, opener, bad, header=hdr)
+            img = Qcow2Image(volume.source, volume.file_path, files, bad, header=hdr)
             ctx.report.add("error", "qcow2", volume.path, "header-destroyed",
                            f"qcow2 header unusable ({why}); found an L1 table at {l1_offset:#x} "
                            f"with cluster size {1 << bits} by scanning: the virtual size "

@@ -195,16 +195,26 @@ def read_snapshots(source, hdr: Header) -> list[Snapshot]:
     return out
 
 
+def _no_files(path):
+    raise OSError(f"{path}: no way to open files was given")
+
+
 # ---------------------------------------------------------------------------
 class Qcow2Image:
     """An opened qcow2 file: header, data file, backing chain and snapshots.
 
-    ``opener(path) -> Source`` opens backing and data files (read-only);
+    ``files`` finds and opens backing and data files (read-only): a
+    :mod:`pvfs.namespace` object, or a plain ``opener(path) -> Source``;
     ``problems`` collects ``(severity, code, message)`` for the damage report.
     """
 
-    def __init__(self, source: Source, path: str | None = None, opener=None, bad=BAD_EIO,
+    def __init__(self, source: Source, path: str | None = None, files=None, bad=BAD_EIO,
                  depth=0, chain=(), header: Header | None = None):
+        from pvfs.namespace import OsFiles
+
+        if files is None or not hasattr(files, "join"):
+            files = OsFiles(files or _no_files)
+        self.files = files
         self.source = source
         self.path = path
         self.bad = bad
@@ -226,13 +236,13 @@ class Qcow2Image:
                                   "the refcount table location is zeroed; qemu refuses such an "
                                   "image, pvfs reads it without refcounts"))
         self.l2_bits = hdr.cluster_bits - (4 if hdr.extended_l2 else 3)
-        self.chain = tuple(chain) + ((os.path.realpath(path),) if path else ())
+        self.chain = tuple(chain) + ((files.key(path),) if path else ())
         self.data = source
         if hdr.incompatible_features & INCOMPAT_DATA_FILE or hdr.data_file:
-            self.data = self._open_data_file(opener)
+            self.data = self._open_data_file()
         self.backing = None
         if hdr.backing_file:
-            self.backing = self._open_backing(opener, depth)
+            self.backing = self._open_backing(depth)
         try:
             self.snapshots = read_snapshots(source, hdr)
         except (Qcow2Error, UnreadableError) as e:
@@ -240,11 +250,9 @@ class Qcow2Image:
             self.problems.append(("error", "bad-snapshot-table", f"snapshot table unusable: {e}"))
 
     def _resolve(self, name):
-        if os.path.isabs(name) or self.path is None:
-            return name
-        return os.path.join(os.path.dirname(os.path.abspath(self.path)), name)
+        return self.files.join(self.path, name)
 
-    def _open_data_file(self, opener):
+    def _open_data_file(self):
         name = self.hdr.data_file
         if not name:
             self.problems.append(("error", "data-file-missing",
@@ -252,7 +260,7 @@ class Qcow2Image:
             return MissingSource(1 << 62, "external data file unknown", self.bad, "data file")
         path = self._resolve(name)
         try:
-            return opener(path)
+            return self.files.open(path)
         except Exception as e:
             self.problems.append(("error", "data-file-missing",
                                   f"external data file {name!r} cannot be opened ({e}); "
@@ -260,18 +268,18 @@ class Qcow2Image:
             return MissingSource(1 << 62, f"external data file {name} missing", self.bad,
                                  "data file")
 
-    def _open_backing(self, opener, depth):
+    def _open_backing(self, depth):
         name = self.hdr.backing_file
         path = self._resolve(name)
         if depth + 1 > MAX_BACKING_DEPTH:
             self.problems.append(("error", "backing-too-deep",
                                   f"backing chain deeper than {MAX_BACKING_DEPTH}; stopped at {name!r}"))
             return MissingSource(self.hdr.size, "backing chain too deep", self.bad, name)
-        if os.path.realpath(path) in self.chain:
+        if self.files.key(path) in self.chain:
             self.problems.append(("error", "backing-loop", f"backing chain loops back to {name!r}"))
             return MissingSource(self.hdr.size, "backing chain loops", self.bad, name)
         try:
-            src = opener(path)
+            src = self.files.open(path)
         except Exception as e:
             self.problems.append(("error", "backing-missing",
                                   f"backing file {name!r} cannot be opened ({e}); clusters not "
@@ -284,7 +292,7 @@ class Qcow2Image:
         if fmt == "raw":
             return src
         try:
-            img = Qcow2Image(src, path, opener, self.bad, depth + 1, self.chain)
+            img = Qcow2Image(src, path, self.files, self.bad, depth + 1, self.chain)
         except (Qcow2Error, UnreadableError) as e:
             self.problems.append(("error", "backing-bad", f"backing file {name!r} is unusable: {e}"))
             return MissingSource(self.hdr.size, f"backing file {name} unusable", self.bad, name)
