@@ -21,7 +21,9 @@ Multi-member formats (ZFS vdevs, LVM PVs, Ceph OSDs, DRBD peers) set
 
 Backends that live in directories (Proxmox directory storage, PBS
 datastores) implement ``probe_dir(path, ctx) -> float`` and
-``open_dir(path, ctx)``.
+``open_dir(path, ctx)``; for the same inside a recovered file system (a
+directory node of the tree) ``probe_node(node, path, ctx)`` and
+``open_node(node, path, ctx)``.
 
 Each subpackage of ``backends/`` exports ``BACKENDS``, a list of backend
 instances; they are imported lazily by :func:`load_backends`.
@@ -58,6 +60,14 @@ class Backend:
 
     def probe_dir(self, path, ctx) -> float:
         return 0.0
+
+    def probe_node(self, node, path, ctx) -> float:
+        """Like ``probe_dir`` for a directory node of the tree (``path`` is its tree path):
+        a datastore inside a recovered ZFS dataset.  Called by pvfs/treestorage.py."""
+        return 0.0
+
+    def open_node(self, node, path, ctx):
+        raise NotImplementedError
 
     def open_dir(self, path, ctx):
         raise NotImplementedError

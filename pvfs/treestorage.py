@@ -8,10 +8,13 @@ have built the tree, this step looks for such storages near the top of every
 of files) and feeds their images back into discovery as inputs, so they are
 opened like files given on the command line.  Paths an image names (a qcow2
 backing file) are looked up in the same tree (:class:`pvfs.namespace.TreeFiles`).
+The same directories are offered to backends with ``probe_node`` (a Proxmox
+Backup Server datastore on its own dataset, or under ``mnt/datastore/``).
 """
 
 from __future__ import annotations
 
+from .backend import Backend
 from .nodes import Dir, File, resolve
 
 #: Where a storage can sit relative to a file system root.
@@ -20,14 +23,57 @@ MAX_DEPTH = 4  # storage/<area>/<pool>/<dataset>/... levels looked at
 MAX_LISTINGS = 5000  # directories listed per scan, at most
 
 
-def _storage_dirs(ctx):
-    """Yield ``(dir, tree_path, fs_root_path)`` of candidate storage directories."""
+def _top_dirs(ctx):
+    """Yield ``(dir, tree_path, depth)`` for the top levels of every ``storage/<area>``,
+    plus the usual datastore folders ``mnt/datastore/*`` below each of them."""
     listings = 0
-    seen = ctx.__dict__.setdefault("_scanned_storage_dirs", set())
     queue = [(d, f"storage/{name}", 1) for name, d in ctx.storage_root.children().items()
              if name != "files" and isinstance(d, Dir)]
     while queue:
         node, path, depth = queue.pop(0)
+        yield node, path, depth
+        ds = resolve(node, "mnt/datastore")
+        if isinstance(ds, Dir):
+            for name, child in ds.children().items():
+                if isinstance(child, Dir):
+                    yield child, f"{path}/mnt/datastore/{name}", depth + 3
+        if depth >= MAX_DEPTH or listings >= MAX_LISTINGS:
+            continue
+        listings += 1
+        for name, child in node.children().items():
+            if isinstance(child, Dir) and not name.startswith("."):
+                queue.append((child, f"{path}/{name}", depth + 1))
+
+
+def _open_datastores(ctx, dirs):
+    """Offer each directory node to the backends that read directory formats (PBS)."""
+    from .backend import load_backends
+    from .discover import _run_backend
+
+    seen = ctx.__dict__.setdefault("_probed_node_dirs", set())
+    backends = [b for b in load_backends() if type(b).probe_node is not Backend.probe_node]
+    for node, path, _ in dirs:
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        scores = []
+        for b in backends:
+            try:
+                s = float(b.probe_node(node, path, ctx) or 0)
+            except Exception as e:  # a probe must not raise
+                ctx.report.add("warning", b.name, path, "probe-failed", f"{type(e).__name__}: {e}")
+                s = 0
+            if s > 0:
+                scores.append((s, b))
+        if scores:
+            best = max(scores, key=lambda t: t[0])[1]
+            _run_backend(ctx, best, None, path, best.open_node, node, path, ctx)
+
+
+def _storage_dirs(ctx, dirs):
+    """Yield ``(dir, tree_path, fs_root_path)`` of candidate Proxmox directory storages."""
+    seen = ctx.__dict__.setdefault("_scanned_storage_dirs", set())
+    for node, path, depth in dirs:
         for rel in CANDIDATES:
             cand = resolve(node, rel) if rel else node
             cpath = f"{path}/{rel}" if rel else path
@@ -36,12 +82,6 @@ def _storage_dirs(ctx):
                 if isinstance(kids.get("images"), Dir) or isinstance(kids.get("dump"), Dir):
                     seen.add(id(cand))
                     yield cand, cpath, path
-        if depth >= MAX_DEPTH or listings >= MAX_LISTINGS:
-            continue
-        listings += 1
-        for name, child in node.children().items():
-            if isinstance(child, Dir) and not name.startswith("."):
-                queue.append((child, f"{path}/{name}", depth + 1))
 
 
 def _is_vzdump(name):
@@ -52,8 +92,10 @@ def scan_tree_storages(ctx) -> int:
     """Add the images and backups of storages found in the tree as inputs; return how many."""
     from .discover import add_tree_input
 
+    dirs = list(_top_dirs(ctx))
+    _open_datastores(ctx, dirs)
     added = 0
-    for sdir, spath, fs_root in list(_storage_dirs(ctx)):
+    for sdir, spath, fs_root in list(_storage_dirs(ctx, dirs)):
         kids = sdir.children()
         images = kids.get("images")
         if isinstance(images, Dir):

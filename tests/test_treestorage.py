@@ -69,3 +69,33 @@ def test_missing_base_in_tree_is_damage(tmp_path):
     run_queue(ctx)
     assert any(d.code == "backing-missing" for d in ctx.report)
     assert resolve(ctx.root, "vms/100/disk-0.raw") is not None
+
+
+def _mirror(src_dir, node):
+    """Copy a real folder into Dir/File nodes (as a ZFS dataset would show it)."""
+    for entry in sorted(src_dir.iterdir()):
+        if entry.is_dir():
+            _mirror(entry, node.subdir(entry.name))
+        elif entry.is_file():
+            node.add(entry.name, File(FileSource(entry)))
+
+
+def test_pbs_datastore_on_a_dataset_is_opened():
+    from conftest import FIXTURES
+
+    store = FIXTURES / "pbs" / "generated" / "datastore"
+    if not store.is_dir():
+        pytest.skip("PBS fixture datastore absent")
+    ctx = Context()
+    _mirror(store, ctx.storage("zfs").subdir("tank").subdir("backup"))
+    run_queue(ctx)
+    scan_tree_storages(ctx)
+    run_queue(ctx)
+    finish(ctx)
+    from pvfs.discover import discover
+
+    plain = discover([str(store)])
+    want = resolve(plain.root, "storage/pbs/datastore/vm/100/2024-01-15T10:00:00Z/drive-scsi0.img")
+    got = resolve(ctx.root, "storage/pbs/backup/vm/100/2024-01-15T10:00:00Z/drive-scsi0.img")
+    assert got is not None, sorted(resolve(ctx.root, "storage").children())
+    assert sha256_source(got.source) == sha256_source(want.source)
