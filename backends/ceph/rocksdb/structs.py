@@ -13,7 +13,7 @@ References (facebook/rocksdb, the 6.x tree Ceph 16 bundles, and current):
 - db/write_batch.cc: ``WriteBatch`` header = ``sequence`` (u64) + ``count`` (u32).
 """
 
-from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+from construct import Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 kBlockBasedTableMagicNumber = 0x88E241B785F4CFF7
 kLegacyBlockBasedTableMagicNumber = 0xDB4775248B80FB57
@@ -62,5 +62,3 @@ write_batch_header = Struct(
 
 #: The 8-byte trailer of an internal key: ``(sequence << 8) | value type``.
 internal_key_footer = Struct("packed" / Int64ul)
-
-_unused = Bytes  # construct's Bytes kept importable for callers' convenience
