@@ -157,15 +157,16 @@ class LvmBackend(Backend):
             if uuid not in {r.uuid for r in vg.pvs.values()}:
                 ctx.report.add("warning", self.name, path, "pv-not-in-vg",
                                f"PV {uuid} is not listed by VG {vg.name} seqno {gen.seqno}")
-        _Builder(self, ctx, vg, vgdir, base, first).build()
+        _Builder(self, ctx, vg, vgdir, base, first, ordered).build()
         for sev, code, msg in vg.problems:  # after the build: sources add theirs lazily
             ctx.report.add(sev, self.name, base, code, msg)
 
 
 class _Builder:
-    def __init__(self, backend, ctx, vg, vgdir, base, parent):
+    def __init__(self, backend, ctx, vg, vgdir, base, parent, generations=()):
         self.b, self.ctx, self.vg, self.dir, self.base, self.parent = \
             backend, ctx, vg, vgdir, base, parent
+        self.generations = generations
         self.pools = {}
 
     def report(self, sev, code, msg, path=None, ranges=()):
@@ -279,6 +280,55 @@ class _Builder:
                         f"thin device {dev} is in pool {lv.name} but no LV of this "
                         f"metadata generation names it; shown as {ppath}/orphans/thin-{dev} "
                         f"(size from its last mapped block)", path=ppath)
+        self.restore_removed(lv.name, pool, pdir, ppath, named)
+
+    def removed_thin(self, pool_name, named):
+        """Thin LVs of ``pool_name`` that other metadata generations name and the one in
+        use does not: ``{device_id: (lv name, size, seqno)}`` (newest generation wins)."""
+        out = {}
+        for g in self.generations:
+            if g.seqno == self.vg.seqno:
+                continue
+            vgc = g.vg
+            eb = vgc.get("extent_size")
+            if not isinstance(eb, int) or eb <= 0:
+                continue
+            for name, l in (vgc.get("logical_volumes") or {}).items():
+                seg = l.get("segment1") if isinstance(l, dict) else None
+                if not isinstance(seg, dict) or seg.get("type") != "thin" \
+                        or seg.get("thin_pool") != pool_name:
+                    continue
+                dev, n = seg.get("device_id"), seg.get("extent_count")
+                if isinstance(dev, int) and isinstance(n, int) and dev not in named:
+                    out[dev] = (name, n * eb * 512, g.seqno)
+        return out
+
+    def restore_removed(self, pool_name, pool, pdir, ppath, named):
+        """Removed thin LVs (named only by other generations) whose mapping trees are
+        still in the metadata as older copies: ``.pool/<pool>/removed/<lv>``."""
+        for dev, (name, size, seqno) in sorted(self.removed_thin(pool_name, named).items()):
+            if dev in pool.dev_roots:
+                continue  # still in the pool: shown under orphans/
+            try:
+                root = pool.adopt_stale(dev)
+            except (ThinError, UnreadableError):
+                root = None
+            if root is None:
+                self.report("info", "thin-removed-lost",
+                            f"thin LV {name} (device {dev}, metadata seqno {seqno}) was "
+                            f"removed; no copy of its mapping tree is left", path=ppath)
+                continue
+            src = ThinSource(pool, dev, size, label=f"{pool_name}:removed:{name}",
+                             bad=self.ctx.bad())
+            vol = self.ctx.add_volume(src, pdir.subdir("removed"), name, f"{ppath}/removed",
+                                      "lv", parent=self.parent, children_home="parts")
+            vol.info["lvm"] = {"vg": self.vg.name, "lv": name, "thin_pool": pool_name,
+                               "device_id": dev, "from_seqno": seqno, "stale_root": root}
+            self.report("warning", "thin-removed-restored",
+                        f"thin LV {name} (device {dev}) is named by metadata seqno {seqno} "
+                        f"but is gone from the pool; restored from an older copy of its "
+                        f"mapping tree (block {root}) as {vol.path}: its data blocks may have "
+                        f"been reused since, check the contents", path=ppath)
 
     def add_thin(self, lv):
         if len(lv.segments) != 1:

@@ -690,6 +690,7 @@ class ThinPool:
         self.extra_leaves = {}  # dev_id -> [mapping subtree roots] found by recovery
         self._lock = threading.Lock()
         self._rec = None
+        self.stale_devs = set()  # devices restored from older copies of the trees
         self._open()
 
     def _problem(self, severity, code, msg):
@@ -775,6 +776,7 @@ class ThinPool:
         best = max(cands, key=lambda r: (rec.max_time(r), rec._entries(r), r))
         with self._lock:
             self.dev_roots[dev] = best
+            self.stale_devs.add(dev)
         METADATA_CACHE.put(("lvm-thin-map", self.tmeta.uid, dev), self._load_mapping(dev))
         return best
 
@@ -834,7 +836,7 @@ class ThinPool:
             sm = data_refcounts(self.md, self.sb)
         except (ThinError, UnreadableError) as e:
             return [("warning", f"data space map not readable: {e}")]
-        maps = [self.mapping(d) for d in self.dev_roots]
+        maps = [self.mapping(d) for d in self.dev_roots if d not in self.stale_devs]
         if any(m.unknown for m in maps):
             return []
         ref = mapping_refcounts(maps, len(sm))
