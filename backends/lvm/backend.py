@@ -5,6 +5,7 @@ Tree::
     storage/lvm/<vg>/<lv>                      every visible LV (raw), partitions in <lv>.parts/
     storage/lvm/<vg>/.pool/<pool>/tmeta|tdata   thin-pool internals (for experts and carving)
     storage/lvm/<vg>/.pool/<pool>/orphans/thin-<id>   thin devices the LVM text does not name
+    storage/lvm/<vg>/.pool/<pool>/removed/<lv>  thin LVs removed since an older generation
     storage/lvm/<vg>/.hidden/<lv>               other hidden LVs (pmspare, mirror/raid images)
     vms/<vmid>/disk-<n>.raw                     vm-<vmid>-disk-<n>
     vms/<vmid>/snapshots/<snap>/disk-<n>.raw    snap_vm-<vmid>-disk-<n>_<snap>
