@@ -527,7 +527,8 @@ class PairAnalysis:
             "resource": self.resource.name,
             "nodes": {m.letter: {"input": Resource._input_of(m), "volume": m.volume.path,
                                  "data": f"{self.resource.path}/node-{m.letter}.raw",
-                                 "md_format": m.md.version, "node_id": m.md.node_id,
+                                 "md_format": m.md.version,
+                                 "node_id": m.md.node_id if m.md.version == "v09" else None,
                                  "current_uuid": uuid_hex(m.md.current_uuid),
                                  "history_uuids": m.md.to_json()["history_uuids"],
                                  "flags": m.md.to_json()["flag_names"]}
