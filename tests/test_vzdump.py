@@ -638,3 +638,31 @@ def test_tar_sidecar_reused(tmp_path):
     b = resolve(ctx2.root, f"storage/files/{TAR_STEM}.lzo/usr/share/doc/README")
     assert sha256_source(b.source) == sha256_source(a.source) == \
         "abc82f470e140d319a854eab1b8fbb94adae8cf4f8de3e683475abdc87b43730"
+
+
+@needs_tools
+def test_seek_cache_for_single_frame_zstd(built, tmp_path, monkeypatch):
+    from backends.vzdump import streams
+
+    monkeypatch.setattr(streams, "SEEK_CACHE_MIN", 0)
+    d, devs, vma, _ = built
+    path = tmp_path / "in" / "vzdump-qemu-700-2024_02_02-02_02_02.vma.zst"
+    path.parent.mkdir()
+    path.write_bytes(subprocess.run(["zstd", "-q", "-c", "-T2"], input=vma, capture_output=True, check=True).stdout)
+    idx = tmp_path / "idx"
+    for round_ in ("built", "reused"):
+        ctx = discover([str(path)], opts(idx))
+        info = next(v for v in ctx.volumes if v.role == "input").info
+        assert info["index"] == round_
+        assert info["seek_cache"].startswith(str(idx)) and os.path.exists(info["seek_cache"])
+        node = resolve(ctx.root, f"storage/files/{path.name}/drive-scsi0.raw")
+        assert node.source.stream.shadow is not None
+        data = devs["drive-scsi0"]
+        r = random.Random(2)
+        for _ in range(30):
+            o = r.randrange(len(data))
+            n = r.randrange(1, 300000)
+            assert node.source.read(o, n) == data[o:o + n]
+    assert os.listdir(path.parent) == [path.name]  # nothing written beside the input
+    ctx = discover([str(path)], opts(tmp_path / "idx2", backend={"vzdump_seek_cache": "off"}))
+    assert "seek_cache" not in next(v for v in ctx.volumes if v.role == "input").info

@@ -14,6 +14,10 @@ class VzdumpBackend(Backend):
     cli_options = [
         ("--vzdump-index-dir", {"help": "where the persistent vzdump indexes are kept "
                                         "(default ~/.cache/pvfs/vzdump; 'none' keeps them in memory)"}),
+        ("--vzdump-seek-cache", {"choices": ["auto", "off"], "default": None,
+                                 "help": "auto (default): when a .zst/.gz archive is one big frame/member, keep "
+                                         "its decoded bytes as 1 MiB zstd frames beside the index for fast "
+                                         "random access; off: decode from the frame start on backward seeks"}),
     ]
 
     def probe(self, volume, ctx):

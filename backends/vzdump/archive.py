@@ -28,7 +28,8 @@ from pvfs.nodes import Dir, File
 from pvfs.source import BAD_EIO, BytesSource
 
 from . import lzo
-from .streams import DecodedStream, StreamIndex, _SliceIO, decode_lzo_block, detect_codec, lzop_header, scan
+from .streams import (DecodedStream, SeekCacheWriter, StreamIndex, _SliceIO, decode_lzo_block, detect_codec,
+                      lzop_header, scan)
 from .structs import VMA_MAGIC, VzdumpError
 from .tarindex import build_tree, header_ok, index_tar
 from .vma import VmaDevice, VmaHeaderInfo, index_vma
@@ -166,7 +167,19 @@ class VzdumpArchive:
         self.vol.info.update({"format": f"vzdump-{self.kind}", "compression": self.codec,
                               "index": "reused" if cached else "built"})
         if cached is None:
-            meta, arrays = self.build_index()
+            shadow = None
+            if key and self.codec in ("zstd", "gzip") and self.ctx.options.get("vzdump_seek_cache") != "off":
+                try:
+                    os.makedirs(side, exist_ok=True)
+                    shadow = SeekCacheWriter(os.path.join(side, key + ".seek"))
+                except OSError:
+                    shadow = None
+            try:
+                meta, arrays = self.build_index(shadow)
+            except BaseException:
+                if shadow is not None:
+                    shadow.abort()
+                raise
             if key:
                 try:
                     save_sidecar(side, key, meta, arrays)
@@ -179,7 +192,10 @@ class VzdumpArchive:
             self.vol.info["sidecar"] = os.path.join(side, key + ".json")
         sidx = StreamIndex.from_json(meta["stream"])
         stream = self.src if self.codec == "raw" else DecodedStream(self.src, sidx, bad=self.bad,
-                                                                   label=f"{self.name} (decoded)")
+                                                                   label=f"{self.name} (decoded)",
+                                                                   shadow_dir=side)
+        if getattr(stream, "shadow", None) is not None:
+            self.vol.info["seek_cache"] = os.path.join(side, sidx.shadow["file"])
         for out_off, lost, in_off, reason in sidx.damage:
             self.report("error", "corrupt-stream", self.path,
                         f"{self.name}: {reason}" + (f" ({lost} decoded bytes lost)" if lost else ""),
@@ -192,8 +208,8 @@ class VzdumpArchive:
         else:
             self.open_tar(meta, stream)
 
-    def build_index(self):
-        pieces = scan(self.src, self.codec, progress=self._progress("scan"))
+    def build_index(self, shadow=None):
+        pieces = scan(self.src, self.codec, progress=self._progress("scan"), shadow=shadow)
         if self.kind == "vma":
             hdr, cmap, problems = index_vma(pieces)
             meta = {"kind": "vma", "stream": pieces.index.to_json(),

@@ -36,6 +36,7 @@ from .structs import (F_ADLER32_C, F_ADLER32_D, F_CRC32_C, F_CRC32_D, F_H_EXTRA_
 
 PIECE = 1 << 20  # decode/cache granularity
 GZIP_CHECKPOINT_EVERY = 16 << 20
+SEEK_CACHE_MIN = 32 << 20  # a frame/member decoding to more than this gets a seek cache
 MAX_CHECKPOINTS = 256
 ZSTD_BLOCK_MAX = 128 * 1024
 
@@ -63,19 +64,21 @@ class Gap:
 class StreamIndex:
     """Where each decodable piece of a stream lies, in decoded and input coordinates."""
 
-    def __init__(self, codec, size=0, segs=None, damage=None):
+    def __init__(self, codec, size=0, segs=None, damage=None, shadow=None):
         self.codec = codec
         self.size = size
         self.segs = segs or []  # [out_off, out_len, in_off, in_len, kind]
         self.damage = damage or []  # [out_off, lost_len_or_0, in_off, reason]
+        self.shadow = shadow  # seek cache: {"file": name, "frames": [[file_off, comp_len], ...]}
 
     def to_json(self):
-        return {"codec": self.codec, "size": self.size, "segs": self.segs, "damage": self.damage}
+        return {"codec": self.codec, "size": self.size, "segs": self.segs, "damage": self.damage,
+                "shadow": self.shadow}
 
     @classmethod
     def from_json(cls, d):
         return cls(d["codec"], int(d["size"]), [list(map(int, s)) for s in d["segs"]],
-                   [list(x) for x in d["damage"]])
+                   [list(x) for x in d["damage"]], d.get("shadow"))
 
 
 class _SliceIO:
@@ -151,19 +154,29 @@ def zstd_frame_length(src, pos):
     return p - pos, None
 
 
-def scan(src, codec, progress=None):
+def scan(src, codec, progress=None, shadow=None):
     """Decode ``src`` once: yields ``(offset, bytes)`` pieces and :class:`Gap` markers;
-    the finished :class:`StreamIndex` is in ``.index`` of the returned generator object."""
-    return _Scan(src, codec, progress)
+    the finished :class:`StreamIndex` is in ``.index`` of the returned object.  A
+    :class:`SeekCacheWriter` given as ``shadow`` receives every decoded byte (zstd/gzip)."""
+    return _Scan(src, codec, progress, shadow)
 
 
 class _Scan:
-    def __init__(self, src, codec, progress):
+    def __init__(self, src, codec, progress, shadow=None):
         self.src, self.codec, self.progress = src, codec, progress
+        self.shadow = shadow if codec in ("zstd", "gzip") else None
         self.index = StreamIndex(codec)
 
     def __iter__(self):
-        return getattr(self, "_" + self.codec)()
+        gen = getattr(self, "_" + self.codec)()
+        if self.shadow is None:
+            yield from gen
+            return
+        for item in gen:
+            if not isinstance(item, Gap):
+                self.shadow.add(item[1])
+            yield item
+        self.index.shadow = self.shadow.finish(self.index)
 
     def _note(self, in_pos):
         if self.progress is not None:
@@ -434,13 +447,80 @@ class _GzipCursor:
 
 
 # ---------------------------------------------------------------------------------
+class SeekCacheWriter:
+    """Writes the decoded stream as independent 1 MiB zstd frames (level 1) to ``path``.
+
+    A single zstd frame or gzip member cannot be entered in the middle and its decoder
+    state cannot be saved, so without this a backward seek decodes from the frame start.
+    Kept only when some frame/member decodes to more than ``min_segment`` bytes.
+    """
+
+    def __init__(self, path, min_segment=None):
+        self.path = path
+        self.tmp = path + ".tmp"
+        self.f = open(self.tmp, "wb")
+        self.cctx = zstandard.ZstdCompressor(level=1)
+        self.buf = bytearray()
+        self.frames = []
+        self.pos = 0
+        self.min_segment = SEEK_CACHE_MIN if min_segment is None else min_segment
+
+    def add(self, data):
+        self.buf += data
+        while len(self.buf) >= PIECE:
+            self._flush(bytes(self.buf[:PIECE]))
+            del self.buf[:PIECE]
+
+    def _flush(self, piece):
+        z = self.cctx.compress(piece)
+        self.f.write(z)
+        self.frames.append([self.pos, len(z)])
+        self.pos += len(z)
+
+    def finish(self, index: StreamIndex):
+        import os
+
+        if self.buf:
+            self._flush(bytes(self.buf))
+            self.buf = bytearray()
+        self.f.close()
+        big = any(s[1] > self.min_segment and s[4] in (ZSTD, GZIP) for s in index.segs)
+        if not big or len(self.frames) * PIECE < index.size:
+            os.unlink(self.tmp)
+            return None
+        os.replace(self.tmp, self.path)
+        return {"file": os.path.basename(self.path), "frames": self.frames}
+
+    def abort(self):
+        import os
+
+        try:
+            self.f.close()
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
 class DecodedStream(Source):
     """The decoded bytes of a scanned stream, readable at any offset."""
 
-    def __init__(self, src, index: StreamIndex, bad=BAD_EIO, label="stream"):
+    def __init__(self, src, index: StreamIndex, bad=BAD_EIO, label="stream", shadow_dir=None):
         super().__init__()
         self.src = src
         self.index = index
+        self.shadow = None  # (FileSource of the seek cache, frames)
+        if index.shadow and shadow_dir:
+            import os
+
+            from pvfs.source import FileSource
+
+            try:
+                f = FileSource(os.path.join(shadow_dir, index.shadow["file"]))
+                frames = index.shadow["frames"]
+                if frames and frames[-1][0] + frames[-1][1] == f.size:
+                    self.shadow = (f, frames)
+            except PvfsError:
+                self.shadow = None
         self.size = index.size
         self.bad = bad
         self.label = label
@@ -484,10 +564,30 @@ class DecodedStream(Source):
                         raise UnreadableError(f"{self.label}: {e}", [(s_off, s_len)]) from None
                     METADATA_CACHE.put(key, blk)
                 parts.append(blk[rel:rel + n])
+            elif self.shadow is not None:
+                parts.append(self._from_shadow(pos, n))
             else:
                 parts.append(self._framed(i, rel, n))
             pos += n
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _from_shadow(self, offset, n):
+        f, frames = self.shadow
+        out = []
+        for p in range(offset // PIECE, (offset + n - 1) // PIECE + 1):
+            key = ("vzdump-shadow", self.uid, p)
+            piece = METADATA_CACHE.get(key)
+            if piece is None:
+                foff, flen = frames[p]
+                try:
+                    piece = zstandard.ZstdDecompressor().decompress(f.read(foff, flen), max_output_size=PIECE)
+                except zstandard.ZstdError as e:
+                    raise UnreadableError(f"{self.label}: seek cache is corrupt: {e}", [(p * PIECE, PIECE)]) from None
+                METADATA_CACHE.put(key, piece)
+            lo = max(offset, p * PIECE) - p * PIECE
+            hi = min(offset + n, (p + 1) * PIECE) - p * PIECE
+            out.append(piece[lo:hi])
+        return b"".join(out)
 
     def _framed(self, i, rel, n):
         """Bytes ``rel..rel+n`` of zstd frame / gzip member ``i`` via 1 MiB cached pieces."""
