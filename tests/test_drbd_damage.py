@@ -537,3 +537,23 @@ def test_dirty_83_activity_log(fx, tmp_path):
     w = _warnings(ctx, "activity-log-dirty")
     end = lay["data_area_bytes"]  # extent 7 is cut at the end of the data area
     assert w and w[0].ranges == ((3 << 22, 2 << 22), (7 << 22, end - (7 << 22)))
+
+
+def test_unreadable_bitmap_sectors(fx, tmp_path):
+    """Bad sectors over node A's bitmap: the bitmap is reported unreadable, the bytes still compared."""
+    pair = MANIFEST["pairs"]["v09"]
+    a = _copy(fx, pair["node_a"], tmp_path)
+    lay = _img(pair["node_a"])["layout"]
+    size = a.stat().st_size
+    bm = lay["bm_offset"]
+    (tmp_path / (a.name + ".map")).write_text(
+        f"# Mapfile\n0x0 +\n0x0 {bm:#x} +\n{bm:#x} 0x200 -\n{bm + 0x200:#x} {size - bm - 0x200:#x} +\n")
+    ctx = discover([str(a), str(fx / pair["node_b"])])
+    codes = [d.code for d in ctx.report if d.layer == "drbd" and d.severity != "info"]
+    assert sorted(codes) == ["bitmap-missed", "bitmap-unreadable", "drbd-split-brain"]
+    base = "storage/drbd/drbd-v09"
+    assert sha256_source(resolve(ctx.root, f"{base}/node-A.raw").source) == \
+        _img(pair["node_a"])["data_area_sha256"]  # the bad sector lies outside the data area
+    diff = json.loads(resolve(ctx.root, f"{base}/diff.json").render())
+    assert "error" in diff["bitmaps"]["A"]
+    assert diff["compared"]["blocks"] == pair["differing_blocks"]

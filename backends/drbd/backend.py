@@ -551,7 +551,11 @@ class PairAnalysis:
             doc["note"] = "byte comparison switched off (--drbd-compare off)"
             self.diverged = union
         else:
-            ranges, nblocks, truncated, bad = P.compare_sources(a.data, b.data, self.size)
+            name, size = self.resource.name, max(1, self.size)
+            ranges, nblocks, truncated, bad = P.compare_sources(
+                a.data, b.data, self.size,
+                progress=lambda pos: ctx.note_progress(
+                    f"drbd {name}: comparing A and B, {pos * 100 // size}%"))
             blocks, cut = P.blocks_of(ranges)
             missed = P.subtract(ranges, union)
             clean = P.subtract(union, ranges)
