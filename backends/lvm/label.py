@@ -31,6 +31,7 @@ MAX_MDA_SIZE = 1 << 30  # an mda larger than 1 GiB is not something lvm2 writes
 MAX_GENERATIONS = 1000
 SCAN_CHUNK = 4 << 20
 MAX_TEXT = 32 << 20
+MAX_SCAN_BYTES = 256 << 20  # all scanned texts of one metadata area together
 
 
 def format_uuid(raw: bytes) -> str:
@@ -272,10 +273,12 @@ def read_generations(source, mda: MdaHeader, problems: list) -> list:
                 continue
             starts.append((at, m.group(1).decode()))
         pos += SCAN_CHUNK
+    budget = MAX_SCAN_BYTES
     for at, name in starts:
-        if at in gens or len(gens) >= MAX_GENERATIONS:
+        if at in gens or len(gens) >= MAX_GENERATIONS or budget <= 0:
             continue
-        text = ring.text_at(at, MAX_TEXT)
+        text = ring.text_at(at, min(MAX_TEXT, budget))
+        budget -= len(text) + 1
         try:
             g = _make_generation(name, text, mda.offset, at, "scan", pointed.get(at))
         except (LvmError, RecursionError):

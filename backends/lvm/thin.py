@@ -344,7 +344,13 @@ class Mapping:
         return self.vstart.nbytes * 3 + 64 * len(self.unknown) + 128
 
 
+MAX_VBLOCK = 1 << 48  # far beyond any device (2^48 chunks of 64 KiB = 16 EiB)
+
+
 def mapping_from_entries(vblocks: np.ndarray, values: np.ndarray, unknown):
+    sane = vblocks < np.uint64(MAX_VBLOCK)
+    if not sane.all():
+        vblocks, values = vblocks[sane], values[sane]
     order = np.argsort(vblocks, kind="stable")
     vb = vblocks[order].astype(np.int64)
     val = values[order]
