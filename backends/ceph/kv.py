@@ -31,7 +31,6 @@ import numpy as np
 from pvfs.errors import UnreadableError
 
 from .bluefs import open_bluefs
-from .deferred import DeferredSource, pending_writes
 from .errors import BlueFSError, CephError, LabelError, RocksDBError
 from .label import find_label, probe_label
 from .rocksdb.db import DB, HostDirFiles
@@ -231,27 +230,17 @@ class KV:
 class Osd:
     """An opened BlueStore OSD: label, BlueFS, RocksDB key/value view, block reads.
 
-    ``device`` is the main block device as given; ``source`` is the same with the
-    pending deferred writes (prefix ``L``) applied, i.e. the bytes BlueStore would
-    read after its mount-time replay.  Object data must be read from ``source``.
+    ``source`` (alias ``device``) is the main block device as given.  Pending
+    deferred writes (prefix ``L``) are laid over it by part B (osd.OsdStore).
     """
 
     def __init__(self, source, label, bluefs, kv, damage):
-        self.device = source
+        self.source = self.device = source
         self.label = label
         self.bluefs = bluefs
         self.kv = kv
         self.db = kv.db
         self.damage = damage
-        writes, bad = pending_writes(kv)
-        damage.extend(bad)
-        if writes:
-            self.source = DeferredSource(source, writes)
-            damage.append(("info", "bluestore-deferred",
-                           f"{len(writes)} deferred writes ({self.source.bytes} bytes) not yet "
-                           "replayed by BlueStore are applied over the device"))
-        else:
-            self.source = source
 
     def read(self, offset, length) -> bytes:
         return self.source.read(offset, length)
