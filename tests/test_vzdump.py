@@ -666,3 +666,24 @@ def test_seek_cache_for_single_frame_zstd(built, tmp_path, monkeypatch):
     assert os.listdir(path.parent) == [path.name]  # nothing written beside the input
     ctx = discover([str(path)], opts(tmp_path / "idx2", backend={"vzdump_seek_cache": "off"}))
     assert "seek_cache" not in next(v for v in ctx.volumes if v.role == "input").info
+
+
+def test_tar_acl_records_become_posix_acl_xattrs():
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("./home/user")
+        ti.type = tarfile.DIRTYPE
+        ti.mode = 0o750
+        ti.pax_headers = {"SCHILY.acl.access": "user::rwx,user:1001:r-x\t#effective:r-x,group::r-x,mask::r-x,other::---",
+                          "SCHILY.acl.default": "user::rwx,group::r-x,other::---,group:50:rw-"}
+        tf.addfile(ti)
+    members, problems = index_tar([(0, buf.getvalue())])
+    root = build_tree(members, BytesSource(buf.getvalue()), "eio")
+    node = resolve(root, "home/user")
+    acc = set(struct.iter_unpack("<HHI", node.xattrs[b"system.posix_acl_access"][4:]))
+    assert acc == {(1, 7, 0xFFFFFFFF), (2, 5, 1001), (4, 5, 0xFFFFFFFF), (0x10, 5, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)}
+    dfl = set(struct.iter_unpack("<HHI", node.xattrs[b"system.posix_acl_default"][4:]))
+    assert (8, 6, 50) in dfl and node.mode & 0o777 == 0o750

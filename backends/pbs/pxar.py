@@ -50,7 +50,8 @@ class PxarError(PbsError):
 LISTING = threading.local()
 
 
-def _acl_xattr(entries):
+def posix_acl_xattr(entries):
+    """``system.posix_acl_*`` value for ``(tag, id, perm)`` entries (posix_acl_xattr.h)."""
     body = b"".join(struct.pack("<HHI", tag, perm & 7, ident)
                     for tag, ident, perm in sorted(entries, key=lambda e: (e[0], e[1])))
     return struct.pack("<I", 2) + body
@@ -169,7 +170,7 @@ class PxarArchive:
                    (ACL_GROUP_OBJ, ACL_UNDEFINED_ID, acl_group_obj if acl_group_obj is not None else mode >> 3),
                    (ACL_MASK, ACL_UNDEFINED_ID, mode >> 3), (ACL_OTHER, ACL_UNDEFINED_ID, mode)]
             ent += [(ACL_USER, u, p) for u, p in acl_user] + [(ACL_GROUP, g, p) for g, p in acl_group]
-            xattrs[b"system.posix_acl_access"] = _acl_xattr(ent)
+            xattrs[b"system.posix_acl_access"] = posix_acl_xattr(ent)
         if acl_default is not None or dfl_user or dfl_group:
             uo, go, ot, mk = acl_default or (mode >> 6, mode >> 3, mode, ACL_NO_MASK)
             ent = [(ACL_USER_OBJ, ACL_UNDEFINED_ID, uo), (ACL_GROUP_OBJ, ACL_UNDEFINED_ID, go),
@@ -177,7 +178,7 @@ class PxarArchive:
             if mk != ACL_NO_MASK:
                 ent.append((ACL_MASK, ACL_UNDEFINED_ID, mk))
             ent += [(ACL_USER, u, p) for u, p in dfl_user] + [(ACL_GROUP, g, p) for g, p in dfl_group]
-            xattrs[b"system.posix_acl_default"] = _acl_xattr(ent)
+            xattrs[b"system.posix_acl_default"] = posix_acl_xattr(ent)
 
         kw = dict(mtime=mtime, uid=st.uid, gid=st.gid)
         fmt = stat.S_IFMT(mode)

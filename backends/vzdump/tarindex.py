@@ -132,6 +132,12 @@ def _member(m, base):
         kind = "file"
     xattrs = {k[len("SCHILY.xattr."):]: base64.b64encode(v.encode("utf-8", "surrogateescape")).decode()
               for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+    for rec, name in (("SCHILY.acl.access", "system.posix_acl_access"),
+                      ("SCHILY.acl.default", "system.posix_acl_default")):
+        if rec in m.pax_headers:
+            value = acl_text_to_xattr(m.pax_headers[rec])
+            if value is not None:
+                xattrs[name] = base64.b64encode(value).decode()
     stored = m.size if not m.issparse() else sum(n for _, n in m.sparse)
     return {
         "path": m.name, "type": kind, "mode": m.mode, "uid": m.uid, "gid": m.gid,
@@ -139,6 +145,34 @@ def _member(m, base):
         "link": m.linkname, "major": m.devmajor, "minor": m.devminor,
         "sparse": [list(x) for x in m.sparse] if m.sparse else None, "xattrs": xattrs,
     }
+
+
+ACL_TAGS = {"user": (1, 2), "u": (1, 2), "group": (4, 8), "g": (4, 8), "mask": (0x10, 0x10),
+            "m": (0x10, 0x10), "other": (0x20, 0x20), "o": (0x20, 0x20)}
+
+
+def acl_text_to_xattr(text):
+    """A GNU tar/star ACL text (``user::rw-,user:1000:r--,group::r-x,mask::r-x,other::---``,
+    comma or newline separated, ``#`` comments) as a ``system.posix_acl_*`` value; None if
+    it has no usable entry."""
+    from backends.pbs.pxar import ACL_UNDEFINED_ID, posix_acl_xattr
+
+    entries = []
+    for item in text.replace("\n", ",").split(","):
+        item = item.split("#", 1)[0].split("\t", 1)[0].strip()
+        parts = item.split(":")
+        if len(parts) < 3 or parts[0] not in ACL_TAGS:
+            continue
+        tag_obj, tag_named = ACL_TAGS[parts[0]]
+        perm = sum(bit for ch, bit in zip(parts[2][:3].ljust(3, "-"), (4, 2, 1)) if ch != "-")
+        if parts[1]:
+            ident = parts[3] if len(parts) > 3 and parts[3].isdigit() else parts[1]
+            if not ident.isdigit():
+                continue  # a user name without a numeric id: cannot be mapped offline
+            entries.append((tag_named, int(ident), perm))
+        else:
+            entries.append((tag_obj, ACL_UNDEFINED_ID, perm))
+    return posix_acl_xattr(entries) if entries else None
 
 
 def _parts(path):
