@@ -184,6 +184,7 @@ class DB:
                     continue
                 try:
                     t = Table(self.files.open(path), path, self.verify)
+                    t.on_damage = lambda msg: self._note("error", "rocksdb-bad-block", msg)
                     meta = cf.files[number]
                     # user-key range from the MANIFEST: lets point reads skip the table
                     if len(meta.smallest) >= 8 and len(meta.largest) >= 8:

@@ -177,6 +177,9 @@ class Table:
 
     #: ``(smallest, largest)`` user key of the table when the MANIFEST says so.
     key_range = None
+    #: ``fn(message)``: called for a data block that cannot be read, which is then
+    #: skipped; None raises instead.
+    on_damage = None
 
     def overlaps(self, start, end) -> bool:
         """May the table hold user keys in ``[start, end)``?"""
@@ -191,7 +194,15 @@ class Table:
         seps, handles = self.index()
         i = bisect.bisect_left(seps, start) if start else 0
         for j in range(i, len(handles)):
-            for e in self.data_block(*handles[j]):
+            try:
+                block = self.data_block(*handles[j])
+            except RocksDBError as e:
+                if self.on_damage is None:
+                    raise
+                lo = seps[j - 1] if j else b""
+                self.on_damage(f"{e}; keys after {lo[:48]!r} up to {seps[j][:48]!r} are lost")
+                continue
+            for e in block:
                 if e[0] < start:
                     continue
                 if end is not None and e[0] >= end:
