@@ -1,0 +1,111 @@
+"""Ceph: BlueStore OSDs (block devices or OSD data directories) and the RBD images
+in them, reassembled offline.
+
+The OSDs of one cluster are one group (``member_key`` = the cluster fsid from
+the BlueStore label).  ``open_group`` opens every member's key/value store
+(part A: label, BlueFS, RocksDB), indexes its objects (osd.py), merges the
+replicas (rbd.py) and shows:
+
+- ``storage/ceph/<pool>/<image>`` and ``<image>@<snap>`` (role ``rbd``, their
+  partitions in ``<image>.parts/``), and ``vms/<vmid>/disk-<n>.raw`` (+
+  ``snapshots/<snap>/``) for Proxmox ``vm-<vmid>-disk-<n>`` images;
+- ``storage/ceph/.osd/osd.<id>/<pool>/<object>[@<snap>]``: every object of
+  every OSD, for experts.
+
+Pools are named from the monitor store when ``--ceph-mon DIR`` is given (or a
+monitor data directory is among the inputs), else from the newest OSDMap an
+OSD keeps in its meta collection, else by id.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pvfs.backend import Backend
+from pvfs.errors import PvfsError, UnreadableError
+from pvfs.nodes import Dir, File
+from pvfs.source import BAD_ZERO
+
+from .errors import CephError
+from .label import probe_label
+
+MON_DIRS_ATTR = "_ceph_mon_dirs"
+
+
+def _is_mon_dir(path):
+    return (os.path.isdir(os.path.join(path, "store.db"))
+            and os.path.isfile(os.path.join(path, "kv_backend"))
+            and not os.path.exists(os.path.join(path, "block")))
+
+
+def _is_osd_dir(path):
+    try:
+        with open(os.path.join(path, "type")) as f:
+            kind = f.read(64).strip()
+    except OSError:
+        return False
+    return kind == "bluestore" and os.path.exists(os.path.join(path, "block"))
+
+
+class CephBackend(Backend):
+    name = "ceph"
+    grouped = True
+    roles = None  # an OSD may be a whole disk, a partition or an LV
+    cli_options = [
+        ("--ceph-mon", {"metavar": "DIR", "action": "append",
+                        "help": "Ceph monitor data directory (with store.db) for pool names"}),
+    ]
+
+    # -- probing -------------------------------------------------------------------
+    def probe(self, volume, ctx):
+        try:
+            if volume.source.size < 8192:
+                return 0.0
+            label = probe_label(volume.source.read(0, 4096))
+        except Exception:
+            return 0.0
+        if label is None:
+            return 0.0
+        return 100.0 if getattr(label, "crc_ok", False) else 50.0
+
+    def member_key(self, volume, ctx):
+        label = probe_label(volume.source.read(0, 4096))
+        fsid = label.meta.get("ceph_fsid") if label.meta else None
+        return fsid or f"osd-{label.osd_uuid}"
+
+    def probe_dir(self, path, ctx):
+        if _is_mon_dir(path):
+            return 60.0
+        if _is_osd_dir(path):
+            return 60.0
+        return 0.0
+
+    def open_dir(self, path, ctx):
+        from pvfs.discover import add_input
+
+        if _is_mon_dir(path):
+            lst = getattr(ctx, MON_DIRS_ATTR, None)
+            if lst is None:
+                lst = []
+                setattr(ctx, MON_DIRS_ATTR, lst)
+            lst.append(path)
+            return
+        # An OSD data dir: its block (and block.db / block.wal) devices are the inputs.
+        name = os.path.basename(os.path.normpath(path))
+        d = ctx.storage("files").subdir(name)
+        for dev in ("block", "block.db", "block.wal"):
+            p = os.path.join(path, dev)
+            if os.path.exists(p):
+                add_input(ctx, p, d, f"storage/files/{name}")
+
+    # -- the group --------------------------------------------------------------------
+    def open_group(self, key, volumes, ctx):
+        from .cluster_tree import open_cluster
+
+        open_cluster(self, key, volumes, ctx)
+
+
+BACKENDS = [CephBackend()]
+
+__all__ = ["BACKENDS", "CephBackend", "CephError", "PvfsError", "UnreadableError", "Dir",
+           "File", "BAD_ZERO"]

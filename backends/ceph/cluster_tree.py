@@ -1,0 +1,210 @@
+"""Opening a group of OSDs: stores, pools, RBD images and the tree nodes.
+
+See the package docstring (``backends/ceph/__init__.py``) for the tree
+layout; rbd.py for how objects, replicas, snapshots and missing objects are
+resolved.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pvfs.errors import UnreadableError
+from pvfs.nodes import Dir, File
+from pvfs.source import BAD_ZERO
+
+from .errors import CephError
+from .keys import CEPH_NOSNAP
+from .label import probe_label
+from .osd import OsdStore
+from .rbd import Cluster, RbdError
+
+LAYER = "ceph"
+
+
+def _mon_dirs(ctx):
+    dirs = list(ctx.options.get("ceph_mon") or [])
+    dirs += getattr(ctx, "_ceph_mon_dirs", [])
+    return dirs
+
+
+def _open_stores(volumes, ctx):
+    from .kv import open_osd
+
+    mains, aux = [], {}
+    for v in volumes:
+        try:
+            lab = probe_label(v.source.read(0, 4096))
+        except UnreadableError:
+            lab = None
+        if lab is None:
+            ctx.report.add("error", LAYER, v.path, "bad-label", "BlueStore label unreadable")
+            continue
+        desc = (lab.description or "").lower()
+        if "db" in desc or "wal" in desc:
+            aux.setdefault(lab.osd_uuid, {})["wal" if "wal" in desc else "db"] = v
+        else:
+            mains.append((v, lab))
+    stores = []
+    names = set()
+    for v, lab in mains:
+        extra = aux.get(lab.osd_uuid, {})
+        try:
+            osd = open_osd(v.source,
+                           db_source=extra["db"].source if "db" in extra else None,
+                           wal_source=extra["wal"].source if "wal" in extra else None)
+        except (CephError, UnreadableError) as e:
+            ctx.report.add("error", LAYER, v.path, "osd-open-failed", f"cannot open the OSD: {e}")
+            continue
+        for entry in osd.damage:
+            if len(entry) == 3:
+                sev, code, msg = entry
+            else:
+                sev, (code, msg) = "warning", entry[-2:]
+            ctx.report.add(sev if sev in ("info", "warning", "error") else "warning",
+                           LAYER, v.path, code, msg)
+        whoami = lab.whoami
+        name = f"osd.{whoami}" if whoami is not None else f"osd-{lab.osd_uuid}"
+        base, n = name, 2
+        while name in names:
+            name = f"{base}~{n}"
+            n += 1
+        names.add(name)
+
+        def rep(sev, code, msg, ranges=(), _p=v.path):
+            ctx.report.add(sev, LAYER, _p, code, msg, ranges)
+
+        st = OsdStore(osd, name, report=rep)
+        try:
+            st.build_index()
+        except (CephError, UnreadableError) as e:
+            ctx.report.add("error", LAYER, v.path, "index-failed", f"object index: {e}")
+            continue
+        st.volume = v
+        stores.append(st)
+    return stores
+
+
+def _load_pools(cluster, ctx):
+    for d in _mon_dirs(ctx):
+        from .kv import open_kv_dir
+
+        db = os.path.join(d, "store.db") if os.path.isdir(os.path.join(d, "store.db")) else d
+        try:
+            cluster.load_osdmap_from_mon(open_kv_dir(db))
+            return
+        except (CephError, UnreadableError, OSError) as e:
+            ctx.report.add("warning", LAYER, d, "mon-store-unreadable",
+                           f"monitor store not usable for pool names: {e}")
+    if cluster.load_osdmap_from_osds() is None:
+        ctx.report.add("warning", LAYER, "storage/ceph", "no-osdmap",
+                       "no OSDMap found: pools are named by id, and objects of placement "
+                       "groups no given OSD holds cannot be told from unwritten ones")
+
+
+def open_cluster(backend, key, volumes, ctx):
+    stores = _open_stores(volumes, ctx)
+    if not stores:
+        raise CephError(f"cluster {key}: no OSD could be opened")
+
+    def report(sev, path, code, msg, ranges=()):
+        ctx.report.add(sev, LAYER, path, code, msg, ranges)
+
+    cluster = Cluster(stores, report, bad=ctx.bad(BAD_ZERO))
+    _load_pools(cluster, ctx)
+    root = ctx.storage("ceph")
+    parent = volumes[0]
+
+    ec = {p for p, info in cluster.pools.items() if info.erasure}
+    for st in stores:
+        ec |= st.ec_pools
+    for p in sorted(ec):
+        report("warning", f"storage/ceph/{cluster.pool_name(p)}", "erasure-coded-pool",
+               f"pool {cluster.pool_name(p)} is erasure-coded: its objects are EC shards and "
+               "are not decoded (only listed under .osd/)")
+
+    for pool in cluster.pool_ids():
+        try:
+            images, v1 = cluster.list_images(pool)
+        except (CephError, UnreadableError) as e:
+            report("error", f"storage/ceph/{cluster.pool_name(pool)}", "rbd-directory", str(e))
+            continue
+        if not images and not v1:
+            continue
+        pname = cluster.pool_name(pool)
+        pdir = root.subdir(pname)
+        ppath = f"storage/ceph/{pname}"
+        opened = []
+        for name, iid in sorted(images.items()):
+            try:
+                opened.append(cluster.open_image_v2(pool, name, iid))
+            except (CephError, UnreadableError) as e:
+                report("error", f"{ppath}/{name}", "rbd-header", f"image {name}: {e}")
+        for name in v1:
+            try:
+                opened.append(cluster.open_image_v1(pool, name))
+            except (CephError, UnreadableError) as e:
+                report("error", f"{ppath}/{name}", "rbd-header", f"image {name}: {e}")
+        for img in opened:
+            _add_image(cluster, ctx, img, pdir, ppath, parent, ec)
+
+    _add_osd_view(cluster, root)
+
+
+def _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
+    data_pool = img.data_pool if img.data_pool is not None else img.pool
+    if data_pool in ec:
+        cluster.report("error", f"{ppath}/{img.name}", "erasure-coded-data",
+                       f"image {img.name} keeps its data in erasure-coded pool "
+                       f"{cluster.pool_name(data_pool)}, which is not decoded")
+        return
+    info = {"ceph": {"pool": cluster.pool_name(img.pool), "pool_id": img.pool, "image": img.name,
+                     "id": img.id, "format": img.format, "size": img.size,
+                     "object_size": img.object_size, "object_prefix": img.object_prefix,
+                     "features": img.feature_names(), "stripe_unit": img.stripe_unit,
+                     "stripe_count": img.stripe_count,
+                     "snapshots": [{"id": s.id, "name": s.name, "size": s.size} for s in img.snaps]}}
+    src = cluster.image_source(img, None, f"{ppath}/{img.name}")
+    vol = ctx.add_volume(src, pdir, img.name, ppath, role="rbd", parent=parent,
+                         children_home="parts")
+    vol.info.update(info)
+    ctx.add_proxmox_disk(img.name, vol)
+    for snap in img.snaps:
+        fname = f"{img.name}@{snap.name}"
+        ssrc = cluster.image_source(img, snap, f"{ppath}/{fname}")
+        svol = ctx.add_volume(ssrc, pdir, fname, ppath, role="rbd", parent=parent,
+                              children_home="parts")
+        svol.info.update(info)
+        svol.info["ceph"] = dict(info["ceph"], snapshot=snap.name, snap_id=snap.id)
+        ctx.add_proxmox_disk(img.name, svol, snapshot=snap.name)
+
+
+def _add_osd_view(cluster, root):
+    """``storage/ceph/.osd/<osd>/<pool>/<object>[@snap]``, listed lazily."""
+    top = root.subdir(".osd")
+    for st in cluster.stores:
+        def load_osd(d, st=st):
+            pools = {}
+            for (pool, ns, name), snaps in st.objects.items():
+                pools.setdefault(pool, []).append((ns, name, snaps))
+            for pool, objs in sorted(pools.items()):
+                pname = "meta" if pool == -1 else cluster.pool_name(pool)
+
+                def load_pool(pd, objs=objs):
+                    for ns, name, snaps in sorted(objs):
+                        for snap, (key, oid) in sorted(snaps.items()):
+                            fname = oid.display() or f"(pgmeta {oid.hash:x})"
+                            if snap not in (CEPH_NOSNAP,) and "@" not in fname:
+                                fname = f"{fname}@{snap}"
+                            try:
+                                src = st.object_source(key, label=f"{st.name}:{fname}")
+                            except (CephError, UnreadableError):
+                                continue
+                            pd.add(fname, File(src))
+
+                d.add(pname, Dir(loader=load_pool))
+
+        top.add(st.name, Dir(loader=load_osd))
+
+
+__all__ = ["open_cluster", "RbdError"]

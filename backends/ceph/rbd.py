@@ -1,0 +1,659 @@
+"""RADOS over several OSDs, and RBD images reassembled from their objects.
+
+Objects: every given OSD is indexed (osd.py); the same object on several
+OSDs (replicas) is resolved by ``object_info_t.version`` (the newest wins,
+disagreements are reported); copies of the newest version are tried in turn
+when one fails its checksums.
+
+Placement: an object that no given OSD holds is either unwritten (sparse:
+RBD never creates objects for zeros) or lost with its OSDs.  The pool's
+``pg_num`` (from the newest OSDMap: an ``osdmap.<epoch>`` object of an OSD's
+meta collection, or the monitor store) gives the object's placement group
+(``ceph_str_hash_rjenkins`` + ``ceph_stable_mod``); when some given OSD holds
+that PG (a ``C`` collection ``<pool>.<pg>_head``) the object does not exist,
+otherwise it is *missing*: zero-filled (or EIO with ``--bad eio``) and
+reported with the image byte ranges it covers.
+
+RBD format 2 (cls_rbd): ``rbd_directory`` omap ``name_<name>`` -> id,
+``rbd_id.<name>`` data, ``rbd_header.<id>`` omap ``size``, ``order``,
+``object_prefix``, ``features``, ``stripe_unit``/``stripe_count``
+(STRIPINGV2), ``data_pool_id``, ``snap_seq``, ``snapshot_<16 hex id>``
+(cls_rbd_snap); data objects ``<object_prefix>.<objno as 16 hex>``.
+Format 1: ``<name>.rbd`` header object (``rbd_obj_header_ondisk``), data
+objects ``<block_name>.<objno as 12 hex>``.
+
+Snapshots (``PrimaryLogPG::find_object_context``): reading snapshot ``S`` of
+an object uses the head when ``S > snapset.seq``, else the oldest clone with
+id ``>= S`` whose ``clone_snaps`` reach down to ``S``; no such clone means the
+object did not exist at ``S``.  A whiteout head (a discard after a snapshot)
+does not exist for the head view.
+
+References: ceph/src/cls/rbd/cls_rbd.cc, librbd/Utils.cc, include/rbd_types.h,
+osdc/Striper.cc (``file_to_extents``), osd/PrimaryLogPG.cc,
+osd/osd_types.h (object_info_t flags).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from pvfs.errors import UnreadableError
+from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, Source
+
+from .errors import CephError
+from .keys import CEPH_NOSNAP, CEPH_SNAPDIR
+from .osdtypes import (OsdTypeError, decode_cls_rbd_snap, decode_le_string, decode_osdmap,
+                       pg_of, str_hash_rjenkins)
+
+
+class RbdError(CephError):
+    """An RBD header or directory cannot be used."""
+
+
+RBD_HEADER_TEXT = b"<<< Rados Block Device Image >>>\n"
+FEATURE_NAMES = {1: "layering", 2: "striping", 4: "exclusive-lock", 8: "object-map",
+                 16: "fast-diff", 32: "deep-flatten", 64: "journaling", 128: "data-pool",
+                 256: "operations", 512: "migrating", 1024: "non-primary"}
+MAX_ORDER = 32  # objects of up to 4 GiB
+MAX_IMAGE_SIZE = 1 << 60
+
+
+@dataclass
+class Candidate:
+    store: object
+    key: bytes
+    oid: object
+    info: object  # ObjectInfo or None
+
+    @property
+    def version(self):
+        return self.info.version if self.info is not None else (-1, -1)
+
+
+@dataclass
+class RbdSnapshot:
+    id: int
+    name: str
+    size: int
+
+
+@dataclass
+class RbdImage:
+    pool: int
+    name: str
+    id: str
+    size: int
+    order: int
+    object_prefix: str
+    features: int = 0
+    stripe_unit: int = 0
+    stripe_count: int = 1
+    data_pool: int | None = None
+    format: int = 2
+    snaps: list = field(default_factory=list)
+
+    @property
+    def object_size(self):
+        return 1 << self.order
+
+    def object_name(self, objno):
+        if self.format == 1:
+            return f"{self.object_prefix}.{objno:012x}".encode()
+        return f"{self.object_prefix}.{objno:016x}".encode()
+
+    def feature_names(self):
+        return [n for b, n in FEATURE_NAMES.items() if self.features & b]
+
+
+class Layout:
+    """``Striper::file_to_extents`` for one image (stripe unit / count)."""
+
+    def __init__(self, size, object_size, stripe_unit=0, stripe_count=1):
+        self.size = size
+        self.object_size = object_size
+        su = stripe_unit or object_size
+        sc = stripe_count or 1
+        if su > object_size or object_size % su:
+            su = object_size
+        self.su = su
+        self.sc = sc
+        self.simple = su == object_size and sc == 1
+        self.stripes_per_object = object_size // su
+
+    def num_objects(self):
+        if self.size == 0:
+            return 0
+        if self.simple:
+            return -(-self.size // self.object_size)
+        period = self.object_size * self.sc
+        nsets = -(-self.size // period)
+        last = self.size - (nsets - 1) * period  # bytes in the last object set
+        blocks = -(-last // self.su)
+        return (nsets - 1) * self.sc + min(self.sc, blocks)
+
+    def map(self, offset, length):
+        """Yield ``(objno, object offset, image offset, length)`` for an image range."""
+        end = offset + length
+        pos = offset
+        if self.simple:
+            osz = self.object_size
+            while pos < end:
+                objno, o_off = divmod(pos, osz)
+                n = min(osz - o_off, end - pos)
+                yield objno, o_off, pos, n
+                pos += n
+            return
+        su, sc, spo = self.su, self.sc, self.stripes_per_object
+        while pos < end:
+            blockno, b_off = divmod(pos, su)
+            stripeno, stripepos = divmod(blockno, sc)
+            objectsetno = stripeno // spo
+            objno = objectsetno * sc + stripepos
+            o_off = (stripeno % spo) * su + b_off
+            n = min(su - b_off, end - pos)
+            yield objno, o_off, pos, n
+            pos += n
+
+    def object_ranges(self, objno):
+        """Image ranges ``[(offset, length)]`` stored in object ``objno``."""
+        if self.simple:
+            start = objno * self.object_size
+            return [(start, max(0, min(self.object_size, self.size - start)))]
+        su, sc, spo = self.su, self.sc, self.stripes_per_object
+        objectsetno, stripepos = divmod(objno, sc)
+        out = []
+        for i in range(spo):
+            stripeno = objectsetno * spo + i
+            blockno = stripeno * sc + stripepos
+            start = blockno * su
+            if start >= self.size:
+                break
+            out.append((start, min(su, self.size - start)))
+        return out
+
+
+class _SourceLRU:
+    def __init__(self, limit=256):
+        self.limit = limit
+        self.items = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key, make):
+        with self.lock:
+            v = self.items.get(key)
+            if v is not None:
+                self.items.move_to_end(key)
+                return v
+        v = make()
+        with self.lock:
+            self.items[key] = v
+            while len(self.items) > self.limit:
+                self.items.popitem(last=False)
+        return v
+
+
+class ReplicaSource(Source):
+    """One object read from the first of its copies that reads without error."""
+
+    def __init__(self, sources, label, on_damage=None):
+        super().__init__()
+        self.sources = sources
+        self.size = sources[0].size
+        self.label = label
+        self.on_damage = on_damage
+
+    def _read(self, offset, length):
+        err = None
+        for i, s in enumerate(self.sources):
+            try:
+                return s.read(offset, length)
+            except UnreadableError as e:
+                err = e
+                if i + 1 < len(self.sources) and self.on_damage:
+                    self.on_damage("replica-failed", f"{e}; reading another replica", e.ranges)
+        raise err
+
+    def _block_status(self, offset, length):
+        return self.sources[0].block_status(offset, length)
+
+
+class RbdImageSource(Source):
+    """An RBD image: objects resolved lazily through ``resolve(objno)``."""
+
+    def __init__(self, layout: Layout, resolve, label="rbd"):
+        super().__init__()
+        self.layout = layout
+        self.size = layout.size
+        self.resolve = resolve  # objno -> Source of object_size bytes, or None (zeros)
+        self.label = label
+        self._cache = _SourceLRU()
+
+    def _object(self, objno):
+        return self._cache.get(objno, lambda: self.resolve(objno) or _NONE)
+
+    def _read(self, offset, length):
+        parts = []
+        for objno, o_off, _pos, n in self.layout.map(offset, length):
+            src = self._object(objno)
+            if src is _NONE:
+                parts.append(bytes(n))
+            else:
+                parts.append(src.read(o_off, n))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _block_status(self, offset, length):
+        out = []
+        for objno, o_off, pos, n in self.layout.map(offset, length):
+            src = self._object(objno)
+            if src is _NONE:
+                out.append((pos, n, UNMAPPED))
+            else:
+                out.extend((o - o_off + pos, ln, st) for o, ln, st in src.block_status(o_off, n))
+        return out
+
+
+_NONE = object()
+
+
+class _PaddedSource(Source):
+    """An object padded with zeros (unmapped) to its slot size."""
+
+    def __init__(self, inner, size, label):
+        super().__init__()
+        self.inner = inner
+        self.size = size
+        self.label = label
+
+    def _read(self, offset, length):
+        avail = max(0, min(length, self.inner.size - offset))
+        data = self.inner.read(offset, avail) if avail else b""
+        return data + bytes(length - avail) if avail < length else data
+
+    def _block_status(self, offset, length):
+        avail = max(0, min(length, self.inner.size - offset))
+        out = list(self.inner.block_status(offset, avail)) if avail else []
+        if avail < length:
+            out.append((offset + avail, length - avail, UNMAPPED))
+        return out
+
+
+class _MissingObject(Source):
+    def __init__(self, size, reason, bad, label):
+        super().__init__()
+        self.size = size
+        self.reason = reason
+        self.bad = bad
+        self.label = label
+
+    def _read(self, offset, length):
+        if self.bad == BAD_ZERO:
+            return bytes(length)
+        raise UnreadableError(f"{self.label}: {self.reason}", [(offset, length)])
+
+    def _block_status(self, offset, length):
+        return [(offset, length, UNREADABLE)]
+
+
+class Cluster:
+    """The objects of all given OSDs of one Ceph cluster."""
+
+    def __init__(self, stores, report, bad=BAD_ZERO):
+        self.stores = stores
+        self.report = report  # report(severity, path, code, message, ranges=())
+        self.bad = bad
+        self.pools = {}  # id -> PoolInfo
+        self.pool_source = None
+        self._mismatch_seen = set()
+
+    # -- objects -----------------------------------------------------------------
+    def find(self, pool, name: bytes, snap=CEPH_NOSNAP, path="storage/ceph"):
+        """Copies of an object, newest version first (all copies of that version first)."""
+        cands = []
+        for st in self.stores:
+            hit = st.lookup(pool, name, snap=snap)
+            if hit is None:
+                continue
+            key, oid = hit
+            try:
+                info = st.object_info(key)
+            except CephError:
+                info = None
+            cands.append(Candidate(st, key, oid, info))
+        if len(cands) > 1:
+            cands.sort(key=lambda c: c.version, reverse=True)
+            versions = {c.version for c in cands}
+            if len(versions) > 1:
+                mk = (pool, name, snap)
+                if mk not in self._mismatch_seen:
+                    self._mismatch_seen.add(mk)
+                    desc = ", ".join(f"{c.store.name}: {c.version[0]}'{c.version[1]}" for c in cands)
+                    self.report("warning", path, "replica-mismatch",
+                                f"object {name.decode('utf-8', 'replace')} differs between "
+                                f"replicas ({desc}); the newest is used")
+        return cands
+
+    def holds_pg(self, pool, name: bytes):
+        """True: some given OSD holds the object's PG; False: none does; None: unknown."""
+        info = self.pools.get(pool)
+        if info is None or not info.pg_num:
+            return None
+        seed = pg_of(str_hash_rjenkins(name), info.pg_num)
+        return any((pool, seed) in st.collections for st in self.stores)
+
+    def read_object(self, pool, name: bytes, limit=64 << 20):
+        cands = self.find(pool, name)
+        err = None
+        for c in cands:
+            try:
+                return c.store.read_small(c.key, limit)
+            except CephError as e:
+                err = e
+            except UnreadableError as e:
+                err = e
+        if err is not None:
+            raise RbdError(f"{name.decode('utf-8', 'replace')}: {err}")
+        return None
+
+    def omap(self, pool, name: bytes):
+        for c in self.find(pool, name):
+            try:
+                return c.store.omap(c.key, c.oid)
+            except CephError:
+                continue
+        return None
+
+    def names_with_prefix(self, pool, prefix: bytes, nspace=b""):
+        out = set()
+        for st in self.stores:
+            for (p, ns, name) in st.objects:
+                if p == pool and ns == nspace and name.startswith(prefix):
+                    out.add(name)
+        return sorted(out)
+
+    def pool_ids(self):
+        ids = set(self.pools)
+        for st in self.stores:
+            ids.update(p for (p, _ns, _n) in st.objects if p >= 0)
+        return sorted(ids)
+
+    # -- pools ---------------------------------------------------------------------
+    def load_osdmap_from_osds(self):
+        """Pool names and pg_num from the newest ``osdmap.<epoch>`` object on any OSD."""
+        best = []
+        for st in self.stores:
+            for (p, ns, name), snaps in st.objects.items():
+                if p != -1 or not name.startswith(b"osdmap."):
+                    continue
+                try:
+                    epoch = int(name[7:])
+                except ValueError:
+                    continue
+                for _snap, (key, _oid) in snaps.items():
+                    best.append((epoch, st, key))
+        best.sort(key=lambda t: -t[0])
+        for epoch, st, key in best[:8]:
+            try:
+                m = decode_osdmap(st.read_small(key))
+            except (CephError, UnreadableError):
+                continue
+            self.pools = m.pools
+            self.pool_source = f"osdmap epoch {m.epoch} from {st.name}"
+            return m
+        return None
+
+    def load_osdmap_from_mon(self, kv):
+        last = kv.get("osdmap", b"last_committed")
+        if last is None or len(last) < 8:
+            raise RbdError("mon store: no osdmap last_committed")
+        epoch = struct.unpack_from("<Q", last)[0]
+        for e in range(epoch, max(0, epoch - 50), -1):
+            v = kv.get("osdmap", b"full_%d" % e)
+            if v is None:
+                continue
+            try:
+                m = decode_osdmap(v)
+            except OsdTypeError:
+                continue
+            self.pools = m.pools
+            self.pool_source = f"osdmap epoch {m.epoch} from the monitor store"
+            return m
+        raise RbdError(f"mon store: no decodable full osdmap at or below epoch {epoch}")
+
+    def pool_name(self, pool):
+        info = self.pools.get(pool)
+        if info is not None and info.name:
+            return info.name
+        return str(pool)
+
+    # -- RBD ---------------------------------------------------------------------------
+    def list_images(self, pool):
+        """{name: id} of format-2 images, and [name] of format-1 images."""
+        names = {}
+        omap = self.omap(pool, b"rbd_directory")
+        if omap:
+            for k, v in omap.items():
+                if k.startswith(b"name_"):
+                    try:
+                        names[k[5:].decode("utf-8", "replace")] = decode_le_string(v)
+                    except OsdTypeError:
+                        continue
+        for obj in self.names_with_prefix(pool, b"rbd_id."):
+            n = obj[7:].decode("utf-8", "replace")
+            if n in names:
+                continue
+            try:
+                data = self.read_object(pool, obj, 4096)
+                if data:
+                    names[n] = decode_le_string(data)
+            except (CephError, UnreadableError):
+                continue
+        known = set(names.values())
+        for obj in self.names_with_prefix(pool, b"rbd_header."):
+            iid = obj[11:].decode("utf-8", "replace")
+            if iid not in known:
+                names[f"image-{iid}"] = iid
+        v1 = [obj[:-4].decode("utf-8", "replace") for obj in self.names_with_prefix(pool, b"")
+              if obj.endswith(b".rbd")]
+        return names, v1
+
+    def open_image_v2(self, pool, name, iid) -> RbdImage:
+        omap = self.omap(pool, f"rbd_header.{iid}".encode())
+        if omap is None:
+            raise RbdError(f"rbd_header.{iid} is on no given OSD")
+
+        def u64(k, default=None):
+            v = omap.get(k)
+            if v is None or len(v) < 8:
+                if default is None:
+                    raise RbdError(f"rbd_header.{iid}: no {k.decode()}")
+                return default
+            return struct.unpack_from("<Q", v)[0]
+
+        order_v = omap.get(b"order")
+        if not order_v:
+            raise RbdError(f"rbd_header.{iid}: no order")
+        order = order_v[0]
+        size = u64(b"size")
+        if not 12 <= order <= MAX_ORDER or size > MAX_IMAGE_SIZE:
+            raise RbdError(f"rbd_header.{iid}: order {order} / size {size} out of range")
+        try:
+            prefix = decode_le_string(omap.get(b"object_prefix", b""))
+        except OsdTypeError:
+            prefix = f"rbd_data.{iid}"
+        img = RbdImage(pool, name, iid, size, order, prefix, features=u64(b"features", 0))
+        img.stripe_unit = u64(b"stripe_unit", 0)
+        img.stripe_count = u64(b"stripe_count", 1)
+        dp = omap.get(b"data_pool_id")
+        if dp and len(dp) >= 8:
+            v = struct.unpack_from("<q", dp)[0]
+            if v >= 0:
+                img.data_pool = v
+        for k, v in sorted(omap.items()):
+            if k.startswith(b"snapshot_"):
+                try:
+                    s = decode_cls_rbd_snap(v)
+                    img.snaps.append(RbdSnapshot(s.id, s.name, s.image_size))
+                except OsdTypeError as e:
+                    self.report("warning", f"storage/ceph/{self.pool_name(pool)}/{name}",
+                                "bad-rbd-snapshot", f"{k.decode()}: {e}")
+        return img
+
+    def open_image_v1(self, pool, name) -> RbdImage:
+        data = self.read_object(pool, f"{name}.rbd".encode(), 1 << 20)
+        if not data or not data.startswith(RBD_HEADER_TEXT[:20]):
+            raise RbdError(f"{name}.rbd: not an RBD format 1 header")
+        if len(data) < 112:
+            raise RbdError(f"{name}.rbd: header truncated")
+        block_name = data[40:64].split(b"\0", 1)[0].decode("utf-8", "replace")
+        order = data[80]
+        size, _seq, count, _res, names_len = struct.unpack_from("<QQIIQ", data, 84)
+        if not 12 <= order <= MAX_ORDER:
+            raise RbdError(f"{name}.rbd: order {order} out of range")
+        img = RbdImage(pool, name, "", size, order, block_name, format=1)
+        pos = 112
+        snaps = []
+        for _ in range(min(count, (len(data) - pos) // 16)):
+            sid, ssize = struct.unpack_from("<QQ", data, pos)
+            snaps.append((sid, ssize))
+            pos += 16
+        names = data[pos:pos + names_len].split(b"\0")
+        for (sid, ssize), sname in zip(snaps, names):
+            img.snaps.append(RbdSnapshot(sid, sname.decode("utf-8", "replace"), ssize))
+        return img
+
+    def object_view(self, pool, name: bytes, snap, path):
+        """How to read ``name`` at ``snap`` (None = head).
+
+        Returns ("data", [Candidate, ...]) | ("none", None) | ("missing", reason).
+        """
+        heads = self.find(pool, name, CEPH_NOSNAP, path)
+        if snap is None:
+            if heads:
+                if heads[0].info is not None and heads[0].info.whiteout:
+                    return "none", None
+                return "data", heads
+            return self._absent(pool, name)
+        ssrc = heads or self.find(pool, name, CEPH_SNAPDIR, path)
+        ss = None
+        for c in ssrc:
+            try:
+                ss = c.store.snapset(c.key)
+            except CephError:
+                ss = None
+            if ss is not None:
+                break
+        if ss is None:
+            if ssrc:  # a head without a snapset: never snapshotted
+                return ("data", heads) if heads and not (heads[0].info and heads[0].info.whiteout) \
+                    else ("none", None)
+            # no head anywhere: clones left on the given OSDs?
+            clone_ids = sorted({s for st in self.stores for s in st.snaps_of(pool, name)
+                                if s not in (CEPH_NOSNAP, CEPH_SNAPDIR)})
+            usable = [c for c in clone_ids if c >= snap]
+            if usable:
+                return "data", self.find(pool, name, usable[0], path)
+            return self._absent(pool, name)
+        which = ss.clone_for(snap)
+        if which is None:
+            return "none", None
+        if which == "head":
+            if not heads or (heads[0].info is not None and heads[0].info.whiteout):
+                return "none", None
+            return "data", heads
+        clones = self.find(pool, name, which, path)
+        if clones:
+            return "data", clones
+        return "missing", f"clone {which} of {name.decode('utf-8', 'replace')} is on no given OSD"
+
+    def _absent(self, pool, name):
+        held = self.holds_pg(pool, name)
+        if held is False:
+            info = self.pools.get(pool)
+            seed = pg_of(str_hash_rjenkins(name), info.pg_num)
+            return "missing", (f"{name.decode('utf-8', 'replace')}: its placement group "
+                               f"{pool}.{seed:x} is on no given OSD")
+        return "none", None
+
+    def image_source(self, img: RbdImage, snap: RbdSnapshot | None, path: str):
+        """The image (or snapshot) as a Source; missing objects are reported."""
+        size = snap.size if snap is not None else img.size
+        layout = Layout(size, img.object_size, img.stripe_unit, img.stripe_count)
+        data_pool = img.data_pool if img.data_pool is not None else img.pool
+        snapid = snap.id if snap is not None else None
+        label = path
+        report = self.report
+        bad = self.bad
+
+        def on_damage_for(objno):
+            def cb(code, msg, ranges):
+                out = []
+                for o, n in ranges:
+                    for io, _o_off, ipos, ln in _object_to_image(layout, objno, o, n):
+                        out.append((ipos, ln))
+                report("error", path, code, msg, out)
+            return cb
+
+        def resolve(objno):
+            name = img.object_name(objno)
+            kind, val = self.object_view(data_pool, name, snapid, path)
+            slot = img.object_size
+            if kind == "none":
+                return None
+            if kind == "missing":
+                return _MissingObject(slot, val, bad, f"{label}: object {objno:#x}")
+            cb = on_damage_for(objno)
+            srcs = []
+            for c in val:
+                if c.version != val[0].version:
+                    break
+                try:
+                    srcs.append(c.store.object_source(c.key, label=f"{c.store.name}:{name.decode()}",
+                                                      on_damage=cb))
+                except CephError as e:
+                    report("error", path, "bad-onode",
+                           f"{c.store.name}: onode of {name.decode()}: {e}",
+                           layout.object_ranges(objno))
+            if not srcs:
+                return _MissingObject(slot, "no readable onode", bad, f"{label}: object {objno:#x}")
+            inner = srcs[0] if len(srcs) == 1 else ReplicaSource(srcs, name.decode(), cb)
+            return _PaddedSource(inner, slot, name.decode())
+
+        src = RbdImageSource(layout, resolve, label=label)
+        # Report missing objects now (the tree's damage report lists them before any read).
+        missing = []
+        for objno in range(layout.num_objects()):
+            name = img.object_name(objno)
+            kind, val = self.object_view(data_pool, name, snapid, path)
+            if kind == "missing":
+                missing.append((objno, val))
+        if missing:
+            ranges = [r for objno, _ in missing for r in layout.object_ranges(objno)]
+            what = "zero-filled" if bad == BAD_ZERO else "unreadable (EIO)"
+            report("error", path, "missing-objects",
+                   f"{len(missing)} of {layout.num_objects()} objects are on no given OSD "
+                   f"({what}); first: {missing[0][1]}", ranges)
+        return src
+
+
+def _object_to_image(layout, objno, o_off, length):
+    """Image pieces of an object range (inverse of Layout.map)."""
+    if layout.simple:
+        yield objno, o_off, objno * layout.object_size + o_off, length
+        return
+    su, sc, spo = layout.su, layout.sc, layout.stripes_per_object
+    objectsetno, stripepos = divmod(objno, sc)
+    pos, end = o_off, o_off + length
+    while pos < end:
+        i, b_off = divmod(pos, su)
+        n = min(su - b_off, end - pos)
+        stripeno = objectsetno * spo + i
+        blockno = stripeno * sc + stripepos
+        yield objno, pos, blockno * su + b_off, n
+        pos += n
+
+
+__all__ = ["Cluster", "RbdImage", "RbdSnapshot", "Layout", "RbdImageSource", "RbdError",
+           "BAD_EIO", "BAD_ZERO", "DATA"]
