@@ -243,3 +243,16 @@ def test_lost_bluefs_super_is_rebuilt_from_the_log(root):
     assert all_keys(o) == truth_keys(0)
     with pytest.raises(CephError, match="no BlueFS log found"):
         open_osd(Patched(base, {4096: bytes(4096), 0x2000: bytes(4096)}))
+
+
+def test_corrupt_sst_index_loses_only_that_table(root):
+    def break_index(src):
+        from backends.ceph.rocksdb.table import Table
+        t = Table(src, "x")
+        data = bytearray(src.read(0, src.size))
+        data[t.index_handle[0] + 3] ^= 0xFF
+        return BytesSource(bytes(data))
+    kv = _db(root, "variants/osd.0-compacted", replace={"db/000041.sst": break_index})
+    assert sum(1 for _ in kv.iterate("O")) == 421 - 191  # O-1 lost, O-0 and O-2 read
+    assert [c for _, c, m in kv.damage] == ["rocksdb-bad-block"]
+    assert "whole table" in kv.damage[0][2]

@@ -191,7 +191,13 @@ class Table:
     # -- iteration ---------------------------------------------------------------------
     def iterate(self, start: bytes = b"", end: bytes | None = None):
         """Yield ``(user_key, seq, type, value)`` in internal key order from ``start``."""
-        seps, handles = self.index()
+        try:
+            seps, handles = self.index()
+        except RocksDBError as e:
+            if self.on_damage is None:
+                raise
+            self.on_damage(f"{e}; the whole table is unreadable")
+            return
         i = bisect.bisect_left(seps, start) if start else 0
         for j in range(i, len(handles)):
             try:
