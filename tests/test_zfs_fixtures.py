@@ -232,13 +232,12 @@ def test_zfs_txg_views_and_option():
     info = next(e for e in ctx.report if e.code == "uberblocks")
     txgs = [int(t) for t in info.message.split("usable txgs: ")[1].split(";")[0].split(", ")]
     assert txgs == sorted(txgs, reverse=True) and len(txgs) > 5
-    zfs = resolve(ctx.root, "storage/zfs")
-    views = sorted(n for n in zfs.children() if n.startswith("fxmirror@txg-"))
-    assert len(views) == len(txgs) - 1
+    views = resolve(ctx.root, "storage/zfs/fxmirror/.zfs/txg").children()
+    assert sorted(views, key=int, reverse=True) == [str(t) for t in txgs[1:]]
     # the txg before the last one still shows the file system as it was
     m = _manifest("zfs", "manifests", "fxmirror.json")
     readme = m["datasets"]["fxmirror"]["tree"]["README.txt"]
-    node = resolve(ctx.root, f"storage/zfs/fxmirror@txg-{txgs[1]}/README.txt")
+    node = resolve(ctx.root, f"storage/zfs/fxmirror/.zfs/txg/{txgs[1]}/README.txt")
     assert sha256_source(node.source) == readme["sha256"]
     # --zfs-txg opens the pool at an older txg
     ctx2 = _discover("zfs", "images", "fxmirror.tar.xz", txg=txgs[1])

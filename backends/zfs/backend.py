@@ -3,7 +3,7 @@
 Tree: ``storage/zfs/<pool>/<dataset path>/`` (file systems; contents from ``zpl``),
 zvols as files ``<name>`` and ``<name>@<snap>`` (probed again: partitions land in
 ``<name>.parts/``), ``vms/<vmid>/`` for vm-/base- zvols, ``cts/<vmid>/rootfs/`` for
-subvol- datasets and ``storage/zfs/<pool>@txg-<N>/`` for every older usable uberblock.
+subvol- datasets and ``storage/zfs/<pool>/.zfs/txg/<N>/`` for every older usable uberblock.
 """
 
 from __future__ import annotations
@@ -138,21 +138,26 @@ class ZfsBackend(Backend):
         for sev, code, msg in notes:
             ctx.report.add(sev, "zfs", path, code, msg)
         ctx.report.add("info", "zfs", path, "uberblocks",
-                       f"pool {name} (guid {pool.guid}) opened at txg {ub.txg}; usable txgs: "
+                       f"pool {name} (guid {pool.guid}) opened at txg {ub.txg}; older ones "
+                       f"are in {path}/.zfs/txg/<txg>/ or --zfs-txg; usable txgs: "
                        f"{', '.join(str(u.txg) for u, _ in usable[:64])}"
                        f"{' ...' if len(usable) > 64 else ''}; vdevs: "
                        f"{'; '.join(pool.describe())}")
         builder = _TreeBuilder(pool, ctx, volumes[0], live=True)
         used = path.rsplit("/", 1)[1]
-        builder.dataset(rootds, used, root, "storage/zfs")
-        # Older uberblocks as read-only views.
-        for oub, omos in usable[:MAX_TXG_VIEWS]:
-            if oub.txg == ub.txg:
-                continue
-            vname = f"{used}@txg-{oub.txg}"
-            vdir = Dir(loader=_txg_loader(pool.view(f"storage/zfs/{vname}"), oub, ctx,
-                                          volumes[0], f"storage/zfs/{vname}"))
-            root.add(vname, vdir, report=ctx.report, path_hint="storage/zfs")
+        placed = builder.dataset(rootds, used, root, "storage/zfs")
+        # Older uberblocks as read-only views in .zfs/txg/<N>/ of the pool's root (a
+        # dot directory, like .zfs/snapshot: tree scans skip it; it loads on demand).
+        if placed is not None and len(usable) > 1:
+            pool_dir, ppath = placed
+            txgdir = pool_dir.subdir(".zfs", mode=0o555).subdir("txg", mode=0o555)
+            for oub, omos in usable[:MAX_TXG_VIEWS]:
+                if oub.txg == ub.txg:
+                    continue
+                vpath = f"{ppath}/.zfs/txg/{oub.txg}"
+                vpool = pool.view(vpath)
+                txgdir.add(str(oub.txg), Dir(loader=_txg_loader(vpool, oub, vpool.ctx,
+                                                                 volumes[0], vpath)))
 
     def _features(self, pool, ctx, path):
         version = pool.config.get("version")

@@ -13,7 +13,7 @@ import copy
 import itertools
 import struct
 
-from pvfs.cache import METADATA_CACHE
+from pvfs.cache import METADATA_CACHE, ByteLRU
 from pvfs.errors import UnreadableError
 
 from . import checksum, compress
@@ -23,6 +23,11 @@ from .structs import (BLKPTR_SIZE, DMU_OT_OBJSET, SPA_GANGBLOCKSIZE, SPA_MAXBLOC
                       ZEC_MAGIC)
 
 _POOL_UIDS = itertools.count(1)
+#: Decompressed file and zvol data blocks: their own LRU, so a sequential read of a big
+#: file does not push the pools' metadata out of METADATA_CACHE.  It still lets the
+#: small reads FUSE makes hit one decompressed record many times.
+DATA_CACHE = ByteLRU(32 * 1024 * 1024)
+_DATA_TYPES = (19, 23)  # DMU_OT_PLAIN_FILE_CONTENTS, DMU_OT_ZVOL
 MAX_GANG_DEPTH = 8  # SPA_GANGBLOCKSIZE trees are at most a few levels deep
 
 
@@ -146,10 +151,11 @@ class Pool:
         if bp.hole:
             return bytes(bp.lsize)
         key = None
+        lru = DATA_CACHE if bp.level == 0 and bp.type in _DATA_TYPES else METADATA_CACHE
         if cache and bp.dvas:
             d0 = bp.dvas[0]
             key = ("zfs-blk", self.uid, d0.vdev, d0.offset, bp.birth, bp.cksum)
-            hit = METADATA_CACHE.get(key)
+            hit = lru.get(key)
             if hit is not None:
                 return hit
         data = self.read_physical(bp)
@@ -163,18 +169,46 @@ class Pool:
         if bp.comp not in (0, 2) or len(data) != bp.lsize:
             data = compress.decompress(bp.comp, data, bp.lsize)
         if key is not None:
-            METADATA_CACHE.put(key, data)
+            lru.put(key, data)
         return data
 
     def describe(self):
         return [t.describe() for t in self.tops]
 
     def view(self, path):
-        """The same pool seen at another txg: own tree path (for damage) and MOS."""
+        """The same pool seen at another txg: own tree path and MOS; damage found there
+        is expected history (blocks freed and reused since), reported as warnings."""
         v = copy.copy(self)
         v.path = path
         v.mos = None
+        if self.ctx is not None:
+            v.ctx = HistoryContext(self.ctx)
         return v
+
+
+class HistoryContext:
+    """A discovery context for views of older txgs: errors become warnings."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+        self.report = _HistoryReport(ctx.report)
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+
+class _HistoryReport:
+    def __init__(self, report):
+        self._report = report
+
+    def add(self, severity, layer, path, code, message, ranges=()):
+        if severity == "error":
+            severity = "warning"
+            message = f"(older txg) {message}"
+        return self._report.add(severity, layer, path, code, message, ranges)
+
+    def __getattr__(self, name):
+        return getattr(self._report, name)
 
 
 class EncryptedError(ZfsError):
