@@ -35,7 +35,11 @@ class FakeDnode:
         self.maxblkid = max(0, (len(data) + bs - 1) // bs - 1)
         self.size = (self.maxblkid + 1) * bs
         self.nlevels = 1
+        self.extra_slots = 0
         self.unreadable = unreadable
+        if bonustype == sa.DMU_OT_ZNODE and len(bonus) >= 80 and \
+                stat.S_ISDIR(struct.unpack_from("<Q", bonus, 72)[0]):
+            self.type = 20
 
     def read(self, offset, length, bad=None):
         if self.unreadable:
@@ -50,6 +54,10 @@ class FakeDnode:
 
 class FakeObjSet:
     name = "pool/fs"
+
+    @property
+    def nobjects(self):
+        return max(self.objects, default=0) + 1
 
     def __init__(self):
         self.objects = {}
@@ -380,3 +388,44 @@ def test_znode_fast_path_agrees_with_the_construct_declaration(raw, order):
     w = sa._ZNODE_FAST[order].unpack_from(raw)
     assert (z.zp_mode, z.zp_size, z.zp_uid, z.zp_gid, z.zp_links, z.zp_xattr, z.zp_rdev,
             list(z.zp_mtime)) == (w[9], w[10], w[16], w[17], w[12], w[13], w[14], list(w[2:4]))
+
+
+def test_lost_and_found_shows_what_a_damaged_directory_hides():
+    os_ = build_fs({
+        "ok": (10, dict(mode=stat.S_IFREG | 0o644, size=2), b"ok"),
+        "broken": (12, dict(mode=stat.S_IFDIR | 0o755, links=3), b""),
+    })
+    os_.objects[12].unreadable = True  # its ZAP block cannot be read
+    # children of the broken directory: a file and a subdirectory with a file of its own
+    os_.add(20, bonustype=sa.DMU_OT_ZNODE, bonus=znode(stat.S_IFREG | 0o600, size=4),
+            data=b"lost")
+    os_.add(21, bonustype=sa.DMU_OT_ZNODE, bonus=znode(stat.S_IFDIR | 0o700, links=2),
+            data=microzap({"deeper": dirent(22, stat.S_IFREG)}))
+    os_.add(22, bonustype=sa.DMU_OT_ZNODE, bonus=znode(stat.S_IFREG | 0o600, size=3),
+            data=b"sub")
+    # an xattr directory and its file are not orphans (ZFS_XATTR in zp_flags / parent)
+    xb = bytearray(znode(stat.S_IFDIR | 0o755))
+    struct.pack_into("<Q", xb, 120, 1)
+    os_.add(23, bonustype=sa.DMU_OT_ZNODE, bonus=bytes(xb), data=microzap({}))
+    fb = bytearray(znode(stat.S_IFREG | 0o644, size=1))
+    struct.pack_into("<Q", fb, 88, 23)
+    os_.add(24, bonustype=sa.DMU_OT_ZNODE, bonus=bytes(fb), data=b"x")
+    ctx = Context()
+    d = Dir()
+    zpl.build_tree(os_, d, ctx, "storage/zfs/pool/fs", snapshots=[])
+    lf = d.get(".zfs").get("lost+found")
+    assert sorted(lf.children()) == ["20", "21"]
+    assert lf.get("20").source.read(0, 4) == b"lost"
+    assert lf.get("21").get("deeper").source.read(0, 3) == b"sub"
+    assert any(e.code == "orphans" and e.path.endswith(".zfs/lost+found") for e in ctx.report)
+    assert any(e.code == "unreadable-dir" for e in ctx.report) or d.get("broken") is not None
+
+
+def test_lost_and_found_is_empty_on_an_intact_tree():
+    os_ = build_fs({"a": (10, dict(mode=stat.S_IFREG | 0o644, size=1), b"a"),
+                    "b": (11, dict(mode=stat.S_IFDIR | 0o755, links=2), b"")})
+    os_.objects[11].data = microzap({"c": dirent(12, stat.S_IFREG)})
+    os_.add(12, bonustype=sa.DMU_OT_ZNODE, bonus=znode(stat.S_IFREG | 0o644, size=1), data=b"c")
+    d, nodes, ctx = run(os_)
+    assert d.get(".zfs").get("lost+found").children() == {}
+    assert not [e for e in ctx.report if e.code == "orphans"]

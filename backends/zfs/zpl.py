@@ -38,6 +38,12 @@ MAX_SYMLINK = 1 << 16
 MAX_XATTR_VALUE = 1 << 20
 MAX_XATTRS = 10_000
 LINUX_XATTR_NAMESPACES = ("user.", "trusted.", "security.", "system.")
+DMU_OT_PLAIN_FILE_CONTENTS = 19
+DMU_OT_DIRECTORY_CONTENTS = 20
+DT_DIR = 4  # ZFS_DIRENT_TYPE of a directory (IFTODT)
+ZFS_XATTR = 0x1  # zp_flags: an xattr directory or a file in one
+MAX_ORPHAN_SCAN = 4_000_000  # dnode slots looked at for lost+found
+MAX_ORPHANS = 100_000
 
 
 class Zpl:
@@ -65,6 +71,8 @@ class Zpl:
             else:
                 for err in self.registry.errors:
                     self.report("warning", "", "sa-registry", err)
+        #: objects the master node names (SHARES directory, delete queue, SA, FUID ...)
+        self.master_objects = {v[0] for v in master.values() if isinstance(v, list) and v}
         self.hardlinks: dict[int, object] = {}
         self.dirs_seen: set[int] = set()
 
@@ -189,6 +197,89 @@ class Zpl:
                         f"symlink target of {zn.size} bytes cut to {n}")
         return dnode.read(0, n)
 
+    # -- lost+found ------------------------------------------------------------
+    def _reachable(self, starts, known):
+        """Objects named by the directories below ``starts`` (directory ZAPs only)."""
+        stack = list(starts)
+        seen_dirs = set(stack)
+        while stack:
+            obj = stack.pop()
+            try:
+                entries = zap.zap_entries(self.objset.dnode(obj))
+            except (PvfsError, OSError):
+                continue
+            for value in entries.values():
+                v = _int(value)
+                if v is None:
+                    continue
+                child = v & DIRENT_OBJ_MASK
+                known.add(child)
+                if (v >> 60) == DT_DIR and child not in seen_dirs:
+                    seen_dirs.add(child)
+                    stack.append(child)
+        return known
+
+    def fill_orphans(self, dir_node: Dir, relpath: str):
+        """``.zfs/lost+found``: file and directory objects no directory names.
+
+        They are what a damaged directory hides, and files unlinked while still open
+        (the delete queue).  Each is shown under its object number; an orphaned
+        directory brings its subtree, so only the top of each orphaned tree is listed.
+        """
+        reachable = self._reachable([self.root], {self.root} | self.master_objects)
+        meta = getattr(self.objset, "meta", None)
+        nslots = min(int(getattr(self.objset, "nobjects", 0) or 0), MAX_ORPHAN_SCAN)
+        if nslots < int(getattr(self.objset, "nobjects", 0) or 0):
+            self.report("warning", relpath, "scan-limit",
+                        f"only the first {MAX_ORPHAN_SCAN} objects were searched")
+        ranges = [(0, nslots * 512)]
+        if meta is not None and hasattr(meta, "block_status"):
+            try:
+                ranges = [(o, n) for o, n, st in meta.block_status(0, nslots * 512)
+                          if st != "unmapped"]
+            except (PvfsError, OSError):
+                pass
+        orphans = []
+        for off, length in ranges:
+            obj = max(1, off // 512)
+            end = min(nslots, (off + length) // 512)
+            while obj < end and len(orphans) < MAX_ORPHANS:
+                dn = None
+                try:
+                    dn = self.objset.dnode(obj)
+                except (PvfsError, OSError):
+                    pass
+                step = 1 + (getattr(dn, "extra_slots", 0) or 0) if dn is not None else 1
+                if (dn is not None and obj not in reachable and
+                        getattr(dn, "type", None) in (DMU_OT_PLAIN_FILE_CONTENTS,
+                                                      DMU_OT_DIRECTORY_CONTENTS)):
+                    try:
+                        zn = read_znode(dn, self.registry)
+                        if not zn.flags & ZFS_XATTR and not self._in_xattr_dir(zn):
+                            orphans.append((obj, stat.S_ISDIR(zn.mode)))
+                    except (PvfsError, OSError):
+                        pass
+                obj += step
+        # an orphaned directory's subtree is shown inside it
+        below = self._reachable([o for o, isdir in orphans if isdir], set())
+        for obj, _isdir in orphans:
+            if obj in below:
+                continue
+            node = self.node_for(obj, f"{relpath}/{obj}")
+            if node is not None:
+                dir_node.add(str(obj), node)
+        if dir_node.children():
+            self.report("warning", relpath, "orphans",
+                        f"{len(dir_node.children())} file(s)/directories that no directory "
+                        f"names are shown here (damaged directories or unlinked open files)")
+
+    def _in_xattr_dir(self, zn) -> bool:
+        try:
+            parent = read_znode(self.objset.dnode(zn.parent), self.registry)
+        except (PvfsError, OSError):
+            return False
+        return bool(parent.flags & ZFS_XATTR)
+
     # -- xattrs ----------------------------------------------------------------
     def _xattrs(self, node, zn, relpath):
         if zn.dxattr:
@@ -262,6 +353,10 @@ def build_tree(objset, dir_node: Dir, ctx, path: str, snapshots=None) -> Zpl:
     fs.fill_root(dir_node)
     if snapshots is not None:
         add_snapshot_dir(dir_node, ctx, path, snapshots)
+        zfsdir = dir_node.subdir(".zfs", mode=0o555)
+        zfsdir.add("lost+found", Dir(mode=0o500, loader=lambda d: fs.fill_orphans(
+            d, ".zfs/lost+found")), report=ctx.report if ctx else None, layer=LAYER,
+            path_hint=f"{path}/.zfs")
     return fs
 
 
