@@ -219,7 +219,10 @@ class DrbdBackend(Backend):
         for i, m in enumerate(nodes):
             clusters.setdefault(find(i), []).append(m)
         for cluster in sorted(clusters.values(), key=lambda c: c[0].order):
-            Resource(cluster, ctx).build()
+            try:
+                Resource(cluster, ctx).build()
+            except (PvfsError, OSError) as e:  # one broken resource must not hide the others
+                ctx.report.add("error", self.name, cluster[0].volume.path, "open-failed", str(e))
 
     def _show_md_only(self, m, ctx):
         where = m.volume.homes[0] if m.volume.homes else None
