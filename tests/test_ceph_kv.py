@@ -256,3 +256,17 @@ def test_corrupt_sst_index_loses_only_that_table(root):
     assert sum(1 for _ in kv.iterate("O")) == 421 - 191  # O-1 lost, O-0 and O-2 read
     assert [c for _, c, m in kv.damage] == ["rocksdb-bad-block"]
     assert "whole table" in kv.damage[0][2]
+
+
+@pytest.mark.parametrize("name,hide", [
+    ("osd.0", {"db/MANIFEST-000034", "db/CURRENT"}),
+    ("variants/osd.0-compacted", {"db/MANIFEST-000045"}),
+])
+def test_lost_manifest_is_salvaged(root, name, hide):
+    """Without a MANIFEST every table in the directory and every log are read;
+    the column families come from the tables' properties and the OPTIONS file."""
+    kv = _db(root, name, hide=hide)
+    got = {(p, k) for p in kv.prefixes() for k, _ in kv.iterate(p)}
+    assert got == truth_keys(0)
+    assert "rocksdb-salvage" in [c for _, c, _ in kv.damage]
+    assert kv.db.column_family_names()[:4] == ["default", "m-0", "m-1", "m-2"]

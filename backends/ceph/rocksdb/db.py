@@ -32,7 +32,7 @@ from pvfs.source import FileSource
 
 from ..errors import RocksDBError
 from .log import LogReader
-from .manifest import Manifest
+from .manifest import ColumnFamily, FileMeta, Manifest
 from .table import Table
 from .writebatch import (BLOB_INDEX, DELETE, ENTITY, MERGE, PUT, RANGE_DELETE, SINGLE_DELETE,
                          decode_write_batch, kTypeDeletionWithTimestamp)
@@ -142,9 +142,7 @@ class DB:
         else:
             self._note("warning", "rocksdb-current", "no CURRENT file; trying the newest MANIFEST")
         order += [n for _, n in reversed(candidates) if n not in order]
-        if not order:
-            raise RocksDBError(f"{self.name}: no MANIFEST in {self.db_dir or '.'}")
-        last_err = None
+        last_err = "none found"
         for n in order:
             try:
                 m = Manifest(self.files.open(self._path(self.db_dir, n)),
@@ -157,7 +155,49 @@ class DB:
                 self._note("warning", code, f"{n}: {msg}")
             self.manifest_name = n
             return m
-        raise RocksDBError(f"{self.name}: no usable MANIFEST ({last_err})")
+        return self._salvage_manifest(f"no usable MANIFEST ({last_err})")
+
+    def _salvage_manifest(self, why):
+        """Without a MANIFEST: every table in the directories, families by table properties
+        (and the newest OPTIONS file's order for families without a table), every log."""
+        m = Manifest.empty()
+        self.manifest_name = None
+        cfs = m.column_families
+        options = sorted((int(mm.group(1)), n) for n in self._listing(self.db_dir)
+                         if (mm := re.match(r"^OPTIONS-(\d+)$", n)))
+        if options:
+            try:
+                src = self.files.open(self._path(self.db_dir, options[-1][1]))
+                text = src.read(0, min(src.size, 8 << 20)).decode("latin-1")
+                for i, name in enumerate(re.findall(r'^\[CFOptions "(.*)"\]', text, re.M)):
+                    cfs[i] = ColumnFamily(i, name)
+            except (UnreadableError, RocksDBError) as e:
+                self._note("warning", "rocksdb-options", f"{options[-1][1]}: {e}")
+        self._salvaged = {}
+        tables = 0
+        for d in self.sst_dirs:
+            for n in sorted(self._listing(d)):
+                mm = _SST_RE.match(n)
+                if not mm:
+                    continue
+                path = self._path(d, n)
+                try:
+                    t = Table(self.files.open(path), path, self.verify)
+                except (RocksDBError, UnreadableError) as e:
+                    self._note("error", "rocksdb-bad-sst", f"{path}: {e}")
+                    continue
+                cf_id = t.column_family_id if isinstance(t.column_family_id, int) else 0
+                name = t.column_family_name or cfs.get(cf_id, ColumnFamily(cf_id, "")).name
+                if cf_id not in cfs or cfs[cf_id].name != name:
+                    cfs[cf_id] = ColumnFamily(cf_id, name or f"cf-{cf_id}")
+                number = int(mm.group(1))
+                cfs[cf_id].files[number] = FileMeta(0, number, t.source.size)
+                self._salvaged[number] = t
+                tables += 1
+        self._note("warning", "rocksdb-salvage",
+                   f"{why}: read {tables} tables found in the directory and every log; keys "
+                   "deleted by an unfinished compaction may reappear")
+        return m
 
     def _find(self, dirs, number, exts):
         for d in dirs:
@@ -183,7 +223,8 @@ class DB:
                                f"SST {number:06d} of column family {cf.name} is missing")
                     continue
                 try:
-                    t = Table(self.files.open(path), path, self.verify)
+                    t = self.__dict__.get("_salvaged", {}).get(number) or \
+                        Table(self.files.open(path), path, self.verify)
                     t.on_damage = lambda msg: self._note("error", "rocksdb-bad-block", msg)
                     meta = cf.files[number]
                     # user-key range from the MANIFEST: lets point reads skip the table

@@ -238,6 +238,18 @@ class Manifest:
         for f in e.new_files:
             cf.files[f.number] = f
 
+    @classmethod
+    def empty(cls):
+        """A MANIFEST with nothing in it, for salvage (the caller fills it)."""
+        m = cls.__new__(cls)
+        m.column_families = {0: ColumnFamily(0, "default")}
+        m.log_number = m.prev_log_number = m.next_file_number = m.last_sequence = 0
+        m.min_log_number_to_keep = 0
+        m.comparator = None
+        m.edits = 0
+        m.damage = []
+        return m
+
     def live_column_families(self):
         return [cf for _, cf in sorted(self.column_families.items()) if not cf.dropped]
 
