@@ -185,3 +185,41 @@ def test_fuzz_thin_pool(pv_head):
                     pass
 
     run()
+
+
+_vals = st.one_of(st.integers(-5, 5), st.integers(0, 1 << 70), st.sampled_from(
+    ['"pv0"', '"pv1"', '"x"', '"lv1"', '[]', '["pv0", 0]', '["pv0", "a"]', '["lv1", 0, "pv0"]',
+     '[1, 2]', '"thin"', '"striped"', '"raid1"', '"mirror"', '"thin-pool"', '1.5']))
+_keys = st.sampled_from(["start_extent", "extent_count", "type", "stripe_count",
+                         "stripe_size", "stripes", "mirrors", "raids", "metadata", "pool",
+                         "thin_pool", "device_id", "chunk_size", "external_origin"])
+
+
+def test_fuzz_vg_metadata_values(tmp_path_factory):
+    """Hostile values in LV segments: each LV fails on its own with a damage entry; the
+    backend never ends with an internal error."""
+    from pvfs.discover import Options, discover
+    from test_lvm_synth import lv, pv_uuid, vg_text, write_pv
+    d = tmp_path_factory.mktemp("vgfuzz")
+
+    @settings(max_examples=100, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.tuples(st.sampled_from(["striped", "mirror", "raid1", "raid0", "thin",
+                                               "thin-pool", "zero", "error", "cache"]),
+                              st.lists(st.tuples(_keys, _vals), max_size=6)),
+                    min_size=1, max_size=3))
+    def run(segs):
+        lvs = "".join(lv(f"lv{i}", [f'start_extent = 0\nextent_count = 1\ntype = "{t}"\n'
+                                    + "".join(f"{k} = {v}\n" for k, v in extra)])
+                      for i, (t, extra) in enumerate(segs))
+        text = vg_text("vgf", "FUZZvg-aaaa-bbbb-cccc-dddd-eeee-ffffff", 1,
+                       [("pv0", pv_uuid(0), 2)], lvs)
+        p = write_pv(d / "f.img", pv_uuid(0), 2, [(512, text)], 0)
+        ctx = discover([str(p)], Options())
+        bad = [e for e in ctx.report if e.code in ("internal-error", "probe-failed")]
+        assert not bad, bad[0].line()
+        for e in ctx.report:
+            if e.layer == "lvm" and e.severity == "error":
+                assert "\n" not in e.message
+
+    run()

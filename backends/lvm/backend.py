@@ -193,6 +193,10 @@ class _Builder:
                     self.add_plain(lv)
             except (LvmError, UnreadableError) as e:
                 self.report("error", "lv-failed", f"LV {lv.name}: {e}")
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                # values of the wrong kind in a hostile text: this LV only
+                self.report("error", "lv-failed", f"LV {lv.name}: bad metadata value "
+                                                  f"({type(e).__name__}: {e})")
         for name, pool in self.pools.items():
             if pool is not None:
                 for sev, msg in pool.check_data_space_map():

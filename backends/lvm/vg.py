@@ -224,7 +224,14 @@ class VolumeGroup:
 
     def area(self, name, start, length, what):
         """An area of a segment: a PV (by extent) or another LV (by logical extent)."""
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise LvmError(f"{what}: area {name!r} starts at {start!r}, not an extent number")
         if name in self.pvs:
+            ref = self.pvs[name]
+            if ref.pe_count and start * self.extent_bytes + length > \
+                    ref.pe_count * self.extent_bytes:
+                raise LvmError(f"{what}: area runs past the {ref.pe_count} extents of PV "
+                               f"{name}")
             return self.pv_area(name, start, length, what)
         if name in self.lvs:
             return self.lv_source(name), start * self.extent_bytes
@@ -266,8 +273,7 @@ class VolumeGroup:
                 raise LvmError(f"{what}: {seg.extent_count} extents do not divide into "
                                f"{n} stripes")
             per = length // n
-            areas = [self.area(str(arr[2 * i]), int(arr[2 * i + 1]), per, what)
-                     for i in range(n)]
+            areas = [self.area(str(arr[2 * i]), arr[2 * i + 1], per, what) for i in range(n)]
             if n == 1:
                 return areas[0]
             ss = _int(f, "stripe_size", what=what) * SECTOR
@@ -277,7 +283,7 @@ class VolumeGroup:
         if t in MIRROR_TYPES:
             if t == "mirror":
                 arr = f.get("mirrors") or []
-                names = [(str(arr[i]), int(arr[i + 1])) for i in range(0, len(arr) - 1, 2)]
+                names = [(str(arr[i]), arr[i + 1]) for i in range(0, len(arr) - 1, 2)]
             else:
                 arr = f.get("raids") or []
                 names = [(str(arr[i]), 0) for i in range(1, len(arr), 2)]
