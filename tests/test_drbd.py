@@ -278,6 +278,11 @@ def test_single_node(fx):
     assert sha256_source(node.source) == e["data_area_sha256"]
     assert resolve(ctx.root, "storage/drbd/drbd-v08-node-a/diff.json") is None
     assert "single-node" in {d.code for d in ctx.report}
+    own = [d for d in ctx.report if d.code == "bitmap-out-of-sync"]
+    assert len(own) == 1 and f"marks {len(e['bitmap_bits_set'])} blocks" in own[0].message
+    meta = json.loads(resolve(ctx.root, "storage/drbd/drbd-v08-node-a/meta.json").render())
+    assert meta["nodes"]["A"]["bitmaps"][0]["bits_set"] == len(e["bitmap_bits_set"])
+    assert meta["nodes"]["A"]["bitmaps"][0]["bitmap_uuid"] == e["uuids"]["bitmap"]
 
 
 def test_compare_off_and_now(fx):

@@ -336,6 +336,7 @@ class Resource:
         else:
             ctx.report.add("info", "drbd", self.path, "single-node",
                            "no peer of this DRBD node among the inputs; only its data is shown")
+            self._report_own_bitmaps(self.nodes[0])
         self._add_proxmox_view()
         meta = {"resource": self.name, "nodes": {m.letter: self._node_doc(m) for m in self.nodes}}
         text = (json.dumps(meta, indent=1) + "\n").encode()
@@ -355,12 +356,39 @@ class Resource:
             self.ctx.report.add("info", "drbd", self.path, "proxmox-disk",
                                 f"{self.name} is shown under {', '.join(vol.vm_paths)} as {what}")
 
+    def _bitmap_summary(self, m):
+        """Per peer slot with a bitmap: how much this node marks out of sync towards it."""
+        out = []
+        for slot in m.md.used_slots():
+            entry = {"peer_node_id": slot.node_id, "bitmap_index": slot.bitmap_index,
+                     "bitmap_uuid": uuid_hex(slot.bitmap_uuid)}
+            try:
+                bm = read_bitmap(m.md_source, m.md, slot.bitmap_index)
+                entry.update(bits_set=bm.bits_set,
+                             bytes_out_of_sync=sum(n for _, n in bm.ranges),
+                             ranges_truncated=bm.truncated)
+            except (PvfsError, OSError) as e:
+                entry["error"] = str(e)
+            out.append(entry)
+        return out
+
+    def _report_own_bitmaps(self, m):
+        for entry in self._bitmap_summary(m):
+            if entry.get("bits_set"):
+                peer = entry["peer_node_id"]
+                towards = "its peer" if peer is None else f"node-id {peer}"
+                self.ctx.report.add("info", "drbd", m.data_volume.path, "bitmap-out-of-sync",
+                                    f"the bitmap towards {towards} marks {entry['bits_set']} blocks "
+                                    f"({entry['bytes_out_of_sync']} bytes) out of sync; that peer "
+                                    "is not among the inputs")
+
     def _node_doc(self, m):
         doc = {"input": self._input_of(m), "volume": m.volume.path,
                "data": f"{self.path}/node-{m.letter}.raw"}
         if m.md_path:
             doc["meta_data_image"] = m.md_path
         doc.update(m.md.to_json())
+        doc["bitmaps"] = self._bitmap_summary(m)
         return doc
 
     @staticmethod
