@@ -130,15 +130,49 @@ def decompress(ctype: int, data: bytes, format_version=2) -> bytes:
     return bytes(out)
 
 
+try:  # optional: xxHash-family block checksums (RocksDB >= 6.27 defaults to XXH3)
+    import xxhash as _xxhash
+except ImportError:  # pragma: no cover - depends on the environment
+    _xxhash = None
+
+_kRandomPrime = 0x6B9083D9
+
+
+def block_checksum(checksum_type, data_and_type: bytes):
+    """The stored form of a block checksum (table/format.cc ComputeBuiltinChecksum...);
+    None when it cannot be computed here (unknown type, or no ``xxhash`` module)."""
+    if checksum_type == kCRC32c:
+        return None  # handled by the caller with the mask
+    if _xxhash is None:
+        return None
+    if checksum_type == kxxHash:
+        return _xxhash.xxh32_intdigest(data_and_type)
+    if checksum_type == kxxHash64:
+        return _xxhash.xxh64_intdigest(data_and_type) & 0xFFFFFFFF
+    if checksum_type == kXXH3:
+        v = _xxhash.xxh3_64_intdigest(data_and_type[:-1]) & 0xFFFFFFFF
+        return v ^ ((data_and_type[-1] * _kRandomPrime) & 0xFFFFFFFF)
+    return None
+
+
 def check_trailer(raw: bytes, checksum_type=kCRC32c, verify=True):
-    """Split ``block + trailer``; verify the checksum -> ``(block, compression type)``."""
+    """Split ``block + trailer``; verify the checksum -> ``(block, compression type)``.
+
+    crc32c (the default of the RocksDB in Ceph 16/17/18) is always verified; the
+    xxHash family when the ``xxhash`` module is installed.
+    """
     if len(raw) < kBlockTrailerSize:
         raise RocksDBError("block shorter than its trailer")
     n = len(raw) - kBlockTrailerSize
     ctype = raw[n]
-    if verify and checksum_type == kCRC32c:
+    if verify and checksum_type != kNoChecksum:
         stored = _U32.unpack_from(raw, n + 1)[0]
-        if crc32c(raw[:n + 1]) != rocksdb_unmask(stored):
+        if checksum_type == kCRC32c:
+            ok = crc32c(raw[:n + 1]) == rocksdb_unmask(stored)
+        else:
+            want = block_checksum(checksum_type, raw[:n + 1])
+            ok = want is None or want == stored
+        if not ok:
             raise RocksDBError("block checksum mismatch")
     return raw[:n], ctype
 
