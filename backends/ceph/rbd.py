@@ -41,7 +41,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from pvfs.errors import UnreadableError
-from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, Source
+from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, MissingSource, Source
 
 from .errors import CephError
 from .keys import CEPH_NOSNAP, CEPH_SNAPDIR
@@ -278,23 +278,6 @@ class _PaddedSource(Source):
         if avail < length:
             out.append((offset + avail, length - avail, UNMAPPED))
         return out
-
-
-class _MissingObject(Source):
-    def __init__(self, size, reason, bad, label):
-        super().__init__()
-        self.size = size
-        self.reason = reason
-        self.bad = bad
-        self.label = label
-
-    def _read(self, offset, length):
-        if self.bad == BAD_ZERO:
-            return bytes(length)
-        raise UnreadableError(f"{self.label}: {self.reason}", [(offset, length)])
-
-    def _block_status(self, offset, length):
-        return [(offset, length, UNREADABLE)]
 
 
 class Cluster:
@@ -603,7 +586,7 @@ class Cluster:
             if kind == "none":
                 return None
             if kind == "missing":
-                return _MissingObject(slot, val, bad, f"{label}: object {objno:#x}")
+                return MissingSource(slot, val, bad=bad, label=f"{label}: object {objno:#x}")
             cb = on_damage_for(objno)
             srcs = []
             for c in val:
@@ -617,7 +600,8 @@ class Cluster:
                            f"{c.store.name}: onode of {name.decode()}: {e}",
                            layout.object_ranges(objno))
             if not srcs:
-                return _MissingObject(slot, "no readable onode", bad, f"{label}: object {objno:#x}")
+                return MissingSource(slot, "no readable onode", bad=bad,
+                                     label=f"{label}: object {objno:#x}")
             inner = srcs[0] if len(srcs) == 1 else ReplicaSource(srcs, name.decode(), cb)
             return _PaddedSource(inner, slot, name.decode())
 
