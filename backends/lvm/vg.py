@@ -167,10 +167,15 @@ class VolumeGroup:
         for pvname, p in (vg.get("physical_volumes") or {}).items():
             if not isinstance(p, dict):
                 continue
-            uuid = p.get("id", "")
+            uuid = str(p.get("id", ""))
             what = f"VG {self.name} PV {pvname}"
-            ref = PVRef(pvname, uuid, _int(p, "pe_start", 0, what) * SECTOR,
-                        _int(p, "pe_count", 0, what), _int(p, "dev_size", 0, what) * SECTOR)
+            try:
+                ref = PVRef(pvname, uuid, _int(p, "pe_start", 0, what) * SECTOR,
+                            _int(p, "pe_count", 0, what), _int(p, "dev_size", 0, what) * SECTOR)
+            except LvmError as e:
+                self.problems.append(("error", "bad-pv", f"{e}; its extents are unreadable"))
+                self.pvs[pvname] = PVRef(pvname, uuid, 0, 0, 0)
+                continue
             src = pv_sources.get(uuid)
             if src is not None:
                 ref.source, ref.path = src
