@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 
 from pvfs.errors import PvfsError, UnreadableError
 from pvfs.nodes import Dir, File, Special, Symlink
@@ -75,6 +76,7 @@ class Zpl:
         self.master_objects = {v[0] for v in master.values() if isinstance(v, list) and v}
         self.hardlinks: dict[int, object] = {}
         self.dirs_seen: set[int] = set()
+        self._lock = threading.RLock()  # directories may load in several FUSE threads
 
     # -- helpers ---------------------------------------------------------------
     def report(self, severity, relpath, code, message, ranges=()):
@@ -129,6 +131,10 @@ class Zpl:
 
     def node_for(self, objnum: int, relpath: str):
         """The node of object ``objnum`` (None, with a damage entry, if it is broken)."""
+        with self._lock:  # one node per hard-linked object, one visit per directory
+            return self._node_for(objnum, relpath)
+
+    def _node_for(self, objnum: int, relpath: str):
         node = self.hardlinks.get(objnum)
         if node is not None:
             return node
