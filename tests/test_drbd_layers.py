@@ -309,3 +309,29 @@ def test_linstor_named_resource_is_a_proxmox_disk(tmp_path):
     ctx = discover([str(b / "vm-100-disk-1_00000")])
     assert resolve(ctx.root, "vms/100/disk-1.raw").source is \
         resolve(ctx.root, f"{base}/node-A.raw").source
+
+
+@pytest.mark.parametrize("version", ["v09", "v08"])
+def test_peer_flags_give_hints(version):
+    from backends.drbd import structs as S
+
+    # v08 keeps the peer facts in its own flags word (8.4 MDF_PEER_OUT_DATED = 1 << 5)
+    a_flags = S.MDF_CONSISTENT | S.MDF_WAS_UP_TO_DATE | S.MDF_PRIMARY_IND
+    peers = None
+    if version == "v08":
+        a_flags |= S.MDF_PEER_OUT_DATED
+    else:
+        peers = {1: (0, 0x30)}
+    ma = _md(version, 0, 1, current_uuid=0x40, bitmap_uuid=0x30, history=[0x10], flags=a_flags,
+             peers=peers)
+    if version == "v09":  # mark the peer slot outdated
+        ma.peers[1].flags |= S.MDF_PEER_OUTDATED
+    mb = _md(version, 1, 0, current_uuid=0x30, history=[0x10], flags=S.MDF_WAS_UP_TO_DATE)
+    v = P.uuid_compare(ma, mb)
+    assert v["relation"] == "A-newer"
+    assert "A marked B outdated: A kept the good data when they parted" in v["hints"]
+    assert "A was primary when its meta data was last written" in v["hints"]
+    assert any("B's data is not consistent" in h for h in v["hints"])
+    if version == "v08":
+        assert "PEER_OUT_DATED" in ma.to_json()["flag_names"]
+        assert ma.to_json()["peer_flag_names"] == ["PEER_OUTDATED"]

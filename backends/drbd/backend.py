@@ -531,8 +531,9 @@ class PairAnalysis:
         who = f"A = {a.volume.path}, B = {b.volume.path}"
         sev = "warning" if v["relation"] in ("split-brain", "unrelated") else "info"
         ctx = self.ctx
+        hints = "; ".join(v["hints"])
         ctx.report.add(sev, "drbd", path, f"drbd-{v['relation']}",
-                       f"{v['relation']}: {v['rule']} ({who})")
+                       f"{v['relation']}: {v['rule']} ({who})" + (f"; {hints}" if hints else ""))
         union = self.bitmap_union()
         if union:
             ctx.report.add("info", "drbd", path, "bitmap-out-of-sync",

@@ -173,7 +173,8 @@ class DrbdMeta:
             "history_uuids": [uuid_hex(u) for u in _strip_zeros(self.history_uuids)],
             "device_uuid": uuid_hex(self.device_uuid),
             "flags": f"{self.flags:#010x}",
-            "flag_names": flag_names(self.flags, S.MDF_NAMES),
+            "flag_names": flag_names(self.flags, S.MDF_NAMES_V08 if self.version == "v08"
+                                     else S.MDF_NAMES),
             "al_clean": self.al_clean,
             "md_size_sect": self.md_size_sect,
             "al_offset": self.al_offset,
@@ -189,6 +190,7 @@ class DrbdMeta:
         }
         if self.version == "v08":
             doc["bitmap_uuid"] = uuid_hex(self.peers[0].bitmap_uuid)
+            doc["peer_flag_names"] = flag_names(self.peers[0].flags, S.MDF_PEER_NAMES)
         else:
             doc["node_id"] = self.node_id
             doc["members"] = f"{self.members:#x}"
@@ -233,7 +235,7 @@ def decode_superblock(buf: bytes, location: MdLocation, md_offset: int) -> DrbdM
             bm_offset_sect=d.bm_offset, bm_bytes_per_bit=d.bm_bytes_per_bit,
             la_peer_max_bio_size=d.la_peer_max_bio_size, max_peers=1, node_id=-1,
             al_stripes=al_stripes, al_stripe_size_4k=al_4k, members=0,
-            peers=[PeerSlot(None, d.uuid[S.UI_BITMAP], 0, 0, 0)])
+            peers=[PeerSlot(None, d.uuid[S.UI_BITMAP], 0, _v08_peer_flags(d.flags), 0)])
     if magic == S.DRBD_MD_MAGIC_09:
         d = parse(S.meta_data_on_disk_9, buf, DrbdError, "v09 superblock", md_offset)
         peers = [PeerSlot(i, p.bitmap_uuid, p.bitmap_dagtag, p.flags, p.bitmap_index)
@@ -250,6 +252,17 @@ def decode_superblock(buf: bytes, location: MdLocation, md_offset: int) -> DrbdM
     if magic == S.DRBD_MD_MAGIC_07:
         raise DrbdError("DRBD 0.7 meta data (v07) is not supported")
     raise DrbdError(f"no DRBD meta-data magic at {md_offset:#x} (found {magic:#010x})")
+
+
+def _v08_peer_flags(flags):
+    """The peer facts of a v08 flags word as v09 peer flags (``md_convert_08_to_09``)."""
+    out = 0
+    for v08, v09 in ((S.MDF_CONNECTED_IND, S.MDF_PEER_CONNECTED),
+                     (S.MDF_FULL_SYNC, S.MDF_PEER_FULL_SYNC),
+                     (S.MDF_PEER_OUT_DATED, S.MDF_PEER_OUTDATED)):
+        if flags & v08:
+            out |= v09
+    return out
 
 
 def bm_bytes(sectors: int, bm_bytes_per_bit: int, max_peers: int) -> int:

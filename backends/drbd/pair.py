@@ -46,6 +46,25 @@ def peer_bitmap_uuid(md, other):
     return slot.bitmap_uuid if slot is not None else 0
 
 
+def peer_hints(a, b):
+    """What each node's flags say about the other (outdated, full sync pending, primary)."""
+    hints = []
+    for me, other, x, y in ((a, b, "A", "B"), (b, a, "B", "A")):
+        slot = me.slot_for(other.node_id if other.version == "v09" else None)
+        pflags = slot.flags if slot is not None else 0
+        if pflags & S.MDF_PEER_OUTDATED:
+            hints.append(f"{x} marked {y} outdated: {x} kept the good data when they parted")
+        if pflags & S.MDF_PEER_FULL_SYNC:
+            hints.append(f"{x} had a full sync towards {y} pending")
+        if me.flags & S.MDF_PRIMARY_IND:
+            hints.append(f"{x} was primary when its meta data was last written")
+        if me.flags & S.MDF_CRASHED_PRIMARY:
+            hints.append(f"{x} is a crashed primary")
+        if not me.flags & S.MDF_CONSISTENT:
+            hints.append(f"{x}'s data is not consistent (an interrupted resync target)")
+    return hints
+
+
 def uuid_compare(a, b):
     """Compare two nodes' generation UUIDs; returns a dict with ``relation`` and ``rule``.
 
@@ -59,7 +78,7 @@ def uuid_compare(a, b):
     jc = S.UUID_JUST_CREATED
 
     def out(relation, resync, rule):
-        return {"relation": relation, "resync": resync, "rule": rule,
+        return {"relation": relation, "resync": resync, "rule": rule, "hints": peer_hints(a, b),
                 "A": {"current": uuid_hex(a.current_uuid), "bitmap": uuid_hex(peer_bitmap_uuid(a, b))},
                 "B": {"current": uuid_hex(b.current_uuid), "bitmap": uuid_hex(peer_bitmap_uuid(b, a))}}
 

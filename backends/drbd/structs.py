@@ -62,6 +62,14 @@ MDF_NAMES = {
     MDF_HAVE_QUORUM: "HAVE_QUORUM",
 }
 
+# DRBD 8.4 only (user/v84/linux/drbd.h): per-peer facts kept in the v08 flags word;
+# drbdmeta's md_convert_08_to_09() moves them to peers[0].flags.
+MDF_CONNECTED_IND = 1 << 2
+MDF_FULL_SYNC = 1 << 3
+MDF_PEER_OUT_DATED = 1 << 5
+MDF_NAMES_V08 = {**MDF_NAMES, MDF_CONNECTED_IND: "CONNECTED_IND", MDF_FULL_SYNC: "FULL_SYNC",
+                 MDF_PEER_OUT_DATED: "PEER_OUT_DATED"}
+
 # enum mdf_peer_flag (v09 peers[].flags)
 MDF_PEER_CONNECTED = 1 << 0
 MDF_PEER_OUTDATED = 1 << 1
