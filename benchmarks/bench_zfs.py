@@ -15,6 +15,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,6 +176,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     for tool in ("zfs-fuse", "zpool", "zfs", "fusermount3"):
         if not shutil.which(tool):
@@ -185,10 +187,21 @@ def main():
     t = time.perf_counter()
     disks = build_pool(work, args.size_mib, args.files)
     print(f"pool ready ({time.perf_counter() - t:.0f} s)", flush=True)
-    results = {}
-    bench_pvfs(work, disks, results)
-    bench_zfs_fuse(work, disks, results)
-    print()
+    # Rounds alternate pvfs and zfs-fuse, each with a fresh mount / import (cold caches:
+    # drop_caches for the kernel, a new process for pvfs, a new import for zfs-fuse's ARC);
+    # the median of the rounds is reported (shared machines are noisy).
+    runs = []
+    for r in range(args.rounds):
+        results = {}
+        bench_pvfs(work, disks, results)
+        bench_zfs_fuse(work, disks, results)
+        runs.append(results)
+        print(f"round {r + 1}: " + ", ".join(f"{k.split(':')[0]} {k.split(': ')[1][:20]} "
+                                            f"{v:.2f}{u}" for k, (u, v) in results.items()),
+              flush=True)
+    results = {k: (runs[0][k][0], statistics.median(r[k][1] for r in runs)) for k in runs[0]}
+    print(f"\nmedian of {args.rounds} rounds (load average {os.getloadavg()[0]:.1f}, "
+          f"{os.cpu_count()} CPUs):")
     for k, (unit, v) in results.items():
         print(f"{k:45s} {v:9.2f} {unit}")
     print()

@@ -299,6 +299,7 @@ def test_lzjb_compiled_and_python_agree_on_real_blocks():
     d = unpack(require_fixture("zfs", "images", "fxmirror.tar.xz"))
     ctx = discover(sorted(str(p) for p in d.rglob("*.img")))
     node = resolve(ctx.root, "storage/zfs/fxmirror/comp-lzjb/text-1m5.txt")
+    compress.lzjb_jit_ready()  # numba (when installed) compiles in the background
     dn = node.source.dnode
     n = 0
     for blkid in range(dn.maxblkid + 1):
@@ -358,3 +359,26 @@ def test_raidz_map_covers_block(sector, nsect, dcols, nparity, ashift):
 def test_raidz_bad_config():
     with pytest.raises(ZfsError):
         raidz.map_columns(0, 4096, 2, 2, 9)
+
+
+def test_lzjb_compilation_survives_fork():
+    """The mount daemon is forked after discovery: the child must get the compiled
+    decoder too (or, without numba, the Python one), never stay on a dead thread."""
+    data = bytes([0]) + b"abcdefgh" + bytes([0b10]) + b"a" + bytes([1 << 2, 1])
+    compress._lzjb_jit()  # start compiling in this process
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        ok = compress.lzjb_decompress(data, 13) == b"abcdefghaaaaa"
+        ready = compress.lzjb_jit_ready(60)
+        os.write(w, b"%d%d" % (ok, ready))
+        os._exit(0)
+    os.close(w)
+    out = os.read(r, 2)
+    os.waitpid(pid, 0)
+    try:
+        import numba  # noqa: F401
+        expect = b"11"
+    except ImportError:
+        expect = b"10"
+    assert out == expect

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -116,23 +118,62 @@ def _lzjb_kernel(src, dst):  # pragma: no cover - compiled by numba when it is i
     return d
 
 
-_LZJB_JIT = None  # None: not tried yet; False: numba is not installed
+_LZJB_JIT = None  # None: not started; False: unavailable (or still compiling)
+_LZJB_LOCK = threading.Lock()
+
+
+def _compile_lzjb():
+    global _LZJB_JIT
+    try:
+        import numba
+
+        jit = numba.njit(cache=True, nogil=True, boundscheck=False)(_lzjb_kernel)
+        dst = np.empty(16, dtype=np.uint8)
+        jit(np.frombuffer(b"\x00" + b"x" * 8 + b"\x00" + b"y" * 8, dtype=np.uint8), dst)
+        _LZJB_JIT = jit
+    except Exception:
+        _LZJB_JIT = False
 
 
 def _lzjb_jit():
-    """numba-compiled lzjb (optional: ~50x faster), compiled on the first lzjb block."""
+    """numba-compiled lzjb (optional, ~50x faster).  Importing numba and loading the
+    compiled code takes a second or two, so it happens in a background thread started
+    by the first lzjb block; until it is ready the pure-Python decoder is used (the
+    pool's metadata is small), so mounting is not delayed."""
     global _LZJB_JIT
     if _LZJB_JIT is None:
-        if os.environ.get("PVFS_NO_NUMBA"):
-            _LZJB_JIT = False
-        else:
-            try:
-                import numba
-
-                _LZJB_JIT = numba.njit(cache=True, nogil=True, boundscheck=False)(_lzjb_kernel)
-            except Exception:
+        with _LZJB_LOCK:
+            if _LZJB_JIT is None:
                 _LZJB_JIT = False
+                if not os.environ.get("PVFS_NO_NUMBA"):
+                    threading.Thread(target=_compile_lzjb, name="zfs-lzjb-jit",
+                                     daemon=True).start()
     return _LZJB_JIT
+
+
+def _after_fork_in_child():
+    """``pvfs mount`` forks its daemon after discovery: a compile thread started before
+    the fork does not exist in the child, so an unfinished one is started again there."""
+    global _LZJB_JIT, _LZJB_LOCK
+    _LZJB_LOCK = threading.Lock()
+    if not _LZJB_JIT:
+        _LZJB_JIT = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def lzjb_jit_ready(timeout=30.0) -> bool:
+    """Wait for the background compilation (tests, benchmarks)."""
+    _lzjb_jit()
+    end = time.monotonic() + timeout
+    while not _LZJB_JIT and time.monotonic() < end:
+        if os.environ.get("PVFS_NO_NUMBA") or not any(
+                t.name == "zfs-lzjb-jit" for t in threading.enumerate()):
+            break
+        time.sleep(0.05)
+    return bool(_LZJB_JIT)
 
 
 def lzjb_decompress(src: bytes, d_len: int) -> bytes:
