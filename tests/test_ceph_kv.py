@@ -270,3 +270,12 @@ def test_lost_manifest_is_salvaged(root, name, hide):
     assert got == truth_keys(0)
     assert "rocksdb-salvage" in [c for _, c, _ in kv.damage]
     assert kv.db.column_family_names()[:4] == ["default", "m-0", "m-1", "m-2"]
+
+
+def test_osd_info_is_json(root):
+    import json
+    info = json.loads(json.dumps(osd(root, "osd.0").info()))
+    assert info["whoami"] == 0 and "osd_key" not in info["meta"]
+    assert info["bluefs"]["files"]["db.wal/000035.log"] == 1981272
+    assert info["rocksdb"]["column_families"]["O-2"]["tables"] == ["db/000032.sst"]
+    assert info["rocksdb"]["wal_files"] == ["db.wal/000035.log"]

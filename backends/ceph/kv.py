@@ -242,6 +242,33 @@ class Osd:
         self.db = kv.db
         self.damage = damage
 
+    def info(self) -> dict:
+        """A JSON-ready summary for an expert's info file (label, BlueFS, RocksDB)."""
+        lab = self.label
+        db = self.db
+        return {
+            "osd_uuid": str(lab.osd_uuid), "whoami": lab.whoami, "ceph_fsid": lab.ceph_fsid,
+            "size": lab.size, "description": lab.description, "label_offset": lab.offset,
+            "meta": {k: v for k, v in lab.meta.items() if k != "osd_key"},
+            "bluefs": {
+                "uuid": str(self.bluefs.super.uuid), "block_size": self.bluefs.super.block_size,
+                "layout": self.bluefs.super.layout, "log_records": self.bluefs.log_records,
+                "log_end": self.bluefs.stop_reason,
+                "files": {p: f.size for p, f in self.bluefs.files.items()},
+            },
+            "rocksdb": {
+                "manifest": getattr(db, "manifest_name", None),
+                "last_sequence": db.last_sequence, "wal_records": db.wal_records,
+                "wal_files": [p for _, p in db.wal_files()],
+                "sharding": {p: s.cf_names() for p, s in self.kv.sharding.items()},
+                "column_families": {
+                    c.name: {"id": c.id, "tables": [t.name for t in c.tables],
+                             "memtable_keys": len(c.mem)}
+                    for _, c in sorted(db.cfs.items())},
+            },
+            "damage": [list(d) for d in self.damage],
+        }
+
     def read(self, offset, length) -> bytes:
         return self.source.read(offset, length)
 
