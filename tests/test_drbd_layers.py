@@ -335,3 +335,21 @@ def test_peer_flags_give_hints(version):
     if version == "v08":
         assert "PEER_OUT_DATED" in ma.to_json()["flag_names"]
         assert ma.to_json()["peer_flag_names"] == ["PEER_OUTDATED"]
+
+
+def test_drbd_pair_option_forces_a_pair(tmp_path):
+    payload = tmp_path / "p.bin"
+    payload.write_bytes(bytes(1 << 20))
+    a, b = tmp_path / "left.img", tmp_path / "right.img"
+    craft.write_device(a, payload, current_uuid=0x1000000000000010, history=[0x2000000000000010])
+    craft.write_device(b, payload, current_uuid=0x3000000000000010, history=[0x4000000000000010],
+                       node_id=1, peer_node_id=0)
+    ctx = discover([str(a), str(b)])
+    assert len(ctx.storage("drbd").children()) == 2  # nothing shared: two lone nodes
+    from pvfs.discover import Options
+    ctx = discover([str(a), str(b)], Options(backend_options={"drbd_pair": [f"{a}=right.img"]}))
+    (name,) = ctx.storage("drbd").children()
+    diff = json.loads(resolve(ctx.root, f"storage/drbd/{name}/diff.json").render())
+    assert diff["verdict"]["relation"] == "unrelated" and diff["compared"]["blocks"] == []
+    ctx = discover([str(a), str(b)], Options(backend_options={"drbd_pair": ["nothing=right.img"]}))
+    assert [d.code for d in ctx.report if d.severity == "error"] == ["bad-option"]

@@ -84,11 +84,16 @@ def _md_specs(ctx):
     return st["specs"]
 
 
+def _names(volume, dev):
+    """Whether ``dev`` (an input path, a volume name or tree path) names ``volume``."""
+    if volume.input_path and os.path.abspath(dev) == volume.input_path:
+        return True
+    return dev in (volume.name, volume.path) or volume.path.endswith("/" + dev)
+
+
 def _spec_for(volume, ctx):
     for dev, md, loc in _md_specs(ctx):
-        if volume.input_path and os.path.abspath(dev) == volume.input_path:
-            return md, loc
-        if dev in (volume.name, volume.path) or volume.path.endswith("/" + dev):
+        if _names(volume, dev):
             return md, loc
     return None
 
@@ -117,6 +122,10 @@ class DrbdBackend(Backend):
                        "help": "DRBD external meta data: the backing device (input path or "
                                "volume name) and the image holding its meta data "
                                "(@INDEX for indexed 128 MiB slots); repeatable"}),
+        ("--drbd-pair", {"action": "append", "metavar": "DEVICE=DEVICE",
+                         "help": "treat two DRBD backing devices (input paths or volume names) "
+                                 "as nodes of one resource even when their generation UUIDs "
+                                 "share nothing; repeatable"}),
         ("--drbd-prefer", {"action": "append", "metavar": "[RESOURCE=]A|B",
                            "help": "which node merged.raw reads by default (default: the node "
                                    "the generation UUIDs call newer, else A); repeatable"}),
@@ -215,6 +224,15 @@ class DrbdBackend(Backend):
             for j in range(i + 1, len(nodes)):
                 if P.same_resource(nodes[i].md, nodes[j].md):
                     parent[find(j)] = find(i)
+        for text in ctx.options.get("drbd_pair") or []:  # pairs the user asserts
+            first, _, second = text.partition("=")
+            hit = [[i for i, m in enumerate(nodes) if _names(m.volume, dev)] for dev in (first, second)]
+            if not first or not second or len(hit[0]) != 1 or len(hit[1]) != 1:
+                ctx.report.add("error", self.name, "--drbd-pair", "bad-option",
+                               f"--drbd-pair {text!r}: each side must name exactly one DRBD "
+                               "backing device (input path or volume name)")
+                continue
+            parent[find(hit[1][0])] = find(hit[0][0])
         clusters = {}
         for i, m in enumerate(nodes):
             clusters.setdefault(find(i), []).append(m)
