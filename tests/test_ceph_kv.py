@@ -236,13 +236,14 @@ def test_damaged_label_uses_copy_or_goes_on(root):
 
 def test_lost_bluefs_super_is_rebuilt_from_the_log(root):
     base = FileSource(root / "osd.0" / "block")
-    o = open_osd(Patched(base, {4096: bytes(4096)}))
+    o = open_osd(Patched(base, {4096: bytes(4096)}), bluefs_scan_limit=64 << 20)
     assert ("warning", "bluefs-super-recovered") in [(s, c) for s, c, _ in o.damage]
     assert {p: f.size for p, f in o.bluefs.files.items()} == \
         {p: f.size for p, f in osd(root, "osd.0").bluefs.files.items()}
     assert all_keys(o) == truth_keys(0)
-    with pytest.raises(CephError, match="no BlueFS log found"):
-        open_osd(Patched(base, {4096: bytes(4096), 0x2000: bytes(4096)}))
+    with pytest.raises(CephError, match="no BlueFS log found in the first 64 MiB"):
+        open_osd(Patched(base, {4096: bytes(4096), 0x2000: bytes(4096)}),
+                 bluefs_scan_limit=64 << 20)
 
 
 def test_corrupt_sst_index_loses_only_that_table(root):

@@ -276,8 +276,12 @@ class Osd:
         return b"".join(self.source.read(o, n) for o, n in extents)
 
 
-def open_osd(source, *, db_source=None, wal_source=None, verify=True) -> Osd:
-    """Open the BlueStore OSD on ``source`` (the main block device)."""
+def open_osd(source, *, db_source=None, wal_source=None, verify=True,
+             bluefs_scan_limit=4 << 30) -> Osd:
+    """Open the BlueStore OSD on ``source`` (the main block device).
+
+    ``bluefs_scan_limit``: how far to look for the BlueFS log when its superblock is lost.
+    """
     damage = []
     try:
         label = find_label(source)
@@ -294,7 +298,7 @@ def open_osd(source, *, db_source=None, wal_source=None, verify=True) -> Osd:
                         "block device")
     try:
         bluefs = open_bluefs(source, db_source, wal_source, recover=True,
-                             osd_uuid=label.osd_uuid)
+                             osd_uuid=label.osd_uuid, scan_limit=bluefs_scan_limit)
     except UnreadableError as e:
         raise BlueFSError(f"BlueFS unreadable: {e}") from None
     damage += [("warning", c, m) for c, m in bluefs.damage]
