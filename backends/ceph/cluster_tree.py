@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from pvfs.errors import UnreadableError
-from pvfs.nodes import Dir, File
+from pvfs.nodes import Dir, File, GeneratedFile
 from pvfs.source import BAD_ZERO
 
 from .errors import CephError
@@ -123,6 +123,7 @@ def open_cluster(backend, key, volumes, ctx):
                f"pool {cluster.pool_name(p)} is erasure-coded: its objects are EC shards and "
                "are not decoded (only listed under .osd/)")
 
+    shown = []
     for pool in cluster.pool_ids():
         try:
             images, v1 = cluster.list_images(pool)
@@ -146,9 +147,41 @@ def open_cluster(backend, key, volumes, ctx):
             except (CephError, UnreadableError) as e:
                 report("error", f"{ppath}/{name}", "rbd-header", f"image {name}: {e}")
         for img in opened:
-            _add_image(cluster, ctx, img, pdir, ppath, parent, ec)
+            if _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
+                shown.append(img)
 
     _add_osd_view(cluster, root)
+    root.add("cluster.txt",
+             GeneratedFile(lambda: _cluster_text(key, cluster, shown)), report=ctx.report,
+             path_hint="storage/ceph")
+
+
+def _cluster_text(key, cluster, shown):
+    lines = [f"Ceph cluster {key}", ""]
+    lines.append("OSDs:")
+    for st in cluster.stores:
+        lab = st.osd.label
+        lines.append(f"  {st.name}: uuid {lab.osd_uuid}, {st.count} objects, "
+                     f"device {getattr(st, 'volume', None) and st.volume.path}")
+    lines.append("")
+    src = cluster.pool_source or "no OSDMap (pools named by id)"
+    lines.append(f"pools from {src}:" if cluster.pool_source else f"pools: {src}")
+    for pid in cluster.pool_ids():
+        info = cluster.pools.get(pid)
+        if info is None:
+            lines.append(f"  {pid}: (not in the OSDMap)")
+            continue
+        kind = "erasure" if info.erasure else "replicated"
+        lines.append(f"  {pid}: {info.name} {kind} size={info.size} pg_num={info.pg_num}")
+    lines.append("")
+    lines.append("RBD images:")
+    for img in shown:
+        snaps = ", ".join(f"{s.name} (id {s.id})" for s in img.snaps) or "-"
+        lines.append(f"  {cluster.pool_name(img.pool)}/{img.name}: id {img.id or '-'} "
+                     f"format {img.format} size {img.size} object size {img.object_size} "
+                     f"prefix {img.object_prefix} features {','.join(img.feature_names()) or '-'} "
+                     f"snapshots {snaps}")
+    return "\n".join(lines) + "\n"
 
 
 def _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
@@ -157,7 +190,7 @@ def _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
         cluster.report("error", f"{ppath}/{img.name}", "erasure-coded-data",
                        f"image {img.name} keeps its data in erasure-coded pool "
                        f"{cluster.pool_name(data_pool)}, which is not decoded")
-        return
+        return False
     info = {"ceph": {"pool": cluster.pool_name(img.pool), "pool_id": img.pool, "image": img.name,
                      "id": img.id, "format": img.format, "size": img.size,
                      "object_size": img.object_size, "object_prefix": img.object_prefix,
@@ -177,6 +210,7 @@ def _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
         svol.info.update(info)
         svol.info["ceph"] = dict(info["ceph"], snapshot=snap.name, snap_id=snap.id)
         ctx.add_proxmox_disk(img.name, svol, snapshot=snap.name)
+    return True
 
 
 def _add_osd_view(cluster, root):

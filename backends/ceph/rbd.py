@@ -94,6 +94,7 @@ class RbdImage:
     data_pool: int | None = None
     format: int = 2
     snaps: list = field(default_factory=list)
+    guessed: bool = False
 
     @property
     def object_size(self):
@@ -438,6 +439,15 @@ class Cluster:
             iid = obj[11:].decode("utf-8", "replace")
             if iid not in known:
                 names[f"image-{iid}"] = iid
+                known.add(iid)
+        # data objects whose header and name are both lost
+        for obj in self.names_with_prefix(pool, b"rbd_data."):
+            parts = obj.split(b".")
+            if len(parts) == 3 and len(parts[2]) == 16:
+                iid = parts[1].decode("utf-8", "replace")
+                if iid not in known:
+                    names[f"image-{iid}"] = iid
+                    known.add(iid)
         v1 = [obj[:-4].decode("utf-8", "replace") for obj in self.names_with_prefix(pool, b"")
               if obj.endswith(b".rbd")]
         return names, v1
@@ -445,7 +455,7 @@ class Cluster:
     def open_image_v2(self, pool, name, iid) -> RbdImage:
         omap = self.omap(pool, f"rbd_header.{iid}".encode())
         if omap is None:
-            raise RbdError(f"rbd_header.{iid} is on no given OSD")
+            return self._guess_image(pool, name, iid)
 
         def u64(k, default=None):
             v = omap.get(k)
@@ -482,6 +492,41 @@ class Cluster:
                 except OsdTypeError as e:
                     self.report("warning", f"storage/ceph/{self.pool_name(pool)}/{name}",
                                 "bad-rbd-snapshot", f"{k.decode()}: {e}")
+        return img
+
+    def _guess_image(self, pool, name, iid) -> RbdImage:
+        """The header is lost: rebuild the geometry from the data objects found."""
+        prefix = f"rbd_data.{iid}."
+        objnos, biggest = [], 0
+        for obj in self.names_with_prefix(pool, prefix.encode()):
+            tail = obj[len(prefix):]
+            if len(tail) != 16:
+                continue
+            try:
+                objnos.append(int(tail, 16))
+            except ValueError:
+                continue
+            for c in self.find(pool, obj)[:1]:
+                try:
+                    biggest = max(biggest, c.store.onode(c.key).size)
+                except CephError:
+                    pass
+        if not objnos:
+            raise RbdError(f"rbd_header.{iid} is on no given OSD and no data object was found")
+        # A full object has exactly the object size (a power of two); without one, the
+        # RBD default (4 MiB) or the next power of two above the biggest object.
+        if biggest and biggest & (biggest - 1) == 0 and biggest >= 4096:
+            order = biggest.bit_length() - 1
+        else:
+            order = max(22, biggest.bit_length())
+        order = min(order, MAX_ORDER)
+        size = (max(objnos) + 1) << order
+        img = RbdImage(pool, name, iid, size, order, prefix[:-1])
+        img.guessed = True
+        self.report("error", f"storage/ceph/{self.pool_name(pool)}/{name}", "rbd-header-lost",
+                    f"rbd_header.{iid} is on no given OSD: object size {1 << order} and image "
+                    f"size {size} are guessed from the {len(objnos)} data objects found (the "
+                    "real image may be larger; snapshots unknown)")
         return img
 
     def open_image_v1(self, pool, name) -> RbdImage:
