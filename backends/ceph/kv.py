@@ -161,21 +161,25 @@ class KV:
     def _p(prefix) -> bytes:
         return prefix.encode("latin-1") if isinstance(prefix, str) else bytes(prefix)
 
+    def _note(self, severity, code, msg):
+        entry = (severity, code, msg)
+        if entry not in self.damage[-16:]:  # met again on every read of the key
+            self.damage.append(entry)
+
     def _merge(self, cf_name, key, base, operands):
-        damage = self.damage
         if cf_name == "default":
             prefix = key.split(b"\0", 1)[0].decode("latin-1")
         else:
             prefix = cf_name.rsplit("-", 1)[0] if cf_name not in self.sharding else cf_name
         fn = self.merge_ops.get(prefix)
         if fn is None:
-            damage.append(("warning", "rocksdb-merge",
-                           f"merge operands for prefix {prefix!r} without a merge operator"))
+            self._note("warning", "rocksdb-merge",
+                       f"merge operands for prefix {prefix!r} without a merge operator")
             return operands[-1]
         try:
             return fn(base, operands)
         except RocksDBError as e:
-            damage.append(("warning", "rocksdb-merge", f"prefix {prefix!r}: {e}"))
+            self._note("warning", "rocksdb-merge", f"prefix {prefix!r}: {e}")
             return operands[-1]
 
     def _sources(self, prefix, start, end):
