@@ -62,6 +62,9 @@ def test_superblock_matches_manifest(fx, name):
     assert md.md_size_sect == lay["md_size_sect"] == sb["md_size_sect@64"]
     assert md.effective_size == lay["la_size_sect"] == sb["la_size_sect@0"]
     assert md.data_size == lay["data_area_bytes"]
+    assert md.bm_offset == lay["md_area_start"] and md.md_size_sect * 512 == lay["md_size_bytes"]
+    assert md.location.kind == e["meta_data"] == "internal"
+    assert src.size == e["file_size"] and sha256_source(src) == e["file_sha256"]
     assert md.al_offset_sect == sb["al_offset_sect_rel@68"]
     assert md.bm_offset_sect == sb["bm_offset_sect_rel@76"]
     assert md.al_nr_extents == sb["al_nr_extents@72"]
@@ -165,6 +168,7 @@ def test_pair_end_to_end(fx, fmt):
     diff = json.loads(resolve(ctx.root, f"{base}/diff.json").render())
     assert diff["verdict"]["relation"] == "split-brain"
     assert pair["expected_verdict"].startswith("split-brain")
+    assert diff["block_size"] == MANIFEST["block_size"]
     assert diff["in_sync"] is False
     common = _u(MANIFEST["uuids"]["common_base_bitmap_uuid"])
     assert _u(diff["verdict"]["A"]["bitmap"]) == _u(diff["verdict"]["B"]["bitmap"]) == common
