@@ -196,9 +196,9 @@ def main():
         bench_pvfs(work, disks, results)
         bench_zfs_fuse(work, disks, results)
         runs.append(results)
-        print(f"round {r + 1}: " + ", ".join(f"{k.split(':')[0]} {k.split(': ')[1][:20]} "
-                                            f"{v:.2f}{u}" for k, (u, v) in results.items()),
-              flush=True)
+        print(f"round {r + 1} (load {os.getloadavg()[0]:.1f}):", flush=True)
+        for k, (u, v) in results.items():
+            print(f"    {k:45s} {v:9.2f} {u}", flush=True)
     results = {k: (runs[0][k][0], statistics.median(r[k][1] for r in runs)) for k in runs[0]}
     print(f"\nmedian of {args.rounds} rounds (load average {os.getloadavg()[0]:.1f}, "
           f"{os.cpu_count()} CPUs):")
