@@ -611,3 +611,18 @@ def test_fuzz_discovery_never_breaks(tmp_path, version, edits):
         diff = node.get("diff.json")
         if diff is not None:
             json.loads(diff.render())
+
+
+def test_external_meta_data_over_a_truncated_device(fx, tmp_path):
+    name = "drbd-v09-node-b.img"
+    dev, md = _split_external(fx, name, tmp_path)
+    full = dev.read_bytes()
+    dev.write_bytes(full[:len(full) - 65536])
+    ctx = discover([str(dev)], Options(backend_options={"drbd_md": [f"{dev}={md}"]}))
+    w = [d for d in ctx.report if d.code == "truncated"]
+    assert len(w) == 1 and w[0].ranges == ((len(full) - 65536, 65536),)
+    node = resolve(ctx.root, f"storage/drbd/{dev.stem}/node-A.raw")
+    assert node.size == _img(name)["layout"]["data_area_bytes"]
+    assert node.source.read(0, 4096) == full[:4096]
+    with pytest.raises(OSError):
+        node.source.read(len(full) - 4096, 4096)

@@ -435,6 +435,12 @@ class Resource:
                        + (f", node-id {md.node_id}" if md.version == "v09" else "") + ")")
         for p in md.problems:
             ctx.report.add("warning", "drbd", vol.path, "meta-data", p)
+        have = m.volume.source.size
+        if md.data_size > have:  # external meta data over a truncated backing device
+            ctx.report.add("error", "drbd", vol.path, "truncated",
+                           f"the data area ({md.data_size} bytes) goes past the end of the "
+                           f"backing device ({have} bytes); the rest is unreadable",
+                           [(have, md.data_size - have)])
         if md.flags & S.MDF_CRASHED_PRIMARY:
             ctx.report.add("warning", "drbd", vol.path, "crashed-primary",
                            "this node was a primary that crashed (MDF_CRASHED_PRIMARY)")

@@ -346,9 +346,10 @@ def check_layout(md: DrbdMeta, md_size: int, data_dev_size: int):
         if md.location.index is not None:
             end = min(end, sb + S.MD_RESERVED_SECT_07 * 512)
         bm_room = max(0, min(end, md_size) - md.bm_offset) if md.bm_usable else 0
-        # external: limited by the bitmap room and by the data device
+        # external: limited by the bitmap room (drbdmeta cannot know the data device; a
+        # shorter one is a truncated image, reported by the backend, not a smaller size)
         max_bits = bm_room * 8 // 32 // md.max_peers * 32
-        md.max_usable = min(max_bits * bpb, data_dev_size) if md.bm_usable else data_dev_size
+        md.max_usable = max_bits * bpb if md.bm_usable else data_dev_size
     if md.al_size and not (0 <= md.al_offset and md.al_offset + md.al_size <= md_size):
         p.append("activity log lies outside the meta-data device; not read")
         md.al_size = 0
@@ -359,7 +360,7 @@ def check_layout(md: DrbdMeta, md_size: int, data_dev_size: int):
     la = md.effective_size * 512
     if md.effective_size == 0:
         p.append("la-size-sect is 0 (the device never agreed on a size); exposing the usable area")
-        la = md.max_usable
+        la = min(md.max_usable, data_dev_size)
     elif la > md.max_usable:
         p.append(f"la-size-sect {md.effective_size} exceeds the usable {md.max_usable} bytes; "
                  "clipped (as drbdmeta does)")
