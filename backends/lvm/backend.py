@@ -92,11 +92,7 @@ class LvmBackend(Backend):
                                f"used by the VG whose metadata names it")
             return
         pv_sources, gens, first = {}, {}, volumes[0]
-        candidates = list(volumes)
-        nomda = ctx.groups.get((self.name, NO_MDA_KEY))
-        if nomda:
-            candidates += nomda[1]
-        for v in candidates:
+        for v in volumes:
             info = pv_info(v)
             uuid = info.label.pv_uuid
             if uuid in pv_sources:
@@ -130,6 +126,14 @@ class LvmBackend(Backend):
                            f"the committed seqno {committed[-1].seqno}: a metadata update may "
                            f"have been interrupted; --lvm-seqno {committed[-1].seqno} shows "
                            f"the committed one")
+        # PVs without a metadata area join when the generation in use names them.
+        named = {p.get("id") for p in (gen.vg.get("physical_volumes") or {}).values()
+                 if isinstance(p, dict)}
+        nomda = ctx.groups.get((self.name, NO_MDA_KEY))
+        for v in (nomda[1] if nomda else []):
+            uuid = pv_info(v).label.pv_uuid
+            if uuid in named and uuid not in pv_sources:
+                pv_sources[uuid] = (v.source, v.path)
         vg = VolumeGroup(gen, pv_sources, bad=ctx.bad())
         lvm_dir = ctx.storage("lvm")
         vgdir = Dir()
