@@ -146,6 +146,22 @@ def test_all_replicas_removed_exactly_reported(ceph_dir, manifest, only):
     assert lost_objects > 0
 
 
+def test_object_map_tells_unwritten_from_lost(ceph_dir):
+    """osd.1 alone lacks PG 2.b, where vm-100's never-written object 3 would live. The
+    snapshot's object map (on osd.1) says it never existed: not reported; the head's object
+    map is not on osd.1, so there the object is honestly reported as unknown."""
+    from backends.ceph.osdtypes import decode_object_map
+
+    ctx = discover(blocks(ceph_dir, 1), Options())
+    head = _missing_ranges(ctx, "storage/ceph/rbd/vm-100-disk-0")
+    snap = _missing_ranges(ctx, "storage/ceph/rbd/vm-100-disk-0@snap1")
+    assert _covered(head, 3 << 22, 4 << 20)
+    assert snap == []
+    states = decode_object_map(bytes.fromhex(
+        "0e00000001010800000010000000000000007c4f14010c000000e6b3c16e010000006f616110"))
+    assert [i for i, s in enumerate(states) if s] == [0, 1, 2, 4, 6, 7, 9, 10, 15]
+
+
 def test_missing_object_eio_policy(ceph_dir, manifest):
     ctx = discover(blocks(ceph_dir, 2), Options(bad="eio"))
     node = resolve(ctx.root, "storage/ceph/rbd/vm-101-disk-0")

@@ -240,6 +240,31 @@ def decode_le_string(data) -> str:
     return _r(data).string()
 
 
+OBJECT_NONEXISTENT = 0
+OBJECT_EXISTS = 1
+OBJECT_PENDING = 2
+OBJECT_EXISTS_CLEAN = 3
+
+
+def decode_object_map(data) -> bytes:
+    """``rbd_object_map.<id>[.<snapid>]``: a ``ceph::BitVector<2>`` (common/bit_vector.hpp):
+    bufferlist header (ENCODE_START(1,1): u64 element count), the packed data (4 elements a
+    byte, the first in the high bits), bufferlist footer (crcs).  Returns one state a byte."""
+    r = _r(data)
+    hdr = r.bytes32()
+    h = _r(hdr)
+    _v, _c, end = h.start(max_compat=1, what="BitVector header")
+    count = h.sub(end).u64()
+    nbytes = (count + 3) // 4
+    if nbytes > r.remaining():
+        raise OsdTypeError(f"object map: {count} elements but {r.remaining()} bytes of data")
+    packed = r.take(nbytes)
+    out = bytearray(count)
+    for i in range(count):
+        out[i] = (packed[i >> 2] >> ((3 - (i & 3)) * 2)) & 3
+    return bytes(out)
+
+
 # -- OSDMap pools ------------------------------------------------------------------
 POOL_TYPE_REPLICATED = 1
 POOL_TYPE_ERASURE = 3

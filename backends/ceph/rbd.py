@@ -45,8 +45,8 @@ from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, MissingSource, Source
 
 from .errors import CephError
 from .keys import CEPH_NOSNAP, CEPH_SNAPDIR
-from .osdtypes import (OsdTypeError, decode_cls_rbd_snap, decode_le_string, decode_osdmap,
-                       pg_of, str_hash_rjenkins)
+from .osdtypes import (OBJECT_NONEXISTENT, OsdTypeError, decode_cls_rbd_snap, decode_le_string,
+                       decode_object_map, decode_osdmap, pg_of, str_hash_rjenkins)
 
 
 class RbdError(CephError):
@@ -54,6 +54,8 @@ class RbdError(CephError):
 
 
 RBD_HEADER_TEXT = b"<<< Rados Block Device Image >>>\n"
+FEATURE_OBJECT_MAP = 8
+RBD_FLAG_OBJECT_MAP_INVALID = 1
 FEATURE_NAMES = {1: "layering", 2: "striping", 4: "exclusive-lock", 8: "object-map",
                  16: "fast-diff", 32: "deep-flatten", 64: "journaling", 128: "data-pool",
                  256: "operations", 512: "migrating", 1024: "non-primary"}
@@ -95,6 +97,7 @@ class RbdImage:
     format: int = 2
     snaps: list = field(default_factory=list)
     guessed: bool = False
+    flags: int = 0  # RBD_FLAG_* of the head
 
     @property
     def object_size(self):
@@ -477,6 +480,7 @@ class Cluster:
         except OsdTypeError:
             prefix = f"rbd_data.{iid}"
         img = RbdImage(pool, name, iid, size, order, prefix, features=u64(b"features", 0))
+        img.flags = u64(b"flags", 0)
         img.stripe_unit = u64(b"stripe_unit", 0)
         img.stripe_count = u64(b"stripe_count", 1)
         dp = omap.get(b"data_pool_id")
@@ -596,6 +600,23 @@ class Cluster:
             return "data", clones
         return "missing", f"clone {which} of {name.decode('utf-8', 'replace')} is on no given OSD"
 
+    def object_map(self, img, snap):
+        """The object states of the image's object map, or None when unusable."""
+        if not img.features & FEATURE_OBJECT_MAP or img.format != 2 or img.guessed:
+            return None
+        if snap is None and img.flags & RBD_FLAG_OBJECT_MAP_INVALID:
+            return None
+        name = f"rbd_object_map.{img.id}"
+        if snap is not None:
+            name += f".{snap.id:016x}"
+        try:
+            data = self.read_object(img.pool, name.encode(), 64 << 20)
+            if not data:
+                return None
+            return decode_object_map(data)
+        except (CephError, UnreadableError):
+            return None
+
     def _absent(self, pool, name):
         held = self.holds_pg(pool, name)
         if held is False:
@@ -650,12 +671,27 @@ class Cluster:
             inner = srcs[0] if len(srcs) == 1 else ReplicaSource(srcs, name.decode(), cb)
             return _PaddedSource(inner, slot, name.decode())
 
+        omap_states = self.object_map(img, snap)
+        if omap_states is not None:
+            inner_resolve = resolve
+
+            def resolve(objno):  # noqa: F811 - the object map knows unwritten objects
+                if objno < len(omap_states) and omap_states[objno] == OBJECT_NONEXISTENT:
+                    name = img.object_name(objno)
+                    kind, _val = self.object_view(data_pool, name, snapid, path)
+                    if kind == "missing":
+                        return None
+                return inner_resolve(objno)
+
         src = RbdImageSource(layout, resolve, label=label)
         # Report missing objects now (the tree's damage report lists them before any read).
         missing = []
         for objno in range(layout.num_objects()):
             name = img.object_name(objno)
             kind, val = self.object_view(data_pool, name, snapid, path)
+            if kind == "missing" and omap_states is not None and objno < len(omap_states) \
+                    and omap_states[objno] == OBJECT_NONEXISTENT:
+                continue  # in a lost PG, but the object map says it was never written
             if kind == "missing":
                 missing.append((objno, val))
         if missing:
