@@ -70,7 +70,8 @@ def bench_read(ceph_dir, image, osd, chunk):
     t_disc, ctx = timed(lambda: discover([str(ceph_dir / f"osd.{osd}" / "block")], Options()))
     manifest = json.loads((FIXTURES / "ceph" / "manifest.json").read_text())
     im = next(i for i in manifest["images"] if i["name"] == image)
-    node = resolve(ctx.root, f"storage/ceph/{im['pool']}/{image}")
+    node = resolve(ctx.root, f"storage/ceph/{im['pool']}/{image}") or \
+        resolve(ctx.root, f"storage/ceph/{im['pool']}/image-{im['id']}")  # name lost with rbd_id
     if node is None:
         raise SystemExit(f"{image} is not readable from osd.{osd} alone")
     src = node.source
@@ -103,6 +104,8 @@ def bench_objectstore_tool(ceph_dir, im, osd, workdir):
     t0 = time.perf_counter()
     bad = 0
     for o in objs:
+        if os.path.exists(out):  # get-bytes refuses to overwrite its output file
+            os.unlink(out)
         r = subprocess.run([tool, "--data-path", copy, "--no-mon-config", o["name"], "get-bytes", out],
                            capture_output=True, env=env)
         if r.returncode != 0:
