@@ -429,3 +429,15 @@ def test_lost_and_found_is_empty_on_an_intact_tree():
     d, nodes, ctx = run(os_)
     assert d.get(".zfs").get("lost+found").children() == {}
     assert not [e for e in ctx.report if e.code == "orphans"]
+
+
+def test_apply_root_metadata_without_listing():
+    os_ = build_fs({"a": (10, dict(mode=stat.S_IFREG | 0o644, size=1), b"a")})
+    d = Dir(loader=lambda d: pytest.fail("must not list"))
+    assert zpl.apply_root_metadata(os_, d)
+    assert (d.mode, d.uid, d.gid, d.nlink) == (stat.S_IFDIR | 0o750, 1000, 100, 2)
+    assert d.mtime == pytest.approx(1_600_000_001.0000005)
+    broken = FakeObjSet()
+    broken.add(1, data=b"garbage".ljust(512, b"\0"))
+    d2 = Dir()
+    assert not zpl.apply_root_metadata(broken, d2) and d2.mode == stat.S_IFDIR | 0o555

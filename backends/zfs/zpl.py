@@ -346,6 +346,27 @@ def _xattr_name(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
+def apply_root_metadata(objset, dir_node: Dir, ctx=None, path: str = "") -> bool:
+    """Give ``dir_node`` the root directory's mode/owner/times without listing it.
+
+    For a lazy dataset directory whose attributes are asked for before its first
+    listing (``ls -l`` of the parent).  Costs the master node, the SA registry and
+    one dnode.  Returns False (and changes nothing) when they cannot be read.
+    """
+    try:
+        fs = Zpl(objset, ctx, path)
+        zn = read_znode(objset.dnode(fs.root), fs.registry)
+    except (PvfsError, OSError):
+        return False
+    if not stat.S_ISDIR(zn.mode):
+        return False
+    dir_node.mode = stat.S_IFDIR | (zn.mode & 0o7777)
+    for k, v in fs._node_kw(zn).items():
+        setattr(dir_node, k, v)
+    dir_node.nlink = zn.links
+    return True
+
+
 def build_tree(objset, dir_node: Dir, ctx, path: str, snapshots=None) -> Zpl:
     """Fill ``dir_node`` with the ZPL filesystem in ``objset``.
 
