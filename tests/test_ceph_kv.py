@@ -280,3 +280,15 @@ def test_osd_info_is_json(root):
     assert info["bluefs"]["files"]["db.wal/000035.log"] == 1981272
     assert info["rocksdb"]["column_families"]["O-2"]["tables"] == ["db/000032.sst"]
     assert info["rocksdb"]["wal_files"] == ["db.wal/000035.log"]
+
+
+def test_damage_met_while_reading_reaches_the_listener(root):
+    def flip(src):
+        data = bytearray(src.read(0, src.size))
+        data[100] ^= 0xFF
+        return BytesSource(bytes(data))
+    kv = _db(root, "variants/osd.0-compacted", replace={"db/000050.sst": flip})
+    heard = []
+    kv.damage.listener = lambda *e: heard.append(e)
+    list(kv.iterate("O"))
+    assert [c for _, c, _ in heard] == ["rocksdb-bad-block"]

@@ -49,6 +49,18 @@ def _order(e):
     return e[0], -e[1]
 
 
+class DamageList(list):
+    """The damage entries ``(severity, code, message)``; entries added after opening (a
+    bad block met during a read) are also passed to ``listener(severity, code, msg)``."""
+
+    listener = None
+
+    def append(self, entry):
+        super().append(entry)
+        if self.listener is not None:
+            self.listener(*entry)
+
+
 class HostDirFiles:
     """Files of a RocksDB directory on the host file system (the mon ``store.db``)."""
 
@@ -98,7 +110,7 @@ class DB:
         self.name = name
         self.verify = verify
         self.merge = merge
-        self.damage = []  # (severity, code, message)
+        self.damage = DamageList()  # (severity, code, message)
         self.db_dir = db_dir
         self.wal_dirs = list(wal_dirs) if wal_dirs is not None else [db_dir]
         self.sst_dirs = list(sst_dirs) if sst_dirs is not None else [db_dir]
