@@ -254,3 +254,64 @@ def test_hostile_inputs_do_not_crash(ceph_dir, tmp_path):
     assert not [e for e in ctx.report if e.code == "internal-error"]
     shutil.rmtree(tmp_path, ignore_errors=True)
     assert not os.path.exists(trunc)
+
+
+class _DamagedKV:
+    """A KV view in which some values are replaced (damaged metadata)."""
+
+    def __init__(self, kv, bad):
+        self.kv, self.bad = kv, bad
+
+    def get(self, prefix, key):
+        if (prefix, bytes(key)) in self.bad:
+            return self.bad[(prefix, bytes(key))]
+        return self.kv.get(prefix, key)
+
+    def iterate(self, prefix, start=b"", end=None):
+        return self.kv.iterate(prefix, start, end)
+
+
+def _stores(ceph_dir, *ids):
+    from backends.ceph.kv import open_osd
+    from backends.ceph.osd import OsdStore
+    from pvfs.cache import METADATA_CACHE
+    from pvfs.source import FileSource
+
+    METADATA_CACHE.clear()
+    return [OsdStore(open_osd(FileSource(ceph_dir / f"osd.{i}" / "block")), f"osd.{i}").build_index()
+            for i in ids]
+
+
+@pytest.mark.parametrize("what", ["onode", "shard"])
+def test_damaged_metadata_uses_the_other_replica(ceph_dir, manifest, what):
+    from backends.ceph.keys import extent_shard_key
+    from backends.ceph.rbd import Cluster
+
+    im = manifest["images"][1]  # vm-101-disk-0
+    ob = next(o for o in im["objects"] if o["osds_head"] == [0, 1] and o["head"]["size"] == 4 << 20)
+    s0, s1 = _stores(ceph_dir, 0, 1)
+    key, _ = s0.lookup(2, ob["name"].encode())
+    on = s0.onode(key)
+    if what == "onode":
+        bad = {("O", key): s0.kv.get("O", key)[:40]}  # truncated onode
+    else:
+        skey = extent_shard_key(key, on.shards[1][0])
+        bad = {("O", skey): b"\x02\x05garbage"}
+    from pvfs.cache import METADATA_CACHE
+
+    METADATA_CACHE.clear()
+    s0.kv = _DamagedKV(s0.kv, bad)
+    seen = []
+    for stores, ok in (([s0, s1], True), ([s0], False)):
+        c = Cluster(stores, report=lambda *a: seen.append(a))
+        c.load_osdmap_from_osds()
+        img = c.open_image_v2(2, im["name"], im["id"])
+        src = c.image_source(img, None, "storage/ceph/rbd/vm-101-disk-0")
+        start = ob["objno"] * im["object_size"]
+        if ok:
+            assert sha256_source(src) == im["sha256"]
+        else:
+            data = src.read(start, 4 << 20)  # --bad zero: the damaged part reads as zeros
+            assert hashlib.sha256(data).hexdigest() != ob["head"]["sha256"]
+    codes = {a[2] for a in seen}
+    assert ("bad-onode" in codes) if what == "onode" else ("replica-failed" in codes)

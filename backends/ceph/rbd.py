@@ -35,6 +35,7 @@ osd/osd_types.h (object_info_t flags).
 
 from __future__ import annotations
 
+import bisect
 import struct
 import threading
 from collections import OrderedDict
@@ -200,16 +201,24 @@ class _SourceLRU:
 
 
 class ReplicaSource(Source):
-    """One object read from the first of its copies that reads without error."""
+    """One object read from the first of its copies that reads without error.
 
-    def __init__(self, sources, label, on_damage=None):
+    When every copy fails for a range, ``bad`` decides: ``eio`` raises, ``zero``
+    reads that range again 4 KiB at a time and zero-fills only the chunks that
+    no copy can give.
+    """
+
+    CHUNK = 4096
+
+    def __init__(self, sources, label, on_damage=None, bad=BAD_EIO):
         super().__init__()
         self.sources = sources
         self.size = sources[0].size
         self.label = label
         self.on_damage = on_damage
+        self.bad = bad
 
-    def _read(self, offset, length):
+    def _try(self, offset, length):
         err = None
         for i, s in enumerate(self.sources):
             try:
@@ -219,6 +228,23 @@ class ReplicaSource(Source):
                 if i + 1 < len(self.sources) and self.on_damage:
                     self.on_damage("replica-failed", f"{e}; reading another replica", e.ranges)
         raise err
+
+    def _read(self, offset, length):
+        try:
+            return self._try(offset, length)
+        except UnreadableError:
+            if self.bad != BAD_ZERO:
+                raise
+        parts = []
+        pos, end = offset, offset + length
+        while pos < end:
+            n = min(self.CHUNK - pos % self.CHUNK, end - pos)
+            try:
+                parts.append(self._try(pos, n))
+            except UnreadableError:
+                parts.append(bytes(n))
+            pos += n
+        return b"".join(parts)
 
     def _block_status(self, offset, length):
         return self.sources[0].block_status(offset, length)
@@ -294,6 +320,7 @@ class Cluster:
         self.pools = {}  # id -> PoolInfo
         self.pool_source = None
         self._mismatch_seen = set()
+        self._names = {}  # (pool, nspace) -> sorted object names
 
     # -- objects -----------------------------------------------------------------
     def find(self, pool, name: bytes, snap=CEPH_NOSNAP, path="storage/ceph"):
@@ -353,12 +380,19 @@ class Cluster:
         return None
 
     def names_with_prefix(self, pool, prefix: bytes, nspace=b""):
-        out = set()
-        for st in self.stores:
-            for (p, ns, name) in st.objects:
-                if p == pool and ns == nspace and name.startswith(prefix):
-                    out.add(name)
-        return sorted(out)
+        """Sorted names of the objects of a pool that start with ``prefix`` (any OSD)."""
+        names = self._names.get((pool, nspace))
+        if names is None:
+            found = set()
+            for st in self.stores:
+                found.update(n for (p, ns, n) in st.objects if p == pool and ns == nspace)
+            names = self._names[(pool, nspace)] = sorted(found)
+        i = bisect.bisect_left(names, prefix)
+        out = []
+        while i < len(names) and names[i].startswith(prefix):
+            out.append(names[i])
+            i += 1
+        return out
 
     def pool_ids(self):
         ids = set(self.pools)
@@ -668,7 +702,7 @@ class Cluster:
             if not srcs:
                 return MissingSource(slot, "no readable onode", bad=bad,
                                      label=f"{label}: object {objno:#x}")
-            inner = srcs[0] if len(srcs) == 1 else ReplicaSource(srcs, name.decode(), cb)
+            inner = ReplicaSource(srcs, name.decode(), cb, bad)
             return _PaddedSource(inner, slot, name.decode())
 
         omap_states = self.object_map(img, snap)
