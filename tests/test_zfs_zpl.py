@@ -289,3 +289,41 @@ def test_no_zfs_errors_on_intact_pools():
                 check_dataset(ctx, name, ents, set(man))  # loads every directory
         bad = [e.line() for e in ctx.report if e.layer == "zfs" and e.code in ZPL_CODES]
         assert not bad, "\n".join(bad[:20])
+
+
+def test_unreadable_directory_children_appear_in_lost_and_found(tmp_path):
+    """bigdir's only ZAP block is marked bad on both mirror members with ddrescue
+    mapfiles: the directory is reported, and its 1400 files are found by object number
+    in ``.zfs/lost+found`` with the manifest's contents.
+
+    The block (object 85 of dataset ID 16) has two copies, directories being metadata:
+    DVA[0] ``0:1e5e000:2000`` as zdb prints it, DVA[1] ``0:48000:2000`` from the block
+    pointer itself (zdb -ddddd prints only the first DVA)."""
+    images = _images(ZFS, "fxmirror.tar.xz")
+    man, _ = _legacy_manifest("fxmirror")
+    bad = [0x400000 + 0x48000, 0x400000 + 0x1E5E000]  # + the 4 MiB label/boot reserve
+    links = []
+    for img in images:
+        link = tmp_path / os.path.basename(img)
+        link.symlink_to(img)
+        size = os.path.getsize(img)
+        lines, pos = ["0 +"], 0
+        for off in bad:
+            lines += [f"{pos:#x} {off - pos:#x} +", f"{off:#x} 0x2000 -"]
+            pos = off + 0x2000
+        lines.append(f"{pos:#x} {size - pos:#x} +")
+        (tmp_path / (link.name + ".map")).write_text("\n".join(lines) + "\n")
+        links.append(str(link))
+    ctx = discover(links, Options())
+    bigdir = resolve(ctx.root, "storage/zfs/fxmirror/bigdir")
+    assert isinstance(bigdir, Dir) and bigdir.children() == {}
+    assert any(e.code == "unreadable-dir" and e.path == "storage/zfs/fxmirror/bigdir"
+               for e in ctx.report)
+    lost = resolve(ctx.root, "storage/zfs/fxmirror/.zfs/lost+found").children()
+    want = {str(e["ino"]): e for p, e in man["fxmirror"].items() if p.startswith("bigdir/")}
+    assert set(lost) == set(want)
+    for ino in sorted(want):
+        node, e = lost[ino], want[ino]
+        assert node.size == e["size"] and _read_all(node.source) == e["sha256"]
+    # the rest of the pool is untouched
+    assert resolve(ctx.root, "storage/zfs/fxmirror/README.txt") is not None
