@@ -315,3 +315,39 @@ def test_damaged_metadata_uses_the_other_replica(ceph_dir, manifest, what):
             assert hashlib.sha256(data).hexdigest() != ob["head"]["sha256"]
     codes = {a[2] for a in seen}
     assert ("bad-onode" in codes) if what == "onode" else ("replica-failed" in codes)
+
+
+def test_clone_reads_parent_below_overlap(ceph_dir, manifest):
+    """Layering: vm-101 made (in memory) a clone of vm-100@snap1 with a 28 MiB overlap: the
+    objects vm-101 never wrote read the parent's bytes below the overlap, zeros above."""
+    import struct
+
+    from backends.ceph.osdtypes import decode_cls_rbd_parent
+    from backends.ceph.rbd import Cluster
+
+    body = struct.pack("<q", 2) + struct.pack("<I", 0) + struct.pack("<I", 12) + \
+        b"10491c4715a0" + struct.pack("<Q", 4) + b"\x01" + struct.pack("<Q", 28 << 20)
+    par = decode_cls_rbd_parent(struct.pack("<BBI", 2, 2, len(body)) + body)
+    assert (par.pool_id, par.image_id, par.snap_id, par.overlap) == (2, "10491c4715a0", 4, 28 << 20)
+    stores = _stores(ceph_dir, 0, 1)
+    c = Cluster(stores, report=lambda *a: None)
+    c.load_osdmap_from_osds()
+    child = c.open_image_v2(2, "vm-101-disk-0", "104f9c933676")
+    plain = c.image_source(child, None, "child-plain")
+    child.parent = par
+    clone = c.image_source(child, None, "child")
+    pimg = c.open_image_v2(2, "vm-100-disk-0", "10491c4715a0")
+    parent = c.image_source(pimg, pimg.snaps[0], "parent")
+    osz = 4 << 20
+    written = {o["objno"] for o in manifest["images"][1]["objects"]}
+    from_parent = 0
+    for objno in range(10):
+        got = clone.read(objno * osz, osz)
+        if objno in written:
+            assert got == plain.read(objno * osz, osz)
+        elif objno < 7:  # below the overlap
+            assert got == parent.read(objno * osz, osz)
+            from_parent += got != bytes(osz)
+        else:  # vm-100 has data in object 7, but it is above the overlap
+            assert got == bytes(osz) and parent.read(objno * osz, osz) != bytes(osz)
+    assert from_parent == 1  # object 6 (vm-100 object 5 never existed)

@@ -222,17 +222,57 @@ class RbdSnap:
     id: int
     name: str
     image_size: int
+    parent_overlap: int | None = None
+
+
+def _optional_u64(b: Reader):
+    return b.u64() if b.u8() else None
 
 
 def decode_cls_rbd_snap(data) -> RbdSnap:
-    """An ``snapshot_<id>`` omap value of ``rbd_header.<id>``."""
+    """An ``snapshot_<id>`` omap value of ``rbd_header.<id>`` (v8 as Nautilus+ write it:
+    id, name, image_size, le64, u8 protection_status, snapshot_namespace (versioned),
+    utime timestamp, u32 child_count, optional<u64> parent_overlap)."""
     r = _r(data)
-    _v, _c, end = r.start(what="cls_rbd_snap")
+    v, _c, end = r.start(what="cls_rbd_snap")
     b = r.sub(end)
     sid = b.u64()
     name = b.string()
     size = b.u64()
-    return RbdSnap(sid, name, size)
+    snap = RbdSnap(sid, name, size)
+    if v >= 8:
+        try:
+            b.u64()
+            b.u8()
+            _skip_struct(b, "snapshot_namespace")
+            b.utime()
+            b.u32()
+            snap.parent_overlap = _optional_u64(b)
+        except OsdTypeError:
+            pass
+    return snap
+
+
+@dataclass
+class RbdParent:
+    pool_id: int
+    namespace: str
+    image_id: str
+    snap_id: int
+    overlap: int | None
+
+
+def decode_cls_rbd_parent(data) -> RbdParent:
+    """The ``parent`` omap value of a cloned image's header (cls_rbd_parent v1/v2)."""
+    r = _r(data)
+    v, _c, end = r.start(what="cls_rbd_parent")
+    b = r.sub(end)
+    pool_id = b.s64()
+    ns = b.string() if v >= 2 else ""
+    image_id = b.string()
+    snap_id = b.u64()
+    overlap = b.u64() if v == 1 else _optional_u64(b)
+    return RbdParent(pool_id, ns, image_id, snap_id, overlap)
 
 
 def decode_le_string(data) -> str:

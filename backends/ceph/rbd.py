@@ -42,12 +42,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from pvfs.errors import UnreadableError
-from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, MissingSource, Source
+from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, ExtentSource, MissingSource, Source
 
 from .errors import CephError
 from .keys import CEPH_NOSNAP, CEPH_SNAPDIR
-from .osdtypes import (OBJECT_NONEXISTENT, OsdTypeError, decode_cls_rbd_snap, decode_le_string,
-                       decode_object_map, decode_osdmap, pg_of, str_hash_rjenkins)
+from .osdtypes import (OBJECT_NONEXISTENT, OsdTypeError, decode_cls_rbd_parent,
+                       decode_cls_rbd_snap, decode_le_string, decode_object_map, decode_osdmap,
+                       pg_of, str_hash_rjenkins)
 
 
 class RbdError(CephError):
@@ -81,6 +82,7 @@ class RbdSnapshot:
     id: int
     name: str
     size: int
+    parent_overlap: int | None = None
 
 
 @dataclass
@@ -99,6 +101,7 @@ class RbdImage:
     snaps: list = field(default_factory=list)
     guessed: bool = False
     flags: int = 0  # RBD_FLAG_* of the head
+    parent: object = None  # RbdParent of a clone (layering)
 
     @property
     def object_size(self):
@@ -515,6 +518,15 @@ class Cluster:
             prefix = f"rbd_data.{iid}"
         img = RbdImage(pool, name, iid, size, order, prefix, features=u64(b"features", 0))
         img.flags = u64(b"flags", 0)
+        pv = omap.get(b"parent")
+        if pv:
+            try:
+                par = decode_cls_rbd_parent(pv)
+                if par.pool_id >= 0 and par.image_id and par.snap_id != CEPH_NOSNAP:
+                    img.parent = par
+            except OsdTypeError as e:
+                self.report("warning", f"storage/ceph/{self.pool_name(pool)}/{name}",
+                            "bad-rbd-parent", f"parent of {name}: {e}")
         img.stripe_unit = u64(b"stripe_unit", 0)
         img.stripe_count = u64(b"stripe_count", 1)
         dp = omap.get(b"data_pool_id")
@@ -526,7 +538,7 @@ class Cluster:
             if k.startswith(b"snapshot_"):
                 try:
                     s = decode_cls_rbd_snap(v)
-                    img.snaps.append(RbdSnapshot(s.id, s.name, s.image_size))
+                    img.snaps.append(RbdSnapshot(s.id, s.name, s.image_size, s.parent_overlap))
                 except OsdTypeError as e:
                     self.report("warning", f"storage/ceph/{self.pool_name(pool)}/{name}",
                                 "bad-rbd-snapshot", f"{k.decode()}: {e}")
@@ -660,7 +672,38 @@ class Cluster:
                                f"{pool}.{seed:x} is on no given OSD")
         return "none", None
 
-    def image_source(self, img: RbdImage, snap: RbdSnapshot | None, path: str):
+    def parent_source(self, img: RbdImage, snap: RbdSnapshot | None, path: str, depth=0):
+        """(parent image snapshot Source, overlap) of a clone, or (None, 0)."""
+        par = img.parent
+        if par is None:
+            return None, 0
+        overlap = par.overlap
+        if snap is not None and snap.parent_overlap is not None:
+            overlap = snap.parent_overlap
+        size = snap.size if snap is not None else img.size
+        overlap = min(size, overlap if overlap is not None else size)
+        if overlap <= 0:
+            return None, 0
+        where = f"parent {self.pool_name(par.pool_id)}/{par.image_id}@{par.snap_id}"
+        if depth >= 8:
+            self.report("error", path, "rbd-parent", f"{where}: more than 8 levels of clones")
+            return None, 0
+        try:
+            names, _v1 = self.list_images(par.pool_id)
+            pname = next((n for n, i in names.items() if i == par.image_id), f"image-{par.image_id}")
+            pimg = self.open_image_v2(par.pool_id, pname, par.image_id)
+            psnap = next((s for s in pimg.snaps if s.id == par.snap_id), None)
+            if psnap is None:
+                raise RbdError(f"snapshot {par.snap_id} of the parent is not in its header")
+            src = self.image_source(pimg, psnap, f"{path} ({where})", depth + 1)
+        except (CephError, UnreadableError) as e:
+            self.report("error", path, "rbd-parent",
+                        f"{where}: unreadable ({e}); ranges the clone never wrote read as zeros",
+                        [(0, overlap)])
+            return None, 0
+        return src, overlap
+
+    def image_source(self, img: RbdImage, snap: RbdSnapshot | None, path: str, depth=0):
         """The image (or snapshot) as a Source; missing objects are reported."""
         size = snap.size if snap is not None else img.size
         layout = Layout(size, img.object_size, img.stripe_unit, img.stripe_count)
@@ -669,6 +712,20 @@ class Cluster:
         label = path
         report = self.report
         bad = self.bad
+        parent_src, overlap = self.parent_source(img, snap, path, depth)
+        if parent_src is not None and not layout.simple:
+            report("warning", path, "rbd-parent-striped",
+                   "a striped clone's parent data is not merged; unwritten ranges read as zeros")
+            parent_src = None
+
+        def from_parent(objno):
+            """An object the clone never wrote: the parent's bytes below the overlap."""
+            start = objno * img.object_size
+            n = min(img.object_size, overlap - start)
+            if parent_src is None or n <= 0:
+                return None
+            return ExtentSource(img.object_size, [(0, n, parent_src, start)],
+                                label=f"{label}: parent object {objno:#x}")
 
         def on_damage_for(objno):
             def cb(code, msg, ranges):
@@ -684,7 +741,7 @@ class Cluster:
             kind, val = self.object_view(data_pool, name, snapid, path)
             slot = img.object_size
             if kind == "none":
-                return None
+                return from_parent(objno)
             if kind == "missing":
                 return MissingSource(slot, val, bad=bad, label=f"{label}: object {objno:#x}")
             cb = on_damage_for(objno)
@@ -714,7 +771,7 @@ class Cluster:
                     name = img.object_name(objno)
                     kind, _val = self.object_view(data_pool, name, snapid, path)
                     if kind == "missing":
-                        return None
+                        return from_parent(objno)
                 return inner_resolve(objno)
 
         src = RbdImageSource(layout, resolve, label=label)
