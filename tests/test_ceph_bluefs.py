@@ -180,11 +180,19 @@ def test_bluefs_torn_log_tail(root):
     assert [c for c, _ in fs.damage] == ["bluefs-log-bad-record"]
     with pytest.raises(BlueFSError, match="bad record"):
         open_bluefs(src, strict=True)
-    # a zeroed record in the middle ends the log like stale data would
-    mid = Patched(base, {log_off + 4096 * 50: bytes(4096)})
-    fs = open_bluefs(mid)
-    assert fs.log_records == 50 and fs.damage == []
-    assert "uuid differs" in fs.stop_reason
+    # a record lost in the middle (zeroed, or failing its crc): Ceph would stop there;
+    # the replay skips it, says so, and still ends with the right file table
+    for patch in (bytes(4096), None):
+        if patch is None:
+            block = base.read(log_off + 4096 * 50, 4096)
+            patch = block[:40] + bytes([block[40] ^ 0xFF]) + block[41:]
+        fs = open_bluefs(Patched(base, {log_off + 4096 * 50: patch}))
+        assert fs.log_records == good.log_records - 1
+        assert [c for c, _ in fs.damage] == ["bluefs-log-skipped"]
+        assert {p: f.size for p, f in fs.files.items()} == tsv_for("osd.0")
+    # strict: the replay ends at the damaged record, as Ceph's does
+    fs = open_bluefs(Patched(base, {log_off + 4096 * 50: bytes(4096)}), strict=True)
+    assert fs.log_records == 50 and "uuid differs" in fs.stop_reason
 
 
 def test_bluefs_missing_device_reads_unreadable():

@@ -52,6 +52,8 @@ BDEV_NAMES = {BDEV_WAL: "wal", BDEV_DB: "db", BDEV_SLOW: "slow", 3: "newwal", 4:
 
 #: Hard bounds against hostile logs.
 MAX_EXTENTS = 1 << 20
+#: How far past a damaged log record to look for the next one (blocks).
+RESYNC_BLOCKS = 256
 MAX_NAME = 4096
 
 
@@ -301,41 +303,37 @@ class BlueFS:
         pos = 0
         seen = False
         # every record advances pos by >= one block inside the allocated log
-        while True:
+        for _ in range(1 << 30):
             if pos + bs > log.allocated:
                 self.stop_reason = f"end of allocated log at {pos:#x}"
                 break
             src = file_source(log, self.devices, label="bluefs-log", size=log.allocated)
-            try:
-                bl = src.read(pos, bs)
-            except UnreadableError as e:
-                self._note("bluefs-log-unreadable", f"BlueFS log unreadable at {pos:#x}: {e}")
+            rec = self._record_at(src, pos, log.allocated)
+            kind = rec[0]
+            if kind == "ok" and rec[1].seq != seq + 1:
+                kind, why = "end", f"seq {rec[1].seq} != expected {seq + 1} at {pos:#x}"
+            elif kind != "ok":
+                why = rec[1]
+            if kind != "ok":
+                # a lost or damaged record in the middle of the log: Ceph stops there
+                # (mount fails or history is cut); we look for the record after it
+                nxt = None if self.strict else self._resync(src, pos, seq, log.allocated)
+                if nxt is not None:
+                    self._note("bluefs-log-skipped",
+                               f"BlueFS log record seq {seq + 1} at {pos:#x} is damaged ({why});"
+                               f" replay goes on at seq {seq + 2} at {nxt:#x}")
+                    seq += 1
+                    pos = nxt
+                    continue
+                if kind == "end":
+                    self.stop_reason = why
+                elif kind == "torn":
+                    self._torn(seen, rec[2], pos, why)
+                else:
+                    self._note("bluefs-log-unreadable", f"BlueFS log unreadable at {pos:#x}: {why}")
                 break
-            head = bluefs_transaction_head.parse(bl)
-            if head.uuid != self.super.uuid.bytes:
-                self.stop_reason = f"uuid differs at {pos:#x}"
-                break
-            if head.seq != seq + 1:
-                self.stop_reason = f"seq {head.seq} != expected {seq + 1} at {pos:#x}"
-                break
-            total = head.struct_len + 6
-            more = 0
-            if total > bs:
-                more = -(-(total - bs) // bs) * bs
-                if pos + bs + more > log.allocated:
-                    self._torn(seen, more, pos, "record runs past the allocated log")
-                    break
-                try:
-                    bl += src.read(pos + bs, more)
-                except UnreadableError as e:
-                    self._note("bluefs-log-unreadable", f"BlueFS log unreadable at {pos:#x}: {e}")
-                    break
+            _, head, more, op_bl = rec
             read_pos = pos + bs + more
-            try:
-                op_bl = self._decode_transaction(bl)
-            except (DencError, BlueFSError) as e:
-                self._torn(seen, more, pos, str(e))
-                break
             seen = True
             try:
                 seq, jump = self._apply(op_bl, seq, pos, read_pos)
@@ -352,6 +350,46 @@ class BlueFS:
             for name, ino in entries.items():
                 if ino not in self.inodes:
                     self._note("bluefs-dangling", f"BlueFS {d}/{name} names missing ino {ino}")
+
+    def _record_at(self, src, pos, allocated):
+        """The transaction at ``pos``: ``("ok", head, more, op_bl)``, ``("end", why)`` (foreign
+        uuid: stale data), ``("torn", why, more)`` (does not decode or fails its crc) or
+        ``("unreadable", why)``."""
+        bs = self.super.block_size
+        try:
+            bl = src.read(pos, bs)
+        except UnreadableError as e:
+            return ("unreadable", str(e))
+        head = bluefs_transaction_head.parse(bl)
+        if head.uuid != self.super.uuid.bytes:
+            return ("end", f"uuid differs at {pos:#x}")
+        total = head.struct_len + 6
+        more = 0
+        if total > bs:
+            more = -(-(total - bs) // bs) * bs
+            if pos + bs + more > allocated:
+                return ("torn", "record runs past the allocated log", more)
+            try:
+                bl += src.read(pos + bs, more)
+            except UnreadableError as e:
+                return ("unreadable", str(e))
+        try:
+            op_bl = self._decode_transaction(bl)
+        except (DencError, BlueFSError) as e:
+            return ("torn", str(e), more)
+        return ("ok", head, more, op_bl)
+
+    def _resync(self, src, pos, seq, allocated):
+        """Offset of the record of seq ``seq + 2`` within RESYNC_BLOCKS after ``pos``."""
+        bs = self.super.block_size
+        for i in range(1, RESYNC_BLOCKS + 1):
+            p = pos + i * bs
+            if p + bs > allocated:
+                return None
+            rec = self._record_at(src, p, allocated)
+            if rec[0] == "ok" and rec[1].seq == seq + 2:
+                return p
+        return None
 
     def _torn(self, seen, more, pos, why):
         if seen and more:  # a multi-block record cut short by a crash: a normal end
