@@ -441,3 +441,33 @@ def test_apply_root_metadata_without_listing():
     broken.add(1, data=b"garbage".ljust(512, b"\0"))
     d2 = Dir()
     assert not zpl.apply_root_metadata(broken, d2) and d2.mode == stat.S_IFDIR | 0o555
+
+
+def test_directory_xattrs_load_on_first_use():
+    os_ = build_fs({"f": (10, dict(mode=stat.S_IFREG | 0o644, size=1, xattr=30), b"f")})
+    xd = bytearray(znode(stat.S_IFDIR | 0o755))
+    struct.pack_into("<Q", xd, 120, 1)  # ZFS_XATTR
+    os_.add(30, bonustype=sa.DMU_OT_ZNODE, bonus=bytes(xd),
+            data=microzap({"user.a": dirent(31, stat.S_IFREG), "plain": dirent(32, stat.S_IFREG),
+                           "user.gone": dirent(33, stat.S_IFREG)}))
+    os_.add(31, bonustype=sa.DMU_OT_ZNODE, bonus=znode(stat.S_IFREG | 0o644, size=3), data=b"aaa")
+    os_.add(32, bonustype=sa.DMU_OT_ZNODE, bonus=znode(stat.S_IFREG | 0o644, size=1), data=b"p")
+    reads = []
+    orig = os_.dnode
+
+    def counting(n):
+        reads.append(n)
+        return orig(n)
+
+    os_.dnode = counting
+    ctx = Context()
+    d = Dir()
+    zpl.build_tree(os_, d, ctx, "p", snapshots=None)
+    f = d.get("f")
+    assert 30 not in reads and not list(ctx.report)
+    assert "user.a" not in reads and f.xattrs[b"user.a"] == b"aaa"
+    assert dict(f.xattrs) == {b"user.a": b"aaa", b"user.plain": b"p"}
+    with pytest.raises(KeyError):
+        f.xattrs[b"user.nope"]
+    assert [e.code for e in ctx.report] == ["bad-xattr"]  # user.gone: object 33 is free
+    assert reads.count(30) == 1

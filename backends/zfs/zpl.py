@@ -300,9 +300,12 @@ class Zpl:
             except (PvfsError, ValueError) as e:
                 self.report("warning", relpath, "bad-xattr", f"SA xattrs unreadable: {e}")
         if zn.xattr:
-            self._xattr_dir(node, zn.xattr, relpath)
+            # An xattr directory costs a ZAP and a file read per attribute: read it when
+            # somebody asks for the node's xattrs, not while listing the parent.
+            node.xattrs = LazyXattrs(node.xattrs, lambda target, o=zn.xattr, r=relpath:
+                                     self._xattr_dir(target, o, r))
 
-    def _xattr_dir(self, node, objnum, relpath):
+    def _xattr_dir(self, target: dict, objnum, relpath):
         try:
             entries = zap.zap_entries(self.objset.dnode(objnum))
         except (PvfsError, OSError) as e:
@@ -330,7 +333,67 @@ class Zpl:
             except (PvfsError, OSError) as e:
                 self.report("warning", relpath, "bad-xattr", f"xattr {name!r}: {e}")
                 continue
-            node.xattrs[_xattr_name(name)] = data
+            dict.__setitem__(target, _xattr_name(name), data)
+
+
+class LazyXattrs(dict):
+    """A node's xattrs, completed from its xattr directory on first use."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, initial, load):
+        super().__init__(initial)
+        self._load = load
+
+    def _fill(self):
+        if self._load is None:
+            return
+        with LazyXattrs._lock:
+            load, self._load = self._load, None
+            if load is not None:
+                load(self)
+
+    def __getitem__(self, key):
+        self._fill()
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self._fill()
+        return super().__contains__(key)
+
+    def __iter__(self):
+        self._fill()
+        return super().__iter__()
+
+    def __len__(self):
+        self._fill()
+        return super().__len__()
+
+    def __eq__(self, other):
+        self._fill()
+        return super().__eq__(other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        self._fill()
+        return super().__repr__()
+
+    def get(self, key, default=None):
+        self._fill()
+        return super().get(key, default)
+
+    def keys(self):
+        self._fill()
+        return super().keys()
+
+    def items(self):
+        self._fill()
+        return super().items()
+
+    def values(self):
+        self._fill()
+        return super().values()
 
 
 def _int(value, default=None):
