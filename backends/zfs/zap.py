@@ -141,8 +141,13 @@ class ZapEntries(dict):
 
     @property
     def cache_cost(self):
-        return 256 + sum(96 + len(k) + (len(v) if isinstance(v, bytes) else 8 * len(v))
-                         for k, v in self.items())
+        cost = self.__dict__.get("_cost")
+        if cost is None or cost[0] != len(self):  # computed once per size (cache evictions)
+            cost = (len(self), 256 + sum(96 + len(k) + (len(v) if isinstance(v, bytes)
+                                                       else 8 * len(v))
+                                         for k, v in self.items()))
+            self.__dict__["_cost"] = cost
+        return cost[1]
 
 
 def _byteorder(block_type_raw: bytes, expected) -> str | None:
