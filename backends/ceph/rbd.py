@@ -713,6 +713,7 @@ class Cluster:
         report = self.report
         bad = self.bad
         parent_src, overlap = self.parent_source(img, snap, path, depth)
+        prescanned = set()  # objects already reported as missing when the image was opened
         if parent_src is not None and not layout.simple:
             report("warning", path, "rbd-parent-striped",
                    "a striped clone's parent data is not merged; unwritten ranges read as zeros")
@@ -743,6 +744,9 @@ class Cluster:
             if kind == "none":
                 return from_parent(objno)
             if kind == "missing":
+                if objno not in prescanned:  # (those are in the image's missing-objects entry)
+                    report("error", path, "missing-object", f"object {objno:#x}: {val}",
+                           layout.object_ranges(objno))
                 return MissingSource(slot, val, bad=bad, label=f"{label}: object {objno:#x}")
             cb = on_damage_for(objno)
             srcs = []
@@ -775,16 +779,27 @@ class Cluster:
                 return inner_resolve(objno)
 
         src = RbdImageSource(layout, resolve, label=label)
-        # Report missing objects now (the tree's damage report lists them before any read).
+        # Report objects of lost placement groups now, from the index alone (no onode
+        # is decoded: cheap for images of millions of objects).  A missing *clone* of a
+        # present head is found, and reported, when its object is first read.
+        present = set()
+        prefix = img.object_name(0)[:-(12 if img.format == 1 else 16)]
+        for name in self.names_with_prefix(data_pool, prefix):
+            try:
+                present.add(int(name[len(prefix):], 16))
+            except ValueError:
+                continue
         missing = []
         for objno in range(layout.num_objects()):
-            name = img.object_name(objno)
-            kind, val = self.object_view(data_pool, name, snapid, path)
-            if kind == "missing" and omap_states is not None and objno < len(omap_states) \
+            if objno in present:
+                continue
+            if omap_states is not None and objno < len(omap_states) \
                     and omap_states[objno] == OBJECT_NONEXISTENT:
-                continue  # in a lost PG, but the object map says it was never written
+                continue  # the object map says it was never written
+            kind, val = self._absent(data_pool, img.object_name(objno))
             if kind == "missing":
                 missing.append((objno, val))
+                prescanned.add(objno)
         if missing:
             ranges = [r for objno, _ in missing for r in layout.object_ranges(objno)]
             what = "zero-filled" if bad == BAD_ZERO else "unreadable (EIO)"
