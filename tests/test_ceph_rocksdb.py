@@ -382,3 +382,26 @@ def test_db_fuzz(manifest_payload, wal_payload, framed):
             list(db.iterate(name))
         except RocksDBError:
             pass
+
+
+def test_log_resync_over_a_damaged_block():
+    def rec(typ, payload):
+        return struct.pack("<IHB", rocksdb_mask(crc32c(bytes([typ]) + payload)), len(payload),
+                           typ) + payload
+    blk = 32768
+    # block 0: A, then the FIRST part of a record whose MIDDLE is in block 1 (damaged)
+    # and whose LAST opens block 2, followed by C
+    b0 = rec(1, b"A" * 100)
+    b0 += rec(2, b"x" * (blk - len(b0) - 7))  # fills block 0 exactly
+    b1 = bytearray(rec(3, b"y" * (blk - 7)))
+    b1[5000] ^= 1  # damaged
+    b2 = rec(4, b"z" * 50) + rec(1, b"C" * 10)
+    data = b0 + bytes(b1) + b2
+    r = LogReader(BytesSource(data), resync=True)
+    assert [p for _, p in r] == [b"A" * 100, b"C" * 10]
+    assert r.skipped == [(blk, "checksum mismatch")] and r.stop is None
+    r = LogReader(BytesSource(data))
+    assert [p for _, p in r] == [b"A" * 100] and r.stop == (blk, "checksum mismatch")
+    # a damaged tail with nothing valid after it is the stop, not a skip
+    r = LogReader(BytesSource(b0 + bytes(b1)), resync=True)
+    assert [p for _, p in r] == [b"A" * 100] and r.skipped == [] and r.stop[0] == blk

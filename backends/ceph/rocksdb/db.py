@@ -105,8 +105,11 @@ class DB:
     """
 
     def __init__(self, files, db_dir="", wal_dirs=None, sst_dirs=None, merge=None,
-                 verify=True, name="rocksdb"):
+                 verify=True, name="rocksdb", resync=True):
         self.files = files
+        #: go on after a damaged WAL spot (RocksDB's kSkipAnyCorruptedRecords) rather
+        #: than stop there (kPointInTimeRecovery, what Ceph configures)
+        self.resync = resync
         self.name = name
         self.verify = verify
         self.merge = merge
@@ -275,21 +278,28 @@ class DB:
             except (RocksDBError, UnreadableError) as e:
                 self._note("error", "rocksdb-wal", f"{path}: {e}")
                 continue
-            reader = LogReader(src, number, verify=self.verify)
+            reader = LogReader(src, number, verify=self.verify, resync=self.resync)
             expected = None
             stale = False
             for off, rec in reader:
                 try:
                     seq, count, ops = decode_write_batch(rec)
                 except RocksDBError as e:
-                    self._note("warning", "rocksdb-wal-bad-batch", f"{path} at {off:#x}: {e}")
-                    break
+                    self._note("warning", "rocksdb-wal-bad-batch",
+                               f"{path} at {off:#x}: {e}; its writes are lost")
+                    if not self.resync:
+                        break
+                    continue
                 if expected is not None and seq < expected:
                     stale = True
                     self._note("info", "rocksdb-wal-stale",
                                f"{path} at {off:#x}: sequence {seq} < {expected}: "
                                "stale records of a recycled log, replay stops")
                     break
+                if expected is not None and seq > expected:
+                    self._note("warning", "rocksdb-wal-gap",
+                               f"{path} at {off:#x}: writes of sequence numbers {expected} to "
+                               f"{seq - 1} are lost")
                 expected = seq + count
                 self.wal_records += 1
                 self.last_sequence = max(self.last_sequence, expected - 1)
@@ -311,6 +321,9 @@ class DB:
                         # a newer Put/Delete shadows every older version of the key (SST
                         # data is older than any WAL record), so only the newest is kept
                         c.mem[key] = [(s, kind, value)]
+            for off, why in reader.skipped:
+                self._note("warning", "rocksdb-wal-skipped",
+                           f"{path}: damaged records at {off:#x} ({why}) skipped, replay went on")
             if reader.stop is not None and not stale:
                 off, why = reader.stop
                 last = i == len(logs) - 1

@@ -42,14 +42,21 @@ class LogReader:
 
     ``verify``: check record checksums (recommended; a mismatch ends the log).
     ``log_number``: the file's number, to recognise stale recycled records.
+    ``resync``: after a damaged spot (bad checksum, broken framing, unreadable
+    block) go on at the next 32 KiB block instead of stopping, like RocksDB's
+    ``kSkipAnyCorruptedRecords``; the spots that valid records followed are listed
+    in ``skipped``, a damaged spot with nothing valid after it is ``stop``.
     """
 
-    def __init__(self, source, log_number=None, verify=True, max_record=256 << 20):
+    def __init__(self, source, log_number=None, verify=True, max_record=256 << 20,
+                 resync=False):
         self.source = source
         self.log_number = log_number
         self.verify = verify
         self.max_record = max_record
+        self.resync = resync
         self.stop = None  # (offset, reason) when the log ended before its size
+        self.skipped = []  # [(offset, reason)] damaged spots passed over (resync)
         self.records = 0
 
     def __iter__(self):
@@ -57,66 +64,87 @@ class LogReader:
         pending = []
         pending_len = 0
         pending_start = None
+        problem = None  # a damaged spot not yet followed by a valid record
         for block_off in range(0, size, kLogBlockSize):
             try:
                 block = self.source.read(block_off, min(kLogBlockSize, size - block_off))
             except UnreadableError as e:
-                self.stop = (block_off, f"unreadable: {e}")
-                return
+                if not self.resync:
+                    self.stop = (block_off, f"unreadable: {e}")
+                    return
+                problem = problem or (block_off, f"unreadable: {e}")
+                pending, pending_len = [], 0
+                continue
             pos = 0
             n = len(block)
+            bad = None
+            final = False  # the log really ends here (zeros, stale recycled records)
             while pos + kHeaderSize <= n:
                 crc, length, typ = _HDR.unpack_from(block, pos)
                 rec_off = block_off + pos
                 recyclable = kRecyclableFullType <= typ <= kRecyclableLastType or \
                     typ == kRecyclableUserDefinedTimestampSizeType
                 hsize = kRecyclableHeaderSize if recyclable else kHeaderSize
-                if typ == kZeroType and length == 0:
+                if typ == kZeroType and length == 0 and crc == 0:
                     # preallocated (fallocate'd / recycled and zeroed) space: the end
-                    if crc == 0:
-                        self.stop = None if not pending else (rec_off, "zero area in a record")
-                        return
+                    if pending:
+                        bad = (rec_off, "zero area in a record")
+                    final = True
+                    break
                 if pos + hsize > n:
-                    self.stop = (rec_off, "truncated record header")
-                    return
+                    bad = (rec_off, "truncated record header")
+                    break
                 if pos + hsize + length > n:
-                    self.stop = (rec_off, "torn record: runs past the end of the block/file")
-                    return
+                    bad = (rec_off, "torn record: runs past the end of the block/file")
+                    break
                 payload_start = pos + hsize
                 if self.verify:
                     actual = crc32c(block[pos + 6:payload_start + length])
                     if actual != rocksdb_unmask(crc):
-                        self.stop = (rec_off, "checksum mismatch")
-                        return
+                        bad = (rec_off, "checksum mismatch")
+                        break
                 if recyclable:
                     num = struct.unpack_from("<I", block, pos + 7)[0]
                     if self.log_number is not None and num != (self.log_number & 0xFFFFFFFF):
-                        self.stop = (rec_off, f"stale record of recycled log {num}")
-                        return
+                        bad = (rec_off, f"stale record of recycled log {num}")
+                        final = True
+                        break
                     typ -= kRecyclableFullType - kFullType if typ <= kRecyclableLastType else 0
                 data = block[payload_start:payload_start + length]
                 pos = payload_start + length
-                if typ == kFullType:
+                if typ == kFullType or typ == kFirstType:
                     if pending:
-                        self.stop = (rec_off, "FULL record inside a fragmented record")
-                        return
-                    self.records += 1
-                    yield rec_off, data
-                elif typ == kFirstType:
-                    if pending:
-                        self.stop = (rec_off, "FIRST record inside a fragmented record")
-                        return
-                    pending, pending_len, pending_start = [data], len(data), rec_off
+                        bad = (rec_off, "a new record inside a fragmented record")
+                        if not self.resync:
+                            break
+                        self.skipped.append((pending_start, "fragmented record cut short"))
+                        pending, pending_len = [], 0
+                    if typ == kFullType:
+                        if problem is not None:
+                            self.skipped.append(problem)
+                            problem = None
+                        bad = None
+                        self.records += 1
+                        yield rec_off, data
+                    else:
+                        bad = None
+                        pending, pending_len, pending_start = [data], len(data), rec_off
                 elif typ == kMiddleType or typ == kLastType:
                     if not pending:
-                        self.stop = (rec_off, "MIDDLE/LAST record without FIRST")
-                        return
+                        if self.resync:
+                            continue  # the rest of a record lost at a damaged spot
+                        bad = (rec_off, "MIDDLE/LAST record without FIRST")
+                        break
                     pending.append(data)
                     pending_len += len(data)
                     if pending_len > self.max_record:
-                        self.stop = (pending_start, f"record larger than {self.max_record}")
-                        return
+                        bad = (pending_start, f"record larger than {self.max_record}")
+                        pending, pending_len = [], 0
+                        break
                     if typ == kLastType:
+                        if problem is not None:
+                            self.skipped.append(problem)
+                            problem = None
                         self.records += 1
                         yield pending_start, b"".join(pending)
                         pending, pending_len = [], 0
@@ -124,8 +152,18 @@ class LogReader:
                              kRecyclableUserDefinedTimestampSizeType):
                     continue  # metadata records of newer RocksDB: nothing for us
                 else:
-                    self.stop = (rec_off, f"unknown record type {typ}")
-                    return
+                    bad = (rec_off, f"unknown record type {typ}")
+                    break
             # the rest of the block (< header size) is padding
+            if bad is not None:
+                if not self.resync or final:
+                    self.stop = problem or bad
+                    return
+                problem = problem or bad
+                pending, pending_len = [], 0
+            if final:
+                self.stop = problem
+                return
         if pending:
-            self.stop = (pending_start, "torn fragmented record at the end of the log")
+            problem = problem or (pending_start, "torn fragmented record at the end of the log")
+        self.stop = problem
