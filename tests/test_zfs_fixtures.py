@@ -277,3 +277,25 @@ def test_zfs_encrypted_datasets_with_keys():
     assert len(items) >= 9
     fails = _check(ctx, items)
     assert not fails, fails
+
+
+def test_zfs_zvol_block_status_covers_every_nonzero_range():
+    """Holes of the zvols are ``unmapped``; every range the manifest saw as nonzero lies
+    inside ``data`` extents; allocated bytes come from dn_used."""
+    ctx = _discover("zfs-modern", "images", "rpool-raidz1.tar.xz")
+    m = _manifest("zfs-modern", "manifest.json")["pools"]["rpool"]["datasets"]
+    checked = 0
+    for name, ds in m.items():
+        dev = ds.get("device")
+        if not dev or "nonzero_ranges_4k" not in dev:
+            continue
+        src = resolve(ctx.root, f"storage/zfs/{name}").source
+        extents = src.block_status()
+        assert extents[0][0] == 0 and sum(n for _, n, _ in extents) == src.size
+        data = [(o, o + n) for o, n, st in extents if st == "data"]
+        for o, n in dev["nonzero_ranges_4k"]:
+            assert any(a <= o and o + n <= b for a, b in data), (name, o, n)
+        assert any(st == "unmapped" for _, _, st in extents), name  # all are sparse
+        assert 0 < src.allocated_bytes() < src.size
+        checked += 1
+    assert checked >= 5

@@ -365,7 +365,8 @@ def test_lzjb_compilation_survives_fork():
     """The mount daemon is forked after discovery: the child must get the compiled
     decoder too (or, without numba, the Python one), never stay on a dead thread."""
     data = bytes([0]) + b"abcdefgh" + bytes([0b10]) + b"a" + bytes([1 << 2, 1])
-    compress._lzjb_jit()  # start compiling in this process
+    # metadata in the parent (as discovery does): Python, no compile thread before the fork
+    assert compress.lzjb_decompress(data, 13, bulk=False) == b"abcdefghaaaaa"
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child

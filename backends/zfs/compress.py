@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -120,6 +121,7 @@ def _lzjb_kernel(src, dst):  # pragma: no cover - compiled by numba when it is i
 
 _LZJB_JIT = None  # None: not started; False: unavailable (or still compiling)
 _LZJB_LOCK = threading.Lock()
+_LZJB_SEEN = False  # an lzjb block was decoded in this process
 
 
 def _compile_lzjb():
@@ -135,29 +137,40 @@ def _compile_lzjb():
         _LZJB_JIT = False
 
 
-def _lzjb_jit():
-    """numba-compiled lzjb (optional, ~50x faster).  Importing numba and loading the
-    compiled code takes a second or two, so it happens in a background thread started
-    by the first lzjb block; until it is ready the pure-Python decoder is used (the
-    pool's metadata is small), so mounting is not delayed."""
+def _start_compile():
     global _LZJB_JIT
-    if _LZJB_JIT is None:
-        with _LZJB_LOCK:
-            if _LZJB_JIT is None:
-                _LZJB_JIT = False
-                if not os.environ.get("PVFS_NO_NUMBA"):
-                    threading.Thread(target=_compile_lzjb, name="zfs-lzjb-jit",
-                                     daemon=True).start()
+    with _LZJB_LOCK:
+        if _LZJB_JIT is None:
+            _LZJB_JIT = False
+            if not os.environ.get("PVFS_NO_NUMBA"):
+                threading.Thread(target=_compile_lzjb, name="zfs-lzjb-jit", daemon=True).start()
+
+
+def _lzjb_jit(bulk=True):
+    """numba-compiled lzjb (optional, ~50x faster than Python).
+
+    Importing numba and loading the compiled code takes a second or two, so it runs in
+    a background thread, started by the first lzjb block of file or zvol data (``bulk``);
+    metadata (small) is decoded in Python meanwhile.  Discovery reads only metadata, so
+    the compilation normally starts in the mount daemon, after ``pvfs mount`` forks it:
+    a thread cut off by a fork in the middle of ``import numba`` would leave the child a
+    half-imported module.  A child forked from a process that saw lzjb starts compiling
+    at once."""
+    if _LZJB_JIT is None and bulk:
+        _start_compile()
     return _LZJB_JIT
 
 
 def _after_fork_in_child():
-    """``pvfs mount`` forks its daemon after discovery: a compile thread started before
-    the fork does not exist in the child, so an unfinished one is started again there."""
     global _LZJB_JIT, _LZJB_LOCK
     _LZJB_LOCK = threading.Lock()
     if not _LZJB_JIT:
+        if "numba" in sys.modules:  # cut off mid-import: stay with the Python decoder
+            _LZJB_JIT = False
+            return
         _LZJB_JIT = None
+        if _LZJB_SEEN:
+            _start_compile()
 
 
 if hasattr(os, "register_at_fork"):
@@ -165,8 +178,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def lzjb_jit_ready(timeout=30.0) -> bool:
-    """Wait for the background compilation (tests, benchmarks)."""
-    _lzjb_jit()
+    """Start the compilation if needed and wait for it (tests, benchmarks)."""
+    _lzjb_jit(bulk=True)
     end = time.monotonic() + timeout
     while not _LZJB_JIT and time.monotonic() < end:
         if os.environ.get("PVFS_NO_NUMBA") or not any(
@@ -176,8 +189,10 @@ def lzjb_jit_ready(timeout=30.0) -> bool:
     return bool(_LZJB_JIT)
 
 
-def lzjb_decompress(src: bytes, d_len: int) -> bytes:
-    jit = _lzjb_jit()
+def lzjb_decompress(src: bytes, d_len: int, bulk: bool = True) -> bytes:
+    global _LZJB_SEEN
+    _LZJB_SEEN = True
+    jit = _lzjb_jit(bulk)
     if not jit:
         return _lzjb_python(src, d_len)
     dst = np.empty(d_len, dtype=np.uint8)
@@ -264,15 +279,16 @@ def gzip_decompress(src: bytes, d_len: int) -> bytes:
     return out
 
 
-def decompress(comp: int, data: bytes, lsize: int) -> bytes:
-    """Decompress one block's physical bytes to its logical size."""
+def decompress(comp: int, data: bytes, lsize: int, bulk: bool = True) -> bytes:
+    """Decompress one block's physical bytes to its logical size (``bulk``: file or zvol
+    data rather than metadata; see ``_lzjb_jit``)."""
     name = ZIO_COMPRESS.get(comp)
     if name in ("off", "inherit", "on", None) and comp in (0, 2):
         return data[:lsize] if len(data) >= lsize else data + bytes(lsize - len(data))
     if name == "empty":
         return bytes(lsize)
     if name == "lzjb":
-        return lzjb_decompress(data, lsize)
+        return lzjb_decompress(data, lsize, bulk)
     if name == "lz4":
         return lz4_decompress(data, lsize)
     if name == "zle":

@@ -167,7 +167,7 @@ class Pool:
                 # objset and indirect blocks are only authenticated (MAC), not encrypted
                 raise EncryptedError("zfs: block is encrypted and no key is loaded")
         if bp.comp not in (0, 2) or len(data) != bp.lsize:
-            data = compress.decompress(bp.comp, data, bp.lsize)
+            data = compress.decompress(bp.comp, data, bp.lsize, bulk=lru is DATA_CACHE)
         if key is not None:
             lru.put(key, data)
         return data
