@@ -120,19 +120,20 @@ class Raidz(Vdev):
     def candidates(self, offset, size):
         cols = raidz.map_columns(offset, size, len(self.children), self.nparity, self.ashift)
         np_ = self.nparity
-        datas = []
-        for devidx, coff, csize in cols:
-            if csize == 0:
-                datas.append(b"")
-                continue
-            datas.append(self.children[devidx].first(coff, csize))
-        parity = datas[:np_]
-        parity += [None] * (np_ - len(parity))
-        data = datas[np_:]
+
+        def read(col):
+            devidx, coff, csize = col
+            return self.children[devidx].first(coff, csize) if csize else b""
+
+        # Data columns first: parity is read only when a column is missing or the
+        # checksum of the plain data fails (the caller asks for the next candidate).
+        data = [read(c) for c in cols[np_:]]
         sizes = [c[2] for c in cols[np_:]]
         missing = [j for j, d in enumerate(data) if d is None]
         if not missing:
-            yield b"".join(data)[:size]
+            yield b"".join(data)[:size] if len(data) != 1 else data[0][:size]
+        parity = [read(c) for c in cols[:np_]]
+        parity += [None] * (np_ - len(parity))
         navail = sum(1 for p in parity if p is not None)
         # Known-missing columns first, then every suspect set the parity can repair.
         for erased in raidz.erasure_sets(len(data), missing, navail):
