@@ -291,6 +291,25 @@ def test_no_zfs_errors_on_intact_pools():
         assert not bad, "\n".join(bad[:20])
 
 
+def _with_bad_blocks(tmp_path, images, dva_offsets, length):
+    """Symlinks to ``images`` with ddrescue mapfiles marking the blocks at these DVA
+    offsets (+ the 4 MiB label/boot reserve) unreadable on every member."""
+    bad = sorted(0x400000 + o for o in dva_offsets)
+    links = []
+    for img in images:
+        link = tmp_path / os.path.basename(img)
+        link.symlink_to(img)
+        size = os.path.getsize(img)
+        lines, pos = ["0 +"], 0
+        for off in bad:
+            lines += [f"{pos:#x} {off - pos:#x} +", f"{off:#x} {length:#x} -"]
+            pos = off + length
+        lines.append(f"{pos:#x} {size - pos:#x} +")
+        (tmp_path / (link.name + ".map")).write_text("\n".join(lines) + "\n")
+        links.append(str(link))
+    return links
+
+
 def test_unreadable_directory_children_appear_in_lost_and_found(tmp_path):
     """bigdir's only ZAP block is marked bad on both mirror members with ddrescue
     mapfiles: the directory is reported, and its 1400 files are found by object number
@@ -301,19 +320,7 @@ def test_unreadable_directory_children_appear_in_lost_and_found(tmp_path):
     pointer itself (zdb -ddddd prints only the first DVA)."""
     images = _images(ZFS, "fxmirror.tar.xz")
     man, _ = _legacy_manifest("fxmirror")
-    bad = [0x400000 + 0x48000, 0x400000 + 0x1E5E000]  # + the 4 MiB label/boot reserve
-    links = []
-    for img in images:
-        link = tmp_path / os.path.basename(img)
-        link.symlink_to(img)
-        size = os.path.getsize(img)
-        lines, pos = ["0 +"], 0
-        for off in bad:
-            lines += [f"{pos:#x} {off - pos:#x} +", f"{off:#x} 0x2000 -"]
-            pos = off + 0x2000
-        lines.append(f"{pos:#x} {size - pos:#x} +")
-        (tmp_path / (link.name + ".map")).write_text("\n".join(lines) + "\n")
-        links.append(str(link))
+    links = _with_bad_blocks(tmp_path, images, [0x48000, 0x1E5E000], 0x2000)
     ctx = discover(links, Options())
     bigdir = resolve(ctx.root, "storage/zfs/fxmirror/bigdir")
     assert isinstance(bigdir, Dir) and bigdir.children() == {}
@@ -327,3 +334,17 @@ def test_unreadable_directory_children_appear_in_lost_and_found(tmp_path):
         assert node.size == e["size"] and _read_all(node.source) == e["sha256"]
     # the rest of the pool is untouched
     assert resolve(ctx.root, "storage/zfs/fxmirror/README.txt") is not None
+
+
+def test_unreadable_master_node_root_found_by_scanning(tmp_path):
+    """fxmirror/comp-off's master node (object 1, ``L0 0:125000:1000`` in zdb; its second
+    copy ``0:1925000:1000`` from the block pointer) is unreadable on both mirror sides:
+    the root directory is found by scanning and every file reads back."""
+    images = _images(ZFS, "fxmirror.tar.xz")
+    man, _ = _legacy_manifest("fxmirror")
+    ctx = discover(_with_bad_blocks(tmp_path, images, [0x125000, 0x1925000], 0x1000),
+                   Options())
+    problems = check_dataset(ctx, "fxmirror/comp-off", man["fxmirror/comp-off"], set(man))
+    assert not problems, problems
+    assert any(e.code == "master-node" and e.path == "storage/zfs/fxmirror/comp-off"
+               for e in ctx.report)

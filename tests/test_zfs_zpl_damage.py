@@ -471,3 +471,33 @@ def test_directory_xattrs_load_on_first_use():
         f.xattrs[b"user.nope"]
     assert [e.code for e in ctx.report] == ["bad-xattr"]  # user.gone: object 33 is free
     assert reads.count(30) == 1
+
+
+@pytest.mark.parametrize("master", ["garbage", "no-root", "unreadable"])
+def test_lost_master_node_root_found_by_scanning(master):
+    os_ = build_fs({"f": (10, dict(mode=stat.S_IFREG | 0o644, size=2), b"ok"),
+                    "sub": (11, dict(mode=stat.S_IFDIR | 0o755, links=2), b"")})
+    os_.objects[11].data = microzap({})
+    root = bytearray(os_.objects[3].bonus)
+    struct.pack_into("<Q", root, 88, 3)  # zp_parent of the root is itself
+    os_.objects[3].bonus = bytes(root)
+    if master == "garbage":
+        os_.objects[1].data = b"\x01" * 512
+    elif master == "no-root":
+        os_.objects[1].data = microzap({"VERSION": 4})
+    else:
+        os_.objects[1].unreadable = True
+    ctx = Context()
+    d = Dir()
+    zpl.build_tree(os_, d, ctx, "p", snapshots=None)
+    assert d.get("f").source.read(0, 2) == b"ok" and isinstance(d.get("sub"), Dir)
+    assert [e.code for e in ctx.report if e.severity == "error"] == ["master-node"]
+    assert "object 3" in [e for e in ctx.report if e.code == "master-node"][0].message
+
+
+def test_no_root_anywhere_is_one_error():
+    os_ = FakeObjSet()
+    os_.add(1, data=b"\x01" * 512)
+    os_.add(5, bonustype=sa.DMU_OT_ZNODE, bonus=znode(stat.S_IFREG | 0o644))
+    with pytest.raises(sa.SaError, match="no root directory found"):
+        zpl.build_tree(os_, Dir(), Context(), "x")

@@ -45,6 +45,9 @@ DT_DIR = 4  # ZFS_DIRENT_TYPE of a directory (IFTODT)
 ZFS_XATTR = 0x1  # zp_flags: an xattr directory or a file in one
 MAX_ORPHAN_SCAN = 4_000_000  # dnode slots looked at for lost+found
 MAX_ORPHANS = 100_000
+MAX_ROOT_SCAN = 1_000_000  # objects looked at for the root when the master node is lost
+MAX_ROOT_CANDIDATES = 10_000  # directories tried as the root
+DMU_OT_SA_MASTER_NODE = 45
 
 
 class Zpl:
@@ -55,13 +58,17 @@ class Zpl:
         self.ctx = ctx
         self.path = path
         self.bad = ctx.bad("eio") if ctx is not None else "eio"
-        master = zap.zap_entries(objset.dnode(1))
+        try:
+            master = zap.zap_entries(objset.dnode(1))
+        except (PvfsError, OSError) as e:
+            master = self._scan_for_master(f"master node unreadable: {e}")
         for err in master.errors:
             self.report("warning", "", "zap-damaged", f"master node: {err}")
         self.version = _int(master.get("VERSION"), 0)
         self.root = _int(master.get("ROOT"))
         if self.root is None:
-            raise SaError("master node has no ROOT entry")
+            master = self._scan_for_master("master node has no ROOT entry")
+            self.root = _int(master.get("ROOT"))
         sa_obj = _int(master.get("SA_ATTRS"))
         self.registry = None
         if sa_obj:
@@ -77,6 +84,48 @@ class Zpl:
         self.hardlinks: dict[int, object] = {}
         self.dirs_seen: set[int] = set()
         self._lock = threading.RLock()  # directories may load in several FUSE threads
+
+    def _scan_for_master(self, why: str):
+        """Find the root directory and the SA master node without the master node.
+
+        The root is the directory whose parent is itself (``zfs_create_fs``); the SA
+        master node has its own object type.  Raises :class:`SaError` if no root is found.
+        """
+        found = zap.ZapEntries()
+        limit = min(int(getattr(self.objset, "nobjects", 0) or 0), MAX_ROOT_SCAN)
+        dirs = []
+        obj = 2
+        while obj < limit and len(dirs) < MAX_ROOT_CANDIDATES:
+            try:
+                dn = self.objset.dnode(obj)
+            except (PvfsError, OSError):
+                obj += 1
+                continue
+            t = getattr(dn, "type", None)
+            if t == DMU_OT_SA_MASTER_NODE and "SA_ATTRS" not in found:
+                found["SA_ATTRS"] = [obj]
+            elif t == DMU_OT_DIRECTORY_CONTENTS:
+                dirs.append((obj, dn))
+            obj += 1 + (getattr(dn, "extra_slots", 0) or 0)
+        reg = None
+        if "SA_ATTRS" in found:
+            try:
+                reg = SaRegistry.load(self.objset, found["SA_ATTRS"][0])
+            except (PvfsError, OSError):
+                pass
+        for obj, dn in dirs:
+            try:
+                zn = read_znode(dn, reg)
+            except (PvfsError, OSError):
+                continue
+            if zn.parent == obj and not zn.flags & ZFS_XATTR:
+                found["ROOT"] = [obj]
+                break
+        if "ROOT" not in found:
+            raise SaError(f"{why}; no root directory found among {limit} objects")
+        self.report("error", "", "master-node", f"{why}; root directory found by scanning "
+                    f"the objects: object {found['ROOT'][0]}")
+        return found
 
     # -- helpers ---------------------------------------------------------------
     def report(self, severity, relpath, code, message, ranges=()):
