@@ -38,7 +38,7 @@ def fmt_uuid(u):
 
 
 def write_pv(path, uuid, pe_count, texts=(), committed=None, mda_size=64 * 1024,
-             with_mda=True, extents=None):
+             with_mda=True, extents=None, ring_fill=0):
     """A PV image: label in sector 1, one mda at 4 KiB, extents from 1 MiB.
 
     ``texts`` = [(ring offset, text)]; ``committed`` = index of the text raw_locn[0]
@@ -60,6 +60,7 @@ def write_pv(path, uuid, pe_count, texts=(), committed=None, mda_size=64 * 1024,
     sec[16:20] = struct.pack("<I", S.calc_crc(bytes(sec[20:])))
     buf[512:1024] = sec
     if with_mda:
+        buf[MDA_OFF + 512:MDA_OFF + mda_size] = bytes([ring_fill]) * (mda_size - 512)
         locn = bytes(24)
         for i, (off, text) in enumerate(texts):
             raw = text.encode()
@@ -362,3 +363,17 @@ def test_newer_uncommitted_text_is_used_and_reported(tmp_path):
     ctx = discover([str(p)], Options(backend_options={"lvm_seqno": 1}))
     assert resolve(ctx.root, "storage/lvm/vgu/b") is None
     assert read_all(ctx, "storage/lvm/vgu/a") == data[:EXT]
+
+
+def test_texts_after_stale_bytes_in_a_used_ring(tmp_path):
+    """After the ring has wrapped, the bytes between texts are left-overs of older texts:
+    a 512-aligned text is found even when no NUL precedes it."""
+    pvs = [("pv0", pv_uuid(0), 1)]
+    t1 = vg_text("vgs", VGID, 7, pvs, lv("a", [linear(0, 1, "pv0", 0)]))
+    t2 = vg_text("vgs", VGID, 8, pvs, lv("b", [linear(0, 1, "pv0", 0)]))
+    off1 = 1024
+    off2 = 512 * (3 + (len(t1) + 511) // 512)
+    p = write_pv(tmp_path / "a.img", pv_uuid(0), 1, [(off1, t1), (off2, t2)], 1,
+                 ring_fill=ord("x"))
+    info = read_pv(FileSource(p))
+    assert [(g.seqno, g.offset) for g in info.generations] == [(7, off1), (8, off2)]

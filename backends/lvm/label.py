@@ -10,7 +10,7 @@ the text may wrap from the end of the area back to ``MDA_HEADER_SIZE``; the crc 
 
 The circular buffer keeps older VG texts until they are overwritten.  Every text still
 present is found by scanning the ring for ``<vgname> {`` + ``id = "`` at the start of
-a text (after a NUL or at the start of the ring).  The text ``raw_locn`` points at is
+a text (512-aligned, or after a NUL).  The text ``raw_locn`` points at is
 verified by its crc; the others are validated by parsing.
 """
 
@@ -269,9 +269,17 @@ def read_generations(source, mda: MdaHeader, problems: list) -> list:
             if m.start() > SCAN_CHUNK:
                 break
             at = pos + m.start() - 1
-            if at != ring.start and chunk[m.start() - 1] != 0 and at not in pointed:
-                continue
-            starts.append((at, m.group(1).decode()))
+            name = m.group(1).decode()
+            # lvm2 starts texts 512-aligned; older versions right after the previous
+            # text's NUL.  The bytes before an aligned start may be stale left-overs of
+            # older texts (a wrapped ring), even name characters: look inside the match.
+            if at % S.SECTOR_SIZE and chunk[m.start() - 1] != 0 and at not in pointed:
+                aligned = at + (-at) % S.SECTOR_SIZE
+                cut = aligned - at
+                if cut >= len(name):
+                    continue
+                at, name = aligned, name[cut:]
+            starts.append((at, name))
         pos += SCAN_CHUNK
     budget = MAX_SCAN_BYTES
     for at, name in starts:
