@@ -121,8 +121,8 @@ class DB:
         self.cfs = {}
         for cf in self.manifest.live_column_families():
             self.cfs[cf.id] = ColumnFamilyData(cf)
-        self.cf_by_name = {c.name: c for c in self.cfs.values()}
         self._open_tables()
+        self.cf_by_name = {c.name: c for c in self.cfs.values()}
         self.wal_records = 0
         self.last_sequence = self.manifest.last_sequence
         self._replay_wals()
@@ -172,22 +172,29 @@ class DB:
             return m
         return self._salvage_manifest(f"no usable MANIFEST ({last_err})")
 
+    def _options_cf_names(self):
+        """Column family names in creation order, from the newest OPTIONS file (ids are
+        given in that order)."""
+        options = sorted((int(mm.group(1)), n) for n in self._listing(self.db_dir)
+                         if (mm := re.match(r"^OPTIONS-(\d+)$", n)))
+        if not options:
+            return []
+        try:
+            src = self.files.open(self._path(self.db_dir, options[-1][1]))
+            text = src.read(0, min(src.size, 8 << 20)).decode("latin-1")
+        except (UnreadableError, RocksDBError) as e:
+            self._note("warning", "rocksdb-options", f"{options[-1][1]}: {e}")
+            return []
+        return re.findall(r'^\[CFOptions "(.*)"\]', text, re.M)
+
     def _salvage_manifest(self, why):
         """Without a MANIFEST: every table in the directories, families by table properties
         (and the newest OPTIONS file's order for families without a table), every log."""
         m = Manifest.empty()
         self.manifest_name = None
         cfs = m.column_families
-        options = sorted((int(mm.group(1)), n) for n in self._listing(self.db_dir)
-                         if (mm := re.match(r"^OPTIONS-(\d+)$", n)))
-        if options:
-            try:
-                src = self.files.open(self._path(self.db_dir, options[-1][1]))
-                text = src.read(0, min(src.size, 8 << 20)).decode("latin-1")
-                for i, name in enumerate(re.findall(r'^\[CFOptions "(.*)"\]', text, re.M)):
-                    cfs[i] = ColumnFamily(i, name)
-            except (UnreadableError, RocksDBError) as e:
-                self._note("warning", "rocksdb-options", f"{options[-1][1]}: {e}")
+        for i, name in enumerate(self._options_cf_names()):
+            cfs[i] = ColumnFamily(i, name)
         self._salvaged = {}
         tables = 0
         for d in self.sst_dirs:
@@ -228,13 +235,73 @@ class DB:
             cache[d] = set(self.files.listdir(d))
         return cache[d]
 
+    def _adopt_newer_tables(self):
+        """A MANIFEST cut short (damaged edit) misses the tables created after the cut:
+        every table in the directories that it does not name is added (family from its
+        properties).  RocksDB deletes obsolete tables right away, so such a table is
+        nearly always live; one that is not only repeats older versions of keys, which
+        the newest-sequence rule hides (a key whose deletion was compacted away may
+        reappear)."""
+        m = self.manifest
+        known = {n for cf in m.column_families.values() for n in cf.files}
+        adopted = []
+        for d in self.sst_dirs:
+            for n in sorted(self._listing(d)):
+                mm = _SST_RE.match(n)
+                if not mm or int(mm.group(1)) in known:
+                    continue
+                path = self._path(d, n)
+                try:
+                    t = Table(self.files.open(path), path, self.verify)
+                except (RocksDBError, UnreadableError) as e:
+                    self._note("error", "rocksdb-bad-sst", f"{path}: {e}")
+                    continue
+                cf = m.column_families.get(t.column_family_id if isinstance(
+                    t.column_family_id, int) else 0)
+                if cf is None or (t.column_family_name and cf.name != t.column_family_name):
+                    cf = next((c for c in m.column_families.values()
+                               if c.name == t.column_family_name), None)
+                if cf is None:
+                    self._note("warning", "rocksdb-salvage",
+                               f"{path}: column family {t.column_family_name!r} is unknown")
+                    continue
+                number = int(mm.group(1))
+                cf.files[number] = FileMeta(0, number, t.source.size)
+                self.__dict__.setdefault("_salvaged", {})[number] = t
+                adopted.append(n)
+        if adopted:
+            self._note("warning", "rocksdb-salvage",
+                       f"the MANIFEST ends early; newer tables read too: {', '.join(adopted)}")
+
     def _open_tables(self):
+        m = self.manifest
+        missing = [n for cf in m.live_column_families() for n in cf.files
+                   if self._find(self.sst_dirs, n, ("sst", "ldb")) is None]
+        cut = any(c == "rocksdb-manifest-tail" for _, c, _ in self.damage)
+        known = {n for cf in m.column_families.values() for n in cf.files}
+        orphans = [n for d in self.sst_dirs for n in self._listing(d)
+                   if (mm := _SST_RE.match(n)) and int(mm.group(1)) not in known]
+        names = {c.name for c in m.column_families.values()}
+        unseen = [(i, n) for i, n in enumerate(self._options_cf_names())
+                  if n not in names and i not in m.column_families]
+        if (missing or cut or orphans or unseen) and getattr(self, "manifest_name", None):
+            # the MANIFEST lags behind the files (cut short, or an older one): families it
+            # has not seen come from the OPTIONS file, tables it does not name from the
+            # directories
+            for i, name in unseen:
+                m.column_families[i] = ColumnFamily(i, name)
+            if unseen:
+                self._note("warning", "rocksdb-salvage",
+                           f"column families {[n for _, n in unseen]} come from the OPTIONS "
+                           "file: the MANIFEST does not know them")
+            self._adopt_newer_tables()
         for cf in self.manifest.live_column_families():
-            c = self.cfs[cf.id]
+            c = self.cfs.setdefault(cf.id, ColumnFamilyData(cf))
             for number in sorted(cf.files, reverse=True):
                 path = self._find(self.sst_dirs, number, ("sst", "ldb"))
                 if path is None:
-                    self._note("error", "rocksdb-missing-sst",
+                    # after a cut MANIFEST, compaction may have removed it legitimately
+                    self._note("warning" if cut else "error", "rocksdb-missing-sst",
                                f"SST {number:06d} of column family {cf.name} is missing")
                     continue
                 try:
