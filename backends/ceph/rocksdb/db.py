@@ -192,33 +192,13 @@ class DB:
         (and the newest OPTIONS file's order for families without a table), every log."""
         m = Manifest.empty()
         self.manifest_name = None
-        cfs = m.column_families
         for i, name in enumerate(self._options_cf_names()):
-            cfs[i] = ColumnFamily(i, name)
-        self._salvaged = {}
-        tables = 0
-        for d in self.sst_dirs:
-            for n in sorted(self._listing(d)):
-                mm = _SST_RE.match(n)
-                if not mm:
-                    continue
-                path = self._path(d, n)
-                try:
-                    t = Table(self.files.open(path), path, self.verify)
-                except (RocksDBError, UnreadableError) as e:
-                    self._note("error", "rocksdb-bad-sst", f"{path}: {e}")
-                    continue
-                cf_id = t.column_family_id if isinstance(t.column_family_id, int) else 0
-                name = t.column_family_name or cfs.get(cf_id, ColumnFamily(cf_id, "")).name
-                if cf_id not in cfs or cfs[cf_id].name != name:
-                    cfs[cf_id] = ColumnFamily(cf_id, name or f"cf-{cf_id}")
-                number = int(mm.group(1))
-                cfs[cf_id].files[number] = FileMeta(0, number, t.source.size)
-                self._salvaged[number] = t
-                tables += 1
+            m.column_families[i] = ColumnFamily(i, name)
+        self.manifest = m
+        tables = self._adopt_tables(create_families=True)
         self._note("warning", "rocksdb-salvage",
-                   f"{why}: read {tables} tables found in the directory and every log; keys "
-                   "deleted by an unfinished compaction may reappear")
+                   f"{why}: read {len(tables)} tables found in the directory and every log; "
+                   "keys deleted by an unfinished compaction may reappear")
         return m
 
     def _find(self, dirs, number, exts):
@@ -235,16 +215,20 @@ class DB:
             cache[d] = set(self.files.listdir(d))
         return cache[d]
 
-    def _adopt_newer_tables(self):
-        """A MANIFEST cut short (damaged edit) misses the tables created after the cut:
-        every table in the directories that it does not name is added (family from its
-        properties).  RocksDB deletes obsolete tables right away, so such a table is
-        nearly always live; one that is not only repeats older versions of keys, which
-        the newest-sequence rule hides (a key whose deletion was compacted away may
-        reappear)."""
+    def _adopt_tables(self, create_families=False):
+        """Add every table of the directories that the MANIFEST does not name (family from
+        the table's properties); returns their names.
+
+        A MANIFEST cut short (a damaged edit) misses the tables created after the cut.
+        RocksDB deletes obsolete tables right away, so an unnamed table is nearly always
+        live; one that is not only repeats older versions of keys, which the
+        newest-sequence rule hides (a key whose deletion was compacted away may reappear).
+        """
         m = self.manifest
-        known = {n for cf in m.column_families.values() for n in cf.files}
+        cfs = m.column_families
+        known = {n for cf in cfs.values() for n in cf.files}
         adopted = []
+        salvaged = self.__dict__.setdefault("_salvaged", {})
         for d in self.sst_dirs:
             for n in sorted(self._listing(d)):
                 mm = _SST_RE.match(n)
@@ -256,22 +240,22 @@ class DB:
                 except (RocksDBError, UnreadableError) as e:
                     self._note("error", "rocksdb-bad-sst", f"{path}: {e}")
                     continue
-                cf = m.column_families.get(t.column_family_id if isinstance(
-                    t.column_family_id, int) else 0)
-                if cf is None or (t.column_family_name and cf.name != t.column_family_name):
-                    cf = next((c for c in m.column_families.values()
-                               if c.name == t.column_family_name), None)
+                cf_id = t.column_family_id if isinstance(t.column_family_id, int) else 0
+                name = t.column_family_name
+                cf = cfs.get(cf_id)
+                if cf is None or (name and cf.name != name):
+                    cf = next((c for c in cfs.values() if name and c.name == name), None)
+                if cf is None and create_families:
+                    cf = cfs[cf_id] = ColumnFamily(cf_id, name or f"cf-{cf_id}")
                 if cf is None:
                     self._note("warning", "rocksdb-salvage",
-                               f"{path}: column family {t.column_family_name!r} is unknown")
+                               f"{path}: column family {name!r} is unknown")
                     continue
                 number = int(mm.group(1))
                 cf.files[number] = FileMeta(0, number, t.source.size)
-                self.__dict__.setdefault("_salvaged", {})[number] = t
+                salvaged[number] = t
                 adopted.append(n)
-        if adopted:
-            self._note("warning", "rocksdb-salvage",
-                       f"the MANIFEST ends early; newer tables read too: {', '.join(adopted)}")
+        return adopted
 
     def _open_tables(self):
         m = self.manifest
@@ -294,7 +278,11 @@ class DB:
                 self._note("warning", "rocksdb-salvage",
                            f"column families {[n for _, n in unseen]} come from the OPTIONS "
                            "file: the MANIFEST does not know them")
-            self._adopt_newer_tables()
+            adopted = self._adopt_tables()
+            if adopted:
+                self._note("warning", "rocksdb-salvage",
+                           f"the MANIFEST lags behind the files; tables it does not name are "
+                           f"read too: {', '.join(adopted)}")
         for cf in self.manifest.live_column_families():
             c = self.cfs.setdefault(cf.id, ColumnFamilyData(cf))
             for number in sorted(cf.files, reverse=True):
