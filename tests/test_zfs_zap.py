@@ -287,3 +287,29 @@ def test_fuzz_random_blocks(btype, body, bs):
         assert isinstance(e, dict)
     except (zap.ZapError, UnreadableError):
         pass
+
+
+def test_lost_header_block_entries_salvaged_from_leaves():
+    d = build_fat_zap(ENTRIES, bs=8192, prefix_bits=2)
+    d.unreadable = {0}
+    e = zap.zap_entries(d)
+    assert dict(e) == ENTRIES
+    assert "header block unreadable" in e.errors[0] and "salvaged from 4 leaf blocks" in e.errors[0]
+    d.unreadable = {0, 3}
+    e = zap.zap_entries(d)
+    assert 0 < len(e) < len(ENTRIES) and all(ENTRIES[k] == v for k, v in e.items())
+
+
+def test_lost_micro_zap_still_raises():
+    d = BlockDnode([zap.ZBT_MICRO.to_bytes(8, "little").ljust(512, b"\0")], unreadable={0})
+    with pytest.raises(UnreadableError):
+        zap.zap_entries(d)
+
+
+def test_real_fat_zap_header_lost():
+    img = _fixture_image("modern-tank.tar.xz", "modern-tank/tank-disk0.img")
+    base = 2048 * 512 + 0x400000
+    b1 = _lz4_block(img, base + 0x14E00, 0xE00, 0x4000)
+    d = BlockDnode([bytes(0x4000), b1], unreadable={0})
+    e = zap.zap_entries(d)
+    assert dict(e) == {"2": [5, 6, 4, 12, 13, 7, 11, 0, 1, 2, 3, 8, 21, 16, 19]}

@@ -348,3 +348,27 @@ def test_unreadable_master_node_root_found_by_scanning(tmp_path):
     assert not problems, problems
     assert any(e.code == "master-node" and e.path == "storage/zfs/fxmirror/comp-off"
                for e in ctx.report)
+
+
+def test_fat_zap_directory_with_lost_header_block(tmp_path):
+    """fxmirror's ``names`` (object 70, a fat ZAP: header block 0 + one leaf) loses its
+    header block on both mirror sides (its two DVAs ``0:7ba000:1000`` and
+    ``0:1b26000:1000``, taken from the object's L1 block pointers): the entries are
+    salvaged from the leaf, the loss is reported, and every file reads back."""
+    images = _images(ZFS, "fxmirror.tar.xz")
+    man, _ = _legacy_manifest("fxmirror")
+    ctx = discover(_with_bad_blocks(tmp_path, images, [0x7BA000, 0x1B26000], 0x1000),
+                   Options())
+    want = {p: e for p, e in man["fxmirror"].items() if p.startswith("names/")}
+    assert len(want) >= 3
+    problems = []
+    dsroot = resolve(ctx.root, "storage/zfs/fxmirror")
+    for p, e in want.items():
+        node = resolve(dsroot, p)
+        if node is None:
+            problems.append(f"{p} missing")
+        else:
+            _check_entry(p, node, e, problems, dsroot)
+    assert not problems, problems
+    assert any(e.code == "zap-damaged" and e.path == "storage/zfs/fxmirror/names" and
+               "salvaged" in e.message for e in ctx.report)

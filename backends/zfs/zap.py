@@ -59,6 +59,9 @@ CHAIN_END = 0xFFFF
 MAX_BLOCK = 16 << 20  # largest block any ZFS writes
 MAX_LEAVES = 1 << 20  # distinct leaves visited in one listing
 MAX_PTRTBL_SHIFT = 32
+MAX_SALVAGE_BLOCKS = 8192  # blocks searched for leaves when a fat ZAP header is lost
+#: object types that are never ZAPs (plain file contents, zvol data, dnodes ...)
+NOT_ZAP_TYPES = {10, 11, 19, 23, 25, 26}
 
 #: CRC64 table of ``zap_hash`` (ZFS_CRC64_POLY, reflected, as in ``spa_misc.c``).
 ZFS_CRC64_POLY = 0xC96C5795D7870F42
@@ -473,13 +476,59 @@ def zap_entries(dnode) -> ZapEntries:
         hit = METADATA_CACHE.get(("zap", key))
         if hit is not None:
             return hit
-    block0, order, btype = _open(dnode)
-    if btype == ZBT_MICRO:
-        out = _micro_entries(block0, order)
+    try:
+        block0, order, btype = _open(dnode)
+    except (UnreadableError, ZapError) as e:
+        out = _salvage_leaves(dnode, e)
     else:
-        out = _fat_entries(dnode, block0, order)
+        if btype == ZBT_MICRO:
+            out = _micro_entries(block0, order)
+        else:
+            out = _fat_entries(dnode, block0, order)
     if key is not None:
         METADATA_CACHE.put(("zap", key), out)
+    return out
+
+
+def _salvage_leaves(dnode, why):
+    """A fat ZAP whose header block is lost: decode every block that is a leaf.
+
+    Without the header the pointer table and the flags are unknown, so the leaves are
+    found by their magic and read as string-keyed (directories, property ZAPs).
+    Re-raises ``why`` when no leaf is found (a lost micro ZAP, or not a ZAP at all).
+    """
+    bs = _block_size(dnode)
+    size = int(getattr(dnode, "size", 0) or 0)
+    nblocks = min(size // bs, MAX_SALVAGE_BLOCKS) if bs & (bs - 1) == 0 else 0
+    if getattr(dnode, "type", None) in NOT_ZAP_TYPES:
+        nblocks = 0
+    out = ZapEntries()
+    out.kind = "fat"
+    leaves = 0
+    for blk in range(1, nblocks):
+        try:
+            data = _read(dnode, blk * bs, bs, f"fat ZAP block {blk}")
+        except (UnreadableError, ZapError):
+            continue
+        order = _byteorder(data[:8], (ZBT_LEAF,))
+        if order is None:
+            continue
+        try:
+            leaf = _Leaf(data, order, blk, 0)
+        except ZapError:
+            continue
+        leaves += 1
+        for i in leaf.entries():
+            try:
+                name, value, _h = leaf.decode(i)
+            except ZapError as e:
+                out.errors.append(str(e))
+                continue
+            out.setdefault(name, value)
+    if not leaves:
+        raise why
+    out.errors.insert(0, f"fat ZAP header block unreadable ({why}); {len(out)} entries "
+                         f"salvaged from {leaves} leaf blocks")
     return out
 
 
