@@ -313,3 +313,10 @@ def test_real_fat_zap_header_lost():
     d = BlockDnode([bytes(0x4000), b1], unreadable={0})
     e = zap.zap_entries(d)
     assert dict(e) == {"2": [5, 6, 4, 12, 13, 7, 11, 0, 1, 2, 3, 8, 21, 16, 19]}
+
+
+def test_lookup_with_lost_header_uses_the_salvage():
+    d = build_fat_zap(ENTRIES, bs=8192, prefix_bits=2)
+    d.unreadable = {0}
+    assert zap.zap_lookup(d, "a-list") == ENTRIES["a-list"]
+    assert zap.zap_lookup(d, "absent") is None

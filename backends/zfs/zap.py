@@ -543,7 +543,10 @@ def zap_lookup(dnode, name: str):
         hit = METADATA_CACHE.get(("zap", key))
         if hit is not None:
             return hit.get(name)
-    block0, order, btype = _open(dnode)
+    try:
+        block0, order, btype = _open(dnode)
+    except (UnreadableError, ZapError):
+        return zap_entries(dnode).get(name)  # salvages the leaves or raises
     if btype == ZBT_MICRO:
         return _micro_entries(block0, order).get(name)
     fat = _Fat(dnode, block0, order)
