@@ -82,6 +82,19 @@ def test_label_and_generations_synthetic(syn):
     assert pv.generations[0].offset == 512 and pv.generations[0].crc_ok is None
 
 
+def test_generation_texts_are_shown_as_files(syn):
+    d, m = syn
+    ctx = _discover_partition(d / "pve-disk.img", m["gpt"]["pv_offset_bytes"])
+    node = resolve(ctx.root, "storage/lvm/pve/.metadata/seqno-9.vg")
+    text = node.source.read(0, node.size)
+    # truth/pvck-dump-headers.txt: the committed text is 3523 bytes with crc 0x60a6bf84
+    from backends.lvm.structs import calc_crc
+    assert len(text) == 3523 and calc_crc(text) == 0x60A6BF84
+    assert resolve(ctx.root, "storage/lvm/pve/.metadata/seqno-8.vg") is not None
+    vm = resolve(ctx.root, "storage/lvm/pve/vm-100-disk-0")
+    assert vm.mtime == 1714644000  # creation_time in the VG text
+
+
 def test_every_generation_of_the_real_ring(real):
     img, m = real
     pv = read_pv(_pv(img, m["pv_offset_bytes"]))

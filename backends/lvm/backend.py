@@ -7,6 +7,7 @@ Tree::
     storage/lvm/<vg>/.pool/<pool>/orphans/thin-<id>   thin devices the LVM text does not name
     storage/lvm/<vg>/.pool/<pool>/removed/<lv>  thin LVs removed since an older generation
     storage/lvm/<vg>/.hidden/<lv>               other hidden LVs (pmspare, mirror/raid images)
+    storage/lvm/<vg>/.metadata/seqno-<N>.vg     every VG text generation, as found
     vms/<vmid>/disk-<n>.raw                     vm-<vmid>-disk-<n>
     vms/<vmid>/snapshots/<snap>/disk-<n>.raw    snap_vm-<vmid>-disk-<n>_<snap>
 """
@@ -18,7 +19,8 @@ import re
 from pvfs.backend import Backend
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import UnreadableError
-from pvfs.nodes import Dir
+from pvfs.nodes import Dir, File
+from pvfs.source import BytesSource
 
 from . import structs as S
 from .errors import LvmError, ThinError
@@ -140,6 +142,14 @@ class LvmBackend(Backend):
         used = lvm_dir.add(vg.name, vgdir, report=ctx.report, layer=self.name,
                            path_hint="storage/lvm")
         base = f"storage/lvm/{used}"
+        mdir = vgdir.subdir(".metadata")
+        for g in ordered:
+            # each generation's text as lvm2 wrote it (usable with vgcfgrestore -f)
+            mdir.add(f"seqno-{g.seqno}.vg", File(BytesSource(g.text, label=f"seqno {g.seqno}"),
+                                                 mtime=g.config.get("creation_time")
+                                                 if isinstance(g.config.get("creation_time"),
+                                                               int) else None),
+                     report=ctx.report, path_hint=f"{base}/.metadata")
         for g in ordered:
             mark = "in use" if g is gen else "available with --lvm-seqno"
             ctx.report.add("info", self.name, base, "metadata-generation",
@@ -220,7 +230,7 @@ class _Builder:
         except Exception:
             probe = False
         vol = self.ctx.add_volume(src, self.dir, lv.name, self.base, "lv", parent=self.parent,
-                                  probe=probe, children_home="parts")
+                                  probe=probe, children_home="parts", mtime=lv.creation_time)
         self._info(vol, lv, **extra)
         m = _SNAP_RE.match(lv.name)
         if m:

@@ -69,6 +69,7 @@ class Generation:
     how: str  # "committed" | "precommitted" | "scan"
     crc_ok: bool | None  # None: no checksum known (found by scanning)
     config: dict = field(repr=False, default_factory=dict)
+    text: bytes = field(repr=False, default=b"")  # as found in the ring
 
     @property
     def vg(self) -> dict:
@@ -229,7 +230,7 @@ def _make_generation(vgname_hint, text, mda_offset, off, how, crc_ok):
     if not isinstance(vg["seqno"], int) or not isinstance(vg["id"], str):
         raise LvmError("VG text: seqno or id has the wrong type")
     return Generation(vgname, vg["id"], vg["seqno"], mda_offset, off, len(text), how,
-                      crc_ok, cfg)
+                      crc_ok, cfg, bytes(text))
 
 
 def read_generations(source, mda: MdaHeader, problems: list) -> list:

@@ -63,6 +63,7 @@ class LV:
     flags: list
     segments: list
     extents: int
+    creation_time: int | None = None
     visible: bool = field(init=False)
 
     def __post_init__(self):
@@ -213,7 +214,9 @@ class VolumeGroup:
         extents = max((s.start_extent + s.extent_count for s in segs), default=0)
         status = [x for x in l.get("status", []) if isinstance(x, str)]
         flags = [x for x in l.get("flags", []) if isinstance(x, str)]
-        return LV(name, str(l.get("id", "")), status, flags, segs, extents)
+        ct = l.get("creation_time")
+        ct = ct if isinstance(ct, int) and 0 < ct < 1 << 40 else None
+        return LV(name, str(l.get("id", "")), status, flags, segs, extents, ct)
 
     # -- sources ----------------------------------------------------------------
     def pv_area(self, pvname, pe, length, what):
