@@ -1,7 +1,8 @@
 """Block decompression: lzjb, lz4, gzip, zle, zstd.
 
 lzjb is a byte loop: with the optional ``numba`` package it is compiled (hundreds of
-MB/s), without it pure Python does a few MB/s.
+MB/s) once enough lzjb data is met (see ``_lzjb_jit``), without it pure Python does a
+few MB/s.
 
 References: OpenZFS module/zfs/lzjb.c, lz4.c / lz4_zfs.c (4-byte big-endian compressed
 length before the LZ4 block), gzip.c (zlib streams), zle.c (n = 64), zfs_zstd.c
@@ -119,9 +120,12 @@ def _lzjb_kernel(src, dst):  # pragma: no cover - compiled by numba when it is i
     return d
 
 
-_LZJB_JIT = None  # None: not started; False: unavailable (or still compiling)
+_LZJB_JIT = None  # None: not tried; False: unavailable; else the compiled function
 _LZJB_LOCK = threading.Lock()
-_LZJB_SEEN = False  # an lzjb block was decoded in this process
+_LZJB_PY_BYTES = 0  # lzjb bytes decoded by the Python loop so far
+#: Compile once this much lzjb metadata went through Python (compiling costs ~1-2 s,
+#: Python decodes metadata at ~8 MB/s: discovery of a 10,000-file pool stays below).
+LZJB_COMPILE_AFTER = 16 * 1024 * 1024
 
 
 def _compile_lzjb():
@@ -137,63 +141,37 @@ def _compile_lzjb():
         _LZJB_JIT = False
 
 
-def _start_compile():
-    global _LZJB_JIT
-    with _LZJB_LOCK:
-        if _LZJB_JIT is None:
-            _LZJB_JIT = False
-            if not os.environ.get("PVFS_NO_NUMBA"):
-                threading.Thread(target=_compile_lzjb, name="zfs-lzjb-jit", daemon=True).start()
-
-
 def _lzjb_jit(bulk=True):
     """numba-compiled lzjb (optional, ~50x faster than Python).
 
-    Importing numba and loading the compiled code takes a second or two, so it runs in
-    a background thread, started by the first lzjb block of file or zvol data (``bulk``);
-    metadata (small) is decoded in Python meanwhile.  Discovery reads only metadata, so
-    the compilation normally starts in the mount daemon, after ``pvfs mount`` forks it:
-    a thread cut off by a fork in the middle of ``import numba`` would leave the child a
-    half-imported module.  A child forked from a process that saw lzjb starts compiling
-    at once."""
-    if _LZJB_JIT is None and bulk:
-        _start_compile()
+    Importing numba and loading the compiled code takes a second or two, so it is done
+    only when it pays: at the first block of file or zvol data (``bulk``) or after
+    ``LZJB_COMPILE_AFTER`` bytes of metadata went through Python.  It is done in the
+    calling thread (other threads use Python meanwhile), never in a background thread:
+    ``pvfs mount`` forks its daemon after discovery, and a thread cut off by the fork in
+    the middle of ``import numba`` would leave the child a half-imported module."""
+    if _LZJB_JIT is None and (bulk or _LZJB_PY_BYTES >= LZJB_COMPILE_AFTER):
+        if os.environ.get("PVFS_NO_NUMBA"):
+            return False
+        if _LZJB_LOCK.acquire(blocking=False):
+            try:
+                if _LZJB_JIT is None:
+                    _compile_lzjb()
+            finally:
+                _LZJB_LOCK.release()
     return _LZJB_JIT
 
 
-def _after_fork_in_child():
-    global _LZJB_JIT, _LZJB_LOCK
-    _LZJB_LOCK = threading.Lock()
-    if not _LZJB_JIT:
-        if "numba" in sys.modules:  # cut off mid-import: stay with the Python decoder
-            _LZJB_JIT = False
-            return
-        _LZJB_JIT = None
-        if _LZJB_SEEN:
-            _start_compile()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def lzjb_jit_ready(timeout=30.0) -> bool:
-    """Start the compilation if needed and wait for it (tests, benchmarks)."""
-    _lzjb_jit(bulk=True)
-    end = time.monotonic() + timeout
-    while not _LZJB_JIT and time.monotonic() < end:
-        if os.environ.get("PVFS_NO_NUMBA") or not any(
-                t.name == "zfs-lzjb-jit" for t in threading.enumerate()):
-            break
-        time.sleep(0.05)
-    return bool(_LZJB_JIT)
+def lzjb_jit_ready(timeout=None) -> bool:
+    """Compile now if numba is installed (tests, benchmarks)."""
+    return bool(_lzjb_jit(bulk=True))
 
 
 def lzjb_decompress(src: bytes, d_len: int, bulk: bool = True) -> bytes:
-    global _LZJB_SEEN
-    _LZJB_SEEN = True
+    global _LZJB_PY_BYTES
     jit = _lzjb_jit(bulk)
     if not jit:
+        _LZJB_PY_BYTES += d_len
         return _lzjb_python(src, d_len)
     dst = np.empty(d_len, dtype=np.uint8)
     r = jit(np.frombuffer(src, dtype=np.uint8), dst)
