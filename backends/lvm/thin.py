@@ -576,13 +576,16 @@ class Recovery:
 
     def _classify(self):
         s = self.scan
+        # With the committed space map, only current nodes count as parents: a stale
+        # copy of a damaged node must not hide the damaged node's children.
         referenced = set()
         for b, children in s.internal.items():
-            referenced.update(c for c in children if c != b)
+            if self.current(b):
+                referenced.update(c for c in children if c != b)
         for b in list(s.leaves8) + list(s.internal) + list(s.leaves24) + list(s.other):
             self._kind_of(b)
         for b in s.leaves8:
-            if self.kind[b] == "top":
+            if self.kind[b] == "top" and self.current(b):
                 referenced.update(v for v in self.md.node(b).u64_values().tolist()
                                   if s.valid(v))
         self.referenced = referenced
