@@ -599,23 +599,26 @@ class Recovery:
         return sorted(b for b in self.roots if self.kind.get(b) == kind
                       and (not only_current or self.current(b)))
 
+    def _pick(self, ranked, what):
+        """The best of ``[(rank, root, value)]``; notes how many others were found."""
+        if not ranked:
+            return None, {}
+        _, root, value = max(ranked, key=lambda t: t[0])
+        if len(ranked) > 1:
+            self.notes.append(f"{len(ranked) - 1} older {what} found; using the one at "
+                              f"block {root}")
+        return root, value
+
     def best_details(self):
-        best, best_rank = None, None
+        """The device-details tree: most devices the LVM text names, then the highest
+        transaction id."""
+        ranked = []
         for r in self.roots_of("details"):
             d = details_from_walk(self.md.walk(r, S.DEVICE_DETAILS_SIZE))
-            if not d:
-                continue
-            rank = (len(self.expected & set(d)), max(x.transaction_id for x in d.values()),
-                    len(d), r)
-            if best_rank is None or rank > best_rank:
-                best, best_rank = (r, d), rank
-        if best is None:
-            return None, {}
-        others = len(self.roots_of("details")) - 1
-        if others > 0:
-            self.notes.append(f"{others} older device-details tree(s) found; using the one at "
-                              f"block {best[0]} (highest transaction id)")
-        return best
+            if d:
+                ranked.append(((len(self.expected & set(d)),
+                                max(x.transaction_id for x in d.values()), len(d), r), r, d))
+        return self._pick(ranked, "device-details tree(s)")
 
     def _entries(self, root):
         """Number of leaf entries below ``root`` from the scan summaries (no parsing)."""
@@ -653,22 +656,16 @@ class Recovery:
         return int((v & np.uint64(0xFFFFFF)).max()) if len(v) else -1
 
     def best_top(self, details):
-        best, best_rank = None, None
+        """The top-level tree: most devices the LVM text names, then the most devices whose
+        entry count is their mapped_blocks."""
+        ranked = []
         for r, devs in self.top_trees().items():
             if not self.current(r):
                 continue
             agree = sum(1 for d, root in devs.items()
                         if d in details and self._entries(root) == details[d].mapped_blocks)
-            rank = (len(self.expected & set(devs)), agree, len(devs), r)
-            if best_rank is None or rank > best_rank:
-                best, best_rank = (r, devs), rank
-        if best is None:
-            return None, {}
-        others = len(self.roots_of("top")) - 1
-        if others > 0:
-            self.notes.append(f"{others} older top-level mapping tree(s) found; using the one "
-                              f"at block {best[0]}")
-        return best
+            ranked.append(((len(self.expected & set(devs)), agree, len(devs), r), r, devs))
+        return self._pick(ranked, "top-level mapping tree(s)")
 
     def orphan_mapping_roots(self, used_roots):
         """Mapping subtrees nobody references: candidates for devices whose tree is lost."""
