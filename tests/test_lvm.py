@@ -530,6 +530,42 @@ def test_regretted_lvremove_of_a_thin_lv_is_listed_under_removed(real, tmp_path)
     assert any("no device maps them" in e.message for e in sm)
 
 
+def test_lvm_thin_scan_finds_devices_no_generation_names(real, tmp_path):
+    """The ring no longer holds any text naming vm-101: --lvm-thin-scan still finds its
+    device in older top-level trees (thin-2, sized up to its last mapped block); every
+    whole MiB of it matches the manifest's per-MiB hashes."""
+    import hashlib
+
+    from test_lvm_synth import lv, linear, pv_uuid, vg_text, write_pv
+    img, m = real
+    f = FileSource(img)
+    tmo = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
+    tdo = m["lvs"]["data_tdata"]["segments"][0]["disk_offset"]
+    tmeta = Patched(f, _drop_device_patches(real, 2)).read(tmo, 4 << 20)
+    pool = lv("data", ['start_extent = 0\nextent_count = 1920\ntype = "thin-pool"\n'
+                       'metadata = "data_tmeta"\npool = "data_tdata"\ntransaction_id = 3\n'
+                       'chunk_size = 128\n'])
+    pool += lv("data_tmeta", [linear(0, 64, "pv0", 0)], visible=False)
+    pool += lv("data_tdata", [linear(0, 1920, "pv0", 64)], visible=False)
+    pool += lv("vm-100-disk-0", ['start_extent = 0\nextent_count = 512\ntype = "thin"\n'
+                                 'thin_pool = "data"\ntransaction_id = 0\ndevice_id = 1\n'])
+    text = vg_text("pve", "REALsc-aaaa-bbbb-cccc-dddd-eeee-ffffff", 5,
+                   [("pv0", pv_uuid(0), 1984)], pool)
+    a = write_pv(tmp_path / "pv.img", pv_uuid(0), 1984, [(512, text)], 0,
+                 extents={0: tmeta, 64: f.read(tdo, 120 << 20)})
+    ctx = discover([str(a)], Options())
+    assert resolve(ctx.root, "storage/lvm/pve/.pool/data/removed") is None
+    ctx = discover([str(a)], Options(backend_options={"lvm_thin_scan": True}))
+    node = resolve(ctx.root, "storage/lvm/pve/.pool/data/removed/thin-2")
+    want = m["lvs"]["vm-101-disk-0"]["device"]["block_sha256"]
+    mib = 1 << 20
+    assert node.size >= 8 * mib
+    for i in range(node.size // mib):
+        assert hashlib.sha256(node.source.read(i * mib, mib)).hexdigest() == want[i], i
+    # thin-3 (the snapshot) is in the pool but named by no LV: an orphan, not "removed"
+    assert resolve(ctx.root, "storage/lvm/pve/.pool/data/orphans/thin-3") is not None
+
+
 def test_removed_thin_device_restored_from_older_trees(real):
     """A thin LV whose device is gone from the current pool metadata (as after an
     ``lvremove`` that an older ``--lvm-seqno`` undoes): older copies of the top-level tree

@@ -51,10 +51,16 @@ class LvmBackend(Backend):
     name = "lvm"
     grouped = True
     roles = PV_ROLES
-    cli_options = [("--lvm-seqno", {
-        "type": int, "metavar": "N",
-        "help": "use LVM metadata generation (seqno) N instead of the newest one found "
-                "in the metadata ring (e.g. to see an LV removed by lvremove)"})]
+    cli_options = [
+        ("--lvm-seqno", {
+            "type": int, "metavar": "N",
+            "help": "use LVM metadata generation (seqno) N instead of the newest one found "
+                    "in the metadata ring (e.g. to see an LV removed by lvremove)"}),
+        ("--lvm-thin-scan", {
+            "action": "store_true",
+            "help": "scan all thin-pool metadata for older copies of removed thin devices "
+                    "and show them under storage/lvm/<vg>/.pool/<pool>/removed/"}),
+    ]
 
     def probe(self, volume, ctx):
         try:
@@ -324,8 +330,18 @@ class _Builder:
 
     def restore_removed(self, pool_name, pool, pdir, ppath, named):
         """Removed thin LVs (named only by other generations) whose mapping trees are
-        still in the metadata as older copies: ``.pool/<pool>/removed/<lv>``."""
-        for dev, (name, size, seqno) in sorted(self.removed_thin(pool_name, named).items()):
+        still in the metadata as older copies: ``.pool/<pool>/removed/<lv>``; with
+        ``--lvm-thin-scan`` also devices no generation names (``removed/thin-<id>``)."""
+        removed = self.removed_thin(pool_name, named)
+        if self.ctx.options.get("lvm_thin_scan") and pool.usable:
+            try:
+                tops = pool._scan_once().top_trees()
+            except (ThinError, UnreadableError):
+                tops = {}
+            for dev in sorted({d for devs in tops.values() for d in devs}):
+                if dev not in pool.dev_roots and dev not in removed and dev not in named:
+                    removed[dev] = (f"thin-{dev}", None, None)
+        for dev, (name, size, seqno) in sorted(removed.items()):
             if dev in pool.dev_roots:
                 continue  # still in the pool: shown under orphans/
             try:
@@ -337,14 +353,21 @@ class _Builder:
                             f"thin LV {name} (device {dev}, metadata seqno {seqno}) was "
                             f"removed; no copy of its mapping tree is left", path=ppath)
                 continue
+            if size is None:  # named by no generation: up to its last mapped block
+                m = pool.mapping(dev)
+                if not len(m.vstart):
+                    continue
+                size = int(m.vstart[-1] + m.length[-1]) * pool.chunk_bytes
             src = ThinSource(pool, dev, size, label=f"{pool_name}:removed:{name}",
                              bad=self.ctx.bad())
             vol = self.ctx.add_volume(src, pdir.subdir("removed"), name, f"{ppath}/removed",
                                       "lv", parent=self.parent, children_home="parts")
             vol.info["lvm"] = {"vg": self.vg.name, "lv": name, "thin_pool": pool_name,
                                "device_id": dev, "from_seqno": seqno, "stale_root": root}
+            why = (f"is named by metadata seqno {seqno}" if seqno is not None
+                   else "is in an older top-level tree only (size from its last mapped block)")
             self.report("warning", "thin-removed-restored",
-                        f"thin LV {name} (device {dev}) is named by metadata seqno {seqno} "
+                        f"thin LV {name} (device {dev}) {why} "
                         f"but is gone from the pool; restored from an older copy of its "
                         f"mapping tree (block {root}) as {vol.path}: its data blocks may have "
                         f"been reused since, check the contents", path=ppath)
