@@ -372,3 +372,32 @@ def test_fat_zap_directory_with_lost_header_block(tmp_path):
     assert not problems, problems
     assert any(e.code == "zap-damaged" and e.path == "storage/zfs/fxmirror/names" and
                "salvaged" in e.message for e in ctx.report)
+
+
+@pytest.mark.parametrize("lost", [{47}, {46, 47}, {45, 46, 47}])
+def test_lost_sa_layouts_are_guessed(monkeypatch, lost):
+    """The SA layouts (type 47), registry (46) and SA master node (45) objects are made
+    unreadable: the ZPL's standard numbering and guessed layouts still give every
+    entry of the SA file systems of modern-rpool (ZPL 5) its manifest metadata."""
+    from backends.zfs import zap as zapmod
+    from pvfs.errors import UnreadableError
+
+    real = zapmod.zap_entries
+
+    def lossy(dnode):
+        if getattr(dnode, "type", None) in lost:
+            raise UnreadableError("made unreadable by the test", [(0, 512)])
+        return real(dnode)
+
+    monkeypatch.setattr(zapmod, "zap_entries", lossy)
+    images = _images(ZFS, "modern-rpool.tar.xz")
+    man, keys = _legacy_manifest("modern-rpool")
+    ctx = discover(list(images), Options(backend_options={"zfs_key": keys}))
+    problems, checked = [], 0
+    for name in ("rpool", "rpool/xattr-sa", "rpool/data/subvol-101-disk-0", "rpool/embedded",
+                 "rpool/encrypted", "rpool@snap1"):
+        problems += check_dataset(ctx, name, man[name], set(man))
+        checked += len(man[name])
+    assert checked > 2000
+    assert not problems, "\n".join(problems[:20])
+    assert any(e.code == "sa-registry" and "guessed" in e.message for e in ctx.report)

@@ -44,6 +44,10 @@ LEGACY_ATTRS = [
     ("ZPL_PAD", 32), ("ZPL_ZNODE_ACL", 88),
 ]
 
+#: The ZPL's attribute numbering as every OpenZFS/ZoL/illumos writer registers it
+#: (``zfs_attr_table`` order, the legacy ones first); used when the registry is lost.
+ZPL_ATTRS = LEGACY_ATTRS + [("ZPL_DACL_COUNT", 8), ("ZPL_SYMLINK", 0), ("ZPL_SCANSTAMP", 32),
+                            ("ZPL_DACL_ACES", 0), ("ZPL_DXATTR", 0), ("ZPL_PROJID", 8)]
 MAX_LAYOUTS = 1 << 16
 MAX_ATTRS = 1 << 16
 
@@ -141,25 +145,49 @@ def parse_znode_phys(bonus: bytes) -> Znode:
 class SaRegistry:
     """The SA attribute table and layouts of one dataset (``sa_os_t``)."""
 
-    def __init__(self, attrs=None, layouts=None):
+    def __init__(self, attrs=None, layouts=None, guessing=False):
         #: attribute number -> (name, registered length, byteswap type); length 0 = variable.
         self.attrs: dict[int, tuple[str, int, int]] = dict(attrs or {})
         #: layout number -> list of attribute numbers
         self.layouts: dict[int, list[int]] = dict(layouts or {})
         self.errors: list[str] = []
+        #: the layouts object is lost: unknown layouts are guessed (``guess_layout``)
+        self.guessing = guessing
+        self.guessed: dict[int, list[int]] = {}
         for num, (name, length) in enumerate(LEGACY_ATTRS):
             self.attrs.setdefault(num, (name, length, 0))
         self.layouts.setdefault(0, list(range(len(LEGACY_ATTRS))))
         self.layouts.setdefault(1, [])
 
     @classmethod
+    def standard(cls, why: str) -> "SaRegistry":
+        """The ZPL's own numbering and guessed layouts, for a dataset whose SA master
+        node, registry and layouts are lost."""
+        out = cls({n: (name, ln, 0) for n, (name, ln) in enumerate(ZPL_ATTRS)}, {},
+                  guessing=True)
+        out.errors.append(f"{why}; attribute layouts are guessed")
+        return out
+
+    @classmethod
     def load(cls, objset, sa_master_obj: int) -> "SaRegistry":
-        """Read ``REGISTRY`` and ``LAYOUTS`` below the SA master node."""
-        master = zap.zap_entries(objset.dnode(sa_master_obj))
-        attrs, layouts, errors = {}, {}, list(master.errors)
-        reg_obj = _first_int(master.get("REGISTRY"))
-        lay_obj = _first_int(master.get("LAYOUTS"))
-        if reg_obj:
+        """Read ``REGISTRY`` and ``LAYOUTS`` below the SA master node.
+
+        A lost registry is replaced by the ZPL's standard numbering, lost layouts are
+        guessed per buffer; both are named in ``errors``.
+        """
+        errors = []
+        attrs, layouts = {}, {}
+        reg_obj = lay_obj = None
+        try:
+            master = zap.zap_entries(objset.dnode(sa_master_obj))
+            errors += master.errors
+            reg_obj = _first_int(master.get("REGISTRY"))
+            lay_obj = _first_int(master.get("LAYOUTS"))
+        except (FormatError, OSError) as e:
+            errors.append(f"SA master node {sa_master_obj} unreadable: {e}")
+        try:
+            if not reg_obj:
+                raise SaError("no registry object")
             reg = zap.zap_entries(objset.dnode(reg_obj))
             errors += reg.errors
             for name, value in list(reg.items())[:MAX_ATTRS]:
@@ -169,7 +197,13 @@ class SaRegistry:
                     continue
                 # sa_impl.h: ATTR_NUM (bits 0-15), ATTR_BSWAP (16-23), ATTR_LENGTH (24-39)
                 attrs[v & 0xFFFF] = (name, (v >> 24) & 0xFFFF, (v >> 16) & 0xFF)
-        if lay_obj:
+        except (FormatError, OSError) as e:
+            errors.append(f"SA registry unreadable ({e}); the ZPL's standard numbering is used")
+            attrs = {n: (name, ln, 0) for n, (name, ln) in enumerate(ZPL_ATTRS)}
+        guessing = False
+        try:
+            if not lay_obj:
+                raise SaError("no layouts object")
             lay = zap.zap_entries(objset.dnode(lay_obj))
             errors += lay.errors
             for name, value in list(lay.items())[:MAX_LAYOUTS]:
@@ -182,9 +216,23 @@ class SaRegistry:
                     errors.append(f"SA layout {num} has integer size 1")
                     continue
                 layouts[num] = [int(a) for a in value]
-        out = cls(attrs, layouts)
+        except (FormatError, OSError) as e:
+            errors.append(f"SA layouts unreadable ({e}); layouts are guessed")
+            guessing = True
+        out = cls(attrs, layouts, guessing=guessing)
         out.errors = errors
         return out
+
+    def guess_layout(self, buf: bytes, order: str, hdrsize: int, exact: bool):
+        """The first usual ZPL layout that decodes ``buf`` plausibly, or None."""
+        for cand in _layout_candidates():
+            try:
+                attrs = self._decode(buf, order, hdrsize, cand, "guess", exact)
+            except SaError:
+                continue
+            if _plausible(attrs, order):
+                return cand
+        return None
 
     def parse(self, buf: bytes, what="SA") -> tuple[dict[str, bytes], str]:
         """Decode one SA buffer (bonus or spill): ``({name: raw bytes}, byte order)``."""
@@ -200,17 +248,34 @@ class SaRegistry:
         info, = struct.unpack_from(order + "H", buf, 4)
         layout_num = info & 0x3FF  # SA_HDR_LAYOUT_NUM: bits 0-9
         hdrsize = ((info >> 10) & 0x3F) << 3  # SA_HDR_SIZE: bits 10-15, in 8-byte units
-        layout = self.layouts.get(layout_num)
-        if layout is None:
-            raise SaError(f"{what}: unknown SA layout {layout_num}")
         if hdrsize < 8 or hdrsize > len(buf):
             raise SaError(f"{what}: SA header size {hdrsize} is impossible")
+        layout = self.layouts.get(layout_num)
+        if layout is None and self.guessing:
+            key = (layout_num, what == "bonus")
+            layout = self.guessed.get(key)
+            if layout is None:
+                layout = self.guess_layout(buf, order, hdrsize, exact=(what == "bonus"))
+                if layout is not None:
+                    self.guessed[key] = layout
+        if layout is None:
+            raise SaError(f"{what}: unknown SA layout {layout_num}")
+        out = self._decode(buf, order, hdrsize, layout, what, False)
+        if layout_num not in self.layouts and not _plausible(out, order):
+            # a guess made on another object does not fit this one: guess again
+            layout = self.guess_layout(buf, order, hdrsize, exact=(what == "bonus"))
+            if layout is None:
+                raise SaError(f"{what}: no usual layout fits SA layout {layout_num}")
+            out = self._decode(buf, order, hdrsize, layout, what, False)
+        return out, order
+
+    def _decode(self, buf, order, hdrsize, layout, what, exact):
         nvar = sum(1 for a in layout if self.attrs.get(a, ("", 0, 0))[1] == 0)
         if 6 + 2 * nvar > hdrsize:
             raise SaError(f"{what}: SA header of {hdrsize} bytes cannot hold {nvar} lengths")
         lengths = struct.unpack_from(f"{order}{nvar}H", buf, 6) if nvar else ()
         out: dict[str, bytes] = {}
-        off = hdrsize
+        off = end = hdrsize
         k = 0
         for a in layout:
             name, length, _bswap = self.attrs.get(a, (f"attr-{a}", 0, 0))
@@ -221,8 +286,79 @@ class SaRegistry:
                 raise SaError(f"{what}: attribute {name} ({length} bytes at {off}) runs past "
                               f"the {len(buf)}-byte buffer")
             out[name] = bytes(buf[off:off + length])
+            end = off + length
             off += (length + 7) & ~7
-        return out, order
+        if exact and end != len(buf) and any(buf[end:]):
+            raise SaError(f"{what}: layout leaves {len(buf) - end} bytes")
+        return out
+
+
+def _layout_candidates():
+    """Layouts the ZPL writes (``zfs_mknode`` order, later additions appended), most
+    frequent first: base, then RDEV/PROJID, then DACL_COUNT/ACES, then XATTR/SYMLINK/
+    DXATTR in any order; and the spill-only ones."""
+    global _CANDIDATES
+    if _CANDIDATES is None:
+        from itertools import permutations
+
+        base = [5, 6, 4, 12, 13, 7, 11, 0, 1, 2, 3, 8]
+        tails = [list(p) for n in range(4) for p in permutations([9, 17, 20], n)]
+        out = []
+        for acl in ([16, 19], []):
+            for mid in ([21], [], [10], [10, 21]):
+                for tail in tails:
+                    out.append(base + mid + acl + tail)
+        out += [list(p) for n in (1, 2) for p in permutations([20, 17, 9, 19, 16], n)]
+        _CANDIDATES = out
+    return _CANDIDATES
+
+
+_CANDIDATES = None
+
+
+def _plausible(attrs: dict, order: str) -> bool:
+    """Do decoded attributes look like what the ZPL writes?"""
+    def u64(name):
+        raw = attrs.get(name)
+        return struct.unpack_from(order + "Q", raw)[0] if raw and len(raw) >= 8 else None
+
+    mode = u64("ZPL_MODE")
+    if "ZPL_MODE" in attrs:
+        if mode is None or not plausible_mode(mode):
+            return False
+        devices = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        if ("ZPL_RDEV" in attrs) != devices:
+            return False
+        if "ZPL_SYMLINK" in attrs and not stat.S_ISLNK(mode):
+            return False
+    for t in ("ZPL_ATIME", "ZPL_MTIME", "ZPL_CTIME", "ZPL_CRTIME"):
+        raw = attrs.get(t)
+        if raw is not None:
+            sec, nsec = struct.unpack_from(order + "QQ", raw)
+            if nsec >= 1_000_000_000 or sec >= 1 << 40:
+                return False
+    links = u64("ZPL_LINKS")
+    if links is not None and not 0 < links < 1 << 32:
+        return False
+    count = u64("ZPL_DACL_COUNT")
+    aces = attrs.get("ZPL_DACL_ACES")
+    # zfs_acl.h: an ACE is a zfs_ace_hdr_t (8 bytes), a zfs_ace_t (16) or an object ACE (48)
+    if count is not None and aces is not None and not (8 * count <= len(aces) <= 48 * count):
+        return False
+    dx = attrs.get("ZPL_DXATTR")
+    if dx is not None and (len(dx) < 4 or dx[0] != 1):  # an XDR-encoded nvlist
+        return False
+    return True
+
+
+_STANDARD = None
+
+
+def _standard_registry():
+    global _STANDARD
+    if _STANDARD is None:
+        _STANDARD = SaRegistry.standard("no SA registry")
+    return _STANDARD
 
 
 def _first_int(value):
@@ -271,8 +407,8 @@ def read_znode(dnode, registry: SaRegistry | None) -> Znode:
     if bt == DMU_OT_ZNODE:
         return parse_znode_phys(bonus)
     if bt == DMU_OT_SA:
-        if registry is None:
-            raise SaError("SA bonus in a dataset without an SA registry")
+        if registry is None:  # the master node names no SA master node (damage)
+            registry = _standard_registry()
         attrs, order = registry.parse(bonus, "bonus")
         spill = getattr(dnode, "spill", None)
         if spill:

@@ -75,10 +75,10 @@ class Zpl:
             try:
                 self.registry = SaRegistry.load(objset, sa_obj)
             except (PvfsError, OSError) as e:
-                self.report("error", "", "sa-registry", f"SA registry unreadable: {e}")
-            else:
-                for err in self.registry.errors:
-                    self.report("warning", "", "sa-registry", err)
+                self.registry = SaRegistry.standard(f"SA registry unreadable: {e}")
+            for err in self.registry.errors:
+                self.report("error" if self.registry.guessing else "warning", "",
+                            "sa-registry", err)
         #: objects the master node names (SHARES directory, delete queue, SA, FUID ...)
         self.master_objects = {v[0] for v in master.values() if isinstance(v, list) and v}
         self.hardlinks: dict[int, object] = {}
