@@ -501,3 +501,17 @@ def test_no_root_anywhere_is_one_error():
     os_.add(5, bonustype=sa.DMU_OT_ZNODE, bonus=znode(stat.S_IFREG | 0o644))
     with pytest.raises(sa.SaError, match="no root directory found"):
         zpl.build_tree(os_, Dir(), Context(), "x")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=400), st.integers(0, 0xFFFF), st.sampled_from(["bonus", "spill"]))
+def test_fuzz_sa_layout_guessing(body, info, what):
+    reg = sa.SaRegistry.standard("test")
+    buf = struct.pack("<IH", sa.SA_MAGIC, info) + body
+    t = time.monotonic()
+    try:
+        attrs, order = reg.parse(buf, what)
+        sa.znode_from_sa(attrs, order)
+    except sa.SaError:
+        pass
+    assert time.monotonic() - t < 1
