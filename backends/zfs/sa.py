@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from construct import Bytes, Int64ub, Int64ul, Struct
 
 from pvfs.errors import FormatError
-from pvfs.structs import parse
 
 from . import zap
 
