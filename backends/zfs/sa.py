@@ -423,7 +423,8 @@ def rdev_split(rdev: int) -> tuple[int, int]:
 
     Three encodings are found on disk: Solaris/illumos ``zfs_expldev``
     (major << 32 | minor, ``NBITSMINOR64``: a non-zero high word); the Linux
-    kernel's ``dev_t`` (major << 20 | minor, ``MINORBITS``); and zfs-fuse's
+    kernel's ``dev_t`` (major << 20 | minor, ``MINORBITS``; OpenZFS 2.1 on Linux, checked
+    against the modern-rpool manifest); and zfs-fuse's
     userland glibc ``dev_t`` (major in bits 8-19, minor in bits 0-7 and 20-31;
     ``makedev(7, 0)`` = 0x700, checked against the fxmirror manifest).  Below
     2**20 the kernel form would mean major 0, so such values are read as glibc's.
