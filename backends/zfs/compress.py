@@ -147,9 +147,11 @@ def _lzjb_jit(bulk=True):
     Importing numba and loading the compiled code takes a second or two, so it is done
     only when it pays: at the first block of file or zvol data (``bulk``) or after
     ``LZJB_COMPILE_AFTER`` bytes of metadata went through Python.  It is done in the
-    calling thread (other threads use Python meanwhile), never in a background thread:
-    ``pvfs mount`` forks its daemon after discovery, and a thread cut off by the fork in
-    the middle of ``import numba`` would leave the child a half-imported module."""
+    calling thread (other threads use Python meanwhile), not in a background thread of
+    the discovering process: ``pvfs mount`` forks its daemon after discovery, and a
+    thread cut off by the fork in the middle of ``import numba`` would leave the child a
+    half-imported module.  The forked daemon itself compiles in the background at once
+    (``_after_fork_in_child``)."""
     if _LZJB_JIT is None and (bulk or _LZJB_PY_BYTES >= LZJB_COMPILE_AFTER):
         if os.environ.get("PVFS_NO_NUMBA"):
             return False
@@ -160,6 +162,26 @@ def _lzjb_jit(bulk=True):
             finally:
                 _LZJB_LOCK.release()
     return _LZJB_JIT
+
+
+def _compile_locked():
+    with _LZJB_LOCK:
+        if _LZJB_JIT is None:
+            _compile_lzjb()
+
+
+def _after_fork_in_child():
+    """``pvfs mount`` forks its daemon after discovery.  Nothing forks after that, so the
+    daemon may compile in a background thread: it starts at once when discovery met lzjb
+    (the files are probably lzjb too), and is ready by the first reads."""
+    global _LZJB_LOCK
+    _LZJB_LOCK = threading.Lock()
+    if _LZJB_JIT is None and _LZJB_PY_BYTES and not os.environ.get("PVFS_NO_NUMBA"):
+        threading.Thread(target=_compile_locked, name="zfs-lzjb-jit", daemon=True).start()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def lzjb_jit_ready(timeout=None) -> bool:
