@@ -119,6 +119,21 @@ def read_labels(source, want_uberblocks=True) -> LabelInfo:
     if size < 4 * VDEV_LABEL_SIZE:
         info.bad_labels.append((-1, f"device of {size} bytes is too small for labels"))
         return info
+    # Cheap first look (every volume of a discovery is probed): the zio_eck_t magic at
+    # the end of each label's nvlist area.  No magic anywhere: not a ZFS member.
+    magics = 0
+    for l in range(VDEV_LABELS):
+        tail = label_offset(size, l) + VDEV_PHYS_OFFSET + VDEV_PHYS_SIZE - ZIO_ECK_SIZE
+        try:
+            m = source.read(tail, 8)
+        except PvfsError:
+            continue
+        if len(m) == 8 and struct.unpack("<Q", m)[0] in (ZEC_MAGIC, _BSWAP_ZEC_MAGIC):
+            magics += 1
+    if magics == 0:
+        info.bad_labels.append((-1, "no vdev label"))
+        METADATA_CACHE.put(key, _wrap(info))
+        return info
     for l in range(VDEV_LABELS):
         base = label_offset(size, l)
         try:
