@@ -213,6 +213,7 @@ class _Ring:
         return b"".join(out)
 
 
+_SEQNO_NEAR_START = re.compile(rb'\A[^{]{1,160}\{\s{0,8}id = "[^"]{0,64}"\s{0,8}seqno = \d')
 _TEXT_START = re.compile(rb'([0-9A-Za-z+_.-]{1,127}) \{\s{0,8}id = "')
 
 
@@ -283,8 +284,22 @@ def read_generations(source, mda: MdaHeader, problems: list) -> list:
             starts.append((at, name))
         pos += SCAN_CHUNK
     budget = MAX_SCAN_BYTES
+
+    def inside_known(at):
+        """Within a text already found (an LV section of it can start 512-aligned)."""
+        for g in gens.values():
+            end = g.offset + g.size
+            if g.offset < at < end or (end > ring.size
+                                       and ring.start <= at < ring.start + end - ring.size):
+                return True
+        return False
+
     for at, name in starts:
-        if at in gens or len(gens) >= MAX_GENERATIONS or budget <= 0:
+        if at in gens or len(gens) >= MAX_GENERATIONS or budget <= 0 or inside_known(at):
+            continue
+        # A VG section names its seqno within its first lines; an LV or PV section
+        # (which also starts "<name> {\nid = ") does not.
+        if not _SEQNO_NEAR_START.search(ring.read(at, 1024)):
             continue
         text = ring.text_at(at, min(MAX_TEXT, budget))
         budget -= len(text) + 1
