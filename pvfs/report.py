@@ -18,27 +18,79 @@ def _root_input(vol):
     return vol
 
 
+STATUS_BUDGET_SECONDS = 20.0  # for all volumes of one discovery
+STATUS_WINDOW = 1 << 34  # block status is asked in 16 GiB windows
+MAX_BAD_RANGES = 4096
+
+
+def _bounded_unreadable(source, deadline):
+    """Unreadable ranges of ``source``, asked window by window so that a huge or
+    hostile volume costs bounded time and memory.  Returns ``(ranges, complete)``."""
+    out = []
+    for off in range(0, source.size, STATUS_WINDOW):
+        if time.monotonic() > deadline or len(out) > MAX_BAD_RANGES:
+            return out[:MAX_BAD_RANGES], False
+        n = min(STATUS_WINDOW, source.size - off)
+        for o, ln, st in source.block_status(off, n):
+            if st == "unreadable":
+                if out and out[-1][0] + out[-1][1] == o:
+                    out[-1] = (out[-1][0], out[-1][1] + ln)
+                else:
+                    out.append((o, ln))
+    return out, True
+
+
+def _near_damage(vol, error_paths):
+    """Whether ``vol`` or a layer below it has an error entry (its path or a prefix of it)."""
+    v = vol
+    while v is not None:
+        if any(v.path == p or v.path.startswith(p + "/") for p in error_paths):
+            return True
+        v = v.parent
+    return False
+
+
 def propagate_unreadable(ctx):
-    """Give every volume above a bad range its own damage entry (its own byte ranges)."""
-    if not ctx.has_bad_ranges:
-        return
+    """Give every volume above damage its own entry, with its own byte ranges.
+
+    Bad sectors (ddrescue), a missing pool member or backing file make bytes
+    unreadable several layers up: the virtual disk, its partitions, the
+    ``vms/`` view.  Block status maps them; only volumes above a ddrescue
+    mapfile or below an error entry are asked, so clean inputs cost nothing.
+    """
+    error_paths = {e.path for e in ctx.report if e.severity == "error"}
+    deadline = time.monotonic() + STATUS_BUDGET_SECONDS
     for vol in ctx.volumes:
         if vol.role == "input":
             continue
+        if not (ctx.has_bad_ranges or _near_damage(vol, error_paths)):
+            continue
+        if time.monotonic() > deadline:
+            ctx.report.add("warning", "core", vol.path, "status-skipped",
+                           "unreadable ranges of this volume were not mapped (time budget "
+                           "spent); reads still fail or zero-fill where data is missing")
+            continue
         try:
-            bad = vol.source.unreadable_ranges()
+            bad, complete = _bounded_unreadable(vol.source, deadline)
         except Exception as e:
             ctx.report.add("warning", "core", vol.path, "status-failed",
                            f"could not map unreadable ranges: {type(e).__name__}: {e}")
             continue
+        if not complete:
+            ctx.report.add("warning", "core", vol.path, "status-partial",
+                           "unreadable ranges mapped only in part (too many or time budget spent)")
         if not bad:
             continue
         vol.source.has_unreadable = True  # served with direct I/O: reads around bad bytes work
         total = sum(n for _, n in bad)
+        root = _root_input(vol)
+        if ctx.has_bad_ranges and root.input_path and any(
+                i["path"] == root.input_path and i.get("bad_bytes") for i in ctx.inputs):
+            layer, msg = "ddrescue", f"{total} bytes lie on unreadable sectors of {root.name}"
+        else:
+            layer, msg = "core", f"{total} bytes cannot be read (damage in a layer below)"
         for path in [vol.path] + vol.vm_paths:
-            ctx.report.add("error", "ddrescue", path, "unreadable-range",
-                           f"{total} bytes lie on unreadable sectors of "
-                           f"{_root_input(vol).name}", bad)
+            ctx.report.add("error", layer, path, "unreadable-range", msg, bad)
 
 
 def volume_doc(vol):
