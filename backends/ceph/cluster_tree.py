@@ -23,7 +23,8 @@ LAYER = "ceph"
 
 
 def _mon_dirs(ctx):
-    dirs = list(ctx.options.get("ceph_mon") or [])
+    opt = ctx.options.get("ceph_mon") or []
+    dirs = [opt] if isinstance(opt, (str, bytes, os.PathLike)) else list(opt)
     dirs += getattr(ctx, "_ceph_mon_dirs", [])
     return dirs
 
