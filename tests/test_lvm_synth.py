@@ -377,3 +377,22 @@ def test_texts_after_stale_bytes_in_a_used_ring(tmp_path):
                  ring_fill=ord("x"))
     info = read_pv(FileSource(p))
     assert [(g.seqno, g.offset) for g in info.generations] == [(7, off1), (8, off2)]
+
+
+def test_guest_lvm_inside_a_vm_disk_lv(tmp_path):
+    """A VM disk that is itself an LVM PV (a guest installed on LVM): the guest VG is
+    assembled in a later round from the host LV (role "lv")."""
+    inner_data = rnd(EXT, 13)
+    inner_text = vg_text("guest", "GUESTv-aaaa-bbbb-cccc-dddd-eeee-ffffff", 3,
+                         [("pv0", pv_uuid(5), 1)], lv("root", [linear(0, 1, "pv0", 0)]))
+    inner = write_pv(tmp_path / "inner.img", pv_uuid(5), 1, [(512, inner_text)], 0,
+                     extents={0: inner_data})
+    inner_bytes = inner.read_bytes()
+    n_ext = len(inner_bytes) // EXT
+    host_text = vg_text("host", VGID, 1, [("pv0", pv_uuid(0), n_ext)],
+                        lv("vm-100-disk-0", [linear(0, n_ext, "pv0", 0)]))
+    outer = write_pv(tmp_path / "outer.img", pv_uuid(0), n_ext, [(512, host_text)], 0,
+                     extents={0: inner_bytes})
+    ctx = discover([str(outer)], Options())
+    assert read_all(ctx, "storage/lvm/guest/root") == inner_data
+    assert read_all(ctx, "vms/100/disk-0.raw") == inner_bytes
