@@ -19,6 +19,7 @@ def _root_input(vol):
 
 
 STATUS_BUDGET_SECONDS = 20.0  # for all volumes of one discovery
+VOLUME_BUDGET_SECONDS = 3.0  # for one volume
 STATUS_WINDOW = 1 << 34  # block status is asked in 16 GiB windows
 MAX_BAD_RANGES = 4096
 
@@ -59,9 +60,11 @@ def propagate_unreadable(ctx):
     mapfile or below an error entry are asked, so clean inputs cost nothing.
     """
     error_paths = {e.path for e in ctx.report if e.severity == "error"}
+    # A volume whose backend already reported its unreadable ranges needs no second walk.
+    mapped = {e.path for e in ctx.report if e.severity == "error" and e.ranges}
     deadline = time.monotonic() + STATUS_BUDGET_SECONDS
     for vol in ctx.volumes:
-        if vol.role == "input":
+        if vol.role == "input" or (vol.path in mapped and not ctx.has_bad_ranges):
             continue
         if not (ctx.has_bad_ranges or _near_damage(vol, error_paths)):
             continue
@@ -71,7 +74,8 @@ def propagate_unreadable(ctx):
                            "spent); reads still fail or zero-fill where data is missing")
             continue
         try:
-            bad, complete = _bounded_unreadable(vol.source, deadline)
+            bad, complete = _bounded_unreadable(
+                vol.source, min(deadline, time.monotonic() + VOLUME_BUDGET_SECONDS))
         except Exception as e:
             ctx.report.add("warning", "core", vol.path, "status-failed",
                            f"could not map unreadable ranges: {type(e).__name__}: {e}")
