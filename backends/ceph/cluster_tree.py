@@ -126,30 +126,8 @@ def open_cluster(backend, key, volumes, ctx):
 
     shown = []
     for pool in cluster.pool_ids():
-        try:
-            images, v1 = cluster.list_images(pool)
-        except (CephError, UnreadableError) as e:
-            report("error", f"storage/ceph/{cluster.pool_name(pool)}", "rbd-directory", str(e))
-            continue
-        if not images and not v1:
-            continue
-        pname = cluster.pool_name(pool)
-        pdir = root.subdir(pname)
-        ppath = f"storage/ceph/{pname}"
-        opened = []
-        for name, iid in sorted(images.items()):
-            try:
-                opened.append(cluster.open_image_v2(pool, name, iid))
-            except (CephError, UnreadableError) as e:
-                report("error", f"{ppath}/{name}", "rbd-header", f"image {name}: {e}")
-        for name in v1:
-            try:
-                opened.append(cluster.open_image_v1(pool, name))
-            except (CephError, UnreadableError) as e:
-                report("error", f"{ppath}/{name}", "rbd-header", f"image {name}: {e}")
-        for img in opened:
-            if _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
-                shown.append(img)
+        for ns in cluster.namespaces(pool):
+            _add_pool_images(cluster, ctx, root, pool, ns, parent, ec, shown)
 
     _add_osd_view(cluster, root)
     root.add("cluster.txt",
@@ -178,11 +156,46 @@ def _cluster_text(key, cluster, shown):
     lines.append("RBD images:")
     for img in shown:
         snaps = ", ".join(f"{s.name} (id {s.id})" for s in img.snaps) or "-"
-        lines.append(f"  {cluster.pool_name(img.pool)}/{img.name}: id {img.id or '-'} "
+        ns = img.nspace.decode("utf-8", "replace") + "/" if img.nspace else ""
+        lines.append(f"  {cluster.pool_name(img.pool)}/{ns}{img.name}: id {img.id or '-'} "
                      f"format {img.format} size {img.size} object size {img.object_size} "
                      f"prefix {img.object_prefix} features {','.join(img.feature_names()) or '-'} "
                      f"snapshots {snaps}")
     return "\n".join(lines) + "\n"
+
+
+def _add_pool_images(cluster, ctx, root, pool, ns, parent, ec, shown):
+    """The images of one pool (and RBD namespace): ``storage/ceph/<pool>[/<ns>]/``."""
+    pname = cluster.pool_name(pool)
+    ppath = f"storage/ceph/{pname}"
+    nsname = ns.decode("utf-8", "replace")
+    if ns:
+        ppath = f"{ppath}/{nsname}"
+    try:
+        images, v1 = cluster.list_images(pool, ns)
+    except (CephError, UnreadableError) as e:
+        cluster.report("error", ppath, "rbd-directory", str(e))
+        return
+    if not images and not v1:
+        return
+    pdir = root.subdir(pname)
+    if ns:
+        pdir = pdir.subdir(nsname)
+    opened = []
+    for name, iid in sorted(images.items()):
+        try:
+            opened.append(cluster.open_image_v2(pool, name, iid, ns))
+        except (CephError, UnreadableError) as e:
+            cluster.report("error", f"{ppath}/{name}", "rbd-header", f"image {name}: {e}")
+    if not ns:
+        for name in v1:
+            try:
+                opened.append(cluster.open_image_v1(pool, name))
+            except (CephError, UnreadableError) as e:
+                cluster.report("error", f"{ppath}/{name}", "rbd-header", f"image {name}: {e}")
+    for img in opened:
+        if _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
+            shown.append(img)
 
 
 def _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
@@ -193,6 +206,7 @@ def _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
                        f"{cluster.pool_name(data_pool)}, which is not decoded")
         return False
     info = {"ceph": {"pool": cluster.pool_name(img.pool), "pool_id": img.pool, "image": img.name,
+                     "namespace": img.nspace.decode("utf-8", "replace"),
                      "id": img.id, "format": img.format, "size": img.size,
                      "object_size": img.object_size, "object_prefix": img.object_prefix,
                      "features": img.feature_names(), "stripe_unit": img.stripe_unit,

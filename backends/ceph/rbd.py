@@ -102,6 +102,7 @@ class RbdImage:
     guessed: bool = False
     flags: int = 0  # RBD_FLAG_* of the head
     parent: object = None  # RbdParent of a clone (layering)
+    nspace: bytes = b""  # RADOS namespace of an image in an RBD namespace
 
     @property
     def object_size(self):
@@ -326,11 +327,11 @@ class Cluster:
         self._names = {}  # (pool, nspace) -> sorted object names
 
     # -- objects -----------------------------------------------------------------
-    def find(self, pool, name: bytes, snap=CEPH_NOSNAP, path="storage/ceph"):
+    def find(self, pool, name: bytes, snap=CEPH_NOSNAP, path="storage/ceph", ns=b""):
         """Copies of an object, newest version first (all copies of that version first)."""
         cands = []
         for st in self.stores:
-            hit = st.lookup(pool, name, snap=snap)
+            hit = st.lookup(pool, name, ns, snap=snap)
             if hit is None:
                 continue
             key, oid = hit
@@ -352,16 +353,16 @@ class Cluster:
                                 f"replicas ({desc}); the newest is used")
         return cands
 
-    def holds_pg(self, pool, name: bytes):
+    def holds_pg(self, pool, name: bytes, ns=b""):
         """True: some given OSD holds the object's PG; False: none does; None: unknown."""
         info = self.pools.get(pool)
         if info is None or not info.pg_num:
             return None
-        seed = pg_of(str_hash_rjenkins(name), info.pg_num)
+        seed = pg_of(object_hash(name, ns), info.pg_num)
         return any((pool, seed) in st.collections for st in self.stores)
 
-    def read_object(self, pool, name: bytes, limit=64 << 20):
-        cands = self.find(pool, name)
+    def read_object(self, pool, name: bytes, limit=64 << 20, ns=b""):
+        cands = self.find(pool, name, ns=ns)
         err = None
         for c in cands:
             try:
@@ -374,8 +375,8 @@ class Cluster:
             raise RbdError(f"{name.decode('utf-8', 'replace')}: {err}")
         return None
 
-    def omap(self, pool, name: bytes):
-        for c in self.find(pool, name):
+    def omap(self, pool, name: bytes, ns=b""):
+        for c in self.find(pool, name, ns=ns):
             try:
                 return c.store.omap(c.key, c.oid)
             except CephError:
@@ -453,10 +454,19 @@ class Cluster:
         return str(pool)
 
     # -- RBD ---------------------------------------------------------------------------
-    def list_images(self, pool):
+    def namespaces(self, pool):
+        """RBD namespaces of a pool: "" and every namespace holding RBD metadata."""
+        found = {b""}
+        for st in self.stores:
+            for (p, ns, name) in st.objects:
+                if p == pool and ns and (name == b"rbd_directory" or name.startswith(b"rbd_header.")):
+                    found.add(ns)
+        return sorted(found)
+
+    def list_images(self, pool, ns=b""):
         """{name: id} of format-2 images, and [name] of format-1 images."""
         names = {}
-        omap = self.omap(pool, b"rbd_directory")
+        omap = self.omap(pool, b"rbd_directory", ns)
         if omap:
             for k, v in omap.items():
                 if k.startswith(b"name_"):
@@ -464,38 +474,38 @@ class Cluster:
                         names[k[5:].decode("utf-8", "replace")] = decode_le_string(v)
                     except OsdTypeError:
                         continue
-        for obj in self.names_with_prefix(pool, b"rbd_id."):
+        for obj in self.names_with_prefix(pool, b"rbd_id.", ns):
             n = obj[7:].decode("utf-8", "replace")
             if n in names:
                 continue
             try:
-                data = self.read_object(pool, obj, 4096)
+                data = self.read_object(pool, obj, 4096, ns)
                 if data:
                     names[n] = decode_le_string(data)
             except (CephError, UnreadableError):
                 continue
         known = set(names.values())
-        for obj in self.names_with_prefix(pool, b"rbd_header."):
+        for obj in self.names_with_prefix(pool, b"rbd_header.", ns):
             iid = obj[11:].decode("utf-8", "replace")
             if iid not in known:
                 names[f"image-{iid}"] = iid
                 known.add(iid)
         # data objects whose header and name are both lost
-        for obj in self.names_with_prefix(pool, b"rbd_data."):
+        for obj in self.names_with_prefix(pool, b"rbd_data.", ns):
             parts = obj.split(b".")
             if len(parts) == 3 and len(parts[2]) == 16:
                 iid = parts[1].decode("utf-8", "replace")
                 if iid not in known:
                     names[f"image-{iid}"] = iid
                     known.add(iid)
-        v1 = [obj[:-4].decode("utf-8", "replace") for obj in self.names_with_prefix(pool, b"")
+        v1 = [obj[:-4].decode("utf-8", "replace") for obj in self.names_with_prefix(pool, b"", ns)
               if obj.endswith(b".rbd")]
         return names, v1
 
-    def open_image_v2(self, pool, name, iid) -> RbdImage:
-        omap = self.omap(pool, f"rbd_header.{iid}".encode())
+    def open_image_v2(self, pool, name, iid, ns=b"") -> RbdImage:
+        omap = self.omap(pool, f"rbd_header.{iid}".encode(), ns)
         if omap is None:
-            return self._guess_image(pool, name, iid)
+            return self._guess_image(pool, name, iid, ns)
 
         def u64(k, default=None):
             v = omap.get(k)
@@ -517,6 +527,7 @@ class Cluster:
         except OsdTypeError:
             prefix = f"rbd_data.{iid}"
         img = RbdImage(pool, name, iid, size, order, prefix, features=u64(b"features", 0))
+        img.nspace = ns
         img.flags = u64(b"flags", 0)
         pv = omap.get(b"parent")
         if pv:
@@ -544,11 +555,11 @@ class Cluster:
                                 "bad-rbd-snapshot", f"{k.decode()}: {e}")
         return img
 
-    def _guess_image(self, pool, name, iid) -> RbdImage:
+    def _guess_image(self, pool, name, iid, ns=b"") -> RbdImage:
         """The header is lost: rebuild the geometry from the data objects found."""
         prefix = f"rbd_data.{iid}."
         objnos, biggest = [], 0
-        for obj in self.names_with_prefix(pool, prefix.encode()):
+        for obj in self.names_with_prefix(pool, prefix.encode(), ns):
             tail = obj[len(prefix):]
             if len(tail) != 16:
                 continue
@@ -556,7 +567,7 @@ class Cluster:
                 objnos.append(int(tail, 16))
             except ValueError:
                 continue
-            for c in self.find(pool, obj)[:1]:
+            for c in self.find(pool, obj, ns=ns)[:1]:
                 try:
                     biggest = max(biggest, c.store.onode(c.key).size)
                 except CephError:
@@ -573,6 +584,7 @@ class Cluster:
         size = (max(objnos) + 1) << order
         img = RbdImage(pool, name, iid, size, order, prefix[:-1])
         img.guessed = True
+        img.nspace = ns
         self.report("error", f"storage/ceph/{self.pool_name(pool)}/{name}", "rbd-header-lost",
                     f"rbd_header.{iid} is on no given OSD: object size {1 << order} and image "
                     f"size {size} are guessed from the {len(objnos)} data objects found (the "
@@ -585,9 +597,12 @@ class Cluster:
             raise RbdError(f"{name}.rbd: not an RBD format 1 header")
         if len(data) < 112:
             raise RbdError(f"{name}.rbd: header truncated")
+        # rbd_obj_header_ondisk: text[40], block_name[24], signature[4], version[8],
+        # options {u8 order, crypt_type, comp_type, unused}, le64 image_size, le64 snap_seq,
+        # le32 snap_count, le32 reserved, le64 snap_names_len, then {le64 id, le64 size}[]
         block_name = data[40:64].split(b"\0", 1)[0].decode("utf-8", "replace")
-        order = data[80]
-        size, _seq, count, _res, names_len = struct.unpack_from("<QQIIQ", data, 84)
+        order = data[76]
+        size, _seq, count, _res, names_len = struct.unpack_from("<QQIIQ", data, 80)
         if not 12 <= order <= MAX_ORDER:
             raise RbdError(f"{name}.rbd: order {order} out of range")
         img = RbdImage(pool, name, "", size, order, block_name, format=1)
@@ -602,19 +617,19 @@ class Cluster:
             img.snaps.append(RbdSnapshot(sid, sname.decode("utf-8", "replace"), ssize))
         return img
 
-    def object_view(self, pool, name: bytes, snap, path):
+    def object_view(self, pool, name: bytes, snap, path, ns=b""):
         """How to read ``name`` at ``snap`` (None = head).
 
         Returns ("data", [Candidate, ...]) | ("none", None) | ("missing", reason).
         """
-        heads = self.find(pool, name, CEPH_NOSNAP, path)
+        heads = self.find(pool, name, CEPH_NOSNAP, path, ns)
         if snap is None:
             if heads:
                 if heads[0].info is not None and heads[0].info.whiteout:
                     return "none", None
                 return "data", heads
-            return self._absent(pool, name)
-        ssrc = heads or self.find(pool, name, CEPH_SNAPDIR, path)
+            return self._absent(pool, name, ns)
+        ssrc = heads or self.find(pool, name, CEPH_SNAPDIR, path, ns)
         ss = None
         for c in ssrc:
             try:
@@ -628,12 +643,12 @@ class Cluster:
                 return ("data", heads) if heads and not (heads[0].info and heads[0].info.whiteout) \
                     else ("none", None)
             # no head anywhere: clones left on the given OSDs?
-            clone_ids = sorted({s for st in self.stores for s in st.snaps_of(pool, name)
+            clone_ids = sorted({s for st in self.stores for s in st.snaps_of(pool, name, ns)
                                 if s not in (CEPH_NOSNAP, CEPH_SNAPDIR)})
             usable = [c for c in clone_ids if c >= snap]
             if usable:
-                return "data", self.find(pool, name, usable[0], path)
-            return self._absent(pool, name)
+                return "data", self.find(pool, name, usable[0], path, ns)
+            return self._absent(pool, name, ns)
         which = ss.clone_for(snap)
         if which is None:
             return "none", None
@@ -641,7 +656,7 @@ class Cluster:
             if not heads or (heads[0].info is not None and heads[0].info.whiteout):
                 return "none", None
             return "data", heads
-        clones = self.find(pool, name, which, path)
+        clones = self.find(pool, name, which, path, ns)
         if clones:
             return "data", clones
         return "missing", f"clone {which} of {name.decode('utf-8', 'replace')} is on no given OSD"
@@ -656,18 +671,18 @@ class Cluster:
         if snap is not None:
             name += f".{snap.id:016x}"
         try:
-            data = self.read_object(img.pool, name.encode(), 64 << 20)
+            data = self.read_object(img.pool, name.encode(), 64 << 20, img.nspace)
             if not data:
                 return None
             return decode_object_map(data)
         except (CephError, UnreadableError):
             return None
 
-    def _absent(self, pool, name):
-        held = self.holds_pg(pool, name)
+    def _absent(self, pool, name, ns=b""):
+        held = self.holds_pg(pool, name, ns)
         if held is False:
             info = self.pools.get(pool)
-            seed = pg_of(str_hash_rjenkins(name), info.pg_num)
+            seed = pg_of(object_hash(name, ns), info.pg_num)
             return "missing", (f"{name.decode('utf-8', 'replace')}: its placement group "
                                f"{pool}.{seed:x} is on no given OSD")
         return "none", None
@@ -689,9 +704,10 @@ class Cluster:
             self.report("error", path, "rbd-parent", f"{where}: more than 8 levels of clones")
             return None, 0
         try:
-            names, _v1 = self.list_images(par.pool_id)
+            pns = par.namespace.encode()
+            names, _v1 = self.list_images(par.pool_id, pns)
             pname = next((n for n, i in names.items() if i == par.image_id), f"image-{par.image_id}")
-            pimg = self.open_image_v2(par.pool_id, pname, par.image_id)
+            pimg = self.open_image_v2(par.pool_id, pname, par.image_id, pns)
             psnap = next((s for s in pimg.snaps if s.id == par.snap_id), None)
             if psnap is None:
                 raise RbdError(f"snapshot {par.snap_id} of the parent is not in its header")
@@ -739,7 +755,7 @@ class Cluster:
 
         def resolve(objno):
             name = img.object_name(objno)
-            kind, val = self.object_view(data_pool, name, snapid, path)
+            kind, val = self.object_view(data_pool, name, snapid, path, img.nspace)
             slot = img.object_size
             if kind == "none":
                 return from_parent(objno)
@@ -773,7 +789,7 @@ class Cluster:
             def resolve(objno):  # noqa: F811 - the object map knows unwritten objects
                 if objno < len(omap_states) and omap_states[objno] == OBJECT_NONEXISTENT:
                     name = img.object_name(objno)
-                    kind, _val = self.object_view(data_pool, name, snapid, path)
+                    kind, _val = self.object_view(data_pool, name, snapid, path, img.nspace)
                     if kind == "missing":
                         return from_parent(objno)
                 return inner_resolve(objno)
@@ -784,7 +800,7 @@ class Cluster:
         # present head is found, and reported, when its object is first read.
         present = set()
         prefix = img.object_name(0)[:-(12 if img.format == 1 else 16)]
-        for name in self.names_with_prefix(data_pool, prefix):
+        for name in self.names_with_prefix(data_pool, prefix, img.nspace):
             try:
                 present.add(int(name[len(prefix):], 16))
             except ValueError:
@@ -796,7 +812,7 @@ class Cluster:
             if omap_states is not None and objno < len(omap_states) \
                     and omap_states[objno] == OBJECT_NONEXISTENT:
                 continue  # the object map says it was never written
-            kind, val = self._absent(data_pool, img.object_name(objno))
+            kind, val = self._absent(data_pool, img.object_name(objno), img.nspace)
             if kind == "missing":
                 missing.append((objno, val))
                 prescanned.add(objno)
@@ -807,6 +823,11 @@ class Cluster:
                    f"{len(missing)} of {layout.num_objects()} objects are on no given OSD "
                    f"({what}); first: {missing[0][1]}", ranges)
         return src
+
+
+def object_hash(name: bytes, ns: bytes = b"") -> int:
+    """``pg_pool_t::hash_key``: the rjenkins hash of the name, or of ns + 0x1f + name."""
+    return str_hash_rjenkins(ns + b"\x1f" + name if ns else name)
 
 
 def _object_to_image(layout, objno, o_off, length):
