@@ -687,3 +687,44 @@ def test_tar_acl_records_become_posix_acl_xattrs():
     assert acc == {(1, 7, 0xFFFFFFFF), (2, 5, 1001), (4, 5, 0xFFFFFFFF), (0x10, 5, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)}
     dfl = set(struct.iter_unpack("<HHI", node.xattrs[b"system.posix_acl_default"][4:]))
     assert (8, 6, 50) in dfl and node.mode & 0o777 == 0o750
+
+
+def test_hostile_vma_device_sizes_cost_no_memory(tmp_path):
+    """255 devices of 16 TiB declared by a tiny archive: maps are calloc'd, missing ranges come
+    from the clusters seen, the sidecar is sparse."""
+    import resource
+
+    from backends.vzdump.vma import ClusterMap
+
+    vma, _ = make_vma({"drive-scsi0": b"x" * 65536}, {})
+
+    def hostile(ndev, size):
+        head = bytearray(vma[:12800])
+        for dev_id in range(2, ndev + 1):
+            struct.pack_into(">IIQ", head, 4096 + dev_id * 32, struct.unpack_from(">I", head, 4096 + 32)[0], 0, size)
+        head[32:48] = bytes(16)
+        head[32:48] = hashlib.md5(bytes(head)).digest()
+        return bytes(head) + vma[12800:]
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    raw = hostile(255, (1 << 28) * 65536)
+    hdr, cmap, problems = index_vma([(0, raw)])
+    assert len(hdr.devices) == 255 and problems == []
+    arrays = cmap.to_arrays()
+    again = ClusterMap.from_arrays(hdr.devices, arrays)
+    for dev_id in range(2, 256):
+        dev = VmaDevice(BytesSource(raw), 1 << 44, again.offsets[dev_id], again.masks[dev_id],
+                        seen=again.seen(dev_id))
+        assert dev.missing_ranges() == [(0, 1 << 44)]
+        assert dev.block_status(0, 1 << 34) == [(0, 1 << 34, "unreadable")]
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 300
+    assert sum(a.nbytes for a in arrays.values()) < 4096
+
+    path = tmp_path / "vzdump-qemu-9-2024_01_01-00_00_00.vma"
+    path.write_bytes(hostile(3, 1 << 40))
+    ctx = discover([str(path)], opts(tmp_path / "idx"))
+    miss = [e for e in ctx.report if e.code == "missing-clusters" and e.path.startswith("storage/")]
+    assert len(miss) == 2 and all(e.ranges == ((0, 1 << 40),) for e in miss)
+    node = resolve(ctx.root, f"storage/files/{path.name}/drive-scsi0.raw")
+    assert node.source.read(0, 65536) == b"x" * 65536

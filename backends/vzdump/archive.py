@@ -32,11 +32,11 @@ from .streams import (DecodedStream, SeekCacheWriter, StreamIndex, _SliceIO, dec
                       lzop_header, scan)
 from .structs import VMA_MAGIC, VzdumpError
 from .tarindex import build_tree, header_ok, index_tar
-from .vma import VmaDevice, VmaHeaderInfo, index_vma
+from .vma import ClusterMap, VmaDevice, VmaHeaderInfo, index_vma
 
 NAME_RE = re.compile(r"^vzdump-(qemu|lxc|openvz)-(\d+)-(\d{4})_(\d\d)_(\d\d)-(\d\d)_(\d\d)_(\d\d)"
                      r"\.(vma|tar|tgz)(\.zst|\.lzo|\.gz)?$")
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2
 LAYER = "vzdump"
 
 
@@ -190,7 +190,11 @@ class VzdumpArchive:
         else:
             meta, arrays = cached
             self.vol.info["sidecar"] = os.path.join(side, key + ".json")
-        sidx = StreamIndex.from_json(meta["stream"])
+        try:
+            sidx = StreamIndex.from_json(meta["stream"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise VzdumpError(f"{self.name}: index {self.vol.info.get('sidecar')} is unusable ({e}); "
+                              f"delete it to rebuild") from None
         stream = self.src if self.codec == "raw" else DecodedStream(self.src, sidx, bad=self.bad,
                                                                    label=f"{self.name} (decoded)",
                                                                    shadow_dir=side)
@@ -214,11 +218,7 @@ class VzdumpArchive:
             hdr, cmap, problems = index_vma(pieces)
             meta = {"kind": "vma", "stream": pieces.index.to_json(),
                     "problems": [[s, c, None, m] for s, c, _g, m in problems]}
-            arrays = {}
-            for dev_id in cmap.offsets:
-                arrays[f"off{dev_id}"] = cmap.offsets[dev_id]
-                arrays[f"mask{dev_id}"] = cmap.masks[dev_id]
-            return meta, arrays
+            return meta, cmap.to_arrays()
         members, problems = index_tar(pieces)
         meta = {"kind": "tar", "stream": pieces.index.to_json(), "members": members,
                 "problems": [[s, c, None, m] for s, c, _g, m in problems]}
@@ -230,6 +230,7 @@ class VzdumpArchive:
         head = stream.read(0, min(stream.size, 12288))
         hsize = int.from_bytes(head[56:60], "big") if len(head) >= 60 else 0
         hdr = VmaHeaderInfo(stream.read(0, min(stream.size, max(hsize, 12288), 16 << 20)))
+        cmap = ClusterMap.from_arrays(hdr.devices, arrays or {})  # checks the sidecar first
         mtime = hdr.ctime
         for name, data in hdr.configs.items():
             self.dir.add(name, File(BytesSource(data, label=name), mtime=mtime), report=ctx.report,
@@ -243,12 +244,8 @@ class VzdumpArchive:
                 if name in ("qemu-server.conf", "qemu-server.fw"):
                     vmdir.add(name, File(BytesSource(data), mtime=mtime), report=ctx.report, path_hint=vmpath)
         for dev_id, (name, size) in sorted(hdr.devices.items()):
-            offs = arrays.get(f"off{dev_id}")
-            masks = arrays.get(f"mask{dev_id}")
-            if offs is None or masks is None or len(offs) != -(-size // 65536):
-                self.report("error", "bad-index", self.path, f"{self.name}: sidecar has no map for {name}")
-                continue
-            dev = VmaDevice(stream, size, offs, masks, bad=self.bad, label=f"{self.name}:{name}")
+            dev = VmaDevice(stream, size, cmap.offsets[dev_id], cmap.masks[dev_id], bad=self.bad,
+                            label=f"{self.name}:{name}", seen=cmap.seen(dev_id))
             v = ctx.add_volume(dev, self.dir, f"{name}.raw", self.path, "disk", parent=self.vol,
                                children_home="parts", mtime=mtime)
             v.info.update({"format": "vma-device", "archive": self.name, "dev_id": dev_id})

@@ -88,15 +88,56 @@ class VmaHeaderInfo:
 
 
 class ClusterMap:
-    """Per device: stream offset of each cluster's first stored block (-1: never seen) and mask."""
+    """Per device: 1 + stream offset of each cluster's first stored block (0: never seen),
+    and its mask.  ``np.zeros`` is calloc: a huge device declared by a hostile header costs
+    no memory until the archive really holds its clusters."""
 
     def __init__(self, devices):
         self.offsets = {}
         self.masks = {}
+        self._seen = {}  # dev_id -> cluster numbers found (list while indexing)
         for dev_id, (_name, size) in devices.items():
             n = -(-size // VMA_CLUSTER_SIZE)
-            self.offsets[dev_id] = np.full(n, -1, dtype=np.int64)
+            self.offsets[dev_id] = np.zeros(n, dtype=np.int64)
             self.masks[dev_id] = np.zeros(n, dtype=np.uint16)
+            self._seen[dev_id] = []
+
+    def set(self, dev_id, cluster, off, mask):
+        self.offsets[dev_id][cluster] = off + 1
+        self.masks[dev_id][cluster] = mask
+        self._seen[dev_id].append(cluster)
+
+    def seen(self, dev_id):
+        """Sorted cluster numbers the archive holds (never a scan of the whole map)."""
+        s = self._seen[dev_id]
+        if isinstance(s, list):
+            s = self._seen[dev_id] = np.unique(np.asarray(s, dtype=np.int64))
+        return s
+
+    def to_arrays(self):
+        """Sparse form for the sidecar: only clusters that were seen."""
+        out = {}
+        for dev_id, offs in self.offsets.items():
+            nz = self.seen(dev_id)
+            out[f"idx{dev_id}"] = nz
+            out[f"off{dev_id}"] = offs[nz]
+            out[f"mask{dev_id}"] = self.masks[dev_id][nz]
+        return out
+
+    @classmethod
+    def from_arrays(cls, devices, arrays):
+        cm = cls(devices)
+        for dev_id in devices:
+            idx, off, mask = (arrays.get(f"{k}{dev_id}") for k in ("idx", "off", "mask"))
+            if idx is None or off is None or mask is None or not (len(idx) == len(off) == len(mask)):
+                raise VzdumpError(f"sidecar index has no cluster map for device {dev_id}")
+            n = len(cm.offsets[dev_id])
+            if len(idx) and (idx.min() < 0 or idx.max() >= n):
+                raise VzdumpError(f"sidecar index: cluster numbers of device {dev_id} out of range")
+            cm.offsets[dev_id][idx] = off
+            cm.masks[dev_id][idx] = mask
+            cm._seen[dev_id] = np.unique(idx.astype(np.int64))
+        return cm
 
 
 def index_vma(pieces, progress=None):
@@ -178,8 +219,7 @@ def index_vma(pieces, progress=None):
                 problems.append(("warning", "bad-extent", None,
                                  f"extent at {pos:#x}: cluster {cluster} of unknown device {dev_id}"))
                 continue
-            offs[cluster] = off
-            cmap.masks[dev_id][cluster] = mask
+            cmap.set(dev_id, cluster, off, mask)
         if progress is not None:
             progress(r.pos)
         if r.eof:
@@ -190,8 +230,11 @@ def index_vma(pieces, progress=None):
 class VmaDevice(Source):
     """One device of a VMA archive as a raw disk, read through the cluster map."""
 
-    def __init__(self, stream: Source, size, offsets, masks, bad=BAD_EIO, label="vma"):
+    def __init__(self, stream: Source, size, offsets, masks, bad=BAD_EIO, label="vma", seen=None):
+        """``offsets``: 1 + stream offset per cluster, 0 = not in the archive; ``seen``:
+        sorted numbers of the clusters present (for :meth:`missing_ranges`)."""
         super().__init__()
+        self.seen = seen
         self.stream = stream
         self.size = size
         self.offsets = offsets
@@ -207,7 +250,7 @@ class VmaDevice(Source):
             c = pos // VMA_CLUSTER_SIZE
             cstart = c * VMA_CLUSTER_SIZE
             n = min(end, cstart + VMA_CLUSTER_SIZE) - pos
-            off = int(self.offsets[c])
+            off = int(self.offsets[c]) - 1
             mask = int(self.masks[c])
             if off < 0:
                 if self.bad != BAD_ZERO:
@@ -239,27 +282,32 @@ class VmaDevice(Source):
         return b"".join(out)
 
     def _block_status(self, offset, length):
-        out = []
+        """Runs of equal status, found with numpy (the core asks 16 GiB windows at a time)."""
         end = offset + length
         c0, c1 = offset // VMA_CLUSTER_SIZE, (end - 1) // VMA_CLUSTER_SIZE
         offs = self.offsets[c0:c1 + 1]
-        masks = self.masks[c0:c1 + 1]
-        for k in range(len(offs)):
-            cstart = (c0 + k) * VMA_CLUSTER_SIZE
-            lo, hi = max(offset, cstart), min(end, cstart + VMA_CLUSTER_SIZE)
-            st = UNREADABLE if offs[k] < 0 else (ZERO if masks[k] == 0 else DATA)
-            out.append((lo, hi - lo, st))
+        st = np.where(offs == 0, 2, np.where(self.masks[c0:c1 + 1] == 0, 1, 0)).astype(np.int8)
+        change = np.flatnonzero(np.diff(st)) + 1
+        starts = np.concatenate(([0], change)).tolist()
+        ends = np.concatenate((change, [len(st)])).tolist()
+        names = (DATA, ZERO, UNREADABLE)
+        out = []
+        for a, b in zip(starts, ends):
+            lo = max(offset, (c0 + a) * VMA_CLUSTER_SIZE)
+            hi = min(end, (c0 + b) * VMA_CLUSTER_SIZE)
+            out.append((lo, hi - lo, names[st[a]]))
         return out
 
     def missing_ranges(self):
-        """Byte ranges of clusters the archive does not hold."""
-        miss = np.flatnonzero(self.offsets < 0)
+        """Byte ranges of clusters the archive does not hold: the gaps between the seen
+        clusters (work in proportion to the archive, not to the declared device size)."""
+        n = len(self.offsets)
+        seen = self.seen if self.seen is not None else np.flatnonzero(self.offsets)
+        bounds = np.concatenate(([-1], seen, [n]))
+        gaps = np.flatnonzero(np.diff(bounds) > 1)
         out = []
-        for c in miss.tolist():
-            s = c * VMA_CLUSTER_SIZE
-            ln = min(VMA_CLUSTER_SIZE, self.size - s)
-            if out and out[-1][0] + out[-1][1] == s:
-                out[-1] = (out[-1][0], out[-1][1] + ln)
-            else:
-                out.append((s, ln))
+        for g in gaps.tolist():
+            first, last = int(bounds[g]) + 1, int(bounds[g + 1])  # clusters [first, last)
+            s = first * VMA_CLUSTER_SIZE
+            out.append((s, min(last * VMA_CLUSTER_SIZE, self.size) - s))
         return out
