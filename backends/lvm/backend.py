@@ -219,6 +219,9 @@ class _Builder:
                                                   f"({type(e).__name__}: {e})")
         for name, pool in self.pools.items():
             if pool is not None:
+                for sev, code, msg in pool.problems:  # also those found while loading
+                    self.report(sev, code, f"thin pool {name}: {msg}",
+                                path=f"{self.base}/.pool/{name}")
                 for sev, msg in pool.check_data_space_map():
                     self.report(sev, "thin-data-space-map", f"thin pool {name}: {msg}",
                                 path=f"{self.base}/.pool/{name}")

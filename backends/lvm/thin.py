@@ -724,7 +724,6 @@ class ThinPool:
         self.usable = False
         self.details = {}
         self.dev_roots = {}
-        self.extra_leaves = {}  # dev_id -> [mapping subtree roots] found by recovery
         self._lock = threading.Lock()
         self._rec = None
         self.stale_devs = set()  # devices restored from older copies of the trees
@@ -753,10 +752,11 @@ class ThinPool:
             if self.sb.held_root:
                 self.info.append(f"a metadata snapshot is held at block {self.sb.held_root}")
         else:
-            if not chunk_hint:
-                raise ThinError(f"thin pool {self.name}: no superblock and no chunk size "
-                                f"in the LVM metadata")
-            self.chunk_sectors = int(chunk_hint)
+            if not isinstance(chunk_hint, int) or chunk_hint <= 0 or chunk_hint % 128 \
+                    or chunk_hint > 2097152:
+                raise ThinError(f"thin pool {self.name}: no superblock and no usable chunk "
+                                f"size in the LVM metadata ({chunk_hint!r})")
+            self.chunk_sectors = chunk_hint
         self.chunk_bytes = self.chunk_sectors * 512
         self.nr_data_blocks = self.tdata.size // self.chunk_bytes
         if self.sb is not None:
