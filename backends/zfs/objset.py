@@ -32,7 +32,7 @@ class Dnode:
 
     __slots__ = ("objset", "objnum", "raw", "little", "type", "indblkshift", "nlevels",
                  "nblkptr", "bonustype", "checksum", "compress", "flags", "datablksz",
-                 "bonuslen", "extra_slots", "maxblkid", "used", "blkptrs", "bonus",
+                 "bonuslen", "extra_slots", "maxblkid", "used", "_blkptrs", "bonus",
                  "_spill", "_spill_bp", "cache_key")
 
     def __init__(self, objset, objnum: int, raw: bytes, little: bool):
@@ -53,9 +53,7 @@ class Dnode:
             raise ZfsError(f"object {objnum}: bad data block size {self.datablksz}")
         if self.nlevels > 1 and not 7 <= self.indblkshift <= 17:
             raise ZfsError(f"object {objnum}: bad dn_indblkshift {self.indblkshift}")
-        self.blkptrs = [BlkPtr(raw[DNODE_CORE_SIZE + i * BLKPTR_SIZE:
-                                   DNODE_CORE_SIZE + (i + 1) * BLKPTR_SIZE], little)
-                        for i in range(self.nblkptr)]
+        self._blkptrs = None  # parsed on first use: listing a directory needs only the bonus
         bstart = DNODE_CORE_SIZE + self.nblkptr * BLKPTR_SIZE
         bmax = size - bstart - (BLKPTR_SIZE if self.flags & DNODE_FLAG_SPILL_BLKPTR else 0)
         self.bonus = raw[bstart:bstart + min(self.bonuslen, max(0, bmax))]
@@ -64,6 +62,15 @@ class Dnode:
         if self.flags & DNODE_FLAG_SPILL_BLKPTR:
             self._spill_bp = BlkPtr(raw[size - BLKPTR_SIZE:], little)
         self.cache_key = (objset.key, objnum, raw)
+
+    @property
+    def blkptrs(self):
+        if self._blkptrs is None:
+            raw = self.raw
+            self._blkptrs = [BlkPtr(raw[DNODE_CORE_SIZE + i * BLKPTR_SIZE:
+                                        DNODE_CORE_SIZE + (i + 1) * BLKPTR_SIZE], self.little)
+                             for i in range(self.nblkptr)]
+        return self._blkptrs
 
     @property
     def size(self) -> int:
