@@ -20,6 +20,9 @@ from .nodes import Dir, File, resolve
 #: Where a storage can sit relative to a file system root.
 CANDIDATES = ("var/lib/vz", "")
 MAX_DEPTH = 4  # storage/<area>/<pool>/<dataset>/... levels looked at
+#: Areas that hold recovered file systems.  Others are not listed: their directories
+#: can be expensive to fill (DRBD's diverged/ compares both nodes when first listed).
+FILESYSTEM_AREAS = ("zfs",)
 MAX_LISTINGS = 5000  # directories listed per scan, at most
 
 
@@ -28,7 +31,7 @@ def _top_dirs(ctx):
     plus the usual datastore folders ``mnt/datastore/*`` below each of them."""
     listings = 0
     queue = [(d, f"storage/{name}", 1) for name, d in ctx.storage_root.children().items()
-             if name != "files" and isinstance(d, Dir)]
+             if name in FILESYSTEM_AREAS and isinstance(d, Dir)]
     while queue:
         node, path, depth = queue.pop(0)
         yield node, path, depth
