@@ -728,3 +728,20 @@ def test_hostile_vma_device_sizes_cost_no_memory(tmp_path):
     assert len(miss) == 2 and all(e.ranges == ((0, 1 << 40),) for e in miss)
     node = resolve(ctx.root, f"storage/files/{path.name}/drive-scsi0.raw")
     assert node.source.read(0, 65536) == b"x" * 65536
+
+
+def test_garbage_between_extents_misaligned(built, tmp_path):
+    """1000 foreign bytes after extent 3 shift every later extent off the 512-byte grid."""
+    d, devs, vma, extents = built
+    cut = extents[3][0]
+    junk = random.Random(1).randbytes(1000) + b"VMAE" + bytes(600)  # a fake magic too
+    path = tmp_path / "vzdump-qemu-700-2024_02_02-02_02_02.vma"
+    path.write_bytes(vma[:cut + 512] + junk + vma[cut + 512:])  # inside extent 3's data
+    ctx = discover([str(path)], opts(tmp_path / "idx", bad="eio"))
+    assert any(e.code == "bad-extent" for e in vz_entries(ctx))
+    node = resolve(ctx.root, f"storage/files/{path.name}/drive-scsi0.raw")
+    data = devs["drive-scsi0"]
+    for _, g in extents[:3] + extents[5:]:
+        for dev_id, c, _ in g:
+            if dev_id == 1:
+                assert node.source.read(c * 65536, 65536) == data[c * 65536:(c + 1) * 65536]

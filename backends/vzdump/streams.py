@@ -729,6 +729,14 @@ class SequentialReader:
             have += take
         return b"".join(out)
 
+    def unread(self, data):
+        """Put ``data`` (the bytes just read) back in front of the stream."""
+        if data:
+            self._buf = bytes(data) + self._buf[self._buf_off:]
+            self._buf_off = 0
+            self.pos -= len(data)
+            self.eof = False if self._buf else self.eof
+
     def skip(self, n):
         while n > 0:
             if self._buf_off >= len(self._buf):

@@ -140,6 +140,34 @@ class ClusterMap:
         return cm
 
 
+def _extent_ok(eh, uuid):
+    return (len(eh) >= VMA_EXTENT_HEADER_SIZE and eh[:4] == VMA_EXTENT_MAGIC and eh[8:24] == uuid and
+            hashlib.md5(eh[:24] + bytes(16) + eh[40:VMA_EXTENT_HEADER_SIZE]).digest() == eh[24:40])
+
+
+def _resync(r: SequentialReader, uuid, piece=1 << 20):
+    """Advance ``r`` to the next valid extent header (magic + uuid + MD5), at any alignment
+    (a lost region of a compressed stream shifts everything after it)."""
+    while True:
+        try:
+            buf = r.read(piece)
+        except GapError:
+            continue
+        if len(buf) < VMA_EXTENT_HEADER_SIZE:
+            return False
+        i = buf.find(VMA_EXTENT_MAGIC)
+        while i >= 0:
+            if i + VMA_EXTENT_HEADER_SIZE > len(buf):
+                r.unread(buf[i:])  # the header straddles this piece: read it whole next time
+                break
+            if _extent_ok(buf[i:i + VMA_EXTENT_HEADER_SIZE], uuid):
+                r.unread(buf[i:])
+                return True
+            i = buf.find(VMA_EXTENT_MAGIC, i + 1)
+        else:
+            r.unread(buf[-3:])  # a magic split across pieces
+
+
 def index_vma(pieces, progress=None):
     """Walk the decoded stream once; returns (header, ClusterMap, problems)."""
     r = SequentialReader(pieces)
@@ -160,31 +188,28 @@ def index_vma(pieces, progress=None):
     for p in hdr.problems:
         problems.append(("error", "bad-header", None, p))
     cmap = ClusterMap(hdr.devices)
-    nbad = 0
-    resync = False
     while True:
         pos = r.pos
         try:
             eh = r.read(VMA_EXTENT_HEADER_SIZE)
         except GapError as e:
             problems.append(("error", "stream-gap", e.gap, str(e)))
-            resync = True
             continue
         if not eh:
             break
         if len(eh) < VMA_EXTENT_HEADER_SIZE:
             problems.append(("error", "truncated", None, f"archive ends inside an extent header at {pos:#x}"))
             break
-        ok = (eh[:4] == VMA_EXTENT_MAGIC and eh[8:24] == hdr.uuid and
-              hashlib.md5(eh[:24] + bytes(16) + eh[40:]).digest() == eh[24:40])
-        if not ok:
-            if not resync:
-                nbad += 1
-                problems.append(("error", "bad-extent", None,
-                                 f"no valid extent header at stream offset {pos:#x}; searching for the next one"))
-            resync = True
-            continue  # try the next 512-byte position (extents are 512-aligned)
-        resync = False
+        if not _extent_ok(eh, hdr.uuid):
+            problems.append(("error", "bad-extent", None,
+                             f"no valid extent header at stream offset {pos:#x}; searching for the next one"))
+            r.unread(eh)
+            r.skip(1)
+            if not _resync(r, hdr.uuid):
+                problems.append(("error", "truncated", None,
+                                 f"no valid extent header after stream offset {pos:#x}"))
+                break
+            continue
         e = parse(VmaExtentHeader, eh, "extent header", pos)
         data_off = pos + VMA_EXTENT_HEADER_SIZE
         found = []
@@ -209,7 +234,6 @@ def index_vma(pieces, progress=None):
             lost_to = g.offset + g.length if g.length else None
             found = [f for f in found if f[2] + bin(f[3]).count("1") * VMA_BLOCK_SIZE <= lost_from
                      or (lost_to is not None and f[2] >= lost_to)]
-            resync = True
         if r.eof and r.pos < data_off + e.block_count * VMA_BLOCK_SIZE:
             problems.append(("error", "truncated", None, f"archive ends inside the extent at {pos:#x}"))
             found = [f for f in found if f[2] + bin(f[3]).count("1") * VMA_BLOCK_SIZE <= r.pos]
