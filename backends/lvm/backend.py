@@ -437,5 +437,14 @@ class _Builder:
                             f"thin LV {lv.name}: device details say {det.mapped_blocks} "
                             f"mapped blocks, the mapping tree has {m.mapped}", path=path)
         extra = {"thin_pool": pname, "device_id": dev, "origin": f.get("origin"),
-                 "external_origin": ext}
+                 "external_origin": ext, "chunk_bytes": pool.chunk_bytes}
+        if dev in pool.dev_roots:
+            m = pool.mapping(dev)
+            extra.update(mapped_blocks=m.mapped, mapping_root=int(pool.dev_roots[dev]),
+                         restored_from_older_tree=dev in pool.stale_devs)
+            det = pool.details.get(dev)
+            if det is not None:
+                extra.update(transaction_id=det.transaction_id,
+                             creation_time=det.creation_time,
+                             snapshotted_time=det.snapshotted_time)
         self._show(lv, src, **extra)
