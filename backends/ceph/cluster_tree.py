@@ -135,6 +135,37 @@ def open_cluster(backend, key, volumes, ctx):
              path_hint="storage/ceph")
 
 
+def _object_meta(st, key, oid):
+    """``<object>.meta.json`` of the expert view: onode, object_info, SnapSet, attrs, omap."""
+    import json
+
+    out = {"osd": st.name, "pool": oid.pool, "namespace": oid.nspace.decode("utf-8", "replace"),
+           "name": oid.name.decode("utf-8", "replace"), "hash": oid.hash,
+           "snap": "head" if oid.snap == CEPH_NOSNAP else oid.snap}
+    try:
+        on = st.onode(key)
+        out["onode"] = {"nid": on.nid, "size": on.size, "flags": on.flags,
+                        "extent_map_shards": [list(x) for x in on.shards]}
+        out["attrs"] = {k: v.hex() for k, v in sorted(on.attrs.items())}
+        oi = st.object_info(key)
+        if oi is not None:
+            out["object_info"] = {"version": oi.version_str(), "user_version": oi.user_version,
+                                  "size": oi.size, "flags": oi.flags, "whiteout": oi.whiteout,
+                                  "mtime": list(oi.mtime)}
+        ss = st.snapset(key)
+        if ss is not None:
+            out["snapset"] = {"seq": ss.seq, "clones": ss.clones,
+                              "clone_size": {str(k): v for k, v in ss.clone_size.items()},
+                              "clone_overlap": {str(k): v for k, v in ss.clone_overlap.items()},
+                              "clone_snaps": {str(k): v for k, v in ss.clone_snaps.items()}}
+        om = st.omap(key, oid)
+        if om:
+            out["omap"] = {k.decode("utf-8", "backslashreplace"): v.hex() for k, v in sorted(om.items())}
+    except (CephError, UnreadableError) as e:
+        out["error"] = str(e)
+    return (json.dumps(out, indent=1) + "\n").encode()
+
+
 def _cluster_text(key, cluster, shown):
     lines = [f"Ceph cluster {key}", ""]
     lines.append("OSDs:")
@@ -161,7 +192,7 @@ def _cluster_text(key, cluster, shown):
                      f"format {img.format} size {img.size} object size {img.object_size} "
                      f"prefix {img.object_prefix} features {','.join(img.feature_names()) or '-'} "
                      f"snapshots {snaps}")
-    return "\n".join(lines) + "\n"
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _add_pool_images(cluster, ctx, root, pool, ns, parent, ec, shown):
@@ -248,8 +279,11 @@ def _add_osd_view(cluster, root):
                             try:
                                 src = st.object_source(key, label=f"{st.name}:{fname}")
                             except (CephError, UnreadableError):
-                                continue
-                            pd.add(fname, File(src))
+                                src = None
+                            if src is not None:
+                                pd.add(fname, File(src))
+                            pd.add(f"{fname}.meta.json",
+                                   GeneratedFile(lambda key=key, oid=oid: _object_meta(st, key, oid)))
 
                 d.add(pname, Dir(loader=load_pool))
 
