@@ -215,3 +215,18 @@ def test_ditto_copy_used_when_the_first_is_corrupt():
     pool = Pool("t", 1, {}, [Leaf(1, "mem", BytesSource(bytes(disk)))])
     assert pool.read_bp(BlkPtr(_bp(w), True)) == blk
     assert pool.repairs == 1
+
+
+def test_two_damaged_images_of_the_same_disk_complete_each_other():
+    """Two partial images of one member (say two ddrescue runs): each has a hole where the
+    other has data; together every file of the single-disk stripe member reads back."""
+    d0, d1 = _members("fxstripe.tar.xz")
+    hole_a = {4 << 20: bytes(6 << 20)}
+    hole_b = {10 << 20: bytes(6 << 20)}
+    only_a = _open_pool([Overlay(d0, hole_a), d1])
+    both = _open_pool([Overlay(d0, hole_a), Overlay(d0, hole_b), d1])
+    files = _files("fxstripe.json", "fxstripe")
+    good_a, eio_a = _read_all(only_a, "storage/zfs/fxstripe", files)
+    good, eio = _read_all(both, "storage/zfs/fxstripe", files)
+    assert eio_a > 0 and eio == 0 and good == len(files)
+    assert any(e.code == "duplicate-member" for e in both.report)

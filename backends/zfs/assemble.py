@@ -57,11 +57,14 @@ def assemble(volumes, ctx=None, path="") -> Assembly:
     for m in members:
         lg = m.config.get("guid")
         if lg in leaves:
-            notes.append(("warning", "duplicate-member",
-                          f"{m.volume.path}: the same vdev (guid {lg}) was given twice; "
-                          f"using {leaves[lg][1].path}"))
+            # Two images of one disk (two ddrescue runs, a copy and the original): each
+            # read tries them in turn and the block checksum decides, like a mirror.
+            notes.append(("info", "duplicate-member",
+                          f"{m.volume.path}: another image of vdev {lg} (also "
+                          f"{leaves[lg][0][1].path}); both are used, the checksum decides"))
+            leaves[lg].append((m.source, m.volume))
             continue
-        leaves[lg] = (m.source, m.volume)
+        leaves[lg] = [(m.source, m.volume)]
     # Each label holds the config of its own top-level vdev: take the newest per id.
     tops_cfg = {}
     for m in members:

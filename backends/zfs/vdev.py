@@ -158,8 +158,9 @@ MAX_TREE_DEPTH = 8
 def build(cfg: dict, leaves: dict, depth: int = 0, notes=None) -> Vdev:
     """Build a vdev from its label config (``vdev_tree`` or a child of it).
 
-    ``leaves`` maps leaf GUIDs to ``(source, volume)``.  Unknown types become
-    :class:`Missing` with a note.
+    ``leaves`` maps leaf GUIDs to a list of ``(source, volume)``: more than one image of
+    the same disk is read like a mirror of them.  Unknown types become :class:`Missing`
+    with a note.
     """
     notes = notes if notes is not None else []
     if depth > MAX_TREE_DEPTH or not isinstance(cfg, dict):
@@ -173,8 +174,13 @@ def build(cfg: dict, leaves: dict, depth: int = 0, notes=None) -> Vdev:
     if not isinstance(children, list):
         children = []
     if typ in ("disk", "file"):
-        src, vol = leaves.get(guid, (None, None))
-        return Leaf(guid, cfg.get("path", "?"), src, ashift, vol)
+        copies = leaves.get(guid) or [(None, None)]
+        if len(copies) == 1:
+            src, vol = copies[0]
+            return Leaf(guid, cfg.get("path", "?"), src, ashift, vol)
+        # several images of the same disk: read like a mirror of them
+        return Mirror(guid, [Leaf(guid, cfg.get("path", "?"), src, ashift, vol)
+                             for src, vol in copies[:16]], ashift)
     kids = [build(ch, leaves, depth + 1, notes) for ch in children[:255]]
     for k in kids:
         if k.ashift == 9 and ashift != 9:
