@@ -396,3 +396,18 @@ def test_guest_lvm_inside_a_vm_disk_lv(tmp_path):
     ctx = discover([str(outer)], Options())
     assert read_all(ctx, "storage/lvm/guest/root") == inner_data
     assert read_all(ctx, "vms/100/disk-0.raw") == inner_bytes
+
+
+def test_raid1_without_metadata_devices_and_with_data_offset(tmp_path):
+    """``raids`` may name "-" for a missing metadata device; ``data_offset`` (sectors)
+    skips dm-raid's reshape space at the start of each image."""
+    data = rnd(EXT, 14)
+    img = bytes(4096) + data  # image content starts 8 sectors in; images have a spare extent
+    lvs = (lv("r", ['start_extent = 0\nextent_count = 1\ntype = "raid1"\ndevice_count = 2\n'
+                    'data_offset = 8\nraids = [\n"-", "r_rimage_0",\n"-", "r_rimage_1"\n]\n'])
+           + lv("r_rimage_0", [linear(0, 2, "pv1", 0)], visible=False)
+           + lv("r_rimage_1", [linear(0, 2, "pv0", 0)], visible=False))
+    text = vg_text("vgd", VGID, 1, [("pv0", pv_uuid(0), 2), ("pv1", pv_uuid(1), 2)], lvs)
+    a = write_pv(tmp_path / "a.img", pv_uuid(0), 2, [(512, text)], 0, extents={0: img})
+    ctx = discover([str(a)], Options())
+    assert read_all(ctx, "storage/lvm/vgd/r") == data

@@ -269,6 +269,21 @@ class VolumeGroup:
             extents.append((off, length, src[0], src[1]))
         return ExtentSource(lv.extents * eb, extents, label=f"{self.name}/{lv.name}")
 
+    def _raid_images(self, f):
+        """The data images of a raid segment: ``raids`` lists, per image, its metadata LV
+        (``*_rmeta_*``, or ``"-"`` for none) then its data LV; raid0 may list data LVs
+        only (lvm2 ``lib/raid/raid.c`` ``_raid_text_import_areas``)."""
+        arr = [str(x) for x in (f.get("raids") or [])]
+        images, i = [], 0
+        while i < len(arr):
+            if arr[i] == "-" or "_rmeta_" in arr[i]:
+                i += 1  # a metadata device (or none): the data device follows
+                if i >= len(arr):
+                    raise LvmError("raids list ends after a metadata device")
+            images.append(arr[i])
+            i += 1
+        return images
+
     def _segment(self, lv, seg, length, what):
         f = seg.fields
         t = seg.type
@@ -293,22 +308,29 @@ class VolumeGroup:
                 arr = f.get("mirrors") or []
                 names = [(str(arr[i]), arr[i + 1]) for i in range(0, len(arr) - 1, 2)]
             else:
-                arr = f.get("raids") or []
-                names = [(str(arr[i]), 0) for i in range(1, len(arr), 2)]
+                names = [(n, 0) for n in self._raid_images(f)]
             if not names:
                 raise LvmError(f"{what}: {t} segment without images")
             legs = []
+            data_offset = _int(f, "data_offset", 0, what) * SECTOR  # dm-raid reshape space
             for nm, le in names:
                 src, off = self.area(nm, le, length, what)
-                legs.append(ExtentSource(length, [(0, length, src, off)], label=nm))
+                start = off + data_offset
+                n = max(0, min(length, src.size - start))
+                ext = [(0, n, src, start)]
+                if n < length:  # the image is shorter than the segment: that part is lost
+                    ext.append((n, length - n, MissingSource(
+                        length - n, f"{nm} ends early", bad=self.bad, label=nm), 0))
+                legs.append(ExtentSource(length, ext, label=nm))
             return MirrorSource(length, legs, label=f"{self.name}/{lv.name}"), 0
         if t in ("raid0", "raid0_meta"):
-            arr = [str(x) for x in (f.get("raids") or [])]
-            names = arr if t == "raid0" else arr[1::2]
+            names = self._raid_images(f)
             if not 1 <= len(names) <= MAX_STRIPES:
                 raise LvmError(f"{what}: {t} segment with {len(names)} images")
             per = length // len(names)
-            areas = [self.area(nm, 0, per, what) for nm in names]
+            data_offset = _int(f, "data_offset", 0, what) * SECTOR
+            areas = [(src, off + data_offset)
+                     for src, off in (self.area(nm, 0, per, what) for nm in names)]
             ss = _int(f, "stripe_size", what=what) * SECTOR
             if ss == 0 or length % len(names):
                 raise LvmError(f"{what}: bad stripe_size or length for {t}")
