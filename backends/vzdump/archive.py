@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 import tempfile
 import time
 import zlib
@@ -31,12 +32,12 @@ from . import lzo
 from .streams import (DecodedStream, SeekCacheWriter, StreamIndex, _SliceIO, decode_lzo_block, detect_codec,
                       lzop_header, scan)
 from .structs import VMA_MAGIC, VzdumpError
-from .tarindex import build_tree, header_ok, index_tar
+from .tarindex import MemberDB, TarTree, header_ok, index_tar
 from .vma import ClusterMap, VmaDevice, VmaHeaderInfo, index_vma
 
 NAME_RE = re.compile(r"^vzdump-(qemu|lxc|openvz)-(\d+)-(\d{4})_(\d\d)_(\d\d)-(\d\d)_(\d\d)_(\d\d)"
                      r"\.(vma|tar|tgz)(\.zst|\.lzo|\.gz)?$")
-SIDECAR_VERSION = 2
+SIDECAR_VERSION = 3
 LAYER = "vzdump"
 
 
@@ -163,7 +164,12 @@ class VzdumpArchive:
             raise VzdumpError(f"{self.name}: neither a VMA nor a tar archive inside the {self.codec} stream")
         side = sidecar_dir(self.ctx)
         key = sidecar_key(self.vol.input_path) if (side and self.vol.input_path) else None
+        self._side = (side, key)
+        self._memdb = None
         cached = load_sidecar(side, key) if key else None
+        if cached and cached[0].get("kind") == "tar" and not os.path.exists(
+                os.path.join(side, str(cached[0].get("members_db")))):
+            cached = None  # the member database is gone: index again
         self.vol.info.update({"format": f"vzdump-{self.kind}", "compression": self.codec,
                               "index": "reused" if cached else "built"})
         if cached is None:
@@ -219,9 +225,34 @@ class VzdumpArchive:
             meta = {"kind": "vma", "stream": pieces.index.to_json(),
                     "problems": [[s, c, None, m] for s, c, _g, m in problems]}
             return meta, cmap.to_arrays()
-        members, problems = index_tar(pieces)
-        meta = {"kind": "tar", "stream": pieces.index.to_json(), "members": members,
-                "problems": [[s, c, None, m] for s, c, _g, m in problems]}
+        side, key = self._side
+        final = os.path.join(side, key + ".members.sqlite") if key else None
+        tmp = final + ".tmp" if final else None
+        if tmp:
+            os.makedirs(side, exist_ok=True)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        db = MemberDB(tmp)
+        seen = [0]
+
+        def emit(m):
+            seen[0] += 1
+            db.add(m)
+
+        try:
+            _members, problems = index_tar(pieces, emit=emit)
+            db.finish()
+            count = seen[0]
+        except BaseException:
+            db.close()
+            raise
+        if final:
+            db.close()
+            os.replace(tmp, final)
+        else:
+            self._memdb = db  # no index folder: the rows stay in this in-memory database
+        meta = {"kind": "tar", "stream": pieces.index.to_json(), "members_db": os.path.basename(final) if final else None,
+                "members": count, "problems": [[s, c, None, m] for s, c, _g, m in problems]}
         return meta, None
 
     # -- VMA --------------------------------------------------------------------------------
@@ -275,19 +306,30 @@ class VzdumpArchive:
         def report(path, message, ranges):
             self.report("error", "damaged-member", f"{self.path}{path}", f"{self.name}: {path}: {message}", ranges)
 
-        members = meta["members"]
-        self.vol.info["members"] = len(members)
-        root = build_tree(members, stream, self.bad, report)
-        # Members in a corrupt (lzop) block: name them.
+        if self._memdb is not None:
+            db = self._memdb
+        else:
+            side, _key = self._side
+            dbpath = os.path.join(side, meta["members_db"])
+            try:
+                db = MemberDB(f"file:{dbpath}?mode=ro", create=False, uri=True)
+                db.count()
+            except sqlite3.Error as e:
+                raise VzdumpError(f"{self.name}: member index {dbpath} is unreadable ({e}); "
+                                  f"delete it to rebuild") from None
+        self.vol.info["members"] = meta["members"]
+        root = TarTree(db, stream, self.bad, report, ctx.report).root()
+        # Members whose data was lost in the stream, or lies in a corrupt (lzop) block.
+        for path, size, lost in db.query("SELECT path, size, lost_from FROM members WHERE lost_from "
+                                         "IS NOT NULL ORDER BY id LIMIT 10000"):
+            report("/" + path, "data lies in a lost part of the stream", [(lost, size - lost)])
         bad_segs = [(s[0], s[1]) for s in StreamIndex.from_json(meta["stream"]).segs if s[4] == 5]
-        for m in members:
-            if m["type"] != "file" or not m["stored"]:
-                continue
-            for bo, bn in bad_segs:
-                if m["data"] < bo + bn and m["data"] + m["stored"] > bo:
-                    lo = max(0, bo - m["data"])
-                    report("/" + m["path"].lstrip("./"), "contents lie in a corrupt block",
-                           [(lo, min(m["stored"], bo + bn - m["data"]) - lo)])
+        for bo, bn in bad_segs:
+            for path, data, stored in db.query(
+                    "SELECT path, data, stored FROM members WHERE type='file' AND stored>0 AND data<? "
+                    "AND data+stored>? ORDER BY id LIMIT 10000", (bo + bn, bo)):
+                lo = max(0, bo - data)
+                report("/" + path, "contents lie in a corrupt block", [(lo, min(stored, bo + bn - data) - lo)])
         for name, node in root.children().items():
             self.dir.add(name, node, report=ctx.report, path_hint=self.path)
         pm = self.parsed_name
