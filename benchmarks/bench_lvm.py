@@ -181,11 +181,13 @@ def main():
     size = args.mappings * CHUNK
     for req in (128 << 10, 1 << 20):
         bench_read(src, devs[1], img, tdata_off, req, size)  # warm the page cache
-        t_pvfs, t_raw = bench_read(src, devs[1], img, tdata_off, req, size)
+        runs = [bench_read(src, devs[1], img, tdata_off, req, size) for _ in range(3)]
+        t_pvfs = min(r[0] for r in runs)  # best of 3: the machine is shared
+        t_raw = min(r[1] for r in runs)
         mb = size / 2**20
         print(f"sequential read {mb:.0f} MiB in {req >> 10} KiB requests: pvfs "
               f"{mb / t_pvfs:.0f} MiB/s, direct pread at mapped offsets {mb / t_raw:.0f} MiB/s "
-              f"(pvfs/limit = {t_raw / t_pvfs:.2f})")
+              f"(pvfs/limit = {t_raw / t_pvfs:.2f}, best of 3)")
 
 
 if __name__ == "__main__":
