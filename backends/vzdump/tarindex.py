@@ -231,13 +231,16 @@ class MemberDB:
 
     def _ensure_dir(self, path):
         """Folders a tar names only implicitly (``a/b/c`` without ``a/``) get a row too."""
-        if path in self._dirs:
-            return
-        if path:
-            self._ensure_dir(path.rpartition("/")[0])
-        parent, _, name = path.rpartition("/")
-        self._dirs[path] = self._insert((path, parent if path else None, name, "dir", 0o755, 0, 0, 0.0,
-                                         0, 0, 0, "", 0, 0, None, "{}", None))
+        missing = []
+        while path not in self._dirs:
+            missing.append(path)
+            if not path:
+                break
+            path = path.rpartition("/")[0]
+        for p in reversed(missing):  # parents first (no recursion: paths may be very deep)
+            parent, _, name = p.rpartition("/")
+            self._dirs[p] = self._insert((p, parent if p else None, name, "dir", 0o755, 0, 0, 0.0,
+                                          0, 0, 0, "", 0, 0, None, "{}", None))
 
     def add(self, m):
         path = _norm(m["path"])
