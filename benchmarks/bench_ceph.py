@@ -50,10 +50,11 @@ def bench_index(ceph_dir, n):
 
     def decode_all():
         extents = 0
-        for snaps in st.objects.values():
-            for key, _oid in snaps.values():
-                on = st.onode(key)
-                extents += len(st.extents(key, on)[0])
+        for p, ns, name, snap, key in st.iter_objects():
+            if key is None:
+                key = st.lookup(p, name, ns, snap)[0]
+            on = st.onode(key)
+            extents += len(st.extents(key, on)[0])
         return extents
 
     t_meta, extents = timed(decode_all)

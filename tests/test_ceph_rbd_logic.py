@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import struct
 
+import numpy as np
 import pytest
 
 from backends.ceph.keys import CEPH_NOSNAP, ObjectId
@@ -25,11 +26,12 @@ class _Onode:
 
 
 class FakeStore:
-    """Duck-typed OsdStore holding objects in memory."""
+    """Duck-typed OsdStore holding objects in memory (all in its ``other`` index)."""
 
     def __init__(self, name):
         self.name = name
-        self.objects = {}
+        self.other = {}
+        self.oids = {}
         self.collections = set()
         self.ec_pools = set()
         self.data, self.omaps, self.infos, self.snapsets = {}, {}, {}, {}
@@ -37,8 +39,8 @@ class FakeStore:
     def put(self, pool, name, data=b"", ns=b"", snap=CEPH_NOSNAP, omap=None, version=(1, 1),
             snapset=None, whiteout=False):
         key = (pool, ns, name, snap)
-        oid = ObjectId(pool, object_hash(name, ns), ns, name, b"", snap)
-        self.objects.setdefault((pool, ns, name), {})[snap] = (key, oid)
+        self.oids[key] = ObjectId(pool, object_hash(name, ns), ns, name, b"", snap)
+        self.other.setdefault((pool, ns, name), {})[snap] = key
         self.data[key] = data
         self.omaps[key] = omap or {}
         self.infos[key] = ObjectInfo(name=name, snap=snap, version=version, size=len(data),
@@ -46,10 +48,26 @@ class FakeStore:
         self.snapsets[key] = snapset
 
     def lookup(self, pool, name, nspace=b"", snap=CEPH_NOSNAP):
-        return self.objects.get((pool, nspace, name), {}).get(snap)
+        key = self.other.get((pool, nspace, name), {}).get(snap)
+        return None if key is None else (key, self.oids[key])
 
     def snaps_of(self, pool, name, nspace=b""):
-        return self.objects.get((pool, nspace, name), {})
+        return self.other.get((pool, nspace, name), {})
+
+    def pools(self):
+        return {p for p, _ns, _n in self.other}
+
+    def other_names(self, pool, nspace=b""):
+        return sorted(n for p, ns, n in self.other if p == pool and ns == nspace)
+
+    def names_with_prefix(self, pool, prefix, nspace=b""):
+        return [n for n in self.other_names(pool, nspace) if n.startswith(prefix)]
+
+    def data_prefixes(self, pool, nspace=b""):
+        return []
+
+    def data_objnos(self, pool, nspace, prefix):
+        return np.zeros(0, dtype=np.uint64)
 
     def object_info(self, key):
         return self.infos[key]

@@ -14,7 +14,7 @@ from pvfs.nodes import Dir, File, GeneratedFile
 from pvfs.source import BAD_ZERO
 
 from .errors import CephError
-from .keys import CEPH_NOSNAP
+from .keys import CEPH_NOSNAP, decode_onode_key
 from .label import probe_label
 from .osd import OsdStore
 from .rbd import Cluster, RbdError
@@ -264,26 +264,29 @@ def _add_osd_view(cluster, root):
     top = root.subdir(".osd")
     for st in cluster.stores:
         def load_osd(d, st=st):
-            pools = {}
-            for (pool, ns, name), snaps in st.objects.items():
-                pools.setdefault(pool, []).append((ns, name, snaps))
-            for pool, objs in sorted(pools.items()):
+            for pool in sorted(st.pools()):
                 pname = "meta" if pool == -1 else cluster.pool_name(pool)
 
-                def load_pool(pd, objs=objs):
-                    for ns, name, snaps in sorted(objs):
-                        for snap, (key, oid) in sorted(snaps.items()):
-                            fname = oid.display() or f"(pgmeta {oid.hash:x})"
-                            if snap not in (CEPH_NOSNAP,) and "@" not in fname:
-                                fname = f"{fname}@{snap}"
-                            try:
-                                src = st.object_source(key, label=f"{st.name}:{fname}")
-                            except (CephError, UnreadableError):
-                                src = None
-                            if src is not None:
-                                pd.add(fname, File(src))
-                            pd.add(f"{fname}.meta.json",
-                                   GeneratedFile(lambda key=key, oid=oid: _object_meta(st, key, oid)))
+                def load_pool(pd, pool=pool):
+                    for p, ns, name, snap, key in sorted(st.iter_objects(pool),
+                                                         key=lambda t: (t[1], t[2], t[3])):
+                        if key is None:
+                            hit = st.lookup(p, name, ns, snap)
+                            if hit is None:
+                                continue
+                            key = hit[0]
+                        oid = decode_onode_key(key)
+                        fname = oid.display() or f"(pgmeta {oid.hash:x})"
+                        if snap != CEPH_NOSNAP and "@" not in fname:
+                            fname = f"{fname}@{snap}"
+                        try:
+                            src = st.object_source(key, label=f"{st.name}:{fname}")
+                        except (CephError, UnreadableError):
+                            src = None
+                        if src is not None:
+                            pd.add(fname, File(src))
+                        pd.add(f"{fname}.meta.json",
+                               GeneratedFile(lambda key=key, oid=oid: _object_meta(st, key, oid)))
 
                 d.add(pname, Dir(loader=load_pool))
 

@@ -15,13 +15,17 @@ References: ceph/src/os/bluestore/BlueStore.cc (``_open_collections``,
 
 from __future__ import annotations
 
+import array
+import bisect
 import re
+
+import numpy as np
 
 from pvfs.cache import METADATA_CACHE
 
 from .errors import CephError
-from .keys import (CEPH_NOSNAP, ObjectKeyError, decode_onode_key, extent_shard_key,
-                   is_onode_key, omap_prefix_and_base)
+from .keys import (CEPH_NOSNAP, NO_GEN, NO_SHARD, ObjectId, ObjectKeyError, decode_onode_key,
+                   encode_onode_key, extent_shard_key, is_onode_key, omap_prefix_and_base)
 from .objects import ObjectSource
 from .onode import OnodeError, decode_extents, decode_onode
 from .osdtypes import OsdTypeError, decode_object_info, decode_snapset
@@ -32,8 +36,49 @@ MAX_SMALL_OBJECT = 64 << 20
 _COLL_RE = re.compile(rb"^(\d+)\.([0-9a-f]+)(?:s(\d+))?_head$")
 
 
+_DATA_RE = re.compile(rb"^(rbd_data\..+)\.([0-9a-f]{16})$")
+
+
+class _DataIndex:
+    """Head objects ``<prefix>.<objno as 16 hex>`` of one (pool, namespace, prefix):
+    sorted objnos (u64) and their hashes (u32), 12 bytes an object instead of a
+    Python dict entry (~500 bytes): an OSD of millions of RBD objects stays small."""
+
+    __slots__ = ("objnos", "hashes", "_o", "_h")
+
+    def __init__(self):
+        self._o = array.array("Q")
+        self._h = array.array("I")
+        self.objnos = self.hashes = None
+
+    def add(self, objno, hash_):
+        self._o.append(objno)
+        self._h.append(hash_)
+
+    def finish(self):
+        o = np.frombuffer(self._o, dtype=np.uint64) if len(self._o) else np.zeros(0, np.uint64)
+        h = np.frombuffer(self._h, dtype=np.uint32) if len(self._h) else np.zeros(0, np.uint32)
+        order = np.argsort(o, kind="stable")
+        self.objnos = o[order].copy()
+        self.hashes = h[order].copy()
+        self._o = self._h = None
+
+    def find(self, objno):
+        i = int(np.searchsorted(self.objnos, objno))
+        if i < len(self.objnos) and int(self.objnos[i]) == objno:
+            return int(self.hashes[i])
+        return None
+
+
 class OsdStore:
-    """Objects of one OSD."""
+    """Objects of one OSD.
+
+    The index: head objects named like RBD data objects (no locator key, no shard,
+    no generation) in compact per-prefix arrays (:class:`_DataIndex`); every other
+    object (headers, clones, maps, meta objects, EC shards) in ``other``:
+    ``(pool, nspace, name) -> {snap: key}``.  Keys of the compact part are rebuilt
+    with ``encode_onode_key`` when looked up.
+    """
 
     def __init__(self, osd, name: str, report=None):
         self.osd = osd
@@ -42,10 +87,12 @@ class OsdStore:
         self.report = report  # report(severity, code, message, ranges=())
         self.device = osd.source
         self.uid = osd.source.uid
-        self.objects: dict = {}  # (pool, nspace, name) -> {snap: key}
+        self.other: dict = {}  # (pool, nspace, name) -> {snap: key}
+        self.data: dict = {}  # (pool, nspace, prefix) -> _DataIndex
         self.collections: set = set()  # (pool, pg seed)
         self.ec_pools: set = set()  # pools whose collections are EC shards (``2.3s0_head``)
         self.count = 0
+        self._sorted_other = {}
 
     def _note(self, severity, code, message, ranges=()):
         if self.report is not None:
@@ -68,21 +115,96 @@ class OsdStore:
             except ObjectKeyError:
                 bad += 1
                 continue
-            self.objects.setdefault((oid.pool, oid.nspace, oid.name), {})[oid.snap] = (bytes(key), oid)
             self.count += 1
+            if oid.snap == CEPH_NOSNAP and not oid.key and oid.gen == NO_GEN \
+                    and oid.shard == NO_SHARD:
+                m = _DATA_RE.match(oid.name)
+                if m:
+                    di = self.data.get((oid.pool, oid.nspace, m.group(1)))
+                    if di is None:
+                        di = self.data[(oid.pool, oid.nspace, m.group(1))] = _DataIndex()
+                    di.add(int(m.group(2), 16), oid.hash)
+                    continue
+            self.other.setdefault((oid.pool, oid.nspace, oid.name), {})[oid.snap] = bytes(key)
+        for di in self.data.values():
+            di.finish()
         if bad:
             self._note("warning", "bad-onode-keys", f"{bad} onode keys do not decode; skipped")
         return self
 
     def lookup(self, pool, name: bytes, nspace=b"", snap=CEPH_NOSNAP):
         """(key, ObjectId) of an object, or None."""
-        snaps = self.objects.get((pool, nspace, name))
-        if not snaps:
-            return None
-        return snaps.get(snap)
+        snaps = self.other.get((pool, nspace, name))
+        if snaps and snap in snaps:
+            key = snaps[snap]
+            return key, decode_onode_key(key)
+        if snap == CEPH_NOSNAP:
+            m = _DATA_RE.match(name)
+            if m:
+                di = self.data.get((pool, nspace, m.group(1)))
+                if di is not None:
+                    h = di.find(int(m.group(2), 16))
+                    if h is not None:
+                        oid = ObjectId(pool, h, nspace, name, b"", CEPH_NOSNAP)
+                        return encode_onode_key(oid), oid
+        return None
 
     def snaps_of(self, pool, name, nspace=b""):
-        return self.objects.get((pool, nspace, name), {})
+        """{snap: key} of every version (head, clones) of an object on this OSD."""
+        out = dict(self.other.get((pool, nspace, name), {}))
+        hit = None if CEPH_NOSNAP in out else self.lookup(pool, name, nspace)
+        if hit is not None:
+            out[CEPH_NOSNAP] = hit[0]
+        return out
+
+    def pools(self):
+        return {p for (p, _ns, _n) in self.other} | {p for (p, _ns, _x) in self.data}
+
+    def namespaces(self, pool):
+        return {ns for (p, ns, _n) in self.other if p == pool} | \
+            {ns for (p, ns, _x) in self.data if p == pool}
+
+    def other_names(self, pool, nspace=b""):
+        """Sorted names of this pool's objects outside the compact data index."""
+        k = (pool, nspace)
+        names = self._sorted_other.get(k)
+        if names is None:
+            names = self._sorted_other[k] = sorted(
+                n for (p, ns, n) in self.other if p == pool and ns == nspace)
+        return names
+
+    def data_prefixes(self, pool, nspace=b""):
+        return sorted(x for (p, ns, x) in self.data if p == pool and ns == nspace)
+
+    def data_objnos(self, pool, nspace, prefix):
+        di = self.data.get((pool, nspace, prefix))
+        return di.objnos if di is not None else np.zeros(0, dtype=np.uint64)
+
+    def names_with_prefix(self, pool, prefix: bytes, nspace=b""):
+        """Sorted object names (any snap) starting with ``prefix``."""
+        names = self.other_names(pool, nspace)
+        i = bisect.bisect_left(names, prefix)
+        out = []
+        while i < len(names) and names[i].startswith(prefix):
+            out.append(names[i])
+            i += 1
+        for dp in self.data_prefixes(pool, nspace):
+            if dp.startswith(prefix) or prefix.startswith(dp + b"."):
+                out.extend(n for n in (dp + b".%016x" % int(o) for o in self.data_objnos(pool, nspace, dp))
+                           if n.startswith(prefix))
+        return sorted(set(out))
+
+    def iter_objects(self, pool=None):
+        """Yield ``(pool, nspace, name, snap, key)`` for every object (keys built lazily
+        for the compact part: ``key`` may be None there, use :meth:`lookup`)."""
+        for (p, ns, n), snaps in self.other.items():
+            if pool is None or p == pool:
+                for snap, key in snaps.items():
+                    yield p, ns, n, snap, key
+        for (p, ns, dp), di in self.data.items():
+            if pool is None or p == pool:
+                for o in di.objnos:
+                    yield p, ns, dp + b".%016x" % int(o), CEPH_NOSNAP, None
 
     # -- onodes ---------------------------------------------------------------------------
     def onode(self, key):

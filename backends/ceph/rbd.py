@@ -324,7 +324,6 @@ class Cluster:
         self.pools = {}  # id -> PoolInfo
         self.pool_source = None
         self._mismatch_seen = set()
-        self._names = {}  # (pool, nspace) -> sorted object names
 
     # -- objects -----------------------------------------------------------------
     def find(self, pool, name: bytes, snap=CEPH_NOSNAP, path="storage/ceph", ns=b""):
@@ -384,24 +383,55 @@ class Cluster:
         return None
 
     def names_with_prefix(self, pool, prefix: bytes, nspace=b""):
-        """Sorted names of the objects of a pool that start with ``prefix`` (any OSD)."""
-        names = self._names.get((pool, nspace))
-        if names is None:
-            found = set()
-            for st in self.stores:
-                found.update(n for (p, ns, n) in st.objects if p == pool and ns == nspace)
-            names = self._names[(pool, nspace)] = sorted(found)
-        i = bisect.bisect_left(names, prefix)
-        out = []
-        while i < len(names) and names[i].startswith(prefix):
-            out.append(names[i])
-            i += 1
+        """Sorted names of the objects of a pool that start with ``prefix`` (any OSD).
+
+        Meant for metadata prefixes (``rbd_id.``, ``rbd_header.``, one image's data
+        prefix): names of the compact data index are generated when they match."""
+        found = set()
+        for st in self.stores:
+            found.update(st.names_with_prefix(pool, prefix, nspace))
+        return sorted(found)
+
+    def _other_with_prefix(self, pool, prefix: bytes, nspace=b""):
+        found = set()
+        for st in self.stores:
+            names = st.other_names(pool, nspace)
+            i = bisect.bisect_left(names, prefix)
+            while i < len(names) and names[i].startswith(prefix):
+                found.add(names[i])
+                i += 1
+        return sorted(found)
+
+    def data_objnos(self, pool, nspace, prefix: bytes, width=16):
+        """Object numbers of ``<prefix>.<objno>`` objects on any OSD (any snap)."""
+        out = set()
+        for st in self.stores:
+            out.update(st.data_objnos(pool, nspace, prefix).tolist())
+        dot = prefix + b"."
+        for name in self._other_with_prefix(pool, dot, nspace):
+            tail = name[len(dot):]
+            if len(tail) == width:
+                try:
+                    out.add(int(tail, 16))
+                except ValueError:
+                    pass
         return out
+
+    def data_prefixes(self, pool, nspace=b""):
+        """``rbd_data.<...>`` prefixes that have data objects on any OSD."""
+        out = set()
+        for st in self.stores:
+            out.update(st.data_prefixes(pool, nspace))
+        for name in self._other_with_prefix(pool, b"rbd_data.", nspace):
+            head, _dot, tail = name.rpartition(b".")
+            if len(tail) == 16:
+                out.add(head)
+        return sorted(out)
 
     def pool_ids(self):
         ids = set(self.pools)
         for st in self.stores:
-            ids.update(p for (p, _ns, _n) in st.objects if p >= 0)
+            ids.update(p for p in st.pools() if p >= 0)
         return sorted(ids)
 
     # -- pools ---------------------------------------------------------------------
@@ -409,14 +439,14 @@ class Cluster:
         """Pool names and pg_num from the newest ``osdmap.<epoch>`` object on any OSD."""
         best = []
         for st in self.stores:
-            for (p, ns, name), snaps in st.objects.items():
+            for (p, ns, name), snaps in st.other.items():
                 if p != -1 or not name.startswith(b"osdmap."):
                     continue
                 try:
                     epoch = int(name[7:])
                 except ValueError:
                     continue
-                for _snap, (key, _oid) in snaps.items():
+                for _snap, key in snaps.items():
                     best.append((epoch, st, key))
         best.sort(key=lambda t: -t[0])
         for epoch, st, key in best[:8]:
@@ -458,7 +488,7 @@ class Cluster:
         """RBD namespaces of a pool: "" and every namespace holding RBD metadata."""
         found = {b""}
         for st in self.stores:
-            for (p, ns, name) in st.objects:
+            for (p, ns, name) in st.other:
                 if p == pool and ns and (name == b"rbd_directory" or name.startswith(b"rbd_header.")):
                     found.add(ns)
         return sorted(found)
@@ -491,14 +521,14 @@ class Cluster:
                 names[f"image-{iid}"] = iid
                 known.add(iid)
         # data objects whose header and name are both lost
-        for obj in self.names_with_prefix(pool, b"rbd_data.", ns):
-            parts = obj.split(b".")
-            if len(parts) == 3 and len(parts[2]) == 16:
+        for dp in self.data_prefixes(pool, ns):
+            parts = dp.split(b".")
+            if len(parts) == 2:
                 iid = parts[1].decode("utf-8", "replace")
                 if iid not in known:
                     names[f"image-{iid}"] = iid
                     known.add(iid)
-        v1 = [obj[:-4].decode("utf-8", "replace") for obj in self.names_with_prefix(pool, b"", ns)
+        v1 = [obj[:-4].decode("utf-8", "replace") for obj in self._other_with_prefix(pool, b"", ns)
               if obj.endswith(b".rbd")]
         return names, v1
 
@@ -558,16 +588,11 @@ class Cluster:
     def _guess_image(self, pool, name, iid, ns=b"") -> RbdImage:
         """The header is lost: rebuild the geometry from the data objects found."""
         prefix = f"rbd_data.{iid}."
-        objnos, biggest = [], 0
-        for obj in self.names_with_prefix(pool, prefix.encode(), ns):
-            tail = obj[len(prefix):]
-            if len(tail) != 16:
-                continue
-            try:
-                objnos.append(int(tail, 16))
-            except ValueError:
-                continue
-            for c in self.find(pool, obj, ns=ns)[:1]:
+        objnos = sorted(self.data_objnos(pool, ns, prefix[:-1].encode()))
+        biggest = 0
+        # sizes of up to 256 objects (the last ones first) are enough to see a full one
+        for objno in (objnos[::-1][:128] + objnos[:128]):
+            for c in self.find(pool, f"{prefix}{objno:016x}".encode(), ns=ns)[:1]:
                 try:
                     biggest = max(biggest, c.store.onode(c.key).size)
                 except CephError:
@@ -798,13 +823,9 @@ class Cluster:
         # Report objects of lost placement groups now, from the index alone (no onode
         # is decoded: cheap for images of millions of objects).  A missing *clone* of a
         # present head is found, and reported, when its object is first read.
-        present = set()
-        prefix = img.object_name(0)[:-(12 if img.format == 1 else 16)]
-        for name in self.names_with_prefix(data_pool, prefix, img.nspace):
-            try:
-                present.add(int(name[len(prefix):], 16))
-            except ValueError:
-                continue
+        width = 12 if img.format == 1 else 16
+        prefix = img.object_name(0)[:-(width + 1)]
+        present = self.data_objnos(data_pool, img.nspace, prefix, width)
         missing = []
         for objno in range(layout.num_objects()):
             if objno in present:
