@@ -4,6 +4,7 @@ real tools' output in truth/ (pvck, vgcfgbackup, thin_dump, thin_repair)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -728,3 +729,33 @@ def test_random_reads_match_thin_dump_and_the_image(syn):
 
     run()
     raw.close()
+
+
+@pytest.mark.parametrize("name", ["pve-disk.img", "pve-disk-damaged-tmeta-sb.img"])
+def test_bad_sectors_in_the_ring_and_in_tmeta(syn, tmp_path, name):
+    """A ddrescue mapfile marks a sector of the older VG text (seqno 8) and a whole
+    unused thin-metadata block as unreadable: the committed text, every LV and the thin
+    mappings still read back by sha256 (on the damaged copy through the recovery scan,
+    which must step around the bad block); the lost text and bad ranges are reported."""
+    d, m = syn
+    img = tmp_path / name
+    os.symlink(d / name, img)
+    pvoff = m["gpt"]["pv_offset_bytes"]
+    tm = m["thin_pool"]["tmeta_disk_offset_bytes"]
+    ring_bad = pvoff + 4096 + 1024  # inside seqno 8's text (at mda+512, 2231 bytes)
+    meta_bad = tm + 500 * 4096  # an unused metadata block
+    size = FileSource(img).size
+    (tmp_path / f"{name}.map").write_text(
+        f"0 +\n0x0 {ring_bad:#x} +\n{ring_bad:#x} 0x200 -\n{ring_bad + 512:#x} "
+        f"{meta_bad - ring_bad - 512:#x} +\n{meta_bad:#x} 0x1000 -\n"
+        f"{meta_bad + 4096:#x} {size - meta_bad - 4096:#x} +\n")
+    ctx = discover([str(img)], Options())
+    for name, tv in m["thin_volumes"].items():
+        assert _sha(ctx, f"storage/lvm/pve/{name}") == tv["sha256"], name
+    assert _sha(ctx, "storage/lvm/pve/root") == m["linear_volumes"]["root"]["sha256"]
+    msgs = " ".join(e.message for e in ctx.report)
+    assert "bytes of the metadata ring are unreadable" in msgs
+    gens = [e for e in ctx.report if e.code == "metadata-generation"]
+    assert len(gens) == 1 and "seqno 9" in gens[0].message
+    tmeta = resolve(ctx.root, "storage/lvm/pve/.pool/data/tmeta").source
+    assert tmeta.unreadable_ranges() == [(500 * 4096, 4096)]

@@ -137,8 +137,9 @@ class LvmBackend(Backend):
         # PVs without a metadata area join when the generation in use names them.
         named = {p.get("id") for p in (gen.vg.get("physical_volumes") or {}).values()
                  if isinstance(p, dict)}
-        nomda = ctx.groups.get((self.name, NO_MDA_KEY))
-        for v in (nomda[1] if nomda else []):
+        nomda = [v for gkey, (_, members) in list(ctx.groups.items())
+                 if gkey[0] == self.name and gkey[1] == NO_MDA_KEY for v in members]
+        for v in nomda:
             uuid = pv_info(v).label.pv_uuid
             if uuid in named and uuid not in pv_sources:
                 pv_sources[uuid] = (v.source, v.path)

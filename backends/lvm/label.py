@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from construct import ConstructError
 
+from pvfs.errors import UnreadableError
+
 from . import structs as S
 from .config import ConfigError, parse_config
 from .errors import LvmError
@@ -32,6 +34,25 @@ MAX_GENERATIONS = 1000
 SCAN_CHUNK = 4 << 20
 MAX_TEXT = 32 << 20
 MAX_SCAN_BYTES = 256 << 20  # all scanned texts of one metadata area together
+
+
+def lenient_read(source, offset, length, bad=None):
+    """Read; on bad sectors read 512 bytes at a time and give zeros where unreadable
+    (listed in ``bad``), so one bad sector costs one text, not the whole PV."""
+    try:
+        return source.read(offset, length)
+    except UnreadableError:
+        pass
+    out = []
+    for p in range(offset, offset + length, S.SECTOR_SIZE):
+        n = min(S.SECTOR_SIZE, offset + length - p)
+        try:
+            out.append(source.read(p, n).ljust(n, b"\0"))
+        except UnreadableError:
+            out.append(bytes(n))
+            if bad is not None:
+                bad.append((p, n))
+    return b"".join(out)
 
 
 def format_uuid(raw: bytes) -> str:
@@ -92,7 +113,7 @@ def _u64(b, o):
 
 def read_label(source) -> PVLabel | None:
     """Find ``LABELONE`` in sectors 0..3 and parse the pv_header; None when absent."""
-    head = source.read(0, S.SECTOR_SIZE * S.LABEL_SCAN_SECTORS)
+    head = lenient_read(source, 0, S.SECTOR_SIZE * S.LABEL_SCAN_SECTORS)
     for sector in range(S.LABEL_SCAN_SECTORS):
         sec = head[sector * S.SECTOR_SIZE:(sector + 1) * S.SECTOR_SIZE]
         if len(sec) < S.SECTOR_SIZE or not sec.startswith(S.LABEL_ID):
@@ -176,6 +197,7 @@ class _Ring:
     """The circular text buffer of one metadata area: bytes [512, size) of the mda."""
 
     def __init__(self, source, mda_offset, mda_size):
+        self.bad = []  # unreadable (offset, length) met while reading the ring
         self.source = source
         self.base = mda_offset
         self.size = min(mda_size, max(0, source.size - mda_offset))
@@ -189,7 +211,7 @@ class _Ring:
             if off >= self.size:
                 off = self.start
             n = min(length, self.size - off)
-            out.append(self.source.read(self.base + off, n))
+            out.append(lenient_read(self.source, self.base + off, n, self.bad))
             length -= n
             off += n
         return b"".join(out)
@@ -266,7 +288,7 @@ def read_generations(source, mda: MdaHeader, problems: list) -> list:
     starts = []
     while pos < ring.size and len(starts) < MAX_GENERATIONS * 4:
         n = min(SCAN_CHUNK + 256, ring.size - pos)
-        chunk = ring.source.read(ring.base + pos - 1, n + 1)  # one byte before: a NUL?
+        chunk = lenient_read(ring.source, ring.base + pos - 1, n + 1, ring.bad)  # + 1 byte before
         for m in _TEXT_START.finditer(chunk, 1):
             if m.start() > SCAN_CHUNK:
                 break
@@ -308,6 +330,10 @@ def read_generations(source, mda: MdaHeader, problems: list) -> list:
         except (LvmError, RecursionError):
             continue  # overwritten in part by a newer text: not a whole generation
         gens[at] = g
+    if ring.bad:
+        total = sum(n for _, n in ring.bad)
+        problems.append(f"mda at {mda.offset:#x}: {total} bytes of the metadata ring are "
+                        f"unreadable (read as zeros; texts there are lost)")
     return sorted(gens.values(), key=lambda g: (g.seqno, g.how == "committed"))
 
 
@@ -382,7 +408,7 @@ def read_pv(source) -> PVInfo | None:
     for off, size in label.metadata_areas[:4]:
         try:
             mda = read_mda_header(source, off, size)
-        except (LvmError, ConstructError) as e:
+        except (LvmError, ConstructError, UnreadableError) as e:
             problems.append(str(e))
             if not (2 * S.MDA_HEADER_SIZE <= size <= MAX_MDA_SIZE and off < source.size):
                 continue

@@ -515,8 +515,14 @@ def scan_nodes(md: ThinMetadata) -> ScanResult:
         n = min(per, md.nr_blocks - first)
         try:
             chunk = md.tmeta.read(first * BLOCK, n * BLOCK)
-        except UnreadableError:
-            continue
+        except UnreadableError:  # bad sectors: block by block, unreadable ones as zeros
+            parts = []
+            for b in range(first, first + n):
+                try:
+                    parts.append(md.tmeta.read(b * BLOCK, BLOCK))
+                except UnreadableError:
+                    parts.append(bytes(BLOCK))
+            chunk = b"".join(parts)
         arr = np.frombuffer(chunk, "<u8").reshape(n, BLOCK // 8)
         flags = (arr[:, 0] >> np.uint64(32)).astype(np.int64)
         cand = np.flatnonzero((arr[:, 1] == np.arange(first, first + n, dtype=np.uint64))
