@@ -175,6 +175,8 @@ def test_fuzz_thin_pool(pv_head):
                             hints={"chunk_size": 128, "device_ids": [1, 2, 3]})
         except LvmError:
             return
+        for sev, msg in pool.check_data_space_map():  # space maps: findings, never a crash
+            assert sev in ("info", "warning", "error") and msg
         for dev in (1, 2, 3):
             src = ThinSource(pool, dev, 64 << 20, bad="eio")
             src.block_status()

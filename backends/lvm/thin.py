@@ -447,7 +447,7 @@ def _u64(b, o):
     return int.from_bytes(b[o:o + 8], "little")
 
 
-MAX_DATA_SM_BLOCKS = 1 << 28
+MAX_DATA_SM_BLOCKS = 1 << 26  # 4 TiB of 64 KiB chunks; larger pools skip the check
 
 
 def data_refcounts(md: ThinMetadata, sb: Superblock) -> np.ndarray:
@@ -457,7 +457,7 @@ def data_refcounts(md: ThinMetadata, sb: Superblock) -> np.ndarray:
     nr = int(sb.data_sm["nr_blocks"])
     if nr > MAX_DATA_SM_BLOCKS:
         raise ThinError(f"data space map of {nr} blocks is too large to check")
-    counts = np.zeros(nr, np.uint32)
+    counts = np.zeros(nr, np.uint32)  # 4 bytes a block, bounded by MAX_DATA_SM_BLOCKS
     w = md.walk(int(sb.data_sm["bitmap_root"]), S.INDEX_ENTRY_SIZE)
     if w.unknown:
         raise ThinError("data space map index: " + "; ".join(w.bad[:3]))
@@ -475,15 +475,14 @@ def data_refcounts(md: ThinMetadata, sb: Superblock) -> np.ndarray:
     rc = md.walk(int(sb.data_sm["ref_count_root"]), 4)
     if rc.unknown:
         raise ThinError("data space map reference counts: " + "; ".join(rc.bad[:3]))
-    keys = rc.keys.astype(np.int64)
-    ok = keys < nr
-    counts[keys[ok]] = np.frombuffer(rc.values, "<u4")[ok]
+    ok = rc.keys < np.uint64(nr)  # compare unsigned: a hostile key must not wrap
+    counts[rc.keys[ok].astype(np.int64)] = np.frombuffer(rc.values, "<u4")[ok]
     return counts
 
 
 def mapping_refcounts(mappings, nr) -> np.ndarray:
     """How many mapping entries point at each data block."""
-    diff = np.zeros(nr + 1, np.int64)
+    diff = np.zeros(nr + 1, np.int32)
     for m in mappings:
         ok = m.dstart + m.length <= nr
         np.add.at(diff, m.dstart[ok], 1)
