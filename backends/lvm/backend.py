@@ -272,7 +272,7 @@ class _Builder:
         try:
             tmeta = vg.lv_source(str(f.get("metadata")))
             tdata = vg.lv_source(str(f.get("pool")))
-        except (LvmError, KeyError) as e:
+        except (LvmError, KeyError, ValueError, TypeError, IndexError) as e:
             self.report("error", "thin-pool-failed", f"thin pool {lv.name}: {e}")
             return
         for name, src in (("tmeta", tmeta), ("tdata", tdata)):

@@ -29,6 +29,13 @@ MIRROR_TYPES = ("mirror", "raid1")
 THIN_TYPES = ("thin-pool", "thin")
 
 
+def _list(d, key, what=""):
+    v = d.get(key, [])
+    if not isinstance(v, list):
+        raise LvmError(f"{what}: {key} is not a list")
+    return v
+
+
 def _int(d, key, default=None, what=""):
     v = d.get(key, default)
     if not isinstance(v, int) or v < 0:
@@ -273,7 +280,7 @@ class VolumeGroup:
         """The data images of a raid segment: ``raids`` lists, per image, its metadata LV
         (``*_rmeta_*``, or ``"-"`` for none) then its data LV; raid0 may list data LVs
         only (lvm2 ``lib/raid/raid.c`` ``_raid_text_import_areas``)."""
-        arr = [str(x) for x in (f.get("raids") or [])]
+        arr = [str(x) for x in _list(f, "raids", "raid segment")]
         images, i = [], 0
         while i < len(arr):
             if arr[i] == "-" or "_rmeta_" in arr[i]:
@@ -289,7 +296,7 @@ class VolumeGroup:
         t = seg.type
         if t in LINEAR_TYPES:
             n = _int(f, "stripe_count", 1, what)
-            arr = f.get("stripes") or f.get("areas") or []
+            arr = _list(f, "stripes", what) or _list(f, "areas", what)
             if not 1 <= n <= MAX_STRIPES or len(arr) != 2 * n:
                 raise LvmError(f"{what}: stripes list does not match stripe_count {n}")
             if seg.extent_count % n:
@@ -305,7 +312,7 @@ class VolumeGroup:
             return StripedSource(length, areas, ss, label=f"{self.name}/{lv.name}"), 0
         if t in MIRROR_TYPES:
             if t == "mirror":
-                arr = f.get("mirrors") or []
+                arr = _list(f, "mirrors", what)
                 names = [(str(arr[i]), arr[i + 1]) for i in range(0, len(arr) - 1, 2)]
             else:
                 names = [(n, 0) for n in self._raid_images(f)]
