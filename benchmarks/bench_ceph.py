@@ -66,6 +66,43 @@ def bench_index(ceph_dir, n):
             "objects_per_s_full_metadata": round(st.count / (t_open + t_index + t_meta))}
 
 
+def bench_index_synthetic(n_objects):
+    """The object index alone (no RocksDB): onode keys of ``n_objects`` RBD data objects of
+    one image, as BlueStore would list them, fed through OsdStore.build_index."""
+    import tracemalloc
+
+    from backends.ceph.keys import CEPH_NOSNAP, ObjectId, encode_onode_key
+    from backends.ceph.osdtypes import str_hash_rjenkins
+
+    keys = []
+    for i in range(n_objects):
+        name = b"rbd_data.1234abcd5678.%016x" % i
+        keys.append(encode_onode_key(ObjectId(2, str_hash_rjenkins(name), b"", name, b"",
+                                              CEPH_NOSNAP)))
+    keys.sort()
+
+    class _KV:
+        def iterate(self, prefix, start=b"", end=None):
+            return iter([(k, b"") for k in keys] if prefix == "O" else [])
+
+    class _Osd:
+        kv = _KV()
+        source = FileSource(__file__)
+
+    t, st = timed(lambda: OsdStore(_Osd(), "synthetic").build_index())
+    del st
+    tracemalloc.start()  # a second pass for the memory figure (tracemalloc slows it down)
+    st = OsdStore(_Osd(), "synthetic").build_index()
+    mem = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    t_look, _ = timed(lambda: [st.lookup(2, b"rbd_data.1234abcd5678.%016x" % i)
+                               for i in range(0, n_objects, 97)])
+    return {"objects": n_objects, "index_s": round(t, 3),
+            "objects_per_s": round(n_objects / t), "index_bytes": mem,
+            "bytes_per_object": round(mem / n_objects, 1),
+            "lookups_per_s": round(len(range(0, n_objects, 97)) / t_look)}
+
+
 def bench_read(ceph_dir, image, osd, chunk):
     METADATA_CACHE.clear()
     t_disc, ctx = timed(lambda: discover([str(ceph_dir / f"osd.{osd}" / "block")], Options()))
@@ -129,9 +166,11 @@ def main():
     ap.add_argument("--image", default="vm-101-disk-0")
     ap.add_argument("--osd", type=int, default=1)
     ap.add_argument("--dir", default=tempfile.gettempdir())
+    ap.add_argument("--synthetic-objects", type=int, default=500_000)
     args = ap.parse_args()
     ceph_dir = unpack(FIXTURES / "ceph" / "ceph-fixture.tar.zst") / "ceph-fixture"
-    res = {"index": [bench_index(ceph_dir, n) for n in (0, 1, 2)]}
+    res = {"index": [bench_index(ceph_dir, n) for n in (0, 1, 2)],
+           "index_synthetic": bench_index_synthetic(args.synthetic_objects)}
     im, res["pvfs_read_128k"] = bench_read(ceph_dir, args.image, args.osd, 128 << 10)
     _, res["pvfs_read_4m"] = bench_read(ceph_dir, args.image, args.osd, 4 << 20)
     work = tempfile.mkdtemp(prefix="bench-ceph-", dir=args.dir)

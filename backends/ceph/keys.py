@@ -58,10 +58,14 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _BE64 = struct.Struct(">Q")
 
 
+_REV8 = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+
+
 def reverse_bits32(v: int) -> int:
     """``hobject_t::_reverse_bits``: the hash as BlueStore sorts it."""
-    v &= 0xFFFFFFFF
-    return int(f"{v:032b}"[::-1], 2)
+    r = _REV8
+    return (r[v & 0xFF] << 24) | (r[(v >> 8) & 0xFF] << 16) | (r[(v >> 16) & 0xFF] << 8) \
+        | r[(v >> 24) & 0xFF]
 
 
 def escape(s: bytes) -> bytes:
@@ -80,6 +84,11 @@ def escape(s: bytes) -> bytes:
 
 def unescape(key: bytes, pos: int) -> tuple[bytes, int]:
     """``decode_escaped``: the string at ``pos`` and the position after its ``!``."""
+    end = key.find(b"!", pos)  # '!' itself is always escaped, so the first one ends it
+    if end >= 0:
+        seg = key[pos:end]
+        if b"#" not in seg and b"~" not in seg:
+            return bytes(seg), end + 1
     out = bytearray()
     n = len(key)
     while pos < n:

@@ -64,7 +64,10 @@ class _DataIndex:
         self._o = self._h = None
 
     def find(self, objno):
-        i = int(np.searchsorted(self.objnos, objno))
+        if not 0 <= objno < 1 << 64:
+            return None
+        i = int(np.searchsorted(self.objnos, np.uint64(objno)))  # (a Python int would
+        # make numpy convert the whole array on every call)
         if i < len(self.objnos) and int(self.objnos[i]) == objno:
             return int(self.hashes[i])
         return None
