@@ -324,6 +324,7 @@ class Cluster:
         self.pools = {}  # id -> PoolInfo
         self.pool_source = None
         self._mismatch_seen = set()
+        self._held = {}  # pool -> PG seeds held by the given OSDs
 
     # -- objects -----------------------------------------------------------------
     def find(self, pool, name: bytes, snap=CEPH_NOSNAP, path="storage/ceph", ns=b""):
@@ -352,13 +353,28 @@ class Cluster:
                                 f"replicas ({desc}); the newest is used")
         return cands
 
+    def held_pgs(self, pool):
+        """PG seeds of ``pool`` that some given OSD holds."""
+        held = self._held.get(pool)
+        if held is None:
+            held = self._held[pool] = {seed for st in self.stores
+                                       for (p, seed) in st.collections if p == pool}
+        return held
+
+    def pool_complete(self, pool):
+        """Every PG of the pool is on some given OSD (so nothing can be missing)."""
+        info = self.pools.get(pool)
+        return bool(info and info.pg_num) and len(self.held_pgs(pool)) >= info.pg_num \
+            and all(s in self.held_pgs(pool) for s in range(info.pg_num))
+
     def holds_pg(self, pool, name: bytes, ns=b""):
         """True: some given OSD holds the object's PG; False: none does; None: unknown."""
         info = self.pools.get(pool)
         if info is None or not info.pg_num:
             return None
-        seed = pg_of(object_hash(name, ns), info.pg_num)
-        return any((pool, seed) in st.collections for st in self.stores)
+        if self.pool_complete(pool):
+            return True
+        return pg_of(object_hash(name, ns), info.pg_num) in self.held_pgs(pool)
 
     def read_object(self, pool, name: bytes, limit=64 << 20, ns=b""):
         cands = self.find(pool, name, ns=ns)
@@ -827,7 +843,7 @@ class Cluster:
         prefix = img.object_name(0)[:-(width + 1)]
         present = self.data_objnos(data_pool, img.nspace, prefix, width)
         missing = []
-        for objno in range(layout.num_objects()):
+        for objno in range(0 if self.pool_complete(data_pool) else layout.num_objects()):
             if objno in present:
                 continue
             if omap_states is not None and objno < len(omap_states) \
