@@ -257,3 +257,37 @@ def test_newest_replica_wins_and_lost_pg_detected():
     src = c.image_source(img, None, "img")
     with pytest.raises(UnreadableError):
         src.read(5 * osz, 10)
+
+
+def test_erasure_coded_pools_reported_and_tree(monkeypatch):
+    """open_cluster with synthetic stores: an image whose data pool is erasure-coded is
+    reported and not shown; a replicated one lands in storage/ceph/<pool>/ and vms/."""
+    from backends.ceph import CephBackend, cluster_tree
+    from pvfs.discover import Context, Options, Volume
+    from pvfs.nodes import resolve
+
+    st = FakeStore("osd.0")
+    st.count = 0
+    osz = 1 << 16
+    _add_image(st, 3, b"vm-400-disk-0", b"r1", 2 * osz, 16, b"R" * (2 * osz))
+    om = _header_omap(osz, 16, b"rbd_data.7.e1")
+    om[b"data_pool_id"] = struct.pack("<q", 7)
+    st.put(3, b"rbd_header.e1", omap=om)
+    st.put(3, b"rbd_id.vm-401-disk-0", _le_str(b"e1"))
+
+    def load_pools(cluster, ctx):
+        cluster.pools = {3: PoolInfo(3, "rbd", 1, 2, 8, 8), 7: PoolInfo(7, "ecdata", 3, 3, 8, 8)}
+        st.collections |= {(3, s) for s in range(8)}
+
+    monkeypatch.setattr(cluster_tree, "_open_stores", lambda volumes, ctx: [st])
+    monkeypatch.setattr(cluster_tree, "_load_pools", load_pools)
+    ctx = Context(Options())
+    vol = Volume(BytesSource(b"\0" * 8192), "storage/files/x", "x", "input")
+    CephBackend().open_group("fsid", [vol], ctx)
+    codes = {(e.code, e.path) for e in ctx.report}
+    assert ("erasure-coded-pool", "storage/ceph/ecdata") in codes
+    assert ("erasure-coded-data", "storage/ceph/rbd/vm-401-disk-0") in codes
+    node = resolve(ctx.root, "storage/ceph/rbd/vm-400-disk-0")
+    assert node.source.read(0, 2 * osz) == b"R" * (2 * osz)
+    assert resolve(ctx.root, "vms/400/disk-0.raw") is not None
+    assert resolve(ctx.root, "storage/ceph/rbd/vm-401-disk-0") is None
