@@ -38,6 +38,10 @@ import pkgutil
 class Backend:
     name = "backend"
     grouped = False
+    #: Members in different timelines (the nodes of a DRBD resource hold copies of the
+    #: same data) form separate groups, one per timeline, unless the backend pairs
+    #: copies itself (DRBD on DRBD) and sets this.
+    joins_timelines = False
     #: Only consider volumes of these roles (None: any).  "input" is a file given
     #: on the command line or found in a directory input.
     roles: tuple | None = None

@@ -71,6 +71,7 @@ class Volume:
         self.filesystem: str | None = None
         self.vm_paths: list[str] = []
         self.mtime = None  # from the source where known; children (partitions) inherit it
+        self.timeline = None  # set on one of several copies of the same data (DRBD nodes)
         self.files = None  # pvfs.namespace object to find files an image names (backing files)
         self.file_path = None  # this volume's path in ``files``
 
@@ -227,17 +228,34 @@ class Context:
 
     # -- groups ----------------------------------------------------------------
     def add_member(self, backend, key, volume):
-        gkey = (backend.name, key)
+        """Hold ``volume`` for ``backend.open_group``; members found in different
+        timelines (the two nodes of a DRBD split-brain) make different groups."""
+        tl = None if backend.joins_timelines else timeline_of(volume)
+        gkey = (backend.name, key, tl)
         if gkey in self.opened_groups:
             self.report.add("warning", backend.name, volume.path, "late-member",
                             "member found after its group was assembled; not used")
             return
         self.groups.setdefault(gkey, (backend, []))[1].append(volume)
 
+    def group_opened(self, backend, key) -> bool:
+        """Whether a group of ``backend`` with ``key`` was assembled (in any timeline)."""
+        return any(k[0] == backend.name and k[1] == key for k in self.opened_groups)
+
     def note_progress(self, text):
         if self.progress is not None:
             done = sum(1 for v in self.volumes if v not in self.queue)
             self.progress.update(text, completed=done, total=len(self.volumes))
+
+
+def timeline_of(volume):
+    """The timeline a volume lies in (a DRBD node), from it or the layers below it."""
+    v = volume
+    while v is not None:
+        if v.timeline is not None:
+            return v.timeline
+        v = v.parent
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -441,6 +459,11 @@ def run_queue(ctx):
         for gkey, (backend, members) in pending:
             ctx.opened_groups.add(gkey)
             ctx.note_progress(f"{backend.name}: assembling {gkey[1]}")
+            if gkey[2] is not None and any(k[:2] == gkey[:2] and k[2] != gkey[2]
+                                           for k in ctx.groups):
+                ctx.report.add("info", backend.name, members[0].path, "timeline",
+                               f"{backend.name} group {gkey[1]} exists in several timelines; "
+                               f"this one is {gkey[2]} (names that clash get ~2)")
             _run_backend(ctx, backend, members[0], f"{backend.name} group {gkey[1]}",
                          backend.open_group, gkey[1], members, ctx)
 

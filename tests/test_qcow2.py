@@ -147,3 +147,22 @@ def test_truncated_image_reads_eio_not_garbage(imgdir, tmp_path):
     off = bad[0][0]
     with pytest.raises(UnreadableError):
         node.source.read(off, 512)
+
+
+def test_missing_backing_damage_reaches_every_layer(tmp_path):
+    """A missing backing file makes ranges of the disk, its partitions and the vms/ view
+    unreadable; each gets its own entry with its own offsets."""
+    import subprocess
+
+    from conftest import ROOT
+
+    base = tmp_path / "base.qcow2"
+    shutil.copy(ROOT / "examples" / "vm-100-disk-0.qcow2", base)
+    clone = tmp_path / "vm-100-disk-0.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "base.qcow2",
+                    str(clone)], check=True, cwd=tmp_path)
+    base.unlink()
+    ctx = discover([str(clone)])
+    entries = {d.path: d for d in ctx.report if d.code == "unreadable-range"}
+    assert entries["vms/100/disk-0.raw"].ranges == ((0, 8 << 20),)
+    assert entries["storage/files/vm-100-disk-0.qcow2/disk.raw"].ranges == ((0, 8 << 20),)

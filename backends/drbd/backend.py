@@ -117,6 +117,7 @@ def _is_md_image(volume, ctx):
 class DrbdBackend(Backend):
     name = "drbd"
     grouped = True
+    joins_timelines = True  # the copies of a stacked resource lie in different outer nodes
     cli_options = [
         ("--drbd-md", {"action": "append", "metavar": "DEVICE=MD_IMAGE[@INDEX]",
                        "help": "DRBD external meta data: the backing device (input path or "
@@ -179,7 +180,7 @@ class DrbdBackend(Backend):
                 m = Member(volume, "md-only", error=str(e))
         st["members"][id(volume)] = m
         key = ("members", st["round"])
-        if (self.name, key) in ctx.opened_groups:  # a late member (found inside a later layer)
+        if ctx.group_opened(self, key):  # a late member (found inside a later layer)
             st["round"] += 1
             key = ("members", st["round"])
         return key
@@ -424,6 +425,9 @@ class Resource:
         vol = ctx.add_volume(m.data, self.dir, fname, self.path, "drbd-data", parent=m.volume,
                              children_home="parts")
         m.data_volume = vol
+        # Each node is its own timeline: what lies inside (an LVM VG, a ZFS pool) is
+        # assembled once per node, not merged across nodes (pvfs.discover.timeline_of).
+        vol.timeline = f"drbd:{self.name}:{m.letter}"
         vol.info["drbd"] = {"resource": self.name, "node": m.letter, "md_format": md.version,
                             "meta_data": md.location.describe(),
                             "node_id": md.node_id if md.version == "v09" else None,
