@@ -326,3 +326,15 @@ def test_cut_manifest_still_gives_every_value(root, name, manifest_file, fractio
     assert got == want
     assert "rocksdb-salvage" in [c for _, c, _ in kv.damage]
     assert all(s != "error" for s, _, _ in kv.damage)
+
+
+def test_lost_sharding_definition_is_inferred(root):
+    """Without sharding/def the column family names give the sharding back."""
+    fs = open_bluefs(FileSource(root / "osd.1" / "block"))
+    from backends.ceph.kv import BLUESTORE_MERGE, infer_sharding
+    kv = KV(DB(Files(fs), "db", ["db.wal", "db"], ["db", "db.slow"]), None, BLUESTORE_MERGE)
+    assert {p: s.shards for p, s in kv.sharding.items()} == {
+        "m": 3, "p": 3, "O": 3, "L": 1, "P": 1}
+    assert [c for _, c, _ in kv.damage] == ["rocksdb-sharding"]
+    assert all_keys(type("O", (), {"kv": kv})) == truth_keys(1)
+    assert infer_sharding(["default", "x-0", "x-2"]) == {}  # shards must be 0..n-1

@@ -98,6 +98,26 @@ def parse_sharding(text: str) -> dict:
     return out
 
 
+def infer_sharding(cf_names) -> dict:
+    """The sharding the column family names imply (``O-0``..``O-2`` -> ``O(3)``, ``P`` ->
+    ``P``), for a database whose ``sharding/def`` is lost.  Hash ranges cannot be
+    inferred; reads do not need them (every shard is searched)."""
+    groups = {}
+    for name in cf_names:
+        if name == "default":
+            continue
+        m = re.match(r"^(.+)-(\d+)$", name)
+        prefix, idx = (m.group(1), int(m.group(2))) if m else (name, None)
+        groups.setdefault(prefix, set()).add(idx)
+    out = {}
+    for prefix, idxs in groups.items():
+        if idxs == {None}:
+            out[prefix] = ShardSpec(prefix, 1)
+        elif None not in idxs and idxs == set(range(len(idxs))):
+            out[prefix] = ShardSpec(prefix, len(idxs))
+    return out
+
+
 # -- merge operators ---------------------------------------------------------------------
 def int64_array_add(base, operands):
     acc = operands[0] if base is None else base
@@ -139,7 +159,8 @@ class BlueFSFiles:
 class KV:
     """``get(prefix, key)`` / ``iterate(prefix, start, end)`` over a Ceph RocksDB."""
 
-    def __init__(self, db: DB, sharding: dict | None = None, merge_ops: dict | None = None):
+    def __init__(self, db: DB, sharding: dict | None = None, merge_ops: dict | None = None,
+                 infer: bool = True):
         """``db`` is a :class:`DB` or a callable ``merge -> DB`` (so the WAL replay can
         fold merge operands with this view's operators)."""
         self.sharding = sharding or {}
@@ -151,6 +172,12 @@ class KV:
         self.damage = db.damage
         self.db = db
         db.merge = self._merge
+        if not self.sharding and infer:
+            self.sharding = infer_sharding(db.column_family_names())
+            if self.sharding:
+                self._note("warning", "rocksdb-sharding",
+                           "no sharding definition; column families read as "
+                           + " ".join(f"{p}({s.shards})" for p, s in self.sharding.items()))
         missing = [n for s in self.sharding.values() for n in s.cf_names()
                    if n not in db.cf_by_name]
         if missing:
