@@ -92,8 +92,14 @@ def test_lvm_thin_inside_an_in_sync_pair(pve_disk, tmp_path):
     for letter in "AB":  # both nodes' partitions are found again
         assert resolve(ctx.root, f"{base}/node-{letter}.raw.parts/p3") is not None
     man = _lvm_manifest()
-    lv = resolve(ctx.root, f"storage/lvm/{man['vg']['name']}/vm-100-disk-0")
-    assert sha256_source(lv.source) == man["thin_volumes"]["vm-100-disk-0"]["sha256"]
+    vg = man['vg']['name']
+    # Each node is its own timeline: the VG is assembled from node A and, again, from node B.
+    for name in (vg, f"{vg}~2"):
+        lv = resolve(ctx.root, f"storage/lvm/{name}/vm-100-disk-0")
+        assert sha256_source(lv.source) == man["thin_volumes"]["vm-100-disk-0"]["sha256"]
+    assert not [d for d in ctx.report if d.code == "duplicate-pv"]
+    assert {d.message.split("this one is ")[1].split(" ")[0]
+            for d in ctx.report if d.code == "timeline"} == {"drbd:r1:A", "drbd:r1:B"}
 
 
 def test_ext4_inside(tmp_path):
