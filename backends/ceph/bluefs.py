@@ -244,6 +244,9 @@ def envelope_source(fnode: FNode, devices: dict, label="bluefs-file"):
 class BlueFS:
     """A replayed BlueFS: ``files`` maps ``"dir/name"`` to :class:`FNode`."""
 
+    #: ``fn(code, message)`` for damage met after the replay (reading a file)
+    listener = None
+
     def __init__(self, devices: dict, super_: Super, *, strict=False):
         self.devices = devices
         self.super = super_
@@ -277,8 +280,10 @@ class BlueFS:
             raise BlueFSError(f"BlueFS has no file {path}")
         if f.encoding in (ENVELOPE, ENVELOPE_FIN):
             src, note = envelope_source(f, self.devices, label=f"bluefs:{path}")
-            if note:
+            if note and ("bluefs-envelope", f"{path}: {note}") not in self.damage:
                 self.damage.append(("bluefs-envelope", f"{path}: {note}"))
+                if self.listener is not None:  # found after opening: pass it on
+                    self.listener("bluefs-envelope", f"{path}: {note}")
             return src
         return file_source(f, self.devices, label=f"bluefs:{path}")
 

@@ -348,6 +348,7 @@ def open_osd(source, *, db_source=None, wal_source=None, verify=True,
             sharding, BLUESTORE_MERGE)
     db = kv.db
     db.damage[:0] = damage
+    bluefs.listener = lambda code, msg: db.damage.append(("warning", code, msg))
     return Osd(source, label, bluefs, kv, db.damage)
 
 
