@@ -337,6 +337,7 @@ def open_osd(source, *, db_source=None, wal_source=None, verify=True,
         damage.append(("warning", "bluefs-uuid",
                        f"BlueFS belongs to OSD {bluefs.super.osd_uuid}, label says {label.osd_uuid}"))
     files = BlueFSFiles(bluefs)
+    bluefs.listener = lambda code, msg: damage.append(("warning", code, msg))
     sharding = {}
     if "sharding" in bluefs.dirs and "def" in bluefs.dirs["sharding"]:
         try:
