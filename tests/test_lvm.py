@@ -759,3 +759,19 @@ def test_bad_sectors_in_the_ring_and_in_tmeta(syn, tmp_path, name):
     assert len(gens) == 1 and "seqno 9" in gens[0].message
     tmeta = resolve(ctx.root, "storage/lvm/pve/.pool/data/tmeta").source
     assert tmeta.unreadable_ranges() == [(500 * 4096, 4096)]
+
+
+def test_real_pool_recovers_without_superblock_and_without_lvm_hints(real):
+    """Only the chunk size is known (no superblock, no device ids from LVM): the newest
+    trees among 19 generations left by the kernel are still chosen."""
+    img, m = real
+    f = FileSource(img)
+    tm = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
+    td = m["lvs"]["data_tdata"]["segments"][0]
+    pool = ThinPool(SliceSource(Patched(f, {tm: bytes(4096)}), tm, 4 << 20),
+                    SliceSource(f, td["disk_offset"], td["length"]), hints={"chunk_size": 128})
+    assert pool.recovered and sorted(pool.dev_roots) == [1, 2, 3]
+    for name, dev in (("vm-100-disk-0", 1), ("vm-101-disk-0", 2),
+                      ("snap_vm-100-disk-0_before", 3)):
+        src = ThinSource(pool, dev, m["lvs"][name]["device"]["size"])
+        assert sha256_source(src) == m["lvs"][name]["device"]["sha256"], name
