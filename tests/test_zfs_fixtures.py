@@ -299,3 +299,16 @@ def test_zfs_zvol_block_status_covers_every_nonzero_range():
         assert 0 < src.allocated_bytes() < src.size
         checked += 1
     assert checked >= 5
+
+
+def test_zfs_unverified_checksums_are_named():
+    """skein and edonr are not implemented: their blocks are read (and match the
+    manifest, above) and the report says they were not verified."""
+    ctx = _discover("zfs", "images", "modern-rpool.tar.xz")
+    m = _manifest("zfs", "manifests", "modern-rpool.json")
+    for algo in ("skein", "edonr"):
+        ds = f"rpool/cksum-{algo}"
+        rel, ent = next((r, e) for r, e in m["datasets"][ds]["tree"].items()
+                        if e.get("type") == "file" and e.get("size"))
+        assert sha256_source(resolve(ctx.root, f"storage/zfs/{ds}/{rel}").source) == ent["sha256"]
+        assert any(e.code == "checksum-unverified" and algo in e.message for e in ctx.report)

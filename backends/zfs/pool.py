@@ -71,7 +71,11 @@ class Pool:
         algo = checksum.algo_name(bp.cksum_type)
         actual = checksum.compute(algo, data, bp.little)
         if actual is None:
-            self.unverified.add(algo)
+            if algo not in self.unverified:
+                self.unverified.add(algo)
+                self.report("info", "checksum-unverified",
+                            f"blocks with checksum {algo} are read without verification "
+                            f"(this reader does not implement {algo})")
             return True
         return checksum.verify_words(actual, bp.cksum, crypt=bp.encrypted)
 
