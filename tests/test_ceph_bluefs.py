@@ -85,6 +85,12 @@ def test_label_damage(root):
     with pytest.raises(LabelError, match="too small"):
         read_label(BytesSource(block[:40]))
     assert probe_label(bytes(4096)) is None
+    # the human-readable uuid text is redundant: damage there still probes (crc says so)
+    text = bytearray(block)
+    text[30] ^= 0x20
+    with pytest.raises(LabelError):
+        decode_label(bytes(text))
+    assert probe_label(bytes(text)).crc_ok is False
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

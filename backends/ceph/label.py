@@ -80,7 +80,7 @@ def decode_label(block: bytes, *, offset=0, verify_crc=True) -> Label:
     except DencError as e:  # pragma: no cover - Reader raises LabelError directly
         raise LabelError(str(e)) from None
     text_uuid = block[len(LABEL_MAGIC):len(LABEL_MAGIC) + 36]
-    if text_uuid != str(osd_uuid).encode():
+    if text_uuid != str(osd_uuid).encode() and verify_crc:
         raise LabelError(f"label text uuid {text_uuid!r} differs from the encoded {osd_uuid}")
     crc = ceph_crc32c(0xFFFFFFFF, block[:body_end])
     label = Label(osd_uuid, size, btime, description, meta, v, crc == stored, offset)
