@@ -279,7 +279,7 @@ def test_erasure_coded_pools_reported_and_tree(monkeypatch):
         cluster.pools = {3: PoolInfo(3, "rbd", 1, 2, 8, 8), 7: PoolInfo(7, "ecdata", 3, 3, 8, 8)}
         st.collections |= {(3, s) for s in range(8)}
 
-    monkeypatch.setattr(cluster_tree, "_open_stores", lambda volumes, ctx: [st])
+    monkeypatch.setattr(cluster_tree, "_open_stores", lambda volumes, ctx, backend=None: [st])
     monkeypatch.setattr(cluster_tree, "_load_pools", load_pools)
     ctx = Context(Options())
     vol = Volume(BytesSource(b"\0" * 8192), "storage/files/x", "x", "input")
@@ -291,3 +291,26 @@ def test_erasure_coded_pools_reported_and_tree(monkeypatch):
     assert node.source.read(0, 2 * osz) == b"R" * (2 * osz)
     assert resolve(ctx.root, "vms/400/disk-0.raw") is not None
     assert resolve(ctx.root, "storage/ceph/rbd/vm-401-disk-0") is None
+
+
+def _label_block(description: bytes, meta: dict) -> bytes:
+    """A bluestore_bdev_label_t as BlueStore writes it (label.py's layout)."""
+    import uuid as _uuid
+
+    from backends.ceph.checksum import ceph_crc32c
+
+    u = _uuid.UUID("12345678-1234-5678-1234-567812345678")
+    body = u.bytes + struct.pack("<Q", 1 << 30) + struct.pack("<II", 1, 2) + _le_str(description)
+    body += struct.pack("<I", len(meta)) + b"".join(_le_str(k) + _le_str(v) for k, v in meta.items())
+    enc = b"bluestore block device\n" + str(u).encode() + b"\n" + \
+        struct.pack("<BBI", 2, 1, len(body)) + body
+    return enc + struct.pack("<I", ceph_crc32c(0xFFFFFFFF, enc))
+
+
+def test_db_device_without_its_osd_is_reported(tmp_path):
+    from pvfs.discover import Options, discover
+
+    p = tmp_path / "block.db"
+    p.write_bytes(_label_block(b"bluefs db", {}).ljust(1 << 16, b"\0"))
+    ctx = discover([str(p)], Options())
+    assert [e.code for e in ctx.report if e.layer == "ceph"] == ["unused-bluefs-device"]

@@ -30,6 +30,7 @@ from .errors import CephError
 from .label import probe_label
 
 MON_DIRS_ATTR = "_ceph_mon_dirs"
+AUX_KEY = "bluefs-db-wal-devices"
 
 
 def _is_mon_dir(path):
@@ -70,6 +71,10 @@ class CephBackend(Backend):
 
     def member_key(self, volume, ctx):
         label = probe_label(volume.source.read(0, 4096))
+        if not label.is_main:
+            # block.db / block.wal labels carry no cluster fsid: they join their OSD (by
+            # osd uuid) when its cluster opens
+            return AUX_KEY
         fsid = label.meta.get("ceph_fsid") if label.meta else None
         return fsid or f"osd-{label.osd_uuid}"
 
@@ -100,9 +105,12 @@ class CephBackend(Backend):
 
     # -- the group --------------------------------------------------------------------
     def open_group(self, key, volumes, ctx):
-        from .cluster_tree import open_cluster
+        from .cluster_tree import open_aux, open_cluster
 
-        open_cluster(self, key, volumes, ctx)
+        if key == AUX_KEY:
+            open_aux(self, volumes, ctx)
+        else:
+            open_cluster(self, key, volumes, ctx)
 
 
 BACKENDS = [CephBackend()]

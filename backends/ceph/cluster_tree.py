@@ -29,10 +29,34 @@ def _mon_dirs(ctx):
     return dirs
 
 
-def _open_stores(volumes, ctx):
+AUX_USED_ATTR = "_ceph_aux_used"
+
+
+def _aux_volumes(backend, ctx):
+    """block.db / block.wal volumes, wherever their group is (see ``AUX_KEY``)."""
+    from . import AUX_KEY
+
+    entry = ctx.groups.get((backend.name, AUX_KEY))
+    return list(entry[1]) if entry else []
+
+
+def open_aux(backend, volumes, ctx):
+    """The db/wal group: report the devices no OSD used."""
+    used = getattr(ctx, AUX_USED_ATTR, set())
+    for v in volumes:
+        if id(v) not in used:
+            lab = probe_label(v.source.read(0, 4096))
+            ctx.report.add("warning", LAYER, v.path, "unused-bluefs-device",
+                           f"BlueFS {lab.description if lab else 'db/wal'} device of OSD "
+                           f"{lab.osd_uuid if lab else '?'}: its main block device was not given")
+
+
+def _open_stores(volumes, ctx, backend=None):
     from .kv import open_osd
 
     mains, aux = [], {}
+    if backend is not None:
+        volumes = list(volumes) + _aux_volumes(backend, ctx)
     for v in volumes:
         try:
             lab = probe_label(v.source.read(0, 4096))
@@ -50,6 +74,11 @@ def _open_stores(volumes, ctx):
     names = set()
     for v, lab in mains:
         extra = aux.get(lab.osd_uuid, {})
+        used = getattr(ctx, AUX_USED_ATTR, None)
+        if used is None:
+            used = set()
+            setattr(ctx, AUX_USED_ATTR, used)
+        used.update(id(x) for x in extra.values())
         try:
             osd = open_osd(v.source,
                            db_source=extra["db"].source if "db" in extra else None,
@@ -104,7 +133,7 @@ def _load_pools(cluster, ctx):
 
 
 def open_cluster(backend, key, volumes, ctx):
-    stores = _open_stores(volumes, ctx)
+    stores = _open_stores(volumes, ctx, backend)
     if not stores:
         raise CephError(f"cluster {key}: no OSD could be opened")
 
