@@ -17,6 +17,23 @@ rocksdb/util/crc32c.h (Mask/Unmask).
 
 from __future__ import annotations
 
+_TABLE = []
+for _i in range(256):
+    _c = _i
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    _TABLE.append(_c)
+
+
+def crc32c_py(data, prev: int = 0) -> int:
+    """Table-driven CRC-32C (slow; used when the ``crc32c`` package is missing)."""
+    c = prev ^ 0xFFFFFFFF
+    t = _TABLE
+    for b in bytes(data):
+        c = t[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
 try:  # pragma: no cover - depends on the environment
     import crc32c as _crc32c_mod
 
@@ -26,20 +43,7 @@ try:  # pragma: no cover - depends on the environment
 
     FAST = True
 except ImportError:  # pragma: no cover
-    _TABLE = []
-    for _i in range(256):
-        _c = _i
-        for _ in range(8):
-            _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-        _TABLE.append(_c)
-
-    def crc32c(data, prev: int = 0) -> int:
-        c = prev ^ 0xFFFFFFFF
-        t = _TABLE
-        for b in bytes(data):
-            c = t[(c ^ b) & 0xFF] ^ (c >> 8)
-        return c ^ 0xFFFFFFFF
-
+    crc32c = crc32c_py
     FAST = False
 
 
