@@ -312,3 +312,83 @@ def test_zfs_unverified_checksums_are_named():
                         if e.get("type") == "file" and e.get("size"))
         assert sha256_source(resolve(ctx.root, f"storage/zfs/{ds}/{rel}").source) == ent["sha256"]
         assert any(e.code == "checksum-unverified" and algo in e.message for e in ctx.report)
+
+
+def _zdb_sections(text):
+    """zdb -ddddd: {dataset: (rootbp dva0, {object: [(offset, level, dva0, birth)]})}."""
+    import re
+
+    out = {}
+    cur = obj = None
+    in_ind = False
+    for line in text.splitlines():
+        m = re.match(r"Dataset (\S+) \[\w+\].*rootbp DVA\[0\]=<([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)>",
+                     line)
+        if m:
+            cur = out.setdefault(m.group(1), ((int(m.group(2), 16), int(m.group(3), 16),
+                                                int(m.group(4), 16)), {}))
+            obj, in_ind = None, False
+            continue
+        if cur is None:
+            continue
+        m = re.match(r"\s+(-?\d+)\s+\d+\s+\S+\s+\S+\s+\S+\s+\S+\s+[\d.]+\s+\S", line)
+        if m and not in_ind:
+            obj = int(m.group(1))
+            if obj < 0:  # -1, -2: user/group used objects (os_userused_dnode ...)
+                obj = None
+            continue
+        if line.startswith("Indirect blocks:"):
+            in_ind = True
+            continue
+        if in_ind:
+            m = re.match(r"\s+([0-9a-f]+)\s+L(\d)\s+([0-9a-f]+):([0-9a-f]+):([0-9a-f]+).*B=(\d+)", line)
+            if m and obj is not None:
+                cur[1].setdefault(obj, []).append(
+                    (int(m.group(1), 16), int(m.group(2)),
+                     (int(m.group(3), 16), int(m.group(4), 16), int(m.group(5), 16)),
+                     int(m.group(6))))
+            elif not line.strip():
+                in_ind = False
+    return out
+
+
+def test_zfs_block_pointer_walk_matches_zdb():
+    """Our DSL and block-tree walk against zdb -ddddd of the same pool: every dataset's
+    root block pointer, and every level-0 block pointer (DVA and birth txg) of every
+    object of fxmirror and of rs16k (16K records: three-level trees)."""
+    import lzma
+
+    from backends.zfs import dsl
+
+    text = lzma.open(require_fixture("zfs", "zdb", "fxmirror.zdb.txt.xz"), "rt").read()
+    sections = _zdb_sections(text)
+    ctx = _discover("zfs", "images", "fxmirror.tar.xz")
+    node = resolve(ctx.root, "storage/zfs/fxmirror/README.txt")
+    pool = node.source.dnode.objset.pool
+    datasets = {}
+    for ds in dsl.iter_datasets(dsl.walk(pool.mos, [], pool.name)):
+        datasets[ds.name] = ds
+        for s in ds.snapshots:
+            datasets[s.name] = s
+    from backends.zfs.objset import ObjSet
+
+    roots = 0
+    for name, (dva0, _) in sections.items():
+        if name in datasets:
+            d = datasets[name].bp.dvas[0]
+            assert (d.vdev, d.offset, d.asize) == dva0, name
+            roots += 1
+    assert roots >= 10
+    checked = 0
+    for name in ("fxmirror", "fxmirror/rs16k"):
+        os_ = ObjSet(pool, datasets[name].bp, name)
+        for objnum, bps in sections[name][1].items():
+            dn = os_.meta if objnum == 0 else os_.dnode(objnum)
+            for offset, level, dva0, birth in bps:
+                if level != 0:
+                    continue
+                bp = dn.block_bp(offset // dn.datablksz)
+                d = bp.dvas[0]
+                assert ((d.vdev, d.offset, d.asize), bp.birth) == (dva0, birth), (name, objnum, offset)
+                checked += 1
+    assert checked > 300
