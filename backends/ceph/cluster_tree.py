@@ -29,23 +29,36 @@ def _mon_dirs(ctx):
     return dirs
 
 
-AUX_USED_ATTR = "_ceph_aux_used"
-
-
 def _aux_volumes(backend, ctx):
     """block.db / block.wal volumes, wherever their group is (see ``AUX_KEY``)."""
     from . import AUX_KEY
 
-    entry = ctx.groups.get((backend.name, AUX_KEY))
-    return list(entry[1]) if entry else []
+    out = []
+    for gkey, (_b, members) in list(ctx.groups.items()):  # (name, key[, timeline])
+        if gkey[0] == backend.name and gkey[1] == AUX_KEY:
+            out.extend(members)
+    return out
 
 
 def open_aux(backend, volumes, ctx):
-    """The db/wal group: report the devices no OSD used."""
-    used = getattr(ctx, AUX_USED_ATTR, set())
+    """The db/wal group: report the devices whose OSD's main device was not given (the
+    clusters, opened before or after this group, pair the others by osd uuid)."""
+    from . import AUX_KEY
+
+    mains = set()
+    for gkey, (_b, members) in list(ctx.groups.items()):  # (name, key[, timeline])
+        if gkey[0] != backend.name or gkey[1] == AUX_KEY:
+            continue
+        for m in members:
+            try:
+                lab = probe_label(m.source.read(0, 4096))
+            except UnreadableError:
+                lab = None
+            if lab is not None:
+                mains.add(lab.osd_uuid)
     for v in volumes:
-        if id(v) not in used:
-            lab = probe_label(v.source.read(0, 4096))
+        lab = probe_label(v.source.read(0, 4096))
+        if lab is None or lab.osd_uuid not in mains:
             ctx.report.add("warning", LAYER, v.path, "unused-bluefs-device",
                            f"BlueFS {lab.description if lab else 'db/wal'} device of OSD "
                            f"{lab.osd_uuid if lab else '?'}: its main block device was not given")
@@ -74,11 +87,6 @@ def _open_stores(volumes, ctx, backend=None):
     names = set()
     for v, lab in mains:
         extra = aux.get(lab.osd_uuid, {})
-        used = getattr(ctx, AUX_USED_ATTR, None)
-        if used is None:
-            used = set()
-            setattr(ctx, AUX_USED_ATTR, used)
-        used.update(id(x) for x in extra.values())
         try:
             osd = open_osd(v.source,
                            db_source=extra["db"].source if "db" in extra else None,
