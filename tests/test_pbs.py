@@ -671,3 +671,20 @@ def test_pxar_hostile_structures():
         PxarArchive(BytesSource(b"\0" * 64)).root()
     with pytest.raises(PbsError, match="version"):
         PxarArchive(BytesSource(_item(S.PXAR_FORMAT_VERSION, struct.pack("<Q", 9)) + b"\0" * 64)).root()
+
+
+def test_many_lost_chunks_make_one_entry_per_archive(tmp_path, gt):
+    ds = copy_store(DS, tmp_path / "ds")
+    a = gt["snapshots"][0]["archives"]["drive-scsi0.img.fidx"]
+    zero = gt["zero_chunk_4MiB_sha256"]
+    lost = [d for d in dict.fromkeys(a["chunks"]) if d != zero]
+    for d in lost:
+        os.unlink(ds / ".chunks" / d[:4] / d)
+    ctx = discover([str(ds)], Options())
+    path = "storage/pbs/ds/vm/100/2024-01-15T10:00:00Z/drive-scsi0.img"
+    node = resolve(ctx.root, path)
+    node.source.read(0, node.size)  # reads add no second entry for the same chunks
+    ent = [e for e in ctx.report if e.code == "missing-chunk" and e.path == path]
+    assert len(ent) == 1 and ent[0].message.count(f"{len(lost)} chunks are missing") == 1
+    want = sorted(i for i, d in enumerate(a["chunks"]) if d in lost)
+    assert sum(n for _, n in ent[0].ranges) == len(want) * (4 << 20)

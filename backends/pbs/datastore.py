@@ -87,8 +87,11 @@ class State:
                 self.key_error = str(e)
                 ctx.report.add("error", LAYER, keyfile, "bad-keyfile", str(e))
         self.pool = ChunkPool(self.crypt)
-        self.datastores = []  # (name, root path, tree path)
+        self.datastores = []  # (name, root path, tree path, fs)
         self.archives: list[Archive] = []
+        self.reported: set = set()  # (id(index), digest) already in a check_chunks entry
+        self.checked = False  # check_chunks has run
+        self.early: list = []  # read failures before it (probes of other backends): deferred
 
 
 _STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -272,6 +275,11 @@ class Snapshot:
         mapped = set()
 
         def on_bad(start, length, err: ChunkError):
+            if not state.checked:  # the mount-time check will report it (with its neighbours)
+                state.early.append((on_bad, start, length, err))
+                return
+            if (id(ix), err.digest) in state.reported:
+                return  # already one entry of the mount-time check, with this range in it
             pxar = pxar_holder[0] if pxar_holder else None
             if pxar is not None and (getattr(LISTING, "depth", 0) or start in mapped):
                 pxar = None
@@ -405,7 +413,7 @@ def check_chunks(ctx, verify="exists"):
     referenced: set = set()
     for n, arc in enumerate(state.archives):
         ix = arc.index
-        bad_ranges: dict = {}
+        bad_ranges: dict = {}  # kind -> [(start, length, error)]
         ctx.note_progress(f"pbs: checking chunks of {arc.snap.label}/{arc.filename} "
                           f"({n + 1}/{len(state.archives)}, {verify})")
         for i in range(ix.known):
@@ -418,11 +426,22 @@ def check_chunks(ctx, verify="exists"):
                 status[digest] = _check_one(pool, digest, length, verify)
             err = status[digest]
             if err is not None:
-                bad_ranges.setdefault(err, []).append((start, length))
-        for err, ranges in bad_ranges.items():
-            for p, msg in damage_lines(arc.snap.label, arc.filename, err, ranges, arc.source, arc.pxar,
+                bad_ranges.setdefault(err.kind, []).append((start, length, err))
+                state.reported.add((id(ix), digest))
+        for kind, items in bad_ranges.items():
+            ranges = [(s_, n_) for s_, n_, _e in items]
+            errs = {id(e): e for _s, _n, e in items}
+            first = items[0][2]
+            if len(errs) > 1:  # many chunks: one entry per archive and kind, every range in it
+                what = "missing from every datastore" if kind == "missing" else "corrupt"
+                first = ChunkError(kind, f"{len(errs)} chunks are {what} (first: {first})", first.digest)
+            for p, msg in damage_lines(arc.snap.label, arc.filename, first, ranges, arc.source, arc.pxar,
                                        arc.source.bad, arc.paths):
-                ctx.report.add("error", LAYER, p, err_code(err), msg, ranges)
+                ctx.report.add("error", LAYER, p, err_code(first), msg, ranges)
+    state.checked = True
+    early, state.early = state.early, []
+    for cb, start, length, err in early:  # corrupt chunks the check did not look at (no verify)
+        cb(start, length, err)
     # Orphans: chunk files that no index references.
     for name, root, tpath, fs in state.datastores:
         orphans = bad_files = 0
@@ -476,6 +495,6 @@ def _check_one(pool, digest, length, verify):
             return e
     if pool.exists(digest):
         return None
-    err = ChunkError("missing", f"chunk {digest.hex()} is missing from every datastore")
+    err = ChunkError("missing", f"chunk {digest.hex()} is missing from every datastore", digest)
     pool.bad[digest] = err
     return err

@@ -32,9 +32,10 @@ MAX_INDEX_FILE = 1 << 30
 class ChunkError(PbsError):
     """A chunk is missing from every store, or every copy of it is corrupt."""
 
-    def __init__(self, kind, message):
+    def __init__(self, kind, message, digest=None):
         super().__init__(message)
         self.kind = kind  # "missing" | "corrupt"
+        self.digest = digest
 
 
 # ---------------------------------------------------------------------------
@@ -267,9 +268,9 @@ class ChunkPool:
                 continue
             return plain
         if problems:
-            err = ChunkError("corrupt", f"chunk {h} is corrupt ({'; '.join(problems)})")
+            err = ChunkError("corrupt", f"chunk {h} is corrupt ({'; '.join(problems)})", digest)
         else:
-            err = ChunkError("missing", f"chunk {h} is missing from every datastore")
+            err = ChunkError("missing", f"chunk {h} is missing from every datastore", digest)
         self.bad[digest] = err
         return self._raise(err)
 
