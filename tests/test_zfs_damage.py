@@ -230,3 +230,18 @@ def test_two_damaged_images_of_the_same_disk_complete_each_other():
     good, eio = _read_all(both, "storage/zfs/fxstripe", files)
     assert eio_a > 0 and eio == 0 and good == len(files)
     assert any(e.code == "duplicate-member" for e in both.report)
+
+
+def test_member_with_its_front_labels_wiped_still_joins_its_pool():
+    """The first 512 KiB of d0 overwritten (labels 0 and 1 gone, as after a stray
+    partitioning tool): labels 2/3 at the end identify it; every file reads back and
+    the lost labels are reported."""
+    members = _members("fxraidz1.tar.xz")
+    wiped = Overlay(members[0], {0: b"\x55" * (512 * 1024)})
+    ctx = _open_pool([wiped] + members[1:])
+    files = _files("fxraidz1.json", "fxraidz1")
+    good, eio = _read_all(ctx, "storage/zfs/fxraidz1", dict(list(files.items())[::5]))
+    assert eio == 0 and good > 50
+    bad = [e for e in ctx.report if e.code == "bad-label"]
+    assert {"label 0", "label 1"} <= {e.message.split(": ")[1] for e in bad}
+    assert not any(e.code == "missing-member" for e in ctx.report)
