@@ -263,7 +263,7 @@ class RbdImageSource(Source):
         self.size = layout.size
         self.resolve = resolve  # objno -> Source of object_size bytes, or None (zeros)
         self.label = label
-        self._cache = _SourceLRU()
+        self._cache = _SourceLRU(64)  # an object source holds its extent map: bound them
 
     def _object(self, objno):
         return self._cache.get(objno, lambda: self.resolve(objno) or _NONE)
