@@ -775,3 +775,26 @@ def test_real_pool_recovers_without_superblock_and_without_lvm_hints(real):
                       ("snap_vm-100-disk-0_before", 3)):
         src = ThinSource(pool, dev, m["lvs"][name]["device"]["size"])
         assert sha256_source(src) == m["lvs"][name]["device"]["sha256"], name
+
+
+def test_vg_backup_file_as_input_when_the_ring_is_gone(syn, tmp_path):
+    """Every metadata area zeroed; the VG text comes from a vgcfgbackup file given as a
+    second input (as /etc/lvm/backup/pve saved elsewhere)."""
+    d, m = syn
+    img = tmp_path / "pve-disk.img"
+    subprocess.run(["cp", "--sparse=always", str(d / "pve-disk.img"), str(img)], check=True)
+    pvoff = m["gpt"]["pv_offset_bytes"]
+    with open(img, "r+b") as f:
+        f.seek(pvoff + m["pv"]["mda0_offset_bytes"])
+        f.write(bytes(m["pv"]["mda_size_bytes"]))
+    ctx = discover([str(img)], Options())
+    assert resolve(ctx.root, "storage/lvm/pve") is None
+    assert "pv-without-metadata" in {e.code for e in ctx.report}
+    backup = tmp_path / "pve.vg"
+    backup.write_bytes((SYN / "truth" / "vgcfgbackup-pve.vg").read_bytes())
+    ctx = discover([str(img), str(backup)], Options())
+    for name, tv in m["thin_volumes"].items():
+        assert _sha(ctx, f"storage/lvm/pve/{name}") == tv["sha256"], name
+    assert _sha(ctx, "storage/lvm/pve/root") == m["linear_volumes"]["root"]["sha256"]
+    gens = [e for e in ctx.report if e.code == "metadata-generation"]
+    assert len(gens) == 1 and "in a backup file" in gens[0].message

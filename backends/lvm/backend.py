@@ -24,7 +24,7 @@ from pvfs.source import BytesSource
 
 from . import structs as S
 from .errors import LvmError, ThinError
-from .label import headless_mda, read_pv
+from .label import headless_mda, looks_like_backup, read_backup, read_pv
 from .thin import ThinPool, ThinSource
 from .vg import VolumeGroup
 
@@ -32,6 +32,8 @@ from .vg import VolumeGroup
 #: are matched by PV UUID when a VG that names them is assembled.
 NO_MDA_KEY = "pv-without-metadata"
 PV_ROLES = ("disk", "partition", "lv", "zvol", "rbd", "drbd-data", "input-disk")
+#: An input file may be a VG metadata backup (vgcfgbackup, /etc/lvm/backup/<vg>).
+ROLES = PV_ROLES + ("input",)
 _SNAP_RE = re.compile(r"^snap_((?:vm|base)-\d+-disk-\d+)_(.+)$")
 
 
@@ -50,7 +52,7 @@ def pv_info(volume):
 class LvmBackend(Backend):
     name = "lvm"
     grouped = True
-    roles = PV_ROLES
+    roles = ROLES
     cli_options = [
         ("--lvm-seqno", {
             "type": int, "metavar": "N",
@@ -63,6 +65,8 @@ class LvmBackend(Backend):
     ]
 
     def probe(self, volume, ctx):
+        if volume.role == "input":  # a PV image given as a file is probed as its disk.raw
+            return 60.0 if looks_like_backup(volume.source) else 0.0
         try:
             head = volume.source.read(0, S.SECTOR_SIZE * S.LABEL_SCAN_SECTORS)
         except Exception:
@@ -77,6 +81,11 @@ class LvmBackend(Backend):
         return 40.0 if headless_mda(volume.source) is not None else 0.0
 
     def member_key(self, volume, ctx):
+        if volume.role == "input":
+            g = read_backup(volume.source)
+            volume.info["lvm_backup"] = {"vg": g.vgname, "vg_id": g.vg_id, "seqno": g.seqno}
+            volume.lvm_backup = g
+            return g.vg_id
         info = pv_info(volume)
         for msg in info.problems:
             ctx.report.add("warning", self.name, volume.path, "pv-metadata", msg)
@@ -99,7 +108,13 @@ class LvmBackend(Backend):
                                f"PV {pv_info(v).label.pv_uuid} has no metadata area; it is "
                                f"used by the VG whose metadata names it")
             return
-        pv_sources, gens, first = {}, {}, volumes[0]
+        pv_sources, gens = {}, {}
+        backups = [v for v in volumes if getattr(v, "lvm_backup", None) is not None]
+        volumes = [v for v in volumes if getattr(v, "lvm_backup", None) is None]
+        first = (volumes or backups)[0]
+        for v in backups:  # a generation from a backup file, used when the rings lack it
+            g = v.lvm_backup
+            gens.setdefault(g.seqno, g)
         for v in volumes:
             info = pv_info(v)
             uuid = info.label.pv_uuid
@@ -112,7 +127,8 @@ class LvmBackend(Backend):
                 if g.vg_id != key:
                     continue
                 old = gens.get(g.seqno)
-                if old is None or (g.crc_ok is True and old.crc_ok is not True):
+                if old is None or old.how == "backup" or (g.crc_ok is True
+                                                         and old.crc_ok is not True):
                     gens[g.seqno] = g
         if not gens:
             raise LvmError(f"VG {key}: no metadata generation could be read")

@@ -98,12 +98,16 @@ class Generation:
 
     def describe(self):
         check = {True: "crc ok", False: "CRC MISMATCH", None: "parsed, no crc"}[self.crc_ok]
+        if self.how == "backup":
+            where = "in a backup file"
+        else:
+            where = f"at mda+{self.offset:#x}"
         desc = self.config.get("description", "")
         when = self.config.get("creation_time")
         extra = ""
         if isinstance(when, int) and 0 <= when < 1 << 40:
             extra = ", written " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
-        return (f"seqno {self.seqno} at mda+{self.offset:#x} ({self.size} bytes, {self.how}, "
+        return (f"seqno {self.seqno} {where} ({self.size} bytes, {self.how}, "
                 f"{check}{extra}){': ' + desc if desc else ''}")
 
 
@@ -439,3 +443,26 @@ def read_pv(source) -> PVInfo | None:
         if isinstance(pv.get("pe_start"), int):
             label.data_areas = [(pv["pe_start"] * S.SECTOR_SIZE, 0)]
     return PVInfo(label, mdas, ordered, problems)
+
+
+MAX_BACKUP_FILE = 64 << 20
+_BACKUP_MARK = re.compile(rb'contents = "Text Format Volume Group"')
+
+
+def looks_like_backup(source) -> bool:
+    """A VG metadata backup file (``vgcfgbackup``, /etc/lvm/backup, /etc/lvm/archive)."""
+    if not 0 < source.size <= MAX_BACKUP_FILE:
+        return False
+    try:
+        head = source.read(0, min(source.size, 64 << 10))
+    except UnreadableError:
+        return False
+    return bool(_BACKUP_MARK.search(head)) and b"\0" not in head
+
+
+def read_backup(source) -> Generation:
+    """The VG text of a backup file as a generation (no crc: validated by parsing)."""
+    if not looks_like_backup(source):
+        raise LvmError("not an LVM metadata backup file")
+    text = source.read(0, source.size)
+    return _make_generation(None, text, -1, 0, "backup", None)
