@@ -34,6 +34,7 @@ DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_NS_DEPTH = 7
 MAX_BLOB_FILE = 16 * 1024 * 1024  # config/log/manifest blobs decoded at discovery
 LAYER = "pbs"
+MAX_NAMED_FILES = 50  # files named in one damage entry
 
 
 def looks_like_datastore(path, fs=None) -> float:
@@ -475,13 +476,14 @@ def damage_lines(label, filename, err, ranges, source, pxar, bad, paths):
     total = sum(n for _, n in ranges)
     files = ""
     if pxar is not None:
-        names = []
-        for s, n in ranges:
-            try:
-                names += pxar.files_in(source, s, n)
-            except Exception as e:  # the walk itself may run into the damage
-                names.append(f"(listing failed: {type(e).__name__}: {e})")
-        files = "; files: " + (", ".join(sorted(set(names))) if names else "none (metadata only)")
+        try:
+            names = sorted(set(pxar.files_in(source, ranges)))
+        except Exception as e:  # the walk itself may run into the damage
+            names = [f"(listing failed: {type(e).__name__}: {e})"]
+        shown = ", ".join(names[:MAX_NAMED_FILES])
+        if len(names) > MAX_NAMED_FILES:
+            shown += f" and {len(names) - MAX_NAMED_FILES} more"
+        files = "; files: " + (shown if names else "none (metadata only)")
     msg = f"{label}: {filename}: {err} ({total} bytes {how}){files}"
     return [(p, msg) for p in paths]
 

@@ -316,10 +316,14 @@ class PxarArchive:
         return name, node
 
     # -- damage mapping ------------------------------------------------------------
-    def files_in(self, stream: Source, start, length):
-        """Paths of the regular files whose contents lie in ``stream[start:start+length]``."""
+    def files_in(self, stream: Source, ranges):
+        """Paths of the regular files whose contents lie in any ``(start, length)`` of
+        ``stream`` (one walk of the tree for all ranges)."""
+        import bisect
+
+        ranges = sorted(ranges)
+        starts = [s for s, _ in ranges]
         out = []
-        end = start + length
         for path, node in walk(self.root()):
             src = getattr(node, "source", None)
             if src is None or node.kind != "file":
@@ -328,9 +332,11 @@ class PxarArchive:
             off = getattr(src, "offset", None)
             if isinstance(src, PayloadRefSource):
                 base, off = src.stream, src.data_offset
-            if base is stream and off is not None and off < end and off + src.size > start:
-                out.append("/" + path)
-            elif base is stream and src.size == 0 and start <= (off or 0) < end:
+            if base is not stream or off is None:
+                continue
+            end = off + max(src.size, 1)
+            i = bisect.bisect_right(starts, end - 1) - 1  # last range starting before the file ends
+            if i >= 0 and ranges[i][0] + ranges[i][1] > off:
                 out.append("/" + path)
         return out
 
