@@ -178,6 +178,7 @@ class Snapshot:
         self.btype, self.bid, self.btime, self.ns = btype, bid, btime, ns
         self.label = f"{ns + ':' if ns else ''}{btype}/{bid}/{btime}"
         self.manifest = None
+        self.indexes: dict = {}  # file name -> FixedIndex / DynamicIndex
 
     def report(self, severity, code, path, message, ranges=()):
         self.ctx.report.add(severity, LAYER, path, code, message, ranges)
@@ -246,7 +247,7 @@ class Snapshot:
                         self.report("error", "manifest-mismatch", f"{self.tree_path}/{fn}",
                                     f"{self.label}: {fn} differs from the manifest checksum")
                 elif fn.endswith("idx"):
-                    ix = self.indexes.get(fn) if hasattr(self, "indexes") else None
+                    ix = self.indexes.get(fn)
                     if ix is None:
                         continue
                     if ent.get("csum") and ix.index_csum.hex() != ent.get("csum"):
@@ -261,7 +262,6 @@ class Snapshot:
     # -- archives --------------------------------------------------------------------
     def _index(self, fn, full):
         ix = open_index(full, self.fsa)
-        self.indexes = getattr(self, "indexes", {})
         self.indexes[fn] = ix
         for p in ix.problems:
             code = "truncated-index" if "file size" in p else "bad-index"
