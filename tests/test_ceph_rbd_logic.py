@@ -314,3 +314,35 @@ def test_db_device_without_its_osd_is_reported(tmp_path):
     p.write_bytes(_label_block(b"bluefs db", {}).ljust(1 << 16, b"\0"))
     ctx = discover([str(p)], Options())
     assert [e.code for e in ctx.report if e.layer == "ceph"] == ["unused-bluefs-device"]
+
+
+def test_trashed_image_is_recoverable(monkeypatch):
+    """``rbd trash mv`` keeps header and data: the image shows under <pool>/.trash/ by name,
+    outside the Proxmox view."""
+    from backends.ceph import CephBackend, cluster_tree
+    from pvfs.discover import Context, Options, Volume
+    from pvfs.nodes import resolve
+
+    st = FakeStore("osd.0")
+    st.count = 0
+    osz = 1 << 16
+    _add_image(st, 3, b"vm-500-disk-0", b"t1", 2 * osz, 16, b"T" * (2 * osz))
+    # moved to the trash: out of rbd_directory and rbd_id, into rbd_trash
+    del st.other[(3, b"", b"rbd_directory")]
+    del st.other[(3, b"", b"rbd_id.vm-500-disk-0")]
+    spec = b"\x00" + _le_str(b"vm-500-disk-0") + struct.pack("<IIII", 1, 0, 1, 0)
+    st.put(3, b"rbd_trash", omap={b"id_t1": struct.pack("<BBI", 1, 1, len(spec)) + spec})
+
+    def load_pools(cluster, ctx):
+        cluster.pools = {3: PoolInfo(3, "rbd", 1, 2, 8, 8)}
+        st.collections |= {(3, s) for s in range(8)}
+
+    monkeypatch.setattr(cluster_tree, "_open_stores", lambda volumes, ctx, backend=None: [st])
+    monkeypatch.setattr(cluster_tree, "_load_pools", load_pools)
+    ctx = Context(Options())
+    vol = Volume(BytesSource(b"\0" * 8192), "storage/files/x", "x", "input")
+    CephBackend().open_group("fsid", [vol], ctx)
+    node = resolve(ctx.root, "storage/ceph/rbd/.trash/vm-500-disk-0")
+    assert node.source.read(0, 2 * osz) == b"T" * (2 * osz)
+    assert resolve(ctx.root, "storage/ceph/rbd/image-t1") is None
+    assert resolve(ctx.root, "vms/500") is None

@@ -244,7 +244,7 @@ def _add_pool_images(cluster, ctx, root, pool, ns, parent, ec, shown):
     except (CephError, UnreadableError) as e:
         cluster.report("error", ppath, "rbd-directory", str(e))
         return
-    if not images and not v1:
+    if not images and not v1 and not cluster.list_trash(pool, ns):
         return
     pdir = root.subdir(pname)
     if ns:
@@ -264,9 +264,19 @@ def _add_pool_images(cluster, ctx, root, pool, ns, parent, ec, shown):
     for img in opened:
         if _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
             shown.append(img)
+    # images in the RBD trash (deleted, not yet purged): recoverable, not in the VM view
+    for name, iid in sorted(cluster.list_trash(pool, ns).items()):
+        try:
+            img = cluster.open_image_v2(pool, name, iid, ns)
+        except (CephError, UnreadableError) as e:
+            cluster.report("error", f"{ppath}/.trash/{name}", "rbd-header", f"trashed image {name}: {e}")
+            continue
+        if _add_image(cluster, ctx, img, pdir.subdir(".trash"), f"{ppath}/.trash", parent, ec,
+                      proxmox=False):
+            shown.append(img)
 
 
-def _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
+def _add_image(cluster, ctx, img, pdir, ppath, parent, ec, proxmox=True):
     data_pool = img.data_pool if img.data_pool is not None else img.pool
     if data_pool in ec:
         cluster.report("error", f"{ppath}/{img.name}", "erasure-coded-data",
@@ -284,7 +294,8 @@ def _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
     vol = ctx.add_volume(src, pdir, img.name, ppath, role="rbd", parent=parent,
                          children_home="parts")
     vol.info.update(info)
-    ctx.add_proxmox_disk(img.name, vol)
+    if proxmox:
+        ctx.add_proxmox_disk(img.name, vol)
     for snap in img.snaps:
         fname = f"{img.name}@{snap.name}"
         ssrc = cluster.image_source(img, snap, f"{ppath}/{fname}")
@@ -292,7 +303,8 @@ def _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
                               children_home="parts")
         svol.info.update(info)
         svol.info["ceph"] = dict(info["ceph"], snapshot=snap.name, snap_id=snap.id)
-        ctx.add_proxmox_disk(img.name, svol, snapshot=snap.name)
+        if proxmox:
+            ctx.add_proxmox_disk(img.name, svol, snapshot=snap.name)
     return True
 
 

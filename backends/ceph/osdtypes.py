@@ -275,6 +275,16 @@ def decode_cls_rbd_parent(data) -> RbdParent:
     return RbdParent(pool_id, ns, image_id, snap_id, overlap)
 
 
+def decode_trash_image_spec(data) -> str:
+    """The name in an ``rbd_trash`` omap value (cls::rbd::TrashImageSpec: u8 source,
+    name, deletion_time, deferment_end_time, [state])."""
+    r = _r(data)
+    _v, _c, end = r.start(what="TrashImageSpec")
+    b = r.sub(end)
+    b.u8()
+    return b.string()
+
+
 def decode_le_string(data) -> str:
     """A le32-length-prefixed string (``rbd_id.<name>`` data, ``rbd_directory`` values)."""
     return _r(data).string()

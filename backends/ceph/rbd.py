@@ -48,7 +48,7 @@ from .errors import CephError
 from .keys import CEPH_NOSNAP, CEPH_SNAPDIR
 from .osdtypes import (OBJECT_NONEXISTENT, OsdTypeError, decode_cls_rbd_parent,
                        decode_cls_rbd_snap, decode_le_string, decode_object_map, decode_osdmap,
-                       pg_of, str_hash_rjenkins)
+                       decode_trash_image_spec, pg_of, str_hash_rjenkins)
 
 
 class RbdError(CephError):
@@ -530,7 +530,7 @@ class Cluster:
                     names[n] = decode_le_string(data)
             except (CephError, UnreadableError):
                 continue
-        known = set(names.values())
+        known = set(names.values()) | set(self.list_trash(pool, ns).values())
         for obj in self.names_with_prefix(pool, b"rbd_header.", ns):
             iid = obj[11:].decode("utf-8", "replace")
             if iid not in known:
@@ -547,6 +547,22 @@ class Cluster:
         v1 = [obj[:-4].decode("utf-8", "replace") for obj in self._other_with_prefix(pool, b"", ns)
               if obj.endswith(b".rbd")]
         return names, v1
+
+    def list_trash(self, pool, ns=b""):
+        """{name: id} of images moved to the trash (``rbd trash mv``; data kept until purge)."""
+        out = {}
+        for k, v in (self.omap(pool, b"rbd_trash", ns) or {}).items():
+            if not k.startswith(b"id_"):
+                continue
+            iid = k[3:].decode("utf-8", "replace")
+            try:
+                name = decode_trash_image_spec(v)
+            except OsdTypeError:
+                name = f"image-{iid}"
+            while name in out:
+                name += "~"
+            out[name] = iid
+        return out
 
     def open_image_v2(self, pool, name, iid, ns=b"") -> RbdImage:
         omap = self.omap(pool, f"rbd_header.{iid}".encode(), ns)
