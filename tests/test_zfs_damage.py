@@ -98,6 +98,16 @@ def test_truncated_mirror_member_is_covered_by_its_twin():
     assert eio == 0 and good > 50
 
 
+def test_pool_state_faulted_when_a_vdev_lost_more_than_its_parity():
+    members = _members("fxraidz1.tar.xz")
+    ctx = _open_pool(members[:1])
+    states = [e for e in ctx.report if e.code in ("pool-state", "vdev-faulted")]
+    assert any("FAULTED" in e.message for e in states)
+    assert any(e.code == "vdev-faulted" and "lost 2 members" in e.message for e in states)
+    ctx = _open_pool(members)
+    assert not [e for e in ctx.report if e.code in ("pool-state", "vdev-faulted")]
+
+
 def test_truncated_single_member_reads_what_is_there():
     """Only the first half of d0 (no twin): blocks past the cut are EIO, never garbage."""
     d0, _ = _members("fxmirror.tar.xz")

@@ -117,6 +117,7 @@ def test_zfs_degraded_copies_report_what_is_missing_or_repaired():
     missing = [e for e in ctx.report if e.code == "missing-member"]
     assert len(missing) == 2 and {"fxraidz2-d0.img", "fxraidz2-d3.img"} == {
         e.message.split()[1].rsplit("/", 1)[1] for e in missing}
+    assert any(e.code == "pool-state" and "DEGRADED" in e.message for e in ctx.report)
     ctx = _discover("zfs", "images", "fxraidz1-degraded-bitrot.tar.xz")
     sha = _manifest("zfs", "manifests", "fxraidz1.json")["datasets"]["fxraidz1"]["tree"][
         "big/large-3m.bin"]["sha256"]

@@ -33,6 +33,41 @@ class Assembly:
     members: list = field(default_factory=list)
 
 
+def _redundancy(v) -> int:
+    if isinstance(v, vdevmod.Raidz):
+        return v.nparity
+    if isinstance(v, vdevmod.Mirror):
+        return max(0, len(v.children) - 1)
+    return 0
+
+
+def health(tops):
+    """Like ``zpool status``: DEGRADED when members are missing but within the vdev's
+    redundancy, FAULTED when a top-level vdev lost more than it can rebuild."""
+    notes = []
+    state = "ONLINE"
+    for i, t in enumerate(tops):
+        if isinstance(t, vdevmod.Missing):
+            state = "FAULTED"
+            continue
+        lost = len(t.missing_leaves())
+        if lost == 0:
+            continue
+        if lost > _redundancy(t):
+            state = "FAULTED"
+            notes.append(("error", "vdev-faulted",
+                          f"top-level vdev {i} ({t.kind}) lost {lost} members, more than its "
+                          f"redundancy ({_redundancy(t)}): its blocks are unreadable unless a "
+                          f"ditto copy lives on another vdev or a column is on a member left"))
+        elif state == "ONLINE":
+            state = "DEGRADED"
+    if state != "ONLINE":
+        notes.append(("warning" if state == "DEGRADED" else "error", "pool-state",
+                      f"pool state {state}" + (": every block can be rebuilt from redundancy"
+                                               if state == "DEGRADED" else "")))
+    return notes
+
+
 def assemble(volumes, ctx=None, path="") -> Assembly:
     notes = []
     members = []
@@ -93,6 +128,7 @@ def assemble(volumes, ctx=None, path="") -> Assembly:
         for leaf in t.missing_leaves():
             notes.append(("warning", "missing-member",
                           f"member {leaf.path} (guid {leaf.guid}) of {t.kind} vdev is missing"))
+    notes.extend(health(tops))
     pool = Pool(name, guid, newest, tops, ctx=ctx, path=path)
     ubs = {}
     for m in members:
