@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what pvfs needs on Debian 12 (run as root): system packages, then a
 # virtual environment in .venv with pvfs and its test extras. Safe to re-run.
+# --bench also installs what the benchmarks compare against (backends/*/deps-bench-apt.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+LISTS="backends/*/deps-apt.txt"
+[ "${1:-}" = "--bench" ] && LISTS="$LISTS backends/*/deps-bench-apt.txt"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev
               qemu-utils fdisk e2fsprogs xz-utils zstd tar)
 # Packages that backends' tests and benchmarks need (backends/<fmt>/deps-apt.txt).
-for f in backends/*/deps-apt.txt; do
+for f in $LISTS; do
     [ -f "$f" ] || continue
     while read -r pkg; do
         pkg=${pkg%%#*}; pkg=$(echo "$pkg" | xargs)
