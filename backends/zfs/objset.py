@@ -300,8 +300,17 @@ class ObjSet:
 
     @property
     def has_intent_log(self) -> bool:
-        """Records of synchronous writes that were never replayed into the objects."""
-        return not self.zil_log.hole and not self.zil_log.embedded
+        """Records of synchronous writes that were never replayed into the objects.
+
+        ``zh_log`` also points at the next, preallocated log block after a clean
+        shutdown; records exist only when that block carries a valid embedded checksum
+        for the verifier in the block pointer (zil.c zil_read_log_block: ZILOG2 keeps a
+        zil_chain_t with its zio_eck_t at the start, the old ZILOG a trailer at the end).
+        """
+        bp = self.zil_log
+        if bp.hole or bp.embedded or not bp.dvas:
+            return False
+        return self.pool.zil_block_valid(bp)
 
     def _dnode_block(self, blkid):
         key = ("zfs-dnblk", self.key, blkid)

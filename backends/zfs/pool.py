@@ -13,6 +13,8 @@ import copy
 import itertools
 import struct
 
+import numpy as np
+
 from pvfs.cache import METADATA_CACHE, ByteLRU
 from pvfs.errors import UnreadableError
 
@@ -109,6 +111,30 @@ class Pool:
         if len(data) < bp.psize:
             return None
         return data[:bp.psize]
+
+    def zil_block_valid(self, bp) -> bool:
+        """Whether the intent log block ``bp`` was written (see ObjSet.has_intent_log)."""
+        algo = checksum.algo_name(bp.cksum_type)
+        if algo not in ("zilog", "zilog2") or bp.psize > SPA_MAXBLOCKSIZE:
+            return False
+        for dva in bp.dvas:
+            for cand in self._candidates(dva, bp.psize):
+                eck_off = 8 + BLKPTR_SIZE + 8 if algo == "zilog2" else len(cand) - 40
+                if eck_off < 0 or eck_off + 40 > len(cand):
+                    continue
+                (magic,) = struct.unpack_from("<Q", cand, eck_off)
+                little = magic == ZEC_MAGIC
+                if not little and magic != int.from_bytes(ZEC_MAGIC.to_bytes(8, "little"), "big"):
+                    continue
+                fmt = "<4Q" if little else ">4Q"
+                stored = struct.unpack_from(fmt, cand, eck_off + 8)
+                buf = bytearray(cand)
+                struct.pack_into(fmt, buf, eck_off + 8, *bp.cksum)
+                f = checksum.fletcher4 if algo == "zilog2" else checksum.fletcher2
+                with np.errstate(over="ignore"):
+                    if f(bytes(buf), little) == stored:
+                        return True
+        return False
 
     def _repaired(self, bp, dva, failed):
         self.repairs += 1
