@@ -745,3 +745,18 @@ def test_garbage_between_extents_misaligned(built, tmp_path):
         for dev_id, c, _ in g:
             if dev_id == 1:
                 assert node.source.read(c * 65536, 65536) == data[c * 65536:(c + 1) * 65536]
+
+
+def test_side_files_in_the_proxmox_view(built, tmp_path):
+    d, devs, vma, _ = built
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    base = "vzdump-qemu-700-2024_02_02-02_02_02"
+    (folder / f"{base}.vma").write_bytes(vma)
+    (folder / f"{base}.log").write_text("INFO: starting new backup job\n")
+    (folder / f"{base}.notes").write_text("before the upgrade\n")
+    ctx = discover([str(folder / f"{base}.vma")], opts(tmp_path / "idx"))
+    notes = resolve(ctx.root, "vms/700/backups/2024-02-02T02:02:02/notes")
+    assert notes.source.read(0, 100) == b"before the upgrade\n"
+    log = resolve(ctx.root, "vms/700/backups/2024-02-02T02:02:02/vzdump.log")
+    assert log.source.read(0, 9) == b"INFO: sta"

@@ -147,6 +147,23 @@ class VzdumpArchive:
     def report(self, severity, code, path, message, ranges=()):
         self.ctx.report.add(severity, LAYER, path, code, message, ranges)
 
+    def side_files(self, d, dpath):
+        """vzdump writes ``<basename>.log`` and ``<basename>.notes`` beside the archive."""
+        if not self.vol.input_path:
+            return
+        m = NAME_RE.match(self.name)
+        stem = self.vol.input_path[: len(self.vol.input_path) - len(self.name)] + self.name[: m.start(9) - 1]
+        for ext, name in ((".log", "vzdump.log"), (".notes", "notes")):
+            path = stem + ext
+            if os.path.isfile(path) and os.path.getsize(path) <= (16 << 20):
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read(16 << 20)
+                except OSError:
+                    continue
+                d.add(name, File(BytesSource(data, label=name), mtime=os.path.getmtime(path)),
+                      report=self.ctx.report, path_hint=dpath)
+
     def _progress(self, what):
         last = [0.0]
 
@@ -274,6 +291,7 @@ class VzdumpArchive:
             for name, data in hdr.configs.items():
                 if name in ("qemu-server.conf", "qemu-server.fw"):
                     vmdir.add(name, File(BytesSource(data), mtime=mtime), report=ctx.report, path_hint=vmpath)
+            self.side_files(vmdir, vmpath)
         for dev_id, (name, size) in sorted(hdr.devices.items()):
             dev = VmaDevice(stream, size, cmap.offsets[dev_id], cmap.masks[dev_id], bad=self.bad,
                             label=f"{self.name}:{name}", seen=cmap.seen(dev_id))
@@ -337,6 +355,7 @@ class VzdumpArchive:
             cdir, cpath = ctx.container_dir(pm[1])
             d = cdir.subdir("backups").subdir(pm[2])
             d.add("rootfs", root, report=ctx.report, path_hint=f"{cpath}/backups/{pm[2]}")
+            self.side_files(d, f"{cpath}/backups/{pm[2]}")
             conf = root.get("etc")
             conf = conf.get("vzdump") if isinstance(conf, Dir) else None
             for fn in ("pct.conf", "pct.fw"):
