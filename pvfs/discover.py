@@ -212,7 +212,8 @@ class Context:
         name = vmdir.add(f"disk-{vn.disk}.raw", File(volume.source, mtime=mtime),
                          report=self.report, path_hint=dpath)
         volume.vm_paths.append(f"{dpath}/{name}")
-        volume.info.setdefault("proxmox", {"vmid": vn.vmid, "disk": vn.disk, "kind": vn.kind})
+        volume.info.setdefault("proxmox", {"vmid": vn.vmid, "disk": vn.disk, "kind": vn.kind,
+                                           "snapshot": snapshot})
         stem = name[:-4] if name.endswith(".raw") else name
         self.add_home(volume, Home(vmdir, f"{stem}.parts", f"{dpath}/{stem}.parts"))
         return True
@@ -480,7 +481,7 @@ def finish(ctx):
         pm = vol.info.get("proxmox")
         if not pm or vol.claimed_by is not None or vol.filesystem in (None, "swap"):
             continue
-        cdir, cpath = ctx.container_dir(pm["vmid"])
+        cdir, cpath = ctx.container_dir(pm["vmid"], pm.get("snapshot"))
         fname = "rootfs.raw" if "rootfs.raw" not in cdir.children() else f"disk-{pm['disk']}.raw"
         used = cdir.add(fname, File(vol.source), report=ctx.report, path_hint=cpath)
         vol.vm_paths.append(f"{cpath}/{used}")

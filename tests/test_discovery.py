@@ -61,3 +61,25 @@ def test_qcow2_inside_qcow2_layers_stop_at_depth(tmp_path):
     qcow2 is only probed on input files, so nesting is bounded by construction."""
     ctx = discover([str(EXAMPLES / "vm-100-disk-0.qcow2")])
     assert max(v.depth for v in ctx.volumes) <= 3
+
+
+@needs_mke2fs
+def test_container_snapshot_lands_in_its_snapshot_folder(tmp_path):
+    """A bare filesystem that is a snapshot of a container disk goes to
+    cts/<vmid>/snapshots/<snap>/, not over the live rootfs."""
+    from pvfs.discover import Context, finish, run_queue
+    from pvfs.source import FileSource
+
+    fs = tmp_path / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", str(fs), "4M"], check=True)
+    ctx = Context()
+    d = ctx.storage("lvm").subdir("pve")
+    live = ctx.add_volume(FileSource(fs), d, "vm-105-disk-0", "storage/lvm/pve", "lv")
+    ctx.add_proxmox_disk("vm-105-disk-0", live)
+    snap = ctx.add_volume(FileSource(fs), d, "snap_vm-105-disk-0_pre", "storage/lvm/pve", "lv")
+    ctx.add_proxmox_disk("vm-105-disk-0", snap, snapshot="pre")
+    run_queue(ctx)
+    finish(ctx)
+    assert resolve(ctx.root, "cts/105/rootfs.raw") is not None
+    assert resolve(ctx.root, "cts/105/snapshots/pre/rootfs.raw") is not None
+    assert set(resolve(ctx.root, "cts/105").children()) == {"rootfs.raw", "snapshots"}
