@@ -15,13 +15,15 @@ import os
 import re
 import weakref
 
+import numpy as np
+
 from pvfs.discover import Home, Volume
 from pvfs.nodes import Dir, File
 from pvfs.source import BAD_ZERO, BytesSource
 
 from .blob import EncryptedBlobError, decode_blob, load_keyfile
 from .fsaccess import NodeFS, OsFS
-from .index import ChunkError, ChunkPool, ChunkStore, FixedIndex, IndexSource, open_index
+from .index import ChunkError, ChunkPool, ChunkStore, FixedIndex, IndexSource, open_index, zero_digest
 from .pxar import LISTING, PxarArchive
 from .structs import PbsError
 
@@ -407,55 +409,69 @@ class Snapshot:
 def check_chunks(ctx, verify="exists"):
     """After every datastore is known: missing (and, with ``verify=full``, corrupt)
     chunks become damage entries with their byte ranges, and for pxar the files in
-    them; chunk files no index references are counted."""
+    them; chunk files no index references are counted.
+
+    Memory stays compact for stores of millions of chunks: the digests are one numpy
+    array, each unique chunk is checked once, only failures are kept in a dict."""
     state = state_for(ctx)
     pool = state.pool
-    status: dict[bytes, ChunkError | None] = {}
-    referenced: set = set()
-    for n, arc in enumerate(state.archives):
-        ix = arc.index
-        bad_ranges: dict = {}  # kind -> [(start, length, error)]
-        ctx.note_progress(f"pbs: checking chunks of {arc.snap.label}/{arc.filename} "
-                          f"({n + 1}/{len(state.archives)}, {verify})")
-        for i in range(ix.known):
-            digest = ix.digest(i)
-            referenced.add(digest)
-            start, length = ix.chunk_range(i)
-            if pool.is_zero(digest, length):
-                continue
-            if digest not in status:
-                status[digest] = _check_one(pool, digest, length, verify)
-            err = status[digest]
-            if err is not None:
-                bad_ranges.setdefault(err.kind, []).append((start, length, err))
+    archives = [a for a in state.archives if a.index.known]
+    if archives:
+        allv = np.concatenate([np.frombuffer(a.index.table, dtype="V32") for a in archives])
+        unique = np.unique(allv)
+    else:
+        unique = np.zeros(0, dtype="V32")
+    del archives
+    # The zero chunk of any chunk size in use has known content: nothing to check.
+    sizes = {a.index.chunk_size for a in state.archives if isinstance(a.index, FixedIndex)}
+    zero = {zero_digest(cs) for cs in sizes} - {None}
+    failures: dict = {}
+    for k, v in enumerate(unique):
+        digest = v.tobytes()
+        if digest in zero:
+            continue
+        if k % 4096 == 0:
+            ctx.note_progress(f"pbs: checking chunks ({verify}): {k}/{len(unique)}")
+        err = _check_one(pool, digest, None, verify)
+        if err is not None:
+            failures[digest] = err
+    if failures:
+        for arc in state.archives:
+            ix = arc.index
+            bad_ranges: dict = {}  # kind -> [(start, length, error)]
+            for i in range(ix.known):
+                digest = ix.digest(i)
+                err = failures.get(digest)
+                if err is None:
+                    continue
+                start, length = ix.chunk_range(i)
+                kind = err if isinstance(err, str) else err.kind
+                bad_ranges.setdefault(kind, []).append((start, length, digest))
                 state.reported.add((id(ix), digest))
-        for kind, items in bad_ranges.items():
-            ranges = [(s_, n_) for s_, n_, _e in items]
-            errs = {id(e): e for _s, _n, e in items}
-            first = items[0][2]
-            if len(errs) > 1:  # many chunks: one entry per archive and kind, every range in it
-                what = "missing from every datastore" if kind == "missing" else "corrupt"
-                first = ChunkError(kind, f"{len(errs)} chunks are {what} (first: {first})", first.digest)
-            for p, msg in damage_lines(arc.snap.label, arc.filename, first, ranges, arc.source, arc.pxar,
-                                       arc.source.bad, arc.paths):
-                ctx.report.add("error", LAYER, p, err_code(first), msg, ranges)
+            _report_bad(ctx, arc, bad_ranges, failures, pool)
     state.checked = True
     early, state.early = state.early, []
     for cb, start, length, err in early:  # corrupt chunks the check did not look at (no verify)
         cb(start, length, err)
-    # Orphans: chunk files that no index references.
+    # Orphans: chunk files that no index references (64-bit digest prefixes, sorted).
+    prefixes = np.unique(np.frombuffer(unique.tobytes(), dtype=">u8")[::4]) if len(unique) else \
+        np.zeros(0, dtype=">u8")
+    prefixes = prefixes.astype(np.uint64)
     for name, root, tpath, fs in state.datastores:
         orphans = bad_files = 0
         chunks = fs.join(root, ".chunks")
         for d in fs.listdir(chunks):
             if not HEX4_RE.match(d):
                 continue
-            for e in fs.listdir(fs.join(chunks, d)):
-                if DIGEST_RE.match(e):
-                    if bytes.fromhex(e) not in referenced:
-                        orphans += 1
-                elif e.endswith(".bad"):
-                    bad_files += 1
+            names = fs.listdir(fs.join(chunks, d))
+            digs = [e for e in names if DIGEST_RE.match(e)]
+            bad_files += sum(1 for e in names if e.endswith(".bad"))
+            if digs:
+                pre = np.array([int(e[:16], 16) for e in digs], dtype=np.uint64)
+                pos = np.searchsorted(prefixes, pre)
+                known = (pos < len(prefixes)) & (prefixes[np.minimum(pos, len(prefixes) - 1)] == pre) \
+                    if len(prefixes) else np.zeros(len(pre), dtype=bool)
+                orphans += int((~known).sum())
         if orphans:
             ctx.report.add("info", LAYER, tpath, "orphan-chunks",
                            f"{orphans} chunk files are referenced by no index found "
@@ -463,6 +479,19 @@ def check_chunks(ctx, verify="exists"):
         if bad_files:
             ctx.report.add("warning", LAYER, tpath, "bad-chunk-files",
                            f"{bad_files} chunk files were renamed *.bad by a PBS verify job")
+
+
+def _report_bad(ctx, arc, bad_ranges, failures, pool):
+    for kind, items in bad_ranges.items():
+        ranges = [(s_, n_) for s_, n_, _d in items]
+        ndigests = len({d for _s, _n, d in items})
+        first = pool.error(items[0][2], failures[items[0][2]])
+        if ndigests > 1:  # many chunks: one entry per archive and kind, every range in it
+            what = "missing from every datastore" if kind == "missing" else "corrupt"
+            first = ChunkError(kind, f"{ndigests} chunks are {what} (first: {first})", first.digest)
+        for p, msg in damage_lines(arc.snap.label, arc.filename, first, ranges, arc.source, arc.pxar,
+                                   arc.source.bad, arc.paths):
+            ctx.report.add("error", LAYER, p, err_code(first), msg, ranges)
 
 
 def err_code(err):
@@ -497,6 +526,5 @@ def _check_one(pool, digest, length, verify):
             return e
     if pool.exists(digest):
         return None
-    err = ChunkError("missing", f"chunk {digest.hex()} is missing from every datastore", digest)
-    pool.bad[digest] = err
-    return err
+    pool.bad[digest] = pool.MISSING
+    return pool.MISSING

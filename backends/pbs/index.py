@@ -223,6 +223,15 @@ class ChunkPool:
         self.stores.append(store)
         self.bad.clear()  # a new store may hold a good copy
 
+    MISSING = "missing"  # pool.bad value for a missing chunk (no exception object per chunk)
+
+    @staticmethod
+    def error(digest, err):
+        """The ChunkError for a ``bad`` entry (an error, or the MISSING marker)."""
+        if isinstance(err, str):
+            return ChunkError("missing", f"chunk {digest.hex()} is missing from every datastore", digest)
+        return err
+
     def is_zero(self, digest, size):
         return self.crypt is None and digest == zero_digest(size)
 
@@ -239,7 +248,7 @@ class ChunkPool:
             return bytes(size)
         err = self.bad.get(digest)
         if err is not None:
-            raise err
+            raise self.error(digest, err)
         data = self._load(digest, size)
         return METADATA_CACHE.put(key, data)
 
@@ -270,7 +279,8 @@ class ChunkPool:
         if problems:
             err = ChunkError("corrupt", f"chunk {h} is corrupt ({'; '.join(problems)})", digest)
         else:
-            err = ChunkError("missing", f"chunk {h} is missing from every datastore", digest)
+            self.bad[digest] = self.MISSING
+            return self._raise(self.error(digest, self.MISSING))
         self.bad[digest] = err
         return self._raise(err)
 
