@@ -688,3 +688,38 @@ def test_many_lost_chunks_make_one_entry_per_archive(tmp_path, gt):
     assert len(ent) == 1 and ent[0].message.count(f"{len(lost)} chunks are missing") == 1
     want = sorted(i for i, d in enumerate(a["chunks"]) if d in lost)
     assert sum(n for _, n in ent[0].ranges) == len(want) * (4 << 20)
+
+
+def test_interrupted_backup_tmp_indexes(tmp_path, gt):
+    """An interrupted backup leaves drive-X.img.tmp_fidx (table written in place, unwritten
+    digests zero, no checksum) and root.pxar.tmp_didx (a prefix of the entries)."""
+    ds = copy_store(DS, tmp_path / "ds")
+    snap = ds / gt["snapshots"][1]["path"]
+    fidx = (snap / "drive-scsi0.img.fidx").read_bytes()
+    head, table = bytearray(fidx[:4096]), bytearray(fidx[4096:])
+    head[32:64] = bytes(32)
+    table[5 * 32:] = bytes(len(table) - 5 * 32)  # chunks 5..7 never uploaded
+    (snap / "drive-scsi0.img.fidx").unlink()
+    (snap / "drive-scsi0.img.tmp_fidx").write_bytes(bytes(head + table))
+    csnap = ds / gt["snapshots"][2]["path"]
+    didx = (csnap / "root.pxar.didx").read_bytes()
+    (csnap / "root.pxar.tmp_didx").write_bytes(didx[:4096 + 40 * 2 + 17])
+    ctx = discover([str(ds)], Options(bad="eio"))
+    a = gt["snapshots"][1]["archives"]["drive-scsi0.img.fidx"]
+    img = resolve(ctx.root, f"storage/pbs/ds/{gt['snapshots'][1]['path']}/drive-scsi0.img")
+    assert img.source.read(0, 4096) == resolve(ctx.root, f"storage/pbs/ds/{gt['snapshots'][0]['path']}/drive-scsi0.img").source.read(0, 4096)
+    with pytest.raises(UnreadableError):
+        img.source.read(5 << 22, 16)
+    ent = [e for e in ctx.report if e.code == "unfinished-backup" and e.path == img_path(gt)]
+    assert len(ent) == 1 and ent[0].ranges == ((5 << 22, 3 << 22),)
+    assert resolve(ctx.root, "vms/100/backups/2024-01-16T10:00:00Z/disk-scsi0.raw") is not None
+    partial = resolve(ctx.root, f"storage/pbs/ds/{gt['snapshots'][2]['path']}/root.pxar.unfinished")
+    ends = [c[0] for c in gt["snapshots"][2]["archives"]["root.pxar.didx"]["chunks"]]
+    assert partial.size == ends[1]
+    stream = (GEN / "streams" / "root.pxar").read_bytes()
+    assert partial.source.read(0, partial.size) == stream[:ends[1]]
+    assert a["size"] == img.size
+
+
+def img_path(gt):
+    return f"storage/pbs/ds/{gt['snapshots'][1]['path']}/drive-scsi0.img"

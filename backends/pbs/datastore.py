@@ -202,6 +202,8 @@ class Snapshot:
             try:
                 if fn.endswith(".blob"):
                     self.open_blob(fn, full)
+                elif fn.endswith(".tmp_fidx") or fn.endswith(".tmp_didx"):
+                    self.open_unfinished(fn, full, files)
                 elif fn.endswith(".fidx"):
                     self.open_fidx(fn, full)
                 elif fn.endswith(".ppxar.didx"):
@@ -262,10 +264,29 @@ class Snapshot:
                 self.report("error", "bad-archive", f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {e}")
 
     # -- archives --------------------------------------------------------------------
-    def _index(self, fn, full):
-        ix = open_index(full, self.fsa)
+    def open_unfinished(self, fn, full, files):
+        """An index an interrupted backup left behind (``drive-scsi0.img.tmp_fidx``):
+        shown under its final name (``.unfinished`` added if the finished one exists)."""
+        final = fn.replace(".tmp_fidx", ".fidx").replace(".tmp_didx", ".didx")
+        suffix = ".unfinished" if final in files else ""
+        if fn.endswith(".tmp_fidx"):
+            self.open_fidx(fn, full, name=final[: -len(".fidx")] + suffix, unfinished=True)
+        else:  # a pxar stream without its end cannot be listed: the stream itself is shown
+            ix = self._index(fn, full, unfinished=True)
+            name = final[: -len(".didx")] + suffix
+            paths: list = []
+            src = self._source(fn, ix, paths)
+            self.tree.add(name, File(src, mtime=ix.ctime), report=self.ctx.report, path_hint=self.tree_path)
+            paths.append(f"{self.tree_path}/{name}")
+            self.ds.state.archives.append(Archive(self, fn, ix, src, paths))
+
+    def _index(self, fn, full, unfinished=False):
+        ix = open_index(full, self.fsa, unfinished)
         self.indexes[fn] = ix
         for p in ix.problems:
+            if unfinished:
+                self.report("warning", "unfinished-backup", f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {p}")
+                continue
             code = "truncated-index" if "file size" in p else "bad-index"
             self.report("error", code, f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {p}")
         return ix
@@ -294,9 +315,9 @@ class Snapshot:
         src = IndexSource(ix, state.pool, bad=self.ds.bad, label=f"{self.label}/{fn}", on_bad=on_bad)
         return src
 
-    def open_fidx(self, fn, full):
-        ix = self._index(fn, full)
-        name = fn[: -len(".fidx")]
+    def open_fidx(self, fn, full, name=None, unfinished=False):
+        ix = self._index(fn, full, unfinished)
+        name = name or fn[: -len(".fidx")]
         paths: list = []
         src = self._source(fn, ix, paths)
         vol = self.ctx.add_volume(src, self.tree, name, self.tree_path, "disk", children_home="parts",
@@ -305,8 +326,9 @@ class Snapshot:
         paths.append(vol.path)
         lost = (ix.known * ix.chunk_size, ix.size - ix.known * ix.chunk_size) if ix.known < ix.count else None
         if self.btype == "vm" and self.bid.isdigit():
-            stem = name[: -len(".img")] if name.endswith(".img") else name
-            dev = stem[len("drive-"):] if stem.startswith("drive-") else stem
+            base, extra = (name[: -len(".unfinished")], "-unfinished") if name.endswith(".unfinished") else (name, "")
+            stem = base[: -len(".img")] if base.endswith(".img") else base
+            dev = (stem[len("drive-"):] if stem.startswith("drive-") else stem) + extra
             d = self.ctx.vms_root.subdir(self.bid).subdir("backups").subdir(self.btime)
             dpath = f"vms/{self.bid}/backups/{self.btime}"
             used = d.add(f"disk-{dev}.raw", File(src, mtime=ix.ctime), report=self.ctx.report,
@@ -315,6 +337,21 @@ class Snapshot:
             paths.append(f"{dpath}/{used}")
             self.ctx.add_home(vol, Home(d, f"{used[:-4]}.parts", f"{dpath}/{used[:-4]}.parts"))
         self.ds.state.archives.append(Archive(self, fn, ix, src, paths, role="disk"))
+        if unfinished:
+            never = []
+            for i in range(ix.known):
+                if ix.digest(i) is None:
+                    start, length = ix.chunk_range(i)
+                    if never and never[-1][0] + never[-1][1] == start:
+                        never[-1] = (never[-1][0], never[-1][1] + length)
+                    else:
+                        never.append((start, length))
+            if never:
+                how = "zero-filled" if self.ds.bad == BAD_ZERO else "read as EIO"
+                for p in paths:
+                    self.report("warning", "unfinished-backup", p,
+                                f"{self.label}: {fn}: the backup was interrupted; "
+                                f"{sum(n for _, n in never)} bytes were never uploaded ({how})", never)
         if lost:
             how = "zero-filled" if self.ds.bad == BAD_ZERO else "read as EIO"
             for p in paths:

@@ -48,10 +48,13 @@ class FixedIndex:
 
     kind = "fidx"
 
-    def __init__(self, path, fs=None):
+    def __init__(self, path, fs=None, unfinished=False):
+        """``unfinished``: a ``*.tmp_fidx`` of an interrupted backup (fixed_index.rs writes
+        the table in place; digests never written are zero, the checksum is not set)."""
         fs = fs or OsFS(os.path.dirname(path) or ".")
         self.path = path
         self.problems: list[str] = []
+        self.unfinished = unfinished
         name = fs.name(path)
         try:
             fsize = fs.size(path)
@@ -78,14 +81,19 @@ class FixedIndex:
                 f"file size {fsize} != 4096 + 32*ceil(size/chunk_size) = {expect}"
                 + (f"; digests of chunks {self.known}..{self.count - 1} are lost"
                    if self.known < self.count else ""))
-        elif hashlib.sha256(self.table).digest() != self.index_csum:
+        elif not unfinished and hashlib.sha256(self.table).digest() != self.index_csum:
             self.problems.append("index checksum mismatch (digest table altered)")
         self.table = self.table[: self.known * FIXED_ENTRY_SIZE]
+        if unfinished:
+            written = sum(1 for i in range(self.known) if self.table[i * 32:(i + 1) * 32] != _NO_DIGEST)
+            self.problems.append(f"unfinished backup (interrupted upload): {written} of {self.count} "
+                                 f"chunks were written; the others read as unreadable")
 
     def digest(self, i):
         if i >= self.known:
             return None
-        return self.table[i * 32:(i + 1) * 32]
+        d = self.table[i * 32:(i + 1) * 32]
+        return None if (self.unfinished and d == _NO_DIGEST) else d
 
     def chunk_range(self, i):
         start = i * self.chunk_size
@@ -100,15 +108,21 @@ class FixedIndex:
         return (self.digest(i) for i in range(self.known))
 
 
+_NO_DIGEST = bytes(32)
+
+
 class DynamicIndex:
     """A ``.didx``: a stream cut into chunks; entry i ends at ``ends[i]``."""
 
     kind = "didx"
 
-    def __init__(self, path, fs=None):
+    def __init__(self, path, fs=None, unfinished=False):
+        """``unfinished``: a ``*.tmp_didx`` of an interrupted backup (entries are appended
+        as chunks arrive; the checksum is not set): its entries are a prefix of the stream."""
         fs = fs or OsFS(os.path.dirname(path) or ".")
         self.path = path
         self.problems: list[str] = []
+        self.unfinished = unfinished
         name = fs.name(path)
         try:
             fsize = fs.size(path)
@@ -123,10 +137,13 @@ class DynamicIndex:
         self.uuid, self.ctime, self.index_csum = h.uuid, h.ctime, h.index_csum
         body = data[INDEX_HEADER_SIZE:]
         n = len(body) // DYNAMIC_ENTRY_SIZE
-        if len(body) % DYNAMIC_ENTRY_SIZE:
+        if len(body) % DYNAMIC_ENTRY_SIZE and not unfinished:
             self.problems.append(f"file size {fsize} != 4096 + 40*N; the last partial entry is dropped")
         body = body[: n * DYNAMIC_ENTRY_SIZE]
-        if not self.problems and hashlib.sha256(body).digest() != self.index_csum:
+        if unfinished:
+            self.problems.append(f"unfinished backup (interrupted upload): the first {n} chunks of the "
+                                 f"stream were written; it ends there")
+        elif not self.problems and hashlib.sha256(body).digest() != self.index_csum:
             self.problems.append("index checksum mismatch (entry table altered)")
         arr = np.frombuffer(body, dtype=[("end", "<u8"), ("digest", "V32")])
         ends = arr["end"].astype(np.int64) if n else np.zeros(0, np.int64)
@@ -157,13 +174,13 @@ class DynamicIndex:
         return (self.digest(i) for i in range(self.count))
 
 
-def open_index(path, fs=None):
+def open_index(path, fs=None, unfinished=False):
     fs = fs or OsFS(os.path.dirname(path) or ".")
     magic = fs.read_range(path, 0, 8)
     if magic == FIXED_SIZED_CHUNK_INDEX_1_0:
-        return FixedIndex(path, fs)
+        return FixedIndex(path, fs, unfinished)
     if magic == DYNAMIC_SIZED_CHUNK_INDEX_1_0:
-        return DynamicIndex(path, fs)
+        return DynamicIndex(path, fs, unfinished)
     raise PbsError(f"{fs.name(path)}: no index magic")
 
 
@@ -310,7 +327,8 @@ class IndexSource(Source):
         start, length = self.index.chunk_range(i)
         digest = self.index.digest(i)
         if digest is None:
-            raise ChunkError("missing", f"chunk {i} is not in the (truncated) index")
+            raise ChunkError("missing", f"chunk {i} has no digest (truncated index, or never "
+                                        f"uploaded by an interrupted backup)")
         if length > MAX_BLOB_SIZE:
             raise ChunkError("corrupt", f"chunk {i} would be {length} bytes long (index is corrupt)")
         return self.pool.get(digest, length)
