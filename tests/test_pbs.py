@@ -723,3 +723,19 @@ def test_interrupted_backup_tmp_indexes(tmp_path, gt):
 
 def img_path(gt):
     return f"storage/pbs/ds/{gt['snapshots'][1]['path']}/drive-scsi0.img"
+
+
+def test_cli_scan_json_with_pbs_options(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-m", "pvfs", "scan", "--json", "--pbs-verify", "full",
+                          "--vzdump-index-dir", "none", str(GEN / "datastore-bad-crc")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    doc = json.loads(out.stdout)
+    codes = [(d["code"], d["path"]) for d in doc["damage"] if d["layer"] == "pbs"]
+    assert ("bad-chunk", "storage/pbs/datastore-bad-crc/vm/100/2024-01-15T10:00:00Z/drive-scsi0.img") in codes
+    vols = {v["path"] for v in doc["volumes"]}
+    assert "storage/pbs/datastore-bad-crc/ns/testns/vm/200/2024-01-17T09:30:00Z/drive-virtio0.img" in vols
