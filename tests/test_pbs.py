@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backends.pbs.blob import CryptConfig, EncryptedBlobError, blob_kind, decode_blob, encode_blob, load_keyfile
-from backends.pbs.index import ChunkPool, ChunkStore, DynamicIndex, FixedIndex, IndexSource, open_index
+from backends.pbs.index import ChunkPool, ChunkStore, IndexSource, open_index
 from backends.pbs.pxar import PxarArchive
 from backends.pbs.structs import FIXED_SIZED_CHUNK_INDEX_1_0, PbsError
 from pvfs.discover import Options, discover

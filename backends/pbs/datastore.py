@@ -22,7 +22,7 @@ from pvfs.nodes import Dir, File
 from pvfs.source import BAD_ZERO, BytesSource
 
 from .blob import EncryptedBlobError, decode_blob, load_keyfile
-from .fsaccess import NodeFS, OsFS
+from .fsaccess import OsFS
 from .index import ChunkError, ChunkPool, ChunkStore, FixedIndex, IndexSource, open_index, zero_digest
 from .pxar import LISTING, PxarArchive
 from .structs import PbsError

@@ -13,7 +13,6 @@ References: pve-manager ``PVE/VZDump.pm`` (archive names: ``vzdump-<qemu|lxc>-<v
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -28,7 +27,6 @@ import zstandard
 from pvfs.nodes import Dir, File
 from pvfs.source import BAD_EIO, BytesSource
 
-from . import lzo
 from .streams import (DecodedStream, SeekCacheWriter, StreamIndex, _SliceIO, decode_lzo_block, detect_codec,
                       lzop_header, scan)
 from .structs import VMA_MAGIC, VzdumpError

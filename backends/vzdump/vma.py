@@ -20,7 +20,7 @@ from pvfs.errors import UnreadableError
 from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNREADABLE, ZERO, Source
 
 from .streams import GapError, SequentialReader
-from .structs import (VMA_BLOCK_SIZE, VMA_BLOCKS_PER_EXTENT, VMA_CLUSTER_SIZE, VMA_EXTENT_HEADER_SIZE,
+from .structs import (VMA_BLOCK_SIZE, VMA_CLUSTER_SIZE, VMA_EXTENT_HEADER_SIZE,
                       VMA_EXTENT_MAGIC, VMA_FIXED_HEADER, VMA_MAGIC, VMA_MAX_DEVICES, VmaDeviceInfo,
                       VmaExtentHeader, VmaHeader, VzdumpError, parse)
 
