@@ -739,3 +739,36 @@ def test_cli_scan_json_with_pbs_options(tmp_path):
     assert ("bad-chunk", "storage/pbs/datastore-bad-crc/vm/100/2024-01-15T10:00:00Z/drive-scsi0.img") in codes
     vols = {v["path"] for v in doc["volumes"]}
     assert "storage/pbs/datastore-bad-crc/ns/testns/vm/200/2024-01-17T09:30:00Z/drive-virtio0.img" in vols
+
+
+def test_catalog_listing_matches_the_archive(ctx, gt):
+    from backends.pbs.catalog import CatalogError, read_catalog
+
+    snap = gt["snapshots"][2]
+    tree = {t["path"]: t for t in snap["archives"]["root.pxar.didx"]["tree"]}
+    node = resolve(ctx.root, f"storage/pbs/datastore/{snap['path']}/catalog.txt")
+    lines = node.render().decode().splitlines()
+    assert len(lines) == len(tree)  # every entry but "/" itself, plus the archive folder
+    kinds = {"dir": "dir", "file": "file", "symlink": "symlink", "hardlink": "hardlink",
+             "chardev": "chardev", "fifo": "fifo"}
+    entries = {p: (k, sz, mt) for p, k, sz, mt in read_catalog(FileSource(GEN / "streams" / "catalog.pcat1"))}
+    for path, t in tree.items():
+        if path == "/":
+            continue
+        kind, size, mtime = entries["/root.pxar.didx" + path]
+        assert kind == kinds[t["type"]], path
+        if kind == "file":
+            assert (size, mtime) == (t["size"], t["mtime"][0])
+    with pytest.raises(CatalogError):
+        list(read_catalog(BytesSource(b"\0" * 64)))
+
+
+@FUZZ
+@given(st.binary(max_size=60), st.integers(0, 300))
+def test_fuzz_catalog(data, cut):
+    from backends.pbs.catalog import catalog_text
+
+    base = (GEN / "streams/catalog.pcat1").read_bytes()
+    raw = _mutate(base, data)[:max(0, len(base) - cut)]
+    text = catalog_text(BytesSource(raw))
+    assert isinstance(text, bytes)

@@ -18,10 +18,11 @@ import weakref
 import numpy as np
 
 from pvfs.discover import Home, Volume
-from pvfs.nodes import Dir, File
+from pvfs.nodes import Dir, File, GeneratedFile
 from pvfs.source import BAD_ZERO, BytesSource
 
 from .blob import EncryptedBlobError, decode_blob, load_keyfile
+from .catalog import catalog_text
 from .fsaccess import OsFS
 from .index import ChunkError, ChunkPool, ChunkStore, FixedIndex, IndexSource, open_index, zero_digest
 from .pxar import LISTING, PxarArchive
@@ -373,6 +374,9 @@ class Snapshot:
             self.tree.add(name, File(src, mtime=ix.ctime), report=self.ctx.report, path_hint=self.tree_path)
             paths.append(f"{self.tree_path}/{name}")
             self.ds.state.archives.append(Archive(self, fn, ix, src, paths))
+            if name.endswith(".pcat1"):
+                self.tree.add(name[: -len(".pcat1")] + ".txt", GeneratedFile(_once(lambda: catalog_text(src)),
+                              mtime=ix.ctime), report=self.ctx.report, path_hint=self.tree_path)
 
     def open_split(self, mfn, pfn):
         mix = self._index(mfn, self.fsa.join(self.fs, mfn))
@@ -529,6 +533,17 @@ def _report_bad(ctx, arc, bad_ranges, failures, pool):
         for p, msg in damage_lines(arc.snap.label, arc.filename, first, ranges, arc.source, arc.pxar,
                                    arc.source.bad, arc.paths):
             ctx.report.add("error", LAYER, p, err_code(first), msg, ranges)
+
+
+def _once(fn):
+    """Memoise a GeneratedFile's render (it is asked for the size, then for the bytes)."""
+    cache = []
+
+    def render():
+        if not cache:
+            cache.append(fn())
+        return cache[0]
+    return render
 
 
 def err_code(err):
