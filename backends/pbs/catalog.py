@@ -28,32 +28,29 @@ class CatalogError(PbsError):
     pass
 
 
-def _u64(buf, p):
+def _varint(buf, p, signed=False):
+    """catalog_decode_u64 / catalog_decode_i64: 7 bits a byte, low first; a signed value
+    ends with a 0x00 byte when negative."""
     v = 0
-    for i in range(10):
+    for i in range(11 if signed else 10):
         if p >= len(buf):
             raise CatalogError("varint runs past its block")
         t = buf[p]
         p += 1
+        if signed and t == 0:
+            return (-v if v else 0), p
         v |= (t & 0x7F) << (7 * i)
         if t < 0x80:
             return v, p
-    raise CatalogError("varint too long")
+    raise CatalogError("varint without end marker")
+
+
+def _u64(buf, p):
+    return _varint(buf, p)
 
 
 def _i64(buf, p):
-    v = 0
-    for i in range(11):
-        if p >= len(buf):
-            raise CatalogError("varint runs past its block")
-        t = buf[p]
-        p += 1
-        if t == 0:
-            return (-v if v else 0), p
-        if t < 0x80:
-            return v | (t << (7 * i)), p
-        v |= (t & 0x7F) << (7 * i)
-    raise CatalogError("signed varint without end marker")
+    return _varint(buf, p, signed=True)
 
 
 def read_catalog(src):
