@@ -46,14 +46,26 @@ class Dir(Node):
         super().__init__(stat.S_IFDIR | (mode & 0o7777), **kw)
         self._children: dict[str, Node] = {}
         self._loader = loader
-        self._lock = threading.Lock()
+        self._loading = False
+        self._lock = threading.RLock()
 
     def children(self) -> dict:
+        """The entries, filled by the loader on first use.
+
+        Other threads asking while the loader runs wait for it to finish (they
+        must not see a half-filled directory).  A loader that fails leaves
+        what it added and is not retried.
+        """
         if self._loader is not None:
-            with self._lock:
-                loader, self._loader = self._loader, None
-                if loader is not None:
-                    loader(self)
+            with self._lock:  # an RLock: the loader itself may look at this directory
+                loader = self._loader
+                if loader is not None and not self._loading:
+                    self._loading = True
+                    try:
+                        loader(self)
+                    finally:
+                        self._loader = None
+                        self._loading = False
         return self._children
 
     def get(self, name):

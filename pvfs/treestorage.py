@@ -19,16 +19,20 @@ from .nodes import Dir, File, resolve
 
 #: Where a storage can sit relative to a file system root.
 CANDIDATES = ("var/lib/vz", "")
-MAX_DEPTH = 4  # storage/<area>/<pool>/<dataset>/... levels looked at
+MAX_DEPTH = 16  # nesting of file system roots (datasets in datasets) looked at
 #: Areas that hold recovered file systems.  Others are not listed: their directories
 #: can be expensive to fill (DRBD's diverged/ compares both nodes when first listed).
 FILESYSTEM_AREAS = ("zfs",)
-MAX_LISTINGS = 5000  # directories listed per scan, at most
+MAX_LISTINGS = 2000  # file system roots listed per scan, at most
 
 
 def _top_dirs(ctx):
-    """Yield ``(dir, tree_path, depth)`` for the top levels of every ``storage/<area>``,
-    plus the usual datastore folders ``mnt/datastore/*`` below each of them."""
+    """Yield ``(dir, tree_path, depth)`` for every file system root a backend marked
+    (``dir.filesystem_root = True``: a ZFS dataset), plus ``mnt/datastore/*`` below each.
+
+    Only file system roots are listed, never the ordinary directories inside them:
+    listing is what costs (a dataset with 10,000 files in its top directory).
+    """
     listings = 0
     queue = [(d, f"storage/{name}", 1) for name, d in ctx.storage_root.children().items()
              if name in FILESYSTEM_AREAS and isinstance(d, Dir)]
@@ -44,7 +48,8 @@ def _top_dirs(ctx):
             continue
         listings += 1
         for name, child in node.children().items():
-            if isinstance(child, Dir) and not name.startswith("."):
+            if isinstance(child, Dir) and getattr(child, "filesystem_root", False) \
+                    and not name.startswith("."):
                 queue.append((child, f"{path}/{name}", depth + 1))
 
 

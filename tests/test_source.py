@@ -74,3 +74,25 @@ def test_bad_range_source_eio_and_zero():
     data = zero.read(0xF00, 0x400)
     assert data == b"\xff" * 0x100 + b"\0" * 0x200 + b"\xff" * 0x100
     assert zero.unreadable_ranges() == [(0x1000, 0x200), (0x2000, 0x1000)]
+
+
+def test_lazy_dir_is_never_seen_half_filled():
+    import threading
+    import time
+
+    from pvfs.nodes import Dir, File
+
+    def slow_loader(d):
+        for i in range(50):
+            d.add(f"f{i}", File(BytesSource(b"x")))
+            time.sleep(0.001)
+        assert d.get("f0") is not None  # a loader may look at its own directory
+
+    d = Dir(loader=slow_loader)
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(len(d.children()))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [50] * 8

@@ -18,7 +18,10 @@ EXAMPLES = ROOT / "examples"
 
 def _fake_root_dataset(ctx, files):
     """storage/zfs/rpool/ROOT/pve-1/var/lib/vz/... as a backend would build it."""
-    d = ctx.storage("zfs").subdir("rpool").subdir("ROOT").subdir("pve-1")
+    d = ctx.storage("zfs")
+    for name in ("rpool", "ROOT", "pve-1"):  # datasets, marked as the ZFS backend marks them
+        d = d.subdir(name)
+        d.filesystem_root = True
     for rel, path in files.items():
         parts = rel.split("/")
         sub = d
@@ -87,7 +90,10 @@ def test_pbs_datastore_on_a_dataset_is_opened():
     if not store.is_dir():
         pytest.skip("PBS fixture datastore absent")
     ctx = Context()
-    _mirror(store, ctx.storage("zfs").subdir("tank").subdir("backup"))
+    tank = ctx.storage("zfs").subdir("tank")
+    backup = tank.subdir("backup")
+    tank.filesystem_root = backup.filesystem_root = True
+    _mirror(store, backup)
     run_queue(ctx)
     scan_tree_storages(ctx)
     run_queue(ctx)
@@ -99,3 +105,18 @@ def test_pbs_datastore_on_a_dataset_is_opened():
     got = resolve(ctx.root, "storage/pbs/backup/vm/100/2024-01-15T10:00:00Z/drive-scsi0.img")
     assert got is not None, sorted(resolve(ctx.root, "storage").children())
     assert sha256_source(got.source) == sha256_source(want.source)
+
+
+def test_only_file_system_roots_are_listed():
+    """Ordinary directories inside a dataset are never listed by the scan (they may be huge)."""
+    ctx = Context()
+    pool = ctx.storage("zfs").subdir("pool")
+    pool.filesystem_root = True
+    listed = []
+    big = Dir(loader=lambda d: listed.append("big"))
+    pool.add("big", big)
+    nested = pool.subdir("nested")
+    nested.filesystem_root = True
+    nested.add("inner", Dir(loader=lambda d: listed.append("inner")))
+    scan_tree_storages(ctx)
+    assert listed == []

@@ -265,6 +265,7 @@ class _TreeBuilder:
             self.report("warning", path, "unknown-objset",
                         f"{ds.name}: object set type {os_.os_type} is not a file system or zvol")
         d = Dir(loader=loader, mtime=ds.creation_time or None)
+        d.filesystem_root = True  # pvfs/treestorage.py looks for /var/lib/vz and datastores here
         used = parent_dir.add(name, d, report=self.ctx.report, path_hint=parent_path)
         path = f"{parent_path}/{used}"
         for child in ds.children:
