@@ -772,3 +772,22 @@ def test_fuzz_catalog(data, cut):
     raw = _mutate(base, data)[:max(0, len(base) - cut)]
     text = catalog_text(BytesSource(raw))
     assert isinstance(text, bytes)
+
+
+def test_datastore_opened_after_the_check(gt):
+    """A datastore found late (e.g. from a filesystem pvfs opened) is checked on its own."""
+    from backends.pbs import PbsBackend
+    from pvfs.discover import Context, run_queue
+
+    ctx = Context(Options())
+    b = PbsBackend()
+    b.open_node(_node_tree(DS), "storage/zfs/a/ds1", ctx)
+    run_queue(ctx)
+    assert not [e for e in ctx.report if e.code == "missing-chunk"]
+    b.open_node(_node_tree(GEN / "datastore-missing-chunk"), "storage/zfs/b/ds2", ctx)
+    run_queue(ctx)
+    # the first store is a fallback: the chunk missing from ds2 is found in ds1
+    assert not [e for e in ctx.report if e.code in ("missing-chunk", "late-member")]
+    a = gt["snapshots"][1]["archives"]["drive-scsi0.img.fidx"]
+    img = resolve(ctx.root, "storage/pbs/ds2/vm/100/2024-01-16T10:00:00Z/drive-scsi0.img")
+    assert sha256_source(img.source) == a["sha256"]

@@ -95,6 +95,9 @@ class State:
         self.archives: list[Archive] = []
         self.reported: set = set()  # (id(index), digest) already in a check_chunks entry
         self.checked = False  # check_chunks has run
+        self.checked_archives = 0  # archives[:n] and datastores[:m] are checked (a datastore
+        self.checked_stores = 0  # opened later, e.g. from a node tree, is checked on its own)
+        self.ref_prefixes = None  # sorted 64-bit digest prefixes of every checked archive
         self.early: list = []  # read failures before it (probes of other backends): deferred
 
 
@@ -133,6 +136,9 @@ class DatastoreWalker:
         self.state.datastores.append((name, self.root, self.tree_path, self.fs))
         self.walk_ns(self.root, pbs.get(name), self.tree_path, "", 0)
         # One group for all datastores: chunk checks run once every store is known.
+        if getattr(ctx, "group_opened", None) and ctx.group_opened(self.backend, "datastores"):
+            check_chunks(ctx, ctx.options.get("pbs_verify") or "exists")  # a late datastore
+            return
         vol = Volume(None, self.tree_path, name, "pbs-datastore")
         ctx.add_member(self.backend, "datastores", vol)
 
@@ -456,7 +462,10 @@ def check_chunks(ctx, verify="exists"):
     array, each unique chunk is checked once, only failures are kept in a dict."""
     state = state_for(ctx)
     pool = state.pool
-    archives = [a for a in state.archives if a.index.known]
+    new_archives = state.archives[state.checked_archives:]
+    new_stores = state.datastores[state.checked_stores:]
+    state.checked_archives, state.checked_stores = len(state.archives), len(state.datastores)
+    archives = [a for a in new_archives if a.index.known]
     if archives:
         allv = np.concatenate([np.frombuffer(a.index.table, dtype="V32") for a in archives])
         unique = np.unique(allv)
@@ -464,7 +473,7 @@ def check_chunks(ctx, verify="exists"):
         unique = np.zeros(0, dtype="V32")
     del archives
     # The zero chunk of any chunk size in use has known content: nothing to check.
-    sizes = {a.index.chunk_size for a in state.archives if isinstance(a.index, FixedIndex)}
+    sizes = {a.index.chunk_size for a in new_archives if isinstance(a.index, FixedIndex)}
     zero = {zero_digest(cs) for cs in sizes} - {None}
     failures: dict = {}
     for k, v in enumerate(unique):
@@ -477,7 +486,7 @@ def check_chunks(ctx, verify="exists"):
         if err is not None:
             failures[digest] = err
     if failures:
-        for arc in state.archives:
+        for arc in new_archives:
             ix = arc.index
             bad_ranges: dict = {}  # kind -> [(start, length, error)]
             for i in range(ix.known):
@@ -495,10 +504,11 @@ def check_chunks(ctx, verify="exists"):
     for cb, start, length, err in early:  # corrupt chunks the check did not look at (no verify)
         cb(start, length, err)
     # Orphans: chunk files that no index references (64-bit digest prefixes, sorted).
-    prefixes = np.unique(np.frombuffer(unique.tobytes(), dtype=">u8")[::4]) if len(unique) else \
-        np.zeros(0, dtype=">u8")
-    prefixes = prefixes.astype(np.uint64)
-    for name, root, tpath, fs in state.datastores:
+    prefixes = np.frombuffer(unique.tobytes(), dtype=">u8")[::4].astype(np.uint64)
+    if state.ref_prefixes is not None:
+        prefixes = np.concatenate((state.ref_prefixes, prefixes))
+    prefixes = state.ref_prefixes = np.unique(prefixes)
+    for name, root, tpath, fs in new_stores:
         orphans = bad_files = 0
         chunks = fs.join(root, ".chunks")
         for d in fs.listdir(chunks):
