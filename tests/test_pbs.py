@@ -791,3 +791,44 @@ def test_datastore_opened_after_the_check(gt):
     a = gt["snapshots"][1]["archives"]["drive-scsi0.img.fidx"]
     img = resolve(ctx.root, "storage/pbs/ds2/vm/100/2024-01-16T10:00:00Z/drive-scsi0.img")
     assert sha256_source(img.source) == a["sha256"]
+
+
+def test_through_a_fuse_mount(tmp_path, gt):
+    """``pvfs mount datastore-missing-chunk vzdump.vma.zst MNT --bad eio``: what a user sees."""
+    import errno
+
+    from mountutil import FUSE_OK, pvfs_mounted
+
+    if not FUSE_OK:
+        pytest.skip("needs /dev/fuse and fusermount3")
+    from conftest import sha256_file
+
+    vz = GEN / "vzdump" / "vzdump-qemu-100-2024_01_15-10_00_00.vma.zst"
+    with pvfs_mounted([GEN / "datastore-missing-chunk", vz], tmp_path / "mnt", "--bad", "eio",
+                      "--vzdump-index-dir", str(tmp_path / "idx")) as mnt:
+        s0 = gt["snapshots"][0]
+        assert sha256_file(mnt / "vms/100/backups/2024-01-15T10:00:00Z/disk-scsi0.raw") == \
+            s0["archives"]["drive-scsi0.img.fidx"]["sha256"]
+        assert sha256_file(mnt / f"storage/files/{vz.name}/drive-scsi0.raw") == \
+            gt["vma"]["devices"]["drive-scsi0"]["sha256"]
+        root = mnt / "cts/101/backups/2024-01-15T11:00:00Z/rootfs"
+        tree = {t["path"]: t for t in gt["snapshots"][2]["archives"]["root.pxar.didx"]["tree"]}
+        assert sha256_file(root / "home/user/big.bin") == tree["/home/user/big.bin"]["sha256"]
+        assert os.stat(root / "usr/bin/tool").st_ino == os.stat(root / "usr/bin/tool-hardlink").st_ino
+        assert os.readlink(root / "bin") == "usr/bin"
+        st_ = os.stat(root / "dev/null", follow_symlinks=False)
+        assert stat.S_ISCHR(st_.st_mode) and (os.major(st_.st_rdev), os.minor(st_.st_rdev)) == (1, 3)
+        assert stat.S_ISFIFO(os.stat(root / "tmp/fifo").st_mode)
+        assert os.getxattr(root / "home/user/notes.txt", "user.comment") == b"fixture note"
+        # Node.mtime is a float in the core: exact to ~0.25 us, not to the nanosecond
+        assert abs(os.stat(root / "etc/hosts").st_mtime_ns - (1705300360 * 10**9 + 740742)) < 1000
+        dv = gt["damaged_variants"]["datastore-missing-chunk"]
+        lo, hi = dv["affected_byte_range"]
+        img = mnt / "storage/pbs/datastore-missing-chunk" / dv["affected"][0][:-5]
+        with open(img, "rb") as f:
+            f.seek(lo - 4096)
+            assert len(f.read(4096)) == 4096
+            with pytest.raises(OSError) as ei:
+                f.seek(lo)
+                f.read(4096)
+            assert ei.value.errno == errno.EIO
