@@ -760,3 +760,40 @@ def test_side_files_in_the_proxmox_view(built, tmp_path):
     assert notes.source.read(0, 100) == b"before the upgrade\n"
     log = resolve(ctx.root, "vms/700/backups/2024-02-02T02:02:02/vzdump.log")
     assert log.source.read(0, 9) == b"INFO: sta"
+
+
+def test_bad_sectors_under_a_plain_vma(built, tmp_path):
+    """A ddrescue mapfile marks 4 KiB inside extent 2's data unreadable: only the cluster
+    stored there is lost; the rest of that extent and every later extent read back."""
+    d, devs, vma, extents = built
+    off2, group2 = extents[2]
+    bad_at = off2 + 512 + 4096  # second stored block of extent 2
+    path = tmp_path / "vzdump-qemu-700-2024_02_02-02_02_02.vma"
+    path.write_bytes(vma)
+    size = len(vma)
+    (tmp_path / (path.name + ".map")).write_text(
+        "# Mapfile. Created by GNU ddrescue\n0x0 + 1\n"
+        f"0x0 {bad_at:#x} +\n{bad_at:#x} 0x1000 -\n{bad_at + 4096:#x} {size - bad_at - 4096:#x} +\n")
+    ctx = discover([str(path)], opts(tmp_path / "idx", bad="eio"))
+    data = devs["drive-scsi0"]
+    node = resolve(ctx.root, f"storage/files/{path.name}/drive-scsi0.raw")
+    # which cluster of extent 2 holds the bad block (clusters stored in blockinfo order)
+    pos, victim = off2 + 512, None
+    for dev_id, c, cdata in group2:
+        nblk = sum(1 for j in range(16) if any(cdata[j * 4096:(j + 1) * 4096]))
+        if pos <= bad_at < pos + nblk * 4096:
+            victim = (dev_id, c)
+        pos += nblk * 4096
+    assert victim is not None
+    lost = ok = 0
+    for _, g in extents:
+        for dev_id, c, _ in g:
+            if dev_id != 1:
+                continue
+            try:
+                assert node.source.read(c * 65536, 65536) == data[c * 65536:(c + 1) * 65536]
+                ok += 1
+            except UnreadableError:
+                lost += 1
+                assert (dev_id, c) == victim
+    assert lost == (1 if victim[0] == 1 else 0) and ok > 40
