@@ -832,3 +832,12 @@ def test_through_a_fuse_mount(tmp_path, gt):
                 f.seek(lo)
                 f.read(4096)
             assert ei.value.errno == errno.EIO
+
+
+def test_corrupt_copy_falls_back_to_a_good_one(gt):
+    ctx = discover([str(GEN / "datastore-bad-crc"), str(DS)], Options(backend_options={"pbs_verify": "full"}))
+    for a in gt["damaged_variants"]["datastore-bad-crc"]["affected"]:
+        snap = next(s for s in gt["snapshots"] if a.startswith(s["path"]))
+        img = resolve(ctx.root, f"storage/pbs/datastore-bad-crc/{a[:-5]}")
+        assert sha256_source(img.source) == snap["archives"]["drive-scsi0.img.fidx"]["sha256"]
+    assert [e for e in ctx.report if e.code == "bad-chunk"] == []
