@@ -25,6 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from backends.ceph.kv import open_osd  # noqa: E402
@@ -34,13 +35,8 @@ from pvfs.discover import Options, discover  # noqa: E402
 from pvfs.nodes import resolve  # noqa: E402
 from pvfs.source import FileSource  # noqa: E402
 
+from common import timed  # noqa: E402
 from conftest import FIXTURES, unpack  # noqa: E402
-
-
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def bench_index(ceph_dir, n):

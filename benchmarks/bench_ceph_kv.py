@@ -21,6 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from backends.ceph.kv import open_osd  # noqa: E402
@@ -28,13 +29,8 @@ from backends.ceph.rocksdb.db import DB, HostDirFiles  # noqa: E402
 from pvfs.cache import METADATA_CACHE  # noqa: E402
 from pvfs.source import FileSource  # noqa: E402
 
+from common import timed  # noqa: E402
 from conftest import FIXTURES, unpack  # noqa: E402
-
-
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def ldb_scan_seconds(db_dir, cfs):

@@ -18,45 +18,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import common  # noqa: E402
+from common import drop_caches  # noqa: E402
 
 
 def sh(*cmd, **kw):
     return subprocess.run(list(map(str, cmd)), check=True, capture_output=True, **kw)
 
 
-def drop_caches():
-    subprocess.run(["sync"])
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
-
-
-def timed_cat(path, size):
-    drop_caches()
-    t = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buf := bytearray(1 << 20)):
-            pass
-    dt = time.perf_counter() - t
-    return size / dt / 1e6
-
-
 def timed_read(path, size, bs=1 << 20):
-    drop_caches()
-    fd = os.open(path, os.O_RDONLY)
-    buf = bytearray(bs)
-    t = time.perf_counter()
-    total = 0
-    while True:
-        n = os.readv(fd, [buf])
-        if not n:
-            break
-        total += n
-    dt = time.perf_counter() - t
-    os.close(fd)
+    total, mbs = common.timed_read(path, bs)
     assert total == size, (total, size)
-    return size / dt / 1e6
+    return mbs
 
 
 def build_image(work, size_mib):
@@ -109,7 +83,7 @@ def main():
     try:
         disk = mnt / "storage" / "files" / "bench.qcow2" / "disk.raw"
         results["pvfs mount"] = timed_read(disk, size)
-        results["pvfs mount (again, page cache)"] = size / 1e6 / _t(lambda: _readall(disk))
+        results["pvfs mount (again, page cache)"] = common.timed_read(disk, cold=False)[1]
         pid = subprocess.run(["pgrep", "-f", f"pvfs mount {qcow}"], capture_output=True,
                              text=True).stdout.split()
         rss = None
@@ -153,20 +127,6 @@ def main():
               f"{results['pvfs mount'] / results['qemu-storage-daemon FUSE export']:.2f}")
     print(f"ratio pvfs / cat raw (limit):      {results['pvfs mount'] / results['cat raw file (limit)']:.2f}")
     shutil.rmtree(work, ignore_errors=True)
-
-
-def _readall(path):
-    fd = os.open(path, os.O_RDONLY)
-    buf = bytearray(1 << 20)
-    while os.readv(fd, [buf]):
-        pass
-    os.close(fd)
-
-
-def _t(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

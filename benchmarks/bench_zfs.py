@@ -18,9 +18,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed_read  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "pvfsbench"
@@ -28,30 +30,6 @@ POOL = "pvfsbench"
 
 def sh(*cmd, check=True, **kw):
     return subprocess.run(list(map(str, cmd)), check=check, capture_output=True, text=True, **kw)
-
-
-def drop_caches():
-    subprocess.run(["sync"])
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
-
-
-def timed_read(path, bs=1 << 20):
-    drop_caches()
-    fd = os.open(path, os.O_RDONLY)
-    buf = bytearray(bs)
-    t = time.perf_counter()
-    total = 0
-    while True:
-        n = os.readv(fd, [buf])
-        if not n:
-            break
-        total += n
-    dt = time.perf_counter() - t
-    os.close(fd)
-    return total, total / dt / 1e6
 
 
 def timed_walk(top):

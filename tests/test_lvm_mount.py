@@ -11,19 +11,8 @@ import subprocess
 
 import pytest
 
-from conftest import FIXTURES, require_fixture, unpack
+from conftest import FIXTURES, require_fixture, sha256_file, unpack
 from mountutil import needs_fuse, pvfs_mounted
-
-
-def _sha(path, chunk=128 << 10):  # FUSE-sized reads
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 @needs_fuse
@@ -34,11 +23,11 @@ def test_real_pool_through_the_mount(tmp_path):
     m = json.loads((FIXTURES / "lvm-thin-real" / "manifest.json").read_text())
     lvs = m["lvs"]
     with pvfs_mounted([img], tmp_path / "mnt") as mnt:
-        assert _sha(mnt / "vms/100/disk-0.raw") == lvs["vm-100-disk-0"]["device"]["sha256"]
-        assert _sha(mnt / "vms/100/snapshots/before/disk-0.raw") == \
+        assert sha256_file(mnt / "vms/100/disk-0.raw") == lvs["vm-100-disk-0"]["device"]["sha256"]
+        assert sha256_file(mnt / "vms/100/snapshots/before/disk-0.raw") == \
             lvs["snap_vm-100-disk-0_before"]["device"]["sha256"]
-        assert _sha(mnt / "cts/101/rootfs.raw") == lvs["vm-101-disk-0"]["device"]["sha256"]
-        assert _sha(mnt / "storage/lvm/pve/root") == lvs["root"]["device"]["sha256"]
+        assert sha256_file(mnt / "cts/101/rootfs.raw") == lvs["vm-101-disk-0"]["device"]["sha256"]
+        assert sha256_file(mnt / "storage/lvm/pve/root") == lvs["root"]["device"]["sha256"]
         st = os.stat(mnt / "vms/100/disk-0.raw")
         assert st.st_size == lvs["vm-100-disk-0"]["device"]["size"]
         # thin: unmapped blocks are holes, so the file is sparse
@@ -61,7 +50,7 @@ def test_lvm_seqno_on_the_command_line(tmp_path):
     d = unpack(FIXTURES / "lvm-thin" / "lvm-thin-fixtures.tar.xz")
     m = json.loads((FIXTURES / "lvm-thin" / "manifest.json").read_text())
     with pvfs_mounted([d / "pve-disk.img"], tmp_path / "mnt", "--lvm-seqno", "8") as mnt:
-        assert _sha(mnt / "storage/lvm/pve/data") == m["linear_volumes"]["data_tdata"]["sha256"]
+        assert sha256_file(mnt / "storage/lvm/pve/data") == m["linear_volumes"]["data_tdata"]["sha256"]
         assert not (mnt / "storage/lvm/pve/vm-100-disk-0").exists()
         assert (mnt / "storage/lvm/pve/.metadata/seqno-9.vg").exists()
 
