@@ -198,9 +198,12 @@ def readme_text(ctx) -> str:
         "  cts/       containers by VMID",
         "  report.json  inventory and damage report (same as `pvfs scan --json`)",
         "",
-        "Copy a disk out:   cp --sparse=always vms/100/disk-0.raw /safe/place/",
-        "                   qemu-img convert -O qcow2 vms/100/disk-0.raw /safe/vm-100-disk-0.qcow2",
-        "Open a partition:  mount -o ro,loop vms/100/disk-0.parts/p1 /mnt/x",
+    ]
+    disk, part = _examples(ctx)
+    out += [
+        f"Copy a disk out:   cp --sparse=always {disk} /safe/place/",
+        f"                   qemu-img convert -f raw -O qcow2 {disk} /safe/disk.qcow2",
+        f"Open a partition:  mount -o ro,loop {part} /mnt/x",
         "  ext4: mount -o ro,noload,loop ...   XFS: mount -o ro,norecovery,loop ...",
         "",
     ]
@@ -218,6 +221,18 @@ def readme_text(ctx) -> str:
     n = len(ctx.report)
     out.append(f"Damage entries: {n} (see report.json)" if n else "Damage entries: none.")
     return "\n".join(out) + "\n"
+
+
+def _examples(ctx):
+    """A real disk and partition of this tree for the usage lines (VM view first)."""
+    disk = part = None
+    for v in ctx.volumes:
+        paths = [p for p in v.vm_paths if p.startswith("vms/")] or [v.path]
+        if disk is None and v.role not in ("input", "partition") and v.vm_paths:
+            disk = paths[0]
+        if part is None and v.role == "partition" and v.filesystem:
+            part = paths[0]
+    return disk or "vms/<vmid>/disk-<n>.raw", part or "vms/<vmid>/disk-<n>.parts/p<k>"
 
 
 def attach_generated_files(ctx):
