@@ -128,8 +128,9 @@ class PvfsOperations(pyfuse3.Operations):
         return a
 
     async def _attrs_async(self, node, ino):
-        if isinstance(node, File) and node._allocated is None:
-            return await self._run(self._attrs, node, ino)
+        if isinstance(node, File) and node._allocated is None \
+                and not node.source.cheap_allocation:
+            return await self._run(self._attrs, node, ino)  # may walk an allocation map
         return self._attrs(node, ino)
 
     # -- handlers ------------------------------------------------------------------

@@ -56,6 +56,9 @@ class Source:
     #: file with direct I/O, so that a read next to a bad range is not failed
     #: by kernel read-ahead that overlaps it.
     has_unreadable: bool = False
+    #: True when ``allocated_bytes`` needs no I/O (a ZFS dnode's dn_used): the mount
+    #: then answers ``stat`` inline instead of in a worker thread.
+    cheap_allocation: bool = False
 
     def __init__(self):
         self.uid = next(_uids)

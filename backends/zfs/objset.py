@@ -390,6 +390,8 @@ class DnodeSource(Source):
         if self.ctx is not None and self.path:
             self.ctx.report.add("error", "zfs", self.path, "unreadable-block", str(e), e.ranges)
 
+    cheap_allocation = True  # dn_used is in the dnode already read
+
     def allocated_bytes(self) -> int:
         """dn_used (DNODE_FLAG_USED_BYTES: bytes, else 512-byte sectors): what ``du``
         shows on ZFS, without walking the block tree."""
