@@ -146,7 +146,7 @@ class PvfsOperations(pyfuse3.Operations):
             ino = self._parents.get(parent_inode, pyfuse3.ROOT_INODE)
             node = self._node(ino)
         else:
-            children = await self._run(parent.children)
+            children = parent.children() if parent.loaded else await self._run(parent.children)
             node = children.get(name_s)
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -183,7 +183,7 @@ class PvfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        children = await self._run(node.children)
+        children = node.children() if node.loaded else await self._run(node.children)
         names = list(children.items())
         fh = self._new_handle((inode, names))
         return fh

@@ -68,6 +68,11 @@ class Dir(Node):
                         self._loading = False
         return self._children
 
+    @property
+    def loaded(self) -> bool:
+        """Whether listing costs nothing (no loader left to run)."""
+        return self._loader is None
+
     def get(self, name):
         return self.children().get(name)
 
