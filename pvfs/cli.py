@@ -7,7 +7,6 @@ Exit codes: 0 success; 1 fatal error (one line on stderr); 2 usage error;
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil

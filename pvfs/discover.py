@@ -20,7 +20,7 @@ from .damage import DamageReport
 from .errors import PvfsError, UnreadableError
 from .fsprobe import detect_filesystem
 from .namespace import OsFiles, TreeFiles
-from .nodes import Dir, File, GeneratedFile
+from .nodes import Dir, File
 from .proxmox import parse_volname
 from .source import BAD_EIO, FileSource
 
@@ -426,6 +426,10 @@ def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
     except OSError as e:
         ctx.report.add("error", "core", path, "unreadable-dir", f"cannot list: {e.strerror}")
         return
+    if len(entries) > MAX_DIR_FILES:
+        ctx.report.add("warning", "core", path, "too-many-files",
+                       f"{len(entries)} entries; only the first {MAX_DIR_FILES} are looked at")
+        entries = entries[:MAX_DIR_FILES]
     d = Dir()
     name = directory.add(name, d, report=ctx.report, path_hint=dir_path)
     for e in entries:

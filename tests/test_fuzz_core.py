@@ -7,7 +7,6 @@ allocation.
 
 from __future__ import annotations
 
-import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import FIXTURES, unpack
 from pvfs.ddrescue import MapfileError, parse_mapfile
 from pvfs.discover import discover
-from pvfs.errors import FormatError, UnreadableError
+from pvfs.errors import UnreadableError
 from pvfs.source import BytesSource
 from backends.parttable.tables import PartitionTableError, read_gpt, read_mbr
 from backends.qcow2.image import Qcow2Error, Qcow2Image

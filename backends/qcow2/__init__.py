@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 from pvfs.backend import Backend
 from pvfs.errors import UnreadableError

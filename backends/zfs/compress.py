@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 import threading
-import time
 import zlib
 
 import numpy as np

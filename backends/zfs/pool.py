@@ -148,7 +148,7 @@ class Pool:
         if bp.psize > SPA_MAXBLOCKSIZE or bp.lsize > SPA_MAXBLOCKSIZE:
             raise ZfsError(f"block pointer with a hostile size {bp.psize}/{bp.lsize}")
         tried = 0
-        for copy, dva in enumerate(bp.dvas):
+        for dva in bp.dvas:
             if dva.gang:
                 try:
                     data = self._read_gang(bp, dva, depth)
