@@ -207,6 +207,17 @@ def readme_text(ctx) -> str:
         "  ext4: mount -o ro,noload,loop ...   XFS: mount -o ro,norecovery,loop ...",
         "",
     ]
+    origin = []
+    for v in ctx.volumes:
+        if v.role == "partition":
+            continue
+        for p in v.vm_paths:
+            if p.startswith(("vms/", "cts/")):
+                origin.append(f"  {p:40s} <- {v.path}")
+    if origin:
+        out.append("Where each VM and container disk comes from:")
+        out.extend(sorted(origin, key=lambda line: _vmid_key(line.split("/")[1]) + (line,)))
+        out.append("")
     fs_lines = []
     for v in ctx.volumes:
         hint = MOUNT_HINTS.get(v.filesystem or "")

@@ -83,3 +83,15 @@ def test_container_snapshot_lands_in_its_snapshot_folder(tmp_path):
     assert resolve(ctx.root, "cts/105/rootfs.raw") is not None
     assert resolve(ctx.root, "cts/105/snapshots/pre/rootfs.raw") is not None
     assert set(resolve(ctx.root, "cts/105").children()) == {"rootfs.raw", "snapshots"}
+
+
+def test_readme_says_where_each_vm_disk_comes_from(tmp_path):
+    from pvfs.report import readme_text
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(EXAMPLES / "vm-100-disk-0.qcow2", tmp_path / sub / "vm-100-disk-0.qcow2")
+    ctx = discover([str(tmp_path / "a"), str(tmp_path / "b")])
+    text = readme_text(ctx)
+    assert "vms/100/disk-0.raw                       <- storage/files/a/vm-100-disk-0.qcow2/disk.raw" in text
+    assert "vms/100/disk-0~2.raw                     <- storage/files/b/vm-100-disk-0.qcow2/disk.raw" in text
