@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 
 from pvfs.errors import UnreadableError
-from pvfs.nodes import Dir, File, GeneratedFile, Node, Symlink
+from pvfs.nodes import Dir, File, GeneratedFile, Node, Symlink, time_ns
 
 log = logging.getLogger("pvfs.mountd")
 
@@ -122,9 +122,9 @@ class PvfsOperations(pyfuse3.Operations):
         a.st_size = node.size
         a.st_blksize = 65536
         a.st_blocks = (node.allocated_bytes() + 511) // 512
-        a.st_atime_ns = int(node.atime * 1e9)
-        a.st_mtime_ns = int(node.mtime * 1e9)
-        a.st_ctime_ns = int(node.ctime * 1e9)
+        a.st_atime_ns = time_ns(node.atime)
+        a.st_mtime_ns = time_ns(node.mtime)
+        a.st_ctime_ns = time_ns(node.ctime)
         return a
 
     async def _attrs_async(self, node, ino):

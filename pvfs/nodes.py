@@ -17,6 +17,34 @@ from .source import Source
 _START_TIME = time.time()
 
 
+class Timestamp(float):
+    """Seconds since the epoch as a float that also keeps the exact nanoseconds.
+
+    A float has about 16 significant digits, so ``sec + nsec / 1e9`` loses the
+    last few hundred nanoseconds of a 2020s date; backends that know exact
+    times (ZFS znodes, pxar entries) build a Timestamp, and the mount reports
+    ``ns`` unchanged.  Everything else sees an ordinary float.
+    """
+
+    __slots__ = ("ns",)
+
+    def __new__(cls, sec: int, nsec: int = 0):
+        ns = int(sec) * 1_000_000_000 + int(nsec)
+        obj = super().__new__(cls, ns / 1e9)
+        obj.ns = ns
+        return obj
+
+    @classmethod
+    def from_ns(cls, ns: int):
+        return cls(0, ns)
+
+
+def time_ns(t) -> int:
+    """Nanoseconds of a node time (exact for a :class:`Timestamp`)."""
+    ns = getattr(t, "ns", None)
+    return ns if ns is not None else int(round(t * 1e9))
+
+
 class Node:
     kind = "node"
 

@@ -419,3 +419,21 @@ def test_zfs_concurrent_reads_from_many_threads():
     with ThreadPoolExecutor(8) as ex:
         results = list(ex.map(check, files * 2))
     assert all(results) and len(results) > 40
+
+
+def test_zfs_times_are_exact_to_the_nanosecond():
+    """The manifest's mtime_ns (e.g. 1717243278556000000) must come out unchanged; a float
+    of seconds would be off by a few hundred nanoseconds."""
+    from pvfs.nodes import time_ns
+
+    ctx = _discover("zfs-modern", "images", "rpool-raidz1.tar.xz")
+    m = _manifest("zfs-modern", "manifest.json")["pools"]["rpool"]["datasets"]
+    checked = 0
+    for e in m["rpool/ROOT/pve-1"]["files"]:
+        node = resolve(ctx.root, "storage/zfs/rpool/ROOT/pve-1" + e["path"].rstrip("/"))
+        if node is None or "mtime_ns" not in e:
+            continue
+        assert time_ns(node.mtime) == e["mtime_ns"], e["path"]
+        checked += 1
+    assert checked >= 5
+    assert any(e["mtime_ns"] % 1_000_000_000 for e in m["rpool/ROOT/pve-1"]["files"])

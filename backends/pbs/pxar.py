@@ -22,7 +22,7 @@ import threading
 import weakref
 
 from pvfs.errors import PvfsError, UnreadableError
-from pvfs.nodes import Dir, File, Special, Symlink, walk
+from pvfs.nodes import Dir, File, Special, Symlink, Timestamp, walk
 from pvfs.source import BAD_EIO, MissingSource, SliceSource, Source
 
 from .structs import (GOODBYE_ITEM_SIZE, HEADER_SIZE, PXAR_ACL_DEFAULT, PXAR_ACL_DEFAULT_GROUP,
@@ -128,10 +128,10 @@ class PxarArchive:
         content = self._content(off, size)
         if htype == PXAR_ENTRY:
             st = parse(Stat, content, "ENTRY", off)
-            mtime = st.mtime.secs + st.mtime.nanos / 1e9
+            mtime = Timestamp(st.mtime.secs, st.mtime.nanos)
         elif htype == PXAR_ENTRY_V1:
             st = parse(StatV1, content, "ENTRY_V1", off)
-            mtime = st.mtime / 1e9
+            mtime = Timestamp.from_ns(st.mtime)
         else:
             raise PxarError(f"expected ENTRY at {off:#x}, found {htype:#018x}")
         mode = st.mode

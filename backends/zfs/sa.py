@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from construct import Bytes, Int64ub, Int64ul, Struct
 
 from pvfs.errors import FormatError
+from pvfs.nodes import Timestamp
 
 from . import zap
 
@@ -112,10 +113,11 @@ class Znode:
 
 
 def _ts(pair) -> float:
+    """(seconds, nanoseconds) as a float that keeps the exact nanoseconds."""
     sec, nsec = pair
     if sec >= 1 << 63:
         sec -= 1 << 64
-    return sec + (nsec % 1_000_000_000) / 1e9
+    return Timestamp(sec, nsec % 1_000_000_000)
 
 
 def parse_znode_phys(bonus: bytes) -> Znode:
