@@ -95,3 +95,14 @@ def test_lazy_dir_is_never_seen_half_filled():
     for t in threads:
         t.join()
     assert seen == [50] * 8
+
+
+def test_timestamp_keeps_nanoseconds_a_float_loses():
+    from pvfs.nodes import Timestamp, time_ns
+
+    ns = 1717243278123456789
+    t = Timestamp.from_ns(ns)
+    assert time_ns(t) == ns and t.ns == ns
+    assert abs(t - 1717243278.123456789) < 1e-6  # still usable as seconds
+    assert time_ns(float(t)) != ns  # what a plain float gives
+    assert Timestamp(1717243278, 123456789).ns == ns
