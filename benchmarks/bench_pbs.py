@@ -25,6 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import zstandard  # noqa: E402
 
@@ -33,6 +34,7 @@ from backends.pbs.structs import FIXED_SIZED_CHUNK_INDEX_1_0  # noqa: E402
 from pvfs.cache import METADATA_CACHE  # noqa: E402
 from pvfs.discover import Options, discover  # noqa: E402
 from pvfs.nodes import resolve  # noqa: E402
+from vma_writer import extent_header, vma_header  # noqa: E402
 
 CS = 4 << 20
 TEXT = b"".join(b"line %08d: the quick brown fox jumps over the lazy dog\n" % i for i in range(80000))
@@ -104,26 +106,8 @@ def through_pvfs(root, piece=128 << 10):
 def write_vma_zst(path, size):
     """A VMA of one device (vma_spec.txt), clusters in extents of 58, piped into zstd -T2."""
     uuid = bytes(range(16))
-    blobs = bytearray(b"\0")
-
-    def blob(data):
-        ptr = len(blobs)
-        blobs.extend(struct.pack("<H", len(data)) + data)
-        return ptr
-
-    names = [blob(b"qemu-server.conf\0")] + [0] * 255
-    datas = [blob(b"memory: 2048\nscsi0: local:vm-900-disk-0,size=1G\n")] + [0] * 255
-    devinfo = bytearray(32 * 256)
-    struct.pack_into(">IIQ", devinfo, 32, blob(b"drive-scsi0\0"), 0, size)
-    hsize = 12288 + -(-len(blobs) // 512) * 512
-    head = bytearray(hsize)
-    struct.pack_into(">4sI16sq", head, 0, b"VMA\0", 1, uuid, 1700000000)
-    struct.pack_into(">III", head, 48, 12288, len(blobs), hsize)
-    struct.pack_into(">256I", head, 2044, *names)
-    struct.pack_into(">256I", head, 3068, *datas)
-    head[4096:12288] = devinfo
-    head[12288:12288 + len(blobs)] = blobs
-    head[32:48] = hashlib.md5(bytes(head)).digest()
+    head = vma_header({"qemu-server.conf": b"memory: 2048\nscsi0: local:vm-900-disk-0,size=1G\n"},
+                      {"drive-scsi0": size}, uuid)
     with open(path, "wb") as out:
         z = subprocess.Popen(["zstd", "-q", "-T2", "-c"], stdin=subprocess.PIPE, stdout=out)
         z.stdin.write(bytes(head))
@@ -144,10 +128,7 @@ def write_vma_zst(path, size):
                         mask |= 1 << j
                         body.append(blk)
                 infos.append((mask << 48) | (1 << 32) | c)
-            eh = bytearray(512)
-            struct.pack_into(">4sHH16s", eh, 0, b"VMAE", 0, len(body), uuid)
-            struct.pack_into(">59Q", eh, 40, *(infos + [0] * (59 - len(infos))))
-            eh[24:40] = hashlib.md5(bytes(eh)).digest()
+            eh = extent_header(infos, len(body), uuid)
             z.stdin.write(bytes(eh) + b"".join(body))
         z.stdin.close()
         z.wait()

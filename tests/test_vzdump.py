@@ -28,6 +28,7 @@ from pvfs.errors import PvfsError, UnreadableError
 from pvfs.nodes import resolve, walk
 from pvfs.source import BytesSource, FileSource
 
+from vma_writer import extent_header, vma_header
 from conftest import FIXTURES, sha256_source
 
 PBS = FIXTURES / "pbs"
@@ -186,28 +187,7 @@ def test_fixture_tar_matches_gnu_tar_extraction(tmp_path):
 # --- archives built here -------------------------------------------------------------------
 def make_vma(devices, configs, seed=1, per_extent=58, uuid=bytes(range(16))):
     """A VMA written from vma_spec.txt: header + blob buffer, shuffled clusters, masks."""
-    blobs = bytearray(b"\0")
-
-    def blob(data):
-        ptr = len(blobs)
-        blobs.extend(struct.pack("<H", len(data)) + data)
-        return ptr
-
-    names, datas = [0] * 256, [0] * 256
-    for i, (n, d) in enumerate(configs.items()):
-        names[i], datas[i] = blob(n.encode() + b"\0"), blob(d)
-    devinfo = bytearray(32 * 256)
-    for dev_id, (n, data) in enumerate(devices.items(), 1):
-        struct.pack_into(">IIQ", devinfo, dev_id * 32, blob(n.encode() + b"\0"), 0, len(data))
-    hsize = 12288 + -(-len(blobs) // 512) * 512
-    head = bytearray(hsize)
-    struct.pack_into(">4sI16sq", head, 0, b"VMA\0", 1, uuid, 1700000000)
-    struct.pack_into(">III", head, 48, 12288, len(blobs), hsize)
-    struct.pack_into(">256I", head, 2044, *names)
-    struct.pack_into(">256I", head, 3068, *datas)
-    head[4096:12288] = devinfo
-    head[12288:12288 + len(blobs)] = blobs
-    head[32:48] = hashlib.md5(bytes(head)).digest()
+    head = vma_header(configs, {n: len(data) for n, data in devices.items()}, uuid)
     clusters = []
     for dev_id, (n, data) in enumerate(devices.items(), 1):
         for c in range(-(-len(data) // 65536)):
@@ -226,10 +206,7 @@ def make_vma(devices, configs, seed=1, per_extent=58, uuid=bytes(range(16))):
                     mask |= 1 << j
                     body += blk
             infos.append((mask << 48) | (dev_id << 32) | c)
-        eh = bytearray(512)
-        struct.pack_into(">4sHH16s", eh, 0, b"VMAE", 0, len(body) // 4096, uuid)
-        struct.pack_into(">59Q", eh, 40, *(infos + [0] * (59 - len(infos))))
-        eh[24:40] = hashlib.md5(bytes(eh)).digest()
+        eh = extent_header(infos, len(body) // 4096, uuid)
         extents.append((len(out), group))
         out += eh + body
     return bytes(out), extents
