@@ -98,6 +98,8 @@ class Context:
         self.started = time.time()
         self.extra_readme: list[str] = []
         self.has_bad_ranges = False  # some opened file has a ddrescue mapfile
+        self.scanned_storage_dirs: set = set()  # pvfs/treestorage.py: storages already taken
+        self.probed_node_dirs: set = set()  # ... and directories already offered to probe_node
 
     # -- options -----------------------------------------------------------
     def bad(self, default=BAD_EIO):
@@ -368,7 +370,6 @@ def _open_input_file(ctx, path, directory, dir_path, name, from_dir=False):
     vol.file_path = os.path.abspath(path)
     vol.from_dir = from_dir  # found by walking a directory input, not named by the user
     vol.homes.append(Home(d, None, dpath))
-    vol.dir = d
     ctx._register(vol, True)
     return vol
 

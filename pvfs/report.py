@@ -6,6 +6,7 @@ import json
 import time
 
 from . import __version__
+from .damage import merge_ranges
 from .fsprobe import MOUNT_HINTS
 from .nodes import GeneratedFile
 
@@ -31,14 +32,8 @@ def _bounded_unreadable(source, deadline):
     for off in range(0, source.size, STATUS_WINDOW):
         if time.monotonic() > deadline or len(out) > MAX_BAD_RANGES:
             return out[:MAX_BAD_RANGES], False
-        n = min(STATUS_WINDOW, source.size - off)
-        for o, ln, st in source.block_status(off, n):
-            if st == "unreadable":
-                if out and out[-1][0] + out[-1][1] == o:
-                    out[-1] = (out[-1][0], out[-1][1] + ln)
-                else:
-                    out.append((o, ln))
-    return out, True
+        out.extend(source.unreadable_ranges(off, min(STATUS_WINDOW, source.size - off)))
+    return merge_ranges(out), True
 
 
 def _near_damage(vol, error_paths):

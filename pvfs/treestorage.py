@@ -58,7 +58,7 @@ def _open_datastores(ctx, dirs):
     from .backend import load_backends
     from .discover import _run_backend
 
-    seen = ctx.__dict__.setdefault("_probed_node_dirs", set())
+    seen = ctx.probed_node_dirs
     backends = [b for b in load_backends() if type(b).probe_node is not Backend.probe_node]
     for node, path, _ in dirs:
         if id(node) in seen:
@@ -80,7 +80,7 @@ def _open_datastores(ctx, dirs):
 
 def _storage_dirs(ctx, dirs):
     """Yield ``(dir, tree_path, fs_root_path)`` of candidate Proxmox directory storages."""
-    seen = ctx.__dict__.setdefault("_scanned_storage_dirs", set())
+    seen = ctx.scanned_storage_dirs
     for node, path, depth in dirs:
         for rel in CANDIDATES:
             cand = resolve(node, rel) if rel else node

@@ -18,8 +18,8 @@ import zstandard
 
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import FormatError, UnreadableError
-from pvfs.source import (BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, ZERO, MissingSource,
-                         Source)
+from pvfs.source import (BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, ZERO, FileSource,
+                         MissingSource, Source)
 from pvfs.structs import parse
 
 from .structs import (AUTOCLEAR_DATA_FILE_RAW, COMPRESSION_ZLIB, COMPRESSION_ZSTD,
@@ -517,8 +517,6 @@ class Qcow2Disk(Source):
 
     def _fast_status_ok(self):
         """The numpy path needs plain clusters and a data file without holes to ask about."""
-        from pvfs.source import FileSource
-
         return not self.ext and type(self.data) is FileSource and self.hdr.version >= 3
 
     def _table_status_fast(self, l2, offset, length):
@@ -617,7 +615,6 @@ def scan_for_l1(source, cluster_bits=16, max_clusters=1 << 20):
     """
     cs = 1 << cluster_bits
     n_clusters = min(source.size // cs, max_clusters)
-    best = None
     for c in range(1, n_clusters):
         try:
             raw = source.read(c * cs, cs)
@@ -635,8 +632,5 @@ def scan_for_l1(source, cluster_bits=16, max_clusters=1 << 20):
         if not all(_plausible_l2(source.read(int(o), cs), cluster_bits, source.size) for o in off):
             continue
         # Pointing at L2 tables is what an L1 does; an L2 table points at data instead.
-        size = int(nz_idx[-1]) + 1
-        if best is None or size > best[1]:
-            best = (c * cs, size)
-            break
-    return best
+        return c * cs, int(nz_idx[-1]) + 1
+    return None
