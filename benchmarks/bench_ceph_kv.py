@@ -49,8 +49,9 @@ def bench_osds(tmp):
     for name in ("osd.0", "osd.1", "osd.2", "variants/osd.0-compacted"):
         METADATA_CACHE.clear()
         src = FileSource(root / name / "block")
-        t_open, osd = timed(lambda: open_osd(src))
-        t_iter, n = timed(lambda: sum(1 for p in osd.kv.prefixes() for _ in osd.kv.iterate(p)))
+        t_open, osd = timed(lambda src=src: open_osd(src))
+        t_iter, n = timed(lambda osd=osd: sum(1 for p in osd.kv.prefixes()
+                                              for _ in osd.kv.iterate(p)))
         row = {"osd": name, "open_s": t_open, "iterate_s": t_iter, "keys": n,
                "wal_records": osd.db.wal_records}
         if shutil.which("ldb"):

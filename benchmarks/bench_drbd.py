@@ -61,7 +61,7 @@ def compare_files(a, b, size, chunk=4 << 20):
     """The plain baseline for the comparison: read both in 4 MiB chunks, compare bytes."""
     n = 0
     with open(a, "rb") as fa, open(b, "rb") as fb:
-        for off in range(0, size, chunk):
+        for _off in range(0, size, chunk):
             if fa.read(chunk) != fb.read(chunk):
                 n += 1
     return n

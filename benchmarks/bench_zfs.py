@@ -35,7 +35,7 @@ def sh(*cmd, check=True, **kw):
 def timed_walk(top):
     t = time.perf_counter()
     n = 0
-    for dirpath, dirs, files in os.walk(top):
+    for dirpath, _dirs, files in os.walk(top):
         for f in files:
             os.lstat(os.path.join(dirpath, f))
             n += 1

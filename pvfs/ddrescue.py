@@ -62,7 +62,7 @@ def parse_mapfile(text: str, name="mapfile"):
 
 def load_mapfile(path):
     try:
-        with open(path, "r", encoding="ascii", errors="replace") as f:
+        with open(path, encoding="ascii", errors="replace") as f:
             return parse_mapfile(f.read(64 * 1024 * 1024 + 1), name=os.path.basename(path))
     except OSError as e:
         raise MapfileError(f"cannot read mapfile {path}: {e.strerror}") from None

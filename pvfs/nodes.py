@@ -124,7 +124,7 @@ class Dir(Node):
                        f"name {name!r} was taken; this entry is shown as {chosen!r}")
         return chosen
 
-    def subdir(self, name: str, **kw) -> "Dir":
+    def subdir(self, name: str, **kw) -> Dir:
         """The child directory ``name``, created if missing."""
         node = self._children.get(name)
         if isinstance(node, Dir):

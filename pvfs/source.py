@@ -304,7 +304,7 @@ class ExtentSource(Source):
 
     def _read(self, offset, length):
         parts = []
-        for pos, n, target, t_off in self._pieces(offset, length):
+        for _pos, n, target, t_off in self._pieces(offset, length):
             if target is None:
                 parts.append(bytes(n))
             else:
@@ -319,6 +319,38 @@ class ExtentSource(Source):
             else:
                 out.extend((o - t_off + pos, ln, s) for o, ln, s in target.status_of(t_off, n))
         return out
+
+
+
+class PatchedSource(Source):
+    """``base`` with some byte ranges replaced in memory (``{offset: bytes}``).
+
+    Damage is injected this way in tests (and a repaired block could be laid
+    over a member) without writing a byte of the input.
+    """
+
+    def __init__(self, base: Source, patches: dict[int, bytes], size: int | None = None,
+                 label: str | None = None):
+        super().__init__()
+        self.base = base
+        self.patches = sorted(patches.items())
+        self.size = base.size if size is None else size
+        self.label = label or f"patched({base.label})"
+        self.has_unreadable = base.has_unreadable
+
+    def _read(self, offset: int, length: int) -> bytes:
+        avail = max(0, min(length, self.base.size - offset))
+        data = bytearray(self.base.read(offset, avail) if avail else b"")
+        data.extend(bytes(length - len(data)))
+        for off, blob in self.patches:
+            lo, hi = max(off, offset), min(off + len(blob), offset + length)
+            if lo < hi:
+                data[lo - offset:hi - offset] = blob[lo - off:hi - off]
+        return bytes(data)
+
+    def _block_status(self, offset: int, length: int):
+        return self.base.block_status(offset, length) if offset < self.base.size else \
+            [(offset, length, DATA)]
 
 
 def concat(sources, label="concat"):

@@ -81,7 +81,7 @@ def _open_datastores(ctx, dirs):
 def _storage_dirs(ctx, dirs):
     """Yield ``(dir, tree_path, fs_root_path)`` of candidate Proxmox directory storages."""
     seen = ctx.scanned_storage_dirs
-    for node, path, depth in dirs:
+    for node, path, _depth in dirs:
         for rel in CANDIDATES:
             cand = resolve(node, rel) if rel else node
             cpath = f"{path}/{rel}" if rel else path

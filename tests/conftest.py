@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -46,13 +48,19 @@ def unpack(archive: Path) -> Path:
     dest = CACHE / key
     if (dest / ".complete").exists():
         return dest
-    tmp = CACHE / (key + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    subprocess.run(["tar", "--sparse", "-xf", str(archive), "-C", str(tmp)], check=True)
-    (tmp / ".complete").write_text("ok")
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # Several test sessions may unpack the same archive at once: one does, the others wait.
+    with open(CACHE / (key + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / ".complete").exists():
+            return dest
+        tmp = CACHE / (key + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        subprocess.run(["tar", "--sparse", "-xf", str(archive), "-C", str(tmp)], check=True)
+        (tmp / ".complete").write_text("ok")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
     return dest
 
 
@@ -66,3 +74,14 @@ def require_fixture(*parts) -> Path:
 @pytest.fixture(scope="session")
 def fixtures_root():
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def ceph_root():
+    """The unpacked Ceph 16 fixture (three BlueStore OSDs and the mon store)."""
+    return unpack(require_fixture("ceph", "ceph-fixture.tar.zst")) / "ceph-fixture"
+
+
+@pytest.fixture(scope="session")
+def ceph_manifest():
+    return json.loads(require_fixture("ceph", "manifest.json").read_text())

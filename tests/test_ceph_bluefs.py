@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import struct
 
 import pytest
@@ -15,23 +14,13 @@ from backends.ceph.checksum import ceph_crc32c
 from backends.ceph.denc import Reader
 from backends.ceph.errors import BlueFSError, CephError, DencError, LabelError
 from backends.ceph.label import decode_label, probe_label, read_label
-from pvfs.source import BytesSource, FileSource, Source
+from pvfs.source import PatchedSource, BytesSource, FileSource
 
-from conftest import FIXTURES, require_fixture, unpack
+from conftest import FIXTURES
 
 GT = FIXTURES / "ceph" / "ground-truth"
 OSDS = ["osd.0", "osd.1", "osd.2"]
 ALL = OSDS + ["variants/osd.0-compacted"]
-
-
-@pytest.fixture(scope="module")
-def root():
-    return unpack(require_fixture("ceph", "ceph-fixture.tar.zst")) / "ceph-fixture"
-
-
-@pytest.fixture(scope="module")
-def manifest():
-    return json.loads((FIXTURES / "ceph" / "manifest.json").read_text())
 
 
 def tsv_for(osd):
@@ -40,39 +29,25 @@ def tsv_for(osd):
     return {p: int(n) for p, n in (r.split("\t") for r in rows if r.strip())}
 
 
-class Patched(Source):
-    """A source with some bytes replaced (damage injected without copying 2 GiB)."""
-
-    def __init__(self, base, patches):
-        super().__init__()
-        self.base, self.size, self.patches, self.label = base, base.size, patches, "patched"
-
-    def _read(self, offset, length):
-        buf = bytearray(self.base.read(offset, length))
-        for off, data in self.patches.items():
-            lo, hi = max(off, offset), min(off + len(data), offset + length)
-            if lo < hi:
-                buf[lo - offset:hi - offset] = data[lo - off:hi - off]
-        return bytes(buf)
 
 
 # -- label ------------------------------------------------------------------------------
 @pytest.mark.parametrize("osd", OSDS)
-def test_label_matches_manifest(root, manifest, osd):
-    want = next(o for o in manifest["cluster"]["osds"] if o["dir"].endswith(osd))
-    lab = read_label(FileSource(root / osd / "block"))
+def test_label_matches_manifest(ceph_root, ceph_manifest, osd):
+    want = next(o for o in ceph_manifest["cluster"]["osds"] if o["dir"].endswith(osd))
+    lab = read_label(FileSource(ceph_root / osd / "block"))
     assert lab.crc_ok and lab.description == "main"
-    assert str(lab.osd_uuid) == want["label"]["osd_uuid"] == (root / osd / "fsid").read_text().strip()
+    assert str(lab.osd_uuid) == want["label"]["osd_uuid"] == (ceph_root / osd / "fsid").read_text().strip()
     assert lab.size == want["label"]["size"]
-    assert lab.ceph_fsid == manifest["cluster"]["fsid"]
+    assert lab.ceph_fsid == ceph_manifest["cluster"]["fsid"]
     assert lab.whoami == want["id"]
     for k, v in want["label"].items():
         if k not in ("osd_uuid", "size", "btime", "description"):
             assert lab.meta[k] == v, k
 
 
-def test_label_damage(root):
-    block = (root / "osd.0" / "block").open("rb").read(4096)
+def test_label_damage(ceph_root):
+    block = (ceph_root / "osd.0" / "block").open("rb").read(4096)
     bad = bytearray(block)
     bad[0x100] ^= 1  # inside the meta map
     with pytest.raises(LabelError, match="crc mismatch"):
@@ -120,32 +95,32 @@ def test_denc_lba_and_lowz_known_values():
 
 # -- BlueFS ------------------------------------------------------------------------------
 @pytest.mark.parametrize("osd", ALL)
-def test_bluefs_file_table(root, osd):
-    fs = open_bluefs(FileSource(root / osd / "block"))
+def test_bluefs_file_table(ceph_root, osd):
+    fs = open_bluefs(FileSource(ceph_root / osd / "block"))
     assert {p: f.size for p, f in fs.files.items()} == tsv_for(osd)
     assert fs.damage == []
     assert fs.log_records > 100
-    assert fs.super.osd_uuid == read_label(FileSource(root / osd / "block")).osd_uuid
+    assert fs.super.osd_uuid == read_label(FileSource(ceph_root / osd / "block")).osd_uuid
 
 
-def test_bluefs_file_contents(root, manifest):
-    fs = open_bluefs(FileSource(root / "osd.0" / "block"))
+def test_bluefs_file_contents(ceph_root, ceph_manifest):
+    fs = open_bluefs(FileSource(ceph_root / "osd.0" / "block"))
     assert fs.read_file("sharding/def").decode() == \
-        manifest["cluster"]["osds"][0]["rocksdb_sharding"]
+        ceph_manifest["cluster"]["osds"][0]["rocksdb_sharding"]
     assert fs.read_file("db/CURRENT") == b"MANIFEST-000034\n"
     assert fs.listdir("db.wal") == ["000035.log"]
     with pytest.raises(BlueFSError, match="no file"):
         fs.open("db/nothere")
 
 
-def _super_block(root, osd="osd.0"):
-    with (root / osd / "block").open("rb") as f:
+def _super_block(ceph_root, osd="osd.0"):
+    with (ceph_root / osd / "block").open("rb") as f:
         f.seek(4096)
         return f.read(4096)
 
 
-def test_bluefs_super_damage(root):
-    block = bytearray(_super_block(root))
+def test_bluefs_super_damage(ceph_root):
+    block = bytearray(_super_block(ceph_root))
     sup = decode_super(bytes(block))
     assert sup.block_size == 4096 and sup.layout["shared_bdev"] == 1
     good = bytes(block)
@@ -159,28 +134,28 @@ def test_bluefs_super_damage(root):
         decode_super(bytes(broken))
     with pytest.raises(BlueFSError):
         decode_super(bytes(4096))
-    src = Patched(FileSource(root / "osd.0" / "block"), {4096: bytes(4096)})
+    src = PatchedSource(FileSource(ceph_root / "osd.0" / "block"), {4096: bytes(4096)})
     with pytest.raises(CephError):
         open_bluefs(src)
     with pytest.raises(BlueFSError, match="too small"):
         open_bluefs(BytesSource(b"x" * 5000))
 
 
-def _log_positions(root, osd="osd.0"):
+def _log_positions(ceph_root, osd="osd.0"):
     """(device offset of the log, [record offsets]) of the osd's BlueFS log."""
-    sup = decode_super(_super_block(root, osd))
+    sup = decode_super(_super_block(ceph_root, osd))
     (bdev, off, length), = sup.log_fnode.extents[:1]
     return off
 
 
-def test_bluefs_torn_log_tail(root):
+def test_bluefs_torn_log_tail(ceph_root):
     """A record with a broken crc ends the replay there; what came before stays."""
-    base = FileSource(root / "osd.0" / "block")
+    base = FileSource(ceph_root / "osd.0" / "block")
     good = open_bluefs(base)
-    log_off = _log_positions(root)
+    log_off = _log_positions(ceph_root)
     # break the op_bl of the last record: the replay stops before it and says so
     last = good.log_end - 4096
-    src = Patched(base, {log_off + last + 40: b"\xde\xad\xbe\xef"})
+    src = PatchedSource(base, {log_off + last + 40: b"\xde\xad\xbe\xef"})
     fs = open_bluefs(src)
     assert fs.log_records == good.log_records - 1
     assert [c for c, _ in fs.damage] == ["bluefs-log-bad-record"]
@@ -192,12 +167,12 @@ def test_bluefs_torn_log_tail(root):
         if patch is None:
             block = base.read(log_off + 4096 * 50, 4096)
             patch = block[:40] + bytes([block[40] ^ 0xFF]) + block[41:]
-        fs = open_bluefs(Patched(base, {log_off + 4096 * 50: patch}))
+        fs = open_bluefs(PatchedSource(base, {log_off + 4096 * 50: patch}))
         assert fs.log_records == good.log_records - 1
         assert [c for c, _ in fs.damage] == ["bluefs-log-skipped"]
         assert {p: f.size for p, f in fs.files.items()} == tsv_for("osd.0")
     # strict: the replay ends at the damaged record, as Ceph's does
-    fs = open_bluefs(Patched(base, {log_off + 4096 * 50: bytes(4096)}), strict=True)
+    fs = open_bluefs(PatchedSource(base, {log_off + 4096 * 50: bytes(4096)}), strict=True)
     assert fs.log_records == 50 and "uuid differs" in fs.stop_reason
 
 

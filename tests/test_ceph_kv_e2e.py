@@ -1,5 +1,5 @@
 """Part A's recovery paths end to end: a damaged OSD copy through pvfs.discover still
-gives every RBD image with its manifest sha256."""
+gives every RBD image with its ceph_manifest sha256."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pvfs.discover import Options, discover
 from pvfs.nodes import resolve
 
 from conftest import FIXTURES, sha256_source
-from test_ceph_bluefs import root  # noqa: F401 (shared fixture)
 
 
 def _damaged_copy(src, dst, patches):
@@ -31,13 +30,13 @@ def _damaged_copy(src, dst, patches):
     ("bluefs-super", {4096: bytes(4096)}, "bluefs-super-recovered"),
     ("label-crc", {586: b"\0\0\0\0"}, "bluestore-label-crc"),  # the stored crc of osd.0
 ])
-def test_damaged_osd_still_gives_every_image(root, tmp_path, what, patches, code):
-    manifest = json.loads((FIXTURES / "ceph" / "manifest.json").read_text())
-    bad = _damaged_copy(root / "osd.0" / "block", tmp_path / "osd0-block", patches)
-    ctx = discover([str(bad), str(root / "osd.1" / "block")], Options())
+def test_damaged_osd_still_gives_every_image(ceph_root, tmp_path, what, patches, code):
+    ceph_manifest = json.loads((FIXTURES / "ceph" / "manifest.json").read_text())
+    bad = _damaged_copy(ceph_root / "osd.0" / "block", tmp_path / "osd0-block", patches)
+    ctx = discover([str(bad), str(ceph_root / "osd.1" / "block")], Options())
     assert code in [e.code for e in ctx.report], [e.line() for e in ctx.report]
     n = 0
-    for im in manifest["images"]:
+    for im in ceph_manifest["images"]:
         node = resolve(ctx.root, f"storage/ceph/{im['pool']}/{im['name']}")
         assert node is not None and sha256_source(node.source) == im["sha256"], im["name"]
         n += 1

@@ -142,7 +142,7 @@ def test_onodes_equal_objectstore_tool_dump(ceph_dir, n):
         exts, broken = s.extents(key, on)
         assert not broken
         assert len(exts) == len(want["extents"])
-        for e, w in zip(exts, want["extents"]):
+        for e, w in zip(exts, want["extents"], strict=False):
             wb = w["blob"]
             assert (e.logical_offset, e.length, e.blob_offset) == \
                 (w["logical_offset"], w["length"], w["blob_offset"])
@@ -407,7 +407,7 @@ def test_layout_map_inverts(order, su_shift, sc, size, off, ln):
     ln = min(ln, size - off)
     total = 0
     for objno, o_off, pos, n in lay.map(off, ln):
-        assert 0 <= o_off and o_off + n <= osz
+        assert o_off >= 0 and o_off + n <= osz
         assert any(s <= pos and pos + n <= s + l for s, l in lay.object_ranges(objno))
         total += n
     assert total == ln

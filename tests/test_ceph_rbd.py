@@ -311,7 +311,7 @@ def test_damaged_metadata_uses_the_other_replica(ceph_dir, manifest, what):
     s0.kv = _DamagedKV(s0.kv, bad)
     seen = []
     for stores, ok in (([s0, s1], True), ([s0], False)):
-        c = Cluster(stores, report=lambda *a: seen.append(a))
+        c = Cluster(stores, report=lambda *a, seen=seen: seen.append(a))
         c.load_osdmap_from_osds()
         img = c.open_image_v2(2, im["name"], im["id"])
         src = c.image_source(img, None, "storage/ceph/rbd/vm-101-disk-0")
@@ -386,7 +386,7 @@ def test_fuzz_damaged_onodes_never_crash(ceph_dir):
         s0.kv = _DamagedKV(base_kv, bad)
         for eio in (False, True):
             seen = []
-            c = Cluster([s0], report=lambda *a: seen.append(a), bad="eio" if eio else "zero")
+            c = Cluster([s0], report=lambda *a, seen=seen: seen.append(a), bad="eio" if eio else "zero")
             c.load_osdmap_from_osds()
             for pool in c.pool_ids():
                 names, _ = c.list_images(pool)

@@ -23,7 +23,6 @@ from backends.ceph.rocksdb.writebatch import decode_write_batch
 from pvfs.source import BytesSource, FileSource, SliceSource
 
 from conftest import FIXTURES
-from test_ceph_bluefs import root  # noqa: F401 (shared fixture)
 
 GT = FIXTURES / "ceph" / "ground-truth"
 SETTINGS = settings(max_examples=200, deadline=None,
@@ -33,9 +32,9 @@ SETTINGS = settings(max_examples=200, deadline=None,
 _fs = {}
 
 
-def bluefs(root, name):
+def bluefs(ceph_root, name):
     if name not in _fs:
-        _fs[name] = open_bluefs(FileSource(root / name / "block"))
+        _fs[name] = open_bluefs(FileSource(ceph_root / name / "block"))
     return _fs[name]
 
 
@@ -53,16 +52,16 @@ def sst_truth():
 
 
 # -- SST tables against the fixture's table properties -------------------------------------
-def test_every_sst_matches_its_properties(root):
+def test_every_sst_matches_its_properties(ceph_root):
     truth = sst_truth()
     assert len(truth) == 3 * 3 + 8 + 1
     seen = 0
     for (section, path), (cf, cf_id, comp, entries) in truth.items():
         if section == "mon.a":
-            src = FileSource(root / "mon.a" / "store.db" / path)
+            src = FileSource(ceph_root / "mon.a" / "store.db" / path)
         else:
             name = "variants/osd.0-compacted" if "compacted" in section else section
-            src = bluefs(root, name).open(path)
+            src = bluefs(ceph_root, name).open(path)
         t = Table(src, path)
         assert (t.column_family_name, t.column_family_id) == (cf, cf_id)
         assert t.compression_name == comp == "NoCompression"
@@ -74,16 +73,16 @@ def test_every_sst_matches_its_properties(root):
     assert seen == len(truth)
 
 
-def test_sst_seek(root):
-    t = Table(bluefs(root, "variants/osd.0-compacted").open("db/000041.sst"), "41")
+def test_sst_seek(ceph_root):
+    t = Table(bluefs(ceph_root, "variants/osd.0-compacted").open("db/000041.sst"), "41")
     ents = list(t.iterate())
     mid = ents[100][0]
     assert list(t.iterate(mid))[0][0] == mid
     assert [e[0] for e in t.iterate(mid, ents[150][0])] == [e[0] for e in ents[100:150]]
 
 
-def test_sst_damage(root):
-    src = bluefs(root, "variants/osd.0-compacted").open("db/000040.sst")
+def test_sst_damage(ceph_root):
+    src = bluefs(ceph_root, "variants/osd.0-compacted").open("db/000040.sst")
     data = src.read(0, src.size)
     with pytest.raises(RocksDBError, match="not a block-based table"):
         Table(BytesSource(data[:-1] + b"\0"), "x")
@@ -100,12 +99,12 @@ def test_sst_damage(root):
 
 
 # -- WAL and MANIFEST --------------------------------------------------------------------
-def test_wal_records_and_batches(root):
-    fs = bluefs(root, "osd.0")
+def test_wal_records_and_batches(ceph_root):
+    fs = bluefs(ceph_root, "osd.0")
     src = fs.open("db.wal/000035.log")
     reader = LogReader(src, 35)
     nxt, ops = None, 0
-    for off, rec in reader:
+    for _off, rec in reader:
         seq, count, batch = decode_write_batch(rec)
         assert nxt is None or seq == nxt
         nxt = seq + count
@@ -113,8 +112,8 @@ def test_wal_records_and_batches(root):
     assert reader.stop is None and reader.records > 600 and ops > 2900
 
 
-def test_wal_damage(root):
-    src = bluefs(root, "osd.0").open("db.wal/000035.log")
+def test_wal_damage(ceph_root):
+    src = bluefs(ceph_root, "osd.0").open("db.wal/000035.log")
     data = bytearray(src.read(0, src.size))
     n_all = sum(1 for _ in LogReader(BytesSource(bytes(data)), 35))
     data[100_000] ^= 0x55
@@ -139,15 +138,15 @@ def test_recyclable_records():
     assert "stale" in r.stop[1]
 
 
-def test_manifest(root):
-    m = Manifest(bluefs(root, "osd.0").open("db/MANIFEST-000034"), 34)
+def test_manifest(ceph_root):
+    m = Manifest(bluefs(ceph_root, "osd.0").open("db/MANIFEST-000034"), 34)
     names = [c.name for c in m.live_column_families()]
     assert names == ["default", "m-0", "m-1", "m-2", "p-0", "p-1", "p-2", "O-0", "O-1", "O-2",
                      "L", "P"]
     live = {n: cf.name for cf in m.live_column_families() for n in cf.files}
     assert live == {28: "default", 31: "default", 32: "O-2"}
     assert m.damage == [] and m.comparator == "leveldb.BytewiseComparator"
-    mc = Manifest(bluefs(root, "variants/osd.0-compacted").open("db/MANIFEST-000045"), 45)
+    mc = Manifest(bluefs(ceph_root, "variants/osd.0-compacted").open("db/MANIFEST-000045"), 45)
     truth = sst_truth()
     assert {f"db/{n:06d}.sst": cf.name for cf in mc.live_column_families() for n in cf.files} \
         == {p: v[0] for (s, p), v in truth.items() if "compacted" in s}
@@ -235,7 +234,7 @@ def test_delta_encoded_index():
     keys = [b"a%03d" % i for i in range(6)]
     handles = [(0, 100), (105, 120), (230, 90), (325, 300), (630, 10), (645, 64)]
     out, restarts = bytearray(), []
-    for i, (k, (off, size)) in enumerate(zip(keys, handles)):
+    for i, (k, (off, size)) in enumerate(zip(keys, handles, strict=False)):
         if i % 3 == 0:
             restarts.append(len(out))
             out += encode_varint(0) + encode_varint(len(k)) + k
@@ -246,7 +245,7 @@ def test_delta_encoded_index():
             out += encode_varint(((delta << 1) ^ (delta >> 63)) & 0xFFFFFFFFFFFFFFFF)
     blk = bytes(out) + b"".join(struct.pack("<I", r) for r in restarts) + \
         struct.pack("<I", len(restarts))
-    assert list(iter_index_entries(blk, True)) == list(zip(keys, handles))
+    assert list(iter_index_entries(blk, True)) == list(zip(keys, handles, strict=False))
 
 
 def test_internal_key():

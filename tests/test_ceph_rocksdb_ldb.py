@@ -17,7 +17,6 @@ from backends.ceph.errors import RocksDBError
 from backends.ceph.kv import open_kv_dir, open_osd
 from pvfs.source import FileSource
 
-from test_ceph_bluefs import root  # noqa: F401 (shared fixture)
 
 LDB = shutil.which("ldb")
 pytestmark = pytest.mark.skipif(LDB is None, reason="ldb (Debian rocksdb-tools) is not installed")
@@ -34,18 +33,18 @@ def ldb_scan(db_dir, cf="default"):
     return rows
 
 
-def test_mon_store_equals_ldb(root, tmp_path):
+def test_mon_store_equals_ldb(ceph_root, tmp_path):
     db = tmp_path / "store.db"
-    shutil.copytree(root / "mon.a" / "store.db", db)  # ldb may write: never the fixture
-    mine = dict(open_kv_dir(root / "mon.a" / "store.db").db.iterate("default"))
+    shutil.copytree(ceph_root / "mon.a" / "store.db", db)  # ldb may write: never the fixture
+    mine = dict(open_kv_dir(ceph_root / "mon.a" / "store.db").db.iterate("default"))
     theirs = ldb_scan(db)
     assert len(theirs) == 440
     assert mine == theirs
 
 
 @pytest.mark.parametrize("name", ["osd.0", "osd.2"])
-def test_osd_column_families_equal_ldb(root, tmp_path, name):
-    o = open_osd(FileSource(root / name / "block"))
+def test_osd_column_families_equal_ldb(ceph_root, tmp_path, name):
+    o = open_osd(FileSource(ceph_root / name / "block"))
     db = tmp_path / "db"
     db.mkdir()
     for path in o.bluefs.files:

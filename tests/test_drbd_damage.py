@@ -322,7 +322,7 @@ def _exercise(src, location=INTERNAL, dev_size=None):
     for slot in md.used_slots():
         try:
             bm = read_bitmap(src, md, slot.bitmap_index)
-            assert all(0 <= o and o + n <= md.data_size for o, n in bm.ranges)
+            assert all(o >= 0 and o + n <= md.data_size for o, n in bm.ranges)
         except DrbdError:
             pass
     if md.al_size:
@@ -408,7 +408,7 @@ def test_fuzz_ranges_file(text):
     except UsageError:
         return
     for off, ln, node in out:
-        assert 0 <= off < 1 << 20 and 0 < ln and off + ln <= 1 << 20 and node in "AB"
+        assert 0 <= off < 1 << 20 and ln > 0 and off + ln <= 1 << 20 and node in "AB"
 
 
 @FUZZ
@@ -608,7 +608,7 @@ def test_fuzz_discovery_never_breaks(tmp_path, version, edits):
     ctx = discover([str(path), str(path)])  # the same image twice: a pair of itself
     bad = [d.line() for d in ctx.report if d.code in ("internal-error", "probe-failed")]
     assert bad == []
-    for name, node in ctx.storage("drbd").children().items():
+    for _name, node in ctx.storage("drbd").children().items():
         diff = node.get("diff.json")
         if diff is not None:
             json.loads(diff.render())

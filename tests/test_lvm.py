@@ -21,7 +21,7 @@ from conftest import FIXTURES, require_fixture, sha256_source, unpack
 from pvfs.discover import Context, Options, discover, finish, run_queue
 from pvfs.errors import UnreadableError
 from pvfs.nodes import resolve
-from pvfs.source import ExtentSource, FileSource, SliceSource, Source
+from pvfs.source import PatchedSource, ExtentSource, FileSource, SliceSource
 
 SYN = FIXTURES / "lvm-thin"
 REAL = FIXTURES / "lvm-thin-real"
@@ -47,21 +47,6 @@ def _pv(path, offset):
     return SliceSource(f, offset, f.size - offset, label="pv")
 
 
-class Patched(Source):
-    """``base`` with some byte ranges replaced (to damage a copy without writing)."""
-
-    def __init__(self, base, patches):
-        super().__init__()
-        self.base, self.size, self.label = base, base.size, "patched"
-        self.patches = patches  # {offset: bytes}
-
-    def _read(self, offset, length):
-        b = bytearray(self.base.read(offset, length))
-        for po, pb in self.patches.items():
-            lo, hi = max(offset, po), min(offset + length, po + len(pb))
-            if lo < hi:
-                b[lo - offset:hi - offset] = pb[lo - po:hi - po]
-        return bytes(b)
 
 
 # -- label, mda, generations --------------------------------------------------------
@@ -249,7 +234,7 @@ def test_damaged_superblock_recovers(syn):
 def _pool(path, m, patches=None):
     f = FileSource(path)
     lv = m["linear_volumes"]
-    base = f if not patches else Patched(f, patches)
+    base = f if not patches else PatchedSource(f, patches)
     tmeta = SliceSource(base, lv["data_tmeta"]["segments"][0]["disk_offset"],
                         lv["data_tmeta"]["size_bytes"])
     tdata = ExtentSource(lv["data_tdata"]["size_bytes"],
@@ -302,7 +287,7 @@ def _real_pool_with(real, patch_block, patch_at, data):
     ctx = Context(Options())
     f = FileSource(img)
     off = m["pv_offset_bytes"]
-    src = SliceSource(Patched(f, {tm + patch_block * 4096 + patch_at: data}), off,
+    src = SliceSource(PatchedSource(f, {tm + patch_block * 4096 + patch_at: data}), off,
                       f.size - off)
     ctx.add_volume(src, ctx.storage("files"), "p3", "storage/files", "partition",
                    children_home=None)
@@ -348,7 +333,7 @@ def test_unusable_metadata_still_exposes_tdata(syn, tmp_path):
     f = FileSource(d / "pve-disk.img")
     tm = m["thin_pool"]["tmeta_disk_offset_bytes"]
     off = m["gpt"]["pv_offset_bytes"]
-    src = SliceSource(Patched(f, {tm: bytes(4 << 20)}), off, f.size - off)
+    src = SliceSource(PatchedSource(f, {tm: bytes(4 << 20)}), off, f.size - off)
     ctx.add_volume(src, ctx.storage("files"), "p3", "storage/files", "partition",
                    children_home=None)
     run_queue(ctx)
@@ -408,7 +393,7 @@ def _check_against_xml(pool, xml):
         assert mp.mapped == mapped == pool.details[dev].mapped_blocks
         tv, td = _expand(runs)
         ov, od = _expand([(int(a), int(b), int(n), 0)
-                          for a, b, n in zip(mp.vstart, mp.dstart, mp.length)])
+                          for a, b, n in zip(mp.vstart, mp.dstart, mp.length, strict=False)])
         assert np.array_equal(tv, ov) and np.array_equal(td, od), dev
         assert mp.max_time == max(t for *_, t in runs)
 
@@ -480,7 +465,7 @@ def _drop_device_patches(real, dev):
         vals = [node.values[i * vs:(i + 1) * vs] for i, k in enumerate(node.keys.tolist())
                 if k != dev]
         struct.pack_into("<I", blk, 16, nr - 1)
-        for i, (k, v) in enumerate(zip(keys, vals)):
+        for i, (k, v) in enumerate(zip(keys, vals, strict=False)):
             struct.pack_into("<Q", blk, 32 + 8 * i, k)
             blk[32 + 8 * max_e + i * vs:32 + 8 * max_e + (i + 1) * vs] = v
         struct.pack_into("<I", blk, 0, dm_checksum(bytes(blk), S.BTREE_CSUM_XOR))
@@ -499,7 +484,7 @@ def test_regretted_lvremove_of_a_thin_lv_is_listed_under_removed(real, tmp_path)
     f = FileSource(img)
     tdo = m["lvs"]["data_tdata"]["segments"][0]["disk_offset"]
     tmo = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
-    tmeta = Patched(f, patches).read(tmo, 4 << 20)
+    tmeta = PatchedSource(f, patches).read(tmo, 4 << 20)
     tdata = f.read(tdo, 120 << 20)
     pool = lv("data", ['start_extent = 0\nextent_count = 1920\ntype = "thin-pool"\n'
                        'metadata = "data_tmeta"\npool = "data_tdata"\ntransaction_id = 3\n'
@@ -542,7 +527,7 @@ def test_lvm_thin_scan_finds_devices_no_generation_names(real, tmp_path):
     f = FileSource(img)
     tmo = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
     tdo = m["lvs"]["data_tdata"]["segments"][0]["disk_offset"]
-    tmeta = Patched(f, _drop_device_patches(real, 2)).read(tmo, 4 << 20)
+    tmeta = PatchedSource(f, _drop_device_patches(real, 2)).read(tmo, 4 << 20)
     pool = lv("data", ['start_extent = 0\nextent_count = 1920\ntype = "thin-pool"\n'
                        'metadata = "data_tmeta"\npool = "data_tdata"\ntransaction_id = 3\n'
                        'chunk_size = 128\n'])
@@ -578,7 +563,7 @@ def test_removed_thin_device_restored_from_older_trees(real):
     ctx = Context(Options())
     f = FileSource(img)
     off = m["pv_offset_bytes"]
-    ctx.add_volume(SliceSource(Patched(f, patches), off, f.size - off), ctx.storage("files"),
+    ctx.add_volume(SliceSource(PatchedSource(f, patches), off, f.size - off), ctx.storage("files"),
                    "p3", "storage/files", "partition", children_home=None)
     run_queue(ctx)
     finish(ctx)
@@ -621,7 +606,7 @@ def test_wiped_label_is_rebuilt_from_the_metadata_area(syn, wipe):
     patch = {pvoff + 0x218: bytes(8)} if wipe == "wipefs" else {pvoff + 512: bytes(512)}
     f = FileSource(d / "pve-disk.img")
     ctx = Context(Options())
-    ctx.add_volume(SliceSource(Patched(f, patch), pvoff, f.size - pvoff), ctx.storage("files"),
+    ctx.add_volume(SliceSource(PatchedSource(f, patch), pvoff, f.size - pvoff), ctx.storage("files"),
                    "p3", "storage/files", "partition", children_home=None)
     run_queue(ctx)
     finish(ctx)
@@ -635,7 +620,7 @@ def test_damaged_mda_header_ring_is_still_scanned(syn):
     d, m = syn
     pvoff = m["gpt"]["pv_offset_bytes"]
     f = FileSource(d / "pve-disk.img")
-    src = SliceSource(Patched(f, {pvoff + 4096: bytes(512)}), pvoff, f.size - pvoff)
+    src = SliceSource(PatchedSource(f, {pvoff + 4096: bytes(512)}), pvoff, f.size - pvoff)
     info = read_pv(src)
     assert [g.seqno for g in info.generations] == [8, 9]
     assert all(g.crc_ok is None for g in info.generations)  # no raw_locn: parse-validated
@@ -768,7 +753,7 @@ def test_real_pool_recovers_without_superblock_and_without_lvm_hints(real):
     f = FileSource(img)
     tm = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
     td = m["lvs"]["data_tdata"]["segments"][0]
-    pool = ThinPool(SliceSource(Patched(f, {tm: bytes(4096)}), tm, 4 << 20),
+    pool = ThinPool(SliceSource(PatchedSource(f, {tm: bytes(4096)}), tm, 4 << 20),
                     SliceSource(f, td["disk_offset"], td["length"]), hints={"chunk_size": 128})
     assert pool.recovered and sorted(pool.dev_roots) == [1, 2, 3]
     for name, dev in (("vm-100-disk-0", 1), ("vm-101-disk-0", 2),

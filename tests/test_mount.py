@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -11,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -139,9 +137,9 @@ def test_mapfile_bad_ranges_eio_zero_and_report(tmp_path):
         assert entries[("vms/102/disk-0.parts/p2", "unreadable-range")]["ranges"] == \
             [[bad_virtual - (1 << 20), 1024]]
         assert any(d["code"] == "read-eio" for d in doc["damage"])
-    with pvfs_mounted([damaged], mnt, "--bad", "zero"):
-        with open(mnt / "vms" / "102" / "disk-0.raw", "rb") as f:
-            assert os.pread(f.fileno(), 1024, bad_virtual) == bytes(1024)
+    with pvfs_mounted([damaged], mnt, "--bad", "zero"), \
+            open(mnt / "vms" / "102" / "disk-0.raw", "rb") as f:
+        assert os.pread(f.fileno(), 1024, bad_virtual) == bytes(1024)
 
 
 SERVE_SCRIPT = textwrap.dedent("""

@@ -49,7 +49,7 @@ def pbs_entries(ctx, severities=("error", "warning")):
 
 def copy_store(src, dst):
     shutil.copytree(src, dst)
-    for root, dirs, files in os.walk(dst):
+    for root, _dirs, files in os.walk(dst):
         os.chmod(root, 0o755)
         for f in files:
             os.chmod(os.path.join(root, f), 0o644)

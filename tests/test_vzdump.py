@@ -171,7 +171,7 @@ def test_fixture_tar_matches_gnu_tar_extraction(tmp_path):
     subprocess.run(["tar", "--sparse", "-xf", str(VZ / (TAR_STEM + ".zst")), "-C", str(out)], check=True)
     ctx = discover([str(VZ / (TAR_STEM + ".zst"))], opts(tmp_path / "idx"))
     n = 0
-    for root, dirs, files in os.walk(out):
+    for root, _dirs, files in os.walk(out):
         for f in files:
             full = os.path.join(root, f)
             if not os.path.isfile(full) or os.path.islink(full):
@@ -189,7 +189,7 @@ def make_vma(devices, configs, seed=1, per_extent=58, uuid=bytes(range(16))):
     """A VMA written from vma_spec.txt: header + blob buffer, shuffled clusters, masks."""
     head = vma_header(configs, {n: len(data) for n, data in devices.items()}, uuid)
     clusters = []
-    for dev_id, (n, data) in enumerate(devices.items(), 1):
+    for dev_id, (_n, data) in enumerate(devices.items(), 1):
         for c in range(-(-len(data) // 65536)):
             clusters.append((dev_id, c, data[c * 65536:(c + 1) * 65536].ljust(65536, b"\0")))
     random.Random(seed).shuffle(clusters)
@@ -285,7 +285,7 @@ def test_truncated_vma_zst_serves_everything_before(built, tmp_path):
     node = resolve(ctx.root, f"storage/files/{path.name}/drive-scsi0.raw")
     data = devs["drive-scsi0"]
     good = bad = 0
-    for off, group in extents:
+    for _off, group in extents:
         for dev_id, c, _ in group:
             if dev_id != 1:
                 continue
@@ -314,7 +314,7 @@ def test_corrupt_extent_in_plain_vma_resynchronises(built, tmp_path):
     lost = {c for dev_id, c, _ in group1 if dev_id == 1}
     later = [(dev_id, c) for _, g in extents[2:] for dev_id, c, _ in g if dev_id == 1]
     assert later
-    for dev_id, c in later:  # resynchronised: extents after the bad one are all there
+    for _dev_id, c in later:  # resynchronised: extents after the bad one are all there
         assert node.source.read(c * 65536, 65536) == data[c * 65536:(c + 1) * 65536]
     for c in lost:
         with pytest.raises(UnreadableError):
@@ -349,7 +349,7 @@ def test_corrupt_middle_zstd_frame_resynchronises(built, tmp_path):
     d, devs, vma, extents = built
     cut = [0, extents[4][0], extents[8][0], len(vma)]
     frames = [subprocess.run(["zstd", "-q", "-c"], input=vma[a:b], capture_output=True, check=True).stdout
-              for a, b in zip(cut, cut[1:])]
+              for a, b in zip(cut, cut[1:], strict=False)]
     mid = bytearray(frames[1])
     mid[len(mid) // 2] ^= 0xFF
     path = tmp_path / "vzdump-qemu-700-2024_02_02-02_02_02.vma.zst"
@@ -399,7 +399,7 @@ def _make_tar(tree_dir, path, comp):
 
 def _expected_files(tree_dir):
     out = {}
-    for root, dirs, files in os.walk(tree_dir):
+    for root, _dirs, files in os.walk(tree_dir):
         for f in files:
             full = os.path.join(root, f)
             if os.path.islink(full) or not os.path.isfile(full):
@@ -499,7 +499,7 @@ def test_fuzz_vma(data, cut):
     try:
         hdr, cmap, problems = index_vma([(0, raw)])
         src = BytesSource(raw)
-        for dev_id, (name, size) in hdr.devices.items():
+        for dev_id, (_name, size) in hdr.devices.items():
             dev = VmaDevice(src, size, cmap.offsets[dev_id], cmap.masks[dev_id], bad="zero")
             dev.read(0, min(size, 1 << 20))
             dev.block_status()

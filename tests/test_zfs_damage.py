@@ -6,7 +6,6 @@ is written.  Every read either returns the manifest's bytes or raises EIO
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 
@@ -18,31 +17,14 @@ from backends.zfs.backend import ZfsBackend
 from backends.zfs.blkptr import BlkPtr
 from backends.zfs.pool import Pool
 from backends.zfs.vdev import Leaf
-from pvfs.discover import Context, Options, Volume, run_queue
+from pvfs.discover import Context, Options, Volume
 from pvfs.errors import UnreadableError
-from pvfs.nodes import Dir, File, resolve
-from pvfs.source import BytesSource, FileSource, SliceSource, Source
+from pvfs.nodes import resolve
+from pvfs.source import PatchedSource, BytesSource, FileSource, SliceSource
 
 from conftest import FIXTURES, require_fixture, sha256_source, unpack
 
 
-class Overlay(Source):
-    """A source with some byte ranges replaced (in memory)."""
-
-    def __init__(self, parent, patches, size=None):
-        super().__init__()
-        self.parent = parent
-        self.patches = sorted(patches.items())  # offset -> bytes
-        self.size = parent.size if size is None else size
-        self.label = f"overlay({parent.label})"
-
-    def _read(self, offset, length):
-        data = bytearray(self.parent.read(offset, length))
-        for off, blob in self.patches:
-            lo, hi = max(off, offset), min(off + len(blob), offset + length)
-            if lo < hi:
-                data[lo - offset:hi - offset] = blob[lo - off:hi - off]
-        return bytes(data)
 
 
 def _open_pool(sources, bad=None):
@@ -125,7 +107,7 @@ def test_mirror_with_both_members_zeroed_in_the_data_area():
     ditto copies elsewhere (repairs reported), data blocks there are EIO, the rest reads."""
     d0, d1 = _members("fxmirror.tar.xz")
     zero = {4 << 20: bytes(8 << 20)}
-    ctx = _open_pool([Overlay(d0, zero), Overlay(d1, zero)])
+    ctx = _open_pool([PatchedSource(d0, zero), PatchedSource(d1, zero)])
     good, eio = _read_all(ctx, "storage/zfs/fxmirror", _files("fxmirror.json", "fxmirror"))
     assert good > 1000 and eio > 0
     codes = {e.code for e in ctx.report}
@@ -142,7 +124,7 @@ def test_fuzz_corrupt_raidz1_members(patches):
     over = [{} for _ in members]
     for m, off, blob in patches:
         over[m][off] = blob
-    ctx = _open_pool([Overlay(src, o) for src, o in zip(members, over)])
+    ctx = _open_pool([PatchedSource(src, o) for src, o in zip(members, over, strict=False)])
     files = _files_cached()
     root = resolve(ctx.root, "storage/zfs/fxraidz1")
     if root is None:
@@ -233,8 +215,8 @@ def test_two_damaged_images_of_the_same_disk_complete_each_other():
     d0, d1 = _members("fxstripe.tar.xz")
     hole_a = {4 << 20: bytes(6 << 20)}
     hole_b = {10 << 20: bytes(6 << 20)}
-    only_a = _open_pool([Overlay(d0, hole_a), d1])
-    both = _open_pool([Overlay(d0, hole_a), Overlay(d0, hole_b), d1])
+    only_a = _open_pool([PatchedSource(d0, hole_a), d1])
+    both = _open_pool([PatchedSource(d0, hole_a), PatchedSource(d0, hole_b), d1])
     files = _files("fxstripe.json", "fxstripe")
     good_a, eio_a = _read_all(only_a, "storage/zfs/fxstripe", files)
     good, eio = _read_all(both, "storage/zfs/fxstripe", files)
@@ -247,7 +229,7 @@ def test_member_with_its_front_labels_wiped_still_joins_its_pool():
     partitioning tool): labels 2/3 at the end identify it; every file reads back and
     the lost labels are reported."""
     members = _members("fxraidz1.tar.xz")
-    wiped = Overlay(members[0], {0: b"\x55" * (512 * 1024)})
+    wiped = PatchedSource(members[0], {0: b"\x55" * (512 * 1024)})
     ctx = _open_pool([wiped] + members[1:])
     files = _files("fxraidz1.json", "fxraidz1")
     good, eio = _read_all(ctx, "storage/zfs/fxraidz1", dict(list(files.items())[::5]))

@@ -3,7 +3,6 @@ RAIDZ math, and bounded fuzzing of every parser (part A of the ZFS backend)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import zlib
@@ -17,7 +16,6 @@ from backends.zfs.errors import ZfsError
 from backends.zfs.label import label_offset, parse_uberblock, read_labels, verify_eck
 from backends.zfs.nvlist import NvlistError, unpack_nvlist
 from backends.zfs.objset import Dnode
-from pvfs.errors import PvfsError
 from pvfs.source import BytesSource, FileSource
 
 from conftest import FIXTURES, require_fixture, unpack

@@ -118,7 +118,7 @@ def build_fat_zap(entries, bs=4096, prefix_bits=1, external=False, order="<", sa
         chunks = []
         hashtab = [0xFFFF] * nhash
 
-        def array(data):
+        def array(data, chunks=chunks):
             first = len(chunks)
             pieces = [data[i:i + 21] for i in range(0, len(data), 21)] or [b""]
             for k, p in enumerate(pieces):

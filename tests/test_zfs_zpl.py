@@ -69,12 +69,12 @@ def _modern_manifest():
                 p = e["path"].strip("/")
                 ents[p] = e
             out[name] = ents
-        for name, d in pool["datasets"].items():
+        for name in pool["datasets"]:
             out.setdefault(name, None)
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _open(images: tuple, keys: tuple = ()):
     return discover(list(images), Options(backend_options={"zfs_key": list(keys)}))
 

@@ -79,7 +79,7 @@ class FNode:
     def allocated(self) -> int:
         return sum(e[2] for e in self.extents)
 
-    def copy(self) -> "FNode":
+    def copy(self) -> FNode:
         return FNode(self.ino, self.size, self.mtime, list(self.extents), self.encoding,
                      self.content_size)
 
@@ -423,7 +423,7 @@ class BlueFS:
         dirs, inodes = self.dirs, self.inodes
         while r.remaining():
             op = r.u8()
-            if op == OP_INIT or op == OP_NONE:
+            if op in (OP_INIT, OP_NONE):
                 pass
             elif op in (OP_ALLOC_ADD, OP_ALLOC_RM):
                 r.skip(1 + 8 + 8)  # legacy: u8 id, u64 offset, u64 length

@@ -199,7 +199,7 @@ class Reader:
             raise self.error(f"decoded past the end of a structure body ({self.pos} > {body_end})")
         self.pos = body_end
 
-    def sub(self, body_end) -> "Reader":
+    def sub(self, body_end) -> Reader:
         """A reader limited to ``[pos, body_end)``; advances this one past it."""
         r = Reader(self.buf, self.pos, body_end, self.error)
         self.pos = body_end

@@ -293,6 +293,6 @@ class ObjectSource(Source):
             i += 1
         if pos < end:
             out.append((pos, end - pos, UNMAPPED))
-        for b_off, b_len, _ in self.broken:
+        for _b_off, _b_len, _ in self.broken:
             pass  # reads fail there; block status stays as mapped
         return out

@@ -337,9 +337,8 @@ def decode_compression_header(data) -> tuple[int, int, int | None, int]:
     typ = b.u8()
     length = b.u32()
     msg = None
-    if struct_v >= 2 and b.remaining() > 0:
-        if b.u8():
-            msg = b.s32()
+    if struct_v >= 2 and b.remaining() > 0 and b.u8():
+        msg = b.s32()
     if length > len(data) - c.pos:
         raise OnodeError(f"compressed blob: payload of {length} bytes, "
                           f"only {len(data) - c.pos} stored")

@@ -455,7 +455,7 @@ class Cluster:
         """Pool names and pg_num from the newest ``osdmap.<epoch>`` object on any OSD."""
         best = []
         for st in self.stores:
-            for (p, ns, name), snaps in st.other.items():
+            for (p, _ns, name), snaps in st.other.items():
                 if p != -1 or not name.startswith(b"osdmap."):
                     continue
                 try:
@@ -465,7 +465,7 @@ class Cluster:
                 for _snap, key in snaps.items():
                     best.append((epoch, st, key))
         best.sort(key=lambda t: -t[0])
-        for epoch, st, key in best[:8]:
+        for _epoch, st, key in best[:8]:
             try:
                 m = decode_osdmap(st.read_small(key))
             except (CephError, UnreadableError):
@@ -670,7 +670,7 @@ class Cluster:
             snaps.append((sid, ssize))
             pos += 16
         names = data[pos:pos + names_len].split(b"\0")
-        for (sid, ssize), sname in zip(snaps, names):
+        for (sid, ssize), sname in zip(snaps, names, strict=False):
             img.snaps.append(RbdSnapshot(sid, sname.decode("utf-8", "replace"), ssize))
         return img
 
@@ -805,7 +805,7 @@ class Cluster:
             def cb(code, msg, ranges):
                 out = []
                 for o, n in ranges:
-                    for io, _o_off, ipos, ln in _object_to_image(layout, objno, o, n):
+                    for _io, _o_off, ipos, ln in _object_to_image(layout, objno, o, n):
                         out.append((ipos, ln))
                 report("error", path, code, msg, out)
             return cb

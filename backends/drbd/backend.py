@@ -308,9 +308,7 @@ def _option_for(ctx, key, resource, what):
     found = None
     for text in ctx.options.get(key) or []:
         res, value = _split_spec(text, what)
-        if res is None and found is None:
-            found = value
-        elif res == resource:
+        if res is None and found is None or res == resource:
             found = value
     return found
 

@@ -350,7 +350,7 @@ def check_layout(md: DrbdMeta, md_size: int, data_dev_size: int):
         # shorter one is a truncated image, reported by the backend, not a smaller size)
         max_bits = bm_room * 8 // 32 // md.max_peers * 32
         md.max_usable = max_bits * bpb if md.bm_usable else data_dev_size
-    if md.al_size and not (0 <= md.al_offset and md.al_offset + md.al_size <= md_size):
+    if md.al_size and not (md.al_offset >= 0 and md.al_offset + md.al_size <= md_size):
         p.append("activity log lies outside the meta-data device; not read")
         md.al_size = 0
     if md.bm_usable and md.bm_offset + 4096 > md_size:
@@ -454,7 +454,7 @@ def read_bitmap(md_source, md: DrbdMeta, bitmap_index: int) -> BitmapInfo:
                 edge = np.diff(np.concatenate((zero, bits.view(np.int8), zero)))
                 starts = np.flatnonzero(edge == 1)
                 ends = np.flatnonzero(edge == -1)
-                for s, e in zip((starts + first).tolist(), (ends + first).tolist()):
+                for s, e in zip((starts + first).tolist(), (ends + first).tolist(), strict=False):
                     if runs and runs[-1][0] + runs[-1][1] == s:
                         runs[-1][1] += e - s
                     elif len(runs) >= MAX_BM_RANGES:

@@ -293,7 +293,7 @@ def merged_extents(size, default, overrides):
     bounds = sorted({0, size, *(o for o, _, _ in overrides), *(o + n for o, n, _ in overrides)})
     starts = sorted((o, i) for i, (o, _, _) in enumerate(overrides))
     heap, si, out = [], 0, []
-    for seg_start, seg_end in zip(bounds, bounds[1:]):
+    for seg_start, seg_end in zip(bounds, bounds[1:], strict=False):
         while si < len(starts) and starts[si][0] <= seg_start:
             i = starts[si][1]
             heapq.heappush(heap, (-i, overrides[i][0] + overrides[i][1]))

@@ -179,14 +179,14 @@ al_transaction_header = Struct(
 #: The whole 4 KiB ``al_transaction_on_disk`` for ``struct``: header, then
 #: ``update_slot_nr[64]`` (u16), ``update_extent_nr[64]`` (u32),
 #: ``context[919]`` (u32).  Parsed with struct, not construct (1047 numbers).
-AL_TRANSACTION = struct.Struct(">IIIHHHH16x%dH%dI%dI" % (
-    AL_UPDATES_PER_TRANSACTION, AL_UPDATES_PER_TRANSACTION, AL_CONTEXT_PER_TRANSACTION))
+AL_TRANSACTION = struct.Struct(f">IIIHHHH16x{AL_UPDATES_PER_TRANSACTION}H"
+                               f"{AL_UPDATES_PER_TRANSACTION}I{AL_CONTEXT_PER_TRANSACTION}I")
 assert AL_TRANSACTION.size == 4096
 
 #: ``struct al_sector_on_disk`` (drbdmeta.c, DRBD 0.7 - 8.3 activity log): 512-byte
 #: sectors of ``magic`` (DRBD_MAGIC), ``tr_number``, ``updates[62]`` of
 #: ``(pos, extent)``, ``xor_sum`` (of the 62 extents) and ``pad``.
 AL_EXTENTS_PT = 61
-AL_SECTOR_07 = struct.Struct(">II%dIII" % (2 * (AL_EXTENTS_PT + 1)))
+AL_SECTOR_07 = struct.Struct(f">II{2 * (AL_EXTENTS_PT + 1)}III")
 assert AL_SECTOR_07.size == 512
 MD_AL_MAX_SECT_07 = 64

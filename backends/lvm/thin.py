@@ -330,7 +330,7 @@ class ThinMetadata:
             while j < n and j - i < max_run and blocks[j] == blocks[j - 1] + 1:
                 j += 1
             first, cnt = blocks[i], j - i
-            if cnt > 1 and 0 <= first and first + cnt <= self.nr_blocks:
+            if cnt > 1 and first >= 0 and first + cnt <= self.nr_blocks:
                 try:
                     data = self.tmeta.read(first * BLOCK, cnt * BLOCK)
                 except UnreadableError:
@@ -677,7 +677,7 @@ class Recovery:
             for r in self.roots_of("top", only_current=False):
                 w = self.md.walk(r, 8)
                 self._tops[r] = dict(zip(w.keys.tolist(),
-                                         np.frombuffer(w.values, "<u8").tolist()))
+                                         np.frombuffer(w.values, "<u8").tolist(), strict=False))
         return self._tops
 
     def device_roots(self, dev):
@@ -788,7 +788,7 @@ class ThinPool:
         if dw.unknown or tw.unknown:
             return False
         self.details = details_from_walk(dw)
-        self.dev_roots = dict(zip(tw.keys.tolist(), np.frombuffer(tw.values, "<u8").tolist()))
+        self.dev_roots = dict(zip(tw.keys.tolist(), np.frombuffer(tw.values, "<u8").tolist(), strict=False))
         return True
 
     def _scan_once(self):
@@ -945,7 +945,7 @@ class ThinPool:
         for r, pref in sources:
             w = self.md.walk(r, 8, cache_leaves=False)
             v = np.frombuffer(w.values, "<u8")
-            for k, val in zip(w.keys.tolist(), v.tolist()):
+            for k, val in zip(w.keys.tolist(), v.tolist(), strict=False):
                 if any(lo <= k and (hi is None or k < hi) for lo, hi in unknown):
                     rank = (val & 0xFFFFFF, pref)
                     old = best.get(k)

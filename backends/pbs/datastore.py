@@ -101,7 +101,7 @@ class State:
         self.early: list = []  # read failures before it (probes of other backends): deferred
 
 
-_STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def state_for(ctx) -> State:
@@ -508,7 +508,7 @@ def check_chunks(ctx, verify="exists"):
     if state.ref_prefixes is not None:
         prefixes = np.concatenate((state.ref_prefixes, prefixes))
     prefixes = state.ref_prefixes = np.unique(prefixes)
-    for name, root, tpath, fs in new_stores:
+    for _name, root, tpath, fs in new_stores:
         orphans = bad_files = 0
         chunks = fs.join(root, ".chunks")
         for d in fs.listdir(chunks):

@@ -300,7 +300,7 @@ class Qcow2Image:
             self.problems.append((sev, code, f"in backing file {name!r}: {msg}"))
         return img.disk()
 
-    def disk(self, snapshot: Snapshot | None = None) -> "Qcow2Disk":
+    def disk(self, snapshot: Snapshot | None = None) -> Qcow2Disk:
         if snapshot is None:
             return Qcow2Disk(self, self.hdr.l1_table_offset, self.hdr.l1_size, self.hdr.size,
                              label=os.path.basename(self.path or "qcow2"))
@@ -548,7 +548,7 @@ class Qcow2Disk(Source):
         ends = np.concatenate((edges, [len(kind)]))
         base = (offset >> self.cluster_bits) << self.cluster_bits
         out = []
-        for a, b in zip(starts.tolist(), ends.tolist()):
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=False):
             lo = max(offset, base + a * cs)
             hi = min(offset + length, base + b * cs)
             k = int(kind[a])

@@ -182,7 +182,7 @@ def acl_text_to_xattr(text):
         if len(parts) < 3 or parts[0] not in ACL_TAGS:
             continue
         tag_obj, tag_named = ACL_TAGS[parts[0]]
-        perm = sum(bit for ch, bit in zip(parts[2][:3].ljust(3, "-"), (4, 2, 1)) if ch != "-")
+        perm = sum(bit for ch, bit in zip(parts[2][:3].ljust(3, "-"), (4, 2, 1), strict=False) if ch != "-")
         if parts[1]:
             ident = parts[3] if len(parts) > 3 and parts[3].isdigit() else parts[1]
             if not ident.isdigit():

@@ -63,7 +63,7 @@ class VmaHeaderInfo:
         names = struct.unpack(">256I", h.config_names)
         datas = struct.unpack(">256I", h.config_data)
         self.problems = []
-        for i, (np_, dp) in enumerate(zip(names, datas)):
+        for i, (np_, dp) in enumerate(zip(names, datas, strict=False)):
             if not np_ and not dp:
                 continue
             try:
@@ -316,7 +316,7 @@ class VmaDevice(Source):
         ends = np.concatenate((change, [len(st)])).tolist()
         names = (DATA, ZERO, UNREADABLE)
         out = []
-        for a, b in zip(starts, ends):
+        for a, b in zip(starts, ends, strict=False):
             lo = max(offset, (c0 + a) * VMA_CLUSTER_SIZE)
             hi = min(end, (c0 + b) * VMA_CLUSTER_SIZE)
             out.append((lo, hi - lo, names[st[a]]))

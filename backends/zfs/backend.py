@@ -151,7 +151,7 @@ class ZfsBackend(Backend):
         if placed is not None and len(usable) > 1:
             pool_dir, ppath = placed
             txgdir = pool_dir.subdir(".zfs", mode=0o555).subdir("txg", mode=0o555)
-            for oub, omos in usable[:MAX_TXG_VIEWS]:
+            for oub, _omos in usable[:MAX_TXG_VIEWS]:
                 if oub.txg == ub.txg:
                     continue
                 vpath = f"{ppath}/.zfs/txg/{oub.txg}"

@@ -192,7 +192,7 @@ class CryptoKeyObject:
         self.iv = raw("DSL_CRYPTO_IV", 12)
         self.mac = raw("DSL_CRYPTO_MAC", MAC_LEN)
 
-    def unwrap(self, wkey: bytes) -> "DatasetCrypt":
+    def unwrap(self, wkey: bytes) -> DatasetCrypt:
         """``zio_crypt_key_unwrap``: check the MAC and return the dataset's keys."""
         AESGCM, AESCCM = _aead()
         if self.version == 0:
@@ -249,7 +249,7 @@ def _key_dict(keys) -> dict[str, str]:
     return parse_key_options(keys)
 
 
-def dataset_crypt(mos, dataset: str, key_obj: int, keys) -> "DatasetCrypt | None":
+def dataset_crypt(mos, dataset: str, key_obj: int, keys) -> DatasetCrypt | None:
     """The decryptor of ``dataset`` or None when the user gave no key for it.
 
     ``keys``: ``{"pool/ds": "secret"}`` or the raw ``--zfs-key`` list.  Raises
@@ -278,7 +278,7 @@ def dataset_crypt(mos, dataset: str, key_obj: int, keys) -> "DatasetCrypt | None
     raise WrongKeyError("; ".join(errors))
 
 
-def crypt_for(pool, ds, keys, ctx=None) -> "DatasetCrypt | None":
+def crypt_for(pool, ds, keys, ctx=None) -> DatasetCrypt | None:
     """Part A's call: the decryptor of DSL dataset ``ds`` (``ds.name``, ``ds.dirobj``,
     ``ds.crypto_key_obj``) in ``pool`` (``pool.mos``), or None without a key."""
     mos = pool.mos

@@ -160,7 +160,7 @@ class Pool:
                     return data
                 tried += 1
                 continue
-            for n, cand in enumerate(self._candidates(dva, bp.psize)):
+            for _n, cand in enumerate(self._candidates(dva, bp.psize)):
                 tried += 1
                 if len(cand) == bp.psize and self._verify(bp, cand):
                     if tried > 1:

@@ -150,8 +150,8 @@ def reconstruct(parity: list, data: list, sizes: list, erased: list):
         for i in range(k):
             if i != col and a[i][col]:
                 fct = a[i][col]
-                a[i] = [x ^ gf_mul(fct, y) for x, y in zip(a[i], a[col])]
-                inv[i] = [x ^ gf_mul(fct, y) for x, y in zip(inv[i], inv[col])]
+                a[i] = [x ^ gf_mul(fct, y) for x, y in zip(a[i], a[col], strict=False)]
+                inv[i] = [x ^ gf_mul(fct, y) for x, y in zip(inv[i], inv[col], strict=False)]
     out = list(data)
     for m, e in enumerate(erased):
         acc = np.zeros(n, dtype=np.uint8)

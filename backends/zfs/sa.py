@@ -161,7 +161,7 @@ class SaRegistry:
         self.layouts.setdefault(1, [])
 
     @classmethod
-    def standard(cls, why: str) -> "SaRegistry":
+    def standard(cls, why: str) -> SaRegistry:
         """The ZPL's own numbering and guessed layouts, for a dataset whose SA master
         node, registry and layouts are lost."""
         out = cls({n: (name, ln, 0) for n, (name, ln) in enumerate(ZPL_ATTRS)}, {},
@@ -170,7 +170,7 @@ class SaRegistry:
         return out
 
     @classmethod
-    def load(cls, objset, sa_master_obj: int) -> "SaRegistry":
+    def load(cls, objset, sa_master_obj: int) -> SaRegistry:
         """Read ``REGISTRY`` and ``LAYOUTS`` below the SA master node.
 
         A lost registry is replaced by the ZPL's standard numbering, lost layouts are
@@ -347,9 +347,8 @@ def _plausible(attrs: dict, order: str) -> bool:
     if count is not None and aces is not None and not (8 * count <= len(aces) <= 48 * count):
         return False
     dx = attrs.get("ZPL_DXATTR")
-    if dx is not None and (len(dx) < 4 or dx[0] != 1):  # an XDR-encoded nvlist
-        return False
-    return True
+    # ZPL_DXATTR, when present, is an XDR-encoded nvlist
+    return dx is None or (len(dx) >= 4 and dx[0] == 1)
 
 
 _STANDARD = None

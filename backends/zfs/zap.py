@@ -322,7 +322,7 @@ class _Fat:
         return out
 
     # -- leaves -------------------------------------------------------------
-    def read_leaf(self, blk: int) -> "_Leaf":
+    def read_leaf(self, blk: int) -> _Leaf:
         data = _read(self.dnode, blk * self.bs, self.bs, f"fat ZAP leaf block {blk}")
         return _Leaf(data, self.order, blk, self.flags)
 

@@ -112,7 +112,7 @@ class LogReader:
                     typ -= kRecyclableFullType - kFullType if typ <= kRecyclableLastType else 0
                 data = block[payload_start:payload_start + length]
                 pos = payload_start + length
-                if typ == kFullType or typ == kFirstType:
+                if typ in (kFullType, kFirstType):
                     if pending:
                         bad = (rec_off, "a new record inside a fragmented record")
                         if not self.resync:
@@ -129,7 +129,7 @@ class LogReader:
                     else:
                         bad = None
                         pending, pending_len, pending_start = [data], len(data), rec_off
-                elif typ == kMiddleType or typ == kLastType:
+                elif typ in (kMiddleType, kLastType):
                     if not pending:
                         if self.resync:
                             continue  # the rest of a record lost at a damaged spot

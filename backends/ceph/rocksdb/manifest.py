@@ -233,7 +233,7 @@ class Manifest:
         if e.min_log_number_to_keep is not None:
             self.min_log_number_to_keep = max(self.min_log_number_to_keep,
                                               e.min_log_number_to_keep)
-        for level, number in e.deleted_files:
+        for _level, number in e.deleted_files:
             cf.files.pop(number, None)
         for f in e.new_files:
             cf.files[f.number] = f
