@@ -20,7 +20,8 @@ from .damage import DamageReport
 from .errors import PvfsError, UnreadableError
 from .fsprobe import detect_filesystem
 from .namespace import OsFiles, TreeFiles
-from .nodes import Dir, File
+from .guestfs import GuestFilesystem
+from .nodes import Dir, File, resolve
 from .proxmox import parse_volname
 from .source import BAD_EIO, FileSource
 
@@ -65,7 +66,7 @@ class Volume:
         self.depth = 0 if parent is None else parent.depth + 1
         self.input_path = input_path
         self.homes: list[Home] = []
-        self.children: list[tuple[str, "Volume"]] = []
+        self.children: list[tuple[str, Volume]] = []
         self.claimed_by: str | None = None
         self.info: dict = {}
         self.filesystem: str | None = None
@@ -74,6 +75,9 @@ class Volume:
         self.timeline = None  # set on one of several copies of the same data (DRBD nodes)
         self.files = None  # pvfs.namespace object to find files an image names (backing files)
         self.file_path = None  # this volume's path in ``files``
+        self.guestfs: GuestFilesystem | None = None  # the guest filesystem opened on it
+        self.guestfs_root: Dir | None = None
+        self.files_paths: list[str] = []  # where its files are shown
 
     def __repr__(self):
         return f"<Volume {self.path} {self.role}>"
@@ -100,6 +104,7 @@ class Context:
         self.has_bad_ranges = False  # some opened file has a ddrescue mapfile
         self.scanned_storage_dirs: set = set()  # pvfs/treestorage.py: storages already taken
         self.probed_node_dirs: set = set()  # ... and directories already offered to probe_node
+        self.filesystems: list[Volume] = []  # volumes whose guest filesystem was opened
 
     # -- options -----------------------------------------------------------
     def bad(self, default=BAD_EIO):
@@ -195,6 +200,56 @@ class Context:
         self.add_proxmox_disk(stem, vol, snapshot=snapshot, mtime=mtime)
         return vol
 
+    # -- guest filesystems --------------------------------------------------------
+    def add_filesystem(self, volume: Volume, fs: GuestFilesystem) -> list[str]:
+        """Show the files of guest filesystem ``fs`` found on ``volume``.
+
+        The tree goes beside every place the volume is shown: a partition's
+        files into ``<disk>.files/<pk>/``, a whole volume's into
+        ``<name>.files/`` (``vms/100/disk-0.files/``, ``storage/lvm/pve/root.files/``).
+        A Proxmox volume that is one bare filesystem is a container's rootfs; it
+        also lands at ``cts/<vmid>/rootfs/`` (in :func:`finish`).  Returns the
+        tree paths used.
+        """
+        root = fs.root()
+        volume.filesystem = fs.info.fstype
+        volume.guestfs = fs
+        volume.guestfs_root = root
+        self.filesystems.append(volume)
+        used_paths = []
+        for place in [volume.path, *volume.vm_paths]:
+            dpath, _, name = place.rpartition("/")
+            target = self._files_place(volume, dpath, name)
+            if target is None:
+                continue
+            base_path, parts = target
+            d = resolve(self.root, base_path)
+            if not isinstance(d, Dir):
+                continue
+            for part in parts[:-1]:
+                d = d.subdir(part)
+            tdir_path = "/".join([base_path, *parts[:-1]])
+            used = d.add(parts[-1], root, report=self.report, path_hint=tdir_path)
+            used_paths.append(f"{tdir_path}/{used}")
+        volume.files_paths = used_paths
+        return used_paths
+
+    def _files_place(self, volume: Volume, dpath: str,
+                     name: str) -> tuple[str, list[str]] | None:
+        """Where the files of the filesystem shown at ``dpath/name`` go: an existing
+        directory and the names below it."""
+        if volume.role == "partition" and volume.parent is not None:
+            if dpath.endswith(".parts"):  # vms/100/disk-0.parts/p1 -> vms/100/disk-0.files/p1
+                head, _, stem = dpath[: -len(".parts")].rpartition("/")
+                return head, [f"{_stem(stem)}.files", name]
+            for ppath in [volume.parent.path, *volume.parent.vm_paths]:
+                phead, _, pname = ppath.rpartition("/")
+                if phead == dpath:  # storage/files/a.qcow2/p1 beside .../disk.raw
+                    return dpath, [f"{_stem(pname)}.files", name]
+        if not dpath:
+            return None
+        return dpath, [f"{_stem(name)}.files"]
+
     # -- Proxmox view ------------------------------------------------------------
     def add_proxmox_disk(self, volname: str, volume: Volume, snapshot: str | None = None,
                          mtime=None) -> bool:
@@ -249,6 +304,13 @@ class Context:
         if self.progress is not None:
             done = sum(1 for v in self.volumes if v not in self.queue)
             self.progress.update(text, completed=done, total=len(self.volumes))
+
+
+def _stem(name: str) -> str:
+    for ext in (".raw", ".img"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
 
 
 def timeline_of(volume):
@@ -484,14 +546,62 @@ def finish(ctx):
     # A Proxmox disk with a bare filesystem and no partition table: a container volume.
     for vol in ctx.volumes:
         pm = vol.info.get("proxmox")
-        if not pm or vol.claimed_by is not None or vol.filesystem in (None, "swap"):
+        if not pm or vol.filesystem in (None, "swap"):
             continue
+        if vol.claimed_by is not None and vol.guestfs is None:
+            continue  # a partition table, a PV ...: not a rootfs
         cdir, cpath = ctx.container_dir(pm["vmid"], pm.get("snapshot"))
         fname = "rootfs.raw" if "rootfs.raw" not in cdir.children() else f"disk-{pm['disk']}.raw"
         used = cdir.add(fname, File(vol.source), report=ctx.report, path_hint=cpath)
         vol.vm_paths.append(f"{cpath}/{used}")
+        if vol.guestfs_root is not None:
+            dname = "rootfs" if used == "rootfs.raw" else f"{_stem(used)}.files"
+            if dname not in cdir.children():
+                cdir.add(dname, vol.guestfs_root, report=ctx.report, path_hint=cpath)
+                vol.files_paths.append(f"{cpath}/{dname}")
     propagate_unreadable(ctx)
+    map_filesystem_damage(ctx)
     attach_generated_files(ctx)
+
+
+FS_DAMAGE_BUDGET_S = 30.0  # time for mapping unreadable ranges to files, all filesystems
+
+
+def map_filesystem_damage(ctx):
+    """Name the files that unreadable ranges below a guest filesystem hit."""
+    from .report import _bounded_unreadable
+
+    deadline = time.monotonic() + FS_DAMAGE_BUDGET_S
+    for vol in ctx.filesystems:
+        fs = vol.guestfs
+        if fs is None or not vol.source.has_unreadable:
+            continue  # propagate_unreadable marks every volume above damage
+        if time.monotonic() > deadline:
+            ctx.report.add("warning", "core", vol.path, "damage-map-skipped",
+                           "time budget for mapping damage to files used up; not checked")
+            continue
+        try:
+            ranges, _complete = _bounded_unreadable(vol.source, deadline)
+        except Exception as e:
+            ctx.report.add("warning", "core", vol.path, "damage-map-failed",
+                           f"could not list unreadable ranges: {type(e).__name__}: {e}")
+            continue
+        if not ranges:
+            continue
+        try:
+            names, total = fs.files_in_ranges(ranges)
+        except Exception as e:
+            ctx.report.add("warning", fs.info.fstype, vol.path, "damage-map-failed",
+                           f"could not map damage to files: {type(e).__name__}: {e}")
+            continue
+        fs.info.damaged_files = total
+        if total:
+            where = vol.files_paths[0] if vol.files_paths else vol.path
+            shown = ", ".join(names)
+            more = f" and {total - len(names)} more" if total > len(names) else ""
+            ctx.report.add("error", fs.info.fstype, where, "files-damaged",
+                           f"{total} files or directories lie on unreadable bytes: "
+                           f"{shown}{more}", ranges)
 
 
 def discover(inputs, options: Options | None = None, progress=None) -> Context:

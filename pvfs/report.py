@@ -104,6 +104,9 @@ def volume_doc(vol):
         doc["filesystem"] = vol.filesystem
     if vol.vm_paths:
         doc["also_at"] = list(vol.vm_paths)
+    if vol.guestfs is not None:
+        doc["guest_filesystem"] = vol.guestfs.info.to_json()
+        doc["files_at"] = list(vol.files_paths)
     if vol.info:
         doc["info"] = vol.info
     return doc
@@ -157,6 +160,8 @@ def report_text(ctx) -> str:
         if vol.vm_paths:
             extra = "  -> " + ", ".join(vol.vm_paths)
         lines.append(f"{'  ' * indent}{vol.path}  [{vol.role}, {_fmt_size(vol.source.size)}, {what}]{extra}")
+        if vol.guestfs is not None:
+            lines.append(f"{'  ' * (indent + 1)}files: {_fs_line(vol)}")
         for c in children.get(id(vol), []):
             show(c, indent + 1)
 
@@ -177,6 +182,25 @@ def report_text(ctx) -> str:
         lines.append("")
         lines.append("Damage report: nothing found.")
     return "\n".join(lines) + "\n"
+
+
+def _fs_line(vol) -> str:
+    """One line about a guest filesystem: type, label, UUID, size/used, state, damage."""
+    i = vol.guestfs.info
+    parts = [i.fstype]
+    if i.label:
+        parts.append(f"label {i.label!r}")
+    if i.uuid:
+        parts.append(f"UUID {i.uuid}")
+    size = _fmt_size(i.size)
+    parts.append(f"{_fmt_size(i.used)} of {size} used" if i.used is not None else size)
+    if i.clean is not None:
+        parts.append("clean" if i.clean else "dirty")
+    if i.journal:
+        parts.append(i.journal)
+    parts.append(f"{i.damaged_files} damaged files" if i.damaged_files else "no damaged files")
+    where = vol.files_paths[0] if vol.files_paths else "(not shown)"
+    return f"{where}  [" + ", ".join(parts) + "]"
 
 
 def _vmid_key(s):
