@@ -34,6 +34,9 @@ SUPPORTED_FEATURES = {
     "com.delphix:spacemap_v2", "com.delphix:head_errlog", "com.fudosecurity:block_cloning",
     "com.datto:bookmark_v2", "com.delphix:bookmark_written", "com.delphix:livelist",
     "com.delphix:log_spacemap", "org.zfsonlinux:allocation_classes",
+    # OpenZFS 2.3: the layout of blocks born before an expansion (vdev.Raidz); the root
+    # vdev's ZAP (nothing to read for data)
+    "org.openzfs:raidz_expansion", "com.klarasystems:vdev_zaps_v2",
 }
 
 
@@ -113,6 +116,7 @@ class ZfsBackend(Backend):
         usable = []
         for ub in ubs:
             pool.quiet = opened is not None  # older txgs: overwritten blocks are expected
+            pool.set_reflow(ub)
             try:
                 mos = ObjSet(pool, ub.rootbp, f"{name} MOS @txg {ub.txg}")
                 usable.append((ub, mos))
@@ -135,6 +139,7 @@ class ZfsBackend(Backend):
             raise ZfsError(f"pool {name}: no uberblock with a readable MOS")
         ub, mos, rootds, notes = opened
         pool.mos = mos
+        pool.set_reflow(ub)
         for sev, code, msg in notes:
             ctx.report.add(sev, "zfs", path, code, msg)
         ctx.report.add("info", "zfs", path, "uberblocks",

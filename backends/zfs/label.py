@@ -64,6 +64,7 @@ class Uberblock:
     slot: int
     checkpoint_txg: int = 0
     mmp_magic: int = 0
+    raidz_reflow_info: int = 0
 
 
 @dataclass
@@ -105,7 +106,8 @@ def parse_uberblock(buf: bytes, phys_offset: int, label: int, slot: int):
         return None
     return Uberblock(txg=ub.ub_txg, timestamp=ub.ub_timestamp, version=ub.ub_version,
                      guid_sum=ub.ub_guid_sum, rootbp=bp, little=little, label=label, slot=slot,
-                     checkpoint_txg=ub.ub_checkpoint_txg, mmp_magic=ub.ub_mmp_magic)
+                     checkpoint_txg=ub.ub_checkpoint_txg, mmp_magic=ub.ub_mmp_magic,
+                     raidz_reflow_info=ub.ub_raidz_reflow_info)
 
 
 def read_labels(source, want_uberblocks=True) -> LabelInfo:

@@ -53,16 +53,25 @@ class Pool:
         self.mos = None
         self.quiet = False  # while probing older uberblocks: their blocks may be reused
 
+    def set_reflow(self, ub):
+        """The progress of a RAIDZ expansion as of uberblock ``ub`` (rows past the synced
+        reflow offset are still in the old layout)."""
+        for t in self.tops:
+            if hasattr(t, "set_reflow"):
+                t.set_reflow(getattr(ub, "raidz_reflow_info", 0))
+
     # -- damage ---------------------------------------------------------------------
     def report(self, severity, code, message, path=None, ranges=()):
         if self.ctx is not None and not self.quiet:
             self.ctx.report.add(severity, "zfs", path or self.path, code, message, ranges)
 
     # -- block reads -----------------------------------------------------------------
-    def _candidates(self, dva, size):
+    def _candidates(self, dva, size, bp):
+        """Copies of the block at ``dva``; RAIDZ picks its layout by BP_GET_BIRTH (the
+        physical birth when set: a cloned or dedup'd block keeps where it was written)."""
         if dva.vdev >= len(self.tops):
             return iter(())
-        return self.tops[dva.vdev].candidates(dva.offset, size)
+        return self.tops[dva.vdev].candidates(dva.offset, size, bp.phys_birth or bp.birth)
 
     def _top_ashift(self, dva):
         if dva.vdev < len(self.tops):
@@ -87,7 +96,7 @@ class Pool:
         if depth > MAX_GANG_DEPTH:
             raise ZfsError("gang block tree too deep")
         header = None
-        for cand in self._candidates(dva, SPA_GANGBLOCKSIZE):
+        for cand in self._candidates(dva, SPA_GANGBLOCKSIZE, bp):
             # zio_checksum_gang_verifier: (vdev, offset, birth, 0) in the eck.
             ok, little = _verify_gang_header(cand, dva, bp.birth)
             if ok:
@@ -118,7 +127,7 @@ class Pool:
         if algo not in ("zilog", "zilog2") or bp.psize > SPA_MAXBLOCKSIZE:
             return False
         for dva in bp.dvas:
-            for cand in self._candidates(dva, bp.psize):
+            for cand in self._candidates(dva, bp.psize, bp):
                 eck_off = 8 + BLKPTR_SIZE + 8 if algo == "zilog2" else len(cand) - 40
                 if eck_off < 0 or eck_off + 40 > len(cand):
                     continue
@@ -160,7 +169,7 @@ class Pool:
                     return data
                 tried += 1
                 continue
-            for _n, cand in enumerate(self._candidates(dva, bp.psize)):
+            for _n, cand in enumerate(self._candidates(dva, bp.psize, bp)):
                 tried += 1
                 if len(cand) == bp.psize and self._verify(bp, cand):
                     if tried > 1:

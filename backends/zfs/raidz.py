@@ -4,6 +4,16 @@ References: OpenZFS module/zfs/vdev_raidz.c (vdev_raidz_map_alloc: column count,
 first column, the "skip start" swap of columns 0 and 1 for single parity when bit
 20 of the offset is set; vdev_raidz_generate_parity_p/pq/pqr: Q = 2*Q ^ D and
 R = 4*R ^ D in data-column order with the polynomial 0x11d), vdev_raidz_math.c.
+RAIDZ expansion (OpenZFS 2.3, vdev_raidz.c of zfs-2.3.9): vdev_raidz_init (the
+``raidz_expand_txgs`` config array: the i-th newest expansion txg starts logical width
+``physical - i``, one less while ``raidz_expanding`` is set), vdev_raidz_get_logical_width
+(the width of the newest expansion at or before the block's BP_GET_BIRTH, else the
+original width), vdev_raidz_map_alloc_expanded (rows of ``logical`` sectors; sector
+``b`` of the vdev lies on child ``b % width`` at ``b / width`` with the physical width,
+or the old one for rows not yet reflowed past the synced reflow offset, or in the
+scratch copy in the boot area while the uberblock says RRSS_SCRATCH_VALID),
+include/sys/uberblock_impl.h (ub_raidz_reflow_info: offset bits 0-54 in 512-byte
+units, state bits 55-63).
 
 Reconstruction is the general one: the erased data columns are the unknowns of
 ``k`` parity equations, solved by Gauss-Jordan elimination on a k x k matrix over
@@ -190,3 +200,72 @@ def erasure_sets(ndata: int, missing: list, nparity_avail: int, limit: int = 409
             count += 1
             if count >= limit:
                 return
+
+
+# -- RAIDZ expansion (OpenZFS 2.3) ----------------------------------------------------
+VDEV_BOOT_SIZE = 7 << 19  # vdev_impl.h: the 3.5 MiB boot area, the reflow scratch space
+RRSS_SCRATCH_VALID = 1  # uberblock_impl.h raidz_reflow_scratch_state_t
+
+
+def reflow_info(word: int):
+    """ub_raidz_reflow_info -> (state, synced offset in bytes)."""
+    return (word >> 55) & 0x1FF, (word & ((1 << 55) - 1)) << 9
+
+
+def logical_width(physical: int, expand_txgs, expanding: bool, birth: int) -> int:
+    """vdev_raidz_init + vdev_raidz_get_logical_width: the data+parity width a block born
+    (BP_GET_BIRTH: physical birth) at ``birth`` was written with."""
+    txgs = list(expand_txgs or ())
+    n = len(txgs)
+    width = physical - n - (1 if expanding else 0)  # vd_original_width
+    best = -1
+    for i, txg in enumerate(txgs):
+        # txgs[n - 1 - i] has width physical - i (newest expansion = widest)
+        w = physical - (n - 1 - i) - (1 if expanding else 0)
+        if txg <= birth and txg > best:
+            best, width = txg, w
+    return width
+
+
+def map_expanded(offset: int, size: int, physical: int, logical: int, nparity: int,
+                 ashift: int, synced: int | None = None, scratch: bool = False):
+    """vdev_raidz_map_alloc_expanded as numpy arrays.
+
+    Returns ``(dev, off, valid)``, each of shape (rows, cols): the child and byte offset
+    on the child of every sector of the block's map (parity columns first, after the
+    single-parity swap), and whether the sector exists (the last row is short when the
+    data does not fill it).  Data sectors are column-major: data column ``dc`` holds the
+    block's sectors ``dc * rows + row`` (fewer rows for columns past the big columns).
+    ``synced``: the reflow offset of an expansion in progress (None: none/finished).
+    With ``logical == physical`` and no reflow this is the classic map_columns layout.
+    """
+    if not 1 <= nparity <= 3 or logical <= nparity or logical > physical:
+        raise ZfsError(f"raidz: logical width {logical} of {physical} children, "
+                       f"{nparity} parity")
+    s = (size + (1 << ashift) - 1) >> ashift
+    ndata = logical - nparity
+    q, r = divmod(s, ndata)
+    bc = 0 if r == 0 else r + nparity
+    tot = s + nparity * (q + (1 if r else 0))
+    rows = -(-tot // logical)
+    cols = min(tot, logical)
+    b = (offset >> ashift) + np.arange(rows, dtype=np.int64) * logical  # row starts
+    width = np.full(rows, physical, dtype=np.int64)
+    use_scratch = np.zeros(rows, dtype=bool)
+    if synced is not None:
+        old = b + cols > (synced >> ashift)
+        width[old] = physical - 1
+        if scratch:
+            use_scratch = ~old
+    sec = b[:, None] + np.arange(cols, dtype=np.int64)[None, :]
+    dev = sec % width[:, None]
+    off = (sec // width[:, None]) << ashift
+    if use_scratch.any():
+        off[use_scratch] -= VDEV_BOOT_SIZE
+    if nparity == 1 and cols > 1 and (offset & (1 << 20)):
+        dev[:, [0, 1]] = dev[:, [1, 0]]
+        off[:, [0, 1]] = off[:, [1, 0]]
+    valid = np.ones((rows, cols), dtype=bool)
+    if bc:
+        valid[rows - 1, bc:] = False
+    return dev, off, valid

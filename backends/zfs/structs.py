@@ -63,6 +63,7 @@ def _build(little: bool):
         "ub_mmp_delay" / u64,
         "ub_mmp_config" / u64,
         "ub_checkpoint_txg" / u64,
+        "ub_raidz_reflow_info" / u64,  # OpenZFS 2.3: RAIDZ expansion progress (0 before)
     )
     #: zio.h zio_eck_t: the embedded checksum at the end of labels, uberblocks, gang headers.
     ns["zio_eck"] = c.Struct("zec_magic" / u64, "zec_cksum" / c.Array(4, u64))

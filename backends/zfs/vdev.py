@@ -10,9 +10,17 @@ the block.  The caller checks each against the block pointer's checksum and stop
 at the first good one, so mirrors try every child and RAIDZ tries the plain data
 columns first, then every reconstruction the parity allows (combinatorial
 reconstruction of a silently corrupt column).
+
+A RAIDZ vdev widened by ``zpool attach`` (OpenZFS 2.3 raidz_expansion) keeps the blocks
+written before the expansion in their old logical width: the layout is chosen by the
+block's physical birth txg (``birth``, passed down from the block pointer), see raidz.py.
 """
 
 from __future__ import annotations
+
+import itertools
+
+import numpy as np
 
 from pvfs.errors import UnreadableError
 
@@ -25,8 +33,9 @@ class Vdev:
     guid = 0
     ashift = 9
 
-    def candidates(self, offset: int, size: int):
-        """Yield byte strings of ``size`` bytes that may hold the block."""
+    def candidates(self, offset: int, size: int, birth: int = 0):
+        """Yield byte strings of ``size`` bytes that may hold the block born (physical
+        birth txg) at ``birth``."""
         return iter(())
 
     def first(self, offset: int, size: int):
@@ -52,7 +61,7 @@ class Leaf(Vdev):
         self.volume = volume
         self.errors = 0
 
-    def candidates(self, offset, size):
+    def candidates(self, offset, size, birth=0):
         if self.source is None:
             return
         start = VDEV_LABEL_START_SIZE + offset
@@ -94,9 +103,9 @@ class Mirror(Vdev):
         self.children = children
         self.ashift = ashift
 
-    def candidates(self, offset, size):
+    def candidates(self, offset, size, birth=0):
         for ch in self.children:
-            yield from ch.candidates(offset, size)
+            yield from ch.candidates(offset, size, birth)
 
     def describe(self):
         return f"mirror[{', '.join(c.describe() for c in self.children)}]"
@@ -111,13 +120,41 @@ class Mirror(Vdev):
 class Raidz(Vdev):
     kind = "raidz"
 
-    def __init__(self, guid, children, nparity, ashift=9):
+    #: combinatorial reconstruction tries at most this many erasure sets per block
+    MAX_TRIES = 4096
+
+    def __init__(self, guid, children, nparity, ashift=9, expand_txgs=(), expanding=False):
         self.guid = guid
         self.children = children
         self.nparity = nparity
         self.ashift = ashift
+        self.expand_txgs = tuple(sorted(expand_txgs))
+        self.expanding = expanding
+        # An expansion in progress: (synced reflow offset, scratch copy valid), set from
+        # the uberblock the pool is opened at (set_reflow); rows past it are still in
+        # the old physical layout.
+        self.reflow = (0, False) if expanding else None
 
-    def candidates(self, offset, size):
+    def set_reflow(self, info_word: int):
+        if not self.expanding:
+            return
+        state, synced = raidz.reflow_info(info_word)
+        self.reflow = (synced, state == raidz.RRSS_SCRATCH_VALID)
+
+    def width_at(self, birth: int) -> int:
+        if not self.expand_txgs and not self.expanding:
+            return len(self.children)
+        return raidz.logical_width(len(self.children), self.expand_txgs, self.expanding,
+                                   birth or 0)
+
+    def candidates(self, offset, size, birth=0):
+        width = self.width_at(birth)
+        if width == len(self.children) and self.reflow is None:
+            yield from self._classic(offset, size)
+        elif self.nparity < width <= len(self.children):
+            yield from self._expanded(offset, size, width)
+
+    def _classic(self, offset, size):
         cols = raidz.map_columns(offset, size, len(self.children), self.nparity, self.ashift)
         np_ = self.nparity
 
@@ -142,8 +179,101 @@ class Raidz(Vdev):
             if rebuilt is not None:
                 yield b"".join(rebuilt)[:size]
 
+    # -- blocks in an older (narrower) logical width, or not yet reflowed ------------
+    def _read_sectors(self, dev, off, want, sectors, got):
+        """Read the sectors ``want`` (mask over the map) into ``sectors``, one read per
+        run of neighbouring sectors on each child; ``got`` marks what was read."""
+        unit = 1 << self.ashift
+        for d in np.unique(dev[want]).tolist():
+            ri, ci = np.nonzero(want & (dev == d))
+            offs = off[ri, ci]
+            order = np.argsort(offs, kind="stable")
+            ri, ci, offs = ri[order], ci[order], offs[order]
+            cuts = np.nonzero(np.diff(offs) > 8 * unit)[0] + 1
+            for lo_i, hi_i in zip(np.r_[0, cuts], np.r_[cuts, len(offs)], strict=True):
+                lo, hi = int(offs[lo_i]), int(offs[hi_i - 1]) + unit
+                buf = self.children[d].first(lo, hi - lo)
+                if buf is None or len(buf) < hi - lo:
+                    continue
+                arr = np.frombuffer(buf, dtype=np.uint8).reshape(-1, unit)
+                idx = (offs[lo_i:hi_i] - lo) >> self.ashift
+                sectors[ri[lo_i:hi_i], ci[lo_i:hi_i]] = arr[idx]
+                got[ri[lo_i:hi_i], ci[lo_i:hi_i]] = True
+
+    def _expanded(self, offset, size, width):
+        np_ = self.nparity
+        synced, scratch = self.reflow if self.reflow is not None else (None, False)
+        dev, off, valid = raidz.map_expanded(offset, size, len(self.children), width, np_,
+                                             self.ashift, synced, scratch)
+        rows, cols = dev.shape
+        unit = 1 << self.ashift
+        sectors = np.zeros((rows, cols, unit), dtype=np.uint8)
+        got = np.zeros((rows, cols), dtype=bool)
+        want = valid.copy()
+        want[:, :np_] = False  # data first; parity only when needed
+        self._read_sectors(dev, off, want, sectors, got)
+        dvalid = valid[:, np_:]
+
+        def data_of(s):
+            return s[:, np_:].transpose(1, 0, 2)[dvalid.T].tobytes()[:size]
+
+        if (got | ~valid)[:, np_:].all():
+            yield data_of(sectors)
+        want = valid.copy()
+        want[:, np_:] = False
+        self._read_sectors(dev, off, want, sectors, got)
+        lost = valid & ~got
+        # Erasure sets over children: the sectors that could not be read, plus every
+        # set of suspect children (silent corruption) the parity of a row can repair.
+        per_row = int(lost.sum(axis=1).max()) if rows else 0
+        if per_row > np_:
+            return
+        suspects = sorted(set(np.unique(dev[valid & got]).tolist()))
+        tries = 0
+        for extra in range(0, np_ - per_row + 1):
+            for combo in itertools.combinations(suspects, extra):
+                erased = lost | (valid & np.isin(dev, combo)) if combo else lost
+                if not erased[:, np_:].any():
+                    continue  # nothing of the data is in question: same as the plain read
+                if int(erased.sum(axis=1).max()) > np_:
+                    continue
+                rebuilt = self._rebuild(sectors, erased, np_)
+                if rebuilt is not None:
+                    yield data_of(rebuilt)
+                tries += 1
+                if tries >= self.MAX_TRIES:
+                    return
+
+    @staticmethod
+    def _rebuild(sectors, erased, np_):
+        """Every row is its own parity stripe: rows with the same erased columns are
+        rebuilt together by raidz.reconstruct (short last rows count as zeros)."""
+        out = sectors.copy()
+        rows, cols, unit = sectors.shape
+        ndc = cols - np_
+        pats, inverse = np.unique(erased, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        for k, pat in enumerate(pats):
+            edata = [j for j in range(ndc) if pat[np_ + j]]
+            if not edata:
+                continue
+            sel = np.nonzero(inverse == k)[0]
+            n = len(sel) * unit
+            parity = [None if pat[i] else out[sel, i].tobytes() for i in range(np_)]
+            data = [None if j in edata else out[sel, np_ + j].tobytes() for j in range(ndc)]
+            res = raidz.reconstruct(parity, data, [n] * ndc, edata)
+            if res is None:
+                return None
+            for j in edata:
+                out[sel, np_ + j] = np.frombuffer(res[j], dtype=np.uint8).reshape(-1, unit)
+        return out
+
     def describe(self):
-        return f"raidz{self.nparity}[{', '.join(c.describe() for c in self.children)}]"
+        exp = ""
+        if self.expand_txgs or self.expanding:
+            exp = (f" expanded at txg {', '.join(map(str, self.expand_txgs)) or '-'}"
+                   f"{' (expansion in progress)' if self.expanding else ''}")
+        return f"raidz{self.nparity}[{', '.join(c.describe() for c in self.children)}]{exp}"
 
     def missing_leaves(self):
         out = []
@@ -192,7 +322,15 @@ def build(cfg: dict, leaves: dict, depth: int = 0, notes=None) -> Vdev:
         if not isinstance(nparity, int) or not 1 <= nparity <= 3 or len(kids) <= nparity:
             notes.append(f"raidz vdev {guid} has a bad nparity {nparity!r}")
             return Missing(guid, "bad raidz config")
-        return Raidz(guid, kids, nparity, ashift)
+        txgs = cfg.get("raidz_expand_txgs") or []
+        if isinstance(txgs, int):
+            txgs = [txgs]
+        if not isinstance(txgs, list) or not all(isinstance(t, int) for t in txgs) \
+                or len(txgs) >= len(kids) - nparity:
+            notes.append(f"raidz vdev {guid} has a bad raidz_expand_txgs {txgs!r}")
+            txgs = []
+        return Raidz(guid, kids, nparity, ashift, expand_txgs=txgs,
+                     expanding="raidz_expanding" in cfg)
     if typ in ("hole", "missing"):
         return Missing(guid, typ)
     notes.append(f"vdev type {typ!r} is not supported (guid {guid})")
