@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
 
 
 class ByteLRU:
-    def __init__(self, max_bytes: int):
+    """Least-recently-used entries up to ``max_bytes`` (as ``cost(value)`` counts them).
+
+    The default cost knows bytes, numpy arrays and objects with a ``cache_cost``."""
+
+    def __init__(self, max_bytes: int, cost: Callable[[Any], int] | None = None):
         self.max_bytes = max_bytes
+        if cost is not None:
+            self._cost = cost  # type: ignore[method-assign]
         self._items: OrderedDict = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -21,7 +29,7 @@ class ByteLRU:
         self.misses = 0
 
     @staticmethod
-    def _cost(value) -> int:
+    def _cost(value: Any) -> int:
         if isinstance(value, (bytes, bytearray, memoryview)):
             return len(value) + 64
         nbytes = getattr(value, "nbytes", None)  # numpy arrays
@@ -32,7 +40,7 @@ class ByteLRU:
             return int(cost)
         return 256
 
-    def get(self, key, default=None):
+    def get(self, key: Hashable, default: Any = None) -> Any:
         with self._lock:
             try:
                 value = self._items.pop(key)
@@ -43,7 +51,7 @@ class ByteLRU:
             self.hits += 1
             return value
 
-    def put(self, key, value):
+    def put(self, key: Hashable, value: Any) -> Any:
         cost = self._cost(value)
         if cost > self.max_bytes:
             return value
@@ -58,7 +66,7 @@ class ByteLRU:
                 self._bytes -= self._cost(evicted)
         return value
 
-    def get_or_load(self, key, loader):
+    def get_or_load(self, key: Hashable, loader: Callable[[], Any]) -> Any:
         """Return the cached value for ``key`` or call ``loader()`` and cache it."""
         value = self.get(key)
         if value is None:
@@ -66,10 +74,10 @@ class ByteLRU:
         return value
 
     @property
-    def size_bytes(self):
+    def size_bytes(self) -> int:
         return self._bytes
 
-    def clear(self):
+    def clear(self) -> None:
         with self._lock:
             self._items.clear()
             self._bytes = 0

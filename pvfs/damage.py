@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 SEVERITIES = ("info", "warning", "error")
+
+
+class Problem(NamedTuple):
+    """A finding a format reader keeps until it knows the tree path to report it under
+    (``table.problems``, ``vg.problems``); the backend turns each into a :class:`Damage`."""
+
+    severity: str
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)

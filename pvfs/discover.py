@@ -9,13 +9,14 @@ collected by key and opened as a group once nothing is left to probe.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
 from dataclasses import dataclass, field
 
 from . import ddrescue
-from .backend import load_backends, load_errors
+from .backend import ROLES, Backend, load_backends, load_errors, pick_best
 from .damage import DamageReport
 from .errors import PvfsError, UnreadableError
 from .fsprobe import detect_filesystem
@@ -24,6 +25,8 @@ from .guestfs import GuestFilesystem
 from .nodes import Dir, File, resolve
 from .proxmox import parse_volname
 from .source import BAD_EIO, FileSource
+
+log = logging.getLogger("pvfs.discover")
 
 MAX_DEPTH = 12  # layers inside layers; protects against loops in hostile images
 MAX_VOLUMES = 100_000
@@ -78,6 +81,8 @@ class Volume:
         self.guestfs: GuestFilesystem | None = None  # the guest filesystem opened on it
         self.guestfs_root: Dir | None = None
         self.files_paths: list[str] = []  # where its files are shown
+        self.file_name: str | None = None  # an input's real file name (before clash renaming)
+        self.from_dir = False  # an input found by walking a directory, not named by the user
 
     def __repr__(self):
         return f"<Volume {self.path} {self.role}>"
@@ -105,6 +110,15 @@ class Context:
         self.scanned_storage_dirs: set = set()  # pvfs/treestorage.py: storages already taken
         self.probed_node_dirs: set = set()  # ... and directories already offered to probe_node
         self.filesystems: list[Volume] = []  # volumes whose guest filesystem was opened
+        self._states: dict[str, object] = {}
+
+    # -- per-backend state -----------------------------------------------------
+    def state(self, backend: Backend):
+        """``backend``'s state for this discovery (``backend.new_state(ctx)``, made once)."""
+        st = self._states.get(backend.name)
+        if st is None:
+            st = self._states[backend.name] = backend.new_state(self)
+        return st
 
     # -- options -----------------------------------------------------------
     def bad(self, default=BAD_EIO):
@@ -138,6 +152,8 @@ class Context:
         return vol
 
     def _register(self, vol, probe):
+        if vol.role not in ROLES:
+            raise PvfsError(f"internal: volume {vol.path} has undeclared role {vol.role!r}")
         if len(self.volumes) >= MAX_VOLUMES:
             raise PvfsError(f"more than {MAX_VOLUMES} volumes found; refusing to go on")
         self.volumes.append(vol)
@@ -188,11 +204,11 @@ class Context:
         if snapshot is not None:
             d = d.subdir("snapshots").subdir(snapshot)
             dpath = f"{dpath}/snapshots/{snapshot}"
-        mtime = mtime if mtime is not None else getattr(input_vol, "mtime", None)
+        mtime = mtime if mtime is not None else input_vol.mtime
         vol = self.add_volume(source, d, "disk.raw", dpath, "disk", parent=input_vol,
                               children_home="sibling", mtime=mtime)
         vol.info.update(info or {})
-        stem = getattr(input_vol, "file_name", input_vol.name)
+        stem = input_vol.file_name or input_vol.name
         for ext in (".qcow2", ".raw", ".img", ".vmdk"):
             if stem.endswith(ext):
                 stem = stem[: -len(ext)]
@@ -324,18 +340,16 @@ def timeline_of(volume):
 
 
 # ---------------------------------------------------------------------------
-def _safe_probe(backend, volume, ctx):
-    try:
-        return float(backend.probe(volume, ctx) or 0)
-    except UnreadableError as e:
-        ctx.report.add("warning", backend.name, volume.path, "probe-unreadable",
-                       f"could not read enough to recognise a {backend.name} structure: {e}",
-                       e.ranges)
-        return 0.0
-    except Exception as e:  # a probe must never raise; if it does, it is a bug, not damage
-        ctx.report.add("warning", backend.name, volume.path, "probe-failed",
-                       f"probe raised {type(e).__name__}: {e}")
-        return 0.0
+def _probe_error(ctx, volume_path):
+    def report(backend, e):
+        if isinstance(e, UnreadableError):
+            ctx.report.add("warning", backend.name, volume_path, "probe-unreadable",
+                           f"could not read enough to recognise a {backend.name} structure: {e}",
+                           e.ranges)
+        else:  # a probe must never raise; if it does, it is a bug, not damage
+            ctx.report.add("warning", backend.name, volume_path, "probe-failed",
+                           f"probe raised {type(e).__name__}: {e}")
+    return report
 
 
 def _run_backend(ctx, backend, volume, what, fn, *args):
@@ -358,23 +372,18 @@ def _run_backend(ctx, backend, volume, what, fn, *args):
 
 
 def probe_volume(ctx, volume):
-    backends = load_backends()
-    scores = []
-    for b in backends:
-        if b.roles is not None and volume.role not in b.roles:
-            continue
-        s = _safe_probe(b, volume, ctx)
-        if s > 0:
-            scores.append((s, b))
-    if not scores:
+    candidates = [b for b in load_backends() if b.accepts(volume.role)]
+    found = pick_best(candidates, lambda b: b.probe(volume, ctx), _probe_error(ctx, volume.path))
+    if found is None:
+        log.debug("%s (%s): no backend recognises it", volume.path, volume.role)
         if volume.role == "input":
             ctx.report.add("info", "core", volume.path, "not-recognised",
                            "no format recognised; file skipped")
         else:
             volume.filesystem = detect_filesystem(volume.source)
         return
-    scores.sort(key=lambda t: -t[0])
-    best = scores[0][1]
+    score, best = found
+    log.debug("%s (%s): %s wins with %.0f", volume.path, volume.role, best.name, score)
     volume.claimed_by = best.name
     ctx.note_progress(f"{best.name}: {volume.path}")
     if best.grouped:
@@ -385,6 +394,7 @@ def probe_volume(ctx, volume):
             ctx.report.add("error", best.name, volume.path, "open-failed",
                            f"member label: {type(e).__name__}: {e}")
         if key is not None:
+            log.debug("%s: member of %s group %r", volume.path, best.name, key)
             ctx.add_member(best, key, volume)
         return
     _run_backend(ctx, best, volume, volume.path, best.open, volume, ctx)
@@ -427,10 +437,10 @@ def _open_input_file(ctx, path, directory, dir_path, name, from_dir=False):
     # The input itself is a volume without its own node: what it holds is shown in d.
     vol = Volume(src, dpath, name, "input", input_path=os.path.abspath(path))
     vol.mtime = st.st_mtime
-    vol.file_name = os.path.basename(path)  # the real name, before any clash renaming
+    vol.file_name = os.path.basename(path)
     vol.files = OsFiles(lambda p: open_file_source(ctx, p)[0])
     vol.file_path = os.path.abspath(path)
-    vol.from_dir = from_dir  # found by walking a directory input, not named by the user
+    vol.from_dir = from_dir
     vol.homes.append(Home(d, None, dpath))
     ctx._register(vol, True)
     return vol
@@ -465,20 +475,10 @@ def add_tree_input(ctx, node, tree_path, fs_root):
 
 
 def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
-    backends = load_backends()
-    scores = []
-    for b in backends:
-        try:
-            s = float(b.probe_dir(path, ctx) or 0)
-        except Exception as e:
-            ctx.report.add("warning", b.name, path, "probe-failed", f"{type(e).__name__}: {e}")
-            s = 0
-        if s > 0:
-            scores.append((s, b))
-    if scores:
-        scores.sort(key=lambda t: -t[0])
-        best = scores[0][1]
-        _run_backend(ctx, best, None, path, best.open_dir, path, ctx)
+    found = pick_best(load_backends(), lambda b: b.probe_dir(path, ctx), _probe_error(ctx, path))
+    if found:
+        log.debug("%s: directory format %s (%.0f)", path, found[1].name, found[0])
+        _run_backend(ctx, found[1], None, path, found[1].open_dir, path, ctx)
         return
     # A plain folder: every file in it is an input, sub-folders are probed again.
     if depth > 8:
@@ -517,6 +517,7 @@ def add_input(ctx, path, directory=None, dir_path="storage/files", depth=0):
 
 
 def run_queue(ctx):
+    """Probe until nothing is queued; then open pending groups, lowest phase first."""
     while True:
         while ctx.queue:
             vol = ctx.queue.pop(0)
@@ -524,8 +525,13 @@ def run_queue(ctx):
         pending = [(k, v) for k, v in ctx.groups.items() if k not in ctx.opened_groups]
         if not pending:
             break
+        phase = min(b.phase for _k, (b, _m) in pending)
         for gkey, (backend, members) in pending:
+            if backend.phase != phase:
+                continue
             ctx.opened_groups.add(gkey)
+            log.debug("assembling %s group %r from %d members (phase %d)",
+                      backend.name, gkey[1], len(members), phase)
             ctx.note_progress(f"{backend.name}: assembling {gkey[1]}")
             if gkey[2] is not None and any(k[:2] == gkey[:2] and k[2] != gkey[2]
                                            for k in ctx.groups):
@@ -534,6 +540,16 @@ def run_queue(ctx):
                                f"this one is {gkey[2]} (names that clash get ~2)")
             _run_backend(ctx, backend, members[0], f"{backend.name} group {gkey[1]}",
                          backend.open_group, gkey[1], members, ctx)
+            if ctx.queue:  # what this group exposed is probed before the next group opens
+                break
+
+
+def finish_backends(ctx):
+    """Every backend's ``finish`` hook, once, in load order."""
+    for b in load_backends():
+        if b.implements("finish"):
+            log.debug("finish hook of %s", b.name)
+            _run_backend(ctx, b, None, f"{b.name} finish", b.finish, ctx)
 
 
 def finish(ctx):
@@ -621,5 +637,7 @@ def discover(inputs, options: Options | None = None, progress=None) -> Context:
         if not scan_tree_storages(ctx):
             break
         run_queue(ctx)
+    finish_backends(ctx)
+    run_queue(ctx)  # a finish hook may expose volumes
     finish(ctx)
     return ctx

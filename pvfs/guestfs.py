@@ -30,11 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backend import BLOCK_ROLES
 from .nodes import Dir
 
 #: Roles of volumes that hold a block device's bytes (what a filesystem can live on).
-#: Kept in step with pvfs.backend.Role (the registry of roles).
-FS_ROLES = ("disk", "partition", "lv", "zvol", "rbd", "drbd-data")
+FS_ROLES = BLOCK_ROLES
 
 
 @dataclass

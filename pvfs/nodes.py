@@ -73,6 +73,9 @@ class Dir(Node):
     def __init__(self, mode=0o555, loader=None, **kw):
         super().__init__(stat.S_IFDIR | (mode & 0o7777), **kw)
         self._children: dict[str, Node] = {}
+        #: The root of a recovered file system (a ZFS dataset): pvfs/treestorage.py looks
+        #: for Proxmox storages (/var/lib/vz, PBS datastores) below such directories.
+        self.filesystem_root = False
         self._loader = loader
         self._loading = False
         self._lock = threading.RLock()

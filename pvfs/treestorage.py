@@ -14,7 +14,6 @@ Backup Server datastore on its own dataset, or under ``mnt/datastore/``).
 
 from __future__ import annotations
 
-from .backend import Backend
 from .nodes import Dir, File, resolve
 
 #: Where a storage can sit relative to a file system root.
@@ -28,7 +27,8 @@ MAX_LISTINGS = 2000  # file system roots listed per scan, at most
 
 def _top_dirs(ctx):
     """Yield ``(dir, tree_path, depth)`` for every file system root a backend marked
-    (``dir.filesystem_root = True``: a ZFS dataset), plus ``mnt/datastore/*`` below each.
+    (``dir.filesystem_root = True``: a ZFS dataset) and every guest filesystem's root,
+    plus ``mnt/datastore/*`` below each.
 
     Only file system roots are listed, never the ordinary directories inside them:
     listing is what costs (a dataset with 10,000 files in its top directory).
@@ -36,6 +36,9 @@ def _top_dirs(ctx):
     listings = 0
     queue = [(d, f"storage/{name}", 1) for name, d in ctx.storage_root.children().items()
              if name in FILESYSTEM_AREAS and isinstance(d, Dir)]
+    # Guest filesystems (an ext4 root LV of a Proxmox host): each root is a candidate.
+    queue += [(v.guestfs_root, v.files_paths[0], MAX_DEPTH) for v in ctx.filesystems
+              if v.guestfs_root is not None and v.files_paths]
     while queue:
         node, path, depth = queue.pop(0)
         yield node, path, depth
@@ -48,33 +51,25 @@ def _top_dirs(ctx):
             continue
         listings += 1
         for name, child in node.children().items():
-            if isinstance(child, Dir) and getattr(child, "filesystem_root", False) \
-                    and not name.startswith("."):
+            if isinstance(child, Dir) and child.filesystem_root and not name.startswith("."):
                 queue.append((child, f"{path}/{name}", depth + 1))
 
 
 def _open_datastores(ctx, dirs):
     """Offer each directory node to the backends that read directory formats (PBS)."""
-    from .backend import load_backends
-    from .discover import _run_backend
+    from .backend import load_backends, pick_best
+    from .discover import _probe_error, _run_backend
 
     seen = ctx.probed_node_dirs
-    backends = [b for b in load_backends() if type(b).probe_node is not Backend.probe_node]
+    backends = [b for b in load_backends() if b.implements("probe_node")]
     for node, path, _ in dirs:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        scores = []
-        for b in backends:
-            try:
-                s = float(b.probe_node(node, path, ctx) or 0)
-            except Exception as e:  # a probe must not raise
-                ctx.report.add("warning", b.name, path, "probe-failed", f"{type(e).__name__}: {e}")
-                s = 0
-            if s > 0:
-                scores.append((s, b))
-        if scores:
-            best = max(scores, key=lambda t: t[0])[1]
+        found = pick_best(backends, lambda b, node=node, path=path: b.probe_node(node, path, ctx),
+                          _probe_error(ctx, path))
+        if found:
+            best = found[1]
             _run_backend(ctx, best, None, path, best.open_node, node, path, ctx)
 
 

@@ -275,7 +275,7 @@ def test_erasure_coded_pools_reported_and_tree(monkeypatch):
     st.put(3, b"rbd_header.e1", omap=om)
     st.put(3, b"rbd_id.vm-401-disk-0", _le_str(b"e1"))
 
-    def load_pools(cluster, ctx):
+    def load_pools(backend, cluster, ctx):
         cluster.pools = {3: PoolInfo(3, "rbd", 1, 2, 8, 8), 7: PoolInfo(7, "ecdata", 3, 3, 8, 8)}
         st.collections |= {(3, s) for s in range(8)}
 
@@ -333,7 +333,7 @@ def test_trashed_image_is_recoverable(monkeypatch):
     spec = b"\x00" + _le_str(b"vm-500-disk-0") + struct.pack("<IIII", 1, 0, 1, 0)
     st.put(3, b"rbd_trash", omap={b"id_t1": struct.pack("<BBI", 1, 1, len(spec)) + spec})
 
-    def load_pools(cluster, ctx):
+    def load_pools(backend, cluster, ctx):
         cluster.pools = {3: PoolInfo(3, "rbd", 1, 2, 8, 8)}
         st.collections |= {(3, s) for s in range(8)}
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from pvfs.checksum import crc32c_raw
 from pvfs.discover import Options, discover
 from pvfs.errors import PvfsError, UsageError
 from pvfs.nodes import resolve
@@ -246,11 +247,7 @@ def _al_update(tr_number, extents, context_size=257):
     blk = bytearray(S.AL_TRANSACTION.pack(S.DRBD_AL_MAGIC, tr_number, 0, S.AL_TR_UPDATE,
                                           len(extents), context_size, 0, *slots, *ext,
                                           *([0xFFFFFFFF] * nc)))
-    try:
-        from backends.ceph.checksum import ceph_crc32c
-        struct.pack_into(">I", blk, 8, ceph_crc32c(0, bytes(blk)))
-    except ImportError:
-        pass
+    struct.pack_into(">I", blk, 8, crc32c_raw(bytes(blk), 0))
     return bytes(blk)
 
 

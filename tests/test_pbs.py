@@ -529,6 +529,7 @@ def test_datastore_inside_a_directory_node(gt):
     assert b.probe_node(_node_tree(GEN / "streams"), "x", ctx) == 0
     b.open_node(node, "storage/zfs/tank/pbs", ctx)
     run_queue(ctx)
+    b.finish(ctx)  # the chunk check runs once every datastore is known
     for snap in gt["snapshots"]:
         for fn, a in snap["archives"].items():
             if a["kind"] == "fidx" and not (snap["path"].endswith("16T10:00:00Z") and fn == "drive-scsi0.img.fidx"):

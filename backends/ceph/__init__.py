@@ -20,6 +20,7 @@ OSD keeps in its meta collection, else by id.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 from pvfs.backend import Backend
 from pvfs.errors import PvfsError, UnreadableError
@@ -29,7 +30,6 @@ from pvfs.source import BAD_ZERO
 from .errors import CephError
 from .label import probe_label
 
-MON_DIRS_ATTR = "_ceph_mon_dirs"
 AUX_KEY = "bluefs-db-wal-devices"
 
 
@@ -48,6 +48,13 @@ def _is_osd_dir(path):
     return kind == "bluestore" and os.path.exists(os.path.join(path, "block"))
 
 
+@dataclass
+class CephState:
+    """Per-discovery state: monitor data directories found among the inputs."""
+
+    mon_dirs: list[str] = field(default_factory=list)
+
+
 class CephBackend(Backend):
     name = "ceph"
     grouped = True
@@ -56,6 +63,9 @@ class CephBackend(Backend):
         ("--ceph-mon", {"metavar": "DIR", "action": "append",
                         "help": "Ceph monitor data directory (with store.db) for pool names"}),
     ]
+
+    def new_state(self, ctx):
+        return CephState()
 
     # -- probing -------------------------------------------------------------------
     def probe(self, volume, ctx):
@@ -89,11 +99,7 @@ class CephBackend(Backend):
         from pvfs.discover import add_input
 
         if _is_mon_dir(path):
-            lst = getattr(ctx, MON_DIRS_ATTR, None)
-            if lst is None:
-                lst = []
-                setattr(ctx, MON_DIRS_ATTR, lst)
-            lst.append(path)
+            ctx.state(self).mon_dirs.append(path)
             return
         # An OSD data dir: its block (and block.db / block.wal) devices are the inputs.
         name = os.path.basename(os.path.normpath(path))

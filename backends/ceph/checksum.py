@@ -7,9 +7,7 @@
 * RocksDB stores ``Mask(crc32c(type + data))`` (util/crc32c.h):
   ``((crc >> 15) | (crc << 17)) + 0xa282ead8``.
 
-The ``crc32c`` package (ICRAR, SSE4.2/ARMv8 hardware paths) is used when
-present; a table-driven fallback keeps the reader working without it (slow:
-use it for small structures only).
+The CRC itself is pvfs.checksum's (the ``crc32c`` package, hardware paths).
 
 References: ceph/src/include/crc32c.h, ceph/src/common/crc32c.cc,
 rocksdb/util/crc32c.h (Mask/Unmask).
@@ -17,39 +15,14 @@ rocksdb/util/crc32c.h (Mask/Unmask).
 
 from __future__ import annotations
 
-_TABLE = []
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _TABLE.append(_c)
+from pvfs.checksum import crc32c, crc32c_raw
 
-
-def crc32c_py(data, prev: int = 0) -> int:
-    """Table-driven CRC-32C (slow; used when the ``crc32c`` package is missing)."""
-    c = prev ^ 0xFFFFFFFF
-    t = _TABLE
-    for b in bytes(data):
-        c = t[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-try:  # pragma: no cover - depends on the environment
-    import crc32c as _crc32c_mod
-
-    def crc32c(data, prev: int = 0) -> int:
-        """Standard CRC-32C of ``data``, continuing from the CRC ``prev``."""
-        return _crc32c_mod.crc32c(data, prev)
-
-    FAST = True
-except ImportError:  # pragma: no cover
-    crc32c = crc32c_py
-    FAST = False
+__all__ = ["ceph_crc32c", "crc32c", "rocksdb_mask", "rocksdb_unmask"]
 
 
 def ceph_crc32c(seed: int, data) -> int:
-    """Ceph's ``ceph_crc32c(seed, data, len)``."""
-    return crc32c(data, (~seed) & 0xFFFFFFFF) ^ 0xFFFFFFFF
+    """Ceph's ``ceph_crc32c(seed, data, len)`` (the raw register form)."""
+    return crc32c_raw(data, seed)
 
 
 _MASK_DELTA = 0xA282EAD8

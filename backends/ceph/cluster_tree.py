@@ -22,10 +22,10 @@ from .rbd import Cluster, RbdError
 LAYER = "ceph"
 
 
-def _mon_dirs(ctx):
+def _mon_dirs(backend, ctx):
     opt = ctx.options.get("ceph_mon") or []
     dirs = [opt] if isinstance(opt, (str, bytes, os.PathLike)) else list(opt)
-    dirs += getattr(ctx, "_ceph_mon_dirs", [])
+    dirs += ctx.state(backend).mon_dirs
     return dirs
 
 
@@ -123,8 +123,8 @@ def _open_stores(volumes, ctx, backend=None):
     return stores
 
 
-def _load_pools(cluster, ctx):
-    for d in _mon_dirs(ctx):
+def _load_pools(backend, cluster, ctx):
+    for d in _mon_dirs(backend, ctx):
         from .kv import open_kv_dir
 
         db = os.path.join(d, "store.db") if os.path.isdir(os.path.join(d, "store.db")) else d
@@ -149,7 +149,7 @@ def open_cluster(backend, key, volumes, ctx):
         ctx.report.add(sev, LAYER, path, code, msg, ranges)
 
     cluster = Cluster(stores, report, bad=ctx.bad(BAD_ZERO))
-    _load_pools(cluster, ctx)
+    _load_pools(backend, cluster, ctx)
     root = ctx.storage("ceph")
     parent = volumes[0]
 

@@ -37,10 +37,9 @@ from __future__ import annotations
 
 import bisect
 import struct
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from pvfs.cache import ByteLRU
 from pvfs.errors import UnreadableError
 from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, ExtentSource, MissingSource, Source
 
@@ -184,24 +183,13 @@ class Layout:
         return out
 
 
-class _SourceLRU:
-    def __init__(self, limit=256):
-        self.limit = limit
-        self.items = OrderedDict()
-        self.lock = threading.Lock()
+def _object_cost(src) -> int:
+    """Memory an object source holds: its extent map dominates."""
+    return 512 + 64 * len(getattr(src, "extents", ()) or ())
 
-    def get(self, key, make):
-        with self.lock:
-            v = self.items.get(key)
-            if v is not None:
-                self.items.move_to_end(key)
-                return v
-        v = make()
-        with self.lock:
-            self.items[key] = v
-            while len(self.items) > self.limit:
-                self.items.popitem(last=False)
-        return v
+
+#: Object sources kept per image (each holds its extent map).
+OBJECT_CACHE_BYTES = 1 << 20
 
 
 class ReplicaSource(Source):
@@ -263,10 +251,10 @@ class RbdImageSource(Source):
         self.size = layout.size
         self.resolve = resolve  # objno -> Source of object_size bytes, or None (zeros)
         self.label = label
-        self._cache = _SourceLRU(64)  # an object source holds its extent map: bound them
+        self._cache = ByteLRU(OBJECT_CACHE_BYTES, cost=_object_cost)
 
     def _object(self, objno):
-        return self._cache.get(objno, lambda: self.resolve(objno) or _NONE)
+        return self._cache.get_or_load(objno, lambda: self.resolve(objno) or _NONE)
 
     def _read(self, offset, length):
         parts = []

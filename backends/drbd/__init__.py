@@ -6,6 +6,7 @@ generation UUID (the same resource) and builds
 ``storage/drbd/<resource>/{node-A.raw,node-B.raw,merged.raw,diff.json,diverged/,meta.json}``.
 """
 
-from backends.drbd.backend import DrbdBackend
+from backends.drbd.backend import DRBD, DrbdBackend
 
-BACKENDS = [DrbdBackend()]
+BACKENDS = [DRBD]
+__all__ = ["BACKENDS", "DRBD", "DrbdBackend"]

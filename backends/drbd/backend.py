@@ -7,6 +7,7 @@ import os
 import posixpath
 import re
 import threading
+from dataclasses import dataclass, field
 
 from pvfs.backend import Backend
 from pvfs.errors import PvfsError, UsageError
@@ -23,7 +24,6 @@ DIVERGED_FILE_CAP = 1 << 20  # bytes of each version shown per range in diverged
 DIVERGED_MAX_RANGES = 1000  # ranges shown as directories in diverged/
 MAX_RANGES_FILE = 16 << 20
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-MAX_DEFERRALS = 16  # how often the group waits for other layers to be opened first
 
 
 class Member:
@@ -42,12 +42,18 @@ class Member:
         self.order = None
 
 
-def _state(ctx):
-    st = getattr(ctx, "_drbd_state", None)
-    if st is None:
-        st = {"round": 0, "members": {}, "md_sources": {}, "specs": None}
-        ctx._drbd_state = st
-    return st
+@dataclass
+class DrbdState:
+    """What the backend keeps for one discovery (``ctx.state(backend)``)."""
+
+    round: int = 0  # group key generation: members found after a group opened form the next
+    members: dict = field(default_factory=dict)  # id(volume) -> Member
+    md_sources: dict = field(default_factory=dict)  # external meta-data image path -> Source
+    specs: list | None = None  # parsed --drbd-md values
+
+
+def _state(ctx) -> DrbdState:
+    return ctx.state(DRBD)
 
 
 def _split_spec(text, what):
@@ -63,7 +69,7 @@ def _split_spec(text, what):
 def _md_specs(ctx):
     """``--drbd-md DEVICE=MD_IMAGE[@INDEX]`` values, parsed once."""
     st = _state(ctx)
-    if st["specs"] is None:
+    if st.specs is None:
         specs = []
         for text in ctx.options.get("drbd_md") or []:
             if "=" not in text:
@@ -80,8 +86,8 @@ def _md_specs(ctx):
                     continue
                 index = int(idx)
             specs.append((dev, md, MdLocation("external", index)))
-        st["specs"] = specs
-    return st["specs"]
+        st.specs = specs
+    return st.specs
 
 
 def _names(volume, dev):
@@ -101,9 +107,9 @@ def _spec_for(volume, ctx):
 def _md_source(ctx, path):
     st = _state(ctx)
     key = os.path.abspath(path)
-    src = st["md_sources"].get(key)
+    src = st.md_sources.get(key)
     if src is None:
-        src = st["md_sources"][key] = FileSource(path)
+        src = st.md_sources[key] = FileSource(path)
     return src
 
 
@@ -118,6 +124,10 @@ class DrbdBackend(Backend):
     name = "drbd"
     grouped = True
     joins_timelines = True  # the copies of a stacked resource lie in different outer nodes
+    #: Opens after every other group (an LVM VG whose LVs are DRBD backing devices, as
+    #: LINSTOR makes them), so that both nodes of a resource are paired however deep
+    #: each one was found.
+    phase = 1
     cli_options = [
         ("--drbd-md", {"action": "append", "metavar": "DEVICE=MD_IMAGE[@INDEX]",
                        "help": "DRBD external meta data: the backing device (input path or "
@@ -138,6 +148,9 @@ class DrbdBackend(Backend):
                                     "read (lazy, default), during discovery (now), or never "
                                     "(off: bitmaps only)"}),
     ]
+
+    def new_state(self, ctx):
+        return DrbdState()
 
     # -- probing ---------------------------------------------------------------
     def probe(self, volume, ctx):
@@ -178,27 +191,17 @@ class DrbdBackend(Backend):
                 m = Member(volume, "md-only", md, volume.source)
             except DrbdError as e:
                 m = Member(volume, "md-only", error=str(e))
-        st["members"][id(volume)] = m
-        key = ("members", st["round"])
+        st.members[id(volume)] = m
+        key = ("members", st.round)
         if ctx.group_opened(self, key):  # a late member (found inside a later layer)
-            st["round"] += 1
-            key = ("members", st["round"])
+            st.round += 1
+            key = ("members", st.round)
         return key
 
     # -- assembling --------------------------------------------------------------
     def open_group(self, key, volumes, ctx):
         st = _state(ctx)
-        pending = [k for k in ctx.groups if k not in ctx.opened_groups]
-        if (ctx.queue or pending) and st.setdefault("deferrals", 0) < MAX_DEFERRALS:
-            # Other layers are still to be opened (an LVM VG whose LVs are DRBD backing
-            # devices, as LINSTOR makes them): wait for their DRBD members, so that both
-            # nodes of a resource are paired however deep each one was found.
-            st["deferrals"] += 1
-            st["round"] += 1
-            for v in volumes:
-                ctx.add_member(self, ("members", st["round"]), v)
-            return
-        members = [st["members"][id(v)] for v in volumes if id(v) in st["members"]]
+        members = [st.members[id(v)] for v in volumes if id(v) in st.members]
         inputs = [i["path"] for i in ctx.inputs]
         vol_index = {id(v): i for i, v in enumerate(ctx.volumes)}
         for m in members:
@@ -663,3 +666,6 @@ class PairAnalysis:
         note = (f"{len(shown)} of {len(self.diverged)} diverged ranges; each file holds at most "
                 f"{DIVERGED_FILE_CAP} bytes of its range. See ../diff.json.\n").encode()
         d.add("README.txt", GeneratedFile(lambda: note))
+
+
+DRBD = DrbdBackend()

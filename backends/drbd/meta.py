@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pvfs.cache import METADATA_CACHE
+from pvfs.checksum import crc32c_raw
 from pvfs.errors import FormatError
 from pvfs.structs import parse
 
@@ -475,17 +476,9 @@ def read_bitmap(md_source, md: DrbdMeta, bitmap_index: int) -> BitmapInfo:
 # ---------------------------------------------------------------------------
 # activity log (8.4 / 9 transaction format)
 
-def crc32c(data: bytes) -> int | None:
-    """The kernel's ``crc32c(0, data)`` (raw register, seed 0, no final xor), or None.
-
-    The CRC-32C code lives in ``backends/ceph/checksum.py`` (hardware path when the
-    ``crc32c`` package is present); DRBD needs it only to verify activity-log blocks.
-    """
-    try:
-        from backends.ceph.checksum import ceph_crc32c
-    except Exception:  # the ceph backend is optional
-        return None
-    return ceph_crc32c(0, data)
+def al_crc32c(data: bytes) -> int:
+    """The kernel's ``crc32c(0, data)`` (raw register, seed 0) of an AL transaction."""
+    return crc32c_raw(data, 0)
 
 
 @dataclass
@@ -535,7 +528,6 @@ def read_activity_log(md_source, md: DrbdMeta) -> ActivityLog:
         return _read_activity_log_07(raw, md)  # as drbdmeta's meta_apply_al() decides
     trs = [None] * mx
     valid = updates = 0
-    unverified = False
     oldest = newest = None  # (b, tr_number)
     for b in range(mx):
         o = al_slot(b, mx, md.al_stripes, md.al_stripe_size_4k)
@@ -543,10 +535,7 @@ def read_activity_log(md_source, md: DrbdMeta) -> ActivityLog:
         if len(blk) < 4096 or int.from_bytes(blk[:4], "big") != S.DRBD_AL_MAGIC:
             continue
         f = S.AL_TRANSACTION.unpack(blk)
-        crc = crc32c(blk[:8] + b"\0\0\0\0" + blk[12:])
-        if crc is None:
-            unverified = True
-        elif crc != f[2]:
+        if al_crc32c(blk[:8] + b"\0\0\0\0" + blk[12:]) != f[2]:
             continue
         valid += 1
         trs[b] = f
@@ -589,8 +578,7 @@ def read_activity_log(md_source, md: DrbdMeta) -> ActivityLog:
                 if slot < S.AL_EXTENTS_MAX:
                     hot[slot] = extents[i]
     extents = sorted({e for e in hot.values() if e != 0xFFFFFFFF})
-    return ActivityLog(mx, valid, updates, newest[1] if newest else None, extents,
-                       "CRC-32C unavailable: transactions checked by magic only" if unverified else "")
+    return ActivityLog(mx, valid, updates, newest[1] if newest else None, extents, "")
 
 
 def _newer(tr, than):

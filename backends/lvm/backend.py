@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from pvfs.backend import Backend
+from pvfs.backend import BLOCK_ROLES, INPUT, Backend
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, File
@@ -31,9 +31,9 @@ from .vg import VolumeGroup
 #: Group key of PVs without a metadata area (``pvcreate --metadatacopies 0``): they
 #: are matched by PV UUID when a VG that names them is assembled.
 NO_MDA_KEY = "pv-without-metadata"
-PV_ROLES = ("disk", "partition", "lv", "zvol", "rbd", "drbd-data", "input-disk")
+PV_ROLES = BLOCK_ROLES
 #: An input file may be a VG metadata backup (vgcfgbackup, /etc/lvm/backup/<vg>).
-ROLES = PV_ROLES + ("input",)
+ROLES = PV_ROLES | {INPUT}
 _SNAP_RE = re.compile(r"^snap_((?:vm|base)-\d+-disk-\d+)_(.+)$")
 
 

@@ -23,82 +23,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pvfs.damage import Problem
 from pvfs.cache import METADATA_CACHE
+from pvfs.checksum import crc32c_raw
 from pvfs.errors import UnreadableError
 from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, Source
 
 from . import structs as S
 from .errors import ThinError
 
-try:  # a C implementation when installed; the table below otherwise
-    from crc32c import crc32c as _crc32c_std
-except ImportError:  # pragma: no cover - depends on the environment
-    _crc32c_std = None
-
 BLOCK = S.THIN_METADATA_BLOCK_SIZE
 MAX_TREE_DEPTH = 16
 MAX_DEVICE_ID = (1 << 24) - 1
 MAX_SCAN_NODES = 4_000_000
 _NODE_HDR = struct.Struct("<IIQIIII")
-
-
-def _make_table():
-    poly = 0x82F63B78
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ poly if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = None
-
-
-_POS_TABLE = None  # [position, byte] -> contribution, for 4092-byte messages
-
-
-def _crc32c_4092(data: bytes) -> int:
-    """crc32c(~0) of a 4092-byte message (every checksummed metadata block) with numpy.
-
-    A CRC is affine in its message: crc(msg) = crc(zeros) ^ XOR_i T[i][msg[i]], where
-    T[i][b] is the CRC (zero seed) of byte b at position i followed by zeros.  The table
-    (4 MiB) is built once by shifting the last position's row through zero bytes."""
-    global _POS_TABLE, _TABLE
-    if _POS_TABLE is None:
-        if _TABLE is None:
-            _TABLE = _make_table()
-        t = np.array(_TABLE, np.uint32)
-        rows = np.empty((4092, 256), np.uint32)
-        row = t[np.arange(256, dtype=np.uint32)]  # byte b with zero seed, then no zeros
-        rows[4091] = row
-        for i in range(4090, -1, -1):
-            row = t[row & 0xFF] ^ (row >> np.uint32(8))
-            rows[i] = row
-        c = 0xFFFFFFFF
-        for _ in range(4092):
-            c = _TABLE[c & 0xFF] ^ (c >> 8)
-        _POS_TABLE = (rows, c)
-    rows, zero_crc = _POS_TABLE
-    idx = np.frombuffer(data, np.uint8)
-    return int(np.bitwise_xor.reduce(rows[np.arange(4092), idx])) ^ zero_crc
-
-
-def crc32c_raw(data: bytes, seed: int = 0xFFFFFFFF) -> int:
-    """The kernel's ``crc32c(seed, data)``: no final inversion."""
-    if _crc32c_std is not None and seed == 0xFFFFFFFF:
-        return (~_crc32c_std(data)) & 0xFFFFFFFF
-    if seed == 0xFFFFFFFF and len(data) == 4092:
-        return _crc32c_4092(data)
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = _make_table()
-    c = seed
-    t = _TABLE
-    for b in data:
-        c = t[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c
 
 
 def dm_checksum(block: bytes, xor: int) -> int:
@@ -722,7 +660,7 @@ class ThinPool:
         self.tdata = tdata
         self.md = ThinMetadata(tmeta)
         self.hints = hints or {}
-        self.problems = []  # (severity, code, message)
+        self.problems: list[Problem] = []
         self.info = []
         self.sb = None
         self.recovered = False
@@ -735,7 +673,7 @@ class ThinPool:
         self._open()
 
     def _problem(self, severity, code, msg):
-        self.problems.append((severity, code, msg))
+        self.problems.append(Problem(severity, code, msg))
 
     def _open(self):
         chunk_hint = self.hints.get("chunk_size")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pvfs.damage import Problem
 from pvfs.errors import UnreadableError
 from pvfs.source import (DATA, UNREADABLE, ZERO, ExtentSource, MissingSource, Source,
                          ZeroSource)
@@ -167,7 +168,7 @@ class VolumeGroup:
         self.id = vg.get("id")
         self.seqno = vg.get("seqno")
         self.bad = bad
-        self.problems = []  # (severity, code, message)
+        self.problems: list[Problem] = []
         self.extent_bytes = _int(vg, "extent_size", what=f"VG {self.name}") * SECTOR
         if self.extent_bytes == 0:
             raise LvmError(f"VG {self.name}: extent_size is 0")
@@ -181,14 +182,14 @@ class VolumeGroup:
                 ref = PVRef(pvname, uuid, _int(p, "pe_start", 0, what) * SECTOR,
                             _int(p, "pe_count", 0, what), _int(p, "dev_size", 0, what) * SECTOR)
             except LvmError as e:
-                self.problems.append(("error", "bad-pv", f"{e}; its extents are unreadable"))
+                self.problems.append(Problem("error", "bad-pv", f"{e}; its extents are unreadable"))
                 self.pvs[pvname] = PVRef(pvname, uuid, 0, 0, 0)
                 continue
             src = pv_sources.get(uuid)
             if src is not None:
                 ref.source, ref.path = src
             else:
-                self.problems.append(("error", "missing-pv",
+                self.problems.append(Problem("error", "missing-pv",
                                       f"PV {pvname} ({uuid}) of VG {self.name} was not found; "
                                       f"its extents read as unreadable"))
             self.pvs[pvname] = ref
@@ -198,7 +199,7 @@ class VolumeGroup:
                 try:
                     self.lvs[lvname] = self._read_lv(lvname, l)
                 except LvmError as e:
-                    self.problems.append(("error", "bad-lv", str(e)))
+                    self.problems.append(Problem("error", "bad-lv", str(e)))
         self._sources = {}
         self._building = set()
 
@@ -215,7 +216,7 @@ class VolumeGroup:
             if len(segs) > MAX_SEGMENTS:
                 raise LvmError(f"LV {name}: too many segments")
         if isinstance(count, int) and count != len(segs):
-            self.problems.append(("warning", "segment-count",
+            self.problems.append(Problem("warning", "segment-count",
                                   f"LV {name}: segment_count {count} but {len(segs)} segments"))
         segs.sort(key=lambda s: s.start_extent)
         extents = max((s.start_extent + s.extent_count for s in segs), default=0)
@@ -346,7 +347,7 @@ class VolumeGroup:
             return ZeroSource(length, status=ZERO), 0
         if t == "error":
             return MissingSource(length, "error segment", bad=self.bad), 0
-        self.problems.append(("error", "unsupported-segment",
+        self.problems.append(Problem("error", "unsupported-segment",
                               f"{what}: segment type {t!r} is not supported; its bytes "
                               f"read as unreadable"))
         return MissingSource(length, f"segment type {t} not supported", bad=self.bad,

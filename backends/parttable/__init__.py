@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pvfs.backend import Backend
+from pvfs.backend import BLOCK_ROLES, PARTITION, Backend
 from pvfs.source import SliceSource
 
 from .tables import GPT_PROBE_SECTOR_SIZES, PartitionTableError, read_gpt, read_mbr
 
 #: Volume roles a partition table can live on (not inside a partition: no nesting
 #: except the MBR extended chain, which the MBR reader follows itself).
-DISK_ROLES = ("disk", "lv", "zvol", "rbd", "drbd-data", "input-disk")
+DISK_ROLES = BLOCK_ROLES - {PARTITION}
 
 
 def _add_partitions(volume, ctx, table):

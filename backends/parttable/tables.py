@@ -9,6 +9,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
+from pvfs.damage import Problem
 from pvfs.errors import FormatError, UnreadableError
 from pvfs.structs import guid_str, parse
 
@@ -49,7 +50,7 @@ class PartitionTable:
     scheme: str
     sector_size: int
     partitions: list = field(default_factory=list)
-    problems: list = field(default_factory=list)  # (severity, code, message)
+    problems: list[Problem] = field(default_factory=list)
     disk_guid: str = ""
 
     def summary(self):
@@ -84,7 +85,7 @@ def read_mbr(source, probe_only=False) -> PartitionTable:
         if e.lba_first == 0 or e.lba_first >= max(total, 1) and total:
             if probe_only:
                 raise PartitionTableError(f"partition {i} starts outside the disk")
-            table.problems.append(("warning", "bad-entry",
+            table.problems.append(Problem("warning", "bad-entry",
                                    f"MBR entry {i} starts at LBA {e.lba_first}, outside the disk; skipped"))
             continue
         if e.type in EXTENDED_TYPES:
@@ -106,16 +107,16 @@ def _read_ebr_chain(source, ext_start, ext_sectors, table):
     for _ in range(MAX_LOGICAL):
         lba = ext_start + rel
         if lba in seen:
-            table.problems.append(("error", "ebr-loop", f"extended partition chain loops at LBA {lba}"))
+            table.problems.append(Problem("error", "ebr-loop", f"extended partition chain loops at LBA {lba}"))
             return
         seen.add(lba)
         try:
             ebr = source.read(lba * 512, 512)
         except UnreadableError as e:
-            table.problems.append(("error", "ebr-unreadable", f"EBR at LBA {lba} unreadable: {e}"))
+            table.problems.append(Problem("error", "ebr-unreadable", f"EBR at LBA {lba} unreadable: {e}"))
             return
         if len(ebr) < 512 or ebr[510:512] != MBR_SIGNATURE:
-            table.problems.append(("error", "ebr-bad", f"EBR at LBA {lba} has no 55 AA signature; "
+            table.problems.append(Problem("error", "ebr-bad", f"EBR at LBA {lba} has no 55 AA signature; "
                                    "later logical partitions are lost"))
             return
         first, link = _mbr_entries(ebr)[:2]
@@ -127,10 +128,10 @@ def _read_ebr_chain(source, ext_start, ext_sectors, table):
             return
         rel = link.lba_first
         if rel >= ext_sectors and ext_sectors:
-            table.problems.append(("error", "ebr-bad", f"EBR link to LBA {ext_start + rel} leaves "
+            table.problems.append(Problem("error", "ebr-bad", f"EBR link to LBA {ext_start + rel} leaves "
                                    "the extended partition"))
             return
-    table.problems.append(("error", "ebr-loop", f"more than {MAX_LOGICAL} logical partitions"))
+    table.problems.append(Problem("error", "ebr-loop", f"more than {MAX_LOGICAL} logical partitions"))
 
 
 # -- GPT ---------------------------------------------------------------------
@@ -184,12 +185,12 @@ def read_gpt(source) -> PartitionTable:
                 continue
             table = PartitionTable("gpt", ss, disk_guid=guid_str(hdr.disk_guid))
             if which == "backup":
-                table.problems.append(("error", "gpt-primary-damaged",
+                table.problems.append(Problem("error", "gpt-primary-damaged",
                                        "primary GPT header or partition array is damaged ("
                                        + "; ".join(errors or ["not found"])
                                        + f"); using the backup header at LBA {lba}"))
             elif errors:
-                table.problems.append(("warning", "gpt", "; ".join(errors)))
+                table.problems.append(Problem("warning", "gpt", "; ".join(errors)))
             _gpt_partitions(hdr, array, ss, table, source.size)
             return table
     raise PartitionTableError("no valid GPT header: " + ("; ".join(errors) or "no signature"))
@@ -203,7 +204,7 @@ def _gpt_partitions(hdr, array, ss, table, disk_size):
             continue
         e = parse(GptPartitionEntry, raw, PartitionTableError, "GPT partition entry")
         if e.ending_lba < e.starting_lba:
-            table.problems.append(("warning", "bad-entry",
+            table.problems.append(Problem("warning", "bad-entry",
                                    f"GPT entry {i + 1}: ends before it starts; skipped"))
             continue
         name = e.partition_name.decode("utf-16-le", "replace").split("\0", 1)[0]

@@ -2,8 +2,8 @@
 
 from pvfs.backend import Backend
 
-from .datastore import DatastoreWalker, check_chunks, looks_like_datastore
-from .fsaccess import NodeFS
+from .datastore import DatastoreWalker, State, check_chunks, looks_like_datastore
+from pvfs.namespace import TreeFiles
 
 
 class PbsBackend(Backend):
@@ -29,13 +29,18 @@ class PbsBackend(Backend):
     # probe_dir/open_dir.  The core does not call them yet (see README: needs a hook that
     # offers filesystem roots); they are tested directly.
     def probe_node(self, node, path, ctx):
-        return looks_like_datastore("", NodeFS(node, path))
+        return looks_like_datastore("", TreeFiles(node, label=path))
 
     def open_node(self, node, path, ctx):
-        DatastoreWalker("", ctx, self, fs=NodeFS(node, path), name=path.rstrip("/").rsplit("/", 1)[-1]).open()
+        DatastoreWalker("", ctx, self, fs=TreeFiles(node, label=path), name=path.rstrip("/").rsplit("/", 1)[-1]).open()
 
-    def open_group(self, key, volumes, ctx):
-        check_chunks(ctx, ctx.options.get("pbs_verify") or "exists")
+    def new_state(self, ctx):
+        return State(ctx)
+
+    def finish(self, ctx):
+        """Check every referenced chunk once all datastores (inputs and those found
+        inside recovered file systems) are open; incremental if called again."""
+        check_chunks(ctx, ctx.state(self), ctx.options.get("pbs_verify") or "exists")
 
 
 BACKENDS = [PbsBackend()]

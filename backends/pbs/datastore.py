@@ -13,17 +13,16 @@ import hashlib
 import json
 import os
 import re
-import weakref
 
 import numpy as np
 
-from pvfs.discover import Home, Volume
+from pvfs.discover import Home
 from pvfs.nodes import Dir, File, GeneratedFile
 from pvfs.source import BAD_ZERO, BytesSource
 
 from .blob import EncryptedBlobError, decode_blob, load_keyfile
 from .catalog import catalog_text
-from .fsaccess import OsFS
+from pvfs.namespace import OsFiles
 from .index import ChunkError, ChunkPool, ChunkStore, FixedIndex, IndexSource, open_index, zero_digest
 from .pxar import LISTING, PxarArchive
 from .structs import PbsError
@@ -42,11 +41,11 @@ MAX_NAMED_FILES = 50  # files named in one damage entry
 
 def looks_like_datastore(path, fs=None) -> float:
     """100: ``.chunks/`` with 4-hex folders; 60: ``.chunks/`` and a backup group folder."""
-    fs = fs or OsFS(path)
-    chunks = fs.join(path, ".chunks")
+    fs = fs or OsFiles(root=path)
+    chunks = fs.path(path, ".chunks")
     if not fs.isdir(chunks):
         return 0.0
-    if isinstance(fs, OsFS):
+    if isinstance(fs, OsFiles):
         try:
             with os.scandir(chunks) as it:  # a real store has 65536 folders: look at a few
                 for i, e in enumerate(it):
@@ -59,7 +58,7 @@ def looks_like_datastore(path, fs=None) -> float:
     elif any(HEX4_RE.match(n) for n in fs.listdir(chunks)[:64]):
         return 100.0
     for t in BACKUP_TYPES + ("ns",):
-        if fs.isdir(fs.join(path, t)):
+        if fs.isdir(fs.path(path, t)):
             return 60.0
     return 30.0
 
@@ -101,27 +100,17 @@ class State:
         self.early: list = []  # read failures before it (probes of other backends): deferred
 
 
-_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def state_for(ctx) -> State:
-    st = _STATES.get(ctx)
-    if st is None:
-        st = _STATES[ctx] = State(ctx)
-    return st
-
-
 # ---------------------------------------------------------------------------
 class DatastoreWalker:
     """One datastore: ``root`` in ``fs`` (a real folder, or a directory node)."""
 
     def __init__(self, root, ctx, backend, fs=None, name=None):
-        self.fs = fs or OsFS(root)
+        self.fs = fs or OsFiles(root=root)
         self.root = self.fs.root if fs is None else root
         self.base_name = name
         self.ctx = ctx
         self.backend = backend
-        self.state = state_for(ctx)
+        self.state: State = ctx.state(backend)
         self.bad = ctx.bad(BAD_ZERO)
 
     def open(self):
@@ -135,25 +124,21 @@ class DatastoreWalker:
         self.state.pool.add(store)
         self.state.datastores.append((name, self.root, self.tree_path, self.fs))
         self.walk_ns(self.root, pbs.get(name), self.tree_path, "", 0)
-        # One group for all datastores: chunk checks run once every store is known.
-        if getattr(ctx, "group_opened", None) and ctx.group_opened(self.backend, "datastores"):
-            check_chunks(ctx, ctx.options.get("pbs_verify") or "exists")  # a late datastore
-            return
-        vol = Volume(None, self.tree_path, name, "pbs-datastore")
-        ctx.add_member(self.backend, "datastores", vol)
+        # Chunks are checked once every store is known (the backend's finish hook), so
+        # that a chunk missing here can still be found in another datastore.
 
     def walk_ns(self, at, tree, tpath, ns, depth):
         fs = self.fs
         for btype in BACKUP_TYPES:
-            tdir = fs.join(at, btype)
+            tdir = fs.path(at, btype)
             if not fs.isdir(tdir):
                 continue
             for bid in fs.listdir(tdir):
-                gdir = fs.join(tdir, bid)
+                gdir = fs.path(tdir, bid)
                 if not ID_RE.match(bid) or not fs.isdir(gdir):
                     continue
                 for btime in fs.listdir(gdir):
-                    sdir = fs.join(gdir, btime)
+                    sdir = fs.path(gdir, btime)
                     if not TIME_RE.match(btime) or not fs.isdir(sdir):
                         continue
                     snap_tree = tree.subdir(btype).subdir(bid).subdir(btime)
@@ -163,14 +148,14 @@ class DatastoreWalker:
                         snap.open()
                     except (PbsError, OSError) as e:
                         self.ctx.report.add("error", LAYER, snap.tree_path, "bad-snapshot", str(e))
-        nsdir = fs.join(at, "ns")
+        nsdir = fs.path(at, "ns")
         if fs.isdir(nsdir):
             if depth >= MAX_NS_DEPTH:
                 self.ctx.report.add("warning", LAYER, f"{tpath}/ns", "too-deep",
                                     f"namespaces nested deeper than {MAX_NS_DEPTH}; not followed")
                 return
             for n in fs.listdir(nsdir):
-                sub = fs.join(nsdir, n)
+                sub = fs.path(nsdir, n)
                 if NS_RE.match(n) and fs.isdir(sub):
                     sub_tree = tree.subdir("ns").subdir(n)
                     self.walk_ns(sub, sub_tree, f"{tpath}/ns/{n}", f"{ns}/{n}" if ns else n, depth + 1)
@@ -205,7 +190,7 @@ class Snapshot:
         for fn in files:
             if fn in handled:
                 continue
-            full = self.fsa.join(self.fs, fn)
+            full = self.fsa.path(self.fs, fn)
             try:
                 if fn.endswith(".blob"):
                     self.open_blob(fn, full)
@@ -224,7 +209,7 @@ class Snapshot:
 
     # -- manifest ------------------------------------------------------------------
     def read_manifest(self, present):
-        path = self.fsa.join(self.fs, "index.json.blob")
+        path = self.fsa.path(self.fs, "index.json.blob")
         if not present:
             self.report("warning", "no-manifest", self.tree_path,
                         f"{self.label}: index.json.blob is missing; archives shown without it")
@@ -250,7 +235,7 @@ class Snapshot:
                 self.report("error", "missing-archive", f"{self.tree_path}/{fn}",
                             f"{self.label}: {fn} is listed in the manifest but missing")
                 continue
-            full = self.fsa.join(self.fs, fn)
+            full = self.fsa.path(self.fs, fn)
             try:
                 if fn.endswith(".blob"):
                     data = self.fsa.read(full, MAX_BLOB_FILE)
@@ -385,7 +370,7 @@ class Snapshot:
                               mtime=ix.ctime), report=self.ctx.report, path_hint=self.tree_path)
 
     def open_split(self, mfn, pfn):
-        mix = self._index(mfn, self.fsa.join(self.fs, mfn))
+        mix = self._index(mfn, self.fsa.path(self.fs, mfn))
         name = mfn[: -len(".mpxar.didx")] + ".pxar"
         paths: list = []
         holder: list = []
@@ -396,7 +381,7 @@ class Snapshot:
                         f"{self.label}: {mfn} has no payload stream; file contents are unreadable")
         else:
             try:
-                pix = self._index(pfn, self.fsa.join(self.fs, pfn))
+                pix = self._index(pfn, self.fsa.path(self.fs, pfn))
                 psrc = self._source(pfn, pix, paths, holder)
             except PbsError as e:
                 self.report("error", "bad-archive", f"{self.tree_path}/{pfn}", f"{self.label}: {e}")
@@ -453,14 +438,13 @@ class Snapshot:
 
 
 # ---------------------------------------------------------------------------
-def check_chunks(ctx, verify="exists"):
+def check_chunks(ctx, state: State, verify="exists"):
     """After every datastore is known: missing (and, with ``verify=full``, corrupt)
     chunks become damage entries with their byte ranges, and for pxar the files in
     them; chunk files no index references are counted.
 
     Memory stays compact for stores of millions of chunks: the digests are one numpy
     array, each unique chunk is checked once, only failures are kept in a dict."""
-    state = state_for(ctx)
     pool = state.pool
     new_archives = state.archives[state.checked_archives:]
     new_stores = state.datastores[state.checked_stores:]
@@ -510,11 +494,11 @@ def check_chunks(ctx, verify="exists"):
     prefixes = state.ref_prefixes = np.unique(prefixes)
     for _name, root, tpath, fs in new_stores:
         orphans = bad_files = 0
-        chunks = fs.join(root, ".chunks")
+        chunks = fs.path(root, ".chunks")
         for d in fs.listdir(chunks):
             if not HEX4_RE.match(d):
                 continue
-            names = fs.listdir(fs.join(chunks, d))
+            names = fs.listdir(fs.path(chunks, d))
             digs = [e for e in names if DIGEST_RE.match(e)]
             bad_files += sum(1 for e in names if e.endswith(".bad"))
             if digs:

@@ -20,7 +20,7 @@ from pvfs.errors import UnreadableError
 from pvfs.source import BAD_ZERO, DATA, UNREADABLE, ZERO, Source
 
 from .blob import MAX_BLOB_SIZE, CryptConfig, decode_blob
-from .fsaccess import OsFS
+from pvfs.namespace import FileTooLargeError, OsFiles
 from .structs import (DYNAMIC_ENTRY_SIZE, DYNAMIC_SIZED_CHUNK_INDEX_1_0, FIXED_ENTRY_SIZE,
                       FIXED_SIZED_CHUNK_INDEX_1_0, INDEX_HEADER_SIZE, DynamicIndexHeader,
                       FixedIndexHeader, PbsError, parse)
@@ -51,7 +51,7 @@ class FixedIndex:
     def __init__(self, path, fs=None, unfinished=False):
         """``unfinished``: a ``*.tmp_fidx`` of an interrupted backup (fixed_index.rs writes
         the table in place; digests never written are zero, the checksum is not set)."""
-        fs = fs or OsFS(os.path.dirname(path) or ".")
+        fs = fs or OsFiles(root=os.path.dirname(path) or ".")
         self.path = path
         self.problems: list[str] = []
         self.unfinished = unfinished
@@ -119,7 +119,7 @@ class DynamicIndex:
     def __init__(self, path, fs=None, unfinished=False):
         """``unfinished``: a ``*.tmp_didx`` of an interrupted backup (entries are appended
         as chunks arrive; the checksum is not set): its entries are a prefix of the stream."""
-        fs = fs or OsFS(os.path.dirname(path) or ".")
+        fs = fs or OsFiles(root=os.path.dirname(path) or ".")
         self.path = path
         self.problems: list[str] = []
         self.unfinished = unfinished
@@ -129,6 +129,8 @@ class DynamicIndex:
             if fsize > MAX_INDEX_FILE:
                 raise PbsError(f"{name}: index file of {fsize} bytes is implausible")
             data = fs.read(path, MAX_INDEX_FILE)
+        except FileTooLargeError as e:
+            raise PbsError(str(e)) from None
         except OSError as e:
             raise PbsError(f"cannot read {path}: {e.strerror or e}") from None
         h = parse(DynamicIndexHeader, data[:INDEX_HEADER_SIZE], f"{name} header")
@@ -175,7 +177,7 @@ class DynamicIndex:
 
 
 def open_index(path, fs=None, unfinished=False):
-    fs = fs or OsFS(os.path.dirname(path) or ".")
+    fs = fs or OsFiles(root=os.path.dirname(path) or ".")
     magic = fs.read_range(path, 0, 8)
     if magic == FIXED_SIZED_CHUNK_INDEX_1_0:
         return FixedIndex(path, fs, unfinished)
@@ -189,19 +191,21 @@ class ChunkStore:
     """``<datastore>/.chunks``: chunk files named by digest."""
 
     def __init__(self, root, name, fs=None):
-        self.fs = fs or OsFS(root)
+        self.fs = fs or OsFiles(root=root)
         self.root = root
         self.name = name
-        self.chunks = self.fs.join(root, ".chunks")
+        self.chunks = self.fs.path(root, ".chunks")
 
     def path(self, hexdigest):
-        return self.fs.join(self.chunks, hexdigest[:4], hexdigest)
+        return self.fs.path(self.chunks, hexdigest[:4], hexdigest)
 
     def read_raw(self, hexdigest):
         try:
             return self.fs.read(self.path(hexdigest), MAX_BLOB_SIZE + 64)
         except FileNotFoundError:
             return None
+        except FileTooLargeError as e:
+            raise PbsError(str(e)) from None
 
     def exists(self, hexdigest):
         return self.fs.exists_size(self.path(hexdigest))

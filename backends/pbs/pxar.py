@@ -21,6 +21,8 @@ import struct
 import threading
 import weakref
 
+from pvfs.posixacl import (ACL_GROUP, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_UNDEFINED_ID,
+                            ACL_USER, ACL_USER_OBJ, posix_acl_xattr)
 from pvfs.errors import PvfsError, UnreadableError
 from pvfs.nodes import Dir, File, Special, Symlink, Timestamp, walk
 from pvfs.source import BAD_EIO, MissingSource, SliceSource, Source
@@ -35,9 +37,6 @@ from .structs import (GOODBYE_ITEM_SIZE, HEADER_SIZE, PXAR_ACL_DEFAULT, PXAR_ACL
 MAX_ITEM = 16 * 1024 * 1024  # metadata items (xattrs, names, goodbye tables) larger are refused
 MAX_GOODBYE = 256 * 1024 * 1024
 
-# POSIX ACL xattr encoding (linux/posix_acl_xattr.h)
-ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 0x10, 0x20
-ACL_UNDEFINED_ID = 0xFFFFFFFF
 ACL_NO_MASK = (1 << 64) - 1
 
 
@@ -48,13 +47,6 @@ class PxarError(PbsError):
 #: Set while this thread lists a pxar directory (its Dir lock is held): a damage
 #: callback must not walk the tree then.
 LISTING = threading.local()
-
-
-def posix_acl_xattr(entries):
-    """``system.posix_acl_*`` value for ``(tag, id, perm)`` entries (posix_acl_xattr.h)."""
-    body = b"".join(struct.pack("<HHI", tag, perm & 7, ident)
-                    for tag, ident, perm in sorted(entries, key=lambda e: (e[0], e[1])))
-    return struct.pack("<I", 2) + body
 
 
 class PxarArchive:

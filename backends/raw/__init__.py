@@ -18,7 +18,7 @@ class RawBackend(Backend):
     IMAGE_SUFFIXES = (".raw", ".img", ".dd", ".bin", ".iso", ".dsk", ".disk")
 
     def probe(self, volume, ctx):
-        if getattr(volume, "from_dir", False):
+        if volume.from_dir:
             name = volume.name.lower()
             big_sectors = volume.source.size >= (1 << 20) and volume.source.size % 512 == 0
             if not (name.endswith(self.IMAGE_SUFFIXES) or big_sectors):

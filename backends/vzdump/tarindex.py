@@ -24,6 +24,7 @@ import threading
 import weakref
 
 from pvfs.nodes import Dir, File, Special, Symlink
+from pvfs.posixacl import ACL_UNDEFINED_ID, posix_acl_xattr
 from pvfs.source import ExtentSource, MissingSource, SliceSource, concat
 
 from .streams import GapError, SequentialReader
@@ -173,8 +174,6 @@ def acl_text_to_xattr(text):
     """A GNU tar/star ACL text (``user::rw-,user:1000:r--,group::r-x,mask::r-x,other::---``,
     comma or newline separated, ``#`` comments) as a ``system.posix_acl_*`` value; None if
     it has no usable entry."""
-    from backends.pbs.pxar import ACL_UNDEFINED_ID, posix_acl_xattr
-
     entries = []
     for item in text.replace("\n", ",").split(","):
         item = item.split("#", 1)[0].split("\t", 1)[0].strip()
