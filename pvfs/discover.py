@@ -110,6 +110,8 @@ class Context:
         self.scanned_storage_dirs: set = set()  # pvfs/treestorage.py: storages already taken
         self.probed_node_dirs: set = set()  # ... and directories already offered to probe_node
         self.filesystems: list[Volume] = []  # volumes whose guest filesystem was opened
+        self.host_roots: list = []  # pvfs.proxmox.cluster.HostRoot: roots holding /var/lib/pve-cluster
+        self.host_roots_seen: set = set()
         self._states: dict[str, object] = {}
 
     # -- per-backend state -----------------------------------------------------
@@ -300,6 +302,13 @@ class Context:
             path = f"{path}/snapshots/{snapshot}"
         return d, path
 
+    def add_host_root(self, root: Dir, path: str, what: str):
+        """A recovered root file system (a PBS host backup's pxar) that may hold the
+        Proxmox cluster database; :mod:`pvfs.proxmox` reads it after discovery."""
+        from .proxmox.cluster import NodeFiles, note_root
+
+        note_root(self, NodeFiles(root, path), path, what, key=id(root))
+
     # -- groups ----------------------------------------------------------------
     def add_member(self, backend, key, volume):
         """Hold ``volume`` for ``backend.open_group``; members found in different
@@ -475,6 +484,9 @@ def add_tree_input(ctx, node, tree_path, fs_root):
 
 
 def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
+    from .proxmox.cluster import note_input_dir
+
+    note_input_dir(ctx, path)  # a copy of a host root: its /var/lib/pve-cluster
     found = pick_best(load_backends(), lambda b: b.probe_dir(path, ctx), _probe_error(ctx, path))
     if found:
         log.debug("%s: directory format %s (%.0f)", path, found[1].name, found[0])
@@ -575,6 +587,9 @@ def finish(ctx):
             if dname not in cdir.children():
                 cdir.add(dname, vol.guestfs_root, report=ctx.report, path_hint=cpath)
                 vol.files_paths.append(f"{cpath}/{dname}")
+    from .proxmox.cluster import build
+
+    build(ctx)
     propagate_unreadable(ctx)
     map_filesystem_damage(ctx)
     attach_generated_files(ctx)

@@ -94,9 +94,11 @@ def _is_vzdump(name):
 def scan_tree_storages(ctx) -> int:
     """Add the images and backups of storages found in the tree as inputs; return how many."""
     from .discover import add_tree_input
+    from .proxmox.cluster import note_tree_roots
 
     dirs = list(_top_dirs(ctx))
     _open_datastores(ctx, dirs)
+    note_tree_roots(ctx, dirs)  # roots holding /var/lib/pve-cluster (the cluster database)
     added = 0
     for sdir, spath, fs_root in list(_storage_dirs(ctx, dirs)):
         kids = sdir.children()

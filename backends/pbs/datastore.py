@@ -407,6 +407,8 @@ class Snapshot:
             cdir, cpath = self.ctx.container_dir(int(self.bid))
             d = cdir.subdir("backups").subdir(self.btime)
             d.add("rootfs", root, report=self.ctx.report, path_hint=f"{cpath}/backups/{self.btime}")
+        if self.btype == "host":  # a node's root: may hold the cluster database
+            self.ctx.add_host_root(root, tpath, "PBS host backup")
         return pxar
 
     def open_blob(self, fn, full):

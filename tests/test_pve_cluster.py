@@ -1,0 +1,100 @@
+"""The cluster database found in recovered host roots and shown as storage/pve/<node>/etc-pve."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+
+from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from pmxcfs_util import T0, PmxDB, standard_cluster
+
+from pvfs.discover import discover
+from pvfs.nodes import Dir, File, Symlink, resolve, walk
+
+# What job-zfs23.sh wrote into rpool/ROOT/pve-1's config.db (VM_A=100, CT_C=102, POOL=rpool).
+Z23_FILES = {
+    "nodes/pve/qemu-server/100.conf":
+        b"boot: order=scsi0\ncores: 2\nmemory: 2048\nname: vm100\n"
+        b"net0: virtio=BC:24:11:00:00:01,bridge=vmbr0\nostype: l26\n"
+        b"scsi0: local-zfs:vm-100-disk-0,size=32M\nscsihw: virtio-scsi-single\n",
+    "nodes/pve/lxc/102.conf":
+        b"arch: amd64\nhostname: ct102\nmemory: 512\nostype: debian\n"
+        b"rootfs: local-zfs:subvol-102-disk-0,size=64M\nunprivileged: 1\n",
+    "storage.cfg": b"zfspool: local-zfs\n\tpool rpool/data\n\tsparse\n\tcontent images,rootdir\n",
+}
+
+
+def _z23():
+    d = unpack(require_fixture("zfs-2.3", "images", "rpool-raidz1-expanded.tar.zst"))
+    return discover(sorted(str(p) for p in d.rglob("*.img")))
+
+
+def test_zfs23_root_dataset_database():
+    ctx = _z23()
+    m = json.loads((FIXTURES / "zfs-2.3" / "manifest.json").read_text())
+    files = {e["path"]: e for e in m["pools"]["rpool"]["datasets"]["rpool/ROOT/pve-1"]["files"]}
+    dbnode = resolve(ctx.root, "storage/zfs/rpool/ROOT/pve-1/var/lib/pve-cluster/config.db")
+    assert sha256_source(dbnode.source) == files["/var/lib/pve-cluster/config.db"]["sha256"]
+    etc = resolve(ctx.root, "storage/pve/pve/etc-pve")
+    assert isinstance(etc, Dir)
+    shown = {p: n for p, n in walk(etc) if isinstance(n, File)}
+    assert {p: n.source.read(0, n.size) for p, n in shown.items()} == Z23_FILES
+    for p, n in walk(etc):
+        if p:
+            assert n.mtime == 1717243200, p  # the database's mtime column
+        if isinstance(n, Dir):
+            assert stat.S_IMODE(n.mode) == 0o555
+    assert resolve(ctx.root, "storage/pve/pve/etc-pve/qemu-server").target == b"nodes/pve/qemu-server"
+    assert isinstance(resolve(ctx.root, "storage/pve/pve/etc-pve/local"), Symlink)
+    assert not [e for e in ctx.report if e.layer == "pve"], [e.line() for e in ctx.report]
+
+
+def test_directory_copy_of_a_host_root(tmp_path):
+    db = PmxDB(tmp_path / "live.db")
+    want = standard_cluster(db)
+    db.checkpoint()
+    db.write("nodes/pve/qemu-server/100.conf", b"name: web\nmemory: 8192\n", mtime=T0 + 50)
+    want["nodes/pve/qemu-server/100.conf"] = b"name: web\nmemory: 8192\n"
+    host = tmp_path / "host"
+    db.copy_to(host)
+    (host / "etc").mkdir()
+    (host / "etc/hostname").write_text("pve\n")
+    before = {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+              for p in (host / "var/lib/pve-cluster").iterdir()}
+    ctx = discover([str(host)])
+    db.close()
+    etc = resolve(ctx.root, "storage/pve/pve/etc-pve")
+    got = {p: n.source.read(0, n.size) for p, n in walk(etc) if isinstance(n, File)}
+    assert got == want
+    key = resolve(etc, "priv/authkey.key")
+    assert stat.S_IMODE(key.mode) == 0o600
+    assert stat.S_IMODE(resolve(etc, "storage.cfg").mode) == 0o444
+    assert resolve(etc, "nodes/pve/qemu-server/100.conf").mtime == T0 + 50
+    assert resolve(etc, "storage.cfg").mtime == T0
+    after = {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+             for p in (host / "var/lib/pve-cluster").iterdir()}
+    assert after == before  # inputs only read
+    src = resolve(ctx.root, "storage/pve/pve/SOURCE.txt")
+    assert b"config.db + WAL" in src.source.read(0, 1000)
+
+
+def test_cluster_of_two_nodes_newest_first(tmp_path):
+    roots = []
+    for node, extra in (("pve1", 0), ("pve2", 3)):
+        db = PmxDB(tmp_path / f"{node}.db")
+        standard_cluster(db, node="pve1")
+        db.mkdir("nodes/pve2/qemu-server")
+        for i in range(extra):  # pve2 saw three more changes than pve1
+            db.write(f"nodes/pve2/qemu-server/{200 + i}.conf", f"name: n2vm{i}\n".encode())
+        host = tmp_path / node
+        db.copy_to(host)
+        (host / "etc").mkdir()
+        (host / "etc/hostname").write_text(f"{node}.example.org\n")
+        db.close()
+        roots.append(str(host))
+    ctx = discover(roots)
+    assert [x.node for x in ctx.pve_databases] == ["pve2", "pve1"]
+    assert resolve(ctx.root, "storage/pve/pve1/etc-pve/nodes/pve2/qemu-server/200.conf") is None
+    assert resolve(ctx.root, "storage/pve/pve2/etc-pve/nodes/pve2/qemu-server/202.conf") is not None
+    assert any(e.code == "config-older" and e.path == "storage/pve/pve1" for e in ctx.report)
