@@ -42,7 +42,7 @@ def unpack(archive: Path) -> Path:
     The cache key includes the archive's size and mtime, so a new fixture
     is unpacked again.  Holes are kept (``--sparse``).
     """
-    archive = Path(archive)
+    archive = require_path(Path(archive))
     st = archive.stat()
     key = f"{archive.parent.name}-{archive.name}-{st.st_size}-{int(st.st_mtime)}"
     dest = CACHE / key
@@ -64,11 +64,81 @@ def unpack(archive: Path) -> Path:
     return dest
 
 
-def require_fixture(*parts) -> Path:
-    p = FIXTURES.joinpath(*parts)
+#: In CI (``CI`` set, as .ci/run does) a missing fixture is a failure, never a skip: a
+#: clone without ../shared must not report green while testing little.
+IN_CI = bool(os.environ.get("CI"))
+_MISSING: set[str] = set()
+def require_path(p: Path) -> Path:
+    """``p`` (a path under the fixtures); a missing one fails in CI and skips elsewhere."""
+    p = Path(p)
     if not p.exists():
-        pytest.skip(f"fixture {p} is not present")
+        _MISSING.add(str(p))
+        msg = f"fixture {p} is not present"
+        if IN_CI:
+            pytest.fail(msg + " (CI: missing fixtures are failures)", pytrace=False)
+        pytest.skip(msg)
     return p
+
+
+def require_fixture(*parts) -> Path:
+    return require_path(FIXTURES.joinpath(*parts))
+
+
+def fixture_json(path: Path, default):
+    """A fixture's JSON document for module-level use (parametrisation).  Missing: an
+    error at collection in CI, ``default`` elsewhere (the tests then skip or collect nothing)."""
+    path = Path(path)
+    if path.exists():
+        return json.loads(path.read_text())
+    _MISSING.add(str(path))
+    if IN_CI:
+        raise FileNotFoundError(f"fixture {path} is not present (CI: missing fixtures are errors)")
+    return default
+
+
+def fixture_bytes(path: Path, default: bytes = b"") -> bytes:
+    """Like :func:`fixture_json` for raw bytes."""
+    path = Path(path)
+    if path.exists():
+        return path.read_bytes()
+    _MISSING.add(str(path))
+    if IN_CI:
+        raise FileNotFoundError(f"fixture {path} is not present (CI: missing fixtures are errors)")
+    return default
+
+
+def skip_without(path: Path, what: str):
+    """A ``skipif`` mark for tests that need fixture ``path``; never skips in CI (there the
+    tests run and fail on the missing file)."""
+    path = Path(path)
+    missing = not path.exists()
+    if missing:
+        _MISSING.add(str(path))
+    return pytest.mark.skipif(missing and not IN_CI, reason=f"{what} ({path}) are absent")
+
+
+_FIXTURE_ITEMS: set[str] = set()  # tests in modules that read ../shared/fixtures
+_FIXTURE_PASSED: set[str] = set()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        mod = getattr(item, "module", None)
+        if mod is not None and any(hasattr(mod, n) for n in
+                                   ("FIXTURES", "require_fixture", "unpack", "require_path")):
+            _FIXTURE_ITEMS.add(item.nodeid)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed and report.nodeid in _FIXTURE_ITEMS:
+        _FIXTURE_PASSED.add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(
+        f"fixture cases run: {len(_FIXTURE_PASSED)} of {len(_FIXTURE_ITEMS)} collected tests "
+        f"in fixture-reading modules passed ({FIXTURES})"
+        + (f"; {len(_MISSING)} fixture paths were MISSING" if _MISSING else ""))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +15,7 @@ from backends.ceph.rocksdb.table import Table
 from backends.ceph.rocksdb.writebatch import decode_write_batch
 from pvfs.source import BytesSource, FileSource
 
-from conftest import FIXTURES, unpack
+from conftest import FIXTURES, require_path, unpack
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
@@ -27,8 +26,7 @@ _cache = {}
 def _real():
     if not _cache:
         archive = FIXTURES / "ceph" / "ceph-fixture.tar.zst"
-        if not archive.exists():
-            pytest.skip(f"fixture {archive} is not present")
+        require_path(archive)
         root = Path(unpack(archive)) / "ceph-fixture"
         fs = open_bluefs(FileSource(root / "variants" / "osd.0-compacted" / "block"))
         _cache["sst"] = fs.read_file("db/000040.sst")

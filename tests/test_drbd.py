@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import FIXTURES, ROOT, require_fixture, sha256_source, unpack
+from conftest import FIXTURES, ROOT, fixture_json, require_fixture, sha256_source, unpack
 from pvfs.discover import Options, discover
 from pvfs.nodes import resolve
 from pvfs.report import report_doc
@@ -18,7 +18,7 @@ from backends.drbd import structs as S
 from backends.drbd.meta import INTERNAL, read_activity_log, read_bitmap, read_meta
 
 MANIFEST_PATH = FIXTURES / "drbd" / "manifest.json"
-MANIFEST = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.exists() else {"images": {}, "pairs": {}}
+MANIFEST = fixture_json(MANIFEST_PATH, {"images": {}, "pairs": {}})
 BLOCK = 4096
 
 

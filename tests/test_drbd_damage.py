@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from conftest import FIXTURES, fixture_json, require_fixture, sha256_source, unpack
 from pvfs.checksum import crc32c_raw
 from pvfs.discover import Options, discover
 from pvfs.errors import PvfsError, UsageError
@@ -27,7 +27,7 @@ from backends.drbd.meta import (FLEX_EXTERNAL, INTERNAL, DrbdError, MdLocation, 
                                 read_bitmap, read_meta)
 
 MANIFEST_PATH = FIXTURES / "drbd" / "manifest.json"
-MANIFEST = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.exists() else {"images": {}, "pairs": {}}
+MANIFEST = fixture_json(MANIFEST_PATH, {"images": {}, "pairs": {}})
 BLOCK = 4096
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

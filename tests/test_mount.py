@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, ROOT, require_fixture, sha256_file, unpack
+from conftest import FIXTURES, ROOT, fixture_json, require_fixture, sha256_file, unpack
 from mountutil import needs_fuse, pvfs_mounted, unmount
 
 pytestmark = needs_fuse
 
-MANIFEST = json.loads((FIXTURES / "qcow2" / "manifest.json").read_text()) \
-    if (FIXTURES / "qcow2" / "manifest.json").exists() else {"images": {}}
+MANIFEST = fixture_json(FIXTURES / "qcow2" / "manifest.json", {"images": {}})
 EXAMPLES = ROOT / "examples"
 
 

@@ -24,12 +24,11 @@ from pvfs.errors import PvfsError, UnreadableError
 from pvfs.nodes import resolve, walk
 from pvfs.source import BytesSource, FileSource
 
-from conftest import FIXTURES, sha256_source
+from conftest import FIXTURES, fixture_bytes, sha256_source, skip_without
 
 GEN = FIXTURES / "pbs" / "generated"
 DS = GEN / "datastore"
-pytestmark = pytest.mark.skipif(not (GEN / "ground-truth.json").exists(),
-                                reason="PBS fixtures (shared/fixtures/pbs/generated) are absent")
+pytestmark = skip_without(GEN / "ground-truth.json", "PBS fixtures")
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -424,11 +423,11 @@ def test_blob_errors():
 
 
 # --- fuzz ---------------------------------------------------------------------------
-_BLOB = (DS / "vm/100/2024-01-15T10:00:00Z/qemu-server.conf.blob").read_bytes() if DS.exists() else b""
-_FIDX = (DS / "vm/100/2024-01-15T10:00:00Z/drive-scsi0.img.fidx").read_bytes() if DS.exists() else b""
-_DIDX = (DS / "ct/101/2024-01-15T11:00:00Z/root.pxar.didx").read_bytes() if DS.exists() else b""
-_PXAR = (GEN / "streams/root.pxar").read_bytes() if GEN.exists() else b""
-_MPXAR = (GEN / "streams/root.mpxar").read_bytes() if GEN.exists() else b""
+_BLOB = fixture_bytes(DS / "vm/100/2024-01-15T10:00:00Z/qemu-server.conf.blob")
+_FIDX = fixture_bytes(DS / "vm/100/2024-01-15T10:00:00Z/drive-scsi0.img.fidx")
+_DIDX = fixture_bytes(DS / "ct/101/2024-01-15T11:00:00Z/root.pxar.didx")
+_PXAR = fixture_bytes(GEN / "streams/root.pxar")
+_MPXAR = fixture_bytes(GEN / "streams/root.mpxar")
 
 
 def _mutate(base, data):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import pytest
 
-from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from conftest import FIXTURES, fixture_json, require_fixture, sha256_source, unpack
 from pvfs.discover import Options, discover
 from pvfs.errors import UnreadableError
 from pvfs.nodes import resolve
@@ -16,7 +15,7 @@ from pvfs.source import UNREADABLE, FileSource
 from backends.qcow2.image import Qcow2Error, Qcow2Image, parse_header
 
 MANIFEST_PATH = FIXTURES / "qcow2" / "manifest.json"
-MANIFEST = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.exists() else {"images": {}}
+MANIFEST = fixture_json(MANIFEST_PATH, {"images": {}})
 BASE_SHA = MANIFEST["images"].get("base.qcow2", {}).get("raw_sha256")
 
 

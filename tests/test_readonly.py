@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, ROOT, sha256_file, unpack
+from conftest import FIXTURES, ROOT, require_path, sha256_file, unpack
 from pvfs.discover import discover
 from pvfs.errors import PvfsError
 from pvfs.nodes import Dir, File
@@ -64,12 +64,9 @@ CASES = _inputs()
 def _resolve_case(name):
     case = CASES[name]
     if isinstance(case, list):
-        if not all(p.exists() for p in case):
-            pytest.skip(f"fixture for {name} absent")
-        return case
+        return [require_path(p) for p in case]
     archive, pick = case
-    if not archive.exists():
-        pytest.skip(f"fixture {archive} absent")
+    require_path(archive)
     return pick(unpack(archive))
 
 

@@ -29,13 +29,13 @@ from pvfs.nodes import resolve, walk
 from pvfs.source import BytesSource, FileSource
 
 from vma_writer import extent_header, vma_header
-from conftest import FIXTURES, sha256_source
+from conftest import FIXTURES, sha256_source, skip_without
 
 PBS = FIXTURES / "pbs"
 VZ = PBS / "generated" / "vzdump"
 GT_FILE = PBS / "generated" / "ground-truth.json"
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-needs_fixtures = pytest.mark.skipif(not GT_FILE.exists(), reason="PBS/vzdump fixtures are absent")
+needs_fixtures = skip_without(GT_FILE, "PBS/vzdump fixtures")
 needs_tools = pytest.mark.skipif(not all(shutil.which(t) for t in ("tar", "zstd", "gzip", "lzop")),
                                  reason="tar, zstd, gzip and lzop are needed (deps-apt.txt)")
 VMA_STEM = "vzdump-qemu-100-2024_01_15-10_00_00.vma"

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, unpack
+from conftest import FIXTURES, require_path, unpack
 from pvfs.discover import Options, discover
 from pvfs.errors import FormatError, UnreadableError, UsageError
 from pvfs.nodes import Dir, resolve
@@ -40,8 +40,7 @@ def _manifest():
 
 
 def _ctx(keys=()):
-    if not ARCHIVE.exists():
-        pytest.skip(f"fixture {ARCHIVE} is not present")
+    require_path(ARCHIVE)
     keys = tuple(keys)
     if keys not in _CTX:
         root = unpack(ARCHIVE)

@@ -14,7 +14,7 @@ import pytest
 from pvfs.discover import Options, discover
 from pvfs.nodes import File, resolve
 
-from conftest import CACHE, FIXTURES, sha256_source
+from conftest import CACHE, FIXTURES, fixture_json, require_path, sha256_source
 
 EXT = FIXTURES / "zfs" / "external"
 
@@ -38,8 +38,7 @@ def _sparse_copy(f, path):
 def extract(rel: str):
     """Decompress one external image (.bz2, .Z, .tar.*) into the cache, once."""
     src = EXT / rel
-    if not src.exists():
-        pytest.skip(f"fixture {src} is not present")
+    require_path(src)
     st = src.stat()
     dest = CACHE / "zfs-external" / f"{src.name}-{st.st_size}-{int(st.st_mtime)}"
     if not (dest / ".complete").exists():
@@ -65,7 +64,7 @@ def _open(*rels, keys=None):
     return discover(files, Options(backend_options={"zfs_key": keys} if keys else {}))
 
 
-LEGACY = json.loads((EXT / "INVENTORY-legacy.json").read_text()) if EXT.exists() else {}
+LEGACY = fixture_json(EXT / "INVENTORY-legacy.json", {})
 @pytest.mark.parametrize("key", sorted(LEGACY) or ["none"])
 def test_external_legacy_pool_tree(key):
     ent = LEGACY.get(key)

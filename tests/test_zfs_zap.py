@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backends.zfs import zap
-from conftest import FIXTURES, unpack
+from conftest import FIXTURES, require_path, unpack
 from pvfs.errors import FormatError, UnreadableError
 
 
@@ -45,8 +45,7 @@ class BlockDnode:
 # --------------------------------------------------------------------------- real blocks
 def _fixture_image(archive, member):
     path = FIXTURES / "zfs" / "images" / archive
-    if not path.exists():
-        pytest.skip(f"fixture {path} is not present")
+    require_path(path)
     return unpack(path) / member
 
 

@@ -20,7 +20,7 @@ import stat
 
 import pytest
 
-from conftest import FIXTURES, unpack
+from conftest import FIXTURES, require_path, unpack
 from pvfs.discover import Options, discover
 from pvfs.nodes import Dir, File, Special, Symlink, resolve
 
@@ -81,8 +81,7 @@ def _open(images: tuple, keys: tuple = ()):
 
 def _images(archive_dir, archive):
     path = archive_dir / "images" / archive
-    if not path.exists():
-        pytest.skip(f"fixture {path} is not present")
+    require_path(path)
     root = unpack(path)
     return tuple(sorted(glob.glob(str(root / "*" / "*.img"))))
 

@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from conftest import CACHE, FIXTURES, unpack
+from conftest import CACHE, FIXTURES, require_path, unpack
 from pvfs.discover import Options, discover
 from pvfs.nodes import Dir, File, Symlink, resolve
 
@@ -29,8 +29,7 @@ EXT = FIXTURES / "zfs" / "external"
 def _decompressed(rel: str) -> str:
     """A ``.bz2`` pool image decompressed (sparse) into the cache, once."""
     src = EXT / rel
-    if not src.exists():
-        pytest.skip(f"fixture {src} is not present")
+    require_path(src)
     st = src.stat()
     dest_dir = CACHE / f"zfs-external-{st.st_size}-{int(st.st_mtime)}"
     dest = dest_dir / rel.replace("/", "_").rsplit(".", 1)[0]
@@ -59,8 +58,7 @@ def _decompressed(rel: str) -> str:
 
 def _tar_images(rel: str):
     src = EXT / rel
-    if not src.exists():
-        pytest.skip(f"fixture {src} is not present")
+    require_path(src)
     root = unpack(src)
     return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.name != ".complete")
 
