@@ -128,6 +128,8 @@ class PvfsOperations(pyfuse3.Operations):
         return a
 
     async def _attrs_async(self, node, ino):
+        if isinstance(node, GeneratedFile) and node.stale:
+            await self._run(node.content)  # render report.json off the event loop, once
         if isinstance(node, File) and node._allocated is None \
                 and not node.source.cheap_allocation:
             return await self._run(self._attrs, node, ino)  # may walk an allocation map
@@ -210,7 +212,7 @@ class PvfsOperations(pyfuse3.Operations):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         if isinstance(node, GeneratedFile):
-            data = await self._run(node.render)
+            data = await self._run(node.content)
             fi = pyfuse3.FileInfo(fh=self._new_handle((inode, data)), direct_io=True,
                                   keep_cache=False)
             return fi

@@ -92,6 +92,10 @@ class DamageReport:
     def __len__(self):
         return len(self.entries)
 
+    def version(self) -> int:
+        """Changes whenever an entry is added (entries are never removed)."""
+        return len(self.entries)
+
     def count(self, severity):
         return sum(1 for e in self if e.severity == severity)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import stat
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from .source import Source
 
@@ -159,19 +161,43 @@ class File(Node):
 
 
 class GeneratedFile(Node):
-    """A small file whose text is made when it is read (README.txt, report.json)."""
+    """A small file whose text is made from the tree's state (README.txt, report.json).
+
+    ``render()`` makes the bytes; ``version()`` says when they may have changed (the
+    damage report's length: entries are only ever appended).  The text is rendered
+    once per version and kept, so ``stat`` does not render it again; the mount
+    calls :meth:`content` in a worker thread when :attr:`stale`.
+    """
 
     kind = "generated"
 
-    def __init__(self, render, mode=0o444, **kw):
+    def __init__(self, render: Callable[[], bytes], mode: int = 0o444,
+                 version: Callable[[], object] | None = None, **kw: Any):
         super().__init__(stat.S_IFREG | (mode & 0o7777), **kw)
         self.render = render
+        self.version = version
+        self._cached: tuple[object, bytes] | None = None
+        self._lock = threading.Lock()
 
     @property
-    def size(self):
-        return len(self.render())
+    def stale(self) -> bool:
+        c = self._cached
+        return c is None or self.version is None or c[0] != self.version()
 
-    def allocated_bytes(self):
+    def content(self) -> bytes:
+        with self._lock:
+            if self.version is None:
+                return self.render()
+            v = self.version()
+            if self._cached is None or self._cached[0] != v:
+                self._cached = (v, self.render())
+            return self._cached[1]
+
+    @property
+    def size(self) -> int:
+        return len(self.content())
+
+    def allocated_bytes(self) -> int:
         return self.size
 
 

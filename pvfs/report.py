@@ -266,5 +266,6 @@ def _examples(ctx):
 
 
 def attach_generated_files(ctx):
-    ctx.root.add("README.txt", GeneratedFile(lambda: readme_text(ctx).encode()))
-    ctx.root.add("report.json", GeneratedFile(lambda: report_json(ctx).encode()))
+    version = ctx.report.version  # re-rendered only when an entry was added (reads add some)
+    ctx.root.add("README.txt", GeneratedFile(lambda: readme_text(ctx).encode(), version=version))
+    ctx.root.add("report.json", GeneratedFile(lambda: report_json(ctx).encode(), version=version))
