@@ -1,0 +1,197 @@
+"""The ext4 backend's recovery steps: backup superblocks and journal replay.
+
+Two hooks the backend's ``open`` calls before the reader (see README.md, "The
+seam"):
+
+``load_superblock(volume, ctx) -> (Superblock, notes)``
+    The primary superblock, or when its magic/checksum/geometry is bad the
+    first good backup superblock (sparse_super groups 1, 3, 5, 7, 9, 25, 27
+    ... at each block size 1k/2k/4k/64k), reported as "repaired from backup
+    superblock in group N".
+``journal_overlay(volume, sb, ctx) -> (meta, data, journal_text)``
+    With ``needs_recovery`` (and ``--guest-journal replay``, the default) the
+    journal is replayed in memory (:mod:`.jbd2`) and the sources the reader
+    reads through are the replay overlay; otherwise the volume's own source.
+
+References:
+- Linux ``fs/ext4/super.c`` (``ext4_load_journal``, ``ext4_get_journal_inode``,
+  ``ext4_get_dev_journal``: external journals), ``fs/ext4/balloc.c``
+  (``ext4_bg_has_super``).
+- e2fsprogs ``e2fsck/journal.c`` (``e2fsck_get_journal``: the journal inode,
+  then its ``s_jnl_blocks`` backup), ``e2fsck/unix.c`` / ``lib/ext2fs/openfs.c``
+  (``ext2fs_open2`` with ``superblock``/``block_size``: how e2fsck -b finds a
+  backup, and that the group descriptors following it are used).
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+
+from pvfs.errors import PvfsError, UnreadableError
+
+from . import jbd2
+from .structs import COMPAT_HAS_JOURNAL
+
+LAYER = "ext4"
+
+#: ``--guest-journal`` (declare on the backend class: ``cli_options = CLI_OPTIONS``).
+CLI_OPTIONS = [
+    ("--guest-journal", {
+        "choices": ["replay", "ignore"], "default": None,
+        "help": "ext3/ext4 guests with a dirty journal: replay its committed transactions "
+                "in memory (default) or show the unreplayed state"}),
+]
+JOURNAL_REPLAY = "replay"
+JOURNAL_IGNORE = "ignore"
+
+EXT4_JOURNAL_INO = 8
+_INODE_SIZE_HIGH = 0x6C
+_INODE_FLAGS = 0x20
+_INODE_BLOCK = 0x28
+
+
+# -- finding the journal ------------------------------------------------------------------
+def _inode_bytes(source, sb, ino: int) -> bytes:
+    """The raw inode ``ino`` of a group whose descriptor is in the first descriptor block
+    (the journal inode is in group 0): just enough to find the journal before the reader
+    is built (the kernel reads it the same way, before recovery)."""
+    group, index = divmod(ino - 1, sb.inodes_per_group)
+    if group >= sb.descs_per_block or group >= sb.group_count:
+        raise jbd2.Jbd2Error(f"inode {ino} is not in the first group descriptor block")
+    bs = sb.block_size
+    gdt = (sb.offset // bs + 1) * bs  # the block after the one holding the superblock
+    desc = source.read(gdt + group * sb.desc_size, sb.desc_size)
+    table = struct.unpack_from("<I", desc, 8)[0]
+    if sb.desc_size >= 64:
+        table |= struct.unpack_from("<I", desc, 0x28)[0] << 32
+    if not table or table >= sb.blocks_count:
+        raise jbd2.Jbd2Error(f"group {group}: inode table at block {table}")
+    return source.read(table * bs + index * sb.inode_size, min(sb.inode_size, 256))
+
+
+def journal_extents(source, sb):
+    """The journal inode's ``(logical, physical, count)`` extents and its length in blocks,
+    from the inode, else from the superblock's ``s_jnl_blocks`` backup (as e2fsck).
+
+    Returns ``(extents, nblocks, notes)``; raises :class:`jbd2.Jbd2Error` when neither
+    gives a usable map."""
+    bs = sb.block_size
+    read_block = (lambda n: source.read(n * bs, bs))  # noqa: E731
+    max_blocks = sb.blocks_count
+    notes = []
+    ino = sb.sb.s_journal_inum or EXT4_JOURNAL_INO
+    try:
+        raw = _inode_bytes(source, sb, ino)
+        mode = struct.unpack_from("<H", raw, 0)[0]
+        size = struct.unpack_from("<I", raw, 4)[0] | (
+            struct.unpack_from("<I", raw, _INODE_SIZE_HIGH)[0] << 32)
+        flags = struct.unpack_from("<I", raw, _INODE_FLAGS)[0]
+        if not stat.S_ISREG(mode) or not size or size // bs > max_blocks:
+            raise jbd2.Jbd2Error(f"journal inode {ino}: mode {mode:#o}, size {size}")
+        nblocks = size // bs
+        ext = jbd2.iblock_extents(raw[_INODE_BLOCK:_INODE_BLOCK + 60], flags, nblocks,
+                                  read_block, bs)
+        if sum(e[2] for e in ext) < nblocks:
+            raise jbd2.Jbd2Error(f"journal inode {ino} maps only "
+                                 f"{sum(e[2] for e in ext)} of {nblocks} blocks")
+        return ext, nblocks, notes
+    except (jbd2.Jbd2Error, PvfsError) as e:
+        backup = jbd2.jnl_blocks_backup(sb.raw)
+        if backup is None:
+            raise jbd2.Jbd2Error(f"journal inode: {e}; no backup in the superblock") from None
+        notes.append(f"journal inode unusable ({e}); used the superblock's copy of its "
+                     f"block map (s_jnl_blocks)")
+    i_block, size = backup
+    if not size or size // bs > max_blocks:
+        raise jbd2.Jbd2Error(f"journal backup in the superblock: size {size}")
+    nblocks = size // bs
+    flags = jbd2.EXT4_EXTENTS_FL if i_block[:2] == b"\x0a\xf3" else 0
+    ext = jbd2.iblock_extents(i_block, flags, nblocks, read_block, bs)
+    return ext, nblocks, notes
+
+
+def open_journal(source, sb) -> tuple[jbd2.Journal, list[str]]:
+    """The internal journal of the filesystem ``sb`` describes, superblock loaded."""
+    ext, nblocks, notes = journal_extents(source, sb)
+    j = jbd2.Journal(source, sb.block_size, ext, nblocks, fs_blocks=sb.blocks_count,
+                     label=f"{getattr(source, 'label', 'volume')} journal")
+    j.load_superblock()
+    return j, notes
+
+
+# -- the hook --------------------------------------------------------------------------------
+def journal_overlay(volume, sb, ctx, from_backup: bool = False):
+    """``(meta, data, journal_text)``: the sources the reader reads through and what
+    ``FilesystemInfo.journal`` says.
+
+    Replays when the superblock says ``needs_recovery`` (``ext4_load_journal``), or when
+    the superblock is a backup (backups are not updated on mount, so their flag says
+    nothing) and the journal's ``s_start`` is not 0.  Every outcome is one damage entry
+    (``info`` for a replay, ``warning`` for what was left out)."""
+    base = volume.source
+    path = volume.path
+    report = ctx.report
+    if not sb.compat & COMPAT_HAS_JOURNAL:
+        return base, base, None
+    mode = ctx.options.get("guest_journal") or JOURNAL_REPLAY
+    needs = sb.needs_recovery
+    if sb.sb.s_journal_inum == 0:  # ext4_get_dev_journal: s_journal_uuid / s_journal_dev
+        text = "external journal device (not supported)"
+        if needs:
+            report.add("warning", LAYER, path, "journal-external",
+                       "the filesystem needs recovery from an external journal device, "
+                       "which pvfs does not read; showing the unreplayed state")
+            text += ", not replayed"
+        return base, base, text
+    try:
+        journal, notes = open_journal(base, sb)
+    except UnreadableError as e:
+        if needs or from_backup:
+            report.add("error", LAYER, path, "journal-unreadable",
+                       f"the journal lies on unreadable bytes ({e}); not replayed, showing "
+                       f"the unreplayed state", e.ranges)
+            return base, base, "unreadable, not replayed"
+        return base, base, None
+    except (jbd2.Jbd2Error, PvfsError) as e:
+        if needs or from_backup:
+            report.add("warning", LAYER, path, "journal-invalid",
+                       f"the filesystem needs recovery but its journal cannot be used ({e}); "
+                       f"showing the unreplayed state")
+            return base, base, "invalid, not replayed"
+        return base, base, None
+    for note in notes:
+        report.add("warning", LAYER, path, "journal-inode", note)
+    jsb = journal.sb
+    if not jsb.start:
+        return base, base, ("clean" if not needs else "empty")
+    if not needs and not from_backup:
+        # ext4_load_journal: jbd2_journal_wipe() drops the log without replaying it.
+        report.add("info", LAYER, path, "journal-not-needed",
+                   "the journal holds transactions but the superblock does not ask for "
+                   "recovery; not replayed (as the kernel does)")
+        return base, base, "not replayed (recovery flag clear)"
+    rec = journal.recover()
+    for p in rec.problems:
+        report.add(p.severity, LAYER, path, p.code, p.message, p.ranges)
+    if any(p.code == "journal-unreadable" for p in rec.problems):
+        return base, base, "unreadable, not replayed"
+    if mode == JOURNAL_IGNORE:
+        report.add("info", LAYER, path, "journal-ignored",
+                   f"journal not replayed (--guest-journal ignore): {rec.transactions} "
+                   f"committed transactions ({rec.blocks} blocks) left out; showing the "
+                   f"unreplayed state")
+        return base, base, (f"not replayed (--guest-journal ignore): {rec.transactions} "
+                            f"transactions ({rec.blocks} blocks) pending")
+    text = rec.summary()
+    if jsb.fast_commit:
+        report.add("warning", LAYER, path, "journal-fast-commit",
+                   "the journal has a fast-commit area; fast commits are not replayed")
+    if not rec.blocks:
+        report.add("info", LAYER, path, "journal-replayed", f"journal: {text}")
+        return base, base, text
+    overlay = jbd2.JournalOverlay(base, sb.block_size, rec)
+    report.add("info", LAYER, path, "journal-replayed",
+               f"journal {text} in memory (transactions {rec.start_transaction}.."
+               f"{(rec.end_transaction - 1) & 0xFFFFFFFF}); nothing was written")
+    return overlay, overlay, text
