@@ -15,15 +15,19 @@ import glob
 import hashlib
 import json
 import stat
+import struct
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.zfs import raidz
-from pvfs.discover import Options, discover
-from pvfs.errors import PvfsError
+from backends.zfs import checksum, raidz
+from backends.zfs.backend import ZfsBackend
+from backends.zfs.structs import VDEV_LABEL_START_SIZE
+from pvfs.discover import Context, Options, Volume, discover
+from pvfs.errors import PvfsError, UnreadableError
+from pvfs.source import FileSource, PatchedSource, SliceSource
 from pvfs.nodes import Dir, File, Symlink, resolve, time_ns
 
 from conftest import FIXTURES, require_fixture, sha256_source, unpack
@@ -218,3 +222,136 @@ def test_expanded_map_reflow_in_progress_and_scratch():
     assert off2[0, 0] == off[0, 0] - raidz.VDEV_BOOT_SIZE and off2[1, 0] == off[1, 0]
     state, synced = raidz.reflow_info((1 << 55) | (0x1234 >> 9 << 9 >> 9))
     assert state == raidz.RRSS_SCRATCH_VALID and synced == 0x1234 >> 9 << 9
+
+
+# -- blake3 (and every other checksum) verified; damage repaired or reported -------------
+def _gpt_part3(path):
+    """(first byte, size) of GPT partition 3 (the Proxmox installer's ZFS partition)."""
+    with open(path, "rb") as f:
+        f.seek(1024 + 2 * 128 + 32)
+        first, last = struct.unpack("<2Q", f.read(16))
+    return first * 512, (last - first + 1) * 512
+
+
+def _members(archive, patches=None):
+    """The pool's partitions as sources; ``patches``: {image index: {offset in the
+    partition: bytes}} laid over them in memory (PatchedSource, nothing is written)."""
+    out = []
+    for i, img in enumerate(_images(archive)):
+        start, size = _gpt_part3(img)
+        src = SliceSource(FileSource(img), start, size)
+        if patches and i in patches:
+            src = PatchedSource(src, patches[i])
+        out.append(src)
+    return out
+
+
+def _open_members(sources, bad=None):
+    ctx = Context(Options(bad=bad, backend_options={"zfs_key": list(_keys())}))
+    be = ZfsBackend()
+    vols = [Volume(src, f"storage/files/m{i}", f"m{i}", "input") for i, src in enumerate(sources)]
+    be.open_group(be.member_key(vols[0], ctx), vols, ctx)
+    return ctx
+
+
+BLAKE3_FILE = "rpool/data/subvol-103-disk-0/pre/random.bin"  # 512 KiB random, before txg 104
+
+
+def _blake3_block_sectors():
+    """The first block of pre/random.bin: its bp, and (member, offset in the partition)
+    of the data sectors of its first row in the old 3-wide layout."""
+    ctx = _open(INTACT)
+    node = resolve(ctx.root, f"storage/zfs/{BLAKE3_FILE}")
+    bp = node.source.dnode.block_bp(0)
+    top = node.source.dnode.objset.pool.tops[0]
+    width = top.width_at(bp.phys_birth or bp.birth)
+    dva = bp.dvas[0]
+    dev, off, valid = raidz.map_expanded(dva.offset, bp.psize, len(top.children), width,
+                                         top.nparity, top.ashift)
+    leaves = [c.path for c in top.children]
+    sectors = [(leaves.index(top.children[int(dev[0, c])].path), VDEV_LABEL_START_SIZE
+                + int(off[0, c])) for c in range(top.nparity, dev.shape[1])]
+    return bp, width, sectors
+
+
+def test_zfs23_blocks_carry_the_checksums_we_verify():
+    """The fixture's blake3 block really is blake3 (keyed with the pool's salt): its words
+    are recomputed from the data, and a flipped bit does not match."""
+    bp, width, _ = _blake3_block_sectors()
+    assert checksum.algo_name(bp.cksum_type) == "blake3" and width == 3 and bp.birth < 104
+    ctx = _open(INTACT)
+    pool = resolve(ctx.root, f"storage/zfs/{BLAKE3_FILE}").source.dnode.objset.pool
+    data = pool.read_physical(bp)
+    salt = pool.checksum_salt
+    assert len(salt) == 32
+    assert checksum.compute("blake3", data, bp.little, salt) == tuple(bp.cksum)
+    bad = bytearray(data)
+    bad[1000] ^= 4
+    assert checksum.compute("blake3", bytes(bad), bp.little, salt) != tuple(bp.cksum)
+    with pytest.raises(checksum.Unverifiable):
+        checksum.compute("blake3", data, bp.little, None)
+    with pytest.raises(checksum.Unverifiable):
+        checksum.compute("checksum-99", data)
+
+
+def test_zfs23_corrupt_blake3_block_is_repaired_from_parity():
+    """Garbage over one data sector of a blake3 block (random data: no decompressor would
+    notice) on one member: the block is rebuilt from parity, the file matches and the
+    repair is reported."""
+    _, _, sectors = _blake3_block_sectors()
+    member, offset = sectors[0]
+    ctx = _open_members(_members(INTACT, {member: {offset: b"\xa5" * 4096}}))
+    want = {e["path"]: e for e in _manifest()["pools"]["rpool"]["datasets"][
+        "rpool/data/subvol-103-disk-0"]["files"]}["/pre/random.bin"]["sha256"]
+    assert sha256_source(resolve(ctx.root, f"storage/zfs/{BLAKE3_FILE}").source) == want
+    assert any(e.code == "checksum-repaired" for e in ctx.report)
+    assert not [e for e in ctx.report if e.severity == "error"]
+
+
+def test_zfs23_unrepairable_blake3_block_reads_eio_and_is_named():
+    """Two data sectors of one row destroyed (more than raidz1 can rebuild): the range
+    reads EIO, never the damaged bytes, and the damage entry names the file; with
+    --bad zero the range reads as zeros (and is still reported)."""
+    _, _, sectors = _blake3_block_sectors()
+    assert len(sectors) >= 2
+    patches = {}
+    for member, offset in sectors[:2]:
+        patches.setdefault(member, {})[offset] = b"\x5a" * 4096
+    ctx = _open_members(_members(INTACT, patches))
+    src = resolve(ctx.root, f"storage/zfs/{BLAKE3_FILE}").source
+    with pytest.raises(UnreadableError):
+        src.read(0, 4096)
+    assert src.read(4 << 20, 10) == b""  # past the end: short, not an error
+    lost = [e for e in ctx.report if e.code == "unreadable-block"]
+    assert lost and lost[0].path == f"storage/zfs/{BLAKE3_FILE}" and lost[0].severity == "error"
+    assert "checksum mismatch" in lost[0].message
+    # the clone of those blocks (same DVAs) is just as unreadable: never served as is
+    with pytest.raises(UnreadableError):
+        sha256_source(resolve(ctx.root, "storage/zfs/rpool/data/subvol-103-disk-0/"
+                                        "clone-of-pre-random.bin").source)
+    ctx = _open_members(_members(INTACT, patches), bad="zero")
+    src = resolve(ctx.root, f"storage/zfs/{BLAKE3_FILE}").source
+    assert src.read(0, 4096) == bytes(4096)
+    assert any(e.code == "unreadable-block" for e in ctx.report)
+
+
+def test_zfs23_unverifiable_checksum_is_never_served(monkeypatch):
+    """Without the blake3 library its blocks cannot be verified: never served.  The
+    blake3 dataset (its metadata is blake3 too) is named as unreadable; the cross-dataset
+    clone of its blocks in subvol-102 (fletcher4 metadata) reads EIO with a damage entry
+    naming the file; the pool says why once; everything else reads on."""
+    monkeypatch.setattr(checksum, "_blake3", None)
+    ctx = _open_members(_members(INTACT))
+    why = [e for e in ctx.report if e.code == "checksum-unverifiable"]
+    assert len(why) == 1 and "blake3 package is not installed" in why[0].message
+    ds = "storage/zfs/rpool/data/subvol-103-disk-0"
+    assert not resolve(ctx.root, ds).children()
+    assert any(e.path == ds and e.severity == "error" and "blake3" in e.message
+               for e in ctx.report)
+    clone = "storage/zfs/rpool/data/subvol-102-disk-0/root/text-from-blake3.log"
+    with pytest.raises(UnreadableError):
+        sha256_source(resolve(ctx.root, clone).source)
+    named = [e for e in ctx.report if e.code == "unreadable-block" and e.path == clone]
+    assert named and "blake3" in named[0].message
+    host = resolve(ctx.root, "storage/zfs/rpool/ROOT/pve-1/etc/hostname")
+    assert host.source.read(0, 100) == b"pve\n"

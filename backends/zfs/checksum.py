@@ -1,9 +1,20 @@
-"""Block checksums: fletcher2, fletcher4 (numpy), sha256, sha512/256.
+"""Block checksums: fletcher2, fletcher4 (numpy), sha256, sha512/256, skein, edonr, blake3.
 
 References: OpenZFS module/zcommon/zfs_fletcher.c (fletcher_2_native / _byteswap,
 fletcher_4_native / _byteswap), module/zfs/sha256.c (digest stored as four
-big-endian 64-bit words), sha512 = SHA-512/256 stored in native word order, module/zfs/zio_checksum.c (zio_checksum_table,
-zio_checksum_handle_crypt), "ZFS On-Disk Specification" section 2.4.
+big-endian 64-bit words), sha512 = SHA-512/256 stored in native word order,
+module/zfs/zio_checksum.c (zio_checksum_table, zio_checksum_handle_crypt,
+zio_checksum_template_init: the salted checksums take the pool's 32-byte salt,
+DMU_POOL_CHECKSUM_SALT "org.illumos:checksum_salt" in the MOS object directory),
+module/zfs/skein_zfs.c (Skein-512 with a 256-bit output keyed by the salt,
+Skein_512_InitExt), module/zfs/edonr_zfs.c (Edon-R 512 after a salt block
+H(salt) || H(H(salt)), the first 256 bits), module/zfs/blake3_zfs.c (BLAKE3 keyed
+with the salt); all three store the digest bytes as they are (native word order).
+"ZFS On-Disk Specification" section 2.4.
+
+Libraries (measured in README.md): ``blake3`` (the Rust crate's bindings) and
+``pyskein`` (C, the Skein reference code); Edon-R has no maintained Python package:
+``edonr.py`` here, compiled with numba like lzjb.
 
 Fletcher sums are running sums modulo 2**64.  With numpy they are dot products of the
 words with fixed coefficient vectors (``b = sum((n - i) * w[i])`` ...), which uint64
@@ -17,10 +28,26 @@ import struct
 
 import numpy as np
 
+try:  # BLAKE3 (the Rust crate, SIMD): ~1-3 GB/s
+    import blake3 as _blake3
+except ImportError:  # pragma: no cover - a dependency; without it blake3 blocks read EIO
+    _blake3 = None
+try:  # Skein-512 (pyskein: the Skein team's C reference code)
+    import skein as _skein
+except ImportError:  # pragma: no cover - a dependency; without it skein blocks read EIO
+    _skein = None
+
 from .structs import ZIO_CHECKSUM
 
 VERIFIED = ("fletcher2", "fletcher4", "sha256", "sha512", "label", "gang_header",
-            "zilog", "zilog2")
+            "zilog", "zilog2", "skein", "edonr", "blake3")
+#: checksums keyed with the pool's salt (ZCHECKSUM_FLAG_SALTED)
+SALTED = ("skein", "edonr", "blake3")
+
+
+class Unverifiable(Exception):
+    """The checksum of a block cannot be computed here (why in the message): the block
+    is never served as verified data."""
 
 
 #: Fletcher as dot products: for n words, word i (from 0) is added into b (n - i) times,
@@ -91,8 +118,15 @@ def _sha512_256_words(data, little=True):
     return struct.unpack("<4Q" if little else ">4Q", h.digest())
 
 
-def compute(algo: str, data, little=True):
-    """The four checksum words, or None when the algorithm is not implemented."""
+def _native_words(digest: bytes, little: bool):
+    """Digests stored byte for byte (sha512, skein, edonr, blake3): as words in the
+    writer's byte order (BP_GET_BYTEORDER)."""
+    return struct.unpack("<4Q" if little else ">4Q", digest[:32])
+
+
+def compute(algo: str, data, little=True, salt: bytes | None = None):
+    """The four checksum words.  Raises :class:`Unverifiable` when they cannot be
+    computed (unknown algorithm, library missing, salted checksum without the salt)."""
     with np.errstate(over="ignore"):
         if algo in ("fletcher4", "zilog2"):
             return fletcher4(data, little)
@@ -101,13 +135,30 @@ def compute(algo: str, data, little=True):
     if algo in ("sha256", "label", "gang_header"):
         return sha256_words(data)
     if algo == "sha512":
-        return _sha512_256_words(data, little)
-    return None
+        words = _sha512_256_words(data, little)
+        if words is None:
+            raise Unverifiable("this Python's hashlib has no SHA-512/256")
+        return words
+    if algo in SALTED:
+        if salt is None or len(salt) != 32:
+            raise Unverifiable("the pool's checksum salt (org.illumos:checksum_salt in the "
+                               "MOS object directory) could not be read")
+        if algo == "blake3":
+            if _blake3 is None:
+                raise Unverifiable("the blake3 package is not installed")
+            return _native_words(_blake3.blake3(data, key=salt).digest(), little)
+        if algo == "skein":
+            if _skein is None:
+                raise Unverifiable("the pyskein package is not installed")
+            return _native_words(_skein.skein512(data, digest_bits=256, key=salt).digest(),
+                                 little)
+        from . import edonr
+
+        return _native_words(edonr.zfs_edonr(data, salt), little)
+    raise Unverifiable(f"checksum algorithm {algo} is not known to this reader")
 
 
 def verify_words(actual, expected, crypt=False) -> bool:
-    if actual is None:
-        return True
     if crypt:  # encrypted / authenticated blocks keep a MAC in words 2-3
         if tuple(actual[:2]) == tuple(expected[:2]):
             return True

@@ -48,7 +48,8 @@ class Pool:
         self.ctx = ctx
         self.path = path
         self.uid = next(_POOL_UIDS)  # never id(): a freed pool's id is reused, its cache not
-        self.unverified = set()  # checksum algorithms seen but not verified
+        self.unverified = set()  # checksum algorithms that could not be verified
+        self._salt = None  # the checksum salt from the MOS object directory, once read
         self.repairs = 0  # blocks whose first copy was bad and another one was good
         self.mos = None
         self.quiet = False  # while probing older uberblocks: their blocks may be reused
@@ -78,17 +79,47 @@ class Pool:
             return self.tops[dva.vdev].ashift
         return 9
 
+    @property
+    def checksum_salt(self):
+        """DMU_POOL_CHECKSUM_SALT: 32 bytes that key skein, edonr and blake3 (None when
+        the MOS is not open yet or the entry cannot be read)."""
+        if self._salt is None and self.mos is not None:
+            from . import zap  # zap reads through this pool: imported when first needed
+
+            try:
+                v = zap.zap_lookup(self.mos.dnode(1), "org.illumos:checksum_salt")
+            except (UnreadableError, ZfsError, ValueError):
+                v = None
+            self._salt = bytes(v) if isinstance(v, (bytes, bytearray)) else b""
+        return self._salt or None
+
     def _verify(self, bp, data):
+        """True/False; raises checksum.Unverifiable when the checksum cannot be computed."""
         algo = checksum.algo_name(bp.cksum_type)
-        actual = checksum.compute(algo, data, bp.little)
-        if actual is None:
+        if algo in ("off", "noparity"):
+            # checksum=off: ZFS itself reads these unchecked (zio_checksum_verify); served,
+            # but said in the report
             if algo not in self.unverified:
                 self.unverified.add(algo)
-                self.report("info", "checksum-unverified",
-                            f"blocks with checksum {algo} are read without verification "
-                            f"(this reader does not implement {algo})")
+                self.report("warning", "checksum-off",
+                            f"blocks written with checksum={algo} have no checksum: they "
+                            f"are read unverified, as ZFS reads them")
             return True
+        salt = self.checksum_salt if algo in checksum.SALTED else None
+        actual = checksum.compute(algo, data, bp.little, salt)
         return checksum.verify_words(actual, bp.cksum, crypt=bp.encrypted)
+
+    def _unverifiable(self, bp, why):
+        algo = checksum.algo_name(bp.cksum_type)
+        if algo not in self.unverified:
+            self.unverified.add(algo)
+            self.report("error", "checksum-unverifiable",
+                        f"blocks with checksum {algo} cannot be verified ({why}): they are "
+                        f"not served (EIO; the datasets and files they hold are named in their "
+                        f"own entries)")
+        where = ", ".join(repr(d) for d in bp.dvas) or "no DVA"
+        return BlockError(f"zfs: block {where} (birth {bp.birth}) not verified: "
+                          f"checksum {algo} cannot be computed ({why})")
 
     def _read_gang(self, bp, dva, depth):
         """A gang block: a 512-byte header of three block pointers whose data, joined,
@@ -163,7 +194,11 @@ class Pool:
                     data = self._read_gang(bp, dva, depth)
                 except UnreadableError:
                     data = None
-                if data is not None and self._verify(bp, data):
+                try:
+                    ok = data is not None and self._verify(bp, data)
+                except checksum.Unverifiable as e:
+                    raise self._unverifiable(bp, e) from None
+                if ok:
                     if tried:
                         self._repaired(bp, dva, tried)
                     return data
@@ -171,7 +206,11 @@ class Pool:
                 continue
             for _n, cand in enumerate(self._candidates(dva, bp.psize, bp)):
                 tried += 1
-                if len(cand) == bp.psize and self._verify(bp, cand):
+                try:
+                    ok = len(cand) == bp.psize and self._verify(bp, cand)
+                except checksum.Unverifiable as e:
+                    raise self._unverifiable(bp, e) from None
+                if ok:
                     if tried > 1:
                         self._repaired(bp, dva, tried - 1)
                     return cand
