@@ -18,7 +18,7 @@ class ByteLRU:
 
     The default cost knows bytes, numpy arrays and objects with a ``cache_cost``."""
 
-    def __init__(self, max_bytes: int, cost: Callable[[Any], int] | None = None):
+    def __init__(self, max_bytes: int, cost: Callable[[Any], int] | None = None) -> None:
         self.max_bytes = max_bytes
         if cost is not None:
             self._cost = cost  # type: ignore[method-assign]

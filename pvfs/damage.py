@@ -9,6 +9,7 @@ twice (during discovery and again on a read) is harmless.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -33,7 +34,7 @@ class Damage:
     message: str  # one line for humans
     ranges: tuple = ()  # ((offset, length), ...) inside ``path``
 
-    def to_json(self):
+    def to_json(self) -> dict:
         return {
             "severity": self.severity,
             "layer": self.layer,
@@ -43,7 +44,7 @@ class Damage:
             "ranges": [[o, n] for o, n in self.ranges],
         }
 
-    def line(self):
+    def line(self) -> str:
         rng = ""
         if self.ranges:
             shown = ", ".join(f"{o:#x}+{n:#x}" for o, n in self.ranges[:8])
@@ -52,7 +53,7 @@ class Damage:
         return f"{self.severity.upper():7} {self.layer}: {self.path}: {self.message}{rng}"
 
 
-def merge_ranges(ranges):
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Sort ``(offset, length)`` pairs and join the ones that touch."""
     out = []
     for off, ln in sorted(r for r in ranges if r[1] > 0):
@@ -70,11 +71,11 @@ class DamageReport:
 
     entries: list = field(default_factory=list)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self._seen = set()
         self._lock = threading.Lock()
 
-    def add(self, severity, layer, path, code, message, ranges=()):
+    def add(self, severity: str, layer: str, path: str, code: str, message: str, ranges: Iterable[tuple[int, int]] = ()) -> Damage:
         assert severity in SEVERITIES, severity
         entry = Damage(severity, layer, str(path), code, message,
                        tuple(tuple(r) for r in merge_ranges(ranges)))
@@ -85,19 +86,19 @@ class DamageReport:
             self.entries.append(entry)
         return entry
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Damage]:
         with self._lock:
             return iter(list(self.entries))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.entries)
 
     def version(self) -> int:
         """Changes whenever an entry is added (entries are never removed)."""
         return len(self.entries)
 
-    def count(self, severity):
+    def count(self, severity: str) -> int:
         return sum(1 for e in self if e.severity == severity)
 
-    def to_json(self):
+    def to_json(self) -> dict:
         return [e.to_json() for e in self]

@@ -24,7 +24,7 @@ class MapfileError(FormatError):
     pass
 
 
-def parse_mapfile(text: str, name="mapfile"):
+def parse_mapfile(text: str, name: str = "mapfile") -> list[tuple[int, int]]:
     """Return the list of bad ``(offset, length)`` ranges, merged and sorted."""
     bad = []
     seen_current = False
@@ -60,7 +60,7 @@ def parse_mapfile(text: str, name="mapfile"):
     return merge_ranges(bad)
 
 
-def load_mapfile(path):
+def load_mapfile(path: str) -> list[tuple[int, int]]:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             return parse_mapfile(f.read(64 * 1024 * 1024 + 1), name=os.path.basename(path))
@@ -75,7 +75,7 @@ class BadRangeSource(Source):
     block status reports the ranges as ``unreadable`` either way.
     """
 
-    def __init__(self, parent: Source, bad_ranges, bad="eio", label=None):
+    def __init__(self, parent: Source, bad_ranges: list[tuple[int, int]], bad: str = "eio", label: str | None = None) -> None:
         super().__init__()
         self.parent = parent
         self.size = parent.size
@@ -84,7 +84,7 @@ class BadRangeSource(Source):
         self.ranges = [(o, n) for o, n in merge_ranges(bad_ranges) if o < self.size]
         self._starts = [o for o, _ in self.ranges]
 
-    def _overlaps(self, offset, length):
+    def _overlaps(self, offset: int, length: int) -> bool:
         import bisect
 
         end = offset + length
@@ -98,7 +98,7 @@ class BadRangeSource(Source):
             i += 1
         return out
 
-    def _read(self, offset, length):
+    def _read(self, offset: int, length: int) -> bytes:
         hits = self._overlaps(offset, length)
         if not hits:
             return self.parent.read(offset, length)
@@ -114,7 +114,7 @@ class BadRangeSource(Source):
             pos = o + n
         return bytes(buf)
 
-    def _block_status(self, offset, length):
+    def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         out = []
         pos = offset
         for o, n in self._overlaps(offset, length) + [(offset + length, 0)]:

@@ -20,8 +20,8 @@ from .backend import ROLES, Backend, load_backends, load_errors, pick_best
 from .damage import DamageReport
 from .errors import PvfsError, UnreadableError
 from .fsprobe import detect_filesystem
-from .namespace import OsFiles, TreeFiles
 from .guestfs import GuestFilesystem
+from .namespace import OsFiles, TreeFiles
 from .nodes import Dir, File, resolve
 from .proxmox import parse_volname
 from .source import BAD_EIO, FileSource

@@ -5,6 +5,11 @@ Each backend derives its own error from :class:`PvfsError` (``Qcow2Error``,
 non-zero; only ``--debug`` shows a traceback.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
 
 class PvfsError(Exception):
     """Base of every error pvfs raises on purpose."""
@@ -26,12 +31,12 @@ class UnreadableError(PvfsError, OSError):
     code which only knows about I/O errors still handles it.
     """
 
-    def __init__(self, message, ranges=()):
+    def __init__(self, message: str, ranges: Iterable[tuple[int, int]] = ()) -> None:
         import errno
 
         OSError.__init__(self, errno.EIO, message)
         self.message = message
         self.ranges = list(ranges)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.message

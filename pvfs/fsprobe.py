@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import struct
 
+from typing import TYPE_CHECKING
+
 from .errors import PvfsError
+
+if TYPE_CHECKING:
+    from .source import Source
 
 MOUNT_HINTS = {
     "ext4": "mount -o ro,noload,loop",
@@ -23,7 +28,7 @@ MOUNT_HINTS = {
 }
 
 
-def detect_filesystem(source) -> str | None:
+def detect_filesystem(source: Source) -> str | None:
     """Return ``ext4``/``ext3``/``ext2``/``xfs``/``btrfs``/``vfat``/``ntfs``/``swap`` or None."""
     try:
         head = source.read(0, 4096)

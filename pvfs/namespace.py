@@ -41,7 +41,7 @@ class FileTooLargeError(FormatError):
 class OsFiles:
     """Files of the machine pvfs runs on; ``open_fn`` opens one read-only as a Source."""
 
-    def __init__(self, open_fn: Callable[[str], Source] | None = None, root: str = "/"):
+    def __init__(self, open_fn: Callable[[str], Source] | None = None, root: str = "/") -> None:
         self.open_fn = open_fn
         self.root = os.path.abspath(root)
 
@@ -110,7 +110,7 @@ class TreeFiles:
     root of the recovered file system they were found in.
     """
 
-    def __init__(self, root: Dir, fs_root: str = "", label: str = "tree"):
+    def __init__(self, root: Dir, fs_root: str = "", label: str = "tree") -> None:
         self.root_node = root
         self.root = ""
         self.fs_root = fs_root.strip("/")

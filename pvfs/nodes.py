@@ -11,10 +11,13 @@ from __future__ import annotations
 import stat
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .source import Source
+
+if TYPE_CHECKING:
+    from .damage import DamageReport
 
 _START_TIME = time.time()
 
@@ -30,18 +33,18 @@ class Timestamp(float):
 
     __slots__ = ("ns",)
 
-    def __new__(cls, sec: int, nsec: int = 0):
+    def __new__(cls, sec: int, nsec: int = 0) -> Timestamp:
         ns = int(sec) * 1_000_000_000 + int(nsec)
         obj = super().__new__(cls, ns / 1e9)
         obj.ns = ns
         return obj
 
     @classmethod
-    def from_ns(cls, ns: int):
+    def from_ns(cls, ns: int) -> Timestamp:
         return cls(0, ns)
 
 
-def time_ns(t) -> int:
+def time_ns(t: float) -> int:
     """Nanoseconds of a node time (exact for a :class:`Timestamp`)."""
     ns = getattr(t, "ns", None)
     return ns if ns is not None else int(round(t * 1e9))
@@ -50,7 +53,7 @@ def time_ns(t) -> int:
 class Node:
     kind = "node"
 
-    def __init__(self, mode, mtime=None, uid=0, gid=0, atime=None, ctime=None):
+    def __init__(self, mode: int, mtime: float | None = None, uid: int = 0, gid: int = 0, atime: float | None = None, ctime: float | None = None) -> None:
         self.mode = mode
         self.mtime = _START_TIME if mtime is None else mtime
         self.atime = self.mtime if atime is None else atime
@@ -62,17 +65,17 @@ class Node:
         self.rdev = 0
 
     @property
-    def size(self):
+    def size(self) -> int:
         return 0
 
-    def allocated_bytes(self):
+    def allocated_bytes(self) -> int:
         return 0
 
 
 class Dir(Node):
     kind = "dir"
 
-    def __init__(self, mode=0o555, loader=None, **kw):
+    def __init__(self, mode: int = 0o555, loader: Callable[[Dir], None] | None = None, **kw: Any) -> None:
         super().__init__(stat.S_IFDIR | (mode & 0o7777), **kw)
         self._children: dict[str, Node] = {}
         #: The root of a recovered file system (a ZFS dataset): pvfs/treestorage.py looks
@@ -106,10 +109,10 @@ class Dir(Node):
         """Whether listing costs nothing (no loader left to run)."""
         return self._loader is None
 
-    def get(self, name):
+    def get(self, name: str) -> Node | None:
         return self.children().get(name)
 
-    def add(self, name: str, node: Node, report=None, layer="core", path_hint="") -> str:
+    def add(self, name: str, node: Node, report: DamageReport | None = None, layer: str = "core", path_hint: str = "") -> str:
         """Add ``node`` under ``name``; a clashing name gets ``~2``, ``~3`` ...
 
         Returns the name used.  A renamed entry is reported (nothing is
@@ -129,7 +132,7 @@ class Dir(Node):
                        f"name {name!r} was taken; this entry is shown as {chosen!r}")
         return chosen
 
-    def subdir(self, name: str, **kw) -> Dir:
+    def subdir(self, name: str, **kw: Any) -> Dir:
         """The child directory ``name``, created if missing."""
         node = self._children.get(name)
         if isinstance(node, Dir):
@@ -142,16 +145,16 @@ class Dir(Node):
 class File(Node):
     kind = "file"
 
-    def __init__(self, source: Source, mode=0o444, **kw):
+    def __init__(self, source: Source, mode: int = 0o444, **kw: Any) -> None:
         super().__init__(stat.S_IFREG | (mode & 0o7777), **kw)
         self.source = source
         self._allocated = None
 
     @property
-    def size(self):
+    def size(self) -> int:
         return self.source.size
 
-    def allocated_bytes(self):
+    def allocated_bytes(self) -> int:
         if self._allocated is None:
             try:
                 self._allocated = self.source.allocated_bytes()
@@ -172,7 +175,7 @@ class GeneratedFile(Node):
     kind = "generated"
 
     def __init__(self, render: Callable[[], bytes], mode: int = 0o444,
-                 version: Callable[[], object] | None = None, **kw: Any):
+                 version: Callable[[], object] | None = None, **kw: Any) -> None:
         super().__init__(stat.S_IFREG | (mode & 0o7777), **kw)
         self.render = render
         self.version = version
@@ -204,12 +207,12 @@ class GeneratedFile(Node):
 class Symlink(Node):
     kind = "symlink"
 
-    def __init__(self, target: bytes | str, **kw):
+    def __init__(self, target: bytes | str, **kw: Any) -> None:
         super().__init__(stat.S_IFLNK | 0o777, **kw)
         self.target = target.encode() if isinstance(target, str) else target
 
     @property
-    def size(self):
+    def size(self) -> int:
         return len(self.target)
 
 
@@ -218,7 +221,7 @@ class Special(Node):
 
     kind = "special"
 
-    def __init__(self, mode, rdev=0, **kw):
+    def __init__(self, mode: int, rdev: int = 0, **kw: Any) -> None:
         super().__init__(mode, **kw)
         self.rdev = rdev
 
@@ -231,7 +234,7 @@ def sanitize_name(name: str) -> str:
     return name
 
 
-def walk(node: Node, path=""):
+def walk(node: Node, path: str = "") -> Iterator[tuple[str, Node]]:
     """Yield ``(path, node)`` for every node below ``node`` (loads lazy dirs)."""
     yield path, node
     if isinstance(node, Dir):
@@ -239,7 +242,7 @@ def walk(node: Node, path=""):
             yield from walk(child, f"{path}/{name}" if path else name)
 
 
-def resolve(root: Dir, path: str):
+def resolve(root: Dir, path: str) -> Node | None:
     node = root
     for part in [p for p in path.split("/") if p]:
         if not isinstance(node, Dir):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sys
 import threading
 import time
@@ -14,7 +16,7 @@ class Progress:
     transient: it disappears when discovery ends.
     """
 
-    def __init__(self, enabled=None, delay=0.5):
+    def __init__(self, enabled: bool | None = None, delay: float = 0.5) -> None:
         if enabled is None:
             enabled = sys.stderr.isatty()
         self.enabled = enabled
@@ -28,18 +30,23 @@ class Progress:
         self.completed = 0
         self.total = None
 
-    def __enter__(self):
+    def __enter__(self) -> Progress:
         if self.enabled:
             self._timer = threading.Timer(self.delay, self._start)
             self._timer.daemon = True
             self._timer.start()
         return self
 
-    def _start(self):
+    def _start(self) -> None:
         from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
         from rich.progress import Progress as RichProgress
-        from rich.progress import (BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn,
-                                   TimeElapsedColumn)
 
         with self._lock:
             if self._live is not None or self._timer is None:
@@ -51,7 +58,7 @@ class Progress:
             self._task = prog.add_task(self.text, total=self.total, completed=self.completed)
             self._live = prog
 
-    def update(self, text, completed=None, total=None):
+    def update(self, text: str, completed: int | None = None, total: int | None = None) -> None:
         """Show ``text``; ``completed``/``total`` (volumes probed / found) drive the bar."""
         self.text = text if len(text) < 80 else "..." + text[-77:]
         self.steps += 1
@@ -64,7 +71,7 @@ class Progress:
                 self._live.update(self._task, description=self.text, completed=self.completed,
                                   total=self.total)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()

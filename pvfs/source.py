@@ -18,6 +18,7 @@ import errno
 import itertools
 import os
 import stat
+from collections.abc import Iterator
 
 from .errors import PvfsError, UnreadableError
 
@@ -34,7 +35,7 @@ BAD_ZERO = "zero"
 _uids = itertools.count(1)
 
 
-def coalesce(extents):
+def coalesce(extents: list) -> list[tuple[int, int, str]]:
     """Join neighbouring ``(offset, length, status)`` triples of equal status."""
     out = []
     for off, ln, st in extents:
@@ -60,7 +61,7 @@ class Source:
     #: then answers ``stat`` inline instead of in a worker thread.
     cheap_allocation: bool = False
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.uid = next(_uids)
 
     # -- public API -------------------------------------------------------
@@ -77,7 +78,7 @@ class Source:
                 [(offset + len(data), length - len(data))])
         return data
 
-    def block_status(self, offset: int = 0, length: int | None = None):
+    def block_status(self, offset: int = 0, length: int | None = None) -> list[tuple[int, int, str]]:
         """List of ``(offset, length, status)`` covering the range, coalesced."""
         if length is None:
             length = self.size - offset
@@ -87,7 +88,7 @@ class Source:
             return []
         return coalesce(self._block_status(offset, length))
 
-    def status_of(self, offset: int, length: int):
+    def status_of(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """Like ``block_status`` but covering the whole range: bytes past the end
         of this source (a truncated file) are ``unreadable``."""
         avail = max(0, min(length, self.size - offset))
@@ -96,31 +97,31 @@ class Source:
             out.append((offset + avail, length - avail, UNREADABLE))
         return out
 
-    def unreadable_ranges(self, offset: int = 0, length: int | None = None):
+    def unreadable_ranges(self, offset: int = 0, length: int | None = None) -> list[tuple[int, int]]:
         return [(o, n) for o, n, s in self.block_status(offset, length) if s == UNREADABLE]
 
     def allocated_bytes(self) -> int:
         """Bytes that hold data (for ``st_blocks``)."""
         return sum(n for _, n, s in self.block_status() if s == DATA)
 
-    def close(self):
+    def close(self) -> None:
         pass
 
     # -- for subclasses ----------------------------------------------------
     def _read(self, offset: int, length: int) -> bytes:
         raise NotImplementedError
 
-    def _block_status(self, offset: int, length: int):
+    def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         return [(offset, length, DATA)]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label} size={self.size}>"
 
 
 class FileSource(Source):
     """A regular file or block device, opened ``O_RDONLY`` and read with pread."""
 
-    def __init__(self, path, label=None):
+    def __init__(self, path: str, label: str | None = None) -> None:
         super().__init__()
         self.path = os.fspath(path)
         self.label = label or os.path.basename(self.path)
@@ -138,7 +139,7 @@ class FileSource(Source):
             os.close(self.fd)
             raise PvfsError(f"{self.path}: not a regular file or block device")
 
-    def _read(self, offset, length):
+    def _read(self, offset: int, length: int) -> bytes:
         try:
             data = os.pread(self.fd, length, offset)
         except OSError as e:
@@ -149,7 +150,7 @@ class FileSource(Source):
                                   [(offset + len(data), length - len(data))])
         return data
 
-    def _block_status(self, offset, length):
+    def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """Holes found with SEEK_DATA/SEEK_HOLE are ``unmapped``."""
         end = offset + length
         out = []
@@ -174,7 +175,7 @@ class FileSource(Source):
             return [(offset, length, DATA)]
         return out
 
-    def close(self):
+    def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -183,29 +184,29 @@ class FileSource(Source):
 class BytesSource(Source):
     """Small in-memory data (decoded config blobs, generated files, tests)."""
 
-    def __init__(self, data: bytes, label="bytes"):
+    def __init__(self, data: bytes, label: str = "bytes") -> None:
         super().__init__()
         self.data = bytes(data)
         self.size = len(self.data)
         self.label = label
 
-    def _read(self, offset, length):
+    def _read(self, offset: int, length: int) -> bytes:
         return self.data[offset:offset + length]
 
 
 class ZeroSource(Source):
     """``size`` bytes of zeros; ``status`` says how they count."""
 
-    def __init__(self, size, status=UNMAPPED, label="zeros"):
+    def __init__(self, size: int, status: str = UNMAPPED, label: str = "zeros") -> None:
         super().__init__()
         self.size = size
         self.status = status
         self.label = label
 
-    def _read(self, offset, length):
+    def _read(self, offset: int, length: int) -> bytes:
         return bytes(length)
 
-    def _block_status(self, offset, length):
+    def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         return [(offset, length, self.status)]
 
 
@@ -216,19 +217,19 @@ class MissingSource(Source):
     (policy ``zero``); block status is always ``unreadable``.
     """
 
-    def __init__(self, size, reason, bad=BAD_EIO, label="missing"):
+    def __init__(self, size: int, reason: str, bad: str = BAD_EIO, label: str = "missing") -> None:
         super().__init__()
         self.size = size
         self.reason = reason
         self.bad = bad
         self.label = label
 
-    def _read(self, offset, length):
+    def _read(self, offset: int, length: int) -> bytes:
         if self.bad == BAD_ZERO:
             return bytes(length)
         raise UnreadableError(f"{self.label}: {self.reason}", [(offset, length)])
 
-    def _block_status(self, offset, length):
+    def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         return [(offset, length, UNREADABLE)]
 
 
@@ -238,7 +239,7 @@ class SliceSource(Source):
     Bytes past the end of the parent (a truncated image) are unreadable.
     """
 
-    def __init__(self, parent: Source, offset: int, size: int, label=None, bad=BAD_EIO):
+    def __init__(self, parent: Source, offset: int, size: int, label: str | None = None, bad: str = BAD_EIO) -> None:
         super().__init__()
         self.parent = parent
         self.offset = offset
@@ -246,7 +247,7 @@ class SliceSource(Source):
         self.bad = bad
         self.label = label or f"{parent.label}[{offset:#x}+{size:#x}]"
 
-    def _read(self, offset, length):
+    def _read(self, offset: int, length: int) -> bytes:
         start = self.offset + offset
         avail = max(0, min(length, self.parent.size - start))
         data = self.parent.read(start, avail) if avail else b""
@@ -257,7 +258,7 @@ class SliceSource(Source):
                                   [(offset + avail, length - avail)])
         return data
 
-    def _block_status(self, offset, length):
+    def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         return [(o - self.offset, n, s)
                 for o, n, s in self.parent.status_of(self.offset + offset, length)]
 
@@ -271,14 +272,14 @@ class ExtentSource(Source):
     objects are all ExtentSources.
     """
 
-    def __init__(self, size, extents, label="extents"):
+    def __init__(self, size: int, extents: list, label: str = "extents") -> None:
         super().__init__()
         self.size = size
         self.label = label
         self.extents = sorted((e for e in extents if e[1] > 0), key=lambda e: e[0])
         self._starts = [e[0] for e in self.extents]
 
-    def _pieces(self, offset, length):
+    def _pieces(self, offset: int, length: int) -> Iterator[tuple[int, int, Source | None, int]]:
         """Yield ``(offset, length, target, target_offset)`` covering the range, gaps as None."""
         end = offset + length
         i = max(0, bisect.bisect_right(self._starts, offset) - 1)
@@ -302,7 +303,7 @@ class ExtentSource(Source):
                 yield pos, end - pos, None, 0
                 pos = end
 
-    def _read(self, offset, length):
+    def _read(self, offset: int, length: int) -> bytes:
         parts = []
         for _pos, n, target, t_off in self._pieces(offset, length):
             if target is None:
@@ -311,7 +312,7 @@ class ExtentSource(Source):
                 parts.append(target.read(t_off, n))
         return b"".join(parts) if len(parts) != 1 else parts[0]
 
-    def _block_status(self, offset, length):
+    def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         out = []
         for pos, n, target, t_off in self._pieces(offset, length):
             if target is None:
@@ -330,7 +331,7 @@ class PatchedSource(Source):
     """
 
     def __init__(self, base: Source, patches: dict[int, bytes], size: int | None = None,
-                 label: str | None = None):
+                 label: str | None = None) -> None:
         super().__init__()
         self.base = base
         self.patches = sorted(patches.items())
@@ -348,12 +349,12 @@ class PatchedSource(Source):
                 data[lo - offset:hi - offset] = blob[lo - off:hi - off]
         return bytes(data)
 
-    def _block_status(self, offset: int, length: int):
+    def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         return self.base.block_status(offset, length) if offset < self.base.size else \
             [(offset, length, DATA)]
 
 
-def concat(sources, label="concat"):
+def concat(sources: list[Source], label: str = "concat") -> Source:
     """Sources one after another."""
     extents, pos = [], 0
     for s in sources:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from construct import ConstructError
 
 from .errors import FormatError
 
 
-def parse(struct, data: bytes, error=FormatError, what="structure", offset=None):
+def parse(struct: Any, data: bytes, error: type[Exception] = FormatError, what: str = "structure", offset: int | None = None) -> Any:
     """``struct.parse(data)``; a ConstructError becomes ``error`` with the offset."""
     try:
         return struct.parse(data)
