@@ -167,3 +167,32 @@ def dirty_image(variant: str) -> Path:
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
     return dest
+
+
+def clean_image(block_size: int, size: str) -> Path:
+    """A clean filesystem made by ``mke2fs -d`` (no mount needed) with several groups, so
+    that backup superblocks exist: cached like the dirty images."""
+    name = f"clean-{block_size}-{size}"
+    dest = CACHE / f"ext4-dirty-{_script_hash()}" / name
+    if (dest / ".complete").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / ".complete").exists():
+            return dest
+        tmp = dest.parent / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        seed = tmp / "seed"
+        seed.mkdir()
+        _seed_tree(seed)
+        img = tmp / "clean.img"
+        subprocess.run(["truncate", "-s", size, str(img)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-b", str(block_size), "-d", str(seed),
+                        str(img)], check=True)
+        shutil.rmtree(seed)
+        (tmp / ".complete").write_text("ok\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    return dest

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ext4_dirty import MAGIC, dirty_image
+from ext4_dirty import MAGIC, clean_image, dirty_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backends.ext4 import jbd2, recovery
-from backends.ext4.superblock import read_superblock
+from backends.ext4.superblock import Ext4Error, read_superblock
 from pvfs.discover import Context, Options
 from pvfs.errors import UnreadableError
 from pvfs.source import FileSource, PatchedSource, Source
@@ -330,3 +330,64 @@ def test_fuzz_journal_inode_map(i_block, flags, nblocks):
     except jbd2.Jbd2Error:
         return
     assert all(lo + n <= nblocks for lo, _p, n in ext)
+
+
+# -- backup superblocks -------------------------------------------------------------------------
+@pytest.mark.parametrize("block_size,size,group", [(1024, "64M", 1), (4096, "300M", 1),
+                                                   (2048, "200M", 1)])
+@pytest.mark.parametrize("damage", ["zero", "garbage", "checksum"])
+def test_backup_superblock(block_size, size, group, damage):
+    d = clean_image(block_size, size)
+    src = FileSource(d / "clean.img")
+    intact = read_superblock(src)
+    assert recovery.probe_backup(src) == 0.0  # the primary is fine: no backup claim
+    if damage == "zero":
+        patch = bytes(1024)
+    elif damage == "garbage":
+        patch = bytes(np.random.default_rng(1).integers(0, 256, 1024, np.uint8))
+    else:  # one bit of the free-blocks count: only the crc32c says so
+        raw = bytearray(src.read(1024, 1024))
+        raw[0x0C] ^= 1
+        patch = bytes(raw)
+    bad = PatchedSource(src, {1024: patch})
+    assert recovery.primary_problem(bad) is not None
+    assert recovery.probe_backup(bad) == 40.0
+    ctx = _ctx()
+    sb, notes = recovery.load_superblock(_Vol(bad), ctx)
+    assert sb.offset == intact.group_first_block(group) * block_size
+    assert sb.sb.s_block_group_nr == group
+    for f in ("block_size", "blocks_count", "blocks_per_group", "inodes_per_group",
+              "inode_size", "desc_size", "uuid", "label", "csum_seed", "group_count"):
+        assert getattr(sb, f) == getattr(intact, f), f
+    e = [e for e in ctx.report if e.code == "superblock-backup"]
+    assert len(e) == 1 and e[0].severity == "warning"
+    assert f"repaired from backup superblock in group {group}" in e[0].message
+    assert notes == [e[0].message]
+    # the group descriptors that follow the backup equal the primary's
+    gd = intact.group_count * intact.desc_size
+    assert bad.read(sb.offset + block_size, gd) == src.read(
+        (intact.offset // block_size + 1) * block_size, gd)
+
+
+def test_no_backup_superblock():
+    src = PatchedSource(FileSource(Path(__file__)), {}, size=4 << 20)
+    assert recovery.probe_backup(src) == 0.0
+    with pytest.raises(Ext4Error, match="no backup superblock found"):
+        recovery.load_superblock(_Vol(src), _ctx())
+
+
+@needs_root
+def test_backup_superblock_and_dirty_journal():
+    """A zeroed primary on a dirty volume: the backup's needs_recovery flag is stale (set at
+    mkfs), so the journal is replayed whenever it has a log (as e2fsck -b does)."""
+    d = dirty_image("ext4-1k-journal")
+    src = FileSource(d / "dirty.img")
+    bad = PatchedSource(src, {1024: bytes(1024)})
+    ctx = _ctx()
+    sb, _notes = recovery.load_superblock(_Vol(bad), ctx)
+    assert sb.sb.s_block_group_nr == 1 and not sb.needs_recovery
+    meta, _data, text = recovery.journal_overlay(_Vol(bad), sb, ctx, from_backup=True)
+    assert isinstance(meta, jbd2.JournalOverlay) and text.startswith("replayed ")
+    kernel = FileSource(d / "kernel.img")
+    jsb = recovery.open_journal(src, read_superblock(src))[0].bmap(0)
+    assert _differing_blocks(meta, kernel, sb.block_size) == [1, jsb]  # 1: the zeroed primary

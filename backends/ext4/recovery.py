@@ -31,7 +31,8 @@ import struct
 from pvfs.errors import PvfsError, UnreadableError
 
 from . import jbd2
-from .structs import COMPAT_HAS_JOURNAL
+from .structs import COMPAT_HAS_JOURNAL, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE
+from .superblock import Ext4Error, Superblock, read_superblock
 
 LAYER = "ext4"
 
@@ -49,6 +50,106 @@ EXT4_JOURNAL_INO = 8
 _INODE_SIZE_HIGH = 0x6C
 _INODE_FLAGS = 0x20
 _INODE_BLOCK = 0x28
+
+
+# -- backup superblocks ---------------------------------------------------------------------
+#: Block sizes tried for a lost primary (1 KiB .. 64 KiB; mke2fs makes 1k, 4k; 64k on arm64).
+GUESS_BLOCK_SIZES = (4096, 1024, 2048, 65536, 8192, 16384, 32768)
+#: The groups that hold a backup with sparse_super (``ext4_bg_has_super``: 1 and powers of
+#: 3, 5 and 7), in ascending order.
+SPARSE_GROUPS = sorted({1} | {b ** k for b in (3, 5, 7) for k in range(1, 12) if b ** k < 1 << 20})
+
+
+def backup_candidates(size: int, max_group: int | None = None, block_sizes=GUESS_BLOCK_SIZES):
+    """``(group, block_size, offset)`` of the places a backup superblock would be for the
+    default geometry (``8 * block_size`` blocks per group, first data block 1 for 1 KiB
+    blocks): group 1 at every block size first, then group 3 ...  Only the places that
+    lie inside ``size`` bytes."""
+    for g in SPARSE_GROUPS:
+        if max_group is not None and g > max_group:
+            return
+        for bs in block_sizes:
+            off = (g * 8 * bs + (1 if bs == 1024 else 0)) * bs
+            if off + SUPERBLOCK_SIZE <= size:
+                yield g, bs, off
+
+
+def check_backup(source, group: int, block_size: int, offset: int):
+    """The backup superblock at ``offset`` if it is one: magic, geometry, checksum, its
+    own group number and block size agree with where it was found.  None otherwise."""
+    try:
+        raw = source.read(offset, SUPERBLOCK_SIZE)
+        if raw[0x38:0x3A] != b"\x53\xef":
+            return None
+        sb = Superblock(raw, offset)
+    except (PvfsError, OSError):
+        return None
+    if (sb.block_size != block_size or sb.blocks_per_group != 8 * block_size
+            or sb.sb.s_block_group_nr != group or sb.checksum_ok() is False
+            or group >= sb.group_count or not sb.group_has_super(group)
+            or sb.group_first_block(group) * block_size != offset or sb.journal_dev):
+        return None
+    return sb
+
+
+def find_backup_superblock(source, max_reads: int = 64):
+    """The first good backup superblock ``(group, Superblock)`` (lowest group), or None."""
+    for n, (g, bs, off) in enumerate(backup_candidates(source.size)):
+        if n >= max_reads:
+            break
+        sb = check_backup(source, g, bs, off)
+        if sb is not None:
+            return g, sb
+    return None
+
+
+def primary_problem(source) -> str | None:
+    """Why the primary superblock cannot be used (None: it can)."""
+    try:
+        sb = read_superblock(source)
+    except UnreadableError as e:
+        return f"unreadable ({e})"
+    except PvfsError as e:
+        return str(e)
+    if sb.journal_dev:
+        return None  # an external journal device: not a filesystem, not damaged
+    if sb.checksum_ok() is False:
+        return "checksum mismatch"
+    return None
+
+
+def probe_backup(source) -> float:
+    """Probe score for a volume whose primary superblock is bad: 40 when a backup in
+    group 1 or 3 checks out (at most 14 reads of 1 KiB), else 0.  Never raises."""
+    try:
+        if primary_problem(source) is None:
+            return 0.0
+        for g, bs, off in backup_candidates(source.size, max_group=3):
+            if check_backup(source, g, bs, off) is not None:
+                return 40.0
+    except Exception:  # a probe never raises
+        return 0.0
+    return 0.0
+
+
+def load_superblock(volume, ctx):
+    """``(Superblock, notes)``: the primary, or the first good backup when the primary's
+    magic, checksum or geometry is bad (reported, "repaired from backup superblock in
+    group N").  Raises :class:`Ext4Error` when there is neither."""
+    source = volume.source
+    why = primary_problem(source)
+    if why is None:
+        return read_superblock(source), []
+    found = find_backup_superblock(source)
+    if found is None:
+        raise Ext4Error(f"primary superblock unusable ({why}) and no backup superblock found")
+    group, sb = found
+    note = (f"primary superblock unusable ({why}); repaired from backup superblock in "
+            f"group {group} (block {sb.group_first_block(group)}, {sb.block_size}-byte "
+            f"blocks) with the group descriptors that follow it")
+    ctx.report.add("warning", LAYER, volume.path, "superblock-backup", note,
+                   [(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)])
+    return sb, [note]
 
 
 # -- finding the journal ------------------------------------------------------------------
