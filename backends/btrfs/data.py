@@ -1,0 +1,312 @@
+"""File data: logical addresses read through the chunk map, checked against the csum tree.
+
+``LogicalSource`` is the filesystem's logical address space over the volume's
+source (so bad sectors below read as EIO in exactly the files on them).  Data
+sectors are checked against the csum tree (``EXTENT_CSUM`` items keyed by
+logical address, one checksum per sector, covering the bytes as written, so
+compressed extents are checked before they are decompressed).  A sector that
+fails its checksum or cannot be read is taken from another copy (DUP and the
+RAID1 family); when none is good it raises :class:`UnreadableError` (or reads
+zeros with ``--bad zero``) and is reported once, naming the file.  Files
+marked NODATASUM (``chattr +C``) and preallocated extents have no checksums.
+
+A file is an :class:`pvfs.source.ExtentSource` built on first use from its
+``EXTENT_DATA`` items: regular extents point into a per-file view of the
+logical source, inline extents are bytes from the leaf, compressed extents are
+:class:`CompressedExtent` sources, holes and preallocated extents are left out
+(they read as zeros, status ``unmapped``).
+
+References: Linux ``fs/btrfs/file-item.c`` (``btrfs_lookup_csums_bio``: csum item
+layout), ``fs/btrfs/inode.c`` (``btrfs_get_extent``, ``uncompress_inline``,
+``btrfs_check_read_bio``), ``fs/btrfs/bio.c`` (repair from another mirror),
+``fs/btrfs/compression.c``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pvfs.cache import METADATA_CACHE
+from pvfs.errors import UnreadableError
+from pvfs.source import DATA, UNREADABLE, ExtentSource, Source
+
+from . import structs as S
+from .compress import DecompressError, decompress, name as compression_name
+from .tree import items, last_at_or_before
+from .volume import BtrfsError
+
+CSUM_KEY_TYPE = S.EXTENT_CSUM_KEY
+
+
+class LogicalSource(Source):
+    """The logical address space of one filesystem (reads through the chunk map)."""
+
+    def __init__(self, dev, csum_root, bad="eio", report=None):
+        super().__init__()
+        self.dev = dev
+        self.csum_root = csum_root  # TreeRoot of the csum tree, or None
+        self.bad = bad
+        self.size = dev.chunks.logical_end
+        self.label = "btrfs logical"
+        self.report = report or (lambda *a, **k: None)
+        self.ss = dev.sectorsize
+        self.csize = dev.csum.size
+        self._csum_warned = False
+        self.has_unreadable = getattr(dev.source, "has_unreadable", False)
+
+    # -- checksums ---------------------------------------------------------------------
+    def csums(self, a: int, b: int, path: str):
+        """Expected checksum of every sector in ``[a, b)`` (sector aligned): a list of
+        bytes, None for a sector without one.  None for all when the csum tree fails."""
+        n = (b - a) // self.ss
+        out = [None] * n
+        if self.csum_root is None:
+            return out
+        cs = self.csize
+        try:
+            found = last_at_or_before(self.dev, self.csum_root, (S.EXTENT_CSUM_OBJECTID,
+                                                                 CSUM_KEY_TYPE, a))
+            runs = [found] if found is not None else []
+            if b - 1 > a:
+                runs.extend(items(self.dev, self.csum_root,
+                                  (S.EXTENT_CSUM_OBJECTID, CSUM_KEY_TYPE, a + 1),
+                                  (S.EXTENT_CSUM_OBJECTID, CSUM_KEY_TYPE, b - 1)))
+        except BtrfsError as e:
+            if not self._csum_warned:
+                self._csum_warned = True
+                self.report("warning", path, "csum-tree-unreadable",
+                            f"data checksums cannot be read ({e}); data is served unchecked")
+            return out
+        for (oid, ktype, start), data in runs:
+            if oid != S.EXTENT_CSUM_OBJECTID or ktype != CSUM_KEY_TYPE:
+                continue
+            count = len(data) // cs
+            lo = max(a, start)
+            hi = min(b, start + count * self.ss)
+            for sec in range(lo, hi, self.ss):
+                i = (sec - start) // self.ss
+                out[(sec - a) // self.ss] = data[i * cs:(i + 1) * cs]
+        return out
+
+    # -- reading -----------------------------------------------------------------------
+    def _pieces(self, offset, length):
+        """Split at chunk boundaries: (logical, n, copies) or (logical, n, error)."""
+        end = offset + length
+        pos = offset
+        while pos < end:
+            ch = self.dev.chunks.lookup(pos)
+            if ch is None:
+                # up to the next chunk, or the end
+                nxt = end
+                for c in self.dev.chunks.chunks:
+                    if c.start > pos:
+                        nxt = min(end, c.start)
+                        break
+                yield pos, nxt - pos, BtrfsError(f"logical {pos:#x} is in no chunk")
+                pos = nxt
+                continue
+            n = min(end, ch.end) - pos
+            try:
+                _ch, copies = self.dev.chunks.map(pos, n)
+                yield pos, n, copies
+            except BtrfsError as e:
+                yield pos, n, e
+            pos += n
+
+    def _read(self, offset, length):
+        return self.read_checked(offset, length, verify=True, path="")
+
+    def read_checked(self, offset, length, verify: bool, path: str) -> bytes:
+        parts = []
+        for pos, n, copies in self._pieces(offset, length):
+            if isinstance(copies, Exception):
+                parts.append(self._fail(pos, n, str(copies), path, []))
+                continue
+            if verify:
+                parts.append(self._read_verified(pos, n, copies, path))
+            else:
+                parts.append(self._read_plain(pos, n, copies, path))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_plain(self, pos, n, copies, path):
+        errors = []
+        for phys in copies:
+            try:
+                return self.dev.source.read(phys, n)
+            except UnreadableError as e:
+                errors.append(e)
+        if len(copies) == 1:
+            raise errors[0]
+        # several copies, each with some bad sector: combine sector by sector
+        return self._read_verified(pos, n, copies, path, checks=False)
+
+    def _read_verified(self, pos, n, copies, path, checks=True):
+        ss = self.ss
+        a = pos - pos % ss
+        b = -(-(pos + n) // ss) * ss
+        want = self.csums(a, b, path) if checks else [None] * ((b - a) // ss)
+        base = copies[0] - (pos - a)
+        try:
+            data = self.dev.source.read(base, b - a)
+            first_err = None
+        except UnreadableError as e:
+            data, first_err = None, e
+        if data is not None and all(w is None for w in want):
+            return data[pos - a:pos - a + n]
+        fn, cs = self.dev.csum.fn, self.csize
+        out = bytearray(data) if data is not None else bytearray(b - a)
+        for i, w in enumerate(want):
+            rel = i * ss
+            if data is not None and (w is None or fn(data[rel:rel + ss])[:cs] == w):
+                continue
+            good = None
+            problems = ["copy 1 unreadable" if data is None else "copy 1 checksum mismatch"]
+            for ci, phys0 in enumerate(copies[1:], start=2):
+                phys = phys0 - (pos - a) + rel
+                try:
+                    sec = self.dev.source.read(phys, ss)
+                except UnreadableError:
+                    problems.append(f"copy {ci} unreadable")
+                    continue
+                if w is None or fn(sec)[:cs] == w:
+                    good = sec
+                    break
+                problems.append(f"copy {ci} checksum mismatch")
+            if good is not None:
+                self.report("info", path, "data-repaired",
+                            f"data sector at logical {a + rel:#x} read from a mirror: "
+                            f"{'; '.join(problems)}", ranges=[])
+                out[rel:rel + ss] = good
+                continue
+            if data is None and w is None and len(copies) == 1:
+                raise first_err
+            why = "; ".join(problems) if len(copies) > 1 else problems[0]
+            phys_ranges = [(p - (pos - a) + rel, ss) for p in copies]
+            out[rel:rel + ss] = self._fail(a + rel, ss, why, path, phys_ranges)
+        return bytes(out[pos - a:pos - a + n])
+
+    def _fail(self, logical, n, why, path, phys_ranges) -> bytes:
+        self.report("error", path, "data-unreadable",
+                    f"{n} bytes at logical {logical:#x} cannot be read: {why}"
+                    + ("; they read as zeros" if self.bad == "zero" else ""),
+                    ranges=phys_ranges, key=("data", logical))
+        if self.bad == "zero":
+            return bytes(n)
+        raise UnreadableError(f"btrfs: {path or 'data'}: logical {logical:#x}+{n:#x}: {why}",
+                              [(logical, n)])
+
+    def _block_status(self, offset, length):
+        out = []
+        src = self.dev.source
+        for pos, n, copies in self._pieces(offset, length):
+            if isinstance(copies, Exception):
+                out.append((pos, n, UNREADABLE))
+                continue
+            for p, ln, st in src.status_of(copies[0], n):
+                lo = pos + (p - copies[0])
+                if st == UNREADABLE and len(copies) > 1:
+                    ok = any(not any(s == UNREADABLE for _o, _l, s in
+                                     src.status_of(c + (lo - pos), ln)) for c in copies[1:])
+                    st = DATA if ok else UNREADABLE
+                out.append((lo, ln, st))
+        return out
+
+    def view(self, path: str, verify: bool) -> FileView:
+        return FileView(self, path, verify)
+
+
+class FileView(Source):
+    """The logical source as one file sees it: reads checked (or not: NODATASUM) and
+    failures reported under the file's path."""
+
+    def __init__(self, logical: LogicalSource, path: str, verify: bool):
+        super().__init__()
+        self.logical = logical
+        self.path = path
+        self.verify = verify
+        self.size = logical.size
+        self.label = f"btrfs:{path}"
+        self.has_unreadable = logical.has_unreadable
+
+    def _read(self, offset, length):
+        return self.logical.read_checked(offset, length, self.verify, self.path)
+
+    def _block_status(self, offset, length):
+        return self.logical._block_status(offset, length)
+
+
+class CompressedExtent(Source):
+    """The ``ram_bytes`` bytes of one compressed extent (decoded whole, cached)."""
+
+    def __init__(self, view: FileView, disk_bytenr, disk_num_bytes, kind, ram_bytes,
+                 sectorsize):
+        super().__init__()
+        self.view = view
+        self.disk_bytenr = disk_bytenr
+        self.disk_num_bytes = disk_num_bytes
+        self.kind = kind
+        self.size = ram_bytes
+        self.sectorsize = sectorsize
+        self.label = f"btrfs {compression_name(kind)} extent {disk_bytenr:#x}"
+        self.has_unreadable = view.has_unreadable
+
+    def _decoded(self) -> bytes:
+        ck = (self.view.logical.uid, "btrfs-z", self.disk_bytenr, self.disk_num_bytes,
+              self.kind, self.size)
+        got = METADATA_CACHE.get(ck)
+        if got is not None:
+            return got
+        raw = self.view.read(self.disk_bytenr, self.disk_num_bytes)
+        try:
+            out = decompress(self.kind, raw, self.size, self.sectorsize)
+        except DecompressError as e:  # raises EIO, or goes on with zeros (--bad zero)
+            self.view.logical._fail(self.disk_bytenr, self.disk_num_bytes,
+                                    f"{compression_name(self.kind)} extent does not decode: "
+                                    f"{e}", self.view.path, [])
+            return bytes(self.size)
+        return METADATA_CACHE.put(ck, out)
+
+    def _read(self, offset, length):
+        return self._decoded()[offset:offset + length]
+
+    def _block_status(self, offset, length):
+        bad = self.view.logical.unreadable_ranges(self.disk_bytenr, self.disk_num_bytes)
+        return [(offset, length, UNREADABLE if bad else DATA)]
+
+
+class FileData(Source):
+    """A regular file: its extents are read from the fs tree on first use."""
+
+    cheap_allocation = True
+
+    def __init__(self, size: int, nbytes: int, load_extents, label: str, sectorsize=4096):
+        super().__init__()
+        self.size = size
+        self.nbytes = -(-nbytes // sectorsize) * sectorsize
+        self._load = load_extents
+        self._src = None
+        self._lock = threading.Lock()
+        self.label = label
+
+    def _source(self) -> Source:
+        src = self._src
+        if src is None:
+            with self._lock:
+                if self._src is None:
+                    extents = self._load()
+                    self._src = ExtentSource(self.size, extents, label=self.label)
+                    self.has_unreadable = any(getattr(e[2], "has_unreadable", False)
+                                              for e in extents if e[2] is not None)
+                src = self._src
+        return src
+
+    def _read(self, offset, length):
+        return self._source().read(offset, length)
+
+    def _block_status(self, offset, length):
+        return self._source().block_status(offset, length)
+
+    def allocated_bytes(self) -> int:
+        """``st_blocks`` as the kernel reports it (``btrfs_getattr``): the inode's
+        ``nbytes`` rounded up to whole sectors."""
+        return self.nbytes
