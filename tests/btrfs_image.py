@@ -32,12 +32,20 @@ from pathlib import Path
 
 from conftest import CACHE
 
+from pvfs.errors import UnreadableError
+from pvfs.nodes import Dir, File, Special, Symlink, time_ns, walk
+
 HERE = Path(__file__).resolve()
 UUID = "5b7e4a0c-6d2f-4c1e-9a43-1f0e2d3c4b5a"
 
 
+RECIPE_END = "# -- the comparison (not part of the recipe) --"
+
+
 def recipe_key() -> str:
-    return hashlib.sha256(HERE.read_bytes()).hexdigest()[:16]
+    """Hash of the recipe: this file up to the comparison helpers."""
+    text = HERE.read_text()
+    return hashlib.sha256(text.split(RECIPE_END + "\n", 1)[0].encode()).hexdigest()[:16]
 
 
 def have_tools() -> str | None:
@@ -278,3 +286,66 @@ def cached_image(name: str, builder=build_image) -> tuple[Path, dict]:
                 shutil.rmtree(dest, ignore_errors=True)
                 tmp.rename(dest)
     return dest / "fs.img", json.loads((dest / "view.json").read_text())
+
+
+
+# -- the comparison (not part of the recipe) --
+def sha256_node(node):
+    h = hashlib.sha256()
+    src = node.source
+    for off in range(0, src.size, 1 << 20):
+        h.update(src.read(off, min(1 << 20, src.size - off)))
+    return h.hexdigest()
+
+
+def compare(root, view, skip=()):
+    """Differences between the node tree and the kernel's view: ``{"missing": [paths],
+    "extra": [...], "unreadable": [...], "wrong": ["path: field ours != kernel"]}``."""
+    ours = dict(walk(root))
+    problems = {"missing": sorted(set(view) - set(ours)), "extra": sorted(set(ours) - set(view)),
+                "unreadable": [], "wrong": []}
+    bad = problems["wrong"]
+    inodes = {}
+    for path, k in view.items():
+        node = ours.get(path)
+        if node is None or path in skip:
+            continue
+        inodes.setdefault(k["inode"], set()).add(id(node))
+        kind = stat.S_IFMT(k["mode"])
+        want_cls = {stat.S_IFDIR: Dir, stat.S_IFREG: File, stat.S_IFLNK: Symlink}.get(kind,
+                                                                                    Special)
+        if not isinstance(node, want_cls):
+            bad.append(f"{path}: {type(node).__name__}, kernel {oct(k['mode'])}")
+            continue
+        got = {"mode": node.mode, "uid": node.uid, "gid": node.gid,
+               "mtime_ns": time_ns(node.mtime), "ctime_ns": time_ns(node.ctime)}
+        want = {f: k[f] for f in got}
+        if kind != stat.S_IFDIR:
+            got["size"], want["size"] = node.size, k["size"]
+            got["nlink"], want["nlink"] = node.nlink, k["nlink"]
+        if kind == stat.S_IFLNK:
+            got["target"], want["target"] = node.target.hex(), k["target"]
+        else:
+            got["xattrs"] = {n.decode(): v.hex() for n, v in node.xattrs.items()}
+            want["xattrs"] = k["xattrs"]
+        if kind in (stat.S_IFCHR, stat.S_IFBLK):
+            got["rdev"], want["rdev"] = node.rdev, k["rdev"]
+        if kind == stat.S_IFREG:
+            try:
+                got["sha256"], want["sha256"] = sha256_node(node), k["sha256"]
+            except UnreadableError:
+                problems["unreadable"].append(path)
+            got["blocks"], want["blocks"] = (node.allocated_bytes() + 511) // 512, k["blocks"]
+        for f in got:
+            if got[f] != want[f]:
+                bad.append(f"{path}: {f} {str(got[f])[:80]} != kernel {str(want[f])[:80]}")
+    for ino, ids in inodes.items():
+        if len(ids) != 1:
+            bad.append(f"inode {ino}: {len(ids)} nodes for one inode")
+    return problems
+
+
+def empty_subvol_dirs(view):
+    """Subvolumes inside snapshots: the kernel shows made-up empty directories
+    (inode 2, the time of the lookup), so only their names and types are compared."""
+    return {p for p, k in view.items() if k["inode"].endswith(":2")}

@@ -8,15 +8,13 @@ builds from the image bytes.
 
 from __future__ import annotations
 
-import hashlib
-import stat
 import subprocess
 
 import pytest
-from btrfs_image import cached_image, have_tools
+from btrfs_image import cached_image, compare, empty_subvol_dirs, have_tools
 
 from pvfs.discover import Context, Options, finish, run_queue
-from pvfs.nodes import Dir, File, Special, Symlink, resolve, time_ns, walk
+from pvfs.nodes import Dir, resolve
 from pvfs.source import FileSource
 
 pytestmark = pytest.mark.skipif(have_tools() is not None, reason=str(have_tools()))
@@ -48,67 +46,6 @@ def dump_super(img) -> dict:
     return fields
 
 
-def sha256_node(node):
-    h = hashlib.sha256()
-    src = node.source
-    for off in range(0, src.size, 1 << 20):
-        h.update(src.read(off, min(1 << 20, src.size - off)))
-    return h.hexdigest()
-
-
-def compare(root, view, skip=()):
-    """Mismatches between the node tree and the kernel's view (a list of strings)."""
-    ours = dict(walk(root))
-    bad = []
-    missing = sorted(set(view) - set(ours))
-    extra = sorted(set(ours) - set(view))
-    if missing:
-        bad.append(f"missing: {missing[:10]} ({len(missing)})")
-    if extra:
-        bad.append(f"extra: {extra[:10]} ({len(extra)})")
-    inodes = {}
-    for path, k in view.items():
-        node = ours.get(path)
-        if node is None or path in skip:
-            continue
-        inodes.setdefault(k["inode"], set()).add(id(node))
-        kind = stat.S_IFMT(k["mode"])
-        want_cls = {stat.S_IFDIR: Dir, stat.S_IFREG: File, stat.S_IFLNK: Symlink}.get(kind,
-                                                                                    Special)
-        if not isinstance(node, want_cls):
-            bad.append(f"{path}: {type(node).__name__}, kernel {oct(k['mode'])}")
-            continue
-        got = {"mode": node.mode, "uid": node.uid, "gid": node.gid,
-               "mtime_ns": time_ns(node.mtime), "ctime_ns": time_ns(node.ctime)}
-        want = {f: k[f] for f in got}
-        if kind != stat.S_IFDIR:
-            got["size"], want["size"] = node.size, k["size"]
-            got["nlink"], want["nlink"] = node.nlink, k["nlink"]
-        if kind == stat.S_IFLNK:
-            got["target"], want["target"] = node.target.hex(), k["target"]
-        else:
-            got["xattrs"] = {n.decode(): v.hex() for n, v in node.xattrs.items()}
-            want["xattrs"] = k["xattrs"]
-        if kind in (stat.S_IFCHR, stat.S_IFBLK):
-            got["rdev"], want["rdev"] = node.rdev, k["rdev"]
-        if kind == stat.S_IFREG:
-            got["sha256"], want["sha256"] = sha256_node(node), k["sha256"]
-            got["blocks"], want["blocks"] = (node.allocated_bytes() + 511) // 512, k["blocks"]
-        for f in got:
-            if got[f] != want[f]:
-                bad.append(f"{path}: {f} {str(got[f])[:80]} != kernel {str(want[f])[:80]}")
-    for ino, ids in inodes.items():
-        if len(ids) != 1:
-            bad.append(f"inode {ino}: {len(ids)} nodes for one inode")
-    return bad
-
-
-def empty_subvol_dirs(view):
-    """Subvolumes inside snapshots: the kernel shows made-up empty directories
-    (inode 2, the time of the lookup), so only their names and types are compared."""
-    return {p for p, k in view.items() if k["inode"].endswith(":2")}
-
-
 @pytest.fixture(scope="module")
 def main_image():
     return cached_image("main")
@@ -121,8 +58,8 @@ def test_every_entry_matches_the_kernel(main_image):
     assert isinstance(root, Dir)
     skip = empty_subvol_dirs(view)
     assert {"snaps/sub1-ro/nested", "snap-top/sub1", "snap-top/snaps/sub1-ro"} <= skip
-    bad = compare(root, view, skip)
-    assert not bad, "\n".join(bad[:40])
+    problems = compare(root, view, skip)
+    assert not any(problems.values()), problems
     assert len(view) > 4000
     errors = [e for e in ctx.report if e.severity != "info" and e.layer == "btrfs"]
     assert not errors, errors

@@ -23,6 +23,7 @@ References: Linux ``fs/btrfs/inode.c`` (``btrfs_lookup_dentry``,
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 import struct
@@ -493,6 +494,176 @@ class BtrfsFilesystem(GuestFilesystem):
         ce = CompressedExtent(view, disk_bytenr, disk_num_bytes, comp, ram_bytes,
                               self.dev.sectorsize)
         return (foff, n, ce, offset)
+
+
+    # -- damage to files -------------------------------------------------------------------
+    def lost_logical(self, ranges) -> list[tuple[int, int]]:
+        """Logical ranges whose every copy lies in the device ``ranges`` (merged, sorted)."""
+        out = []
+        for ch in self.dev.chunks.chunks:
+            copies = ch.copies(self.dev.devid)
+            if not copies:
+                continue
+            per_copy = []
+            for off in copies:
+                hits = []
+                for start, length in ranges:
+                    lo, hi = max(start, off), min(start + length, off + ch.length)
+                    if lo < hi:
+                        hits.append((ch.start + lo - off, ch.start + hi - off))
+                per_copy.append(_merge(hits))
+            common = per_copy[0]
+            for other in per_copy[1:]:
+                common = _intersect(common, other)
+            out.extend(common)
+        return _merge(out)
+
+    def subvolume_paths(self, deadline) -> dict[int, str]:
+        """Tree id -> path in the shown tree of every subvolume linked from the top level
+        (``ROOT_BACKREF`` chains, checked against ``ROOT_REF`` like a lookup would)."""
+        backrefs = {}
+        try:
+            for (child, ktype, parent), data in items(self.dev, self.root_tree, (0, 0, 0),
+                                                      (MAX, 255, MAX), lambda *a: None):
+                if ktype == S.ROOT_BACKREF_KEY and len(data) >= S.ROOT_REF_SIZE:
+                    dirid, _seq, nlen = struct.unpack_from("<QQH", data, 0)
+                    backrefs[child] = (parent, dirid,
+                                       bytes(data[S.ROOT_REF_SIZE:S.ROOT_REF_SIZE + nlen]))
+                if time.monotonic() > deadline:
+                    break
+        except BtrfsError:
+            pass
+        paths = {S.FS_TREE_OBJECTID: ""}
+
+        def path_of(tree_id, depth=0):
+            if tree_id in paths:
+                return paths[tree_id]
+            if depth > 64 or tree_id not in backrefs:
+                return None
+            parent, dirid, name = backrefs[tree_id]
+            base = path_of(parent, depth + 1)
+            if base is None or not self._root_ref_matches(parent, tree_id, dirid, name):
+                return None
+            try:
+                sv = self.subvol(parent)
+                d = self.inode_path(sv, dirid)
+            except BtrfsError:
+                return None
+            if d is None:
+                return None
+            p = "/".join(x for x in (base, d, name.decode("utf-8", "surrogateescape")) if x)
+            paths[tree_id] = p
+            return p
+
+        for tree_id in list(backrefs):
+            path_of(tree_id)
+        return {k: v for k, v in paths.items() if v is not None}
+
+    def inode_path(self, sv: Subvol, ino: int) -> str | None:
+        """Path of ``ino`` inside subvolume ``sv`` through its first ``INODE_REF``s."""
+        parts = []
+        for _depth in range(MAX_PATH_DEPTH):
+            if ino == sv.dirid:
+                return "/".join(reversed(parts))
+            ref = None
+            for (_o, _t, parent), data in items(self.dev, sv.root, (ino, S.INODE_REF_KEY, 0),
+                                                (ino, S.INODE_REF_KEY, MAX), lambda *a: None):
+                if len(data) >= S.INODE_REF.size:
+                    _idx, nlen = S.INODE_REF.unpack_from(data, 0)
+                    ref = (parent, bytes(data[S.INODE_REF.size:S.INODE_REF.size + nlen]))
+                    break
+            if ref is None:
+                for (_o, _t, _h), data in items(self.dev, sv.root,
+                                                (ino, S.INODE_EXTREF_KEY, 0),
+                                                (ino, S.INODE_EXTREF_KEY, MAX), lambda *a: None):
+                    if len(data) >= S.INODE_EXTREF.size:
+                        parent, _idx, nlen = S.INODE_EXTREF.unpack_from(data, 0)
+                        ref = (parent, bytes(data[S.INODE_EXTREF.size:
+                                                  S.INODE_EXTREF.size + nlen]))
+                        break
+            if ref is None or ref[0] == ino:
+                return None
+            parts.append(ref[1].decode("utf-8", "surrogateescape"))
+            ino = ref[0]
+        return None
+
+    def files_in_ranges(self, ranges, limit=50):
+        """Files whose data lie on device ``ranges`` in every copy: the logical ranges
+        lost are matched against the ``EXTENT_DATA`` items of every subvolume shown
+        (bounded in time and items)."""
+        lost = self.lost_logical(ranges)
+        if not lost:
+            return [], 0
+        starts = [lo for lo, _hi in lost]
+        deadline = time.monotonic() + FILES_IN_RANGES_BUDGET
+        names: list[str] = []
+        total = 0
+        budget = FILES_IN_RANGES_ITEMS
+        for tree_id, prefix in sorted(self.subvolume_paths(deadline).items(),
+                                      key=lambda kv: kv[1]):
+            try:
+                sv = self.subvol(tree_id)
+            except BtrfsError:
+                continue
+            hit_inodes = []
+            for (ino, ktype, _foff), data in items(self.dev, sv.root, (0, 0, 0),
+                                                    (MAX, 255, MAX), lambda *a: None):
+                budget -= 1
+                if budget <= 0 or time.monotonic() > deadline:
+                    break
+                if ktype != S.EXTENT_DATA_KEY or len(data) < S.FILE_EXTENT_HEAD.size + \
+                        S.FILE_EXTENT_REG_TAIL.size:
+                    continue
+                _g, _ram, comp, _e, _o, etype = S.FILE_EXTENT_HEAD.unpack_from(data, 0)
+                if etype != S.FILE_EXTENT_REG:
+                    continue
+                bytenr, disk_num, offset, num = S.FILE_EXTENT_REG_TAIL.unpack_from(
+                    data, S.FILE_EXTENT_HEAD.size)
+                if bytenr == 0:
+                    continue
+                lo, hi = (bytenr, bytenr + disk_num) if comp else \
+                    (bytenr + offset, bytenr + offset + num)
+                i = bisect.bisect_right(starts, hi - 1) - 1
+                if i >= 0 and lost[i][1] > lo and (not hit_inodes or hit_inodes[-1] != ino):
+                    hit_inodes.append(ino)
+            for ino in hit_inodes:
+                total += 1
+                if len(names) < limit:
+                    try:
+                        p = self.inode_path(sv, ino)
+                    except BtrfsError:
+                        p = None
+                    p = p if p is not None else f"<inode {ino} of subvolume {tree_id}>"
+                    names.append("/".join(x for x in (prefix, p) if x))
+            if budget <= 0 or time.monotonic() > deadline:
+                self.report("warning", "", "damage-map-partial",
+                            "mapping damage to files stopped early (time or item budget); "
+                            "more files may be hit")
+                break
+        return names, total
+
+
+def _merge(ranges):
+    out = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _intersect(a, b):
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo < hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
 
 
 def _extent_len(data: bytes):

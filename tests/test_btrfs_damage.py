@@ -1,0 +1,216 @@
+"""btrfs reader on damaged copies of a kernel-made image (the input is never written:
+damage is laid over it in memory with PatchedSource / unreadable extents).
+
+Where the damage goes is found with btrfs-progs (dump-tree, btrfs-map-logical),
+what must still be there with the kernel's view of the clean image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+
+import pytest
+from btrfs_image import cached_image, compare, empty_subvol_dirs, have_tools
+
+from pvfs.discover import Context, Options, finish, run_queue
+from pvfs.errors import UnreadableError
+from pvfs.nodes import Dir, resolve
+from pvfs.source import ExtentSource, FileSource, MissingSource, PatchedSource
+
+pytestmark = pytest.mark.skipif(have_tools() is not None, reason=str(have_tools()))
+
+FILES = "storage/files/p1.files"
+NODESIZE = 16384
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    def boom(*_a):
+        raise TimeoutError(f"took more than {seconds} s (a hang?)")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def open_image(source, bad=None):
+    ctx = Context(Options(bad=bad))
+    ctx.add_volume(source, ctx.storage("files"), "p1", "storage/files", "partition",
+                   children_home=None)
+    run_queue(ctx)
+    finish(ctx)
+    return ctx, resolve(ctx.root, FILES)
+
+
+def dump_tree(img, tree="5") -> str:
+    return subprocess.run(["btrfs", "inspect-internal", "dump-tree", "-t", tree, str(img)],
+                          check=True, capture_output=True, text=True, errors="replace").stdout
+
+
+def leaves(dump: str) -> dict[int, list[tuple[int, str, int]]]:
+    """Leaf bytenr -> item keys, from dump-tree's text."""
+    out, cur = {}, None
+    for line in dump.splitlines():
+        m = re.match(r"leaf (\d+) items", line)
+        if m:
+            cur = out.setdefault(int(m.group(1)), [])
+            continue
+        m = re.match(r"\s+item \d+ key \((\d+) (\w+) (\d+)\)", line)
+        if m and cur is not None:
+            cur.append((int(m.group(1)), m.group(2), int(m.group(3))))
+    return out
+
+
+def mirrors(img, logical, length=NODESIZE) -> list[int]:
+    out = subprocess.run(["btrfs-map-logical", "-l", str(logical), "-b", str(length), str(img)],
+                         check=True, capture_output=True, text=True).stdout
+    return [int(m) for m in re.findall(r"mirror \d+ logical \d+ physical (\d+)", out)]
+
+
+def root_node(dump: str) -> int:
+    return int(re.search(r"^(?:node|leaf) (\d+) ", dump, re.M).group(1))
+
+
+@pytest.fixture(scope="module")
+def image():
+    img, view = cached_image("main")
+    dump = dump_tree(img)
+    top_inodes = {int(k["inode"].split(":")[1]): p for p, k in view.items()
+                  if p.startswith("bigdir/") and p.count("/") == 1}
+    # a leaf that holds only items of files in bigdir (inode items, refs, inline data)
+    leaf = next(b for b, keys in leaves(dump).items()
+                if keys and all(oid in top_inodes for oid, _t, _o in keys))
+    return img, view, dump, top_inodes, leaf
+
+
+def test_one_copy_of_leaf_and_root_zeroed_is_repaired_from_mirror(image):
+    img, view, dump, _inodes, leaf = image
+    root = root_node(dump)
+    patches = {mirrors(img, leaf)[0]: bytes(NODESIZE), mirrors(img, root)[0]: bytes(NODESIZE)}
+    with time_limit(120):
+        ctx, tree = open_image(PatchedSource(FileSource(img), patches))
+        problems = compare(tree, view, empty_subvol_dirs(view))
+    assert not any(problems.values()), problems
+    repaired = [e for e in ctx.report if e.code == "repaired-from-mirror"]
+    assert {int(re.search(r"tree block (0x[0-9a-f]+)", e.message).group(1), 16)
+            for e in repaired} == {leaf, root}
+    assert all(e.severity == "info" and "all zeros" in e.message for e in repaired)
+    assert not [e for e in ctx.report if e.severity == "error"]
+
+
+def test_unreadable_copy_is_repaired_from_mirror(image):
+    img, view, _dump, _inodes, leaf = image
+    f = FileSource(img)
+    m1 = mirrors(img, leaf)[0]
+    src = ExtentSource(f.size, [(0, m1, f, 0), (m1, NODESIZE, MissingSource(NODESIZE, "bad"), 0),
+                                (m1 + NODESIZE, f.size - m1 - NODESIZE, f, m1 + NODESIZE)])
+    with time_limit(120):
+        ctx, tree = open_image(src)
+        problems = compare(tree, view, empty_subvol_dirs(view))
+    assert not any(problems.values()), problems
+    e = next(e for e in ctx.report if e.code == "repaired-from-mirror")
+    assert "copy 1" in e.message and "unreadable" in e.message
+
+
+def test_both_copies_zeroed_lose_only_that_leaf(image):
+    img, view, dump, top_inodes, leaf = image
+    keys = leaves(dump)[leaf]
+    lost_inodes = {oid for oid, t, _o in keys if t == "INODE_ITEM"}
+    lost_names = {top_inodes[i].split("/")[1] for i in lost_inodes}
+    touched = {top_inodes[oid].split("/")[1] for oid, _t, _o in keys}
+    patches = {m: bytes(NODESIZE) for m in mirrors(img, leaf)}
+    assert len(patches) == 2
+    with time_limit(120):
+        ctx, tree = open_image(PatchedSource(FileSource(img), patches))
+        problems = compare(tree, view, empty_subvol_dirs(view))
+    # the snapshot of the top level shares the leaf: the same files go in both
+    want_missing = sorted(f"{d}/{n}" for d in ("bigdir", "snap-top/bigdir") for n in lost_names)
+    assert lost_names and problems["missing"] == want_missing
+    assert not problems["extra"] and not problems["wrong"]
+    # a file whose inode item is in a neighbouring leaf but whose inline data was here
+    assert set(problems["unreadable"]) <= {f"{d}/{n}" for d in ("bigdir", "snap-top/bigdir")
+                                           for n in touched}
+    lost = [e for e in ctx.report if e.code == "tree-block-lost"]
+    assert len(lost) == 1 and f"{leaf:#x}" in lost[0].message
+    assert sorted(lost[0].ranges) == sorted((m, NODESIZE) for m in patches)
+    named = [e for e in ctx.report if e.code == "inodes-lost"]
+    assert {e.path.rpartition(".files/")[2] for e in named} == {"bigdir", "snap-top/bigdir"}
+    for e in named:
+        assert e.message.startswith(f"{len(lost_names)} entries are not shown")
+        assert all(n in e.message for n in sorted(lost_names)[:20])
+    # everything else still lists and reads
+    assert len(view) - len(want_missing) > 4000
+
+
+def test_zeroed_primary_superblock_uses_a_mirror(image):
+    img, view, _dump, _inodes, _leaf = image
+    ctx, tree = open_image(PatchedSource(FileSource(img), {0x10000: bytes(4096)}))
+    assert isinstance(tree, Dir)
+    problems = compare(tree, view, empty_subvol_dirs(view))
+    assert not any(problems.values()), problems
+    e = next(e for e in ctx.report if e.code == "superblock")
+    assert e.severity == "warning" and "0x4000000" in e.message
+
+
+def _first_data_extent(dump, inode):
+    m = re.search(rf"key \({inode} EXTENT_DATA (\d+)\).*?\n.*?type 1 \(regular\)\n"
+                  rf"\s+extent data disk byte (\d+) nr (\d+)\n\s+extent data offset (\d+) nr (\d+)",
+                  dump)
+    foff, disk, _nr, off, num = map(int, m.groups())
+    return foff, disk + off, num
+
+
+def test_bad_data_checksum_is_eio_and_reported(image):
+    img, view, dump, _inodes, _leaf = image
+    ino = int(view["random.bin"]["inode"].split(":")[1])
+    foff, logical, num = _first_data_extent(dump, ino)
+    assert num >= 3 * 4096
+    phys = mirrors(img, logical + 4096, 4096)
+    assert len(phys) == 1  # data is SINGLE: no second copy
+    good = FileSource(img).read(phys[0], 4096)
+    ctx, tree = open_image(PatchedSource(FileSource(img), {phys[0] + 100: bytes([good[100] ^ 1])}))
+    node = resolve(tree, "random.bin")
+    at = foff + 4096
+    with pytest.raises(UnreadableError):
+        node.source.read(at, 4096)
+    with pytest.raises(UnreadableError):
+        node.source.read(at + 4000, 200)
+    assert len(node.source.read(0, at)) == at  # the sectors before still read
+    assert len(node.source.read(at + 4096, 1 << 20)) == 1 << 20
+    e = next(e for e in ctx.report if e.code == "data-unreadable")
+    assert e.path.endswith(".files/random.bin") and "checksum mismatch" in e.message
+    assert [tuple(r) for r in e.ranges] == [(phys[0], 4096)]
+    # --bad zero: that sector reads as zeros, the rest as the kernel shows it
+    clean_ctx, clean = open_image(FileSource(img))
+    want = resolve(clean, "random.bin").source.read(0, 3 << 20)
+    ctx, tree = open_image(PatchedSource(FileSource(img), {phys[0] + 100: bytes([good[100] ^ 1])}),
+                           bad="zero")
+    got = resolve(tree, "random.bin").source.read(0, 3 << 20)
+    assert got == want[:at] + bytes(4096) + want[at + 4096:]
+
+
+def test_unreadable_sector_names_the_files_on_it(image):
+    img, view, dump, _inodes, _leaf = image
+    ino = int(view["random.bin"]["inode"].split(":")[1])
+    foff, logical, _num = _first_data_extent(dump, ino)
+    phys = mirrors(img, logical + 8192, 4096)[0]
+    f = FileSource(img)
+    src = ExtentSource(f.size, [(0, phys, f, 0), (phys, 4096, MissingSource(4096, "bad"), 0),
+                                (phys + 4096, f.size - phys - 4096, f, phys + 4096)])
+    src.has_unreadable = True
+    ctx, tree = open_image(src)
+    e = next(e for e in ctx.report if e.code == "files-damaged")
+    # random.bin, its reflinked copy (the sector is before the overwritten part) and the
+    # same two in the writable snapshot of the top level
+    assert e.message.startswith("4 files or directories lie on unreadable bytes: ")
+    assert set(e.message.split(": ", 1)[1].split(", ")) == {
+        "random.bin", "random-reflink.bin", "snap-top/random.bin", "snap-top/random-reflink.bin"}
+    with pytest.raises(UnreadableError):
+        resolve(tree, "snap-top/random-reflink.bin").source.read(foff + 8192, 10)
