@@ -18,6 +18,7 @@ the fixture cache, keyed by a hash of this file, so a changed recipe rebuilds.
 from __future__ import annotations
 
 import contextlib
+import signal
 import fcntl
 import hashlib
 import json
@@ -32,8 +33,9 @@ from pathlib import Path
 
 from conftest import CACHE
 
+from pvfs.discover import Context, Options, finish, run_queue
 from pvfs.errors import UnreadableError
-from pvfs.nodes import Dir, File, Special, Symlink, time_ns, walk
+from pvfs.nodes import Dir, File, Special, Symlink, resolve, time_ns, walk
 
 HERE = Path(__file__).resolve()
 UUID = "5b7e4a0c-6d2f-4c1e-9a43-1f0e2d3c4b5a"
@@ -213,6 +215,24 @@ def populate(m: Path):
     run("btrfs", "subvolume", "set-default", m / "sub1")
 
 
+def populate_small(m: Path):
+    """A few entries of each kind, for the checksum-type images and the fuzz tests."""
+    _write(m / "hello.txt", b"hello\n")
+    _write(m / "random.bin", _data(30, 300000))
+    _write(m / "text.txt", _text(31, 200000))
+    _compressed_file(m / "lzo.txt", "lzo", _text(32, 70000))
+    os.makedirs(m / "dir" / "sub")
+    for i in range(40):
+        _write(m / "dir" / f"f{i:02d}", _text(40 + i, 100 + 37 * i))
+    os.link(m / "dir" / "f00", m / "dir" / "sub" / "link")
+    os.symlink("../hello.txt", m / "dir" / "sl")
+    os.setxattr(m / "dir", "user.x", b"y")
+    os.mknod(m / "dir" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    run("btrfs", "subvolume", "create", m / "vol")
+    _write(m / "vol" / "v.txt", _text(50, 9000))
+    run("btrfs", "subvolume", "snapshot", "-r", m / "vol", m / "vol-ro")
+
+
 def build_image(img: Path, size=320 << 20, mkfs_args=(), fill=populate, mount_opts="compress=zstd"):
     img.unlink(missing_ok=True)
     with open(img, "wb") as f:
@@ -349,3 +369,29 @@ def empty_subvol_dirs(view):
     """Subvolumes inside snapshots: the kernel shows made-up empty directories
     (inode 2, the time of the lookup), so only their names and types are compared."""
     return {p for p, k in view.items() if k["inode"].endswith(":2")}
+
+
+FILES = "storage/files/p1.files"
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    def boom(*_a):
+        raise TimeoutError(f"took more than {seconds} s (a hang?)")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def open_image(source, bad=None):
+    ctx = Context(Options(bad=bad))
+    ctx.add_volume(source, ctx.storage("files"), "p1", "storage/files", "partition",
+                   children_home=None)
+    run_queue(ctx)
+    finish(ctx)
+    return ctx, resolve(ctx.root, FILES)

@@ -11,28 +11,15 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from btrfs_image import cached_image, compare, empty_subvol_dirs, have_tools
+from btrfs_image import (
+    build_image, cached_image, compare, empty_subvol_dirs, have_tools, open_image,
+    populate_small,
+)
 
-from pvfs.discover import Context, Options, finish, run_queue
-from pvfs.nodes import Dir, resolve
+from pvfs.nodes import Dir
 from pvfs.source import FileSource
 
 pytestmark = pytest.mark.skipif(have_tools() is not None, reason=str(have_tools()))
-
-FILES = "storage/files/p1.files"
-
-
-def open_image(source, bad=None):
-    opts = Options()
-    if bad:
-        opts.bad = bad
-    ctx = Context(opts)
-    ctx.add_volume(source, ctx.storage("files"), "p1", "storage/files", "partition",
-                   children_home=None)
-    run_queue(ctx)
-    finish(ctx)
-    return ctx
-
 
 def dump_super(img) -> dict:
     """Numeric fields of the superblock as btrfs-progs prints them."""
@@ -53,8 +40,7 @@ def main_image():
 
 def test_every_entry_matches_the_kernel(main_image):
     img, view = main_image
-    ctx = open_image(FileSource(img))
-    root = resolve(ctx.root, FILES)
+    ctx, root = open_image(FileSource(img))
     assert isinstance(root, Dir)
     skip = empty_subvol_dirs(view)
     assert {"snaps/sub1-ro/nested", "snap-top/sub1", "snap-top/snaps/sub1-ro"} <= skip
@@ -67,7 +53,7 @@ def test_every_entry_matches_the_kernel(main_image):
 
 def test_filesystem_info(main_image):
     img, _view = main_image
-    ctx = open_image(FileSource(img))
+    ctx, _root = open_image(FileSource(img))
     vol = next(v for v in ctx.volumes if v.guestfs is not None)
     info = vol.guestfs.info
     assert (info.fstype, info.label, info.uuid) == ("btrfs", "pvfs-btrfs",
@@ -95,3 +81,18 @@ def test_image_has_every_kind_of_extent(main_image):
 
 
 S_COMPRESS = {"none": 0, "zlib": 1, "lzo": 2, "zstd": 3}
+
+
+@pytest.mark.parametrize("csum", ["xxhash", "sha256", "blake2"])
+def test_checksum_types(csum):
+    """Superblock, tree blocks and data checked with each checksum mkfs.btrfs offers."""
+    img, view = cached_image(f"small-{csum}", lambda p: build_image(
+        p, size=200 << 20, mkfs_args=("--csum", csum), fill=populate_small))
+    ctx, root = open_image(FileSource(img))
+    problems = compare(root, view, empty_subvol_dirs(view))
+    assert not any(problems.values()), problems
+    assert len(view) > 50
+    vol = next(v for v in ctx.volumes if v.guestfs is not None)
+    name = {"xxhash": "xxhash64", "sha256": "sha256", "blake2": "blake2b"}[csum]
+    assert any(n.startswith(f"checksums {name};") for n in vol.guestfs.info.notes)
+    assert not [e for e in ctx.report if e.severity != "info"]

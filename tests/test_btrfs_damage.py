@@ -7,46 +7,19 @@ what must still be there with the kernel's view of the clean image.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import signal
 import subprocess
 
 import pytest
-from btrfs_image import cached_image, compare, empty_subvol_dirs, have_tools
+from btrfs_image import cached_image, compare, empty_subvol_dirs, have_tools, open_image, time_limit
 
-from pvfs.discover import Context, Options, finish, run_queue
 from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, resolve
 from pvfs.source import ExtentSource, FileSource, MissingSource, PatchedSource
 
 pytestmark = pytest.mark.skipif(have_tools() is not None, reason=str(have_tools()))
 
-FILES = "storage/files/p1.files"
 NODESIZE = 16384
-
-
-@contextlib.contextmanager
-def time_limit(seconds):
-    def boom(*_a):
-        raise TimeoutError(f"took more than {seconds} s (a hang?)")
-
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def open_image(source, bad=None):
-    ctx = Context(Options(bad=bad))
-    ctx.add_volume(source, ctx.storage("files"), "p1", "storage/files", "partition",
-                   children_home=None)
-    run_queue(ctx)
-    finish(ctx)
-    return ctx, resolve(ctx.root, FILES)
 
 
 def dump_tree(img, tree="5") -> str:

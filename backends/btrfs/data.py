@@ -132,7 +132,7 @@ class LogicalSource(Source):
         errors = []
         for phys in copies:
             try:
-                return self.dev.source.read(phys, n)
+                return self.dev.read_phys(phys, n)
             except UnreadableError as e:
                 errors.append(e)
         if len(copies) == 1:
@@ -147,7 +147,7 @@ class LogicalSource(Source):
         want = self.csums(a, b, path) if checks else [None] * ((b - a) // ss)
         base = copies[0] - (pos - a)
         try:
-            data = self.dev.source.read(base, b - a)
+            data = self.dev.read_phys(base, b - a)
             first_err = None
         except UnreadableError as e:
             data, first_err = None, e
@@ -164,7 +164,7 @@ class LogicalSource(Source):
             for ci, phys0 in enumerate(copies[1:], start=2):
                 phys = phys0 - (pos - a) + rel
                 try:
-                    sec = self.dev.source.read(phys, ss)
+                    sec = self.dev.read_phys(phys, ss)
                 except UnreadableError:
                     problems.append(f"copy {ci} unreadable")
                     continue

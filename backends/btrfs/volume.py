@@ -346,6 +346,15 @@ class Device:
             self._reported.add(key)
         self.report(severity, code, message, ranges)
 
+    def read_phys(self, phys: int, length: int) -> bytes:
+        """``length`` bytes at device offset ``phys``; past the end of the device (a
+        truncated image, a hostile stripe offset) is unreadable, never short."""
+        if phys + length > self.source.size:
+            raise UnreadableError(f"device offset {phys:#x}+{length:#x} lies beyond the end "
+                                  f"of the device ({self.source.size:#x})",
+                                  [(phys, length)])
+        return self.source.read(phys, length)
+
     # -- tree blocks -------------------------------------------------------------------
     def _check(self, raw: bytes, logical: int, gen, level, first_key) -> str:
         """Why a copy of a tree block is wrong ("" when it is right)."""
@@ -385,7 +394,7 @@ class Device:
         problems, bad_ranges = [], []
         for i, phys in enumerate(copies):
             try:
-                raw = self.source.read(phys, self.nodesize)
+                raw = self.read_phys(phys, self.nodesize)
             except UnreadableError as e:
                 problems.append(f"copy {i + 1} at {phys:#x} unreadable ({e})")
                 bad_ranges.append((phys, self.nodesize))
