@@ -117,7 +117,8 @@ def test_one_osd_removed_still_reads(ceph_dir, manifest, pair):
 @pytest.mark.parametrize("only", [0, 1, 2])
 def test_all_replicas_removed_exactly_reported(ceph_dir, manifest, only):
     """With one OSD left, objects whose replicas are all gone are reported with their
-    image ranges and read as zeros; every object still present reads back exactly."""
+    image ranges and read as EIO (the default loss policy); every object still present
+    reads back exactly."""
     ctx = discover(blocks(ceph_dir, only), Options())
     lost_objects = 0
     for im in manifest["images"]:
@@ -145,7 +146,8 @@ def test_all_replicas_removed_exactly_reported(ceph_dir, manifest, only):
                 assert hashlib.sha256(data).hexdigest() == ob["head"]["sha256"]
             else:
                 assert _covered(ranges, off, n), (im["name"], ob["name"])
-                assert node.source.read(off, 4096) == bytes(4096)
+                with pytest.raises(UnreadableError):
+                    node.source.read(off, 4096)
                 lost_objects += 1
         # every reported range is an object-sized piece of the image
         for o, ln in ranges:
@@ -311,7 +313,7 @@ def test_damaged_metadata_uses_the_other_replica(ceph_dir, manifest, what):
     s0.kv = _DamagedKV(s0.kv, bad)
     seen = []
     for stores, ok in (([s0, s1], True), ([s0], False)):
-        c = Cluster(stores, report=lambda *a, seen=seen: seen.append(a))
+        c = Cluster(stores, report=lambda *a, seen=seen: seen.append(a), bad="zero")
         c.load_osdmap_from_osds()
         img = c.open_image_v2(2, im["name"], im["id"])
         src = c.image_source(img, None, "storage/ceph/rbd/vm-101-disk-0")

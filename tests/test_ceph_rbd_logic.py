@@ -128,8 +128,10 @@ def _add_image(st, pool, name, iid, size, order, data, ns=b"", stripe=None, snap
     return prefix
 
 
-def _cluster(*stores, pg_num=8):
-    c = Cluster(list(stores), report=lambda *a: reports.append(a))
+def _cluster(*stores, pg_num=8, bad="zero"):
+    """A cluster that zero-fills lost bytes (the user's --bad zero), so tests can see
+    which bytes are lost; the default (EIO) is checked where it matters."""
+    c = Cluster(list(stores), report=lambda *a: reports.append(a), bad=bad)
     c.pools = {3: PoolInfo(3, "p", 1, 2, pg_num, pg_num)}
     for st in stores:
         st.collections |= {(3, s) for s in range(pg_num)}

@@ -11,7 +11,7 @@ import os
 
 from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, File, GeneratedFile
-from pvfs.source import BAD_ZERO
+from pvfs.source import BAD_EIO
 
 from .errors import CephError
 from .keys import CEPH_NOSNAP, decode_onode_key
@@ -148,7 +148,7 @@ def open_cluster(backend, key, volumes, ctx):
     def report(sev, path, code, msg, ranges=()):
         ctx.report.add(sev, LAYER, path, code, msg, ranges)
 
-    cluster = Cluster(stores, report, bad=ctx.bad(BAD_ZERO))
+    cluster = Cluster(stores, report, bad=ctx.bad(BAD_EIO))
     _load_pools(backend, cluster, ctx)
     root = ctx.storage("ceph")
     parent = volumes[0]

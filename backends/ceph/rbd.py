@@ -305,7 +305,7 @@ class _PaddedSource(Source):
 class Cluster:
     """The objects of all given OSDs of one Ceph cluster."""
 
-    def __init__(self, stores, report, bad=BAD_ZERO):
+    def __init__(self, stores, report, bad=BAD_EIO):
         self.stores = stores
         self.report = report  # report(severity, path, code, message, ranges=())
         self.bad = bad
