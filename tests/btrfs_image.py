@@ -21,6 +21,7 @@ import contextlib
 import signal
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -41,13 +42,12 @@ HERE = Path(__file__).resolve()
 UUID = "5b7e4a0c-6d2f-4c1e-9a43-1f0e2d3c4b5a"
 
 
-RECIPE_END = "# -- the comparison (not part of the recipe) --"
-
-
 def recipe_key() -> str:
-    """Hash of the recipe: this file up to the comparison helpers."""
-    text = HERE.read_text()
-    return hashlib.sha256(text.split(RECIPE_END + "\n", 1)[0].encode()).hexdigest()[:16]
+    """Hash of the recipe (the functions that make an image and its kernel view)."""
+    parts = [inspect.getsource(fn) for fn in (
+        _data, _text, _write, _compressed_file, populate, populate_small, build_image, _entry,
+        kernel_view)]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
 
 def have_tools() -> str | None:
@@ -309,7 +309,6 @@ def cached_image(name: str, builder=build_image) -> tuple[Path, dict]:
 
 
 
-# -- the comparison (not part of the recipe) --
 def sha256_node(node):
     h = hashlib.sha256()
     src = node.source
