@@ -24,9 +24,10 @@ def _add_common(p):
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                    help="drive images, image files, block devices or directories")
     p.add_argument("--bad", choices=("eio", "zero"), default=None,
-                   help="what unreadable bytes do: fail with EIO or read as zeros "
-                        "(default: EIO for bad sectors and missing members, zeros for missing "
-                        "backup chunks)")
+                   help="bytes that no copy, parity or fallback can produce (bad sectors, "
+                        "missing members, chunks or objects, corrupt clusters): 'eio' (the "
+                        "default) fails the read, 'zero' reads them as zeros; either way they "
+                        "are in the damage report")
     p.add_argument("--mapfile", action="append", default=[], metavar="[IMAGE=]MAPFILE",
                    help="GNU ddrescue mapfile for an image (default: IMAGE.map beside it)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,

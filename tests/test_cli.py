@@ -93,3 +93,14 @@ def test_help_lists_backend_options():
     r = pvfs("scan", "--help")
     assert r.returncode == 0
     assert "--qcow2-cluster-bits" in r.stdout and "--bad" in r.stdout
+
+
+def test_help_and_readme_agree_on_the_loss_policy():
+    """``--help`` and README say the same: EIO by default for every kind of lost bytes."""
+    r = pvfs("scan", "--help")
+    text = " ".join(r.stdout.split())
+    assert "'eio' (the default) fails the read" in text
+    assert "zeros for missing backup chunks" not in text
+    readme = (ROOT / "README.md").read_text()
+    assert "`eio` (the default) fails the read" in readme
+    assert "zeros for missing backup chunks" not in readme

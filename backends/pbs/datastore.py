@@ -18,7 +18,7 @@ import numpy as np
 
 from pvfs.discover import Home
 from pvfs.nodes import Dir, File, GeneratedFile
-from pvfs.source import BAD_ZERO, BytesSource
+from pvfs.source import BAD_EIO, BAD_ZERO, BytesSource
 
 from .blob import EncryptedBlobError, decode_blob, load_keyfile
 from .catalog import catalog_text
@@ -111,7 +111,7 @@ class DatastoreWalker:
         self.ctx = ctx
         self.backend = backend
         self.state: State = ctx.state(backend)
-        self.bad = ctx.bad(BAD_ZERO)
+        self.bad = ctx.bad(BAD_EIO)  # a lost chunk is lost: EIO unless --bad zero
 
     def open(self):
         ctx = self.ctx

@@ -17,7 +17,7 @@ import numpy as np
 
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import UnreadableError
-from pvfs.source import BAD_ZERO, DATA, UNREADABLE, ZERO, Source
+from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNREADABLE, ZERO, Source
 
 from .blob import MAX_BLOB_SIZE, CryptConfig, decode_blob
 from pvfs.namespace import FileTooLargeError, OsFiles
@@ -313,12 +313,12 @@ class ChunkPool:
 class IndexSource(Source):
     """The data an index describes (a VM disk image or a pxar/catalog stream).
 
-    A missing or corrupt chunk reads as zeros (policy ``zero``, the default) or raises
-    EIO (policy ``eio``); either way ``on_bad(start, length, error)`` is called so the
+    A missing or corrupt chunk raises EIO (policy ``eio``, the default) or reads as
+    zeros (policy ``zero``); either way ``on_bad(start, length, error)`` is called so the
     damage is reported with its byte range.
     """
 
-    def __init__(self, index, pool: ChunkPool, bad=BAD_ZERO, label="index", on_bad=None):
+    def __init__(self, index, pool: ChunkPool, bad=BAD_EIO, label="index", on_bad=None):
         super().__init__()
         self.index = index
         self.pool = pool
