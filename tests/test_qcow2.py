@@ -165,3 +165,54 @@ def test_missing_backing_damage_reaches_every_layer(tmp_path):
     entries = {d.path: d for d in ctx.report if d.code == "unreadable-range"}
     assert entries["vms/100/disk-0.raw"].ranges == ((0, 8 << 20),)
     assert entries["storage/files/vm-100-disk-0.qcow2/disk.raw"].ranges == ((0, 8 << 20),)
+
+
+@pytest.mark.parametrize("name", ["base.qcow2", "extl2.qcow2", "c512.qcow2",
+                                  "v2-compat010.qcow2"])
+def test_truncated_image_is_reported_at_scan(imgdir, tmp_path, name):
+    """A qcow2 cut to half its size: ``scan`` names the lost virtual ranges before any read.
+    The oracle is ``qemu-img map`` of the whole image: every data cluster (or subcluster)
+    whose host bytes lie past the cut is lost, nothing else."""
+    import json
+    import subprocess
+
+    data = (imgdir / name).read_bytes()
+    cut = len(data) // 2
+    p = tmp_path / "vm-100-disk-0.qcow2"
+    p.write_bytes(data[:cut])
+    whole = tmp_path / "whole.qcow2"
+    whole.write_bytes(data)
+    m = json.loads(subprocess.run(["qemu-img", "map", "--output=json", str(whole)], check=True,
+                                  capture_output=True, text=True).stdout)
+    want = []
+    for e in m:
+        if not e.get("data") or "offset" not in e or e["depth"] != 0:
+            continue
+        lo = max(e["start"], e["start"] + cut - e["offset"])
+        if e["offset"] + e["length"] > cut:
+            want.append((lo, e["start"] + e["length"] - lo))
+    # Where an L2 table itself lies past the cut, nothing it mapped can be known: all lost.
+    import struct
+
+    bits, l1_size, l1_off = struct.unpack_from(">I", data, 20)[0], *struct.unpack_from(">IQ", data, 36)
+    ext = bool(len(data) > 80 and struct.unpack_from(">Q", data, 72)[0] & 16)
+    span = 1 << (bits - (4 if ext else 3) + bits)
+    vsize = struct.unpack_from(">Q", data, 24)[0]
+    for i in range(l1_size):
+        l2 = struct.unpack_from(">Q", data, l1_off + 8 * i)[0] & 0x00FFFFFFFFFFFE00
+        if l2 and l2 + (1 << bits) > cut:
+            want.append((i * span, min(span, vsize - i * span)))
+    from pvfs.damage import merge_ranges
+
+    want = tuple(merge_ranges(want))
+    assert want, "the cut must hit data clusters"
+    ctx = discover([str(p)])
+    got = {e.path: e.ranges for e in ctx.report if e.code == "beyond-eof"}
+    assert got == {"storage/files/vm-100-disk-0.qcow2/disk.raw": want, "vms/100/disk-0.raw": want}
+    node = resolve(ctx.root, "vms/100/disk-0.raw")
+    with pytest.raises(UnreadableError):  # the default policy
+        node.source.read(want[0][0], 512)
+    ctx = discover([str(p)], Options(bad="zero"))
+    node = resolve(ctx.root, "vms/100/disk-0.raw")
+    assert node.source.read(want[0][0], 512) == bytes(512)
+    assert all("read as zeros" in e.message for e in ctx.report if e.code == "beyond-eof")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 
 from pvfs.backend import Backend
 from pvfs.errors import UnreadableError
+from pvfs.source import BAD_ZERO
 
 from .image import Qcow2Error, Qcow2Image, parse_header, scan_for_l1
 from .structs import QCOW_MAGIC
@@ -43,13 +45,18 @@ class Qcow2Backend(Backend):
             ctx.report.add(sev, "qcow2", volume.path, code, msg)
         info = {"format": "qcow2", **img.hdr.info()}
         volume.info.update(info)
-        ctx.add_input_disk(volume, img.disk(), info={"format": "qcow2"})
+        deadline = time.monotonic() + EOF_CHECK_SECONDS
+        disk = img.disk()
+        vol = ctx.add_input_disk(volume, disk, info={"format": "qcow2"})
+        _report_beyond_eof(ctx, vol, disk, deadline)
         for snap in img.snapshots:
             name = snap.name or f"id-{snap.id}"
             sinfo = {"snapshot": snap.name, "id": snap.id, "date": snap.date_sec,
                      "vm_state_size": snap.vm_state_size, "disk_size": snap.disk_size}
-            ctx.add_input_disk(volume, img.disk(snap), snapshot=name, info=sinfo,
-                               mtime=snap.date_sec or None)
+            sdisk = img.disk(snap)
+            svol = ctx.add_input_disk(volume, sdisk, snapshot=name, info=sinfo,
+                                      mtime=snap.date_sec or None)
+            _report_beyond_eof(ctx, svol, sdisk, deadline)
 
     def _recover(self, volume, ctx, why, files, bad):
         """Header destroyed: find the L1 table and map what it maps (qcow2.txt "Cluster mapping")."""
@@ -75,6 +82,28 @@ class Qcow2Backend(Backend):
                            "compression type are unknown")
             return img
         return None
+
+
+EOF_CHECK_SECONDS = 5.0  # per image, all its snapshots: a truncated file is found at scan
+
+
+def _report_beyond_eof(ctx, vol, disk, deadline):
+    """A truncated image: the clusters its tables place past the end of the file are
+    lost; say so at scan time (one entry per place the disk is shown), not at first read."""
+    ranges, complete = disk.beyond_eof(deadline)
+    if not complete:
+        ctx.report.add("warning", "qcow2", vol.path, "eof-check-partial",
+                       "time budget spent before every L2 table was checked for clusters "
+                       "past the end of the file")
+    if not ranges:
+        return
+    total = sum(n for _, n in ranges)
+    how = "read as zeros (--bad zero)" if disk.img.bad == BAD_ZERO else "read as EIO"
+    what = "data file" if disk.external_data else "image file"
+    msg = (f"the {what} ends at {disk.data.size:#x} but its tables map {total} bytes of the "
+           f"virtual disk past that end (a truncated copy?); they are lost and {how}")
+    for p in [vol.path, *vol.vm_paths]:
+        ctx.report.add("error", "qcow2", p, "beyond-eof", msg, ranges)
 
 
 def _header_destroyed(source):

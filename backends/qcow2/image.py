@@ -17,6 +17,7 @@ import numpy as np
 import zstandard
 
 from pvfs.cache import METADATA_CACHE
+from pvfs.damage import merge_ranges as merge
 from pvfs.errors import FormatError, UnreadableError
 from pvfs.source import (BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, ZERO, FileSource,
                          MissingSource, Source)
@@ -466,22 +467,106 @@ class Qcow2Disk(Source):
                                   f"decompresses to {len(data)} bytes, not {self.cs}")
         return METADATA_CACHE.put(key, data)
 
+    # -- scan-time check ------------------------------------------------------------
+    def beyond_eof(self, deadline: float):
+        """Virtual ranges whose L2 table or data cluster lies past the end of the image
+        (or data) file: what a truncated copy has lost, found from metadata alone.
+
+        Walks the L1 table and every allocated L2 table once (what ``qemu-img check``
+        reads; about 1/8192 of the virtual size for 64 KiB clusters), classifying the
+        entries with numpy.  Returns ``(ranges, complete)``; ``complete`` is False when
+        ``deadline`` (time.monotonic) passed first.  Compressed clusters count when their
+        first sector is past the end.
+        """
+        import time
+
+        if self._l1_bad:
+            return [], True
+        span = 1 << (self.l2_bits + self.cluster_bits)
+        data_size = self.data.size
+        esz = 2 if self.ext else 1
+        out = []
+        for l1i in range(min(self.l1_size, -(-self.size // span))):
+            if time.monotonic() > deadline:
+                return merge(out), False
+            try:
+                l1e = self._l1_entry(l1i)
+            except UnreadableError:
+                continue  # unreadable metadata: reported by the layer below
+            l2_off = l1e & OFFSET_MASK
+            vstart = l1i * span
+            vlen = min(span, self.size - vstart)
+            if l2_off == 0 or l1e & L1E_RESERVED or l2_off % self.cs:
+                continue
+            if l2_off + self.cs > self.file_size:
+                out.append((vstart, vlen))  # the whole L2 table is gone
+                continue
+            try:
+                table = self._l2_table(l2_off)
+            except UnreadableError:
+                continue
+            e = np.frombuffer(table, dtype=">u8")[::esz]
+            compressed = (e & np.uint64(L2E_COMPRESSED)) != 0
+            x = 62 - (self.cluster_bits - 8)
+            host = np.where(compressed, e & np.uint64((1 << x) - 1), e & np.uint64(OFFSET_MASK))
+            if self.ext:  # candidates here, each allocated subcluster checked below
+                bitmap = np.frombuffer(table, dtype=">u8")[1::2]
+                used = compressed | ((bitmap & np.uint64(0xFFFFFFFF)) != 0)
+            else:
+                zero = ~compressed & ((e & np.uint64(L2E_ZERO)) != 0) & (self.hdr.version >= 3)
+                used = compressed | (~zero & (host != 0))
+            need = np.where(compressed, np.uint64(1), np.uint64(self.cs))
+            lost = np.flatnonzero(used & (host + need > np.uint64(data_size)))
+            for i in lost.tolist():
+                if self.ext and not compressed[i]:
+                    # Only allocated subclusters count: qemu writes a cluster's file bytes
+                    # up to its last written subcluster, so a file may end inside one.
+                    bits = int(bitmap[i]) & 0xFFFFFFFF
+                    for sc in range(32):
+                        h = int(host[i]) + sc * self.sub_size
+                        if bits >> sc & 1 and h + self.sub_size > data_size:
+                            head = max(0, data_size - h)
+                            lo = vstart + i * self.cs + sc * self.sub_size + head
+                            if lo < self.size:
+                                out.append((lo, min(self.sub_size - head, self.size - lo)))
+                    continue
+                # A plain cluster cut in the middle keeps its head; a compressed one is lost.
+                head = 0 if compressed[i] else max(0, data_size - int(host[i]))
+                lo = vstart + i * self.cs + head
+                if lo < self.size:
+                    out.append((lo, min(self.cs - head, self.size - lo)))
+        return merge(out), True
+
     # -- Source API ---------------------------------------------------------------
     def _read(self, offset, length):
         parts = []
+        zero = self.img.bad == BAD_ZERO
         for vpos, n, kind, arg in self._merged_pieces(offset, length):
             if kind == _DATA:
-                parts.append(self.data.read(arg, n))
+                avail = max(0, min(n, self.data.size - arg))
+                parts.append(self.data.read(arg, avail) if avail else b"")
+                if avail < n:  # a truncated file: the cluster's tail is gone
+                    if not zero:
+                        raise UnreadableError(f"{self.label}: cluster at host {arg + avail:#x} "
+                                              "lies past the end of the file",
+                                              [(vpos + avail, n - avail)])
+                    parts.append(bytes(n - avail))
             elif kind == _ZERO:
                 parts.append(bytes(n))
             elif kind == _BACKING:
                 parts.append(self._read_backing(vpos, n))
             elif kind == _COMPRESSED:
-                c = self._decompress(arg)
+                try:
+                    c = self._decompress(arg)
+                except UnreadableError as e:
+                    if not zero:
+                        raise UnreadableError(str(e), [(vpos, n)]) from None
+                    parts.append(bytes(n))
+                    continue
                 start = vpos & (self.cs - 1)
                 parts.append(c[start:start + n])
             else:
-                if self.img.bad == BAD_ZERO:
+                if zero:
                     parts.append(bytes(n))
                 else:
                     raise UnreadableError(f"{self.label}: {arg}", [(vpos, n)])
