@@ -144,12 +144,12 @@ def load_superblock(volume, ctx):
     if found is None:
         raise Ext4Error(f"primary superblock unusable ({why}) and no backup superblock found")
     group, sb = found
-    note = (f"primary superblock unusable ({why}); repaired from backup superblock in "
-            f"group {group} (block {sb.group_first_block(group)}, {sb.block_size}-byte "
-            f"blocks) with the group descriptors that follow it")
-    ctx.report.add("warning", LAYER, volume.path, "superblock-backup", note,
-                   [(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)])
-    return sb, [note]
+    e = ctx.report.add(
+        "warning", LAYER, volume.path, "superblock-backup",
+        f"primary superblock unusable ({why}); repaired from backup superblock in group "
+        f"{group} (block {sb.group_first_block(group)}, {sb.block_size}-byte blocks) with "
+        f"the group descriptors that follow it", [(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)])
+    return sb, [e.message]
 
 
 # -- finding the journal ------------------------------------------------------------------
@@ -201,8 +201,7 @@ def journal_extents(source, sb):
         backup = jbd2.jnl_blocks_backup(sb.raw)
         if backup is None:
             raise jbd2.Jbd2Error(f"journal inode: {e}; no backup in the superblock") from None
-        notes.append(f"journal inode unusable ({e}); used the superblock's copy of its "
-                     f"block map (s_jnl_blocks)")
+        notes.append(str(e))
     i_block, size = backup
     if not size or size // bs > max_blocks:
         raise jbd2.Jbd2Error(f"journal backup in the superblock: size {size}")
@@ -262,7 +261,9 @@ def journal_overlay(volume, sb, ctx, from_backup: bool = False):
             return base, base, "invalid, not replayed"
         return base, base, None
     for note in notes:
-        report.add("warning", LAYER, path, "journal-inode", note)
+        report.add("warning", LAYER, path, "journal-inode",
+                   f"journal inode unusable ({note}); used the superblock's copy of its block "
+                   f"map (s_jnl_blocks)")
     jsb = journal.sb
     if not jsb.start:
         return base, base, ("clean" if not needs else "empty")
