@@ -123,3 +123,44 @@ def test_ebr_loop_is_bounded(tmp_path):
     assert [x.number for x in table.partitions] == [5, 6]
     assert [(x.offset // 512, x.size // 512) for x in table.partitions] == [(2112, 128), (2072, 8)]
     assert any(code == "ebr-loop" for _, code, _ in table.problems)
+
+
+@needs_sfdisk
+def test_partial_image_of_sector_zero_lists_partitions_as_unreadable(tmp_path):
+    """ddrescue stopped after sector 0: the MBR still describes the disk; its partitions
+    are listed, their bytes unreadable (EIO) and reported, instead of "no format"."""
+    from pvfs.errors import UnreadableError
+
+    img = _make(tmp_path, "mbr.img", 16, "label: dos\n"
+                "start=2048, size=8192, type=83\nstart=10240, size=8192, type=8e\n")
+    part = tmp_path / "partial.img"
+    part.write_bytes(img.read_bytes()[:512])
+    ctx = discover([str(part)])
+    p1 = resolve(ctx.root, "storage/files/partial.img/p1")
+    p2 = resolve(ctx.root, "storage/files/partial.img/p2")
+    assert p1.size == 8192 * 512 and p2.size == 8192 * 512
+    with pytest.raises(UnreadableError):
+        p1.source.read(0, 512)
+    codes = {(e.severity, e.code, e.path) for e in ctx.report}
+    assert ("error", "disk-truncated", "storage/files/partial.img/disk.raw") in codes
+    beyond = sorted((e.path, e.ranges) for e in ctx.report if e.code == "partition-beyond-disk")
+    assert beyond == [("storage/files/partial.img/disk.raw:p1", ((0, 8192 * 512),)),
+                      ("storage/files/partial.img/disk.raw:p2", ((0, 8192 * 512),))]
+
+
+@needs_sfdisk
+def test_gpt_array_crc_wrong_and_backup_gone_shows_primary_entries(tmp_path):
+    """As sgdisk does: the primary's entries, unverified, with a damage entry."""
+    img = _make(tmp_path, "gpt.img", 8, "label: gpt\nstart=2048, size=4096, name=\"data\"\n")
+    size = img.stat().st_size
+    with open(img, "r+b") as f:
+        f.seek(1024 + 0x38)  # a byte of entry 1's name (UTF-16): the array CRC fails
+        f.write(b"X")
+        f.seek(size - 512)  # the backup header is gone
+        f.write(bytes(512))
+    table = read_gpt(FileSource(img))
+    assert [(p.number, p.offset // 512, p.size // 512) for p in table.partitions] == [(1, 2048, 4096)]
+    assert [code for _, code, _ in table.problems] == ["gpt-array-unverified"]
+    ctx = discover([str(img)])
+    assert any(e.code == "gpt-array-unverified" and e.severity == "error" for e in ctx.report)
+    assert resolve(ctx.root, "storage/files/gpt.img/p1") is not None

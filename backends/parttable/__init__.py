@@ -16,11 +16,12 @@ def _add_partitions(volume, ctx, table):
     for part in table.partitions:
         end = part.offset + part.size
         if end > volume.source.size:
-            ctx.report.add("warning", table.scheme, f"{volume.path}:p{part.number}",
+            start = max(0, volume.source.size - part.offset)  # inside the partition
+            ctx.report.add("error", table.scheme, f"{volume.path}:p{part.number}",
                            "partition-beyond-disk",
                            f"partition p{part.number} ends at {end:#x}, past the end of the disk "
-                           f"({volume.source.size:#x}); the missing tail is unreadable",
-                           [(max(0, volume.source.size - part.offset), end - volume.source.size)])
+                           f"({volume.source.size:#x}); the missing {part.size - start} bytes "
+                           "are unreadable", [(start, part.size - start)])
         src = SliceSource(volume.source, part.offset, part.size,
                           label=f"{volume.name}:p{part.number}", bad=ctx.bad())
         ctx.add_child(volume, f"p{part.number}", src, role="partition", info=part.info())

@@ -79,18 +79,34 @@ def read_mbr(source, probe_only=False) -> PartitionTable:
         raise PartitionTableError("protective MBR: the disk uses GPT")
     total = source.size // 512
     table = PartitionTable("mbr", 512)
-    for i, e in enumerate(entries, 1):
-        if e.type == 0 or e.num_sectors == 0:
-            continue
-        if e.lba_first == 0 or e.lba_first >= max(total, 1) and total:
+    used = [(i, e) for i, e in enumerate(entries, 1) if e.type != 0 and e.num_sectors != 0]
+    # A partial image (ddrescue stopped early, only the first sectors copied) keeps a
+    # table whose partitions lie past its end: they are real when the entries are
+    # consistent (start after sector 0, no overlaps); their bytes are reported missing.
+    spans = sorted((e.lba_first, e.lba_first + e.num_sectors) for _, e in used)
+    consistent = all(s >= 1 for s, _ in spans) and all(
+        a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
+    truncated = consistent and any(e.lba_first >= total for _, e in used)
+    if truncated and not probe_only:
+        end = max(e for _, e in spans) * 512
+        table.problems.append(Problem(
+            "error", "disk-truncated",
+            f"the image holds {source.size} bytes but its partition table describes "
+            f"{end} bytes: partitions past the end are listed and read as unreadable"))
+    for i, e in used:
+        if e.lba_first == 0 or (e.lba_first >= max(total, 1) and not truncated):
             if probe_only:
                 raise PartitionTableError(f"partition {i} starts outside the disk")
             table.problems.append(Problem("warning", "bad-entry",
                                    f"MBR entry {i} starts at LBA {e.lba_first}, outside the disk; skipped"))
             continue
         if e.type in EXTENDED_TYPES:
-            if not probe_only:
+            if not probe_only and e.lba_first < total:
                 _read_ebr_chain(source, e.lba_first, e.num_sectors, table)
+            elif not probe_only:
+                table.problems.append(Problem("error", "ebr-unreadable",
+                                              f"extended partition {i} lies past the end of the "
+                                              "image: its logical partitions are unknown"))
             continue
         table.partitions.append(Partition(i, e.lba_first * 512, e.num_sectors * 512,
                                           f"0x{e.type:02x}", bootable=e.status == 0x80))
@@ -135,8 +151,17 @@ def _read_ebr_chain(source, ext_start, ext_sectors, table):
 
 
 # -- GPT ---------------------------------------------------------------------
+class ArrayCrcError(PartitionTableError):
+    """A GPT header that is good but whose partition array fails its CRC."""
+
+    def __init__(self, message, header, array):
+        super().__init__(message)
+        self.header, self.array = header, array
+
+
 def _check_header(source, lba, ss):
-    """Read and verify the GPT header at ``lba``; return (header, entries) or raise."""
+    """Read and verify the GPT header at ``lba``; return (header, entries) or raise
+    (:class:`ArrayCrcError` when only the array's CRC is wrong)."""
     raw = source.read(lba * ss, ss)
     if raw[:8] != b"EFI PART":
         raise PartitionTableError(f"no GPT signature at LBA {lba}")
@@ -154,13 +179,14 @@ def _check_header(source, lba, ss):
         raise PartitionTableError(f"GPT partition array at LBA {hdr.partition_entry_lba} "
                                   "lies past the end of the disk")
     if zlib.crc32(array) != hdr.partition_entry_array_crc32:
-        raise PartitionTableError(f"GPT partition array of header at LBA {lba}: CRC mismatch")
+        raise ArrayCrcError(f"GPT partition array of header at LBA {lba}: CRC mismatch", hdr, array)
     return hdr, array
 
 
 def read_gpt(source) -> PartitionTable:
     """Primary header at LBA 1; if it or its array fail their CRC, the backup header."""
     errors = []
+    bad_array = None  # (ss, lba, header, array) of a good header whose array fails its CRC
     for ss in GPT_PROBE_SECTOR_SIZES:
         if source.size < 3 * ss:
             continue
@@ -179,6 +205,8 @@ def read_gpt(source) -> PartitionTable:
             try:
                 hdr, array = _check_header(source, lba, ss)
             except (PartitionTableError, UnreadableError) as e:
+                if isinstance(e, ArrayCrcError) and bad_array is None:
+                    bad_array = (ss, lba, e.header, e.array)
                 if source.read(lba * ss, 8) == b"EFI PART" or which == "primary" and lba == 1 and \
                         source.read(ss, 8) == b"EFI PART":
                     errors.append(str(e))
@@ -193,6 +221,17 @@ def read_gpt(source) -> PartitionTable:
                 table.problems.append(Problem("warning", "gpt", "; ".join(errors)))
             _gpt_partitions(hdr, array, ss, table, source.size)
             return table
+    if bad_array is not None:
+        # As sgdisk does: with no good copy left, show the entries of the header whose
+        # array merely fails its CRC, and say that they are unverified.
+        ss, lba, hdr, array = bad_array
+        table = PartitionTable("gpt", ss, disk_guid=guid_str(hdr.disk_guid))
+        table.problems.append(Problem(
+            "error", "gpt-array-unverified",
+            f"the partition array of the GPT header at LBA {lba} fails its CRC and no other "
+            "copy is valid (" + "; ".join(errors) + "); its entries are shown unverified"))
+        _gpt_partitions(hdr, array, ss, table, source.size)
+        return table
     raise PartitionTableError("no valid GPT header: " + ("; ".join(errors) or "no signature"))
 
 
