@@ -40,7 +40,14 @@ VARIANTS = {
     # block that starts with the jbd2 magic is escaped (JBD2_FLAG_ESCAPE)
     "ext4-1k-journal": (["mkfs.ext4", "-b", "1024"], "data=journal"),
     # ext3: no journal checksums, 32-bit 8-byte tags, a block-mapped journal inode
-    "ext3": (["mkfs.ext3", "-b", "4096"], "data=ordered"),
+    "ext3": (["mkfs.ext3", "-b", "4096"], "nodelalloc"),
+    # no metadata_csum + journal_checksum: journal checksum v1 (crc32_be over each
+    # transaction, in the commit block)
+    # (the ext3 driver mode refuses journal_checksum: mounted as -t ext4)
+    "ext3-csum-v1": (["mkfs.ext3", "-b", "4096"], "journal_checksum,nodelalloc"),
+    # journal_async_commit: csum v3 with JBD2_FEATURE_INCOMPAT_ASYNC_COMMIT
+    "ext4-async": (["mkfs.ext4", "-b", "4096"],
+                   "data=writeback,journal_async_commit,nodelalloc"),
 }
 
 SIZE = "64M"
@@ -133,8 +140,8 @@ def build(variant: str, out: Path):
                         "-d", str(seed), str(img)], check=True)
         m = td / "mnt"
         m.mkdir()
-        subprocess.run(["mount", "-o", f"loop,commit=600,{opts}", str(img), str(m)],
-                       check=True)
+        subprocess.run(["mount", "-t", "ext4", "-o", f"loop,commit=600,{opts}", str(img),
+                        str(m)], check=True)
         try:
             _exercise(m, variant)
             subprocess.run(["cp", "--sparse=always", str(img), str(out / "dirty.img")],

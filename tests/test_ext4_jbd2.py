@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ext4_dirty
 from ext4_dirty import MAGIC, clean_image, dirty_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,7 +28,7 @@ from pvfs.discover import Context, Options
 from pvfs.errors import UnreadableError
 from pvfs.source import FileSource, PatchedSource, Source
 
-VARIANTS = ["ext4-4k", "ext4-1k-journal", "ext3"]
+VARIANTS = list(ext4_dirty.VARIANTS)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop mounts need root")
 
@@ -203,6 +204,64 @@ def test_corrupt_commit_checksum_replays_prefix(tmp_path, which):
     _m, _d, text = recovery.journal_overlay(_Vol(patched), sb2, ctx)
     assert text == rec.summary()
     assert {e.code for e in ctx.report} == {"journal-commit-checksum", "journal-replayed"}
+
+
+def _data_blocks(j):
+    """Logical journal blocks holding logged data (not descriptors/commits/revokes), per
+    transaction, in log order."""
+    out = []
+    sb = j.sb
+    blk, seq = sb.start, sb.sequence
+    cur = []
+    for _ in range(sb.maxlen):
+        buf = j.jread(blk)
+        magic, btype, s = struct.unpack_from(">III", buf)
+        if magic != jbd2.JBD2_MAGIC_NUMBER or s != seq:
+            break
+        blk = j._wrap(blk + 1)
+        if btype == jbd2.JBD2_DESCRIPTOR_BLOCK:
+            for _t in j.tags(buf):
+                cur.append(blk)
+                blk = j._wrap(blk + 1)
+        elif btype == jbd2.JBD2_COMMIT_BLOCK:
+            out.append(cur)
+            cur = []
+            seq += 1
+    return out
+
+
+@needs_root
+@pytest.mark.parametrize("variant", ["ext4-4k", "ext3-csum-v1"])
+def test_corrupt_logged_block(tmp_path, variant):
+    """A flipped byte in a logged block of the last transaction.  csum v3: that block's tag
+    checksum fails, it alone is left out (the kernel replays the rest, then fails the
+    mount).  csum v1: the commit block's crc32_be over the transaction fails, the
+    transaction is left out (the kernel replays the earlier ones, then fails the mount)."""
+    d = dirty_image(variant)
+    src = FileSource(d / "dirty.img")
+    sb, j = _journal(src)
+    per_tx = _data_blocks(j)
+    victim = per_tx[-1][0]
+    off = j.bmap(victim) * sb.block_size + 100
+    flip = bytes([src.read(off, 1)[0] ^ 0x5A])
+    patched = PatchedSource(src, {off: flip})
+    _sb2, j2 = _journal(patched)
+    rec = j2.recover()
+    assert rec.kernel_would_fail
+    if variant == "ext4-4k":
+        assert rec.transactions == len(per_tx)
+        assert [p.code for p in rec.problems] == ["journal-block-checksum"]
+    else:
+        assert rec.transactions == len(per_tx) - 1
+        assert [p.code for p in rec.problems] == ["journal-commit-checksum"]
+    img = tmp_path / "corrupt.img"
+    subprocess.run(["cp", "--sparse=always", str(d / "dirty.img"), str(img)], check=True)
+    with open(img, "r+b") as f:
+        f.seek(off)
+        f.write(flip)
+    assert not _kernel_replay(img)
+    overlay = jbd2.JournalOverlay(patched, sb.block_size, rec)
+    assert not _differing_blocks(overlay, FileSource(img), sb.block_size)
 
 
 @needs_root
