@@ -355,3 +355,60 @@ def test_zfs23_unverifiable_checksum_is_never_served(monkeypatch):
     assert named and "blake3" in named[0].message
     host = resolve(ctx.root, "storage/zfs/rpool/ROOT/pve-1/etc/hostname")
     assert host.source.read(0, 100) == b"pve\n"
+
+
+# -- OpenZFS 2.2-2.3 features -----------------------------------------------------------
+def test_zfs23_active_features_brt_and_ddt_are_reported():
+    """The MOS's active features are exactly `zpool get all`'s active ones; the BRT's
+    used/saved bytes are `bcloneused`/`bclonesaved`; the fast_dedup table is named and
+    not needed; nothing is reported unsupported."""
+    ctx = _open(INTACT)
+    m = _manifest()["pools"]["rpool"]
+    info = next(e.message for e in ctx.report if e.code == "features")
+    active = info.split("active features: ")[1].split(";")[0].split(", ")
+    assert sorted(a.split(":")[1] for a in active) == sorted(m["features_active"])
+    used, saved = m["properties"]["bcloneused"]["value"], m["properties"]["bclonesaved"]["value"]
+    assert f"BRT of vdev 0: {used} bytes of cloned blocks, {saved} bytes saved" in info
+    assert "DDT-sha256 (fast_dedup (FDT))" in info
+    assert not [e for e in ctx.report if e.code == "unsupported-feature"]
+
+
+def test_zfs23_per_dataset_features(monkeypatch):
+    """Per-dataset features come from each dataset's ZAP (longname on subvol-104 only,
+    large_microzap on subvol-103, blake3 also on subvol-102 through the cross-dataset
+    clone).  A feature this reader could not read is named at the datasets that use it,
+    and the pool opens with the rest."""
+    from backends.zfs import dsl, features
+
+    ctx = _open(INTACT)
+    pool = resolve(ctx.root, "storage/zfs/rpool/ROOT/pve-1/etc/hostname").source.dnode.objset.pool
+    by_name = {ds.name: features.dataset_features(pool.mos, ds.dsobj)
+               for ds in dsl.iter_datasets(dsl.walk(pool.mos, [], "rpool"))}
+    assert [n for n, f in by_name.items() if "org.zfsonlinux:longname" in f] == [
+        "rpool/data/subvol-104-disk-0"]
+    assert "com.klarasystems:large_microzap" in by_name["rpool/data/subvol-103-disk-0"]
+    assert sorted(n for n, f in by_name.items() if "org.openzfs:blake3" in f) == [
+        "rpool/data/subvol-102-disk-0", "rpool/data/subvol-103-disk-0"]
+    monkeypatch.setitem(features.UNREADABLE, "org.zfsonlinux:longname", "pretend")
+    ctx = _open_members(_members(INTACT))
+    named = [e for e in ctx.report if e.code == "unsupported-feature"]
+    assert [e.path for e in named] == ["storage/zfs/rpool/data/subvol-104-disk-0"]
+    assert "org.zfsonlinux:longname (pretend)" in named[0].message
+    host = resolve(ctx.root, "storage/zfs/rpool/ROOT/pve-1/etc/hostname")
+    assert host.source.read(0, 100) == b"pve\n"
+
+
+def test_zfs23_longname_and_large_microzap_directories():
+    """300-byte names (ASCII and 150 x 2-byte UTF-8), a 400-byte directory name, and the
+    2150-entry micro ZAP > 128 KiB: listed completely, named as in the manifest."""
+    ctx = _open(INTACT)
+    m = _manifest()["pools"]["rpool"]["datasets"]
+    longs = [e["path"] for e in m["rpool/data/subvol-104-disk-0"]["files"]
+             if any(len(p.encode()) > 255 for p in e["path"].split("/"))]
+    assert len(longs) >= 3
+    for p in longs:
+        assert resolve(ctx.root, "storage/zfs/rpool/data/subvol-104-disk-0" + p) is not None, p
+    big = resolve(ctx.root, "storage/zfs/rpool/data/subvol-103-disk-0/bigdir")
+    want = {e["path"].rsplit("/", 1)[1] for e in m["rpool/data/subvol-103-disk-0"]["files"]
+            if e["path"].startswith("/bigdir/")}
+    assert len(want) == 2150 and set(big.children()) == want

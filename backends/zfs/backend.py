@@ -15,7 +15,7 @@ from pvfs.errors import PvfsError
 from pvfs.nodes import Dir, File
 from pvfs.proxmox import parse_volname
 
-from . import dsl, zap
+from . import dsl, features, zap
 from .assemble import assemble
 from .errors import ZfsError
 from .label import read_labels
@@ -23,22 +23,6 @@ from .objset import DnodeSource, ObjSet
 from .pool import EncryptedError
 
 MAX_TXG_VIEWS = 128
-
-#: features_for_read this reader handles (others are named in the report).
-SUPPORTED_FEATURES = {
-    "com.delphix:hole_birth", "com.delphix:embedded_data", "org.open-zfs:large_blocks",
-    "org.zfsonlinux:large_dnode", "org.illumos:lz4_compress", "org.freebsd:zstd_compress",
-    "com.delphix:extensible_dataset", "com.delphix:bookmarks", "com.joyent:filesystem_limits",
-    "com.datto:encryption", "org.illumos:sha512", "org.illumos:skein", "org.illumos:edonr",
-    "org.openzfs:blake3", "org.zfsonlinux:project_quota", "org.zfsonlinux:userobj_accounting",
-    "com.delphix:spacemap_v2", "com.delphix:head_errlog", "com.fudosecurity:block_cloning",
-    "com.datto:bookmark_v2", "com.delphix:bookmark_written", "com.delphix:livelist",
-    "com.delphix:log_spacemap", "org.zfsonlinux:allocation_classes",
-    # OpenZFS 2.3: the layout of blocks born before an expansion (vdev.Raidz); the root
-    # vdev's ZAP (nothing to read for data)
-    "org.openzfs:raidz_expansion", "com.klarasystems:vdev_zaps_v2",
-}
-
 
 def _zpl():
     try:
@@ -140,6 +124,7 @@ class ZfsBackend(Backend):
         ub, mos, rootds, notes = opened
         pool.mos = mos
         pool.set_reflow(ub)
+        self._active_features(pool, ctx, path)
         for sev, code, msg in notes:
             ctx.report.add(sev, "zfs", path, code, msg)
         ctx.report.add("info", "zfs", path, "uberblocks",
@@ -173,11 +158,43 @@ class ZfsBackend(Backend):
         feats = pool.config.get("features_for_read")
         if not isinstance(feats, dict):
             return
-        unsupported = sorted(f for f in feats if f not in SUPPORTED_FEATURES)
+        unsupported = sorted(f for f in feats if features.cannot_read(f))
         if unsupported:
             ctx.report.add("warning", "zfs", path, "unsupported-feature",
-                           f"features for read not supported: {', '.join(unsupported)}; "
-                           f"blocks that need them will be unreadable")
+                           f"features for read not supported: "
+                           f"{', '.join(f'{f} ({features.cannot_read(f)})' for f in unsupported)}"
+                           f"; blocks that need them will be unreadable")
+
+    def _active_features(self, pool, ctx, path):
+        """The MOS's active features (the label lists only those the MOS needs): named in
+        an info entry; pool-wide ones this reader cannot read as warnings (per-dataset
+        ones are named at their datasets, _TreeBuilder.dataset)."""
+        try:
+            active = features.pool_features(pool.mos)
+        except (PvfsError, ValueError) as e:
+            ctx.report.add("warning", "zfs", path, "features",
+                           f"the pool's feature lists cannot be read ({e})")
+            return
+        pool.active_features = active
+        label = set(pool.config.get("features_for_read") or ())
+        bad = sorted(f for f in active if features.cannot_read(f) and f not in label
+                     and f not in features.PER_DATASET)
+        if bad:
+            ctx.report.add("warning", "zfs", path, "unsupported-feature",
+                           f"active features not supported: "
+                           f"{', '.join(f'{f} ({features.cannot_read(f)})' for f in bad)}; "
+                           f"the pool is shown with what can be read")
+        notes = [f"active features: {', '.join(sorted(active)) or 'none'}"]
+        try:
+            for vdev, used, saved in features.clone_summary(pool.mos):
+                notes.append(f"block cloning: BRT of vdev {vdev}: {used} bytes of cloned "
+                             f"blocks, {saved} bytes saved (clones share block pointers "
+                             f"and are read as they are)")
+            for name, fmt in features.dedup_tables(pool.mos):
+                notes.append(f"dedup table {name} ({fmt}): not needed to read")
+        except (PvfsError, ValueError) as e:
+            notes.append(f"BRT/DDT not listed: {e}")
+        ctx.report.add("info", "zfs", path, "features", "; ".join(notes))
 
 
 def _txg_loader(pool, ub, ctx, parent_vol, path):
@@ -240,6 +257,7 @@ class _TreeBuilder:
     def dataset(self, ds, name, parent_dir, parent_path):
         """Place dataset ``ds`` (and its children) as ``name`` in ``parent_dir``."""
         path = f"{parent_path}/{name}"
+        self.dataset_features(ds, path)
         try:
             os_ = self.objset(ds)
         except EncryptedError:
@@ -283,6 +301,17 @@ class _TreeBuilder:
         if loader is not None:
             self.containers(ds, os_)
         return d, path
+
+    def dataset_features(self, ds, path):
+        """Per-dataset features this reader cannot read, named at the dataset."""
+        if not ds.dsobj or self.pool.mos is None:
+            return
+        feats = features.dataset_features(self.pool.mos, ds.dsobj)
+        bad = [f for f in feats if features.cannot_read(f)]
+        if bad:
+            self.report("warning", path, "unsupported-feature",
+                        f"{ds.name} uses {', '.join(f'{f} ({features.cannot_read(f)})' for f in bad)}"
+                        f"; it is shown with what can be read")
 
     def snapshots_of(self, ds):
         out = []

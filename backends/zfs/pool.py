@@ -52,6 +52,7 @@ class Pool:
         self._salt = None  # the checksum salt from the MOS object directory, once read
         self.repairs = 0  # blocks whose first copy was bad and another one was good
         self.mos = None
+        self.active_features = {}  # guid -> refcount from the MOS (backend._active_features)
         self.quiet = False  # while probing older uberblocks: their blocks may be reused
 
     def set_reflow(self, ub):
