@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from pvfs.backend import load_backends
 from pvfs.discover import discover, finish, map_filesystem_damage
 from pvfs.guestfs import FilesystemInfo, GuestFilesystem
 from pvfs.nodes import Dir, File, resolve
@@ -16,6 +19,15 @@ from pvfs.report import report_doc, report_text
 from pvfs.source import BytesSource
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_ext4(monkeypatch):
+    """The examples' p2 is a real ext4, which the ext4 backend now opens; the stand-in
+    filesystem below takes its place so only the core's placement is tested."""
+    for b in load_backends():
+        if b.name == "ext4":
+            monkeypatch.setattr(b, "probe", lambda volume, ctx: 0.0)
 
 
 class OneFile(GuestFilesystem):

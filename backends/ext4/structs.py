@@ -194,34 +194,16 @@ INCOMPAT_KNOWN = (INCOMPAT_FILETYPE | INCOMPAT_RECOVER | INCOMPAT_META_BG | INCO
 EXT4_MIN_DESC_SIZE = 32
 EXT4_MIN_DESC_SIZE_64BIT = 64
 
-#: ``struct ext4_group_desc`` (ext4.h); the ``_hi`` half exists when desc_size >= 64.
-GroupDesc32 = Struct(
-    "bg_block_bitmap_lo" / Int32ul,
-    "bg_inode_bitmap_lo" / Int32ul,
-    "bg_inode_table_lo" / Int32ul,
-    "bg_free_blocks_count_lo" / Int16ul,
-    "bg_free_inodes_count_lo" / Int16ul,
-    "bg_used_dirs_count_lo" / Int16ul,
-    "bg_flags" / Int16ul,
-    "bg_exclude_bitmap_lo" / Int32ul,
-    "bg_block_bitmap_csum_lo" / Int16ul,
-    "bg_inode_bitmap_csum_lo" / Int16ul,
-    "bg_itable_unused_lo" / Int16ul,
-    "bg_checksum" / Int16ul,
-)
-GroupDescHi = Struct(
-    "bg_block_bitmap_hi" / Int32ul,
-    "bg_inode_bitmap_hi" / Int32ul,
-    "bg_inode_table_hi" / Int32ul,
-    "bg_free_blocks_count_hi" / Int16ul,
-    "bg_free_inodes_count_hi" / Int16ul,
-    "bg_used_dirs_count_hi" / Int16ul,
-    "bg_itable_unused_hi" / Int16ul,
-    "bg_exclude_bitmap_hi" / Int32ul,
-    "bg_block_bitmap_csum_hi" / Int16ul,
-    "bg_inode_bitmap_csum_hi" / Int16ul,
-    "bg_reserved" / Int32ul,
-)
+#: ``struct ext4_group_desc`` (ext4.h), read as a table with struct (thousands of groups):
+#: bg_block_bitmap_lo, bg_inode_bitmap_lo, bg_inode_table_lo, bg_free_blocks_count_lo,
+#: bg_free_inodes_count_lo, bg_used_dirs_count_lo, bg_flags, bg_exclude_bitmap_lo,
+#: bg_block_bitmap_csum_lo, bg_inode_bitmap_csum_lo, bg_itable_unused_lo, bg_checksum.
+GROUP_DESC_LO = struct.Struct("<IIIHHHHIHHHH")
+#: With desc_size >= 64 (64bit): bg_block_bitmap_hi, bg_inode_bitmap_hi, bg_inode_table_hi,
+#: bg_free_blocks_count_hi, bg_free_inodes_count_hi, bg_used_dirs_count_hi,
+#: bg_itable_unused_hi, bg_exclude_bitmap_hi, bg_block_bitmap_csum_hi,
+#: bg_inode_bitmap_csum_hi, bg_reserved.
+GROUP_DESC_HI = struct.Struct("<IIIHHHHIHHI")
 GD_CHECKSUM_OFFSET = 0x1E
 # bg_flags
 EXT4_BG_INODE_UNINIT = 0x0001
