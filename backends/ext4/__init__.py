@@ -5,6 +5,7 @@ from __future__ import annotations
 from pvfs.backend import Backend
 from pvfs.guestfs import FS_ROLES
 
+from . import recovery
 from .fs import Ext4Filesystem
 from .structs import SUPERBLOCK_OFFSET
 from .superblock import Ext4Error, probe_superblock, read_superblock
@@ -14,28 +15,19 @@ from .volume import Ext4Volume
 class Ext4Backend(Backend):
     name = "ext4"
     roles = FS_ROLES
+    cli_options = recovery.CLI_OPTIONS
 
     def probe(self, volume, ctx):
-        return probe_superblock(volume.source)
-
-    # -- steps the journal-replay work overrides or extends (README.md, "The seam") --
-    def load_superblock(self, volume, ctx):
-        """``(Superblock, notes)``: the primary superblock."""
-        return read_superblock(volume.source, SUPERBLOCK_OFFSET), []
-
-    def journal_overlay(self, volume, sb, ctx):
-        """``(meta source, data source, journal text)``; without replay: the volume itself."""
-        text = None
-        if sb.needs_recovery:
-            text = "needs recovery; journal not replayed (showing the unreplayed state)"
-        return volume.source, volume.source, text
+        return probe_superblock(volume.source) or recovery.probe_backup(volume.source)
 
     def open(self, volume, ctx):
-        sb, notes = self.load_superblock(volume, ctx)
+        # The seam (README.md): superblock (backup fallback), journal overlay, reader.
+        sb, notes = recovery.load_superblock(volume, ctx)
         if sb.journal_dev:
             raise Ext4Error("an external ext4 journal device, not a filesystem")
-        meta, data, journal = self.journal_overlay(volume, sb, ctx)
-        if meta is not volume.source:
+        from_backup = sb.offset != SUPERBLOCK_OFFSET
+        meta, data, journal = recovery.journal_overlay(volume, sb, ctx, from_backup=from_backup)
+        if meta is not volume.source and not from_backup:
             try:  # the journal may have replayed the superblock itself
                 sb = read_superblock(meta, sb.offset)
             except Ext4Error:
@@ -44,14 +36,13 @@ class Ext4Backend(Backend):
             ctx.report.add("warning", self.name, volume.path, "unknown-features",
                            f"incompatible features {sb.unknown_incompat:#x} are unknown to "
                            "this reader; what is shown may be incomplete")
-        if sb.checksum_ok() is False:
-            ctx.report.add("warning", self.name, volume.path, "superblock-checksum",
-                           "superblock checksum mismatch; its fields look sane and are used")
         vol = Ext4Volume(meta, data, sb)
         fs = Ext4Filesystem(vol, report=ctx.report,
                             where=lambda: volume.files_paths[0] if volume.files_paths
                             else volume.path,
                             bad=ctx.bad("eio"), journal=journal, notes=notes)
+        if journal and "replayed" in journal and "not replayed" not in journal:
+            fs.info.clean = False  # it was dirty; the tree shows the replayed state
         ctx.add_filesystem(volume, fs)
 
 
