@@ -46,7 +46,7 @@ def recipe_key() -> str:
     """Hash of the recipe (the functions that make an image and its kernel view)."""
     parts = [inspect.getsource(fn) for fn in (
         _data, _text, _write, _compressed_file, populate, populate_small, build_image, _entry,
-        kernel_view)]
+        walk_mounted, build_two_devices, build_with_log_tree)]
     return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
 
@@ -267,27 +267,100 @@ def _entry(root: Path, rel: bytes, full: bytes):
     return e
 
 
-def kernel_view(img: Path) -> dict:
-    """``{path: entry}`` as the kernel shows the image mounted with subvolid=5."""
+def walk_mounted(m: Path) -> dict:
+    """``{path: entry}`` of everything below the mount point ``m``."""
     out = {}
-    with loop_mounted(img, "ro,subvolid=5") as m:
-        base = os.fsencode(m)
-        out[""] = _entry(m, b"", base)
-        stack = [b""]
-        while stack:
-            rel = stack.pop()
-            full = base + (b"/" + rel if rel else b"")
-            for name in sorted(os.listdir(full)):
-                crel = rel + b"/" + name if rel else name
-                cfull = full + b"/" + name
-                e = _entry(m, crel, cfull)
-                out[crel.decode("utf-8", "surrogateescape")] = e
-                if stat.S_ISDIR(e["mode"]):
-                    stack.append(crel)
+    base = os.fsencode(m)
+    out[""] = _entry(m, b"", base)
+    stack = [b""]
+    while stack:
+        rel = stack.pop()
+        full = base + (b"/" + rel if rel else b"")
+        for name in sorted(os.listdir(full)):
+            crel = rel + b"/" + name if rel else name
+            e = _entry(m, crel, full + b"/" + name)
+            out[crel.decode("utf-8", "surrogateescape")] = e
+            if stat.S_ISDIR(e["mode"]):
+                stack.append(crel)
     return out
 
 
-def cached_image(name: str, builder=build_image) -> tuple[Path, dict]:
+def kernel_view(img: Path) -> dict:
+    """What the kernel shows of the image mounted with subvolid=5."""
+    with loop_mounted(img, "ro,subvolid=5") as m:
+        return walk_mounted(m)
+
+
+@contextlib.contextmanager
+def multi_mounted(imgs, opts):
+    """A multi-device btrfs: every image on a loop device, the first one mounted."""
+    devs = [run("losetup", "--find", "--show", i, text=True).stdout.strip() for i in imgs]
+    mnt = tempfile.mkdtemp(prefix="pvfs-btrfs-")
+    try:
+        run("btrfs", "device", "scan", *devs)
+        run("mount", "-o", opts, devs[0], mnt)
+        try:
+            yield Path(mnt)
+        finally:
+            subprocess.run(["umount", mnt], check=False)
+    finally:
+        os.rmdir(mnt)
+        for d in devs:
+            subprocess.run(["btrfs", "device", "scan", "--forget", d], check=False,
+                           capture_output=True)
+            subprocess.run(["losetup", "-d", d], check=False)
+
+
+MULTI_UUID = "0c1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
+
+
+def build_two_devices(img: Path, data_profile="single"):
+    """Metadata RAID1 over two devices, data ``data_profile``: ``img`` and ``img.2``."""
+    imgs = [img, img.with_name(img.name + ".2")]
+    for i in imgs:
+        with open(i, "wb") as f:
+            f.truncate(256 << 20)
+    run("mkfs.btrfs", "-q", "-f", "-U", MULTI_UUID, "-m", "raid1", "-d", data_profile, *imgs)
+    with multi_mounted(imgs, "compress=zstd") as m:
+        for i in range(24):  # enough data that both devices get some
+            _write(m / f"big-{i:02d}.bin", _data(200 + i, 3 << 20))
+        populate_small(m)
+        run("sync")
+
+
+def kernel_view_two_devices(img: Path) -> dict:
+    with multi_mounted([img, img.with_name(img.name + ".2")], "ro,subvolid=5") as m:
+        return walk_mounted(m)
+
+
+def build_with_log_tree(img: Path):
+    """A copy taken while mounted, right after an fsync(): the superblock points at a
+    log tree that holds the fsync()ed file, not yet in a commit (a VM that died)."""
+    live = img.with_name(img.name + ".live")
+    with open(live, "wb") as f:
+        f.truncate(200 << 20)
+    run("mkfs.btrfs", "-q", "-f", "-U", LOG_UUID, live)
+    with loop_mounted(live, "commit=300") as m:
+        populate_small(m)
+        run("sync")  # a commit: everything so far is in the trees
+        fd = os.open(m / "fsynced.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"written and fsync()ed after the last commit\n")
+        os.fsync(fd)
+        os.close(fd)
+        run("cp", "--sparse=always", live, img)
+    live.unlink()
+
+
+LOG_UUID = "7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a0b"
+
+
+def kernel_view_no_log_replay(img: Path) -> dict:
+    """The committed state: what the kernel shows when told not to replay the log."""
+    with loop_mounted(img, "ro,rescue=nologreplay,subvolid=5") as m:
+        return walk_mounted(m)
+
+
+def cached_image(name: str, builder=build_image, viewer=kernel_view) -> tuple[Path, dict]:
     """(image path, kernel view), built once per recipe version."""
     key = f"btrfs-{name}-{recipe_key()}"
     dest = CACHE / key
@@ -300,7 +373,7 @@ def cached_image(name: str, builder=build_image) -> tuple[Path, dict]:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
                 builder(tmp / "fs.img")
-                view = kernel_view(tmp / "fs.img")
+                view = viewer(tmp / "fs.img")
                 (tmp / "view.json").write_text(json.dumps(view))
                 (tmp / ".complete").write_text("ok")
                 shutil.rmtree(dest, ignore_errors=True)
