@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHE
+from conftest import CACHE, IN_CI
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
@@ -33,8 +33,8 @@ from pvfs.nodes import Dir, File, Special, Symlink, resolve, time_ns, walk
 from pvfs.source import FileSource, PatchedSource
 
 NTFS_TOOLS = all(shutil.which(t) for t in ("mkntfs", "ntfs-3g", "setfattr"))
-needs_tools = pytest.mark.skipif(not NTFS_TOOLS or os.geteuid() != 0 or
-                                 not os.path.exists("/dev/fuse"),
+needs_tools = pytest.mark.skipif((not NTFS_TOOLS or os.geteuid() != 0 or
+                                  not os.path.exists("/dev/fuse")) and not IN_CI,
                                  reason="needs root, /dev/fuse, ntfs-3g and attr "
                                         "(backends/ntfs/deps-apt.txt)")
 pytestmark = needs_tools
