@@ -783,3 +783,49 @@ def test_vg_backup_file_as_input_when_the_ring_is_gone(syn, tmp_path):
     assert _sha(ctx, "storage/lvm/pve/root") == m["linear_volumes"]["root"]["sha256"]
     gens = [e for e in ctx.report if e.code == "metadata-generation"]
     assert len(gens) == 1 and "in a backup file" in gens[0].message
+
+
+LVM_CONF = ('devices{filter=["a|/dev/loop|","r|.*|"] use_devicesfile=0 '
+            'obtain_device_list_from_udev=0} activation{udev_sync=0 udev_rules=0 monitoring=0}')
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("vgcreate"),
+                    reason="needs root (loop device) and lvm2")
+def test_stale_text_of_an_earlier_vg_with_the_same_name_is_history(tmp_path):
+    """vgcreate pve, three metadata updates (seqno 4), vgremove, vgcreate pve again (a new
+    VG id, seqno 1): the ring keeps the old VG's texts with higher seqnos.  Written by
+    real lvm2.  The committed text the mda header points at wins; the stale ones are
+    history (they used to win, and the PV was then 'not listed by VG')."""
+    img = tmp_path / "pv.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    loop = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    env = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS="1")
+
+    def lvm(*args):
+        return subprocess.run([*args[:1], "-q", "--config", LVM_CONF, *args[1:]], env=env,
+                              capture_output=True, text=True, check=True).stdout
+
+    try:
+        lvm("pvcreate", loop)
+        lvm("vgcreate", "pve", loop)
+        for n in range(3):
+            lvm("vgchange", "--addtag", f"old{n}", "pve")
+        old_id = lvm("vgs", "--noheadings", "-o", "vg_uuid", "pve").strip()
+        lvm("vgremove", "-f", "pve")
+        lvm("vgcreate", "pve", loop)
+        new_id = lvm("vgs", "--noheadings", "-o", "vg_uuid", "pve").strip()
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+    assert old_id != new_id
+    for opts in ({}, {"lvm_seqno": 1}):
+        ctx = discover([str(img)], Options(backend_options=opts))
+        codes = [(e.code, e.message) for e in ctx.report]
+        assert not [c for c, _ in codes if c in ("seqno-not-found", "pv-not-in-vg")], codes
+        in_use = [m for c, m in codes if c == "metadata-generations" or "[in use]" in m]
+        assert in_use and "seqno 1 " in in_use[0] and "committed, crc ok" in in_use[0]
+        stale = sorted(m.split("seqno ")[1].split(" ")[0] for c, m in codes
+                       if c == "stale-vg-text")
+        assert stale == ["2", "3", "4"] and all(old_id in m for c, m in codes
+                                                if c == "stale-vg-text")

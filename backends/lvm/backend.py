@@ -15,6 +15,7 @@ Tree::
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from pvfs.backend import BLOCK_ROLES, INPUT, Backend
 from pvfs.cache import METADATA_CACHE
@@ -49,6 +50,13 @@ def pv_info(volume):
     return info
 
 
+@dataclass
+class LvmState:
+    """Per-discovery state: VG metadata backup files given as inputs (by volume)."""
+
+    backups: dict = field(default_factory=dict)  # id(volume) -> Generation
+
+
 class LvmBackend(Backend):
     name = "lvm"
     grouped = True
@@ -63,6 +71,9 @@ class LvmBackend(Backend):
             "help": "scan all thin-pool metadata for older copies of removed thin devices "
                     "and show them under storage/lvm/<vg>/.pool/<pool>/removed/"}),
     ]
+
+    def new_state(self, ctx):
+        return LvmState()
 
     def probe(self, volume, ctx):
         if volume.role == "input":  # a PV image given as a file is probed as its disk.raw
@@ -84,12 +95,18 @@ class LvmBackend(Backend):
         if volume.role == "input":
             g = read_backup(volume.source)
             volume.info["lvm_backup"] = {"vg": g.vgname, "vg_id": g.vg_id, "seqno": g.seqno}
-            volume.lvm_backup = g
+            ctx.state(self).backups[id(volume)] = g
             return g.vg_id
         info = pv_info(volume)
         for msg in info.problems:
             ctx.report.add("warning", self.name, volume.path, "pv-metadata", msg)
-        newest = info.newest()
+        newest = info.current()
+        for g in info.generations:
+            if newest is not None and g.vg_id != newest.vg_id:
+                ctx.report.add("info", self.name, volume.path, "stale-vg-text",
+                               f"the metadata ring also holds seqno {g.seqno} of an earlier VG "
+                               f"{g.vgname} (id {g.vg_id}); the mda header points at VG "
+                               f"{newest.vgname} id {newest.vg_id}: the older text is history")
         volume.info["lvm_pv"] = {
             "pv_uuid": info.label.pv_uuid,
             "device_size": info.label.device_size,
@@ -109,11 +126,12 @@ class LvmBackend(Backend):
                                f"used by the VG whose metadata names it")
             return
         pv_sources, gens = {}, {}
-        backups = [v for v in volumes if getattr(v, "lvm_backup", None) is not None]
-        volumes = [v for v in volumes if getattr(v, "lvm_backup", None) is None]
+        backup_gens = ctx.state(self).backups
+        backups = [v for v in volumes if id(v) in backup_gens]
+        volumes = [v for v in volumes if id(v) not in backup_gens]
         first = (volumes or backups)[0]
         for v in backups:  # a generation from a backup file, used when the rings lack it
-            g = v.lvm_backup
+            g = backup_gens[id(v)]
             gens.setdefault(g.seqno, g)
         for v in volumes:
             info = pv_info(v)

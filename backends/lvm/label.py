@@ -357,6 +357,14 @@ class PVInfo:
     def newest(self):
         return self.generations[-1] if self.generations else None
 
+    def current(self):
+        """The generation that names the VG this PV belongs to now: the newest text the
+        mda header points at with a good crc (what lvm2 itself reads), else the newest.
+        A text of an earlier VG of the same name (vgremove + vgcreate: another VG id,
+        maybe a higher seqno) left in the ring is history, never the PV's VG."""
+        committed = [g for g in self.generations if g.how == "committed" and g.crc_ok]
+        return committed[-1] if committed else self.newest()
+
 
 DEFAULT_MDA_OFFSET = 4096  # where pvcreate puts the first metadata area
 
