@@ -471,6 +471,39 @@ def test_dirty_flags_are_reported(ntfs_image):
     assert any("dirty" in n for n in fs.info.notes)
 
 
+def test_partition_of_a_vm_disk_with_bad_sectors(ntfs_image, tmp_path):
+    """NTFS in partition 1 of a GPT VM disk with a ddrescue mapfile: the files show at
+    vms/100/disk-0.files/p1/ and the report names the file the bad sectors hit."""
+    img, truth = ntfs_image
+    _ctx, _fs, root = open_fs(FileSource(img))
+    big = resolve(root, "big.bin")
+    ext = next(e for e in big.source.extents if e[0] <= (1 << 20) < e[0] + e[1])
+    bad = (1 << 20) + ext[3] + (1 << 20) - ext[0]  # partition 1 starts at 1 MiB
+    size = img.stat().st_size
+    disk = tmp_path / "vm-100-disk-0.raw"
+    with open(disk, "wb") as f:
+        f.truncate(size + (2 << 20))
+    subprocess.run(["sfdisk", "-q", str(disk)], check=True, text=True,
+                   input=f"label: gpt\nstart=2048, size={size // 512}, "
+                         "type=EBD0A0A2-B9E5-4433-87C0-68B6B7269974\n")
+    subprocess.run(["dd", f"if={img}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc,sparse",
+                    "status=none"], check=True)
+    total = disk.stat().st_size
+    (tmp_path / "vm-100-disk-0.raw.map").write_text(
+        "# Mapfile. Created by GNU ddrescue\n0x0 + 1\n"
+        f"0x0 {bad:#x} +\n{bad:#x} 0x1000 -\n{bad + 4096:#x} {total - bad - 4096:#x} +\n")
+    ctx = discover([str(disk)])
+    base = "vms/100/disk-0.files/p1"
+    node = resolve(ctx.root, f"{base}/big.bin")
+    with pytest.raises(UnreadableError):
+        node.source.read(1 << 20, 4096)
+    hello = resolve(ctx.root, f"{base}/docs/hello.txt")
+    assert hello.source.read(0, 100) == b"hello\n"
+    e = next(e for e in ctx.report if e.code == "files-damaged")
+    assert e.message == "1 files or directories lie on unreadable bytes: big.bin"
+    assert ctx.filesystems[0].guestfs.info.damaged_files == 1
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 def test_read_through_fuse_mount(ntfs_image, tmp_path):
     from mountutil import pvfs_mounted
@@ -504,11 +537,19 @@ def _fuzz_child(img: str, seed: int) -> None:
     rnd = random.Random(seed)
     base = FileSource(img)
     _c, mft, _m = _find_record(Path(img))
+    with open(img, "rb") as f:  # index blocks (directory B-trees) are fuzzed too
+        indx = []
+        for pos in range(0, os.path.getsize(img), 4096):
+            f.seek(pos)
+            if f.read(4) == b"INDX":
+                indx.append(pos)
     for _ in range(FUZZ_ROUNDS):
         patches = {}
         for _ in range(rnd.randint(1, 8)):
-            rec = rnd.randrange(0, 80)
-            off = mft + rec * 1024 + rnd.randrange(0, 1024)
+            if indx and rnd.random() < 0.3:
+                off = rnd.choice(indx) + rnd.randrange(0, 4096)
+            else:
+                off = mft + rnd.randrange(0, 80) * 1024 + rnd.randrange(0, 1024)
             n = rnd.choice([1, 2, 8, 64])
             patches[off] = bytes(rnd.randrange(256) for _ in range(n))
         try:
@@ -526,7 +567,8 @@ def _fuzz_child(img: str, seed: int) -> None:
 
 
 def test_fuzz_mft_damage_no_crash(ntfs_image):
-    """Random bytes in the first 80 MFT records: no segfault, hang or stray exception."""
+    """Random bytes in the first 80 MFT records and in index blocks: no segfault, hang
+    or stray exception."""
     img, _truth = ntfs_image
     r = subprocess.run([sys.executable, __file__, "fuzz", str(img), "7"], capture_output=True,
                        text=True, timeout=240,

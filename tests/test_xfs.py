@@ -503,6 +503,37 @@ def test_speed(v5_image):
     assert mbps > 100 and list_s < 5
 
 
+def test_partition_of_a_vm_disk_with_bad_sectors(v5_image, tmp_path):
+    """XFS in partition 1 of a GPT VM disk with a ddrescue mapfile: the files show at
+    vms/100/disk-0.files/p1/ and the report names the files the bad sectors hit."""
+    img, truth = v5_image
+    _ctx, _fs, root = open_fs(FileSource(img))
+    big = resolve(root, "big.bin")
+    ext = next(e for e in big.source.extents if e[0] <= (1 << 20) < e[0] + e[1])
+    bad = (1 << 20) + ext[3] + (1 << 20) - ext[0]  # partition 1 starts at 1 MiB
+    size = img.stat().st_size
+    disk = tmp_path / "vm-100-disk-0.raw"
+    with open(disk, "wb") as f:
+        f.truncate(size + (2 << 20))
+    subprocess.run(["sfdisk", "-q", str(disk)], check=True, text=True,
+                   input=f"label: gpt\nstart=2048, size={size // 512}, "
+                         "type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n")
+    subprocess.run(["dd", f"if={img}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc,sparse",
+                    "status=none"], check=True)
+    total = disk.stat().st_size
+    (tmp_path / "vm-100-disk-0.raw.map").write_text(
+        "# Mapfile. Created by GNU ddrescue\n0x0 + 1\n"
+        f"0x0 {bad:#x} +\n{bad:#x} 0x1000 -\n{bad + 4096:#x} {total - bad - 4096:#x} +\n")
+    ctx = discover([str(disk)])
+    base = "vms/100/disk-0.files/p1"
+    with pytest.raises(UnreadableError):
+        resolve(ctx.root, f"{base}/big.bin").source.read(1 << 20, 4096)
+    assert resolve(ctx.root, f"{base}/etc/hello.txt").source.read(0, 100) == b"hello\n"
+    e = next(e for e in ctx.report if e.code == "files-damaged")
+    assert e.message.startswith("2 files or directories lie on unreadable bytes: ")
+    assert sorted(e.message.split(": ", 1)[1].split(", ")) == ["big.bin", "reflink.bin"]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 def test_read_through_fuse_mount(v5_image, tmp_path):
     from mountutil import pvfs_mounted

@@ -55,6 +55,9 @@ MAX_XATTR_VALUE = 65536  # Linux's XATTR_SIZE_MAX: larger streams are not shown 
 MAX_INTERIX = 4096 + 8  # PATH_MAX UTF-16 characters and the magic
 MAX_PATH_DEPTH = 512
 SCAN_BUDGET_S = 60.0
+#: Sparse files may be larger than the volume (a 300 GB lastlog on a 20 GB disk), but not
+#: this large: a bigger size is a garbage record, not a file.
+MAX_FILE_SIZE = 1 << 50
 
 DIR_MODE = 0o555
 FILE_MODE = 0o444
@@ -426,6 +429,8 @@ class NtfsFilesystem(GuestFilesystem):
             self._xattrs(e, rec, path, node)
             return node
         size = e.size if e.has_default_data_stream() else 0
+        if size > MAX_FILE_SIZE:
+            raise FormatError(f"file size {size} is beyond any real NTFS file (garbage record?)")
         if flags & D.FILE_ATTRIBUTE_SYSTEM:
             special = self._interix(e, size, times)
             if special is not None:

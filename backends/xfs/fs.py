@@ -36,6 +36,9 @@ MAX_ATTR_BLOCKS = 100_000
 MAX_XATTR_VALUE = 65536
 MAX_LOG_SCAN = 512 << 20
 SCAN_BUDGET_S = 60.0
+#: Sparse files may be larger than the volume (a 300 GB lastlog on a 20 GB disk), but not
+#: this large: a bigger size is a garbage inode (v4 has no CRC to catch it).
+MAX_FILE_SIZE = 1 << 50
 
 
 class XfsFilesystem(GuestFilesystem):
@@ -302,6 +305,8 @@ class XfsFilesystem(GuestFilesystem):
             return MissingSource(inode.size, "realtime device data", bad=self.bad, label=label)
         if inode.format not in (D.XFS_DINODE_FMT_EXTENTS, D.XFS_DINODE_FMT_BTREE):
             raise FormatError(f"regular file in fork format {inode.format}")
+        if inode.size > MAX_FILE_SIZE:
+            raise FormatError(f"file size {inode.size} is beyond any real file (garbage inode?)")
         return ExtentSource(inode.size, self._mapping(self.fork_extents(inode), inode.size,
                                                       path), label=label)
 
