@@ -196,10 +196,11 @@ def _fs_line(vol) -> str:
     parts.append(f"{_fmt_size(i.used)} of {size} used" if i.used is not None else size)
     if i.clean is not None:
         parts.append("clean" if i.clean else "dirty")
-    if i.journal:
+    if i.journal and i.journal not in ("clean", "dirty"):
         parts.append(i.journal)
     parts.append(f"{i.damaged_files} damaged files" if i.damaged_files else "no damaged files")
-    where = vol.files_paths[0] if vol.files_paths else "(not shown)"
+    shown = [p for p in vol.files_paths if p.startswith(("vms/", "cts/"))] + vol.files_paths
+    where = shown[0] if shown else "(not shown)"
     return f"{where}  [" + ", ".join(parts) + "]"
 
 
@@ -214,7 +215,9 @@ def readme_text(ctx) -> str:
         "",
         "  storage/   every input as found, faithful to its own structure",
         "  vms/       VM disks by VMID (disk-<n>.raw, disk-<n>.parts/p<k>, snapshots/)",
-        "  cts/       containers by VMID",
+        "             and the files in them: disk-<n>.files/p<k>/ (the filesystem on partition",
+        "             k), disk-<n>.files/ (a whole-disk filesystem), disk-<n>.files/<vg>-<lv>/",
+        "  cts/       containers by VMID: rootfs/ (the files), rootfs.raw (the volume)",
         "  report.json  inventory and damage report (same as `pvfs scan --json`)",
         "",
     ]
@@ -224,8 +227,17 @@ def readme_text(ctx) -> str:
         f"                   qemu-img convert -f raw -O qcow2 {disk} /safe/disk.qcow2",
         f"Open a partition:  mount -o ro,loop {part} /mnt/x",
         "  ext4: mount -o ro,noload,loop ...   XFS: mount -o ro,norecovery,loop ...",
+        "Files inside guest filesystems (ext4, XFS, btrfs, NTFS, FAT/exFAT) need no mount:",
+        "  they are read by pvfs itself under *.files/ and rootfs/ (cp -a works, as any user).",
+        "  A file that lies on unreadable bytes reads EIO there (zeros with --bad zero) and",
+        "  is named in report.json (code files-damaged); every other file reads normally.",
         "",
     ]
+    fs_rows = [f"  {_fs_line(v)}" for v in ctx.volumes if v.guestfs is not None and v.files_paths]
+    if fs_rows:
+        out.append("Guest filesystems:")
+        out.extend(fs_rows)
+        out.append("")
     origin = []
     for v in ctx.volumes:
         if v.role == "partition":

@@ -63,7 +63,7 @@ def test_partition_files_beside_disk_and_under_vm():
     entry = next(v for v in doc["volumes"] if v["path"] == vol.path)
     assert entry["guest_filesystem"]["type"] == "testfs"
     assert entry["files_at"] == used
-    assert "files: storage/files/vm-100-disk-0.qcow2/disk.files/p2  [testfs, label 't', " \
+    assert "files: vms/100/disk-0.files/p2  [testfs, label 't', " \
            "UUID u-1, 1 B of 6.0 MiB used, clean, no damaged files]" in report_text(ctx)
 
 
