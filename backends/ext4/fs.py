@@ -118,24 +118,22 @@ class Ext4Filesystem(GuestFilesystem):
         self.info = FilesystemInfo(
             sb.fstype, label=sb.label or None, uuid=sb.uuid, size=sb.size,
             used=sb.used_bytes(), clean=sb.clean, journal=journal, notes=list(notes))
-        for code, msg in vol.gdt_problems:
-            self.damage("error" if "lost" in msg or "unreadable" in code else "warning",
-                        "", code, msg)
+        self._problems(vol.gdt_problems, "")
 
     # -- damage -------------------------------------------------------------------
     def path_of(self, rel: str) -> str:
         base = self._where()
-        return f"{base}/{rel}" if rel else base
+        return f"{base}/{rel}" if rel and base else rel or base
 
-    def damage(self, severity, rel, code, message, ranges=()):
+    def damage(self, severity, code, message, ranges=(), at=""):
+        """One damage entry at the tree path of the entry ``at`` (relative to the root)."""
         self.damage_count += 1
         if self._report is not None:
-            self._report.add(severity, LAYER, self.path_of(rel), code, message, list(ranges))
+            self._report.add(severity, LAYER, self.path_of(at), code, message, list(ranges))
 
-    def _problems(self, problems, rel, severity="error"):
-        for code, msg, ranges in problems:
-            sev = "warning" if code.endswith("checksum") else severity
-            self.damage(sev, rel, code, msg, ranges)
+    def _problems(self, problems, rel):
+        for p in problems:
+            self.damage(p.severity, p.code, p.message, p.ranges, at=rel)
 
     # -- the tree -----------------------------------------------------------------
     def root(self) -> Dir:
@@ -144,7 +142,7 @@ class Ext4Filesystem(GuestFilesystem):
             if not stat.S_ISDIR(inode.mode):
                 raise InodeError("root inode is not a directory", "root-bad")
         except InodeError as e:
-            self.damage("error", "", e.code, f"{e} (the tree is reached only through "
+            self.damage("error", e.code, f"{e} (the tree is reached only through "
                         f"{LOST_FOUND})", e.ranges)
             d = Dir(mode=0o755, loader=lambda d: self._add_lost_found(d, ""))
             return d
@@ -163,9 +161,9 @@ class Ext4Filesystem(GuestFilesystem):
             entries = self.vol.dir_entries(inode, problems)
             for n, (name, child_ino, _ftype) in enumerate(entries, 1):
                 if n > MAX_DIR_ENTRIES:
-                    self.damage("error", rel, "directory-too-large",
+                    self.damage("error", "directory-too-large",
                                 f"directory inode {ino}: more than {MAX_DIR_ENTRIES} entries; "
-                                "the rest is not listed")
+                                "the rest is not listed", at=rel)
                     break
                 sname = fs_name(name)
                 crel = f"{rel}/{sname}" if rel else sname
@@ -174,9 +172,9 @@ class Ext4Filesystem(GuestFilesystem):
                     d.add(sname, node, report=self._report, layer=LAYER,
                           path_hint=self.path_of(rel))
         except (InodeError, Ext4Error, OSError) as e:
-            self.damage("error", rel, getattr(e, "code", "directory-unreadable"),
+            self.damage("error", getattr(e, "code", "directory-unreadable"),
                         f"directory inode {ino}: {e}; listed as far as it could be read",
-                        getattr(e, "ranges", ()))
+                        getattr(e, "ranges", ()), at=rel)
         self._problems(problems, rel)
         if is_root:
             self._add_lost_found(d, rel)
@@ -189,15 +187,15 @@ class Ext4Filesystem(GuestFilesystem):
         try:
             inode = self.vol.read_inode(ino)
         except InodeError as e:
-            self.damage("error", rel, e.code, str(e), e.ranges)
+            self.damage("error", e.code, str(e), e.ranges, at=rel)
             return None
         except (Ext4Error, OSError) as e:
-            self.damage("error", rel, "inode-unreadable", f"inode {ino}: {e}")
+            self.damage("error", "inode-unreadable", f"inode {ino}: {e}", at=rel)
             return None
         if inode.csum_ok is False:
-            self.damage("warning", rel, "inode-checksum",
+            self.damage("warning", "inode-checksum",
                         f"inode {ino}: checksum mismatch; shown as parsed (its fields are sane)",
-                        [(self.vol.inode_location(ino), len(inode.raw))])
+                        [(self.vol.inode_location(ino), len(inode.raw))], at=rel)
         kw = {"uid": inode.uid, "gid": inode.gid, "mtime": inode.mtime, "atime": inode.atime,
               "ctime": inode.ctime}
         t = inode.ftype
@@ -206,9 +204,9 @@ class Ext4Filesystem(GuestFilesystem):
             if t == stat.S_IFDIR:
                 with self._lock:
                     if ino in self._dirs_seen:
-                        self.damage("error", rel, "directory-cycle",
+                        self.damage("error", "directory-cycle",
                                     f"directory inode {ino} is reached a second time (a "
-                                    "directory hard link or a cycle); not shown again here")
+                                    "directory hard link or a cycle); not shown again here", at=rel)
                         return None
                     self._dirs_seen.add(ino)
                 node = Dir(mode=inode.mode, loader=lambda d: self._load_dir(d, ino, rel), **kw)
@@ -222,8 +220,8 @@ class Ext4Filesystem(GuestFilesystem):
                 node = Special(inode.mode, **kw)
         except (Ext4Error, OSError) as e:
             self._problems(problems, rel)
-            self.damage("error", rel, getattr(e, "code", "inode-unreadable"),
-                        f"inode {ino}: {e}", getattr(e, "ranges", ()))
+            self.damage("error", getattr(e, "code", "inode-unreadable"), f"inode {ino}: {e}",
+                        getattr(e, "ranges", ()), at=rel)
             return None
         node.nlink = inode.links
         self._set_xattrs(node, inode, rel, problems)
@@ -270,8 +268,9 @@ class Ext4Filesystem(GuestFilesystem):
             inode = vol.read_inode(ino)
             runs = vol.block_map(inode, problems)
         except (Ext4Error, OSError) as e:
-            self.damage("error", rel, getattr(e, "code", "file-map-unreadable"),
-                        f"inode {ino}: {e}; the file is unreadable", getattr(e, "ranges", ()))
+            self.damage("error", getattr(e, "code", "file-map-unreadable"),
+                        f"inode {ino}: {e}; the file is unreadable", getattr(e, "ranges", ()),
+                        at=rel)
             runs = [(0, -(-size // bs), 0, RUN_BAD)]
         self._problems(problems, rel)
         missing = None
@@ -357,9 +356,9 @@ class Ext4Filesystem(GuestFilesystem):
         deadline = time.monotonic() + ORPHAN_SCAN_BUDGET_S
         parents, complete = self.reachable_inodes(deadline)
         if not complete:
-            self.damage("warning", LOST_FOUND, "orphan-scan-incomplete",
+            self.damage("warning", "orphan-scan-incomplete",
                         "time budget used up while walking the directories; unreachable "
-                        "inodes were not searched")
+                        "inodes were not searched", at=LOST_FOUND)
             return
         orphans = []
         for ino in self.used_inodes(deadline):
@@ -389,9 +388,9 @@ class Ext4Filesystem(GuestFilesystem):
                 d.add(str(ino), node)
         found = len(d.children())  # the loader is running: no recursion
         if found:
-            self.damage("warning", LOST_FOUND, "orphan-inodes",
+            self.damage("warning", "orphan-inodes",
                         f"{found} inodes in use are reached by no directory; "
-                        f"shown under {LOST_FOUND}/<inode number>")
+                        f"shown under {LOST_FOUND}/<inode number>", at=LOST_FOUND)
 
     # -- damage to files ----------------------------------------------------------------
     def files_in_ranges(self, ranges, limit=50):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import stat
 import struct
+from typing import NamedTuple
 
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import UnreadableError
@@ -57,6 +58,15 @@ _VALID_TYPES = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR
 RUN_DATA = 0
 RUN_UNWRITTEN = 1  # preallocated: reads as zeros
 RUN_BAD = 2  # its mapping is lost (an unreadable or broken tree block): unreadable
+
+
+class Problem(NamedTuple):
+    """One bad thing found while reading (the caller reports it at the entry's path)."""
+
+    severity: str
+    code: str
+    message: str
+    ranges: list = []
 
 
 class InodeError(Ext4Error):
@@ -203,7 +213,7 @@ class Ext4Volume:
                             f"bytes, the volume has {meta.size} bytes")
         self.filetype = bool(sb.incompat & INCOMPAT_FILETYPE)
         self.max_size = self._max_size()
-        self.gdt_problems: list[tuple[str, str]] = []  # (code, message)
+        self.gdt_problems: list[Problem] = []
         self.groups = self._load_group_descriptors(gdt_block)
         self._ck = ("ext4", meta.uid)  # cache key prefix
 
@@ -268,20 +278,20 @@ class Ext4Volume:
             if not self._gd_checksum_ok(g, d, csum):
                 bad_csum += 1
                 if bad_csum <= 5:
-                    self.gdt_problems.append((
-                        "group-descriptor-checksum",
+                    self.gdt_problems.append(Problem(
+                        "warning", "group-descriptor-checksum",
                         f"group {g}: descriptor checksum mismatch; its inode table at block "
                         f"{it} is used if it lies inside the filesystem"))
             if d == bytes(ds) or it + itb > self.blocks_count or it == 0:
-                self.gdt_problems.append((
-                    "group-descriptor-bad",
+                self.gdt_problems.append(Problem(
+                    "error", "group-descriptor-bad",
                     f"group {g}: descriptor {'zeroed' if d == bytes(ds) else 'garbage'} "
                     f"(inode table at block {it}); inodes "
                     f"{g * sb.inodes_per_group + 1}-{(g + 1) * sb.inodes_per_group} are lost"))
                 it = None
             groups.append((it, ib, flags, fi, unused, bb))
         if bad_csum > 5:
-            self.gdt_problems.append(("group-descriptor-checksum",
+            self.gdt_problems.append(Problem("warning", "group-descriptor-checksum",
                                       f"{bad_csum} group descriptors in all fail their checksum"))
         return groups
 
@@ -291,7 +301,7 @@ class Ext4Volume:
         except (UnreadableError, Ext4Error) as e:
             if count > 1:
                 return b"".join(self._read_gdt(block + i, 1) for i in range(count))
-            self.gdt_problems.append(("group-descriptor-unreadable",
+            self.gdt_problems.append(Problem("error", "group-descriptor-unreadable",
                                       f"group descriptor block {block}: {e}"))
             return bytes(self.block_size)
 
@@ -453,7 +463,7 @@ class Ext4Volume:
             node, want_depth, lo, hi, blk = stack.pop()
             visited += 1
             if visited > limit_nodes + 16:
-                problems.append(("extent-tree-loop",
+                problems.append(Problem("error", "extent-tree-loop",
                                  f"inode {inode.ino}: extent tree larger than the file; stopped",
                                  []))
                 break
@@ -474,7 +484,7 @@ class Ext4Volume:
                         why = "extent block checksum mismatch"
             if why:
                 where = f" (block {blk})" if blk is not None else ""
-                problems.append(("extent-tree-bad",
+                problems.append(Problem("error", "extent-tree-bad",
                                  f"inode {inode.ino}: {why}{where}; file blocks {lo}-{hi - 1} "
                                  "are unreadable",
                                  [(blk * bs, bs)] if blk is not None else []))
@@ -482,7 +492,8 @@ class Ext4Volume:
                 continue
             if depth == 0:
                 for i in range(entries):
-                    ee_block, ee_len, start_hi, start_lo = EXTENT_LEAF.unpack_from(node, 12 + 12 * i)
+                    ee_block, ee_len, start_hi, start_lo = EXTENT_LEAF.unpack_from(node,
+                                                                                   12 + 12 * i)
                     kind = RUN_DATA
                     if ee_len > EXT_INIT_MAX_LEN:
                         ee_len -= EXT_INIT_MAX_LEN
@@ -491,7 +502,7 @@ class Ext4Volume:
                         continue
                     pblk = start_lo | (start_hi << 32)
                     if pblk + ee_len > self.blocks_count or pblk < self.sb.first_data_block:
-                        problems.append(("extent-out-of-range",
+                        problems.append(Problem("error", "extent-out-of-range",
                                          f"inode {inode.ino}: extent {ee_block}+{ee_len} -> block "
                                          f"{pblk} lies outside the filesystem; unreadable", []))
                         kind = RUN_BAD
@@ -510,7 +521,7 @@ class Ext4Volume:
                 try:
                     data = self.read_blocks(child)
                 except (UnreadableError, Ext4Error) as e:
-                    problems.append(("extent-tree-unreadable",
+                    problems.append(Problem("error", "extent-tree-unreadable",
                                      f"inode {inode.ino}: extent block {child}: {e}; file "
                                      f"blocks {ei_block}-{min(child_hi, max_blocks) - 1} are "
                                      "unreadable",
@@ -556,7 +567,7 @@ class Ext4Volume:
             else:
                 runs.append((lblk, 1, pblk, RUN_DATA))
         if outside:
-            problems.append(("block-out-of-range",
+            problems.append(Problem("error", "block-out-of-range",
                              f"inode {inode.ino}: {outside} block pointers lie outside the "
                              "filesystem; those blocks are unreadable", []))
         runs.sort()
@@ -567,7 +578,7 @@ class Ext4Volume:
         span = per ** (level - 1)  # file blocks one pointer of this block covers
         count = min(per * span, max_blocks - base)
         if block >= self.blocks_count or budget[0] <= 0:
-            problems.append(("indirect-block-bad",
+            problems.append(Problem("error", "indirect-block-bad",
                              f"inode {inode.ino}: indirect block {block} is outside the "
                              f"filesystem; file blocks {base}-{base + count - 1} are unreadable",
                              []))
@@ -579,7 +590,7 @@ class Ext4Volume:
         try:
             data = self.read_blocks(block)
         except (UnreadableError, Ext4Error) as e:
-            problems.append(("indirect-block-unreadable",
+            problems.append(Problem("error", "indirect-block-unreadable",
                              f"inode {inode.ino}: indirect block {block}: {e}; file blocks "
                              f"{base}-{base + count - 1} are unreadable",
                              [(block * self.block_size, self.block_size)]))
@@ -661,7 +672,7 @@ class Ext4Volume:
                     try:
                         data = self.read_blocks(blk)
                     except (UnreadableError, Ext4Error) as e:
-                        problems.append(("directory-block-unreadable",
+                        problems.append(Problem("error", "directory-block-unreadable",
                                          f"directory inode {inode.ino}: block {blk}: {e}; its "
                                          "entries are lost", [(blk * bs, bs)]))
                         continue
@@ -721,8 +732,14 @@ class Ext4Volume:
                          "is lost")
             else:
                 shown = f"its {len(out)} entries parse and are shown as they are"
-            problems.append(("directory-block-checksum" if not broken else "directory-block-bad",
-                             f"directory inode {inode.ino}, {where}: {what}; {shown}", rng))
+            if broken:
+                problems.append(Problem("error", "directory-block-bad",
+                                        f"directory inode {inode.ino}, {where}: {what}; {shown}",
+                                        rng))
+            else:
+                problems.append(Problem("warning", "directory-block-checksum",
+                                        f"directory inode {inode.ino}, {where}: {what}; {shown}",
+                                        rng))
         yield from out
 
     def _rec_len(self, raw: int) -> int:
@@ -748,7 +765,7 @@ class Ext4Volume:
             if index in (2, 3):
                 conv = acl_to_xattr(value)
                 if conv is None:
-                    problems.append(("xattr-acl-bad",
+                    problems.append(Problem("error", "xattr-acl-bad",
                                      f"inode {inode.ino}: {full.decode()} is not a valid ext4 "
                                      "ACL; left out", []))
                     continue
@@ -774,20 +791,22 @@ class Ext4Volume:
         if cached is not None:
             items, problem = cached
             if problem:
-                problems.append((problem[0], f"inode {inode.ino}: {problem[1]}", problem[2]))
+                problems.append(problem._replace(message=f"inode {inode.ino}: {problem.message}"))
             return items
         problem = None
         items = []
         try:
             data = self.read_blocks(blk)
         except (UnreadableError, Ext4Error) as e:
-            problem = ("xattr-block-unreadable", f"xattr block {blk}: {e}; its attributes "
+            problem = Problem("error", "xattr-block-unreadable",
+                              f"xattr block {blk}: {e}; its attributes "
                        "are lost", [(blk * bs, bs)])
             data = None
         if data is not None:
             magic, _refcount, h_blocks, _hash, h_csum = XATTR_BLOCK_HEADER.unpack_from(data, 0)
             if magic != EXT4_XATTR_MAGIC or h_blocks != 1:
-                problem = ("xattr-block-bad", f"xattr block {blk}: bad header (magic "
+                problem = Problem("error", "xattr-block-bad",
+                                  f"xattr block {blk}: bad header (magic "
                            f"{magic:#x}, blocks {h_blocks}); its attributes are lost",
                            [(blk * bs, bs)])
             else:
@@ -796,17 +815,18 @@ class Ext4Volume:
                     c = ext4_chksum(c, data[:XATTR_BLOCK_CHECKSUM_OFFSET] + b"\0\0\0\0"
                                     + data[XATTR_BLOCK_CHECKSUM_OFFSET + 4:])
                     if c != h_csum:
-                        problem = ("xattr-block-checksum", f"xattr block {blk}: checksum "
+                        problem = Problem("warning", "xattr-block-checksum",
+                                          f"xattr block {blk}: checksum "
                                    "mismatch; its attributes are shown as parsed",
                                    [(blk * bs, bs)])
                 sub: list = []
                 items = self._parse_xattr_entries(data, 32, data, inode, sub, f"block {blk}")
                 if sub and problem is None:
-                    problem = (sub[0][0], sub[0][1], [(blk * bs, bs)])
+                    problem = sub[0]._replace(ranges=[(blk * bs, bs)])
         METADATA_CACHE.put(key, _Cost((items, problem), 64 + sum(
             len(n) + len(v) + 64 for _i, n, v in items)))
         if problem:
-            problems.append((problem[0], f"inode {inode.ino}: {problem[1]}", problem[2]))
+            problems.append(problem._replace(message=f"inode {inode.ino}: {problem.message}"))
         return items
 
     def _parse_xattr_entries(self, buf, pos, values, inode, problems, where):
@@ -818,13 +838,15 @@ class Ext4Volume:
             if pos + 4 > n or buf[pos:pos + 4] == b"\0\0\0\0":
                 break
             if pos + XATTR_ENTRY.size > n:
-                problems.append(("xattr-bad", f"inode {inode.ino}: {where}: truncated "
+                problems.append(Problem("error", "xattr-bad",
+                                f"inode {inode.ino}: {where}: truncated "
                                  "attribute entry", []))
                 break
             name_len, index, voffs, vinum, vsize, _hash = XATTR_ENTRY.unpack_from(buf, pos)
             name = bytes(buf[pos + 16:pos + 16 + name_len])
             if pos + 16 + name_len > n or vsize > XATTR_SIZE_MAX:
-                problems.append(("xattr-bad", f"inode {inode.ino}: {where}: attribute entry "
+                problems.append(Problem("error", "xattr-bad",
+                                f"inode {inode.ino}: {where}: attribute entry "
                                  f"at {pos} is impossible", []))
                 break
             pos += (16 + name_len + 3) & ~3
@@ -834,7 +856,8 @@ class Ext4Volume:
                     continue
             else:
                 if voffs + vsize > len(values):
-                    problems.append(("xattr-bad", f"inode {inode.ino}: {where}: value of "
+                    problems.append(Problem("error", "xattr-bad",
+                                    f"inode {inode.ino}: {where}: value of "
                                      f"{name!r} lies outside its area", []))
                     continue
                 value = bytes(values[voffs:voffs + vsize])
@@ -849,7 +872,8 @@ class Ext4Volume:
                 raise Ext4Error(f"inode {vinum} is not its value's ea_inode")
             return self.read_small(ea, XATTR_SIZE_MAX, problems)
         except (Ext4Error, UnreadableError) as e:
-            problems.append(("xattr-ea-inode-bad", f"inode {inode.ino}: attribute value in "
+            problems.append(Problem("error", "xattr-ea-inode-bad",
+                            f"inode {inode.ino}: attribute value in "
                              f"inode {vinum}: {e}; left out", []))
             return None
 
@@ -885,7 +909,8 @@ def _drop_overlaps(runs, inode, problems):
     for r in runs:
         if r[0] < end:
             if r[0] + r[1] <= end:
-                problems.append(("extent-overlap", f"inode {inode.ino}: extents overlap at "
+                problems.append(Problem("error", "extent-overlap",
+                                f"inode {inode.ino}: extents overlap at "
                                  f"file block {r[0]}; the later one is ignored", []))
                 continue
             r = (end, r[0] + r[1] - end, r[2] + (end - r[0]) if r[3] == RUN_DATA else r[2], r[3])
