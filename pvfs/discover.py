@@ -249,8 +249,31 @@ class Context:
             tdir_path = "/".join([base_path, *parts[:-1]])
             used = d.add(parts[-1], root, report=self.report, path_hint=tdir_path)
             used_paths.append(f"{tdir_path}/{used}")
+        used_paths += self._guest_lv_places(volume, root)
         volume.files_paths = used_paths
         return used_paths
+
+    def _guest_lv_places(self, volume: Volume, root: Dir) -> list[str]:
+        """An LV of a VG found inside a VM disk (a RHEL/Ubuntu LVM install): its files
+        also go to ``vms/<vmid>/disk-<n>.files/<vg>-<lv>/`` of the disk holding the PV."""
+        if volume.role != "lv" or volume.parent is None:
+            return []
+        vg = volume.path.rstrip("/").split("/")[-2] if volume.path.count("/") >= 2 else "vg"
+        out = []
+        pv = volume.parent
+        for place in [pv.path, *pv.vm_paths]:
+            dpath, _, _pname = place.rpartition("/")
+            if not place.startswith(("vms/", "cts/")) or not dpath.endswith(".parts"):
+                continue
+            head, _, stem = dpath[: -len(".parts")].rpartition("/")
+            d = resolve(self.root, head)
+            if not isinstance(d, Dir):
+                continue
+            fdir = d.subdir(f"{_stem(stem)}.files")
+            tdir_path = f"{head}/{_stem(stem)}.files"
+            used = fdir.add(f"{vg}-{volume.name}", root, report=self.report, path_hint=tdir_path)
+            out.append(f"{tdir_path}/{used}")
+        return out
 
     def _files_place(self, volume: Volume, dpath: str,
                      name: str) -> tuple[str, list[str]] | None:

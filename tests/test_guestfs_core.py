@@ -91,3 +91,14 @@ def test_damage_is_mapped_to_files():
     assert e.message.startswith("60 files or directories lie on unreadable bytes: dir/f0, ")
     assert e.message.endswith("dir/f49 and 10 more")
     assert [tuple(r) for r in e.ranges] == [tuple(r) for r in fs.asked[0]]
+
+
+def test_lv_of_a_guest_vg_lands_under_the_vm_disk():
+    """A VG inside a VM disk (PV on p2): the LV's files also show as disk-0.files/<vg>-<lv>/."""
+    ctx = discover([str(EXAMPLES / "vm-100-disk-0.qcow2")])
+    pv = _partition(ctx, "storage/files/vm-100-disk-0.qcow2/p2")
+    lv = ctx.add_volume(pv.source, ctx.storage("lvm").subdir("vg0"), "root", "storage/lvm/vg0",
+                        "lv", parent=pv, probe=False)
+    used = ctx.add_filesystem(lv, OneFile(lv.source.size))
+    assert used == ["storage/lvm/vg0/root.files", "vms/100/disk-0.files/vg0-root"]
+    assert resolve(ctx.root, "vms/100/disk-0.files/vg0-root/hello.txt") is not None
