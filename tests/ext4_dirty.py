@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -48,6 +49,9 @@ VARIANTS = {
     # journal_async_commit: csum v3 with JBD2_FEATURE_INCOMPAT_ASYNC_COMMIT
     "ext4-async": (["mkfs.ext4", "-b", "4096"],
                    "data=writeback,journal_async_commit,nodelalloc"),
+    # the smallest journal (1024 blocks) under data=journal: the log wraps many times and
+    # the live transactions straddle its end (the kernel's wrap())
+    "ext4-wrap": (["mkfs.ext4", "-b", "1024", "-J", "size=1"], "data=journal"),
 }
 
 SIZE = "64M"
@@ -127,6 +131,35 @@ def _exercise(m: Path, variant: str):
     _write(m / "uncommitted.txt", b"never committed\n")
 
 
+def _log_wrapped(img: Path) -> bool:
+    """Whether the last commit block of the live log (``debugfs logdump`` of the image,
+    read while mounted) lies before the log's start: the log straddles the journal's end.
+    (debugfs may fail to open the live image now and then: that counts as no.)"""
+    out = subprocess.run(["debugfs", "-R", "logdump", str(img)], capture_output=True,
+                         text=True).stdout
+    start = re.search(r"Journal starts at block (\d+)", out)
+    commits = re.findall(r"\(commit block\) at block (\d+)", out)
+    return bool(start and commits and int(commits[-1]) < int(start.group(1)))
+
+
+def _until_wrapped(m: Path, img: Path, limit: int = 2000):
+    """Commit small transactions until the live log straddles the journal's end, then one
+    transaction with a new directory (blocks only the log holds), still wrapped."""
+    for i in range(limit):
+        _write(m / "wrap.log", f"line {i}\n".encode() * 40, append=True)
+        _fsync(m / "wrap.log")
+        if not _log_wrapped(img):
+            continue
+        d = m / f"after-wrap-{i}"
+        d.mkdir()
+        for k in range(3):
+            _write(d / f"f{k}", f"written after the wrap {k}\n".encode())
+        _commit(m, 100 + i)
+        if _log_wrapped(img):
+            return
+    raise RuntimeError("the journal never wrapped")
+
+
 def build(variant: str, out: Path):
     mkfs, opts = VARIANTS[variant]
     with tempfile.TemporaryDirectory(prefix="pvfs-ext4dirty-") as td:
@@ -144,6 +177,8 @@ def build(variant: str, out: Path):
                         str(m)], check=True)
         try:
             _exercise(m, variant)
+            if variant == "ext4-wrap":
+                _until_wrapped(m, img)
             subprocess.run(["cp", "--sparse=always", str(img), str(out / "dirty.img")],
                            check=True)
         finally:

@@ -91,13 +91,16 @@ def test_replay_matches_kernel(variant):
     assert diff == sorted({sb_block, jsb_block}), diff
     # not vacuous: without replay, many blocks differ from the kernel's view
     unreplayed = _differing_blocks(src, kernel, bs)
-    assert len(unreplayed) >= 20
+    assert len(unreplayed) >= 10
     assert set(rec.fs_blocks.tolist()) >= set(unreplayed) - {sb_block, jsb_block}
+    if variant == "ext4-wrap":  # some replayed blocks come from after the wrap
+        wrapped = {j.bmap(b) for b in range(j.sb.first_block, j.sb.start)}
+        assert wrapped & set(rec.journal_blocks.tolist())
     if variant == "ext4-1k-journal":
         assert rec.escaped.any()  # magic.bin's data block went through the journal escaped
         i = int(np.nonzero(rec.escaped)[0][0])
         assert overlay.read(int(rec.fs_blocks[i]) * bs, 4) == MAGIC
-    else:
+    elif variant != "ext4-wrap":
         assert rec.nr_revoke_hits > 0  # the deleted directories' blocks were revoked
     assert rec.summary() == f"replayed {rec.transactions} transactions ({rec.blocks} blocks)"
 
