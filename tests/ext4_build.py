@@ -200,10 +200,11 @@ def populate_inline(root: Path):
     os.setxattr(small / "size-100", "user.note", b"inline + xattr")
 
 
-def kernel_truth(image) -> dict:
-    """The kernel's view: {path: record} of every entry below the root."""
+def kernel_truth(image, opts: str = "") -> dict:
+    """The kernel's view: {path: record} of every entry below the root (``opts``: more
+    mount options, e.g. ``noload`` for the unreplayed state of a dirty journal)."""
     out = {}
-    with Mounted(image) as mnt:
+    with Mounted(image, opts=opts) as mnt:
         base = os.fsencode(str(mnt))
         for dirpath, dirnames, filenames in os.walk(base):
             for name in sorted(dirnames + filenames):
