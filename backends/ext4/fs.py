@@ -323,12 +323,20 @@ class Ext4Filesystem(GuestFilesystem):
                 continue
         return parents, complete
 
+    def internal_inodes(self) -> set[int]:
+        """Inodes the superblock names for the filesystem's own use (journal, orphan file,
+        quota files, snapshot): in use, in no directory, and not lost."""
+        x = self.sb.sb
+        return {i for i in (x.s_journal_inum, x.s_orphan_file_inum, x.s_usr_quota_inum,
+                            x.s_grp_quota_inum, x.s_prj_quota_inum, x.s_snapshot_inum) if i}
+
     def used_inodes(self, deadline: float):
         """Yield inode numbers the inode bitmaps mark in use (from s_first_ino on); a
         group whose bitmap cannot be read counts as all in use (callers load and check
         each inode)."""
         sb = self.sb
         ipg = sb.inodes_per_group
+        internal = self.internal_inodes()
         for g in range(sb.group_count):
             if time.monotonic() > deadline:
                 return
@@ -347,7 +355,7 @@ class Ext4Filesystem(GuestFilesystem):
                 for bit in range(8):
                     if byte >> bit & 1:
                         ino = base + byte_i * 8 + bit
-                        if ino >= sb.first_ino and ino <= sb.inodes_count:
+                        if sb.first_ino <= ino <= sb.inodes_count and ino not in internal:
                             yield ino
 
     def _load_orphans(self, d: Dir):
