@@ -62,18 +62,23 @@ class Leaf(Vdev):
         self.errors = 0
 
     def candidates(self, offset, size, birth=0):
+        data = self.read_at(offset, size)
+        if data is not None:
+            yield data
+
+    def read_at(self, offset, size):
+        """The bytes at ``offset`` of the allocatable area, or None."""
         if self.source is None:
-            return
+            return None
         start = VDEV_LABEL_START_SIZE + offset
         if start + size > self.source.size:
             self.errors += 1
-            return
+            return None
         try:
-            data = self.source.read(start, size)
+            return self.source.read(start, size)
         except UnreadableError:
             self.errors += 1
-            return
-        yield data
+            return None
 
     def describe(self):
         return f"leaf {self.path} ({'present' if self.source is not None else 'MISSING'})"
@@ -200,8 +205,73 @@ class Raidz(Vdev):
                 sectors[ri[lo_i:hi_i], ci[lo_i:hi_i]] = arr[idx]
                 got[ri[lo_i:hi_i], ci[lo_i:hi_i]] = True
 
+    def _pattern(self, offset, size, width):
+        """Where the data of a block in an older logical width lies, relative to its
+        first child row: the same for every block with the same size and start modulo
+        the number of children (cached).  Returns ``(spans, pieces)``: the child rows
+        ``{child: (first, end)}`` to read, and the block's bytes in order as
+        ``[(child, start, end)]`` byte ranges of what was read from each child."""
+        nchild = len(self.children)
+        b0 = offset >> self.ashift
+        swap = self.nparity == 1 and bool(offset & (1 << 20))
+        key = (b0 % nchild, size, width, nchild, self.nparity, self.ashift, swap)
+        pat = _PATTERNS.get(key)
+        if pat is None:
+            ashift = self.ashift
+            dev, off, valid = raidz.map_expanded(offset, size, nchild, width, self.nparity,
+                                                 ashift)
+            dmask = valid[:, self.nparity:].T
+            ddev = dev[:, self.nparity:].T[dmask].tolist()
+            drow = ((off[:, self.nparity:].T[dmask] >> ashift) - b0 // nchild).tolist()
+            spans = {}
+            for d, r in zip(ddev, drow, strict=True):
+                lo, hi = spans.get(d, (r, r + 1))
+                spans[d] = (min(lo, r), max(hi, r + 1))
+            unit = 1 << ashift
+            pieces = []
+            left = size
+            for d, r in zip(ddev, drow, strict=True):
+                a = (r - spans[d][0]) << ashift
+                n = min(unit, left)
+                left -= n
+                if pieces and pieces[-1][0] == d and pieces[-1][2] == a:
+                    pieces[-1] = (d, pieces[-1][1], a + n)
+                else:
+                    pieces.append((d, a, a + n))
+                if left <= 0:
+                    break
+            pat = (spans, pieces)
+            if len(_PATTERNS) > 4096:
+                _PATTERNS.clear()
+            _PATTERNS[key] = pat
+        return pat
+
+    def _expanded_plain(self, offset, size, width):
+        """The block's data with one read per child, joined from the ranges of the
+        pattern (None when a child cannot be read: then the general path reconstructs)."""
+        spans, pieces = self._pattern(offset, size, width)
+        ashift = self.ashift
+        r0 = (offset >> ashift) // len(self.children)
+        bufs = {}
+        for d, (lo, hi) in spans.items():
+            child = self.children[d]
+            n = (hi - lo) << ashift
+            if isinstance(child, Leaf):
+                buf = child.read_at((r0 + lo) << ashift, n)
+            else:
+                buf = child.first((r0 + lo) << ashift, n)
+            if buf is None or len(buf) != n:
+                return None
+            bufs[d] = memoryview(buf)
+        return b"".join([bufs[d][a:b] for d, a, b in pieces])
+
     def _expanded(self, offset, size, width):
         np_ = self.nparity
+        plain = None
+        if self.reflow is None:
+            plain = self._expanded_plain(offset, size, width)
+            if plain is not None:
+                yield plain
         synced, scratch = self.reflow if self.reflow is not None else (None, False)
         dev, off, valid = raidz.map_expanded(offset, size, len(self.children), width, np_,
                                              self.ashift, synced, scratch)
@@ -217,7 +287,7 @@ class Raidz(Vdev):
         def data_of(s):
             return s[:, np_:].transpose(1, 0, 2)[dvalid.T].tobytes()[:size]
 
-        if (got | ~valid)[:, np_:].all():
+        if plain is None and (got | ~valid)[:, np_:].all():
             yield data_of(sectors)
         want = valid.copy()
         want[:, np_:] = False
@@ -281,6 +351,9 @@ class Raidz(Vdev):
             out.extend(c.missing_leaves())
         return out
 
+
+#: data-sector patterns of expanded-layout blocks (Raidz._pattern)
+_PATTERNS: dict = {}
 
 MAX_TREE_DEPTH = 8
 
