@@ -34,7 +34,7 @@ class FatTable:
 
     ``copies`` are the byte offsets of the FAT copies in ``source``, the active one first.
     ``bits`` is 12, 16, 32 (FAT32: the high 4 bits are reserved) or ``"exfat"``.
-    ``problem(code, message)`` is called for every fallback to another copy.
+    ``problem(severity, code, message)`` is called for every fallback to another copy.
     """
 
     def __init__(self, source, copies, length, bits, n_entries, problem):
@@ -84,12 +84,13 @@ class FatTable:
 
         return METADATA_CACHE.get_or_load(key, load)
 
-    def _report_once(self, key, code, message):
+    def _first_time(self, key) -> bool:
+        """Whether ``key`` (a chunk or an entry) is reported now: once each, 1000 at most."""
         with self._lock:
             if key in self._reported or len(self._reported) > 1000:
-                return
+                return False
             self._reported.add(key)
-        self.problem(code, message)
+            return True
 
     def chunk(self, index: int) -> np.ndarray:
         """Chunk ``index`` of the active FAT, or of another copy where it is unreadable."""
@@ -100,10 +101,10 @@ class FatTable:
             except UnreadableError as e:
                 errors.append(e)
                 continue
-            if i > 0:
-                self._report_once(("chunk", index), "fat-copy-used",
-                                  f"FAT #1 bytes {index * CHUNK:#x}+{CHUNK:#x} are unreadable "
-                                  f"({errors[0]}); FAT #{i + 1} used for them")
+            if i > 0 and self._first_time(("chunk", index)):
+                self.problem("warning", "fat-copy-used",
+                             f"FAT #1 bytes {index * CHUNK:#x}+{CHUNK:#x} are unreadable "
+                             f"({errors[0]}); FAT #{i + 1} used for them")
             return arr
         raise errors[0]
 
@@ -135,9 +136,10 @@ class FatTable:
             return value
         for i, other in self._other(cluster):
             if self.valid_next(other):
-                self._report_once(("entry", cluster), "fat-copy-used",
-                                  f"FAT #1 entry of cluster {cluster} is {value:#x} (not a "
-                                  f"valid next cluster); FAT #{i + 1} says {other:#x}, used")
+                if self._first_time(("entry", cluster)):
+                    self.problem("warning", "fat-copy-used",
+                                 f"FAT #1 entry of cluster {cluster} is {value:#x} (not a "
+                                 f"valid next cluster); FAT #{i + 1} says {other:#x}, used")
                 return other
         return value
 

@@ -195,11 +195,11 @@ class ExfatFilesystem(ClusterFilesystem):
         self.cs = boot.cluster_size
         bps = boot.bytes_per_sector
         if why is not None:
-            self.problem("boot-region-backup", f"main boot region unusable ({why}); the "
+            self.problem("warning", "boot-region-backup", f"main boot region unusable ({why}); the "
                          "backup boot region (sectors 12-23) is used")
         size = bs.VolumeLength * bps
         if size > self.source.size:
-            self.problem("volume-truncated", f"the filesystem spans {size} bytes but the "
+            self.problem("error", "volume-truncated", f"the filesystem spans {size} bytes but the "
                          f"volume has {self.source.size}: clusters past its end are unreadable")
         self.heap = bs.ClusterHeapOffset * bps
         self.n_entries = bs.ClusterCount + 2
@@ -208,7 +208,7 @@ class ExfatFilesystem(ClusterFilesystem):
         if bs.NumberOfFats == 2 and bs.VolumeFlags & S.VOLUME_FLAG_ACTIVE_FAT:
             copies.reverse()
         self.fat = FatTable(self.source, copies, min(fat_bytes, self.n_entries * 4), "exfat",
-                            self.n_entries, lambda code, msg: self.problem(code, msg))
+                            self.n_entries, self.problem)
         self.upcase = None
         self.bitmap = None
         label = self._read_root_critical()
@@ -227,7 +227,7 @@ class ExfatFilesystem(ClusterFilesystem):
         if why is not None:
             self.info.notes.append("backup boot region used")
 
-    def problem(self, code, message, path=None, severity="error", ranges=()):
+    def problem(self, severity, code, message, path=None, ranges=()):
         where = self.where if path is None else f"{self.where} [{path}]"
         self.ctx.report.add(severity, "exfat", where, code, message, list(ranges))
 
@@ -239,7 +239,8 @@ class ExfatFilesystem(ClusterFilesystem):
         except UnreadableError as e:
             runs, err = [], f"FAT unreadable: {e}"
         if err is not None:
-            self.problem("dir-chain-broken", f"root directory: {err}; entries past the break "
+            self.problem("error", "dir-chain-broken",
+                         f"root directory: {err}; entries past the break "
                          "are lost", "/")
         return run_extents(self.heap, self.cs, runs, want * self.cs)[0]
 
@@ -266,29 +267,35 @@ class ExfatFilesystem(ClusterFilesystem):
                        self.bs.VolumeFlags & S.VOLUME_FLAG_ACTIVE_FAT) else 0
         chosen = [b for b in bitmap_entries if (b[1] & 1) == active] or bitmap_entries
         if not chosen:
-            self.problem("no-bitmap", "the root directory has no Allocation Bitmap entry")
+            self.problem("warning", "no-bitmap",
+                         "the root directory has no Allocation Bitmap entry")
         else:
             _t, _f, first, length = chosen[0]
             need = (self.bs.ClusterCount + 7) // 8
             if length < need or need > MAX_BITMAP_BYTES:
-                self.problem("bad-bitmap", f"Allocation Bitmap of {length} bytes for "
+                self.problem("warning", "bad-bitmap", f"Allocation Bitmap of {length} bytes for "
                              f"{self.bs.ClusterCount} clusters; not used")
             else:
-                self.bitmap = self._read_stream(first, need, "bitmap")
+                self.bitmap, why = self._read_stream(first, need, "bitmap")
+                if why is not None:
+                    self.problem("warning", "bad-bitmap", f"Allocation Bitmap {why}; used "
+                                 "space unknown, allocation not checked")
         if upcase is None:
-            self.problem("no-upcase", "the root directory has no Up-case Table entry",
-                         severity="warning")
+            self.problem("warning", "no-upcase", "the root directory has no Up-case Table entry")
         else:
             _t, checksum, first, length = upcase
             if length > 2 * 65536 * 2:
-                self.problem("bad-upcase", f"Up-case Table of {length} bytes; not used",
-                             severity="warning")
+                self.problem("warning", "bad-upcase", f"Up-case Table of {length} bytes; not used")
             else:
-                data = self._read_stream(first, length, "up-case table")
-                if data is not None:
+                data, why = self._read_stream(first, length, "up-case table")
+                if why is not None:
+                    self.problem("warning", "bad-upcase", f"Up-case Table {why}; name hashes "
+                                 "are not checked")
+                else:
                     if table_checksum(data) != checksum:
-                        self.problem("upcase-checksum", "Up-case Table checksum mismatch; "
-                                     "name hashes are not checked", severity="warning")
+                        self.problem("warning", "upcase-checksum",
+                                     "Up-case Table checksum mismatch; "
+                                     "name hashes are not checked")
                     else:
                         self.upcase = decompress_upcase(data)
         return label
@@ -303,14 +310,11 @@ class ExfatFilesystem(ClusterFilesystem):
             runs, err = [], str(e)
         extents, mapped = run_extents(self.heap, self.cs, runs, length)
         if err is not None or mapped < length:
-            self.problem("bad-" + what.replace(" ", "-"), f"{what}: chain broken ({err})")
-            return None
+            return None, f"chain broken ({err or 'too short'})"
         try:
-            return b"".join(self.source.read(d, n) for _o, n, d in extents)
+            return b"".join(self.source.read(d, n) for _o, n, d in extents), None
         except UnreadableError as e:
-            self.problem("bad-" + what.replace(" ", "-"), f"{what} unreadable: {e}",
-                         ranges=e.ranges)
-            return None
+            return None, f"unreadable: {e}"
 
     # -- directories ------------------------------------------------------------------
     def _entries(self, extents, path, report=True):
@@ -320,7 +324,8 @@ class ExfatFilesystem(ClusterFilesystem):
             if err is not None:
                 bad += 1
                 if report and bad <= MAX_BAD_ENTRIES_REPORTED:
-                    self.problem("dir-unreadable", f"directory {path}: cluster at {disk:#x} is "
+                    self.problem("error", "dir-unreadable",
+                                 f"directory {path}: cluster at {disk:#x} is "
                                  f"unreadable ({err}); the entries in it are lost", path,
                                  ranges=err.ranges)
                 for i in range(0, self.cs, 32):
@@ -355,14 +360,16 @@ class ExfatFilesystem(ClusterFilesystem):
         if stream is None:
             extents = self._root_extents()
         elif not self.claim_dir(stream[0]):
-            self.problem("dir-loop", f"directory {path}: its cluster {stream[0]} belongs to "
+            self.problem("error", "dir-loop",
+                         f"directory {path}: its cluster {stream[0]} belongs to "
                          "another directory (a loop or cross-link); not listed", path)
             return
         else:
             first, length, nofat = stream
             extents, _m, err = self._dir_extents(first, length, nofat, path)
             if err is not None:
-                self.problem("dir-chain-broken", f"directory {path}: {err}; entries past the "
+                self.problem("error", "dir-chain-broken",
+                             f"directory {path}: {err}; entries past the "
                              "break are lost", path)
         d.fat_extents = [(disk, n) for _o, n, disk in extents]
         entries = list(self._entries(extents, path))
@@ -381,7 +388,7 @@ class ExfatFilesystem(ClusterFilesystem):
                 nxt = _next_live(entries, i)
                 if nxt is None:
                     break
-                self.problem("dir-cluster-zeroed", f"directory {path}: unused entries at "
+                self.problem("error", "dir-cluster-zeroed", f"directory {path}: unused entries at "
                              f"{disk:#x} but entries follow at {entries[nxt][0]:#x}; the "
                              "entries between were lost", path)
                 i = nxt
@@ -393,7 +400,8 @@ class ExfatFilesystem(ClusterFilesystem):
             if not 2 <= count <= 18 or i + count >= n:
                 bad += 1
                 if bad <= MAX_BAD_ENTRIES_REPORTED:
-                    self.problem("bad-entry-set", f"directory {path}: File entry at {disk:#x} "
+                    self.problem("error", "bad-entry-set",
+                                 f"directory {path}: File entry at {disk:#x} "
                                  f"has SecondaryCount {count}", path)
                 i += 1
                 continue
@@ -404,13 +412,14 @@ class ExfatFilesystem(ClusterFilesystem):
             except FatError as err:
                 bad += 1
                 if bad <= MAX_BAD_ENTRIES_REPORTED:
-                    self.problem("bad-entry-set", f"directory {path}: entry set at "
+                    self.problem("error", "bad-entry-set", f"directory {path}: entry set at "
                                  f"{disk:#x}: {err}", path)
                 continue
             d.add(name, node, report=self.ctx.report, layer="exfat",
                   path_hint=f"{self.where} [{path}]")
         if bad > MAX_BAD_ENTRIES_REPORTED:
-            self.problem("bad-entries", f"directory {path}: {bad} bad entry sets in all (the "
+            self.problem("error", "bad-entries",
+                         f"directory {path}: {bad} bad entry sets in all (the "
                          f"first {MAX_BAD_ENTRIES_REPORTED} reported)", path)
 
     def _entry_set(self, group, parent):
@@ -440,8 +449,8 @@ class ExfatFilesystem(ClusterFilesystem):
         name = np.array(units, dtype="<u2").tobytes().decode("utf-16-le", errors="replace")
         path = f"/{name}" if parent == "/" else f"{parent}/{name}"
         if self.upcase is not None and name_hash(units, self.upcase) != nhash:
-            self.problem("name-hash", f"{path}: NameHash does not match the name",
-                         path, severity="warning")
+            self.problem("warning", "name-hash", f"{path}: NameHash does not match the name",
+                         path)
         mt = exfat_time(mtime, m10, moff)
         at = exfat_time(atime, 0, aoff)
         own = [(group[0][0], 32 * len(group))]
@@ -464,7 +473,7 @@ class ExfatFilesystem(ClusterFilesystem):
         else:
             extents, mapped, err = [], 0, None
         if err is not None:
-            self.problem("chain-broken", f"{path}: {err}; bytes {mapped}..{length} are "
+            self.problem("error", "chain-broken", f"{path}: {err}; bytes {mapped}..{length} are "
                          "unreadable", path)
         self._check_allocated(extents, path)
         # Bytes past ValidDataLength read as zeros (spec 7.6.5): not mapped.
@@ -490,9 +499,9 @@ class ExfatFilesystem(ClusterFilesystem):
             bits = np.unpackbits(np.frombuffer(self.bitmap[lo:hi], dtype=np.uint8),
                                  bitorder="little")[c0 - lo * 8:c0 - lo * 8 + k]
             if len(bits) < k or not bits.all():
-                self.problem("not-allocated", f"{path}: some of its clusters are free in the "
-                             "Allocation Bitmap (cross-linked or a stale entry?)", path,
-                             severity="warning")
+                self.problem("warning", "not-allocated",
+                             f"{path}: some of its clusters are free in the "
+                             "Allocation Bitmap (cross-linked or a stale entry?)", path)
                 return
 
 

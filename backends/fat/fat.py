@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 
+from pvfs.damage import Problem
 from pvfs.errors import UnreadableError
 from pvfs.guestfs import FilesystemInfo
 from pvfs.nodes import Dir, File, Timestamp
@@ -138,7 +139,7 @@ def parse_boot_sector(raw: bytes, volume_size: int | None = None) -> Geometry:
     problems = []
     capacity = fatsz * bps * 8 // bits - 2
     if clusters > capacity:
-        problems.append(("warning", "fat-too-small",
+        problems.append(Problem("warning", "fat-too-small",
                          f"{clusters} clusters but the FAT has room for {capacity}; "
                          "clusters past it are not used"))
         clusters = capacity
@@ -148,7 +149,7 @@ def parse_boot_sector(raw: bytes, volume_size: int | None = None) -> Geometry:
     if fat32 and ext32.BPB_ExtFlags & 0x80:  # mirroring off: only the active FAT is current
         active = ext32.BPB_ExtFlags & 0x0F
         if active >= bpb.BPB_NumFATs:
-            problems.append(("warning", "bad-active-fat",
+            problems.append(Problem("warning", "bad-active-fat",
                              f"BPB_ExtFlags names FAT #{active + 1} of {bpb.BPB_NumFATs}; "
                              "FAT #1 used"))
             active = 0
@@ -159,7 +160,7 @@ def parse_boot_sector(raw: bytes, volume_size: int | None = None) -> Geometry:
         label = bytes(ext.BS_VolLab)
     total_bytes = total * bps
     if volume_size is not None and total_bytes > volume_size:
-        problems.append(("error", "volume-truncated",
+        problems.append(Problem("error", "volume-truncated",
                          f"the filesystem spans {total_bytes} bytes but the volume has "
                          f"{volume_size}: clusters past its end are unreadable"))
     return Geometry(
@@ -309,17 +310,17 @@ class FatFilesystem(ClusterFilesystem):
         self.where = volume.path
         geo, why = read_geometry(self.source)
         self.geo = geo
-        for sev, code, msg in geo.problems:
-            self.problem(code, msg, severity=sev)
+        for p in geo.problems:
+            self.ctx.report.add(p.severity, "vfat", self.where, p.code, p.message)
         if why is not None:
-            self.problem("boot-sector-backup",
+            self.problem("warning", "boot-sector-backup",
                          f"primary boot sector unusable ({why}); the backup boot sector "
                          f"(sector {BACKUP_BOOT_SECTOR}) is used")
         copies = [geo.fat_offset + i * geo.fat_bytes for i in range(geo.num_fats)]
         copies.insert(0, copies.pop(geo.active_fat))
         self.fat = FatTable(self.source, copies, geo.fat_bytes, geo.fat_bits,
                             geo.cluster_count + 2,
-                            lambda code, msg: self.problem(code, msg))
+                            self.problem)
         self.heap = geo.data_offset  # byte offset of cluster 2
         self.info = FilesystemInfo(
             "vfat", label=self._label(), size=geo.total_bytes,
@@ -332,7 +333,7 @@ class FatFilesystem(ClusterFilesystem):
             self.info.notes.append("backup boot sector used")
 
     # -- reporting -------------------------------------------------------------------
-    def problem(self, code, message, path=None, severity="error", ranges=()):
+    def problem(self, severity, code, message, path=None, ranges=()):
         where = self.where if path is None else f"{self.where} [{path}]"
         self.ctx.report.add(severity, "vfat", where, code, message, list(ranges))
 
@@ -419,7 +420,7 @@ class FatFilesystem(ClusterFilesystem):
             if err is not None:
                 bad += 1
                 if bad <= MAX_BAD_ENTRIES_REPORTED:
-                    self.problem("dir-unreadable",
+                    self.problem("error", "dir-unreadable",
                                  f"directory {path}: cluster at {disk:#x} is unreadable "
                                  f"({err}); the entries in it are lost", path,
                                  ranges=err.ranges)
@@ -436,14 +437,15 @@ class FatFilesystem(ClusterFilesystem):
         if first is None:
             extents = self._root_extents()
         elif not self.claim_dir(first):
-            self.problem("dir-loop", f"directory {path}: its cluster {first} belongs to another "
+            self.problem("error", "dir-loop",
+                         f"directory {path}: its cluster {first} belongs to another "
                          "directory (a loop or cross-link); not listed", path)
             return
         else:
             extents, _mapped, err = self._chain_extents(first, MAX_DIR_BYTES, path,
                                                         directory=True)
             if err is not None:
-                self.problem("dir-chain-broken", f"directory {path}: {err}; entries past "
+                self.problem("error", "dir-chain-broken", f"directory {path}: {err}; entries past "
                              "the break are lost", path)
         d.fat_extents = [(disk, n) for _o, n, disk in extents]
         blocks = list(self._dir_blocks(extents, path))
@@ -457,20 +459,21 @@ class FatFilesystem(ClusterFilesystem):
             except FatError as e:
                 bad_entries += 1
                 if bad_entries <= MAX_BAD_ENTRIES_REPORTED:
-                    self.problem("bad-entry", f"{_join(path, item.name)}: {e}",
+                    self.problem("error", "bad-entry", f"{_join(path, item.name)}: {e}",
                                  _join(path, item.name))
                 continue
             d.add(item.name, node, report=self.ctx.report, layer="vfat",
                   path_hint=f"{self.where} [{path}]")
         if bad_entries > MAX_BAD_ENTRIES_REPORTED:
-            self.problem("bad-entries", f"directory {path}: {bad_entries} bad entries in all "
+            self.problem("error", "bad-entries",
+                         f"directory {path}: {bad_entries} bad entries in all "
                          f"(the first {MAX_BAD_ENTRIES_REPORTED} reported)", path)
 
     def _check_dir_clusters(self, blocks, first, path):
         """A zeroed cluster in the middle of a directory is damage, not an end mark."""
         if first is not None and blocks and blocks[0][1] is not None and \
                 blocks[0][1][:11] != b".          ":
-            self.problem("dir-cluster-damaged",
+            self.problem("error", "dir-cluster-damaged",
                          f"directory {path}: its first cluster (at {blocks[0][0]:#x}) does not "
                          "start with the '.' entry; entries in it may be lost", path)
         zero_at = None
@@ -481,7 +484,7 @@ class FatFilesystem(ClusterFilesystem):
                 if zero_at is None:
                     zero_at = disk
             elif zero_at is not None:
-                self.problem("dir-cluster-zeroed",
+                self.problem("error", "dir-cluster-zeroed",
                              f"directory {path}: cluster at {zero_at:#x} is all zeros but "
                              "entries follow it; the entries it held are lost", path)
                 zero_at = None
@@ -506,7 +509,7 @@ class FatFilesystem(ClusterFilesystem):
         else:
             extents, mapped, err = self._chain_extents(e.first_cluster, e.size, path)
         if err is not None:
-            self.problem("chain-broken", f"{path}: {err}; bytes {mapped}..{e.size} are "
+            self.problem("error", "chain-broken", f"{path}: {err}; bytes {mapped}..{e.size} are "
                          "unreadable", path)
         src = data_source(self.source, extents, mapped, e.size,
                           None if err is None else f"{path}: {err}", self.bad, path)
