@@ -318,20 +318,6 @@ def test_unreadable_journal_block_shows_unreplayed_state():
     assert len(e) == 1 and e[0].severity == "error" and e[0].ranges == ((bad, 512),)
 
 
-def test_external_journal_is_reported():
-    class SB:
-        compat = 0x4
-        needs_recovery = True
-
-        class sb:  # noqa: N801
-            s_journal_inum = 0
-    ctx = _ctx()
-    vol = _Vol(object())
-    meta, data, text = recovery.journal_overlay(vol, SB(), ctx)
-    assert meta is vol.source and text.startswith("external journal device")
-    assert [e.code for e in ctx.report] == ["journal-external"]
-
-
 # -- fuzz: journal superblock, descriptor, revoke and commit blocks ----------------------------
 _FUZZ = {}
 
@@ -453,3 +439,29 @@ def test_backup_superblock_and_dirty_journal():
     kernel = FileSource(d / "kernel.img")
     jsb = recovery.open_journal(src, read_superblock(src))[0].bmap(0)
     assert _differing_blocks(meta, kernel, sb.block_size) == [1, jsb]  # 1: the zeroed primary
+
+
+# -- what pvfs does not replay: reported ---------------------------------------------------------
+@needs_root
+def test_fast_commits_are_reported():
+    d = dirty_image("ext4-fast-commit")
+    src = FileSource(d / "dirty.img")
+    sb = read_superblock(src)
+    assert sb.needs_recovery
+    ctx = _ctx()
+    _meta, _data, text = recovery.journal_overlay(_Vol(src), sb, ctx)
+    assert text.endswith(", fast commits not replayed")
+    e = [e for e in ctx.report if e.code == "journal-fast-commit"]
+    assert len(e) == 1 and e[0].severity == "warning"
+
+
+@needs_root
+def test_external_journal_device_is_reported():
+    d = dirty_image("ext4-external")
+    src = FileSource(d / "dirty.img")
+    sb = read_superblock(src)
+    assert sb.needs_recovery and sb.sb.s_journal_inum == 0 and any(sb.sb.s_journal_uuid)
+    ctx = _ctx()
+    meta, _data, text = recovery.journal_overlay(_Vol(src), sb, ctx)
+    assert meta is src and text == "external journal device (not supported), not replayed"
+    assert [(e.severity, e.code) for e in ctx.report] == [("warning", "journal-external")]

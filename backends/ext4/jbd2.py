@@ -586,6 +586,23 @@ class Journal:
                 break
         return out
 
+    def pending_fast_commit(self, end_transaction: int) -> bool:
+        """Whether the fast-commit area starts with a head for ``end_transaction``: ext4
+        fast commits (``fc_do_one_pass`` -> ``ext4_fc_replay_scan``) that follow the last
+        full commit.  pvfs does not replay them; the caller reports it.
+
+        ``struct ext4_fc_tl`` {le16 fc_tag, le16 fc_len} with ``EXT4_FC_TAG_HEAD`` (9) and
+        ``struct ext4_fc_head`` {le32 fc_features, le32 fc_tid} (fs/ext4/fast_commit.h)."""
+        sb = self.sb
+        if not sb.fast_commit:
+            return False
+        try:
+            buf = self.jread(sb.last_block + 1)
+        except _Abort:
+            return False
+        tag, length, _features, tid = struct.unpack_from("<HHII", buf, 0)
+        return tag == 0x9 and length == 8 and tid == end_transaction
+
     def _wrap(self, block):
         sb = self.sb
         if block >= sb.last_block:

@@ -286,14 +286,17 @@ def journal_overlay(volume, sb, ctx, from_backup: bool = False):
         return base, base, (f"not replayed (--guest-journal ignore): {rec.transactions} "
                             f"transactions ({rec.blocks} blocks) pending")
     text = rec.summary()
-    if jsb.fast_commit:
+    if journal.pending_fast_commit(rec.end_transaction):
         report.add("warning", LAYER, path, "journal-fast-commit",
-                   "the journal has a fast-commit area; fast commits are not replayed")
+                   f"fast commits after transaction {(rec.end_transaction - 1) & 0xFFFFFFFF} "
+                   f"are not replayed (pvfs replays full jbd2 commits only): changes a "
+                   f"program fsync()ed after it are missing")
+        text += ", fast commits not replayed"
     if not rec.blocks:
         report.add("info", LAYER, path, "journal-replayed", f"journal: {text}")
         return base, base, text
     overlay = jbd2.JournalOverlay(base, sb.block_size, rec)
     report.add("info", LAYER, path, "journal-replayed",
-               f"journal {text} in memory (transactions {rec.start_transaction}.."
+               f"journal {rec.summary()} in memory (transactions {rec.start_transaction}.."
                f"{(rec.end_transaction - 1) & 0xFFFFFFFF}); nothing was written")
     return overlay, overlay, text
