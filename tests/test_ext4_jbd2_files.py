@@ -8,9 +8,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 from ext4_build import compare_tree, kernel_truth, need_root
 from ext4_dirty import VARIANTS, clean_image, dirty_image
+from mountutil import needs_fuse, pvfs_mounted
 
 from pvfs.discover import Options, discover
 from pvfs.source import FileSource, PatchedSource
@@ -85,3 +89,22 @@ def test_zeroed_primary_superblock_same_files(block_size, size, tmp_path):
     assert n == len(truth)
     e = [e for e in ctx.report if e.code == "superblock-backup"]
     assert len(e) == 1 and "repaired from backup superblock in group 1" in e[0].message
+
+
+@needs_fuse
+def test_fuse_mount_reads_replayed_files(tmp_path):
+    """Through a real FUSE mount (pvfs mount, as a user would): a file that exists only in
+    the journal is read with the kernel's bytes; --guest-journal ignore hides it."""
+    need_root()
+    d = dirty_image("ext4-4k")
+    truth = _truth(d / "kernel.img")
+    base = "storage/files/dirty.img/disk.files"
+    with pvfs_mounted([d / "dirty.img"], tmp_path / "m") as m:
+        for rel in ("srv/www/index.html", "home/user/big.bin", "home/user/notes.txt"):
+            data = (m / base / rel).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == truth[rel]["sha256"], rel
+        report = json.loads((m / "report.json").read_text())
+        assert "journal-replayed" in {e["code"] for e in report["damage"]}
+    with pvfs_mounted([d / "dirty.img"], tmp_path / "m2", "--guest-journal", "ignore") as m:
+        assert not (m / base / "srv").exists()
+        assert (m / base / "etc" / "old.conf").exists()  # renamed in transaction 2
