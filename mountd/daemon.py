@@ -17,6 +17,7 @@ from .fs import PvfsOperations
 
 log = logging.getLogger("pvfs.mountd")
 
+TERMINATE_GRACE_SECONDS = 2.0
 BASE_OPTIONS = ("fsname=pvfs", "subtype=pvfs", "ro", "default_permissions")
 
 
@@ -59,6 +60,13 @@ async def _main(mountpoint, readahead_kb):
                 async for _ in sigs:
                     log.info("signal received: unmounting")
                     pyfuse3.terminate()
+                    # Requests still in flight (a read stuck in a backend) would keep
+                    # pyfuse3.main waiting: after a grace period they are cancelled, their
+                    # threads abandoned, and the kernel fails them at unmount.
+                    await trio.sleep(TERMINATE_GRACE_SECONDS)
+                    log.warning("requests still running after %.0f s: cancelling them",
+                                TERMINATE_GRACE_SECONDS)
+                    nursery.cancel_scope.cancel()
                     return
 
         nursery.start_soon(on_signals)

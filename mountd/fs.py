@@ -58,6 +58,8 @@ class PvfsOperations(pyfuse3.Operations):
     def __init__(self, root: Dir, report=None, threads=8):
         super().__init__()
         self.report = report
+        if threads < 1:  # a limiter of 0 would park every read forever
+            raise ValueError(f"threads must be 1 or more, not {threads}")
         self.limiter = trio.CapacityLimiter(threads)
         self._lock = threading.Lock()
         self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
@@ -105,7 +107,10 @@ class PvfsOperations(pyfuse3.Operations):
                         f"{op}: {type(exc).__name__}: {exc}", ranges)
 
     async def _run(self, fn, *args):
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        # abandon_on_cancel: at unmount (SIGTERM) a read stuck in a backend is left to its
+        # thread instead of keeping the daemon alive; the process exits around it.
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter,
+                                             abandon_on_cancel=True)
 
     def _attrs(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()

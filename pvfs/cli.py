@@ -1,7 +1,15 @@
 """The ``pvfs`` command: ``scan``, ``mount`` and ``umount``.
 
-Exit codes: 0 success; 1 fatal error (one line on stderr); 2 usage error;
-3 ``scan`` finished but the damage report has errors.
+Exit status (``scan`` and ``mount``): 0 nothing lost; 3 something lost (the report has
+errors; ``mount`` still mounted the tree); 1 nothing recognised in the inputs, or a fatal
+error (one line on stderr); 2 usage: a bad option value, a missing input, a mountpoint
+that cannot be used.  ``umount``: 0 unmounted, 1 error, 2 busy (still mounted after the
+retries), 3 not mounted -- guestunmount's codes.
+
+Every option value that can be checked without reading the inputs is checked before any
+work (:func:`check_values`); the values only discovery can judge (a txg or seqno that does
+not exist, a key for a dataset that is not there) are checked right after it, before
+anything is printed or mounted (:func:`check_after_discovery`).
 """
 
 from __future__ import annotations
@@ -9,66 +17,313 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 
 from . import __version__
 from .backend import load_backends
 from .errors import PvfsError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGE = 0, 1, 2, 3
+EXIT_NOTHING = 1  # nothing recognised in the inputs
+UMOUNT_OK, UMOUNT_ERROR, UMOUNT_BUSY, UMOUNT_NOT_MOUNTED = 0, 1, 2, 3
+
+EXAMPLES = {
+    "scan": """\
+examples:
+  pvfs scan sda.img sdb.img sdc.img        ZFS raidz members: layers and damage report
+  pvfs scan --json /srv/images/ > report.json
+  pvfs scan --bad zero vm-100-disk-0.qcow2  report lost bytes as zeros (same report)
+
+exit status: 0 nothing lost, 3 something lost, 1 nothing recognised, 2 usage error""",
+    "mount": """\
+examples:
+  pvfs mount sda.img sdb.img /mnt/pvfs      ZFS pool: vms/, cts/, storage/zfs/
+  pvfs mount /mnt/backup/datastore /mnt/pvfs   a PBS datastore
+  pvfs mount -f --debug pve-disk.img /mnt/pvfs  foreground, debug log on stderr
+  pvfs mount -o allow_other osd0.img osd1.img osd2.img /mnt/pvfs
+
+MOUNTPOINT must be an empty directory (-o nonempty mounts over files, hiding them).
+exit status: 0 mounted, nothing lost; 3 mounted, something lost (see MOUNTPOINT/report.json);
+1 nothing recognised (not mounted) or the mount failed; 2 usage error""",
+    "umount": """\
+examples:
+  pvfs umount /mnt/pvfs
+  pvfs umount --lazy /mnt/pvfs              detach now, finish when no longer busy
+
+exit status: 0 unmounted, 1 error, 2 busy (still mounted after the retries), 3 not mounted""",
+}
+
+#: FUSE mount options passed on to libfuse with -o (fuse_session_new's list, fuse(8)).
+FUSE_OPTIONS = {"allow_other", "allow_root", "auto_unmount", "default_permissions", "ro",
+                "kernel_cache", "auto_cache", "noatime", "nodiratime", "relatime", "nodev",
+                "nosuid", "noexec", "dev", "suid", "exec", "blkdev", "debug", "sync", "async",
+                "dirsync", "nonempty"}
+FUSE_VALUE_OPTIONS = {"fsname", "subtype", "max_read", "blksize", "context", "rootcontext",
+                      "fscontext", "defcontext", "uid", "gid", "umask", "max_background",
+                      "congestion_threshold", "max_idle_threads"}
+
+
+class Formatter(argparse.HelpFormatter):
+    """Wraps descriptions, keeps the examples (text with line breaks) as written, and
+    shows a default where there is one."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "default" in h or action.default in (None, False, [], argparse.SUPPRESS):
+            return h
+        return h + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line naming the bad value, and exit 2."""
+
+    def error(self, message):
+        sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        hint = f" (see 'pvfs {sub} --help')" if sub else " (see 'pvfs --help')"
+        self.exit(EXIT_USAGE, f"pvfs: usage error: {message}{hint}\n")
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return v
+
+
+def _global_options(p, suppress):
+    """``--debug`` and ``--progress`` work before and after the subcommand: the copy in
+    each subcommand has no default, so it only overrides when given there."""
+    d = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument("--debug", action="store_true",
+                   help="tracebacks, and debug logs on stderr", **(d or {"default": False}))
+    p.add_argument("--progress", dest="progress", action="store_true",
+                   help="show progress on stderr even when it is not a terminal "
+                        "(then as plain lines); default: only on a terminal",
+                   **(d or {"default": None}))
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="never show progress", **(d or {"default": None}))
 
 
 def _add_common(p):
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                   help="drive images, image files, block devices or directories")
     p.add_argument("--bad", choices=("eio", "zero"), default=None,
                    help="bytes that no copy, parity or fallback can produce (bad sectors, "
                         "missing members, chunks or objects, corrupt clusters): 'eio' (the "
                         "default) fails the read, 'zero' reads them as zeros; either way they "
                         "are in the damage report")
     p.add_argument("--mapfile", action="append", default=[], metavar="[IMAGE=]MAPFILE",
-                   help="GNU ddrescue mapfile for an image (default: IMAGE.map beside it)")
-    p.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="always show progress on stderr")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="never show progress")
+                   help="GNU ddrescue mapfile for an image (default: IMAGE.map beside it); "
+                        "repeatable")
     seen = set()
+    group = p.add_argument_group("format options")
     for b in load_backends():
         for flag, kw in getattr(b, "cli_options", []):
             if flag in seen:
                 continue
             seen.add(flag)
-            p.add_argument(flag, **kw)
+            group.add_argument(flag, **kw)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="pvfs",
-        description="Read-only recovery of Proxmox VE storage from drive images.")
-    parser.add_argument("--version", action="version", version=f"pvfs {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(
+        prog="pvfs", formatter_class=Formatter,
+        description="Read-only recovery of Proxmox VE storage (ZFS, LVM-thin, Ceph, qcow2, "
+                    "PBS, vzdump, DRBD) from drive images: scan them, or mount what they hold "
+                    "as a read-only tree of VMs, containers, snapshots and backups.",
+        epilog="Run 'pvfs COMMAND --help' for a command's options and examples.")
+    parser.add_argument("-V", "--version", action="version", version=f"pvfs {__version__}")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=Parser)
 
-    scan = sub.add_parser("scan", help="discover and report, without mounting")
+    scan = sub.add_parser(
+        "scan", help="discover and report, without mounting", formatter_class=Formatter,
+        description="Open every input, stack every layer found (partitions, pools, volume "
+                    "groups, images, backups) and print what is there with every damage "
+                    "entry. Nothing is written anywhere.",
+        epilog=EXAMPLES["scan"])
+    scan.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                      help="drive images, image files, block devices or directories")
+    scan.add_argument("--json", action="store_true",
+                      help="print the report as JSON (the same document as report.json)")
     _add_common(scan)
-    scan.add_argument("--json", action="store_true", help="print the report as JSON")
+    _global_options(scan, suppress=True)
 
-    mount = sub.add_parser("mount", help="mount everything found, read-only")
-    _add_common(mount)
+    mount = sub.add_parser(
+        "mount", help="mount everything found, read-only", formatter_class=Formatter,
+        description="Discover like 'pvfs scan', then mount the result read-only at "
+                    "MOUNTPOINT: vms/, cts/, storage/, README.txt and report.json. Returns once "
+                    "the tree can be used; a daemon serves it until 'pvfs umount MOUNTPOINT'.",
+        epilog=EXAMPLES["mount"])
+    mount.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                       help="drive images, image files, block devices or directories")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
     mount.add_argument("-f", "--foreground", action="store_true",
-                       help="stay in the foreground (Ctrl-C unmounts)")
+                       help="stay in the foreground (Ctrl-C or SIGTERM unmounts)")
     mount.add_argument("-o", dest="fuse_options", action="append", default=[],
-                       metavar="OPT[,OPT...]", help="FUSE mount options, e.g. allow_other")
+                       metavar="OPT[,OPT...]",
+                       help="FUSE mount options, e.g. allow_other; nonempty mounts over a "
+                            "directory that is not empty")
     mount.add_argument("--log", metavar="FILE", help="daemon log file (default: none)")
-    mount.add_argument("--threads", type=int, default=8, help="worker threads for reads")
-    mount.add_argument("--readahead-kb", type=int, default=4096,
-                       help="kernel read-ahead for the mount in KiB (root only; 0 leaves it)")
+    mount.add_argument("--threads", type=_positive_int, default=8, metavar="N",
+                       help="worker threads for reads, 1 or more")
+    mount.add_argument("--readahead-kb", type=_nonneg_int, default=4096, metavar="KIB",
+                       help="kernel read-ahead of the mount in KiB (root only; 0 leaves it)")
+    _add_common(mount)
+    _global_options(mount, suppress=True)
 
-    umount = sub.add_parser("umount", help="unmount a pvfs mount")
-    umount.add_argument("mountpoint")
+    umount = sub.add_parser(
+        "umount", help="unmount a pvfs mount", formatter_class=Formatter,
+        description="Unmount a pvfs mount (fusermount3 -u), retrying a few times while it is "
+                    "busy.", epilog=EXAMPLES["umount"])
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.add_argument("-l", "--lazy", action="store_true",
+                        help="detach now; the kernel finishes once nothing uses it")
+    umount.add_argument("--retry", type=_nonneg_int, default=3, metavar="N",
+                        help="retries while busy (0.5 s, 1 s, 2 s ... apart)")
+    _global_options(umount, suppress=True)
     return parser
+
+
+# -- option values ------------------------------------------------------------------
+_PREFER_RE = re.compile(r"^(?:[^=]+=)?(?:node-)?[ab]$", re.I)
+
+
+def _split_res(text):
+    return text.split("=", 1) if "=" in text else (None, text)
+
+
+def check_values(args):
+    """Every value that can be judged without reading the inputs; UsageError names it."""
+    def need_file(flag, path, what="file"):
+        if not os.path.isfile(path):
+            raise UsageError(f"{flag} {path}: no such {what}")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"{flag} {path}: not readable")
+
+    for p in args.inputs:
+        if not os.path.lexists(p):
+            raise UsageError(f"{p}: no such file or directory")
+        if not os.path.exists(p):
+            raise UsageError(f"{p}: dangling symbolic link (to {os.readlink(p)})")
+    for v in getattr(args, "drbd_prefer", None) or []:
+        if not _PREFER_RE.match(v):
+            raise UsageError(f"--drbd-prefer {v}: expected [RESOURCE=]A or B")
+    for v in getattr(args, "drbd_ranges", None) or []:
+        need_file("--drbd-ranges", _split_res(v)[1])
+    for flag, key in (("--drbd-md", "drbd_md"), ("--drbd-pair", "drbd_pair")):
+        for v in getattr(args, key, None) or []:
+            dev, eq, other = v.partition("=")
+            if not eq or not dev or not other:
+                raise UsageError(f"{flag} {v}: expected DEVICE=" +
+                                 ("MD_IMAGE[@INDEX]" if key == "drbd_md" else "DEVICE"))
+            if key == "drbd_md":
+                img, at, idx = other.rpartition("@") if "@" in other else (other, "", "")
+                if at and not idx.isdigit():
+                    raise UsageError(f"--drbd-md {v}: @INDEX must be a number")
+                need_file("--drbd-md", img, "meta data image")
+    for v in getattr(args, "zfs_key", None) or []:
+        name, eq, key = v.partition("=")
+        if not eq or not name.strip("/") or not key:
+            raise UsageError(f"--zfs-key {v}: expected DATASET=KEY")
+        if key.startswith("file:"):
+            need_file("--zfs-key", key[5:], "key file")
+    for flag, key, lo in (("--zfs-txg", "zfs_txg", 1), ("--lvm-seqno", "lvm_seqno", 1)):
+        v = getattr(args, key, None)
+        if v is not None and v < lo:
+            raise UsageError(f"{flag} {v}: must be {lo} or more")
+    bits = getattr(args, "qcow2_cluster_bits", None)
+    if bits is not None and not 9 <= bits <= 21:
+        raise UsageError(f"--qcow2-cluster-bits {bits}: qcow2 clusters are 2^9 to 2^21 bytes")
+    if getattr(args, "pbs_keyfile", None):
+        need_file("--pbs-keyfile", args.pbs_keyfile, "key file")
+    for d in getattr(args, "ceph_mon", None) or []:
+        if not os.path.isdir(d):
+            raise UsageError(f"--ceph-mon {d}: no such directory")
+    for m in args.mapfile:
+        mf = m.split("=", 1)[1] if "=" in m else m
+        if not os.path.isfile(mf):
+            raise UsageError(f"mapfile {mf} does not exist")
+    for o in getattr(args, "fuse_options", None) or []:
+        for part in filter(None, (x.strip() for x in o.split(","))):
+            name = part.split("=", 1)[0]
+            if part == "rw":
+                raise UsageError("-o rw: pvfs mounts are always read-only")
+            if name in FUSE_VALUE_OPTIONS and "=" in part:
+                continue
+            if part not in FUSE_OPTIONS:
+                raise UsageError(f"-o {part}: not a FUSE mount option pvfs knows (e.g. "
+                                 "allow_other, allow_root, auto_unmount, nonempty, fsname=NAME; "
+                                 "see fuse(8))")
+
+
+def check_after_discovery(args, ctx):
+    """Values only discovery can judge: a txg, seqno, dataset or resource that is not there."""
+    entries = list(ctx.report)
+    claimed = {v.claimed_by for v in ctx.volumes}
+    bad_opt = [e for e in entries if e.code == "bad-option"]
+    if bad_opt:
+        raise UsageError(bad_opt[0].message)
+    txg = getattr(args, "zfs_txg", None)
+    if txg is not None:
+        if "zfs" not in claimed:
+            raise UsageError(f"--zfs-txg {txg}: no ZFS pool found in the inputs")
+        for e in entries:
+            if e.layer == "zfs" and f"no valid uberblock with txg {txg}" in e.message:
+                raise UsageError(f"--zfs-txg {txg}: {e.message.split(': ', 1)[-1]}")
+    seqno = getattr(args, "lvm_seqno", None)
+    if seqno is not None:
+        if "lvm" not in claimed:
+            raise UsageError(f"--lvm-seqno {seqno}: no LVM volume group found in the inputs")
+        for e in entries:
+            if e.code == "seqno-not-found":
+                raise UsageError(f"--lvm-seqno {seqno}: {e.message.split('; using')[0]}")
+    for v in getattr(args, "zfs_key", None) or []:
+        name = v.partition("=")[0].strip("/")
+        from .nodes import resolve
+
+        try:
+            found = resolve(ctx.root, f"storage/zfs/{name}") is not None
+        except Exception:
+            found = False
+        if not found:
+            raise UsageError(f"--zfs-key {name}=...: no ZFS dataset {name} found in the inputs")
+    for e in entries:
+        if e.code in ("bad-merge-rule", "bad-keyfile"):
+            raise UsageError(e.message)
+    if getattr(args, "drbd_prefer", None) and "drbd" not in claimed:
+        raise UsageError(f"--drbd-prefer {args.drbd_prefer[0]}: no DRBD resource found")
+
+
+def recognised(ctx) -> bool:
+    """Whether discovery found anything at all: a format (a raw disk only counts when
+    something is on it or it is named as a Proxmox disk), a filesystem, a storage."""
+    if any((v.claimed_by and v.claimed_by != "raw") or v.filesystem for v in ctx.volumes):
+        return True
+    if ctx.vms_root.children() or ctx.cts_root.children():
+        return True
+    return any(name != "files" for name in ctx.storage_root.children())
 
 
 def _options(args):
@@ -83,8 +338,6 @@ def _options(args):
             if len(files) != 1:
                 raise UsageError("--mapfile without IMAGE= needs exactly one input file")
             img, mf = files[0], m
-        if not os.path.isfile(mf):
-            raise UsageError(f"mapfile {mf} does not exist")
         mapfiles[os.path.abspath(img)] = mf
     backend_options = {}
     for b in load_backends():
@@ -101,12 +354,18 @@ def _discover(args):
     from .discover import discover
     from .progress import Progress
 
-    for i in args.inputs:
-        if not os.path.exists(i):
-            raise UsageError(f"{i}: no such file or directory")
+    check_values(args)
     opts = _options(args)
     with Progress(enabled=opts.progress) as progress:
-        return discover(args.inputs, opts, progress=progress)
+        ctx = discover(args.inputs, opts, progress=progress)
+    check_after_discovery(args, ctx)
+    return ctx
+
+
+def _status(ctx):
+    if not recognised(ctx):
+        return EXIT_NOTHING
+    return EXIT_DAMAGE if ctx.report.count("error") else EXIT_OK
 
 
 def cmd_scan(args):
@@ -114,21 +373,42 @@ def cmd_scan(args):
 
     ctx = _discover(args)
     sys.stdout.write(report_json(ctx) if args.json else report_text(ctx))
-    return EXIT_DAMAGE if ctx.report.count("error") else EXIT_OK
+    code = _status(ctx)
+    if code == EXIT_NOTHING:
+        print("pvfs: nothing recognised in the inputs", file=sys.stderr)
+    return code
 
 
-def cmd_mount(args):
-    if len(args.inputs) < 2:
-        raise UsageError("mount needs at least one input and a mountpoint")
-    *inputs, mountpoint = args.inputs
-    args.inputs = inputs
+def _check_mountpoint(mountpoint, fuse_options):
     if not os.path.isdir(mountpoint):
         raise UsageError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise UsageError(f"{mountpoint} is already a mount point")
+    nonempty = any("nonempty" in o.split(",") for o in fuse_options)
+    try:
+        busy = next(iter(os.scandir(mountpoint)), None) is not None
+    except OSError as e:
+        raise UsageError(f"mountpoint {mountpoint}: {e.strerror}") from None
+    if busy and not nonempty:
+        raise UsageError(f"mountpoint {mountpoint} is not empty (its files would be hidden; "
+                         "-o nonempty mounts anyway)")
+
+
+def cmd_mount(args):
+    mountpoint = args.mountpoint
+    _check_mountpoint(mountpoint, args.fuse_options)
+    check_values(args)
     if not os.path.exists("/dev/fuse"):
         raise PvfsError("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse")
     ctx = _discover(args)
+    code = _status(ctx)
+    if code == EXIT_NOTHING:
+        raise NothingRecognised("nothing recognised in the inputs; not mounted "
+                                "(run 'pvfs scan' to see what was looked at)")
+    # libfuse 3 has no 'nonempty' (it always allows it): our check above is the guard.
+    args.fuse_options = [",".join(p for p in o.split(",") if p.strip() != "nonempty")
+                         for o in args.fuse_options]
+    args.fuse_options = [o for o in args.fuse_options if o]
     errors = ctx.report.count("error")
     summary = (f"pvfs: {len(ctx.volumes)} volumes, {len(ctx.vms_root.children())} VMs, "
                f"{len(ctx.cts_root.children())} containers; damage: {errors} errors, "
@@ -139,8 +419,13 @@ def cmd_mount(args):
         print(summary, file=sys.stderr)
         serve(ctx.root, mountpoint, ctx.report, args.fuse_options, threads=args.threads,
               readahead_kb=args.readahead_kb)
-        return EXIT_OK
-    return _daemonize(ctx, mountpoint, args, summary)
+        return code
+    _daemonize(ctx, mountpoint, args, summary)
+    return code
+
+
+class NothingRecognised(PvfsError):
+    pass
 
 
 def _daemonize(ctx, mountpoint, args, summary):
@@ -155,7 +440,7 @@ def _daemonize(ctx, mountpoint, args, summary):
             msg = r.read().decode(errors="replace")
         if msg.startswith("OK"):
             print(summary, file=sys.stderr)
-            return EXIT_OK
+            return
         os.waitpid(pid, 0)
         raise PvfsError(msg.strip() or "the mount daemon died before mounting")
     # child
@@ -179,8 +464,8 @@ def _daemonize(ctx, mountpoint, args, summary):
         serve(ctx.root, mountpoint, ctx.report, args.fuse_options, ready=ready,
               threads=args.threads, readahead_kb=args.readahead_kb)
     except BaseException as e:  # noqa: BLE001
-        try:
-            os.write(wfd, f"pvfs: error: cannot mount {mountpoint}: {e}\n".encode())
+        try:  # the parent prints it after "pvfs: error: "
+            os.write(wfd, f"cannot mount {mountpoint}: {e}\n".encode())
             os.close(wfd)
         except OSError:
             pass
@@ -188,13 +473,54 @@ def _daemonize(ctx, mountpoint, args, summary):
     os._exit(code)
 
 
+def _mounted(path):
+    """Whether ``path`` is a mount point (also when its FUSE daemon is gone: ENOTCONN)."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
+                if mp == real:
+                    return True
+        return False
+    except OSError:
+        return os.path.ismount(path)
+
+
 def cmd_umount(args):
+    """guestunmount's exit codes: 0 done, 1 error, 2 still busy after the retries, 3 not mounted."""
+    mp = args.mountpoint
+    if not os.path.lexists(mp):
+        print(f"pvfs: {mp}: no such directory", file=sys.stderr)
+        return UMOUNT_ERROR
+    if not _mounted(mp):
+        print(f"pvfs: {mp} is not mounted", file=sys.stderr)
+        return UMOUNT_NOT_MOUNTED
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u", args.mountpoint] if tool else ["umount", args.mountpoint]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise PvfsError(f"cannot unmount {args.mountpoint}: {r.stderr.strip() or r.returncode}")
-    return EXIT_OK
+    if tool:
+        cmd = [tool, "-uz" if args.lazy else "-u", mp]
+    else:
+        cmd = ["umount", "-l", mp] if args.lazy else ["umount", mp]
+    delay, last = 0.5, ""
+    for attempt in range(args.retry + 1):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:
+            print(f"pvfs: cannot run {cmd[0]}: {e.strerror}", file=sys.stderr)
+            return UMOUNT_ERROR
+        if r.returncode == 0 or not _mounted(mp):
+            return UMOUNT_OK
+        last = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit {r.returncode}"]
+        last = last[0]
+        if "busy" not in last.lower():
+            print(f"pvfs: cannot unmount {mp}: {last}", file=sys.stderr)
+            return UMOUNT_ERROR
+        if attempt < args.retry:
+            time.sleep(delay)
+            delay *= 2
+    print(f"pvfs: {mp} is busy (still in use after {args.retry} retries; close what uses it, "
+          f"or 'pvfs umount --lazy {mp}'): {last}", file=sys.stderr)
+    return UMOUNT_BUSY
 
 
 def main(argv=None):
@@ -209,6 +535,9 @@ def main(argv=None):
             raise
         print(f"pvfs: usage error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except NothingRecognised as e:
+        print(f"pvfs: {e}", file=sys.stderr)
+        return EXIT_NOTHING
     except PvfsError as e:
         if args.debug:
             raise

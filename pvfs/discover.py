@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from . import ddrescue
 from .backend import ROLES, Backend, load_backends, load_errors, pick_best
 from .damage import DamageReport
-from .errors import PvfsError, UnreadableError
+from .errors import PvfsError, UnreadableError, UsageError
 from .fsprobe import detect_filesystem
 from .guestfs import GuestFilesystem
 from .namespace import OsFiles, TreeFiles
@@ -391,6 +391,9 @@ def _run_backend(ctx, backend, volume, what, fn, *args):
     except UnreadableError as e:
         ctx.report.add("error", backend.name, volume.path if volume else what, "unreadable",
                        f"{what}: {e}", e.ranges)
+    except UsageError as e:  # an option value that does not fit what was found: exit 2
+        ctx.report.add("error", backend.name, volume.path if volume else what, "bad-option",
+                       str(e))
     except PvfsError as e:
         ctx.report.add("error", backend.name, volume.path if volume else what, "open-failed",
                        f"{what}: {e}")

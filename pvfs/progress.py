@@ -16,10 +16,17 @@ class Progress:
     transient: it disappears when discovery ends.
     """
 
-    def __init__(self, enabled: bool | None = None, delay: float = 0.5) -> None:
+    def __init__(self, enabled: bool | None = None, delay: float = 0.5,
+                 interval: float = 1.0) -> None:
+        tty = sys.stderr.isatty()
         if enabled is None:
-            enabled = sys.stderr.isatty()
+            enabled = tty
         self.enabled = enabled
+        #: ``--progress`` with stderr not a terminal (a log file, a pipe): plain lines, at
+        #: most one per ``interval`` seconds, instead of a redrawn bar.
+        self.plain = enabled and not tty
+        self.interval = interval
+        self._last_line = 0.0
         self.delay = delay
         self.text = "starting"
         self.started = time.monotonic()
@@ -31,7 +38,7 @@ class Progress:
         self.total = None
 
     def __enter__(self) -> Progress:
-        if self.enabled:
+        if self.enabled and not self.plain:
             self._timer = threading.Timer(self.delay, self._start)
             self._timer.daemon = True
             self._timer.start()
@@ -66,12 +73,29 @@ class Progress:
             self.completed = completed
         if total is not None:
             self.total = total
+        if self.plain:
+            now = time.monotonic()
+            if now - self._last_line >= self.interval:
+                self._last_line = now
+                self._line(self.text)
+            return
         with self._lock:
             if self._live is not None:
                 self._live.update(self._task, description=self.text, completed=self.completed,
                                   total=self.total)
 
+    def _line(self, text: str) -> None:
+        done = f"{self.completed}/{self.total} " if self.total else ""
+        try:
+            print(f"pvfs: [{time.monotonic() - self.started:6.1f}s] {done}{text}",
+                  file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            self.plain = False
+            self.enabled = False
+
     def __exit__(self, *exc: Any) -> None:
+        if self.plain and exc[0] is None:
+            self._line(f"discovery done after {self.steps} steps")
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()

@@ -11,7 +11,7 @@ echo "== pvfs scan examples/"
 $PVFS scan examples/ || true    # exit code 3: the damaged example has bad sectors
 echo
 echo "== pvfs mount examples/ $MNT"
-$PVFS mount examples/ "$MNT"
+$PVFS mount examples/ "$MNT" || [ $? -eq 3 ]   # 3: mounted, the damaged example lost bytes
 echo
 echo "== the tree"
 find "$MNT" -maxdepth 4 | sed "s#^$MNT#MOUNTPOINT#" | sort

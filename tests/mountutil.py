@@ -31,7 +31,7 @@ def pvfs_mounted(inputs, mnt, *extra):
     os.makedirs(mnt, exist_ok=True)
     r = subprocess.run([sys.executable, "-m", "pvfs", "mount", *map(str, inputs), str(mnt), *extra],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in (0, 3), r.stderr  # 3: mounted, and the report has lost bytes
     assert os.path.ismount(mnt)
     try:
         yield mnt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -50,7 +51,7 @@ def test_scan_json_is_stable():
 
 @pytest.mark.parametrize("args, code, text", [
     (["scan", "/nonexistent/disk.img"], 2, "pvfs: usage error: /nonexistent/disk.img: no such file"),
-    (["mount", "/nonexistent/disk.img"], 2, "mount needs at least one input and a mountpoint"),
+    (["mount", "/nonexistent/disk.img"], 2, "the following arguments are required: MOUNTPOINT"),
     (["mount", EXAMPLES / "vm-100-disk-0.qcow2", "/nonexistent-mnt"], 2, "is not a directory"),
     (["scan", "--mapfile", "/nonexistent.map", EXAMPLES / "vm-100-disk-0.qcow2"], 2,
      "mapfile /nonexistent.map does not exist"),
@@ -104,3 +105,209 @@ def test_help_and_readme_agree_on_the_loss_policy():
     readme = (ROOT / "README.md").read_text()
     assert "`eio` (the default) fails the read" in readme
     assert "zeros for missing backup chunks" not in readme
+
+
+# --- the command line as a new user meets it ------------------------------------------------
+LVM_ARCHIVE = ("lvm-thin", "lvm-thin-fixtures.tar.xz")
+ZFS_ARCHIVE = ("zfs", "images", "fxstripe.tar.xz")
+
+
+@pytest.fixture(scope="module")
+def lvm_img():
+    from conftest import require_fixture, unpack
+
+    return unpack(require_fixture(*LVM_ARCHIVE)) / "pve-disk.img"
+
+
+@pytest.fixture(scope="module")
+def zfs_dir():
+    from conftest import require_fixture, unpack
+
+    return unpack(require_fixture(*ZFS_ARCHIVE)) / "fxstripe"
+
+
+def test_mount_help_shows_mountpoint_description_examples_defaults():
+    r = pvfs("mount", "--help")
+    assert r.returncode == 0
+    usage = r.stdout.split("\n\n")[0]
+    assert usage.startswith("usage: pvfs mount") and usage.rstrip().endswith(
+        "IMAGE_OR_DIR [IMAGE_OR_DIR ...] MOUNTPOINT")
+    assert "Discover like 'pvfs scan', then mount the result read-only" in r.stdout
+    assert "examples:\n  pvfs mount sda.img sdb.img /mnt/pvfs" in r.stdout
+    assert "(default: 8)" in r.stdout and "(default: 4096)" in r.stdout
+    assert "exit status: 0 mounted, nothing lost; 3 mounted, something lost" in r.stdout
+    for cmd in ("scan", "umount"):
+        r = pvfs(cmd, "--help")
+        assert "examples:" in r.stdout and "exit status:" in r.stdout, cmd
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+def test_version(flag):
+    from pvfs import __version__
+
+    r = pvfs(flag)
+    assert r.returncode == 0 and r.stdout.strip() == f"pvfs {__version__}"
+
+
+def test_global_options_before_or_after_the_command(tmp_path):
+    """``--debug`` and ``--progress`` work on either side of the subcommand; ``--progress``
+    with stderr not a terminal (here a pipe) prints plain lines."""
+    img = EXAMPLES / "vm-100-disk-0.qcow2"
+    for args in (["--progress", "scan", img], ["scan", img, "--progress"]):
+        r = pvfs(*args)
+        assert r.returncode == 0, r.stderr
+        lines = r.stderr.splitlines()
+        assert lines and all(line.startswith("pvfs: [") for line in lines), r.stderr
+        assert "discovery done" in lines[-1], r.stderr
+    r = pvfs("scan", img)  # without --progress and not on a terminal: nothing on stderr
+    assert r.stderr == ""
+    for args in (["--debug", "scan", "/nonexistent"], ["scan", "/nonexistent", "--debug"]):
+        r = pvfs(*args)  # --debug shows the traceback of a usage error
+        assert r.returncode != 0 and "Traceback" in r.stderr, args
+
+
+@pytest.mark.parametrize("args, named", [
+    (["mount", "--threads", "0", EXAMPLES, "/tmp"], "--threads: '0': must be 1 or more"),
+    (["scan", "--drbd-prefer", "C", EXAMPLES], "--drbd-prefer C: expected [RESOURCE=]A or B"),
+    (["scan", "--pbs-keyfile", "/missing", EXAMPLES], "--pbs-keyfile /missing: no such key file"),
+    (["scan", "--zfs-txg", "0", EXAMPLES], "--zfs-txg 0: must be 1 or more"),
+    (["scan", "--qcow2-cluster-bits", "30", EXAMPLES], "--qcow2-cluster-bits 30"),
+    (["scan", "--zfs-key", "rpool/data", EXAMPLES], "--zfs-key rpool/data: expected DATASET=KEY"),
+    (["scan", "--lvm-seqno", "999", EXAMPLES],
+     "--lvm-seqno 999: no LVM volume group found in the inputs"),
+    (["scan", "--zfs-txg", "99999", EXAMPLES], "--zfs-txg 99999: no ZFS pool found in the inputs"),
+    (["scan", "--drbd-md", "a.img", EXAMPLES], "--drbd-md a.img: expected DEVICE=MD_IMAGE[@INDEX]"),
+    (["mount", "-o", "bogus", EXAMPLES, "/tmp"], "-o bogus: not a FUSE mount option"),
+    (["mount", "-o", "rw", EXAMPLES, "/tmp"], "-o rw: pvfs mounts are always read-only"),
+])
+def test_bad_values_exit_2_naming_the_value(args, named, tmp_path):
+    args = [tmp_path / "mnt" if a == "/tmp" else a for a in args]
+    (tmp_path / "mnt").mkdir()
+    r = pvfs(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert named in r.stderr
+    assert r.stderr.count("pvfs:") == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stdout == ""  # nothing was scanned or printed
+
+
+def test_values_known_only_after_discovery_exit_2(lvm_img, zfs_dir):
+    r = pvfs("scan", "--lvm-seqno", "999", lvm_img)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "--lvm-seqno 999: VG pve: metadata seqno 999 is not in the ring (found 8, 9)" in r.stderr
+    r = pvfs("scan", "--zfs-txg", "99999", zfs_dir)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "--zfs-txg 99999: pool fxstripe: no valid uberblock with txg 99999 (valid: 34," in r.stderr
+    r = pvfs("scan", "--zfs-key", "fxstripe/nosuch=secret", zfs_dir)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "no ZFS dataset fxstripe/nosuch found" in r.stderr
+    assert pvfs("scan", "--lvm-seqno", "8", lvm_img).returncode == 0  # ones that exist work
+    assert pvfs("scan", "--zfs-txg", "30", zfs_dir).returncode == 0
+
+
+def test_nothing_recognised_exits_1(tmp_path):
+    d = tmp_path / "junk"
+    d.mkdir()
+    (d / "notes.txt").write_text("nothing to see\n")
+    (d / "zeros.bin").write_bytes(bytes(8192))
+    r = pvfs("scan", d)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "no format recognised" in r.stdout  # the report still says what was looked at
+    assert r.stderr == "pvfs: nothing recognised in the inputs\n"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = pvfs("mount", d, mnt)
+    assert r.returncode == 1 and "not mounted" in r.stderr
+    assert not os.path.ismount(mnt)
+
+
+# --- mount and umount (FUSE) -------------------------------------------------------------
+from mountutil import needs_fuse, unmount  # noqa: E402
+
+
+@needs_fuse
+def test_mount_refuses_a_non_empty_mountpoint_unless_nonempty(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "precious.txt").write_text("would be hidden")
+    img = EXAMPLES / "vm-100-disk-0.qcow2"
+    r = pvfs("mount", img, mnt)
+    assert r.returncode == 2 and not os.path.ismount(mnt)
+    assert f"mountpoint {mnt} is not empty" in r.stderr and "-o nonempty" in r.stderr
+    r = pvfs("mount", "-o", "nonempty", img, mnt)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert os.path.ismount(mnt) and (mnt / "vms" / "100" / "disk-0.raw").exists()
+    finally:
+        unmount(mnt)
+    assert (mnt / "precious.txt").read_text() == "would be hidden"
+
+
+@needs_fuse
+def test_mount_exit_status_says_whether_something_is_lost(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = pvfs("mount", EXAMPLES / "damaged" / "vm-102-disk-0.qcow2", mnt)
+    try:
+        assert r.returncode == 3, r.stderr  # mounted, with lost bytes (the bad sectors)
+        assert os.path.ismount(mnt) and "damage: " in r.stderr
+    finally:
+        unmount(mnt)
+
+
+@needs_fuse
+def test_umount_exit_codes_busy_lazy_not_mounted(tmp_path):
+    """guestunmount's codes: 3 not mounted, 2 still busy after the retries, 0 done;
+    --lazy detaches a busy mount."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = pvfs("umount", mnt)
+    assert r.returncode == 3 and r.stderr == f"pvfs: {mnt} is not mounted\n"
+    r = pvfs("umount", tmp_path / "nosuch")
+    assert r.returncode == 1
+    assert pvfs("mount", EXAMPLES / "vm-100-disk-0.qcow2", mnt).returncode == 0
+    try:
+        with open(mnt / "vms" / "100" / "disk-0.raw", "rb"):
+            r = pvfs("umount", "--retry", "1", mnt)
+            assert r.returncode == 2, r.stderr
+            assert "is busy" in r.stderr and "--lazy" in r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1
+            assert os.path.ismount(mnt)
+            r = pvfs("umount", "--lazy", mnt)
+            assert r.returncode == 0, r.stderr
+            assert not os.path.ismount(mnt)
+    finally:
+        unmount(mnt)
+    assert pvfs("mount", EXAMPLES / "vm-100-disk-0.qcow2", mnt).returncode == 0
+    r = pvfs("umount", mnt)
+    assert r.returncode == 0 and r.stderr == "" and not os.path.ismount(mnt)
+
+
+def test_man_page_and_completion_match_the_parser(tmp_path):
+    """docs/pvfs.1 and completions/pvfs are generated from the argparse definitions; a
+    changed option without regenerating them fails here."""
+    import shutil
+
+    from pvfs import clidocs
+
+    assert clidocs.main(["--check"]) == 0, "run: python -m pvfs.clidocs"
+    page = clidocs.MAN_PATH.read_text()
+    assert "\\fB\\-\\-threads\\fR\\fI N\\fR" in page and "(default: 8)" in page
+    if shutil.which("groff"):
+        r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", str(clidocs.MAN_PATH)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        text = " ".join(re.sub(".\x08", "", r.stdout).split())  # no overstrike (bold)
+        assert "IMAGE_OR_DIR [IMAGE_OR_DIR ...] MOUNTPOINT" in text
+    # The completion, run by bash as bash-completion would.
+    script = tmp_path / "t.sh"
+    script.write_text(f"""
+source {clidocs.COMPLETION_PATH}
+show() {{ COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _pvfs; echo "${{COMPREPLY[*]}}"; }}
+show pvfs sc
+show pvfs scan --ba
+show pvfs scan --bad ''
+show pvfs mount --pbs-ver
+show pvfs --deb
+""")
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True).stdout.splitlines()
+    assert out == ["scan", "--bad", "eio zero", "--pbs-verify", "--debug"]

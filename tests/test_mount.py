@@ -196,3 +196,59 @@ def test_handler_exception_is_eio_and_mount_survives_then_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
         unmount(mnt)
+
+
+HANG_SCRIPT = textwrap.dedent("""
+    import sys, threading
+    from pvfs.nodes import Dir, File
+    from pvfs.source import Source
+    from mountd.daemon import serve
+
+    class Hanging(Source):  # a read that never returns (a stuck device, a hung NFS file)
+        size = 1 << 20
+        label = "hanging"
+        def _read(self, offset, length):
+            print("READING", flush=True)
+            threading.Event().wait()
+
+    root = Dir()
+    root.add("hang.bin", File(Hanging()))
+    serve(root, sys.argv[1], None, threads=int(sys.argv[2]),
+          ready=lambda: print("READY", flush=True))
+""")
+
+
+@needs_fuse
+def test_sigterm_ends_the_daemon_with_reads_in_flight(tmp_path):
+    """A read stuck in a backend must not make the daemon unkillable: SIGTERM unmounts
+    and exits, and the stuck reader gets an error instead of hanging in D state."""
+    import threading
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", HANG_SCRIPT, str(mnt), "1"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = {}
+
+    def reader():
+        try:
+            with open(mnt / "hang.bin", "rb") as f:
+                result["data"] = os.pread(f.fileno(), 4096, 0)
+        except OSError as e:
+            result["errno"] = e.errno
+
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        assert proc.stdout.readline().strip() == "READING"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        t.join(timeout=20)
+        assert not t.is_alive(), "the reader is still stuck after the daemon exited"
+        assert "errno" in result, result
+        assert not os.path.ismount(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        unmount(mnt)

@@ -12,7 +12,7 @@ class PbsBackend(Backend):
     name = "pbs"
     roles = ()  # works on directories only
     cli_options = [
-        ("--pbs-keyfile", {"help": "PBS client key file (JSON) to decrypt encrypted backups; "
+        ("--pbs-keyfile", {"metavar": "FILE", "help": "PBS client key file (JSON) to decrypt encrypted backups; "
                                    "its password is read from PBS_ENCRYPTION_PASSWORD"}),
         ("--pbs-verify", {"choices": ["exists", "full"], "default": None,
                           "help": "check every referenced chunk at mount time: 'exists' (default) "

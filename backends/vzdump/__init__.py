@@ -12,7 +12,7 @@ class VzdumpBackend(Backend):
     name = "vzdump"
     roles = ("input",)
     cli_options = [
-        ("--vzdump-index-dir", {"help": "where the persistent vzdump indexes are kept "
+        ("--vzdump-index-dir", {"metavar": "DIR", "help": "where the persistent vzdump indexes are kept "
                                         "(default ~/.cache/pvfs/vzdump; 'none' keeps them in memory)"}),
         ("--vzdump-seek-cache", {"choices": ["auto", "off"], "default": None,
                                  "help": "auto (default): when a .zst/.gz archive is one big frame/member, keep "
