@@ -203,37 +203,43 @@ def populate_inline(root: Path):
 def kernel_truth(image, opts: str = "") -> dict:
     """The kernel's view: {path: record} of every entry below the root (``opts``: more
     mount options, e.g. ``noload`` for the unreplayed state of a dirty journal)."""
-    out = {}
     with Mounted(image, opts=opts) as mnt:
-        base = os.fsencode(str(mnt))
-        for dirpath, dirnames, filenames in os.walk(base):
-            for name in sorted(dirnames + filenames):
-                full = os.path.join(dirpath, name)
-                rel = os.path.relpath(full, base)
-                st = os.lstat(full)
-                rec = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
-                       "mtime_ns": st.st_mtime_ns, "atime_ns": st.st_atime_ns,
-                       "ctime_ns": st.st_ctime_ns, "nlink": st.st_nlink, "ino": st.st_ino,
-                       "size": st.st_size, "blocks": st.st_blocks}
-                if stat.S_ISREG(st.st_mode):
-                    h = hashlib.sha256()
-                    with open(full, "rb") as f:
-                        while chunk := f.read(1 << 20):
-                            h.update(chunk)
-                    rec["sha256"] = h.hexdigest()
-                elif stat.S_ISLNK(st.st_mode):
-                    rec["target"] = os.readlink(full).hex()
-                elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                    rec["rdev"] = st.st_rdev
-                xa = {}
-                for k in os.listxattr(full, follow_symlinks=False):
-                    xa[k] = os.getxattr(full, k, follow_symlinks=False).hex()
-                rec["xattrs"] = xa
-                out[rel.decode("utf-8", "surrogateescape")] = rec
-        st = os.lstat(base)
-        out[""] = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
-                   "mtime_ns": st.st_mtime_ns, "nlink": st.st_nlink, "ino": st.st_ino,
-                   "xattrs": {k: os.getxattr(base, k).hex() for k in os.listxattr(base)}}
+        return tree_truth(mnt)
+
+
+def tree_truth(top) -> dict:
+    """{path: record} of every entry below the directory ``top`` (lstat, sha256,
+    readlink, listxattr/getxattr), and of ``top`` itself as ""."""
+    out = {}
+    base = os.fsencode(str(top))
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, base)
+            st = os.lstat(full)
+            rec = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
+                   "mtime_ns": st.st_mtime_ns, "atime_ns": st.st_atime_ns,
+                   "ctime_ns": st.st_ctime_ns, "nlink": st.st_nlink, "ino": st.st_ino,
+                   "size": st.st_size, "blocks": st.st_blocks}
+            if stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256()
+                with open(full, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                rec["sha256"] = h.hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                rec["target"] = os.readlink(full).hex()
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                rec["rdev"] = st.st_rdev
+            xa = {}
+            for k in os.listxattr(full, follow_symlinks=False):
+                xa[k] = os.getxattr(full, k, follow_symlinks=False).hex()
+            rec["xattrs"] = xa
+            out[rel.decode("utf-8", "surrogateescape")] = rec
+    st = os.lstat(base)
+    out[""] = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
+               "mtime_ns": st.st_mtime_ns, "nlink": st.st_nlink, "ino": st.st_ino,
+               "xattrs": {k: os.getxattr(base, k).hex() for k in os.listxattr(base)}}
     return out
 
 
