@@ -105,6 +105,16 @@ def _exercise(m: Path, variant: str):
     for i in range(200):
         _write(m / "tmp" / f"scratch-file-with-a-long-name-{i:04d}", os.urandom(100))
     os.symlink("home/user/notes.txt", m / "notes-link")
+    keep = m / "keep"  # many entries that exist only in the journal (htree directory)
+    for i in range(150):
+        sub = keep / f"d{i % 7}"
+        sub.mkdir(parents=True, exist_ok=True)
+        name = f"{i:03d}-" + ("ä" * (i % 5)) + ("n" * (i % 120))
+        _write(sub / name, os.urandom((i * 997) % 20000))
+        if i % 10 == 0:
+            os.setxattr(sub / name, "user.i", str(i).encode())
+        if i % 25 == 0:
+            os.symlink("x" * (i + 60), sub / f"{name}.lnk")
     _commit(m, 1)
     # transaction 2: append, rename, delete (the tmp directory's blocks are revoked),
     # chmod/chown, a hard link, an xattr
@@ -126,6 +136,11 @@ def _exercise(m: Path, variant: str):
     _write(m / "srv" / "www" / "index.html", b"<h1>hello</h1>\n")
     os.unlink(m / "magic.bin")
     _write(m / "magic2.bin", MAGIC + b"escaped again " * 300)
+    for p in sorted((m / "keep" / "d3").iterdir())[:5]:
+        if p.is_symlink():
+            continue
+        _write(p, b"rewritten in transaction 3\n", append=True)
+        os.utime(p, ns=(1_000_000_123, 2_000_000_456))
     _commit(m, 3)
     # not committed: must not appear after replay
     _write(m / "uncommitted.txt", b"never committed\n")
