@@ -16,6 +16,8 @@ from ext4_build import compare_tree, kernel_truth, need_root
 from ext4_dirty import VARIANTS, clean_image, dirty_image
 from mountutil import needs_fuse, pvfs_mounted
 
+from backends.ext4 import recovery
+from backends.ext4.superblock import read_superblock
 from pvfs.discover import Options, discover
 from pvfs.source import FileSource, PatchedSource
 
@@ -108,3 +110,25 @@ def test_fuse_mount_reads_replayed_files(tmp_path):
     with pvfs_mounted([d / "dirty.img"], tmp_path / "m2", "--guest-journal", "ignore") as m:
         assert not (m / base / "srv").exists()
         assert (m / base / "etc" / "old.conf").exists()  # renamed in transaction 2
+
+
+def test_journal_on_bad_sectors_shows_unreplayed_state(tmp_path):
+    """A ddrescue mapfile marks one logged block of the journal bad: the journal is not
+    replayed, the report names the bytes, and the tree is the unreplayed (noload) state."""
+    need_root()
+    d = dirty_image("ext4-4k")
+    src = FileSource(d / "dirty.img")
+    sb = read_superblock(src)
+    j, _ = recovery.open_journal(src, sb)
+    bad = j.bmap(j.sb.start + 3) * sb.block_size  # inside the first transaction's blocks
+    link = tmp_path / "dirty.img"
+    link.symlink_to(d / "dirty.img")
+    size = src.size
+    (tmp_path / "dirty.img.map").write_text(
+        f"0 +\n0x0 {bad:#x} +\n{bad:#x} 0x200 -\n{bad + 0x200:#x} {size - bad - 0x200:#x} +\n")
+    ctx, vol = _open(link)
+    assert vol.guestfs.info.journal == "unreadable, not replayed"
+    e = [e for e in ctx.report if e.code == "journal-unreadable"]
+    assert len(e) == 1 and e[0].severity == "error" and e[0].ranges == ((bad, 0x200),)
+    n, bad_entries = compare_tree(vol.guestfs_root, _truth(d / "dirty.img", "noload"))
+    assert not bad_entries, bad_entries[:20]
