@@ -16,6 +16,7 @@ crypto driver names), ``crypto/xxhash_generic.c`` (``put_unaligned_le64`` of the
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import crc32c as _crc32c
 import xxhash as _xxhash
@@ -60,3 +61,16 @@ class Checksum:
 
     def matches(self, data, stored) -> bool:
         return self.fn(data) == bytes(stored[:self.size])
+
+    def sectors(self, data, sectorsize: int) -> bytes:
+        """The checksums of every ``sectorsize`` piece of ``data``, one after another
+        (the layout of an ``EXTENT_CSUM`` item)."""
+        mv = memoryview(data)
+        rng = range(0, len(mv), sectorsize)
+        if self.type == CSUM_TYPE_CRC32:
+            crc = _crc32c.crc32c
+            return struct.pack(f"<{len(rng)}I", *[crc(mv[r:r + sectorsize]) for r in rng])
+        if self.type == CSUM_TYPE_XXHASH:
+            xx = _xxhash.xxh64_intdigest
+            return struct.pack(f"<{len(rng)}Q", *[xx(mv[r:r + sectorsize]) for r in rng])
+        return b"".join(self.fn(mv[r:r + sectorsize]) for r in rng)

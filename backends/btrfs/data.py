@@ -52,41 +52,54 @@ class LogicalSource(Source):
         self.ss = dev.sectorsize
         self.csize = dev.csum.size
         self._csum_warned = False
+        self._last_run = None  # (start, end, csum item) that covered the last read
         self.has_unreadable = getattr(dev.source, "has_unreadable", False)
 
     # -- checksums ---------------------------------------------------------------------
     def csums(self, a: int, b: int, path: str):
-        """Expected checksum of every sector in ``[a, b)`` (sector aligned): a list of
-        bytes, None for a sector without one.  None for all when the csum tree fails."""
-        n = (b - a) // self.ss
-        out = [None] * n
-        if self.csum_root is None:
-            return out
-        cs = self.csize
-        try:
-            found = last_at_or_before(self.dev, self.csum_root, (S.EXTENT_CSUM_OBJECTID,
-                                                                 CSUM_KEY_TYPE, a))
-            runs = [found] if found is not None else []
-            if b - 1 > a:
-                runs.extend(items(self.dev, self.csum_root,
-                                  (S.EXTENT_CSUM_OBJECTID, CSUM_KEY_TYPE, a + 1),
-                                  (S.EXTENT_CSUM_OBJECTID, CSUM_KEY_TYPE, b - 1)))
-        except BtrfsError as e:
-            if not self._csum_warned:
-                self._csum_warned = True
-                self.report("warning", path, "csum-tree-unreadable",
-                            f"data checksums cannot be read ({e}); data is served unchecked")
-            return out
-        for (oid, ktype, start), data in runs:
+        """Expected checksums of the sectors in ``[a, b)`` (sector aligned), packed as in
+        an ``EXTENT_CSUM`` item, and which sectors have one: ``(want, have)`` where
+        ``have`` is None when every sector has a checksum, else a list of booleans."""
+        ss, cs = self.ss, self.csize
+        n = (b - a) // ss
+        want = bytearray(n * cs)
+        have = [False] * n
+        runs = []
+        if self.csum_root is not None:
+            hit = self._last_run
+            if hit is not None and hit[0] <= a and b <= hit[1]:
+                runs = [hit[2]]
+            else:
+                try:
+                    key = (S.EXTENT_CSUM_OBJECTID, CSUM_KEY_TYPE, a)
+                    found = last_at_or_before(self.dev, self.csum_root, key)
+                    runs = [found] if found is not None else []
+                    if b - 1 > a:
+                        runs.extend(items(self.dev, self.csum_root,
+                                          (S.EXTENT_CSUM_OBJECTID, CSUM_KEY_TYPE, a + 1),
+                                          (S.EXTENT_CSUM_OBJECTID, CSUM_KEY_TYPE, b - 1)))
+                except BtrfsError as e:
+                    if not self._csum_warned:
+                        self._csum_warned = True
+                        self.report("warning", path, "csum-tree-unreadable",
+                                    f"data checksums cannot be read ({e}); data is served "
+                                    f"unchecked")
+                    runs = []
+        for run in runs:
+            (oid, ktype, start), data = run
             if oid != S.EXTENT_CSUM_OBJECTID or ktype != CSUM_KEY_TYPE:
                 continue
-            count = len(data) // cs
-            lo = max(a, start)
-            hi = min(b, start + count * self.ss)
-            for sec in range(lo, hi, self.ss):
-                i = (sec - start) // self.ss
-                out[(sec - a) // self.ss] = data[i * cs:(i + 1) * cs]
-        return out
+            end = start + len(data) // cs * ss
+            lo, hi = max(a, start), min(b, end)
+            if lo >= hi:
+                continue
+            if start <= a and b <= end:
+                self._last_run = (start, end, run)  # the next read is likely in it too
+            i, j = (lo - a) // ss, (hi - a) // ss
+            k = (lo - start) // ss
+            want[i * cs:j * cs] = data[k * cs:(k + j - i) * cs]
+            have[i:j] = [True] * (j - i)
+        return bytes(want), (None if all(have) else have)
 
     # -- reading -----------------------------------------------------------------------
     def _pieces(self, offset, length):
@@ -141,23 +154,32 @@ class LogicalSource(Source):
         return self._read_verified(pos, n, copies, path, checks=False)
 
     def _read_verified(self, pos, n, copies, path, checks=True):
-        ss = self.ss
+        ss, cs = self.ss, self.csize
         a = pos - pos % ss
         b = -(-(pos + n) // ss) * ss
-        want = self.csums(a, b, path) if checks else [None] * ((b - a) // ss)
+        nsec = (b - a) // ss
+        if checks:
+            want, have = self.csums(a, b, path)
+        else:
+            want, have = bytes(nsec * cs), [False] * nsec
         base = copies[0] - (pos - a)
         try:
             data = self.dev.read_phys(base, b - a)
             first_err = None
         except UnreadableError as e:
             data, first_err = None, e
-        if data is not None and all(w is None for w in want):
-            return data[pos - a:pos - a + n]
-        fn, cs = self.dev.csum.fn, self.csize
+        if data is not None:
+            if have is not None and not any(have):
+                return data if (a, b) == (pos, pos + n) else data[pos - a:pos - a + n]
+            got = self.dev.csum.sectors(data, ss)
+            if got == want:
+                return data if (a, b) == (pos, pos + n) else data[pos - a:pos - a + n]
+        fn = self.dev.csum.fn
         out = bytearray(data) if data is not None else bytearray(b - a)
-        for i, w in enumerate(want):
+        for i in range(nsec):
             rel = i * ss
-            if data is not None and (w is None or fn(data[rel:rel + ss])[:cs] == w):
+            w = want[i * cs:(i + 1) * cs] if have is None or have[i] else None
+            if data is not None and (w is None or got[i * cs:(i + 1) * cs] == w):
                 continue
             good = None
             problems = ["copy 1 unreadable" if data is None else "copy 1 checksum mismatch"]

@@ -39,7 +39,7 @@ from pvfs.source import BytesSource, MissingSource
 from . import structs as S
 from .compress import DecompressError, decompress
 from .data import CompressedExtent, FileData, LogicalSource
-from .tree import TreeRoot, items, lookup
+from .tree import TreeRoot, items, items_of, lookup
 from .volume import BtrfsError, TreeBlockError
 
 LAYER = "btrfs"
@@ -269,6 +269,8 @@ class BtrfsFilesystem(GuestFilesystem):
         missing: list[str] = []
         hint = f"{self.path}/{relpath}".rstrip("/")
         report = self.ctx.report if self.ctx is not None else None
+        loaded = self.load_inodes(sv, [e.loc[0] for e in entries
+                                       if e.loc[1] == S.INODE_ITEM_KEY], relpath)
         for e in entries:
             name = e.name.decode("utf-8", "surrogateescape")
             child_rel = f"{relpath}/{name}" if relpath else name
@@ -276,7 +278,7 @@ class BtrfsFilesystem(GuestFilesystem):
                 if e.loc[1] == S.ROOT_ITEM_KEY:
                     node = self._subvol_link(tree_id, ino, e, child_rel)
                 elif e.loc[1] == S.INODE_ITEM_KEY:
-                    node = self.inode_node(tree_id, e.loc[0], child_rel, missing)
+                    node = self.inode_node(tree_id, e.loc[0], child_rel, missing, loaded)
                 else:
                     self.report("error", child_rel, "bad-dir-entry",
                                 f"directory entry points at key type {e.loc[1]}")
@@ -307,32 +309,19 @@ class BtrfsFilesystem(GuestFilesystem):
             return Dir(mode=0o755)
         return self.inode_node(child, sv.dirid, relpath, [])
 
-    def inode_node(self, tree_id: int, ino: int, relpath: str, missing: list):
-        """The node of inode ``ino`` of tree ``tree_id`` (None, reported, if broken)."""
+    def inode_node(self, tree_id: int, ino: int, relpath: str, missing: list, loaded=None):
+        """The node of inode ``ino`` of tree ``tree_id`` (None, reported, if broken).
+
+        ``loaded`` is what :meth:`load_inodes` read for a whole directory at once."""
         key = (tree_id, ino)
         with self._lock:
             node = self._nodes.get(key)
         if node is not None:
             return self._place(key, node, relpath)
         sv = self.subvol(tree_id)
-        lost = []
-
-        def damage(lo, hi, err):
-            lost.append(err)
-            self._lost_block(relpath, tree_id, lo, hi, err)
-
-        raw_inode = None
-        xattrs: dict[bytes, bytes] = {}
-        for (_oid, ktype, _koff), data in items(self.dev, sv.root, (ino, S.INODE_ITEM_KEY, 0),
-                                                (ino, S.XATTR_ITEM_KEY, MAX), damage):
-            if ktype == S.INODE_ITEM_KEY and raw_inode is None:
-                raw_inode = data
-            elif ktype == S.XATTR_ITEM_KEY and len(xattrs) < MAX_XATTRS:
-                try:
-                    for x in parse_dir_items(data):
-                        xattrs[x.name] = x.data
-                except BtrfsError as err:
-                    self.report("error", relpath, "bad-xattr", str(err))
+        if loaded is None:
+            loaded = self.load_inodes(sv, [ino], relpath)
+        raw_inode, xattrs, lost = loaded.get(ino, (None, {}, False))
         if raw_inode is None:
             if lost:
                 missing.append(relpath.rpartition("/")[2])
@@ -349,6 +338,37 @@ class BtrfsFilesystem(GuestFilesystem):
         with self._lock:
             node = self._nodes.setdefault(key, node)
         return self._place(key, node, relpath)
+
+    def load_inodes(self, sv: Subvol, inos, relpath: str) -> dict:
+        """``{ino: (inode item, xattrs, lost)}`` for the inodes ``inos`` of ``sv``, read in
+        one walk (``lost``: no inode item, and a lost tree block could have held it)."""
+        wanted = sorted(set(inos))
+        lost_ranges = []
+
+        def damage(lo, hi, err):
+            lost_ranges.append((lo, hi))
+            self._lost_block(relpath, sv.tree_id, lo, hi, err)
+
+        out: dict[int, list] = {}
+        for (oid, ktype, _koff), data in items_of(self.dev, sv.root, wanted, S.INODE_ITEM_KEY,
+                                                  S.XATTR_ITEM_KEY, damage):
+            rec = out.setdefault(oid, [None, {}, False])
+            if ktype == S.INODE_ITEM_KEY and rec[0] is None:
+                rec[0] = data
+            elif ktype == S.XATTR_ITEM_KEY and len(rec[1]) < MAX_XATTRS:
+                try:
+                    for x in parse_dir_items(data):
+                        rec[1][x.name] = x.data
+                except BtrfsError as err:
+                    self.report("error", relpath, "bad-xattr", f"inode {oid}: {err}")
+        if lost_ranges:
+            for ino in wanted:
+                rec = out.setdefault(ino, [None, {}, False])
+                k = (ino, S.INODE_ITEM_KEY, 0)
+                if rec[0] is None and any((lo is None or lo <= k) and (hi is None or k < hi)
+                                          for lo, hi in lost_ranges):
+                    rec[2] = True
+        return {k: tuple(v) for k, v in out.items()}
 
     def _place(self, key, node, relpath):
         """A directory is shown in one place only (a loop or a hard-linked directory
