@@ -83,16 +83,35 @@ def test_image_has_every_kind_of_extent(main_image):
 S_COMPRESS = {"none": 0, "zlib": 1, "lzo": 2, "zstd": 3}
 
 
-@pytest.mark.parametrize("csum", ["xxhash", "sha256", "blake2"])
-def test_checksum_types(csum):
-    """Superblock, tree blocks and data checked with each checksum mkfs.btrfs offers."""
-    img, view = cached_image(f"small-{csum}", lambda p: build_image(
-        p, size=200 << 20, mkfs_args=("--csum", csum), fill=populate_small))
+VARIANTS = {
+    "xxhash": ("--csum", "xxhash"),
+    "sha256": ("--csum", "sha256"),
+    "blake2": ("--csum", "blake2"),
+    "mixed-4k-nodes": ("--mixed",),  # data and metadata in the same chunks, 4 KiB nodes
+    "64k-nodes": ("--nodesize", "65536"),
+    "dup-data": ("--data", "dup"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_mkfs_variants(variant):
+    """Checksum types, mixed block groups, node sizes and DUP data, each equal to the
+    kernel's view."""
+    img, view = cached_image(f"small-{variant}", lambda p: build_image(
+        p, size=256 << 20, mkfs_args=VARIANTS[variant], fill=populate_small))
     ctx, root = open_image(FileSource(img))
     problems = compare(root, view, empty_subvol_dirs(view))
     assert not any(problems.values()), problems
     assert len(view) > 50
-    vol = next(v for v in ctx.volumes if v.guestfs is not None)
-    name = {"xxhash": "xxhash64", "sha256": "sha256", "blake2": "blake2b"}[csum]
-    assert any(n.startswith(f"checksums {name};") for n in vol.guestfs.info.notes)
+    notes = next(v for v in ctx.volumes if v.guestfs is not None).guestfs.info.notes
+    sb = dump_super(img)
+    if variant in ("xxhash", "sha256", "blake2"):
+        name = {"xxhash": "xxhash64", "sha256": "sha256", "blake2": "blake2b"}[variant]
+        assert any(n.startswith(f"checksums {name};") for n in notes)
+    elif variant == "mixed-4k-nodes":
+        assert sb["nodesize"] == 4096 and any("data+metadata" in n for n in notes)
+    elif variant == "64k-nodes":
+        assert sb["nodesize"] == 65536
+    else:
+        assert any("data DUP" in n for n in notes)
     assert not [e for e in ctx.report if e.severity != "info"]

@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 from btrfs_image import (
-    build_two_devices, build_with_log_tree, cached_image, compare, empty_subvol_dirs, have_tools,
-    kernel_view_no_log_replay, kernel_view_two_devices, open_image, time_limit,
+    build_image, build_two_devices, build_with_log_tree, cached_image, compare, empty_subvol_dirs, have_tools,
+    kernel_view_no_log_replay, kernel_view_two_devices, open_image, populate_small, time_limit,
 )
 
 from pvfs.errors import UnreadableError
@@ -229,3 +229,43 @@ def test_log_tree_is_reported_not_replayed():
     assert vol.guestfs.info.journal == "log tree present, not replayed"
     assert vol.guestfs.info.clean is None
     assert any(e.code == "log-tree-not-replayed" for e in ctx.report)
+
+
+def test_bad_sector_in_dup_data_is_read_from_the_other_copy():
+    """mkfs.btrfs --data dup: a flipped byte in copy 1 of a data sector is taken from
+    copy 2 (info entry), so the file still equals the kernel's view."""
+    img, view = cached_image("small-dup-data", lambda p: build_image(
+        p, size=256 << 20, mkfs_args=("--data", "dup"), fill=populate_small))
+    dump = dump_tree(img)
+    ino = int(view["random.bin"]["inode"].split(":")[1])
+    _foff, logical, _num = _first_data_extent(dump, ino)
+    phys = mirrors(img, logical + 4096, 4096)
+    assert len(phys) == 2
+    f = FileSource(img)
+    good = f.read(phys[0], 4096)
+    ctx, tree = open_image(PatchedSource(f, {phys[0] + 7: bytes([good[7] ^ 0x55])}))
+    problems = compare(tree, view, empty_subvol_dirs(view))
+    assert not any(problems.values()), problems
+    e = next(e for e in ctx.report if e.code == "data-repaired")
+    assert e.severity == "info" and "copy 1 checksum mismatch" in e.message
+    assert not [e for e in ctx.report if e.severity == "error"]
+
+
+def test_bad_compressed_extent_is_eio_and_reported(image):
+    """A flipped byte in an lzo extent fails the checksum over the compressed bytes:
+    the 128 KiB the extent holds read as EIO, the rest of the file reads."""
+    img, view, dump, _inodes, _leaf = image
+    ino = int(view["text-lzo.txt"]["inode"].split(":")[1])
+    m = re.search(rf"key \({ino} EXTENT_DATA (\d+)\).*?\n.*?type 1 \(regular\)\n"
+                  rf"\s+extent data disk byte (\d+) nr (\d+)\n.*?\n"
+                  rf"\s+extent compression 2 \(lzo\)", dump)
+    foff, disk, _nr = map(int, m.groups())
+    phys = mirrors(img, disk, 4096)[0]
+    good = FileSource(img).read(phys, 4096)
+    ctx, tree = open_image(PatchedSource(FileSource(img), {phys + 40: bytes([good[40] ^ 1])}))
+    src = resolve(tree, "text-lzo.txt").source
+    with pytest.raises(UnreadableError):
+        src.read(foff + 5000, 100)
+    assert len(src.read(foff + (128 << 10), 4096)) == 4096  # the next extent is fine
+    e = next(e for e in ctx.report if e.code == "data-unreadable")
+    assert e.path.endswith(".files/text-lzo.txt") and "checksum mismatch" in e.message
