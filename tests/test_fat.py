@@ -36,7 +36,7 @@ ENV = {**os.environ, "TZ": "UTC", "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C.UTF-8"}
 LONG255 = "L" * 251 + ".txt"  # a 255-character long name (pytsk3 cuts it to 247)
 
 
-def make_tree(root, n_many=600, unicode_astral=True):
+def make_tree(root, n_many=600, unicode_astral=True, big2=True):
     """The tree every image gets: long, unicode and case-flagged names, a 255-char name,
     a 24-level path, a 3 MiB file, a 600-file directory, old and far-future mtimes."""
     rnd = random.Random(11)
@@ -57,6 +57,8 @@ def make_tree(root, n_many=600, unicode_astral=True):
     }
     if unicode_astral:
         files["emoji-😀.txt"] = b"astral plane\n"
+    if big2:  # with 512-byte clusters its chain crosses FAT chunk boundaries (16384, 32768)
+        files["big2.bin"] = rnd.randbytes(14 << 20)
     deep = "/".join(f"level{i:02d}" for i in range(24))
     files[f"deep/{deep}/bottom.txt"] = b"bottom\n"
     for i in range(n_many):
@@ -90,9 +92,9 @@ def _run(*cmd, **kw):
     subprocess.run(cmd, check=True, env=ENV, capture_output=True, **kw)
 
 
-def build_fat(dest, fat_bits, size_kb, cluster_sectors, tree=make_tree):
+def build_fat(dest, fat_bits, size_kb, cluster_sectors, tree=make_tree, **tree_opts):
     stage = f"{dest}.stage"
-    tree(stage, unicode_astral=False)  # mtools 4.0.32 stores no astral-plane names
+    tree(stage, unicode_astral=False, **tree_opts)  # mtools 4.0.32 stores no astral names
     img = f"{dest}.img"
     _run("mkfs.fat", "-F", str(fat_bits), "-s", str(cluster_sectors), "-n", f"FAT{fat_bits}",
          "-i", "1234abcd", "-C", img, str(size_kb))
@@ -167,10 +169,10 @@ def walk_host(top):
 def build_all(dest):
     manifest = {
         # FAT32 needs >= 65525 clusters (mtools and Windows decide the type by the count)
-        "fat32": build_fat(f"{dest}/fat32", 32, 300 << 10, 8),
-        "fat16": build_fat(f"{dest}/fat16", 16, 40 << 10, 4),
-        "fat12": build_fat(f"{dest}/fat12", 12, 8 << 10, 8),
-        "exfat": build_exfat(f"{dest}/exfat"),
+        "fat32": build_fat(f"{dest}/fat32", 32, 300 << 10, 1),
+        "fat16": build_fat(f"{dest}/fat16", 16, 30 << 10, 1),
+        "fat12": build_fat(f"{dest}/fat12", 12, 8 << 10, 8, big2=False),
+        "exfat": build_exfat(f"{dest}/exfat", mkfs_opts=("-c", "512")),
         "fat12-small": build_fat(f"{dest}/fat12-small", 12, 1024, 1, tree=make_small_tree),
         "exfat-small": build_exfat(f"{dest}/exfat-small", 2 << 20, make_small_tree,
                                    ("-b", "4096", "-c", "512")),
@@ -340,11 +342,13 @@ def test_unreadable_fat1_sector_uses_fat2(images):
     src = FileSource(images / m["image"])
     geo = _fat_geometry(src)
     # the FAT sectors holding big.bin's chain (and the root's) are unreadable in FAT #1
-    bad = BadRangeSource(src, [(geo.fat_offset, 16 * 512)])
+    # and 1 KiB across the first 128 KiB chunk boundary, which big2.bin's chain crosses
+    bad = BadRangeSource(src, [(geo.fat_offset, 16 * 512),
+                               (geo.fat_offset + (128 << 10) - 512, 1024)])
     ctx, _fs, root = open_fs(bad, FatBackend())
     compare(tree_view(root), m["entries"], 2_000_000_000)
     msgs = [e.message for e in ctx.report if e.code == "fat-copy-used"]
-    assert msgs and "FAT #2 used" in msgs[0]
+    assert len(msgs) == 2 and all("FAT #2 used" in m for m in msgs)
 
 
 def test_inconsistent_fat1_entry_uses_fat2(images):
@@ -375,7 +379,7 @@ def test_zeroed_directory_cluster_loses_only_its_entries(images):
     view = tree_view(root2)
     truth = m["entries"]
     lost = [p for p in truth if p not in view]
-    assert 20 < len(lost) < 100 and all(p.startswith("many/") for p in lost)
+    assert 0 < len(lost) <= cs // 64 and all(p.startswith("many/") for p in lost)
     assert [e.code for e in ctx.report if e.severity == "error"] == ["dir-cluster-zeroed"]
     compare(view, {p: t for p, t in truth.items() if p in view}, 2_000_000_000)
 
@@ -452,7 +456,7 @@ def test_exfat_backup_boot_region_and_zeroed_dir_cluster(images):
     ctx, _fs, root2 = open_fs(PatchedSource(src, {off: bytes(cs)}), ExfatBackend())
     view = tree_view(root2)
     lost = [p for p in m["entries"] if p not in view]
-    assert 0 < len(lost) < 100 and all(p.startswith("many/") for p in lost)
+    assert 0 < len(lost) <= cs // 96 + 2 and all(p.startswith("many/") for p in lost)
     assert "dir-cluster-zeroed" in codes(ctx)
     compare(view, {p: t for p, t in m["entries"].items() if p in view}, 10_000_000)
 
@@ -532,7 +536,7 @@ def _fuzz(images, kind, backend, span, data):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-FUZZ = settings(max_examples=250, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -7,7 +7,7 @@
 - torvalds/linux fs/fat/fatent.c (FAT12/16/32 entry access), dosfstools src/fat.c (fsck.fat
   compares the FAT copies and uses the second when the first is unreadable).
 
-The table is read in chunks of :data:`CHUNK` bytes, decoded with numpy and cached in
+The table is read in chunks of :data:`CHUNK_ENTRIES` entries, decoded with numpy and cached in
 :data:`pvfs.cache.METADATA_CACHE`.  A chunk of the active FAT that cannot be read is taken
 from the other copy; an entry of the active FAT that cannot be right inside a chain (free,
 reserved, out of range, bad) is looked up in the other copy too.  Both are reported once.
@@ -25,8 +25,7 @@ import numpy as np
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import UnreadableError
 
-CHUNK = 64 * 1024  # bytes of FAT per cached chunk (a multiple of 3 for FAT12's packing)
-CHUNK = CHUNK - CHUNK % 3
+CHUNK_ENTRIES = 32 * 1024  # FAT entries per cached chunk (even: FAT12 packs two in 3 bytes)
 
 
 class FatTable:
@@ -44,10 +43,8 @@ class FatTable:
         self.bits = bits
         self.n_entries = n_entries
         self.problem = problem
-        if bits == 12:
-            self.bytes_per_entry = 1.5
-        else:
-            self.bytes_per_entry = 2 if bits == 16 else 4
+        #: bytes of one chunk: whole entries, so every chunk starts on an entry
+        self.chunk_bytes = CHUNK_ENTRIES * {12: 3, 16: 4}.get(bits, 8) // 2
         if bits == 12:
             self.bad, self.eoc = 0xFF7, 0xFF8
         elif bits == 16:
@@ -56,7 +53,7 @@ class FatTable:
             self.bad, self.eoc = 0x0FFFFFF7, 0x0FFFFFF8
         else:  # exFAT: 0xFFFFFFF8..0xFFFFFFFE are not valid in a chain; 0xFFFFFFFF ends it
             self.bad, self.eoc = 0xFFFFFFF7, 0xFFFFFFF8
-        self.entries_per_chunk = int(CHUNK / self.bytes_per_entry)
+        self.entries_per_chunk = CHUNK_ENTRIES
         self._reported: set = set()
         self._lock = threading.Lock()
 
@@ -78,8 +75,8 @@ class FatTable:
         key = ("fat", self.source.uid, self.copies[copy], index)
 
         def load():
-            start = index * CHUNK
-            n = max(0, min(CHUNK, self.length - start))
+            start = index * self.chunk_bytes
+            n = max(0, min(self.chunk_bytes, self.length - start))
             return self._decode(self.source.read(self.copies[copy] + start, n))
 
         return METADATA_CACHE.get_or_load(key, load)
@@ -103,7 +100,8 @@ class FatTable:
                 continue
             if i > 0 and self._first_time(("chunk", index)):
                 self.problem("warning", "fat-copy-used",
-                             f"FAT #1 bytes {index * CHUNK:#x}+{CHUNK:#x} are unreadable "
+                             f"FAT #1 bytes {index * self.chunk_bytes:#x}+"
+                             f"{self.chunk_bytes:#x} are unreadable "
                              f"({errors[0]}); FAT #{i + 1} used for them")
             return arr
         raise errors[0]

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import struct
 from functools import partial
 
 import numpy as np
@@ -436,17 +437,19 @@ class ExfatFilesystem(ClusterFilesystem):
         _t, flags, name_len, nhash, valid, first, length = S.STREAM_ENTRY.unpack(st)
         if name_len == 0:
             raise FatError("empty name")
-        units = []
+        pieces = []
         for k in range(2, count + 1):
             ent = raw[32 * k:32 * k + 32]
             if ent[0] == S.ENTRY_NAME:
-                units.extend(np.frombuffer(ent[2:32], dtype="<u2").tolist())
+                pieces.append(ent[2:32])
             elif not ent[0] & S.ENTRY_BENIGN:
                 raise FatError(f"unknown critical secondary entry {ent[0]:#x}")
-        if len(units) < name_len:
-            raise FatError(f"name of {name_len} characters but only {len(units)} stored")
-        units = units[:name_len]
-        name = np.array(units, dtype="<u2").tobytes().decode("utf-16-le", errors="replace")
+        name_bytes = b"".join(pieces)[:2 * name_len]
+        if len(name_bytes) < 2 * name_len:
+            raise FatError(f"name of {name_len} characters but only {len(name_bytes) // 2} "
+                           "stored")
+        units = struct.unpack(f"<{name_len}H", name_bytes)
+        name = name_bytes.decode("utf-16-le", errors="replace")
         path = f"/{name}" if parent == "/" else f"{parent}/{name}"
         if self.upcase is not None and name_hash(units, self.upcase) != nhash:
             self.problem("warning", "name-hash", f"{path}: NameHash does not match the name",
@@ -496,9 +499,10 @@ class ExfatFilesystem(ClusterFilesystem):
             c0 = (disk - self.heap) // self.cs
             k = -(-n // self.cs)
             lo, hi = c0 // 8, (c0 + k + 7) // 8
-            bits = np.unpackbits(np.frombuffer(self.bitmap[lo:hi], dtype=np.uint8),
-                                 bitorder="little")[c0 - lo * 8:c0 - lo * 8 + k]
-            if len(bits) < k or not bits.all():
+            chunk = self.bitmap[lo:hi]
+            mask = (1 << k) - 1
+            if len(chunk) < hi - lo or \
+                    (int.from_bytes(chunk, "little") >> (c0 - lo * 8)) & mask != mask:
                 self.problem("warning", "not-allocated",
                              f"{path}: some of its clusters are free in the "
                              "Allocation Bitmap (cross-linked or a stale entry?)", path)

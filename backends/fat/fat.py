@@ -405,6 +405,9 @@ class FatFilesystem(ClusterFilesystem):
         cs = self.geo.cluster_size
         want = max(1, -(-size // cs))
         want = min(want, self.geo.cluster_count)
+        if want == 1 and not directory and 2 <= first < self.geo.cluster_count + 2:
+            # One cluster: the FAT is not needed to find it (Linux reads it the same way).
+            return [(0, size, self.heap + (first - 2) * cs)], size, None
         try:
             runs, err = self.fat.runs(first, want)
         except UnreadableError as e:
