@@ -98,11 +98,16 @@ def crc16(crc: int, data: bytes) -> int:
     return crc
 
 
+#: The whole 160-byte inode of ext4 (INODE_BASE then INODE_EXTRA) in one unpack.
+_INODE_FULL = struct.Struct("<" + INODE_BASE.format.lstrip("<") + INODE_EXTRA.format.lstrip("<"))
+_INUM_GEN = struct.Struct("<II")
+
+
 def decode_time(base: int, extra: int | None) -> Timestamp:
     """``ext4_decode_extra_time``: seconds are the signed 32-bit base plus the two epoch
     bits of ``extra`` times 2^32; the other 30 bits of ``extra`` are nanoseconds."""
     sec = base - (1 << 32) if base & 0x80000000 else base
-    if extra is None:
+    if not extra:
         return Timestamp(sec, 0)
     sec += (extra & 3) << 32
     nsec = extra >> 2
@@ -121,9 +126,12 @@ class Inode:
     def __init__(self, ino: int, raw: bytes, vol: Ext4Volume):
         self.ino = ino
         self.raw = raw
+        n = len(raw)
+        full = raw if n >= _INODE_FULL.size else raw + bytes(_INODE_FULL.size - n)
         (mode, uid_lo, size_lo, atime, ctime, mtime, dtime, gid_lo, links, blocks_lo, flags,
          _version, i_block, generation, file_acl_lo, size_hi, _faddr, blocks_hi, file_acl_hi,
-         uid_hi, gid_hi, _csum_lo, _reserved) = INODE_BASE.unpack_from(raw, 0)
+         uid_hi, gid_hi, csum_lo, _reserved, extra_isize, csum_hi, ctime_x, mtime_x, atime_x,
+         _crtime, _crtime_x, _version_hi, _projid) = _INODE_FULL.unpack_from(full, 0)
         self.mode = mode
         self.uid = uid_lo | (uid_hi << 16)
         self.gid = gid_lo | (gid_hi << 16)
@@ -135,52 +143,38 @@ class Inode:
         self.i_block = i_block
         self.generation = generation
         self.file_acl = file_acl_lo | (file_acl_hi << 32)
-        extra_isize = 0
-        ctime_x = mtime_x = atime_x = None
-        if len(raw) > EXT4_GOOD_OLD_INODE_SIZE:
-            extra_isize = struct.unpack_from("<H", raw, EXT4_GOOD_OLD_INODE_SIZE)[0]
-            if extra_isize + EXT4_GOOD_OLD_INODE_SIZE <= len(raw) and not extra_isize & 3:
-                ext = raw[EXT4_GOOD_OLD_INODE_SIZE:] + bytes(INODE_EXTRA.size)
-                (_x, _chi, c_x, m_x, a_x, _crtime, _crx, _vhi, _projid) = \
-                    INODE_EXTRA.unpack_from(ext, 0)
-                end = EXT4_GOOD_OLD_INODE_SIZE + extra_isize
-                ctime_x = c_x if end >= I_CTIME_EXTRA_END else None
-                mtime_x = m_x if end >= I_MTIME_EXTRA_END else None
-                atime_x = a_x if end >= I_ATIME_EXTRA_END else None
+        # EXT4_FITS_IN_INODE: an extra field exists when 128 + i_extra_isize covers it
+        end = EXT4_GOOD_OLD_INODE_SIZE
+        if n > EXT4_GOOD_OLD_INODE_SIZE:
+            if extra_isize + EXT4_GOOD_OLD_INODE_SIZE <= n and not extra_isize & 3:
+                end += extra_isize
+        else:
+            extra_isize = 0
         self.extra_isize = extra_isize
-        self.atime = decode_time(atime, atime_x)
-        self.ctime = decode_time(ctime, ctime_x)
-        self.mtime = decode_time(mtime, mtime_x)
-        self.csum_seed = None
-        self.csum_ok = None
-        if vol.sb.metadata_csum:
-            self.csum_seed = ext4_chksum(ext4_chksum(vol.sb.csum_seed, struct.pack("<I", ino)),
-                                         struct.pack("<I", generation))
-            self.csum_ok = self._checksum() == self._stored_checksum()
+        self.atime = decode_time(atime, atime_x if end >= I_ATIME_EXTRA_END else None)
+        self.ctime = decode_time(ctime, ctime_x if end >= I_CTIME_EXTRA_END else None)
+        self.mtime = decode_time(mtime, mtime_x if end >= I_MTIME_EXTRA_END else None)
+        if vol.metadata_csum:
+            # i_csum_seed = crc(crc(s_csum_seed, inum), generation): one continued crc
+            seed = ext4_chksum(vol.sb.csum_seed, _INUM_GEN.pack(ino, generation))
+            self.csum_seed = seed
+            # ext4_inode_csum: the inode with both checksum halves taken as zeros
+            if n > EXT4_GOOD_OLD_INODE_SIZE and end >= I_CHECKSUM_HI_END:
+                calc = ext4_chksum(seed, raw[:I_CHECKSUM_LO_OFFSET] + b"\0\0"
+                                   + raw[I_CHECKSUM_LO_OFFSET + 2:I_CHECKSUM_HI_OFFSET] + b"\0\0"
+                                   + raw[I_CHECKSUM_HI_OFFSET + 2:])
+                self.csum_ok = calc == csum_lo | (csum_hi << 16)
+            else:
+                calc = ext4_chksum(seed, raw[:I_CHECKSUM_LO_OFFSET] + b"\0\0"
+                                   + raw[I_CHECKSUM_LO_OFFSET + 2:])
+                self.csum_ok = calc & 0xFFFF == csum_lo
+        else:
+            self.csum_seed = None
+            self.csum_ok = None
 
     @property
     def ftype(self) -> int:
         return self.mode & 0o170000
-
-    def _has_csum_hi(self) -> bool:
-        return (len(self.raw) > EXT4_GOOD_OLD_INODE_SIZE
-                and EXT4_GOOD_OLD_INODE_SIZE + self.extra_isize >= I_CHECKSUM_HI_END)
-
-    def _stored_checksum(self) -> int:
-        lo = struct.unpack_from("<H", self.raw, I_CHECKSUM_LO_OFFSET)[0]
-        if self._has_csum_hi():
-            return lo | struct.unpack_from("<H", self.raw, I_CHECKSUM_HI_OFFSET)[0] << 16
-        return lo
-
-    def _checksum(self) -> int:
-        """``ext4_inode_csum``: the whole inode with both checksum halves as zeros."""
-        buf = bytearray(self.raw)
-        buf[I_CHECKSUM_LO_OFFSET:I_CHECKSUM_LO_OFFSET + 2] = b"\0\0"
-        hi = self._has_csum_hi()
-        if hi:
-            buf[I_CHECKSUM_HI_OFFSET:I_CHECKSUM_HI_OFFSET + 2] = b"\0\0"
-        csum = ext4_chksum(self.csum_seed, bytes(buf))
-        return csum if hi else csum & 0xFFFF
 
     @property
     def has_extents(self) -> bool:
@@ -212,10 +206,12 @@ class Ext4Volume:
             raise Ext4Error(f"superblock says {sb.blocks_count} blocks of {sb.block_size} "
                             f"bytes, the volume has {meta.size} bytes")
         self.filetype = bool(sb.incompat & INCOMPAT_FILETYPE)
+        self.metadata_csum = sb.metadata_csum
         self.max_size = self._max_size()
         self.gdt_problems: list[Problem] = []
         self.groups = self._load_group_descriptors(gdt_block)
         self._ck = ("ext4", meta.uid)  # cache key prefix
+        self._last_chunk: tuple = (None, None)
 
     # -- geometry ------------------------------------------------------------------
     def _max_size(self) -> int:
@@ -348,7 +344,8 @@ class Ext4Volume:
         table_end = table_start + sb.inodes_per_group * sb.inode_size
         chunk = table_start + (off - table_start) // INODE_CHUNK * INODE_CHUNK
         key = (self._ck, "itab", chunk)
-        piece = METADATA_CACHE.get(key)
+        last = self._last_chunk  # listing a directory reads neighbouring inodes
+        piece = last[1] if last[0] == key else METADATA_CACHE.get(key)
         if piece is None:
             try:
                 piece = self.meta.read(chunk, min(INODE_CHUNK, table_end - chunk))
@@ -357,6 +354,7 @@ class Ext4Volume:
             if piece is not None:
                 METADATA_CACHE.put(key, piece)
         if piece is not None and len(piece) >= off - chunk + sb.inode_size:
+            self._last_chunk = (key, piece)
             return piece[off - chunk:off - chunk + sb.inode_size]
         try:
             raw = self.meta.read(off, sb.inode_size)
