@@ -36,6 +36,7 @@ from .tree import items, last_at_or_before
 from .volume import BtrfsError
 
 CSUM_KEY_TYPE = S.EXTENT_CSUM_KEY
+MAX_REPORTS_PER_FILE = 16  # data-unreadable entries for one file (a missing device: every read)
 
 
 class LogicalSource(Source):
@@ -53,6 +54,8 @@ class LogicalSource(Source):
         self.csize = dev.csum.size
         self._csum_warned = False
         self._last_run = None  # (start, end, csum item) that covered the last read
+        self._fail_counts: dict[str, int] = {}  # data-unreadable entries per file
+        self._fail_lock = threading.Lock()
         self.has_unreadable = getattr(dev.source, "has_unreadable", False)
 
     # -- checksums ---------------------------------------------------------------------
@@ -208,10 +211,17 @@ class LogicalSource(Source):
         return bytes(out[pos - a:pos - a + n])
 
     def _fail(self, logical, n, why, path, phys_ranges) -> bytes:
-        self.report("error", path, "data-unreadable",
-                    f"{n} bytes at logical {logical:#x} cannot be read: {why}"
-                    + ("; they read as zeros" if self.bad == "zero" else ""),
-                    ranges=phys_ranges, key=("data", logical))
+        with self._fail_lock:
+            count = self._fail_counts.get(path, 0) + 1
+            if count <= MAX_REPORTS_PER_FILE:
+                self._fail_counts[path] = count
+        if count <= MAX_REPORTS_PER_FILE:
+            last = "; further unreadable ranges of this file are not reported one by one" \
+                if count == MAX_REPORTS_PER_FILE else ""
+            self.report("error", path, "data-unreadable",
+                        f"{n} bytes at logical {logical:#x} cannot be read: {why}"
+                        + ("; they read as zeros" if self.bad == "zero" else "") + last,
+                        ranges=phys_ranges, key=("data", path, logical))
         if self.bad == "zero":
             return bytes(n)
         raise UnreadableError(f"btrfs: {path or 'data'}: logical {logical:#x}+{n:#x}: {why}",
@@ -297,26 +307,31 @@ class CompressedExtent(Source):
 
 
 class FileData(Source):
-    """A regular file: its extents are read from the fs tree on first use."""
+    """A regular file: its extents are read from the fs tree on first use
+    (``fs._extents(sv, inode, relpath)``)."""
 
     cheap_allocation = True
+    _init_lock = threading.Lock()  # guards the first extent load of any file (short)
 
-    def __init__(self, size: int, nbytes: int, load_extents, label: str, sectorsize=4096):
+    def __init__(self, size: int, nbytes: int, fs, sv, inode, relpath: str, sectorsize=4096):
         super().__init__()
         self.size = size
         self.nbytes = -(-nbytes // sectorsize) * sectorsize
-        self._load = load_extents
+        self._fs, self._sv, self._inode, self._rel = fs, sv, inode, relpath
         self._src = None
-        self._lock = threading.Lock()
-        self.label = label
+
+    @property
+    def label(self):
+        return f"btrfs:{self._rel}"
 
     def _source(self) -> Source:
         src = self._src
         if src is None:
-            with self._lock:
+            extents = self._fs._extents(self._sv, self._inode, self._rel)
+            built = ExtentSource(self.size, extents, label=self.label)
+            with self._init_lock:  # two threads may both load; the first one wins
                 if self._src is None:
-                    extents = self._load()
-                    self._src = ExtentSource(self.size, extents, label=self.label)
+                    self._src = built
                     self.has_unreadable = any(getattr(e[2], "has_unreadable", False)
                                               for e in extents if e[2] is not None)
                 src = self._src

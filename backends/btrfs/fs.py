@@ -66,7 +66,7 @@ class Subvol:
         return bool(self.flags & S.ROOT_SUBVOL_RDONLY)
 
 
-@dataclass
+@dataclass(slots=True)
 class DirEntry:
     loc: tuple
     ftype: int
@@ -94,7 +94,7 @@ def _ts(raw, at: int) -> Timestamp:
     return Timestamp(sec, nsec if nsec < 1_000_000_000 else 0)
 
 
-@dataclass
+@dataclass(slots=True)
 class Inode:
     ino: int
     size: int
@@ -321,9 +321,10 @@ class BtrfsFilesystem(GuestFilesystem):
         sv = self.subvol(tree_id)
         if loaded is None:
             loaded = self.load_inodes(sv, [ino], relpath)
-        raw_inode, xattrs, lost = loaded.get(ino, (None, {}, False))
+        raws, xattr_map, lost = loaded
+        raw_inode = raws.get(ino)
         if raw_inode is None:
-            if lost:
+            if ino in lost:
                 missing.append(relpath.rpartition("/")[2])
                 return None
             self.report("error", relpath, "inode-missing",
@@ -333,15 +334,18 @@ class BtrfsFilesystem(GuestFilesystem):
         node = self._make_node(sv, inode, relpath)
         if node is None:
             return None
-        node.xattrs.update(xattrs)
+        xattrs = xattr_map.get(ino)
+        if xattrs:
+            node.xattrs.update(xattrs)
         node.nlink = inode.nlink
         with self._lock:
             node = self._nodes.setdefault(key, node)
         return self._place(key, node, relpath)
 
-    def load_inodes(self, sv: Subvol, inos, relpath: str) -> dict:
-        """``{ino: (inode item, xattrs, lost)}`` for the inodes ``inos`` of ``sv``, read in
-        one walk (``lost``: no inode item, and a lost tree block could have held it)."""
+    def load_inodes(self, sv: Subvol, inos, relpath: str):
+        """The inode items and xattrs of the inodes ``inos`` of ``sv``, read in one walk:
+        ``({ino: inode item}, {ino: {name: value}}, {inos whose inode item may have been
+        in a lost tree block})``."""
         wanted = sorted(set(inos))
         lost_ranges = []
 
@@ -349,26 +353,29 @@ class BtrfsFilesystem(GuestFilesystem):
             lost_ranges.append((lo, hi))
             self._lost_block(relpath, sv.tree_id, lo, hi, err)
 
-        out: dict[int, list] = {}
+        raws: dict[int, bytes] = {}
+        xattrs: dict[int, dict] = {}
         for (oid, ktype, _koff), data in items_of(self.dev, sv.root, wanted, S.INODE_ITEM_KEY,
                                                   S.XATTR_ITEM_KEY, damage):
-            rec = out.setdefault(oid, [None, {}, False])
-            if ktype == S.INODE_ITEM_KEY and rec[0] is None:
-                rec[0] = data
-            elif ktype == S.XATTR_ITEM_KEY and len(rec[1]) < MAX_XATTRS:
+            if ktype == S.INODE_ITEM_KEY:
+                raws.setdefault(oid, data)
+            elif ktype == S.XATTR_ITEM_KEY:
+                xs = xattrs.setdefault(oid, {})
+                if len(xs) >= MAX_XATTRS:
+                    continue
                 try:
                     for x in parse_dir_items(data):
-                        rec[1][x.name] = x.data
+                        xs[x.name] = x.data
                 except BtrfsError as err:
                     self.report("error", relpath, "bad-xattr", f"inode {oid}: {err}")
+        lost = set()
         if lost_ranges:
             for ino in wanted:
-                rec = out.setdefault(ino, [None, {}, False])
                 k = (ino, S.INODE_ITEM_KEY, 0)
-                if rec[0] is None and any((lo is None or lo <= k) and (hi is None or k < hi)
-                                          for lo, hi in lost_ranges):
-                    rec[2] = True
-        return {k: tuple(v) for k, v in out.items()}
+                if ino not in raws and any((lo is None or lo <= k) and (hi is None or k < hi)
+                                           for lo, hi in lost_ranges):
+                    lost.add(ino)
+        return raws, xattrs, lost
 
     def _place(self, key, node, relpath):
         """A directory is shown in one place only (a loop or a hard-linked directory
@@ -396,9 +403,7 @@ class BtrfsFilesystem(GuestFilesystem):
             if size > (1 << 63):
                 self.report("error", relpath, "bad-inode", f"inode {num}: size {size}")
                 return None
-            src = FileData(size, ino.nbytes,
-                           lambda: self._extents(sv, ino, relpath), label=f"btrfs:{relpath}",
-                           sectorsize=self.dev.sectorsize)
+            src = FileData(size, ino.nbytes, self, sv, ino, relpath, self.dev.sectorsize)
             return File(src, mode=perm, **kw)
         if fmt == stat.S_IFLNK:
             target = self._symlink_target(sv, ino, relpath)
