@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
+import itertools
 import json
 import stat
 import struct
@@ -465,3 +466,39 @@ def test_expanded_fast_read_equals_the_sector_map(physical, shrink, sector, nsec
     assert next(vd.candidates(offset, size, birth=5)) == data
     kids[int(dev[0, 1])] = _MemLeaf(0)  # the child of the first data sector is gone
     assert next(vd.candidates(offset, size, birth=5)) == data
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.none(), st.integers(-5, 1 << 64), st.lists(st.integers(-5, 1 << 64),
+                                                                max_size=8),
+                 st.text(max_size=5)),
+       st.booleans(), st.integers(0, (1 << 64) - 1), st.integers(0, 1 << 40),
+       st.integers(1, 1 << 15), st.integers(0, 1 << 64))
+def test_fuzz_hostile_expansion_config(txgs, expanding, reflow, offset, size, birth):
+    """A damaged config (raidz_expand_txgs of any shape, raidz_expanding) and uberblock
+    (ub_raidz_reflow_info) never raise anything but candidates or nothing."""
+    from backends.zfs import vdev as vdevmod
+
+    kids = [{"type": "disk", "guid": g, "path": f"d{g}"} for g in range(1, 5)]
+    cfg = {"type": "raidz", "guid": 9, "nparity": 1, "ashift": 12, "children": kids,
+           "raidz_expand_txgs": txgs}
+    if expanding:
+        cfg["raidz_expanding"] = 1
+    leaves = {g: [(_MemLeafSource(), None)] for g in range(1, 5)}
+    notes = []
+    vd = vdevmod.build(cfg, leaves, notes=notes)
+    if isinstance(vd, vdevmod.Raidz):
+        vd.set_reflow(reflow)
+        for cand in itertools.islice(vd.candidates(offset << 9, size << 9, birth), 3):
+            assert len(cand) == size << 9
+
+
+class _MemLeafSource:
+    """A small member source for the fuzz test (zeros)."""
+
+    size = 8 << 20
+
+    def read(self, offset, length):
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        return bytes(max(0, min(length, self.size - offset)))

@@ -70,8 +70,8 @@ class Leaf(Vdev):
         """The bytes at ``offset`` of the allocatable area, or None."""
         if self.source is None:
             return None
-        start = VDEV_LABEL_START_SIZE + offset
-        if start + size > self.source.size:
+        start = VDEV_LABEL_START_SIZE + offset  # >= 512 KiB for the reflow scratch copy
+        if start < 0 or size < 0 or start + size > self.source.size:
             self.errors += 1
             return None
         try:
