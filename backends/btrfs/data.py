@@ -56,7 +56,11 @@ class LogicalSource(Source):
         self._last_run = None  # (start, end, csum item) that covered the last read
         self._fail_counts: dict[str, int] = {}  # data-unreadable entries per file
         self._fail_lock = threading.Lock()
-        self.has_unreadable = getattr(dev.source, "has_unreadable", False)
+
+    @property
+    def has_unreadable(self) -> bool:
+        """Asked late: the core marks volumes above damage after the filesystem opened."""
+        return bool(getattr(self.dev.source, "has_unreadable", False))
 
     # -- checksums ---------------------------------------------------------------------
     def csums(self, a: int, b: int, path: str):
@@ -258,7 +262,10 @@ class FileView(Source):
         self.verify = verify
         self.size = logical.size
         self.label = f"btrfs:{path}"
-        self.has_unreadable = logical.has_unreadable
+
+    @property
+    def has_unreadable(self) -> bool:
+        return self.logical.has_unreadable
 
     def _read(self, offset, length):
         return self.logical.read_checked(offset, length, self.verify, self.path)
@@ -280,7 +287,10 @@ class CompressedExtent(Source):
         self.size = ram_bytes
         self.sectorsize = sectorsize
         self.label = f"btrfs {compression_name(kind)} extent {disk_bytenr:#x}"
-        self.has_unreadable = view.has_unreadable
+
+    @property
+    def has_unreadable(self) -> bool:
+        return self.view.has_unreadable
 
     def _decoded(self) -> bytes:
         ck = (self.view.logical.uid, "btrfs-z", self.disk_bytenr, self.disk_num_bytes,
@@ -324,6 +334,12 @@ class FileData(Source):
     def label(self):
         return f"btrfs:{self._rel}"
 
+    @property
+    def has_unreadable(self) -> bool:
+        """The mount serves files of a damaged volume with direct I/O (no read-ahead
+        into a bad range): asked before the extents are loaded."""
+        return self._fs.logical.has_unreadable
+
     def _source(self) -> Source:
         src = self._src
         if src is None:
@@ -332,8 +348,6 @@ class FileData(Source):
             with self._init_lock:  # two threads may both load; the first one wins
                 if self._src is None:
                     self._src = built
-                    self.has_unreadable = any(getattr(e[2], "has_unreadable", False)
-                                              for e in extents if e[2] is not None)
                 src = self._src
         return src
 
