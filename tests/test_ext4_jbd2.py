@@ -465,3 +465,21 @@ def test_external_journal_device_is_reported():
     meta, _data, text = recovery.journal_overlay(_Vol(src), sb, ctx)
     assert meta is src and text == "external journal device (not supported), not replayed"
     assert [(e.severity, e.code) for e in ctx.report] == [("warning", "journal-external")]
+
+
+@needs_root
+def test_aborted_journal_is_reported():
+    """s_errno in the journal superblock (jbd2_journal_abort): a warning, replay goes on."""
+    d = dirty_image("ext4-4k")
+    src = FileSource(d / "dirty.img")
+    sb, j = _journal(src)
+    off = j.bmap(0) * sb.block_size
+    raw = bytearray(src.read(off, 1024))
+    raw[0x20:0x24] = struct.pack(">i", -5)  # -EIO
+    raw[0xFC:0x100] = bytes(4)
+    raw[0xFC:0x100] = struct.pack(">I", jbd2.crc32c(0xFFFFFFFF, bytes(raw)))
+    ctx = _ctx()
+    _m, _d, text = recovery.journal_overlay(_Vol(PatchedSource(src, {off: bytes(raw)})), sb, ctx)
+    assert text.startswith("replayed ")
+    e = [e for e in ctx.report if e.code == "journal-aborted"]
+    assert len(e) == 1 and "EIO -5" in e[0].message

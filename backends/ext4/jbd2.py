@@ -39,7 +39,7 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-from construct import Bytes, Int8ub, Int32ub, Int64ub, Padding, Struct
+from construct import Bytes, Int8ub, Int32sb, Int32ub, Int64ub, Padding, Struct
 
 from pvfs.checksum import crc32c_raw
 from pvfs.errors import FormatError, UnreadableError
@@ -97,7 +97,7 @@ journal_superblock = Struct(
     "s_first" / Int32ub,
     "s_sequence" / Int32ub,
     "s_start" / Int32ub,
-    "s_errno" / Int32ub,
+    "s_errno" / Int32sb,
     "s_feature_compat" / Int32ub,
     "s_feature_incompat" / Int32ub,
     "s_feature_ro_compat" / Int32ub,

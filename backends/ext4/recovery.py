@@ -220,6 +220,13 @@ def open_journal(source, sb) -> tuple[jbd2.Journal, list[str]]:
     return j, notes
 
 
+def _errno_name(err: int) -> str:
+    import errno as _errno
+
+    n = -err if err < 0 else err
+    return f"{_errno.errorcode.get(n, 'errno')} {err}"
+
+
 # -- the hook --------------------------------------------------------------------------------
 def journal_overlay(volume, sb, ctx, from_backup: bool = False):
     """``(meta, data, journal_text)``: the sources the reader reads through and what
@@ -265,6 +272,10 @@ def journal_overlay(volume, sb, ctx, from_backup: bool = False):
                    f"journal inode unusable ({note}); used the superblock's copy of its block "
                    f"map (s_jnl_blocks)")
     jsb = journal.sb
+    if jsb.errno:  # jbd2_journal_abort() recorded it; ext4 says so on the next mount
+        report.add("warning", LAYER, path, "journal-aborted",
+                   f"the journal was aborted by an error ({_errno_name(jsb.errno)}) while the "
+                   f"filesystem was mounted; files changed just before may be inconsistent")
     if not jsb.start:
         return base, base, ("clean" if not needs else "empty")
     if not needs and not from_backup:
