@@ -118,13 +118,19 @@ def primary_problem(source) -> str | None:
     return None
 
 
+PROBE_BLOCK_SIZES = (4096, 1024, 2048, 65536)
+
+
 def probe_backup(source) -> float:
-    """Probe score for a volume whose primary superblock is bad: 40 when a backup in
-    group 1 or 3 checks out (at most 14 reads of 1 KiB), else 0.  Never raises."""
+    """Probe score for a volume whose primary superblock is bad: 40 when the group-1
+    backup checks out at a 4k/1k/2k/64k block size, else 0.  Every volume without an
+    ext4 primary comes here, and a read may cost a chunk fetch (PBS, RBD): at most 5
+    reads of 1 KiB.  Never raises."""
     try:
         if primary_problem(source) is None:
             return 0.0
-        for g, bs, off in backup_candidates(source.size, max_group=3):
+        for g, bs, off in backup_candidates(source.size, max_group=1,
+                                            block_sizes=PROBE_BLOCK_SIZES):
             if check_backup(source, g, bs, off) is not None:
                 return 40.0
     except Exception:  # a probe never raises
