@@ -26,7 +26,7 @@ from pvfs.source import (
     BAD_EIO, BytesSource, ExtentSource, MissingSource, SliceSource, Source,
 )
 
-from .structs import EXT4_HUGE_FILE_FL, EXT4_ROOT_INO
+from .structs import EXT4_ENCRYPT_FL, EXT4_HUGE_FILE_FL, EXT4_ROOT_INO
 from .superblock import Ext4Error
 from .volume import (
     RUN_BAD, RUN_DATA, Ext4Volume, InodeError, device_number,
@@ -63,13 +63,12 @@ class Ext4FileSource(Source):
         self.label = f"ext4 inode {ino}"
         self._allocated = allocated
         self._ext: ExtentSource | None = None
-        self._lock = threading.Lock()
         self.has_unreadable = fs.vol.data.has_unreadable
 
     def _source(self) -> ExtentSource:
         ext = self._ext
         if ext is None:
-            with self._lock:
+            with self.fs.extent_lock:  # one per filesystem: a lock per file costs µs each
                 if self._ext is None:
                     self._ext = self.fs.extent_source(self.ino, self.size, self.path)
                     if any(isinstance(e[2], MissingSource) for e in self._ext.extents):
@@ -128,6 +127,8 @@ class Ext4Filesystem(GuestFilesystem):
         self._links: dict[int, object] = {}
         self._dirs_seen: set[int] = set()
         self._lock = threading.Lock()
+        self.extent_lock = threading.Lock()
+        self._encrypted_reported = False
         self.damage_count = 0
         sb = vol.sb
         self.info = FilesystemInfo(
@@ -174,6 +175,8 @@ class Ext4Filesystem(GuestFilesystem):
         try:
             inode = self.vol.read_inode(ino)
             entries = self.vol.dir_entries(inode, problems)
+            hint = self.path_of(rel)
+            report = self._report
             for n, (name, child_ino, _ftype) in enumerate(entries, 1):
                 if n > MAX_DIR_ENTRIES:
                     self.damage("error", "directory-too-large",
@@ -184,8 +187,7 @@ class Ext4Filesystem(GuestFilesystem):
                 crel = f"{rel}/{sname}" if rel else sname
                 node = self.node(child_ino, crel)
                 if node is not None:
-                    d.add(sname, node, report=self._report, layer=LAYER,
-                          path_hint=self.path_of(rel))
+                    d.add(sname, node, report=report, layer=LAYER, path_hint=hint)
         except (InodeError, Ext4Error, OSError) as e:
             self.damage("error", getattr(e, "code", "directory-unreadable"),
                         f"directory inode {ino}: {e}; listed as far as it could be read",
@@ -260,6 +262,15 @@ class Ext4Filesystem(GuestFilesystem):
         return inode.blocks * 512
 
     def _file_source(self, inode, rel, problems) -> Source:
+        if inode.flags & EXT4_ENCRYPT_FL:  # fscrypt: the blocks are ciphertext
+            if not self._encrypted_reported:
+                self._encrypted_reported = True
+                self.damage("warning", "encrypted-files",
+                            "this filesystem has fscrypt-encrypted files (this one is the first "
+                            "found); pvfs has no keys: their names are shown as stored and "
+                            "their contents are unreadable", at=rel)
+            return MissingSource(inode.size, "fscrypt-encrypted file", bad=self.bad,
+                                 label=f"ext4 inode {inode.ino}")
         if inode.has_inline_data:
             return InlineSource(self.vol.inline_data(inode), self._allocated(inode)
                                 + (inode.size + 511) // 512 * 512, inode.ino)

@@ -105,7 +105,21 @@ _INUM_GEN = struct.Struct("<II")
 
 def decode_time(base: int, extra: int | None) -> Timestamp:
     """``ext4_decode_extra_time``: seconds are the signed 32-bit base plus the two epoch
-    bits of ``extra`` times 2^32; the other 30 bits of ``extra`` are nanoseconds."""
+    bits of ``extra`` times 2^32; the other 30 bits of ``extra`` are nanoseconds.
+    The last result is reused (a file's ctime and mtime are often the same)."""
+    global _last_time
+    last = _last_time
+    if last[0] == base and last[1] == extra:
+        return last[2]
+    t = _decode_time(base, extra)
+    _last_time = (base, extra, t)
+    return t
+
+
+_last_time: tuple = (None, None, None)
+
+
+def _decode_time(base: int, extra: int | None) -> Timestamp:
     sec = base - (1 << 32) if base & 0x80000000 else base
     if not extra:
         return Timestamp(sec, 0)
@@ -212,6 +226,7 @@ class Ext4Volume:
         self.groups = self._load_group_descriptors(gdt_block)
         self._ck = ("ext4", meta.uid)  # cache key prefix
         self._last_chunk: tuple = (None, None)
+        self._zero_inode = bytes(self.sb.inode_size)
 
     # -- geometry ------------------------------------------------------------------
     def _max_size(self) -> int:
@@ -371,7 +386,7 @@ class Ext4Volume:
         for a zeroed, deleted or garbage inode.  A checksum mismatch alone does not raise
         (``inode.csum_ok`` is False): the caller shows the entry and reports it."""
         raw = self.read_inode_raw(ino)
-        if raw.count(0) == len(raw):
+        if raw == self._zero_inode:
             raise InodeError(f"inode {ino} is zeroed", "inode-zeroed",
                              [(self.inode_location(ino), len(raw))])
         inode = Inode(ino, raw, self)
