@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
 from .fs import PvfsOperations
+
+if TYPE_CHECKING:
+    from pvfs.damage import DamageReport
+    from pvfs.nodes import Dir
 
 log = logging.getLogger("pvfs.mountd")
 
@@ -21,7 +27,7 @@ TERMINATE_GRACE_SECONDS = 2.0
 BASE_OPTIONS = ("fsname=pvfs", "subtype=pvfs", "ro", "default_permissions")
 
 
-def fuse_options(extra=()):
+def fuse_options(extra: Iterable[str] = ()) -> set[str]:
     opts = set(BASE_OPTIONS)
     for o in extra:
         for part in o.split(","):
@@ -31,7 +37,7 @@ def fuse_options(extra=()):
     return opts
 
 
-def tune_readahead(mountpoint, kb):
+def tune_readahead(mountpoint: str, kb: int) -> None:
     """Raise the kernel read-ahead of this mount's backing device (sysfs ``bdi``).
 
     FUSE mounts start at 128 KiB, so a sequential ``cp`` arrives as 128 KiB
@@ -50,12 +56,12 @@ def tune_readahead(mountpoint, kb):
         log.info("read-ahead left alone: %s", e)
 
 
-async def _main(mountpoint, readahead_kb):
+async def _main(mountpoint: str, readahead_kb: int) -> None:
     async with trio.open_nursery() as nursery:
         if readahead_kb:
             # stat() of the mountpoint is served by this very loop: run it beside it.
             nursery.start_soon(trio.to_thread.run_sync, tune_readahead, mountpoint, readahead_kb)
-        async def on_signals():
+        async def on_signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
                 async for _ in sigs:
                     log.info("signal received: unmounting")
@@ -74,7 +80,9 @@ async def _main(mountpoint, readahead_kb):
         nursery.cancel_scope.cancel()
 
 
-def serve(root, mountpoint, report=None, options=(), ready=None, threads=8, readahead_kb=4096):
+def serve(root: Dir, mountpoint: str, report: DamageReport | None = None,
+          options: Iterable[str] = (), ready: Callable[[], None] | None = None,
+          threads: int = 8, readahead_kb: int = 4096) -> None:
     """Mount ``root`` at ``mountpoint`` and serve it until unmounted."""
     ops = PvfsOperations(root, report=report, threads=threads)
     pyfuse3.init(ops, str(mountpoint), fuse_options(options))

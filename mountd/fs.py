@@ -17,6 +17,8 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pyfuse3
 import trio
@@ -24,17 +26,20 @@ import trio
 from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, File, GeneratedFile, Node, Symlink, time_ns
 
+if TYPE_CHECKING:
+    from pvfs.damage import DamageReport
+
 log = logging.getLogger("pvfs.mountd")
 
 TIMEOUT = 3600.0  # the tree is immutable
 GENERATED_TIMEOUT = 1.0  # README.txt / report.json change as damage is found
 
 
-def handler(fn):
+def handler(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """The one wrapper of every handler: FUSEError passes, anything else is EIO."""
 
     @functools.wraps(fn)
-    async def wrapper(self, *args, **kwargs):
+    async def wrapper(self: PvfsOperations, *args: Any, **kwargs: Any) -> Any:
         try:
             return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
@@ -55,7 +60,7 @@ class PvfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, root: Dir, report=None, threads=8):
+    def __init__(self, root: Dir, report: DamageReport | None = None, threads: int = 8) -> None:
         super().__init__()
         self.report = report
         if threads < 1:  # a limiter of 0 would park every read forever
@@ -74,7 +79,7 @@ class PvfsOperations(pyfuse3.Operations):
         self.gid = os.getgid()
 
     # -- bookkeeping -----------------------------------------------------------
-    def _ino(self, node, path, parent_ino):
+    def _ino(self, node: Node, path: str, parent_ino: int | None) -> int:
         with self._lock:
             ino = self._inos.get(id(node))
             if ino is None:
@@ -86,16 +91,16 @@ class PvfsOperations(pyfuse3.Operations):
                 self._parents[ino] = parent_ino
             return ino
 
-    def _node(self, ino) -> Node:
+    def _node(self, ino: int) -> Node:
         node = self._nodes.get(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
-    def path_of(self, ino):
+    def path_of(self, ino: int) -> str | None:
         return self._paths.get(ino, f"<inode {ino}>")
 
-    def note_error(self, op, args, exc, code):
+    def note_error(self, op: str, args: tuple, exc: BaseException, code: str) -> None:
         if self.report is None:
             return
         ino = args[0] if args and isinstance(args[0], int) else None
@@ -106,7 +111,7 @@ class PvfsOperations(pyfuse3.Operations):
         self.report.add("error", "mount", path or "/", code,
                         f"{op}: {type(exc).__name__}: {exc}", ranges)
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         # abandon_on_cancel: at unmount (SIGTERM) a read stuck in a backend is left to its
         # thread instead of keeping the daemon alive; the process exits around it.
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter,
@@ -132,7 +137,7 @@ class PvfsOperations(pyfuse3.Operations):
         a.st_ctime_ns = time_ns(node.ctime)
         return a
 
-    async def _attrs_async(self, node, ino):
+    async def _attrs_async(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
         if isinstance(node, GeneratedFile) and node.stale:
             await self._run(node.content)  # render report.json off the event loop, once
         if isinstance(node, File) and node._allocated is None \
@@ -142,7 +147,8 @@ class PvfsOperations(pyfuse3.Operations):
 
     # -- handlers ------------------------------------------------------------------
     @handler
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         if not isinstance(parent, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -162,7 +168,7 @@ class PvfsOperations(pyfuse3.Operations):
         self._lookups[ino] = self._lookups.get(ino, 0) + 1
         return await self._attrs_async(node, ino)
 
-    async def forget(self, inode_list):
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, nlookup in inode_list:
             left = self._lookups.get(ino, 0) - nlookup
             if left <= 0:
@@ -171,22 +177,25 @@ class PvfsOperations(pyfuse3.Operations):
                 self._lookups[ino] = left
 
     @handler
-    async def getattr(self, inode, ctx=None):
+    async def getattr(self, inode: int,
+                      ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         return await self._attrs_async(self._node(inode), inode)
 
     @handler
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EROFS)
 
     @handler
-    async def readlink(self, inode, ctx):
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         if not isinstance(node, Symlink):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return node.target
 
     @handler
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -196,7 +205,7 @@ class PvfsOperations(pyfuse3.Operations):
         return fh
 
     @handler
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         inode, entries = self._handles[fh]
         ppath = self.path_of(inode)
         for i in range(start_id, len(entries)):
@@ -208,11 +217,12 @@ class PvfsOperations(pyfuse3.Operations):
             self._lookups[ino] = self._lookups.get(ino, 0) + 1
 
     @handler
-    async def releasedir(self, fh):
+    async def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
     @handler
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode: int, flags: int,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -228,7 +238,7 @@ class PvfsOperations(pyfuse3.Operations):
                                 direct_io=damaged)
 
     @handler
-    async def read(self, fh, off, size):
+    async def read(self, fh: int, off: int, size: int) -> bytes:
         inode, what = self._handles[fh]
         if isinstance(what, bytes):
             return what[off:off + size]
@@ -241,11 +251,11 @@ class PvfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     @handler
-    async def release(self, fh):
+    async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
     @handler
-    async def statfs(self, ctx):
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         s.f_bsize = 65536
         s.f_frsize = 65536
@@ -259,7 +269,7 @@ class PvfsOperations(pyfuse3.Operations):
         return s
 
     @handler
-    async def getxattr(self, inode, name, ctx):
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         try:
             return node.xattrs[name]
@@ -267,50 +277,50 @@ class PvfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENODATA) from None
 
     @handler
-    async def listxattr(self, inode, ctx):
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return list(self._node(inode).xattrs.keys())
 
     @handler
-    async def access(self, inode, mode, ctx):
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         if mode & os.W_OK:
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
 
     # -- write operations: read-only file system ------------------------------------
-    async def create(self, *a, **k):
+    async def create(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def write(self, *a, **k):
+    async def write(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def mkdir(self, *a, **k):
+    async def mkdir(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def unlink(self, *a, **k):
+    async def unlink(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def rmdir(self, *a, **k):
+    async def rmdir(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def rename(self, *a, **k):
+    async def rename(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def symlink(self, *a, **k):
+    async def symlink(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def link(self, *a, **k):
+    async def link(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def mknod(self, *a, **k):
+    async def mknod(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def setxattr(self, *a, **k):
+    async def setxattr(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def removexattr(self, *a, **k):
+    async def removexattr(self, *a: Any, **k: Any) -> NoReturn:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    def _new_handle(self, value):
+    def _new_handle(self, value: object) -> int:
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
