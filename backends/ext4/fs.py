@@ -29,7 +29,7 @@ from pvfs.source import (
 from .structs import EXT4_ENCRYPT_FL, EXT4_HUGE_FILE_FL, EXT4_ROOT_INO
 from .superblock import Ext4Error
 from .volume import (
-    RUN_BAD, RUN_DATA, Ext4Volume, InodeError, device_number,
+    RUN_BAD, RUN_DATA, Ext4Volume, InodeError, Problem, device_number,
 )
 
 LAYER = "ext4"
@@ -156,10 +156,10 @@ class Ext4Filesystem(GuestFilesystem):
         try:
             inode = self.vol.read_inode(EXT4_ROOT_INO)
             if not stat.S_ISDIR(inode.mode):
-                raise InodeError("root inode is not a directory", "root-bad")
+                raise InodeError(Problem("error", "root-bad", "root inode is not a directory"))
         except InodeError as e:
-            self.damage("error", e.code, f"{e} (the tree is reached only through "
-                        f"{LOST_FOUND})", e.ranges)
+            self._problems([e.problem._replace(
+                message=f"{e} (the tree is reached only through {LOST_FOUND})")], "")
             d = Dir(mode=0o755, loader=lambda d: self._add_lost_found(d, ""))
             return d
         self._dirs_seen.add(EXT4_ROOT_INO)
@@ -188,8 +188,11 @@ class Ext4Filesystem(GuestFilesystem):
                 node = self.node(child_ino, crel)
                 if node is not None:
                     d.add(sname, node, report=report, layer=LAYER, path_hint=hint)
-        except (InodeError, Ext4Error, OSError) as e:
-            self.damage("error", getattr(e, "code", "directory-unreadable"),
+        except InodeError as e:
+            self._problems([e.problem._replace(
+                message=f"directory {e}; listed as far as it could be read")], rel)
+        except (Ext4Error, OSError) as e:
+            self.damage("error", "directory-unreadable",
                         f"directory inode {ino}: {e}; listed as far as it could be read",
                         getattr(e, "ranges", ()), at=rel)
         self._problems(problems, rel)
@@ -204,7 +207,7 @@ class Ext4Filesystem(GuestFilesystem):
         try:
             inode = self.vol.read_inode(ino)
         except InodeError as e:
-            self.damage("error", e.code, str(e), e.ranges, at=rel)
+            self._problems([e.problem], rel)
             return None
         except (Ext4Error, OSError) as e:
             self.damage("error", "inode-unreadable", f"inode {ino}: {e}", at=rel)
@@ -235,9 +238,12 @@ class Ext4Filesystem(GuestFilesystem):
                 node = Special(inode.mode, rdev=os.makedev(*device_number(inode)), **kw)
             else:
                 node = Special(inode.mode, **kw)
+        except InodeError as e:
+            self._problems([*problems, e.problem._replace(message=f"inode {ino}: {e}")], rel)
+            return None
         except (Ext4Error, OSError) as e:
             self._problems(problems, rel)
-            self.damage("error", getattr(e, "code", "inode-unreadable"), f"inode {ino}: {e}",
+            self.damage("error", "inode-data-unreadable", f"inode {ino}: {e}",
                         getattr(e, "ranges", ()), at=rel)
             return None
         node.nlink = inode.links
@@ -278,7 +284,7 @@ class Ext4Filesystem(GuestFilesystem):
 
     def _symlink_target(self, inode, problems) -> bytes:
         if inode.size > MAX_SYMLINK:
-            raise InodeError(f"symlink of {inode.size} bytes", "symlink-bad")
+            raise InodeError(Problem("error", "symlink-bad", f"symlink of {inode.size} bytes"))
         if inode.has_inline_data:
             return self.vol.inline_data(inode)[:inode.size]
         if self.vol.is_fast_symlink(inode):
@@ -293,10 +299,12 @@ class Ext4Filesystem(GuestFilesystem):
         try:
             inode = vol.read_inode(ino)
             runs = vol.block_map(inode, problems)
+        except InodeError as e:
+            self._problems([e.problem._replace(message=f"{e}; the file is unreadable")], rel)
+            runs = [(0, -(-size // bs), 0, RUN_BAD)]
         except (Ext4Error, OSError) as e:
-            self.damage("error", getattr(e, "code", "file-map-unreadable"),
-                        f"inode {ino}: {e}; the file is unreadable", getattr(e, "ranges", ()),
-                        at=rel)
+            self.damage("error", "file-map-unreadable", f"inode {ino}: {e}; the file is unreadable",
+                        getattr(e, "ranges", ()), at=rel)
             runs = [(0, -(-size // bs), 0, RUN_BAD)]
         self._problems(problems, rel)
         missing = None

@@ -72,10 +72,11 @@ class Problem(NamedTuple):
 class InodeError(Ext4Error):
     """One inode cannot be used (unreadable, zeroed, garbage); ``code`` names why."""
 
-    def __init__(self, message, code="bad-inode", ranges=()):
-        super().__init__(message)
-        self.code = code
-        self.ranges = list(ranges)
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+        self.code = problem.code
+        self.ranges = list(problem.ranges)
 
 
 def _crc16_table():
@@ -348,12 +349,12 @@ class Ext4Volume:
         inodes on it."""
         sb = self.sb
         if not 1 <= ino <= sb.inodes_count:
-            raise InodeError(f"inode {ino} does not exist ({sb.inodes_count} inodes)",
-                             "bad-inode-number")
+            raise InodeError(Problem("error", "bad-inode-number",
+                                     f"inode {ino} does not exist ({sb.inodes_count} inodes)"))
         off = self.inode_location(ino)
         if off is None:
-            raise InodeError(f"inode {ino}: the descriptor of its group is lost",
-                             "inode-table-lost")
+            raise InodeError(Problem("error", "inode-table-lost",
+                                     f"inode {ino}: the descriptor of its group is lost"))
         g = (ino - 1) // sb.inodes_per_group
         table_start = self.groups[g][0] * sb.block_size
         table_end = table_start + sb.inodes_per_group * sb.inode_size
@@ -374,11 +375,13 @@ class Ext4Volume:
         try:
             raw = self.meta.read(off, sb.inode_size)
         except UnreadableError as e:
-            raise InodeError(f"inode {ino}: inode table unreadable at {off:#x}: {e}",
-                             "inode-unreadable", [(off, sb.inode_size)]) from None
+            raise InodeError(Problem("error", "inode-unreadable",
+                                     f"inode {ino}: inode table unreadable at {off:#x}: {e}",
+                                     [(off, sb.inode_size)])) from None
         if len(raw) < sb.inode_size:
-            raise InodeError(f"inode {ino} lies past the end of the volume", "inode-unreadable",
-                             [(off, sb.inode_size)])
+            raise InodeError(Problem("error", "inode-unreadable",
+                                     f"inode {ino} lies past the end of the volume",
+                                     [(off, sb.inode_size)]))
         return raw
 
     def read_inode(self, ino: int) -> Inode:
@@ -387,14 +390,14 @@ class Ext4Volume:
         (``inode.csum_ok`` is False): the caller shows the entry and reports it."""
         raw = self.read_inode_raw(ino)
         if raw == self._zero_inode:
-            raise InodeError(f"inode {ino} is zeroed", "inode-zeroed",
-                             [(self.inode_location(ino), len(raw))])
+            raise InodeError(Problem("error", "inode-zeroed", f"inode {ino} is zeroed",
+                                     [(self.inode_location(ino), len(raw))]))
         inode = Inode(ino, raw, self)
         why = self.inode_problem(inode)
         if why:
             extra = " (and its checksum does not match)" if inode.csum_ok is False else ""
-            raise InodeError(f"inode {ino}: {why}{extra}", "inode-garbage",
-                             [(self.inode_location(ino), len(raw))])
+            raise InodeError(Problem("error", "inode-garbage", f"inode {ino}: {why}{extra}",
+                                     [(self.inode_location(ino), len(raw))]))
         return inode
 
     def inode_problem(self, inode: Inode) -> str | None:
