@@ -276,10 +276,9 @@ def parse_inode(buf: bytes, ino: int, geo: Geometry) -> Inode:
     if version == 3:
         core = V3_CORE
         if crc32c is not None:
-            b = bytearray(buf[:geo.inodesize])
-            stored = struct.unpack_from("<I", b, 100)[0]
-            b[100:104] = b"\0\0\0\0"
-            if crc32c(bytes(b)) != stored:
+            mv = memoryview(buf)
+            crc = crc32c(mv[104:geo.inodesize], crc32c(b"\0\0\0\0", crc32c(mv[:100])))
+            if crc != struct.unpack_from("<I", buf, 100)[0]:
                 raise FormatError(f"inode {ino}: checksum mismatch")
         flags2, = struct.unpack_from(">Q", buf, 120)
         if struct.unpack_from(">Q", buf, 152)[0] != ino:
