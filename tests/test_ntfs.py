@@ -98,6 +98,13 @@ truncate -s 20M sparse.bin
 printf 'middle' | dd of=sparse.bin bs=1 seek=10485760 conv=notrunc status=none
 printf 'end' | dd of=sparse.bin bs=1 seek=20971000 conv=notrunc status=none
 truncate -s 5M allhole.bin
+python3 -c '
+import os
+with open("frag.bin", "wb") as f:
+    for i in range(3000):
+        f.seek(i * 8192)
+        f.write(os.urandom(4096))
+'
 truncate -s 3M leadhole.bin
 printf 'tail' >> leadhole.bin
 mkfifo fifo
@@ -426,6 +433,38 @@ def test_bad_sectors_in_compressed_file_raise(ntfs_image):
     assert "comp/random.bin" in fs.files_in_ranges([(off, 4096)])[0]
 
 
+def test_fragmented_file_with_attribute_list(ntfs_image):
+    """3 000 runs do not fit one MFT record: the run list continues in extension
+    records (an $ATTRIBUTE_LIST); data, holes and damage mapping still follow it."""
+    img, truth = ntfs_image
+    _ctx, fs, root = open_fs(FileSource(img))
+    frag = resolve(root, "frag.bin")
+    assert len(frag.source.extents) == 3000
+    assert _sha(frag) == truth["frag.bin"]["sha256"]
+    last = frag.source.extents[-1]
+    assert fs.files_in_ranges([(last[3], 4096)]) == (["frag.bin"], 1)
+
+
+def test_threads_read_compressed_and_plain_files_at_once(ntfs_image):
+    """The library is not thread-safe: the per-volume lock must keep concurrent reads
+    of LZNT1 files (library) and plain files (ExtentSource) correct."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    img, truth = ntfs_image
+    _ctx, _fs, root = open_fs(FileSource(img))
+    paths = ["comp/text.txt", "comp/random.bin", "big.bin", "docs/small.bin"] * 4
+
+    def digest(p):
+        node = resolve(root, p)
+        h = hashlib.sha256()
+        for off in range(0, node.size, 128 << 10):
+            h.update(node.source.read(off, 128 << 10))
+        return h.hexdigest() == truth[p]["sha256"]
+
+    with ThreadPoolExecutor(4) as ex:
+        assert all(ex.map(digest, paths))
+
+
 def test_speed_and_listing(ntfs_image):
     """Reads of uncompressed data go straight to the volume (no library call)."""
     img, _truth = ntfs_image
@@ -502,6 +541,39 @@ def test_partition_of_a_vm_disk_with_bad_sectors(ntfs_image, tmp_path):
     e = next(e for e in ctx.report if e.code == "files-damaged")
     assert e.message == "1 files or directories lie on unreadable bytes: big.bin"
     assert ctx.filesystems[0].guestfs.info.damaged_files == 1
+
+
+def _restart_page(in_use: int, flags: int) -> bytes:
+    """A $LogFile restart page as ntfs-3g's logfile.h lays it out (what Windows leaves
+    after a crash: a client in use and no RESTART_VOLUME_IS_CLEAN)."""
+    import struct
+
+    page = bytearray(4096)
+    usa_ofs, usa_count, ra_ofs = 30, 9, 48
+    struct.pack_into("<4sHHQIIHhh", page, 0, b"RSTR", usa_ofs, usa_count, 0, 4096, 4096,
+                     ra_ofs, 1, 1)
+    struct.pack_into("<QHHHH", page, ra_ofs, 0x1234, 1, 0xFFFF, in_use, flags)
+    usn = b"\x07\x00"
+    page[usa_ofs:usa_ofs + 2] = usn
+    for i in range(1, usa_count):
+        page[usa_ofs + 2 * i:usa_ofs + 2 * i + 2] = page[i * 512 - 2:i * 512]
+        page[i * 512 - 2:i * 512] = usn
+    return bytes(page)
+
+
+def test_dirty_logfile_is_reported(ntfs_image):
+    img, _truth = ntfs_image
+    _ctx, fs, _root = open_fs(FileSource(img))
+    with fs.lock:
+        log_off = fs.volume.get_file_entry(2).get_extent(0)[0]
+    ctx, fs, _root = open_fs(PatchedSource(FileSource(img), {log_off: _restart_page(0, 0)}))
+    assert fs.info.clean is False and "not replayed" in fs.info.journal
+    assert any(e.code == "log-not-replayed" for e in ctx.report)
+    ctx, fs, _root = open_fs(PatchedSource(FileSource(img), {log_off: _restart_page(0, 2)}))
+    assert fs.info.clean is True  # RESTART_VOLUME_IS_CLEAN
+    ctx, fs, _root = open_fs(PatchedSource(FileSource(img),
+                                           {log_off: _restart_page(0xFFFF, 0)}))
+    assert fs.info.clean is True  # no client in use
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
