@@ -578,7 +578,7 @@ def test_fuzz_ondisk_parsers(data):
     for fn in (lambda: D.parse_superblock(data, 1 << 30),
                lambda: D.parse_inode(data.ljust(512, b"\0"), 128, geo),
                lambda: list(D.shortform_dir(data, len(data), True)),
-               lambda: list(D.data_block_entries(b"XDB3" + data, True, False)),
+               lambda: list(D.data_block_entries(b"XD2D" + data, True, False)),
                lambda: list(D.data_block_entries(b"XD2B" + data.ljust(64, b"\0"), True, False)),
                lambda: list(D.shortform_attrs(data)),
                lambda: list(D.attr_leaf_entries(data.ljust(4096, b"\0"), False)),

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+import struct
+
 from pvfs.errors import FormatError, UnreadableError
 from pvfs.guestfs import FilesystemInfo, GuestFilesystem
 from pvfs.nodes import Dir, File, Special, Symlink, Timestamp
@@ -39,6 +41,9 @@ SCAN_BUDGET_S = 60.0
 #: Sparse files may be larger than the volume (a 300 GB lastlog on a 20 GB disk), but not
 #: this large: a bigger size is a garbage inode (v4 has no CRC to catch it).
 MAX_FILE_SIZE = 1 << 50
+#: What a parser may raise on hostile bytes it did not foresee; caught per entry so
+#: that one bad structure is one damage entry, never a traceback.
+BAD = (FormatError, UnreadableError, IndexError, ValueError, struct.error, OverflowError)
 
 
 class XfsFilesystem(GuestFilesystem):
@@ -189,7 +194,7 @@ class XfsFilesystem(GuestFilesystem):
         ino = self.geo.rootino
         try:
             node = self._build(ino, "")
-        except (FormatError, UnreadableError) as e:
+        except BAD as e:
             self._damage("", "bad-root", f"root inode {ino}: {e}",
                          getattr(e, "ranges", ()))
             return Dir(mode=0o555)
@@ -224,7 +229,7 @@ class XfsFilesystem(GuestFilesystem):
                 raise FormatError(f"more than {MAX_ENTRIES_PER_DIR} entries")
             try:
                 out.extend(D.data_block_entries(src.read(off, dbs), g.ftype, g.crc))
-            except (FormatError, UnreadableError) as e:
+            except BAD as e:
                 if errors is None:
                     raise
                 errors.append((off, e))
@@ -234,7 +239,7 @@ class XfsFilesystem(GuestFilesystem):
         errors = []
         try:
             entries = self.dir_entries(inode, errors)
-        except (FormatError, UnreadableError) as e:
+        except BAD as e:
             self._damage(path, "bad-directory", f"directory inode {inode.ino}: {e}",
                          getattr(e, "ranges", ()))
             return
@@ -248,7 +253,7 @@ class XfsFilesystem(GuestFilesystem):
             if node is None:
                 try:
                     node = self._build(ino, cpath)
-                except (FormatError, UnreadableError) as e:
+                except BAD as e:
                     self._damage(cpath, "bad-inode", f"inode {ino}: {e}",
                                  getattr(e, "ranges", ()) or self._inode_range(ino))
                     continue
@@ -291,7 +296,7 @@ class XfsFilesystem(GuestFilesystem):
         node.nlink = inode.nlink
         try:
             node.xattrs.update(self._xattrs(inode))
-        except (FormatError, UnreadableError) as e:
+        except BAD as e:
             self._damage(path, "bad-xattrs", f"inode {ino}: extended attributes: {e}",
                          getattr(e, "ranges", ()))
         self.nodes[ino] = node
@@ -450,7 +455,7 @@ class XfsFilesystem(GuestFilesystem):
                     for raw, child in self.dir_entries(inode, []):
                         name = raw.decode("utf-8", "surrogateescape")
                         todo.append((child, f"{path}/{name}" if path else name))
-            except (FormatError, UnreadableError):
+            except BAD:
                 pass
             if hit:
                 total += 1

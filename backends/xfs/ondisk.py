@@ -412,7 +412,7 @@ def data_block_entries(block: bytes, ftype: bool, crc: bool):
         end = end - 8 - count * 8
         if end < pos:
             raise FormatError("directory block tail is larger than the block")
-    while pos + 8 <= end:
+    while pos + 16 <= end:  # the smallest entry (or free space) is 16 bytes
         if struct.unpack_from(">H", block, pos)[0] == XFS_DIR2_DATA_FREE_TAG:
             length = struct.unpack_from(">H", block, pos + 2)[0]
             if length < 8 or length % 8 or pos + length > end:
