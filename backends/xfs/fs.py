@@ -122,7 +122,7 @@ class XfsFilesystem(GuestFilesystem):
             lsn, off, num_logops, hblocks = best
             op = self.source.read(off + hblocks * 512, 12)
             clean = num_logops == 1 and bool(op[9] & D.XLOG_UNMOUNT_TRANS)
-        except (UnreadableError, FormatError) as e:
+        except BAD as e:
             self.report.add("warning", LAYER, self.where, "log-unreadable",
                             f"the log could not be checked: {e}")
             return
