@@ -223,10 +223,8 @@ def check_values(args):
             raise UsageError(f"{flag} {path}: not readable")
 
     for p in args.inputs:
-        if not os.path.lexists(p):
+        if not os.path.lexists(p):  # (a dangling link exists: it becomes a report entry)
             raise UsageError(f"{p}: no such file or directory")
-        if not os.path.exists(p):
-            raise UsageError(f"{p}: dangling symbolic link (to {os.readlink(p)})")
     for v in getattr(args, "drbd_prefer", None) or []:
         if not _PREFER_RE.match(v):
             raise UsageError(f"--drbd-prefer {v}: expected [RESOURCE=]A or B")

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from . import ddrescue
@@ -100,7 +101,8 @@ class Context:
         self.cts_root = self.root.subdir("cts")
         self.volumes: list[Volume] = []
         self.inputs: list[dict] = []
-        self.queue: list[Volume] = []
+        self.queue: deque[Volume] = deque()
+        self.seen_inputs: dict = {}  # (st_dev, st_ino) of every input walked -> its path
         self.groups: dict = {}
         self.opened_groups: set = set()
         self.progress = None
@@ -349,8 +351,8 @@ class Context:
         return any(k[0] == backend.name and k[1] == key for k in self.opened_groups)
 
     def note_progress(self, text):
-        if self.progress is not None:
-            done = sum(1 for v in self.volumes if v not in self.queue)
+        if self.progress is not None:  # the queue is a subset of volumes: O(1), not O(n^2)
+            done = len(self.volumes) - len(self.queue)
             self.progress.update(text, completed=done, total=len(self.volumes))
 
 
@@ -523,7 +525,8 @@ def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
         ctx.report.add("warning", "core", path, "too-deep", "directory nesting too deep; skipped")
         return
     try:
-        entries = sorted(os.scandir(path), key=lambda e: e.name)
+        with os.scandir(path) as it:  # one descriptor, closed before the entries are opened
+            entries = sorted((e.name for e in it), key=os.fsencode)
     except OSError as e:
         ctx.report.add("error", "core", path, "unreadable-dir", f"cannot list: {e.strerror}")
         return
@@ -533,32 +536,87 @@ def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
         entries = entries[:MAX_DIR_FILES]
     d = Dir()
     name = directory.add(name, d, report=ctx.report, path_hint=dir_path)
+    names = set(entries)
     for e in entries:
-        add_input(ctx, e.path, d, f"{dir_path}/{name}", depth=depth + 1)
+        if e.endswith(".map") and e[:-4] in names:
+            continue  # a ddrescue mapfile beside its image (open_file_source finds it)
+        add_input(ctx, os.path.join(path, e), d, f"{dir_path}/{name}", depth=depth + 1)
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
 
 
 def add_input(ctx, path, directory=None, dir_path="storage/files", depth=0):
-    """Add one command-line input (file, block device or directory)."""
+    """Add one input (file, block device or directory): named by the user, or found by
+    walking a directory (``depth`` > 0).
+
+    The walk is bounded and linear: every file and directory is taken once by (device,
+    inode), so a symlink back to a parent (a loop) or a second name of the same image is
+    one damage entry, not another walk; dangling links, FIFOs, sockets and character
+    devices are entries too, never opened.
+    """
     if directory is None:
         directory = ctx.storage("files")
     name = os.path.basename(os.path.normpath(path)) or "input"
     try:
         st = os.stat(path)
     except OSError as e:
-        raise PvfsError(f"{path}: {e.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
+        if os.path.islink(path):
+            ctx.report.add("warning", "core", path, "dangling-symlink",
+                           f"symbolic link to {_readlink(path)!r}, which does not exist "
+                           f"({e.strerror}); skipped")
+        else:
+            ctx.report.add("error", "core", path, "unreadable-input",
+                           f"cannot stat: {e.strerror}; skipped")
+        return
+    fmt = stat.S_IFMT(st.st_mode)
+    if fmt not in (stat.S_IFDIR, stat.S_IFREG, stat.S_IFBLK):
+        via = f" (via the link to {_readlink(path)!r})" if os.path.islink(path) else ""
+        ctx.report.add("warning", "core", path, "not-a-file",
+                       f"{_KINDS.get(fmt, 'not a regular file')}{via}, not an image, block "
+                       "device or directory; not opened")
+        return
+    key = ("blk", st.st_rdev) if fmt == stat.S_IFBLK else (st.st_dev, st.st_ino)
+    first = ctx.seen_inputs.get(key)
+    if first is not None:
+        if fmt == stat.S_IFDIR:
+            ctx.report.add("warning", "core", path, "symlink-loop" if _is_under(first, path)
+                           else "same-directory",
+                           f"the same directory as {first} (a symbolic link loop or a second "
+                           "name); walked once")
+        else:
+            ctx.report.add("info", "core", path, "same-file",
+                           f"the same {'device' if fmt == stat.S_IFBLK else 'file'} as {first}; "
+                           "taken once")
+        return
+    ctx.seen_inputs[key] = path
+    if fmt == stat.S_IFDIR:
         _open_input_dir(ctx, path, directory, dir_path, name, depth)
-    elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        if depth > 0 and (name.endswith(".map") and os.path.exists(path[:-4])):
-            return  # a ddrescue mapfile beside its image
+        return
+    try:
         _open_input_file(ctx, path, directory, dir_path, name, from_dir=depth > 0)
+    except PvfsError as e:  # it went away, or cannot be opened: say so and go on
+        ctx.report.add("error", "core", path, "unreadable-input", f"{e}; skipped")
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def _is_under(first, path):
+    """Whether ``path`` (a name of the directory ``first``) lies inside ``first``: a loop."""
+    a = os.path.abspath(first).rstrip("/") + "/"
+    return os.path.abspath(path).startswith(a)
 
 
 def run_queue(ctx):
     """Probe until nothing is queued; then open pending groups, lowest phase first."""
     while True:
         while ctx.queue:
-            vol = ctx.queue.pop(0)
+            vol = ctx.queue.popleft()
             probe_volume(ctx, vol)
         pending = [(k, v) for k, v in ctx.groups.items() if k not in ctx.opened_groups]
         if not pending:

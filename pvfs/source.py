@@ -18,6 +18,8 @@ import errno
 import itertools
 import os
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 
 from .errors import PvfsError, UnreadableError
@@ -118,33 +120,140 @@ class Source:
         return f"<{type(self).__name__} {self.label} size={self.size}>"
 
 
+class _FdPool:
+    """The open descriptors of every :class:`FileSource`, at most ``limit`` at once.
+
+    A folder of 100,000 images must not need 100,000 descriptors: the least recently
+    used idle one is closed when the limit is reached and opened again on its next read
+    (checked to be the same file by device and inode).  A descriptor in use by a read is
+    never closed under it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._open: OrderedDict[int, FileSource] = OrderedDict()
+        self.peak = 0
+
+    def acquire(self, src: FileSource) -> int:
+        with self._lock:
+            if src._fd >= 0:
+                self._open.move_to_end(src.uid)
+                src._users += 1
+                return src._fd
+            self._make_room()
+            fd = src._reopen()
+            src._fd = fd
+            src._users += 1
+            self._open[src.uid] = src
+            self.peak = max(self.peak, len(self._open))
+            return fd
+
+    def release(self, src: FileSource) -> None:
+        with self._lock:
+            src._users -= 1
+
+    def adopt(self, src: FileSource) -> None:
+        """Count a descriptor just opened by ``src`` itself."""
+        with self._lock:
+            self._make_room()
+            self._open[src.uid] = src
+            self.peak = max(self.peak, len(self._open))
+
+    def forget(self, src: FileSource) -> None:
+        with self._lock:
+            self._open.pop(src.uid, None)
+            if src._fd >= 0:
+                os.close(src._fd)
+                src._fd = -1
+
+    def _make_room(self) -> None:
+        while len(self._open) >= self.limit:
+            for victim in self._open.values():  # oldest first: usually the first is idle
+                if victim._users == 0:
+                    break
+            else:
+                return  # every one is in a read right now: go over the limit for a moment
+            del self._open[victim.uid]
+            os.close(victim._fd)
+            victim._fd = -1
+
+
+def _fd_limit() -> int:
+    """A quarter of the soft descriptor limit, 16 to 512: room for FUSE, sockets, logs."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 16
+    except (ImportError, ValueError, OSError):
+        soft = 1024
+    return max(16, min(512, soft // 4))
+
+
+FD_POOL = _FdPool(_fd_limit())
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
 class FileSource(Source):
-    """A regular file or block device, opened ``O_RDONLY`` and read with pread."""
+    """A regular file or block device, opened ``O_RDONLY`` and read with pread.
+
+    Its descriptor lives in :data:`FD_POOL` (bounded, reopened on demand); ``O_NONBLOCK``
+    keeps a FIFO that replaced a file from blocking the open.
+    """
 
     def __init__(self, path: str, label: str | None = None) -> None:
         super().__init__()
         self.path = os.fspath(path)
         self.label = label or os.path.basename(self.path)
+        self._fd = -1
+        self._users = 0
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(self.path, _OPEN_FLAGS)
         except OSError as e:
             raise PvfsError(f"cannot open {self.path}: {e.strerror}") from None
-        st = os.fstat(self.fd)
+        st = os.fstat(fd)
         self.stat = st
         if stat.S_ISBLK(st.st_mode):
-            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            self.size = os.lseek(fd, 0, os.SEEK_END)
         elif stat.S_ISREG(st.st_mode):
             self.size = st.st_size
         else:
-            os.close(self.fd)
+            os.close(fd)
             raise PvfsError(f"{self.path}: not a regular file or block device")
+        self._ident = (st.st_dev, st.st_ino)
+        self._fd = fd
+        FD_POOL.adopt(self)
+
+    def _reopen(self) -> int:
+        """Open the file again (the pool closed it); it must still be the same file."""
+        try:
+            fd = os.open(self.path, _OPEN_FLAGS)
+        except OSError as e:
+            raise UnreadableError(f"{self.label}: cannot open again: {e.strerror}") from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self._ident:
+            os.close(fd)
+            raise UnreadableError(f"{self.label}: {self.path} was replaced by another file")
+        return fd
+
+    @property
+    def fd(self) -> int:
+        """The descriptor (opened again if the pool closed it); for callers that need one."""
+        fd = FD_POOL.acquire(self)
+        FD_POOL.release(self)
+        return fd
 
     def _read(self, offset: int, length: int) -> bytes:
+        fd = FD_POOL.acquire(self)
         try:
-            data = os.pread(self.fd, length, offset)
+            data = os.pread(fd, length, offset)
         except OSError as e:
             raise UnreadableError(f"{self.label}: read error at {offset:#x}: {e.strerror}",
                                   [(offset, length)]) from None
+        finally:
+            FD_POOL.release(self)
         if len(data) < length:  # file shrank under us
             raise UnreadableError(f"{self.label}: file ends at {offset + len(data):#x}",
                                   [(offset + len(data), length - len(data))])
@@ -156,9 +265,13 @@ class FileSource(Source):
         out = []
         pos = offset
         try:
+            fd = FD_POOL.acquire(self)
+        except UnreadableError:
+            return [(offset, length, DATA)]
+        try:
             while pos < end:
                 try:
-                    data = os.lseek(self.fd, pos, os.SEEK_DATA)
+                    data = os.lseek(fd, pos, os.SEEK_DATA)
                 except OSError as e:
                     if e.errno == errno.ENXIO:  # only a hole remains
                         out.append((pos, end - pos, UNMAPPED))
@@ -168,17 +281,17 @@ class FileSource(Source):
                     out.append((pos, min(data, end) - pos, UNMAPPED))
                 if data >= end:
                     break
-                hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), end)
+                hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
                 out.append((data, hole - data, DATA))
                 pos = hole
         except OSError:
             return [(offset, length, DATA)]
+        finally:
+            FD_POOL.release(self)
         return out
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        FD_POOL.forget(self)
 
 
 class BytesSource(Source):

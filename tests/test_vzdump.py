@@ -774,3 +774,21 @@ def test_bad_sectors_under_a_plain_vma(built, tmp_path):
                 lost += 1
                 assert (dev_id, c) == victim
     assert lost == (1 if victim[0] == 1 else 0) and ok > 40
+
+
+def test_damaged_compressed_archive_is_recognised_by_name(tmp_path):
+    """A ``.vma.gz`` whose gzip header is destroyed: reported as a damaged vzdump archive,
+    not turned into a raw disk of compressed bytes."""
+    from conftest import require_fixture
+
+    src = require_fixture("pbs", "generated", "vzdump", "vzdump-qemu-100-2024_01_15-10_00_00.vma.gz")
+    data = bytearray(src.read_bytes())
+    data[:10] = bytes(10)  # the gzip member header
+    p = tmp_path / src.name
+    p.write_bytes(bytes(data))
+    ctx = discover([str(p)], opts(tmp_path / "idx"))
+    errs = [e for e in ctx.report if e.layer == "vzdump" and e.severity == "error"]
+    assert len(errs) == 1 and "gzip header is destroyed" in errs[0].message, \
+        [e.line() for e in ctx.report]
+    assert not [v for v in ctx.volumes if v.role == "disk"]  # no raw disk.raw of gzip bytes
+    assert not ctx.vms_root.children()

@@ -25,7 +25,7 @@ class VzdumpBackend(Backend):
         if src.size < 512:
             return 0.0
         codec = detect_codec(src.read(0, 16))
-        named = parse_name(volume.name) is not None
+        named = parse_name(volume.file_name or volume.name) is not None
         if codec == "raw" and not named:
             head = src.read(0, 12288)
             kind = content_kind(head)
@@ -33,7 +33,9 @@ class VzdumpBackend(Backend):
             return 90.0 if kind == "vma" else (5.0 if kind == "tar" else 0.0)
         kind = content_kind(peek(src, codec))
         if kind is None:
-            return 0.0
+            # Named as a vzdump archive but unreadable as one (a destroyed gzip header):
+            # still ours, so that open() reports it instead of it becoming a raw disk.
+            return 10.0 if named else 0.0
         return 95.0 if named else 70.0
 
     def open(self, volume, ctx):

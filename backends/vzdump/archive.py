@@ -142,6 +142,19 @@ class VzdumpArchive:
         self.path = volume.homes[0].path
         self.parsed_name = parse_name(self.name)
 
+    def unreadable_why(self):
+        """Why an archive named as a vzdump backup cannot be opened, in the user's terms."""
+        m = NAME_RE.match(self.vol.file_name or self.name)
+        ext = (m[10] or "") if m else ""
+        want = {".zst": "zstd", ".gz": "gzip", ".lzo": "lzop", "": "raw"}.get(ext, "raw")
+        head = self.src.read(0, 16)
+        if want != self.codec:
+            return (f"{self.name}: named as a{' ' + want if want != 'raw' else ''} vzdump "
+                    f"archive, but its {want} header is destroyed (it starts with "
+                    f"{head[:8].hex()}); nothing in it was recovered")
+        return (f"{self.name}: neither a VMA nor a tar archive inside the {self.codec} stream "
+                f"(the start of the archive is damaged); nothing in it was recovered")
+
     def report(self, severity, code, path, message, ranges=()):
         self.ctx.report.add(severity, LAYER, path, code, message, ranges)
 
@@ -176,7 +189,7 @@ class VzdumpArchive:
 
     def open(self):
         if self.kind is None:
-            raise VzdumpError(f"{self.name}: neither a VMA nor a tar archive inside the {self.codec} stream")
+            raise VzdumpError(self.unreadable_why())
         side = sidecar_dir(self.ctx)
         key = sidecar_key(self.vol.input_path) if (side and self.vol.input_path) else None
         self._side = (side, key)
