@@ -502,3 +502,43 @@ class _MemLeafSource:
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
         return bytes(max(0, min(length, self.size - offset)))
+
+
+# -- intent log lister ---------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=3000), st.integers(0, 5), st.booleans())
+def test_fuzz_zil_records(payload, nblocks, claimed):
+    """Log blocks with any contents (as if their checksums matched): the lister returns
+    records or names the damage, never raises, and stops on a chain that loops."""
+    from backends.zfs import zil
+    from backends.zfs.blkptr import BlkPtr
+
+    def bp(seq):
+        w = [0] * 16
+        w[0], w[1] = 8, 1 << 10
+        w[6] = 7 | (7 << 16) | (2 << 32) | (9 << 40) | (1 << 63)  # 4K zilog2
+        w[12:16] = [11, 22, 33, seq]
+        return struct.pack("<16Q", *w)
+
+    blocks = {}
+    for seq in range(1, nblocks + 1):
+        head = struct.pack("<Q", 0) + bp(seq + 1 if seq < nblocks else seq) + struct.pack(
+            "<Q", min(len(payload) + zil.ZIL_CHAIN_SIZE, 4096)) + bytes(40)
+        blocks[seq] = (head + payload).ljust(4096, b"\0")[:4096]
+
+    class Pool:
+        def read_zil_block(self, b):
+            got = blocks.get(b.cksum[3])
+            return (got, True) if got is not None else None
+
+    class Objset:
+        little = True
+        pool = Pool()
+        raw = (bytes(512) + struct.pack("<QQ", 5 if claimed else 0, 0) + bp(1)
+               + struct.pack("<QQQ", 3, 2, 10)).ljust(1024, b"\0")
+        zil_log = BlkPtr(bp(1), True)
+
+    records, problem = zil.log_records(Objset(), 0)
+    assert problem is None or isinstance(problem, str)
+    assert len(records) <= nblocks * 4096 // zil.LR_SIZE
+    zil.summary(records)

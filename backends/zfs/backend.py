@@ -15,7 +15,7 @@ from pvfs.errors import PvfsError
 from pvfs.nodes import Dir, File
 from pvfs.proxmox import parse_volname
 
-from . import dsl, features, zap
+from . import dsl, features, zap, zil
 from .assemble import assemble
 from .errors import ZfsError
 from .label import read_labels
@@ -133,7 +133,7 @@ class ZfsBackend(Backend):
                        f"{', '.join(str(u.txg) for u, _ in usable[:64])}"
                        f"{' ...' if len(usable) > 64 else ''}; vdevs: "
                        f"{'; '.join(pool.describe())}")
-        builder = _TreeBuilder(pool, ctx, volumes[0], live=True)
+        builder = _TreeBuilder(pool, ctx, volumes[0], live=True, synced_txg=ub.txg)
         used = path.rsplit("/", 1)[1]
         placed = builder.dataset(rootds, used, root, "storage/zfs")
         # Older uberblocks as read-only views in .zfs/txg/<N>/ of the pool's root (a
@@ -224,8 +224,9 @@ def _txg_loader(pool, ub, ctx, parent_vol, path):
 class _TreeBuilder:
     """Places datasets, snapshots and zvols in the tree."""
 
-    def __init__(self, pool, ctx, parent_vol, live=True):
+    def __init__(self, pool, ctx, parent_vol, live=True, synced_txg=0):
         self.pool = pool
+        self.synced_txg = synced_txg  # the uberblock's txg: log records up to it are synced
         self.ctx = ctx
         self.parent_vol = parent_vol
         self.live = live  # live tree: zvols are probed and shown under vms/ and cts/
@@ -274,9 +275,7 @@ class _TreeBuilder:
                 return None  # nothing to show without the key (no empty stand-in)
             os_ = None
         if os_ is not None and os_.has_intent_log and self.live:
-            self.report("warning", path, "intent-log",
-                        f"{ds.name} has intent log (ZIL) records that are not replayed: the "
-                        f"last synchronous writes before the crash are not shown")
+            self.intent_log(ds, os_, path)
         if os_ is not None and os_.os_type == 3:
             self.zvol(ds, os_, parent_dir, parent_path, name)
             return None
@@ -302,9 +301,28 @@ class _TreeBuilder:
             self.containers(ds, os_)
         return d, path
 
+    def intent_log(self, ds, os_, path):
+        """Name the records of the dataset's intent log that an import would replay
+        (zil.py; replaying them in memory is not implemented)."""
+        try:
+            records, problem = zil.log_records(os_, self.synced_txg)
+        except (PvfsError, ValueError) as e:
+            records, problem = None, str(e)
+        if records == [] and problem is None:
+            return  # a written log block whose records were all synced or replayed
+        what = zil.summary(records) if records else "records that could not be listed"
+        self.report("warning", path, "intent-log",
+                    f"{ds.name} has intent log (ZIL) records that are not replayed, so the "
+                    f"last synchronous changes before the crash are not shown: {what}"
+                    f"{f' (log ends in damage: {problem})' if problem else ''}")
+
     def dataset_features(self, ds, path):
-        """Per-dataset features this reader cannot read, named at the dataset."""
+        """Per-dataset features this reader cannot read, named at the dataset.  Dataset
+        ZAPs are read only when the pool counts such a feature active (the MOS's
+        reference counts include every dataset's), so mounting costs nothing more."""
         if not ds.dsobj or self.pool.mos is None:
+            return
+        if not any(features.cannot_read(f) for f in self.pool.active_features):
             return
         feats = features.dataset_features(self.pool.mos, ds.dsobj)
         bad = [f for f in feats if features.cannot_read(f)]

@@ -155,9 +155,14 @@ class Pool:
 
     def zil_block_valid(self, bp) -> bool:
         """Whether the intent log block ``bp`` was written (see ObjSet.has_intent_log)."""
+        return self.read_zil_block(bp) is not None
+
+    def read_zil_block(self, bp):
+        """The intent log block ``bp`` as ``(bytes, little)`` when it was written (its
+        embedded checksum matches with the block pointer's verifier), else None."""
         algo = checksum.algo_name(bp.cksum_type)
         if algo not in ("zilog", "zilog2") or bp.psize > SPA_MAXBLOCKSIZE:
-            return False
+            return None
         for dva in bp.dvas:
             for cand in self._candidates(dva, bp.psize, bp):
                 eck_off = 8 + BLKPTR_SIZE + 8 if algo == "zilog2" else len(cand) - 40
@@ -174,8 +179,8 @@ class Pool:
                 f = checksum.fletcher4 if algo == "zilog2" else checksum.fletcher2
                 with np.errstate(over="ignore"):
                     if f(bytes(buf), little) == stored:
-                        return True
-        return False
+                        return cand, little
+        return None
 
     def _repaired(self, bp, dva, failed):
         self.repairs += 1
