@@ -22,6 +22,10 @@ Directories
     ``probe_dir(path, ctx)`` / ``open_dir(path, ctx)`` for folders given by the
     user; ``probe_node(node, path, ctx)`` / ``open_node(node, path, ctx)`` for
     the same inside a recovered file system (a directory node of the tree).
+Folders of image files
+    ``companions(files, folder, names, ctx)`` names the files of a folder that
+    belong to another one there (VMDK extent files of a descriptor); the core
+    does not open them as inputs of their own.
 Per-run state and the end of discovery
     ``new_state(ctx)`` makes the backend's state for one discovery;
     ``ctx.state(backend)`` returns it (created on first use).  ``finish(ctx)``
@@ -131,6 +135,14 @@ class Backend:
 
     def open_dir(self, path: str, ctx: Context) -> None:
         raise NotImplementedError
+
+    def companions(self, files: Any, folder: str, names: list[str],
+                   ctx: Context) -> dict[str, str]:
+        """Files of ``folder`` (a :mod:`pvfs.namespace` path) that are parts of another
+        file there and must not be opened on their own: ``{part: owner}`` (the extent
+        files a VMDK descriptor names).  The core asks before it turns each file of a
+        folder input or of a storage's ``images/<vmid>/`` into an input."""
+        return {}
 
     def probe_node(self, node: Dir, path: str, ctx: Context) -> float:
         """Like ``probe_dir`` for a directory node of the tree (``path`` is its tree

@@ -537,13 +537,33 @@ def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
     d = Dir()
     name = directory.add(name, d, report=ctx.report, path_hint=dir_path)
     names = set(entries)
+    owners = companion_files(ctx, OsFiles(), path, entries)
     for e in entries:
         if e.endswith(".map") and e[:-4] in names:
             continue  # a ddrescue mapfile beside its image (open_file_source finds it)
+        if e in owners:
+            ctx.report.add("info", "core", os.path.join(path, e), "companion-file",
+                           f"part of {owners[e]}; read through it, not on its own")
+            continue
         add_input(ctx, os.path.join(path, e), d, f"{dir_path}/{name}", depth=depth + 1)
 
 
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
+
+
+def companion_files(ctx, files, folder, names) -> dict[str, str]:
+    """``{name: owner}`` for files of ``folder`` that a backend says belong to another
+    file there (``Backend.companions``: VMDK extents); a failing hook is reported."""
+    owners: dict[str, str] = {}
+    for b in load_backends():
+        if not b.implements("companions"):
+            continue
+        try:
+            owners.update(b.companions(files, folder, names, ctx))
+        except Exception as e:  # a hook must not stop the walk
+            ctx.report.add("warning", b.name, folder, "probe-failed",
+                           f"companions: {type(e).__name__}: {e}")
+    return owners
 
 
 def add_input(ctx, path, directory=None, dir_path="storage/files", depth=0):

@@ -93,7 +93,8 @@ def _is_vzdump(name):
 
 def scan_tree_storages(ctx) -> int:
     """Add the images and backups of storages found in the tree as inputs; return how many."""
-    from .discover import add_tree_input
+    from .discover import add_tree_input, companion_files
+    from .namespace import TreeFiles
     from .proxmox.cluster import note_tree_roots
 
     dirs = list(_top_dirs(ctx))
@@ -107,10 +108,14 @@ def scan_tree_storages(ctx) -> int:
             for vmid, vdir in images.children().items():
                 if not (vmid.isdigit() and isinstance(vdir, Dir)):
                     continue
-                for fname, f in vdir.children().items():
-                    if isinstance(f, File):
-                        add_tree_input(ctx, f, f"{spath}/images/{vmid}/{fname}", fs_root)
-                        added += 1
+                files = {n: f for n, f in vdir.children().items() if isinstance(f, File)}
+                owners = companion_files(ctx, TreeFiles(ctx.root), f"{spath}/images/{vmid}",
+                                         list(files))
+                for fname, f in files.items():
+                    if fname in owners:  # a VMDK extent: read through its descriptor
+                        continue
+                    add_tree_input(ctx, f, f"{spath}/images/{vmid}/{fname}", fs_root)
+                    added += 1
         dump = kids.get("dump")
         if isinstance(dump, Dir):
             for fname, f in dump.children().items():
