@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from pvfs.damage import Problem
 from pvfs.errors import PvfsError, UnreadableError
 from pvfs.source import BAD_EIO, ExtentSource, MissingSource, SliceSource, ZeroSource, ZERO
 
@@ -59,7 +60,7 @@ class VmdkImage:
         else:
             raise VmdkError("neither a sparse extent (KDMV) nor a text descriptor")
         for msg in self.descriptor.problems:
-            self.problems.append(("warning", "descriptor-line", f"{self.label}: {msg}"))
+            self.problems.append(Problem("warning", "descriptor-line", f"{self.label}: {msg}"))
         self.sparse: list[SparseExtent] = []
         self.disk = self._assemble()
         self.parent = None
@@ -73,14 +74,14 @@ class VmdkImage:
         off, n = self.header.descriptor
         if off and n:
             if (off + n) * S.SECTOR > self.source.size or n * S.SECTOR > MAX_DESCRIPTOR:
-                self.problems.append(("warning", "descriptor-unreadable",
+                self.problems.append(Problem("warning", "descriptor-unreadable",
                                       f"{self.label}: embedded descriptor lies outside the "
                                       "file; read as a lone extent"))
             else:
                 try:
                     return parse_descriptor(self.source.read(off * S.SECTOR, n * S.SECTOR))
                 except (VmdkError, UnreadableError) as e:
-                    self.problems.append(("warning", "descriptor-unreadable",
+                    self.problems.append(Problem("warning", "descriptor-unreadable",
                                           f"{self.label}: embedded descriptor unusable ({e}); "
                                           "read as a lone extent"))
         # An extent of a split image opened on its own, or a damaged descriptor.
@@ -115,7 +116,7 @@ class VmdkImage:
                     f = self._open_file(e.filename)
                     src = SliceSource(f, e.offset * S.SECTOR, n, label=what, bad=self.bad)
                     if e.offset * S.SECTOR + n > f.size:
-                        self.problems.append(("error", "extent-truncated",
+                        self.problems.append(Problem("error", "extent-truncated",
                                               f"{self.label}: {what} needs "
                                               f"{e.offset * S.SECTOR + n} bytes, the file has "
                                               f"{f.size}: the rest is unreadable"))
@@ -126,7 +127,7 @@ class VmdkImage:
                         f = self._open_file(e.filename)
                         hdr, _ = read_header(f)
                     if hdr.capacity * S.SECTOR != n:
-                        self.problems.append(("warning", "extent-size",
+                        self.problems.append(Problem("warning", "extent-size",
                                               f"{self.label}: {what} is {n} bytes in the "
                                               f"descriptor, {hdr.capacity * S.SECTOR} in its "
                                               "header; the descriptor's size is used"))
@@ -135,18 +136,18 @@ class VmdkImage:
                     src.parent_base = pos
                     self.sparse.append(src)
                     if hdr.unclean:
-                        self.problems.append(("warning", "unclean-shutdown",
+                        self.problems.append(Problem("warning", "unclean-shutdown",
                                               f"{self.label}: {what} was not closed cleanly"))
                 else:
-                    self.problems.append(("error", "extent-unsupported",
+                    self.problems.append(Problem("error", "extent-unsupported",
                                           f"{self.label}: {what}: {e.type} extents are not "
                                           "supported; their bytes are unreadable"))
             except FileNotFoundError as err:
-                self.problems.append(("error", "extent-missing",
+                self.problems.append(Problem("error", "extent-missing",
                                       f"{self.label}: {what} is missing ({err}); its bytes "
                                       "read as " + ("zeros" if self.bad == "zero" else "EIO")))
             except (OSError, PvfsError) as err:
-                self.problems.append(("error", "extent-bad",
+                self.problems.append(Problem("error", "extent-bad",
                                       f"{self.label}: {what} cannot be used ({err}); its bytes "
                                       "read as " + ("zeros" if self.bad == "zero" else "EIO")))
             if src is None:
@@ -157,40 +158,40 @@ class VmdkImage:
         return ExtentSource(pos, parts, label=self.label)
 
     def _problem(self, sev, code, msg):
-        self.problems.append((sev, code, msg))
+        self.problems.append(Problem(sev, code, msg))
 
     # -- parent -------------------------------------------------------------------------
     def _open_parent(self, depth):
         d = self.descriptor
         hint = d.parent_hint
         if not hint:
-            self.problems.append(("error", "parent-missing",
+            self.problems.append(Problem("error", "parent-missing",
                                   f"{self.label}: parentCID {d.parent_cid:08x} but no "
                                   "parentFileNameHint; unallocated grains read as "
                                   + ("zeros" if self.bad == "zero" else "EIO")))
             return MissingSource(self.size, "parent unknown", self.bad, "parent")
         path = self.files.join(self.path, hint)
         if depth + 1 > MAX_CHAIN:
-            self.problems.append(("error", "parent-too-deep",
+            self.problems.append(Problem("error", "parent-too-deep",
                                   f"{self.label}: parent chain deeper than {MAX_CHAIN}"))
             return MissingSource(self.size, "parent chain too deep", self.bad, hint)
         if self.files.key(path) in self.chain:
-            self.problems.append(("error", "parent-loop",
+            self.problems.append(Problem("error", "parent-loop",
                                   f"{self.label}: parent chain loops back to {hint!r}"))
             return MissingSource(self.size, "parent chain loops", self.bad, hint)
         try:
             src = self.files.open(path)
             parent = VmdkImage(src, path, self.files, self.bad, depth + 1, self.chain)
         except (OSError, PvfsError) as e:
-            self.problems.append(("error", "parent-missing",
+            self.problems.append(Problem("error", "parent-missing",
                                   f"{self.label}: parent {hint!r} cannot be used ({e}); "
                                   "unallocated grains read as "
                                   + ("zeros" if self.bad == "zero" else "EIO")))
             return MissingSource(self.size, f"parent {hint} missing", self.bad, hint)
         for sev, code, msg in parent.problems:
-            self.problems.append((sev, code, f"in parent {hint!r}: {msg}"))
+            self.problems.append(Problem(sev, code, f"in parent {hint!r}: {msg}"))
         if parent.descriptor.cid != d.parent_cid:
-            self.problems.append(("warning", "cid-mismatch",
+            self.problems.append(Problem("warning", "cid-mismatch",
                                   f"{self.label}: parentCID is {_cid(d.parent_cid)} but the "
                                   f"parent {hint!r} has CID {_cid(parent.descriptor.cid)}: the "
                                   "parent changed after this child was made (qemu refuses "
