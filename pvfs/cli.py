@@ -277,7 +277,16 @@ def check_values(args):
 
 
 def check_after_discovery(args, ctx):
-    """Values only discovery can judge: a txg, seqno, dataset or resource that is not there."""
+    """Values only discovery can judge: a txg, seqno, dataset or resource that is not there.
+
+    Backends report such a value as a damage entry (the ZFS backend's open-failed message
+    "no valid uberblock with txg N", LVM's ``seqno-not-found``, DRBD's ``bad-merge-rule``,
+    PBS's ``bad-keyfile``) or raise UsageError (a ``bad-option`` entry, see
+    discover._run_backend); here each becomes exit 2.  A backend that wants its own check
+    raises UsageError: that needs no change here.
+    """
+    from .nodes import resolve
+
     entries = list(ctx.report)
     claimed = {v.claimed_by for v in ctx.volumes}
     bad_opt = [e for e in entries if e.code == "bad-option"]
@@ -299,8 +308,6 @@ def check_after_discovery(args, ctx):
                 raise UsageError(f"--lvm-seqno {seqno}: {e.message.split('; using')[0]}")
     for v in getattr(args, "zfs_key", None) or []:
         name = v.partition("=")[0].strip("/")
-        from .nodes import resolve
-
         try:
             found = resolve(ctx.root, f"storage/zfs/{name}") is not None
         except Exception:

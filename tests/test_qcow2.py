@@ -216,3 +216,36 @@ def test_truncated_image_is_reported_at_scan(imgdir, tmp_path, name):
     node = resolve(ctx.root, "vms/100/disk-0.raw")
     assert node.source.read(want[0][0], 512) == bytes(512)
     assert all("read as zeros" in e.message for e in ctx.report if e.code == "beyond-eof")
+
+
+@pytest.mark.parametrize("name", ["compressed-zlib.qcow2", "compressed-zstd.qcow2"])
+def test_truncated_compressed_image_policy(imgdir, tmp_path, name):
+    """Compressed clusters cut off by truncation: EIO by default, zeros with --bad zero,
+    exactly the ranges the scan reported; every other cluster equals qemu-img's raw."""
+    import subprocess
+
+    data = (imgdir / name).read_bytes()
+    p = tmp_path / "vm-100-disk-0.qcow2"
+    p.write_bytes(data[:len(data) // 2])
+    truth = tmp_path / "truth.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(imgdir / name), str(truth)], check=True)
+    want = truth.read_bytes()
+    cs = 1 << 16
+    lost = []
+    ctx = discover([str(p)])
+    src = resolve(ctx.root, "vms/100/disk-0.raw").source
+    for off in range(0, src.size, cs):
+        try:
+            assert src.read(off, cs) == want[off:off + cs], off
+        except UnreadableError:
+            lost.append((off, cs))
+    from pvfs.damage import merge_ranges
+
+    assert lost, "the cut must hit compressed clusters"
+    reported = [e.ranges for e in ctx.report
+                if e.code == "beyond-eof" and e.path == "vms/100/disk-0.raw"]
+    assert reported == [tuple(merge_ranges(lost))]
+    zctx = discover([str(p)], Options(bad="zero"))
+    zsrc = resolve(zctx.root, "vms/100/disk-0.raw").source
+    for off, n in lost:
+        assert zsrc.read(off, n) == bytes(n)
