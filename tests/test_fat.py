@@ -413,6 +413,47 @@ def test_esp_in_gpt_disk_through_discover(images):
     assert "vms/105/disk-0.files/p1" in vol.files_paths
 
 
+def test_bad_sectors_under_the_esp_name_the_file(images, tmp_path):
+    """A ddrescue mapfile on the GPT disk: the report names the file on the bad sectors,
+    that file reads EIO, every other file of the ESP still equals mtools' extraction."""
+    from pvfs.discover import Options
+
+    m = manifest(images, "fat32")
+    disk = images / "vm-105-disk-0.raw"
+    ctx = discover([str(disk)])
+    esp = resolve(ctx.root, "vms/105/disk-0.files/p1")
+    big = esp.get("big2.bin")
+    part_off = 1 << 20  # p1 starts at sector 2048
+    bad_at = part_off + big.source.extents[0][3] + (5 << 20)  # inside its first extent
+    assert big.source.extents[0][1] > 6 << 20
+    size = disk.stat().st_size
+    mapfile = tmp_path / "disk.map"
+    mapfile.write_text("# Mapfile. Created by GNU ddrescue version 1.27\n"
+                       "# current_pos  current_status  current_pass\n0x0 + 1\n"
+                       f"0x0 {bad_at:#x} +\n{bad_at:#x} 0x1000 -\n"
+                       f"{bad_at + 0x1000:#x} {size - bad_at - 0x1000:#x} +\n")
+    ctx = discover([str(disk)], Options(mapfiles={str(disk): str(mapfile)}))
+    e = next(e for e in ctx.report if e.code == "files-damaged")
+    assert e.path == "vms/105/disk-0.files/p1" or e.path.endswith("disk.files/p1")
+    assert "1 files or directories" in e.message and "big2.bin" in e.message
+    esp = resolve(ctx.root, "vms/105/disk-0.files/p1")
+    node = esp.get("big2.bin")
+    with pytest.raises(UnreadableError):
+        node.source.read(0, node.size)
+    view = tree_view_except(esp, {"big2.bin"})
+    compare(view, {p: t for p, t in m["entries"].items() if p != "big2.bin"}, 2_000_000_000)
+
+
+def tree_view_except(root, skip):
+    from pvfs.nodes import Dir as _Dir
+
+    keep = _Dir()
+    for name, node in root.children().items():
+        if name not in skip:
+            keep.add(name, node)
+    return tree_view(keep)
+
+
 @needs_fuse
 def test_esp_file_through_fuse_mount(images, tmp_path):
     m = manifest(images, "fat32")

@@ -102,6 +102,19 @@ def build_all(dest):
          base, f"{p}/vm-101-disk-0.vmdk")
     _run("qemu-img", "convert", "-f", "raw", "-O", "vmdk", base, f"{p}/vm-101-disk-1.vmdk")
     out["pve"] = {"files": sorted(os.listdir(p))}
+    # The same storage inside a guest filesystem (FAT, made by mtools): found by the tree
+    # storage scan and read through pvfs.namespace.TreeFiles.
+    g = f"{dest}/guest/images/102"
+    os.makedirs(g)
+    small = f"{dest}/small.raw"
+    with open(small, "wb") as f:
+        f.write(random.Random(102).randbytes(3 << 20))
+    _run("qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat",
+         small, f"{g}/vm-102-disk-0.vmdk")
+    _run("mkfs.fat", "-F", "16", "-C", f"{dest}/guest.img", str(16 << 10))
+    subprocess.run(["mcopy", "-s", "-i", f"{dest}/guest.img", f"{dest}/guest/images", "::/"],
+                   check=True, capture_output=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    out["guest"] = {"sha256": sha256_file(small)}
     with open(f"{dest}/manifest.json", "w") as f:
         json.dump(out, f)
 
@@ -207,6 +220,18 @@ def test_proxmox_dir_storage_layout(images):
                   if n.endswith(".raw")) == ["disk-0.raw", "disk-1.raw"]
     flat = resolve(ctx.root, "storage/files/pve/images/101")
     assert "vm-101-disk-0-flat.vmdk" not in flat.children()
+
+
+def test_vmdk_in_a_storage_inside_a_guest_filesystem(images):
+    """images/102/ on a FAT filesystem: the descriptor opens through the node tree and its
+    -flat extent is read through it, not opened as a disk of its own."""
+    ctx = discover([str(images / "guest.img")])
+    disk = resolve(ctx.root, "vms/102/disk-0.raw")
+    assert isinstance(disk, File)
+    assert sha256_source(disk.source) == manifest(images)["guest"]["sha256"]
+    names = [getattr(v, "file_name", None) for v in ctx.volumes]
+    assert "vm-102-disk-0.vmdk" in names and "vm-102-disk-0-flat.vmdk" not in names
+    assert [e for e in ctx.report if e.layer == "vmdk"] == []
 
 
 # ------------------------------------------------------------------------------ damage
