@@ -309,6 +309,31 @@ def test_fat_names_as_linux_shows_them(images):
     assert resolve(root, f"deep/{deep}/bottom.txt").source.read(0, 10) == b"bottom\n"
 
 
+def test_lfn_with_a_wrong_checksum_is_dropped(images, tmp_path):
+    """Linux and mtools drop long-name slots whose checksum does not match the 8.3 entry
+    that follows (an orphan left by a DOS tool): the 8.3 name is shown instead."""
+    m = manifest(images, "fat16")
+    src = FileSource(images / m["image"])
+    _ctx, _fs, root = open_fs(src, FatBackend())
+    node = root.get("MiXed.Txt")
+    short_at = node.fat_extents[-1][0]  # the 8.3 entry; its one LFN slot is just before it
+    slot = src.read(short_at - 32, 32)
+    assert slot[11] == 0x0F and slot[0] == 0x41
+    patched = PatchedSource(src, {short_at - 32 + 13: bytes([slot[13] ^ 0x55])})
+    _ctx, _fs, root2 = open_fs(patched, FatBackend())
+    names = set(root2.children())
+    assert "MIXED.TXT" in names and "MiXed.Txt" not in names
+    assert root2.get("MIXED.TXT").source.read(0, 100) == b"mixed case needs a long name\n"
+    copy = tmp_path / "patched.img"
+    shutil.copy(images / m["image"], copy)
+    with open(copy, "r+b") as f:
+        f.seek(short_at - 32 + 13)
+        f.write(bytes([slot[13] ^ 0x55]))
+    out = subprocess.run(["mdir", "-i", str(copy), "::"], env=ENV, capture_output=True,
+                         check=True).stdout.decode()
+    assert "MiXed.Txt" not in out and "MIXED    TXT" in out  # mtools agrees
+
+
 def test_fat_times_and_dirty_flag(images):
     m = manifest(images, "fat16")
     src = FileSource(images / m["image"])

@@ -302,6 +302,17 @@ def test_cid_mismatch_and_missing_parent(images, tmp_path):
     img = open_image(tmp_path / "child.vmdk")
     assert "cid-mismatch" in codes(img)
     assert sha256_source(img.disk) == manifest(images)["child"]["sha256"]
+    # a VMware-style absolute hint from another host: the parent beside the child is used
+    raw = bytearray((tmp_path / "child.vmdk").read_bytes())
+    start = 512 * int.from_bytes(raw[28:36], "little")  # descriptorOffset
+    end = raw.index(b"\0", start)
+    text = bytes(raw[start:end]).replace(b'parentFileNameHint="base.vmdk"',
+                                         b'parentFileNameHint="C:\\VMs\\old\\base.vmdk"')
+    raw[start:start + len(text)] = text
+    (tmp_path / "child.vmdk").write_bytes(bytes(raw))
+    img = open_image(tmp_path / "child.vmdk")
+    assert "parent-beside" in codes(img) and "parent-missing" not in codes(img)
+    assert sha256_source(img.disk) == manifest(images)["child"]["sha256"]
     os.unlink(tmp_path / "base.vmdk")
     img = open_image(tmp_path / "child.vmdk")
     assert "parent-missing" in codes(img)

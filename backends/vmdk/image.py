@@ -171,6 +171,15 @@ class VmdkImage:
                                   + ("zeros" if self.bad == "zero" else "EIO")))
             return MissingSource(self.size, "parent unknown", self.bad, "parent")
         path = self.files.join(self.path, hint)
+        if self.files.exists_size(path) is None:
+            # VMware writes absolute hints of the host that made the child ("C:\\VMs\\base.vmdk",
+            # "/vmfs/volumes/ds1/base.vmdk"); a copied chain has the parent beside the child.
+            beside = self.files.join(self.path, hint.replace("\\", "/").rsplit("/", 1)[-1])
+            if beside != path and self.files.exists_size(beside) is not None:
+                self.problems.append(Problem("info", "parent-beside",
+                                             f"{self.label}: parent {hint!r} not found there; "
+                                             f"the file of that name beside the image is used"))
+                path = beside
         if depth + 1 > MAX_CHAIN:
             self.problems.append(Problem("error", "parent-too-deep",
                                   f"{self.label}: parent chain deeper than {MAX_CHAIN}"))
