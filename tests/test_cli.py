@@ -311,3 +311,47 @@ show pvfs --deb
 """)
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True).stdout.splitlines()
     assert out == ["scan", "--bad", "eio zero", "--pbs-verify", "--debug"]
+
+
+GOLDEN = ROOT / "tests" / "golden" / "cli-errors.txt"
+TRANSCRIPT = [
+    [],
+    ["frobnicate"],
+    ["scan"],
+    ["scan", "nosuch.img"],
+    ["mount", "examples"],
+    ["mount", "--threads", "0", "examples", "mnt"],
+    ["mount", "-o", "bogus", "examples/vm-100-disk-0.qcow2", "mnt"],
+    ["mount", "examples/vm-100-disk-0.qcow2", "full"],
+    ["scan", "--drbd-prefer", "C", "examples"],
+    ["scan", "--pbs-keyfile", "/missing", "examples"],
+    ["scan", "--zfs-txg", "99999", "examples/vm-100-disk-0.qcow2"],
+    ["scan", "--bad", "maybe", "examples"],
+    ["umount", "mnt"],
+    ["scan", "junk"],
+]
+
+
+def test_error_transcript_golden(tmp_path):
+    """The whole transcript of common mistakes (command, exit status, stderr), diffed
+    against tests/golden/cli-errors.txt (PVFS_REGEN_GOLDEN=1 rewrites it), so a change of
+    wording or status shows in review."""
+    os.symlink(EXAMPLES, tmp_path / "examples")
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("nothing\n")
+    out = []
+    for args in TRANSCRIPT:
+        r = pvfs(*args, cwd=tmp_path)
+        out.append(f"$ pvfs {' '.join(args)}".rstrip())
+        out.append(f"[exit {r.returncode}]")
+        out.extend(r.stderr.replace(str(tmp_path), "$TMP").splitlines())
+        if r.returncode == 2:
+            assert r.stdout == "", args  # a usage error comes before any work
+        out.append("")
+    text = "\n".join(out)
+    if os.environ.get("PVFS_REGEN_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
