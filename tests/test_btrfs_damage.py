@@ -12,8 +12,9 @@ import subprocess
 
 import pytest
 from btrfs_image import (
-    build_image, build_two_devices, build_with_log_tree, cached_image, compare, empty_subvol_dirs, have_tools,
-    kernel_view_no_log_replay, kernel_view_two_devices, open_image, populate_small, time_limit,
+    build_image, build_two_devices, build_with_log_tree, cached_image, compare, empty_subvol_dirs,
+    have_tools, kernel_view_no_log_replay, kernel_view_two_devices, open_image, populate_small,
+    time_limit,
 )
 
 from pvfs.errors import UnreadableError

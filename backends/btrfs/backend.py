@@ -58,8 +58,13 @@ class BtrfsBackend(Backend):
 def open_filesystem(volume, ctx) -> BtrfsFilesystem:
     src = volume.source
 
-    def report(severity, code, message, ranges=()):
-        ctx.report.add(severity, LAYER, volume.path, code, message, ranges)
+    reported = set()
+
+    def report(severity, code, message, ranges=(), key=None):
+        key = key if key is not None else (code, message)
+        if key not in reported:
+            reported.add(key)
+            ctx.report.add(severity, LAYER, volume.path, code, message, ranges)
 
     copies = read_superblocks(src)
     sb = pick_superblock(copies)

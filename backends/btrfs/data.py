@@ -88,9 +88,9 @@ class LogicalSource(Source):
                 except BtrfsError as e:
                     if not self._csum_warned:
                         self._csum_warned = True
-                        self.report("warning", path, "csum-tree-unreadable",
+                        self.report("warning", "csum-tree-unreadable",
                                     f"data checksums cannot be read ({e}); data is served "
-                                    f"unchecked")
+                                    f"unchecked", relpath=path)
                     runs = []
         for run in runs:
             (oid, ktype, start), data = run
@@ -202,9 +202,9 @@ class LogicalSource(Source):
                     break
                 problems.append(f"copy {ci} checksum mismatch")
             if good is not None:
-                self.report("info", path, "data-repaired",
+                self.report("info", "data-repaired",
                             f"data sector at logical {a + rel:#x} read from a mirror: "
-                            f"{'; '.join(problems)}", ranges=[])
+                            f"{'; '.join(problems)}", ranges=[], relpath=path)
                 out[rel:rel + ss] = good
                 continue
             if data is None and w is None and len(copies) == 1:
@@ -222,10 +222,10 @@ class LogicalSource(Source):
         if count <= MAX_REPORTS_PER_FILE:
             last = "; further unreadable ranges of this file are not reported one by one" \
                 if count == MAX_REPORTS_PER_FILE else ""
-            self.report("error", path, "data-unreadable",
+            self.report("error", "data-unreadable",
                         f"{n} bytes at logical {logical:#x} cannot be read: {why}"
                         + ("; they read as zeros" if self.bad == "zero" else "") + last,
-                        ranges=phys_ranges, key=("data", path, logical))
+                        ranges=phys_ranges, key=("data", path, logical), relpath=path)
         if self.bad == "zero":
             return bytes(n)
         raise UnreadableError(f"btrfs: {path or 'data'}: logical {logical:#x}+{n:#x}: {why}",

@@ -137,7 +137,7 @@ class BtrfsFilesystem(GuestFilesystem):
         self.info = info
         self.bad = ctx.bad("eio") if ctx is not None else "eio"
         self.logical = LogicalSource(dev, csum_root, self.bad, report=self.report)
-        dev.report = lambda sev, code, msg, ranges=(): self.report(sev, "", code, msg, ranges)
+        dev.report = self.report
         self._nodes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._placed_dirs: set = set()
         self._subvols: dict[int, Subvol | Exception] = {}
@@ -152,7 +152,9 @@ class BtrfsFilesystem(GuestFilesystem):
             return ""
         return v.files_paths[0] if v.files_paths else v.path
 
-    def report(self, severity, relpath, code, message, ranges=(), key=None):
+    def report(self, severity, code, message, ranges=(), relpath="", key=None):
+        """One damage entry at ``relpath`` below the filesystem's root (once per ``key``,
+        by default per code, place and message)."""
         key = key if key is not None else (code, relpath, message)
         with self._lock:
             if key in self._reported:
@@ -167,10 +169,10 @@ class BtrfsFilesystem(GuestFilesystem):
         logical = getattr(err, "logical", None)
         span = f"keys {lo} to {hi if hi is not None else 'the end'}" if lo is not None else \
             "its whole tree"
-        self.report("error", relpath, "tree-block-lost",
+        self.report("error", "tree-block-lost",
                     f"{err}; the items in it ({span} of tree {tree_id}) are missing",
                     ranges=getattr(err, "ranges", ()),
-                    key=("block", logical) if logical is not None else None)
+                    key=("block", logical) if logical is not None else None, relpath=relpath)
 
     # -- subvolumes ----------------------------------------------------------------------
     def subvol(self, tree_id: int) -> Subvol:
@@ -221,7 +223,7 @@ class BtrfsFilesystem(GuestFilesystem):
             sv = self.subvol(S.FS_TREE_OBJECTID)
             node = self.inode_node(sv.tree_id, sv.dirid, "", [])
         except BtrfsError as e:
-            self.report("error", "", "root-unreadable", f"top-level subvolume: {e}")
+            self.report("error", "root-unreadable", f"top-level subvolume: {e}")
             node = None
         if not isinstance(node, Dir):
             return Dir(mode=0o755)
@@ -231,7 +233,7 @@ class BtrfsFilesystem(GuestFilesystem):
         try:
             sv = self.subvol(tree_id)
         except BtrfsError as e:
-            self.report("error", relpath, "subvolume-unreadable", str(e))
+            self.report("error", "subvolume-unreadable", str(e), relpath=relpath)
             return
         lost = []
 
@@ -245,10 +247,11 @@ class BtrfsFilesystem(GuestFilesystem):
             try:
                 entries.extend(parse_dir_items(data)[:1])
             except BtrfsError as e:
-                self.report("error", relpath, "bad-dir-entry", f"directory {ino}: {e}")
+                self.report("error", "bad-dir-entry", f"directory {ino}: {e}", relpath=relpath)
             if len(entries) >= MAX_DIR_ENTRIES:
-                self.report("error", relpath, "dir-too-large",
-                            f"more than {MAX_DIR_ENTRIES} entries; the rest are not shown")
+                self.report("error", "dir-too-large",
+                            f"more than {MAX_DIR_ENTRIES} entries; the rest are not shown",
+                            relpath=relpath)
                 break
         if lost:  # the hash-ordered DIR_ITEM copies may still name what was lost
             have = {e.name for e in entries}
@@ -263,9 +266,10 @@ class BtrfsFilesystem(GuestFilesystem):
                 except BtrfsError:
                     continue
             if len(entries) > n_before:
-                self.report("warning", relpath, "dir-index-lost",
+                self.report("warning", "dir-index-lost",
                             f"{len(entries) - n_before} entries of this directory were found "
-                            f"only in its DIR_ITEM copies (their DIR_INDEX block is lost)")
+                            f"only in its DIR_ITEM copies (their DIR_INDEX block is lost)",
+                            relpath=relpath)
         missing: list[str] = []
         hint = f"{self.path}/{relpath}".rstrip("/")
         report = self.ctx.report if self.ctx is not None else None
@@ -280,11 +284,11 @@ class BtrfsFilesystem(GuestFilesystem):
                 elif e.loc[1] == S.INODE_ITEM_KEY:
                     node = self.inode_node(tree_id, e.loc[0], child_rel, missing, loaded)
                 else:
-                    self.report("error", child_rel, "bad-dir-entry",
-                                f"directory entry points at key type {e.loc[1]}")
+                    self.report("error", "bad-dir-entry",
+                                f"directory entry points at key type {e.loc[1]}", relpath=child_rel)
                     continue
             except BtrfsError as err:
-                self.report("error", child_rel, "bad-inode", str(err))
+                self.report("error", "bad-inode", str(err), relpath=child_rel)
                 continue
             if node is not None:
                 dnode.add(name, node, report=report, layer=LAYER, path_hint=hint)
@@ -292,9 +296,9 @@ class BtrfsFilesystem(GuestFilesystem):
             shown = ", ".join(missing[:MAX_NAMES_IN_MESSAGE])
             more = f" and {len(missing) - MAX_NAMES_IN_MESSAGE} more" \
                 if len(missing) > MAX_NAMES_IN_MESSAGE else ""
-            self.report("error", relpath, "inodes-lost",
+            self.report("error", "inodes-lost",
                         f"{len(missing)} entries are not shown: their inodes lie in lost "
-                        f"tree blocks: {shown}{more}")
+                        f"tree blocks: {shown}{more}", relpath=relpath)
 
     def _subvol_link(self, parent_tree, dirid, e: DirEntry, relpath):
         child = e.loc[0]
@@ -305,7 +309,7 @@ class BtrfsFilesystem(GuestFilesystem):
         try:
             sv = self.subvol(child)
         except BtrfsError as err:
-            self.report("error", relpath, "subvolume-unreadable", str(err))
+            self.report("error", "subvolume-unreadable", str(err), relpath=relpath)
             return Dir(mode=0o755)
         return self.inode_node(child, sv.dirid, relpath, [])
 
@@ -327,8 +331,8 @@ class BtrfsFilesystem(GuestFilesystem):
             if ino in lost:
                 missing.append(relpath.rpartition("/")[2])
                 return None
-            self.report("error", relpath, "inode-missing",
-                        f"inode {ino} of tree {tree_id} has no inode item")
+            self.report("error", "inode-missing",
+                        f"inode {ino} of tree {tree_id} has no inode item", relpath=relpath)
             return None
         inode = parse_inode(ino, raw_inode)
         node = self._make_node(sv, inode, relpath)
@@ -367,7 +371,7 @@ class BtrfsFilesystem(GuestFilesystem):
                     for x in parse_dir_items(data):
                         xs[x.name] = x.data
                 except BtrfsError as err:
-                    self.report("error", relpath, "bad-xattr", f"inode {oid}: {err}")
+                    self.report("error", "bad-xattr", f"inode {oid}: {err}", relpath=relpath)
         lost = set()
         if lost_ranges:
             for ino in wanted:
@@ -384,9 +388,9 @@ class BtrfsFilesystem(GuestFilesystem):
             return node
         with self._lock:
             if key in self._placed_dirs:
-                self.report("error", relpath, "directory-loop",
+                self.report("error", "directory-loop",
                             f"directory {key[1]} of tree {key[0]} is linked a second time; "
-                            f"shown only at its first place")
+                            f"shown only at its first place", relpath=relpath)
                 return None
             self._placed_dirs.add(key)
         return node
@@ -401,7 +405,7 @@ class BtrfsFilesystem(GuestFilesystem):
         if fmt == stat.S_IFREG:
             size = ino.size
             if size > (1 << 63):
-                self.report("error", relpath, "bad-inode", f"inode {num}: size {size}")
+                self.report("error", "bad-inode", f"inode {num}: size {size}", relpath=relpath)
                 return None
             src = FileData(size, ino.nbytes, self, sv, ino, relpath, self.dev.sectorsize)
             return File(src, mode=perm, **kw)
@@ -414,31 +418,33 @@ class BtrfsFilesystem(GuestFilesystem):
         if fmt in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
             rdev = kernel_rdev(ino.rdev) if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0
             return Special(fmt | perm, rdev=rdev, **kw)
-        self.report("error", relpath, "bad-inode", f"inode {num}: unknown mode {ino.mode:o}")
+        self.report("error", "bad-inode", f"inode {num}: unknown mode {ino.mode:o}",
+                    relpath=relpath)
         return None
 
     def _symlink_target(self, sv, ino: Inode, relpath: str):
         try:
             data = lookup(self.dev, sv.root, (ino.ino, S.EXTENT_DATA_KEY, 0))
         except BtrfsError as e:
-            self.report("error", relpath, "symlink-unreadable", str(e),
-                        ranges=getattr(e, "ranges", ()))
+            self.report("error", "symlink-unreadable", str(e),
+                        ranges=getattr(e, "ranges", ()), relpath=relpath)
             return None
         if data is None or len(data) < S.FILE_EXTENT_INLINE_DATA_START:
-            self.report("error", relpath, "symlink-unreadable",
-                        f"symlink inode {ino.ino} has no inline extent")
+            self.report("error", "symlink-unreadable",
+                        f"symlink inode {ino.ino} has no inline extent", relpath=relpath)
             return None
         _g, ram_bytes, comp, _enc, _oe, etype = S.FILE_EXTENT_HEAD.unpack_from(data, 0)
         raw = bytes(data[S.FILE_EXTENT_INLINE_DATA_START:])
         if etype != S.FILE_EXTENT_INLINE:
-            self.report("error", relpath, "symlink-unreadable",
-                        f"symlink inode {ino.ino}: extent type {etype} is not inline")
+            self.report("error", "symlink-unreadable",
+                        f"symlink inode {ino.ino}: extent type {etype} is not inline",
+                        relpath=relpath)
             return None
         if comp:
             try:
                 raw = decompress(comp, raw, min(ram_bytes, MAX_SYMLINK), self.dev.sectorsize)
             except DecompressError as e:
-                self.report("error", relpath, "symlink-unreadable", str(e))
+                self.report("error", "symlink-unreadable", str(e), relpath=relpath)
                 return None
         return raw[:min(ino.size, MAX_SYMLINK)]
 
@@ -462,8 +468,9 @@ class BtrfsFilesystem(GuestFilesystem):
                                           (ino.ino, S.EXTENT_DATA_KEY, MAX), damage):
             n += 1
             if n > MAX_FILE_EXTENTS:
-                self.report("error", relpath, "too-many-extents",
-                            f"more than {MAX_FILE_EXTENTS} extents; the rest read as EIO")
+                self.report("error", "too-many-extents",
+                            f"more than {MAX_FILE_EXTENTS} extents; the rest read as EIO",
+                            relpath=relpath)
                 lost.append((foff, max(0, size - foff), "too many extents"))
                 break
             if foff >= size:
@@ -471,7 +478,8 @@ class BtrfsFilesystem(GuestFilesystem):
             try:
                 ext = self._one_extent(view, foff, data, size)
             except (BtrfsError, DecompressError) as e:
-                self.report("error", relpath, "bad-extent", f"extent at file offset {foff}: {e}")
+                self.report("error", "bad-extent", f"extent at file offset {foff}: {e}",
+                            relpath=relpath)
                 ext = None
                 nbytes = _extent_len(data)
                 lost.append((foff, min(nbytes or (size - foff), size - foff), str(e)))
@@ -661,7 +669,7 @@ class BtrfsFilesystem(GuestFilesystem):
                     p = p if p is not None else f"<inode {ino} of subvolume {tree_id}>"
                     names.append("/".join(x for x in (prefix, p) if x))
             if budget <= 0 or time.monotonic() > deadline:
-                self.report("warning", "", "damage-map-partial",
+                self.report("warning", "damage-map-partial",
                             "mapping damage to files stopped early (time or item budget); "
                             "more files may be hit")
                 break

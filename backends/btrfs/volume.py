@@ -308,6 +308,13 @@ def parse_node(raw: bytes, nodesize: int) -> Node:
     return n
 
 
+class _OnceReport:
+    """Drops reports (a Device used without a filesystem: tests, probing)."""
+
+    def __call__(self, severity, code, message, ranges=(), key=None):
+        pass
+
+
 class Device:
     """A btrfs filesystem on one device (``source``): superblock, chunks, tree blocks."""
 
@@ -319,10 +326,10 @@ class Device:
         self.sectorsize = sb.sectorsize
         self.fsid = sb.metadata_fsid
         self.devid = sb.dev_item.devid
-        #: ``report(severity, code, message, ranges)`` for repairs and damage seen while reading
-        self.report = report or (lambda *a, **k: None)
+        #: ``report(severity, code, message, ranges, key=...)`` for repairs and damage seen
+        #: while reading (one entry per ``key``)
+        self.report = report or _OnceReport()
         self.chunks = ChunkMap(self.devid, source.size)
-        self._reported: set = set()
         self._lock = threading.Lock()
         self.repaired = 0  # tree blocks read from a second copy
 
@@ -336,15 +343,8 @@ class Device:
                 ch, _used = parse_chunk(data, offset)
                 self.chunks.add(ch)
             except BtrfsError as e:
-                self.report_once(("chunk", offset), "error", "bad-chunk",
-                                 f"chunk item at logical {offset:#x}: {e}")
-
-    def report_once(self, key, severity, code, message, ranges=()):
-        with self._lock:
-            if key in self._reported:
-                return
-            self._reported.add(key)
-        self.report(severity, code, message, ranges)
+                self.report("error", "bad-chunk", f"chunk item at logical {offset:#x}: {e}",
+                            key=("chunk", offset))
 
     def read_phys(self, phys: int, length: int) -> bytes:
         """``length`` bytes at device offset ``phys``; past the end of the device (a
@@ -412,9 +412,10 @@ class Device:
             if problems:
                 with self._lock:
                     self.repaired += 1
-                self.report_once(("repaired", logical), "info", "repaired-from-mirror",
-                                 f"tree block {logical:#x} repaired from mirror: "
-                                 f"{'; '.join(problems)}; copy {i + 1} is good", bad_ranges)
+                self.report("info", "repaired-from-mirror",
+                            f"tree block {logical:#x} repaired from mirror: "
+                            f"{'; '.join(problems)}; copy {i + 1} is good", bad_ranges,
+                            key=("repaired", logical))
             return METADATA_CACHE.put(ck, node)
         if not copies:
             problems.append("no copy on this device")
