@@ -241,8 +241,11 @@ class Raidz(Vdev):
                 if left <= 0:
                     break
             pat = (spans, pieces)
-            if len(_PATTERNS) > 4096:
+            global _PATTERN_PIECES
+            _PATTERN_PIECES += len(pieces)
+            if len(_PATTERNS) > 4096 or _PATTERN_PIECES > 1 << 20:  # bounded memory
                 _PATTERNS.clear()
+                _PATTERN_PIECES = len(pieces)
             _PATTERNS[key] = pat
         return pat
 
@@ -352,8 +355,10 @@ class Raidz(Vdev):
         return out
 
 
-#: data-sector patterns of expanded-layout blocks (Raidz._pattern)
+#: data-sector patterns of expanded-layout blocks (Raidz._pattern), at most 4096 shapes
+#: and 2**20 byte ranges in all
 _PATTERNS: dict = {}
+_PATTERN_PIECES = 0
 
 MAX_TREE_DEPTH = 8
 
