@@ -133,13 +133,13 @@ def _check_metadata(ctx):
                 fails.append(f"{where}: owner {node.uid}:{node.gid}")
             if time_ns(node.mtime) != e["mtime_ns"]:
                 fails.append(f"{where}: mtime {time_ns(node.mtime)} != {e['mtime_ns']}")
-            if e["type"] != "dir" and node.nlink != e["nlink"]:
+            if node.nlink != e["nlink"]:
                 fails.append(f"{where}: nlink {node.nlink} != {e['nlink']}")
             if e["type"] == "symlink" and node.target != e["target"].encode():
                 fails.append(f"{where}: target {node.target!r}")
             want_x = {k: v["sha256"] for k, v in (e.get("xattrs") or {}).items()}
             got_x = {k.decode(): hashlib.sha256(v).hexdigest() for k, v in node.xattrs.items()}
-            if want_x and want_x != got_x:
+            if want_x != got_x:
                 fails.append(f"{where}: xattrs {sorted(got_x)} != {sorted(want_x)}")
             if e.get("hardlink_of") and resolve(root, e["hardlink_of"].strip("/")) is not node:
                 fails.append(f"{where}: not the same node as {e['hardlink_of']}")
