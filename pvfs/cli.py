@@ -415,8 +415,10 @@ def cmd_mount(args):
                          for o in args.fuse_options]
     args.fuse_options = [o for o in args.fuse_options if o]
     errors = ctx.report.count("error")
-    summary = (f"pvfs: {len(ctx.volumes)} volumes, {len(ctx.vms_root.children())} VMs, "
-               f"{len(ctx.cts_root.children())} containers; damage: {errors} errors, "
+    from .proxmox.view import guest_ids
+
+    summary = (f"pvfs: {len(ctx.volumes)} volumes, {len(guest_ids(ctx.vms_root))} VMs, "
+               f"{len(guest_ids(ctx.cts_root))} containers; damage: {errors} errors, "
                f"{ctx.report.count('warning')} warnings (see {mountpoint}/report.json)")
     from mountd.daemon import serve
 

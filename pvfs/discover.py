@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import time
 from collections import deque
@@ -24,7 +25,7 @@ from .fsprobe import detect_filesystem
 from .guestfs import GuestFilesystem
 from .namespace import OsFiles, TreeFiles
 from .nodes import Dir, File, resolve
-from .proxmox import parse_volname
+from .proxmox.view import Locator
 from .source import BAD_EIO, FileSource
 
 log = logging.getLogger("pvfs.discover")
@@ -212,12 +213,7 @@ class Context:
         vol = self.add_volume(source, d, "disk.raw", dpath, "disk", parent=input_vol,
                               children_home="sibling", mtime=mtime)
         vol.info.update(info or {})
-        stem = input_vol.file_name or input_vol.name
-        for ext in (".qcow2", ".raw", ".img", ".vmdk"):
-            if stem.endswith(ext):
-                stem = stem[: -len(ext)]
-                break
-        self.add_proxmox_disk(stem, vol, snapshot=snapshot, mtime=mtime)
+        self.add_proxmox(_input_locator(input_vol, snapshot), vol, mtime=mtime)
         return vol
 
     # -- guest filesystems --------------------------------------------------------
@@ -238,44 +234,60 @@ class Context:
         self.filesystems.append(volume)
         used_paths = []
         for place in [volume.path, *volume.vm_paths]:
-            dpath, _, name = place.rpartition("/")
-            target = self._files_place(volume, dpath, name)
-            if target is None:
-                continue
-            base_path, parts = target
-            d = resolve(self.root, base_path)
-            if not isinstance(d, Dir):
-                continue
-            for part in parts[:-1]:
-                d = d.subdir(part)
-            tdir_path = "/".join([base_path, *parts[:-1]])
-            used = d.add(parts[-1], root, report=self.report, path_hint=tdir_path)
-            used_paths.append(f"{tdir_path}/{used}")
+            used = self.show_files_at(volume, place)
+            if used is not None:
+                used_paths.append(used)
         used_paths += self._guest_lv_places(volume, root)
         volume.files_paths = used_paths
         return used_paths
+
+    def show_files_at(self, volume: Volume, place: str) -> str | None:
+        """Show ``volume``'s guest filesystem beside ``place``, one of the paths the
+        volume is shown at; returns the tree path used."""
+        root = volume.guestfs_root
+        if root is None:
+            return None
+        dpath, _, name = place.rpartition("/")
+        target = self._files_place(volume, dpath, name)
+        if target is None:
+            return None
+        base_path, parts = target
+        d = resolve(self.root, base_path)
+        if not isinstance(d, Dir):
+            return None
+        for part in parts[:-1]:
+            d = d.subdir(part)
+        tdir_path = "/".join([base_path, *parts[:-1]])
+        used = d.add(parts[-1], root, report=self.report, path_hint=tdir_path)
+        return f"{tdir_path}/{used}"
 
     def _guest_lv_places(self, volume: Volume, root: Dir) -> list[str]:
         """An LV of a VG found inside a VM disk (a RHEL/Ubuntu LVM install): its files
         also go to ``vms/<vmid>/disk-<n>.files/<vg>-<lv>/`` of the disk holding the PV."""
         if volume.role != "lv" or volume.parent is None:
             return []
-        vg = volume.path.rstrip("/").split("/")[-2] if volume.path.count("/") >= 2 else "vg"
         out = []
-        pv = volume.parent
-        for place in [pv.path, *pv.vm_paths]:
-            dpath, _, _pname = place.rpartition("/")
-            if not place.startswith(("vms/", "cts/")) or not dpath.endswith(".parts"):
-                continue
-            head, _, stem = dpath[: -len(".parts")].rpartition("/")
-            d = resolve(self.root, head)
-            if not isinstance(d, Dir):
-                continue
-            fdir = d.subdir(f"{_stem(stem)}.files")
-            tdir_path = f"{head}/{_stem(stem)}.files"
-            used = fdir.add(f"{vg}-{volume.name}", root, report=self.report, path_hint=tdir_path)
-            out.append(f"{tdir_path}/{used}")
+        for place in [volume.parent.path, *volume.parent.vm_paths]:
+            used = self.guest_lv_place(volume, root, place)
+            if used is not None:
+                out.append(used)
         return out
+
+    def guest_lv_place(self, volume: Volume, root: Dir, place: str) -> str | None:
+        """:meth:`_guest_lv_places` for one place ``place`` of the PV (the Proxmox view
+        calls it when it shows the PV's disk under ``vms/``)."""
+        vg = volume.path.rstrip("/").split("/")[-2] if volume.path.count("/") >= 2 else "vg"
+        dpath, _, _pname = place.rpartition("/")
+        if not place.startswith(("vms/", "cts/")) or not dpath.endswith(".parts"):
+            return None
+        head, _, stem = dpath[: -len(".parts")].rpartition("/")
+        d = resolve(self.root, head)
+        if not isinstance(d, Dir):
+            return None
+        fdir = d.subdir(f"{_stem(stem)}.files")
+        tdir_path = f"{head}/{_stem(stem)}.files"
+        used = fdir.add(f"{vg}-{volume.name}", root, report=self.report, path_hint=tdir_path)
+        return f"{tdir_path}/{used}"
 
     def _files_place(self, volume: Volume, dpath: str,
                      name: str) -> tuple[str, list[str]] | None:
@@ -294,38 +306,27 @@ class Context:
         return dpath, [f"{_stem(name)}.files"]
 
     # -- Proxmox view ------------------------------------------------------------
+    def add_proxmox(self, loc: Locator, volume: Volume | None = None, tree: Dir | None = None,
+                    node=None, mtime=None) -> str | None:
+        """Register what a backend found for the Proxmox view (:mod:`pvfs.proxmox.view`).
+
+        ``loc`` says where Proxmox would say it lives (storage kind, pool / VG /
+        directory, volume name, snapshot; for backups the guest, VMID and time).
+        A disk (``volume``) or container subvolume (``tree``) is placed in
+        ``vms/`` or ``cts/`` after discovery, when the cluster configs are known;
+        a backup's disk, tree or file (``node``) is placed at once.  Returns the
+        tree path for a backup, ``""`` for a disk queued for the view, None when
+        ``loc`` does not name a Proxmox guest's volume.
+        """
+        from .proxmox.view import register
+
+        return register(self, loc, volume, tree, node, mtime)
+
     def add_proxmox_disk(self, volname: str, volume: Volume, snapshot: str | None = None,
                          mtime=None) -> bool:
-        """If ``volname`` follows Proxmox naming, show ``volume`` under ``vms/<vmid>/``.
-
-        ``snapshot`` puts it in ``vms/<vmid>/snapshots/<snapshot>/``.
-        Returns whether the name matched.
-        """
-        vn = parse_volname(volname)
-        if vn is None or vn.is_container:
-            return False
-        vmdir = self.vms_root.subdir(str(vn.vmid))
-        dpath = f"vms/{vn.vmid}"
-        if snapshot is not None:
-            vmdir = vmdir.subdir("snapshots").subdir(snapshot)
-            dpath = f"{dpath}/snapshots/{snapshot}"
-        name = vmdir.add(f"disk-{vn.disk}.raw", File(volume.source, mtime=mtime),
-                         report=self.report, path_hint=dpath)
-        volume.vm_paths.append(f"{dpath}/{name}")
-        volume.info.setdefault("proxmox", {"vmid": vn.vmid, "disk": vn.disk, "kind": vn.kind,
-                                           "snapshot": snapshot})
-        stem = name[:-4] if name.endswith(".raw") else name
-        self.add_home(volume, Home(vmdir, f"{stem}.parts", f"{dpath}/{stem}.parts"))
-        return True
-
-    def container_dir(self, vmid: int, snapshot: str | None = None) -> tuple[Dir, str]:
-        """``cts/<vmid>/`` (or its ``snapshots/<snapshot>/``), for container backends."""
-        d = self.cts_root.subdir(str(vmid))
-        path = f"cts/{vmid}"
-        if snapshot is not None:
-            d = d.subdir("snapshots").subdir(snapshot)
-            path = f"{path}/snapshots/{snapshot}"
-        return d, path
+        """A disk known only by its Proxmox name (no storage): :meth:`add_proxmox`."""
+        return self.add_proxmox(Locator("file", "", volname, snapshot), volume,
+                                mtime=mtime) is not None
 
     def add_host_root(self, root: Dir, path: str, what: str):
         """A recovered root file system (a PBS host backup's pxar) that may hold the
@@ -361,6 +362,23 @@ def _stem(name: str) -> str:
         if name.endswith(ext):
             return name[: -len(ext)]
     return name
+
+
+_IMAGES_RE = re.compile(r"^(?P<store>.*)/images/(?P<vmid>\d+)/(?P<file>[^/]+)$")
+
+
+def _input_locator(input_vol: Volume, snapshot: str | None) -> Locator:
+    """Where an image file lies, as Proxmox would say: ``<storage path>/images/<vmid>/<file>``
+    is a directory storage's volume ``<vmid>/<file>``; anything else is a plain file."""
+    path = input_vol.file_path or input_vol.file_name or input_vol.name
+    fs_root = getattr(input_vol.files, "fs_root", None)
+    if fs_root is not None and path.startswith(fs_root + "/"):
+        path = path[len(fs_root):]  # the path inside the recovered root: /var/lib/vz/...
+    name = input_vol.file_name or os.path.basename(path)
+    m = _IMAGES_RE.match(path)
+    if m and m["file"] == name:
+        return Locator("dir", m["store"] or "/", f"{m['vmid']}/{name}", snapshot)
+    return Locator("file", os.path.dirname(path), name, snapshot)
 
 
 def timeline_of(volume):
@@ -675,25 +693,9 @@ def finish(ctx):
     for vol in ctx.volumes:
         if vol.claimed_by is None and vol.filesystem is None and vol.role != "input":
             vol.filesystem = detect_filesystem(vol.source)
-    # A Proxmox disk with a bare filesystem and no partition table: a container volume.
-    for vol in ctx.volumes:
-        pm = vol.info.get("proxmox")
-        if not pm or vol.filesystem in (None, "swap"):
-            continue
-        if vol.claimed_by is not None and vol.guestfs is None:
-            continue  # a partition table, a PV ...: not a rootfs
-        cdir, cpath = ctx.container_dir(pm["vmid"], pm.get("snapshot"))
-        fname = "rootfs.raw" if "rootfs.raw" not in cdir.children() else f"disk-{pm['disk']}.raw"
-        used = cdir.add(fname, File(vol.source), report=ctx.report, path_hint=cpath)
-        vol.vm_paths.append(f"{cpath}/{used}")
-        if vol.guestfs_root is not None:
-            dname = "rootfs" if used == "rootfs.raw" else f"{_stem(used)}.files"
-            if dname not in cdir.children():
-                cdir.add(dname, vol.guestfs_root, report=ctx.report, path_hint=cpath)
-                vol.files_paths.append(f"{cpath}/{dname}")
-    from .proxmox.cluster import build
+    from .proxmox.view import build
 
-    build(ctx)
+    build(ctx)  # vms/ and cts/ (a bare-filesystem volume of a guest without config is a CT's)
     propagate_unreadable(ctx)
     map_filesystem_damage(ctx)
     attach_generated_files(ctx)

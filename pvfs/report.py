@@ -114,12 +114,10 @@ def volume_doc(vol):
 
 def report_doc(ctx):
     counts = {s: ctx.report.count(s) for s in ("error", "warning", "info")}
-    vms = {}
-    for name, node in sorted(ctx.vms_root.children().items()):
-        vms[name] = sorted(node.children().keys())
-    cts = {}
-    for name, node in sorted(ctx.cts_root.children().items()):
-        cts[name] = sorted(node.children().keys())
+    from .proxmox.view import guest_ids, table
+
+    vms = {n: sorted(ctx.vms_root.children()[n].children()) for n in guest_ids(ctx.vms_root)}
+    cts = {n: sorted(ctx.cts_root.children()[n].children()) for n in guest_ids(ctx.cts_root)}
     return {
         "schema": SCHEMA,
         "pvfs_version": __version__,
@@ -127,6 +125,7 @@ def report_doc(ctx):
         "volumes": [volume_doc(v) for v in ctx.volumes],
         "vms": vms,
         "cts": cts,
+        "guests": table(ctx),
         "damage": ctx.report.to_json(),
         "summary": {"volumes": len(ctx.volumes), "damage": counts},
     }
@@ -168,10 +167,17 @@ def report_text(ctx) -> str:
     for v in children.get(None, []):
         show(v, 1)
     lines.append("")
-    if ctx.vms_root.children():
-        lines.append("VMs: " + ", ".join(sorted(ctx.vms_root.children(), key=_vmid_key)))
-    if ctx.cts_root.children():
-        lines.append("Containers: " + ", ".join(sorted(ctx.cts_root.children(), key=_vmid_key)))
+    from .proxmox.view import guest_ids, table_text
+
+    if guest_ids(ctx.vms_root):
+        lines.append("VMs: " + ", ".join(guest_ids(ctx.vms_root)))
+    if guest_ids(ctx.cts_root):
+        lines.append("Containers: " + ", ".join(guest_ids(ctx.cts_root)))
+    rows = table_text(ctx)
+    if rows:
+        lines.append("")
+        lines.append("Guests (from the cluster configs, backups and volume names):")
+        lines.extend(rows)
     entries = list(ctx.report)
     if entries:
         lines.append("")
@@ -214,10 +220,12 @@ def readme_text(ctx) -> str:
         f"Made {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ctx.started))} by pvfs {__version__}.",
         "",
         "  storage/   every input as found, faithful to its own structure",
-        "  vms/       VM disks by VMID (disk-<n>.raw, disk-<n>.parts/p<k>, snapshots/)",
+        "  vms/       VM disks by VMID (disk-<n>.raw, disk-<n>.parts/p<k>, snapshots/, backups/)",
         "             and the files in them: disk-<n>.files/p<k>/ (the filesystem on partition",
-        "             k), disk-<n>.files/ (a whole-disk filesystem), disk-<n>.files/<vg>-<lv>/",
-        "  cts/       containers by VMID: rootfs/ (the files), rootfs.raw (the volume)",
+        "             k), disk-<n>.files/ (a whole-disk filesystem), disk-<n>.files/<vg>-<lv>/;",
+        "             qemu-server.conf, by-config/<scsi0 ...> and by-name/<name> links",
+        "  cts/       containers by VMID: rootfs/ (the files), rootfs.raw (the volume),",
+        "             pct.conf, by-config/<rootfs, mp0 ...> and by-name/<hostname> links",
         "  report.json  inventory and damage report (same as `pvfs scan --json`)",
         "",
     ]
@@ -237,6 +245,13 @@ def readme_text(ctx) -> str:
     if fs_rows:
         out.append("Guest filesystems:")
         out.extend(fs_rows)
+        out.append("")
+    from .proxmox.view import table_text
+
+    rows = table_text(ctx)
+    if rows:
+        out.append("Guests (VMs and containers; disks from their configs: found / missing / damaged):")
+        out.extend(rows)
         out.append("")
     origin = []
     for v in ctx.volumes:

@@ -291,6 +291,9 @@ def test_erasure_coded_pools_reported_and_tree(monkeypatch):
     assert ("erasure-coded-data", "storage/ceph/rbd/vm-401-disk-0") in codes
     node = resolve(ctx.root, "storage/ceph/rbd/vm-400-disk-0")
     assert node.source.read(0, 2 * osz) == b"R" * (2 * osz)
+    from pvfs.discover import finish
+
+    finish(ctx)  # the Proxmox view is built after discovery
     assert resolve(ctx.root, "vms/400/disk-0.raw") is not None
     assert resolve(ctx.root, "storage/ceph/rbd/vm-401-disk-0") is None
 

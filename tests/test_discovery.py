@@ -31,7 +31,7 @@ def test_var_lib_vz_copy_with_container_raw(tmp_path):
     ctx = discover([str(vz)])
     ct = resolve(ctx.root, "cts/105/rootfs.raw")
     assert isinstance(ct, File) and sha256_source(ct.source) == sha256_file(raw)
-    assert resolve(ctx.root, "vms/105/disk-0.raw") is not None
+    assert resolve(ctx.root, "vms/105") is None  # a container is never also a VM
     assert resolve(ctx.root, "vms/100/disk-0.parts/p2") is not None
     assert resolve(ctx.root, "storage/files/vz/images/105/vm-105-disk-0.raw/disk.raw") is not None
     skipped = [d for d in ctx.report if d.code == "not-recognised"]
@@ -45,11 +45,12 @@ def test_name_clashes_are_unique_and_reported(tmp_path):
     ctx = discover([str(tmp_path / "a" / "vm-100-disk-0.qcow2"),
                     str(tmp_path / "b" / "vm-100-disk-0.qcow2")])
     vm = resolve(ctx.root, "vms/100")
-    assert {"disk-0.raw", "disk-0~2.raw", "disk-0.parts", "disk-0~2.parts"} <= set(vm.children())
+    # The second copy is named by where it comes from (its directory), not ~2.
+    assert {"disk-0.raw", "disk-0@b.raw", "disk-0.parts", "disk-0@b.parts"} <= set(vm.children())
     assert set(resolve(ctx.root, "storage/files").children()) == {
         "vm-100-disk-0.qcow2", "vm-100-disk-0.qcow2~2"}
     clashes = [d for d in ctx.report if d.code == "name-clash"]
-    assert {d.path for d in clashes} >= {"vms/100/disk-0~2.raw", "storage/files/vm-100-disk-0.qcow2~2"}
+    assert {d.path for d in clashes} >= {"vms/100/disk-0@b.raw", "storage/files/vm-100-disk-0.qcow2~2"}
     # Same order, same names: deterministic.
     ctx2 = discover([str(tmp_path / "a" / "vm-100-disk-0.qcow2"),
                      str(tmp_path / "b" / "vm-100-disk-0.qcow2")])
@@ -96,4 +97,4 @@ def test_readme_says_where_each_vm_disk_comes_from(tmp_path):
     ctx = discover([str(tmp_path / "a"), str(tmp_path / "b")])
     text = readme_text(ctx)
     assert "vms/100/disk-0.raw                       <- storage/files/a/vm-100-disk-0.qcow2/disk.raw" in text
-    assert "vms/100/disk-0~2.raw                     <- storage/files/b/vm-100-disk-0.qcow2/disk.raw" in text
+    assert "vms/100/disk-0@b.raw                     <- storage/files/b/vm-100-disk-0.qcow2/disk.raw" in text

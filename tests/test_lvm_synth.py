@@ -270,7 +270,7 @@ def test_two_vgs_with_the_same_name(tmp_path):
            read_all(ctx, "storage/lvm/pve~2/vm-100-disk-0")}
     assert got == {d0, d1}
     assert resolve(ctx.root, "vms/100/disk-0.raw") is not None
-    assert resolve(ctx.root, "vms/100/disk-0~2.raw") is not None
+    assert resolve(ctx.root, "vms/100/disk-0@pve.raw") is not None  # named by its VG, not ~2
 
 
 def test_corrupt_committed_text_falls_back_to_scanned_generation(tmp_path):

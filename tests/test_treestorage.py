@@ -70,6 +70,7 @@ def test_missing_base_in_tree_is_damage(tmp_path):
     _fake_root_dataset(ctx, {"var/lib/vz/images/100/vm-100-disk-0.qcow2": clone})
     scan_tree_storages(ctx)
     run_queue(ctx)
+    finish(ctx)  # the Proxmox view is built after discovery
     assert any(d.code == "backing-missing" for d in ctx.report)
     assert resolve(ctx.root, "vms/100/disk-0.raw") is not None
 

@@ -11,6 +11,7 @@ import os
 
 from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, File, GeneratedFile
+from pvfs.proxmox.view import Locator
 from pvfs.source import BAD_EIO
 
 from .errors import CephError
@@ -294,8 +295,11 @@ def _add_image(cluster, ctx, img, pdir, ppath, parent, ec, proxmox=True):
     vol = ctx.add_volume(src, pdir, img.name, ppath, role="rbd", parent=parent,
                          children_home="parts")
     vol.info.update(info)
+    pool = cluster.pool_name(img.pool)  # the Proxmox rbd storage's pool (/namespace)
+    if img.nspace:
+        pool = f"{pool}/{img.nspace.decode('utf-8', 'replace')}"
     if proxmox:
-        ctx.add_proxmox_disk(img.name, vol)
+        ctx.add_proxmox(Locator("rbd", pool, img.name), vol)
     for snap in img.snaps:
         fname = f"{img.name}@{snap.name}"
         ssrc = cluster.image_source(img, snap, f"{ppath}/{fname}")
@@ -304,7 +308,7 @@ def _add_image(cluster, ctx, img, pdir, ppath, parent, ec, proxmox=True):
         svol.info.update(info)
         svol.info["ceph"] = dict(info["ceph"], snapshot=snap.name, snap_id=snap.id)
         if proxmox:
-            ctx.add_proxmox_disk(img.name, svol, snapshot=snap.name)
+            ctx.add_proxmox(Locator("rbd", pool, img.name, snap.name), svol)
     return True
 
 

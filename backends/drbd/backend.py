@@ -13,6 +13,7 @@ from pvfs.backend import Backend
 from pvfs.errors import PvfsError, UsageError
 from pvfs.nodes import Dir, File, GeneratedFile, Symlink
 from pvfs.proxmox import parse_volname
+from pvfs.proxmox.view import Locator
 from pvfs.source import FileSource, SliceSource
 
 from . import pair as P
@@ -371,10 +372,10 @@ class Resource:
         if parse_volname(self.name) is None:
             return
         vol = self.merged_volume if self.merged_volume is not None else self.nodes[0].data_volume
-        if self.ctx.add_proxmox_disk(self.name, vol):
+        if self.ctx.add_proxmox(Locator("drbd", "", self.name), vol) is not None:
             what = "merged.raw" if vol is self.merged_volume else f"node-{self.nodes[0].letter}.raw"
             self.ctx.report.add("info", "drbd", self.path, "proxmox-disk",
-                                f"{self.name} is shown under {', '.join(vol.vm_paths)} as {what}")
+                                f"{self.name} is shown in the VM view (vms/ or cts/) as {what}")
 
     def _bitmap_summary(self, m):
         """Per peer slot with a bitmap: how much this node marks out of sync towards it."""

@@ -21,6 +21,7 @@ from pvfs.backend import BLOCK_ROLES, INPUT, Backend
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, File
+from pvfs.proxmox.view import Locator
 from pvfs.source import BytesSource
 
 from . import structs as S
@@ -276,12 +277,10 @@ class _Builder:
         vol = self.ctx.add_volume(src, self.dir, lv.name, self.base, "lv", parent=self.parent,
                                   probe=probe, children_home="parts", mtime=lv.creation_time)
         self._info(vol, lv, **extra)
-        m = _SNAP_RE.match(lv.name)
-        if m:
-            if self.ctx.add_proxmox_disk(m.group(1), vol, snapshot=m.group(2)):
-                vol.info["proxmox"]["snapshot"] = m.group(2)
-        else:
-            self.ctx.add_proxmox_disk(lv.name, vol)
+        kind = "lvmthin" if "thin" in lv.types else "lvm"
+        m = _SNAP_RE.match(lv.name)  # Proxmox's LV snapshots: snap_<volume>_<snapshot>
+        volname, snap = (m.group(1), m.group(2)) if m else (lv.name, None)
+        self.ctx.add_proxmox(Locator(kind, self.vg.name, volname, snap), vol, mtime=lv.creation_time)
         return vol
 
     def add_plain(self, lv):

@@ -16,8 +16,8 @@ import re
 
 import numpy as np
 
-from pvfs.discover import Home
 from pvfs.nodes import Dir, File, GeneratedFile
+from pvfs.proxmox.view import Locator
 from pvfs.source import BAD_EIO, BAD_ZERO, BytesSource
 
 from .blob import EncryptedBlobError, decode_blob, load_keyfile
@@ -307,6 +307,15 @@ class Snapshot:
         src = IndexSource(ix, state.pool, bad=self.ds.bad, label=f"{self.label}/{fn}", on_bad=on_bad)
         return src
 
+    def backup_item(self, volname, **what):
+        """Show ``volname`` in the guest's ``backups/<time>/`` of the Proxmox view
+        (VM and container backups with a numeric id; host backups are not guests)."""
+        if self.btype not in ("vm", "ct") or not self.bid.isdigit():
+            return None
+        return self.ctx.add_proxmox(Locator("pbs", self.ds.tree_path, volname, vmid=int(self.bid),
+                                            guest="qemu" if self.btype == "vm" else "lxc",
+                                            backup=self.btime), **what)
+
     def open_fidx(self, fn, full, name=None, unfinished=False):
         ix = self._index(fn, full, unfinished)
         name = name or fn[: -len(".fidx")]
@@ -321,13 +330,9 @@ class Snapshot:
             base, extra = (name[: -len(".unfinished")], "-unfinished") if name.endswith(".unfinished") else (name, "")
             stem = base[: -len(".img")] if base.endswith(".img") else base
             dev = (stem[len("drive-"):] if stem.startswith("drive-") else stem) + extra
-            d = self.ctx.vms_root.subdir(self.bid).subdir("backups").subdir(self.btime)
-            dpath = f"vms/{self.bid}/backups/{self.btime}"
-            used = d.add(f"disk-{dev}.raw", File(src, mtime=ix.ctime), report=self.ctx.report,
-                         path_hint=dpath)
-            vol.vm_paths.append(f"{dpath}/{used}")
-            paths.append(f"{dpath}/{used}")
-            self.ctx.add_home(vol, Home(d, f"{used[:-4]}.parts", f"{dpath}/{used[:-4]}.parts"))
+            used = self.backup_item(f"disk-{dev}.raw", volume=vol, mtime=ix.ctime)
+            if used:
+                paths.append(used)
         self.ds.state.archives.append(Archive(self, fn, ix, src, paths, role="disk"))
         if unfinished:
             never = []
@@ -404,9 +409,7 @@ class Snapshot:
         self.tree.add(name, root, report=self.ctx.report, path_hint=self.tree_path)
         paths.append(tpath)
         if self.btype == "ct" and self.bid.isdigit() and name == "root.pxar":
-            cdir, cpath = self.ctx.container_dir(int(self.bid))
-            d = cdir.subdir("backups").subdir(self.btime)
-            d.add("rootfs", root, report=self.ctx.report, path_hint=f"{cpath}/backups/{self.btime}")
+            self.backup_item("rootfs", tree=root)
         if self.btype == "host":  # a node's root: may hold the cluster database
             self.ctx.add_host_root(root, tpath, "PBS host backup")
         return pxar
@@ -430,13 +433,9 @@ class Snapshot:
             return
         node = File(BytesSource(data, label=f"{self.label}/{name}"), mtime=mtime)
         self.tree.add(name, node, report=self.ctx.report, path_hint=self.tree_path)
-        if self.btype == "vm" and self.bid.isdigit() and name in ("qemu-server.conf", "fw.conf"):
-            d = self.ctx.vms_root.subdir(self.bid).subdir("backups").subdir(self.btime)
-            d.add(name, node, report=self.ctx.report, path_hint=f"vms/{self.bid}/backups/{self.btime}")
-        if self.btype == "ct" and self.bid.isdigit() and name in ("pct.conf", "fw.conf"):
-            cdir, cpath = self.ctx.container_dir(int(self.bid))
-            cdir.subdir("backups").subdir(self.btime).add(name, node, report=self.ctx.report,
-                                                          path_hint=f"{cpath}/backups/{self.btime}")
+        if (self.btype == "vm" and name in ("qemu-server.conf", "fw.conf")) or \
+                (self.btype == "ct" and name in ("pct.conf", "fw.conf")):
+            self.backup_item(name, node=node)
 
 
 # ---------------------------------------------------------------------------

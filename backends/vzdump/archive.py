@@ -25,6 +25,7 @@ import numpy as np
 import zstandard
 
 from pvfs.nodes import Dir, File
+from pvfs.proxmox.view import Locator
 from pvfs.source import BAD_EIO, BytesSource
 
 from .streams import (DecodedStream, SeekCacheWriter, StreamIndex, _SliceIO, decode_lzo_block, detect_codec,
@@ -158,7 +159,13 @@ class VzdumpArchive:
     def report(self, severity, code, path, message, ranges=()):
         self.ctx.report.add(severity, LAYER, path, code, message, ranges)
 
-    def side_files(self, d, dpath):
+    def backup_item(self, volname, **what):
+        """Show ``volname`` in the guest's ``backups/<time>/`` of the Proxmox view."""
+        kind, vmid, when = self.parsed_name
+        return self.ctx.add_proxmox(Locator("vzdump", self.path, volname, vmid=vmid, guest=kind,
+                                            backup=when), **what)
+
+    def side_files(self):
         """vzdump writes ``<basename>.log`` and ``<basename>.notes`` beside the archive."""
         if not self.vol.input_path:
             return
@@ -172,8 +179,8 @@ class VzdumpArchive:
                         data = f.read(16 << 20)
                 except OSError:
                     continue
-                d.add(name, File(BytesSource(data, label=name), mtime=os.path.getmtime(path)),
-                      report=self.ctx.report, path_hint=dpath)
+                self.backup_item(name, node=File(BytesSource(data, label=name),
+                                                 mtime=os.path.getmtime(path)))
 
     def _progress(self, what):
         last = [0.0]
@@ -295,14 +302,12 @@ class VzdumpArchive:
             self.dir.add(name, File(BytesSource(data, label=name), mtime=mtime), report=ctx.report,
                          path_hint=self.path)
         pm = self.parsed_name
-        vmdir = vmpath = None
-        if pm and pm[0] == "qemu":
-            vmpath = f"vms/{pm[1]}/backups/{pm[2]}"
-            vmdir = ctx.vms_root.subdir(str(pm[1])).subdir("backups").subdir(pm[2])
+        is_vm = bool(pm and pm[0] == "qemu")
+        if is_vm:
             for name, data in hdr.configs.items():
                 if name in ("qemu-server.conf", "qemu-server.fw"):
-                    vmdir.add(name, File(BytesSource(data), mtime=mtime), report=ctx.report, path_hint=vmpath)
-            self.side_files(vmdir, vmpath)
+                    self.backup_item(name, node=File(BytesSource(data), mtime=mtime))
+            self.side_files()
         for dev_id, (name, size) in sorted(hdr.devices.items()):
             dev = VmaDevice(stream, size, cmap.offsets[dev_id], cmap.masks[dev_id], bad=self.bad,
                             label=f"{self.name}:{name}", seen=cmap.seen(dev_id))
@@ -310,15 +315,11 @@ class VzdumpArchive:
                                children_home="parts", mtime=mtime)
             v.info.update({"format": "vma-device", "archive": self.name, "dev_id": dev_id})
             paths = [v.path]
-            if vmdir is not None:
+            if is_vm:
                 short = name[len("drive-"):] if name.startswith("drive-") else name
-                used = vmdir.add(f"disk-{short}.raw", File(dev, mtime=mtime), report=ctx.report,
-                                 path_hint=vmpath)
-                v.vm_paths.append(f"{vmpath}/{used}")
-                paths.append(f"{vmpath}/{used}")
-                from pvfs.discover import Home
-
-                ctx.add_home(v, Home(vmdir, f"{used[:-4]}.parts", f"{vmpath}/{used[:-4]}.parts"))
+                used = self.backup_item(f"disk-{short}.raw", volume=v, mtime=mtime)
+                if used:
+                    paths.append(used)
             missing = dev.missing_ranges()
             if missing:
                 total = sum(n for _, n in missing)
@@ -363,13 +364,11 @@ class VzdumpArchive:
             self.dir.add(name, node, report=ctx.report, path_hint=self.path)
         pm = self.parsed_name
         if pm and pm[0] == "lxc":
-            cdir, cpath = ctx.container_dir(pm[1])
-            d = cdir.subdir("backups").subdir(pm[2])
-            d.add("rootfs", root, report=ctx.report, path_hint=f"{cpath}/backups/{pm[2]}")
-            self.side_files(d, f"{cpath}/backups/{pm[2]}")
+            self.backup_item("rootfs", tree=root)
+            self.side_files()
             conf = root.get("etc")
             conf = conf.get("vzdump") if isinstance(conf, Dir) else None
             for fn in ("pct.conf", "pct.fw"):
                 node = conf.get(fn) if isinstance(conf, Dir) else None
                 if node is not None:
-                    d.add(fn, node, report=ctx.report, path_hint=f"{cpath}/backups/{pm[2]}")
+                    self.backup_item(fn, node=node)

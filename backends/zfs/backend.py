@@ -14,6 +14,7 @@ from pvfs.backend import Backend
 from pvfs.errors import PvfsError
 from pvfs.nodes import Dir, File
 from pvfs.proxmox import parse_volname
+from pvfs.proxmox.view import Locator
 
 from . import dsl, features, zap, zil
 from .assemble import assemble
@@ -298,7 +299,7 @@ class _TreeBuilder:
                 self.report("error", f"{path}/{child.short}", "internal-error",
                             f"{child.name}: {type(e).__name__}: {e}")
         if loader is not None:
-            self.containers(ds, os_)
+            self.containers(ds, os_, path)
         return d, path
 
     def intent_log(self, ds, os_, path):
@@ -337,25 +338,30 @@ class _TreeBuilder:
             out.append((s.name.split("@", 1)[1], _snap_loader(self, s)))
         return out
 
-    def containers(self, ds, os_):
+    def containers(self, ds, os_, path):
+        """A container subvolume (``subvol-<vmid>-disk-<n>``) and its snapshots, for the
+        Proxmox view (``cts/<vmid>/rootfs``); without ``.zfs`` inside."""
         if not self.live:
             return
         vn = parse_volname(ds.short)
         if vn is None or not vn.is_container:
             return
-        cdir, cpath = self.ctx.container_dir(vn.vmid)
-        d = Dir(loader=_zpl_loader(self, os_, ds, f"{cpath}/rootfs", set(), snapshots=False))
-        cdir.add("rootfs", d, report=self.ctx.report, path_hint=cpath)
+        store = ds.name.rsplit("/", 1)[0] if "/" in ds.name else ""
+        d = Dir(loader=_zpl_loader(self, os_, ds, path, set(), snapshots=False),
+                mtime=ds.creation_time or None)
+        self.ctx.add_proxmox(Locator("zfspool", store, ds.short), tree=d, mtime=ds.creation_time)
         for s in ds.snapshots:
             snap = s.name.split("@", 1)[1]
             try:
                 sos = self.objset(s)
             except (PvfsError, ValueError) as e:
-                self.report("error", cpath, "bad-snapshot", f"{s.name}: {e}")
+                self.report("error", path, "bad-snapshot", f"{s.name}: {e}")
                 continue
-            sdir, spath = self.ctx.container_dir(vn.vmid, snapshot=snap)
-            sd = Dir(loader=_zpl_loader(self, sos, s, f"{spath}/rootfs", set(), snapshots=False))
-            sdir.add("rootfs", sd, report=self.ctx.report, path_hint=spath)
+            spath = f"{path}/.zfs/snapshot/{snap}"
+            sd = Dir(loader=_zpl_loader(self, sos, s, spath, set(), snapshots=False),
+                     mtime=s.creation_time or None)
+            self.ctx.add_proxmox(Locator("zfspool", store, ds.short, snap), tree=sd,
+                                 mtime=s.creation_time)
 
     def zvol(self, ds, os_, parent_dir, parent_path, name):
         vols = [(ds, os_, name)]
@@ -386,7 +392,9 @@ class _TreeBuilder:
                                       parent=self.parent_vol, children_home="parts",
                                       mtime=d.creation_time)
             vol.info["zfs"] = {"dataset": d.name, "volsize": size}
-            self.ctx.add_proxmox_disk(ds.short, vol, snapshot=snap, mtime=d.creation_time)
+            store = ds.name.rsplit("/", 1)[0] if "/" in ds.name else ""
+            self.ctx.add_proxmox(Locator("zfspool", store, ds.short, snap), vol,
+                                 mtime=d.creation_time)
 
 
 def _snap_loader(builder, s):

@@ -1,0 +1,233 @@
+"""The Proxmox view (vms/, cts/) built from the cluster configs, storage.cfg and volume names."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from pmxcfs_util import T0, PmxDB
+
+from pvfs.discover import Context, discover, finish
+from pvfs.nodes import Dir, File, Symlink, resolve
+from pvfs.proxmox.cluster import note_input_dir
+from pvfs.proxmox.view import Locator, expected, parse_storage_cfg, table
+from pvfs.report import readme_text, report_doc, report_text
+from pvfs.source import BytesSource
+
+STORAGE_CFG = b"""dir: local
+\tpath /var/lib/vz
+\tcontent iso,vztmpl,backup,images
+
+zfspool: local-zfs
+\tpool rpool/data
+\tsparse
+\tcontent images,rootdir
+
+lvmthin: local-lvm
+\tthinpool data
+\tvgname pve
+\tcontent rootdir,images
+
+lvm: san
+\tvgname vmdata
+\tcontent images
+\tshared 1
+
+rbd: ceph-vm
+\tpool vmpool
+\tcontent images
+
+rbd: ceph-default
+\tcontent images
+\tkrbd 0
+
+drbd: drbdstorage
+\tcontent images,rootdir
+\tcontroller 10.0.0.1
+
+iscsi: san-lun
+\tportal 10.0.0.2
+\ttarget iqn.2003-01.org.example:storage
+\tcontent images
+"""
+
+VM100 = b"""boot: order=scsi0
+memory: 2048
+name: web
+ostype: l26
+efidisk0: local-lvm:vm-100-disk-1,efitype=4m,size=4M
+ide2: local:iso/debian-12.iso,media=cdrom,size=600M
+scsi0: local-zfs:vm-100-disk-0,size=32M
+scsi1: san:vm-100-disk-2,size=8M
+scsi2: local:100/vm-100-disk-3.qcow2,size=8M
+virtio0: ceph-vm:vm-100-disk-4,size=8M
+virtio1: ceph-default:vm-100-disk-5,size=8M
+sata0: drbdstorage:vm-100-disk-6,size=8M
+sata1: san-lun:0.0.1.scsi-3600,size=8M
+unused0: local-zfs:vm-100-disk-7
+tpmstate0: local-lvm:vm-100-disk-8,size=4M,version=v2.0
+parent: before
+
+[before]
+memory: 1024
+name: web
+scsi0: local-zfs:vm-100-disk-0,size=32M
+snaptime: 1760000000
+"""
+
+CT101 = b"""arch: amd64
+hostname: db
+ostype: debian
+rootfs: local-lvm:vm-101-disk-0,size=8G
+mp0: local-zfs:subvol-101-disk-1,mp=/srv,size=8G
+"""
+
+
+def _host(tmp_path, files):
+    db = PmxDB(tmp_path / "live.db")
+    for p, data in files.items():
+        db.write(p, data, mtime=T0)
+    host = tmp_path / "host"
+    db.copy_to(host)
+    (host / "etc").mkdir()
+    (host / "etc/hostname").write_text("pve\n")
+    db.close()
+    return host
+
+
+def _disk(ctx, area, dpath, name, data, loc, role="zvol"):
+    d = ctx.storage(area)
+    for p in dpath.split("/"):
+        d = d.subdir(p)
+    vol = ctx.add_volume(BytesSource(data), d, name, f"storage/{area}/{dpath}", role, probe=False)
+    ctx.add_proxmox(loc, vol)
+    return vol
+
+
+def test_every_storage_type_resolves(tmp_path):
+    host = _host(tmp_path, {"storage.cfg": STORAGE_CFG,
+                            "nodes/pve/qemu-server/100.conf": VM100,
+                            "nodes/pve/lxc/101.conf": CT101,
+                            "nodes/pve/qemu-server/300.conf": b"name: empty\nostype: win11\n"})
+    ctx = Context()
+    note_input_dir(ctx, str(host))
+    vols = {
+        "scsi0": _disk(ctx, "zfs", "rpool/data", "vm-100-disk-0", b"A" * 512,
+                       Locator("zfspool", "rpool/data", "vm-100-disk-0")),
+        "efidisk0": _disk(ctx, "lvm", "pve", "vm-100-disk-1", b"B" * 512,
+                          Locator("lvmthin", "pve", "vm-100-disk-1"), "lv"),
+        "scsi1": _disk(ctx, "lvm", "vmdata", "vm-100-disk-2", b"C" * 512,
+                       Locator("lvm", "vmdata", "vm-100-disk-2"), "lv"),
+        "scsi2": _disk(ctx, "files", "vz/images/100", "vm-100-disk-3.qcow2", b"D" * 512,
+                       Locator("dir", "/var/lib/vz", "100/vm-100-disk-3.qcow2"), "disk"),
+        "virtio0": _disk(ctx, "ceph", "vmpool", "vm-100-disk-4", b"E" * 512,
+                         Locator("rbd", "vmpool", "vm-100-disk-4"), "rbd"),
+        "virtio1": _disk(ctx, "ceph", "rbd", "vm-100-disk-5", b"F" * 512,
+                         Locator("rbd", "rbd", "vm-100-disk-5"), "rbd"),
+        "sata0": _disk(ctx, "drbd", "vm-100-disk-6", "merged.raw", b"G" * 512,
+                       Locator("drbd", "", "vm-100-disk-6"), "disk"),
+        "tpmstate0": _disk(ctx, "lvm", "pve", "vm-100-disk-8", b"H" * 512,
+                           Locator("lvmthin", "pve", "vm-100-disk-8"), "lv"),
+    }
+    snap = _disk(ctx, "zfs", "rpool/data", "vm-100-disk-0@before", b"a" * 512,
+                 Locator("zfspool", "rpool/data", "vm-100-disk-0", "before"))
+    # The same name in a second pool (a copy): named by its storage, the configured one plain.
+    other = _disk(ctx, "zfs", "tank/data", "vm-100-disk-0", b"Z" * 512,
+                  Locator("zfspool", "tank/data", "vm-100-disk-0"))
+    leftover = _disk(ctx, "zfs", "rpool/data", "vm-100-disk-9", b"L" * 512,
+                     Locator("zfspool", "rpool/data", "vm-100-disk-9"))
+    ctroot = _disk(ctx, "lvm", "pve", "vm-101-disk-0", b"R" * 512,
+                   Locator("lvmthin", "pve", "vm-101-disk-0"), "lv")
+    sub = Dir()
+    sub.add("hostname", File(BytesSource(b"db\n")))
+    ctx.add_proxmox(Locator("zfspool", "rpool/data", "subvol-101-disk-1"), tree=sub)
+    finish(ctx)
+
+    vm = resolve(ctx.root, "vms/100")
+    for key, vol in vols.items():
+        link = resolve(vm, f"by-config/{key}")
+        assert isinstance(link, Symlink), key
+        real = posixpath.normpath(posixpath.join("vms/100/by-config", link.target.decode()))
+        target = resolve(ctx.root, real)
+        assert isinstance(target, File) and target.source is vol.source, key
+    assert resolve(vm, "by-config/scsi0").target == b"../disk-0.raw"
+    assert resolve(vm, "disk-0@tank-data.raw").source is other.source
+    assert resolve(vm, "snapshots/before/by-config/scsi0").target == b"../disk-0.raw"
+    assert resolve(vm, "snapshots/before/disk-0.raw").source is snap.source
+    assert resolve(vm, "qemu-server.conf").source.read(0, 4096) == VM100
+    assert resolve(ctx.root, "vms/by-name/web").target == b"../100"
+    assert resolve(ctx.root, "vms/300/qemu-server.conf") is not None  # config only: still a folder
+    assert resolve(ctx.root, "vms/by-name/empty").target == b"../300"
+    # the container: by its config, on LVM, never under vms/
+    assert resolve(ctx.root, "vms/101") is None
+    assert resolve(ctx.root, "cts/101/rootfs.raw").source is ctroot.source
+    assert resolve(ctx.root, "cts/101/by-config/rootfs").target == b"../rootfs.raw"
+    assert resolve(ctx.root, "cts/101/by-config/mp0").target == b"../disk-1.files"
+    assert resolve(ctx.root, "cts/101/disk-1.files/hostname") is not None
+    assert resolve(ctx.root, "cts/by-name/db").target == b"../101"
+    assert resolve(ctx.root, "cts/101/pct.conf").source.read(0, 4096) == CT101
+
+    entries = {(e.code, e.path, e.message) for e in ctx.report if e.layer == "pve"}
+    codes = [(c, p) for c, p, _m in entries]
+    assert ("config-disk-missing", "vms/100/qemu-server.conf") in codes
+    missing = [m for c, _p, m in entries if c == "config-disk-missing"]
+    assert len(missing) == 1 and "unused0: local-zfs:vm-100-disk-7" in missing[0]
+    unknown = [m for c, _p, m in entries if c == "config-disk-unresolved"]
+    assert len(unknown) == 1 and "san-lun" in unknown[0] and "'iscsi'" in unknown[0] \
+        and "not guessed" in unknown[0]
+    assert ("disk-not-in-config", "vms/100/disk-9.raw") in codes
+    assert ("disk-not-in-config", "vms/100/disk-0@tank-data.raw") in codes
+    assert leftover.vm_paths == ["vms/100/disk-9.raw"]
+
+    rows = {r["vmid"]: r for r in table(ctx)}
+    assert rows[100]["name"] == "web" and rows[100]["node"] == "pve" and rows[100]["ostype"] == "l26"
+    status = {d["key"]: d["status"] for d in rows[100]["disks"]}
+    assert status["scsi0"] == "found" and status["unused0"] == "missing"
+    assert status["sata1"] == "unresolved" and "ide2" not in status  # a CD-ROM is not a disk
+    assert rows[101]["type"] == "CT" and rows[300]["disks"] == []
+    text = readme_text(ctx)
+    assert "web" in text and "scsi0 found" in text and "unused0 missing" in text
+    assert "scsi0 found" in report_text(ctx)
+    doc = json.loads(json.dumps(report_doc(ctx), default=str))
+    assert set(doc["vms"]) == {"100", "300"} and set(doc["cts"]) == {"101"}
+    assert {g["vmid"] for g in doc["guests"]} == {100, 101, 300}
+
+
+def test_expected_locators():
+    st = parse_storage_cfg(STORAGE_CFG)
+    assert expected(st, "local-zfs:base-9000-disk-0/vm-100-disk-0")[:3] == \
+        (("zfspool",), "rpool/data", "vm-100-disk-0")
+    assert expected(st, "ceph-default:vm-1-disk-0")[:3] == (("rbd",), "rbd", "vm-1-disk-0")
+    assert expected(st, "ceph-vm:vm-1-disk-0")[:3] == (("rbd",), "vmpool", "vm-1-disk-0")
+    assert expected(st, "local:1/vm-1-disk-0.qcow2")[:3] == \
+        (("dir", "file"), "/var/lib/vz", "1/vm-1-disk-0.qcow2")
+    assert expected(st, "nowhere:vm-1-disk-0")[4] == "storage 'nowhere' is not in storage.cfg"
+    assert expected(st, "garbage")[4] is not None
+
+
+def test_zfs23_host_view():
+    d = unpack(require_fixture("zfs-2.3", "images", "rpool-raidz1-expanded.tar.zst"))
+    ctx = discover(sorted(str(p) for p in d.rglob("*.img")))
+    m = json.loads((FIXTURES / "zfs-2.3" / "manifest.json").read_text())
+    ds = m["pools"]["rpool"]["datasets"]
+    link = resolve(ctx.root, "vms/100/by-config/scsi0")
+    assert link.target == b"../disk-0.raw"
+    disk = resolve(ctx.root, "vms/100/disk-0.raw")
+    assert sha256_source(disk.source) == ds["rpool/data/vm-100-disk-0"]["device"]["sha256"]
+    assert b"name: vm100" in resolve(ctx.root, "vms/100/qemu-server.conf").source.read(0, 4096)
+    assert resolve(ctx.root, "vms/by-name/vm100").target == b"../100"
+    assert resolve(ctx.root, "cts/by-name/ct102").target == b"../102"
+    assert resolve(ctx.root, "cts/102/by-config/rootfs").target == b"../rootfs"
+    files = {e["path"]: e for e in ds["rpool/data/subvol-102-disk-0"]["files"]}
+    host = resolve(ctx.root, "cts/102/rootfs/etc/hostname")
+    assert sha256_source(host.source) == files["/etc/hostname"]["sha256"]
+    assert resolve(ctx.root, "vms/102") is None
+    # vm-101 and the subvols 103-106 are in storage but in no config
+    notin = {e.path for e in ctx.report if e.code == "disk-not-in-config"}
+    assert "vms/101/disk-0.raw" in notin and "cts/103/rootfs" in notin
+    rows = {r["vmid"]: r for r in table(ctx)}
+    assert rows[100]["disks"] == [{"key": "scsi0", "volid": "local-zfs:vm-100-disk-0",
+                                   "status": "found", "path": "vms/100/disk-0.raw"}]
+    assert rows[102]["type"] == "CT" and rows[102]["name"] == "ct102"
+    assert not [e for e in ctx.report if e.code in ("config-disk-missing", "config-stale")]
