@@ -452,6 +452,13 @@ def _add(ctx, st, d: Dir, name: str, node, dpath: str) -> str:
     return used
 
 
+def _mirror_damage(ctx, src_path: str, new_path: str):
+    """The entries a backend made for a volume at ``src_path`` also name ``new_path``,
+    where the view shows the same bytes (a backend reports before the view exists)."""
+    for e in [e for e in ctx.report if e.path == src_path and e.severity != "info"]:
+        ctx.report.add(e.severity, e.layer, new_path, e.code, e.message, e.ranges)
+
+
 def _append(st, lst: list, value):
     lst.append(value)
     st.undo.append(("list", lst, value))
@@ -571,6 +578,7 @@ def _place_vm_disk(ctx, st, it: Item, d: Dir, dpath: str, stem: str):
     path = f"{dpath}/{used}"
     it.placed.append(path)
     _append(st, vol.vm_paths, path)
+    _mirror_damage(ctx, vol.path, path)
     ustem = used[:-4] if used.endswith(".raw") else used
     home = Home(d, f"{ustem}.parts", f"{dpath}/{ustem}.parts")
     before = {id(c): len(c.vm_paths) for _n, c in vol.children}
@@ -581,6 +589,7 @@ def _place_vm_disk(ctx, st, it: Item, d: Dir, dpath: str, stem: str):
                and v.guestfs_root is not None]  # a VG inside the VM disk: its LVs' files
         for p in child.vm_paths[before.get(id(child), 0):]:
             st.undo.append(("list", child.vm_paths, p))
+            _mirror_damage(ctx, child.path, p)
             if child.guestfs_root is not None:
                 fp = ctx.show_files_at(child, p)
                 if fp:
@@ -611,6 +620,7 @@ def _place_ct_disk(ctx, st, it: Item, d: Dir, dpath: str, stem: str):
     path = f"{dpath}/{used}"
     it.placed.append(path)
     _append(st, vol.vm_paths, path)
+    _mirror_damage(ctx, vol.path, path)
     if vol.guestfs_root is not None:
         name = stem if stem.startswith("rootfs") else f"{stem}.files"
         fused = _add(ctx, st, d, name, vol.guestfs_root, dpath)
