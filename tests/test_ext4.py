@@ -96,7 +96,8 @@ def test_structures_the_variants_exercise():
 
 def test_discover_raw_disk_non_utf8_name_and_acl(tmp_path):
     """Through discover(): a bare ext4 disk image shows its files under disk.files and,
-    as a Proxmox volume name, under vms/<vmid>/disk-0.files; a non-UTF-8 name comes back
+    as a Proxmox volume name without a config, under cts/<vmid>/rootfs (one bare filesystem:
+    a container's volume, never also under vms/); a non-UTF-8 name comes back
     as the same bytes through os.fsencode (what the mount does)."""
     image, truth = build("default", VARIANTS["default"][0], 64, fill=populate)
     link = tmp_path / "vm-131-disk-0.raw"
@@ -109,7 +110,8 @@ def test_discover_raw_disk_non_utf8_name_and_acl(tmp_path):
     assert isinstance(node, File) and node.source.read(0, 100) == b"latin-1 name\n"
     names = [os.fsencode(n) for n in resolve(root, "dir").children()]
     assert NON_UTF8 in names
-    assert resolve(ctx.root, "vms/131/disk-0.files/dir/hello.txt") is resolve(root, "dir/hello.txt")
+    assert resolve(ctx.root, "cts/131/rootfs/dir/hello.txt") is resolve(root, "dir/hello.txt")
+    assert resolve(ctx.root, "vms/131") is None
     acl = resolve(root, "dir/acl").xattrs[b"system.posix_acl_access"]
     assert acl.hex() == truth["dir/acl"]["xattrs"]["system.posix_acl_access"]
     vol = next(v for v in ctx.volumes if v.guestfs is not None)

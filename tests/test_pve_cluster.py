@@ -98,3 +98,23 @@ def test_cluster_of_two_nodes_newest_first(tmp_path):
     assert resolve(ctx.root, "storage/pve/pve1/etc-pve/nodes/pve2/qemu-server/200.conf") is None
     assert resolve(ctx.root, "storage/pve/pve2/etc-pve/nodes/pve2/qemu-server/202.conf") is not None
     assert any(e.code == "config-older" and e.path == "storage/pve/pve1" for e in ctx.report)
+
+
+def test_database_gone_backup_dump_used_and_reported(tmp_path):
+    db = PmxDB(tmp_path / "live.db")
+    want = standard_cluster(db)
+    host = tmp_path / "host"
+    db.dump_to(host, T0 + 600)
+    db.write("storage.cfg", b"dir: local\n\tpath /srv\n", mtime=T0 + 700)  # after the dump: lost
+    db.close()
+    ctx = discover([str(host)])
+    etc = resolve(ctx.root, "storage/pve/pve/etc-pve")
+    got = {p: n.source.read(0, n.size) for p, n in walk(etc) if isinstance(n, File)}
+    assert got == want
+    stale = [e for e in ctx.report if e.code == "config-stale"]
+    assert len(stale) == 1 and stale[0].path == f"{host}/var/lib/pve-cluster/config.db"
+    assert f"config-{T0 + 600}.sql.gz" in stale[0].message
+    src = resolve(ctx.root, "storage/pve/pve/SOURCE.txt")
+    assert b"STALE" in src.source.read(0, 1000)
+    # the VM view still uses it: the config of VM 100 is there
+    assert resolve(ctx.root, "vms/100/qemu-server.conf") is not None

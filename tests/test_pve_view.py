@@ -231,3 +231,26 @@ def test_zfs23_host_view():
                                    "status": "found", "path": "vms/100/disk-0.raw"}]
     assert rows[102]["type"] == "CT" and rows[102]["name"] == "ct102"
     assert not [e for e in ctx.report if e.code in ("config-disk-missing", "config-stale")]
+
+
+def test_backups_counted_per_guest_without_cluster():
+    """No cluster database: the guests and their names come from the backups' configs."""
+    gen = require_fixture("pbs", "generated")
+    gt = json.loads((gen / "ground-truth.json").read_text())
+    ctx = discover([str(gen / "datastore")])
+    want: dict = {}
+    for s in gt["snapshots"]:
+        parts = s["path"].split("/")
+        kind, vmid = parts[-3], parts[-2]
+        if kind in ("vm", "ct"):
+            want[int(vmid)] = want.get(int(vmid), 0) + 1
+    rows = {r["vmid"]: r for r in table(ctx)}
+    assert {v: r["backups"] for v, r in rows.items()} == want
+    assert rows[101]["type"] == "CT" and rows[100]["type"] == "VM"
+    conf = resolve(ctx.root, "vms/100/backups/2024-01-16T10:00:00Z/qemu-server.conf")
+    text = conf.source.read(0, conf.size).decode()
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("name:")),
+                "")
+    assert rows[100]["name"] == name and rows[100]["config"] == "backup 2024-01-16T10:00:00Z"
+    # no cluster: nothing is called missing or not-in-config
+    assert not [e for e in ctx.report if e.code in ("disk-not-in-config", "config-disk-missing")]

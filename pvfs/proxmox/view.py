@@ -643,10 +643,8 @@ def _report(ctx, guests, have_cluster: bool):
         base = "vms" if g.guest == "qemu" else "cts"
         conf = f"{base}/{g.vmid}/" + ("qemu-server.conf" if g.guest == "qemu" else "pct.conf")
         what = f"{'VM' if g.guest == 'qemu' else 'CT'} {g.vmid}" + (f" ({g.name})" if g.name else "")
-        if g.config_source.startswith("backup"):
-            conf = f"{base}/{g.vmid}/backups/{g.config_source.split(' ', 1)[1]}"
-        if not g.config_source:
-            continue
+        if g.config_source != "cluster":
+            continue  # a backup's config names the disks the backup itself holds
         for ref in g.refs:
             at = f" at snapshot {ref.section}" if ref.section else ""
             if ref.item is not None:
