@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import posixpath
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from conftest import FIXTURES, require_fixture, sha256_source, unpack
 from pmxcfs_util import T0, PmxDB
 
 from pvfs.discover import Context, discover, finish
 from pvfs.nodes import Dir, File, Symlink, resolve
 from pvfs.proxmox.cluster import note_input_dir
-from pvfs.proxmox.view import Locator, expected, parse_storage_cfg, table
+from pvfs.proxmox.view import (DEFAULT_STORAGES, Locator, disk_volumes, expected, parse_config,
+                               parse_storage_cfg, table)
 from pvfs.report import readme_text, report_doc, report_text
 from pvfs.source import BytesSource
 
@@ -254,3 +258,15 @@ def test_backups_counted_per_guest_without_cluster():
     assert rows[100]["name"] == name and rows[100]["config"] == "backup 2024-01-16T10:00:00Z"
     # no cluster: nothing is called missing or not-in-config
     assert not [e for e in ctx.report if e.code in ("disk-not-in-config", "config-disk-missing")]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000), st.text(max_size=80))
+def test_fuzz_config_parsers(blob, volid):
+    storages = parse_storage_cfg(blob)
+    for sec in parse_config(blob).values():
+        for guest in ("qemu", "lxc"):
+            for _key, vid, _note in disk_volumes(guest, sec):
+                expected(storages, vid)
+    expected(storages, volid)
+    expected(DEFAULT_STORAGES, volid)

@@ -86,10 +86,16 @@ class ClusterDB:
     stale: bool = False  # not the newest state the node had (WAL lost, older dump)
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (severity, code, msg)
     where: str = ""  # tree path of the root it was found in
+    _paths: dict | None = field(default=None, repr=False)
 
     def paths(self) -> dict[str, Entry]:
         """``{"nodes/pve/qemu-server/100.conf": entry, ...}`` for every reachable entry;
-        entries whose parent chain is broken or loops are left out (and reported once)."""
+        entries whose parent chain is broken or loops are left out (see :meth:`orphans`)."""
+        if self._paths is None:
+            self._paths = self._walk()
+        return self._paths
+
+    def _walk(self) -> dict[str, Entry]:
         cache: dict[int, str | None] = {0: ""}
         out = {}
         for inode, e in self.entries.items():
