@@ -118,3 +118,30 @@ def test_database_gone_backup_dump_used_and_reported(tmp_path):
     assert b"STALE" in src.source.read(0, 1000)
     # the VM view still uses it: the config of VM 100 is there
     assert resolve(ctx.root, "vms/100/qemu-server.conf") is not None
+
+
+def _node_tree(path):
+    from pvfs.source import FileSource
+
+    d = Dir()
+    for entry in sorted(path.iterdir()):
+        d.add(entry.name, _node_tree(entry) if entry.is_dir() else File(FileSource(str(entry))))
+    return d
+
+
+def test_host_root_registered_by_a_backend(tmp_path):
+    """What the PBS backend does for a host backup's pxar: ctx.add_host_root(root node)."""
+    from pvfs.discover import Context, finish
+
+    db = PmxDB(tmp_path / "live.db")
+    want = standard_cluster(db, node="pbshost")
+    host = tmp_path / "host"
+    db.copy_to(host)
+    db.close()
+    ctx = Context()
+    ctx.add_host_root(_node_tree(host), "storage/pbs/ds/host/pbshost/t/root.pxar", "PBS host backup")
+    finish(ctx)
+    etc = resolve(ctx.root, "storage/pve/pbshost/etc-pve")  # the only node in the database
+    got = {p: n.source.read(0, n.size) for p, n in walk(etc) if isinstance(n, File)}
+    assert got == want
+    assert resolve(ctx.root, "vms/by-name/web").target == b"../100"
