@@ -143,6 +143,7 @@ def test_truncated_db_read_page_by_page(tmp_path):
     root = tmp_path / "host"
     d = db.copy_to(root, wal=False, shm=False)
     db.close()
+    db_rows = load(OsDirFiles(str(root))).paths()  # the intact file, read by SQLite
     data = (d / "config.db").read_bytes()
     pages = len(data) // 4096
     (d / "config.db").write_bytes(data[: (pages * 2 // 3) * 4096])
@@ -153,6 +154,10 @@ def test_truncated_db_read_page_by_page(tmp_path):
     got = c.paths()
     ok = [p for p in want if p in got and got[p].data == want[p]]
     assert len(ok) > len(want) // 3  # the rows in the pages that survived, byte for byte
+    # what was lost is said: the inode range of the lost leaf pages covers every lost row
+    lost_from = int(msg.split("the rows of inodes ")[1].split("..")[0])
+    lost = {e.inode for p, e in db_rows.items()} - {e.inode for e in c.entries.values()}
+    assert lost and min(lost) >= lost_from
     cut = [p for p in want if p in got and got[p].data != want[p]]
     for p in cut:  # a row whose overflow pages are lost is reported, never silently wrong
         assert f"{p.rsplit('/', 1)[1]!r}" in msg and "cut short" in msg

@@ -440,6 +440,7 @@ class PageReader:
         self.data = data
         self.header_pages = struct.unpack(">I", data[28:32])[0]
         self.pages = len(data) // self.page_size
+        self.lost_ranges: list[tuple[int | None, int | None]] = []
 
     def page(self, n: int) -> bytes | None:
         if n < 1 or n > self.pages:
@@ -504,27 +505,39 @@ class PageReader:
         return None
 
     def walk(self, root: int, bad: list, lost: list, visited: set):
-        """Yield ``(rowid, record)`` of a table b-tree; unreadable pages go to ``bad``."""
-        stack = [root]
+        """Yield ``(rowid, record)`` of a table b-tree; unreadable pages go to ``bad``, and
+        the rowid range each of them held (from the interior page's keys) to
+        ``self.lost_ranges``."""
+        stack = [(root, None, None)]
         while stack:
-            n = stack.pop()
-            if n in visited or len(visited) > self.pages + 1:
+            n, lo, hi = stack.pop()
+            if n in visited or len(visited) > self.pages + 100_000:  # missing pages count too
                 continue
             visited.add(n)
             try:
                 ptype, offs, right, p = self.cells(n)
             except ValueError as e:
                 bad.append((n, str(e)))
+                self.lost_ranges.append((lo, hi))
                 continue
             if ptype == 5:
                 kids = []
+                prev = lo
                 for off in offs:
                     if off + 4 <= len(p):
-                        kids.append(struct.unpack(">I", p[off: off + 4])[0])
-                stack.extend(reversed(kids + [right]))
+                        child = struct.unpack(">I", p[off: off + 4])[0]
+                        try:
+                            key = _varint(p, off + 4)[0]
+                        except ValueError:
+                            key = None
+                        kids.append((child, prev, key))
+                        prev = key
+                kids.append((right, prev, hi))
+                stack.extend(reversed(kids))
                 continue
             if ptype != 13:
                 bad.append((n, "an index page where a table page was expected"))
+                self.lost_ranges.append((lo, hi))
                 continue
             yield from self._leaf_rows(n, offs, p, bad, lost)
 
@@ -584,6 +597,18 @@ def salvage(db: bytes) -> tuple[list[Entry], list[str]]:
     if bad:
         shown = "; ".join(f"page {n}: {m}" for n, m in bad[:5])
         notes.append(f"{len(bad)} unreadable b-tree pages or cells ({shown})")
+    spans: list[list] = []
+    for lo, hi in sorted(pr.lost_ranges, key=lambda r: -1 if r[0] is None else r[0]):
+        # rowid = inode; the interior page's keys bound what a lost page held
+        if any((lo is None or rid > lo) and (hi is None or rid <= hi) for rid in rows):
+            continue
+        if spans and spans[-1][1] is not None and lo == spans[-1][1]:
+            spans[-1][1] = hi
+        else:
+            spans.append([lo, hi])
+    gone = [f"{'' if lo is None else lo + 1}..{'' if hi is None else hi}" for lo, hi in spans]
+    if gone:
+        notes.append(f"the rows of inodes {', '.join(gone[:10])} are lost")
     out = []
     for rowid, rec in rows.items():
         if len(rec) != 8:
