@@ -556,7 +556,8 @@ def test_read_through_fuse_mount(v5_image, tmp_path):
     (inputs / "vm-101-disk-0.raw").symlink_to(img)
     mnt = tmp_path / "mnt"
     with pvfs_mounted([inputs / "vm-101-disk-0.raw"], mnt):
-        base = mnt / "vms" / "101" / "disk-0.files"
+        # one bare Linux filesystem, no config: a container's volume (never also under vms/)
+        base = mnt / "cts" / "101" / "rootfs"
         assert hashlib.sha256((base / "frag.bin").read_bytes()).hexdigest() == \
             truth["frag.bin"]["sha256"]
         assert os.getxattr(base / "etc" / "hello.txt", "user.small") == b"hi"
