@@ -324,14 +324,15 @@ def _match(items: list[Item], kinds, store, volname, snapshot) -> Item | None:
     return None
 
 
-#: Filesystems a Proxmox container's volume can hold (pct formats ext4; a restored or
-#: hand-made volume may be another Linux one).  A bare NTFS or FAT disk is a VM's data disk.
-CT_FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs")
+#: Filesystems no Proxmox container volume holds (pct formats ext4; a restored or
+#: hand-made one may be another Linux filesystem): a bare NTFS or FAT disk is a VM's.
+NOT_CT_FILESYSTEMS = (None, "swap", "ntfs", "vfat", "fat", "fat12", "fat16", "fat32", "exfat",
+                      "iso9660")
 
 
 def _is_bare_fs(vol) -> bool:
-    """A volume that is one Linux filesystem, no partition table: a container's."""
-    if vol is None or vol.filesystem not in CT_FILESYSTEMS:
+    """A volume that is one (Linux) filesystem, no partition table: a container's."""
+    if vol is None or vol.filesystem in NOT_CT_FILESYSTEMS:
         return False
     return not (vol.claimed_by is not None and vol.guestfs is None)
 
