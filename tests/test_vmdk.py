@@ -45,10 +45,10 @@ def make_base(path, size=64 << 20):
     rnd = random.Random(7)
     with open(path, "wb") as f:
         f.truncate(size)
-        for _i in range(40):
+        for _i in range(20):
             off = rnd.randrange(0, size - (1 << 20)) & ~511
             f.seek(off)
-            f.write(rnd.randbytes(rnd.randrange(512, 1 << 20)))
+            f.write(rnd.randbytes(rnd.randrange(512, 512 << 10)))
         f.seek(size - 4096)
         f.write(b"\xee" * 4096)  # the last sectors
         f.seek(8 << 20)
