@@ -143,7 +143,7 @@ def _walk_truth(mnt: str) -> dict:
             e = {"mode": st.st_mode, "size": st.st_size, "ino": st.st_ino, "nlink": st.st_nlink,
                  "uid": st.st_uid, "gid": st.st_gid, "mtime_ns": st.st_mtime_ns,
                  "atime_ns": st.st_atime_ns, "ctime_ns": st.st_ctime_ns, "rdev": st.st_rdev,
-                 "xattrs": {}}
+                 "blocks": st.st_blocks, "xattrs": {}}
             if stat.S_ISREG(st.st_mode):
                 with open(p, "rb") as f:
                     e["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
@@ -304,6 +304,7 @@ def compare_tree(root: Dir, truth: dict, skip=()) -> int:
         if stat.S_ISREG(e["mode"]):
             assert node.size == e["size"], path
             assert _sha(node) == e["sha256"], path
+            assert node.allocated_bytes() // 512 == e["blocks"], path
         elif stat.S_ISLNK(e["mode"]):
             assert node.target == bytes.fromhex(e["target"]), path
         elif stat.S_ISCHR(e["mode"]) or stat.S_ISBLK(e["mode"]):

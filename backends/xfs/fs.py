@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 
 import numpy as np
@@ -44,6 +45,56 @@ MAX_FILE_SIZE = 1 << 50
 #: What a parser may raise on hostile bytes it did not foresee; caught per entry so
 #: that one bad structure is one damage entry, never a traceback.
 BAD = (FormatError, UnreadableError, IndexError, ValueError, struct.error, OverflowError)
+
+
+class FileData(Source):
+    """A regular file's data: its extent map is read on first use (listing a directory
+    reads only the inodes), then it is an :class:`ExtentSource` over the volume.
+
+    ``allocated_bytes`` is the inode's ``di_nblocks`` (what the kernel reports as
+    ``st_blocks``), known without I/O.  A bad extent map is an :class:`UnreadableError`
+    on read and one damage entry."""
+
+    cheap_allocation = True
+
+    def __init__(self, fs: XfsFilesystem, inode: D.Inode, path: str):
+        super().__init__()
+        self.fs = fs
+        self.inode = inode
+        self.path = path
+        self.size = inode.size
+        self.label = f"xfs:/{path}"
+        self._map: ExtentSource | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def extents(self):
+        return self._mapped().extents
+
+    def _mapped(self) -> ExtentSource:
+        if self._map is None:
+            with self._lock:
+                if self._map is None:
+                    try:
+                        pieces = self.fs._mapping(self.fs.fork_extents(self.inode), self.size,
+                                                  self.path)
+                    except BAD as e:
+                        self.fs._damage(self.path, "bad-extent-map",
+                                        f"inode {self.inode.ino}: {e}", getattr(e, "ranges", ()))
+                        pieces = [(0, self.size, MissingSource(
+                            self.size, f"extent map unreadable: {e}", bad=self.fs.bad), 0)]
+                    self._map = ExtentSource(self.size, pieces, label=self.label)
+                    self.has_unreadable = self._map.has_unreadable
+        return self._map
+
+    def _read(self, offset, length):
+        return self._mapped()._read(offset, length)
+
+    def _block_status(self, offset, length):
+        return self._mapped()._block_status(offset, length)
+
+    def allocated_bytes(self) -> int:
+        return self.inode.nblocks * self.fs.geo.blocksize
 
 
 class XfsFilesystem(GuestFilesystem):
@@ -312,8 +363,7 @@ class XfsFilesystem(GuestFilesystem):
             raise FormatError(f"regular file in fork format {inode.format}")
         if inode.size > MAX_FILE_SIZE:
             raise FormatError(f"file size {inode.size} is beyond any real file (garbage inode?)")
-        return ExtentSource(inode.size, self._mapping(self.fork_extents(inode), inode.size,
-                                                      path), label=label)
+        return FileData(self, inode, path)
 
     def _symlink(self, inode: D.Inode) -> bytes:
         size = inode.size
