@@ -13,10 +13,10 @@ import subprocess
 import pytest
 from btrfs_image import (
     build_image, cached_image, compare, empty_subvol_dirs, have_tools, open_image,
-    populate_small,
+    populate_small, sha256_node,
 )
 
-from pvfs.nodes import Dir
+from pvfs.nodes import Dir, resolve
 from pvfs.source import FileSource
 
 pytestmark = pytest.mark.skipif(have_tools() is not None, reason=str(have_tools()))
@@ -115,3 +115,18 @@ def test_mkfs_variants(variant):
     else:
         assert any("data DUP" in n for n in notes)
     assert not [e for e in ctx.report if e.severity != "info"]
+
+
+@pytest.mark.parametrize("decoder", ["lzallright", "lzokay"])
+def test_lzo_files_with_each_decoder(main_image, monkeypatch, decoder):
+    """Both LZO1X decoders (lzallright on Python >= 3.11, lzokay on 3.10) give the
+    kernel's bytes for the lzo files, inline ones included."""
+    from backends.btrfs import compress
+
+    pytest.importorskip(decoder)
+    if decoder == "lzokay":
+        monkeypatch.setattr(compress, "_lzallright", None)
+    img, view = main_image
+    _ctx, root = open_image(FileSource(img))
+    for rel in ("text-lzo.txt", "mixed-lzo.bin", "inline-lzo.txt"):
+        assert sha256_node(resolve(root, rel)) == view[rel]["sha256"], rel
