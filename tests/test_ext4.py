@@ -8,6 +8,7 @@ st_blocks and hard-link identity must equal what the kernel shows.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -55,6 +56,7 @@ def test_tree_equals_kernel(variant):
     assert bad == []
     assert n == len(truth) > 300
     assert report.entries == []
+    assert gc.isenabled()  # paused only while a directory loads
 
 
 def test_structures_the_variants_exercise():
