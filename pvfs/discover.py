@@ -307,7 +307,7 @@ class Context:
 
     # -- Proxmox view ------------------------------------------------------------
     def add_proxmox(self, loc: Locator, volume: Volume | None = None, tree: Dir | None = None,
-                    node=None, mtime=None) -> str | None:
+                    node=None, mtime=None, where: str | None = None) -> str | None:
         """Register what a backend found for the Proxmox view (:mod:`pvfs.proxmox.view`).
 
         ``loc`` says where Proxmox would say it lives (storage kind, pool / VG /
@@ -316,11 +316,12 @@ class Context:
         ``vms/`` or ``cts/`` after discovery, when the cluster configs are known;
         a backup's disk, tree or file (``node``) is placed at once.  Returns the
         tree path for a backup, ``""`` for a disk queued for the view, None when
-        ``loc`` does not name a Proxmox guest's volume.
+        ``loc`` does not name a Proxmox guest's volume.  ``where``: the tree path a
+        ``tree`` is also shown at (README.txt says where each view entry comes from).
         """
         from .proxmox.view import register
 
-        return register(self, loc, volume, tree, node, mtime)
+        return register(self, loc, volume, tree, node, mtime, where)
 
     def add_proxmox_disk(self, volname: str, volume: Volume, snapshot: str | None = None,
                          mtime=None) -> bool:

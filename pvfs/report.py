@@ -260,6 +260,9 @@ def readme_text(ctx) -> str:
         for p in v.vm_paths:
             if p.startswith(("vms/", "cts/")):
                 origin.append(f"  {p:40s} <- {v.path}")
+    from .proxmox.view import origins
+
+    origin += [f"  {p:40s} <- {src}" for p, src in origins(ctx)]
     if origin:
         out.append("Where each VM and container disk comes from:")
         out.extend(sorted(origin, key=lambda line: _vmid_key(line.split("/")[1]) + (line,)))

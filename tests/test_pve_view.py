@@ -235,6 +235,11 @@ def test_zfs23_host_view():
                                    "status": "found", "path": "vms/100/disk-0.raw"}]
     assert rows[102]["type"] == "CT" and rows[102]["name"] == "ct102"
     assert not [e for e in ctx.report if e.code in ("config-disk-missing", "config-stale")]
+    text = readme_text(ctx)
+    assert "  cts/102/rootfs                           <- storage/zfs/rpool/data/subvol-102-disk-0" \
+        in text.splitlines()
+    assert any(ln.split()[:7] == ["100", "VM", "vm100", "pve", "l26", "0", "scsi0"]
+               for ln in text.splitlines())
 
 
 def test_backups_counted_per_guest_without_cluster():

@@ -349,7 +349,8 @@ class _TreeBuilder:
         store = ds.name.rsplit("/", 1)[0] if "/" in ds.name else ""
         d = Dir(loader=_zpl_loader(self, os_, ds, path, set(), snapshots=False),
                 mtime=ds.creation_time or None)
-        self.ctx.add_proxmox(Locator("zfspool", store, ds.short), tree=d, mtime=ds.creation_time)
+        self.ctx.add_proxmox(Locator("zfspool", store, ds.short), tree=d, mtime=ds.creation_time,
+                             where=path)
         for s in ds.snapshots:
             snap = s.name.split("@", 1)[1]
             try:
@@ -361,7 +362,7 @@ class _TreeBuilder:
             sd = Dir(loader=_zpl_loader(self, sos, s, spath, set(), snapshots=False),
                      mtime=s.creation_time or None)
             self.ctx.add_proxmox(Locator("zfspool", store, ds.short, snap), tree=sd,
-                                 mtime=s.creation_time)
+                                 mtime=s.creation_time, where=spath)
 
     def zvol(self, ds, os_, parent_dir, parent_path, name):
         vols = [(ds, os_, name)]

@@ -96,6 +96,7 @@ class Item:
     placed: list = field(default_factory=list)  # tree paths the view gave it
     storage_id: str | None = None
     referenced: bool = False
+    where: str | None = None  # tree path of a subvolume's own view (storage/zfs/...)
 
 
 @dataclass
@@ -147,7 +148,8 @@ def _volname_of(loc: Locator):
 
 
 # ---------------------------------------------------------------------------
-def register(ctx, loc: Locator, volume=None, tree=None, node=None, mtime=None) -> str | None:
+def register(ctx, loc: Locator, volume=None, tree=None, node=None, mtime=None,
+             where: str | None = None) -> str | None:
     """See :meth:`pvfs.discover.Context.add_proxmox`."""
     st = state(ctx)
     if loc.backup is not None:
@@ -175,7 +177,8 @@ def register(ctx, loc: Locator, volume=None, tree=None, node=None, mtime=None) -
     vn = _volname_of(loc)
     if vn is None:
         return None
-    item = Item(loc, volume, tree, node, mtime, vmid=vn.vmid, disk=vn.disk, volkind=vn.kind)
+    item = Item(loc, volume, tree, node, mtime, vmid=vn.vmid, disk=vn.disk, volkind=vn.kind,
+                where=where)
     st.items.append(item)
     if volume is not None:
         volume.info.setdefault("proxmox", {"vmid": vn.vmid, "disk": vn.disk, "kind": vn.kind,
@@ -733,6 +736,16 @@ def table(ctx) -> list[dict]:
                      "config": g.config_source or None, "disks": disks,
                      "backups": len(g.backups)})
     return rows
+
+
+def origins(ctx) -> list[tuple[str, str]]:
+    """``(view path, source path)`` of the container subvolumes the view placed (volumes
+    name their source in ``Volume.vm_paths``)."""
+    st = getattr(ctx, "proxmox_view", None)
+    if st is None:
+        return []
+    return [(p, it.where) for it in st.items if it.volume is None and it.where
+            for p in it.placed]
 
 
 def guest_ids(root: Dir) -> list[str]:
