@@ -89,7 +89,7 @@ def files_in_ranges(fs, ranges, limit: int, deadline: float):
     if not hit:
         return [], 0
     # 3. names
-    parents, _complete = fs.reachable_inodes(deadline)
+    _reached, parents, _complete = fs.reachable_inodes(deadline, want=hit)
     paths = []
     for ino in sorted(hit):
         paths.append(_path(ino, parents))

@@ -362,14 +362,17 @@ class Ext4Filesystem(GuestFilesystem):
         d.add(LOST_FOUND, Dir(mode=0o500, loader=lambda od: self._load_orphans(od)),
               report=self._report, layer=LAYER, path_hint=self.path_of(rel))
 
-    def reachable_inodes(self, deadline: float):
-        """Inode numbers reached from the root (directories walked, inodes not loaded),
-        and ``{ino: (parent ino, name bytes)}``.  Bounded by ``deadline``; returns
-        ``complete=False`` when it ran out."""
+    def reachable_inodes(self, deadline: float, want=frozenset()):
+        """``(reached, parents, complete)``: the set of inode numbers reached from the root
+        (directories walked, other inodes not loaded) and ``{ino: (parent ino, name
+        bytes)}`` for the directories and the inodes in ``want`` only (names for a million
+        files would cost more memory than the mount may use).  Bounded by ``deadline``;
+        ``complete`` is False when it ran out."""
         parents: dict[int, tuple[int, bytes]] = {EXT4_ROOT_INO: (0, b"")}
+        reached = {EXT4_ROOT_INO}
         todo = [EXT4_ROOT_INO]
-        seen_dirs = {EXT4_ROOT_INO}
         complete = True
+        filetype = self.vol.filetype
         while todo:
             if time.monotonic() > deadline:
                 complete = False
@@ -380,15 +383,17 @@ class Ext4Filesystem(GuestFilesystem):
                 if not stat.S_ISDIR(inode.mode):
                     continue
                 for name, child, ftype in self.vol.dir_entries(inode, []):
-                    if child not in parents:
-                        parents[child] = (ino, name)
                     # without the filetype feature every child is tried as a directory
-                    if (ftype == 2 or not self.vol.filetype) and child not in seen_dirs:
-                        seen_dirs.add(child)
-                        todo.append(child)
+                    is_dir = ftype == 2 or not filetype
+                    if is_dir or child in want:
+                        parents.setdefault(child, (ino, name))
+                    if child not in reached:
+                        reached.add(child)
+                        if is_dir:
+                            todo.append(child)
             except (Ext4Error, OSError):
                 continue
-        return parents, complete
+        return reached, parents, complete
 
     def internal_inodes(self) -> set[int]:
         """Inodes the superblock names for the filesystem's own use (journal, orphan file,
@@ -429,7 +434,7 @@ class Ext4Filesystem(GuestFilesystem):
         """Inodes in use (bitmap bit set, links > 0) that no directory reaches, under their
         number; directories among them bring their subtrees (e2fsck pass 3/4, shown only)."""
         deadline = time.monotonic() + ORPHAN_SCAN_BUDGET_S
-        parents, complete = self.reachable_inodes(deadline)
+        reached, _parents, complete = self.reachable_inodes(deadline)
         if not complete:
             self.damage("warning", "orphan-scan-incomplete",
                         "time budget used up while walking the directories; unreachable "
@@ -437,7 +442,7 @@ class Ext4Filesystem(GuestFilesystem):
             return
         orphans = []
         for ino in self.used_inodes(deadline):
-            if ino in parents:
+            if ino in reached:
                 continue
             try:
                 inode = self.vol.read_inode(ino)
