@@ -124,6 +124,35 @@ def test_hostile_dump_cannot_attach(tmp_path):
     assert any(code == "config-backup-damaged" for _s, code, _m in c.problems)
 
 
+def test_hostile_dump_and_database_are_bounded(tmp_path):
+    import gzip
+    import time
+
+    root = tmp_path / "host"
+    d = root / "var/lib/pve-cluster/backup"
+    d.mkdir(parents=True)
+    schema = ("CREATE TABLE tree (inode INTEGER PRIMARY KEY, parent INTEGER, version INTEGER, "
+              "writer INTEGER, mtime INTEGER, type INTEGER, name TEXT, data BLOB);")
+    (d / "config-1.sql.gz").write_bytes(gzip.compress((
+        schema + "INSERT INTO tree WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) "
+        "SELECT x,0,1,0,0,8,'n'||x,zeroblob(1000000) FROM c;").encode()))
+    t = time.monotonic()
+    c = load(OsDirFiles(str(root)))
+    assert time.monotonic() - t < 5 and not c.entries
+    # a database whose "tree" is a view that makes endless huge rows
+    db = root / "var/lib/pve-cluster/config.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE VIEW tree AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 "
+                "FROM c) SELECT x AS inode,0 AS parent,1 AS version,0 AS writer,0 AS mtime,"
+                "8 AS type,'n'||x AS name,zeroblob(100000000) AS data FROM c")
+    con.commit()
+    con.close()
+    t = time.monotonic()
+    c = load(OsDirFiles(str(root)))
+    assert time.monotonic() - t < 15 and not c.entries
+    assert any(code == "config-db-damaged" for _s, code, _m in c.problems)
+
+
 def _big_cluster(tmp_path, n=300):
     db = PmxDB(tmp_path / "big.db")
     want = {}

@@ -52,6 +52,7 @@ DT_REG = 8
 VERSION_NAME = "__version__"
 MAX_DB_BYTES = 256 << 20  # pmxcfs refuses a tree over 128 MiB (memdb.h); twice that, at most
 MAX_ROWS = 1_000_000
+MAX_FILE_BYTES = 16 << 20  # one /etc/pve file: pmxcfs allows 1 MiB (memdb.h)
 MAX_DEPTH = 64  # directory nesting in /etc/pve
 SQL_SECONDS = 10.0  # a hostile schema (a view with a recursive CTE) must not hang discovery
 _BACKUP_RE = re.compile(r"^config-(\d+)\.sql\.gz$")
@@ -228,13 +229,20 @@ class OsDirFiles(HostFiles):
 # ---------------------------------------------------------------------------
 # Reading with SQLite (a private copy).
 
+def _bounded(con):
+    """Limits for a connection to a database we did not write: no value above what a
+    pmxcfs file can be, no schema code trusted, at most SQL_SECONDS of work."""
+    con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_FILE_BYTES)
+    con.execute("PRAGMA trusted_schema=OFF")
+    deadline = time.monotonic() + SQL_SECONDS
+    con.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
+
+
 def _sql_rows(dbfile: str) -> list[Entry]:
     """All rows of ``tree`` in a database file of our own (a temporary copy)."""
     con = sqlite3.connect(dbfile, isolation_level=None)
-    deadline = time.monotonic() + SQL_SECONDS
     try:
-        con.execute("PRAGMA trusted_schema=OFF")
-        con.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
+        _bounded(con)
         cur = con.execute("SELECT inode, parent, version, writer, mtime, type, name, data FROM tree")
         return _entries(cur, MAX_ROWS)
     finally:
@@ -243,9 +251,13 @@ def _sql_rows(dbfile: str) -> list[Entry]:
 
 def _entries(rows, limit) -> list[Entry]:
     out = []
+    total = 0
     for row in rows:
         if len(out) >= limit:
             raise PmxcfsError(f"more than {limit} rows in tree")
+        total += len(row[7]) if isinstance(row[7], (bytes, str)) else 0
+        if total > MAX_DB_BYTES:
+            raise PmxcfsError(f"more than {MAX_DB_BYTES} bytes of file data in tree")
         inode, parent, version, writer, mtime, typ, name, data = row
         if not all(isinstance(v, int) for v in (inode, parent, version, writer, mtime, typ)):
             continue
@@ -352,10 +364,10 @@ def read_dump(gz: bytes) -> list[Entry]:
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) as e:
         raise PmxcfsError(f"not a readable gzipped SQL dump: {e}") from None
     con = sqlite3.connect(":memory:", isolation_level=None)
-    deadline = time.monotonic() + SQL_SECONDS
     try:
+        _bounded(con)
+        con.execute(f"PRAGMA max_page_count={MAX_DB_BYTES // 4096}")  # 4 KiB pages in memory
         con.set_authorizer(_dump_authorizer)
-        con.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
         con.executescript(sql)
         cur = con.execute("SELECT inode, parent, version, writer, mtime, type, name, data FROM tree")
         return _entries(cur, MAX_ROWS)
