@@ -483,3 +483,32 @@ def test_aborted_journal_is_reported():
     assert text.startswith("replayed ")
     e = [e for e in ctx.report if e.code == "journal-aborted"]
     assert len(e) == 1 and "EIO -5" in e[0].message
+
+
+# -- the journal inode: the reader's map, and the superblock's backup of it ----------------
+@needs_root
+@pytest.mark.parametrize("variant", ["ext4-4k", "ext3", "ext4-wrap"])
+def test_journal_map_equals_reader_and_backup(variant):
+    from backends.ext4.volume import Ext4Volume
+
+    d = dirty_image(variant)
+    src = FileSource(d / "dirty.img")
+    sb = read_superblock(src)
+    ext, nblocks, notes = recovery.journal_extents(src, sb)
+    assert not notes
+    vol = Ext4Volume(src, src, sb)
+    runs = vol.block_map(vol.read_inode(8))
+    assert [(lo, ph, n) for lo, n, ph, _kind in runs] == ext
+    assert sum(n for _lo, _ph, n in ext) == nblocks
+    # the inode zeroed: the superblock's s_jnl_blocks copy gives the same map and replay
+    off = vol.inode_location(8)
+    bad = PatchedSource(src, {off: bytes(sb.inode_size)})
+    ext2, nblocks2, notes2 = recovery.journal_extents(bad, sb)
+    assert (ext2, nblocks2) == (ext, nblocks) and len(notes2) == 1
+    ctx = _ctx()
+    meta, _d, text = recovery.journal_overlay(_Vol(bad), sb, ctx)
+    assert text.startswith("replayed ")
+    assert "journal-inode" in [e.code for e in ctx.report]
+    j, _ = recovery.open_journal(src, sb)
+    diff = _differing_blocks(meta, FileSource(d / "kernel.img"), sb.block_size)
+    assert set(diff) <= {1024 // sb.block_size, j.bmap(0), off // sb.block_size}, diff
