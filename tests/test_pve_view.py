@@ -143,6 +143,7 @@ def test_every_storage_type_resolves(tmp_path):
                      Locator("zfspool", "rpool/data", "vm-100-disk-9"))
     ctroot = _disk(ctx, "lvm", "pve", "vm-101-disk-0", b"R" * 512,
                    Locator("lvmthin", "pve", "vm-101-disk-0"), "lv")
+    ctx.report.add("error", "lvm", vols["scsi1"].path, "unreadable", "bad sectors", [(0, 512)])
     sub = Dir()
     sub.add("hostname", File(BytesSource(b"db\n")))
     ctx.add_proxmox(Locator("zfspool", "rpool/data", "subvol-101-disk-1"), tree=sub)
@@ -188,6 +189,9 @@ def test_every_storage_type_resolves(tmp_path):
     assert rows[100]["name"] == "web" and rows[100]["node"] == "pve" and rows[100]["ostype"] == "l26"
     status = {d["key"]: d["status"] for d in rows[100]["disks"]}
     assert status["scsi0"] == "found" and status["unused0"] == "missing"
+    assert status["scsi1"] == "damaged"  # the backend's entry, repeated at the view path:
+    assert [(e.path, e.ranges) for e in ctx.report if e.code == "unreadable"] == [
+        ("storage/lvm/vmdata/vm-100-disk-2", ((0, 512),)), ("vms/100/disk-2.raw", ((0, 512),))]
     assert status["sata1"] == "unresolved" and "ide2" not in status  # a CD-ROM is not a disk
     assert rows[101]["type"] == "CT" and rows[300]["disks"] == []
     text = readme_text(ctx)

@@ -696,14 +696,11 @@ def _report(ctx, guests, have_cluster: bool):
 # ---------------------------------------------------------------------------
 # The table (README.txt, pvfs scan, report.json)
 
-def _status(ctx, it: Item) -> str:
+def _status(errors: set, it: Item) -> str:
     paths = set(it.placed)
     if it.volume is not None:
         paths.add(it.volume.path)
-    for e in ctx.report:
-        if e.severity == "error" and e.path in paths:
-            return "damaged"
-    return "found"
+    return "damaged" if paths & errors else "found"
 
 
 def table(ctx) -> list[dict]:
@@ -711,6 +708,7 @@ def table(ctx) -> list[dict]:
     if st is None:
         return []
     rows = []
+    errors = {e.path for e in ctx.report if e.severity == "error"}
     for g in sorted(st.guests.values(), key=lambda g: (g.guest != "qemu", g.vmid)):
         disks = []
         seen = set()
@@ -719,7 +717,7 @@ def table(ctx) -> list[dict]:
                 continue
             if ref.item is not None:
                 seen.add(id(ref.item))
-                disks.append({"key": ref.key, "volid": ref.volid, "status": _status(ctx, ref.item),
+                disks.append({"key": ref.key, "volid": ref.volid, "status": _status(errors, ref.item),
                               "path": ref.item.placed[0] if ref.item.placed else None})
             else:
                 disks.append({"key": ref.key, "volid": ref.volid,
@@ -728,7 +726,7 @@ def table(ctx) -> list[dict]:
         for it in g.disks:
             if it.loc.snapshot is None and id(it) not in seen and it.placed:
                 disks.append({"key": None, "volid": f"{_label(it)}:{_base(it.loc.volname)}",
-                              "status": _status(ctx, it) + (", not in config" if g.config_source
+                              "status": _status(errors, it) + (", not in config" if g.config_source
                                                             or st.have_cluster else ""),
                               "path": it.placed[0]})
         rows.append({"vmid": g.vmid, "type": "VM" if g.guest == "qemu" else "CT",
