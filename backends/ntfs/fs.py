@@ -143,6 +143,21 @@ class OverlaySource(Source):
         return self.base.block_status(offset, length)
 
 
+class RunListSource(ExtentSource):
+    """Uncompressed non-resident data: the run list mapped onto the volume.
+    ``allocated_bytes`` is the clusters the runs allocate (ntfs-3g's st_blocks), known
+    without I/O."""
+
+    cheap_allocation = True
+
+    def __init__(self, size, extents, label, allocated: int):
+        super().__init__(size, extents, label=label)
+        self.allocated = allocated
+
+    def allocated_bytes(self) -> int:
+        return self.allocated
+
+
 class LibrarySource(Source):
     """A data stream read through the library (LZNT1-compressed or resident data).
 
@@ -150,9 +165,12 @@ class LibrarySource(Source):
     ``--bad zero``); its ranges are the file's own when the source below said
     nothing more precise."""
 
+    cheap_allocation = True
+
     def __init__(self, fs: NtfsFilesystem, record: int, size: int, label: str,
-                 stream: str | None = None):
+                 stream: str | None = None, allocated: int | None = None):
         super().__init__()
+        self.allocated = size if allocated is None else allocated
         self.fs = fs
         self.record = record
         self.stream = stream
@@ -182,6 +200,10 @@ class LibrarySource(Source):
             raise UnreadableError(f"{self.label}: short read at {offset:#x}",
                                   [(offset + len(data), length - len(data))])
         return data
+
+    def allocated_bytes(self) -> int:
+        """The clusters the compressed runs take (ntfs-3g's st_blocks), without I/O."""
+        return self.allocated
 
 
 def _short(e: Exception) -> str:
@@ -496,17 +518,17 @@ class NtfsFilesystem(GuestFilesystem):
                 raise FormatError(f"resident data of {size} bytes in a "
                                   f"{self.boot.mft_record_size}-byte record")
             return BytesSource(e.read_buffer_at_offset(size, 0), label=label)
-        extents, pos = [], 0
+        extents, pos, allocated = [], 0, 0
         compressed = bool(flags & D.FILE_ATTRIBUTE_COMPRESSED)
-        for i in range(0 if compressed else n):
+        for i in range(n):
             off, ln, eflags = e.get_extent(i)
-            if eflags & EXTENT_COMPRESSED:
-                compressed = True
-                break
+            compressed = compressed or bool(eflags & EXTENT_COMPRESSED)
+            if not eflags & EXTENT_SPARSE:
+                allocated += ln
             extents.append((pos, ln, None if eflags & EXTENT_SPARSE else off))
             pos += ln
         if compressed:
-            return LibrarySource(self, rec, size, label)
+            return LibrarySource(self, rec, size, label, allocated=allocated)
         a = self._data_attribute(e)
         valid = size
         if a is not None:
@@ -527,7 +549,7 @@ class NtfsFilesystem(GuestFilesystem):
                                                     bad=self.bad, label=label), 0))
                 continue
             out.append((fpos, ln, self.source, off))
-        return ExtentSource(size, out, label=label)
+        return RunListSource(size, out, label, allocated)
 
     def _xattrs(self, e, rec, path, node):
         """Named ``$DATA`` streams as ``user.<stream>``, as ntfs-3g's
