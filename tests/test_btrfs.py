@@ -8,6 +8,7 @@ builds from the image bytes.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 
 import pytest
@@ -130,3 +131,33 @@ def test_lzo_files_with_each_decoder(main_image, monkeypatch, decoder):
     _ctx, root = open_image(FileSource(img))
     for rel in ("text-lzo.txt", "mixed-lzo.bin", "inline-lzo.txt"):
         assert sha256_node(resolve(root, rel)) == view[rel]["sha256"], rel
+
+
+def test_concurrent_reads_from_threads(main_image):
+    """The mount reads from several threads at once: 8 threads hashing the big and
+    compressed files in interleaved 64 KiB pieces get the kernel's bytes."""
+    import threading
+
+    img, view = main_image
+    _ctx, root = open_image(FileSource(img))
+    names = ["random.bin", "random-reflink.bin", "text-zstd.txt", "text-lzo.txt",
+             "text-zlib.txt", "mixed-lzo.bin", "sparse.bin", "snaps/sub1-ro/in-sub1.txt"]
+    got, errors = {}, []
+
+    def work(rel):
+        try:
+            src = resolve(root, rel).source
+            pieces = {}
+            for off in range(0, src.size, 1 << 16):
+                pieces[off] = src.read(off, 1 << 16)
+            got[rel] = hashlib.sha256(b"".join(pieces[o] for o in sorted(pieces))).hexdigest()
+        except Exception as e:  # reported below
+            errors.append((rel, e))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert got == {n: view[n]["sha256"] for n in names}

@@ -621,26 +621,42 @@ class BtrfsFilesystem(GuestFilesystem):
         return None
 
     def files_in_ranges(self, ranges, limit=50):
-        """Files whose data lie on device ``ranges`` in every copy: the logical ranges
-        lost are matched against the ``EXTENT_DATA`` items of every subvolume shown
-        (bounded in time and items)."""
+        """Files whose data or inode lie on device ``ranges`` in every copy.
+
+        The logical ranges lost are matched against the ``EXTENT_DATA`` items of every
+        subvolume shown; when a tree block of a subvolume is lost too, the directory
+        entries (``DIR_INDEX``) whose inode items it held are named as well.  Bounded in
+        time and items."""
         lost = self.lost_logical(ranges)
         if not lost:
             return [], 0
         starts = [lo for lo, _hi in lost]
+
+        def hits(lo, hi):
+            i = bisect.bisect_right(starts, hi - 1) - 1
+            return i >= 0 and lost[i][1] > lo
+
         deadline = time.monotonic() + FILES_IN_RANGES_BUDGET
         names: list[str] = []
         total = 0
         budget = FILES_IN_RANGES_ITEMS
+        nodesize = self.dev.nodesize
         for tree_id, prefix in sorted(self.subvolume_paths(deadline).items(),
                                       key=lambda kv: kv[1]):
             try:
                 sv = self.subvol(tree_id)
             except BtrfsError:
                 continue
-            hit_inodes = []
+            hit: list[tuple] = []  # (ino,) for data, (dir ino, name) for lost inodes
+            lost_blocks = []
+
+            def damage(lo, hi, err, lost_blocks=lost_blocks):
+                logical = getattr(err, "logical", None)
+                if logical is not None and hits(logical, logical + nodesize):
+                    lost_blocks.append((lo, hi))
+
             for (ino, ktype, _foff), data in items(self.dev, sv.root, (0, 0, 0),
-                                                    (MAX, 255, MAX), lambda *a: None):
+                                                    (MAX, 255, MAX), damage):
                 budget -= 1
                 if budget <= 0 or time.monotonic() > deadline:
                     break
@@ -656,24 +672,52 @@ class BtrfsFilesystem(GuestFilesystem):
                     continue
                 lo, hi = (bytenr, bytenr + disk_num) if comp else \
                     (bytenr + offset, bytenr + offset + num)
-                i = bisect.bisect_right(starts, hi - 1) - 1
-                if i >= 0 and lost[i][1] > lo and (not hit_inodes or hit_inodes[-1] != ino):
-                    hit_inodes.append(ino)
-            for ino in hit_inodes:
+                if hits(lo, hi) and (not hit or hit[-1] != (ino,)):
+                    hit.append((ino,))
+            if lost_blocks:
+                hit.extend(self._entries_of_lost_inodes(sv, lost_blocks, deadline))
+            for h in hit:
                 total += 1
-                if len(names) < limit:
-                    try:
-                        p = self.inode_path(sv, ino)
-                    except BtrfsError:
-                        p = None
-                    p = p if p is not None else f"<inode {ino} of subvolume {tree_id}>"
-                    names.append("/".join(x for x in (prefix, p) if x))
+                if len(names) >= limit:
+                    continue
+                try:
+                    p = self.inode_path(sv, h[0])
+                except BtrfsError:
+                    p = None
+                if p is None:
+                    p = f"<inode {h[0]} of subvolume {tree_id}>"
+                if len(h) > 1:
+                    p = "/".join(x for x in (p, h[1]) if x)
+                names.append("/".join(x for x in (prefix, p) if x))
             if budget <= 0 or time.monotonic() > deadline:
                 self.report("warning", "damage-map-partial",
                             "mapping damage to files stopped early (time or item budget); "
                             "more files may be hit")
                 break
         return names, total
+
+    def _entries_of_lost_inodes(self, sv: Subvol, lost_blocks, deadline):
+        """``(directory inode, name)`` of the entries whose inode item lies in one of the
+        lost blocks' key ranges (``DIR_INDEX`` items elsewhere still name them)."""
+        def in_lost(oid):
+            k = (oid, S.INODE_ITEM_KEY, 0)
+            return any((lo is None or lo <= k) and (hi is None or k < hi)
+                       for lo, hi in lost_blocks)
+
+        out = []
+        for (parent, ktype, _idx), data in items(self.dev, sv.root, (0, 0, 0), (MAX, 255, MAX),
+                                                 lambda *a: None):
+            if time.monotonic() > deadline:
+                break
+            if ktype != S.DIR_INDEX_KEY:
+                continue
+            try:
+                e = parse_dir_items(data)[0]
+            except (BtrfsError, IndexError):
+                continue
+            if e.loc[1] == S.INODE_ITEM_KEY and in_lost(e.loc[0]):
+                out.append((parent, e.name.decode("utf-8", "surrogateescape")))
+        return out
 
 
 def _merge(ranges):
