@@ -255,7 +255,7 @@ def compare(view, truth, granularity_ns):
 
 
 def disk_offset(extents, pos):
-    """Where byte ``pos`` of a node with ``fat_extents`` lies on the volume."""
+    """Where byte ``pos`` of a directory's data (``fat_clusters``) lies on the volume."""
     for off, n in extents:
         if pos < n:
             return off + pos
@@ -409,8 +409,8 @@ def test_zeroed_directory_cluster_loses_only_its_entries(images):
     cs = _fat_geometry(src).cluster_size
     many = root.get("many")
     many.children()
-    assert sum(n for _, n in many.fat_extents) >= 5 * cs
-    off = disk_offset(many.fat_extents, 2 * cs)  # the third cluster of the 600-entry directory
+    assert sum(n for _, n in many.fat_clusters) >= 5 * cs
+    off = disk_offset(many.fat_clusters, 2 * cs)  # the third cluster of the 600-entry directory
     ctx, _fs, root2 = open_fs(PatchedSource(src, {off: bytes(cs)}), FatBackend())
     view = tree_view(root2)
     truth = m["entries"]
@@ -522,6 +522,15 @@ def test_exfat_matches_exfat_fuse(images):
     assert "emoji-😀.txt" in root.children() and LONG255 in root.children()
 
 
+def test_exfat_dirty_flag(images):
+    """VolumeFlags is outside the boot checksum: a set VolumeDirty bit reads as not clean."""
+    src = FileSource(images / manifest(images, "exfat")["image"])
+    flags = int.from_bytes(src.read(106, 2), "little")
+    _ctx, fs, _root = open_fs(PatchedSource(src, {106: (flags | 2).to_bytes(2, "little")}),
+                              ExfatBackend())
+    assert fs.info.clean is False
+
+
 def test_exfat_backup_boot_region_and_zeroed_dir_cluster(images):
     m = manifest(images, "exfat")
     src = FileSource(images / m["image"])
@@ -531,8 +540,8 @@ def test_exfat_backup_boot_region_and_zeroed_dir_cluster(images):
     many = root.get("many")
     many.children()
     cs = _fs.cs
-    assert sum(n for _, n in many.fat_extents) >= 5 * cs
-    off = disk_offset(many.fat_extents, 2 * cs)
+    assert sum(n for _, n in many.fat_clusters) >= 5 * cs
+    off = disk_offset(many.fat_clusters, 2 * cs)
     ctx, _fs, root2 = open_fs(PatchedSource(src, {off: bytes(cs)}), ExfatBackend())
     view = tree_view(root2)
     lost = [p for p in m["entries"] if p not in view]

@@ -372,7 +372,8 @@ class ExfatFilesystem(ClusterFilesystem):
                 self.problem("error", "dir-chain-broken",
                              f"directory {path}: {err}; entries past the "
                              "break are lost", path)
-        d.fat_extents = [(disk, n) for _o, n, disk in extents]
+        d.fat_clusters = [(disk, n) for _o, n, disk in extents]  # the directory's own data
+        d.fat_extents = getattr(d, "fat_extents", []) + d.fat_clusters  # + its entry
         entries = list(self._entries(extents, path))
         bad = 0
         i = 0

@@ -450,7 +450,8 @@ class FatFilesystem(ClusterFilesystem):
             if err is not None:
                 self.problem("error", "dir-chain-broken", f"directory {path}: {err}; entries past "
                              "the break are lost", path)
-        d.fat_extents = [(disk, n) for _o, n, disk in extents]
+        d.fat_clusters = [(disk, n) for _o, n, disk in extents]  # the directory's own data
+        d.fat_extents = getattr(d, "fat_extents", []) + d.fat_clusters  # + its entry
         blocks = list(self._dir_blocks(extents, path))
         self._check_dir_clusters(blocks, first, path)
         bad_entries = 0
