@@ -36,7 +36,10 @@ def read_boot(source):
     for off, what in _boot_candidates(source):
         try:
             data = source.read(off, 512)
-            return D.parse_boot(data, source.size), off
+            boot = D.parse_boot(data, source.size)
+            if off and boot.size != off:  # a backup sits in the sector after the volume
+                raise FormatError(f"it describes {boot.size} bytes, not {off}")
+            return boot, off
         except (PvfsError, OSError) as e:
             errors.append(f"{what}: {e}")
     raise FormatError("no usable NTFS boot sector (" + "; ".join(errors) + ")")
