@@ -147,3 +147,17 @@ def test_mutated_tree_blocks_resealed(small, data):
             _exercise(img, patches)
         except PvfsError:
             pass  # e.g. no usable root tree: a one-line error, which the CLI prints
+
+
+def test_stale_mirror_of_another_filesystem_does_not_win():
+    """pick_superblock: the highest generation among the copies of the primary's fsid."""
+    from backends.btrfs.volume import pick_superblock
+
+    class Sb:
+        def __init__(self, mirror, fsid, gen):
+            self.mirror, self.fsid, self.generation = mirror, fsid, gen
+
+    a0, a1, old2 = Sb(0, b"A", 10), Sb(1, b"A", 11), Sb(2, b"B", 5000)
+    assert pick_superblock([(0, a0, ""), (1, a1, ""), (2, old2, "")]) is a1
+    assert pick_superblock([(0, None, "zeroed"), (1, a1, ""), (2, old2, "")]) is old2
+    assert pick_superblock([(0, a0, ""), (1, Sb(1, b"A", 10), "")]) is a0

@@ -118,8 +118,10 @@ def pick_superblock(copies) -> Superblock | None:
     valid = [sb for _m, sb, _w in copies if sb is not None]
     if not valid:
         return None
-    best = max(valid, key=lambda sb: (sb.generation, -sb.mirror))
-    return best
+    primary = next((sb for sb in valid if sb.mirror == 0), None)
+    if primary is not None:  # a mirror left over from an older filesystem does not win
+        valid = [sb for sb in valid if sb.fsid == primary.fsid]
+    return max(valid, key=lambda sb: (sb.generation, -sb.mirror))
 
 
 # -- chunks ------------------------------------------------------------------------------
