@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 
 import pytest
 from ext4_build import compare_tree, kernel_truth, need_root
@@ -19,6 +20,8 @@ from mountutil import needs_fuse, pvfs_mounted
 from backends.ext4 import recovery
 from backends.ext4.superblock import read_superblock
 from pvfs.discover import Options, discover
+from pvfs.nodes import resolve
+from pvfs.report import report_text
 from pvfs.source import FileSource, PatchedSource
 
 _TRUTH: dict = {}
@@ -132,3 +135,34 @@ def test_journal_on_bad_sectors_shows_unreplayed_state(tmp_path):
     assert len(e) == 1 and e[0].severity == "error" and e[0].ranges == ((bad, 0x200),)
     n, bad_entries = compare_tree(vol.guestfs_root, _truth(d / "dirty.img", "noload"))
     assert not bad_entries, bad_entries[:20]
+
+
+def test_dirty_guest_in_a_vm_disk(tmp_path):
+    """The dirty filesystem as partition 1 of a GPT disk in a qcow2 named like a Proxmox
+    disk: vms/100/disk-0.files/p1 shows the replayed tree and the report names the replay
+    on that partition."""
+    need_root()
+    d = dirty_image("ext4-4k")
+    raw = tmp_path / "disk.raw"
+    fs_size = (d / "dirty.img").stat().st_size
+    subprocess.run(["truncate", "-s", str(fs_size + (2 << 20)), str(raw)], check=True)
+    subprocess.run(["sgdisk", "-n", f"1:2048:+{fs_size // 512}", str(raw)], check=True,
+                   capture_output=True)
+    subprocess.run(["dd", f"if={d / 'dirty.img'}", f"of={raw}", "bs=1M", "seek=1",
+                    "conv=notrunc,sparse", "status=none"], check=True)
+    qcow = tmp_path / "vm-100-disk-0.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow)], check=True)
+    raw.unlink()
+    ctx = discover([str(qcow)])
+    truth = _truth(d / "kernel.img")
+    node = resolve(ctx.root, "vms/100/disk-0.files/p1/srv/www/index.html")
+    data = node.source.read(0, node.size)
+    assert hashlib.sha256(data).hexdigest() == truth["srv/www/index.html"]["sha256"]
+    root = resolve(ctx.root, "vms/100/disk-0.files/p1")
+    n, bad = compare_tree(root, truth)
+    assert not bad and n == len(truth)
+    e = [e for e in ctx.report if e.code == "journal-replayed"]
+    assert len(e) == 1 and e[0].path.endswith("vm-100-disk-0.qcow2/p1")
+    vol = next(v for v in ctx.volumes if v.guestfs is not None)
+    assert vol.guestfs.info.journal.startswith("replayed ")
+    assert vol.guestfs.info.journal in report_text(ctx)
