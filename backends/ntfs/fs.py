@@ -577,27 +577,28 @@ class NtfsFilesystem(GuestFilesystem):
 
     # -- lost records ------------------------------------------------------------------
     def _reached(self, deadline):
-        """MFT records that some directory index lists (root and ``$Extend`` trees)."""
+        """MFT records that some directory index lists (root and ``$Extend`` trees).
+        The lock is taken per directory, so reads go on while this runs."""
         seen = {ROOT_RECORD, EXTEND_RECORD}
         todo = [ROOT_RECORD, EXTEND_RECORD]
         while todo and time.monotonic() < deadline:
             rec = todo.pop()
-            try:
-                d = self.volume.get_file_entry(rec)
-                if not d.has_directory_entries_index():
-                    continue
-                n = min(d.number_of_sub_file_entries, MAX_ENTRIES_PER_DIR)
-            except Exception:
-                continue
-            for i in range(n):
+            with self.lock:
                 try:
-                    c = d.get_sub_file_entry(i)
-                    r = c.file_reference & MREF_MASK
+                    d = self.volume.get_file_entry(rec)
+                    if not d.has_directory_entries_index():
+                        continue
+                    n = min(d.number_of_sub_file_entries, MAX_ENTRIES_PER_DIR)
                 except Exception:
                     continue
-                if r not in seen:
-                    seen.add(r)
-                    todo.append(r)
+                for i in range(n):
+                    try:
+                        r = _index_reference(d.get_sub_file_entry(i))
+                    except Exception:
+                        continue
+                    if r not in seen:
+                        seen.add(r)
+                        todo.append(r)
         return seen
 
     def _parent_of(self, e):
@@ -607,45 +608,52 @@ class NtfsFilesystem(GuestFilesystem):
         return None
 
     def _load_lost(self, d: Dir):
+        """In-use base records that no index reaches, by record number (a lost
+        directory brings its subtree).  Bounded by SCAN_BUDGET_S."""
         deadline = time.monotonic() + SCAN_BUDGET_S
+        reached = self._reached(deadline)
         with self.lock:
-            reached = self._reached(deadline)
             try:
                 total = self.volume.number_of_file_entries
             except Exception:
                 return
-            lost = {}
-            for rec in range(FIRST_USER_RECORD, total):
-                if rec in reached:
-                    continue
-                if time.monotonic() > deadline:
-                    self._damage(".lost+found", "scan-incomplete",
-                                 f"MFT scan stopped at record {rec} of {total} (time budget)")
-                    break
+        lost = {}
+        for rec in range(FIRST_USER_RECORD, total):
+            if rec in reached:
+                continue
+            if time.monotonic() > deadline:
+                self._damage(".lost+found", "scan-incomplete",
+                             f"MFT scan stopped at record {rec} of {total} (time budget)")
+                break
+            with self.lock:
                 try:
                     e = self.volume.get_file_entry(rec)
                     if not e.is_allocated() or e.base_record_file_reference & MREF_MASK:
                         continue
                     if e.get_modification_time_as_integer() is None:
                         continue  # not a usable record
-                    lost[rec] = (e, self._parent_of(e))
+                    lost[rec] = self._parent_of(e)
                 except Exception:
                     continue
-            for rec, (e, parent) in sorted(lost.items()):
-                if parent in lost:
-                    continue  # shown inside its lost parent directory
-                path = f".lost+found/{rec}"
+        shown = 0
+        for rec, parent in sorted(lost.items()):
+            if parent in lost:
+                continue  # shown inside its lost parent directory
+            path = f".lost+found/{rec}"
+            with self.lock:
                 try:
-                    node = self.nodes.get(rec) or self._build(e, rec, path, 2, -1)
+                    node = self.nodes.get(rec) or \
+                        self._build(self.volume.get_file_entry(rec), rec, path, 2, -1)
                 except Exception as ex:
                     self._damage(path, "bad-record", f"MFT record {rec}: {_short(ex)}")
                     continue
-                self.nodes[rec] = node
-                d.add(str(rec), node)
-            if d.children and len(d._children):
-                self.report.add("warning", LAYER, self.tree_path(".lost+found"), "lost-records",
-                                f"{len(d._children)} in-use MFT records that no directory "
-                                "lists are shown here by record number")
+            self.nodes[rec] = node
+            d.add(str(rec), node)
+            shown += 1
+        if shown:
+            self.report.add("warning", LAYER, self.tree_path(".lost+found"), "lost-records",
+                            f"{shown} in-use MFT records that no directory lists are shown "
+                            "here by record number")
 
     # -- damage mapping -------------------------------------------------------------
     def _path_of(self, rec: int, cache: dict) -> str:
