@@ -512,3 +512,25 @@ def test_journal_map_equals_reader_and_backup(variant):
     j, _ = recovery.open_journal(src, sb)
     diff = _differing_blocks(meta, FileSource(d / "kernel.img"), sb.block_size)
     assert set(diff) <= {1024 // sb.block_size, j.bmap(0), off // sb.block_size}, diff
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(edits=st.lists(st.tuples(st.integers(0, 1023), st.binary(min_size=1, max_size=8)),
+                      max_size=6), bs=st.sampled_from([1024, 4096]))
+def test_fuzz_backup_superblock(edits, bs):
+    """A zeroed primary and a damaged backup in group 1: probe_backup and load_superblock
+    give a checked backup or a clean Ext4Error, never anything else."""
+    d = clean_image(1024, "64M") if bs == 1024 else clean_image(4096, "300M")
+    src = FileSource(d / "clean.img")
+    backup = (8 * bs + (1 if bs == 1024 else 0)) * bs
+    patches = {1024: bytes(1024)}
+    for off, blob in edits:
+        patches[backup + off] = blob
+    bad = PatchedSource(src, patches)
+    score = recovery.probe_backup(bad)
+    try:
+        sb, _notes = recovery.load_superblock(_Vol(bad), _ctx())
+    except Ext4Error:
+        return
+    assert score in (0.0, 40.0)
+    assert sb.offset % bs == 0 and sb.sb.s_block_group_nr in (1, 3, 5, 7)
