@@ -402,6 +402,29 @@ def test_inconsistent_fat1_entry_uses_fat2(images):
     assert hashlib.sha256(data).hexdigest() == m["entries"]["big.bin"]["sha256"]
 
 
+def test_chain_loop_is_bounded_and_reported(images):
+    """A chain that loops back (in both FAT copies, so no copy can repair it): the
+    clusters before the loop read, the rest of the file is EIO, one chain-broken entry."""
+    m = manifest(images, "fat16")
+    src = FileSource(images / m["image"])
+    geo = _fat_geometry(src)
+    _ctx, _fs, root = open_fs(src, FatBackend())
+    big = root.get("big.bin")
+    first = (big.source.extents[0][3] - geo.data_offset) // geo.cluster_size + 2
+    loop = (first + 2).to_bytes(2, "little")  # cluster first+9 -> first+2
+    patched = PatchedSource(src, {geo.fat_offset + i * geo.fat_bytes + 2 * (first + 9): loop
+                                  for i in range(geo.num_fats)})
+    ctx, _fs, root2 = open_fs(patched, FatBackend())
+    node = root2.get("big.bin")
+    ok = 10 * geo.cluster_size
+    assert node.source.read(0, ok) == big.source.read(0, ok)
+    with pytest.raises(UnreadableError):
+        node.source.read(ok, 4096)
+    e = [e for e in ctx.report if e.severity == "error"]
+    assert [x.code for x in e] == ["chain-broken"] and "loops back" in e[0].message
+    assert node.source.block_status(ok, 4096) == [(ok, 4096, "unreadable")]
+
+
 def test_zeroed_directory_cluster_loses_only_its_entries(images):
     m = manifest(images, "fat32")
     src = FileSource(images / m["image"])

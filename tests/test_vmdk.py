@@ -169,6 +169,14 @@ def test_subformat_equals_qemu_img_convert(images, fmt):
     assert len([e for e in ctx.report if e.code == "companion-file"]) == len(m["files"]) - 1
 
 
+def test_descriptor_given_alone_finds_its_extents(images):
+    """``pvfs scan dir/disk.vmdk``: the extents are found beside the descriptor."""
+    for fmt in ("monolithicFlat", "twoGbMaxExtentSparse"):
+        ctx = discover([str(images / fmt / "disk.vmdk")])
+        disk = resolve(ctx.root, "storage/files/disk.vmdk/disk.raw")
+        assert sha256_source(disk.source) == manifest(images)[fmt]["sha256"], fmt
+
+
 def test_block_status_of_sparse_and_stream(images):
     """Unallocated grains are unmapped (holes stay holes); allocated ones data."""
     for fmt in ("monolithicSparse", "streamOptimized"):
