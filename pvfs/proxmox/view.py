@@ -725,7 +725,9 @@ def table(ctx) -> list[dict]:
                               else "unresolved" if ref.note else "missing", "path": None})
         for it in g.disks:
             if it.loc.snapshot is None and id(it) not in seen and it.placed:
-                disks.append({"key": None, "volid": f"{_label(it)}:{_base(it.loc.volname)}",
+                vid = _base(it.loc.volname)
+                disks.append({"key": None, "volid": f"{it.storage_id}:{vid}" if it.storage_id
+                              else vid,
                               "status": _status(errors, it) + (", not in config" if g.config_source
                                                             or st.have_cluster else ""),
                               "path": it.placed[0]})
