@@ -534,3 +534,20 @@ def test_fuzz_backup_superblock(edits, bs):
         return
     assert score in (0.0, 40.0)
     assert sb.offset % bs == 0 and sb.sb.s_block_group_nr in (1, 3, 5, 7)
+
+
+@needs_root
+def test_replay_bug_keeps_the_filesystem(monkeypatch):
+    """An unexpected error inside the replay is reported and the unreplayed state shown,
+    instead of losing the whole filesystem to a failed open."""
+    d = dirty_image("ext4-4k")
+    src = FileSource(d / "dirty.img")
+
+    def boom(self):
+        raise IndexError("simulated")
+    monkeypatch.setattr(jbd2.Journal, "recover", boom)
+    ctx = _ctx()
+    meta, _d, text = recovery.journal_overlay(_Vol(src), read_superblock(src), ctx)
+    assert meta is src and text == "replay failed, not replayed"
+    e = [e for e in ctx.report if e.code == "journal-replay-failed"]
+    assert len(e) == 1 and "IndexError: simulated" in e[0].message

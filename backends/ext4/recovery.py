@@ -290,7 +290,13 @@ def journal_overlay(volume, sb, ctx, from_backup: bool = False):
                    "the journal holds transactions but the superblock does not ask for "
                    "recovery; not replayed (as the kernel does)")
         return base, base, "not replayed (recovery flag clear)"
-    rec = journal.recover()
+    try:
+        rec = journal.recover()
+    except Exception as e:  # a reader bug must not lose the whole filesystem: say so
+        report.add("error", LAYER, path, "journal-replay-failed",
+                   f"journal replay failed ({type(e).__name__}: {e}); showing the "
+                   f"unreplayed state")
+        return base, base, "replay failed, not replayed"
     for p in rec.problems:
         report.add(p.severity, LAYER, path, p.code, p.message, p.ranges)
     if any(p.code == "journal-unreadable" for p in rec.problems):
