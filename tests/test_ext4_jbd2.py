@@ -551,3 +551,31 @@ def test_replay_bug_keeps_the_filesystem(monkeypatch):
     assert meta is src and text == "replay failed, not replayed"
     e = [e for e in ctx.report if e.code == "journal-replay-failed"]
     assert len(e) == 1 and "IndexError: simulated" in e[0].message
+
+
+@needs_root
+def test_recovery_flag_clear_is_not_replayed(tmp_path):
+    """A log with needs_recovery clear: the kernel wipes it (jbd2_journal_wipe) instead of
+    replaying, and so does pvfs, saying so."""
+    from backends.ext4.superblock import ext4_chksum
+
+    d = dirty_image("ext4-4k")
+    src = FileSource(d / "dirty.img")
+    raw = bytearray(src.read(1024, 1024))
+    raw[0x60] &= ~0x04  # EXT4_FEATURE_INCOMPAT_RECOVER
+    raw[0x3FC:0x400] = struct.pack("<I", ext4_chksum(0xFFFFFFFF, bytes(raw[:0x3FC])))
+    patched = PatchedSource(src, {1024: bytes(raw)})
+    sb = read_superblock(patched)
+    assert not sb.needs_recovery and sb.checksum_ok()
+    ctx = _ctx()
+    meta, _d, text = recovery.journal_overlay(_Vol(patched), sb, ctx)
+    assert meta is patched and text == "not replayed (recovery flag clear)"
+    assert [e.code for e in ctx.report] == ["journal-not-needed"]
+    img = tmp_path / "flag-clear.img"
+    subprocess.run(["cp", "--sparse=always", str(d / "dirty.img"), str(img)], check=True)
+    with open(img, "r+b") as f:
+        f.seek(1024)
+        f.write(raw)
+    assert _kernel_replay(img)
+    j, _ = recovery.open_journal(src, sb)
+    assert set(_differing_blocks(patched, FileSource(img), sb.block_size)) <= {0, j.bmap(0)}
