@@ -282,7 +282,7 @@ class BtrfsFilesystem(GuestFilesystem):
                 if e.loc[1] == S.ROOT_ITEM_KEY:
                     node = self._subvol_link(tree_id, ino, e, child_rel)
                 elif e.loc[1] == S.INODE_ITEM_KEY:
-                    node = self.inode_node(tree_id, e.loc[0], child_rel, missing, loaded)
+                    node = self.inode_node(tree_id, e.loc[0], child_rel, missing, loaded, sv)
                 else:
                     self.report("error", "bad-dir-entry",
                                 f"directory entry points at key type {e.loc[1]}", relpath=child_rel)
@@ -313,16 +313,21 @@ class BtrfsFilesystem(GuestFilesystem):
             return Dir(mode=0o755)
         return self.inode_node(child, sv.dirid, relpath, [])
 
-    def inode_node(self, tree_id: int, ino: int, relpath: str, missing: list, loaded=None):
+    def inode_node(self, tree_id: int, ino: int, relpath: str, missing: list, loaded=None,
+                   sv: Subvol | None = None):
         """The node of inode ``ino`` of tree ``tree_id`` (None, reported, if broken).
 
-        ``loaded`` is what :meth:`load_inodes` read for a whole directory at once."""
+        ``loaded`` is what :meth:`load_inodes` read for a whole directory at once.  Only
+        inodes with several links are looked up in (and kept in) the node map: a hard
+        link is one node; everything else has one name and needs no lookup."""
         key = (tree_id, ino)
-        with self._lock:
-            node = self._nodes.get(key)
-        if node is not None:
-            return self._place(key, node, relpath)
-        sv = self.subvol(tree_id)
+        if loaded is None:
+            with self._lock:
+                node = self._nodes.get(key)
+            if node is not None:
+                return self._place(key, node, relpath)
+        if sv is None:
+            sv = self.subvol(tree_id)
         if loaded is None:
             loaded = self.load_inodes(sv, [ino], relpath)
         raws, xattr_map, lost = loaded
@@ -335,6 +340,12 @@ class BtrfsFilesystem(GuestFilesystem):
                         f"inode {ino} of tree {tree_id} has no inode item", relpath=relpath)
             return None
         inode = parse_inode(ino, raw_inode)
+        shared = inode.nlink > 1
+        if shared:
+            with self._lock:
+                node = self._nodes.get(key)
+            if node is not None:
+                return self._place(key, node, relpath)
         node = self._make_node(sv, inode, relpath)
         if node is None:
             return None
@@ -342,8 +353,9 @@ class BtrfsFilesystem(GuestFilesystem):
         if xattrs:
             node.xattrs.update(xattrs)
         node.nlink = inode.nlink
-        with self._lock:
-            node = self._nodes.setdefault(key, node)
+        if shared:
+            with self._lock:
+                node = self._nodes.setdefault(key, node)
         return self._place(key, node, relpath)
 
     def load_inodes(self, sv: Subvol, inos, relpath: str):
