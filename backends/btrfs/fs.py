@@ -40,7 +40,7 @@ from . import structs as S
 from .compress import DecompressError, decompress
 from .data import CompressedExtent, FileData, LogicalSource
 from .tree import TreeRoot, items, items_of, lookup
-from .volume import BtrfsError, TreeBlockError
+from .volume import BtrfsError
 
 LAYER = "btrfs"
 MAX = S.MAX_KEY
@@ -774,6 +774,3 @@ def _no_overlaps(extents):
         out.append((off, n, target, toff))
         end = off + n
     return out
-
-
-__all__ = ["BtrfsFilesystem", "TreeBlockError"]
