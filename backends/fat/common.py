@@ -50,6 +50,12 @@ class ClusterFilesystem(GuestFilesystem):
 
     _root: Dir | None = None
 
+    def tree_path(self, path: str | None) -> str:
+        """Where ``path`` (``/a/b`` below the filesystem root) is shown in the tree."""
+        places = self.volume.files_paths
+        base = places[0] if places else self.volume.path
+        return base if not path or path == "/" else base + path
+
     def claim_dir(self, first: int) -> bool:
         """Whether the directory starting at cluster ``first`` may be listed: each directory
         cluster is listed once, so a subdirectory entry that points at an ancestor or at

@@ -229,8 +229,10 @@ class ExfatFilesystem(ClusterFilesystem):
             self.info.notes.append("backup boot region used")
 
     def problem(self, severity, code, message, path=None, ranges=()):
-        where = self.where if path is None else f"{self.where} [{path}]"
-        self.ctx.report.add(severity, "exfat", where, code, message, list(ranges))
+        """One damage entry at the tree path of ``path`` (``/dir/name`` below the root) once
+        the files are placed, else at the volume."""
+        self.ctx.report.add(severity, "exfat", self.tree_path(path), code, message,
+                            list(ranges))
 
     # -- the root directory's critical entries ------------------------------------------
     def _root_extents(self):
@@ -418,7 +420,7 @@ class ExfatFilesystem(ClusterFilesystem):
                                  f"{disk:#x}: {err}", path)
                 continue
             d.add(name, node, report=self.ctx.report, layer="exfat",
-                  path_hint=f"{self.where} [{path}]")
+                  path_hint=self.tree_path(path))
         if bad > MAX_BAD_ENTRIES_REPORTED:
             self.problem("error", "bad-entries",
                          f"directory {path}: {bad} bad entry sets in all (the "

@@ -334,8 +334,10 @@ class FatFilesystem(ClusterFilesystem):
 
     # -- reporting -------------------------------------------------------------------
     def problem(self, severity, code, message, path=None, ranges=()):
-        where = self.where if path is None else f"{self.where} [{path}]"
-        self.ctx.report.add(severity, "vfat", where, code, message, list(ranges))
+        """One damage entry at the tree path of ``path`` (``/dir/name`` below the root) once
+        the files are placed, else at the volume."""
+        self.ctx.report.add(severity, "vfat", self.tree_path(path), code, message,
+                            list(ranges))
 
     # -- volume facts -------------------------------------------------------------------
     def _clean(self):
@@ -467,7 +469,7 @@ class FatFilesystem(ClusterFilesystem):
                                  _join(path, item.name))
                 continue
             d.add(item.name, node, report=self.ctx.report, layer="vfat",
-                  path_hint=f"{self.where} [{path}]")
+                  path_hint=self.tree_path(path))
         if bad_entries > MAX_BAD_ENTRIES_REPORTED:
             self.problem("error", "bad-entries",
                          f"directory {path}: {bad_entries} bad entries in all "
