@@ -13,8 +13,8 @@ import subprocess
 import pytest
 from btrfs_image import (
     build_image, build_two_devices, build_with_log_tree, cached_image, compare, empty_subvol_dirs,
-    have_tools, kernel_view_no_log_replay, kernel_view_two_devices, open_image, populate_small,
-    time_limit,
+    have_tools, kernel_view_no_log_replay, kernel_view_two_devices, loop_mounted, open_image,
+    populate_small, time_limit, walk_mounted,
 )
 
 from pvfs.errors import UnreadableError
@@ -312,3 +312,27 @@ def test_unreadable_leaf_names_its_files(image):
     want = {f"{d}/{n}" for d in ("bigdir", "snap-top/bigdir") for n in lost_names}
     assert e.message.startswith(f"{len(want)} files or directories")
     assert named == want or (len(want) > 50 and len(named) == 50 and named < want)
+
+
+def test_lost_root_tree_falls_back_to_a_backup_root(image, tmp_path):
+    """Both copies of the root tree's root block zeroed (in a copy of the image): the
+    reader takes the newest backup root that reads, like the kernel's
+    ``rescue=usebackuproot``, and shows what the kernel shows with it."""
+    img, _view, _dump, _inodes, _leaf = image
+    root = int(re.search(r"^root\s+(\d+)$", subprocess.run(
+        ["btrfs", "inspect-internal", "dump-super", str(img)], check=True, capture_output=True,
+        text=True).stdout, re.M).group(1))
+    bad = tmp_path / "fs.img"
+    subprocess.run(["cp", "--sparse=always", str(img), str(bad)], check=True)
+    with open(bad, "r+b") as f:
+        for m in mirrors(img, root):
+            f.seek(m)
+            f.write(bytes(NODESIZE))
+    with loop_mounted(bad, "ro,rescue=usebackuproot,subvolid=5") as m:
+        view = walk_mounted(m)
+    with time_limit(120):
+        ctx, tree = open_image(FileSource(bad))
+        problems = compare(tree, view, empty_subvol_dirs(view))
+    assert not any(problems.values()), problems
+    e = next(e for e in ctx.report if e.code == "root-tree-backup")
+    assert "using the backup root of generation" in e.message
