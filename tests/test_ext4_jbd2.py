@@ -579,3 +579,55 @@ def test_recovery_flag_clear_is_not_replayed(tmp_path):
     assert _kernel_replay(img)
     j, _ = recovery.open_journal(src, sb)
     assert set(_differing_blocks(patched, FileSource(img), sb.block_size)) <= {0, j.bmap(0)}
+
+
+# -- every tag format, written by e2fsprogs (debugfs journal_write), replayed by the kernel -----
+@needs_root
+@pytest.mark.parametrize("mkfs_opts,jo,tag_bytes", [
+    (["-O", "64bit"], "-c -v 3", 16),
+    (["-O", "^64bit"], "-c -v 3", 16),
+    (["-O", "64bit"], "-c -v 2", 14),
+    (["-O", "^64bit"], "-c -v 2", 10),
+    (["-O", "64bit,^metadata_csum"], "-c", 12),   # checksum v1
+    (["-O", "^64bit,^metadata_csum"], "", 8),     # no checksums, 32-bit tags
+])
+def test_tag_formats_written_by_debugfs(tmp_path, mkfs_opts, jo, tag_bytes):
+    img = tmp_path / "fs.img"
+    subprocess.run(["truncate", "-s", "64M", str(img)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", *mkfs_opts, str(img)], check=True)
+    rng = np.random.default_rng(len(jo) + tag_bytes)
+    a = tmp_path / "a.bin"
+    a.write_bytes(rng.integers(0, 256, 3 * 4096, np.uint8).tobytes())
+    b = tmp_path / "b.bin"  # starts with the jbd2 magic: logged escaped
+    b.write_bytes(MAGIC + rng.integers(0, 256, 4092, np.uint8).tobytes())
+    cmds = tmp_path / "cmds"
+    cmds.write_text(f"jo {jo}\n"
+                    f"jw -b 3000,3001,3002 {a}\n"
+                    f"jw -r 3001\n"            # revokes the first transaction's 3001
+                    f"jw -b 3003 {b}\n"
+                    f"jw -b 3000 {b}\n"        # a later write of 3000 wins
+                    f"jc\n")
+    subprocess.run(["debugfs", "-w", "-f", str(cmds), str(img)], check=True,
+                   capture_output=True)
+    src = FileSource(img)
+    sb, j = _journal(src)
+    assert sb.needs_recovery and j.sb.tag_bytes == tag_bytes
+    rec = j.recover()
+    overlay = jbd2.JournalOverlay(src, sb.block_size, rec)
+    kernel = tmp_path / "kernel.img"
+    subprocess.run(["cp", "--sparse=always", str(img), str(kernel)], check=True)
+    mounted = _kernel_replay(kernel)
+    if j.sb.csum_v1:
+        # debugfs gives the revoke-only transaction a v1 commit checksum the kernel
+        # rejects ("journal transaction 2 is corrupt"): it replays transaction 1 and
+        # refuses the mount; pvfs replays the same and reports it.
+        assert not mounted and rec.transactions == 1 and rec.kernel_would_fail
+        assert [p.code for p in rec.problems] == ["journal-commit-checksum"]
+        assert not _differing_blocks(overlay, FileSource(kernel), 4096)
+        return
+    assert mounted and not rec.problems and rec.transactions == 4
+    assert rec.nr_revoke_hits == 1 and int(rec.escaped.sum()) == 2
+    assert _differing_blocks(overlay, FileSource(kernel), 4096) == [0, j.bmap(0)]
+    assert overlay.read(3003 * 4096, 4096) == b.read_bytes()
+    assert overlay.read(3000 * 4096, 4096) == b.read_bytes()  # the later write wins
+    assert overlay.read(3001 * 4096, 4096) == src.read(3001 * 4096, 4096)  # revoked
