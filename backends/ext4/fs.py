@@ -28,13 +28,15 @@ from pvfs.source import (
     BAD_EIO, BytesSource, ExtentSource, MissingSource, SliceSource, Source,
 )
 
-from .structs import EXT4_ENCRYPT_FL, EXT4_HUGE_FILE_FL, EXT4_ROOT_INO
+from .structs import EXT4_ENCRYPT_FL, EXT4_HUGE_FILE_FL, EXT4_INLINE_DATA_FL, EXT4_ROOT_INO
 from .superblock import Ext4Error
 from .volume import (
     RUN_BAD, RUN_DATA, Ext4Volume, InodeError, Problem, device_number,
 )
 
 LAYER = "ext4"
+#: Regular files that need more than an extent map (ExtentSource) to read.
+_SLOW_FILE_FLAGS = EXT4_ENCRYPT_FL | EXT4_INLINE_DATA_FL
 MAX_LINK_CACHE = 1_000_000  # hard-linked inodes remembered (one node per inode)
 MAX_SYMLINK = 4096  # PATH_MAX
 MAX_DIR_ENTRIES = 5_000_000  # one directory; more is garbage
@@ -249,10 +251,16 @@ class Ext4Filesystem(GuestFilesystem):
             self.damage("warning", "inode-checksum",
                         f"inode {ino}: checksum mismatch; shown as parsed (its fields are sane)",
                         [(self.vol.inode_location(ino), len(inode.raw))], at=rel)
+        t = inode.mode & 0o170000
+        problems: list = []
+        if t == stat.S_IFREG and not inode.flags & _SLOW_FILE_FLAGS:
+            # the common case, kept short: a listing makes tens of thousands of these
+            node = File(Ext4FileSource(self, ino, inode.size, self._allocated(inode), rel),
+                        mode=inode.mode, uid=inode.uid, gid=inode.gid, mtime=inode.mtime,
+                        atime=inode.atime, ctime=inode.ctime)
+            return self._finish(node, inode, rel, problems, t)
         kw = {"uid": inode.uid, "gid": inode.gid, "mtime": inode.mtime, "atime": inode.atime,
               "ctime": inode.ctime}
-        t = inode.ftype
-        problems: list = []
         try:
             if t == stat.S_IFDIR:
                 with self._lock:
@@ -279,12 +287,18 @@ class Ext4Filesystem(GuestFilesystem):
             self.damage("error", "inode-data-unreadable", f"inode {ino}: {e}",
                         getattr(e, "ranges", ()), at=rel)
             return None
-        node.nlink = inode.links
-        self._set_xattrs(node, inode, rel, problems)
-        self._problems(problems, rel)
-        if inode.links > 1 and t != stat.S_IFDIR and len(self._links) < MAX_LINK_CACHE:
+        return self._finish(node, inode, rel, problems, t)
+
+    def _finish(self, node, inode, rel, problems, t):
+        """Link count, xattrs, problems, and one node per hard-linked inode."""
+        node.nlink = links = inode.links
+        if inode.file_acl or inode.extra_isize:  # else there is nowhere to keep xattrs
+            node.xattrs = self.vol.xattrs(inode, problems)
+        if problems:
+            self._problems(problems, rel)
+        if links > 1 and t != stat.S_IFDIR and len(self._links) < MAX_LINK_CACHE:
             with self._lock:
-                node = self._links.setdefault(ino, node)
+                node = self._links.setdefault(inode.ino, node)
         return node
 
     def _set_xattrs(self, node, inode, rel, problems=None):

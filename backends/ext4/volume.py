@@ -403,29 +403,33 @@ class Ext4Volume:
     def inode_problem(self, inode: Inode) -> str | None:
         """Why ``inode`` is unusable (the checks of ``__ext4_iget`` and a few more), or None."""
         sb = self.sb
-        if len(inode.raw) > EXT4_GOOD_OLD_INODE_SIZE and (
-                EXT4_GOOD_OLD_INODE_SIZE + inode.extra_isize > sb.inode_size
-                or inode.extra_isize & 3):
-            return f"extra inode size {inode.extra_isize} is impossible"
+        x = inode.extra_isize
+        if x and (EXT4_GOOD_OLD_INODE_SIZE + x > sb.inode_size or x & 3):
+            return f"extra inode size {x} is impossible"
         if inode.links == 0:
             return "not in use (link count 0)"
-        if inode.ftype not in _VALID_TYPES:
+        t = inode.mode & 0o170000
+        if t not in _VALID_TYPES:
             return f"mode {inode.mode:#o} has no valid file type"
-        if inode.size > self.max_size:
-            return f"size {inode.size} is larger than ext4 allows ({self.max_size})"
-        if inode.file_acl and not sb.first_data_block < inode.file_acl < self.blocks_count:
-            return f"xattr block {inode.file_acl} is outside the filesystem"
-        if inode.has_inline_data:
-            if inode.ftype not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+        size = inode.size
+        if size > self.max_size:
+            return f"size {size} is larger than ext4 allows ({self.max_size})"
+        acl = inode.file_acl
+        if acl and not sb.first_data_block < acl < self.blocks_count:
+            return f"xattr block {acl} is outside the filesystem"
+        flags = inode.flags
+        if flags & EXT4_INLINE_DATA_FL:
+            if t not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
                 return "inline data on a special file"
-        elif inode.has_extents and self._mapped(inode):
+        elif flags & EXT4_EXTENTS_FL and (t == stat.S_IFREG or t == stat.S_IFDIR
+                                          or self._mapped(inode)):
             magic, entries, emax, depth, _gen = EXTENT_HEADER.unpack_from(inode.i_block, 0)
             if magic != EXT4_EXT_MAGIC:
                 return f"extent header magic {magic:#06x}"
             if entries > emax or emax > 4 or depth > EXT4_MAX_EXTENT_DEPTH:
                 return f"extent header impossible (entries {entries}, max {emax}, depth {depth})"
-        if inode.ftype == stat.S_IFDIR and inode.size > DIRECTORY_MAX_BYTES:
-            return f"directory of {inode.size} bytes"
+        if t == stat.S_IFDIR and size > DIRECTORY_MAX_BYTES:
+            return f"directory of {size} bytes"
         return None
 
     def _mapped(self, inode: Inode) -> bool:
