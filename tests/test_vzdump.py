@@ -792,3 +792,24 @@ def test_damaged_compressed_archive_is_recognised_by_name(tmp_path):
         [e.line() for e in ctx.report]
     assert not [v for v in ctx.volumes if v.role == "disk"]  # no raw disk.raw of gzip bytes
     assert not ctx.vms_root.children()
+
+
+def test_truncated_vma_default_policy_is_eio(tmp_path):
+    """The loss policy for vzdump: a .vma.zst cut in half reports the lost ranges at scan;
+    reading them fails with EIO by default and gives zeros only with --bad zero."""
+    from conftest import require_fixture
+
+    src = require_fixture("pbs", "generated", "vzdump", "vzdump-qemu-100-2024_01_15-10_00_00.vma.zst")
+    data = src.read_bytes()
+    p = tmp_path / src.name
+    p.write_bytes(data[:len(data) // 2])
+    path = "vms/100/backups/2024-01-15T10:00:00/disk-scsi0.raw"
+    ctx = discover([str(p)], opts(tmp_path / "idx"))
+    lost = [e.ranges for e in ctx.report if e.path == path and e.severity == "error"]
+    assert len(lost) == 1 and "read as EIO" in [e.message for e in ctx.report if e.path == path][0]
+    off, n = lost[0][0]
+    node = resolve(ctx.root, path)
+    with pytest.raises(UnreadableError):
+        node.source.read(off, n)
+    zctx = discover([str(p)], opts(tmp_path / "idx2", bad="zero"))
+    assert resolve(zctx.root, path).source.read(off, n) == bytes(n)
