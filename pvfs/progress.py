@@ -9,6 +9,9 @@ import threading
 import time
 
 
+HEARTBEAT_SECONDS = 10.0  # plain mode: a line at least this often
+
+
 class Progress:
     """A spinner line with the current step; appears after ``delay`` seconds.
 
@@ -42,7 +45,17 @@ class Progress:
             self._timer = threading.Timer(self.delay, self._start)
             self._timer.daemon = True
             self._timer.start()
+        elif self.plain:  # a long step prints no update: say every so often that it runs
+            self._stop = threading.Event()
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+            self._beat.start()
         return self
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            if time.monotonic() - self._last_line >= HEARTBEAT_SECONDS:
+                self._last_line = time.monotonic()
+                self._line(f"still at: {self.text}")
 
     def _start(self) -> None:
         from rich.console import Console
@@ -94,8 +107,10 @@ class Progress:
             self.enabled = False
 
     def __exit__(self, *exc: Any) -> None:
-        if self.plain and exc[0] is None:
-            self._line(f"discovery done after {self.steps} steps")
+        if self.plain:
+            self._stop.set()
+            if exc[0] is None:
+                self._line(f"discovery done after {self.steps} steps")
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()

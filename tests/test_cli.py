@@ -355,3 +355,19 @@ def test_error_transcript_golden(tmp_path):
     if os.environ.get("PVFS_REGEN_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
+
+
+def test_plain_progress_has_a_heartbeat(monkeypatch, capsys):
+    """--progress into a log: a long step without updates still prints a line now and then."""
+    import time
+
+    from pvfs import progress
+
+    monkeypatch.setattr(progress, "HEARTBEAT_SECONDS", 0.2)
+    with progress.Progress(enabled=True) as p:
+        p.update("zfs: assembling rpool")
+        time.sleep(0.7)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("] zfs: assembling rpool")
+    assert sum("still at: zfs: assembling rpool" in line for line in lines) >= 2
+    assert lines[-1].endswith("discovery done after 1 steps")
