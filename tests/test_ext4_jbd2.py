@@ -631,3 +631,54 @@ def test_tag_formats_written_by_debugfs(tmp_path, mkfs_opts, jo, tag_bytes):
     assert overlay.read(3003 * 4096, 4096) == b.read_bytes()
     assert overlay.read(3000 * 4096, 4096) == b.read_bytes()  # the later write wins
     assert overlay.read(3001 * 4096, 4096) == src.read(3001 * 4096, 4096)  # revoked
+
+
+class _BlockPatched(Source):
+    """``base`` with whole blocks replaced (a dict lookup per block read: PatchedSource
+    scans its patch list on every read, too slow for thousands of patches)."""
+
+    def __init__(self, base, patches, bs):
+        super().__init__()
+        self.base, self.patches, self.bs = base, patches, bs
+        self.size, self.label = base.size, "block-patched"
+
+    def _read(self, offset, length):
+        if length == self.bs and offset in self.patches:
+            return self.patches[offset]
+        assert not any(offset <= o < offset + length for o in self.patches)
+        return self.base.read(offset, length)
+
+
+@needs_root
+def test_hostile_revoke_flood_is_bounded():
+    """Every block of the log a full revoke block, then a commit: a million revoke records
+    go through numpy arrays, not Python dicts; peak memory and time stay small."""
+    import time
+    import tracemalloc
+
+    d = dirty_image("ext3")
+    src = FileSource(d / "dirty.img")
+    sb, j = _journal(src)
+    bs, seq = sb.block_size, j.sb.sequence
+    rblock = bytearray(bs)
+    struct.pack_into(">IIII", rblock, 0, jbd2.JBD2_MAGIC_NUMBER, jbd2.JBD2_REVOKE_BLOCK, seq, bs)
+    rblock[16:] = np.arange(16, bs // 4 * 4 // 4 * 4, 4, dtype=">u4").tobytes()[:bs - 16]
+    commit = bytearray(bs)
+    struct.pack_into(">III", commit, 0, jbd2.JBD2_MAGIC_NUMBER, jbd2.JBD2_COMMIT_BLOCK, seq)
+    log = list(range(j.sb.first_block, j.sb.last_block))
+    patches = {j.bmap(b) * bs: bytes(rblock) for b in log[:-1]}
+    patches[j.bmap(log[-1]) * bs] = bytes(commit)
+    sbuf = bytearray(src.read(j.bmap(0) * bs, bs))
+    struct.pack_into(">I", sbuf, 0x1C, j.sb.first_block)  # s_start
+    patches[j.bmap(0) * bs] = bytes(sbuf)
+    j2 = jbd2.Journal(_BlockPatched(src, patches, bs), bs, j.extents, j.total_len,
+                      sb.blocks_count)
+    j2.load_superblock()
+    tracemalloc.start()
+    t0 = time.time()
+    rec = j2.recover()
+    _cur, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert rec.transactions == 1 and rec.nr_revokes >= 1_000_000 and not rec.blocks
+    assert peak < 100 << 20, peak
+    assert time.time() - t0 < 20
