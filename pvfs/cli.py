@@ -236,8 +236,9 @@ def check_values(args):
             if not eq or not dev or not other:
                 raise UsageError(f"{flag} {v}: expected DEVICE=" +
                                  ("MD_IMAGE[@INDEX]" if key == "drbd_md" else "DEVICE"))
-            if key == "drbd_md":
-                img, at, idx = other.rpartition("@") if "@" in other else (other, "", "")
+            if key == "drbd_md":  # (a path that exists may contain '@')
+                img, at, idx = (other.rpartition("@") if "@" in other
+                                and not os.path.exists(other) else (other, "", ""))
                 if at and not idx.isdigit():
                     raise UsageError(f"--drbd-md {v}: @INDEX must be a number")
                 need_file("--drbd-md", img, "meta data image")
