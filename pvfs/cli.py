@@ -316,8 +316,12 @@ def check_after_discovery(args, ctx):
         if not found:
             raise UsageError(f"--zfs-key {name}=...: no ZFS dataset {name} found in the inputs")
     for e in entries:
-        if e.code in ("bad-merge-rule", "bad-keyfile"):
+        if e.code == "bad-merge-rule":
             raise UsageError(e.message)
+        if e.code == "bad-keyfile":
+            raise UsageError(f"--pbs-keyfile: {e.message}")
+    if getattr(args, "pbs_keyfile", None) and "pbs" not in ctx.storage_root.children():
+        raise UsageError(f"--pbs-keyfile {args.pbs_keyfile}: no PBS datastore found in the inputs")
     if getattr(args, "drbd_prefer", None) and "drbd" not in claimed:
         raise UsageError(f"--drbd-prefer {args.drbd_prefer[0]}: no DRBD resource found")
 

@@ -190,7 +190,7 @@ def test_bad_values_exit_2_naming_the_value(args, named, tmp_path):
     assert r.stdout == ""  # nothing was scanned or printed
 
 
-def test_values_known_only_after_discovery_exit_2(lvm_img, zfs_dir):
+def test_values_known_only_after_discovery_exit_2(lvm_img, zfs_dir, tmp_path):
     r = pvfs("scan", "--lvm-seqno", "999", lvm_img)
     assert r.returncode == 2 and r.stdout == ""
     assert "--lvm-seqno 999: VG pve: metadata seqno 999 is not in the ring (found 8, 9)" in r.stderr
@@ -200,6 +200,20 @@ def test_values_known_only_after_discovery_exit_2(lvm_img, zfs_dir):
     r = pvfs("scan", "--zfs-key", "fxstripe/nosuch=secret", zfs_dir)
     assert r.returncode == 2 and r.stdout == ""
     assert "no ZFS dataset fxstripe/nosuch found" in r.stderr
+    import base64
+
+    from conftest import require_fixture
+
+    store = require_fixture("pbs", "generated", "datastore")
+    bad_key = tmp_path / "not-a-key.json"
+    bad_key.write_text("{ not json")
+    r = pvfs("scan", "--pbs-keyfile", bad_key, store)
+    assert r.returncode == 2 and r.stdout == ""
+    assert f"--pbs-keyfile: cannot read key file {bad_key}" in r.stderr
+    key = tmp_path / "key.json"  # a valid unprotected key (kdf null), but nothing to use it on
+    key.write_text(json.dumps({"kdf": None, "data": base64.b64encode(bytes(32)).decode()}))
+    r = pvfs("scan", "--pbs-keyfile", key, lvm_img)
+    assert r.returncode == 2 and "no PBS datastore found in the inputs" in r.stderr, r.stderr
     assert pvfs("scan", "--lvm-seqno", "8", lvm_img).returncode == 0  # ones that exist work
     assert pvfs("scan", "--zfs-txg", "30", zfs_dir).returncode == 0
 
