@@ -379,6 +379,17 @@ def test_one_bad_record_is_one_damage_entry(ntfs_image):
         assert list(resolve(root, ".lost+found").children()) == []
 
 
+def test_bad_hard_linked_record_is_one_damage_entry(ntfs_image):
+    img, truth = ntfs_image
+    ino = truth["hl3"]["ino"]
+    _c, mft, _m = _find_record(img)
+    ctx, _fs, root = open_fs(PatchedSource(FileSource(img), {mft + ino * 1024: bytes(1024)}))
+    lost = ("docs/hello.txt", "docs/hello-link", "hl3")
+    compare_tree(root, truth, skip=("reparse", *lost))
+    errs = [e for e in ctx.report if e.severity == "error"]
+    assert len(errs) == 1 and f"MFT record {ino}" in errs[0].message, errs
+
+
 def test_lost_directory_found_by_record(ntfs_image):
     """A directory whose parent's index entry is gone is found by scanning the MFT."""
     img, truth = ntfs_image

@@ -246,6 +246,7 @@ class NtfsFilesystem(GuestFilesystem):
         except Exception as e:
             raise FormatError(f"libfsntfs cannot open the volume: {_short(e)}") from None
         self.nodes: dict[int, object] = {}  # MFT record -> node (hard links are one node)
+        self.bad_records: set[int] = set()  # one damage entry per bad record, not per name
         self._dir_parent: dict[int, int] = {}
         self._mft_extents = self._extents_of(0)
         self.info = FilesystemInfo("ntfs", size=boot.size, uuid=f"{boot.serial:016X}",
@@ -385,7 +386,10 @@ class NtfsFilesystem(GuestFilesystem):
                     continue
                 if rec < FIRST_USER_RECORD:
                     continue  # metafiles ($MFT, $Extend ...) are hidden as ntfs-3g does
+                if rec in self.bad_records:
+                    continue  # reported once, under the first name it was met by
                 if not name:  # libfsntfs takes the name from the record, not the index
+                    self.bad_records.add(rec)
                     try:
                         child.is_allocated()
                         why = "has no name"
@@ -400,6 +404,7 @@ class NtfsFilesystem(GuestFilesystem):
                     try:
                         node = self._build(child, rec, cpath, depth + 1, record)
                     except Exception as e:
+                        self.bad_records.add(rec)
                         self._damage(cpath, "bad-record", f"MFT record {rec}: {_short(e)}",
                                      self._last_ranges(rec))
                         continue

@@ -107,6 +107,7 @@ class XfsFilesystem(GuestFilesystem):
         self.geo = geo
         self.source: Source = volume.source
         self.nodes: dict[int, object] = {}
+        self.bad_inodes: set[int] = set()  # one damage entry per bad inode, not per name
         u = geo.uuid.hex()
         uuid = f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-{u[20:]}"
         used = max(0, geo.dblocks - geo.fdblocks) * geo.blocksize
@@ -302,9 +303,12 @@ class XfsFilesystem(GuestFilesystem):
             cpath = f"{path}/{name}" if path else name
             node = self.nodes.get(ino)
             if node is None:
+                if ino in self.bad_inodes:
+                    continue  # reported once, under the first name it was met by
                 try:
                     node = self._build(ino, cpath)
                 except BAD as e:
+                    self.bad_inodes.add(ino)
                     self._damage(cpath, "bad-inode", f"inode {ino}: {e}",
                                  getattr(e, "ranges", ()) or self._inode_range(ino))
                     continue
