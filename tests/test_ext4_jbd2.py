@@ -682,3 +682,29 @@ def test_hostile_revoke_flood_is_bounded():
     assert rec.transactions == 1 and rec.nr_revokes >= 1_000_000 and not rec.blocks
     assert peak < 100 << 20, peak
     assert time.time() - t0 < 20
+
+
+@needs_root
+def test_v1_journal_superblock(tmp_path):
+    """A version-1 journal superblock (JBD2_SUPERBLOCK_V1: no feature fields) on the ext3
+    log: replayed as the kernel replays it."""
+    d = dirty_image("ext3")
+    src = FileSource(d / "dirty.img")
+    sb, j = _journal(src)
+    off = j.bmap(0) * sb.block_size
+    raw = bytearray(src.read(off, 1024))
+    raw[4:8] = struct.pack(">I", jbd2.JBD2_SUPERBLOCK_V1)
+    raw[0x24:0x30] = bytes(12)  # a v1 superblock has no feature words
+    patched = PatchedSource(src, {off: bytes(raw)})
+    _sb, j1 = _journal(patched)
+    assert j1.sb.version == 1 and not j1.sb.features()
+    rec = j1.recover()
+    assert not rec.problems and rec.transactions >= 3
+    img = tmp_path / "v1.img"
+    subprocess.run(["cp", "--sparse=always", str(d / "dirty.img"), str(img)], check=True)
+    with open(img, "r+b") as f:
+        f.seek(off)
+        f.write(raw)
+    assert _kernel_replay(img)
+    overlay = jbd2.JournalOverlay(patched, sb.block_size, rec)
+    assert _differing_blocks(overlay, FileSource(img), sb.block_size) == [0, j.bmap(0)]
