@@ -31,7 +31,16 @@ VARIANTS = {
     "ext4-1k": (["mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "ea_inode"], populate, "mount"),
     "ext4-nocsum": (["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^metadata_csum,uninit_bg"],
                     populate, "mount"),
+    "bigalloc": (["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "bigalloc", "-C", "16384"],
+                 populate, "mount"),
+    "meta_bg": (["mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "meta_bg,^resize_inode,64bit"],
+                populate, "mount"),
+    "ext2-nofiletype": (["mkfs.ext2", "-q", "-F", "-b", "2048", "-O", "^filetype"], populate,
+                        "mount"),
 }
+
+#: meta_bg needs more groups than one descriptor block holds (16 of 64 bytes at 1 KiB)
+SIZES = {"meta_bg": 200}
 
 
 class Report:
@@ -49,7 +58,7 @@ def open_fs(image, report=None):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_tree_equals_kernel(variant):
     mkfs, fill, via = VARIANTS[variant]
-    image, truth = build(variant, mkfs, 64, fill=fill, via=via)
+    image, truth = build(variant, mkfs, SIZES.get(variant, 64), fill=fill, via=via)
     report = Report()
     fs = open_fs(image, report)
     n, bad = compare_tree(fs.root(), truth)
@@ -67,7 +76,8 @@ def test_structures_the_variants_exercise():
 
     def scan(variant):
         mkfs, fill, via = VARIANTS[variant]
-        vol = Ext4Volume(FileSource(build(variant, mkfs, 64, fill=fill, via=via)[0]))
+        vol = Ext4Volume(FileSource(build(variant, mkfs, SIZES.get(variant, 64), fill=fill,
+                                               via=via)[0]))
         seen = set()
         for ino in range(1, vol.sb.inodes_count + 1):
             try:
@@ -94,6 +104,13 @@ def test_structures_the_variants_exercise():
     assert "indirect" in seen and vol.sb.inode_size == 128
     seen, _ = scan("ext4-1k")
     assert "ea_inode" in seen
+    for variant, check in (("bigalloc", lambda sb: sb.ro_compat & 0x200),
+                           ("meta_bg", lambda sb: sb.incompat & 0x10
+                            and sb.group_count > sb.descs_per_block > sb.sb.s_first_meta_bg),
+                           ("ext2-nofiletype", lambda sb: not sb.incompat & 0x2)):
+        mkfs, fill, via = VARIANTS[variant]
+        img = build(variant, mkfs, SIZES.get(variant, 64), fill=fill)[0]
+        assert check(Ext4Volume(FileSource(img)).sb), variant
 
 
 def test_discover_raw_disk_non_utf8_name_and_acl(tmp_path):

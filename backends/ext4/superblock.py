@@ -20,7 +20,7 @@ from .structs import (
     COMPAT_HAS_JOURNAL, EXT4_GOOD_OLD_FIRST_INO, EXT4_GOOD_OLD_INODE_SIZE, EXT4_MIN_DESC_SIZE,
     EXT4_MIN_DESC_SIZE_64BIT, EXT4_SUPER_MAGIC, EXT4_VALID_FS, INCOMPAT_64BIT,
     INCOMPAT_CSUM_SEED, INCOMPAT_EXTENTS, INCOMPAT_FLEX_BG, INCOMPAT_JOURNAL_DEV, INCOMPAT_KNOWN,
-    INCOMPAT_RECOVER, RO_COMPAT_GDT_CSUM, RO_COMPAT_METADATA_CSUM, RO_COMPAT_SPARSE_SUPER,
+    INCOMPAT_RECOVER, RO_COMPAT_BIGALLOC, RO_COMPAT_GDT_CSUM, RO_COMPAT_METADATA_CSUM, RO_COMPAT_SPARSE_SUPER,
     SB_CHECKSUM_OFFSET, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, SuperBlock,
 )
 
@@ -85,7 +85,15 @@ class Superblock:
                                 f"{self.desc_size}")
         else:
             self.desc_size = EXT4_MIN_DESC_SIZE
-        if not self.blocks_per_group or self.blocks_per_group > 8 * self.block_size:
+        # bigalloc: the block bitmap counts clusters of 2^(s_log_cluster_size -
+        # s_log_block_size) blocks, so a group spans that many times 8 * block_size blocks
+        ratio = 1
+        if self.ro_compat & RO_COMPAT_BIGALLOC:
+            if not sb.s_log_block_size <= sb.s_log_cluster_size <= sb.s_log_block_size + 16:
+                raise Ext4Error(f"superblock at {offset:#x}: cluster size 2^"
+                                f"{10 + sb.s_log_cluster_size}")
+            ratio = 1 << (sb.s_log_cluster_size - sb.s_log_block_size)
+        if not self.blocks_per_group or self.blocks_per_group > 8 * self.block_size * ratio:
             raise Ext4Error(f"superblock at {offset:#x}: {self.blocks_per_group} blocks per group")
         if (not self.inodes_per_group or self.inodes_per_group > 8 * self.block_size
                 or self.inodes_per_group * self.inode_size % self.block_size):
