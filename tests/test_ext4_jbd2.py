@@ -708,3 +708,48 @@ def test_v1_journal_superblock(tmp_path):
     assert _kernel_replay(img)
     overlay = jbd2.JournalOverlay(patched, sb.block_size, rec)
     assert _differing_blocks(overlay, FileSource(img), sb.block_size) == [0, j.bmap(0)]
+
+
+@needs_root
+@pytest.mark.parametrize("age", [-1000, 1000])
+def test_stale_transaction_after_the_log(tmp_path, age):
+    """After the last commit, a descriptor with the next sequence but a bad checksum and
+    a commit block (``need_check_commit_time``).  An older commit time is a stale block of
+    an earlier log: the log ends there, all transactions replay (the kernel mounts).  A
+    newer one is corruption: the kernel fails the whole recovery and refuses the mount;
+    pvfs replays the transactions before it and says so."""
+    d = dirty_image("ext4-4k")
+    src = FileSource(d / "dirty.img")
+    sb, j = _journal(src)
+    bs = sb.block_size
+    commits = _commit_blocks(j)
+    full = j.recover()
+    first_desc = bytearray(j.jread(j.sb.start))
+    assert struct.unpack_from(">I", first_desc, 4)[0] == jbd2.JBD2_DESCRIPTOR_BLOCK
+    struct.pack_into(">I", first_desc, 8, full.end_transaction)
+    ntags = len(j.tags(first_desc))
+    last_commit = bytearray(j.jread(commits[-1]))
+    sec = struct.unpack_from(">Q", last_commit, 48)[0]
+    struct.pack_into(">I", last_commit, 8, full.end_transaction)
+    struct.pack_into(">Q", last_commit, 48, sec + age)
+    dpos = j._wrap(commits[-1] + 1)
+    cpos = j._wrap(dpos + 1 + ntags)
+    patches = {j.bmap(dpos) * bs: bytes(first_desc), j.bmap(cpos) * bs: bytes(last_commit)}
+    patched = PatchedSource(src, patches)
+    _sb, j2 = _journal(patched)
+    rec = j2.recover()
+    img = tmp_path / "stale.img"
+    subprocess.run(["cp", "--sparse=always", str(d / "dirty.img"), str(img)], check=True)
+    with open(img, "r+b") as f:
+        for off, blob in patches.items():
+            f.seek(off)
+            f.write(blob)
+    mounted = _kernel_replay(img)
+    if age < 0:
+        assert mounted and not rec.problems and rec.transactions == full.transactions
+        overlay = jbd2.JournalOverlay(patched, bs, rec)
+        assert _differing_blocks(overlay, FileSource(img), bs) == [0, j.bmap(0)]
+    else:
+        assert not mounted and rec.kernel_would_fail
+        assert rec.transactions == full.transactions
+        assert [p.code for p in rec.problems] == ["journal-checksum"]
