@@ -158,9 +158,21 @@ def open_cluster(backend, key, volumes, ctx):
     for st in stores:
         ec |= st.ec_pools
     for p in sorted(ec):
-        report("warning", f"storage/ceph/{cluster.pool_name(p)}", "erasure-coded-pool",
-               f"pool {cluster.pool_name(p)} is erasure-coded: its objects are EC shards and "
-               "are not decoded (only listed under .osd/)")
+        lay = cluster.ec_layout(p)
+        if lay is None:
+            lay_problem = "its erasure code profile is unknown (no OSDMap)"
+        else:
+            lay_problem = lay.problem
+        if lay_problem:
+            report("warning", f"storage/ceph/{cluster.pool_name(p)}", "erasure-coded-pool",
+                   f"pool {cluster.pool_name(p)} is erasure-coded and not decoded: "
+                   f"{lay_problem} (its shards are only listed under .osd/)")
+        else:
+            report("info", f"storage/ceph/{cluster.pool_name(p)}", "erasure-coded-pool",
+                   f"pool {cluster.pool_name(p)} is erasure-coded ({lay.plugin} {lay.technique} "
+                   f"k={lay.k} m={lay.m}, stripe unit {lay.stripe_unit}): objects are "
+                   "read from their shards" + ("" if lay.can_rebuild else
+                                                 "; a lost data shard cannot be rebuilt"))
 
     shown = []
     for pool in cluster.pool_ids():
@@ -220,6 +232,11 @@ def _cluster_text(key, cluster, shown):
             lines.append(f"  {pid}: (not in the OSDMap)")
             continue
         kind = "erasure" if info.erasure else "replicated"
+        if info.erasure and info.ec_profile:
+            pr = info.ec_profile
+            kind += (f" profile {info.erasure_code_profile} ({pr.get('plugin', '?')} "
+                     f"{pr.get('technique', '?')} k={pr.get('k', '?')} m={pr.get('m', '?')}) "
+                     f"stripe_width={info.stripe_width}")
         lines.append(f"  {pid}: {info.name} {kind} size={info.size} pg_num={info.pg_num}")
     lines.append("")
     lines.append("RBD images:")
@@ -279,10 +296,12 @@ def _add_pool_images(cluster, ctx, root, pool, ns, parent, ec, shown):
 
 def _add_image(cluster, ctx, img, pdir, ppath, parent, ec, proxmox=True):
     data_pool = img.data_pool if img.data_pool is not None else img.pool
-    if data_pool in ec:
+    lay = cluster.ec_layout(data_pool) if data_pool in ec else None
+    if data_pool in ec and (lay is None or lay.problem):
+        why = lay.problem if lay is not None else "its erasure code profile is unknown (no OSDMap)"
         cluster.report("error", f"{ppath}/{img.name}", "erasure-coded-data",
                        f"image {img.name} keeps its data in erasure-coded pool "
-                       f"{cluster.pool_name(data_pool)}, which is not decoded")
+                       f"{cluster.pool_name(data_pool)}, which is not decoded: {why}")
         return False
     info = {"ceph": {"pool": cluster.pool_name(img.pool), "pool_id": img.pool, "image": img.name,
                      "namespace": img.nspace.decode("utf-8", "replace"),

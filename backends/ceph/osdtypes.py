@@ -328,14 +328,32 @@ class PoolInfo:
     size: int = 0
     pg_num: int = 0
     pgp_num: int = 0
+    flags: int = 0
+    stripe_width: int = 0  # EC: k * stripe_unit
+    erasure_code_profile: str = ""
+    ec_profile: dict | None = None  # the profile's key/values (``k``, ``m``, ``plugin`` ...)
 
     @property
     def erasure(self):
         return self.type == POOL_TYPE_ERASURE
 
 
+def _skip_string_map(b: Reader):
+    for _ in range(b.count(8)):
+        b.skip(b.count(1))
+        b.skip(b.count(1))
+
+
 def decode_pg_pool(r: Reader, pid: int) -> PoolInfo:
-    _v, _c, end = r.start(what="pg_pool_t")
+    """``pg_pool_t::decode`` up to ``erasure_code_profile`` (struct_v >= 14): type,
+    size, crush_rule, object_hash, pg_num, pgp_num, lpg_num, lpgp_num, last_change,
+    snap_seq, snap_epoch, snaps (map of versioned pool_snap_info_t), removed_snaps
+    (interval_set<snapid_t>), auid, flags (u64), crash_replay_interval, min_size,
+    quota_max_bytes/objects, tiers, tier_of, cache_mode, read_tier, write_tier,
+    properties, hit_set_params (versioned), hit_set_period, hit_set_count,
+    stripe_width, target_max_bytes/objects, 4 x u32 cache ratios/ages,
+    erasure_code_profile.  A body that stops decoding after pg_num keeps what was read."""
+    v, _c, end = r.start(what="pg_pool_t")
     b = r.sub(end)
     p = PoolInfo(pid)
     p.type = b.u8()
@@ -344,6 +362,27 @@ def decode_pg_pool(r: Reader, pid: int) -> PoolInfo:
     b.u8()  # object_hash
     p.pg_num = b.u32()
     p.pgp_num = b.u32()
+    if v < 14:
+        return p
+    try:
+        b.skip(4 + 4 + 4 + 8 + 4)  # lpg_num, lpgp_num, last_change, snap_seq, snap_epoch
+        for _ in range(b.count(9)):  # snaps: snapid -> pool_snap_info_t
+            b.u64()
+            _skip_struct(b, "pool_snap_info_t")
+        b.skip(16 * b.count(16))  # removed_snaps
+        b.u64()  # auid
+        p.flags = b.u64()
+        b.skip(4 + 1 + 8 + 8)  # crash_replay_interval, min_size, quota_max_bytes/objects
+        b.skip(8 * b.count(8))  # tiers
+        b.skip(8 + 1 + 8 + 8)  # tier_of, cache_mode, read_tier, write_tier
+        _skip_string_map(b)  # properties
+        _skip_struct(b, "HitSet::Params")
+        b.skip(4 + 4)  # hit_set_period, hit_set_count
+        p.stripe_width = b.u32()
+        b.skip(8 + 8 + 4 * 4)
+        p.erasure_code_profile = b.string()
+    except OsdTypeError:
+        pass
     return p
 
 
@@ -352,6 +391,54 @@ class OsdMapInfo:
     fsid: str
     epoch: int
     pools: dict  # id -> PoolInfo
+    ec_profiles: dict = field(default_factory=dict)  # name -> {key: value}
+    ec_profiles_error: str | None = None
+
+
+def _skip_entity_addrvec(c: Reader):
+    """``entity_addrvec_t::encode`` (MSG_ADDR2): u8 2, vector<entity_addr_t>, each
+    ``u8 1`` + a versioned body."""
+    marker = c.u8()
+    if marker != 2:
+        raise OsdTypeError(f"entity_addrvec_t marker {marker} (legacy address encoding)")
+    for _ in range(c.count(7)):
+        if c.u8() != 1:
+            raise OsdTypeError("entity_addr_t marker is not 1")
+        _skip_struct(c, "entity_addr_t")
+
+
+def _pg_t(c: Reader):
+    if c.u8() != 1:
+        raise OsdTypeError("pg_t version is not 1")
+    c.skip(8 + 4 + 4)  # pool, seed, preferred
+
+
+def _decode_ec_profiles(c: Reader, cv: int) -> dict:
+    """The client-data fields between ``pool_max`` and ``erasure_code_profiles``
+    (``OSDMap::encode``, client data v >= 5/8): flags, max_osd, osd_state, osd_weight,
+    client_addrs, pg_temp, primary_temp, osd_primary_affinity, crush (a bufferlist)."""
+    if cv < 8:
+        raise OsdTypeError(f"OSDMap client data v{cv}: addresses in the legacy encoding")
+    c.s32()  # pool_max
+    c.u32()  # flags
+    c.s32()  # max_osd
+    c.skip(4 * c.count(4))  # osd_state
+    c.skip(4 * c.count(4))  # osd_weight
+    for _ in range(c.count(5)):
+        _skip_entity_addrvec(c)
+    for _ in range(c.count(21)):  # pg_temp: pg_t -> vector<int32>
+        _pg_t(c)
+        c.skip(4 * c.count(4))
+    for _ in range(c.count(21)):  # primary_temp: pg_t -> int32
+        _pg_t(c)
+        c.s32()
+    c.skip(4 * c.count(4))  # osd_primary_affinity
+    c.skip(c.count(1))  # crush
+    out = {}
+    for _ in range(c.count(8)):
+        name = c.string()
+        out[name] = c.str_map()
+    return out
 
 
 def decode_osdmap(data) -> OsdMapInfo:
@@ -378,7 +465,15 @@ def decode_osdmap(data) -> OsdMapInfo:
         pid = c.s64()
         name = c.string()
         pools.setdefault(pid, PoolInfo(pid)).name = name
-    return OsdMapInfo(fsid, epoch, pools)
+    m = OsdMapInfo(fsid, epoch, pools)
+    try:
+        m.ec_profiles = _decode_ec_profiles(c, _cv)
+    except OsdTypeError as e:
+        m.ec_profiles_error = str(e)
+    for p in pools.values():
+        if p.erasure:
+            p.ec_profile = m.ec_profiles.get(p.erasure_code_profile)
+    return m
 
 
 # -- placement ----------------------------------------------------------------------

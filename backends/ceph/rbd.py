@@ -43,6 +43,7 @@ from pvfs.cache import ByteLRU
 from pvfs.errors import UnreadableError
 from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, ExtentSource, MissingSource, Source
 
+from .ec import EcObjectSource, ec_layout
 from .errors import CephError
 from .keys import CEPH_NOSNAP, CEPH_SNAPDIR
 from .osdtypes import (OBJECT_NONEXISTENT, OsdTypeError, decode_cls_rbd_parent,
@@ -305,6 +306,9 @@ class _PaddedSource(Source):
 class Cluster:
     """The objects of all given OSDs of one Ceph cluster."""
 
+    #: above this many ranges, an ``ec-shards-missing`` report names whole objects
+    MAX_EC_RANGES = 1 << 16
+
     def __init__(self, stores, report, bad=BAD_EIO):
         self.stores = stores
         self.report = report  # report(severity, path, code, message, ranges=())
@@ -313,6 +317,11 @@ class Cluster:
         self.pool_source = None
         self._mismatch_seen = set()
         self._held = {}  # pool -> PG seeds held by the given OSDs
+
+    def ec_layout(self, pool):
+        """The :class:`ec.EcLayout` of an erasure-coded pool (None: replicated or unknown)."""
+        return ec_layout(self.pools.get(pool))
+
 
     # -- objects -----------------------------------------------------------------
     def find(self, pool, name: bytes, snap=CEPH_NOSNAP, path="storage/ceph", ns=b""):
@@ -775,6 +784,7 @@ class Cluster:
         bad = self.bad
         parent_src, overlap = self.parent_source(img, snap, path, depth)
         prescanned = set()  # objects already reported as missing when the image was opened
+        ec = self.ec_layout(data_pool)
         if parent_src is not None and not layout.simple:
             report("warning", path, "rbd-parent-striped",
                    "a striped clone's parent data is not merged; unwritten ranges read as zeros")
@@ -810,6 +820,8 @@ class Cluster:
                            layout.object_ranges(objno))
                 return MissingSource(slot, val, bad=bad, label=f"{label}: object {objno:#x}")
             cb = on_damage_for(objno)
+            if ec is not None:
+                return self._ec_object(ec, val, slot, name, path, label, objno, cb, layout)
             srcs = []
             for c in val:
                 if c.version != val[0].version:
@@ -857,6 +869,8 @@ class Cluster:
             if kind == "missing":
                 missing.append((objno, val))
                 prescanned.add(objno)
+        if ec is not None and snapid is None:
+            self._ec_prescan(ec, data_pool, img, layout, present, path)
         if missing:
             ranges = [r for objno, _ in missing for r in layout.object_ranges(objno)]
             what = "zero-filled" if bad == BAD_ZERO else "unreadable (EIO)"
@@ -864,6 +878,87 @@ class Cluster:
                    f"{len(missing)} of {layout.num_objects()} objects are on no given OSD "
                    f"({what}); first: {missing[0][1]}", ranges)
         return src
+
+    # -- erasure-coded data pools (ec.py) -----------------------------------------------
+    def _ec_object(self, ec, val, slot, name, path, label, objno, cb, layout):
+        """An object of an EC data pool from its shards (the newest version's)."""
+        newest = [c for c in val if c.version == val[0].version]
+        shards = {}
+        sizes = []
+        oname = name.decode("utf-8", "replace")
+
+        def shard_cb(shard):
+            def f(code, msg, ranges):
+                out = [r for o, n in ranges for r in ec.object_ranges_of_shard(shard, o, n)]
+                cb(code, f"shard {shard}: {msg}", out)
+            return f
+
+        for c in newest:
+            if not 0 <= c.oid.shard < ec.k + ec.m:
+                continue
+            try:
+                src = c.store.object_source(c.key, label=f"{c.store.name}:{oname}(s{c.oid.shard})",
+                                            on_damage=shard_cb(c.oid.shard))
+            except CephError as e:
+                self.report("error", path, "bad-onode",
+                            f"{c.store.name}: onode of {oname} shard {c.oid.shard}: {e}",
+                            layout.object_ranges(objno))
+                continue
+            shards.setdefault(c.oid.shard, []).append(src)
+            sizes.append(src.size)
+        if not shards:
+            return MissingSource(slot, "no readable shard onode", bad=self.bad,
+                                 label=f"{label}: object {objno:#x}")
+        info = newest[0].info
+        size = info.size if info is not None else max(sizes) * ec.k
+        if info is None:
+            self.report("warning", path, "ec-size-guessed",
+                        f"{oname}: no object_info on its shards; size taken from the shards")
+
+        def on_rebuild(shard):
+            self.report("warning", path, "ec-rebuilt",
+                        f"{oname}: data shard {shard} is on no given OSD (or unreadable); "
+                        f"rebuilt from the other shards ({ec.plugin} {ec.technique} "
+                        f"k={ec.k} m={ec.m})", layout.object_ranges(objno))
+
+        src = EcObjectSource(ec, shards, min(size, slot), label=f"{label}: {oname}",
+                             on_rebuild=on_rebuild)
+        inner = ReplicaSource([src], oname, cb, self.bad)
+        return _PaddedSource(inner, slot, oname)
+
+    def _ec_prescan(self, ec, pool, img, layout, present, path):
+        """Objects whose shards on the given OSDs are too few to read: one report naming
+        the image ranges of the data chunks that cannot be had (the stripe units of the
+        data shards that are there still read)."""
+        lost, ranges = [], []
+        for objno in sorted(present):
+            cands = self.find(pool, img.object_name(objno), ns=img.nspace)
+            if not cands:
+                continue
+            have = {c.oid.shard for c in cands if c.version == cands[0].version}
+            gone = [i for i in range(ec.k) if i not in have]
+            if not gone or (len(gone) == 1 and ec.can_rebuild and ec.k in have):
+                continue
+            info = cands[0].info
+            size = min(info.size if info is not None else img.object_size, img.object_size)
+            lost.append((objno, sorted(have)))
+            if len(ranges) > self.MAX_EC_RANGES:
+                continue
+            shard_len = -(-size // ec.stripe_width) * ec.stripe_unit
+            for i in gone:
+                for o, n in ec.object_ranges_of_shard(i, 0, shard_len):
+                    n = min(n, size - o)
+                    if n > 0:
+                        ranges.extend((p, ln) for _x, _y, p, ln in _object_to_image(layout, objno, o, n))
+        if lost:
+            if len(ranges) > self.MAX_EC_RANGES:  # bounded report: whole objects
+                ranges = [r for objno, _ in lost for r in layout.object_ranges(objno)]
+            what = "zero-filled" if self.bad == BAD_ZERO else "unreadable (EIO)"
+            self.report("error", path, "ec-shards-missing",
+                        f"{len(lost)} objects have too few shards on the given OSDs to be decoded "
+                        f"({ec.plugin} {ec.technique} k={ec.k} m={ec.m}): the stripe units of "
+                        f"their lost data shards are {what}; first: object {lost[0][0]:#x} "
+                        f"has shards {lost[0][1]}", ranges)
 
 
 def object_hash(name: bytes, ns: bytes = b"") -> int:
