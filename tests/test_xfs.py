@@ -498,6 +498,43 @@ def test_dirty_log_is_reported(tmp_path):
     assert fs.info.clean is True
 
 
+def test_wrapped_log_head_is_found(tmp_path):
+    """A 6 MiB log written round several times: the head is found by the cycle numbers
+    (clean after umount, dirty after a shutdown that left transactions after it)."""
+    img = tmp_path / "w.img"
+    with open(img, "wb") as f:
+        f.truncate(128 << 20)
+    _run("mkfs.xfs", "-q", "--unsupported", "-l", "size=6m", str(img))
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+
+    def churn(rounds, shutdown):
+        _run("mount", "-o", "loop", str(img), str(mnt))
+        try:
+            for r in range(rounds):
+                d = mnt / f"d{r}"
+                d.mkdir(exist_ok=True)
+                for i in range(3000):
+                    (d / f"f{i}").write_bytes(b"x")
+                os.sync()
+                for i in range(0, 3000, 2):
+                    (d / f"f{i}").unlink()
+                os.sync()
+            if shutdown:
+                _run("xfs_io", "-x", "-c", "shutdown -f", str(mnt))
+        finally:
+            _run("umount", str(mnt))
+        ctx, fs, _root = open_fs(FileSource(img))
+        g = fs.geo
+        lsn = fs._newest_log_record(g.fsb_offset(g.logstart), g.logblocks * g.blocksize)[0]
+        return fs.info.clean, lsn >> 32
+
+    clean, cycle = churn(5, False)
+    assert clean is True and cycle >= 2
+    clean, cycle2 = churn(1, True)
+    assert clean is False and cycle2 >= cycle
+
+
 def test_speed(v5_image):
     img, _truth = v5_image
     t = time.perf_counter()

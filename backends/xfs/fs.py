@@ -37,7 +37,7 @@ MAX_ENTRIES_PER_DIR = 2_000_000
 MAX_BMBT_BLOCKS = 1_000_000
 MAX_ATTR_BLOCKS = 100_000
 MAX_XATTR_VALUE = 65536
-MAX_LOG_SCAN = 512 << 20
+LOG_BACK_WINDOW = 2 << 20  # > the largest in-core log buffer (256 KiB) and its headers
 SCAN_BUDGET_S = 60.0
 #: Sparse files may be larger than the volume (a 300 GB lastlog on a 20 GB disk), but not
 #: this large: a bigger size is a garbage inode (v4 has no CRC to catch it).
@@ -156,17 +156,10 @@ class XfsFilesystem(GuestFilesystem):
             info.notes.append("external log: clean state unknown")
             return
         start, length = g.fsb_offset(g.logstart), g.logblocks * g.blocksize
-        if length > MAX_LOG_SCAN or start + length > self.source.size:
+        if length < 1024 or start + length > self.source.size:
             return
-        best = None  # (lsn, byte offset)
         try:
-            for pos in range(0, length, 4 << 20):
-                chunk = self.source.read(start + pos, min(4 << 20, length - pos))
-                words = np.frombuffer(chunk[: len(chunk) // 512 * 512], dtype=">u4")[::128]
-                for i in np.nonzero(words == D.XLOG_HEADER_MAGIC_NUM)[0]:
-                    h = D.log_record_header(chunk[i * 512:i * 512 + 512])
-                    if h is not None and (best is None or h[0] > best[0]):
-                        best = (h[0], start + pos + int(i) * 512, h[1], h[2])
+            best = self._newest_log_record(start, length)
             if best is None:
                 info.clean = True  # an empty log (fresh mkfs)
                 info.journal = "log empty"
@@ -188,6 +181,48 @@ class XfsFilesystem(GuestFilesystem):
                             f"the XFS log holds transactions after its last unmount record "
                             f"(newest record cycle {lsn >> 32}, block {lsn & 0xFFFFFFFF}); "
                             "pvfs does not replay it: files changed last may be stale")
+
+    def _newest_log_record(self, start: int, length: int):
+        """``(lsn, offset, num_logops, header blocks)`` of the newest log record header.
+
+        As the kernel's ``xlog_find_head``: every 512-byte log block starts with its
+        cycle number (a record header has it after the magic); the blocks before the
+        head carry the current cycle, those after it the previous one, so a binary
+        search finds the head in a few reads.  The newest header is the last one
+        before it (searched back over a window larger than an in-core log buffer)."""
+        nbb = length // 512
+
+        def cycle(bb):
+            magic, cyc = struct.unpack(">II", self.source.read(start + bb * 512, 8))
+            return cyc if magic == D.XLOG_HEADER_MAGIC_NUM else magic
+
+        c0 = cycle(0)
+        if c0 == 0:
+            return None  # never written
+        if cycle(nbb - 1) == c0:
+            head = nbb
+        else:
+            lo, hi = 0, nbb - 1
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if cycle(mid) == c0:
+                    lo = mid
+                else:
+                    hi = mid
+            head = hi
+        window = LOG_BACK_WINDOW // 512
+        spans = [(max(0, head - window), head)]
+        if head < window:  # the newest record may have wrapped to the end of the log
+            spans.append((max(head, nbb - (window - head)), nbb))
+        best = None
+        for lo, hi in spans:
+            chunk = self.source.read(start + lo * 512, (hi - lo) * 512)
+            words = np.frombuffer(chunk, dtype=">u4")[::128]
+            for i in np.nonzero(words == D.XLOG_HEADER_MAGIC_NUM)[0]:
+                h = D.log_record_header(chunk[i * 512:i * 512 + 512])
+                if h is not None and (best is None or h[0] > best[0]):
+                    best = (h[0], start + (lo + int(i)) * 512, h[1], h[2])
+        return best
 
     # -- extent maps -------------------------------------------------------------------------
     def fork_extents(self, inode: D.Inode, attr: bool = False):
