@@ -58,6 +58,7 @@ SCAN_BUDGET_S = 60.0
 #: Sparse files may be larger than the volume (a 300 GB lastlog on a 20 GB disk), but not
 #: this large: a bigger size is a garbage record, not a file.
 MAX_FILE_SIZE = 1 << 50
+MAX_BITMAP_READ = 16 << 20
 
 DIR_MODE = 0o555
 FILE_MODE = 0o444
@@ -293,11 +294,15 @@ class NtfsFilesystem(GuestFilesystem):
             not dirty and log_clean is not False
 
     def _used_bytes(self):
-        """Set bits of ``$Bitmap`` times the cluster size (bounded: 64 MiB of bitmap)."""
+        """Set bits of ``$Bitmap`` times the cluster size.  NTFS keeps no free-cluster
+        count, so this reads the bitmap: at most 16 MiB (512 GiB at 4 KiB clusters) at
+        open; larger volumes report ``used`` as unknown."""
         try:
             e = self.volume.get_file_entry(6)
             size = e.size
-            if size > 64 << 20:
+            if size > MAX_BITMAP_READ:
+                self.info.notes.append("used space not counted: $Bitmap larger than "
+                                       f"{MAX_BITMAP_READ >> 20} MiB")
                 return None
             used, pos = 0, 0
             while pos < size:
