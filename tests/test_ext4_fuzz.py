@@ -100,24 +100,35 @@ def test_acl_never_crashes(value):
     assert out is None or (len(out) - 4) % 8 == 0
 
 
+def _lookup(vol, path):
+    ino = 2
+    for part in path.split("/"):
+        ino = next(i for n, i, _t in vol.dir_entries(vol.read_inode(ino), []) if n == part.encode())
+    return ino
+
+
 def _metadata_blocks(img):
-    """Blocks worth breaking: group descriptors, root's and dir's inode blocks, their
-    directory blocks, an extent tree block, an xattr block."""
+    """Blocks worth breaking: group descriptors, the inode blocks of the root, dir/,
+    bigdir/ (htree), a depth-1 extent file and a file with an xattr block, their
+    directory, extent-tree and xattr blocks."""
     vol = Ext4Volume(FileSource(img))
     blocks = {1}
-    for ino in (2, 12, 13):
+    inos = [2] + [_lookup(vol, p) for p in ("dir", "bigdir", "dir/fragmented", "dir/xattrs")]
+    for ino in inos:
         blocks.add(vol.inode_location(ino) // vol.block_size)
         i = vol.read_inode(ino)
         meta: list = []
-        for _l, n, p, _k in vol.block_map(i, [], meta)[:4]:
-            blocks.update(range(p, p + min(n, 2)))
+        runs = vol.block_map(i, [], meta)
+        if i.ftype == 0o040000:
+            for _l, n, p, _k in runs[:4]:
+                blocks.update(range(p, p + min(n, 3)))
         blocks.update(b for b, _n in meta)
         if i.file_acl:
             blocks.add(i.file_acl)
     return sorted(blocks)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_tree_walk_with_a_garbage_metadata_block(image, data):
