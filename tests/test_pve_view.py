@@ -279,3 +279,23 @@ def test_fuzz_config_parsers(blob, volid):
                 expected(storages, vid)
     expected(storages, volid)
     expected(DEFAULT_STORAGES, volid)
+
+
+def test_zfs_modern_without_cluster_database():
+    """rpool/ROOT/pve-1 of zfs-modern holds no config.db: the view comes from the volume names
+    alone, nothing is called missing or unreferenced, and storage/pve/ does not exist."""
+    d = unpack(require_fixture("zfs-modern", "images", "rpool-raidz1.tar.xz"))
+    ctx = discover(sorted(str(p) for p in d.rglob("*.img")))
+    assert isinstance(resolve(ctx.root, "storage/zfs/rpool/ROOT/pve-1"), Dir)
+    assert resolve(ctx.root, "storage/pve") is None
+    assert not [e for e in ctx.report if e.layer == "pve"]
+    rows = {r["vmid"]: r for r in table(ctx)}
+    m = json.loads((FIXTURES / "zfs-modern" / "manifest.json").read_text())
+    want = {}
+    for name in m["pools"]["rpool"]["datasets"]:  # vm-/base- zvols are VMs, subvol- datasets CTs
+        short = name.rsplit("/", 1)[-1]
+        if "@" not in short and short.count("-") == 3:
+            want[int(short.split("-")[1])] = "CT" if short.startswith("subvol-") else "VM"
+    assert {v: r["type"] for v, r in rows.items()} == want and len(want) == 8
+    assert all(r["config"] is None and r["node"] == "" for r in rows.values())
+    assert resolve(ctx.root, "vms/by-name") is None
