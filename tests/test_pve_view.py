@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import posixpath
+import subprocess
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from mountutil import needs_fuse
 from pmxcfs_util import T0, PmxDB
 
 from pvfs.discover import Context, discover, finish
@@ -299,3 +302,36 @@ def test_zfs_modern_without_cluster_database():
     assert {v: r["type"] for v, r in rows.items()} == want and len(want) == 8
     assert all(r["config"] is None and r["node"] == "" for r in rows.values())
     assert resolve(ctx.root, "vms/by-name") is None
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_view_through_fuse(tmp_path):
+    """The links and etc-pve through the kernel: readlink, following by-config/ to the disk,
+    by-name/ to the guest folder, priv/ mode and the database mtimes."""
+    import hashlib
+    import os
+    import stat
+
+    from mountutil import pvfs_mounted
+
+    host = _host(tmp_path, {"storage.cfg": STORAGE_CFG, "nodes/pve/qemu-server/100.conf": VM100,
+                            "priv/authkey.key": b"secret\n"})
+    img = tmp_path / "in" / "100" / "vm-100-disk-3.qcow2"
+    img.parent.mkdir(parents=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "1M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 64k", str(img)], check=True,
+                   capture_output=True)
+    mnt = tmp_path / "mnt"
+    with pvfs_mounted([host, img], mnt):
+        assert os.readlink(mnt / "vms/by-name/web") == "../100"
+        assert os.readlink(mnt / "vms/100/by-config/scsi2") == "../disk-3.raw"
+        data = (mnt / "vms/100/by-config/scsi2").read_bytes()
+        assert data[:65536] == b"\x5a" * 65536 and len(data) == 1 << 20
+        assert (mnt / "vms/by-name/web/qemu-server.conf").read_bytes() == VM100
+        etc = mnt / "storage/pve/pve/etc-pve"
+        assert stat.S_IMODE(os.stat(etc / "priv/authkey.key").st_mode) == 0o600
+        assert os.stat(etc / "storage.cfg").st_mtime == T0
+        assert hashlib.sha256((etc / "storage.cfg").read_bytes()).digest() == \
+            hashlib.sha256(STORAGE_CFG).digest()
+        assert "scsi2 found" in (mnt / "README.txt").read_text()
