@@ -28,7 +28,7 @@ from pvfs.errors import PvfsError, UnreadableError
 from pvfs.nodes import resolve, walk
 from pvfs.source import BytesSource, FileSource
 
-from vma_writer import extent_header, vma_header
+from vma_writer import make_vma
 from conftest import FIXTURES, sha256_source, skip_without
 
 PBS = FIXTURES / "pbs"
@@ -185,33 +185,6 @@ def test_fixture_tar_matches_gnu_tar_extraction(tmp_path):
 
 
 # --- archives built here -------------------------------------------------------------------
-def make_vma(devices, configs, seed=1, per_extent=58, uuid=bytes(range(16))):
-    """A VMA written from vma_spec.txt: header + blob buffer, shuffled clusters, masks."""
-    head = vma_header(configs, {n: len(data) for n, data in devices.items()}, uuid)
-    clusters = []
-    for dev_id, (_n, data) in enumerate(devices.items(), 1):
-        for c in range(-(-len(data) // 65536)):
-            clusters.append((dev_id, c, data[c * 65536:(c + 1) * 65536].ljust(65536, b"\0")))
-    random.Random(seed).shuffle(clusters)
-    out = bytearray(head)
-    extents = []
-    for i in range(0, len(clusters), per_extent):
-        group = clusters[i:i + per_extent]
-        infos, body = [], bytearray()
-        for dev_id, c, data in group:
-            mask = 0
-            for j in range(16):
-                blk = data[j * 4096:(j + 1) * 4096]
-                if any(blk):
-                    mask |= 1 << j
-                    body += blk
-            infos.append((mask << 48) | (dev_id << 32) | c)
-        eh = extent_header(infos, len(body) // 4096, uuid)
-        extents.append((len(out), group))
-        out += eh + body
-    return bytes(out), extents
-
-
 def _disk(size, seed):
     r = random.Random(seed)
     b = bytearray(size)

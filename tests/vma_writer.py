@@ -7,6 +7,7 @@ VMA files, never only against this.
 from __future__ import annotations
 
 import hashlib
+import random
 import struct
 
 HEADER_BLOBS = 12288  # the blob buffer starts after the 12 KiB fixed header
@@ -47,3 +48,30 @@ def extent_header(infos, nblocks: int, uuid: bytes) -> bytes:
     struct.pack_into(">59Q", eh, 40, *(list(infos) + [0] * (59 - len(infos))))
     eh[24:40] = hashlib.md5(bytes(eh)).digest()
     return bytes(eh)
+
+
+def make_vma(devices, configs, seed=1, per_extent=58, uuid=bytes(range(16))):
+    """A VMA written from vma_spec.txt: header + blob buffer, shuffled clusters, masks."""
+    head = vma_header(configs, {n: len(data) for n, data in devices.items()}, uuid)
+    clusters = []
+    for dev_id, (_n, data) in enumerate(devices.items(), 1):
+        for c in range(-(-len(data) // 65536)):
+            clusters.append((dev_id, c, data[c * 65536:(c + 1) * 65536].ljust(65536, b"\0")))
+    random.Random(seed).shuffle(clusters)
+    out = bytearray(head)
+    extents = []
+    for i in range(0, len(clusters), per_extent):
+        group = clusters[i:i + per_extent]
+        infos, body = [], bytearray()
+        for dev_id, c, data in group:
+            mask = 0
+            for j in range(16):
+                blk = data[j * 4096:(j + 1) * 4096]
+                if any(blk):
+                    mask |= 1 << j
+                    body += blk
+            infos.append((mask << 48) | (dev_id << 32) | c)
+        eh = extent_header(infos, len(body) // 4096, uuid)
+        extents.append((len(out), group))
+        out += eh + body
+    return bytes(out), extents
