@@ -129,16 +129,35 @@ def _load_pools(backend, cluster, ctx):
         from .kv import open_kv_dir
 
         db = os.path.join(d, "store.db") if os.path.isdir(os.path.join(d, "store.db")) else d
+        kv = None
         try:
-            cluster.load_osdmap_from_mon(open_kv_dir(db))
+            kv = open_kv_dir(db)
+            cluster.load_osdmap_from_mon(kv)
+            _report_kv_damage(ctx, d, kv)
             return
         except (CephError, UnreadableError, OSError) as e:
+            # the cause first (an SST that cannot be read), then its consequence
+            causes = _report_kv_damage(ctx, d, kv)
+            why = f" ({'; '.join(causes[:3])})" if causes else ""
             ctx.report.add("warning", LAYER, d, "mon-store-unreadable",
-                           f"monitor store not usable for pool names: {e}")
+                           f"monitor store not usable for pool names: {e}{why}")
     if cluster.load_osdmap_from_osds() is None:
         ctx.report.add("warning", LAYER, "storage/ceph", "no-osdmap",
                        "no OSDMap found: pools are named by id, and objects of placement "
                        "groups no given OSD holds cannot be told from unwritten ones")
+
+
+def _report_kv_damage(ctx, path, kv):
+    """The damage a monitor store's RocksDB met (``KV.damage``), each as its own entry;
+    returns the messages of the errors among them."""
+    causes = []
+    for entry in getattr(kv, "damage", None) or ():
+        sev, code, msg = entry if len(entry) == 3 else ("warning", *entry[-2:])
+        sev = sev if sev in ("info", "warning", "error") else "warning"
+        ctx.report.add(sev, LAYER, path, code, f"monitor store: {msg}")
+        if sev == "error":
+            causes.append(msg)
+    return causes
 
 
 def open_cluster(backend, key, volumes, ctx):

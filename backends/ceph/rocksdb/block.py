@@ -155,18 +155,28 @@ def block_checksum(checksum_type, data_and_type: bytes):
     return None
 
 
-def check_trailer(raw: bytes, checksum_type=kCRC32c, verify=True):
+def context_modifier(base_context_checksum: int, offset: int) -> int:
+    """``ChecksumModifierForContext`` (table/format.h, format_version >= 6): added to a
+    block's (and the footer's) stored checksum; 0 when the table has no base."""
+    if not base_context_checksum:
+        return 0
+    return base_context_checksum ^ (((offset & 0xFFFFFFFF) + (offset >> 32)) & 0xFFFFFFFF)
+
+
+def check_trailer(raw: bytes, checksum_type=kCRC32c, verify=True, modifier=0):
     """Split ``block + trailer``; verify the checksum -> ``(block, compression type)``.
 
     crc32c (the default of the RocksDB in Ceph 16/17/18) is always verified; the
-    xxHash family when the ``xxhash`` module is installed.
+    xxHash family when the ``xxhash`` module is installed.  ``modifier``: the
+    format_version 6 context modifier of the block's offset (subtracted from the
+    stored value).
     """
     if len(raw) < kBlockTrailerSize:
         raise RocksDBError("block shorter than its trailer")
     n = len(raw) - kBlockTrailerSize
     ctype = raw[n]
     if verify and checksum_type != kNoChecksum:
-        stored = _U32.unpack_from(raw, n + 1)[0]
+        stored = (_U32.unpack_from(raw, n + 1)[0] - modifier) & 0xFFFFFFFF
         if checksum_type == kCRC32c:
             ok = crc32c(raw[:n + 1]) == rocksdb_unmask(stored)
         else:

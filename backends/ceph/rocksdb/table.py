@@ -10,8 +10,14 @@ Decoded index and data blocks go to ``pvfs.cache.METADATA_CACHE`` keyed by
 the file source's uid and offset, so reading a large table never keeps more
 than the cache's budget in memory.
 
+format_version 6 (RocksDB 8.6+): the footer carries a checksum of itself and a
+``base_context_checksum``, the metaindex block ends right before the footer (only its
+size is stored), the index block is found through the metaindex (``rocksdb.index``),
+and every block checksum has the context modifier of its offset added.
+
 References: rocksdb table/block_based/block_based_table_reader.cc (Open,
-ReadMetaIndexBlock, index readers), table/format.cc (Footer::DecodeFrom),
+ReadMetaIndexBlock, index readers), table/format.{h,cc} (Footer::DecodeFrom,
+ChecksumModifierForContext, ComputeBuiltinChecksum),
 table/meta_blocks.cc (ReadTableProperties), include/rocksdb/table_properties.h
 (property names), db/dbformat.h (internal keys, ValueType).
 """
@@ -25,8 +31,9 @@ from pvfs.cache import METADATA_CACHE
 from pvfs.errors import UnreadableError
 
 from ..errors import RocksDBError
-from .block import (check_trailer, decode_handle, decompress, iter_entries,
-                    iter_index_entries, kCRC32c, MAX_BLOCK)
+from ..checksum import crc32c, rocksdb_mask
+from .block import (block_checksum, check_trailer, context_modifier, decode_handle, decompress,
+                    iter_entries, iter_index_entries, kCRC32c, kNoChecksum, MAX_BLOCK)
 from .coding import varint
 from .structs import (footer_tail, kBlockBasedTableMagicNumber, kBlockTrailerSize,
                       kLegacyBlockBasedTableMagicNumber, kNewVersionsEncodedLength,
@@ -85,19 +92,29 @@ class Table:
             handles = tail[-kVersion0EncodedLength:-8]
         else:
             raise RocksDBError(f"{name}: not a block-based table (magic {magic:#018x})")
-        if self.format_version > 5:
-            # format_version 6 (RocksDB 8.6+) moves the index handle out of the footer
-            # and salts block checksums with the offset: not read yet
+        self.base_context_checksum = 0
+        if self.format_version > 6:
             raise RocksDBError(f"{name}: table format_version {self.format_version} "
-                               "is not supported (0-5 are)")
-        m_off, m_size, pos = decode_handle(handles, 0, len(handles))
-        i_off, i_size, _ = decode_handle(handles, pos, len(handles))
-        for what, off, ln in (("metaindex", m_off, m_size), ("index", i_off, i_size)):
-            if off + ln + kBlockTrailerSize > size or ln > MAX_BLOCK:
-                raise RocksDBError(f"{name}: {what} handle {off:#x}+{ln:#x} outside the file")
-        self.index_handle = (i_off, i_size)
+                               "is not supported (0-6 are)")
+        if self.format_version == 6:
+            m_off, m_size = self._footer_v6(tail)
+            i_off = i_size = None
+        else:
+            m_off, m_size, pos = decode_handle(handles, 0, len(handles))
+            i_off, i_size, _ = decode_handle(handles, pos, len(handles))
+        self.meta = {}
+        if m_off + m_size + kBlockTrailerSize > size or m_size > MAX_BLOCK:
+            raise RocksDBError(f"{name}: metaindex handle {m_off:#x}+{m_size:#x} outside the file")
         self.meta = {k.decode("latin-1"): decode_handle(v)[:2]
                      for k, v in iter_entries(self._block(m_off, m_size))}
+        if i_off is None:  # format_version 6: the index is a meta block
+            if "rocksdb.index" not in self.meta:
+                raise RocksDBError(f"{name}: format_version 6 table without a rocksdb.index "
+                                   "meta block")
+            i_off, i_size = self.meta["rocksdb.index"]
+        if i_off + i_size + kBlockTrailerSize > size or i_size > MAX_BLOCK:
+            raise RocksDBError(f"{name}: index handle {i_off:#x}+{i_size:#x} outside the file")
+        self.index_handle = (i_off, i_size)
         self.properties = {}
         if "rocksdb.properties" in self.meta:
             for k, v in iter_entries(self._block(*self.meta["rocksdb.properties"])):
@@ -118,6 +135,34 @@ class Table:
         self.compression_name = p.get("rocksdb.compression", b"").decode("latin-1")
         self.cache_cost = 1024
 
+    def _footer_v6(self, tail):
+        """The format_version 6 footer (table/format.cc ``Footer::DecodeFrom``): checksum
+        type, extended magic ``3e 00 7a 00``, footer checksum (over the 53 footer bytes
+        with itself zeroed, plus the context modifier of the footer's offset),
+        base_context_checksum, metaindex size (the metaindex block ends right before the
+        footer), 16 unchecked + 8 zero reserved bytes, version, magic.  Returns the
+        metaindex handle."""
+        name = self.name
+        footer_offset = self.source.size - kNewVersionsEncodedLength
+        if tail[1:5] != b"\x3e\x00\x7a\x00":
+            raise RocksDBError(f"{name}: bad extended footer magic {tail[1:5].hex()}")
+        stored, base, meta_size = struct.unpack_from("<III", tail, 5)
+        if context_modifier(base, 0) == 0:
+            raise RocksDBError(f"{name}: invalid base context checksum")
+        if any(tail[33:41]):
+            raise RocksDBError(f"{name}: footer uses a future feature (reserved bytes set)")
+        if self.verify and self.checksum_type != kNoChecksum:
+            zeroed = tail[:5] + bytes(4) + tail[9:]
+            if self.checksum_type == kCRC32c:
+                want = rocksdb_mask(crc32c(zeroed))
+            else:
+                want = block_checksum(self.checksum_type, zeroed)
+            if want is not None and \
+                    (want + context_modifier(base, footer_offset)) & 0xFFFFFFFF != stored:
+                raise RocksDBError(f"{name}: footer checksum mismatch")
+        self.base_context_checksum = base
+        return footer_offset - kBlockTrailerSize - meta_size, meta_size
+
     # -- low level ---------------------------------------------------------------------
     def _read(self, off, n):
         try:
@@ -130,7 +175,8 @@ class Table:
             raise RocksDBError(f"{self.name}: block {off:#x}+{size:#x} outside the file")
         raw = self._read(off, size + kBlockTrailerSize)
         try:
-            data, ctype = check_trailer(raw, self.checksum_type, self.verify)
+            data, ctype = check_trailer(raw, self.checksum_type, self.verify,
+                                        context_modifier(self.base_context_checksum, off))
             return decompress(ctype, data, self.format_version)
         except RocksDBError as e:
             raise RocksDBError(f"{self.name}: block at {off:#x}: {e}") from None
