@@ -364,8 +364,9 @@ class NtfsFilesystem(GuestFilesystem):
         base = places[0] if places else f"{self.where}:"
         return f"{base}/{path}" if path else base
 
-    def _damage(self, path, code, msg, ranges=()):
-        self.report.add("error", LAYER, self.tree_path(path), code, msg, ranges)
+    def _damage(self, severity, code, message, path="", ranges=()):
+        """One damage entry about the entry at ``path`` (relative to the root)."""
+        self.report.add(severity, LAYER, self.tree_path(path), code, message, ranges)
 
     def _load_dir(self, d: Dir, record: int, path: str, depth: int):
         with self.lock:
@@ -373,12 +374,12 @@ class NtfsFilesystem(GuestFilesystem):
                 parent = self.volume.get_file_entry(record)
                 n = parent.number_of_sub_file_entries
             except Exception as e:
-                self._damage(path, "bad-directory", f"directory (MFT record {record}) "
-                             f"cannot be listed: {_short(e)}", self._last_ranges())
+                self._damage("error", "bad-directory", f"directory (MFT record {record}) "
+                             f"cannot be listed: {_short(e)}", path, self._last_ranges())
                 return
             if n > MAX_ENTRIES_PER_DIR:
-                self._damage(path, "directory-too-large",
-                             f"{n} entries; only the first {MAX_ENTRIES_PER_DIR} are listed")
+                self._damage("error", "directory-too-large", f"{n} entries; only the first "
+                             f"{MAX_ENTRIES_PER_DIR} are listed", path)
                 n = MAX_ENTRIES_PER_DIR
             for i in range(n):
                 try:
@@ -386,8 +387,8 @@ class NtfsFilesystem(GuestFilesystem):
                     name = child.name
                     rec = _index_reference(child)
                 except Exception as e:
-                    self._damage(path, "bad-entry", f"entry {i} of directory (MFT record "
-                                 f"{record}): {_short(e)}", self._last_ranges())
+                    self._damage("error", "bad-entry", f"entry {i} of directory (MFT record "
+                                 f"{record}): {_short(e)}", path, self._last_ranges())
                     continue
                 if rec < FIRST_USER_RECORD:
                     continue  # metafiles ($MFT, $Extend ...) are hidden as ntfs-3g does
@@ -400,8 +401,8 @@ class NtfsFilesystem(GuestFilesystem):
                         why = "has no name"
                     except Exception as e:
                         why = _short(e)
-                    self._damage(path, "bad-record", f"entry {i} of this directory: MFT "
-                                 f"record {rec}: {why}", self._last_ranges(rec))
+                    self._damage("error", "bad-record", f"entry {i} of this directory: MFT "
+                                 f"record {rec}: {why}", path, self._last_ranges(rec))
                     continue
                 cpath = f"{path}/{name}" if path else name
                 node = self.nodes.get(rec)
@@ -410,13 +411,13 @@ class NtfsFilesystem(GuestFilesystem):
                         node = self._build(child, rec, cpath, depth + 1, record)
                     except Exception as e:
                         self.bad_records.add(rec)
-                        self._damage(cpath, "bad-record", f"MFT record {rec}: {_short(e)}",
-                                     self._last_ranges(rec))
+                        self._damage("error", "bad-record", f"MFT record {rec}: {_short(e)}",
+                                     cpath, self._last_ranges(rec))
                         continue
                     self.nodes[rec] = node
                 elif isinstance(node, Dir):
-                    self._damage(cpath, "directory-loop", f"directory (MFT record {rec}) "
-                                 f"is listed a second time (in record {record}); skipped")
+                    self._damage("error", "directory-loop", f"directory (MFT record {rec}) "
+                                 f"is listed a second time (in record {record}); skipped", cpath)
                     continue
                 d.add(name, node, report=self.report, layer=LAYER, path_hint=path)
 
@@ -481,7 +482,7 @@ class NtfsFilesystem(GuestFilesystem):
                     value = v
             rp = D.parse_reparse(value)
         except (FormatError, UnreadableError) as ex:
-            self._damage(path, "bad-reparse-point", f"MFT record {rec}: {ex}")
+            self._damage("error", "bad-reparse-point", f"MFT record {rec}: {ex}", path)
             return None
         if rp is None:
             return None  # another tag (dedup, cloud files ...): shown as the file it is
@@ -553,8 +554,8 @@ class NtfsFilesystem(GuestFilesystem):
             if ln <= 0 or off is None:
                 continue
             if off < 0 or off + ln > vsize:
-                self._damage(path, "bad-data-run", f"MFT record {rec}: a data run "
-                             f"[{off:#x}+{ln:#x}] lies outside the volume")
+                self._damage("error", "bad-data-run", f"MFT record {rec}: a data run "
+                             f"[{off:#x}+{ln:#x}] lies outside the volume", path)
                 out.append((fpos, ln, MissingSource(ln, "data run outside the volume",
                                                     bad=self.bad, label=label), 0))
                 continue
@@ -580,8 +581,8 @@ class NtfsFilesystem(GuestFilesystem):
                     continue
                 value = s.read_buffer_at_offset(size, 0) if size else b""
             except Exception as ex:
-                self._damage(path, "bad-stream", f"MFT record {rec}: alternate data stream "
-                             f"{i}: {_short(ex)}", self._last_ranges())
+                self._damage("error", "bad-stream", f"MFT record {rec}: alternate data stream "
+                             f"{i}: {_short(ex)}", path, self._last_ranges())
                 continue
             node.xattrs[b"user." + name.encode("utf-8", "surrogateescape")] = value
 
@@ -632,8 +633,8 @@ class NtfsFilesystem(GuestFilesystem):
             if rec in reached:
                 continue
             if time.monotonic() > deadline:
-                self._damage(".lost+found", "scan-incomplete",
-                             f"MFT scan stopped at record {rec} of {total} (time budget)")
+                self._damage("warning", "scan-incomplete", f"MFT scan stopped at record {rec} "
+                             f"of {total} (time budget)", ".lost+found")
                 break
             with self.lock:
                 try:
@@ -655,7 +656,7 @@ class NtfsFilesystem(GuestFilesystem):
                     node = self.nodes.get(rec) or \
                         self._build(self.volume.get_file_entry(rec), rec, path, 2, -1)
                 except Exception as ex:
-                    self._damage(path, "bad-record", f"MFT record {rec}: {_short(ex)}")
+                    self._damage("error", "bad-record", f"MFT record {rec}: {_short(ex)}", path)
                     continue
             self.nodes[rec] = node
             d.add(str(rec), node)

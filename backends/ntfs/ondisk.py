@@ -73,7 +73,8 @@ MftRecordHeader = Struct(
     "next_attr_instance" / Int16ul,
 )
 
-_ATTR_HDR = struct.Struct("<IIBBHHH")  # type, length, non_resident, name_length, name_offset, flags, instance
+#: attribute header: type, length, non_resident, name_length, name_offset, flags, instance
+_ATTR_HDR = struct.Struct("<IIBBHHH")
 _RESIDENT = struct.Struct("<IH")  # value_length, value_offset (at +16)
 
 AT_STANDARD_INFORMATION = 0x10

@@ -79,8 +79,8 @@ class FileData(Source):
                         pieces = self.fs._mapping(self.fs.fork_extents(self.inode), self.size,
                                                   self.path)
                     except BAD as e:
-                        self.fs._damage(self.path, "bad-extent-map",
-                                        f"inode {self.inode.ino}: {e}", getattr(e, "ranges", ()))
+                        self.fs._damage("error", "bad-extent-map", f"inode {self.inode.ino}: {e}",
+                                        self.path, getattr(e, "ranges", ()))
                         pieces = [(0, self.size, MissingSource(
                             self.size, f"extent map unreadable: {e}", bad=self.fs.bad), 0)]
                     self._map = ExtentSource(self.size, pieces, label=self.label)
@@ -121,8 +121,9 @@ class XfsFilesystem(GuestFilesystem):
         base = places[0] if places else f"{self.where}:"
         return f"{base}/{path}" if path else base
 
-    def _damage(self, path, code, msg, ranges=()):
-        self.report.add("error", LAYER, self.tree_path(path), code, msg, ranges)
+    def _damage(self, severity, code, message, path="", ranges=()):
+        """One damage entry about the entry at ``path`` (relative to the root)."""
+        self.report.add(severity, LAYER, self.tree_path(path), code, message, ranges)
 
     def _valid_fsb(self, fsb: int, count: int = 1) -> bool:
         g = self.geo
@@ -268,8 +269,8 @@ class XfsFilesystem(GuestFilesystem):
             if unwritten:
                 continue  # preallocated: reads as zeros
             if not self._valid_fsb(fsb, count):
-                self._damage(path, "bad-extent", f"{what} extent at file block {fblk} points "
-                             f"outside the filesystem (block {fsb} +{count})")
+                self._damage("error", "bad-extent", f"{what} extent at file block {fblk} points "
+                             f"outside the filesystem (block {fsb} +{count})", path)
                 out.append((off, ln, MissingSource(ln, "extent outside the filesystem",
                                                    bad=self.bad), 0))
                 continue
@@ -282,11 +283,11 @@ class XfsFilesystem(GuestFilesystem):
         try:
             node = self._build(ino, "")
         except BAD as e:
-            self._damage("", "bad-root", f"root inode {ino}: {e}",
+            self._damage("error", "bad-root", f"root inode {ino}: {e}", "",
                          getattr(e, "ranges", ()))
             return Dir(mode=0o555)
         if not isinstance(node, Dir):
-            self._damage("", "bad-root", f"root inode {ino} is not a directory")
+            self._damage("error", "bad-root", f"root inode {ino} is not a directory", "")
             return Dir(mode=0o555)
         return node
 
@@ -327,12 +328,12 @@ class XfsFilesystem(GuestFilesystem):
         try:
             entries = self.dir_entries(inode, errors)
         except BAD as e:
-            self._damage(path, "bad-directory", f"directory inode {inode.ino}: {e}",
+            self._damage("error", "bad-directory", f"directory inode {inode.ino}: {e}", path,
                          getattr(e, "ranges", ()))
             return
         for off, e in errors:
-            self._damage(path, "bad-directory", f"directory inode {inode.ino}: the block at "
-                         f"directory offset {off:#x} is lost: {e}", getattr(e, "ranges", ()))
+            self._damage("error", "bad-directory", f"directory inode {inode.ino}: the block at "
+                         f"directory offset {off:#x} is lost: {e}", path, getattr(e, "ranges", ()))
         for raw, ino in entries:
             name = raw.decode("utf-8", "surrogateescape")
             cpath = f"{path}/{name}" if path else name
@@ -344,12 +345,12 @@ class XfsFilesystem(GuestFilesystem):
                     node = self._build(ino, cpath)
                 except BAD as e:
                     self.bad_inodes.add(ino)
-                    self._damage(cpath, "bad-inode", f"inode {ino}: {e}",
+                    self._damage("error", "bad-inode", f"inode {ino}: {e}", cpath,
                                  getattr(e, "ranges", ()) or self._inode_range(ino))
                     continue
             elif isinstance(node, Dir):
-                self._damage(cpath, "directory-loop", f"directory inode {ino} is listed "
-                             "a second time; skipped")
+                self._damage("error", "directory-loop", f"directory inode {ino} is listed "
+                             "a second time; skipped", cpath)
                 continue
             d.add(name, node, report=self.report, layer=LAYER, path_hint=path)
 
@@ -387,7 +388,7 @@ class XfsFilesystem(GuestFilesystem):
         try:
             node.xattrs.update(self._xattrs(inode))
         except BAD as e:
-            self._damage(path, "bad-xattrs", f"inode {ino}: extended attributes: {e}",
+            self._damage("error", "bad-xattrs", f"inode {ino}: extended attributes: {e}", path,
                          getattr(e, "ranges", ()))
         self.nodes[ino] = node
         return node
@@ -395,8 +396,8 @@ class XfsFilesystem(GuestFilesystem):
     def _file_source(self, inode: D.Inode, path: str) -> Source:
         label = f"xfs:/{path}"
         if inode.flags & D.XFS_DIFLAG_REALTIME:
-            self._damage(path, "realtime", "data lives on the realtime device, which a "
-                         "VM disk does not carry")
+            self._damage("error", "realtime", "data lives on the realtime device, which a "
+                         "VM disk does not carry", path)
             return MissingSource(inode.size, "realtime device data", bad=self.bad, label=label)
         if inode.format not in (D.XFS_DINODE_FMT_EXTENTS, D.XFS_DINODE_FMT_BTREE):
             raise FormatError(f"regular file in fork format {inode.format}")
