@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import UnreadableError
 from ..nodes import Dir, File, Symlink
-from ..source import BytesSource
+from ..source import BAD_EIO, BytesSource, MissingSource, concat
 from . import pmxcfs
 from .pmxcfs import DT_DIR, DT_REG, ClusterDB, HostFiles, NodeFiles, OsDirFiles
 
@@ -127,7 +127,8 @@ def load_all(ctx) -> list[LoadedDB]:
     return out
 
 
-def etc_pve_tree(db: ClusterDB, node: str | None, report=None, where="") -> Dir:
+def etc_pve_tree(db: ClusterDB, node: str | None, report=None, where="",
+                 bad: str = BAD_EIO) -> Dir:
     """``/etc/pve`` as recorded: files with the database's mtimes, ``priv/`` 0600."""
     root = Dir(mode=0o555, mtime=db.mtime)
     dirs = {"": root}
@@ -144,8 +145,13 @@ def etc_pve_tree(db: ClusterDB, node: str | None, report=None, where="") -> Dir:
             pd.add(name, d)
             dirs[p] = d
         elif e.type == DT_REG:
-            f = File(BytesSource(e.data or b"", label=f"etc-pve/{p}"),
-                     mode=0o600 if private else 0o444, mtime=e.mtime)
+            src = BytesSource(e.data or b"", label=f"etc-pve/{p}")
+            if e.lost_from is not None:  # salvaged: the rest of the file is unknown, never zeros
+                src = concat([BytesSource((e.data or b"")[: e.lost_from]),
+                              MissingSource(len(e.data or b"") - e.lost_from,
+                                            "in a lost page of config.db", bad=bad,
+                                            label=f"etc-pve/{p}")], label=f"etc-pve/{p}")
+            f = File(src, mode=0o600 if private else 0o444, mtime=e.mtime)
             pd.add(name, f)
     if node and f"nodes/{node}" in dirs:
         for link in ("local", *LOCAL_LINKS):
@@ -175,7 +181,7 @@ def show(ctx, loaded: list[LoadedDB]):
         ndir = Dir(mode=0o555)
         used = area.add(ld.node, ndir, report=ctx.report, path_hint="storage/pve")
         ld.tree_path = f"storage/pve/{used}"
-        ndir.add("etc-pve", etc_pve_tree(ld.db, ld.node, ctx.report, ld.db.where))
+        ndir.add("etc-pve", etc_pve_tree(ld.db, ld.node, ctx.report, ld.db.where, ctx.bad()))
         info = (f"{ld.db.origin}, version {ld.db.version}"
                 f"{', STALE' if ld.db.stale else ''}; from {ld.db.where}\n")
         ndir.add("SOURCE.txt", File(BytesSource(info.encode(), label="SOURCE.txt")))

@@ -74,6 +74,7 @@ class Entry:
     type: int
     name: str
     data: bytes | None
+    lost_from: int | None = None  # salvaged: bytes of data from here on are unknown
 
 
 @dataclass
@@ -439,7 +440,10 @@ def _record(payload: bytes) -> list:
 class PageReader:
     """The pages of a (possibly truncated or damaged) SQLite database file."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, wal: dict[int, bytes] | None = None):
+        wal = wal or {}
+        if wal.get(1, b"").startswith(b"SQLite format 3\0") and len(data) < 100:
+            data = wal[1]  # the header lives in the WAL only
         if len(data) < 100 or not data.startswith(b"SQLite format 3\0"):
             raise PmxcfsError("no SQLite header")
         ps = struct.unpack(">H", data[16:18])[0]
@@ -450,12 +454,20 @@ class PageReader:
         if self.usable < 480:
             raise PmxcfsError("bad reserved space")
         self.data = data
-        self.header_pages = struct.unpack(">I", data[28:32])[0]
-        self.pages = len(data) // self.page_size
+        self.wal = {n: p for n, p in wal.items() if len(p) == self.page_size and n >= 1}
+        self.file_pages = self.pages = len(data) // self.page_size
+        self.header_pages = struct.unpack(">I", (self.page(1) or data)[28:32])[0]
         self.lost_ranges: list[tuple[int | None, int | None]] = []
 
+    def numbers(self) -> list[int]:
+        """Every page number that has bytes (the file's and the WAL's)."""
+        return sorted(set(range(1, self.file_pages + 1)) | set(self.wal))
+
     def page(self, n: int) -> bytes | None:
-        if n < 1 or n > self.pages:
+        """Page ``n``: its newest committed image in the WAL, else the file's."""
+        if n in self.wal:
+            return self.wal[n]
+        if n < 1 or n > self.file_pages:
             return None
         return self.data[(n - 1) * self.page_size: n * self.page_size]
 
@@ -501,7 +513,7 @@ class PageReader:
             while len(out) < size:
                 op = self.page(nxt)
                 if op is None or nxt in seen:
-                    lost.append(rowid)
+                    lost.append((rowid, len(out)))  # the bytes from here on are unknown
                     out.extend(b"\0" * (size - len(out)))
                     break
                 seen.add(nxt)
@@ -557,18 +569,18 @@ class PageReader:
         for off in offs:
             try:
                 rowid, payload = self.leaf_payload(p, off, lost)
-                yield rowid, _record(payload)
+                yield rowid, [*_record(payload), len(payload)]
             except ValueError as e:
                 bad.append((n, f"cell at {off}: {e}"))
 
     def scan_leaves(self, skip: set, bad: list, lost: list):
         """Yield rows of every table-leaf page not in ``skip`` (pages a broken interior
         page no longer points to)."""
-        for n in range(1, self.pages + 1):
+        for n in self.numbers():
             if n in skip:
                 continue
             p = self.page(n)
-            if p[100 if n == 1 else 0] != 13:
+            if p is None or p[100 if n == 1 else 0] != 13:
                 continue
             try:
                 _t, offs, _r, p = self.cells(n)
@@ -577,13 +589,31 @@ class PageReader:
             yield from self._leaf_rows(n, offs, p, [], lost)
 
 
-def salvage(db: bytes) -> tuple[list[Entry], list[str]]:
-    """Rows of ``tree`` read page by page from a damaged database; returns the rows and
-    what was lost, in words."""
-    pr = PageReader(db)
+def wal_pages(wal: bytes | None) -> dict[int, bytes]:
+    """The newest image of every page in the WAL's committed frames (SQLite's view)."""
+    if not wal:
+        return {}
+    committed, _dropped, why = wal_check(wal)
+    if why or not committed:
+        return {}
+    psize = struct.unpack(">I", wal[8:12])[0]
+    out = {}
+    for i in range(committed):
+        off = 32 + i * (24 + psize)
+        out[struct.unpack(">I", wal[off: off + 4])[0]] = wal[off + 24: off + 24 + psize]
+    return out
+
+
+def salvage(db: bytes, wal: bytes | None = None) -> tuple[list[Entry], list[str]]:
+    """Rows of ``tree`` read page by page from a damaged database (with the committed
+    pages of its WAL on top); returns the rows and what was lost, in words."""
+    pr = PageReader(db, wal_pages(wal))
     notes = []
-    if pr.header_pages and pr.header_pages > pr.pages:
-        notes.append(f"the file is truncated: {pr.pages} of {pr.header_pages} pages present")
+    if pr.wal:
+        notes.append(f"{len(pr.wal)} pages taken from config.db-wal")
+    have = len([n for n in pr.numbers() if n <= pr.header_pages])
+    if pr.header_pages and pr.header_pages > have:
+        notes.append(f"the file is truncated: {have} of {pr.header_pages} pages present")
     bad: list = []
     lost: list = []
     visited: set = set()
@@ -599,7 +629,7 @@ def salvage(db: bytes) -> tuple[list[Entry], list[str]]:
     if root is None or bad:
         # Interior pages lost: look at every leaf page the walk did not reach.
         for rowid, rec in pr.scan_leaves(visited, [], lost):
-            if len(rec) == 8 and rec[0] is None and isinstance(rec[6], str):
+            if len(rec) == 9 and rec[0] is None and isinstance(rec[6], str):
                 old = rows.get(rowid)
                 if old is None or (isinstance(rec[2], int) and isinstance(old[2], int)
                                    and rec[2] > old[2]):
@@ -622,15 +652,21 @@ def salvage(db: bytes) -> tuple[list[Entry], list[str]]:
     if gone:
         notes.append(f"the rows of inodes {', '.join(gone[:10])} are lost")
     out = []
+    lost_at = dict(lost)
     for rowid, rec in rows.items():
-        if len(rec) != 8:
+        if len(rec) != 9:  # 8 columns and the record's length
             continue
+        *rec, reclen = rec
         rec = [rowid if rec[0] is None else rec[0], *rec[1:]]
-        out.extend(_entries([rec], MAX_ROWS))
-    for e in out:
-        if e.inode in lost:
-            notes.append(f"the data of {e.name!r} (inode {e.inode}) is cut short: overflow "
-                         f"pages lost (the missing part reads as zeros)")
+        for e in _entries([rec], MAX_ROWS):
+            out.append(e)
+            if e.inode not in lost_at or e.data is None:
+                continue
+            # data is the record's last column: the cut at byte k of the record is byte
+            # k - (record length - data length) of the data
+            e.lost_from = max(0, min(lost_at[e.inode] - (reclen - len(e.data)), len(e.data)))
+            notes.append(f"the data of {e.name!r} (inode {e.inode}) is cut short at byte "
+                         f"{e.lost_from}: overflow pages lost (the rest is unreadable)")
     return out, notes
 
 
@@ -734,7 +770,7 @@ def load(files: HostFiles) -> ClusterDB | None:
         return _make(rows, f"backup {posixpath.basename(rel)}", True, problems)
     if db is not None:
         try:
-            rows, notes = salvage(db)
+            rows, notes = salvage(db, wal if wal and not wal_lost else None)
         except (PmxcfsError, ValueError) as e:
             problems.append(("error", "config-db-lost", f"config.db: page-by-page read failed: {e}"))
             rows = []
