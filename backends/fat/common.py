@@ -98,31 +98,35 @@ class ClusterFilesystem(GuestFilesystem):
         return names, total
 
 
-def read_blocks(source, extents, block):
+def read_blocks(source, extents, block, window=1 << 20):
     """Read ``(file_offset, length, disk_offset)`` extents in ``block``-sized pieces.
 
-    Yields ``(disk_offset, data or None, error or None)``: a run is read in one call
-    and only re-read block by block when it has an unreadable byte, so one bad sector
-    costs one block of a directory, not the directory.
+    Yields ``(disk_offset, data or None, error or None)``: up to ``window`` bytes are read
+    in one call (a 256 MiB exFAT directory is never held whole) and only re-read block by
+    block when they hold an unreadable byte, so one bad sector costs one block of a
+    directory, not the directory.
     """
     from pvfs.errors import UnreadableError
 
-    for _off, n, disk in extents:
-        try:
-            data = source.read(disk, n)
-            if len(data) < n:
-                raise UnreadableError(f"directory data past the end of the volume at {disk:#x}",
-                                      [(disk + len(data), n - len(data))])
-        except UnreadableError:
+    window = max(block, window - window % block)
+    for _off, length, start in extents:
+        for w in range(0, length, window):
+            disk, n = start + w, min(window, length - w)
+            try:
+                data = source.read(disk, n)
+                if len(data) < n:
+                    raise UnreadableError(f"directory data past the end of the volume at "
+                                          f"{disk:#x}", [(disk + len(data), n - len(data))])
+            except UnreadableError:
+                for b in range(0, n, block):
+                    ln = min(block, n - b)
+                    try:
+                        piece = source.read(disk + b, ln)
+                        if len(piece) < ln:
+                            raise UnreadableError("past the end of the volume", [])
+                        yield disk + b, piece, None
+                    except UnreadableError as e:
+                        yield disk + b, None, e
+                continue
             for b in range(0, n, block):
-                ln = min(block, n - b)
-                try:
-                    piece = source.read(disk + b, ln)
-                    if len(piece) < ln:
-                        raise UnreadableError("past the end of the volume", [])
-                    yield disk + b, piece, None
-                except UnreadableError as e:
-                    yield disk + b, None, e
-            continue
-        for b in range(0, n, block):
-            yield disk + b, data[b:b + block], None
+                yield disk + b, data[b:b + block], None

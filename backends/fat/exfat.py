@@ -376,51 +376,60 @@ class ExfatFilesystem(ClusterFilesystem):
                              "break are lost", path)
         d.fat_clusters = [(disk, n) for _o, n, disk in extents]  # the directory's own data
         d.fat_extents = getattr(d, "fat_extents", []) + d.fat_clusters  # + its entry
-        entries = list(self._entries(extents, path))
+        # One pass, no list of the directory's entries (it may be 256 MiB: 8 M entries).
         bad = 0
-        i = 0
-        n = len(entries)
-        while i < n:
-            disk, e = entries[i]
+        group: list | None = None  # the entry set being collected
+        need = 0
+        ended_at = None  # an unused entry was seen here (spec 6.2: the directory ends)
+        for disk, e in self._entries(extents, path):
+            if group is not None:
+                group.append((disk, e))
+                if len(group) < need:
+                    continue
+                first_disk, group_done, group = group[0][0], group, None
+                try:
+                    name, node = self._entry_set(group_done, path)
+                except FatError as err:
+                    bad += 1
+                    if bad <= MAX_BAD_ENTRIES_REPORTED:
+                        self.problem("error", "bad-entry-set", f"directory {path}: entry set "
+                                     f"at {first_disk:#x}: {err}", path)
+                    continue
+                d.add(name, node, report=self.ctx.report, layer="exfat",
+                      path_hint=self.tree_path(path))
+                continue
             if e is None:
-                i += 1
                 continue
             t = e[0]
             if t == S.ENTRY_END:
-                # An unused entry ends the directory (spec 6.2); live entries after it mean
-                # the cluster holding this one was zeroed.
-                nxt = _next_live(entries, i)
-                if nxt is None:
-                    break
-                self.problem("error", "dir-cluster-zeroed", f"directory {path}: unused entries at "
-                             f"{disk:#x} but entries follow at {entries[nxt][0]:#x}; the "
-                             "entries between were lost", path)
-                i = nxt
+                if ended_at is None:
+                    ended_at = disk
                 continue
+            if ended_at is not None:
+                if not t & S.ENTRY_IN_USE:
+                    continue
+                # Live entries after the end: the cluster that held the unused ones was
+                # zeroed (or a chain points at a zeroed cluster); go on with these.
+                self.problem("error", "dir-cluster-zeroed",
+                             f"directory {path}: unused entries at {ended_at:#x} but entries "
+                             f"follow at {disk:#x}; the entries between were lost", path)
+                ended_at = None
             if t != S.ENTRY_FILE:
-                i += 1
                 continue
             count = e[1]
-            if not 2 <= count <= 18 or i + count >= n:
+            if not 2 <= count <= 18:
                 bad += 1
                 if bad <= MAX_BAD_ENTRIES_REPORTED:
                     self.problem("error", "bad-entry-set",
                                  f"directory {path}: File entry at {disk:#x} "
                                  f"has SecondaryCount {count}", path)
-                i += 1
                 continue
-            group = entries[i:i + count + 1]
-            i += count + 1
-            try:
-                name, node = self._entry_set(group, path)
-            except FatError as err:
-                bad += 1
-                if bad <= MAX_BAD_ENTRIES_REPORTED:
-                    self.problem("error", "bad-entry-set", f"directory {path}: entry set at "
-                                 f"{disk:#x}: {err}", path)
-                continue
-            d.add(name, node, report=self.ctx.report, layer="exfat",
-                  path_hint=self.tree_path(path))
+            group, need = [(disk, e)], count + 1
+        if group is not None:
+            bad += 1
+            if bad <= MAX_BAD_ENTRIES_REPORTED:
+                self.problem("error", "bad-entry-set", f"directory {path}: the entry set at "
+                             f"{group[0][0]:#x} runs past the end of the directory", path)
         if bad > MAX_BAD_ENTRIES_REPORTED:
             self.problem("error", "bad-entries",
                          f"directory {path}: {bad} bad entry sets in all (the "
@@ -511,11 +520,3 @@ class ExfatFilesystem(ClusterFilesystem):
                              "Allocation Bitmap (cross-linked or a stale entry?)", path)
                 return
 
-
-def _next_live(entries, i):
-    """Index of the next in-use entry after ``i`` (None: the rest is unused)."""
-    for j in range(i + 1, len(entries)):
-        e = entries[j][1]
-        if e is not None and e[0] & S.ENTRY_IN_USE:
-            return j
-    return None
