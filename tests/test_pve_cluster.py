@@ -145,3 +145,39 @@ def test_host_root_registered_by_a_backend(tmp_path):
     got = {p: n.source.read(0, n.size) for p, n in walk(etc) if isinstance(n, File)}
     assert got == want
     assert resolve(ctx.root, "vms/by-name/web").target == b"../100"
+
+
+def test_nested_proxmox_in_a_guest_disk_does_not_drive_the_view(tmp_path):
+    """A Proxmox VE running inside VM 200 keeps its own config.db (here with a higher
+    version than the host's): shown under storage/pve/, but the host's drives the view."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if not shutil.which("mke2fs"):
+        pytest.skip("needs e2fsprogs")
+    host_db = PmxDB(tmp_path / "host.db")
+    standard_cluster(host_db, node="pve")
+    host = tmp_path / "host"
+    host_db.copy_to(host)
+    host_db.close()
+    (host / "etc").mkdir()
+    (host / "etc/hostname").write_text("pve\n")
+    inner_db = PmxDB(tmp_path / "inner.db")
+    for i in range(20):  # more writes: a higher version than the host's
+        inner_db.write(f"nodes/nested/qemu-server/{500 + i}.conf", b"name: inner\n")
+    rootfs = tmp_path / "inner-root"
+    inner_db.copy_to(rootfs)
+    inner_db.close()
+    (rootfs / "etc").mkdir()
+    (rootfs / "etc/hostname").write_text("nested\n")
+    disk = tmp_path / "disks" / "vm-200-disk-0.raw"
+    disk.parent.mkdir()
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(rootfs), str(disk), "8M"], check=True)
+    ctx = discover([str(host), str(disk)])
+    assert [x.node for x in ctx.pve_databases] == ["pve", "nested"]
+    assert ctx.pve_databases[1].db.version > ctx.pve_databases[0].db.version
+    assert resolve(ctx.root, "storage/pve/nested/etc-pve/nodes/nested/qemu-server/500.conf")
+    assert resolve(ctx.root, "vms/500") is None and resolve(ctx.root, "vms/100/qemu-server.conf")
+    assert any(e.code == "config-nested" for e in ctx.report)

@@ -37,9 +37,10 @@ class HostRoot:
     files: HostFiles
     path: str  # tree path (or input path) of the root, for messages
     what: str  # "ZFS dataset", "guest filesystem", "PBS host backup", "directory"
+    nested: bool = False  # inside a guest's disk (a Proxmox VE running in a VM)
 
 
-def note_root(ctx, files: HostFiles, path: str, what: str, key=None):
+def note_root(ctx, files: HostFiles, path: str, what: str, key=None, nested=False):
     """Remember a recovered root file system that may hold ``/var/lib/pve-cluster``.
 
     Cheap: only asks whether the directory exists (three small listings)."""
@@ -57,19 +58,31 @@ def note_root(ctx, files: HostFiles, path: str, what: str, key=None):
         ctx.report.add("warning", "pve", path, "host-root-unreadable",
                        f"could not look for /{pmxcfs.DB_DIR}: {type(e).__name__}: {e}")
         return
-    ctx.host_roots.append(HostRoot(files, path, what))
+    ctx.host_roots.append(HostRoot(files, path, what, nested))
 
 
 def note_tree_roots(ctx, dirs):
     """The hook of :func:`pvfs.treestorage.scan_tree_storages`: every file system root
     it found (ZFS datasets, ``mnt/datastore/*``) and every guest filesystem opened so far."""
-    for node, path, _depth in dirs:
-        note_root(ctx, NodeFiles(node, path), path, "ZFS dataset", key=id(node))
-    for vol in ctx.filesystems:
+    for vol in ctx.filesystems:  # first: a guest filesystem's root may also be among dirs
         root = vol.guestfs_root
         if root is not None:
             where = vol.files_paths[0] if vol.files_paths else vol.path
-            note_root(ctx, NodeFiles(root, where), where, "guest filesystem", key=id(root))
+            note_root(ctx, NodeFiles(root, where), where, "guest filesystem", key=id(root),
+                      nested=_in_guest_disk(vol))
+    for node, path, _depth in dirs:
+        note_root(ctx, NodeFiles(node, path), path, "file system root", key=id(node))
+
+
+def _in_guest_disk(vol) -> bool:
+    """Whether ``vol`` lies inside a Proxmox guest's disk (itself or a layer below it is a
+    volume named like ``vm-100-disk-0``, or a backup's disk): a nested Proxmox VE's root."""
+    v = vol
+    while v is not None:
+        if "proxmox" in v.info or v.info.get("format") in ("vma-device", "pbs-fidx"):
+            return True
+        v = v.parent
+    return False
 
 
 def note_input_dir(ctx, path):
@@ -123,7 +136,9 @@ def load_all(ctx) -> list[LoadedDB]:
             continue
         node = _node_name(hr.files, db) or f"unknown-{i + 1}"
         out.append(LoadedDB(db, node, hr))
-    out.sort(key=lambda x: -x.db.version)
+    # The host's own databases first (a Proxmox VE inside a VM keeps a cluster of its own),
+    # then the newest.
+    out.sort(key=lambda x: (x.root.nested, -x.db.version))
     return out
 
 
@@ -188,7 +203,11 @@ def show(ctx, loaded: list[LoadedDB]):
     if len(loaded) > 1:
         newest = loaded[0]
         for ld in loaded[1:]:
-            if ld.db.version < newest.db.version:
+            if ld.root.nested and not newest.root.nested:
+                ctx.report.add("info", "pve", ld.tree_path, "config-nested",
+                               f"node {ld.node}'s database lies inside a guest's disk (a "
+                               f"Proxmox VE in a VM): shown, not used for the VM view")
+            elif ld.db.version < newest.db.version:
                 ctx.report.add("info", "pve", ld.tree_path, "config-older",
                                f"node {ld.node}'s database (version {ld.db.version}) is older "
                                f"than {newest.node}'s (version {newest.db.version}); the VM "
