@@ -159,6 +159,13 @@ class RunListSource(ExtentSource):
         return self.allocated
 
 
+class ResidentSource(BytesSource):
+    """Data stored inside the MFT record (small files): in memory, so its allocation is
+    known without I/O and the mount answers ``stat`` inline."""
+
+    cheap_allocation = True
+
+
 class LibrarySource(Source):
     """A data stream read through the library (LZNT1-compressed or resident data).
 
@@ -518,7 +525,7 @@ class NtfsFilesystem(GuestFilesystem):
     def _data_source(self, e, rec, path, size, flags) -> Source:
         label = f"ntfs:/{path}"
         if size == 0:
-            return BytesSource(b"", label=label)
+            return ResidentSource(b"", label=label)
         if flags & D.FILE_ATTRIBUTE_ENCRYPTED:
             self.report.add("info", LAYER, self.tree_path(path), "encrypted",
                             "EFS-encrypted file: its data cannot be decrypted here")
@@ -528,7 +535,7 @@ class NtfsFilesystem(GuestFilesystem):
             if size > self.boot.mft_record_size:
                 raise FormatError(f"resident data of {size} bytes in a "
                                   f"{self.boot.mft_record_size}-byte record")
-            return BytesSource(e.read_buffer_at_offset(size, 0), label=label)
+            return ResidentSource(e.read_buffer_at_offset(size, 0), label=label)
         extents, pos, allocated = [], 0, 0
         compressed = bool(flags & D.FILE_ATTRIBUTE_COMPRESSED)
         for i in range(n):
