@@ -155,8 +155,11 @@ def test_bad_data_checksum_is_eio_and_reported(image):
     ctx, tree = open_image(PatchedSource(FileSource(img), {phys[0] + 100: bytes([good[100] ^ 1])}))
     node = resolve(tree, "random.bin")
     at = foff + 4096
+    assert not node.source.has_unreadable
     with pytest.raises(UnreadableError):
         node.source.read(at, 4096)
+    # from now on the mount serves it with direct I/O; other files keep the page cache
+    assert node.source.has_unreadable and not resolve(tree, "text-zstd.txt").source.has_unreadable
     with pytest.raises(UnreadableError):
         node.source.read(at + 4000, 200)
     assert len(node.source.read(0, at)) == at  # the sectors before still read

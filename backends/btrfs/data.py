@@ -336,9 +336,10 @@ class FileData(Source):
 
     @property
     def has_unreadable(self) -> bool:
-        """The mount serves files of a damaged volume with direct I/O (no read-ahead
-        into a bad range): asked before the extents are loaded."""
-        return self._fs.logical.has_unreadable
+        """The mount serves files of a damaged volume, and files where a bad sector was
+        met, with direct I/O (no read-ahead into a bad range)."""
+        logical = self._fs.logical
+        return logical.has_unreadable or self._rel in logical._fail_counts
 
     def _source(self) -> Source:
         src = self._src
