@@ -161,3 +161,19 @@ def test_concurrent_reads_from_threads(main_image):
         t.join(120)
     assert not errors, errors
     assert got == {n: view[n]["sha256"] for n in names}
+
+
+def test_scan_text_and_report_json(main_image):
+    """What ``pvfs scan`` says about the filesystem, and report.json's fields."""
+    from pvfs.report import report_doc, report_text
+
+    img, _view = main_image
+    ctx, _root = open_image(FileSource(img))
+    used = dump_super(img)["bytes_used"] / (1 << 20)
+    assert (f"files: storage/files/p1.files  [btrfs, label 'pvfs-btrfs', UUID "
+            f"5b7e4a0c-6d2f-4c1e-9a43-1f0e2d3c4b5a, {used:.1f} MiB of 320.0 MiB used, "
+            f"no damaged files]") in report_text(ctx)
+    entry = next(v for v in report_doc(ctx)["volumes"] if v["path"] == "storage/files/p1")
+    fs = entry["guest_filesystem"]
+    assert (fs["type"], fs["clean"], fs["journal"], fs["damaged_files"]) == \
+        ("btrfs", None, None, 0)
