@@ -390,6 +390,27 @@ def test_bad_hard_linked_record_is_one_damage_entry(ntfs_image):
     assert len(errs) == 1 and f"MFT record {ino}" in errs[0].message, errs
 
 
+def test_damaged_index_block_entries_found_by_parent_reference(ntfs_image):
+    """An index block of many/ (400 entries) zeroed or unreadable: libfsntfs cannot open
+    the directory at all; pvfs lists it from its children's $FILE_NAME parent
+    references, so every entry is still there under its name, and one error says why."""
+    img, truth = ntfs_image
+    needle = "f123.txt".encode("utf-16-le")
+    with open(img, "rb") as f:
+        data = f.read()
+    blocks = [pos for pos in range(0, len(data), 4096)
+              if data[pos:pos + 4] == b"INDX" and needle in data[pos:pos + 4096]]
+    assert len(blocks) == 1
+    for src in (PatchedSource(FileSource(img), {blocks[0]: bytes(4096)}),
+                BadRangeSource(FileSource(img), [(blocks[0], 4096)])):
+        ctx, _fs, root = open_fs(src)
+        assert compare_tree(root, truth, skip=("reparse",)) > 430
+        errs = [e for e in ctx.report if e.severity == "error"]
+        assert [e.code for e in errs] == ["bad-directory-index"], errs
+        assert errs[0].path.endswith("/many")
+        assert list(resolve(root, ".lost+found").children()) == []
+
+
 def test_lost_directory_found_by_record(ntfs_image):
     """A directory whose parent's index entry is gone is found by scanning the MFT."""
     img, truth = ntfs_image

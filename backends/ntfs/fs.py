@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import stat
+import struct
 import threading
 import time
 
@@ -255,6 +256,8 @@ class NtfsFilesystem(GuestFilesystem):
             raise FormatError(f"libfsntfs cannot open the volume: {_short(e)}") from None
         self.nodes: dict[int, object] = {}  # MFT record -> node (hard links are one node)
         self.bad_records: set[int] = set()  # one damage entry per bad record, not per name
+        self._placed_dirs: set[int] = set()  # directories already shown somewhere
+        self._parent_map: dict[int, list[tuple[str, int]]] | None = None
         self._dir_parent: dict[int, int] = {}
         self._mft_extents = self._extents_of(0)
         self.info = FilesystemInfo("ntfs", size=boot.size, uuid=f"{boot.serial:016X}",
@@ -376,14 +379,134 @@ class NtfsFilesystem(GuestFilesystem):
         self.report.add(severity, LAYER, self.tree_path(path), code, message, ranges)
 
     def _load_dir(self, d: Dir, record: int, path: str, depth: int):
+        listed: set[int] = set()
+        failed = self._list_index(d, record, path, depth, listed)
+        if failed:
+            found = self._recover_entries(d, record, path, depth, listed)
+            if found < len(failed):  # not all of them came back: say what was lost
+                for msg, ranges in failed:
+                    self._damage("error", "bad-entry", msg, path, ranges)
+
+    def _recover_entries(self, d: Dir, record: int, path: str, depth: int, listed: set):
+        """A directory whose index could not be read in full: its entries are found by
+        the ``$FILE_NAME`` parent references of every in-use record (one MFT scan per
+        volume, bounded), and shown under their own names."""
+        found = 0
+        for name, rec in self._parents().get(record, ()):
+            if rec in listed or rec in self.bad_records:
+                continue
+            cpath = f"{path}/{name}" if path else name
+            node = self.nodes.get(rec)
+            if node is None:
+                with self.lock:
+                    try:
+                        node = self._build(self.volume.get_file_entry(rec), rec, cpath,
+                                           depth + 1, record)
+                    except Exception:
+                        node = self._synthetic(rec, cpath, depth + 1)
+                if node is None:
+                    self.bad_records.add(rec)
+                    continue
+                self.nodes[rec] = node
+            elif isinstance(node, Dir) and rec in self._placed_dirs:
+                continue
+            listed.add(rec)
+            if isinstance(node, Dir):
+                self._placed_dirs.add(rec)
+            d.add(name, node, report=self.report, layer=LAYER, path_hint=path)
+            found += 1
+        if found:
+            self.report.add("warning", LAYER, self.tree_path(path), "entries-recovered",
+                            f"{found} entries of this directory (MFT record {record}) were "
+                            "found through their records' $FILE_NAME parent references")
+        return found
+
+    def _synthetic(self, rec: int, path: str, depth: int):
+        """A directory record the library cannot open (its index is damaged), built from
+        the raw record: listed through the parent references of its children."""
+        try:
+            raw = self._raw_record(rec)
+            hdr = D.parse(D.MftRecordHeader, raw, what="MFT record header")
+            si = None
+            for atype, _n, v in D.resident_attributes(raw):
+                if atype == D.AT_STANDARD_INFORMATION and v is not None and len(v) >= 32:
+                    si = struct.unpack_from("<QQQQ", v, 0)
+        except (FormatError, UnreadableError) as e:
+            self._damage("error", "bad-record", f"MFT record {rec}: {e}", path,
+                         getattr(e, "ranges", ()))
+            return None
+        if not hdr.flags & 1 or not hdr.flags & 2 or si is None:
+            self._damage("error", "bad-record", f"MFT record {rec} cannot be opened and is "
+                         "not an in-use directory", path)
+            return None
+        self._damage("error", "bad-directory-index", f"the index of directory MFT record "
+                     f"{rec} is unreadable; its entries are listed from their records' "
+                     "$FILE_NAME parent references", path, self._last_ranges())
+        node = Dir(mode=DIR_MODE, mtime=_ts(si[1]), ctime=_ts(si[2]), atime=_ts(si[3]),
+                   loader=lambda d: self._recover_entries(d, rec, path, depth, set()))
+        return node
+
+    def _parents(self) -> dict[int, list[tuple[str, int]]]:
+        """``{parent record: [(name, record)]}`` from every in-use base record's
+        ``$FILE_NAME`` attributes (DOS-only names left out); built once, bounded."""
+        if self._parent_map is not None:
+            return self._parent_map
+        out: dict[int, list[tuple[str, int]]] = {}
+        deadline = time.monotonic() + SCAN_BUDGET_S
+        with self.lock:
+            try:
+                total = self.volume.number_of_file_entries
+            except Exception:
+                total = 0
+        for rec in range(FIRST_USER_RECORD, total):
+            if time.monotonic() > deadline:
+                self._damage("warning", "scan-incomplete", f"MFT scan for parent references "
+                             f"stopped at record {rec} of {total} (time budget)")
+                break
+            names = []
+            with self.lock:
+                try:
+                    e = self.volume.get_file_entry(rec)
+                    if not e.is_allocated() or e.base_record_file_reference & MREF_MASK:
+                        continue
+                    for a in e.attributes:
+                        if a.attribute_type == D.AT_FILE_NAME and a.name_space != 2:
+                            names.append((a.parent_file_reference & MREF_MASK, a.name))
+                except Exception:
+                    names = self._raw_names(rec)
+            for parent, name in names:
+                out.setdefault(parent, []).append((name, rec))
+        self._parent_map = out
+        return out
+
+    def _raw_names(self, rec: int):
+        """``[(parent, name)]`` of an in-use base record, parsed without the library."""
+        try:
+            raw = self._raw_record(rec)
+            hdr = D.parse(D.MftRecordHeader, raw, what="MFT record header")
+            if not hdr.flags & 1 or hdr.base_mft_record & MREF_MASK:
+                return []
+            out = []
+            for atype, _n, v in D.resident_attributes(raw):
+                if atype == D.AT_FILE_NAME and v is not None:
+                    fn = D.file_name(v)
+                    if fn is not None and fn[2] != 2:
+                        out.append((fn[0], fn[1]))
+            return out
+        except (FormatError, UnreadableError):
+            return []
+
+    def _list_index(self, d: Dir, record: int, path: str, depth: int, listed: set) -> list:
+        """The entries of a directory's index; returns ``(message, ranges)`` of the
+        entries that could not be read (reported by the caller unless recovered)."""
+        failed = []
         with self.lock:
             try:
                 parent = self.volume.get_file_entry(record)
                 n = parent.number_of_sub_file_entries
             except Exception as e:
-                self._damage("error", "bad-directory", f"directory (MFT record {record}) "
-                             f"cannot be listed: {_short(e)}", path, self._last_ranges())
-                return
+                return [(f"directory (MFT record {record}) cannot be listed: {_short(e)}",
+                         self._last_ranges())]
             if n > MAX_ENTRIES_PER_DIR:
                 self._damage("error", "directory-too-large", f"{n} entries; only the first "
                              f"{MAX_ENTRIES_PER_DIR} are listed", path)
@@ -394,9 +517,10 @@ class NtfsFilesystem(GuestFilesystem):
                     name = child.name
                     rec = _index_reference(child)
                 except Exception as e:
-                    self._damage("error", "bad-entry", f"entry {i} of directory (MFT record "
-                                 f"{record}): {_short(e)}", path, self._last_ranges())
+                    failed.append((f"entry {i} of directory (MFT record {record}): "
+                                   f"{_short(e)}", self._last_ranges()))
                     continue
+                listed.add(rec)
                 if rec < FIRST_USER_RECORD:
                     continue  # metafiles ($MFT, $Extend ...) are hidden as ntfs-3g does
                 if rec in self.bad_records:
@@ -426,7 +550,10 @@ class NtfsFilesystem(GuestFilesystem):
                     self._damage("error", "directory-loop", f"directory (MFT record {rec}) "
                                  f"is listed a second time (in record {record}); skipped", cpath)
                     continue
+                if isinstance(node, Dir):
+                    self._placed_dirs.add(rec)
                 d.add(name, node, report=self.report, layer=LAYER, path_hint=path)
+        return failed
 
     def _last_ranges(self, record=None):
         err = self.file.last_error
@@ -601,6 +728,7 @@ class NtfsFilesystem(GuestFilesystem):
         todo = [ROOT_RECORD, EXTEND_RECORD]
         while todo and time.monotonic() < deadline:
             rec = todo.pop()
+            found, failed = [], False
             with self.lock:
                 try:
                     d = self.volume.get_file_entry(rec)
@@ -608,15 +736,18 @@ class NtfsFilesystem(GuestFilesystem):
                         continue
                     n = min(d.number_of_sub_file_entries, MAX_ENTRIES_PER_DIR)
                 except Exception:
-                    continue
+                    d, n, failed = None, 0, True
                 for i in range(n):
                     try:
-                        r = _index_reference(d.get_sub_file_entry(i))
+                        found.append(_index_reference(d.get_sub_file_entry(i)))
                     except Exception:
-                        continue
-                    if r not in seen:
-                        seen.add(r)
-                        todo.append(r)
+                        failed = True
+            if failed:  # what _load_dir recovers through parent references is reached too
+                found.extend(r for _name, r in self._parents().get(rec, ()))
+            for r in found:
+                if r not in seen:
+                    seen.add(r)
+                    todo.append(r)
         return seen
 
     def _parent_of(self, e):

@@ -203,6 +203,17 @@ def resident_attributes(rec: bytes):
         pos += alen
 
 
+def file_name(value: bytes):
+    """``(parent record, name, namespace)`` of a ``$FILE_NAME`` value; None if short."""
+    if len(value) < 66:
+        return None
+    parent = struct.unpack_from("<Q", value, 0)[0] & ((1 << 48) - 1)
+    nlen, space = value[64], value[65]
+    if 66 + 2 * nlen > len(value):
+        return None
+    return parent, value[66:66 + 2 * nlen].decode("utf-16-le", "surrogatepass"), space
+
+
 @dataclass
 class Reparse:
     tag: int
