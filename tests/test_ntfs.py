@@ -411,6 +411,18 @@ def test_damaged_index_block_entries_found_by_parent_reference(ntfs_image):
         assert list(resolve(root, ".lost+found").children()) == []
 
 
+def test_root_record_zeroed_tree_found_by_parent_reference(ntfs_image):
+    """MFT record 5 (the root directory, not in $MFTMirr) zeroed: the top-level entries
+    are found through their $FILE_NAME parent references; the whole tree is equal."""
+    img, truth = ntfs_image
+    _c, mft, _m = _find_record(img)
+    ctx, _fs, root = open_fs(PatchedSource(FileSource(img), {mft + 5 * 1024: bytes(1024)}))
+    assert compare_tree(root, truth, skip=("reparse",)) > 430
+    errs = [e for e in ctx.report if e.severity == "error"]
+    assert [e.code for e in errs] == ["bad-directory-index"], errs
+    assert "MFT record 5" in errs[0].message
+
+
 def test_lost_directory_found_by_record(ntfs_image):
     """A directory whose parent's index entry is gone is found by scanning the MFT."""
     img, truth = ntfs_image

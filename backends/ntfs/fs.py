@@ -380,8 +380,13 @@ class NtfsFilesystem(GuestFilesystem):
 
     def _load_dir(self, d: Dir, record: int, path: str, depth: int):
         listed: set[int] = set()
-        failed = self._list_index(d, record, path, depth, listed)
-        if failed:
+        failed, whole = self._list_index(d, record, path, depth, listed)
+        if whole is not None:  # the directory's own record or index root is gone
+            found = self._recover_entries(d, record, path, depth, listed)
+            self._damage("error", "bad-directory-index", f"{whole}; {found} entries found "
+                         "through their records' $FILE_NAME parent references", path,
+                         self._last_ranges(record))
+        elif failed:
             found = self._recover_entries(d, record, path, depth, listed)
             if found < len(failed):  # not all of them came back: say what was lost
                 for msg, ranges in failed:
@@ -496,17 +501,20 @@ class NtfsFilesystem(GuestFilesystem):
         except (FormatError, UnreadableError):
             return []
 
-    def _list_index(self, d: Dir, record: int, path: str, depth: int, listed: set) -> list:
-        """The entries of a directory's index; returns ``(message, ranges)`` of the
-        entries that could not be read (reported by the caller unless recovered)."""
+    def _list_index(self, d: Dir, record: int, path: str, depth: int, listed: set):
+        """The entries of a directory's index.  Returns ``([(message, ranges)] of the
+        entries that could not be read, message when the whole index is unreadable)``;
+        the caller reports them unless the entries are recovered."""
         failed = []
         with self.lock:
             try:
                 parent = self.volume.get_file_entry(record)
+                if not parent.is_allocated() or not parent.has_directory_entries_index():
+                    return [], f"directory MFT record {record} has no index (zeroed or " \
+                               "overwritten?)"
                 n = parent.number_of_sub_file_entries
             except Exception as e:
-                return [(f"directory (MFT record {record}) cannot be listed: {_short(e)}",
-                         self._last_ranges())]
+                return [], f"directory MFT record {record} cannot be listed: {_short(e)}"
             if n > MAX_ENTRIES_PER_DIR:
                 self._damage("error", "directory-too-large", f"{n} entries; only the first "
                              f"{MAX_ENTRIES_PER_DIR} are listed", path)
@@ -553,7 +561,7 @@ class NtfsFilesystem(GuestFilesystem):
                 if isinstance(node, Dir):
                     self._placed_dirs.add(rec)
                 d.add(name, node, report=self.report, layer=LAYER, path_hint=path)
-        return failed
+        return failed, None
 
     def _last_ranges(self, record=None):
         err = self.file.last_error
