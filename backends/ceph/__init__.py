@@ -53,6 +53,9 @@ class CephState:
     """Per-discovery state: monitor data directories found among the inputs."""
 
     mon_dirs: list[str] = field(default_factory=list)
+    #: FileStore OSD data directories found in the tree, by cluster fsid:
+    #: ``[(node, tree path, volume)]``, opened together by ``finish``
+    filestores: dict = field(default_factory=dict)
 
 
 class CephBackend(Backend):
@@ -108,6 +111,31 @@ class CephBackend(Backend):
             p = os.path.join(path, dev)
             if os.path.exists(p):
                 add_input(ctx, p, d, f"storage/files/{name}")
+
+    # -- FileStore OSDs inside filesystems (an OSD's XFS/ext4 image) ------------------
+    def probe_node(self, node, path, ctx):
+        from .filestore import is_filestore_dir
+
+        return 70.0 if is_filestore_dir(node) else 0.0
+
+    def open_node(self, node, path, ctx):
+        from .filestore import small_file
+
+        fsid = small_file(node, "ceph_fsid") or f"filestore-{path}"
+        vol = next((v for v in ctx.filesystems if v.guestfs_root is node), None)
+        ctx.state(self).filestores.setdefault(fsid, []).append((node, path, vol))
+
+    def finish(self, ctx):
+        from .cluster_tree import open_filestore_cluster
+
+        state = ctx.state(self)
+        for fsid, members in sorted(state.filestores.items()):
+            try:
+                open_filestore_cluster(self, fsid, members, ctx)
+            except (CephError, UnreadableError) as e:
+                ctx.report.add("error", "ceph", members[0][1], "filestore-cluster",
+                               f"FileStore cluster {fsid}: {e}")
+        state.filestores = {}
 
     # -- the group --------------------------------------------------------------------
     def open_group(self, key, volumes, ctx):

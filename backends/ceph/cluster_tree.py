@@ -8,6 +8,7 @@ resolved.
 from __future__ import annotations
 
 import os
+import types
 
 from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, File, GeneratedFile
@@ -164,14 +165,54 @@ def open_cluster(backend, key, volumes, ctx):
     stores = _open_stores(volumes, ctx, backend)
     if not stores:
         raise CephError(f"cluster {key}: no OSD could be opened")
+    show_cluster(backend, key, stores, volumes[0], ctx)
 
+
+def open_filestore_cluster(backend, key, members, ctx):
+    """FileStore OSDs (``[(data dir node, tree path, volume)]``, one cluster fsid)."""
+    from .filestore import FileStoreOsd
+
+    stores, names = [], set()
+    for node, path, _vol in members:
+        def rep(sev, code, msg, ranges=(), _p=path):
+            ctx.report.add(sev, LAYER, _p, code, msg, ranges)
+
+        st = FileStoreOsd(node, "osd", path, report=rep)
+        name = f"osd.{st.whoami}" if st.whoami is not None else f"osd-{st.osd.label.osd_uuid}"
+        base, n = name, 2
+        while name in names:
+            name = f"{base}~{n}"
+            n += 1
+        names.add(name)
+        st.name = name
+        try:
+            st.build_index()
+        except (CephError, UnreadableError) as e:
+            rep("error", "index-failed", f"FileStore object index: {e}")
+            continue
+        js = st.journal_state()
+        if js is not None and js[1] is not None:
+            st.journal_pending = js[1]
+            rep("warning", "filestore-journal-unapplied",
+                f"{name}: its FileStore journal holds transactions not applied to the "
+                f"filesystem (commit_op_seq {js[0]}, journal entries {js[1][0]}..{js[1][1]}); "
+                "they are not replayed: objects they changed may be older here than on other "
+                "OSDs (the newest object_info version among the given OSDs wins)")
+        st.volume = types.SimpleNamespace(path=path)
+        stores.append(st)
+    if not stores:
+        raise CephError(f"cluster {key}: no FileStore OSD could be opened")
+    show_cluster(backend, key, stores, members[0][2], ctx)
+
+
+def show_cluster(backend, key, stores, parent, ctx):
+    """Pools, RBD images and the expert view of one cluster's opened stores."""
     def report(sev, path, code, msg, ranges=()):
         ctx.report.add(sev, LAYER, path, code, msg, ranges)
 
     cluster = Cluster(stores, report, bad=ctx.bad(BAD_EIO))
     _load_pools(backend, cluster, ctx)
     root = ctx.storage("ceph")
-    parent = volumes[0]
 
     ec = {p for p, info in cluster.pools.items() if info.erasure}
     for st in stores:

@@ -739,6 +739,15 @@ class Cluster:
             seed = pg_of(object_hash(name, ns), info.pg_num)
             return "missing", (f"{name.decode('utf-8', 'replace')}: its placement group "
                                f"{pool}.{seed:x} is on no given OSD")
+        if held and any(getattr(st, "journal_pending", None) for st in self.stores):
+            info = self.pools.get(pool)
+            seed = pg_of(object_hash(name, ns), info.pg_num)
+            holders = [st for st in self.stores if (pool, seed) in st.collections]
+            if holders and all(getattr(st, "journal_pending", None) for st in holders):
+                return "none", (f"{name.decode('utf-8', 'replace')}: its placement group "
+                                f"{pool}.{seed:x} is only on {', '.join(st.name for st in holders)}, "
+                                "whose FileStore journal holds unapplied transactions: the "
+                                "object may have been created there")
         return "none", None
 
     def parent_source(self, img: RbdImage, snap: RbdSnapshot | None, path: str, depth=0):
@@ -813,6 +822,9 @@ class Cluster:
             kind, val = self.object_view(data_pool, name, snapid, path, img.nspace)
             slot = img.object_size
             if kind == "none":
+                if val and objno not in prescanned:
+                    report("error", path, "possibly-stale", f"object {objno:#x}: {val}",
+                           layout.object_ranges(objno))
                 return from_parent(objno)
             if kind == "missing":
                 if objno not in prescanned:  # (those are in the image's missing-objects entry)
@@ -836,6 +848,13 @@ class Cluster:
             if not srcs:
                 return MissingSource(slot, "no readable onode", bad=bad,
                                      label=f"{label}: object {objno:#x}")
+            stale = [c.store.name for c in val if c.version == val[0].version
+                     and getattr(c.store, "journal_pending", None)]
+            if stale and len(stale) == len(srcs):
+                report("error", path, "possibly-stale",
+                       f"object {objno:#x} ({name.decode()}) is only on {', '.join(stale)}, whose "
+                       "FileStore journal holds unapplied transactions: its bytes may be older "
+                       "than the cluster's", layout.object_ranges(objno))
             inner = ReplicaSource(srcs, name.decode(), cb, bad)
             return _PaddedSource(inner, slot, name.decode())
 
@@ -858,7 +877,7 @@ class Cluster:
         width = 12 if img.format == 1 else 16
         prefix = img.object_name(0)[:-(width + 1)]
         present = self.data_objnos(data_pool, img.nspace, prefix, width)
-        missing = []
+        missing, stale_absent = [], []
         for objno in range(0 if self.pool_complete(data_pool) else layout.num_objects()):
             if objno in present:
                 continue
@@ -869,8 +888,18 @@ class Cluster:
             if kind == "missing":
                 missing.append((objno, val))
                 prescanned.add(objno)
+            elif val:  # absent from OSDs that may not have applied its creation
+                stale_absent.append((objno, val))
+                prescanned.add(objno)
         if ec is not None and snapid is None:
             self._ec_prescan(ec, data_pool, img, layout, present, path)
+        if stale_absent:
+            report("error", path, "possibly-stale",
+                   f"{len(stale_absent)} objects absent from OSDs with unapplied FileStore "
+                   f"journals may exist in the cluster (read as "
+                   f"{'the parent / zeros' if img.parent else 'zeros'}); first: "
+                   f"{stale_absent[0][1]}",
+                   [r for objno, _ in stale_absent for r in layout.object_ranges(objno)])
         if missing:
             ranges = [r for objno, _ in missing for r in layout.object_ranges(objno)]
             what = "zero-filled" if bad == BAD_ZERO else "unreadable (EIO)"
