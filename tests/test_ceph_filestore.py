@@ -230,3 +230,67 @@ def test_ghobject_key_matches_the_omap_listing():
     assert ghobject_key(oid).decode().replace("%", "%25") in keys
     meta = ObjectId(-1, 0xA468EC03, b"", b"snapmapper", b"", 0)
     assert ghobject_key(meta).decode() in keys
+
+
+def test_leveldb_mon_store_names_the_pools(fdir, manifest):
+    """The Ceph 14 monitor's LevelDB store (nearly all of it in its .log) as --ceph-mon."""
+    ctx = _images(fdir, (0, 1), backend_options={"ceph_mon": [str(fdir / "mon.a")]})
+    text = resolve(ctx.root, "storage/ceph/cluster.txt").render().decode()
+    assert "from the monitor store" in text
+    for p in manifest["cluster"]["pools"]:
+        assert f"  {p['id']}: {p['name']} replicated size={p['size']} pg_num={p['pg_num']}" in text
+    assert not [e for e in ctx.report if e.code.startswith("mon-store") or "rocksdb" in e.code]
+
+
+def _synthetic_osd(journal: bytes, commit=b"182\n"):
+    from pvfs.nodes import Dir, File
+    from pvfs.source import BytesSource
+
+    root, cur = Dir(), Dir()
+    cur.add("commit_op_seq", File(BytesSource(commit)))
+    root.add("current", cur)
+    root.add("type", File(BytesSource(b"filestore\n")))
+    root.add("journal", File(BytesSource(journal)))
+    return FileStoreOsd(root, "osd.9", "x")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_fuzz_journal_header_and_entries(fdir, data):
+    """osd.2's real journal head (header + first entries), mutated: never more than an
+    answer or None."""
+    if "j" not in _JOURNAL:
+        ctx = _images(fdir, [2])
+        root = next(v.guestfs_root for v in ctx.volumes if is_filestore_dir(v.guestfs_root))
+        st_ = FileStoreOsd(root, "osd.2", "x")
+        assert st_.journal_state() == (182, [183, 196])
+        j = root.children()["journal"].source
+        start = 42467328
+        _JOURNAL["j"] = (j.read(0, 4096), j.read(start, 1 << 16))
+    head, entries = _JOURNAL["j"]
+    blob = bytearray(head + entries)
+    for pos, v in data.draw(st.lists(st.tuples(st.integers(0, len(blob) - 1),
+                                               st.integers(0, 255)), max_size=6)):
+        blob[pos] = v
+    # lay the entries back at their offset in a sparse-ish journal of 64 MiB
+    from pvfs.source import Source
+
+    class _J(Source):
+        size = 64 << 20
+
+        def _read(self, off, n):
+            out = bytearray(n)
+            for base, chunk in ((0, blob[:4096]), (42467328, blob[4096:])):
+                lo, hi = max(off, base), min(off + n, base + len(chunk))
+                if lo < hi:
+                    out[lo - off:hi - off] = chunk[lo - base:hi - base]
+            return bytes(out)
+
+    st_ = _synthetic_osd(b"")
+    from pvfs.nodes import File
+    st_.root._children["journal"] = File(_J())
+    r = st_.journal_state()
+    assert r is None or (r[0] == 182 and (r[1] is None or r[1][0] <= r[1][1]))
+
+
+_JOURNAL = {}
