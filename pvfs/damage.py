@@ -74,6 +74,7 @@ class DamageReport:
     def __post_init__(self) -> None:
         self._seen = set()
         self._lock = threading.Lock()
+        self._by_path: dict[str, list[Damage]] = {}
 
     def add(self, severity: str, layer: str, path: str, code: str, message: str, ranges: Iterable[tuple[int, int]] = ()) -> Damage:
         assert severity in SEVERITIES, severity
@@ -84,7 +85,14 @@ class DamageReport:
                 return entry
             self._seen.add(entry)
             self.entries.append(entry)
+            self._by_path.setdefault(entry.path, []).append(entry)
         return entry
+
+    def for_path(self, path: str) -> list[Damage]:
+        """The entries about ``path``, without a walk over all of them (a folder of
+        10,000 damaged images would make such walks quadratic)."""
+        with self._lock:
+            return list(self._by_path.get(path, ()))
 
     def __iter__(self) -> Iterator[Damage]:
         with self._lock:

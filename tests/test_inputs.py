@@ -170,3 +170,33 @@ class _CountingProgress:
 
     def update(self, text, completed=None, total=None):
         pass
+
+
+def test_damaged_folder_walk_does_not_rescan_the_report(tmp_path, monkeypatch):
+    """300 images that each have damage (a missing backing file): discovery must not walk
+    the whole damage report once per image (the Proxmox view did, to copy a disk's entries
+    to its vms/ path: quadratic in a folder of damaged images)."""
+    from pvfs.damage import DamageReport
+
+    one = tmp_path / "one.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b",
+                    "/nonexistent.raw", str(one), "1M"], check=True)
+    data = one.read_bytes()
+    one.unlink()
+    d = tmp_path / "dumps"
+    d.mkdir()
+    for i in range(300):  # sparse copies: only the non-zero 4 KiB blocks are written
+        with open(d / f"vm-{100 + i}-disk-0.qcow2", "wb") as f:
+            for off in range(0, len(data), 4096):
+                block = data[off:off + 4096]
+                if block.strip(b"\0"):
+                    f.seek(off)
+                    f.write(block)
+            f.truncate(len(data))
+    walks = []
+    real_iter = DamageReport.__iter__
+    monkeypatch.setattr(DamageReport, "__iter__", lambda self: walks.append(1) or real_iter(self))
+    ctx = discover([str(d)], Options())
+    assert len(ctx.vms_root.children()) == 300
+    assert len([e for e in real_iter(ctx.report) if e.code == "backing-missing"]) == 300
+    assert len(walks) < 60, f"{len(walks)} walks over the whole report for 300 images"

@@ -464,7 +464,7 @@ def _add(ctx, st, d: Dir, name: str, node, dpath: str) -> str:
 def _mirror_damage(ctx, src_path: str, new_path: str):
     """The entries a backend made for a volume at ``src_path`` also name ``new_path``,
     where the view shows the same bytes (a backend reports before the view exists)."""
-    for e in [e for e in ctx.report if e.path == src_path and e.severity != "info"]:
+    for e in [e for e in ctx.report.for_path(src_path) if e.severity != "info"]:
         ctx.report.add(e.severity, e.layer, new_path, e.code, e.message, e.ranges)
 
 
