@@ -258,7 +258,9 @@ class Ext4Filesystem(GuestFilesystem):
             return None
         if inode.csum_ok is False:
             self.damage("warning", "inode-checksum",
-                        f"inode {ino}: checksum mismatch; shown as parsed (its fields are sane)",
+                        f"inode {ino}: checksum mismatch; shown as parsed (its fields are "
+                        "sane), its data read through a block map the checksum no longer "
+                        "vouches for: check the contents",
                         [(self.vol.inode_location(ino), len(inode.raw))], at=rel)
         t = inode.mode & 0o170000
         problems: list = []
