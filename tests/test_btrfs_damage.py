@@ -14,7 +14,7 @@ import pytest
 from btrfs_image import (
     build_image, build_two_devices, build_with_log_tree, cached_image, compare, empty_subvol_dirs,
     have_tools, kernel_view_no_log_replay, kernel_view_two_devices, loop_mounted, open_image,
-    populate_small, time_limit, walk_mounted,
+    populate_small, sha256_node, time_limit, walk_mounted,
 )
 
 from pvfs.errors import UnreadableError
@@ -339,3 +339,59 @@ def test_lost_root_tree_falls_back_to_a_backup_root(image, tmp_path):
     assert not any(problems.values()), problems
     e = next(e for e in ctx.report if e.code == "root-tree-backup")
     assert "using the backup root of generation" in e.message
+
+
+def dir_entries_by_leaf(dump: str) -> dict[int, list[tuple[int, str, str, int]]]:
+    """Leaf bytenr -> (dir objectid, DIR_ITEM|DIR_INDEX, name, inode) of its entries."""
+    out, cur, item = {}, None, None
+    for line in dump.splitlines():
+        m = re.match(r"leaf (\d+) items", line)
+        if m:
+            cur = out.setdefault(int(m.group(1)), [])
+            continue
+        m = re.match(r"\s+item \d+ key \((\d+) (\w+) \d+\)", line)
+        if m:
+            item = (int(m.group(1)), m.group(2), None)
+            continue
+        m = re.match(r"\s+location key \((\d+) INODE_ITEM 0\)", line)
+        if m and item is not None and item[1] in ("DIR_ITEM", "DIR_INDEX"):
+            item = (item[0], item[1], int(m.group(1)))
+            continue
+        m = re.match(r"\s+name: (.*)$", line)
+        if m and cur is not None and item is not None and item[2] is not None:
+            cur.append((item[0], item[1], m.group(1), item[2]))
+            item = None
+    return out
+
+
+def test_entries_lost_with_both_copies_land_in_lost_found(image):
+    """Every leaf holding only bigdir's DIR_ITEM/DIR_INDEX items zeroed in both copies:
+    the names found in neither list are gone, their inodes (intact) appear under
+    .lost+found/<inode> with the kernel's bytes, in the top level and in the snapshot."""
+    img, view, dump, _inodes, _leaf = image
+    bigdir = int(view["bigdir"]["inode"].split(":")[1])
+    by_leaf = dir_entries_by_leaf(dump)
+    zero = [b for b, keys in leaves(dump).items()
+            if keys and all(o == bigdir for o, _t, _f in keys)]
+    survives = {(t, n) for b, es in by_leaf.items() if b not in zero for o, t, n, _i in es
+                if o == bigdir}
+    lost = {(n, i) for b in zero for o, t, n, i in by_leaf[b]
+            if o == bigdir and t == "DIR_INDEX" and ("DIR_ITEM", n) not in survives}
+    assert len(lost) > 100
+    patches = {m: bytes(NODESIZE) for b in zero for m in mirrors(img, b)}
+    with time_limit(120):
+        ctx, tree = open_image(PatchedSource(FileSource(img), patches))
+        problems = compare(tree, view, empty_subvol_dirs(view))
+    assert problems["missing"] == sorted(f"{d}/{n}" for d in ("bigdir", "snap-top/bigdir")
+                                         for n, _i in lost)
+    assert not problems["extra"] and not problems["wrong"] and not problems["unreadable"]
+    orphaned = next(e for e in ctx.report if e.code == "orphan-inodes")
+    assert orphaned.severity == "warning"
+    found = problems["lost+found"]
+    top = {f".lost+found/{i}": n for n, i in lost}
+    assert set(found) == set(top) | {p for p in found if "-" in p.rsplit("/", 1)[1]}
+    assert len(found) == 2 * len(lost)  # the snapshot shares the leaves: <subvol>-<inode>
+    for path, name in top.items():
+        node = resolve(tree, path)
+        assert sha256_node(node) == view[f"bigdir/{name}"]["sha256"]
+        assert node.mode == view[f"bigdir/{name}"]["mode"]

@@ -53,6 +53,8 @@ MAX_SYMLINK = 1 << 16
 MAX_NAMES_IN_MESSAGE = 20
 MAX_PATH_DEPTH = 4096
 FILES_IN_RANGES_BUDGET = 30.0  # seconds
+ORPHAN_SCAN_BUDGET = 20.0  # seconds for .lost+found
+LOST_FOUND = ".lost+found"
 FILES_IN_RANGES_ITEMS = 20_000_000
 
 
@@ -256,12 +258,75 @@ class BtrfsFilesystem(GuestFilesystem):
             self.report("error", "root-unreadable", f"top-level subvolume: {e}")
             node = None
         if not isinstance(node, Dir):
-            return Dir(mode=0o755)
+            node = Dir(mode=0o755, loader=self._add_lost_found)
         return node
 
     def _fill_dir(self, dnode: Dir, tree_id: int, ino: int, relpath: str):
         with _no_gc():
             self._fill_dir_entries(dnode, tree_id, ino, relpath)
+            if tree_id == S.FS_TREE_OBJECTID and relpath == "":
+                self._add_lost_found(dnode)
+
+    # -- unreachable inodes ----------------------------------------------------------------
+    def _add_lost_found(self, root: Dir):
+        root.add(LOST_FOUND, Dir(mode=0o500, loader=self._load_orphans),
+                 report=self.ctx.report if self.ctx is not None else None, layer=LAYER,
+                 path_hint=self.path)
+
+    def orphans(self, sv: Subvol, deadline: float) -> tuple[list[int], bool]:
+        """Inodes of ``sv`` with links that no directory entry names (their entries were
+        in a lost tree block), and whether the scan finished.  A directory among them
+        brings its own subtree, so what it names is not an orphan of its own."""
+        inodes, named = [], {sv.dirid}
+        complete = True
+        for (oid, ktype, _off), data in items(self.dev, sv.root, (S.FIRST_FREE_OBJECTID, 0, 0),
+                                              (S.LAST_FREE_OBJECTID, 255, MAX),
+                                              lambda *a: None):
+            if time.monotonic() > deadline:
+                complete = False
+                break
+            if ktype == S.INODE_ITEM_KEY:
+                if len(data) >= S.INODE_HEAD.size and S.INODE_HEAD.unpack_from(data, 0)[5]:
+                    inodes.append(oid)  # nlink > 0: an unlinked, still open file has 0
+            elif ktype in (S.DIR_INDEX_KEY, S.DIR_ITEM_KEY):
+                try:
+                    for e in parse_dir_items(data):
+                        if e.loc[1] == S.INODE_ITEM_KEY:
+                            named.add(e.loc[0])
+                except BtrfsError:
+                    continue
+        return [i for i in inodes if i not in named], complete
+
+    def _load_orphans(self, d: Dir):
+        """``.lost+found/<inode>`` (top level) and ``.lost+found/<subvolume>-<inode>``:
+        inodes no directory reaches, shown (btrfs check would relink them)."""
+        deadline = time.monotonic() + ORPHAN_SCAN_BUDGET
+        found = 0
+        with _no_gc():
+            for tree_id, _prefix in sorted(self.subvolume_paths(deadline).items()):
+                try:
+                    sv = self.subvol(tree_id)
+                    lost, complete = self.orphans(sv, deadline)
+                except BtrfsError:
+                    continue
+                if not complete:
+                    self.report("warning", "orphan-scan-incomplete",
+                                "time budget used up while looking for inodes that no "
+                                "directory reaches; the search stopped", relpath=LOST_FOUND)
+                loaded = self.load_inodes(sv, lost, LOST_FOUND) if lost else None
+                for ino in lost:
+                    name = str(ino) if tree_id == S.FS_TREE_OBJECTID else f"{tree_id}-{ino}"
+                    node = self.inode_node(tree_id, ino, f"{LOST_FOUND}/{name}", [], loaded, sv)
+                    if node is not None:
+                        d.add(name, node)
+                        found += 1
+                if not complete:
+                    break
+        if found:
+            self.report("warning", "orphan-inodes",
+                        f"{found} inodes with links are reached by no directory (their "
+                        f"entries were in lost tree blocks); shown under {LOST_FOUND}/<inode> "
+                        f"(<subvolume>-<inode> outside the top level)", relpath=LOST_FOUND)
 
     def _fill_dir_entries(self, dnode: Dir, tree_id: int, ino: int, relpath: str):
         try:
