@@ -41,7 +41,7 @@ from pvfs.source import BytesSource, MissingSource
 from . import structs as S
 from .compress import DecompressError, decompress
 from .data import CompressedExtent, FileData, LogicalSource
-from .tree import TreeRoot, items, items_of, lookup
+from .tree import TreeRoot, items, items_of, leaves, lookup
 from .volume import BtrfsError
 
 LAYER = "btrfs"
@@ -55,6 +55,7 @@ MAX_PATH_DEPTH = 4096
 FILES_IN_RANGES_BUDGET = 30.0  # seconds
 ORPHAN_SCAN_BUDGET = 20.0  # seconds for .lost+found
 LOST_FOUND = ".lost+found"
+_NLINK = struct.Struct("<I")  # btrfs_inode_item.nlink at offset 40
 FILES_IN_RANGES_ITEMS = 20_000_000
 
 
@@ -279,22 +280,32 @@ class BtrfsFilesystem(GuestFilesystem):
         brings its own subtree, so what it names is not an orphan of its own."""
         inodes, named = [], {sv.dirid}
         complete = True
-        for (oid, ktype, _off), data in items(self.dev, sv.root, (S.FIRST_FREE_OBJECTID, 0, 0),
-                                              (S.LAST_FREE_OBJECTID, 255, MAX),
-                                              lambda *a: None):
+        inode_t, index_t, item_t = S.INODE_ITEM_KEY, S.DIR_INDEX_KEY, S.DIR_ITEM_KEY
+        dir_item, head = S.DIR_ITEM, S.HEADER_SIZE
+        for leaf in leaves(self.dev, sv.root, lambda *a: None):
             if time.monotonic() > deadline:
                 complete = False
                 break
-            if ktype == S.INODE_ITEM_KEY:
-                if len(data) >= S.INODE_HEAD.size and S.INODE_HEAD.unpack_from(data, 0)[5]:
-                    inodes.append(oid)  # nlink > 0: an unlinked, still open file has 0
-            elif ktype in (S.DIR_INDEX_KEY, S.DIR_ITEM_KEY):
-                try:
-                    for e in parse_dir_items(data):
-                        if e.loc[1] == S.INODE_ITEM_KEY:
-                            named.add(e.loc[0])
-                except BtrfsError:
-                    continue
+            raw = leaf.raw
+            for j, (oid, ktype, _off) in enumerate(leaf.keys):
+                if ktype == inode_t:
+                    at = head + leaf.offs[j]
+                    if leaf.sizes[j] >= S.INODE_HEAD.size and _NLINK.unpack_from(raw, at + 40)[0]:
+                        inodes.append(oid)  # nlink > 0: an unlinked, still open file has 0
+                elif ktype in (index_t, item_t) and leaf.sizes[j] >= dir_item.size:
+                    loc, ltype, _o, _t, dlen, nlen, _ft = dir_item.unpack_from(
+                        raw, head + leaf.offs[j])
+                    if dir_item.size + nlen + dlen == leaf.sizes[j]:  # one entry: the usual
+                        if ltype == inode_t:
+                            named.add(loc)
+                        continue
+                    try:  # hash collisions: several entries in one DIR_ITEM
+                        for e in parse_dir_items(leaf.item(j)):
+                            if e.loc[1] == inode_t:
+                                named.add(e.loc[0])
+                    except BtrfsError:
+                        continue
+        inodes = [i for i in inodes if S.FIRST_FREE_OBJECTID <= i <= S.LAST_FREE_OBJECTID]
         return [i for i in inodes if i not in named], complete
 
     def _load_orphans(self, d: Dir):

@@ -76,6 +76,37 @@ def _walk(dev, bytenr, gen, level, first_key, lo, hi, upper, damage, seen):
         yield from _walk(dev, ptr, pgen, node.level - 1, k, lo, hi, nxt, damage, seen)
 
 
+def leaves(dev, root: TreeRoot, damage=None):
+    """Yield every leaf of the tree (a checked :class:`Node`), in key order: for whole-tree
+    scans that look at a few item types and should not pay for the rest."""
+    seen: set[int] = set()
+    yield from _leaves(dev, root.bytenr, root.generation, root.level, None, None, damage, seen)
+
+
+def _leaves(dev, bytenr, gen, level, first_key, upper, damage, seen):
+    if bytenr in seen or len(seen) >= MAX_BLOCKS_PER_WALK:
+        if damage is not None:
+            damage(first_key, upper, TreeBlockError(
+                f"tree block {bytenr:#x} is referenced twice (a loop) or the walk is too long",
+                bytenr))
+        return
+    seen.add(bytenr)
+    try:
+        node = dev.read_node(bytenr, gen, level, first_key)
+    except BtrfsError as e:
+        if damage is None:
+            raise
+        damage(first_key, upper, e)
+        return
+    if node.level == 0:
+        yield node
+        return
+    keys = node.keys
+    for j, (ptr, pgen) in enumerate(node.ptrs):
+        nxt = keys[j + 1] if j + 1 < len(keys) else upper
+        yield from _leaves(dev, ptr, pgen, node.level - 1, keys[j], nxt, damage, seen)
+
+
 def items_of(dev, root: TreeRoot, oids, type_lo: int, type_hi: int, damage=None):
     """Yield ``(key, data)`` of the items of the objects ``oids`` (sorted, unique) whose
     type lies in ``[type_lo, type_hi]``, in key order, entering only the blocks whose
