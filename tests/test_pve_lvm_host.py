@@ -99,6 +99,7 @@ def test_lvm_host_with_ext4_root(tmp_path):
     assert resolve(ctx.root, "vms/by-name/app").target == b"../120"
     missing = [e for e in ctx.report if e.code == "config-disk-missing"]
     assert len(missing) == 1 and "scsi1: vmstore:vm-120-disk-1" in missing[0].message
+    assert missing[0].path == "vms/120/qemu-server.conf"
     row = next(r for r in table(ctx) if r["vmid"] == 120)
     assert row["node"] == "pvelvm" and [(d["key"], d["status"]) for d in row["disks"]] == \
         [("scsi0", "found"), ("scsi1", "missing")]

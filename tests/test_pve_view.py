@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from conftest import FIXTURES, ROOT, require_fixture, sha256_source, unpack
 from mountutil import needs_fuse
 from pmxcfs_util import T0, PmxDB
 
@@ -181,6 +183,7 @@ def test_every_storage_type_resolves(tmp_path):
     assert ("config-disk-missing", "vms/100/qemu-server.conf") in codes
     missing = [m for c, _p, m in entries if c == "config-disk-missing"]
     assert len(missing) == 1 and "unused0: local-zfs:vm-100-disk-7" in missing[0]
+    assert "a volume of that name" not in missing[0]
     unknown = [m for c, _p, m in entries if c == "config-disk-unresolved"]
     assert len(unknown) == 1 and "san-lun" in unknown[0] and "'iscsi'" in unknown[0] \
         and "not guessed" in unknown[0]
@@ -335,3 +338,24 @@ def test_view_through_fuse(tmp_path):
         assert hashlib.sha256((etc / "storage.cfg").read_bytes()).digest() == \
             hashlib.sha256(STORAGE_CFG).digest()
         assert "scsi2 found" in (mnt / "README.txt").read_text()
+
+
+def test_missing_disk_names_a_same_named_volume_elsewhere_and_scan_prints_the_table(tmp_path):
+    """The config says local-lvm but the only vm-100-disk-0 found is a qcow2 file: missing
+    from its storage, and the entry says where a volume of that name is; `pvfs scan` shows
+    the guest table."""
+    host = _host(tmp_path, {"storage.cfg": STORAGE_CFG,
+                            "nodes/pve/qemu-server/100.conf": b"name: web\nostype: l26\n"
+                                                               b"scsi0: local-lvm:vm-100-disk-0\n"})
+    img = tmp_path / "loose" / "vm-100-disk-0.qcow2"
+    img.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "1M"], check=True)
+    ctx = discover([str(host), str(img)])
+    e = next(e for e in ctx.report if e.code == "config-disk-missing")
+    assert e.message.endswith("(a volume of that name is at vms/100/disk-0.raw)")
+    r = subprocess.run([sys.executable, "-m", "pvfs", "scan", str(host), str(img)],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    line = next(ln for ln in r.stdout.splitlines() if ln.split()[:2] == ["100", "VM"])
+    assert line.split()[2:5] == ["web", "pve", "l26"] and "scsi0 missing" in line
+    assert "vm-100-disk-0.qcow2 found, not in config" in line

@@ -279,6 +279,15 @@ def _base(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
+def _plain(name: str) -> str:
+    """The volume's name without directory or image extension (``vm-100-disk-0``)."""
+    base = _base(name)
+    for ext in (".raw", ".qcow2", ".vmdk", ".img"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
 def _storage_of(storages: dict, loc: Locator) -> str | None:
     for sid, st in storages.items():
         t = st.get("type")
@@ -665,9 +674,14 @@ def _report(ctx, guests, have_cluster: bool):
                 ctx.report.add("warning", "pve", conf, "config-disk-unresolved",
                                f"{what} {ref.key}{at}: {ref.volid}: {ref.note}")
             else:
+                base = _plain(ref.volid.partition(":")[2])
+                alike = [p for it in g.disks if _plain(it.loc.volname) == base
+                         and it.loc.snapshot == ref.section for p in it.placed[:1]]
+                hint = (f" in that storage (a volume of that name is at {', '.join(alike)})"
+                        if alike else "")
                 ctx.report.add("warning", "pve", conf, "config-disk-missing",
                                f"{what} {ref.key}{at}: {ref.volid} is in the config but no "
-                               f"input holds it")
+                               f"input holds it{hint}")
     if not have_cluster:
         return
     for g in guests.values():
