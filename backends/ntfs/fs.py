@@ -856,6 +856,10 @@ class NtfsFilesystem(GuestFilesystem):
                 return [], 0
             for rec in range(FIRST_USER_RECORD, count):
                 if time.monotonic() > deadline:
+                    self._damage("warning", "damage-map-incomplete", f"the MFT scan that maps "
+                                 f"unreadable bytes to files stopped at record {rec} of {count} "
+                                 "(time budget); more files may be damaged than the report "
+                                 "names")
                     break
                 roff = self.mft_record_offset(rec)
                 record_hit = roff is not None and hits(roff, rsize)

@@ -551,4 +551,8 @@ class XfsFilesystem(GuestFilesystem):
                 total += 1
                 if len(names) < limit:
                     names.append(path or ".")
+        if todo:
+            self._damage("warning", "damage-map-incomplete", f"the walk that maps unreadable "
+                         f"bytes to files stopped after {len(seen)} inodes (time budget); more "
+                         "files may be damaged than the report names")
         return names, total
