@@ -258,7 +258,6 @@ class NtfsFilesystem(GuestFilesystem):
         self.bad_records: set[int] = set()  # one damage entry per bad record, not per name
         self._placed_dirs: set[int] = set()  # directories already shown somewhere
         self._parent_map: dict[int, list[tuple[str, int]]] | None = None
-        self._dir_parent: dict[int, int] = {}
         self._mft_extents = self._extents_of(0)
         self.info = FilesystemInfo("ntfs", size=boot.size, uuid=f"{boot.serial:016X}",
                                    notes=notes)
@@ -406,7 +405,7 @@ class NtfsFilesystem(GuestFilesystem):
                 with self.lock:
                     try:
                         node = self._build(self.volume.get_file_entry(rec), rec, cpath,
-                                           depth + 1, record)
+                                           depth + 1)
                     except Exception:
                         node = self._synthetic(rec, cpath, depth + 1)
                 if node is None:
@@ -547,7 +546,7 @@ class NtfsFilesystem(GuestFilesystem):
                 node = self.nodes.get(rec)
                 if node is None:
                     try:
-                        node = self._build(child, rec, cpath, depth + 1, record)
+                        node = self._build(child, rec, cpath, depth + 1)
                     except Exception as e:
                         self.bad_records.add(rec)
                         self._damage("error", "bad-record", f"MFT record {rec}: {_short(e)}",
@@ -581,7 +580,7 @@ class NtfsFilesystem(GuestFilesystem):
         raw = self.source.read(off, self.boot.mft_record_size)
         return D.check_mft_record(raw, self.boot.bytes_per_sector)
 
-    def _build(self, e, rec: int, path: str, depth: int, parent_record: int):
+    def _build(self, e, rec: int, path: str, depth: int):
         """The node of one file entry (called under the lock)."""
         if not e.is_allocated():
             raise FormatError("record is not in use")
@@ -599,7 +598,6 @@ class NtfsFilesystem(GuestFilesystem):
         if e.has_directory_entries_index():
             node = Dir(mode=DIR_MODE, loader=lambda d: self._load_dir(d, rec, path, depth),
                        **times)
-            self._dir_parent[rec] = parent_record
             node.nlink = 1
             self._xattrs(e, rec, path, node)
             return node
@@ -800,7 +798,7 @@ class NtfsFilesystem(GuestFilesystem):
             with self.lock:
                 try:
                     node = self.nodes.get(rec) or \
-                        self._build(self.volume.get_file_entry(rec), rec, path, 2, -1)
+                        self._build(self.volume.get_file_entry(rec), rec, path, 2)
                 except Exception as ex:
                     self._damage("error", "bad-record", f"MFT record {rec}: {_short(ex)}", path)
                     continue
