@@ -136,3 +136,12 @@ def test_format_version_7_is_named():
     struct.pack_into("<IQ", tail, 41, 7, 0x88E241B785F4CFF7)
     with pytest.raises(RocksDBError, match="format_version 7 is not supported"):
         Table(BytesSource(bytes(4096) + bytes(tail)), "x.sst")
+
+
+def test_metaindex_size_beyond_the_file(fv6):
+    """(found by the fuzz test) a v6 footer whose metaindex size reaches before the file
+    start is a RocksDBError, not a negative read."""
+    b = bytearray((fv6 / "store.db" / SST).read_bytes())
+    struct.pack_into("<I", b, len(b) - 53 + 13, len(b) + 100)
+    with pytest.raises(RocksDBError, match="metaindex"):
+        Table(BytesSource(bytes(b)), SST, verify=False)

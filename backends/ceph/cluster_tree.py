@@ -192,12 +192,20 @@ def open_filestore_cluster(backend, key, members, ctx):
             continue
         js = st.journal_state()
         if js is not None and js[1] is not None:
-            st.journal_pending = js[1]
-            rep("warning", "filestore-journal-unapplied",
-                f"{name}: its FileStore journal holds transactions not applied to the "
-                f"filesystem (commit_op_seq {js[0]}, journal entries {js[1][0]}..{js[1][1]}); "
-                "they are not replayed: objects they changed may be older here than on other "
-                "OSDs (the newest object_info version among the given OSDs wins)")
+            done, why = st.replay_journal()
+            if why is None:
+                rep("info", "filestore-journal-replayed",
+                    f"{name}: journal entries {done[0]}..{done[1]} (above commit_op_seq "
+                    f"{js[0]}) were not applied to the filesystem; replayed in memory")
+            else:
+                st.journal_pending = js[1]
+                rep("warning", "filestore-journal-unapplied",
+                    f"{name}: its FileStore journal holds transactions not applied to the "
+                    f"filesystem (commit_op_seq {js[0]}, journal entries {js[1][0]}..{js[1][1]}); "
+                    f"replay stopped ({why}; entries {done[0] if done else '-'}.."
+                    f"{done[1] if done else '-'} applied in memory): objects they changed may "
+                    "be older here than on other OSDs (the newest object_info version among "
+                    "the given OSDs wins)")
         st.volume = types.SimpleNamespace(path=path)
         stores.append(st)
     if not stores:

@@ -21,10 +21,12 @@ reached here only through the node tree) holds ``type`` (``filestore``), ``fsid`
   ``.<snap>.<pool>.<HASH>[.<gen>.<shard>]``), its ``seq`` (first field of the versioned
   ``_Header``), values at prefix ``_USER_<seq as 16 decimal digits>_USER_`` (``header_key``: ``%.16" PRId64``).
 
-The journal's unapplied entries (``commit_op_seq`` below the journal's
-``committed_up_to``) are not replayed: such an OSD's objects may be older than their
-replicas, which the replica merge (rbd.py: newest ``object_info_t.version`` wins) resolves
-when another copy is given; the OSD is reported.
+Journal (fsjournal.py): the entries above ``current/commit_op_seq`` (journaled, acked,
+not yet applied to the files when the OSD died) are replayed in memory — writes, zeroing,
+truncation, touch, remove, clone, setattr(s)/rmattr(s), omap set/remove/clear — on top of
+the files and the omap, as ``FileStore::_do_transaction`` would.  An entry with another
+op (or one that fails its crc before the pending range ends) stops the replay: the OSD is
+reported and objects whose only copy it holds are reported ``possibly-stale``.
 
 References: ceph/src/os/filestore/{LFNIndex.cc, HashIndex.cc, FileStore.cc,
 chain_xattr.cc, DBObjectMap.cc, FileJournal.{h,cc}}, ceph/src/os/ObjectMap.h.
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 
 from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, File
+from pvfs.source import Source
 
 from .errors import CephError
 from .keys import (CEPH_NOSNAP, CEPH_SNAPDIR, NO_GEN, NO_SHARD, ObjectId, decode_onode_key,
@@ -222,6 +225,7 @@ class FileStoreOsd(OsdStore):
         self._files = {}  # onode-style key -> (File, relative path)
         self._kv = None
         self._kv_error = None
+        self._replayed = {}  # key -> _Replayed: journal entries applied in memory
         fsid = small_file(root, "fsid")
         try:
             osd_uuid = uuid.UUID(fsid) if fsid else None
@@ -299,6 +303,10 @@ class FileStoreOsd(OsdStore):
         return hit
 
     def onode(self, key):
+        key = bytes(key)
+        rep = self._replayed.get(key)
+        if rep is not None and rep.node is None:  # created by the journal
+            return FsOnode(rep.size(0), rep.merged_attrs({}), "(FileStore journal)")
         node, rel = self._file(key)
         attrs = {}
         names = set()
@@ -312,9 +320,17 @@ class FileStoreOsd(OsdStore):
         if spilled:
             for k, v in self._spilled_attrs(key).items():
                 attrs.setdefault(k, v)
+        if rep is not None:
+            return FsOnode(rep.size(node.size), rep.merged_attrs(attrs), rel + " (+ journal)",
+                           spilled=spilled)
         return FsOnode(node.size, attrs, rel, spilled=spilled)
 
     def object_source(self, key, size=None, label=None, on_damage=None):
+        key = bytes(key)
+        rep = self._replayed.get(key)
+        if rep is not None:
+            base = rep.node.source if rep.node is not None else None
+            return JournalPatchedSource(base, rep.ops, label=label or self.name)
         node, _rel = self._file(key)
         return node.source
 
@@ -354,14 +370,21 @@ class FileStoreOsd(OsdStore):
         return {bytes(k): bytes(v) for k, v in self.kv().iterate(prefix)}
 
     def omap(self, key, oid):
-        hs = self._header_seq(key)
-        if hs is None:
-            return {}
-        seq, parent = hs
+        key = bytes(key)
+        rep = self._replayed.get(key)
+        hs = self._header_seq(key) if rep is None or rep.node is not None else None
         out = {}
-        if parent:  # a cloned object map: the parent's keys below the child's
-            out.update(self._prefix_items(f"_USER_{parent:016d}_USER_"))
-        out.update(self._prefix_items(f"_USER_{seq:016d}_USER_"))
+        if hs is not None and not (rep is not None and rep.omap_cleared):
+            seq, parent = hs
+            if parent:  # a cloned object map: the parent's keys below the child's
+                out.update(self._prefix_items(f"_USER_{parent:016d}_USER_"))
+            out.update(self._prefix_items(f"_USER_{seq:016d}_USER_"))
+        if rep is not None:
+            for k, v in rep.omap.items():
+                if v is None:
+                    out.pop(k, None)
+                else:
+                    out[k] = v
         return out
 
     def _spilled_attrs(self, key):
@@ -372,6 +395,103 @@ class FileStoreOsd(OsdStore):
                 for k, v in self._prefix_items(f"_USER_{hs[0]:016d}_AXATTR_").items()}
 
     # -- journal --------------------------------------------------------------------------------
+    def replay_journal(self):
+        """Apply the journal's unapplied entries in memory (``FileStore::_do_transaction``
+        for the ops RBD and the PG machinery use).  An entry with an op that is not
+        understood stops the replay before it.  Returns ``(applied seqs [first, last] or
+        None, why it stopped or None)``."""
+        from .fsjournal import JournalError, read_entries
+
+        st = self.journal_state()
+        if st is None or st[1] is None:
+            return None, None
+        cos = st[0]
+        j = self.root.children()["journal"]
+        raw = j.source.read(0, 76)
+        _v, _n, _fl, _fsid, bsize, _al, max_size, start, _c, start_seq = \
+            struct.unpack_from("<IIQ16sIIqqQQ", raw, 0)
+        first = last = None
+        try:
+            for e in read_entries(j.source, start, start_seq, cos, max_size, bsize):
+                bad = [o for t in e.transactions for o in t
+                       if o.op not in _APPLY or (o.op != 0 and o.oid is None)]
+                if bad:
+                    return ((first, last) if first else None,
+                            f"entry {e.seq}: op {bad[0].name} is not replayed")
+                for t in e.transactions:
+                    for o in t:
+                        self._apply(o)
+                first = e.seq if first is None else first
+                last = e.seq
+        except (JournalError, UnreadableError) as ex:
+            return ((first, last) if first else None, f"after entry {last}: {ex}")
+        done = (first, last) if first else None
+        if last != st[1][1]:  # (the pending range came from a walk without crc checks)
+            return done, f"entry {(last or cos) + 1} fails its crc or does not decode"
+        return done, None
+
+    def _state(self, oid, create=False):
+        key = encode_onode_key(oid)
+        rep = self._replayed.get(key)
+        if rep is None:
+            hit = self._files.get(key)
+            if hit is None and not create:
+                return key, None
+            rep = self._replayed[key] = _Replayed(hit[0] if hit else None)
+            if hit is None:
+                self.other.setdefault((oid.pool, oid.nspace, oid.name), {})[oid.snap] = key
+                self._sorted_other.clear()
+                self.count += 1
+        return key, rep
+
+    def _apply(self, o):
+        from . import fsjournal as J
+
+        if o.op in (J.OP_NOP, J.OP_SETALLOCHINT, J.OP_COLL_HINT, 27):
+            return
+        if o.op == J.OP_REMOVE:
+            key = encode_onode_key(o.oid)
+            self._replayed.pop(key, None)
+            self._files.pop(key, None)
+            snaps = self.other.get((o.oid.pool, o.oid.nspace, o.oid.name))
+            if snaps and snaps.get(o.oid.snap) == key:
+                del snaps[o.oid.snap]
+                if not snaps:
+                    del self.other[(o.oid.pool, o.oid.nspace, o.oid.name)]
+                self._sorted_other.clear()
+            return
+        if o.op == J.OP_CLONE:
+            _sk, src = self._state(o.oid, create=True)
+            dkey, dst = self._state(o.dest, create=True)
+            dst.node, dst.ops = src.node, list(src.ops)
+            dst.attrs, dst.attrs_cleared = dict(src.attrs), src.attrs_cleared
+            if src.node is not None:  # the clone's own xattrs are the source's
+                self._files[dkey] = self._files[encode_onode_key(o.oid)]
+            return
+        _key, rep = self._state(o.oid, create=True)
+        if o.op == J.OP_WRITE:
+            rep.ops.append(("w", o.off, o.data))
+        elif o.op == J.OP_ZERO:
+            rep.ops.append(("z", o.off, o.len))
+        elif o.op == J.OP_TRUNCATE:
+            rep.ops.append(("t", o.off, 0))
+        elif o.op in (J.OP_SETATTRS, J.OP_SETATTR):
+            for k, v in o.attrs.items():
+                rep.attrs[k.decode("utf-8", "surrogateescape")] = v
+        elif o.op == J.OP_RMATTR:
+            for k in o.keys:
+                rep.attrs[k.decode("utf-8", "surrogateescape")] = None
+        elif o.op == J.OP_RMATTRS:
+            rep.attrs, rep.attrs_cleared = {}, True
+        elif o.op == J.OP_OMAP_SETKEYS:
+            rep.omap.update(o.attrs)
+        elif o.op == J.OP_OMAP_RMKEYS:
+            for k in o.keys:
+                rep.omap[k] = None
+        elif o.op == J.OP_OMAP_CLEAR:
+            rep.omap, rep.omap_cleared = {}, True
+        # OP_TOUCH: created above
+
     def journal_state(self):
         """``(commit_op_seq, [first, last] seq of the journal entries not yet applied)``,
         or None when there is no readable journal.
@@ -424,3 +544,73 @@ def _chained(xattrs, name: bytes) -> bytes:
             break
         parts.append(bytes(p))
     return b"".join(parts)
+
+
+#: ops ``replay_journal`` applies (others stop the replay)
+_APPLY = {0, 9, 10, 11, 12, 13, 14, 15, 16, 17, 27, 28, 31, 32, 33, 39, 40}
+
+
+class _Replayed:
+    """An object as the journal left it: the file (or None: created by the journal),
+    data ops in order, attrs set/removed, omap keys set/removed."""
+
+    def __init__(self, node):
+        self.node = node
+        self.ops = []  # ("w", off, bytes) | ("z", off, len) | ("t", size, 0)
+        self.attrs = {}
+        self.attrs_cleared = False
+        self.omap = {}
+        self.omap_cleared = False
+
+    def size(self, base_size):
+        return _final_size(base_size if self.node is not None else 0, self.ops)
+
+    def merged_attrs(self, base):
+        out = {} if self.attrs_cleared else dict(base)
+        for k, v in self.attrs.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = v
+        return out
+
+
+def _final_size(size, ops):
+    for kind, off, arg in ops:
+        if kind == "w":
+            size = max(size, off + len(arg))
+        elif kind == "z":
+            size = max(size, off + arg)
+        else:
+            size = off
+    return size
+
+
+class JournalPatchedSource(Source):
+    """An object file (or nothing) with the journal's writes, zeroings and truncations
+    applied in order."""
+
+    def __init__(self, base, ops, label="journal"):
+        super().__init__()
+        self.base = base
+        self.ops = ops
+        self.size = _final_size(base.size if base is not None else 0, ops)
+        self.label = label
+
+    def _read(self, offset, length):
+        end = offset + length
+        size = self.base.size if self.base is not None else 0
+        avail = max(0, min(end, size) - offset)
+        buf = bytearray(self.base.read(offset, avail) if avail else b"")
+        buf.extend(bytes(length - len(buf)))
+        for kind, off, arg in self.ops:
+            if kind == "t":
+                lo = max(off, offset)
+                if lo < end:
+                    buf[lo - offset:] = bytes(end - lo)
+                continue
+            n = len(arg) if kind == "w" else arg
+            lo, hi = max(off, offset), min(off + n, end)
+            if lo < hi:
+                buf[lo - offset:hi - offset] = arg[lo - off:hi - off] if kind == "w" else bytes(hi - lo)
+        return bytes(buf)

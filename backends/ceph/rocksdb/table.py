@@ -103,7 +103,7 @@ class Table:
             m_off, m_size, pos = decode_handle(handles, 0, len(handles))
             i_off, i_size, _ = decode_handle(handles, pos, len(handles))
         self.meta = {}
-        if m_off + m_size + kBlockTrailerSize > size or m_size > MAX_BLOCK:
+        if m_off < 0 or m_off + m_size + kBlockTrailerSize > size or m_size > MAX_BLOCK:
             raise RocksDBError(f"{name}: metaindex handle {m_off:#x}+{m_size:#x} outside the file")
         self.meta = {k.decode("latin-1"): decode_handle(v)[:2]
                      for k, v in iter_entries(self._block(m_off, m_size))}
