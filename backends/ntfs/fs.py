@@ -435,7 +435,7 @@ class NtfsFilesystem(GuestFilesystem):
             for atype, _n, v in D.resident_attributes(raw):
                 if atype == D.AT_STANDARD_INFORMATION and v is not None and len(v) >= 32:
                     si = struct.unpack_from("<QQQQ", v, 0)
-        except (FormatError, UnreadableError) as e:
+        except Exception as e:  # hostile bytes: one damage entry, never a traceback
             self._damage("error", "bad-record", f"MFT record {rec}: {e}", path,
                          getattr(e, "ranges", ()))
             return None
@@ -497,7 +497,7 @@ class NtfsFilesystem(GuestFilesystem):
                     if fn is not None and fn[2] != 2:
                         out.append((fn[0], fn[1]))
             return out
-        except (FormatError, UnreadableError):
+        except Exception:  # an unreadable or hostile record names nothing
             return []
 
     def _list_index(self, d: Dir, record: int, path: str, depth: int, listed: set):
