@@ -289,7 +289,8 @@ def compare_tree(root: Dir, truth: dict, skip=()) -> int:
     def skipped(p):
         return any(p == s or p.startswith(s + "/") for s in skip)
 
-    ours = {p: n for p, n in walk(root) if p and not skipped(p)}
+    ours = {p: n for p, n in walk(root) if p and not skipped(p)
+            and not p.startswith(".lost+found")}
     theirs = {p: e for p, e in truth.items() if p and not skipped(p)}
     assert sorted(ours) == sorted(theirs)
     by_ino = {}
@@ -342,8 +343,9 @@ def test_v4_tree_equals_mkfs_proto():
     img, spec = build_v4_image()
     ctx, fs, root = open_fs(FileSource(img))
     assert fs.geo.version == 4 and not fs.geo.ftype and fs.info.label == "pvfs-v4"
-    ours = {p: n for p, n in walk(root) if p}
+    ours = {p: n for p, n in walk(root) if p and not p.startswith(".lost+found")}
     assert sorted(ours) == sorted(spec)
+    assert list(resolve(root, ".lost+found").children()) == []
     types = {"-": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "c": stat.S_IFCHR,
              "b": stat.S_IFBLK, "p": stat.S_IFIFO}
     for path, (t, perm, uid, gid, payload) in spec.items():
@@ -395,7 +397,9 @@ def test_ag1_header_zeroed_loses_nothing(v5_image):
     src = PatchedSource(FileSource(img), {agblocks * bs: bytes(4 * 512)})
     ctx, fs, root = open_fs(src)
     assert compare_tree(root, truth) > 2800
-    assert not list(ctx.report)
+    # only the search for unreachable inodes needs AG 1's AGI, and says so
+    assert [(e.severity, e.code) for e in ctx.report] == [("warning", "inode-btree-unreadable")]
+    assert "AG 1" in next(iter(ctx.report)).message
 
 
 def test_primary_superblock_zeroed_uses_secondary(v5_image):
@@ -430,6 +434,26 @@ def test_one_bad_inode_is_one_damage_entry(v5_image):
         assert f"inode {ino}" in errs[0].message
         names, total = fs.files_in_ranges([(off, isz)])
         assert total == 0 or how == "unreadable" or names  # garbage may still parse its slot
+
+
+def test_lost_directory_found_through_the_inode_btree(v5_image):
+    """etc's inode zeroed: etc/deep (reached by nothing else) is found by walking the
+    inode btrees and shown as .lost+found/<inode> with its subtree; nothing reached
+    through another name (hl3) is listed there."""
+    img, truth = v5_image
+    ino = truth["etc"]["ino"]
+    _bs, _a, isz, *_ = _geometry(img)
+    ctx, fs, root = open_fs(PatchedSource(FileSource(img), {_inode_offset(img, ino): bytes(isz)}))
+    lost = resolve(root, ".lost+found")
+    names = set(lost.children())
+    deep = str(truth["etc/deep"]["ino"])
+    assert deep in names
+    assert isinstance(resolve(lost, f"{deep}/er/still"), Dir)
+    assert str(truth["etc/hello.txt"]["ino"]) not in names  # hl3 reaches it
+    assert names == {deep}
+    assert any(e.code == "lost-inodes" for e in ctx.report)
+    # with every inode reachable the scan finds nothing
+    assert list(resolve(open_fs(FileSource(img))[2], ".lost+found").children()) == []
 
 
 def test_bad_directory_block_loses_only_that_block(v5_image):
@@ -622,7 +646,10 @@ def test_fuzz_ondisk_parsers(data):
                lambda: list(D.attr_leaf_entries(data.ljust(4096, b"\0"), False)),
                lambda: D.xfs_acl_to_posix(data), lambda: D.bmdr_root(data),
                lambda: D.unpack_extents(data, 100),
-               lambda: D.log_record_header(data.ljust(512, b"\0"))):
+               lambda: D.log_record_header(data.ljust(512, b"\0")),
+               lambda: D.agi_root(b"XAGI" + data.ljust(60, b"\0")),
+               lambda: D.inobt_block(b"IAB3" + data.ljust(4092, b"\0"), True, True),
+               lambda: D.inobt_block(b"IABT" + data.ljust(1020, b"\0"), False, False)):
         try:
             fn()
         except FormatError:

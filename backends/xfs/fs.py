@@ -289,7 +289,105 @@ class XfsFilesystem(GuestFilesystem):
         if not isinstance(node, Dir):
             self._damage("error", "bad-root", f"root inode {ino} is not a directory", "")
             return Dir(mode=0o555)
+        node.add(".lost+found", Dir(mode=0o500, loader=self._load_lost))
         return node
+
+    # -- inodes no directory reaches ---------------------------------------------------
+    def _reached(self, deadline) -> set[int]:
+        seen, todo = {self.geo.rootino}, [self.geo.rootino]
+        while todo and time.monotonic() < deadline:
+            ino = todo.pop()
+            try:
+                inode = self.read_inode(ino)
+                if not stat.S_ISDIR(inode.mode):
+                    continue
+                entries = self.dir_entries(inode, [])
+            except BAD:
+                continue
+            for _name, child in entries:
+                if child not in seen:
+                    seen.add(child)
+                    todo.append(child)
+        return seen
+
+    def _in_use_inodes(self, deadline):
+        """Yield the inode numbers the inode btrees of all AGs mark in use; an AG whose
+        AGI or btree is unreadable is reported and skipped."""
+        g = self.geo
+        sparse = bool(g.incompat & D.XFS_SB_FEAT_INCOMPAT_SPINODES)
+        for agno in range(g.agcount):
+            try:
+                agi = self.source.read(agno * g.agblocks * g.blocksize + 2 * g.sectsize,
+                                       g.sectsize)
+                root, level = D.agi_root(agi)
+                todo, seen = [(root, level - 1)], set()
+                while todo:
+                    if time.monotonic() > deadline:
+                        return
+                    agbno, want = todo.pop()
+                    if agbno in seen or agbno >= g.agblocks or len(seen) > MAX_BMBT_BLOCKS:
+                        raise FormatError("inode btree loops or points outside its AG")
+                    seen.add(agbno)
+                    block = self.read_block((agno << g.agblklog) + agbno)
+                    lvl, items = D.inobt_block(block, g.crc, sparse)
+                    if lvl != want:
+                        raise FormatError(f"inode btree block {agbno} has level {lvl}")
+                    if lvl:
+                        todo.extend((c, lvl - 1) for c in items)
+                        continue
+                    for start, used in items:
+                        for i in range(D.XFS_INODES_PER_CHUNK):
+                            if used >> i & 1:
+                                yield (agno << (g.agblklog + g.inopblog)) | (start + i)
+            except BAD as e:
+                self._damage("warning", "inode-btree-unreadable", f"AG {agno}: the inode "
+                             f"btree cannot be read ({e}); inodes no directory reaches are "
+                             "not searched there", ".lost+found")
+
+    def _load_lost(self, d: Dir):
+        """In-use inodes that no directory reaches, by inode number (a lost directory
+        brings its subtree).  Bounded by SCAN_BUDGET_S."""
+        deadline = time.monotonic() + SCAN_BUDGET_S
+        reached = self._reached(deadline)
+        skip = reached | set(self.geo.meta_inos)
+        lost = {}
+        for ino in self._in_use_inodes(deadline):
+            if ino in skip:
+                continue
+            try:
+                inode = self.read_inode(ino)
+            except BAD:
+                continue  # reported if ever met through a directory
+            if inode.nlink == 0 or inode.mode == 0:
+                continue  # unlinked but still open, or a free slot
+            lost[ino] = inode
+        if time.monotonic() > deadline:
+            self._damage("warning", "scan-incomplete", "the search for inodes no directory "
+                         "reaches ran out of time", ".lost+found")
+        inside = set()
+        for inode in lost.values():
+            if stat.S_ISDIR(inode.mode):
+                try:
+                    inside.update(c for _n, c in self.dir_entries(inode, []))
+                except BAD:
+                    pass
+        shown = 0
+        for ino in sorted(lost):
+            if ino in inside:
+                continue  # shown inside its lost directory
+            node = self.nodes.get(ino)
+            if node is None:
+                try:
+                    node = self._build(ino, f".lost+found/{ino}")
+                except BAD as e:
+                    self._damage("error", "bad-inode", f"inode {ino}: {e}",
+                                 f".lost+found/{ino}", getattr(e, "ranges", ()))
+                    continue
+            d.add(str(ino), node)
+            shown += 1
+        if shown:
+            self._damage("warning", "lost-inodes", f"{shown} in-use inodes that no directory "
+                         "lists are shown here by inode number", ".lost+found")
 
     def dir_entries(self, inode: D.Inode, errors: list | None = None):
         """``[(name bytes, inode number)]`` of a directory inode (no ``.``/``..``).

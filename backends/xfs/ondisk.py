@@ -135,6 +135,8 @@ class Geometry:
     logstart: int
     logblocks: int
     incompat: int
+    sectsize: int = 512
+    meta_inos: tuple = ()  # realtime bitmap/summary and quota inodes: in use, in no directory
 
     @property
     def crc(self) -> bool:
@@ -210,7 +212,9 @@ def parse_superblock(data: bytes, volume_size: int | None = None) -> Geometry:
         bigtime=bool(incompat & XFS_SB_FEAT_INCOMPAT_BIGTIME),
         nrext64=bool(incompat & XFS_SB_FEAT_INCOMPAT_NREXT64), crc_ok=crc_ok,
         icount=sb.icount, ifree=sb.ifree, fdblocks=sb.fdblocks, logstart=sb.logstart,
-        logblocks=sb.logblocks, incompat=incompat)
+        logblocks=sb.logblocks, incompat=incompat, sectsize=sb.sectsize,
+        meta_inos=tuple(i for i in (sb.rbmino, sb.rsumino, sb.uquotino, sb.gquotino,
+                                    sb.pquotino) if i not in (0, (1 << 64) - 1)))
 
 
 # -- inodes ---------------------------------------------------------------------------------
@@ -360,6 +364,51 @@ def bmbt_children(block: bytes, numrecs: int, hdr: int):
     maxrecs = (len(block) - hdr) // 16
     ptr0 = hdr + maxrecs * 8
     return [struct.unpack_from(">Q", block, ptr0 + 8 * i)[0] for i in range(numrecs)]
+
+
+# -- inode btree (for inodes no directory reaches) ----------------------------------
+
+XFS_AGI_MAGIC = b"XAGI"
+INOBT_MAGICS = {b"IABT": False, b"IAB3": True}
+XFS_INODES_PER_CHUNK = 64
+XFS_INODES_PER_HOLEMASK_BIT = 4
+
+
+def agi_root(sector: bytes):
+    """``(root block, levels)`` of the inode btree from an AGI sector."""
+    if sector[:4] != XFS_AGI_MAGIC:
+        raise FormatError(f"bad AGI magic {sector[:4]!r}")
+    root, level = struct.unpack_from(">II", sector, 20)
+    if level == 0 or level > 8:
+        raise FormatError(f"inode btree of {level} levels")
+    return root, level
+
+
+def inobt_block(block: bytes, crc: bool, sparse: bool):
+    """``(level, [child AG blocks])`` of a node or ``(0, [(first agino, in-use
+    mask)])`` of a leaf of the inode btree."""
+    if INOBT_MAGICS.get(block[:4]) is not crc:
+        raise FormatError(f"bad inode btree block magic {block[:4]!r}")
+    level, numrecs = struct.unpack_from(">HH", block, 4)
+    hdr = 56 if crc else 16
+    if level:
+        maxrecs = (len(block) - hdr) // 8
+        if numrecs > maxrecs:
+            raise FormatError(f"inode btree node with {numrecs} records")
+        ptr0 = hdr + 4 * maxrecs
+        return level, [struct.unpack_from(">I", block, ptr0 + 4 * i)[0] for i in range(numrecs)]
+    if hdr + 16 * numrecs > len(block):
+        raise FormatError(f"inode btree leaf with {numrecs} records")
+    out = []
+    for i in range(numrecs):
+        start, holemask, free = struct.unpack_from(">IH2xQ", block, hdr + 16 * i)
+        used = ~free & ((1 << 64) - 1)
+        if sparse:
+            for b in range(16):
+                if holemask >> b & 1:
+                    used &= ~(0xF << (b * XFS_INODES_PER_HOLEMASK_BIT))
+        out.append((start, used))
+    return 0, out
 
 
 # -- directories ----------------------------------------------------------------------
