@@ -664,7 +664,14 @@ def _fuzz_targets(img: str) -> list[int]:
     directory, extent-map and attribute forks."""
     fs = open_fs(FileSource(img))[1]
     root = fs.read_inode(fs.geo.rootino)
-    targets = [fs.inode_offset(fs.geo.rootino)]
+    g = fs.geo
+    targets = [fs.inode_offset(g.rootino)]
+    for agno in range(g.agcount):  # AGIs and inode btree roots (the .lost+found search)
+        agi = agno * g.agblocks * g.blocksize + 2 * g.sectsize
+        targets.append(agi)
+        with open(img, "rb") as f:
+            f.seek(agi + 20)
+            targets.append((agno * g.agblocks + int.from_bytes(f.read(4), "big")) * g.blocksize)
     for _name, ino in fs.dir_entries(root)[:40]:
         targets.append(fs.inode_offset(ino))
         inode = fs.read_inode(ino)
