@@ -29,7 +29,9 @@ from pvfs.source import (
     BAD_EIO, BytesSource, ExtentSource, MissingSource, SliceSource, Source,
 )
 
-from .structs import EXT4_ENCRYPT_FL, EXT4_HUGE_FILE_FL, EXT4_INLINE_DATA_FL, EXT4_ROOT_INO
+from .structs import (
+    EXT4_ENCRYPT_FL, EXT4_HUGE_FILE_FL, EXT4_INLINE_DATA_FL, EXT4_ROOT_INO, EXT4_XATTR_MAGIC,
+)
 from .superblock import Ext4Error
 from .volume import (
     RUN_BAD, RUN_DATA, Ext4Volume, InodeError, Problem, device_number,
@@ -39,6 +41,7 @@ LAYER = "ext4"
 #: Exceptions a parser may raise on bytes no check foresaw (caught per entry, so a bug on
 #: hostile input costs that entry, not the directory; the fuzz tests look for them).
 _PARSER_SLIPS = (struct.error, ValueError, IndexError, KeyError, OverflowError)
+_XATTR_MAGIC_LE = struct.pack("<I", EXT4_XATTR_MAGIC)  # the in-inode xattr area's header
 #: Regular files that need more than an extent map (ExtentSource) to read.
 _SLOW_FILE_FLAGS = EXT4_ENCRYPT_FL | EXT4_INLINE_DATA_FL
 MAX_LINK_CACHE = 1_000_000  # hard-linked inodes remembered (one node per inode)
@@ -303,8 +306,9 @@ class Ext4Filesystem(GuestFilesystem):
     def _finish(self, node, inode, rel, problems, t):
         """Link count, xattrs, problems, and one node per hard-linked inode."""
         node.nlink = links = inode.links
-        if inode.file_acl or inode.extra_isize:  # else there is nowhere to keep xattrs
-            node.xattrs = self.vol.xattrs(inode, problems)
+        x = inode.extra_isize
+        if inode.file_acl or (x and inode.raw[128 + x:132 + x] == _XATTR_MAGIC_LE):
+            node.xattrs = self.vol.xattrs(inode, problems)  # else there are none
         if problems:
             self._problems(problems, rel)
         if links > 1 and t != stat.S_IFDIR and len(self._links) < MAX_LINK_CACHE:
