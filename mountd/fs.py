@@ -125,7 +125,7 @@ class PvfsOperations(pyfuse3.Operations):
         a.entry_timeout = timeout
         a.attr_timeout = timeout
         a.st_mode = node.mode
-        a.st_nlink = node.nlink if not isinstance(node, Dir) else 2
+        a.st_nlink = node.nlink if not isinstance(node, Dir) else max(2, node.nlink)
         a.st_uid = node.uid
         a.st_gid = node.gid
         a.st_rdev = node.rdev

@@ -24,8 +24,6 @@ References: Linux ``fs/btrfs/inode.c`` (``btrfs_lookup_dentry``,
 from __future__ import annotations
 
 import bisect
-import contextlib
-import gc
 import os
 import stat
 import struct
@@ -35,7 +33,7 @@ import weakref
 from dataclasses import dataclass
 
 from pvfs.guestfs import FilesystemInfo, GuestFilesystem
-from pvfs.nodes import Dir, File, Special, Symlink, Timestamp
+from pvfs.nodes import gc_paused, Dir, File, Special, Symlink, Timestamp
 from pvfs.source import BytesSource, MissingSource
 
 from . import structs as S
@@ -57,34 +55,6 @@ ORPHAN_SCAN_BUDGET = 20.0  # seconds for .lost+found
 LOST_FOUND = ".lost+found"
 _NLINK = struct.Struct("<I")  # btrfs_inode_item.nlink at offset 40
 FILES_IN_RANGES_ITEMS = 20_000_000
-
-
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def _no_gc():
-    """The cyclic garbage collector paused while a directory is loaded: a listing makes
-    tens of thousands of short-lived objects and no cycles, and the collections they
-    trigger walk the whole, growing node tree (measured: 20,000 entries 0.56 s of CPU
-    with the collector, 0.24 s without).  Nested and concurrent loaders share one pause;
-    the collector is back on when the last one ends.  (backends/ext4 does the same; a
-    shared helper in pvfs/ would serve both.)"""
-    global _gc_users, _gc_was_enabled
-    with _gc_lock:
-        _gc_users += 1
-        if _gc_users == 1:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 @dataclass
@@ -263,7 +233,7 @@ class BtrfsFilesystem(GuestFilesystem):
         return node
 
     def _fill_dir(self, dnode: Dir, tree_id: int, ino: int, relpath: str):
-        with _no_gc():
+        with gc_paused():
             self._fill_dir_entries(dnode, tree_id, ino, relpath)
             if tree_id == S.FS_TREE_OBJECTID and relpath == "":
                 self._add_lost_found(dnode)
@@ -313,7 +283,7 @@ class BtrfsFilesystem(GuestFilesystem):
         inodes no directory reaches, shown (btrfs check would relink them)."""
         deadline = time.monotonic() + ORPHAN_SCAN_BUDGET
         found = 0
-        with _no_gc():
+        with gc_paused():
             for tree_id, _prefix in sorted(self.subvolume_paths(deadline).items()):
                 try:
                     sv = self.subvol(tree_id)
