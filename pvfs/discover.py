@@ -734,7 +734,8 @@ def map_filesystem_damage(ctx):
             continue
         fs.info.damaged_files = total
         if total:
-            where = vol.files_paths[0] if vol.files_paths else vol.path
+            shown = [p for p in vol.files_paths if p.startswith(("vms/", "cts/"))]
+            where = (shown or vol.files_paths or [vol.path])[0]
             shown = ", ".join(names)
             more = f" and {total - len(names)} more" if total > len(names) else ""
             ctx.report.add("error", fs.info.fstype, where, "files-damaged",

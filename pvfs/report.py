@@ -167,6 +167,7 @@ def report_text(ctx) -> str:
     for v in children.get(None, []):
         show(v, 1)
     lines.append("")
+    from .fsreport import guest_fs_lines
     from .proxmox.view import guest_ids, table_text
 
     if guest_ids(ctx.vms_root):
@@ -178,6 +179,11 @@ def report_text(ctx) -> str:
         lines.append("")
         lines.append("Guests (from the cluster configs, backups and volume names):")
         lines.extend(rows)
+    fs_lines = guest_fs_lines(ctx)
+    if fs_lines:
+        lines.append("")
+        lines.append("Guest filesystems, per VM and container:")
+        lines.extend(fs_lines)
     entries = list(ctx.report)
     if entries:
         lines.append("")

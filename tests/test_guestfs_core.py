@@ -87,7 +87,7 @@ def test_damage_is_mapped_to_files():
     map_filesystem_damage(ctx)
     assert fs.asked and fs.info.damaged_files == 60
     e = next(e for e in ctx.report if e.code == "files-damaged")
-    assert e.path == "storage/files/vm-102-disk-0.qcow2/disk.files/p2"
+    assert e.path == "vms/102/disk-0.files/p2"  # the place users look first
     assert e.message.startswith("60 files or directories lie on unreadable bytes: dir/f0, ")
     assert e.message.endswith("dir/f49 and 10 more")
     assert [tuple(r) for r in e.ranges] == [tuple(r) for r in fs.asked[0]]
@@ -102,3 +102,4 @@ def test_lv_of_a_guest_vg_lands_under_the_vm_disk():
     used = ctx.add_filesystem(lv, OneFile(lv.source.size))
     assert used == ["storage/lvm/vg0/root.files", "vms/100/disk-0.files/vg0-root"]
     assert resolve(ctx.root, "vms/100/disk-0.files/vg0-root/hello.txt") is not None
+
