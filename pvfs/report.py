@@ -247,6 +247,13 @@ def readme_text(ctx) -> str:
         "  is named in report.json (code files-damaged); every other file reads normally.",
         "",
     ]
+    from .fsreport import guest_fs_lines
+
+    per_guest = guest_fs_lines(ctx)
+    if per_guest:
+        out.append("Guest filesystems, per VM and container:")
+        out.extend(per_guest)
+        out.append("")
     fs_rows = [f"  {_fs_line(v)}" for v in ctx.volumes if v.guestfs is not None and v.files_paths]
     if fs_rows:
         out.append("Guest filesystems:")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pvfs.discover import discover
-from pvfs.report import report_text
+from pvfs.report import readme_text, report_text
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -24,3 +24,4 @@ def test_scan_says_per_vm_whether_its_filesystems_are_intact():
     hit = [e for e in ctx.report if e.code == "files-damaged" and e.path.startswith("vms/102/")]
     assert hit and "1 files or directories lie on unreadable bytes" in hit[0].message
     assert "Guest filesystems, per VM and container:" in report_text(ctx)
+    assert "\n  VM 100: 2 guest filesystems, all intact (ext4)\n" in readme_text(ctx)
