@@ -14,6 +14,8 @@ Backup Server datastore on its own dataset, or under ``mnt/datastore/``).
 
 from __future__ import annotations
 
+import re
+
 from .nodes import Dir, File, resolve
 
 #: Where a storage can sit relative to a file system root.
@@ -77,7 +79,11 @@ def _storage_dirs(ctx, dirs):
     """Yield ``(dir, tree_path, fs_root_path)`` of candidate Proxmox directory storages."""
     seen = ctx.scanned_storage_dirs
     for node, path, _depth in dirs:
-        for rel in CANDIDATES:
+        rels = list(CANDIDATES)
+        pve = resolve(node, "var/lib/pve")  # btrfs storages: /var/lib/pve/<storage id>
+        if isinstance(pve, Dir):
+            rels += [f"var/lib/pve/{n}" for n, d in pve.children().items() if isinstance(d, Dir)]
+        for rel in rels:
             cand = resolve(node, rel) if rel else node
             cpath = f"{path}/{rel}" if rel else path
             if isinstance(cand, Dir) and id(cand) not in seen:
@@ -85,6 +91,32 @@ def _storage_dirs(ctx, dirs):
                 if isinstance(kids.get("images"), Dir) or isinstance(kids.get("dump"), Dir):
                     seen.add(id(cand))
                     yield cand, cpath, path
+
+
+_BTRFS_DISK = re.compile(r"^(?:vm|base)-\d+-disk-\d+$")
+_BTRFS_SUBVOL = re.compile(r"^subvol-\d+-disk-\d+$")
+
+
+def _btrfs_storage_volumes(ctx, vdir: Dir, vpath: str, fs_root: str) -> int:
+    """Proxmox btrfs storage keeps each VM disk as a subvolume holding ``disk.raw``
+    (``images/<vmid>/vm-<vmid>-disk-<n>/disk.raw``) and each container volume as a
+    subvolume (``images/<vmid>/subvol-<vmid>-disk-<n>/``); see PVE/Storage/BTRFSPlugin.pm."""
+    from .discover import add_tree_input
+    from .proxmox.view import Locator
+
+    added = 0
+    for name, sub in vdir.children().items():
+        if not isinstance(sub, Dir):
+            continue
+        if _BTRFS_DISK.match(name) and isinstance(sub.get("disk.raw"), File):
+            vol = add_tree_input(ctx, sub.get("disk.raw"), f"{vpath}/{name}/disk.raw", fs_root)
+            vol.file_name = f"{name}.raw"  # the volume's Proxmox name, not "disk.raw"
+            added += 1
+        elif _BTRFS_SUBVOL.match(name):
+            vmid = vpath.rsplit("/", 1)[-1]
+            ctx.add_proxmox(Locator("dir", fs_root or "/", f"{vmid}/{name}"), tree=sub,
+                            where=f"{vpath}/{name}")
+    return added
 
 
 def _is_vzdump(name):
@@ -116,6 +148,7 @@ def scan_tree_storages(ctx) -> int:
                         continue
                     add_tree_input(ctx, f, f"{spath}/images/{vmid}/{fname}", fs_root)
                     added += 1
+                added += _btrfs_storage_volumes(ctx, vdir, f"{spath}/images/{vmid}", fs_root)
         dump = kids.get("dump")
         if isinstance(dump, Dir):
             for fname, f in dump.children().items():
