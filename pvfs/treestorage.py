@@ -15,8 +15,13 @@ Backup Server datastore on its own dataset, or under ``mnt/datastore/``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from .nodes import Dir, File, resolve
+
+if TYPE_CHECKING:
+    from .discover import Context
 
 #: Where a storage can sit relative to a file system root.
 CANDIDATES = ("var/lib/vz", "")
@@ -27,7 +32,7 @@ FILESYSTEM_AREAS = ("zfs",)
 MAX_LISTINGS = 2000  # file system roots listed per scan, at most
 
 
-def _top_dirs(ctx):
+def _top_dirs(ctx: Context) -> Iterator[tuple[Dir, str, int]]:
     """Yield ``(dir, tree_path, depth)`` for every file system root a backend marked
     (``dir.filesystem_root = True``: a ZFS dataset) and every guest filesystem's root,
     plus ``mnt/datastore/*`` below each.
@@ -57,7 +62,7 @@ def _top_dirs(ctx):
                 queue.append((child, f"{path}/{name}", depth + 1))
 
 
-def _open_datastores(ctx, dirs):
+def _open_datastores(ctx: Context, dirs: Iterable[tuple[Dir, str, int]]) -> None:
     """Offer each directory node to the backends that read directory formats (PBS)."""
     from .backend import load_backends, pick_best
     from .discover import _probe_error, _run_backend
@@ -75,7 +80,8 @@ def _open_datastores(ctx, dirs):
             _run_backend(ctx, best, None, path, best.open_node, node, path, ctx)
 
 
-def _storage_dirs(ctx, dirs):
+def _storage_dirs(ctx: Context,
+                  dirs: Iterable[tuple[Dir, str, int]]) -> Iterator[tuple[Dir, str, str]]:
     """Yield ``(dir, tree_path, fs_root_path)`` of candidate Proxmox directory storages."""
     seen = ctx.scanned_storage_dirs
     for node, path, _depth in dirs:
@@ -97,7 +103,7 @@ _BTRFS_DISK = re.compile(r"^(?:vm|base)-\d+-disk-\d+$")
 _BTRFS_SUBVOL = re.compile(r"^subvol-\d+-disk-\d+$")
 
 
-def _btrfs_storage_volumes(ctx, vdir: Dir, vpath: str, fs_root: str) -> int:
+def _btrfs_storage_volumes(ctx: Context, vdir: Dir, vpath: str, fs_root: str) -> int:
     """Proxmox btrfs storage keeps each VM disk as a subvolume holding ``disk.raw``
     (``images/<vmid>/vm-<vmid>-disk-<n>/disk.raw``) and each container volume as a
     subvolume (``images/<vmid>/subvol-<vmid>-disk-<n>/``); see PVE/Storage/BTRFSPlugin.pm."""
@@ -119,11 +125,11 @@ def _btrfs_storage_volumes(ctx, vdir: Dir, vpath: str, fs_root: str) -> int:
     return added
 
 
-def _is_vzdump(name):
+def _is_vzdump(name: str) -> bool:
     return name.startswith("vzdump-") and not name.endswith((".log", ".notes"))
 
 
-def scan_tree_storages(ctx) -> int:
+def scan_tree_storages(ctx: Context) -> int:
     """Add the images and backups of storages found in the tree as inputs; return how many."""
     from .discover import add_tree_input, companion_files
     from .namespace import TreeFiles
