@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .damage import merge_ranges
 from .fsprobe import MOUNT_HINTS
 from .nodes import GeneratedFile
 
+if TYPE_CHECKING:
+    from .discover import Context, Volume
+    from .source import Source
+
 SCHEMA = "pvfs-report/1"
 
 
-def _root_input(vol):
+def _root_input(vol: Volume) -> Volume:
     while vol.parent is not None:
         vol = vol.parent
     return vol
@@ -25,10 +31,11 @@ STATUS_WINDOW = 1 << 34  # block status is asked in 16 GiB windows
 MAX_BAD_RANGES = 4096
 
 
-def _bounded_unreadable(source, deadline):
+def _bounded_unreadable(source: Source,
+                        deadline: float) -> tuple[list[tuple[int, int]], bool]:
     """Unreadable ranges of ``source``, asked window by window so that a huge or
     hostile volume costs bounded time and memory.  Returns ``(ranges, complete)``."""
-    out = []
+    out: list[tuple[int, int]] = []
     for off in range(0, source.size, STATUS_WINDOW):
         if time.monotonic() > deadline or len(out) > MAX_BAD_RANGES:
             return out[:MAX_BAD_RANGES], False
@@ -36,9 +43,9 @@ def _bounded_unreadable(source, deadline):
     return merge_ranges(out), True
 
 
-def _near_damage(vol, error_paths):
+def _near_damage(vol: Volume, error_paths: Collection[str]) -> bool:
     """Whether ``vol`` or a layer below it has an error entry (its path or a prefix of it)."""
-    v = vol
+    v: Volume | None = vol
     while v is not None:
         if any(v.path == p or v.path.startswith(p + "/") for p in error_paths):
             return True
@@ -46,7 +53,7 @@ def _near_damage(vol, error_paths):
     return False
 
 
-def propagate_unreadable(ctx):
+def propagate_unreadable(ctx: Context) -> None:
     """Give every volume above damage its own entry, with its own byte ranges.
 
     Bad sectors (ddrescue), a missing pool member or backing file make bytes
@@ -92,8 +99,8 @@ def propagate_unreadable(ctx):
             ctx.report.add("error", layer, path, "unreadable-range", msg, bad)
 
 
-def volume_doc(vol):
-    doc = {
+def volume_doc(vol: Volume) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "path": vol.path,
         "role": vol.role,
         "size": vol.source.size,
@@ -112,7 +119,7 @@ def volume_doc(vol):
     return doc
 
 
-def report_doc(ctx):
+def report_doc(ctx: Context) -> dict[str, Any]:
     counts = {s: ctx.report.count(s) for s in ("error", "warning", "info")}
     from .proxmox.view import guest_ids, table
 
@@ -131,29 +138,29 @@ def report_doc(ctx):
     }
 
 
-def report_json(ctx) -> str:
+def report_json(ctx: Context) -> str:
     return json.dumps(report_doc(ctx), indent=1, sort_keys=False, default=str) + "\n"
 
 
-def _fmt_size(n):
+def _fmt_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
 
 
-def report_text(ctx) -> str:
+def report_text(ctx: Context) -> str:
     lines = ["Inputs:"]
     for i in ctx.inputs:
         extra = f", mapfile {i['mapfile']} ({i['bad_bytes']} bad bytes)" if i.get("mapfile") else ""
         lines.append(f"  {i['path']} ({_fmt_size(i['size'])}{extra})")
     lines.append("")
     lines.append("Layers:")
-    children = {}
+    children: dict[int | None, list[Volume]] = {}
     for v in ctx.volumes:
         children.setdefault(id(v.parent) if v.parent is not None else None, []).append(v)
 
-    def show(vol, indent):
+    def show(vol: Volume, indent: int) -> None:
         what = vol.claimed_by or vol.filesystem or ("raw data" if vol.role != "input" else "unknown")
         extra = ""
         if vol.vm_paths:
@@ -196,7 +203,7 @@ def report_text(ctx) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fs_line(vol) -> str:
+def _fs_line(vol: Volume) -> str:
     """One line about a guest filesystem: type, label, UUID, size/used, state, damage."""
     i = vol.guestfs.info
     parts = [i.fstype]
@@ -216,11 +223,11 @@ def _fs_line(vol) -> str:
     return f"{where}  [" + ", ".join(parts) + "]"
 
 
-def _vmid_key(s):
+def _vmid_key(s: str) -> tuple[int, int | str]:
     return (0, int(s)) if s.isdigit() else (1, s)
 
 
-def readme_text(ctx) -> str:
+def readme_text(ctx: Context) -> str:
     out = [
         "pvfs: read-only view of recovered Proxmox VE storage",
         f"Made {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ctx.started))} by pvfs {__version__}.",
@@ -296,9 +303,10 @@ def readme_text(ctx) -> str:
     return "\n".join(out) + "\n"
 
 
-def _examples(ctx):
+def _examples(ctx: Context) -> tuple[str, str]:
     """A real disk and partition of this tree for the usage lines (VM view first)."""
-    disk = part = None
+    disk: str | None = None
+    part: str | None = None
     for v in ctx.volumes:
         paths = [p for p in v.vm_paths if p.startswith("vms/")] or [v.path]
         if disk is None and v.role not in ("input", "partition") and v.vm_paths:
@@ -308,7 +316,7 @@ def _examples(ctx):
     return disk or "vms/<vmid>/disk-<n>.raw", part or "vms/<vmid>/disk-<n>.parts/p<k>"
 
 
-def attach_generated_files(ctx):
+def attach_generated_files(ctx: Context) -> None:
     version = ctx.report.version  # re-rendered only when an entry was added (reads add some)
     ctx.root.add("README.txt", GeneratedFile(lambda: readme_text(ctx).encode(), version=version))
     ctx.root.add("report.json", GeneratedFile(lambda: report_json(ctx).encode(), version=version))
