@@ -19,13 +19,19 @@ others are 0444 and directories 0555, as the tree is read-only).
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import UnreadableError
 from ..nodes import Dir, File, Symlink
 from ..source import BAD_EIO, BytesSource, MissingSource, concat
 from . import pmxcfs
 from .pmxcfs import DT_DIR, DT_REG, ClusterDB, HostFiles, NodeFiles, OsDirFiles
+
+if TYPE_CHECKING:
+    from ..damage import DamageReport
+    from ..discover import Context, Volume
 
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 MAX_HOST_ROOTS = 1000
@@ -40,7 +46,8 @@ class HostRoot:
     nested: bool = False  # inside a guest's disk (a Proxmox VE running in a VM)
 
 
-def note_root(ctx, files: HostFiles, path: str, what: str, key=None, nested=False):
+def note_root(ctx: Context, files: HostFiles, path: str, what: str, key: Hashable | None = None,
+              nested: bool = False) -> None:
     """Remember a recovered root file system that may hold ``/var/lib/pve-cluster``.
 
     Cheap: only asks whether the directory exists (three small listings)."""
@@ -61,7 +68,7 @@ def note_root(ctx, files: HostFiles, path: str, what: str, key=None, nested=Fals
     ctx.host_roots.append(HostRoot(files, path, what, nested))
 
 
-def note_tree_roots(ctx, dirs):
+def note_tree_roots(ctx: Context, dirs: Iterable[tuple[Dir, str, int]]) -> None:
     """The hook of :func:`pvfs.treestorage.scan_tree_storages`: every file system root
     it found (ZFS datasets, ``mnt/datastore/*``) and every guest filesystem opened so far."""
     for vol in ctx.filesystems:  # first: a guest filesystem's root may also be among dirs
@@ -74,10 +81,10 @@ def note_tree_roots(ctx, dirs):
         note_root(ctx, NodeFiles(node, path), path, "file system root", key=id(node))
 
 
-def _in_guest_disk(vol) -> bool:
+def _in_guest_disk(vol: Volume) -> bool:
     """Whether ``vol`` lies inside a Proxmox guest's disk (itself or a layer below it is a
     volume named like ``vm-100-disk-0``, or a backup's disk): a nested Proxmox VE's root."""
-    v = vol
+    v: Volume | None = vol
     while v is not None:
         if "proxmox" in v.info or v.info.get("format") in ("vma-device", "pbs-fidx"):
             return True
@@ -85,7 +92,7 @@ def _in_guest_disk(vol) -> bool:
     return False
 
 
-def note_input_dir(ctx, path):
+def note_input_dir(ctx: Context, path: str) -> None:
     """A directory given on the command line that is a copy of a host root."""
     note_root(ctx, OsDirFiles(path), path, "directory", key=("dir", path))
 
@@ -116,9 +123,9 @@ class LoadedDB:
     tree_path: str = ""  # storage/pve/<node>
 
 
-def load_all(ctx) -> list[LoadedDB]:
+def load_all(ctx: Context) -> list[LoadedDB]:
     """Read the database of every host root noted; report what each fallback cost."""
-    out = []
+    out: list[LoadedDB] = []
     for i, hr in enumerate(ctx.host_roots):
         try:
             db = pmxcfs.load(hr.files)
@@ -142,7 +149,8 @@ def load_all(ctx) -> list[LoadedDB]:
     return out
 
 
-def etc_pve_tree(db: ClusterDB, node: str | None, report=None, where="",
+def etc_pve_tree(db: ClusterDB, node: str | None, report: DamageReport | None = None,
+                 where: str = "",
                  bad: str = BAD_EIO) -> Dir:
     """``/etc/pve`` as recorded: files with the database's mtimes, ``priv/`` 0600."""
     root = Dir(mode=0o555, mtime=db.mtime)
@@ -187,7 +195,7 @@ def etc_pve_tree(db: ClusterDB, node: str | None, report=None, where="",
     return root
 
 
-def show(ctx, loaded: list[LoadedDB]):
+def show(ctx: Context, loaded: list[LoadedDB]) -> None:
     """``storage/pve/<node>/etc-pve/`` for every database read."""
     if not loaded:
         return
@@ -214,7 +222,7 @@ def show(ctx, loaded: list[LoadedDB]):
                                f"view uses the newest")
 
 
-def build(ctx) -> list[LoadedDB]:
+def build(ctx: Context) -> list[LoadedDB]:
     """After discovery: read every cluster database found and show it."""
     note_tree_roots(ctx, [])  # guest filesystems opened after the last tree scan
     loaded = load_all(ctx)

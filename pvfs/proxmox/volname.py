@@ -24,7 +24,7 @@ class VolName:
     ext: str | None
 
     @property
-    def is_container(self):
+    def is_container(self) -> bool:
         return self.kind in ("subvol", "basevol")
 
 
