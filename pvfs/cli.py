@@ -22,10 +22,15 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .backend import load_backends
 from .errors import PvfsError, UsageError
+
+if TYPE_CHECKING:
+    from .discover import Context, Options
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGE = 0, 1, 2, 3
 EXIT_NOTHING = 1  # nothing recognised in the inputs
@@ -71,12 +76,12 @@ class Formatter(argparse.HelpFormatter):
     """Wraps descriptions, keeps the examples (text with line breaks) as written, and
     shows a default where there is one."""
 
-    def _fill_text(self, text, width, indent):
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
         if "\n" in text:
             return "".join(indent + line for line in text.splitlines(keepends=True))
         return super()._fill_text(text, width, indent)
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action: argparse.Action) -> str:
         h = action.help or ""
         if "default" in h or action.default in (None, False, [], argparse.SUPPRESS):
             return h
@@ -86,13 +91,13 @@ class Formatter(argparse.HelpFormatter):
 class Parser(argparse.ArgumentParser):
     """Usage errors are one line naming the bad value, and exit 2."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
         hint = f" (see 'pvfs {sub} --help')" if sub else " (see 'pvfs --help')"
         self.exit(EXIT_USAGE, f"pvfs: usage error: {message}{hint}\n")
 
 
-def _positive_int(text):
+def _positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -102,7 +107,7 @@ def _positive_int(text):
     return v
 
 
-def _nonneg_int(text):
+def _nonneg_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -112,7 +117,7 @@ def _nonneg_int(text):
     return v
 
 
-def _global_options(p, suppress):
+def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     """``--debug`` and ``--progress`` work before and after the subcommand: the copy in
     each subcommand has no default, so it only overrides when given there."""
     d = {"default": argparse.SUPPRESS} if suppress else {}
@@ -126,7 +131,7 @@ def _global_options(p, suppress):
                    help="never show progress", **(d or {"default": None}))
 
 
-def _add_common(p):
+def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bad", choices=("eio", "zero"), default=None,
                    help="bytes that no copy, parity or fallback can produce (bad sectors, "
                         "missing members, chunks or objects, corrupt clusters): 'eio' (the "
@@ -145,7 +150,7 @@ def _add_common(p):
             group.add_argument(flag, **kw)
 
 
-def build_parser():
+def build_parser() -> Parser:
     parser = Parser(
         prog="pvfs", formatter_class=Formatter,
         description="Read-only recovery of Proxmox VE storage (ZFS, LVM-thin, Ceph, qcow2, "
@@ -210,13 +215,13 @@ def build_parser():
 _PREFER_RE = re.compile(r"^(?:[^=]+=)?(?:node-)?[ab]$", re.I)
 
 
-def _split_res(text):
+def _split_res(text: str) -> list[str] | tuple[None, str]:
     return text.split("=", 1) if "=" in text else (None, text)
 
 
-def check_values(args):
+def check_values(args: argparse.Namespace) -> None:
     """Every value that can be judged without reading the inputs; UsageError names it."""
-    def need_file(flag, path, what="file"):
+    def need_file(flag: str, path: str, what: str = "file") -> None:
         if not os.path.isfile(path):
             raise UsageError(f"{flag} {path}: no such {what}")
         if not os.access(path, os.R_OK):
@@ -277,7 +282,7 @@ def check_values(args):
                                  "see fuse(8))")
 
 
-def check_after_discovery(args, ctx):
+def check_after_discovery(args: argparse.Namespace, ctx: Context) -> None:
     """Values only discovery can judge: a txg, seqno, dataset or resource that is not there.
 
     Backends report such a value as a damage entry (the ZFS backend's open-failed message
@@ -326,7 +331,7 @@ def check_after_discovery(args, ctx):
         raise UsageError(f"--drbd-prefer {args.drbd_prefer[0]}: no DRBD resource found")
 
 
-def recognised(ctx) -> bool:
+def recognised(ctx: Context) -> bool:
     """Whether discovery found anything at all: a format (a raw disk only counts when
     something is on it or it is named as a Proxmox disk), a filesystem, a storage."""
     if any((v.claimed_by and v.claimed_by != "raw") or v.filesystem for v in ctx.volumes):
@@ -336,7 +341,7 @@ def recognised(ctx) -> bool:
     return any(name != "files" for name in ctx.storage_root.children())
 
 
-def _options(args):
+def _options(args: argparse.Namespace) -> Options:
     from .discover import Options
 
     mapfiles = {}
@@ -360,7 +365,7 @@ def _options(args):
                    progress=args.progress)
 
 
-def _discover(args):
+def _discover(args: argparse.Namespace) -> Context:
     from .discover import discover
     from .progress import Progress
 
@@ -372,13 +377,13 @@ def _discover(args):
     return ctx
 
 
-def _status(ctx):
+def _status(ctx: Context) -> int:
     if not recognised(ctx):
         return EXIT_NOTHING
     return EXIT_DAMAGE if ctx.report.count("error") else EXIT_OK
 
 
-def cmd_scan(args):
+def cmd_scan(args: argparse.Namespace) -> int:
     from .report import report_json, report_text
 
     ctx = _discover(args)
@@ -389,7 +394,7 @@ def cmd_scan(args):
     return code
 
 
-def _check_mountpoint(mountpoint, fuse_options):
+def _check_mountpoint(mountpoint: str, fuse_options: Sequence[str]) -> None:
     if not os.path.isdir(mountpoint):
         raise UsageError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -404,7 +409,7 @@ def _check_mountpoint(mountpoint, fuse_options):
                          "-o nonempty mounts anyway)")
 
 
-def cmd_mount(args):
+def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint
     _check_mountpoint(mountpoint, args.fuse_options)
     check_values(args)
@@ -440,7 +445,7 @@ class NothingRecognised(PvfsError):
     pass
 
 
-def _daemonize(ctx, mountpoint, args, summary):
+def _daemonize(ctx: Context, mountpoint: str, args: argparse.Namespace, summary: str) -> None:
     """Fork; the child mounts and serves, the parent returns once the mount is live."""
     from mountd.daemon import serve
 
@@ -467,7 +472,7 @@ def _daemonize(ctx, mountpoint, args, summary):
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, force=True,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    def ready():
+    def ready() -> None:
         os.write(wfd, b"OK\n")
         os.close(wfd)
 
@@ -485,7 +490,7 @@ def _daemonize(ctx, mountpoint, args, summary):
     os._exit(code)
 
 
-def _mounted(path):
+def _mounted(path: str) -> bool:
     """Whether ``path`` is a mount point (also when its FUSE daemon is gone: ENOTCONN)."""
     real = os.path.realpath(path)
     try:
@@ -499,7 +504,7 @@ def _mounted(path):
         return os.path.ismount(path)
 
 
-def cmd_umount(args):
+def cmd_umount(args: argparse.Namespace) -> int:
     """guestunmount's exit codes: 0 done, 1 error, 2 still busy after the retries, 3 not mounted."""
     mp = args.mountpoint
     if not os.path.lexists(mp):
@@ -535,7 +540,7 @@ def cmd_umount(args):
     return UMOUNT_BUSY
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
