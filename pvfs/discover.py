@@ -15,7 +15,9 @@ import re
 import stat
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from . import ddrescue
 from .backend import ROLES, Backend, load_backends, load_errors, pick_best
@@ -26,7 +28,11 @@ from .guestfs import GuestFilesystem
 from .namespace import OsFiles, TreeFiles
 from .nodes import Dir, File, resolve
 from .proxmox.view import Locator
-from .source import BAD_EIO, FileSource
+from .source import BAD_EIO, FileSource, Source
+
+if TYPE_CHECKING:
+    from .nodes import Node
+    from .progress import Progress
 
 log = logging.getLogger("pvfs.discover")
 
@@ -41,7 +47,7 @@ class Options:
     backend_options: dict = field(default_factory=dict)  # e.g. {"zfs_txg": 123}
     progress: bool | None = None  # None: when stderr is a terminal
 
-    def get(self, key, default=None):
+    def get(self, key: str, default: Any = None) -> Any:
         return self.backend_options.get(key, default)
 
 
@@ -53,7 +59,7 @@ class Home:
     subdir: str | None  # None: children go straight into parent
     path: str  # tree path of the directory the children land in
 
-    def dir(self):
+    def dir(self) -> Dir:
         if self.subdir is None:
             return self.parent
         return self.parent.subdir(self.subdir)
@@ -62,7 +68,8 @@ class Home:
 class Volume:
     """A random-access source found during discovery, and where it is shown."""
 
-    def __init__(self, source, path, name, role, parent=None, input_path=None):
+    def __init__(self, source: Source, path: str, name: str, role: str,
+                 parent: Volume | None = None, input_path: str | None = None) -> None:
         self.source = source
         self.path = path  # tree path of the node that exposes it ("storage/files/a.img")
         self.name = name
@@ -86,14 +93,14 @@ class Volume:
         self.file_name: str | None = None  # an input's real file name (before clash renaming)
         self.from_dir = False  # an input found by walking a directory, not named by the user
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Volume {self.path} {self.role}>"
 
 
 class Context:
     """What backends use to build the tree and report damage."""
 
-    def __init__(self, options: Options | None = None):
+    def __init__(self, options: Options | None = None) -> None:
         self.options = options or Options()
         self.report = DamageReport()
         self.root = Dir(mode=0o555)
@@ -118,7 +125,7 @@ class Context:
         self._states: dict[str, object] = {}
 
     # -- per-backend state -----------------------------------------------------
-    def state(self, backend: Backend):
+    def state(self, backend: Backend) -> Any:
         """``backend``'s state for this discovery (``backend.new_state(ctx)``, made once)."""
         st = self._states.get(backend.name)
         if st is None:
@@ -126,7 +133,7 @@ class Context:
         return st
 
     # -- options -----------------------------------------------------------
-    def bad(self, default=BAD_EIO):
+    def bad(self, default: str = BAD_EIO) -> str:
         """The unreadable-bytes policy: the user's ``--bad`` or the backend's default."""
         return self.options.bad or default
 
@@ -135,9 +142,10 @@ class Context:
         """``storage/<area>/`` (zfs, lvm, ceph, pbs, drbd, files)."""
         return self.storage_root.subdir(area)
 
-    def add_volume(self, source, directory: Dir, name: str, dir_path: str, role: str,
-                   parent: Volume | None = None, probe=True, children_home="sibling",
-                   mtime=None, input_path=None) -> Volume:
+    def add_volume(self, source: Source, directory: Dir, name: str, dir_path: str, role: str,
+                   parent: Volume | None = None, probe: bool = True,
+                   children_home: str | None = "sibling", mtime: float | None = None,
+                   input_path: str | None = None) -> Volume:
         """Show ``source`` as file ``name`` in ``directory`` and queue it for probing.
 
         ``children_home`` says where its partitions go: ``"sibling"`` (into
@@ -156,7 +164,7 @@ class Context:
         self._register(vol, probe)
         return vol
 
-    def _register(self, vol, probe):
+    def _register(self, vol: Volume, probe: bool) -> None:
         if vol.role not in ROLES:
             raise PvfsError(f"internal: volume {vol.path} has undeclared role {vol.role!r}")
         if len(self.volumes) >= MAX_VOLUMES:
@@ -168,7 +176,8 @@ class Context:
             self.report.add("warning", "core", vol.path, "too-deep",
                             f"more than {MAX_DEPTH} layers deep; not probed further")
 
-    def add_child(self, volume: Volume, name: str, source, role="partition", info=None) -> Volume:
+    def add_child(self, volume: Volume, name: str, source: Source, role: str = "partition",
+                  info: dict | None = None) -> Volume:
         """Add a child of ``volume`` (a partition) in every one of its homes."""
         first = None
         for home in volume.homes:
@@ -188,7 +197,7 @@ class Context:
         self._register(first, True)
         return first
 
-    def add_home(self, volume: Volume, home: Home):
+    def add_home(self, volume: Volume, home: Home) -> None:
         """Show ``volume``'s children in one more place (children added later follow)."""
         volume.homes.append(home)
         for name, child in volume.children:
@@ -196,8 +205,8 @@ class Context:
                                   report=self.report, path_hint=home.path)
             child.vm_paths.append(f"{home.path}/{used}")
 
-    def add_input_disk(self, input_vol: Volume, source, snapshot: str | None = None,
-                       info: dict | None = None, mtime=None) -> Volume:
+    def add_input_disk(self, input_vol: Volume, source: Source, snapshot: str | None = None,
+                       info: dict | None = None, mtime: float | None = None) -> Volume:
         """Show the virtual disk that an input file holds (qcow2, raw, vmdk ...).
 
         It lands at ``storage/files/<input>/disk.raw`` (or
@@ -307,7 +316,8 @@ class Context:
 
     # -- Proxmox view ------------------------------------------------------------
     def add_proxmox(self, loc: Locator, volume: Volume | None = None, tree: Dir | None = None,
-                    node=None, mtime=None, where: str | None = None) -> str | None:
+                    node: Node | None = None, mtime: float | None = None,
+                    where: str | None = None) -> str | None:
         """Register what a backend found for the Proxmox view (:mod:`pvfs.proxmox.view`).
 
         ``loc`` says where Proxmox would say it lives (storage kind, pool / VG /
@@ -324,12 +334,12 @@ class Context:
         return register(self, loc, volume, tree, node, mtime, where)
 
     def add_proxmox_disk(self, volname: str, volume: Volume, snapshot: str | None = None,
-                         mtime=None) -> bool:
+                         mtime: float | None = None) -> bool:
         """A disk known only by its Proxmox name (no storage): :meth:`add_proxmox`."""
         return self.add_proxmox(Locator("file", "", volname, snapshot), volume,
                                 mtime=mtime) is not None
 
-    def add_host_root(self, root: Dir, path: str, what: str):
+    def add_host_root(self, root: Dir, path: str, what: str) -> None:
         """A recovered root file system (a PBS host backup's pxar) that may hold the
         Proxmox cluster database; :mod:`pvfs.proxmox` reads it after discovery."""
         from .proxmox.cluster import NodeFiles, note_root
@@ -337,7 +347,7 @@ class Context:
         note_root(self, NodeFiles(root, path), path, what, key=id(root))
 
     # -- groups ----------------------------------------------------------------
-    def add_member(self, backend, key, volume):
+    def add_member(self, backend: Backend, key: Any, volume: Volume) -> None:
         """Hold ``volume`` for ``backend.open_group``; members found in different
         timelines (the two nodes of a DRBD split-brain) make different groups."""
         tl = None if backend.joins_timelines else timeline_of(volume)
@@ -348,11 +358,11 @@ class Context:
             return
         self.groups.setdefault(gkey, (backend, []))[1].append(volume)
 
-    def group_opened(self, backend, key) -> bool:
+    def group_opened(self, backend: Backend, key: Any) -> bool:
         """Whether a group of ``backend`` with ``key`` was assembled (in any timeline)."""
         return any(k[0] == backend.name and k[1] == key for k in self.opened_groups)
 
-    def note_progress(self, text):
+    def note_progress(self, text: str) -> None:
         if self.progress is not None:  # the queue is a subset of volumes: O(1), not O(n^2)
             done = len(self.volumes) - len(self.queue)
             self.progress.update(text, completed=done, total=len(self.volumes))
@@ -382,7 +392,7 @@ def _input_locator(input_vol: Volume, snapshot: str | None) -> Locator:
     return Locator("file", os.path.dirname(path), name, snapshot)
 
 
-def timeline_of(volume):
+def timeline_of(volume: Volume | None) -> str | None:
     """The timeline a volume lies in (a DRBD node), from it or the layers below it."""
     v = volume
     while v is not None:
@@ -393,8 +403,8 @@ def timeline_of(volume):
 
 
 # ---------------------------------------------------------------------------
-def _probe_error(ctx, volume_path):
-    def report(backend, e):
+def _probe_error(ctx: Context, volume_path: str) -> Callable[[Backend, Exception], None]:
+    def report(backend: Backend, e: Exception) -> None:
         if isinstance(e, UnreadableError):
             ctx.report.add("warning", backend.name, volume_path, "probe-unreadable",
                            f"could not read enough to recognise a {backend.name} structure: {e}",
@@ -405,7 +415,8 @@ def _probe_error(ctx, volume_path):
     return report
 
 
-def _run_backend(ctx, backend, volume, what, fn, *args):
+def _run_backend(ctx: Context, backend: Backend, volume: Volume | None, what: str,
+                 fn: Callable[..., object], *args: Any) -> bool:
     try:
         fn(*args)
         return True
@@ -427,7 +438,7 @@ def _run_backend(ctx, backend, volume, what, fn, *args):
     return False
 
 
-def probe_volume(ctx, volume):
+def probe_volume(ctx: Context, volume: Volume) -> None:
     candidates = [b for b in load_backends() if b.accepts(volume.role)]
     found = pick_best(candidates, lambda b: b.probe(volume, ctx), _probe_error(ctx, volume.path))
     if found is None:
@@ -456,14 +467,15 @@ def probe_volume(ctx, volume):
     _run_backend(ctx, best, volume, volume.path, best.open, volume, ctx)
 
 
-def open_file_source(ctx, path, label=None):
+def open_file_source(ctx: Context, path: str, label: str | None = None
+                     ) -> tuple[Source, str | None, list[tuple[int, int]]]:
     """Open ``path`` read-only, with the bad ranges of its ddrescue mapfile if any.
 
     Returns ``(source, mapfile path or None, bad ranges)``.  Backends use it to
     open files that an image refers to (qcow2 backing files, data files).
     """
-    src = FileSource(path, label=label)
-    bad_ranges = []
+    src: Source = FileSource(path, label=label)
+    bad_ranges: list[tuple[int, int]] = []
     mapfile = ctx.options.mapfiles.get(os.path.abspath(path))
     if mapfile is None and os.path.exists(path + ".map"):
         mapfile = path + ".map"
@@ -481,7 +493,8 @@ def open_file_source(ctx, path, label=None):
     return src, mapfile, bad_ranges
 
 
-def _open_input_file(ctx, path, directory, dir_path, name, from_dir=False):
+def _open_input_file(ctx: Context, path: str, directory: Dir, dir_path: str, name: str,
+                     from_dir: bool = False) -> None:
     src, mapfile, bad_ranges = open_file_source(ctx, path, label=name)
     ctx.inputs.append({"path": os.path.abspath(path), "size": src.size,
                        "mapfile": os.path.abspath(mapfile) if mapfile else None,
@@ -505,7 +518,7 @@ def _open_input_file(ctx, path, directory, dir_path, name, from_dir=False):
 MAX_DIR_FILES = 100_000
 
 
-def add_tree_input(ctx, node, tree_path, fs_root):
+def add_tree_input(ctx: Context, node: File, tree_path: str, fs_root: str) -> Volume:
     """An image file found inside the tree (a qcow2 in a ZFS dataset) becomes an input.
 
     What it holds is shown under ``storage/files/<its tree path without storage/>/``.
@@ -530,7 +543,8 @@ def add_tree_input(ctx, node, tree_path, fs_root):
     return vol
 
 
-def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
+def _open_input_dir(ctx: Context, path: str, directory: Dir, dir_path: str, name: str,
+                    depth: int = 0) -> None:
     from .proxmox.cluster import note_input_dir
 
     note_input_dir(ctx, path)  # a copy of a host root: its /var/lib/pve-cluster
@@ -570,7 +584,8 @@ def _open_input_dir(ctx, path, directory, dir_path, name, depth=0):
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
 
 
-def companion_files(ctx, files, folder, names) -> dict[str, str]:
+def companion_files(ctx: Context, files: OsFiles | TreeFiles, folder: str,
+                    names: list[str]) -> dict[str, str]:
     """``{name: owner}`` for files of ``folder`` that a backend says belong to another
     file there (``Backend.companions``: VMDK extents); a failing hook is reported."""
     owners: dict[str, str] = {}
@@ -585,7 +600,8 @@ def companion_files(ctx, files, folder, names) -> dict[str, str]:
     return owners
 
 
-def add_input(ctx, path, directory=None, dir_path="storage/files", depth=0):
+def add_input(ctx: Context, path: str, directory: Dir | None = None,
+              dir_path: str = "storage/files", depth: int = 0) -> None:
     """Add one input (file, block device or directory): named by the user, or found by
     walking a directory (``depth`` > 0).
 
@@ -638,20 +654,20 @@ def add_input(ctx, path, directory=None, dir_path="storage/files", depth=0):
         ctx.report.add("error", "core", path, "unreadable-input", f"{e}; skipped")
 
 
-def _readlink(path):
+def _readlink(path: str) -> str:
     try:
         return os.readlink(path)
     except OSError:
         return "?"
 
 
-def _is_under(first, path):
+def _is_under(first: str, path: str) -> bool:
     """Whether ``path`` (a name of the directory ``first``) lies inside ``first``: a loop."""
     a = os.path.abspath(first).rstrip("/") + "/"
     return os.path.abspath(path).startswith(a)
 
 
-def run_queue(ctx):
+def run_queue(ctx: Context) -> None:
     """Probe until nothing is queued; then open pending groups, lowest phase first."""
     while True:
         while ctx.queue:
@@ -679,7 +695,7 @@ def run_queue(ctx):
                 break
 
 
-def finish_backends(ctx):
+def finish_backends(ctx: Context) -> None:
     """Every backend's ``finish`` hook, once, in load order."""
     for b in load_backends():
         if b.implements("finish"):
@@ -687,7 +703,7 @@ def finish_backends(ctx):
             _run_backend(ctx, b, None, f"{b.name} finish", b.finish, ctx)
 
 
-def finish(ctx):
+def finish(ctx: Context) -> None:
     """Steps after all layers are open: container rootfs view, damage of bad ranges."""
     from .report import attach_generated_files, propagate_unreadable
 
@@ -705,7 +721,7 @@ def finish(ctx):
 FS_DAMAGE_BUDGET_S = 30.0  # time for mapping unreadable ranges to files, all filesystems
 
 
-def map_filesystem_damage(ctx):
+def map_filesystem_damage(ctx: Context) -> None:
     """Name the files that unreadable ranges below a guest filesystem hit."""
     from .report import _bounded_unreadable
 
@@ -743,7 +759,8 @@ def map_filesystem_damage(ctx):
                            f"{shown}{more}", ranges)
 
 
-def discover(inputs, options: Options | None = None, progress=None) -> Context:
+def discover(inputs: Iterable[str], options: Options | None = None,
+             progress: Progress | None = None) -> Context:
     """Open every input, stack every layer, return the finished :class:`Context`."""
     ctx = Context(options)
     ctx.progress = progress
