@@ -40,9 +40,14 @@ import struct
 import tempfile
 import time
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import PvfsError, UnreadableError
+
+if TYPE_CHECKING:
+    from ..nodes import Dir, Node
 
 DB_DIR = "var/lib/pve-cluster"
 DB_PATH = f"{DB_DIR}/config.db"
@@ -160,14 +165,14 @@ class HostFiles:
 class NodeFiles(HostFiles):
     """A directory node of the pvfs tree (a ZFS dataset, a guest filesystem, a pxar)."""
 
-    def __init__(self, root, label=""):
+    def __init__(self, root: Dir, label: str = "") -> None:
         self.root = root
         self.label = label
 
-    def _get(self, rel):
+    def _get(self, rel: str) -> Node | None:
         from ..nodes import Dir
 
-        node = self.root
+        node: Node | None = self.root
         for part in [p for p in rel.split("/") if p]:
             if not isinstance(node, Dir):
                 return None
@@ -176,7 +181,7 @@ class NodeFiles(HostFiles):
                 return None
         return node
 
-    def read(self, rel, limit=MAX_DB_BYTES):
+    def read(self, rel: str, limit: int = MAX_DB_BYTES) -> bytes | None:
         from ..nodes import File
 
         node = self._get(rel)
@@ -187,10 +192,10 @@ class NodeFiles(HostFiles):
             raise PmxcfsError(f"{rel}: {size} bytes, more than the {limit} a cluster database holds")
         return node.source.read(0, size)
 
-    def exists(self, rel):
+    def exists(self, rel: str) -> bool:
         return self._get(rel) is not None
 
-    def listdir(self, rel):
+    def listdir(self, rel: str) -> list[str]:
         from ..nodes import Dir
 
         node = self._get(rel)
@@ -200,14 +205,14 @@ class NodeFiles(HostFiles):
 class OsDirFiles(HostFiles):
     """A directory copy of a host root on this machine (opened read-only)."""
 
-    def __init__(self, path, label=""):
+    def __init__(self, path: str, label: str = "") -> None:
         self.path = path
         self.label = label or path
 
-    def _p(self, rel):
+    def _p(self, rel: str) -> str:
         return os.path.join(self.path, *[p for p in rel.split("/") if p not in ("", ".", "..")])
 
-    def read(self, rel, limit=MAX_DB_BYTES):
+    def read(self, rel: str, limit: int = MAX_DB_BYTES) -> bytes | None:
         p = self._p(rel)
         if not os.path.isfile(p):
             return None
@@ -217,10 +222,10 @@ class OsDirFiles(HostFiles):
         with open(p, "rb") as f:
             return f.read(limit + 1)
 
-    def exists(self, rel):
+    def exists(self, rel: str) -> bool:
         return os.path.lexists(self._p(rel))
 
-    def listdir(self, rel):
+    def listdir(self, rel: str) -> list[str]:
         try:
             return sorted(os.listdir(self._p(rel)))
         except OSError:
@@ -230,7 +235,7 @@ class OsDirFiles(HostFiles):
 # ---------------------------------------------------------------------------
 # Reading with SQLite (a private copy).
 
-def _bounded(con):
+def _bounded(con: sqlite3.Connection) -> None:
     """Limits for a connection to a database we did not write: no value above what a
     pmxcfs file can be, no schema code trusted, at most SQL_SECONDS of work."""
     con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_FILE_BYTES)
@@ -250,7 +255,7 @@ def _sql_rows(dbfile: str) -> list[Entry]:
         con.close()
 
 
-def _entries(rows, limit) -> list[Entry]:
+def _entries(rows: Iterable[Sequence], limit: int) -> list[Entry]:
     out = []
     total = 0
     for row in rows:
@@ -289,7 +294,7 @@ def wal_check(wal: bytes, page_size: int | None = None) -> tuple[int, int, str |
     if psize < 512 or psize > 65536 or psize & (psize - 1):
         return 0, 0, f"the WAL header has a bad page size {psize}"
 
-    def cksum(data, s0, s1):
+    def cksum(data: bytes, s0: int, s1: int) -> tuple[int, int]:
         n = len(data) // 4
         words = struct.unpack((">" if big else "<") + f"{n}I", data[: n * 4])
         for i in range(0, n, 2):
@@ -336,7 +341,8 @@ _DUMP_ACTIONS = {sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_INSERT, sqlite3.SQL
                  sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE}
 
 
-def _dump_authorizer(action, arg1, arg2, dbname, source):
+def _dump_authorizer(action: int, arg1: str | None, arg2: str | None, dbname: str | None,
+                     source: str | None) -> int:
     """Only what ``sqlite3 .dump`` of a pmxcfs database does, in the in-memory database
     (a hostile dump must not ATTACH a file, load an extension or touch anything else)."""
     if action == sqlite3.SQLITE_PRAGMA:
@@ -379,7 +385,7 @@ def read_dump(gz: bytes) -> list[Entry]:
 # ---------------------------------------------------------------------------
 # Page by page: the b-tree of ``tree`` read directly from a damaged file.
 
-def _varint(buf, pos):
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     v = 0
     for i in range(8):
         if pos + i >= len(buf):
@@ -440,7 +446,7 @@ def _record(payload: bytes) -> list:
 class PageReader:
     """The pages of a (possibly truncated or damaged) SQLite database file."""
 
-    def __init__(self, data: bytes, wal: dict[int, bytes] | None = None):
+    def __init__(self, data: bytes, wal: dict[int, bytes] | None = None) -> None:
         wal = wal or {}
         if wal.get(1, b"").startswith(b"SQLite format 3\0") and len(data) < 100:
             data = wal[1]  # the header lives in the WAL only
@@ -471,7 +477,7 @@ class PageReader:
             return None
         return self.data[(n - 1) * self.page_size: n * self.page_size]
 
-    def cells(self, n: int):
+    def cells(self, n: int) -> tuple[int, list[int], int | None, bytes]:
         """``(type, [cell offsets], right pointer, page bytes)`` of b-tree page ``n``."""
         p = self.page(n)
         if p is None:
@@ -528,7 +534,8 @@ class PageReader:
                 return rec[3]
         return None
 
-    def walk(self, root: int, bad: list, lost: list, visited: set):
+    def walk(self, root: int, bad: list, lost: list,
+             visited: set) -> Iterator[tuple[int, list]]:
         """Yield ``(rowid, record)`` of a table b-tree; unreadable pages go to ``bad``, and
         the rowid range each of them held (from the interior page's keys) to
         ``self.lost_ranges``."""
@@ -565,7 +572,8 @@ class PageReader:
                 continue
             yield from self._leaf_rows(n, offs, p, bad, lost)
 
-    def _leaf_rows(self, n, offs, p, bad, lost):
+    def _leaf_rows(self, n: int, offs: list[int], p: bytes, bad: list,
+                   lost: list) -> Iterator[tuple[int, list]]:
         for off in offs:
             try:
                 rowid, payload = self.leaf_payload(p, off, lost)
@@ -573,7 +581,7 @@ class PageReader:
             except ValueError as e:
                 bad.append((n, f"cell at {off}: {e}"))
 
-    def scan_leaves(self, skip: set, bad: list, lost: list):
+    def scan_leaves(self, skip: set, bad: list, lost: list) -> Iterator[tuple[int, list]]:
         """Yield rows of every table-leaf page not in ``skip`` (pages a broken interior
         page no longer points to)."""
         for n in self.numbers():
@@ -679,13 +687,15 @@ def _version(entries: list[Entry]) -> tuple[int, int]:
     return max((e.version for e in entries), default=0), max((e.mtime for e in entries), default=0)
 
 
-def _make(entries, origin, stale=False, problems=None) -> ClusterDB:
+def _make(entries: list[Entry], origin: str, stale: bool = False,
+          problems: Iterable[tuple[str, str, str]] | None = None) -> ClusterDB:
     version, mtime = _version(entries)
     return ClusterDB({e.inode: e for e in entries}, version, mtime, origin, stale,
                      list(problems or []))
 
 
-def _read_file(files: HostFiles, rel, problems, what):
+def _read_file(files: HostFiles, rel: str, problems: list[tuple[str, str, str]],
+               what: str) -> bytes | None:
     try:
         return files.read(rel)
     except UnreadableError as e:
