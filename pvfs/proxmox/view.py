@@ -40,11 +40,17 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..nodes import Dir, File, Node, Symlink, sanitize_name
 from ..source import BytesSource
-from .volname import parse_volname
+from .volname import VolName, parse_volname
+
+if TYPE_CHECKING:
+    from ..discover import Context, Volume
+    from .cluster import LoadedDB
 
 BACKUP_KINDS = ("vzdump", "pbs")
 #: Storage types whose images pvfs can find, and the locator kinds that hold them.
@@ -125,7 +131,7 @@ class Guest:
 
 
 class ViewState:
-    def __init__(self):
+    def __init__(self) -> None:
         self.items: list[Item] = []
         self.undo: list = []  # what build() added, removed again if it runs twice
         self.guests: dict[int, Guest] = {}
@@ -133,14 +139,14 @@ class ViewState:
         self.have_cluster = False  # a cluster database was read: configs are authoritative
 
 
-def state(ctx) -> ViewState:
+def state(ctx: Context) -> ViewState:
     st = getattr(ctx, "proxmox_view", None)
     if st is None:
         st = ctx.proxmox_view = ViewState()
     return st
 
 
-def _volname_of(loc: Locator):
+def _volname_of(loc: Locator) -> VolName | None:
     base = loc.volname.rsplit("/", 1)[-1]
     if base.endswith(".img"):
         base = base[:-4]
@@ -148,7 +154,8 @@ def _volname_of(loc: Locator):
 
 
 # ---------------------------------------------------------------------------
-def register(ctx, loc: Locator, volume=None, tree=None, node=None, mtime=None,
+def register(ctx: Context, loc: Locator, volume: Volume | None = None, tree: Dir | None = None,
+             node: Node | None = None, mtime: float | None = None,
              where: str | None = None) -> str | None:
     """See :meth:`pvfs.discover.Context.add_proxmox`."""
     st = state(ctx)
@@ -246,7 +253,8 @@ def disk_volumes(guest: str, section: dict[str, str]) -> list[tuple[str, str, st
     return out
 
 
-def expected(storages: dict, volid: str):
+def expected(storages: dict, volid: str) -> tuple[tuple[str, ...] | None, str | None,
+                                                  str | None, str | None, str | None]:
     """``(kinds, store, volname, storage id, note)`` that a volume id names."""
     storeid, sep, volname = volid.partition(":")
     if not sep or not _STOREID.match(storeid) or not volname:
@@ -320,7 +328,8 @@ def _label(item: Item) -> str:
 
 
 # ---------------------------------------------------------------------------
-def _match(items: list[Item], kinds, store, volname, snapshot) -> Item | None:
+def _match(items: list[Item], kinds: Sequence[str], store: str | None, volname: str,
+           snapshot: str | None) -> Item | None:
     base = _base(volname)
     cands = [i for i in items if i.loc.kind in kinds and _base(i.loc.volname) == base
              and i.loc.snapshot == snapshot and i.loc.backup is None]
@@ -342,14 +351,14 @@ NOT_CT_FILESYSTEMS = (None, "swap", "ntfs", "vfat", "fat", "fat12", "fat16", "fa
                       "iso9660")
 
 
-def _is_bare_fs(vol) -> bool:
+def _is_bare_fs(vol: Volume | None) -> bool:
     """A volume that is one (Linux) filesystem, no partition table: a container's."""
     if vol is None or vol.filesystem in NOT_CT_FILESYSTEMS:
         return False
     return not (vol.claimed_by is not None and vol.guestfs is None)
 
 
-def _configs(ctx, loaded, st: ViewState) -> dict[int, Guest]:
+def _configs(ctx: Context, loaded: list[LoadedDB], st: ViewState) -> dict[int, Guest]:
     guests: dict[int, Guest] = {}
     if loaded:
         newest = loaded[0]
@@ -388,7 +397,7 @@ def _configs(ctx, loaded, st: ViewState) -> dict[int, Guest]:
     return guests
 
 
-def build(ctx):
+def build(ctx: Context) -> None:
     """Read the cluster databases, then place every registered disk (once; a second
     call first removes what the first placed, so late filesystems are seen)."""
     from . import cluster
@@ -464,25 +473,25 @@ def build(ctx):
     _report(ctx, guests, bool(loaded))
 
 
-def _add(ctx, st, d: Dir, name: str, node, dpath: str) -> str:
+def _add(ctx: Context, st: ViewState, d: Dir, name: str, node: Node, dpath: str) -> str:
     used = d.add(name, node, report=ctx.report, path_hint=dpath)
     st.undo.append(("entry", d, used))
     return used
 
 
-def _mirror_damage(ctx, src_path: str, new_path: str):
+def _mirror_damage(ctx: Context, src_path: str, new_path: str) -> None:
     """The entries a backend made for a volume at ``src_path`` also name ``new_path``,
     where the view shows the same bytes (a backend reports before the view exists)."""
     for e in [e for e in ctx.report.for_path(src_path) if e.severity != "info"]:
         ctx.report.add(e.severity, e.layer, new_path, e.code, e.message, e.ranges)
 
 
-def _append(st, lst: list, value):
+def _append(st: ViewState, lst: list, value: Any) -> None:
     lst.append(value)
     st.undo.append(("list", lst, value))
 
 
-def _undo(ctx, st):
+def _undo(ctx: Context, st: ViewState) -> None:
     for what, a, b in reversed(st.undo):
         if what == "entry":
             a.children().pop(b, None)
@@ -503,7 +512,7 @@ def _undo(ctx, st):
         vol.files_paths[:] = [p for p in vol.files_paths if resolve(ctx.root, p) is not None]
 
 
-def _prune(root: Dir):
+def _prune(root: Dir) -> None:
     """Remove the directories the view made that are empty again (never a backup's)."""
     for name, vd in list(root.children().items()):
         if not isinstance(vd, Dir) or not (name.isdigit() or name == "by-name"):
@@ -522,14 +531,14 @@ def _prune(root: Dir):
             root.children().pop(name, None)
 
 
-def _prune_guest_dir(d: Dir):
+def _prune_guest_dir(d: Dir) -> None:
     for name, child in list(d.children().items()):
         view_dir = name == "by-config" or name.endswith((".parts", ".files"))
         if view_dir and type(child) is Dir and child.loaded and not child.children():
             d.children().pop(name, None)
 
 
-def _place_guest(ctx, st, g: Guest):
+def _place_guest(ctx: Context, st: ViewState, g: Guest) -> None:
     base = "vms" if g.guest == "qemu" else "cts"
     root = (ctx.vms_root if g.guest == "qemu" else ctx.cts_root).subdir(str(g.vmid))
     gpath = f"{base}/{g.vmid}"
@@ -581,7 +590,8 @@ def _place_guest(ctx, st, g: Guest):
         _add(ctx, st, bc, ref.key, Symlink(target), f"{dpath}/by-config")
 
 
-def _place_vm_disk(ctx, st, it: Item, d: Dir, dpath: str, stem: str):
+def _place_vm_disk(ctx: Context, st: ViewState, it: Item, d: Dir, dpath: str,
+                   stem: str) -> None:
     from ..discover import Home
 
     if it.volume is None:
@@ -624,7 +634,8 @@ def _place_vm_disk(ctx, st, it: Item, d: Dir, dpath: str, stem: str):
             _append(st, vol.files_paths, fp)
 
 
-def _place_ct_disk(ctx, st, it: Item, d: Dir, dpath: str, stem: str):
+def _place_ct_disk(ctx: Context, st: ViewState, it: Item, d: Dir, dpath: str,
+                   stem: str) -> None:
     if it.volume is None:
         node = it.tree or it.node
         if node is not None:
@@ -645,7 +656,7 @@ def _place_ct_disk(ctx, st, it: Item, d: Dir, dpath: str, stem: str):
         _append(st, vol.files_paths, f"{dpath}/{fused}")
 
 
-def _by_name(ctx, st, guests):
+def _by_name(ctx: Context, st: ViewState, guests: dict[int, Guest]) -> None:
     for g in sorted(guests.values(), key=lambda g: g.vmid):
         if not g.name:
             continue
@@ -656,7 +667,7 @@ def _by_name(ctx, st, guests):
         _add(ctx, st, root.subdir("by-name"), g.name, Symlink(f"../{g.vmid}"), f"{base}/by-name")
 
 
-def _report(ctx, guests, have_cluster: bool):
+def _report(ctx: Context, guests: dict[int, Guest], have_cluster: bool) -> None:
     for g in guests.values():
         base = "vms" if g.guest == "qemu" else "cts"
         conf = f"{base}/{g.vmid}/" + ("qemu-server.conf" if g.guest == "qemu" else "pct.conf")
@@ -717,7 +728,7 @@ def _status(errors: set, it: Item) -> str:
     return "damaged" if paths & errors else "found"
 
 
-def table(ctx) -> list[dict]:
+def table(ctx: Context) -> list[dict]:
     st = getattr(ctx, "proxmox_view", None)
     if st is None:
         return []
@@ -752,7 +763,7 @@ def table(ctx) -> list[dict]:
     return rows
 
 
-def origins(ctx) -> list[tuple[str, str]]:
+def origins(ctx: Context) -> list[tuple[str, str]]:
     """``(view path, source path)`` of the container subvolumes the view placed (volumes
     name their source in ``Volume.vm_paths``)."""
     st = getattr(ctx, "proxmox_view", None)
@@ -767,7 +778,7 @@ def guest_ids(root: Dir) -> list[str]:
     return sorted((n for n in root.children() if n.isdigit()), key=int)
 
 
-def table_text(ctx) -> list[str]:
+def table_text(ctx: Context) -> list[str]:
     rows = table(ctx)
     if not rows:
         return []
