@@ -11,7 +11,7 @@ import pytest
 
 from conftest import FIXTURES, ROOT, fixture_json, require_fixture, sha256_source, unpack
 from pvfs.discover import Options, discover
-from pvfs.nodes import resolve
+from pvfs.nodes import File, GeneratedFile, resolve, walk
 from pvfs.report import report_doc
 from pvfs.source import FileSource
 from backends.drbd import structs as S
@@ -252,18 +252,38 @@ def test_bad_ranges_file_is_reported(fx, tmp_path):
     assert [d.code for d in ctx.report if d.severity == "error"] == ["bad-merge-rule"]
 
 
-def test_node_letters_follow_input_order(fx):
-    pair = MANIFEST["pairs"]["v09"]
-    ctx = _pair_ctx(fx, "v09", order=("b", "a"))
-    base = "storage/drbd/drbd-v09"
-    meta = json.loads(resolve(ctx.root, f"{base}/meta.json").render())
-    assert meta["nodes"]["A"]["input"].endswith(pair["node_b"])
-    assert meta["nodes"]["B"]["input"].endswith(pair["node_a"])
-    assert sha256_source(resolve(ctx.root, f"{base}/node-A.raw").source) == \
-        MANIFEST["images"][pair["node_b"]]["data_area_sha256"]
-    diff = json.loads(resolve(ctx.root, f"{base}/diff.json").render())
-    assert diff["verdict"]["relation"] == "split-brain"
-    assert diff["compared"]["blocks"] == pair["differing_blocks"]
+def _tree_digest(root, base):
+    out = {}
+    for path, node in walk(resolve(root, base), base):
+        if isinstance(node, File):
+            out[path] = sha256_source(node.source)
+        elif isinstance(node, GeneratedFile):
+            out[path] = hashlib.sha256(node.render()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("fmt", sorted(MANIFEST["pairs"]))
+def test_node_letters_come_from_meta_data_not_argument_order(fx, fmt):
+    """Issue 13 item 7a: the same two inputs in either order give the identical tree.
+
+    v09: A is node_id 0 (the manifest's node_a); v08 has no node id: split brain, so the
+    lower device UUID (node_a's 0x1F2E...) is A.
+    """
+    pair = MANIFEST["pairs"][fmt]
+    base = f"storage/drbd/drbd-{fmt}"
+    trees, metas = [], []
+    for order in (("a", "b"), ("b", "a")):
+        ctx = _pair_ctx(fx, fmt, order=order)
+        assert _errors(ctx) == []
+        trees.append(_tree_digest(ctx.root, base))
+        metas.append(json.loads(resolve(ctx.root, f"{base}/meta.json").render()))
+    assert len(trees[0]) >= 6 and trees[0] == trees[1]
+    for meta in metas:
+        assert meta["nodes"]["A"]["input"].endswith(pair["node_a"])
+        assert meta["nodes"]["B"]["input"].endswith(pair["node_b"])
+        assert meta["letter_rule"].startswith(fmt)
+    assert trees[0][f"{base}/node-A.raw"] == MANIFEST["images"][pair["node_a"]]["data_area_sha256"]
+    assert trees[0][f"{base}/node-B.raw"] == MANIFEST["images"][pair["node_b"]]["data_area_sha256"]
 
 
 def test_all_four_inputs_make_two_resources(fx):

@@ -317,11 +317,38 @@ def _option_for(ctx, key, resource, what):
     return found
 
 
+def order_nodes(nodes, input_of):
+    """Nodes in letter order (A, B, ...), from the meta data only, never from argument order.
+
+    DRBD 9 (v09): ascending ``node_id`` (the node id of the superblock; unique per resource).
+    DRBD 8 (v08) has no node id: of two nodes, the newer one by generation UUIDs
+    (:func:`pair.uuid_compare`: A-newer / B-newer) comes first; otherwise (split brain,
+    same generation, unrelated) ascending device UUID, then current UUID.  The input path is
+    the last tie-break only (two copies of the same device).  Returns ``(nodes, rule)``.
+    """
+    def key(m):
+        nid = m.md.node_id if m.md.node_id is not None and m.md.node_id >= 0 else 1 << 32
+        return (nid, m.md.device_uuid & ~S.UUID_PRIMARY, m.md.current_uuid & ~S.UUID_PRIMARY,
+                str(input_of(m)))
+
+    ordered = sorted(nodes, key=key)
+    if all(m.md.version == "v09" and m.md.node_id >= 0 for m in ordered):
+        return ordered, "v09: ascending node_id from each superblock"
+    rule = "v08 (no node id): ascending device UUID, then current UUID"
+    if len(ordered) == 2:
+        rel = P.uuid_compare(ordered[0].md, ordered[1].md)["relation"]
+        if rel == "B-newer":
+            ordered.reverse()
+        if rel in ("A-newer", "B-newer"):
+            rule = "v08 (no node id): the newer node by generation UUIDs first"
+    return ordered, rule
+
+
 class Resource:
     """One resource: its nodes, their pairing and the files made from them."""
 
     def __init__(self, nodes, ctx):
-        self.nodes = nodes
+        self.nodes, self.letter_rule = order_nodes(nodes, self._input_of)
         self.ctx = ctx
         self.name = resource_name(nodes)
         self.dir = None
@@ -359,7 +386,8 @@ class Resource:
                            "no peer of this DRBD node among the inputs; only its data is shown")
             self._report_own_bitmaps(self.nodes[0])
         self._add_proxmox_view()
-        meta = {"resource": self.name, "nodes": {m.letter: self._node_doc(m) for m in self.nodes}}
+        meta = {"resource": self.name, "letter_rule": self.letter_rule,
+                "nodes": {m.letter: self._node_doc(m) for m in self.nodes}}
         text = (json.dumps(meta, indent=1) + "\n").encode()
         self.dir.add("meta.json", GeneratedFile(lambda: text), report=ctx.report, path_hint=self.path)
 
