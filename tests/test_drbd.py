@@ -367,3 +367,18 @@ def test_through_a_fuse_mount(fx, tmp_path):
         assert (first / "node-A.bin").read_bytes()[:24] == b"DRBDFIX node-a blk=10 se"
         link = mnt / "storage" / "files" / pair["node_a"] / "drbd-data.raw"
         assert os.readlink(link) == "../../drbd/drbd-v08/node-A.raw" and link.exists()
+
+
+@pytest.mark.parametrize("fmt", sorted(MANIFEST["pairs"]))
+def test_diff_marks_blocks_changed_on_both_nodes(fx, fmt):
+    """Issue 13 item 7b: diff.json splits the bitmap claims into A-only, B-only and both."""
+    pair = MANIFEST["pairs"][fmt]
+    a = set(MANIFEST["images"][pair["node_a"]]["changed_blocks_since_base"])
+    b = set(MANIFEST["images"][pair["node_b"]]["changed_blocks_since_base"])
+    ctx = _pair_ctx(fx, fmt)
+    diff = json.loads(resolve(ctx.root, f"storage/drbd/drbd-{fmt}/diff.json").render())
+    on = diff["changed_on"]
+    assert on["both"]["blocks"] == sorted(a & b) and len(a & b) == 2
+    assert on["A-only"]["blocks"] == sorted(a - b)
+    assert on["B-only"]["blocks"] == sorted(b - a)
+    assert on["both"]["bytes"] == 4096 * len(a & b)

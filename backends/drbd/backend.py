@@ -583,6 +583,24 @@ class PairAnalysis:
             rs.extend(doc.get("_ranges", []))
         return P.merge_ranges(r for r in rs if r[0] < self.size)
 
+    def changed_on(self):
+        """Bitmap claims split by node: ``A-only``, ``B-only`` and ``both`` (both bitmaps set).
+
+        A block in ``both`` was written on both nodes after they parted: neither node's
+        version is the whole truth, so a merge must pick by hand.
+        """
+        def own(m):
+            return P.merge_ranges(r for r in self.bitmaps.get(m.letter, {}).get("_ranges", [])
+                                  if r[0] < self.size)
+        ra, rb = own(self.a), own(self.b)
+        out = {}
+        for key, rs in (("A-only", P.subtract(ra, rb)), ("B-only", P.subtract(rb, ra)),
+                        ("both", P._intersect(ra, rb))):
+            blocks, cut = P.blocks_of(rs)
+            out[key] = {"ranges": [[o, n] for o, n in rs], "bytes": sum(n for _, n in rs),
+                        "blocks": blocks, "blocks_truncated": cut}
+        return out
+
     def report_verdict(self):
         v, path = self.verdict, self.resource.path
         a, b = self.a, self.b
@@ -634,6 +652,7 @@ class PairAnalysis:
         }
         blocks, cut = P.blocks_of(union)
         doc["bitmap_claims"]["blocks"] = blocks
+        doc["changed_on"] = self.changed_on()
         doc["bitmap_claims"]["blocks_truncated"] = cut
         mode = ctx.options.get("drbd_compare") or "lazy"
         if mode == "off":
