@@ -192,13 +192,17 @@ def test_pair_end_to_end(fx, fmt):
 def test_diverged_files_hold_each_version(fx, fmt):
     pair = MANIFEST["pairs"][fmt]
     ctx = _pair_ctx(fx, fmt)
-    d = resolve(ctx.root, f"storage/drbd/drbd-{fmt}/diverged")
-    names = sorted(n for n in d.children() if n != "README.txt")
+    top = resolve(ctx.root, f"storage/drbd/drbd-{fmt}/diverged")
     seen = []
     changed = {"a": set(MANIFEST["images"][pair["node_a"]]["changed_blocks_since_base"]),
                "b": set(MANIFEST["images"][pair["node_b"]]["changed_blocks_since_base"])}
-    for name in names:
+    names = sorted((n, k) for k in ("a-only", "b-only", "both", "unmarked")
+                   for n in top.get(k).children())
+    kinds = {}
+    for name, kind in names:
+        d = top.get(kind)
         off, ln = (int(x, 16) for x in name.split("+"))
+        kinds.update((blk, kind) for blk in range(off // BLOCK, (off + ln) // BLOCK))
         sub = d.get(name)
         for letter, node in (("A", "a"), ("B", "b")):
             data = sub.get(f"node-{letter}.bin").source.read(0, ln)
@@ -211,6 +215,10 @@ def test_diverged_files_hold_each_version(fx, fmt):
         seen.extend(range(off // BLOCK, (off + ln) // BLOCK))
     assert seen == pair["differing_blocks"]
     assert set(pair["changed_on_both"]) <= set(seen)
+    # issue 13 item 7c: each range sits under whose bitmap marks it (manifest ground truth)
+    for blk in seen:
+        a, b = blk in changed["a"], blk in changed["b"]
+        assert kinds[blk] == ("both" if a and b else "a-only" if a else "b-only"), blk
 
 
 @pytest.mark.parametrize("fmt", sorted(MANIFEST["pairs"]))
@@ -315,7 +323,10 @@ def test_compare_off_and_now(fx):
     diff = json.loads(resolve(ctx.root, "storage/drbd/drbd-v08/diff.json").render())
     assert diff["compared"] is None
     d = resolve(ctx.root, "storage/drbd/drbd-v08/diverged")
-    assert len([n for n in d.children() if n != "README.txt"]) == 6  # the bitmap ranges
+    assert sorted(n for n in d.children() if n != "README.txt") == ["a-only", "b-only", "both", "unmarked"]
+    # bitmap ranges by side: A 10-11, 100, 4096; B 13, 2000-2001, 5000; both 12, 8000
+    assert [len(d.get(k).children()) for k in ("a-only", "b-only", "both")] == [3, 3, 2]
+    assert len(d.get("unmarked").children()) == 0
     ctx = _pair_ctx(fx, "v08", drbd_compare="now")
     diff = json.loads(resolve(ctx.root, "storage/drbd/drbd-v08/diff.json").render())
     assert diff["compared"]["blocks"] == pair["differing_blocks"]
@@ -362,8 +373,8 @@ def test_through_a_fuse_mount(fx, tmp_path):
         diff = json.loads((base / "diff.json").read_text())
         assert diff["compared"]["blocks"] == pair["differing_blocks"]
         dirs = sorted(d for d in os.listdir(base / "diverged") if d != "README.txt")
-        assert len(dirs) == 6
-        first = base / "diverged" / dirs[0]
+        assert dirs == ["a-only", "b-only", "both", "unmarked"]
+        first = base / "diverged" / "a-only" / sorted(os.listdir(base / "diverged" / "a-only"))[0]
         assert (first / "node-A.bin").read_bytes()[:24] == b"DRBDFIX node-a blk=10 se"
         link = mnt / "storage" / "files" / pair["node_a"] / "drbd-data.raw"
         assert os.readlink(link) == "../../drbd/drbd-v08/node-A.raw" and link.exists()

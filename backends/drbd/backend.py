@@ -694,25 +694,44 @@ class PairAnalysis:
             "ranges_shown": min(len(self.diverged), DIVERGED_MAX_RANGES),
             "ranges_total": len(self.diverged),
             "file_cap_bytes": DIVERGED_FILE_CAP,
-            "note": f"diverged/<offset>+<length>/node-A.bin and node-B.bin hold each version of a "
+            "note": f"diverged/{{a-only,b-only,both,unmarked}}/<offset>+<length>/node-A.bin and "
+                    f"node-B.bin hold each version of a "
                     f"range, at most {DIVERGED_FILE_CAP} bytes each and at most "
                     f"{DIVERGED_MAX_RANGES} ranges; node-A.raw/node-B.raw have everything",
         }
         doc["merged"] = self.merge_rule
         return doc
 
+    def diverged_split(self):
+        """``self.diverged`` split by whose bitmap marks it: a-only, b-only, both, unmarked."""
+        on = self.doc()["changed_on"]
+        cats = {k: [tuple(r) for r in on[src]["ranges"]]
+                for k, src in (("a-only", "A-only"), ("b-only", "B-only"), ("both", "both"))}
+        out = {k: P._intersect(self.diverged, rs) for k, rs in cats.items()}
+        out["unmarked"] = P.subtract(self.diverged, self.bitmap_union())
+        return out
+
     def fill_diverged(self, d):
-        self.doc()
-        shown = self.diverged[:DIVERGED_MAX_RANGES]
-        for off, ln in shown:
-            sub = Dir()
-            n = min(ln, DIVERGED_FILE_CAP)
-            for m in (self.a, self.b):
-                sub.add(f"node-{m.letter}.bin", File(SliceSource(m.data, off, n,
-                                                                 label=f"node-{m.letter}@{off:#x}")))
-            d.add(f"{off:#014x}+{ln:#x}", sub)
-        note = (f"{len(shown)} of {len(self.diverged)} diverged ranges; each file holds at most "
-                f"{DIVERGED_FILE_CAP} bytes of its range. See ../diff.json.\n").encode()
+        split = self.diverged_split()
+        left, shown_n, total = DIVERGED_MAX_RANGES, 0, 0
+        for kind, ranges in split.items():
+            kdir = Dir()
+            shown = ranges[:max(0, left)]
+            left -= len(shown)
+            shown_n += len(shown)
+            total += len(ranges)
+            for off, ln in shown:
+                sub = Dir()
+                n = min(ln, DIVERGED_FILE_CAP)
+                for m in (self.a, self.b):
+                    sub.add(f"node-{m.letter}.bin", File(SliceSource(m.data, off, n,
+                                                                     label=f"node-{m.letter}@{off:#x}")))
+                kdir.add(f"{off:#014x}+{ln:#x}", sub)
+            d.add(kind, kdir)
+        note = (f"{shown_n} of {total} diverged ranges, by whose bitmap marks them: a-only/, "
+                "b-only/, both/ (written on both nodes), unmarked/ (bytes differ, no bitmap "
+                f"says so); each file holds at most {DIVERGED_FILE_CAP} bytes of its range. "
+                "See ../diff.json.\n").encode()
         d.add("README.txt", GeneratedFile(lambda: note))
 
 
