@@ -22,7 +22,7 @@ from backends.pbs.structs import FIXED_SIZED_CHUNK_INDEX_1_0, PbsError
 from pvfs.discover import Options, discover
 from pvfs.errors import PvfsError, UnreadableError
 from pvfs.nodes import resolve, walk
-from pvfs.source import BytesSource, FileSource
+from pvfs.source import BytesSource, FileSource, PatchedSource
 
 from conftest import FIXTURES, fixture_bytes, sha256_source, skip_without
 
@@ -858,3 +858,32 @@ def test_corrupt_copy_falls_back_to_a_good_one(gt):
         img = resolve(ctx.root, f"storage/pbs/datastore-bad-crc/{a[:-5]}")
         assert sha256_source(img.source) == snap["archives"]["drive-scsi0.img.fidx"]["sha256"]
     assert [e for e in ctx.report if e.code == "bad-chunk"] == []
+
+
+# --- goodbye tables damaged (issue 13 item 10) ----------------------------------------
+@pytest.mark.parametrize("split,how", [(False, "tail"), (True, "tail"), (False, "offset")])
+def test_bad_goodbye_tables_fall_back_to_archive_order(gt, split, how):
+    """Tail markers of the root's and a subdirectory's goodbye table are broken in a copy
+    (PatchedSource): both directories are listed by walking their items in order, each is
+    reported once as bad-goodbye, and every file still has the real encoder's sha256."""
+    from backends.pbs.structs import PXAR_GOODBYE_TAIL_MARKER
+    streams = GEN / "streams"
+    meta = FileSource(streams / ("root.mpxar" if split else "root.pxar"))
+    raw = meta.read(0, meta.size)
+    marker = struct.pack("<Q", PXAR_GOODBYE_TAIL_MARKER)
+    tails = [i for i in range(len(raw) - 7) if raw[i:i + 8] == marker]
+    assert tails[-1] == len(raw) - 24 and len(tails) > 2
+    broken = {tails[-1]: b"\xff" * 8, tails[0]: b"\xee" * 8}
+    if how == "offset":  # tails intact; the root's first goodbye item points past the start
+        size = struct.unpack_from("<Q", raw, len(raw) - 8)[0]
+        broken = {len(raw) - size + 16 + 8: struct.pack("<Q", len(raw)), tails[0]: b"\xee" * 8}
+    found_report = []
+    arc = PxarArchive(PatchedSource(meta, broken),
+                      FileSource(streams / "root.ppxar") if split else None,
+                      report=lambda *a: found_report.append(a))
+    found = {("/" + p) if p else "/": node for p, node in walk(arc.root())}
+    tree = {t["path"]: t for t in gt["snapshots"][2]["archives"]["root.pxar.didx"]["tree"]}
+    assert set(found) == set(tree)
+    check_tree(found, tree)
+    codes = [(sev, code) for sev, code, *_ in found_report]
+    assert codes == [("error", "bad-goodbye")] * 2, found_report

@@ -177,9 +177,17 @@ class PxarArchive:
         if fmt == stat.S_IFDIR:
             if end is None:
                 raise PxarError(f"{path or '/'}: a hardlink points at a directory")
-            gb_start = self._goodbye_start(end, pos)
-            node = Dir(mode=mode, loader=lambda d, a=pos, g=gb_start, e=end, p=path:
-                       self._load_dir(d, a, g, e, p), **kw)
+            try:
+                gb_start = self._goodbye_start(end, pos)
+            except PxarError as e:
+                gb_start = None  # listed by a sequential walk, reported when first listed
+                bad_tail = str(e)
+            if gb_start is None:
+                node = Dir(mode=mode, loader=lambda d, a=pos, e=end, p=path, why=bad_tail:
+                           self._walk_dir(d, a, e, p, why), **kw)
+            else:
+                node = Dir(mode=mode, loader=lambda d, a=pos, g=gb_start, e=end, p=path:
+                           self._load_dir(d, a, g, e, p), **kw)
         elif fmt == stat.S_IFREG:
             node = File(self._payload_source(pos, htype, limit, path), mode=mode, **kw)
         elif fmt == stat.S_IFLNK:
@@ -252,9 +260,11 @@ class PxarArchive:
             table = self.meta.read(gb_start + HEADER_SIZE, n * GOODBYE_ITEM_SIZE)
             children = sorted((gb_start - off, sz) for _h, off, sz in
                               struct.iter_unpack("<QQQ", table))
+            for fn_off, sz in children:
+                if fn_off < first_child or fn_off >= gb_start or sz <= 0:
+                    raise PxarError(f"goodbye item points outside the directory ({fn_off:#x}+{sz})")
         except (PvfsError, OSError) as e:
-            self.report("error", "bad-directory", path or "/", f"directory cannot be listed: {e}",
-                        [(gb_start, end - gb_start)])
+            self._walk_dir(d, first_child, end, path, str(e))
             return
         for fn_off, sz in children:
             if fn_off < first_child or fn_off >= gb_start or sz <= 0:
@@ -269,6 +279,42 @@ class PxarArchive:
             except (PvfsError, OSError) as e:
                 self.report("error", "bad-entry", path or "/",
                             f"entry at {fn_off:#x} cannot be read: {e}", [(fn_off, sz)])
+                continue
+            d.add(name, node)
+
+    def _walk_dir(self, d: Dir, first_child, end, path, why):
+        """List a directory whose goodbye table is unusable by walking its items in order
+        (pxar ``src/decoder``: FILENAME, ENTRY, metadata, PAYLOAD/SYMLINK/DEVICE or, for a
+        directory, its children and then its GOODBYE) up to this directory's GOODBYE."""
+        self.report("error", "bad-goodbye", path or "/",
+                    f"goodbye table unusable ({why}); entries listed in archive order", ())
+        starts, pos, depth = [], first_child, 0
+        for _ in range(1 << 24):  # bounded: each item advances pos
+            if pos >= end:
+                break
+            try:
+                htype, size = self._header(pos, end)
+                if htype == PXAR_ENTRY:
+                    mode = struct.unpack_from("<Q", self._content(pos, size))[0]
+                    if stat.S_IFMT(mode & 0o177777) == stat.S_IFDIR:
+                        depth += 1
+                elif htype == PXAR_GOODBYE:
+                    if depth == 0:
+                        break
+                    depth -= 1
+                elif htype == PXAR_FILENAME and depth == 0:
+                    starts.append(pos)
+            except (PvfsError, OSError, struct.error) as e:
+                self.report("error", "bad-directory", path or "/",
+                            f"sequential walk stopped at {pos:#x}: {e}", [(pos, end - pos)])
+                break
+            pos += size
+        for fn_off, child_end in zip(starts, [*starts[1:], pos], strict=False):
+            try:
+                name, node = self._child(fn_off, child_end, path)
+            except (PvfsError, OSError) as e:
+                self.report("error", "bad-entry", path or "/",
+                            f"entry at {fn_off:#x} cannot be read: {e}", [(fn_off, child_end - fn_off)])
                 continue
             d.add(name, node)
 
