@@ -861,7 +861,8 @@ def test_corrupt_copy_falls_back_to_a_good_one(gt):
 
 
 # --- goodbye tables damaged (issue 13 item 10) ----------------------------------------
-@pytest.mark.parametrize("split,how", [(False, "tail"), (True, "tail"), (False, "offset")])
+@pytest.mark.parametrize("split,how", [(False, "tail"), (True, "tail"), (False, "offset"),
+                                             (False, "misaimed")])
 def test_bad_goodbye_tables_fall_back_to_archive_order(gt, split, how):
     """Tail markers of the root's and a subdirectory's goodbye table are broken in a copy
     (PatchedSource): both directories are listed by walking their items in order, each is
@@ -877,6 +878,10 @@ def test_bad_goodbye_tables_fall_back_to_archive_order(gt, split, how):
     if how == "offset":  # tails intact; the root's first goodbye item points past the start
         size = struct.unpack_from("<Q", raw, len(raw) - 8)[0]
         broken = {len(raw) - size + 16 + 8: struct.pack("<Q", len(raw)), tails[0]: b"\xee" * 8}
+    if how == "misaimed":  # in range, but at the middle of an entry instead of its FILENAME
+        size = struct.unpack_from("<Q", raw, len(raw) - 8)[0]
+        first = struct.unpack_from("<Q", raw, len(raw) - size + 16 + 8)[0]
+        broken = {len(raw) - size + 16 + 8: struct.pack("<Q", first - 3), tails[0]: b"\xee" * 8}
     found_report = []
     arc = PxarArchive(PatchedSource(meta, broken),
                       FileSource(streams / "root.ppxar") if split else None,

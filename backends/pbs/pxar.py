@@ -263,6 +263,10 @@ class PxarArchive:
             for fn_off, sz in children:
                 if fn_off < first_child or fn_off >= gb_start or sz <= 0:
                     raise PxarError(f"goodbye item points outside the directory ({fn_off:#x}+{sz})")
+                if self._header(fn_off, gb_start)[0] != PXAR_FILENAME:
+                    raise PxarError(f"goodbye item points at {fn_off:#x}, not at a FILENAME")
+            if len({off for off, _sz in children}) != len(children):
+                raise PxarError("two goodbye items point at the same entry")
         except (PvfsError, OSError) as e:
             self._walk_dir(d, first_child, end, path, str(e))
             return
