@@ -45,11 +45,17 @@ def unpack(archive: Path) -> Path:
     archive = require_path(Path(archive))
     st = archive.stat()
     key = f"{archive.parent.name}-{archive.name}-{st.st_size}-{int(st.st_mtime)}"
+    return cached_build(key, lambda tmp: subprocess.run(
+        ["tar", "--sparse", "-xf", str(archive), "-C", str(tmp)], check=True))
+
+
+def cached_build(key: str, build) -> Path:
+    """``CACHE/key``, made once by ``build(tmp_dir)``.  Several test sessions may ask at
+    once: one builds under a lock, the others wait; a half-built directory never shows."""
     dest = CACHE / key
     if (dest / ".complete").exists():
         return dest
     CACHE.mkdir(parents=True, exist_ok=True)
-    # Several test sessions may unpack the same archive at once: one does, the others wait.
     with open(CACHE / (key + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (dest / ".complete").exists():
@@ -57,7 +63,7 @@ def unpack(archive: Path) -> Path:
         tmp = CACHE / (key + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        subprocess.run(["tar", "--sparse", "-xf", str(archive), "-C", str(tmp)], check=True)
+        build(tmp)
         (tmp / ".complete").write_text("ok")
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)

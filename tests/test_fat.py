@@ -9,7 +9,6 @@ ground truth are cached under the fixture cache, keyed by a hash of this builder
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import inspect
 import json
@@ -22,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import CACHE, sha256_file
+from conftest import cached_build, sha256_file
 from mountutil import needs_fuse, pvfs_mounted
 from pvfs.ddrescue import BadRangeSource
 from pvfs.discover import Context, Volume, discover
@@ -195,21 +194,7 @@ def images():
     src = "".join(inspect.getsource(fn) for fn in (make_tree, make_small_tree, build_fat,
                                                    build_exfat, walk_host, build_all))
     key = hashlib.sha256(src.encode()).hexdigest()[:16]
-    dest = CACHE / f"fat-{key}"
-    if (dest / ".complete").exists():
-        return dest
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"fat-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (dest / ".complete").exists():
-            return dest
-        tmp = CACHE / f"fat-{key}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        build_all(str(tmp))
-        (tmp / ".complete").write_text("ok")
-        tmp.rename(dest)
-    return dest
+    return cached_build(f"fat-{key}", lambda tmp: build_all(str(tmp)))
 
 
 def manifest(images, kind):

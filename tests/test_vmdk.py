@@ -8,7 +8,6 @@ layout.  Images are cached under the fixture cache, keyed by a hash of the build
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import inspect
 import json
@@ -21,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CACHE, sha256_file, sha256_source
+from conftest import cached_build, sha256_file, sha256_source
 from pvfs.discover import Context, Volume, discover
 from pvfs.errors import UnreadableError
 from pvfs.namespace import OsFiles
@@ -123,21 +122,7 @@ def build_all(dest):
 def images():
     src = "".join(inspect.getsource(fn) for fn in (make_base, build_all))
     key = hashlib.sha256(src.encode()).hexdigest()[:16]
-    dest = CACHE / f"vmdk-{key}"
-    if (dest / ".complete").exists():
-        return dest
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"vmdk-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (dest / ".complete").exists():
-            return dest
-        tmp = CACHE / f"vmdk-{key}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        build_all(str(tmp))
-        (tmp / ".complete").write_text("ok")
-        tmp.rename(dest)
-    return dest
+    return cached_build(f"vmdk-{key}", lambda tmp: build_all(str(tmp)))
 
 
 def manifest(images):
