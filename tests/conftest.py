@@ -161,3 +161,21 @@ def ceph_root():
 @pytest.fixture(scope="session")
 def ceph_manifest():
     return json.loads(require_fixture("ceph", "manifest.json").read_text())
+
+
+def gpt_disk_with_bad_block(img: Path, disk: Path, type_guid: str, bad: int) -> int:
+    """Lay filesystem image ``img`` into partition 1 (from 1 MiB) of a GPT disk ``disk``
+    made by sfdisk, with a GNU ddrescue mapfile ``disk.map`` marking the 4 KiB at disk
+    offset ``bad`` unreadable.  Returns the disk's size."""
+    size = img.stat().st_size
+    with open(disk, "wb") as f:
+        f.truncate(size + (2 << 20))
+    subprocess.run(["sfdisk", "-q", str(disk)], check=True, text=True,
+                   input=f"label: gpt\nstart=2048, size={size // 512}, type={type_guid}\n")
+    subprocess.run(["dd", f"if={img}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc,sparse",
+                    "status=none"], check=True)
+    total = disk.stat().st_size
+    Path(str(disk) + ".map").write_text(
+        "# Mapfile. Created by GNU ddrescue\n0x0 + 1\n"
+        f"0x0 {bad:#x} +\n{bad:#x} 0x1000 -\n{bad + 4096:#x} {total - bad - 4096:#x} +\n")
+    return total

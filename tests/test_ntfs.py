@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, IN_CI
+from conftest import CACHE, IN_CI, gpt_disk_with_bad_block
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
@@ -565,19 +565,8 @@ def test_partition_of_a_vm_disk_with_bad_sectors(ntfs_image, tmp_path):
     big = resolve(root, "big.bin")
     ext = next(e for e in big.source.extents if e[0] <= (1 << 20) < e[0] + e[1])
     bad = (1 << 20) + ext[3] + (1 << 20) - ext[0]  # partition 1 starts at 1 MiB
-    size = img.stat().st_size
     disk = tmp_path / "vm-100-disk-0.raw"
-    with open(disk, "wb") as f:
-        f.truncate(size + (2 << 20))
-    subprocess.run(["sfdisk", "-q", str(disk)], check=True, text=True,
-                   input=f"label: gpt\nstart=2048, size={size // 512}, "
-                         "type=EBD0A0A2-B9E5-4433-87C0-68B6B7269974\n")
-    subprocess.run(["dd", f"if={img}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc,sparse",
-                    "status=none"], check=True)
-    total = disk.stat().st_size
-    (tmp_path / "vm-100-disk-0.raw.map").write_text(
-        "# Mapfile. Created by GNU ddrescue\n0x0 + 1\n"
-        f"0x0 {bad:#x} +\n{bad:#x} 0x1000 -\n{bad + 4096:#x} {total - bad - 4096:#x} +\n")
+    gpt_disk_with_bad_block(img, disk, "EBD0A0A2-B9E5-4433-87C0-68B6B7269974", bad)
     ctx = discover([str(disk)])
     base = "vms/100/disk-0.files/p1"
     node = resolve(ctx.root, f"{base}/big.bin")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, IN_CI
+from conftest import CACHE, IN_CI, gpt_disk_with_bad_block
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
@@ -584,19 +584,8 @@ def test_partition_of_a_vm_disk_with_bad_sectors(v5_image, tmp_path):
     big = resolve(root, "big.bin")
     ext = next(e for e in big.source.extents if e[0] <= (1 << 20) < e[0] + e[1])
     bad = (1 << 20) + ext[3] + (1 << 20) - ext[0]  # partition 1 starts at 1 MiB
-    size = img.stat().st_size
     disk = tmp_path / "vm-100-disk-0.raw"
-    with open(disk, "wb") as f:
-        f.truncate(size + (2 << 20))
-    subprocess.run(["sfdisk", "-q", str(disk)], check=True, text=True,
-                   input=f"label: gpt\nstart=2048, size={size // 512}, "
-                         "type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n")
-    subprocess.run(["dd", f"if={img}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc,sparse",
-                    "status=none"], check=True)
-    total = disk.stat().st_size
-    (tmp_path / "vm-100-disk-0.raw.map").write_text(
-        "# Mapfile. Created by GNU ddrescue\n0x0 + 1\n"
-        f"0x0 {bad:#x} +\n{bad:#x} 0x1000 -\n{bad + 4096:#x} {total - bad - 4096:#x} +\n")
+    gpt_disk_with_bad_block(img, disk, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", bad)
     ctx = discover([str(disk)])
     base = "vms/100/disk-0.files/p1"
     with pytest.raises(UnreadableError):
