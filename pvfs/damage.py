@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 SEVERITIES = ("info", "warning", "error")
+#: What an entry means for the user's data (issue 13 item 3): ``lost`` bytes are gone
+#: (always an error), ``degraded`` redundancy or a member is missing but every byte still
+#: reads (a warning), ``repaired`` damage was rebuilt from parity, a mirror or metadata
+#: and nothing is lost (info), ``note`` anything else worth knowing (info).
+OUTCOMES = {"error": ("lost",), "warning": ("degraded",), "info": ("note", "repaired")}
 
 
 class Problem(NamedTuple):
@@ -33,10 +38,16 @@ class Damage:
     code: str  # stable machine-readable code, e.g. "bad-sectors"
     message: str  # one line for humans
     ranges: tuple = ()  # ((offset, length), ...) inside ``path``
+    outcome: str = ""  # lost | degraded | repaired | note (see OUTCOMES); "" = from severity
+
+    def __post_init__(self) -> None:
+        if not self.outcome:
+            object.__setattr__(self, "outcome", OUTCOMES[self.severity][0])
 
     def to_json(self) -> dict:
         return {
             "severity": self.severity,
+            "outcome": self.outcome,
             "layer": self.layer,
             "path": self.path,
             "code": self.code,
@@ -76,10 +87,14 @@ class DamageReport:
         self._lock = threading.Lock()
         self._by_path: dict[str, list[Damage]] = {}
 
-    def add(self, severity: str, layer: str, path: str, code: str, message: str, ranges: Iterable[tuple[int, int]] = ()) -> Damage:
+    def add(self, severity: str, layer: str, path: str, code: str, message: str,
+            ranges: Iterable[tuple[int, int]] = (), outcome: str = "") -> Damage:
+        """Record one entry.  ``outcome`` defaults from the severity; an info entry about
+        damage that was rebuilt and lost nothing passes ``outcome="repaired"``."""
         assert severity in SEVERITIES, severity
+        assert not outcome or outcome in OUTCOMES[severity], (severity, outcome)
         entry = Damage(severity, layer, str(path), code, message,
-                       tuple(tuple(r) for r in merge_ranges(ranges)))
+                       tuple(tuple(r) for r in merge_ranges(ranges)), outcome)
         with self._lock:
             if entry in self._seen:
                 return entry

@@ -45,7 +45,9 @@ def test_scan_json_is_stable():
     assert d["format"] == "gpt" and d["size"] == 8 << 20 and d["also_at"] == ["vms/100/disk-0.raw"]
     assert a["summary"]["damage"]["error"] == sum(1 for e in a["damage"] if e["severity"] == "error")
     for e in a["damage"]:
-        assert set(e) == {"severity", "layer", "path", "code", "message", "ranges"}
+        assert set(e) == {"severity", "outcome", "layer", "path", "code", "message", "ranges"}
+        assert (e["severity"], e["outcome"]) in {("error", "lost"), ("warning", "degraded"),
+                                                 ("info", "note"), ("info", "repaired")}
         assert "\n" not in e["message"]
 
 
