@@ -317,7 +317,7 @@ class Context:
     # -- Proxmox view ------------------------------------------------------------
     def add_proxmox(self, loc: Locator, volume: Volume | None = None, tree: Dir | None = None,
                     node: Node | None = None, mtime: float | None = None,
-                    where: str | None = None) -> str | None:
+                    where: str | None = None, lost: str | None = None) -> str | None:
         """Register what a backend found for the Proxmox view (:mod:`pvfs.proxmox.view`).
 
         ``loc`` says where Proxmox would say it lives (storage kind, pool / VG /
@@ -328,10 +328,13 @@ class Context:
         tree path for a backup, ``""`` for a disk queued for the view, None when
         ``loc`` does not name a Proxmox guest's volume.  ``where``: the tree path a
         ``tree`` is also shown at (README.txt says where each view entry comes from).
+        ``lost``: the volume exists (its name is known: a dataset, LV or RBD image) but
+        none of its bytes can be read, and why; its guest keeps its ``vms/<id>/`` or
+        ``cts/<id>/`` folder with a ``LOST.txt`` saying so, instead of vanishing.
         """
         from .proxmox.view import register
 
-        return register(self, loc, volume, tree, node, mtime, where)
+        return register(self, loc, volume, tree, node, mtime, where, lost)
 
     def add_proxmox_disk(self, volname: str, volume: Volume, snapshot: str | None = None,
                          mtime: float | None = None) -> bool:

@@ -265,7 +265,9 @@ class _TreeBuilder:
         except EncryptedError:
             os_ = None
         except (PvfsError, ValueError) as e:
-            self.report("error", path, "bad-dataset", f"{ds.name}: object set unreadable: {e}")
+            why = f"{ds.name}: object set unreadable: {e}"
+            self.report("error", path, "bad-dataset", why)
+            self.lost(ds, None, why, path)
             os_ = None
         if ds.encrypted and (os_ is None or os_.crypt is None):
             kind = "zvol" if os_ is not None and os_.os_type == 3 else "dataset"
@@ -317,6 +319,14 @@ class _TreeBuilder:
                     f"last synchronous changes before the crash are not shown: {what}"
                     f"{f' (log ends in damage: {problem})' if problem else ''}")
 
+    def lost(self, ds, snap, why, path):
+        """A Proxmox volume (``vm-100-disk-0``, ``subvol-102-disk-0``) whose object set
+        cannot be read: its guest keeps its folder in ``vms/`` / ``cts/`` with a LOST.txt."""
+        if not self.live or parse_volname(ds.short) is None:
+            return
+        store = ds.name.rsplit("/", 1)[0] if "/" in ds.name else ""
+        self.ctx.add_proxmox(Locator("zfspool", store, ds.short, snap), lost=why, where=path)
+
     def dataset_features(self, ds, path):
         """Per-dataset features this reader cannot read, named at the dataset.  Dataset
         ZAPs are read only when the pool counts such a feature active (the MOS's
@@ -357,6 +367,8 @@ class _TreeBuilder:
                 sos = self.objset(s)
             except (PvfsError, ValueError) as e:
                 self.report("error", path, "bad-snapshot", f"{s.name}: {e}")
+                self.lost(ds, snap, f"{s.name}: object set unreadable: {e}",
+                          f"{path}/.zfs/snapshot/{snap}")
                 continue
             spath = f"{path}/.zfs/snapshot/{snap}"
             sd = Dir(loader=_zpl_loader(self, sos, s, spath, set(), snapshots=False),
@@ -372,6 +384,8 @@ class _TreeBuilder:
             except (PvfsError, ValueError) as e:
                 self.report("error", f"{parent_path}/{name}", "bad-snapshot",
                             f"{s.name}: {e}")
+                self.lost(ds, s.name.split("@", 1)[1], f"{s.name}: object set unreadable: {e}",
+                          f"{parent_path}/{name}@{s.name.split('@', 1)[1]}")
         for d, o, fname in vols:
             try:
                 size = zap.zap_int(o.dnode(2), "size")
@@ -380,6 +394,8 @@ class _TreeBuilder:
                 data = o.dnode(1)
             except (PvfsError, ValueError) as e:
                 self.report("error", f"{parent_path}/{fname}", "bad-zvol", f"{d.name}: {e}")
+                self.lost(ds, d.name.split("@", 1)[1] if "@" in d.name else None,
+                          f"{d.name}: zvol unreadable: {e}", f"{parent_path}/{fname}")
                 continue
             fpath = f"{parent_path}/{fname}"
             src = DnodeSource(data, size, label=d.name, path=fpath, bad=self.ctx.bad("eio"),

@@ -103,6 +103,7 @@ class Item:
     storage_id: str | None = None
     referenced: bool = False
     where: str | None = None  # tree path of a subvolume's own view (storage/zfs/...)
+    lost: str | None = None  # the volume is known by name but nothing of it can be read: why
 
 
 @dataclass
@@ -156,7 +157,7 @@ def _volname_of(loc: Locator) -> VolName | None:
 # ---------------------------------------------------------------------------
 def register(ctx: Context, loc: Locator, volume: Volume | None = None, tree: Dir | None = None,
              node: Node | None = None, mtime: float | None = None,
-             where: str | None = None) -> str | None:
+             where: str | None = None, lost: str | None = None) -> str | None:
     """See :meth:`pvfs.discover.Context.add_proxmox`."""
     st = state(ctx)
     if loc.backup is not None:
@@ -185,7 +186,7 @@ def register(ctx: Context, loc: Locator, volume: Volume | None = None, tree: Dir
     if vn is None:
         return None
     item = Item(loc, volume, tree, node, mtime, vmid=vn.vmid, disk=vn.disk, volkind=vn.kind,
-                where=where)
+                where=where, lost=lost)
     st.items.append(item)
     if volume is not None:
         volume.info.setdefault("proxmox", {"vmid": vn.vmid, "disk": vn.disk, "kind": vn.kind,
@@ -555,8 +556,11 @@ def _place_guest(ctx: Context, st: ViewState, g: Guest) -> None:
         if rootfs_disk is None:
             nums = sorted(i.disk for i in g.disks if i.loc.snapshot is None)
             rootfs_disk = nums[0] if nums else None
+    _place_lost(ctx, st, g, root, gpath, rootfs_disk)
     groups: dict[tuple, list[Item]] = {}
     for it in g.disks:
+        if it.lost is not None:
+            continue
         groups.setdefault((it.loc.snapshot, it.disk), []).append(it)
     for (snap, n), items in sorted(groups.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
         d, dpath = root, gpath
@@ -588,6 +592,36 @@ def _place_guest(ctx: Context, st: ViewState, g: Guest) -> None:
         bc = d.subdir("by-config")
         target = posixpath.relpath(ref.item.placed[0], f"{dpath}/by-config")
         _add(ctx, st, bc, ref.key, Symlink(target), f"{dpath}/by-config")
+
+
+def _place_lost(ctx: Context, st: ViewState, g: Guest, root: Dir, gpath: str,
+                rootfs_disk: int | None) -> None:
+    """``LOST.txt`` in the guest's folder: the volumes it had that no input can give
+    back (a FAULTED pool's zvol, an RBD image whose objects are all gone, an LV on a
+    missing PV), each with its name, where it would be and why; one ``lost`` entry
+    each, so the guest is listed as lost instead of vanishing."""
+    lost = sorted((i for i in g.disks if i.lost is not None),
+                  key=lambda i: (i.loc.snapshot or "", i.disk or 0))
+    if not lost:
+        return
+    what = f"{'VM' if g.guest == 'qemu' else 'CT'} {g.vmid}"
+    lines = [f"{what}: volumes that are known by name but cannot be read (pvfs).",
+             "Their bytes are not in this tree; the reasons are below and in report.json.", ""]
+    for it in lost:
+        if g.guest == "qemu":
+            stem = f"disk-{it.disk}.raw"
+        else:
+            stem = "rootfs" if it.disk == rootfs_disk else f"disk-{it.disk}"
+        at = f"snapshots/{it.loc.snapshot}/{stem}" if it.loc.snapshot else stem
+        name = _base(it.loc.volname) + (f"@{it.loc.snapshot}" if it.loc.snapshot else "")
+        lines += [f"{at}: {name} on {_label(it)}: LOST", f"    {it.lost}"]
+        if it.where:
+            lines.append(f"    its storage path: {it.where}")
+        lines.append("")
+        ctx.report.add("error", "pve", f"{gpath}/LOST.txt", "volume-lost",
+                       f"{at} ({name} on {_label(it)}) is lost: {it.lost}")
+    text = "\n".join(lines)
+    _add(ctx, st, root, "LOST.txt", File(BytesSource(text.encode(), label="LOST.txt")), gpath)
 
 
 def _place_vm_disk(ctx: Context, st: ViewState, it: Item, d: Dir, dpath: str,
@@ -722,6 +756,8 @@ def _report(ctx: Context, guests: dict[int, Guest], have_cluster: bool) -> None:
 # The table (README.txt, pvfs scan, report.json)
 
 def _status(errors: set, it: Item) -> str:
+    if it.lost is not None:
+        return "lost"
     paths = set(it.placed)
     if it.volume is not None:
         paths.add(it.volume.path)
@@ -749,13 +785,13 @@ def table(ctx: Context) -> list[dict]:
                               "status": "passthrough" if ref.note and "passed through" in ref.note
                               else "unresolved" if ref.note else "missing", "path": None})
         for it in g.disks:
-            if it.loc.snapshot is None and id(it) not in seen and it.placed:
+            if it.loc.snapshot is None and id(it) not in seen and (it.placed or it.lost):
                 vid = _base(it.loc.volname)
                 disks.append({"key": None, "volid": f"{it.storage_id}:{vid}" if it.storage_id
                               else vid,
                               "status": _status(errors, it) + (", not in config" if g.config_source
                                                             or st.have_cluster else ""),
-                              "path": it.placed[0]})
+                              "path": it.placed[0] if it.placed else None})
         rows.append({"vmid": g.vmid, "type": "VM" if g.guest == "qemu" else "CT",
                      "name": g.name, "node": g.node, "ostype": g.ostype,
                      "config": g.config_source or None, "disks": disks,
