@@ -28,6 +28,7 @@ class Problem(NamedTuple):
     severity: str
     code: str
     message: str
+    outcome: str = ""  # see OUTCOMES; "" = from the severity ("repaired" for a rebuilt info)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ and checks the entries' outcome and the exit status together.
 from __future__ import annotations
 
 import json
+import shutil
 
-from conftest import require_fixture, unpack
+from conftest import require_fixture, sha256_source, unpack
 
 from pvfs.cli import main
 from pvfs.discover import discover
@@ -64,3 +65,46 @@ def test_faulted_pool_keeps_its_vms_with_lost_txt(capsys):
     # the pool-level entries: two members named as missing, the vdev and pool lost
     assert len(entries(doc, "missing-member")) == 2
     assert entries(doc, "pool-state", "lost")
+
+
+# ---------------------------------------------------------------------------
+# LVM thin
+
+def _thin_fixture():
+    d = unpack(require_fixture("lvm-thin", "lvm-thin-fixtures.tar.xz"))
+    m = json.loads(require_fixture("lvm-thin", "manifest.json").read_text())
+    return d, m
+
+
+def test_thin_superblock_rebuilt_completely_is_repaired(capsys):
+    """A zeroed thin-pool superblock whose btree nodes are all intact: every thin LV
+    comes back byte for byte (the manifest's sha256), so it is ``repaired`` (info) and
+    the scan exits 0 -- it was an ERROR with exit 3."""
+    d, m = _thin_fixture()
+    name = "pve-disk-damaged-tmeta-sb.img"
+    code, doc = scan(capsys, d / name)
+    assert code == 0
+    sb = entries(doc, "thin-superblock")
+    assert [(e["severity"], e["outcome"]) for e in sb] == [("info", "repaired")]
+    assert "all 3 thin devices found" in sb[0]["message"]
+    ctx = discover([str(d / name)])
+    want = m["variants"][name]["expect"]["recovered_thin_volumes_sha256"]
+    for lv, sha in want.items():
+        assert sha256_source(resolve(ctx.root, f"storage/lvm/pve/{lv}").source) == sha, lv
+
+
+def test_thin_superblock_rebuilt_with_guesses_is_not_repaired(capsys, tmp_path):
+    """The same superblock loss plus the top-level mapping tree (metadata block 7): the
+    devices' trees are guessed by their entry counts, so the superblock entry must not
+    claim a complete rebuild (a warning naming the guesses, never ``repaired``)."""
+    d, m = _thin_fixture()
+    img = tmp_path / "thin.img"
+    shutil.copyfile(d / "pve-disk-damaged-tmeta-sb.img", img)
+    off = m["variants"]["pve-disk-damaged-tmeta-sb.img"]["damage_disk_offset_bytes"]
+    with open(img, "r+b") as f:
+        f.seek(off + 7 * 4096)
+        f.write(bytes(4096))
+    code, doc = scan(capsys, img)
+    sb = entries(doc, "thin-superblock")
+    assert [(e["severity"], e["outcome"]) for e in sb] == [("warning", "degraded")]
+    assert len(entries(doc, "thin-guessed-root")) == 3

@@ -311,7 +311,8 @@ class FatFilesystem(ClusterFilesystem):
         geo, why = read_geometry(self.source)
         self.geo = geo
         for p in geo.problems:
-            self.ctx.report.add(p.severity, "vfat", self.where, p.code, p.message)
+            self.ctx.report.add(p.severity, "vfat", self.where, p.code, p.message,
+                                outcome=p.outcome)
         if why is not None:
             self.problem("warning", "boot-sector-backup",
                          f"primary boot sector unusable ({why}); the backup boot sector "

@@ -215,8 +215,8 @@ class LvmBackend(Backend):
                 ctx.report.add("warning", self.name, path, "pv-not-in-vg",
                                f"PV {uuid} is not listed by VG {vg.name} seqno {gen.seqno}")
         _Builder(self, ctx, vg, vgdir, base, first, ordered).build()
-        for sev, code, msg in vg.problems:  # after the build: sources add theirs lazily
-            ctx.report.add(sev, self.name, base, code, msg)
+        for p in vg.problems:  # after the build: sources add theirs lazily
+            ctx.report.add(p.severity, self.name, base, p.code, p.message, outcome=p.outcome)
 
 
 class _Builder:
@@ -226,8 +226,8 @@ class _Builder:
         self.generations = generations
         self.pools = {}
 
-    def report(self, sev, code, msg, path=None, ranges=()):
-        self.ctx.report.add(sev, self.b.name, path or self.base, code, msg, ranges)
+    def report(self, sev, code, msg, path=None, ranges=(), outcome=""):
+        self.ctx.report.add(sev, self.b.name, path or self.base, code, msg, ranges, outcome)
 
     def build(self):
         vg = self.vg
@@ -255,9 +255,9 @@ class _Builder:
                                                   f"({type(e).__name__}: {e})")
         for name, pool in self.pools.items():
             if pool is not None:
-                for sev, code, msg in pool.problems:  # also those found while loading
-                    self.report(sev, code, f"thin pool {name}: {msg}",
-                                path=f"{self.base}/.pool/{name}")
+                for p in pool.problems:  # also those found while loading
+                    self.report(p.severity, p.code, f"thin pool {name}: {p.message}",
+                                path=f"{self.base}/.pool/{name}", outcome=p.outcome)
                 for sev, msg in pool.check_data_space_map():
                     self.report(sev, "thin-data-space-map", f"thin pool {name}: {msg}",
                                 path=f"{self.base}/.pool/{name}")
@@ -323,8 +323,9 @@ class _Builder:
                         f"for carving", path=ppath)
             self.pools[lv.name] = None
             return
-        for sev, code, msg in pool.problems:
-            self.report(sev, code, f"thin pool {lv.name}: {msg}", path=ppath)
+        for p in pool.problems:
+            self.report(p.severity, p.code, f"thin pool {lv.name}: {p.message}", path=ppath,
+                        outcome=p.outcome)
         for msg in pool.info:
             self.report("info", "thin-pool", f"thin pool {lv.name}: {msg}", path=ppath)
         self.pools[lv.name] = pool

@@ -672,15 +672,16 @@ class ThinPool:
         self.stale_devs = set()  # devices restored from older copies of the trees
         self._open()
 
-    def _problem(self, severity, code, msg):
-        self.problems.append(Problem(severity, code, msg))
+    def _problem(self, severity, code, msg, outcome=""):
+        self.problems.append(Problem(severity, code, msg, outcome))
 
     def _open(self):
         chunk_hint = self.hints.get("chunk_size")
+        causes = []  # (code, message) of the damage that sent us to recovery
         try:
             self.sb = parse_superblock(self.md.read_block(0))
         except (ThinError, UnreadableError) as e:
-            self._problem("error", "thin-superblock", f"{e}; rebuilding from the btree nodes")
+            causes.append(("thin-superblock", str(e)))
         if self.sb is not None:
             self.chunk_sectors = self.sb.data_block_size
             if chunk_hint and chunk_hint != self.chunk_sectors:
@@ -712,22 +713,57 @@ class ThinPool:
                 self._problem("warning", "thin-data-size",
                               f"data space map has {dsm['nr_blocks']} blocks, the data LV "
                               f"{self.nr_data_blocks}")
-            ok = self._load_roots(self.sb.device_details_root, self.sb.data_mapping_root)
-            if ok:
+            bad = self._load_roots(self.sb.device_details_root, self.sb.data_mapping_root)
+            if bad is None:
                 self.usable = True
                 return
+            causes += [("thin-btree", msg) for msg in bad]
         self._recover()
+        self._judge_recovery(causes)
 
-    def _load_roots(self, details_root, mapping_root) -> bool:
+    def _judge_recovery(self, causes):
+        """Say what the damage that forced a recovery cost, once it is done: nothing when
+        every device LVM names got a mapping tree holding exactly the blocks its device
+        details count and no tree was guessed (``repaired``); else the doubts and losses
+        are in their own entries (guessed roots here, devices or ranges without a mapping
+        at the LVs) and these say the metadata itself is damaged (``degraded``); nothing
+        usable at all is a loss."""
+        if not self.usable:
+            for code, msg in causes:
+                self._problem("error", code, f"{msg}; the btree nodes left do not rebuild "
+                              f"any thin device")
+            return
+        wanted = set(self.hints.get("device_ids", ())) | set(self.details)
+        guessed = any(p.code == "thin-guessed-root" for p in self.problems)
+        rec = self._rec
+        exact = bool(self.details) and all(
+            dev in self.dev_roots and dev in self.details and rec._entries(
+                self.dev_roots[dev]) == self.details[dev].mapped_blocks
+            for dev in wanted)
+        for code, msg in causes:
+            if exact and not guessed:
+                self._problem("info", code,
+                              f"{msg}; rebuilt from the other btree nodes: all {len(wanted)} "
+                              f"thin devices found, each with as many mapped blocks as its "
+                              f"device details record", outcome="repaired")
+            else:
+                self._problem("warning", code,
+                              f"{msg}; rebuilt from the other btree nodes, but not provably "
+                              f"complete (see the entries about guessed trees and unmapped "
+                              f"devices)")
+
+    def _load_roots(self, details_root, mapping_root):
+        """Load the two top trees; None when they are whole, else the damage found
+        (then recovery runs, and :meth:`_judge_recovery` says what it cost)."""
         dw = self.md.walk(details_root, S.DEVICE_DETAILS_SIZE)
         tw = self.md.walk(mapping_root, 8)
-        for msg in dw.bad + tw.bad:
-            self._problem("error", "thin-btree", msg)
         if dw.unknown or tw.unknown:
-            return False
+            return list(dw.bad + tw.bad) or ["the top-level trees are incomplete"]
+        for msg in dw.bad + tw.bad:  # damage the walk went around: parts may be missing
+            self._problem("warning", "thin-btree", msg)
         self.details = details_from_walk(dw)
         self.dev_roots = dict(zip(tw.keys.tolist(), np.frombuffer(tw.values, "<u8").tolist(), strict=False))
-        return True
+        return None
 
     def _scan_once(self):
         with self._lock:

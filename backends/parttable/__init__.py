@@ -26,8 +26,9 @@ def _add_partitions(volume, ctx, table):
                           label=f"{volume.name}:p{part.number}", bad=ctx.bad())
         ctx.add_child(volume, f"p{part.number}", src, role="partition", info=part.info())
     volume.info["partition_table"] = table.summary()
-    for sev, code, msg in table.problems:
-        ctx.report.add(sev, table.scheme, volume.path, code, msg)
+    for p in table.problems:
+        ctx.report.add(p.severity, table.scheme, volume.path, p.code, p.message,
+                       outcome=p.outcome)
 
 
 class GptBackend(Backend):

@@ -28,8 +28,8 @@ class VmdkBackend(Backend):
         from .image import VmdkImage
 
         img = VmdkImage(volume.source, volume.file_path, volume.files, ctx.bad("eio"))
-        for sev, code, msg in img.problems:
-            ctx.report.add(sev, "vmdk", volume.path, code, msg)
+        for p in img.problems:
+            ctx.report.add(p.severity, "vmdk", volume.path, p.code, p.message, outcome=p.outcome)
         volume.info.update(img.info())
         ctx.add_input_disk(volume, img.disk, info={"format": "vmdk"})
 

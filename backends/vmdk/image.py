@@ -197,8 +197,8 @@ class VmdkImage:
                                   "unallocated grains read as "
                                   + ("zeros" if self.bad == "zero" else "EIO")))
             return MissingSource(self.size, f"parent {hint} missing", self.bad, hint)
-        for sev, code, msg in parent.problems:
-            self.problems.append(Problem(sev, code, f"in parent {hint!r}: {msg}"))
+        for p in parent.problems:
+            self.problems.append(p._replace(message=f"in parent {hint!r}: {p.message}"))
         if parent.descriptor.cid != d.parent_cid:
             self.problems.append(Problem("warning", "cid-mismatch",
                                   f"{self.label}: parentCID is {_cid(d.parent_cid)} but the "
