@@ -17,12 +17,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SEVERITIES = ("info", "warning", "error")
+#: pvfs/damage.py OUTCOMES: the outcome an entry has when none is given
+OUTCOMES = {"error": ("lost",), "warning": ("degraded",), "info": ("note", "repaired")}
 CODE_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 OUT = ROOT / "docs" / "DAMAGE.md"
 
 
 def _const(node):
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _consts(node) -> list:
+    """A literal, or both literals of ``a if cond else b``."""
+    if isinstance(node, ast.IfExp):
+        return [c for c in (_const(node.body), _const(node.orelse)) if c]
+    c = _const(node)
+    return [c] if c else []
+
+
+def _codes_assigned(tree) -> dict:
+    """``name = "a" if ... else "b"``: the literal codes a local name can hold."""
+    out: dict[str, list] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
+            vals = [c for c in _consts(node.value) if CODE_RE.match(c)]
+            if vals:
+                out.setdefault(node.targets[0].id, []).extend(vals)
+    return out
 
 
 def _text(node):
@@ -40,6 +62,7 @@ def scan():
         for path in sorted((ROOT / top).rglob("*.py")):
             tree = ast.parse(path.read_text(), str(path))
             rel = path.relative_to(ROOT).as_posix()
+            assigned = _codes_assigned(tree)
             for node in ast.walk(tree):
                 if not isinstance(node, ast.Call) or not node.args:
                     continue
@@ -47,24 +70,37 @@ def scan():
                 fname = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
                 args = node.args
                 sev = _const(args[0])
-                layer = code = msg = None
+                layer = code_node = msg = None
                 if fname == "Problem" and len(args) >= 2:
-                    code, msg = _const(args[1]), args[2] if len(args) > 2 else None
+                    code_node, msg = args[1], args[2] if len(args) > 2 else None
                 elif sev in SEVERITIES and fname == "add" and len(args) >= 4:
-                    layer, code = _const(args[1]), _const(args[3])
+                    layer, code_node = _const(args[1]), args[3]
                     msg = args[4] if len(args) > 4 else None
                 elif sev in SEVERITIES and len(args) >= 3:
-                    code, msg = _const(args[1]), args[2]
-                if sev not in SEVERITIES or not code or not CODE_RE.match(code):
+                    code_node, msg = args[1], args[2]
+                if sev not in SEVERITIES or code_node is None:
                     continue
-                e = codes.setdefault(code, {"severity": set(), "layer": set(), "where": set(),
-                                            "example": None})
-                e["severity"].add(sev)
-                e["layer"].add(layer or rel.split("/")[1] if top == "backends" else layer or "core")
-                e["where"].add(rel)
-                t = _text(msg) if msg is not None else None
-                if t and (e["example"] is None or len(t) > len(e["example"])):
-                    e["example"] = t
+                found = _consts(code_node)
+                if not found and isinstance(code_node, ast.Name):
+                    found = assigned.get(code_node.id, [])
+                outcome = OUTCOMES[sev][0]
+                for kw in node.keywords:
+                    if kw.arg == "outcome" and _const(kw.value):
+                        outcome = _const(kw.value)
+                if fname == "Problem" and len(args) > 3 and _const(args[3]):
+                    outcome = _const(args[3])
+                for code in found:
+                    if not CODE_RE.match(code):
+                        continue
+                    e = codes.setdefault(code, {"severity": set(), "layer": set(),
+                                                "where": set(), "example": None})
+                    e["severity"].add(f"{sev} ({outcome})")
+                    e["layer"].add(layer or rel.split("/")[1] if top == "backends"
+                                   else layer or "core")
+                    e["where"].add(rel)
+                    t = _text(msg) if msg is not None else None
+                    if t and (e["example"] is None or len(t) > len(e["example"])):
+                        e["example"] = t
     return codes
 
 
@@ -72,9 +108,12 @@ def render(codes) -> str:
     out = ["# Damage codes", "",
            "Every `code` a damage entry (`pvfs scan`, report.json) can carry, generated from the",
            "source by `scripts/damage_codes.py` (tests/test_damage_codes.py keeps it current).",
-           "Severity: `error` = bytes or entries lost (exit status 3), `warning` = degraded or",
-           "suspicious but readable, `info` = something repaired or worth knowing.", "",
-           "| code | severity | layer | example message | where |", "|---|---|---|---|---|"]
+           "Severity follows outcome: `error (lost)` = bytes or entries are gone (exit status 3),",
+           "`warning (degraded)` = a member, OSD, PV or peer is missing or a structure is",
+           "damaged, but every byte still reads; `info (repaired)` = damage rebuilt from parity,",
+           "a mirror or metadata, nothing lost; `info (note)` = worth knowing.", "",
+           "| code | severity (outcome) | layer | example message | where |",
+           "|---|---|---|---|---|"]
     for code in sorted(codes):
         e = codes[code]
         ex = (e["example"] or "").replace("|", "\\|").replace("\n", " ")

@@ -729,7 +729,8 @@ class ThinPool:
         at the LVs) and these say the metadata itself is damaged (``degraded``); nothing
         usable at all is a loss."""
         if not self.usable:
-            for code, msg in causes:
+            for cause, msg in causes:
+                code = "thin-superblock" if cause == "thin-superblock" else "thin-btree"
                 self._problem("error", code, f"{msg}; the btree nodes left do not rebuild "
                               f"any thin device")
             return
@@ -740,7 +741,8 @@ class ThinPool:
             dev in self.dev_roots and dev in self.details and rec._entries(
                 self.dev_roots[dev]) == self.details[dev].mapped_blocks
             for dev in wanted)
-        for code, msg in causes:
+        for cause, msg in causes:
+            code = "thin-superblock" if cause == "thin-superblock" else "thin-btree"
             if exact and not guessed:
                 self._problem("info", code,
                               f"{msg}; rebuilt from the other btree nodes: all {len(wanted)} "
