@@ -34,7 +34,7 @@ class Assembly:
 
 
 def _redundancy(v) -> int:
-    if isinstance(v, vdevmod.Raidz):
+    if isinstance(v, (vdevmod.Raidz, vdevmod.Draid)):
         return v.nparity
     if isinstance(v, vdevmod.Mirror):
         return max(0, len(v.children) - 1)
@@ -50,8 +50,11 @@ def health(tops):
         if isinstance(t, vdevmod.Missing):
             state = "FAULTED"
             continue
-        lost = len(t.missing_leaves())
-        if lost == 0:
+        # a dRAID child replaced by a distributed spare is missing but not lost
+        # (the pool is still DEGRADED, as zpool status says while a spare is in use)
+        missing = len(t.missing_leaves())
+        lost = t.lost_members() if isinstance(t, vdevmod.Draid) else missing
+        if missing == 0:
             continue
         if lost > _redundancy(t):
             state = "FAULTED"

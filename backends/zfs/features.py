@@ -42,6 +42,7 @@ READABLE = {
     "com.delphix:redaction_list_spill": "bookmarks (not read)",
     "com.klarasystems:vdev_zaps_v2": "the root vdev's ZAP (not needed to read)",
     "org.openzfs:raidz_expansion": "RAIDZ vdevs widened by zpool attach",
+    "org.openzfs:draid": "dRAID vdevs (permutation maps, distributed spares)",
     "org.zfsonlinux:longname": "file names longer than 255 bytes",
     "com.delphix:head_errlog": "the persistent error log per head dataset (not needed)",
 }
@@ -49,7 +50,6 @@ READABLE = {
 UNREADABLE = {
     "com.delphix:device_removal": "indirect vdevs (device removal) are not mapped: blocks "
                                   "remapped to other vdevs read EIO",
-    "org.openzfs:draid": "dRAID vdevs are not read",
     "com.delphix:redacted_datasets": "redacted datasets (from a redacted send) have blocks "
                                      "that were never received",
 }

@@ -14,17 +14,24 @@ reconstruction of a silently corrupt column).
 A RAIDZ vdev widened by ``zpool attach`` (OpenZFS 2.3 raidz_expansion) keeps the blocks
 written before the expansion in their old logical width: the layout is chosen by the
 block's physical birth txg (``birth``, passed down from the block pointer), see raidz.py.
+
+A dRAID vdev (vdev_draid.c, see draid.py) is RAIDZ parity over groups whose columns are
+placed on the children by a permutation per slice; a distributed spare (``dspare``, e.g.
+``draid1-0-0``) that replaced a child reads each sector from the child the permutation
+gives its spare column (vdev_draid_spare_io_start).
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 
 from pvfs.errors import UnreadableError
 
-from . import raidz
+from . import draid, raidz
+from .errors import ZfsError
 from .structs import VDEV_LABEL_START_SIZE
 
 
@@ -360,6 +367,178 @@ class Raidz(Vdev):
 _PATTERNS: dict = {}
 _PATTERN_PIECES = 0
 
+class Draid(Vdev):
+    """A dRAID top-level vdev (vdev_draid.c): every block is one or two rows of RAIDZ
+    parity + data columns (draid.Geometry.map_block); reads take the data columns and,
+    when a child is missing or the checksum fails, every reconstruction the parity of
+    each row allows (the caller's checksum decides, as for RAIDZ)."""
+
+    kind = "draid"
+    #: erasure sets tried per row (combinatorial reconstruction)
+    MAX_TRIES = 4096
+    #: reconstructed candidates kept per row of a block that spans two groups
+    MAX_ROW_BYTES = 64 << 20
+
+    def __init__(self, guid, children, geometry: draid.Geometry):
+        self.guid = guid
+        self.children = children
+        self.geom = geometry
+        self.nparity = geometry.nparity
+        self.ashift = geometry.ashift
+        self.spares = []
+        for sp in _dspares(children):
+            if sp.top_guid in (None, guid):
+                sp.draid = self
+                self.spares.append(sp)
+
+    def candidates(self, offset, size, birth=0):
+        try:
+            rows = self.geom.map_block(offset, size)
+        except ZfsError:
+            return
+        if len(rows) == 1:
+            for data in self._row_candidates(rows[0]):
+                yield data[:size]
+            return
+        # A block across the end of its group: both rows must be right at once; every
+        # pair of row candidates is offered, first ones first (bounded in bytes).
+        gens = [self._row_candidates(r) for r in rows]
+        seen = [[], []]
+        limit = [max(2, self.MAX_ROW_BYTES // max(r.size, 1)) for r in rows]
+        done = [False, False]
+
+        def get(k, i):
+            while len(seen[k]) <= i and not done[k]:
+                nxt = next(gens[k], None)
+                if nxt is None or len(seen[k]) >= limit[k]:
+                    done[k] = True
+                else:
+                    seen[k].append(nxt)
+            return seen[k][i] if i < len(seen[k]) else None
+
+        for total in itertools.count():
+            for i in range(total + 1):
+                a = get(0, i)
+                b = get(1, total - i) if a is not None else None
+                if b is not None:
+                    yield (a + b)[:size]
+            if done[0] and done[1] and total >= len(seen[0]) + len(seen[1]):
+                return
+
+    def _read(self, dev, off, size):
+        if dev >= len(self.children):
+            return None
+        return self.children[dev].first(off, size)
+
+    def _row_candidates(self, row):
+        """The row's data: plain first, then each reconstruction (missing columns first,
+        then every set of suspect columns the parity can repair)."""
+        np_ = self.nparity
+        dcols = row.columns[np_:]
+        sizes = [c.size for c in dcols]
+        data = [self._read(c.dev, c.offset, c.size) if c.size else b"" for c in dcols]
+        missing = [j for j, d in enumerate(data) if d is None]
+        if not missing:
+            yield b"".join(data)
+        parity = [self._read(c.dev, c.offset, row.parity_size) for c in row.columns[:np_]]
+        navail = sum(1 for p in parity if p is not None)
+        empty = {j for j, s in enumerate(sizes) if s == 0}
+        tries = 0
+        for erased in raidz.erasure_sets(len(dcols), missing, navail, self.MAX_TRIES):
+            if empty.intersection(erased):
+                continue  # a skip sector alone: nothing of the block to rebuild
+            rebuilt = raidz.reconstruct(parity, [None if j in erased else d
+                                                 for j, d in enumerate(data)], sizes, erased)
+            if rebuilt is not None:
+                yield b"".join(rebuilt)
+            tries += 1
+            if tries >= self.MAX_TRIES:
+                return
+
+    def lost_members(self) -> int:
+        """Children that cannot be read at all (a child replaced by a distributed spare
+        or a hot spare is not lost)."""
+        return sum(1 for c in self.children if _lost(c))
+
+    def describe(self):
+        g = self.geom
+        return (f"draid{g.nparity}:{g.ndata}d:{g.children}c:{g.nspares}s"
+                f"[{', '.join(c.describe() for c in self.children)}]")
+
+    def missing_leaves(self):
+        out = []
+        for c in self.children:
+            out.extend(c.missing_leaves())
+        return out
+
+
+class DraidSpare(Vdev):
+    """A distributed spare (vdev type ``dspare``, path ``draid<p>-<top>-<id>``): a
+    virtual leaf whose bytes at child offset ``o`` live on the child that permutation
+    column ``children - 1 - spare_id`` of ``o``'s slice names
+    (vdev_draid_spare_get_child), at the same offset."""
+
+    kind = "dspare"
+    _depth = threading.local()
+
+    def __init__(self, guid, path, spare_id, top_guid, ashift=9):
+        self.guid = guid
+        self.path = path
+        self.spare_id = spare_id
+        self.top_guid = top_guid
+        self.ashift = ashift
+        self.draid = None  # the Draid vdev that holds it
+
+    def candidates(self, offset, size, birth=0):
+        d = self.draid
+        depth = getattr(self._depth, "n", 0)
+        if d is None or depth > MAX_TREE_DEPTH or offset < 0 or size <= 0:
+            return
+        self._depth.n = depth + 1
+        try:
+            slice_ = d.geom.devslicesz
+            pieces = []
+            pos = offset
+            while pos < offset + size:  # a read never crosses a slice in practice
+                end = min(offset + size, (pos // slice_ + 1) * slice_)
+                try:
+                    cid = d.geom.spare_child(self.spare_id, pos)
+                except ZfsError:
+                    return
+                pieces.append((d.children[cid], pos, end - pos))
+                pos = end
+            if len(pieces) == 1:
+                child, pos, n = pieces[0]
+                cands = list(itertools.islice(child.candidates(pos, n, birth), 4))
+            else:
+                parts = [child.first(pos, n) for child, pos, n in pieces]
+                cands = [] if any(p is None for p in parts) else [b"".join(parts)]
+        finally:
+            self._depth.n = depth
+        yield from cands
+
+    def describe(self):
+        return f"dspare {self.path}{'' if self.draid else ' (no dRAID vdev)'}"
+
+
+def _dspares(children, depth=0):
+    for c in children:
+        if isinstance(c, DraidSpare):
+            yield c
+        elif isinstance(c, Mirror) and depth < MAX_TREE_DEPTH:
+            yield from _dspares(c.children, depth + 1)
+
+
+def _lost(v) -> bool:
+    if isinstance(v, Leaf):
+        return v.source is None
+    if isinstance(v, Mirror):
+        return all(_lost(c) for c in v.children)
+    if isinstance(v, DraidSpare):
+        return v.draid is None
+    return isinstance(v, Missing)
+
+
 MAX_TREE_DEPTH = 8
 
 
@@ -389,6 +568,13 @@ def build(cfg: dict, leaves: dict, depth: int = 0, notes=None) -> Vdev:
         # several images of the same disk: read like a mirror of them
         return Mirror(guid, [Leaf(guid, cfg.get("path", "?"), src, ashift, vol)
                              for src, vol in copies[:16]], ashift)
+    if typ == "dspare":
+        sid, top = cfg.get("spareid"), cfg.get("top_guid")
+        if not isinstance(sid, int) or isinstance(sid, bool):
+            notes.append(f"distributed spare {cfg.get('path', '?')} has no spare id")
+            return Missing(guid, "bad dspare config")
+        return DraidSpare(guid, cfg.get("path", "?"), sid,
+                          top if isinstance(top, int) else None, ashift)
     kids = [build(ch, leaves, depth + 1, notes) for ch in children[:255]]
     for k in kids:
         if k.ashift == 9 and ashift != 9:
@@ -409,6 +595,21 @@ def build(cfg: dict, leaves: dict, depth: int = 0, notes=None) -> Vdev:
             txgs = []
         return Raidz(guid, kids, nparity, ashift, expand_txgs=txgs,
                      expanding="raidz_expanding" in cfg)
+    if typ == "draid":
+        geom = draid.Geometry(cfg.get("draid_ndata"), cfg.get("nparity"),
+                              cfg.get("draid_nspares"), len(children),
+                              cfg.get("draid_ngroups"), ashift)
+        try:
+            geom.check()
+        except ZfsError as e:
+            notes.append(f"draid vdev {guid}: {e}")
+            return Missing(guid, "bad draid config")
+        top = Draid(guid, kids, geom)
+        for sp in _dspares(kids):
+            if sp.draid is not top:
+                notes.append(f"distributed spare {sp.path} belongs to another vdev "
+                             f"(top_guid {sp.top_guid}): not read")
+        return top
     if typ in ("hole", "missing"):
         return Missing(guid, typ)
     notes.append(f"vdev type {typ!r} is not supported (guid {guid})")

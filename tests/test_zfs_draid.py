@@ -1,0 +1,235 @@
+"""dRAID vdevs (OpenZFS 2.x, ``zpool create ... draid``; the Proxmox installer offers them).
+
+External checks: every permutation map regenerated here matches the checksum OpenZFS
+stores for it in ``draid_maps[]`` (vdev_draid.c, zfs-2.3.9); the group/row arithmetic
+reproduces the layout drawn in vdev_draid.c's comment (14 children, 8+1, 2 spares).
+Ground truth for reading: ../shared/fixtures/zfs-draid/manifest.json, pools written by the
+real OpenZFS 2.3.9 kernel module (intact and with a member missing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backends.zfs import draid
+from backends.zfs import vdev as vdevmod
+from backends.zfs.assemble import health
+from backends.zfs.checksum import fletcher4
+from backends.zfs.errors import ZfsError
+
+R = draid.ROWHEIGHT
+
+
+# -- the permutation maps -----------------------------------------------------------
+def test_every_permutation_map_matches_its_openzfs_checksum():
+    """vdev_draid_generate_perms for all 254 child counts (2-255): each row is a
+    permutation and word 0 of fletcher_4 over the map equals draid_maps[].dm_checksum,
+    which OpenZFS computed from its own generator."""
+    perms = draid.generate_perms(list(draid.MAPS))
+    assert sorted(perms) == list(range(2, 256))
+    bad = [c for c, p in perms.items() if not draid.verify_perms(c, p)]
+    assert not bad, bad
+    assert perms[5].shape == (256, 5) and perms[32].shape == (512, 32)
+    # the map of one child count alone is the same as in the batch (independent lanes)
+    assert (draid.perms_for(14) == perms[14]).all()
+    assert (draid.perms_for(255) == perms[255]).all()
+
+
+def test_a_wrong_map_fails_the_checksum():
+    """The check can fail: a swapped pair, another seed, a map of the wrong height."""
+    good = draid.perms_for(11).copy()
+    swapped = good.copy()
+    swapped[100, [2, 7]] = swapped[100, [7, 2]]
+    assert not draid.verify_perms(11, swapped)
+    assert not draid.verify_perms(11, good[:-1])
+    not_perm = good.copy()
+    not_perm[3, 0] = not_perm[3, 1]
+    assert not draid.verify_perms(11, not_perm)
+    saved = draid.MAPS[11]
+    try:
+        draid.MAPS[11] = (saved[0], saved[1] ^ 1, saved[2])
+        other = draid.generate_perms([11])[11]
+    finally:
+        draid.MAPS[11] = saved
+    assert (other != good).any() and not draid.verify_perms(11, other)
+    assert fletcher4(good.tobytes())[0] == saved[2]
+
+
+def test_no_map_for_unsupported_child_counts():
+    for c in (0, 1, 256):
+        with pytest.raises(ZfsError):
+            draid.generate_perms([c])
+
+
+# -- groups, rows, slices ---------------------------------------------------------------
+def test_layout_of_the_vdev_draid_c_diagram():
+    """vdev_draid.c's comment: 14 children, 8 data + 1 parity, 2 spares -> 4 groups in 3
+    rows per slice; group 1 starts at column 9 of row 0 and wraps to row 1 after 3
+    columns, group 2 starts at column 6 of row 1, group 3 at column 3 of row 2; slice 1
+    (group 4) starts at row 3 with the next permutation; the 2 spare columns are unused."""
+    g = draid.Geometry(8, 1, 2, 14, 4, 12).check()
+    assert (g.groupwidth, g.ndisks, g.groupsz, g.devslicesz) == (9, 12, 9 * R, 3 * R)
+    base, it = g.perm(0)
+    assert it == 0
+
+    def cols(group):
+        return [(c.dev, c.offset // R) for c in g.map_block(group * g.groupsz, 8 << 12)[0]
+                .columns]
+
+    def expect(start, row, perm_base, rot=0):
+        out = []
+        for i in range(9):
+            c = (start + i) % 12
+            r = row + (1 if start + i >= 12 else 0)
+            out.append(((int(perm_base[c]) + rot) % 14, r))
+        return out
+
+    assert cols(0) == expect(0, 0, base)
+    assert cols(1) == expect(9, 0, base)
+    assert [r for _, r in cols(1)] == [0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert cols(2) == expect(6, 1, base)
+    assert cols(3) == expect(3, 2, base)
+    assert cols(4) == expect(0, 3, base, rot=1)  # permutation 1: row 0 rotated by 1
+    used = {d for grp in range(4) for d, _ in cols(grp)}
+    spares = {int(base[13]), int(base[12])}
+    assert used.isdisjoint(spares) and len(used) == 12
+    assert (g.spare_child(0, 0), g.spare_child(1, 0)) == (int(base[13]), int(base[12]))
+    assert g.spare_child(0, 3 * R) == (int(base[13]) + 1) % 14  # slice 1
+    # 3 * 14 = 42 slices later the map moves to its next row
+    b2, it2 = g.perm(14)
+    assert it2 == 0 and (b2 == draid.perms_for(14)[1]).all()
+
+
+def test_block_sizes_columns_and_skip_sectors():
+    """vdev_draid_map_alloc_row: q/r/bc as in RAIDZ but every column present (fixed
+    width): 5 sectors on 4 data + 2 parity -> big columns 0-2 of 2 sectors, the rest 1
+    (with a skip sector), parity 2 sectors; 1 sector -> 1 data + parity, 3 empty."""
+    g = draid.Geometry(4, 2, 1, 9, 4, 12).check()
+    (row,) = g.map_block(0, 5 << 12)
+    assert [c.size >> 12 for c in row.columns] == [2, 2, 2, 1, 1, 1]
+    assert row.parity_size == 2 << 12 and row.size == 5 << 12
+    (row,) = g.map_block(6 << 12, 1)  # rounded up to one sector
+    assert [c.size >> 12 for c in row.columns] == [1, 1, 1, 0, 0, 0]
+    assert g.asize(1) == 6 << 12 and g.asize(5 << 12) == 12 << 12
+    # a block over the end of group 0: the rest starts group 1
+    rows = g.map_block(g.groupsz - (6 << 12), 8 << 12)
+    assert [r.size >> 12 for r in rows] == [4, 4]
+    _, _, start1 = g.logical_to_physical(g.groupsz)
+    assert start1 == 6 and rows[1].columns[0].offset % R == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(0, 4), st.integers(0, 6),
+       st.integers(0, 40))
+def test_a_slice_uses_every_disk_row_once_and_never_the_spare_columns(
+        nparity, ndata, nspares, extra, slice_no):
+    """Over one slice, the groups' columns (one sector of each group chunk) cover each
+    of the ndisks permuted columns of every row exactly once; the spare columns (the
+    last nspares of the permutation) are left to the distributed spares."""
+    gw = ndata + nparity
+    children = gw + nspares + extra
+    ndisks = children - nspares
+    ngroups = ndisks // math.gcd(gw, ndisks)  # zpool create: LCM(gw, ndisks) / gw
+    try:
+        g = draid.Geometry(ndata, nparity, nspares, children, ngroups, 9).check()
+    except ZfsError:
+        assert children > 255
+        return
+    rows = g.devslicesz // R
+    seen = {}
+    for grp in range(slice_no * ngroups, (slice_no + 1) * ngroups):
+        (row,) = g.map_block(grp * g.groupsz, ndata << 9)  # the first stripe of the group
+        for c in row.columns:
+            key = (c.dev, c.offset // R)
+            assert key not in seen, (grp, key)
+            seen[key] = grp
+    assert len(seen) == rows * ndisks
+    base, it = g.perm(slice_no)
+    spare_devs = {(int(base[children - 1 - s]) + it) % children for s in range(nspares)}
+    assert spare_devs.isdisjoint(d for d, _ in seen)
+    for s in range(nspares):
+        assert g.spare_child(s, slice_no * g.devslicesz + 4096) in spare_devs
+
+
+# -- configs ----------------------------------------------------------------------------
+def _cfg(ndata=2, nparity=1, nspares=1, children=5, ngroups=None, **kw):
+    if ngroups is None:
+        gw, nd = ndata + nparity, children - nspares
+        ngroups = nd // math.gcd(gw, nd)
+    kids = [{"type": "disk", "guid": 100 + i, "path": f"/dev/d{i}"} for i in range(children)]
+    cfg = {"type": "draid", "guid": 7, "nparity": nparity, "draid_ndata": ndata,
+           "draid_nspares": nspares, "draid_ngroups": ngroups, "ashift": 12,
+           "children": kids}
+    cfg.update(kw)
+    return cfg
+
+
+def test_bad_configs_are_named_not_read():
+    """vdev_draid_init's checks: each bad value is a note and a Missing vdev."""
+    for bad in (dict(nparity=0), dict(nparity=4), dict(nspares=3), dict(ngroups=0),
+                dict(ngroups=3), dict(draid_ndata=None), dict(children=[])):
+        notes = []
+        v = vdevmod.build(_cfg(**bad) if "children" not in bad and "draid_ndata" not in bad
+                          else {**_cfg(), **bad}, {}, notes=notes)
+        assert isinstance(v, vdevmod.Missing), bad
+        assert notes and "draid" in notes[0], (bad, notes)
+    notes = []
+    v = vdevmod.build(_cfg(), {}, notes=notes)
+    assert isinstance(v, vdevmod.Draid) and not notes
+    assert v.describe().startswith("draid1:2d:5c:1s[")
+
+
+def test_a_distributed_spare_counts_as_present():
+    """A child replaced by ``draid1-0-0`` (a spare vdev: the old disk and the dspare) is
+    missing but not lost: the pool is DEGRADED, not FAULTED; two such children of a
+    draid1 without spares are FAULTED."""
+    cfg = _cfg(nspares=1)
+    cfg["children"][3] = {"type": "spare", "guid": 55, "children": [
+        cfg["children"][3], {"type": "dspare", "guid": 66, "path": "draid1-0-0",
+                             "spareid": 0, "top_guid": 7}]}
+    notes = []
+    v = vdevmod.build(cfg, {}, notes=notes)
+    assert not notes and v.spares and v.spares[0].draid is v
+    leaves = {100 + i: [(object(), None)] for i in range(5) if i != 3}
+    v = vdevmod.build(cfg, leaves)
+    assert v.lost_members() == 0 and len(v.missing_leaves()) == 1
+    states = [n for n in health([v]) if n[1] == "pool-state"]
+    assert states and "DEGRADED" in states[0][2]
+    del leaves[100]
+    v = vdevmod.build(cfg, leaves)
+    assert v.lost_members() == 1
+    v = vdevmod.build(_cfg(nspares=0), {100 + i: [(object(), None)] for i in range(2, 5)})
+    assert any(n[1] == "vdev-faulted" for n in health([v]))
+    # a dspare of another dRAID vdev is not read
+    cfg["children"][3]["children"][1]["top_guid"] = 8
+    notes = []
+    v = vdevmod.build(cfg, {})
+    notes = []
+    vdevmod.build(cfg, {}, notes=notes)
+    assert any("another vdev" in n for n in notes)
+
+
+_CFG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 300), st.text(max_size=3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(["nparity", "draid_ndata", "draid_nspares",
+                                        "draid_ngroups", "ashift"]), _CFG_VALUES),
+       st.integers(0, 12), st.integers(0, 1 << 40), st.integers(-5, 1 << 20))
+def test_fuzz_configs_and_block_maps(over, nkids, offset, size):
+    """Hostile configs never raise out of build(); hostile offsets and sizes never
+    raise out of a read (no member present: nothing is yielded)."""
+    cfg = _cfg()
+    cfg["children"] = cfg["children"][:nkids]
+    cfg.update(over)
+    v = vdevmod.build(cfg, {})
+    assert isinstance(v, (vdevmod.Draid, vdevmod.Missing))
+    assert list(v.candidates(offset, size)) == []
+    if isinstance(v, vdevmod.Draid) and size > 0 and offset % (1 << v.ashift) == 0:
+        rows = v.geom.map_block(offset, size)
+        assert 1 <= len(rows) <= 2
+        assert sum(r.size for r in rows) >= size
