@@ -213,6 +213,15 @@ def test_a_distributed_spare_counts_as_present():
     assert any("another vdev" in n for n in notes)
 
 
+def test_a_block_across_two_groups_without_members_ends():
+    """Both rows of a block that crosses the end of its group must be read; with no
+    member present the read yields nothing (and ends)."""
+    v = vdevmod.build(_cfg(), {})
+    off = v.geom.groupsz - (3 << 12)
+    assert len(v.geom.map_block(off, 4 << 12)) == 2
+    assert list(v.candidates(off, 4 << 12)) == []
+
+
 _CFG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 300), st.text(max_size=3))
 
 

@@ -422,8 +422,9 @@ class Draid(Vdev):
                 b = get(1, total - i) if a is not None else None
                 if b is not None:
                     yield (a + b)[:size]
-            if done[0] and done[1] and total >= len(seen[0]) + len(seen[1]):
-                return
+            if any(done[k] and not seen[k] for k in (0, 1)) or \
+                    (done[0] and done[1] and total >= len(seen[0]) + len(seen[1])):
+                return  # a row with no candidate at all, or every pair offered
 
     def _read(self, dev, off, size):
         if dev >= len(self.children):
