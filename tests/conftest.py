@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import fcntl
 import hashlib
 import json
@@ -179,3 +180,42 @@ def gpt_disk_with_bad_block(img: Path, disk: Path, type_guid: str, bad: int) -> 
         "# Mapfile. Created by GNU ddrescue\n0x0 + 1\n"
         f"0x0 {bad:#x} +\n{bad:#x} 0x1000 -\n{bad + 4096:#x} {total - bad - 4096:#x} +\n")
     return total
+
+
+def _sparse_copy(f, path):
+    zero = bytes(1 << 16)
+    pos = 0
+    with open(path, "wb") as o:
+        while True:
+            b = f.read(1 << 16)
+            if not b:
+                break
+            if b == zero[:len(b)]:
+                o.seek(len(b), 1)
+            else:
+                o.write(b)
+            pos += len(b)
+        o.truncate(pos)
+
+
+def extract_external(rel: str) -> list[str]:
+    """Decompress one image of ../shared/fixtures/zfs/external (.bz2, .Z, .tar.*) into the
+    cache, once; returns its files."""
+    src = FIXTURES / "zfs" / "external" / rel
+    require_path(src)
+    st = src.stat()
+    key = f"zfs-external-{src.name}-{st.st_size}-{int(st.st_mtime)}"
+
+    def build(tmp: Path) -> None:
+        n = src.name
+        if ".tar." in n:
+            subprocess.run(["tar", "--sparse", "-xf", str(src), "-C", str(tmp)], check=True)
+        elif n.endswith(".bz2"):
+            with bz2.open(src) as f:
+                _sparse_copy(f, tmp / n[:-4])
+        elif n.endswith(".Z"):
+            p = subprocess.Popen(["gzip", "-dc", str(src)], stdout=subprocess.PIPE)
+            _sparse_copy(p.stdout, tmp / n[:-2])
+            p.wait()
+    dest = cached_build(key, build)
+    return sorted(str(p) for p in dest.rglob("*") if p.is_file() and p.name != ".complete")

@@ -5,56 +5,17 @@ zstd, encrypted pools.  Ground truth: ../shared/fixtures/zfs/external/INVENTORY-
 
 from __future__ import annotations
 
-import bz2
 import json
-import subprocess
 
 import pytest
 
 from pvfs.discover import Options, discover
 from pvfs.nodes import File, resolve
 
-from conftest import CACHE, FIXTURES, fixture_json, require_path, sha256_source
+from conftest import FIXTURES, fixture_json, sha256_source
+from conftest import extract_external as extract
 
 EXT = FIXTURES / "zfs" / "external"
-
-
-def _sparse_copy(f, path):
-    zero = bytes(1 << 16)
-    pos = 0
-    with open(path, "wb") as o:
-        while True:
-            b = f.read(1 << 16)
-            if not b:
-                break
-            if b == zero[:len(b)]:
-                o.seek(len(b), 1)
-            else:
-                o.write(b)
-            pos += len(b)
-        o.truncate(pos)
-
-
-def extract(rel: str):
-    """Decompress one external image (.bz2, .Z, .tar.*) into the cache, once."""
-    src = EXT / rel
-    require_path(src)
-    st = src.stat()
-    dest = CACHE / "zfs-external" / f"{src.name}-{st.st_size}-{int(st.st_mtime)}"
-    if not (dest / ".complete").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        n = src.name
-        if ".tar." in n:
-            subprocess.run(["tar", "--sparse", "-xf", str(src), "-C", str(dest)], check=True)
-        elif n.endswith(".bz2"):
-            with bz2.open(src) as f:
-                _sparse_copy(f, dest / n[:-4])
-        elif n.endswith(".Z"):
-            p = subprocess.Popen(["gzip", "-dc", str(src)], stdout=subprocess.PIPE)
-            _sparse_copy(p.stdout, dest / n[:-2])
-            p.wait()
-        (dest / ".complete").write_text("ok")
-    return sorted(str(p) for p in dest.rglob("*") if p.is_file() and p.name != ".complete")
 
 
 def _open(*rels, keys=None):
