@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, NoReturn
 from . import __version__
 from .backend import load_backends
 from .errors import PvfsError, UsageError
+from .nbd import is_nbd_uri, parse_uri
 
 if TYPE_CHECKING:
     from .discover import Context, Options
@@ -228,6 +229,9 @@ def check_values(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} {path}: not readable")
 
     for p in args.inputs:
+        if is_nbd_uri(p):
+            parse_uri(p)  # a bad URI is a usage error before anything is read
+            continue
         if not os.path.lexists(p):  # (a dangling link exists: it becomes a report entry)
             raise UsageError(f"{p}: no such file or directory")
     for v in getattr(args, "drbd_prefer", None) or []:

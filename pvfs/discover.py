@@ -25,6 +25,7 @@ from .damage import DamageReport
 from .errors import PvfsError, UnreadableError, UsageError
 from .fsprobe import detect_filesystem
 from .guestfs import GuestFilesystem
+from .nbd import is_nbd_uri
 from .namespace import OsFiles, TreeFiles
 from .nodes import Dir, File, resolve
 from .proxmox.view import Locator
@@ -615,6 +616,11 @@ def add_input(ctx: Context, path: str, directory: Dir | None = None,
     """
     if directory is None:
         directory = ctx.storage("files")
+    if depth == 0 and is_nbd_uri(path):  # nbd://host/export: pvfs/nbd.py
+        from .nbd import add_nbd_input
+
+        add_nbd_input(ctx, path, directory, dir_path)
+        return
     name = os.path.basename(os.path.normpath(path)) or "input"
     try:
         st = os.stat(path)

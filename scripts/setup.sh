@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 LISTS="backends/*/deps-apt.txt"
 [ "${1:-}" = "--bench" ] && LISTS="$LISTS backends/*/deps-bench-apt.txt"
 
+# python3-libnbd: the NBD client for nbd:// inputs (pvfs/nbd.py); nbdkit: its tests' server.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev
-              qemu-utils fdisk e2fsprogs xz-utils zstd tar)
+              qemu-utils fdisk e2fsprogs xz-utils zstd tar python3-libnbd nbdkit)
 # Packages that backends' tests and benchmarks need (backends/<fmt>/deps-apt.txt).
 for f in $LISTS; do
     [ -f "$f" ] || continue
@@ -35,3 +36,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+
+# libnbd's Python bindings exist only as Debian's python3-libnbd (PyPI has no maintained
+# build of them). Link just its two files into the venv: --system-site-packages would
+# bring every Debian Python package into the venv (and the venv's python may not be
+# Debian's, whose site packages it would not see anyway).
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+for f in $(dpkg -L python3-libnbd | grep -E '/dist-packages/(nbd\.py|libnbdmod\.[^/]*\.so)$'); do
+    ln -sfn "$f" "$SITE/$(basename "$f")"
+done
+.venv/bin/python -c 'import nbd' 2>/dev/null ||
+    echo "setup: warning: the venv's python cannot load python3-libnbd (another Python" \
+         "version?); nbd:// inputs will not work" >&2
