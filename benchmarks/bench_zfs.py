@@ -113,6 +113,22 @@ def build_pool(work, size_mib, nfiles):
     return disks
 
 
+def daemon_rss_mib(mnt):
+    """Peak RSS (VmHWM) of the pvfs daemon serving ``mnt``, in MiB (None if not found)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+            if b"mount" in argv and str(mnt).encode() in argv:
+                for line in (d / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return None
+
+
 def bench_pvfs(work, disks, results):
     mnt = work / "pvfs-mnt"
     mnt.mkdir(exist_ok=True)
@@ -122,10 +138,11 @@ def bench_pvfs(work, disks, results):
     try:
         base = mnt / "storage" / "zfs" / POOL
         n, dt = timed_walk(base / "many")
-        results[f"pvfs: list+stat {n} files"] = ("s", dt)
+        results["pvfs: list+stat files"] = ("s", dt)
         for ds in ("off", "on"):
             size, mbs = timed_read(base / ds / "big.bin")
             results[f"pvfs: read big.bin, compression={ds}"] = ("MB/s", mbs)
+        results["pvfs: daemon peak RSS"] = ("MiB", daemon_rss_mib(mnt) or 0.0)
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)])
 
@@ -139,7 +156,7 @@ def bench_zfs_fuse(work, disks, results):
         mnt = Path(sh("zfs", "get", "-H", "-o", "value", "mountpoint", POOL).stdout.strip())
         try:
             n, dt = timed_walk(mnt / "many")
-            results[f"zfs-fuse: list+stat {n} files"] = ("s", dt)
+            results["zfs-fuse: list+stat files"] = ("s", dt)
             for ds in ("off", "on"):
                 size, mbs = timed_read(mnt / ds / "big.bin")
                 results[f"zfs-fuse: read big.bin, compression={ds}"] = ("MB/s", mbs)
@@ -155,6 +172,8 @@ def main():
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--stress", type=int, default=0, metavar="N",
+                    help="run stress-ng --cpu N beside the benchmark (a loaded machine)")
     args = ap.parse_args()
     for tool in ("zfs-fuse", "zpool", "zfs", "fusermount3"):
         if not shutil.which(tool):
@@ -168,27 +187,64 @@ def main():
     # Rounds alternate pvfs and zfs-fuse, each with a fresh mount / import (cold caches:
     # drop_caches for the kernel, a new process for pvfs, a new import for zfs-fuse's ARC);
     # the median of the rounds is reported (shared machines are noisy).
+    stress = None
+    if args.stress:
+        # a steady CPU load beside the benchmark (the "under load" run)
+        stress = subprocess.Popen(["stress-ng", "--cpu", str(args.stress), "--quiet"])
+        time.sleep(5)
+    try:
+        runs = run_rounds(work, disks, args.rounds)
+    finally:
+        if stress is not None:
+            stress.terminate()
+            stress.wait()
+    report(runs, args)
+
+
+def load():
+    a, b, c = os.getloadavg()
+    return f"load average {a:.1f} {b:.1f} {c:.1f} on {os.cpu_count()} CPUs"
+
+
+def run_rounds(work, disks, rounds):
+    # Rounds alternate pvfs and zfs-fuse, each with a fresh mount / import (cold caches:
+    # drop_caches for the kernel, a new process for pvfs, a new import for zfs-fuse's ARC);
+    # the median of the rounds is reported (shared machines are noisy).
     runs = []
-    for r in range(args.rounds):
+    for r in range(rounds):
         results = {}
         bench_pvfs(work, disks, results)
         bench_zfs_fuse(work, disks, results)
         runs.append(results)
-        print(f"round {r + 1} (load {os.getloadavg()[0]:.1f}):", flush=True)
+        print(f"round {r + 1} ({load()}):", flush=True)
         for k, (u, v) in results.items():
             print(f"    {k:45s} {v:9.2f} {u}", flush=True)
-    results = {k: (runs[0][k][0], statistics.median(r[k][1] for r in runs)) for k in runs[0]}
-    print(f"\nmedian of {args.rounds} rounds (load average {os.getloadavg()[0]:.1f}, "
-          f"{os.cpu_count()} CPUs):")
-    for k, (unit, v) in results.items():
-        print(f"{k:45s} {v:9.2f} {unit}")
-    print()
-    for ds in ("off", "on"):
-        a = results[f"pvfs: read big.bin, compression={ds}"][1]
-        b = results.get(f"zfs-fuse: read big.bin, compression={ds}", (None, None))[1]
-        if b:
-            print(f"ratio pvfs / zfs-fuse, compression={ds}: {a / b:.2f}")
+    return runs
 
+
+def report(runs, args):
+    med = {k: statistics.median(r[k][1] for r in runs) for k in runs[0]}
+    units = {k: runs[0][k][0] for k in runs[0]}
+    print(f"\nmedian of {len(runs)} rounds ({load()}"
+          f"{f', stress-ng --cpu {args.stress} beside it' if args.stress else ''}):")
+    for k, v in med.items():
+        print(f"{k:45s} {v:9.2f} {units[k]}")
+    print("\nratios pvfs / zfs-fuse (1.00 = as fast; per round, then the median):")
+    rows = [("read, compression=off", "MB/s", "read big.bin, compression=off"),
+            ("read, compression=on (lzjb)", "MB/s", "read big.bin, compression=on"),
+            (f"list+stat {args.files} files", "s", "list+stat files"),
+            ("mount / zpool import", "s", None)]
+    for label, unit, key in rows:
+        per = []
+        for r in runs:
+            if key is None:
+                a, b = r["pvfs: mount (discover pool)"][1], r["zfs-fuse: zpool import (+ mounts)"][1]
+            else:
+                a, b = r[f"pvfs: {key}"][1], r[f"zfs-fuse: {key}"][1]
+            per.append(a / b if unit == "MB/s" else b / a)
+        print(f"  {label:32s} {' '.join(f'{x:5.2f}' for x in per)}   median {statistics.median(per):.2f}")
+    print(f"pvfs mount (discover the 3-disk pool): {med['pvfs: mount (discover pool)']:.2f} s "
+          f"(target < 0.5 s); daemon peak RSS {med['pvfs: daemon peak RSS']:.0f} MiB")
 
 if __name__ == "__main__":
     main()

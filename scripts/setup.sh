@@ -48,3 +48,7 @@ done
 .venv/bin/python -c 'import nbd' 2>/dev/null ||
     echo "setup: warning: the venv's python cannot load python3-libnbd (another Python" \
          "version?); nbd:// inputs will not work" >&2
+
+# ZFS's fletcher4 and lzjb loops, compiled ahead of time (backends/zfs/kernels.py) so no
+# mount and no first read pays numba; without it they are compiled at first use instead.
+.venv/bin/python -m backends.zfs.kernels || true

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -18,6 +20,7 @@ from backends.zfs.nvlist import NvlistError, unpack_nvlist
 from backends.zfs.objset import Dnode
 from pvfs.source import BytesSource, FileSource
 
+import conftest
 from conftest import FIXTURES, require_fixture, unpack
 
 FUZZ = settings(max_examples=200, deadline=None,
@@ -379,10 +382,19 @@ def test_raidz_bad_config():
         raidz.map_columns(0, 4096, 2, 2, 9)
 
 
-def test_lzjb_compiled_in_the_parent_works_in_a_forked_child():
-    """The mount daemon is forked after discovery: what was compiled before the fork
-    (in the calling thread, never half-done) must work in the child, and a child that
-    had nothing compiled compiles on its own."""
+def test_lzjb_jit_compiled_in_the_parent_works_in_a_forked_child(monkeypatch):
+    """Without the ahead-of-time build, numba compiles just in time.  The mount daemon is
+    forked after discovery: what was compiled before the fork (in the calling thread,
+    never half-done) must work in the child, and a child that had nothing compiled
+    compiles on its own in the background."""
+    import threading
+    import time
+
+    from backends.zfs import kernels
+
+    monkeypatch.setattr(kernels._State, "aot", False)
+    monkeypatch.setattr(kernels._State, "jit", None)
+    monkeypatch.setattr(kernels._State, "py_lzjb_bytes", 0)
     data = bytes([0]) + b"abcdefgh" + bytes([0b10]) + b"a" + bytes([1 << 2, 1])
     for compile_first in (False, True):
         if compile_first:
@@ -393,11 +405,11 @@ def test_lzjb_compiled_in_the_parent_works_in_a_forked_child():
         if pid == 0:  # child: compiling in the background already (lzjb was seen)
             ok = compress.lzjb_decompress(data, 13, bulk=False) == b"abcdefghaaaaa"
             for _ in range(600):
-                if compress._LZJB_JIT or compress._LZJB_JIT is False and not any(
-                        t.name == "zfs-lzjb-jit" for t in __import__("threading").enumerate()):
+                if kernels._State.jit or kernels._State.jit is False and not any(
+                        t.name == "zfs-kernels-jit" for t in threading.enumerate()):
                     break
-                __import__("time").sleep(0.05)
-            os.write(w, b"%d%d" % (ok, bool(compress._LZJB_JIT) or compress.lzjb_jit_ready()))
+                time.sleep(0.05)
+            os.write(w, b"%d%d" % (ok, bool(kernels._State.jit) or compress.lzjb_jit_ready()))
             os._exit(0)
         os.close(w)
         out = os.read(r, 2)
@@ -408,3 +420,58 @@ def test_lzjb_compiled_in_the_parent_works_in_a_forked_child():
         except ImportError:
             expect = b"10"
         assert out == expect
+
+
+def _kernels_build():
+    """The ahead-of-time kernels, built once per test session into the fixture cache."""
+    from backends.zfs import kernels
+
+    out = conftest.cached_build(f"zfs-kernels-{kernels.source_hash():x}",
+                                lambda d: kernels.build(str(d)))
+    return kernels._load_from(next(str(p) for p in Path(out).glob(kernels.MODULE + "*")))
+
+
+def test_aot_kernels_agree_with_numpy_and_python():
+    """The numba.pycc build (what scripts/setup.sh makes) against the numpy fletcher4 and
+    the pure Python lzjb: random data in both byte orders and every size class, and the
+    real lzjb blocks of fxmirror/comp-lzjb plus corrupt inputs."""
+    import random
+
+    from backends.zfs import kernels
+
+    mod = _kernels_build()
+    assert mod.source_hash() == kernels.source_hash()
+    rnd = random.Random(7)
+    for n in (0, 4, 512, 4096, 131072, 1 << 20, (1 << 20) + 4096):
+        data = rnd.randbytes(n)
+        for little in (True, False):
+            w = np.frombuffer(data, dtype="<u4" if little else ">u4").astype(np.uint32)
+            got = tuple(int(x) for x in mod.fletcher4(w))
+            with np.errstate(over="ignore"):
+                monkey = kernels._State.aot, kernels._State.jit
+                kernels._State.aot, kernels._State.jit = False, False
+                try:
+                    want = checksum.fletcher4(data, little)
+                finally:
+                    kernels._State.aot, kernels._State.jit = monkey
+            assert got == want, (n, little)
+    d = unpack(require_fixture("zfs", "images", "fxmirror.tar.xz"))
+    from pvfs.discover import discover
+    from pvfs.nodes import resolve
+
+    ctx = discover(sorted(str(p) for p in d.rglob("*.img")))
+    dn = resolve(ctx.root, "storage/zfs/fxmirror/comp-lzjb/text-1m5.txt").source.dnode
+    n = 0
+    for blkid in range(dn.maxblkid + 1):
+        bp = dn.block_bp(blkid)
+        if bp is None or bp.hole or bp.comp != 3:
+            continue
+        raw = dn.objset.pool.read_physical(bp)
+        dst = np.empty(bp.lsize, dtype=np.uint8)
+        assert mod.lzjb(np.frombuffer(raw, dtype=np.uint8), dst) == bp.lsize
+        assert dst.tobytes() == compress._lzjb_python(raw, bp.lsize)
+        n += 1
+    assert n > 3
+    dst = np.empty(64, dtype=np.uint8)
+    assert mod.lzjb(np.frombuffer(bytes([0xFF, 0x04, 0x05]), dtype=np.uint8), dst) == -2
+    assert mod.lzjb(np.frombuffer(bytes([1]), dtype=np.uint8), dst) == -1

@@ -1,8 +1,7 @@
 """Block decompression: lzjb, lz4, gzip, zle, zstd.
 
-lzjb is a byte loop: with the optional ``numba`` package it is compiled (hundreds of
-MB/s) once enough lzjb data is met (see ``_lzjb_jit``), without it pure Python does a
-few MB/s.
+lzjb is a byte loop: compiled with numba (kernels.py: ahead of time at set-up, else just
+in time) it decodes hundreds of MB/s; pure Python, the fallback, does a few MB/s.
 
 References: OpenZFS module/zfs/lzjb.c, lz4.c / lz4_zfs.c (4-byte big-endian compressed
 length before the LZ4 block), gzip.c (zlib streams), zle.c (n = 64), zfs_zstd.c
@@ -12,13 +11,12 @@ ZSTD_f_zstd1_magicless, i.e. without the 4-byte frame magic).
 
 from __future__ import annotations
 
-import os
 import struct
-import threading
 import zlib
 
 import numpy as np
 
+from . import kernels
 from .errors import ZfsError
 from .structs import ZIO_COMPRESS
 
@@ -79,122 +77,20 @@ def _lzjb_python(src: bytes, d_len: int) -> bytes:
     return bytes(dst)
 
 
-def _lzjb_kernel(src, dst):  # pragma: no cover - compiled by numba when it is installed
-    """The same loop over numpy arrays, for numba: returns the bytes written, < 0 on error."""
-    d_len = dst.shape[0]
-    slen = src.shape[0]
-    s = 0
-    d = 0
-    while d < d_len:
-        if s >= slen:
-            return -1
-        copymap = np.int64(src[s])
-        s += 1
-        for bit in range(8):
-            if d >= d_len:
-                break
-            if (copymap >> bit) & 1:
-                if s + 1 >= slen:
-                    return -1
-                b0 = np.int64(src[s])
-                b1 = np.int64(src[s + 1])
-                s += 2
-                mlen = (b0 >> 2) + 3
-                off = ((b0 << 8) | b1) & 0x3FF
-                cpy = d - off
-                if cpy < 0 or off == 0:
-                    return -2
-                if mlen > d_len - d:
-                    mlen = d_len - d
-                for k in range(mlen):
-                    dst[d + k] = dst[cpy + k]
-                d += mlen
-            else:
-                if s >= slen:
-                    return -1
-                dst[d] = src[s]
-                d += 1
-                s += 1
-    return d
-
-
-_LZJB_JIT = None  # None: not tried; False: unavailable; else the compiled function
-_LZJB_LOCK = threading.Lock()
-_LZJB_PY_BYTES = 0  # lzjb bytes decoded by the Python loop so far
-#: Compile once this much lzjb metadata went through Python (compiling costs ~1-2 s,
-#: Python decodes metadata at ~8 MB/s: discovery of a 10,000-file pool stays below).
-LZJB_COMPILE_AFTER = 16 * 1024 * 1024
-
-
-def _compile_lzjb():
-    global _LZJB_JIT
-    try:
-        import numba
-
-        jit = numba.njit(cache=True, nogil=True, boundscheck=False)(_lzjb_kernel)
-        dst = np.empty(16, dtype=np.uint8)
-        jit(np.frombuffer(b"\x00" + b"x" * 8 + b"\x00" + b"y" * 8, dtype=np.uint8), dst)
-        _LZJB_JIT = jit
-    except Exception:
-        _LZJB_JIT = False
-
-
-def _lzjb_jit(bulk=True):
-    """numba-compiled lzjb (optional, ~50x faster than Python).
-
-    Importing numba and loading the compiled code takes a second or two, so it is done
-    only when it pays: at the first block of file or zvol data (``bulk``) or after
-    ``LZJB_COMPILE_AFTER`` bytes of metadata went through Python.  It is done in the
-    calling thread (other threads use Python meanwhile), not in a background thread of
-    the discovering process: ``pvfs mount`` forks its daemon after discovery, and a
-    thread cut off by the fork in the middle of ``import numba`` would leave the child a
-    half-imported module.  The forked daemon itself compiles in the background at once
-    (``_after_fork_in_child``)."""
-    if _LZJB_JIT is None and (bulk or _LZJB_PY_BYTES >= LZJB_COMPILE_AFTER):
-        if os.environ.get("PVFS_NO_NUMBA"):
-            return False
-        if _LZJB_LOCK.acquire(blocking=False):
-            try:
-                if _LZJB_JIT is None:
-                    _compile_lzjb()
-            finally:
-                _LZJB_LOCK.release()
-    return _LZJB_JIT
-
-
-def _compile_locked():
-    with _LZJB_LOCK:
-        if _LZJB_JIT is None:
-            _compile_lzjb()
-
-
-def _after_fork_in_child():
-    """``pvfs mount`` forks its daemon after discovery.  Nothing forks after that, so the
-    daemon may compile in a background thread: it starts at once when discovery met lzjb
-    (the files are probably lzjb too), and is ready by the first reads."""
-    global _LZJB_LOCK
-    _LZJB_LOCK = threading.Lock()
-    if _LZJB_JIT is None and _LZJB_PY_BYTES and not os.environ.get("PVFS_NO_NUMBA"):
-        threading.Thread(target=_compile_locked, name="zfs-lzjb-jit", daemon=True).start()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def lzjb_jit_ready(timeout=None) -> bool:
-    """Compile now if numba is installed (tests, benchmarks)."""
-    return bool(_lzjb_jit(bulk=True))
+    """Make the compiled lzjb available now (tests, benchmarks): True when it is."""
+    return kernels.get(bulk=True, wait=True) is not None
 
 
 def lzjb_decompress(src: bytes, d_len: int, bulk: bool = True) -> bytes:
-    global _LZJB_PY_BYTES
-    jit = _lzjb_jit(bulk)
-    if not jit:
-        _LZJB_PY_BYTES += d_len
+    """lzjb.c's lzjb_decompress: compiled (kernels.py) when available, else Python.
+    ``bulk``: file or zvol data (worth compiling for, see ``kernels.jit``)."""
+    k = kernels.get(bulk, wait=bulk)
+    if k is None:
+        kernels._State.py_lzjb_bytes += d_len
         return _lzjb_python(src, d_len)
     dst = np.empty(d_len, dtype=np.uint8)
-    r = jit(np.frombuffer(src, dtype=np.uint8), dst)
+    r = k.lzjb(np.frombuffer(src, dtype=np.uint8), dst)
     if r == -2:
         raise DecompressError("lzjb: match before the start of the block")
     if r < 0:
@@ -279,7 +175,7 @@ def gzip_decompress(src: bytes, d_len: int) -> bytes:
 
 def decompress(comp: int, data: bytes, lsize: int, bulk: bool = True) -> bytes:
     """Decompress one block's physical bytes to its logical size (``bulk``: file or zvol
-    data rather than metadata; see ``_lzjb_jit``)."""
+    data rather than metadata; see ``kernels.jit``)."""
     name = ZIO_COMPRESS.get(comp)
     if name in ("off", "inherit", "on", None) and comp in (0, 2):
         return data[:lsize] if len(data) >= lsize else data + bytes(lsize - len(data))
