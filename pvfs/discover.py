@@ -758,6 +758,7 @@ def map_filesystem_damage(ctx: Context) -> None:
                            f"could not map damage to files: {type(e).__name__}: {e}")
             continue
         fs.info.damaged_files = total
+        fs.info.damaged_names = list(names)
         if total:
             shown = [p for p in vol.files_paths if p.startswith(("vms/", "cts/"))]
             where = (shown or vol.files_paths or [vol.path])[0]

@@ -49,6 +49,7 @@ class FilesystemInfo:
     clean: bool | None = None  # False: dirty journal/log (not cleanly unmounted)
     journal: str | None = None  # "replayed 12 transactions", "dirty log not replayed" ...
     damaged_files: int = 0  # filled by the core after mapping damage to files
+    damaged_names: list[str] = field(default_factory=list)  # the first of them (root-relative)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:

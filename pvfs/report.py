@@ -11,6 +11,7 @@ from . import __version__
 from .damage import merge_ranges
 from .fsprobe import MOUNT_HINTS
 from .nodes import GeneratedFile
+from .proxmox.status import printable
 
 if TYPE_CHECKING:
     from .discover import Context, Volume
@@ -149,8 +150,22 @@ def _fmt_size(n: float) -> str:
         n /= 1024
 
 
+def status_lines(ctx: Context, rows: list[dict]) -> list[str]:
+    """The per-VM and per-container table that README.txt and ``pvfs scan`` start with."""
+    from .proxmox.view import table_text
+
+    if not rows:
+        return ["No VM or container found.", ""]
+    return ["Status of each VM and container (OK, REPAIRED, DEGRADED, PARTIAL, LOST):",
+            *table_text(ctx, rows), ""]
+
+
 def report_text(ctx: Context) -> str:
-    lines = ["Inputs:"]
+    from .proxmox.view import details_text, table
+
+    rows = table(ctx)
+    lines = status_lines(ctx, rows)
+    lines.append("Inputs:")
     for i in ctx.inputs:
         extra = f", mapfile {i['mapfile']} ({i['bad_bytes']} bad bytes)" if i.get("mapfile") else ""
         lines.append(f"  {i['path']} ({_fmt_size(i['size'])}{extra})")
@@ -175,28 +190,28 @@ def report_text(ctx: Context) -> str:
         show(v, 1)
     lines.append("")
     from .fsreport import guest_fs_lines
-    from .proxmox.view import guest_ids, table_text
+    from .proxmox.view import guest_ids
 
     if guest_ids(ctx.vms_root):
         lines.append("VMs: " + ", ".join(guest_ids(ctx.vms_root)))
     if guest_ids(ctx.cts_root):
         lines.append("Containers: " + ", ".join(guest_ids(ctx.cts_root)))
-    rows = table_text(ctx)
-    if rows:
-        lines.append("")
-        lines.append("Guests (from the cluster configs, backups and volume names):")
-        lines.extend(rows)
     fs_lines = guest_fs_lines(ctx)
     if fs_lines:
         lines.append("")
         lines.append("Guest filesystems, per VM and container:")
         lines.extend(fs_lines)
+    details = details_text(rows)
+    if details:
+        lines.append("")
+        lines.append("Damage per VM and container:")
+        lines.extend(details)
     entries = list(ctx.report)
     if entries:
         lines.append("")
         lines.append(f"Damage report ({len(entries)} entries):")
         for e in entries:
-            lines.append("  " + e.line())
+            lines.append("  " + printable(e.line()))
     else:
         lines.append("")
         lines.append("Damage report: nothing found.")
@@ -228,10 +243,14 @@ def _vmid_key(s: str) -> tuple[int, int | str]:
 
 
 def readme_text(ctx: Context) -> str:
+    from .proxmox.view import details_text, table
+
+    rows = table(ctx)
     out = [
         "pvfs: read-only view of recovered Proxmox VE storage",
         f"Made {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ctx.started))} by pvfs {__version__}.",
         "",
+        *status_lines(ctx, rows),
         "  storage/   every input as found, faithful to its own structure",
         "  vms/       VM disks by VMID (disk-<n>.raw, disk-<n>.parts/p<k>, snapshots/, backups/)",
         "             and the files in them: disk-<n>.files/p<k>/ (the filesystem on partition",
@@ -266,13 +285,6 @@ def readme_text(ctx: Context) -> str:
         out.append("Guest filesystems:")
         out.extend(fs_rows)
         out.append("")
-    from .proxmox.view import table_text
-
-    rows = table_text(ctx)
-    if rows:
-        out.append("Guests (VMs and containers; disks from their configs: found / missing / damaged):")
-        out.extend(rows)
-        out.append("")
     origin = []
     for v in ctx.volumes:
         if v.role == "partition":
@@ -298,8 +310,16 @@ def readme_text(ctx: Context) -> str:
         out.extend(fs_lines)
         out.append("")
     out.extend(ctx.extra_readme)
+    details = details_text(rows)
+    if details:
+        out.append("Damage per VM and container (the first entries of each; report.json has all):")
+        out.extend(details)
+        out.append("")
     n = len(ctx.report)
-    out.append(f"Damage entries: {n} (see report.json)" if n else "Damage entries: none.")
+    counts = ", ".join(f"{ctx.report.count(sev)} {name}" for sev, name in
+                       (("error", "errors"), ("warning", "warnings"), ("info", "notes")))
+    out.append(f"Damage entries: {n} ({counts}; all in report.json)" if n
+               else "Damage entries: none.")
     return "\n".join(out) + "\n"
 
 

@@ -101,6 +101,8 @@ def test_lvm_host_with_ext4_root(tmp_path):
     assert len(missing) == 1 and "scsi1: vmstore:vm-120-disk-1" in missing[0].message
     assert missing[0].path == "vms/120/qemu-server.conf"
     row = next(r for r in table(ctx) if r["vmid"] == 120)
-    assert row["node"] == "pvelvm" and [(d["key"], d["status"]) for d in row["disks"]] == \
-        [("scsi0", "found"), ("scsi1", "missing")]
+    assert row["node"] == "pvelvm" and [(d["key"], d["found"], d["status"])
+                                        for d in row["disks"]] == \
+        [("scsi0", "found", "OK"), ("scsi1", "missing", "LOST")]
+    assert row["status"] == "PARTIAL"  # one disk of two is in no input
     assert not [e for e in ctx.report if e.code.startswith("config-db") or e.code == "config-stale"]

@@ -194,15 +194,20 @@ def test_every_storage_type_resolves(tmp_path):
     rows = {r["vmid"]: r for r in table(ctx)}
     assert rows[100]["name"] == "web" and rows[100]["node"] == "pve" and rows[100]["ostype"] == "l26"
     status = {d["key"]: d["status"] for d in rows[100]["disks"]}
-    assert status["scsi0"] == "found" and status["unused0"] == "missing"
-    assert status["scsi1"] == "damaged"  # the backend's entry, repeated at the view path:
+    found = {d["key"]: d["found"] for d in rows[100]["disks"]}
+    assert status["scsi0"] == "OK" and found["unused0"] == "missing"
+    assert status["unused0"] == "LOST"  # in the config, in no input
+    assert status["scsi1"] == "LOST"  # all its 512 bytes: the backend's entry, repeated at the view path:
     assert [(e.path, e.ranges) for e in ctx.report if e.code == "unreadable"] == [
         ("storage/lvm/vmdata/vm-100-disk-2", ((0, 512),)), ("vms/100/disk-2.raw", ((0, 512),))]
-    assert status["sata1"] == "unresolved" and "ide2" not in status  # a CD-ROM is not a disk
+    assert found["sata1"] == "unresolved" and status["sata1"] is None
+    assert "ide2" not in status  # a CD-ROM is not a disk
+    # one disk lost, one partly: the VM is PARTIAL, 512 bytes, no filesystem to name files
+    assert (rows[100]["status"], rows[100]["files"], rows[100]["bytes"]) == ("PARTIAL", None, 512)
     assert rows[101]["type"] == "CT" and rows[300]["disks"] == []
     text = readme_text(ctx)
-    assert "web" in text and "scsi0 found" in text and "unused0 missing" in text
-    assert "scsi0 found" in report_text(ctx)
+    assert "web" in text and "scsi0 OK" in text and "unused0 missing" in text
+    assert "scsi0 OK" in report_text(ctx)
     doc = json.loads(json.dumps(report_doc(ctx), default=str))
     assert set(doc["vms"]) == {"100", "300"} and set(doc["cts"]) == {"101"}
     assert {g["vmid"] for g in doc["guests"]} == {100, 101, 300}
@@ -241,14 +246,16 @@ def test_zfs23_host_view():
     notin = {e.path for e in ctx.report if e.code == "disk-not-in-config"}
     assert "vms/101/disk-0.raw" in notin and "cts/103/rootfs" in notin
     rows = {r["vmid"]: r for r in table(ctx)}
-    assert rows[100]["disks"] == [{"key": "scsi0", "volid": "local-zfs:vm-100-disk-0",
-                                   "status": "found", "path": "vms/100/disk-0.raw"}]
+    assert [{k: d[k] for k in ("key", "volid", "found", "status", "path")}
+            for d in rows[100]["disks"]] == [{"key": "scsi0", "volid": "local-zfs:vm-100-disk-0",
+                                              "found": "found", "status": "OK",
+                                              "path": "vms/100/disk-0.raw"}]
     assert rows[102]["type"] == "CT" and rows[102]["name"] == "ct102"
     assert not [e for e in ctx.report if e.code in ("config-disk-missing", "config-stale")]
     text = readme_text(ctx)
     assert "  cts/102/rootfs                           <- storage/zfs/rpool/data/subvol-102-disk-0" \
         in text.splitlines()
-    assert any(ln.split()[:7] == ["100", "VM", "vm100", "pve", "l26", "0", "scsi0"]
+    assert any(ln.split()[:8] == ["100", "VM", "vm100", "OK", "pve", "l26", "0", "scsi0"]
                for ln in text.splitlines())
 
 
@@ -337,7 +344,7 @@ def test_view_through_fuse(tmp_path):
         assert os.stat(etc / "storage.cfg").st_mtime == T0
         assert hashlib.sha256((etc / "storage.cfg").read_bytes()).digest() == \
             hashlib.sha256(STORAGE_CFG).digest()
-        assert "scsi2 found" in (mnt / "README.txt").read_text()
+        assert "scsi2 OK" in (mnt / "README.txt").read_text()
 
 
 def test_missing_disk_names_a_same_named_volume_elsewhere_and_scan_prints_the_table(tmp_path):
@@ -357,5 +364,6 @@ def test_missing_disk_names_a_same_named_volume_elsewhere_and_scan_prints_the_ta
                        capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     line = next(ln for ln in r.stdout.splitlines() if ln.split()[:2] == ["100", "VM"])
-    assert line.split()[2:5] == ["web", "pve", "l26"] and "scsi0 missing" in line
-    assert "vm-100-disk-0.qcow2 found, not in config" in line
+    assert line.split()[2:7] == ["web", "PARTIAL", "(1", "disk", "missing)"]
+    assert line.split()[7:9] == ["pve", "l26"] and "scsi0 missing" in line
+    assert "vm-100-disk-0.qcow2 OK, not in config" in line

@@ -484,7 +484,7 @@ def _mirror_damage(ctx: Context, src_path: str, new_path: str) -> None:
     """The entries a backend made for a volume at ``src_path`` also name ``new_path``,
     where the view shows the same bytes (a backend reports before the view exists)."""
     for e in [e for e in ctx.report.for_path(src_path) if e.severity != "info"]:
-        ctx.report.add(e.severity, e.layer, new_path, e.code, e.message, e.ranges)
+        ctx.report.add(e.severity, e.layer, new_path, e.code, e.message, e.ranges, e.outcome)
 
 
 def _append(st: ViewState, lst: list, value: Any) -> None:
@@ -755,47 +755,65 @@ def _report(ctx: Context, guests: dict[int, Guest], have_cluster: bool) -> None:
 # ---------------------------------------------------------------------------
 # The table (README.txt, pvfs scan, report.json)
 
-def _status(errors: set, it: Item) -> str:
-    if it.lost is not None:
-        return "lost"
-    paths = set(it.placed)
-    if it.volume is not None:
-        paths.add(it.volume.path)
-    return "damaged" if paths & errors else "found"
-
-
 def table(ctx: Context) -> list[dict]:
+    """One row per guest: who it is, its status (:mod:`.status`: OK / REPAIRED / DEGRADED /
+    PARTIAL / LOST, why, files and bytes lost), its disks, snapshots and backups."""
+    from .status import guest_summary, judge, unit_doc, units_of
+
     st = getattr(ctx, "proxmox_view", None)
     if st is None:
         return []
+    backups: dict[tuple[int, str], list[Item]] = {}
+    for it in st.items:
+        if it.loc.backup is not None and it.placed:
+            backups.setdefault((it.vmid, it.loc.guest or ""), []).append(it)
+    guests = sorted(st.guests.values(), key=lambda g: (g.guest != "qemu", g.vmid))
+    per_guest = [(g, *units_of(ctx, g, backups.get((g.vmid, g.guest), []))) for g in guests]
+    judge(ctx, [u for _g, units, _k in per_guest for u in units])
     rows = []
-    errors = {e.path for e in ctx.report if e.severity == "error"}
-    for g in sorted(st.guests.values(), key=lambda g: (g.guest != "qemu", g.vmid)):
+    for g, units, by_key in per_guest:
         disks = []
         seen = set()
         for ref in g.refs:
             if ref.section is not None:
                 continue
+            u = by_key.get(id(ref))
             if ref.item is not None:
                 seen.add(id(ref.item))
-                disks.append({"key": ref.key, "volid": ref.volid, "status": _status(errors, ref.item),
-                              "path": ref.item.placed[0] if ref.item.placed else None})
+                found = "lost" if ref.item.lost is not None else "found"
             else:
-                disks.append({"key": ref.key, "volid": ref.volid,
-                              "status": "passthrough" if ref.note and "passed through" in ref.note
-                              else "unresolved" if ref.note else "missing", "path": None})
+                found = ("passthrough" if ref.note and "passed through" in ref.note
+                         else "unresolved" if ref.note
+                         else "missing" if g.config_source == "cluster"
+                         else "in backups only")  # a backup's config names its own disks
+            d = {"key": ref.key, "volid": ref.volid, "found": found, "in_config": True,
+                 "path": ref.item.placed[0] if ref.item is not None and ref.item.placed
+                 else None}
+            d.update(unit_doc(u) if u is not None else {"status": None})
+            disks.append(d)
+        snapshots = []
         for it in g.disks:
-            if it.loc.snapshot is None and id(it) not in seen and (it.placed or it.lost):
-                vid = _base(it.loc.volname)
-                disks.append({"key": None, "volid": f"{it.storage_id}:{vid}" if it.storage_id
-                              else vid,
-                              "status": _status(errors, it) + (", not in config" if g.config_source
-                                                            or st.have_cluster else ""),
-                              "path": it.placed[0] if it.placed else None})
-        rows.append({"vmid": g.vmid, "type": "VM" if g.guest == "qemu" else "CT",
+            if id(it) in seen or id(it) not in by_key:
+                continue
+            u = by_key[id(it)]
+            path = it.placed[0] if it.placed else None
+            if it.loc.snapshot is not None:
+                snapshots.append({"snapshot": it.loc.snapshot, "path": path, **unit_doc(u)})
+                continue
+            vid = _base(it.loc.volname)
+            disks.append({"key": None, "volid": f"{it.storage_id}:{vid}" if it.storage_id
+                          else vid, "found": "lost" if it.lost is not None else "found",
+                          "in_config": False if g.config_source or st.have_cluster else None,
+                          "path": path, **unit_doc(u)})
+        bstat = [{"backup": u.label.split(" ", 1)[1], "path": u.path, **unit_doc(u)}
+                 for u in units if u.kind == "backup"]
+        rows.append({"vmid": g.vmid, "id": str(g.vmid),
+                     "kind": "vm" if g.guest == "qemu" else "ct",
+                     "type": "VM" if g.guest == "qemu" else "CT",
                      "name": g.name, "node": g.node, "ostype": g.ostype,
-                     "config": g.config_source or None, "disks": disks,
-                     "backups": len(g.backups)})
+                     "config": g.config_source or None, **guest_summary(units),
+                     "disks": disks, "snapshots": snapshots,
+                     "backups": len(g.backups), "backup_status": bstat})
     return rows
 
 
@@ -814,13 +832,53 @@ def guest_ids(root: Dir) -> list[str]:
     return sorted((n for n in root.children() if n.isdigit()), key=int)
 
 
-def table_text(ctx: Context) -> list[str]:
-    rows = table(ctx)
+def _disk_word(d: dict) -> str:
+    if d["found"] != "found":
+        return d["found"]
+    word = d["status"] or "-"
+    return word + (", not in config" if d["in_config"] is False else "")
+
+
+def table_text(ctx: Context, rows: list[dict] | None = None) -> list[str]:
+    """The per-guest table: status first (with why under a guest that is not OK)."""
+    from .status import printable, status_word
+
+    rows = table(ctx) if rows is None else rows
     if not rows:
         return []
-    out = [f"  {'VMID':>6}  {'type':4}  {'name':20}  {'node':10}  {'OS':8}  {'backups':>7}  disks"]
+    out = [f"  {'VMID':>6}  {'type':4}  {'name':16}  {'status':28}  {'node':8}  {'OS':6}  "
+           f"{'backups':>7}  disks"]
     for r in rows:
-        disks = ", ".join(f"{d['key'] or d['volid']} {d['status']}" for d in r["disks"]) or "-"
-        out.append(f"  {r['vmid']:>6}  {r['type']:4}  {r['name'] or '-':20.20}  "
-                   f"{r['node'] or '-':10.10}  {r['ostype'] or '-':8.8}  {r['backups']:>7}  {disks}")
+        disks = ", ".join(f"{d['key'] or d['volid']} {_disk_word(d)}" for d in r["disks"]) or "-"
+        word = status_word(r["status"], r["files"], r["bytes"], r["missing"])
+        out.append(f"  {r['vmid']:>6}  {r['type']:4}  {printable(r['name']) or '-':16.16}  {word:28}  "
+                   f"{r['node'] or '-':8.8}  {r['ostype'] or '-':6.6}  {r['backups']:>7}  "
+                   f"{disks}")
+        if r["why"]:
+            out.append(f"  {'':6}  why: {printable(r['why'])}")
+    return out
+
+
+def details_text(rows: list[dict]) -> list[str]:
+    """Per guest that is not OK: its first damage lines and damaged files (bounded)."""
+    from .status import MAX_FILES, MAX_LINES, printable, status_word
+
+    out = []
+    for r in rows:
+        if r["status"] == "OK":
+            continue
+        name = f" ({printable(r['name'])})" if r["name"] else ""
+        out.append(f"  {r['type']} {r['vmid']}{name}: "
+                   f"{status_word(r['status'], r['files'], r['bytes'], r['missing'])}")
+        for line in r["damage"][:MAX_LINES]:
+            out.append(f"    {printable(line)}")
+        if len(r["damage"]) > MAX_LINES:
+            out.append(f"    ... and {len(r['damage']) - MAX_LINES} more (report.json has all)")
+        names = r["damaged_files"]
+        if names:
+            out.append("    damaged files:")
+            out += [f"      {printable(n)}" for n in names[:MAX_FILES]]
+            more = r["damaged_files_count"] - min(len(names), MAX_FILES)
+            if more > 0:
+                out.append(f"      ... and {more} more")
     return out

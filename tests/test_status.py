@@ -1,0 +1,155 @@
+"""The per-VM and per-container status table (issue 13 item 4): OK / REPAIRED / DEGRADED /
+PARTIAL (n files, n bytes) / LOST, built from the damage report, on real fixtures and
+their damaged variants.  Byte counts are checked against what the real tools placed
+(Ceph's object placement in the fixture manifest, the PBS generator's ground truth,
+debugfs's block map), never against pvfs's own reading."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from pvfs.discover import discover
+from pvfs.nodes import resolve
+from pvfs.proxmox.view import table
+from pvfs.report import readme_text, report_doc, report_text
+
+from conftest import ROOT, gpt_disk_with_bad_block, require_fixture, unpack
+
+EXAMPLES = ROOT / "examples"
+
+
+def _rows(ctx):
+    return {r["vmid"]: r for r in table(ctx)}
+
+
+def test_ddrescue_example_is_partial_with_its_file():
+    """examples/damaged: a qcow2 with a GNU ddrescue mapfile marking 1 KiB bad under
+    home/demo/hello.txt (the example's README says so): one file, 1024 bytes."""
+    ctx = discover([str(EXAMPLES / "damaged" / "vm-102-disk-0.qcow2")])
+    r = _rows(ctx)[102]
+    assert (r["id"], r["kind"], r["status"], r["files"], r["bytes"]) == \
+        ("102", "vm", "PARTIAL", 1, 1024)
+    assert r["damaged_files"][0] == "vms/102/disk-0.files/p2/home/demo/hello.txt"
+    disk = r["disks"][0]
+    assert disk["status"] == "PARTIAL" and disk["lost_ranges"] == [[0x271800, 0x400]]
+    assert [s["snapshot"] for s in r["snapshots"]] == ["before-upgrade"]
+    # README.txt and pvfs scan start with the table; README lists the damage lines
+    text = readme_text(ctx).splitlines()
+    assert text[3].startswith("Status of each VM and container")
+    row = next(ln for ln in text if ln.split()[:2] == ["102", "VM"])
+    assert "PARTIAL (1 file, 1.0 KiB)" in row
+    assert "      vms/102/disk-0.files/p2/home/demo/hello.txt" in text
+    assert not any(ln.startswith("Damage entries: ") and "see report.json" in ln for ln in text)
+    scan = report_text(ctx).splitlines()
+    assert scan[0].startswith("Status of each VM and container") and row in scan
+    doc = json.loads(json.dumps(report_doc(ctx), default=str))
+    assert doc["guests"][0]["status"] == "PARTIAL" and doc["guests"][0]["bytes"] == 1024
+
+
+def _ext4_with_big_file(tmp_path):
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "hello.txt").write_bytes(b"hello\n")
+    (src / "big.bin").write_bytes(bytes(range(256)) * 4096 * 4)  # 4 MiB
+    img = tmp_path / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(src),
+                    "-L", "guest", str(img), "16M"], check=True)
+    out = subprocess.run(["debugfs", "-R", "bmap /big.bin 100", str(img)], check=True,
+                         capture_output=True, text=True).stdout
+    return img, int(out.split()[-1])
+
+
+def test_guest_filesystem_with_one_file_on_bad_sectors(tmp_path):
+    """One 4 KiB bad block (a ddrescue mapfile) inside big.bin, which debugfs places: the
+    VM is PARTIAL (1 file, 4.0 KiB), the damaged file is named, the other file is fine."""
+    img, block = _ext4_with_big_file(tmp_path)
+    disk = tmp_path / "vm-100-disk-0.raw"
+    gpt_disk_with_bad_block(img, disk, "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+                            (1 << 20) + block * 4096)
+    ctx = discover([str(disk)])
+    r = _rows(ctx)[100]
+    assert (r["status"], r["files"], r["bytes"]) == ("PARTIAL", 1, 4096)
+    assert r["damaged_files"] == ["vms/100/disk-0.files/p1/big.bin"]
+    assert r["disks"][0]["lost_ranges"] == [[(1 << 20) + block * 4096, 4096]]
+    assert resolve(ctx.root, "vms/100/disk-0.files/p1/etc/hello.txt").source.read(0, 6) == \
+        b"hello\n"
+    assert "PARTIAL (1 file, 4.0 KiB)" in readme_text(ctx)
+
+
+def test_hostile_file_name_cannot_forge_a_readme_line(tmp_path):
+    """A damaged file whose name holds a newline is listed escaped, on one line."""
+    src = tmp_path / "src"
+    src.mkdir()
+    evil = "x\nVM 999 OK"
+    (src / evil).write_bytes(b"A" * (1 << 20))
+    img = tmp_path / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(src),
+                    str(img), "8M"], check=True)
+    out = subprocess.run(["debugfs", "-R", f"bmap \"/{evil}\" 3", str(img)], check=True,
+                         capture_output=True, text=True).stdout
+    disk = tmp_path / "vm-100-disk-0.raw"
+    gpt_disk_with_bad_block(img, disk, "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+                            (1 << 20) + int(out.split()[-1]) * 4096)
+    ctx = discover([str(disk)])
+    assert _rows(ctx)[100]["damaged_files"] == [f"vms/100/disk-0.files/p1/{evil}"]
+    for text in (readme_text(ctx), report_text(ctx)):
+        assert "x\\x0aVM 999 OK" in text
+        assert not any(ln.startswith("VM 999") for ln in text.splitlines())
+
+
+def test_zfs_raidz1_missing_member_is_degraded_and_whole_pool_ok():
+    """zfs-modern: rpool raidz1 with one of three members gone (made by zpool with the
+    device removed): every guest DEGRADED, none lost; the complete pool: every guest OK."""
+    d = unpack(require_fixture("zfs-modern", "images", "rpool-raidz1-degraded.tar.xz"))
+    rows = _rows(discover(sorted(str(p) for p in d.rglob("*.img"))))
+    assert len(rows) == 8 and {r["status"] for r in rows.values()} == {"DEGRADED"}
+    assert all("zfs: member" in r["why"] for r in rows.values())
+    d = unpack(require_fixture("zfs-modern", "images", "rpool-raidz1.tar.xz"))
+    rows = _rows(discover(sorted(str(p) for p in d.rglob("*.img"))))
+    assert len(rows) == 8 and {r["status"] for r in rows.values()} == {"OK"}
+    assert all(r["why"] == "" and r["damage"] == [] for r in rows.values())
+
+
+def test_ceph_one_osd_of_three_partial_by_the_manifests_placement(ceph_root):
+    """Only osd.2's block: every object Ceph placed on osd.0/osd.1 only (the manifest's
+    acting sets) is inside the VM's lost ranges, no object osd.2 holds is, and the bytes
+    are those ranges.  (Objects never written are counted too when their placement group
+    is on no given OSD: without the other OSDs nothing says they were never written.)"""
+    manifest = json.loads(require_fixture("ceph", "manifest.json").read_text())
+    ctx = discover([str(ceph_root / "osd.2" / "block")])
+    rows = _rows(ctx)
+    for im in manifest["images"]:
+        vmid = int(im["name"].split("-")[1])
+        if vmid not in rows:
+            continue  # no header and no data object on osd.2: nothing to show
+        r = rows[vmid]
+        ranges = r["disks"][0]["lost_ranges"]
+        osz = im["object_size"]
+        in_lost = {o for off, n in ranges for o in range(off // osz, (off + n) // osz)}
+        assert {o["objno"] for o in im["objects"] if 2 not in o["osds_head"]} <= in_lost
+        assert not {o["objno"] for o in im["objects"] if 2 in o["osds_head"]} & in_lost
+        assert r["bytes"] == sum(n for _o, n in ranges)
+        assert r["status"] == ("PARTIAL" if ranges else "OK"), im["name"]
+    assert {v: r["status"] for v, r in rows.items()} == {
+        100: "PARTIAL", 101: "PARTIAL", 102: "PARTIAL", 103: "PARTIAL", 200: "OK"}
+    assert rows[102]["files"] == 3 and rows[100]["files"] is None  # 100: GPT unreadable
+
+
+def test_pbs_missing_chunk_marks_one_backup():
+    """PBS datastore with one chunk deleted (the generator's ground truth names it): VM 100
+    is PARTIAL by exactly that chunk's bytes in the backups using it, the others are OK."""
+    gen = require_fixture("pbs", "generated")
+    gt = json.loads((gen / "ground-truth.json").read_text())
+    dv = gt["damaged_variants"]["datastore-missing-chunk"]
+    lo, hi = dv["affected_byte_range"]
+    ctx = discover([str(gen / "datastore-missing-chunk")])
+    rows = _rows(ctx)
+    hit = {a.split("/")[2] for a in dv["affected"]}
+    r = rows[100]
+    assert r["status"] == "PARTIAL" and r["bytes"] == (hi - lo) * len(hit)
+    assert {b["backup"]: b["status"] for b in r["backup_status"]} == {
+        b["backup"]: "PARTIAL" if b["backup"] in hit else "OK" for b in r["backup_status"]}
+    assert {v: x["status"] for v, x in rows.items() if v != 100} == {200: "OK", 101: "OK"}
+    ok = discover([str(gen / "datastore")])
+    assert {x["status"] for x in table(ok)} == {"OK"}
