@@ -56,7 +56,8 @@ def test_faulted_pool_keeps_its_vms_with_lost_txt(capsys):
                 if e["path"] == f"vms/{vmid}/LOST.txt"]
         assert lost and ds in lost[0]["message"], vmid
         row = next(r for r in doc["guests"] if r["vmid"] == vmid)
-        assert [d["status"] for d in row["disks"]] == ["lost"], row
+        assert [(d["found"], d["status"]) for d in row["disks"]] == [("lost", "LOST")], row
+        assert row["status"] == "LOST" and "unreadable" in row["why"], row
     ctx = discover([str(d1)])
     text = resolve(ctx.root, "vms/101/LOST.txt")
     assert isinstance(text, File)

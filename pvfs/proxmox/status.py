@@ -238,6 +238,8 @@ def status_word(status: str, files: int | None, nbytes: int, missing: int = 0) -
         return status
     if missing and not nbytes and not files:
         return f"PARTIAL ({_plural(missing, 'disk')} missing)"
+    if not nbytes and not files:
+        return "PARTIAL (extent unknown)"  # a lost entry that names no ranges and no files
     if files is None:
         return f"PARTIAL ({fmt_size(nbytes)})"
     return f"PARTIAL ({_plural(files, 'file')}, {fmt_size(nbytes)})"
@@ -245,7 +247,7 @@ def status_word(status: str, files: int | None, nbytes: int, missing: int = 0) -
 
 def _why_body(u: Unit) -> str:
     if u.missing:
-        return u.missing
+        return _short(u.missing, 120)
     shown = _shown(u)
     if u.status == "LOST":
         return f"every byte unreadable ({fmt_size(u.bytes)})"
@@ -258,8 +260,8 @@ def _why_body(u: Unit) -> str:
                      lost[0] if lost else None)
         cause = f" ({first.layer}: {_short(first.message)})" if first else ""
         lost = f"{fmt_size(u.bytes)} unreadable" if u.bytes else "bytes lost (where unknown)"
-        files = (f", {_plural(u.files, 'damaged file')}" if u.files_known else
-                 ", no guest filesystem to name the files")
+        files = (f", {_plural(u.files, 'damaged file')}" if u.files_known and (u.files or u.bytes)
+                 else "" if u.files_known else ", no guest filesystem to name the files")
         return f"{lost}{cause}{files}"
     want = {"DEGRADED": "degraded", "REPAIRED": "repaired"}.get(u.status)
     first = next((e for e in shown if e.outcome == want), None)
