@@ -109,3 +109,69 @@ def test_thin_superblock_rebuilt_with_guesses_is_not_repaired(capsys, tmp_path):
     sb = entries(doc, "thin-superblock")
     assert [(e["severity"], e["outcome"]) for e in sb] == [("warning", "degraded")]
     assert len(entries(doc, "thin-guessed-root")) == 3
+
+
+def _read_all(ctx, top="storage/zfs"):
+    """Read every file below ``top`` (not the older-txg views): the paths that failed."""
+    from pvfs.errors import UnreadableError
+    from pvfs.nodes import Dir
+
+    failed = []
+
+    def walk(d, path):
+        for name, node in list(d.children().items()):
+            p = f"{path}/{name}"
+            if isinstance(node, Dir) and "/.zfs/txg" not in p:
+                walk(node, p)
+            elif isinstance(node, File):
+                try:
+                    for off in range(0, node.size, 1 << 20):
+                        node.source.read(off, min(1 << 20, node.size - off))
+                except UnreadableError:
+                    failed.append(p)
+    walk(resolve(ctx.root, top), top)
+    return failed
+
+
+def _legacy(archive, sub):
+    return unpack(require_fixture("zfs", "images", archive)) / sub
+
+
+def test_zfs_pool_healed_from_parity_is_repaired(capsys):
+    """raidz1 with every 24th allocated 4 KiB of one member overwritten: every block is
+    rebuilt from parity, so after reading every file the report has only ``repaired``
+    entries about it (it printed errors, then warnings), and the scan exits 0."""
+    d = _legacy("fxraidz1-degraded-bitrot.tar.xz", "fxraidz1-degraded-bitrot")
+    code, doc = scan(capsys, d)
+    assert code == 0
+    ctx = discover([str(d)])
+    assert _read_all(ctx) == []
+    fixed = [e for e in ctx.report if e.code == "checksum-repaired"]
+    assert len(fixed) > 10
+    assert {(e.severity, e.outcome) for e in fixed} == {("info", "repaired")}
+    assert {e.outcome for e in ctx.report} <= {"repaired", "note"}
+    from pvfs.cli import _status
+    assert _status(ctx) == 0
+
+
+def test_zfs_degraded_pool_does_not_promise_what_it_cannot_rebuild(capsys):
+    """The same bit-rotted raidz1 without its third member: DEGRADED (one member missing,
+    within parity), but blocks whose rot sits on a member left cannot be rebuilt.  The
+    pool-state entry named no member and promised 'every block can be rebuilt', then
+    the reads failed; now it names the missing member and says which blocks fail, and
+    each failed block is a ``lost`` entry at its file, with its range."""
+    d = _legacy("fxraidz1-degraded-bitrot.tar.xz", "fxraidz1-degraded-bitrot")
+    inputs = [d / "fxraidz1-d0.img", d / "fxraidz1-d1.img"]
+    code, doc = scan(capsys, *inputs)
+    state = entries(doc, "pool-state")
+    assert [(e["severity"], e["outcome"]) for e in state] == [("warning", "degraded")]
+    assert "fxraidz1-d2.img missing" in state[0]["message"]
+    assert "every block can be rebuilt" not in state[0]["message"]
+    ctx = discover([str(p) for p in inputs])
+    failed = _read_all(ctx)
+    assert failed
+    lost = [e for e in ctx.report if e.outcome == "lost"]
+    assert {e.path for e in lost if e.code == "unreadable-block"} >= set(failed)
+    assert all(e.ranges for e in lost if e.code == "unreadable-block")
+    from pvfs.cli import _status
+    assert _status(ctx) == 3

@@ -46,15 +46,17 @@ def health(tops):
     redundancy, FAULTED when a top-level vdev lost more than it can rebuild."""
     notes = []
     state = "ONLINE"
+    missing = []
     for i, t in enumerate(tops):
         if isinstance(t, vdevmod.Missing):
             state = "FAULTED"
             continue
         # a dRAID child replaced by a distributed spare is missing but not lost
         # (the pool is still DEGRADED, as zpool status says while a spare is in use)
-        missing = len(t.missing_leaves())
-        lost = t.lost_members() if isinstance(t, vdevmod.Draid) else missing
-        if missing == 0:
+        gone = t.missing_leaves()
+        missing += [leaf.path or f"guid {leaf.guid}" for leaf in gone]
+        lost = t.lost_members() if isinstance(t, vdevmod.Draid) else len(gone)
+        if not gone:
             continue
         if lost > _redundancy(t):
             state = "FAULTED"
@@ -64,10 +66,16 @@ def health(tops):
                           f"ditto copy lives on another vdev or a column is on a member left"))
         elif state == "ONLINE":
             state = "DEGRADED"
-    if state != "ONLINE":
-        notes.append(("warning" if state == "DEGRADED" else "error", "pool-state",
-                      f"pool state {state}" + (": every block can be rebuilt from redundancy"
-                                               if state == "DEGRADED" else "")))
+    if state == "DEGRADED":
+        # Only the layout is known here: a block is rebuilt from the members left unless
+        # one of them is damaged there too, which shows only when the block is read.
+        notes.append(("warning", "pool-state",
+                      f"pool state DEGRADED: {', '.join(missing)} missing, within the "
+                      f"redundancy of its vdev; each block is rebuilt from the members left "
+                      f"unless one of them is damaged there too (such a block is reported "
+                      f"lost, with its file or zvol)"))
+    elif state != "ONLINE":
+        notes.append(("error", "pool-state", f"pool state {state}"))
     return notes
 
 

@@ -63,9 +63,10 @@ class Pool:
                 t.set_reflow(getattr(ub, "raidz_reflow_info", 0))
 
     # -- damage ---------------------------------------------------------------------
-    def report(self, severity, code, message, path=None, ranges=()):
+    def report(self, severity, code, message, path=None, ranges=(), outcome=""):
         if self.ctx is not None and not self.quiet:
-            self.ctx.report.add(severity, "zfs", path or self.path, code, message, ranges)
+            self.ctx.report.add(severity, "zfs", path or self.path, code, message, ranges,
+                                outcome)
 
     # -- block reads -----------------------------------------------------------------
     def _candidates(self, dva, size, bp):
@@ -184,10 +185,10 @@ class Pool:
 
     def _repaired(self, bp, dva, failed):
         self.repairs += 1
-        self.report("warning", "checksum-repaired",
+        self.report("info", "checksum-repaired",
                     f"block {dva!r} (birth {bp.birth}): {failed} bad "
                     f"cop{'y' if failed == 1 else 'ies'}/reconstruction(s) failed the checksum; "
-                    f"repaired from redundancy")
+                    f"repaired from redundancy", outcome="repaired")
 
     def read_physical(self, bp: BlkPtr, depth=0) -> bytes:
         """The block's physical bytes (``psize``), checked against its checksum."""
@@ -271,7 +272,8 @@ class Pool:
 
 
 class HistoryContext:
-    """A discovery context for views of older txgs: errors become warnings."""
+    """A discovery context for views of older txgs: what cannot be read there is history
+    (blocks freed and reused since), not a loss of the pool as it is: errors become notes."""
 
     def __init__(self, ctx):
         self._ctx = ctx
@@ -285,11 +287,11 @@ class _HistoryReport:
     def __init__(self, report):
         self._report = report
 
-    def add(self, severity, layer, path, code, message, ranges=()):
+    def add(self, severity, layer, path, code, message, ranges=(), outcome=""):
         if severity == "error":
-            severity = "warning"
+            severity, outcome = "info", "note"
             message = f"(older txg) {message}"
-        return self._report.add(severity, layer, path, code, message, ranges)
+        return self._report.add(severity, layer, path, code, message, ranges, outcome)
 
     def __getattr__(self, name):
         return getattr(self._report, name)
