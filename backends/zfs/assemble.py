@@ -70,10 +70,9 @@ def health(tops):
         # Only the layout is known here: a block is rebuilt from the members left unless
         # one of them is damaged there too, which shows only when the block is read.
         notes.append(("warning", "pool-state",
-                      f"pool state DEGRADED: {', '.join(missing)} missing, within the "
-                      f"redundancy of its vdev; each block is rebuilt from the members left "
-                      f"unless one of them is damaged there too (such a block is reported "
-                      f"lost, with its file or zvol)"))
+                      f"pool state DEGRADED: {', '.join(missing)} missing, within "
+                      f"redundancy; a block also damaged on a member left cannot be rebuilt "
+                      f"(reported lost at its file or zvol when read)"))
     elif state != "ONLINE":
         notes.append(("error", "pool-state", f"pool state {state}"))
     return notes
