@@ -324,6 +324,14 @@ def check_after_discovery(args: argparse.Namespace, ctx: Context) -> None:
             found = False
         if not found:
             raise UsageError(f"--zfs-key {name}=...: no ZFS dataset {name} found in the inputs")
+        # The key given for NAME did not unwrap NAME itself (the backend's bad-key entry,
+        # "NAME: key for NAME: wrong key or passphrase ..."): a usage error, not damage.
+        # Entries of other datasets that merely inherited the key are not looked at.
+        for e in entries:
+            tag = f"key for {name}: "
+            if e.code == "bad-key" and e.message.startswith(f"{name}: ") and tag in e.message:
+                why = e.message.split(tag, 1)[1].split("; key for ", 1)[0]
+                raise UsageError(f"--zfs-key {name}=...: dataset {name}: {why}")
     for e in entries:
         if e.code == "bad-merge-rule":
             raise UsageError(e.message)

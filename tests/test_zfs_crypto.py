@@ -275,3 +275,43 @@ def test_fuzz_decrypt_block(data, type_):
         assert len(out) == len(data)
     except UnreadableError:
         pass
+
+
+# --------------------------------------------------------------------------- the CLI
+def _cli(capsys, *args):
+    from pvfs.cli import main
+
+    require_path(ARCHIVE)
+    imgs = sorted(str(p) for p in unpack(ARCHIVE).glob("*/*.img"))
+    code = main(["scan", *args, *imgs])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("key, words", [
+    ("rpool/encrypted=not-the-passphrase",
+     ["--zfs-key rpool/encrypted=...", "dataset rpool/encrypted", "wrong key or passphrase"]),
+    ("rpool/encrypted-hexkey=" + "00" * 32,
+     ["--zfs-key rpool/encrypted-hexkey=...", "dataset rpool/encrypted-hexkey",
+      "wrong key or passphrase"]),
+    ("rpool/nosuch=x", ["--zfs-key rpool/nosuch=...", "no ZFS dataset rpool/nosuch"]),
+])
+def test_cli_wrong_key_or_unknown_dataset_is_a_usage_error(capsys, key, words):
+    """A wrong passphrase (or hex key) and a dataset that is not in the pool: exit 2 with
+    one line naming the dataset, nothing on stdout, the secret never echoed."""
+    code, out, err = _cli(capsys, "--zfs-key", key)
+    assert code == 2 and out == "", (code, err)
+    assert err.count("\n") == 1 and err.startswith("pvfs: usage error: "), err
+    assert all(w in err for w in words), err
+    assert "not-the-passphrase" not in err and "00" * 32 not in err
+
+
+def test_cli_right_key_with_a_wrong_one_for_another_root(capsys):
+    """The right passphrase for one root and a wrong hex key for the other: the wrong
+    one is named (it is still a usage error), the right one is not blamed."""
+    pw = _manifest()["keys"]["rpool/encrypted"]["key"]
+    code, _, err = _cli(capsys, "--zfs-key", f"rpool/encrypted={pw}",
+                        "--zfs-key", "rpool/encrypted-hexkey=" + "11" * 32)
+    assert code == 2 and "dataset rpool/encrypted-hexkey" in err, err
+    code, out, err = _cli(capsys, "--zfs-key", f"rpool/encrypted={pw}")
+    assert code in (0, 3) and err == "" and "Damage report" in out
