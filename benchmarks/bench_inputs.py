@@ -12,7 +12,12 @@ Three folders, made fresh (in $TMPDIR) unless they exist:
 For each: ``discover()`` in this process (wall time, files/s, microseconds per file, peak
 open file descriptors) and the file count shown in the tree.
 
-    python benchmarks/bench_inputs.py [--files 100000] [--qcow2 10000]
+``--curve 10000,30000,100000`` (issue 15 item 5) then mounts the ``notes`` folder of each
+size (plus one VM disk image) with ``pvfs mount`` (a fresh daemon each, page cache dropped): mount time, the daemon's
+RSS after mounting and its peak after a ``find`` of the mount and a read of
+``report.json`` (one ``not-recognised`` entry per file), with the load average.
+
+    python benchmarks/bench_inputs.py [--files 100000] [--qcow2 10000] [--curve SIZES]
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import drop_caches, load, mount_daemon_pid, print_curve, rss_mib  # noqa: E402
 from pvfs.discover import Options, discover  # noqa: E402
 
 
@@ -86,14 +93,65 @@ def run(label, path, files):
     return dt
 
 
+def mount_row(folder: Path, n: int) -> dict:
+    """``pvfs mount`` of ``folder``: mount time, daemon RSS, find and report.json."""
+    mnt = folder.parent / f"mnt-{n}"
+    mnt.mkdir(exist_ok=True)
+    row = {"files": n}
+    drop_caches()
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "pvfs", "mount", str(folder), str(mnt)],
+                       cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+    row["mount s"] = time.perf_counter() - t
+    if r.returncode not in (0, 1, 3) or not os.path.ismount(mnt):
+        raise SystemExit(f"mount failed: {r.stderr}")
+    try:
+        pid = mount_daemon_pid(mnt)
+        row["rss mount MiB"] = rss_mib(pid)[0]
+        t = time.perf_counter()
+        subprocess.run(["find", str(mnt)], check=True, capture_output=True)
+        row["find s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        entries = (mnt / "report.json").read_bytes().count(b'"not-recognised"')
+        row["report.json s"] = time.perf_counter() - t
+        assert entries == n, (entries, n)
+        row["rss now MiB"], row["rss peak MiB"] = rss_mib(pid)
+        row["load"] = os.getloadavg()[0]
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)])
+    return row
+
+
+def curve(base: Path, sizes: list[int]) -> None:
+    rows = []
+    for n in sizes:
+        folder = base / f"notes-{n}"
+        if not folder.exists():
+            make_notes(folder, n)
+            # one real image, so that there is something to mount (a folder of nothing
+            # but clutter is "nothing recognised": exit 1, not mounted)
+            shutil.copy(Path(__file__).resolve().parent.parent / "examples" /
+                        "vm-100-disk-0.qcow2", folder / "vm-100-disk-0.qcow2")
+        rows.append(mount_row(folder, n))
+        print(f"  {rows[-1]}  ({load()})", flush=True)
+    print_curve(f"pvfs mount of a folder of small files that are no image ({os.cpu_count()} "
+                "CPUs)", rows, ["files", "mount s", "rss mount MiB", "find s", "report.json s",
+                                "rss peak MiB", "load"])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--qcow2", type=int, default=10_000)
     ap.add_argument("--dir", default=None, help="where to build the folders (kept)")
+    ap.add_argument("--curve", default=None, metavar="SIZES",
+                    help="only the mount curve, e.g. 10000,30000,100000")
     args = ap.parse_args()
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pvfs-bench-inputs-"))
     try:
+        if args.curve:
+            curve(base, [int(s) for s in args.curve.split(",")])
+            return
         notes, qcow2, nested = base / f"notes-{args.files}", base / f"qcow2-{args.qcow2}", \
             base / f"nested-{args.files}"
         for d, make in ((notes, lambda: make_notes(notes, args.files)),

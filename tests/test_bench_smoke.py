@@ -1,0 +1,56 @@
+"""Smoke runs of the scale benchmarks (benchmarks/bench_scale_*.py, bench_inputs.py
+--curve) at tiny sizes, so that they do not rot: each must run to its printed curve, with
+its own checks (file counts, sha256 of what is read through the mount, lookups) passing.
+The real runs (up to 1-2 million files, objects or chunks) stay out of the suite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from mountutil import needs_fuse
+
+ENV = {**os.environ, "PVFS_BENCH_WARM": "1"}  # never drop the shared machine's page cache
+
+
+def run(tmp_path, script, *args, timeout=120):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=timeout, env=ENV)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "under the 300 MiB limit" in r.stdout, r.stdout
+    return r.stdout
+
+
+@pytest.mark.skipif(not shutil.which("ldb") and not os.environ.get("CI"),
+                    reason="needs ldb (rocksdb-tools, backends/ceph/deps-apt.txt)")
+def test_ceph_index_curve(tmp_path):
+    out = run(tmp_path, "bench_scale_ceph.py", "--sizes", "2000,5000", "--osds", "2",
+              "--workdir", str(tmp_path))
+    assert "Ceph OSD index" in out and "5000" in out
+
+
+@needs_fuse
+def test_pbs_datastore_curve(tmp_path):
+    out = run(tmp_path, "bench_scale_pbs.py", "--sizes", "200,400", "--workdir", str(tmp_path),
+              "--used-dirs-only")
+    assert "PBS datastore" in out
+
+
+@needs_fuse
+def test_input_folder_curve(tmp_path):
+    out = run(tmp_path, "bench_inputs.py", "--curve", "100,300", "--dir", str(tmp_path))
+    assert "small files" in out
+
+
+@needs_fuse
+@pytest.mark.skipif(not shutil.which("zfs-fuse"),
+                    reason="zfs-fuse is a benchmark-only package (scripts/setup.sh --bench)")
+def test_zfs_pool_curve(tmp_path):
+    out = run(tmp_path, "bench_scale_zfs.py", "--sizes", "300", "--workdir", str(tmp_path),
+              timeout=300)
+    assert "zfs-fuse on the same pools" in out
