@@ -7,6 +7,7 @@ returns only when the tree can be used.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Callable, Iterable
@@ -80,6 +81,21 @@ async def _main(mountpoint: str, readahead_kb: int) -> None:
         nursery.cancel_scope.cancel()
 
 
+#: The daemon's cyclic garbage collector: a mounted tree is made of many small objects
+#: (nodes, dnodes, times) that live as long as the mount.  With the default thresholds
+#: (700, 10, 10) listing a directory of 10,000 ZFS files ran collections over the whole
+#: growing tree: ~20% of the listing's CPU.  Cycles are still collected, less often.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """What discovery built stays for the life of the mount: move it out of the
+    collector's generations (gc.freeze), and collect young objects less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def serve(root: Dir, mountpoint: str, report: DamageReport | None = None,
           options: Iterable[str] = (), ready: Callable[[], None] | None = None,
           threads: int = 8, readahead_kb: int = 4096) -> None:
@@ -90,6 +106,7 @@ def serve(root: Dir, mountpoint: str, report: DamageReport | None = None,
     try:
         if ready is not None:
             ready()
+        tune_gc()  # after ready(): not on the time ``pvfs mount`` takes
         trio.run(_main, str(mountpoint), readahead_kb)
     except BaseException:
         unmount = True

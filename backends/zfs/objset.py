@@ -284,6 +284,7 @@ class ObjSet:
         self.crypt = crypt
         self.dsl_crypto_key_obj = None
         self.key = (pool.uid, bp.dvas[0].offset if bp.dvas else 0, bp.birth, bp.cksum)
+        self._last_block = None  # (blkid, _Block): the dnode block read last
         if bp.hole:
             raise ZfsError(f"{name}: the object set block pointer is a hole")
         raw = pool.read_bp(bp, self)
@@ -313,14 +314,17 @@ class ObjSet:
         return self.pool.zil_block_valid(bp)
 
     def _dnode_block(self, blkid):
+        last = self._last_block  # a directory's objects are mostly in one dnode block
+        if last is not None and last[0] == blkid:
+            return last[1]
         key = ("zfs-dnblk", self.key, blkid)
         hit = METADATA_CACHE.get(key)
         if hit is None:
             bp = self.meta.block_bp(blkid)
             little = bp.little if bp is not None and not bp.hole else self.little
             data = self.meta.read_block(blkid)
-            hit = (data, little)
             hit = METADATA_CACHE.put(key, _Block(data, little))
+        self._last_block = (blkid, hit)
         return hit
 
     def dnode(self, objnum: int) -> Dnode:
@@ -330,15 +334,15 @@ class ObjSet:
         bs = self.meta.datablksz
         blk = self._dnode_block(off // bs)
         boff = off % bs
-        core = blk.data[boff:boff + DNODE_SIZE]
-        if core[0] == 0:
+        data = blk.data
+        if len(data) < boff + DNODE_SIZE or data[boff] == 0:
             raise ZfsError(f"{self.name}: object {objnum} is free")
-        extra = core[12]  # dn_extra_slots
+        extra = data[boff + 12]  # dn_extra_slots
         size = DNODE_SIZE * (1 + extra)
         if boff + size > bs:
             raise ZfsError(f"{self.name}: object {objnum}: dn_extra_slots {extra} runs past "
                            f"its dnode block")
-        return Dnode(self, objnum, blk.data[boff:boff + size], blk.little)
+        return Dnode(self, objnum, data[boff:boff + size], blk.little)
 
     def dnode_or_none(self, objnum: int):
         try:

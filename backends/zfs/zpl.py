@@ -296,25 +296,8 @@ class Zpl:
                 pass
         orphans = []
         for off, length in ranges:
-            obj = max(1, off // 512)
-            end = min(nslots, (off + length) // 512)
-            while obj < end and len(orphans) < MAX_ORPHANS:
-                dn = None
-                try:
-                    dn = self.objset.dnode(obj)
-                except (PvfsError, OSError):
-                    pass
-                step = 1 + (getattr(dn, "extra_slots", 0) or 0) if dn is not None else 1
-                if (dn is not None and obj not in reachable and
-                        getattr(dn, "type", None) in (DMU_OT_PLAIN_FILE_CONTENTS,
-                                                      DMU_OT_DIRECTORY_CONTENTS)):
-                    try:
-                        zn = read_znode(dn, self.registry)
-                        if not zn.flags & ZFS_XATTR and not self._in_xattr_dir(zn):
-                            orphans.append((obj, stat.S_ISDIR(zn.mode)))
-                    except (PvfsError, OSError):
-                        pass
-                obj += step
+            self._scan_slots(max(1, off // 512), min(nslots, (off + length) // 512),
+                             reachable, orphans)
         # an orphaned directory's subtree is shown inside it
         below = self._reachable([o for o, isdir in orphans if isdir], set())
         for obj, _isdir in orphans:
@@ -327,6 +310,59 @@ class Zpl:
             self.report("warning", relpath, "orphans",
                         f"{len(dir_node.children())} file(s)/directories that no directory "
                         f"names are shown here (damaged directories or unlinked open files)")
+
+    def _dnode_or_none(self, obj):
+        try:
+            return self.objset.dnode(obj)
+        except (PvfsError, OSError):
+            return None
+
+    def _scan_slots(self, obj, end, reachable, orphans):
+        """Add the unreachable file and directory objects among dnode slots [obj, end)
+        to ``orphans``.  Each dnode block is looked at as bytes (dn_type and
+        dn_extra_slots of every 512-byte slot); only a file or directory no directory
+        names is decoded, so the scan costs the dnode blocks, not a dnode per object."""
+        objset = self.objset
+        meta = getattr(objset, "meta", None)
+        bs = getattr(meta, "datablksz", 0) if hasattr(objset, "_dnode_block") else 0
+        per = bs // 512
+        while obj < end and len(orphans) < MAX_ORPHANS:
+            if per < 1:  # no meta-dnode to read blocks of (tests' stand-ins): one by one
+                dn = self._dnode_or_none(obj)
+                t = getattr(dn, "type", 0) or 0 if dn is not None else 0
+                types = bytes([t if 0 <= t < 256 else 0])
+                extras = bytes([min(255, getattr(dn, "extra_slots", 0) or 0)])
+                first, stop = obj, obj + 1
+            else:
+                first = obj - obj % per
+                stop = min(end, first + per)
+                try:
+                    data = objset._dnode_block(obj // per).data
+                except (PvfsError, OSError):
+                    obj = stop
+                    continue
+                types, extras = data[0::512], data[12::512]
+            i = obj - first
+            while obj < stop and len(orphans) < MAX_ORPHANS:
+                t = types[i] if i < len(types) else 0
+                step = 1
+                if t in (DMU_OT_PLAIN_FILE_CONTENTS, DMU_OT_DIRECTORY_CONTENTS) \
+                        and obj not in reachable:
+                    dn = self._dnode_or_none(obj)
+                    if dn is not None:
+                        step = 1 + (dn.extra_slots or 0)
+                        try:
+                            zn = read_znode(dn, self.registry)
+                            if not zn.flags & ZFS_XATTR and not self._in_xattr_dir(zn):
+                                orphans.append((obj, stat.S_ISDIR(zn.mode)))
+                        except (PvfsError, OSError):
+                            pass
+                elif t:  # another object: skip its extra slots (if they fit its block)
+                    extra = extras[i] if i < len(extras) else 0
+                    if per < 1 or i + extra < per:
+                        step = 1 + extra
+                obj += step
+                i += step
 
     def _in_xattr_dir(self, zn) -> bool:
         try:
