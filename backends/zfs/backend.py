@@ -16,7 +16,7 @@ from pvfs.nodes import Dir, File
 from pvfs.proxmox import parse_volname
 from pvfs.proxmox.view import Locator
 
-from . import dsl, features, zap, zil
+from . import dsl, features, zap, zil, zilreplay
 from .assemble import assemble
 from .errors import ZfsError
 from .label import read_labels
@@ -24,6 +24,7 @@ from .objset import DnodeSource, ObjSet
 from .pool import EncryptedError
 
 MAX_TXG_VIEWS = 128
+MAX_REPLAY_NOTES = 500  # zil-replayed entries per dataset (the rest are counted)
 
 def _zpl():
     try:
@@ -56,6 +57,11 @@ class ZfsBackend(Backend):
         ("--zfs-txg", {"type": int, "metavar": "TXG",
                        "help": "ZFS: open pools at this transaction group (an older "
                                "uberblock) instead of the newest one"}),
+        ("--zfs-zil", {"choices": ["replay", "ignore"], "default": None,
+                       "help": "ZFS: replay the intent log (records of synchronous writes "
+                               "the pool never synced) in memory as an import would "
+                               "(replay, the default) or show the datasets as last synced "
+                               "(ignore)"}),
     ] + _crypto_cli_options()
 
     def probe(self, volume, ctx):
@@ -277,15 +283,16 @@ class _TreeBuilder:
             if kind == "zvol":
                 return None  # nothing to show without the key (no empty stand-in)
             os_ = None
+        replay = None
         if os_ is not None and os_.has_intent_log and self.live:
-            self.intent_log(ds, os_, path)
+            replay = self.intent_log(ds, os_, path)
         if os_ is not None and os_.os_type == 3:
-            self.zvol(ds, os_, parent_dir, parent_path, name)
+            self.zvol(ds, os_, parent_dir, parent_path, name, replay)
             return None
         child_names = set()
         loader = None
         if os_ is not None and os_.os_type == 2:
-            loader = _zpl_loader(self, os_, ds, path, child_names)
+            loader = _zpl_loader(self, os_, ds, path, child_names, replay=replay)
         elif os_ is not None:
             self.report("warning", path, "unknown-objset",
                         f"{ds.name}: object set type {os_.os_type} is not a file system or zvol")
@@ -301,23 +308,76 @@ class _TreeBuilder:
                 self.report("error", f"{path}/{child.short}", "internal-error",
                             f"{child.name}: {type(e).__name__}: {e}")
         if loader is not None:
-            self.containers(ds, os_, path)
+            self.containers(ds, os_, path, replay)
         return d, path
 
     def intent_log(self, ds, os_, path):
-        """Name the records of the dataset's intent log that an import would replay
-        (zil.py; replaying them in memory is not implemented)."""
+        """The dataset's intent log (ZIL): records of synchronous writes the pool never
+        synced.  Replayed in memory as an import would (zil.py claims them, zilreplay.py
+        applies them) unless ``--zfs-zil ignore``; every replayed record is named.
+        Returns the ``zilreplay.Replay`` or None (nothing to replay, or not replayed)."""
         try:
-            records, problem = zil.log_records(os_, self.synced_txg)
+            log = zil.read_log(os_, self.synced_txg)
         except (PvfsError, ValueError) as e:
-            records, problem = None, str(e)
-        if records == [] and problem is None:
-            return  # a written log block whose records were all synced or replayed
-        what = zil.summary(records) if records else "records that could not be listed"
-        self.report("warning", path, "intent-log",
-                    f"{ds.name} has intent log (ZIL) records that are not replayed, so the "
-                    f"last synchronous changes before the crash are not shown: {what}"
-                    f"{f' (log ends in damage: {problem})' if problem else ''}")
+            self.report("warning", path, "intent-log",
+                        f"{ds.name}: the intent log (ZIL) cannot be read ({e}); the last "
+                        f"synchronous changes before the crash may be missing")
+            return None
+        if log.problem:
+            self.report("warning", path, "zil-damaged",
+                        f"{ds.name}: the intent log ends in damage: {log.problem}; records "
+                        f"after it are lost (an import stops there too)")
+        if not log.records:
+            return None
+        what = zil.summary(log.records)
+        mode = self.ctx.options.get("zfs_zil") or "replay"
+        if mode == "ignore" or ds.encrypted:
+            why = ("--zfs-zil ignore" if mode == "ignore" else
+                   "the log of an encrypted dataset is encrypted: not replayed here")
+            self.report("warning", path, "intent-log",
+                        f"{ds.name} has intent log (ZIL) records that are not replayed "
+                        f"({why}), so the last synchronous changes before the crash are not "
+                        f"shown: {what}")
+            return None
+        try:
+            if os_.os_type == 3:
+                size = zap.zap_int(os_.dnode(2), "size")
+                if size is None:
+                    raise ZfsError("zvol property object has no size")
+                base = DnodeSource(os_.dnode(1), size, label=ds.name, path=path,
+                                   bad=self.ctx.bad("eio"), ctx=self.ctx)
+                rep = zilreplay.replay_zvol(os_, log, base, size)
+            elif os_.os_type == 2:
+                zpl = _zpl()
+                rep = zilreplay.replay_zpl(os_, log, zpl.ReplayBase(os_, self.ctx, path))
+            else:
+                return None
+        except (PvfsError, ValueError) as e:
+            self.report("warning", path, "intent-log",
+                        f"{ds.name}: intent log (ZIL) records cannot be replayed ({e}): {what}")
+            return None
+        for n, a in enumerate(rep.applied):
+            if n == MAX_REPLAY_NOTES:
+                self.report("info", path, "zil-replayed",
+                            f"{ds.name}: ... and {len(rep.applied) - n} more replayed records")
+                break
+            r = a.rec
+            self.report("info", path, "zil-replayed",
+                        f"{ds.name}: replayed {r.name} (object {r.obj}, txg {r.txg}, seq "
+                        f"{r.seq}): {r.what()}{f' ({a.note})' if a.note else ''}")
+        skipped = (f"; {len(rep.skipped)} skipped (their object was removed later: "
+                   f"zil_replay_log_record, TX_OOO)" if rep.skipped else "")
+        self.report("info", path, "intent-log",
+                    f"{ds.name}: intent log (ZIL) replayed in memory as an import would: "
+                    f"{len(rep.applied)} of {len(log.records)} records applied{skipped} "
+                    f"(--zfs-zil ignore shows the dataset as last synced): {what}")
+        if rep.failed is not None:
+            r, why = rep.failed
+            self.report("warning", path, "zil-replay-stopped",
+                        f"{ds.name}: intent log record seq {r.seq} (txg {r.txg}, {r.name}) "
+                        f"cannot be applied: {why}; the replay stops there as an import's "
+                        f"does: {rep.not_applied} later record(s) not applied")
+        return rep
 
     def lost(self, ds, snap, why, path):
         """A Proxmox volume (``vm-100-disk-0``, ``subvol-102-disk-0``) whose object set
@@ -348,7 +408,7 @@ class _TreeBuilder:
             out.append((s.name.split("@", 1)[1], _snap_loader(self, s)))
         return out
 
-    def containers(self, ds, os_, path):
+    def containers(self, ds, os_, path, replay=None):
         """A container subvolume (``subvol-<vmid>-disk-<n>``) and its snapshots, for the
         Proxmox view (``cts/<vmid>/rootfs``); without ``.zfs`` inside."""
         if not self.live:
@@ -357,7 +417,8 @@ class _TreeBuilder:
         if vn is None or not vn.is_container:
             return
         store = ds.name.rsplit("/", 1)[0] if "/" in ds.name else ""
-        d = Dir(loader=_zpl_loader(self, os_, ds, path, set(), snapshots=False),
+        d = Dir(loader=_zpl_loader(self, os_, ds, path, set(), snapshots=False,
+                                   replay=replay),
                 mtime=ds.creation_time or None)
         self.ctx.add_proxmox(Locator("zfspool", store, ds.short), tree=d, mtime=ds.creation_time,
                              where=path)
@@ -376,7 +437,7 @@ class _TreeBuilder:
             self.ctx.add_proxmox(Locator("zfspool", store, ds.short, snap), tree=sd,
                                  mtime=s.creation_time, where=spath)
 
-    def zvol(self, ds, os_, parent_dir, parent_path, name):
+    def zvol(self, ds, os_, parent_dir, parent_path, name, replay=None):
         vols = [(ds, os_, name)]
         for s in ds.snapshots:
             try:
@@ -400,6 +461,9 @@ class _TreeBuilder:
             fpath = f"{parent_path}/{fname}"
             src = DnodeSource(data, size, label=d.name, path=fpath, bad=self.ctx.bad("eio"),
                               ctx=self.ctx)
+            if replay is not None and o is os_:  # the head zvol: its log replayed
+                src = zilreplay.zvol_source(replay, d.name, fpath, self.ctx.bad("eio"),
+                                            self.ctx)
             snap = d.name.split("@", 1)[1] if "@" in d.name else None
             if not self.live:
                 parent_dir.add(fname, File(src, mtime=d.creation_time), report=self.ctx.report,
@@ -420,7 +484,7 @@ def _snap_loader(builder, s):
     return load
 
 
-def _zpl_loader(builder, os_, ds, path, child_names, snapshots=True):
+def _zpl_loader(builder, os_, ds, path, child_names, snapshots=True, replay=None):
     def load(d):
         zpl = _zpl()
         if zpl is None or not hasattr(zpl, "build_tree"):
@@ -431,7 +495,8 @@ def _zpl_loader(builder, os_, ds, path, child_names, snapshots=True):
         # so a child dataset hides its empty mount-point directory, as a mount does.
         try:
             zpl.build_tree(os_, d, builder.ctx, path,
-                           snapshots=builder.snapshots_of(ds) if snapshots else None)
+                           snapshots=builder.snapshots_of(ds) if snapshots else None,
+                           replay=replay)
         except (PvfsError, ValueError) as e:
             builder.report("error", path, "bad-filesystem", f"{ds.name}: {e}")
         except Exception as e:

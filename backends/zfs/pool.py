@@ -30,7 +30,8 @@ _POOL_UIDS = itertools.count(1)
 #: small reads FUSE makes hit one decompressed record many times.
 DATA_CACHE = ByteLRU(32 * 1024 * 1024)
 _DATA_TYPES = (19, 23)  # DMU_OT_PLAIN_FILE_CONTENTS, DMU_OT_ZVOL
-MAX_GANG_DEPTH = 8  # SPA_GANGBLOCKSIZE trees are at most a few levels deep
+MAX_GANG_DEPTH = 8
+ZIL_MIN_BLKSZ = 4096  # SPA_GANGBLOCKSIZE trees are at most a few levels deep
 
 
 class BlockError(UnreadableError):
@@ -178,9 +179,21 @@ class Pool:
                 buf = bytearray(cand)
                 struct.pack_into(fmt, buf, eck_off + 8, *bp.cksum)
                 f = checksum.fletcher4 if algo == "zilog2" else checksum.fletcher2
+                sizes = [len(cand)]
+                if algo == "zilog2":
+                    # zio_checksum_error_impl: a ZILOG2 block is written and checksummed
+                    # only up to zc_nused rounded up to ZIL_MIN_BLKSZ (zio_shrink of the
+                    # lwb write); the block pointer keeps the allocated size
+                    (nused,) = struct.unpack_from("<Q" if little else ">Q", cand,
+                                                  8 + BLKPTR_SIZE)
+                    nused = -(-nused // ZIL_MIN_BLKSZ) * ZIL_MIN_BLKSZ
+                    if nused > len(cand):
+                        continue
+                    sizes = [nused] + ([len(cand)] if nused < len(cand) else [])
                 with np.errstate(over="ignore"):
-                    if f(bytes(buf), little) == stored:
-                        return cand, little
+                    for size in sizes:
+                        if f(bytes(buf[:size]), little) == stored:
+                            return cand, little
         return None
 
     def _repaired(self, bp, dva, failed):

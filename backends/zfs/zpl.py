@@ -53,8 +53,10 @@ DMU_OT_SA_MASTER_NODE = 45
 class Zpl:
     """One mounted ZPL object set (a filesystem, snapshot or clone)."""
 
-    def __init__(self, objset, ctx, path: str):
+    def __init__(self, objset, ctx, path: str, replay=None):
         self.objset = objset
+        #: zilreplay.Replay: the dataset's intent log applied in memory (None: as synced)
+        self.replay = replay
         self.ctx = ctx
         self.path = path
         self.bad = ctx.bad("eio") if ctx is not None else "eio"
@@ -139,8 +141,12 @@ class Zpl:
     # -- the tree --------------------------------------------------------------
     def fill_root(self, dir_node: Dir):
         """Fill the dataset's root directory (``dir_node``) and take its metadata."""
-        dnode = self.objset.dnode(self.root)
-        zn = read_znode(dnode, self.registry)
+        ro = self.replay.objs.get(self.root) if self.replay is not None else None
+        if ro is not None:
+            zn = ro.zn
+        else:
+            dnode = self.objset.dnode(self.root)
+            zn = read_znode(dnode, self.registry)
         if not stat.S_ISDIR(zn.mode):
             raise SaError(f"root object {self.root} is not a directory (mode {zn.mode:o})")
         dir_node.mode = stat.S_IFDIR | (zn.mode & 0o7777)
@@ -149,12 +155,16 @@ class Zpl:
         dir_node.nlink = zn.links
         self.dirs_seen.add(self.root)
         self._xattrs(dir_node, zn, "")
+        self._replayed_xattrs(dir_node, ro)
         self.fill(dir_node, self.root, "", keep_existing=True)
 
     def fill(self, dir_node: Dir, objnum: int, relpath: str, keep_existing=False):
         """Add every entry of directory object ``objnum`` to ``dir_node``."""
         try:
-            entries = zap.zap_entries(self.objset.dnode(objnum))
+            if self.replay is not None and objnum in self.replay.dirs:
+                entries = zap.ZapEntries({n: [v] for n, v in self.replay.dirs[objnum].items()})
+            else:
+                entries = zap.zap_entries(self.objset.dnode(objnum))
         except UnreadableError as e:
             self.report("error", relpath, "unreadable-dir", f"directory unreadable: {e}",
                         e.ranges)
@@ -187,9 +197,14 @@ class Zpl:
         node = self.hardlinks.get(objnum)
         if node is not None:
             return node
+        ro = self.replay.objs.get(objnum) if self.replay is not None else None
         try:
-            dnode = self.objset.dnode(objnum)
-            zn = read_znode(dnode, self.registry)
+            if ro is not None:  # an object the intent log changed or created
+                dnode = None if ro.new else self.objset.dnode(objnum)
+                zn = ro.zn
+            else:
+                dnode = self.objset.dnode(objnum)
+                zn = read_znode(dnode, self.registry)
         except UnreadableError as e:
             self.report("error", relpath, "unreadable-object",
                         f"object {objnum} unreadable: {e}")
@@ -212,11 +227,24 @@ class Zpl:
             elif kind == stat.S_IFREG:
                 from .objset import DnodeSource
 
-                src = DnodeSource(dnode, zn.size, f"{self.objset.name}:{relpath}",
-                                  path=tree_path, bad=self.bad, ctx=self.ctx)
+                label = f"{self.objset.name}:{relpath}"
+                base = None
+                if dnode is not None:
+                    base = DnodeSource(dnode, ro.base_size if ro is not None else zn.size,
+                                       label, path=tree_path, bad=self.bad, ctx=self.ctx)
+                if ro is not None and ro.ext is not None:
+                    from .zilreplay import ReplaySource
+
+                    src = ReplaySource(ro.size, ro.ext, base, self.objset.pool, self.objset,
+                                       label, path=tree_path, bad=self.bad, ctx=self.ctx)
+                else:
+                    src = base
                 node = File(src, mode=zn.mode, **kw)
             elif kind == stat.S_IFLNK:
-                node = Symlink(self._symlink_target(dnode, zn, relpath), **kw)
+                if ro is not None and ro.symlink is not None:
+                    node = Symlink(ro.symlink, **kw)
+                else:
+                    node = Symlink(self._symlink_target(dnode, zn, relpath), **kw)
             elif kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
                 rdev = 0
                 if kind in (stat.S_IFCHR, stat.S_IFBLK):
@@ -239,6 +267,7 @@ class Zpl:
             return None
         node.nlink = zn.links
         self._xattrs(node, zn, relpath)
+        self._replayed_xattrs(node, ro)
         if kind != stat.S_IFDIR and zn.links > 1:
             self.hardlinks[objnum] = node
         return node
@@ -372,6 +401,21 @@ class Zpl:
         return bool(parent.flags & ZFS_XATTR)
 
     # -- xattrs ----------------------------------------------------------------
+    @staticmethod
+    def _replayed_xattrs(node, ro):
+        """SA xattrs set or removed by the intent log (TX_SETSAXATTR)."""
+        if ro is None or not ro.xattrs:
+            return
+        for name, value in ro.xattrs.items():
+            key = _xattr_name(name.decode("utf-8", "surrogateescape"))
+            if value is None:
+                if key in node.xattrs:
+                    dict.__delitem__(node.xattrs, key)
+            else:
+                if isinstance(node.xattrs, LazyXattrs):
+                    node.xattrs._fill()
+                dict.__setitem__(node.xattrs, key, value)
+
     def _xattrs(self, node, zn, relpath):
         if zn.dxattr:
             try:
@@ -391,8 +435,12 @@ class Zpl:
                                      self._xattr_dir(target, o, r))
 
     def _xattr_dir(self, target: dict, objnum, relpath):
+        rep = self.replay
         try:
-            entries = zap.zap_entries(self.objset.dnode(objnum))
+            if rep is not None and objnum in rep.dirs:
+                entries = zap.ZapEntries({n: [v] for n, v in rep.dirs[objnum].items()})
+            else:
+                entries = zap.zap_entries(self.objset.dnode(objnum))
         except (PvfsError, OSError) as e:
             self.report("warning", relpath, "bad-xattr", f"xattr directory {objnum}: {e}")
             return
@@ -403,16 +451,31 @@ class Zpl:
             if obj is None:
                 continue
             obj &= DIRENT_OBJ_MASK
+            ro = rep.objs.get(obj) if rep is not None else None
             try:
-                dn = self.objset.dnode(obj)
-                zn = read_znode(dn, self.registry)
+                if ro is not None:
+                    dn, zn = (None if ro.new else self.objset.dnode(obj)), ro.zn
+                else:
+                    dn = self.objset.dnode(obj)
+                    zn = read_znode(dn, self.registry)
                 if not stat.S_ISREG(zn.mode):
                     continue
                 if zn.size > MAX_XATTR_VALUE:
                     self.report("warning", relpath, "xattr-too-large",
                                 f"xattr {name!r} of {zn.size} bytes not shown")
                     continue
-                data = dn.read(0, zn.size)
+                if ro is not None and ro.ext is not None:
+                    from .objset import DnodeSource
+                    from .zilreplay import ReplaySource
+
+                    base = (DnodeSource(dn, ro.base_size, relpath) if dn is not None
+                            else None)
+                    data = ReplaySource(ro.size, ro.ext, base, self.objset.pool,
+                                        self.objset, relpath).read(0, zn.size)
+                elif dn is None:
+                    data = b""
+                else:
+                    data = dn.read(0, zn.size)
                 if len(data) < zn.size:
                     data = data + bytes(zn.size - len(data))
             except (PvfsError, OSError) as e:
@@ -515,7 +578,26 @@ def apply_root_metadata(objset, dir_node: Dir, ctx=None, path: str = "") -> bool
     return True
 
 
-def build_tree(objset, dir_node: Dir, ctx, path: str, snapshots=None) -> Zpl:
+class ReplayBase:
+    """The synced state of a ZPL object set, as ``zilreplay.Replay`` asks for it."""
+
+    def __init__(self, objset, ctx, path):
+        self.zpl = Zpl(objset, ctx, path)
+
+    def entries(self, objnum):
+        return zap.zap_entries(self.zpl.objset.dnode(objnum))
+
+    def znode(self, objnum):
+        from .errors import ZfsError
+
+        try:
+            dn = self.zpl.objset.dnode(objnum)
+        except ZfsError:  # free or beyond the meta-dnode: no such object
+            return None
+        return read_znode(dn, self.zpl.registry)
+
+
+def build_tree(objset, dir_node: Dir, ctx, path: str, snapshots=None, replay=None) -> Zpl:
     """Fill ``dir_node`` with the ZPL filesystem in ``objset``.
 
     ``path`` is the tree path of ``dir_node`` (for damage entries).  Names
@@ -524,7 +606,7 @@ def build_tree(objset, dir_node: Dir, ctx, path: str, snapshots=None) -> Zpl:
     snapshot's ObjSet; they appear as lazy ``.zfs/snapshot/<snap>/``.
     Raises on a broken master node or root (the caller reports it).
     """
-    fs = Zpl(objset, ctx, path)
+    fs = Zpl(objset, ctx, path, replay=replay)
     fs.fill_root(dir_node)
     if snapshots is not None:
         add_snapshot_dir(dir_node, ctx, path, snapshots)
