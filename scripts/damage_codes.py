@@ -78,6 +78,9 @@ def scan():
                     msg = args[4] if len(args) > 4 else None
                 elif sev in SEVERITIES and len(args) >= 3:
                     code_node, msg = args[1], args[2]
+                    if len(args) >= 4 and not any(CODE_RE.match(c) for c in _consts(args[1])) \
+                            and any(CODE_RE.match(c) for c in _consts(args[2])):
+                        code_node, msg = args[2], args[3]  # report(severity, path, code, msg)
                 if sev not in SEVERITIES or code_node is None:
                     continue
                 found = _consts(code_node)

@@ -175,3 +175,43 @@ def test_zfs_degraded_pool_does_not_promise_what_it_cannot_rebuild(capsys):
     assert all(e.ranges for e in lost if e.code == "unreadable-block")
     from pvfs.cli import _status
     assert _status(ctx) == 3
+
+
+# ---------------------------------------------------------------------------
+# Ceph
+
+def _ceph():
+    return unpack(require_fixture("ceph", "ceph-fixture.tar.zst")) / "ceph-fixture"
+
+
+def test_ceph_missing_osd_is_named_degraded(capsys):
+    """osd.0 and osd.1 of three, pools of size 2: every placement group keeps a copy, so
+    nothing is lost -- but the OSDMap lists osd.2 and the report never said it was
+    missing.  Now one ``degraded`` entry names it (with its state from the monitor's
+    OSDMap: the fixture killed it, so it is down), and the scan exits 0."""
+    c = _ceph()
+    code, doc = scan(capsys, c / "osd.0", c / "osd.1", opts=["--ceph-mon", str(c / "mon.a")])
+    assert code == 0
+    miss = entries(doc, "osd-missing")
+    assert [(e["severity"], e["outcome"]) for e in miss] == [("warning", "degraded")]
+    assert miss[0]["message"].startswith("osd.2 (down and in at osdmap epoch")
+    assert "every placement group still has a copy" in miss[0]["message"]
+    assert not entries(doc, "pgs-lost")
+
+
+def test_ceph_osd_alone_names_the_missing_and_keeps_lost_images(capsys):
+    """osd.2 alone: osd.0 and osd.1 are named as missing, the placement groups with no
+    copy are one ``lost`` entry, and the two images whose header and data were all on
+    the missing OSDs (vm-201, vm-202) stay in vms/ with a LOST.txt instead of vanishing."""
+    c = _ceph()
+    code, doc = scan(capsys, c / "osd.2")
+    assert code == 3
+    assert sorted(e["message"].split()[0] for e in entries(doc, "osd-missing", "degraded")) \
+        == ["osd.0", "osd.1"]
+    lost_pgs = entries(doc, "pgs-lost", "lost")
+    assert len(lost_pgs) == 1 and "pool rbd: 2.2," in lost_pgs[0]["message"]
+    for vmid, image in ((201, "rbd-lz4/vm-201-disk-0"), (202, "rbd-snappy/vm-202-disk-0")):
+        assert doc["vms"][str(vmid)] == ["LOST.txt"]
+        lost = [e for e in entries(doc, "volume-lost", "lost")
+                if e["path"] == f"vms/{vmid}/LOST.txt"]
+        assert lost and image in lost[0]["message"] and "no given OSD" in lost[0]["message"]

@@ -126,6 +126,8 @@ def _open_stores(volumes, ctx, backend=None):
 
 
 def _load_pools(backend, cluster, ctx):
+    """Pools (and the OSDs' states) from the monitor store, else from the OSDs' own
+    copies of the OSDMap; returns the map (:class:`OsdMapInfo`) or None."""
     for d in _mon_dirs(backend, ctx):
         from .kv import open_kv_dir
 
@@ -133,19 +135,65 @@ def _load_pools(backend, cluster, ctx):
         kv = None
         try:
             kv = open_kv_dir(db)
-            cluster.load_osdmap_from_mon(kv)
+            m = cluster.load_osdmap_from_mon(kv)
             _report_kv_damage(ctx, d, kv)
-            return
+            return m
         except (CephError, UnreadableError, OSError) as e:
             # the cause first (an SST that cannot be read), then its consequence
             causes = _report_kv_damage(ctx, d, kv)
             why = f" ({'; '.join(causes[:3])})" if causes else ""
             ctx.report.add("warning", LAYER, d, "mon-store-unreadable",
                            f"monitor store not usable for pool names: {e}{why}")
-    if cluster.load_osdmap_from_osds() is None:
+    m = cluster.load_osdmap_from_osds()
+    if m is None:
         ctx.report.add("warning", LAYER, "storage/ceph", "no-osdmap",
                        "no OSDMap found: pools are named by id, and objects of placement "
                        "groups no given OSD holds cannot be told from unwritten ones")
+    return m
+
+
+def _report_missing_osds(cluster, osdmap, report):
+    """The OSDs the OSDMap lists that are not among the inputs, each named: ``degraded``
+    while every placement group of every pool still has a copy on a given OSD (size >= 2
+    keeps the others), and one ``lost`` entry naming the placement groups that have none
+    (their objects are gone with the missing OSDs; the images say which of their bytes)."""
+    if osdmap is None or not osdmap.osds:
+        return
+    given = set()
+    for st in cluster.stores:
+        name = str(getattr(st, "name", ""))
+        if name.startswith("osd.") and name[4:].isdigit():
+            given.add(int(name[4:]))
+    missing = sorted(set(osdmap.osds) - given)
+    if not missing:
+        return
+    where = f"osdmap epoch {osdmap.epoch}"
+    orphan = {}  # pool -> PG seeds no given OSD holds
+    for pid, info in sorted(cluster.pools.items()):
+        if not info.pg_num or info.pg_num > (1 << 20):
+            continue
+        held = cluster.held_pgs(pid)
+        gone = [s for s in range(info.pg_num) if s not in held]
+        if gone:
+            orphan[pid] = gone
+    for osd in missing:
+        exists, up, is_in = osdmap.osds[osd]
+        state = f"{'up' if up else 'down'} and {'in' if is_in else 'out'}"
+        cover = ("every placement group still has a copy on a given OSD" if not orphan
+                 else "placement groups with no copy on a given OSD are reported as lost")
+        report("warning", "storage/ceph", "osd-missing",
+               f"osd.{osd} ({state} at {where}) is not among the inputs; {cover}")
+    if orphan:
+        n = sum(len(v) for v in orphan.values())
+        shown = "; ".join(
+            f"pool {cluster.pool_name(p)}: "
+            + ", ".join(f"{p}.{s:x}" for s in seeds[:16])
+            + (f" (+{len(seeds) - 16} more)" if len(seeds) > 16 else "")
+            for p, seeds in orphan.items())
+        report("error", "storage/ceph", "pgs-lost",
+               f"{n} placement groups have no copy on the given OSDs (the missing ones: "
+               f"{', '.join(f'osd.{o}' for o in missing)}): any objects they held are lost; "
+               f"{shown}")
 
 
 def _report_kv_damage(ctx, path, kv):
@@ -219,7 +267,8 @@ def show_cluster(backend, key, stores, parent, ctx):
         ctx.report.add(sev, LAYER, path, code, msg, ranges)
 
     cluster = Cluster(stores, report, bad=ctx.bad(BAD_EIO))
-    _load_pools(backend, cluster, ctx)
+    osdmap = _load_pools(backend, cluster, ctx)
+    _report_missing_osds(cluster, osdmap, report)
     root = ctx.storage("ceph")
 
     ec = {p for p, info in cluster.pools.items() if info.erasure}
@@ -336,17 +385,21 @@ def _add_pool_images(cluster, ctx, root, pool, ns, parent, ec, shown):
     if ns:
         pdir = pdir.subdir(nsname)
     opened = []
+    store = pname + (f"/{nsname}" if ns else "")  # the Proxmox rbd storage's pool
     for name, iid in sorted(images.items()):
         try:
             opened.append(cluster.open_image_v2(pool, name, iid, ns))
         except (CephError, UnreadableError) as e:
             cluster.report("error", f"{ppath}/{name}", "rbd-header", f"image {name}: {e}")
+            ctx.add_proxmox(Locator("rbd", store, name), lost=f"RBD image {store}/{name}: {e}")
     if not ns:
         for name in v1:
             try:
                 opened.append(cluster.open_image_v1(pool, name))
             except (CephError, UnreadableError) as e:
                 cluster.report("error", f"{ppath}/{name}", "rbd-header", f"image {name}: {e}")
+                ctx.add_proxmox(Locator("rbd", store, name),
+                                lost=f"RBD image {store}/{name}: {e}")
     for img in opened:
         if _add_image(cluster, ctx, img, pdir, ppath, parent, ec):
             shown.append(img)
@@ -367,9 +420,14 @@ def _add_image(cluster, ctx, img, pdir, ppath, parent, ec, proxmox=True):
     lay = cluster.ec_layout(data_pool) if data_pool in ec else None
     if data_pool in ec and (lay is None or lay.problem):
         why = lay.problem if lay is not None else "its erasure code profile is unknown (no OSDMap)"
-        cluster.report("error", f"{ppath}/{img.name}", "erasure-coded-data",
-                       f"image {img.name} keeps its data in erasure-coded pool "
-                       f"{cluster.pool_name(data_pool)}, which is not decoded: {why}")
+        msg = (f"image {img.name} keeps its data in erasure-coded pool "
+               f"{cluster.pool_name(data_pool)}, which is not decoded: {why}")
+        cluster.report("error", f"{ppath}/{img.name}", "erasure-coded-data", msg)
+        if proxmox:
+            pool = cluster.pool_name(img.pool)
+            if img.nspace:
+                pool = f"{pool}/{img.nspace.decode('utf-8', 'replace')}"
+            ctx.add_proxmox(Locator("rbd", pool, img.name), lost=msg)
         return False
     info = {"ceph": {"pool": cluster.pool_name(img.pool), "pool_id": img.pool, "image": img.name,
                      "namespace": img.nspace.decode("utf-8", "replace"),

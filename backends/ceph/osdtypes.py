@@ -393,6 +393,9 @@ class OsdMapInfo:
     pools: dict  # id -> PoolInfo
     ec_profiles: dict = field(default_factory=dict)  # name -> {key: value}
     ec_profiles_error: str | None = None
+    #: osd id -> (exists, up, in): ``osd_state`` (CEPH_OSD_EXISTS 1, CEPH_OSD_UP 2) and
+    #: ``osd_weight`` (CEPH_OSD_IN 0x10000, 0 = out) of include/rados.h; None: not decoded
+    osds: dict | None = None
 
 
 def _skip_entity_addrvec(c: Reader):
@@ -413,17 +416,25 @@ def _pg_t(c: Reader):
     c.skip(8 + 4 + 4)  # pool, seed, preferred
 
 
-def _decode_ec_profiles(c: Reader, cv: int) -> dict:
+CEPH_OSD_EXISTS, CEPH_OSD_UP, CEPH_OSD_IN = 1, 2, 0x10000
+
+
+def _decode_ec_profiles(c: Reader, cv: int, m: OsdMapInfo | None = None) -> dict:
     """The client-data fields between ``pool_max`` and ``erasure_code_profiles``
     (``OSDMap::encode``, client data v >= 5/8): flags, max_osd, osd_state, osd_weight,
-    client_addrs, pg_temp, primary_temp, osd_primary_affinity, crush (a bufferlist)."""
+    client_addrs, pg_temp, primary_temp, osd_primary_affinity, crush (a bufferlist).
+    The OSDs' states go to ``m.osds``."""
     if cv < 8:
         raise OsdTypeError(f"OSDMap client data v{cv}: addresses in the legacy encoding")
     c.s32()  # pool_max
     c.u32()  # flags
     c.s32()  # max_osd
-    c.skip(4 * c.count(4))  # osd_state
-    c.skip(4 * c.count(4))  # osd_weight
+    state = [c.u32() for _ in range(c.count(4))]  # osd_state (v >= 5: uint32 each)
+    weight = [c.u32() for _ in range(c.count(4))]  # osd_weight
+    if m is not None:
+        m.osds = {i: (bool(s & CEPH_OSD_EXISTS), bool(s & CEPH_OSD_UP),
+                      i < len(weight) and weight[i] >= CEPH_OSD_IN)
+                  for i, s in enumerate(state) if s & CEPH_OSD_EXISTS}
     for _ in range(c.count(5)):
         _skip_entity_addrvec(c)
     for _ in range(c.count(21)):  # pg_temp: pg_t -> vector<int32>
@@ -467,7 +478,7 @@ def decode_osdmap(data) -> OsdMapInfo:
         pools.setdefault(pid, PoolInfo(pid)).name = name
     m = OsdMapInfo(fsid, epoch, pools)
     try:
-        m.ec_profiles = _decode_ec_profiles(c, _cv)
+        m.ec_profiles = _decode_ec_profiles(c, _cv, m)
     except OsdTypeError as e:
         m.ec_profiles_error = str(e)
     for p in pools.values():
