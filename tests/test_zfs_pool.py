@@ -162,6 +162,31 @@ def test_uberblock_other_endian():
     assert u is not None and u.txg == 77 and u.little is False and u.version == 5000
 
 
+@FUZZ
+@given(st.binary(min_size=216, max_size=216), st.booleans())
+def test_uberblock_struct_matches_the_construct_declaration(data, little):
+    """label.UB_STRUCT (the fast path of the uberblock ring) reads every field as the
+    construct declaration in structs.py does, in both byte orders."""
+    from backends.zfs import label
+    from backends.zfs.structs import parse
+
+    ub = parse("uberblock", data, little)
+    fast = label.UB_STRUCT[little].unpack_from(data, 0)
+    assert tuple(getattr(ub, f) for f in label.UB_FIELDS) == fast
+
+
+def test_uberblocks_of_a_real_label_ring():
+    """Every uberblock of fxmirror's labels: the newest txg and the ring as zdb prints it."""
+    d = unpack(require_fixture("zfs", "images", "fxmirror.tar.xz"))
+    img = sorted(d.rglob("*.img"))[0]
+    info = read_labels(FileSource(str(img)))
+    assert len(info.uberblocks) > 10
+    best = max(info.uberblocks, key=lambda u: (u.txg, u.timestamp))
+    assert best.txg >= info.config["txg"]  # labels are rewritten less often
+    assert all(u.rootbp.dvas and u.version == info.uberblocks[0].version
+               for u in info.uberblocks)
+
+
 # -- block pointers -----------------------------------------------------------------------
 def test_blkptr_fields():
     w = [0] * 16

@@ -21,9 +21,16 @@ from .errors import ZfsError
 from .nvlist import NvlistError, unpack_nvlist
 from .structs import (MAX_UBERBLOCK_SHIFT, UBERBLOCK_MAGIC, UBERBLOCK_SHIFT, VDEV_LABEL_SIZE,
                       VDEV_LABELS, VDEV_PHYS_OFFSET, VDEV_PHYS_SIZE, VDEV_UBERBLOCK_OFFSET,
-                      VDEV_UBERBLOCK_RING, ZEC_MAGIC, ZIO_ECK_SIZE, parse)
+                      VDEV_UBERBLOCK_RING, ZEC_MAGIC, ZIO_ECK_SIZE)
 
 _BSWAP_ZEC_MAGIC = int.from_bytes(ZEC_MAGIC.to_bytes(8, "little"), "big")
+#: structs.py's ``uberblock`` as one struct.Struct: a discovery parses every slot of
+#: 128-slot rings (4 labels per disk), where construct took ~0.1 ms a slot (60 ms of a
+#: 3-disk pool's 0.25 s discovery).  tests/test_zfs_pool.py checks both agree.
+UB_FIELDS = ("ub_magic", "ub_version", "ub_txg", "ub_guid_sum", "ub_timestamp", "ub_rootbp",
+             "ub_software_version", "ub_mmp_magic", "ub_mmp_delay", "ub_mmp_config",
+             "ub_checkpoint_txg", "ub_raidz_reflow_info")
+UB_STRUCT = {True: struct.Struct("<5Q128s6Q"), False: struct.Struct(">5Q128s6Q")}
 
 
 def label_offset(psize: int, l: int) -> int:
@@ -97,17 +104,21 @@ def parse_uberblock(buf: bytes, phys_offset: int, label: int, slot: int):
     ok, eck_little = verify_eck(buf, phys_offset)
     if not ok:
         return None
-    ub = parse("uberblock", buf, little, "uberblock")
-    if ub.ub_txg == 0:
+    st = UB_STRUCT[little]
+    if len(buf) < st.size:
+        return None
+    (_magic, version, txg, guid_sum, timestamp, rootbp, _sw, mmp_magic, _mmp_delay,
+     _mmp_config, checkpoint_txg, reflow) = st.unpack_from(buf, 0)
+    if txg == 0:
         return None
     try:
-        bp = BlkPtr(ub.ub_rootbp, little)
+        bp = BlkPtr(rootbp, little)
     except ZfsError:
         return None
-    return Uberblock(txg=ub.ub_txg, timestamp=ub.ub_timestamp, version=ub.ub_version,
-                     guid_sum=ub.ub_guid_sum, rootbp=bp, little=little, label=label, slot=slot,
-                     checkpoint_txg=ub.ub_checkpoint_txg, mmp_magic=ub.ub_mmp_magic,
-                     raidz_reflow_info=ub.ub_raidz_reflow_info)
+    return Uberblock(txg=txg, timestamp=timestamp, version=version, guid_sum=guid_sum,
+                     rootbp=bp, little=little, label=label, slot=slot,
+                     checkpoint_txg=checkpoint_txg, mmp_magic=mmp_magic,
+                     raidz_reflow_info=reflow)
 
 
 def read_labels(source, want_uberblocks=True) -> LabelInfo:
