@@ -442,8 +442,10 @@ class NbdSource(Source):
         return out
 
     def close(self) -> None:
+        """Close the idle connections (a later read opens one again)."""
         with self._cond:
             conns, self._idle = self._idle, []
+            self._count -= len(conns)
         for c in conns:
             c.drop()
 
