@@ -325,6 +325,12 @@ class NbdSource(Source):
         first MiB (an export replaced by another image has another identity)."""
         return {"uri": self.uri.uri, "size": self.size, "head_sha256": self.head_sha256}
 
+    def index_identity(self) -> tuple[str, dict]:
+        """``(where, check)`` for persistent indexes (pvfs/index.py ``source_identity``):
+        the URI picks the entry; size and the first MiB's sha256 must still match."""
+        where = f"nbd:{self.uri.uri}"
+        return where, {where: {"size": self.size, "head_sha256": self.head_sha256}}
+
     def _head_hash(self, conn: _Conn) -> str:
         n = min(HEAD_BYTES, conn.size)
         return hashlib.sha256(conn.pread(0, n) if n else b"").hexdigest()

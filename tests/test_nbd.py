@@ -343,6 +343,9 @@ def test_reconnects_to_the_same_image_and_refuses_another(tmp_path, monkeypatch)
     with Server(tmp_path, "qemu-nbd", img, unix=True) as srv:
         src = NbdSource(srv.uri, timeout=10)
         assert src.read(0, 65536) == data[:65536]
+        head = hashlib.sha256(data[:1 << 20]).hexdigest()
+        assert src.index_identity() == (f"nbd:{srv.uri}", {f"nbd:{srv.uri}": {
+            "size": len(data), "head_sha256": head}})
         srv.kill()
         with pytest.raises(UnreadableError) as e:
             src.read(65536, 4096)  # nobody listens: EIO at once
