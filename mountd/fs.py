@@ -246,8 +246,17 @@ class PvfsOperations(pyfuse3.Operations):
             return await self._run(what.read, off, size)
         except UnreadableError as e:
             if self.report is not None:
+                # e.ranges are in the coordinates of the layer that raised it (a qcow2
+                # file's host offsets, an OSD's ...): the entry is about this file, so its
+                # ranges are asked of this file's source (report.html draws them on it)
+                ranges = [(off, size)]
+                if getattr(what, "has_unreadable", False):  # mapped at scan: cheap to ask
+                    try:
+                        ranges = what.unreadable_ranges(off, size) or ranges
+                    except Exception:
+                        pass
                 self.report.add("error", "mount", self.path_of(inode) or "/", "read-eio",
-                                f"read failed: {e}", e.ranges or [(off, size)])
+                                f"read failed: {e}", ranges)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     @handler

@@ -42,6 +42,7 @@ EXAMPLES = {
 examples:
   pvfs scan sda.img sdb.img sdc.img        ZFS raidz members: layers and damage report
   pvfs scan --json /srv/images/ > report.json
+  pvfs scan --html report.html /srv/images/  also write the status table and damage maps
   pvfs scan --bad zero vm-100-disk-0.qcow2  report lost bytes as zeros (same report)
 
 exit status: 0 nothing lost, 3 something lost, 1 nothing recognised, 2 usage error""",
@@ -173,6 +174,9 @@ def build_parser() -> Parser:
                       help="drive images, image files, block devices or directories")
     scan.add_argument("--json", action="store_true",
                       help="print the report as JSON (the same document as report.json)")
+    scan.add_argument("--html", metavar="FILE",
+                      help="also write the report as one self-contained HTML page (the same "
+                           "as report.html in a mount: status table, a damage map per disk)")
     _add_common(scan)
     _global_options(scan, suppress=True)
 
@@ -284,6 +288,14 @@ def check_values(args: argparse.Namespace) -> None:
                 raise UsageError(f"-o {part}: not a FUSE mount option pvfs knows (e.g. "
                                  "allow_other, allow_root, auto_unmount, nonempty, fsname=NAME; "
                                  "see fuse(8))")
+    out = getattr(args, "html", None)
+    if out is not None:
+        parent = os.path.dirname(os.path.abspath(out))
+        if os.path.isdir(out) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise UsageError(f"--html {out}: cannot write a file there")
+        if any(os.path.exists(p) and os.path.samefile(out, p) for p in args.inputs
+               if not is_nbd_uri(p) and os.path.exists(out)):
+            raise UsageError(f"--html {out}: that is an input (inputs are only ever read)")
 
 
 def check_after_discovery(args: argparse.Namespace, ctx: Context) -> None:
@@ -400,6 +412,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     ctx = _discover(args)
     sys.stdout.write(report_json(ctx) if args.json else report_text(ctx))
+    if args.html is not None:
+        from .htmlreport import report_html
+
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(report_html(ctx))
     code = _status(ctx)
     if code == EXIT_NOTHING:
         print("pvfs: nothing recognised in the inputs", file=sys.stderr)

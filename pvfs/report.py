@@ -259,6 +259,8 @@ def readme_text(ctx: Context) -> str:
         "  cts/       containers by VMID: rootfs/ (the files), rootfs.raw (the volume),",
         "             pct.conf, by-config/<rootfs, mp0 ...> and by-name/<hostname> links",
         "  report.json  inventory and damage report (same as `pvfs scan --json`)",
+        "  report.html  the status table and a damage map of every disk, for a browser",
+        "               (same as `pvfs scan --html FILE`)",
         "",
     ]
     disk, part = _examples(ctx)
@@ -340,3 +342,6 @@ def attach_generated_files(ctx: Context) -> None:
     version = ctx.report.version  # re-rendered only when an entry was added (reads add some)
     ctx.root.add("README.txt", GeneratedFile(lambda: readme_text(ctx).encode(), version=version))
     ctx.root.add("report.json", GeneratedFile(lambda: report_json(ctx).encode(), version=version))
+    from .htmlreport import report_html
+
+    ctx.root.add("report.html", GeneratedFile(lambda: report_html(ctx).encode(), version=version))

@@ -9,7 +9,8 @@ LISTS="backends/*/deps-apt.txt"
 
 # python3-libnbd: the NBD client for nbd:// inputs (pvfs/nbd.py); nbdkit: its tests' server.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev
-              qemu-utils fdisk e2fsprogs xz-utils zstd tar python3-libnbd nbdkit)
+              qemu-utils fdisk e2fsprogs xz-utils zstd tar python3-libnbd nbdkit
+              chromium chromium-driver)  # report.html is tested in a headless browser
 # Packages that backends' tests and benchmarks need (backends/<fmt>/deps-apt.txt).
 for f in $LISTS; do
     [ -f "$f" ] || continue

@@ -135,7 +135,18 @@ def test_mapfile_bad_ranges_eio_zero_and_report(tmp_path):
         assert entries[("vms/102/disk-0.raw", "unreadable-range")]["ranges"] == [[bad_virtual, 1024]]
         assert entries[("vms/102/disk-0.parts/p2", "unreadable-range")]["ranges"] == \
             [[bad_virtual - (1 << 20), 1024]]
-        assert any(d["code"] == "read-eio" for d in doc["damage"])
+        # the read's entry names the disk's own offsets (not the qcow2 file's 0x91800)
+        assert [d["ranges"] for d in doc["damage"] if d["code"] == "read-eio"] == \
+            [[[bad_virtual, 1024]]]
+        # README.txt starts with the status table; report.html has it too, and the map's
+        # range links to the file on the bad sectors
+        readme = (mnt / "README.txt").read_text().splitlines()
+        assert readme[3].startswith("Status of each VM and container")
+        assert any(ln.split()[:4] == ["102", "VM", "-", "PARTIAL"] for ln in readme)
+        page = (mnt / "report.html").read_text()
+        assert page.startswith("<!DOCTYPE html>") and 'data-status="PARTIAL"' in page
+        assert '<li id="r0-0"><b>lost</b> <code>0x271800 + 0x400</code>' in page
+        assert "vms/102/disk-0.files/p2/home/demo/hello.txt" in page
     with pvfs_mounted([damaged], mnt, "--bad", "zero"), \
             open(mnt / "vms" / "102" / "disk-0.raw", "rb") as f:
         assert os.pread(f.fileno(), 1024, bad_virtual) == bytes(1024)

@@ -758,6 +758,12 @@ def _report(ctx: Context, guests: dict[int, Guest], have_cluster: bool) -> None:
 def table(ctx: Context) -> list[dict]:
     """One row per guest: who it is, its status (:mod:`.status`: OK / REPAIRED / DEGRADED /
     PARTIAL / LOST, why, files and bytes lost), its disks, snapshots and backups."""
+    return [row for row, _units in table_units(ctx)]
+
+
+def table_units(ctx: Context) -> list[tuple[dict, list]]:
+    """:func:`table`'s rows, each with the :class:`.status.Unit` objects it was judged
+    from (report.html draws their volumes)."""
     from .status import guest_summary, judge, unit_doc, units_of
 
     st = getattr(ctx, "proxmox_view", None)
@@ -807,13 +813,13 @@ def table(ctx: Context) -> list[dict]:
                           "path": path, **unit_doc(u)})
         bstat = [{"backup": u.label.split(" ", 1)[1], "path": u.path, **unit_doc(u)}
                  for u in units if u.kind == "backup"]
-        rows.append({"vmid": g.vmid, "id": str(g.vmid),
+        rows.append(({"vmid": g.vmid, "id": str(g.vmid),
                      "kind": "vm" if g.guest == "qemu" else "ct",
                      "type": "VM" if g.guest == "qemu" else "CT",
                      "name": g.name, "node": g.node, "ostype": g.ostype,
                      "config": g.config_source or None, **guest_summary(units),
                      "disks": disks, "snapshots": snapshots,
-                     "backups": len(g.backups), "backup_status": bstat})
+                     "backups": len(g.backups), "backup_status": bstat}, units))
     return rows
 
 
