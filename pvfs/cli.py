@@ -52,6 +52,8 @@ examples:
   pvfs mount /mnt/backup/datastore /mnt/pvfs   a PBS datastore
   pvfs mount -f --debug pve-disk.img /mnt/pvfs  foreground, debug log on stderr
   pvfs mount -o allow_other osd0.img osd1.img osd2.img /mnt/pvfs
+  pvfs mount nbd://holder1/osd0 nbd://holder2:10810/osd1.img /mnt/pvfs
+                                            images left on other machines (qemu-nbd -r, nbdkit -r)
 
 MOUNTPOINT must be an empty directory (-o nonempty mounts over files, hiding them).
 exit status: 0 mounted, nothing lost; 3 mounted, something lost (see MOUNTPOINT/report.json);
@@ -171,7 +173,8 @@ def build_parser() -> Parser:
                     "entry. Nothing is written anywhere.",
         epilog=EXAMPLES["scan"])
     scan.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                      help="drive images, image files, block devices or directories")
+                      help="drive images, image files, block devices, directories or NBD "
+                           "exports (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
     scan.add_argument("--json", action="store_true",
                       help="print the report as JSON (the same document as report.json)")
     scan.add_argument("--html", metavar="FILE",
@@ -187,7 +190,8 @@ def build_parser() -> Parser:
                     "the tree can be used; a daemon serves it until 'pvfs umount MOUNTPOINT'.",
         epilog=EXAMPLES["mount"])
     mount.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                       help="drive images, image files, block devices or directories")
+                       help="drive images, image files, block devices, directories or NBD "
+                           "exports (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="stay in the foreground (Ctrl-C or SIGTERM unmounts)")
