@@ -521,6 +521,54 @@ def test_regretted_lvremove_of_a_thin_lv_is_listed_under_removed(real, tmp_path)
     assert any("no device maps them" in e.message for e in sm)
 
 
+def test_removed_snapshot_stays_removed_when_the_thin_superblock_is_zeroed(real, tmp_path):
+    """The snapshot (thin id 3) was removed -- LVM's newest text no longer names it and the
+    pool's current top-level and device-details leaves no longer hold it, as a thin delete
+    commits -- and then the thin superblock was zeroed.  The kernel's older trees (with the
+    snapshot, from before vm-100 was written again) are still on the metadata device.
+    Recovery must take the newest trees: vm-100 and vm-101 match the manifest, the snapshot
+    is no live pool device (no orphans/thin-3) and shows only under removed/ with
+    --lvm-thin-scan, where every whole MiB matches the snapshot's per-MiB hashes."""
+    import hashlib
+
+    from test_lvm_synth import lv, linear, pv_uuid, vg_text, write_pv
+    img, m = real
+    f = FileSource(img)
+    tmo = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
+    tdo = m["lvs"]["data_tdata"]["segments"][0]["disk_offset"]
+    patches = _drop_device_patches(real, 3)
+    patches[tmo] = bytes(4096)  # the superblock
+    tmeta = PatchedSource(f, patches).read(tmo, 4 << 20)
+    pool = lv("data", ['start_extent = 0\nextent_count = 1920\ntype = "thin-pool"\n'
+                       'metadata = "data_tmeta"\npool = "data_tdata"\ntransaction_id = 4\n'
+                       'chunk_size = 128\n'])
+    pool += lv("data_tmeta", [linear(0, 64, "pv0", 0)], visible=False)
+    pool += lv("data_tdata", [linear(0, 1920, "pv0", 64)], visible=False)
+
+    def thin(name, dev, ext):
+        return lv(name, [f'start_extent = 0\nextent_count = {ext}\ntype = "thin"\n'
+                         f'thin_pool = "data"\ntransaction_id = 0\ndevice_id = {dev}\n'])
+    text = vg_text("pve", "REALzs-aaaa-bbbb-cccc-dddd-eeee-ffffff", 7,
+                   [("pv0", pv_uuid(0), 1984)],
+                   pool + thin("vm-100-disk-0", 1, 512) + thin("vm-101-disk-0", 2, 768),
+                   description="lvremove pve/snap_vm-100-disk-0_before")
+    a = write_pv(tmp_path / "pv.img", pv_uuid(0), 1984, [(512, text)], 0,
+                 extents={0: tmeta, 64: f.read(tdo, 120 << 20)})
+    for opts in ({}, {"lvm_thin_scan": True}):
+        ctx = discover([str(a)], Options(backend_options=opts))
+        assert any(e.code == "thin-superblock" for e in ctx.report)
+        for name in ("vm-100-disk-0", "vm-101-disk-0"):
+            assert _sha(ctx, f"storage/lvm/pve/{name}") == m["lvs"][name]["device"]["sha256"]
+        assert resolve(ctx.root, "storage/lvm/pve/.pool/data/orphans/thin-3") is None
+        removed = resolve(ctx.root, "storage/lvm/pve/.pool/data/removed/thin-3")
+        assert (removed is not None) == bool(opts)
+    want = m["lvs"]["snap_vm-100-disk-0_before"]["device"]["block_sha256"]
+    mib = 1 << 20
+    assert removed.size >= 16 * mib
+    for i in range(removed.size // mib):
+        assert hashlib.sha256(removed.source.read(i * mib, mib)).hexdigest() == want[i], i
+
+
 def test_lvm_thin_scan_finds_devices_no_generation_names(real, tmp_path):
     """The ring no longer holds any text naming vm-101: --lvm-thin-scan still finds its
     device in older top-level trees (thin-2, sized up to its last mapped block); every

@@ -584,14 +584,21 @@ class Recovery:
         return root, value
 
     def best_details(self):
-        """The device-details tree: most devices the LVM text names, then the highest
-        transaction id."""
+        """The device-details tree: most devices the LVM text names, then the newest.
+
+        Newest is the root with the highest block number: every commit that changes a
+        tree shadows its path up to a new root (dm-btree.c ``btree_insert_raw`` /
+        ``dm_tm_shadow_block``), and the metadata space map hands out blocks from a
+        cursor that only moves forward (dm-space-map-metadata.c ``sm_metadata_new_block``
+        ``smm->begin = *b + 1``) until the device is full.  Neither the number of devices
+        nor their transaction ids say which tree is newer: a deleted device leaves a
+        newer tree with fewer devices, all of them older, so an older tree that still has
+        the deleted one would win and bring it back as live (issue 13)."""
         ranked = []
         for r in self.roots_of("details"):
             d = details_from_walk(self.md.walk(r, S.DEVICE_DETAILS_SIZE))
             if d:
-                ranked.append(((len(self.expected & set(d)),
-                                max(x.transaction_id for x in d.values()), len(d), r), r, d))
+                ranked.append(((len(self.expected & set(d)), r), r, d))
         return self._pick(ranked, "device-details tree(s)")
 
     def _entries(self, root):
@@ -630,15 +637,19 @@ class Recovery:
         return int((v & np.uint64(0xFFFFFF)).max()) if len(v) else -1
 
     def best_top(self, details):
-        """The top-level tree: most devices the LVM text names, then the most devices whose
-        entry count is their mapped_blocks."""
+        """The top-level tree: most devices the LVM text names, then the one whose devices
+        are those of the chosen device details, each with as many entries as its
+        mapped_blocks (they were committed together), then the newest (highest root
+        block, see :meth:`best_details`).  Devices the details do not have count against
+        a tree: that is an older tree still holding a deleted device."""
         ranked = []
         for r, devs in self.top_trees().items():
             if not self.current(r):
                 continue
             agree = sum(1 for d, root in devs.items()
                         if d in details and self._entries(root) == details[d].mapped_blocks)
-            ranked.append(((len(self.expected & set(devs)), agree, len(devs), r), r, devs))
+            extra = sum(1 for d in devs if d not in details) if details else 0
+            ranked.append(((len(self.expected & set(devs)), agree - extra, r), r, devs))
         return self._pick(ranked, "top-level mapping tree(s)")
 
     def orphan_mapping_roots(self, used_roots):
