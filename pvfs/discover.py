@@ -93,6 +93,9 @@ class Volume:
         self.files_paths: list[str] = []  # where its files are shown
         self.file_name: str | None = None  # an input's real file name (before clash renaming)
         self.from_dir = False  # an input found by walking a directory, not named by the user
+        # Tree paths of layers it is read through besides its parent chain (a thin LV's
+        # pool): damage entries about them concern this volume (the per-guest status).
+        self.layers: list[str] = []
 
     def __repr__(self) -> str:
         return f"<Volume {self.path} {self.role}>"

@@ -14,7 +14,7 @@ from pvfs.nodes import resolve
 from pvfs.proxmox.view import table
 from pvfs.report import readme_text, report_doc, report_text
 
-from conftest import ROOT, gpt_disk_with_bad_block, require_fixture, unpack
+from conftest import ROOT, gpt_disk_with_bad_block, require_fixture, sha256_source, unpack
 
 EXAMPLES = ROOT / "examples"
 
@@ -121,9 +121,11 @@ def test_ceph_one_osd_of_three_partial_by_the_manifests_placement(ceph_root):
     rows = _rows(ctx)
     for im in manifest["images"]:
         vmid = int(im["name"].split("-")[1])
-        if vmid not in rows:
-            continue  # no header and no data object on osd.2: nothing to show
         r = rows[vmid]
+        if r["status"] == "LOST":  # header and every data object on the other OSDs
+            assert not [o for o in im["objects"] if 2 in o["osds_head"]], im["name"]
+            assert r["disks"][0]["found"] == "lost", im["name"]
+            continue
         ranges = r["disks"][0]["lost_ranges"]
         osz = im["object_size"]
         in_lost = {o for off, n in ranges for o in range(off // osz, (off + n) // osz)}
@@ -132,7 +134,8 @@ def test_ceph_one_osd_of_three_partial_by_the_manifests_placement(ceph_root):
         assert r["bytes"] == sum(n for _o, n in ranges)
         assert r["status"] == ("PARTIAL" if ranges else "OK"), im["name"]
     assert {v: r["status"] for v, r in rows.items()} == {
-        100: "PARTIAL", 101: "PARTIAL", 102: "PARTIAL", 103: "PARTIAL", 200: "OK"}
+        100: "PARTIAL", 101: "PARTIAL", 102: "PARTIAL", 103: "PARTIAL", 200: "OK",
+        201: "LOST", 202: "LOST"}
     assert rows[102]["files"] == 3 and rows[100]["files"] is None  # 100: GPT unreadable
 
 
@@ -153,3 +156,21 @@ def test_pbs_missing_chunk_marks_one_backup():
     assert {v: x["status"] for v, x in rows.items() if v != 100} == {200: "OK", 101: "OK"}
     ok = discover([str(gen / "datastore")])
     assert {x["status"] for x in table(ok)} == {"OK"}
+
+
+def test_thin_pool_rebuilt_is_repaired_and_every_byte_right():
+    """lvm-thin: the thin-pool superblock zeroed (generate.sh) and rebuilt from the btree
+    nodes: the VMs on thin LVs are REPAIRED, not OK and not lost, and REPAIRED is true:
+    every disk and snapshot equals the manifest's sha256 (made from the real dm-thin)."""
+    d = unpack(require_fixture("lvm-thin", "lvm-thin-fixtures.tar.xz"))
+    m = json.loads(require_fixture("lvm-thin", "manifest.json").read_text())
+    ctx = discover([str(d / "pve-disk-damaged-tmeta-sb.img")])
+    rows = _rows(ctx)
+    assert {v: r["status"] for v, r in rows.items()} == {100: "REPAIRED", 101: "REPAIRED"}
+    assert "thin superblock" in rows[100]["why"] and rows[100]["bytes"] == 0
+    tv = m["thin_volumes"]
+    for path, lv in (("vms/100/disk-0.raw", "vm-100-disk-0"), ("vms/101/disk-0.raw", "vm-101-disk-0"),
+                     ("vms/100/snapshots/before/disk-0.raw", "snap_vm-100-disk-0_before")):
+        assert sha256_source(resolve(ctx.root, path).source) == tv[lv]["sha256"], path
+    rows = _rows(discover([str(d / "pve-disk.img")]))
+    assert {v: r["status"] for v, r in rows.items()} == {100: "OK", 101: "OK"}

@@ -277,6 +277,8 @@ class _Builder:
         vol = self.ctx.add_volume(src, self.dir, lv.name, self.base, "lv", parent=self.parent,
                                   probe=probe, children_home="parts", mtime=lv.creation_time)
         self._info(vol, lv, **extra)
+        if extra.get("thin_pool"):  # read through the pool's metadata: its entries concern it
+            vol.layers.append(f"{self.base}/.pool/{extra['thin_pool']}")
         kind = "lvmthin" if "thin" in lv.types else "lvm"
         m = _SNAP_RE.match(lv.name)  # Proxmox's LV snapshots: snap_<volume>_<snapshot>
         volname, snap = (m.group(1), m.group(2)) if m else (lv.name, None)

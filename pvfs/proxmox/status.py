@@ -98,9 +98,11 @@ def _unit_for_item(ctx: Context, it: Item, kind: str, label: str) -> Unit:
             u.own.update(v.vm_paths)
             u.own.update(v.files_paths)  # files-damaged entries name the filesystem's root
             u.under.extend(v.files_paths)
-        p = vol.parent
+        p: Volume | None = vol
         while p is not None:
-            u.chain.add(p.path)
+            u.chain.update(p.layers)  # a thin LV's pool, which is not its parent
+            if p is not vol:
+                u.chain.add(p.path)
             p = p.parent
     else:
         u.under.extend(it.placed)
