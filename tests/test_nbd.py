@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -43,6 +44,9 @@ needs_servers = pytest.mark.skipif(not (QEMU_NBD and NBDKIT) and not os.environ.
 PY = [sys.executable, "-m", "pvfs"]
 
 
+_SERVERS = itertools.count()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,7 +62,7 @@ class Server:
         self.tmp, self.kind, self.image, self.fmt = tmp, kind, image, fmt
         self.unix, self.extra, self.export = unix, extra, export
         self.readonly, self.params = readonly, params
-        self.sock = tmp / f"{kind}-{export.replace('/', '_')}.sock"
+        self.sock = tmp / f"{kind}-{export.replace('/', '_')}-{next(_SERVERS)}.sock"
         self.port = None if unix else _free_port()
         self.proc = None
 
@@ -264,7 +268,8 @@ def _find(root: Path, name: str) -> Path:
 @needs_fuse
 def test_mount_over_nbd_serves_the_same_disk_and_files(tmp_path):
     """qemu-nbd decodes the qcow2 (-f qcow2) on TCP; nbdkit exports the qcow2 file on a
-    Unix socket: both mounts give the disk and the guest files of the local mount."""
+    Unix socket: both mounts give the disk that qemu-img convert made and the guest
+    files that mke2fs -d was given."""
     d = _guest_disk()
     truth = json.loads((d / "truth.json").read_text())
     img = d / "vm-100-disk-0.qcow2"
@@ -273,8 +278,7 @@ def test_mount_over_nbd_serves_the_same_disk_and_files(tmp_path):
                                              export="vm-100-disk-0.raw"))
         as_file = stack.enter_context(Server(tmp_path, "nbdkit", img, unix=True,
                                              export="vm-100-disk-0.qcow2"))
-        for inputs, name in (([img], "local"), ([decoded.uri], "decoded"),
-                             ([as_file.uri], "qcow2")):
+        for inputs, name in (([decoded.uri], "decoded"), ([as_file.uri], "qcow2")):
             with pvfs_mounted(inputs, tmp_path / f"mnt-{name}") as mnt:
                 disk = mnt / "cts" / "100" / "rootfs.raw"  # a bare ext4 disk: a container
                 assert sha256_file(disk) == truth["disk"], name
@@ -463,3 +467,34 @@ def test_missing_libnbd_is_one_clear_error(monkeypatch):
     with pytest.raises(PvfsError) as e:
         m.NbdSource("nbd://127.0.0.1:1/x", timeout=1)
     assert "python3-libnbd" in str(e.value)
+
+
+@needs_servers
+def test_ceph_cluster_from_three_holders_is_assembled_like_local_osds(tmp_path):
+    """The lab set-up of the README: each OSD's block device exported by its own server
+    (one per holder machine), one discovery assembling the cluster.  The scan equals the
+    scan of the local files, and every RBD image read over NBD has the manifest's sha256."""
+    from conftest import sha256_source
+    from pvfs.discover import Options, discover
+    from pvfs.nodes import resolve
+
+    ceph = unpack(require_fixture("ceph", "ceph-fixture.tar.zst")) / "ceph-fixture"
+    manifest = json.loads((FIXTURES / "ceph" / "manifest.json").read_text())
+    blocks = [ceph / f"osd.{i}" / "block" for i in range(3)]
+    local = _scan_json(*map(str, blocks))
+    with contextlib.ExitStack() as stack:
+        srvs = [stack.enter_context(Server(tmp_path, "nbdkit" if i != 1 else "qemu-nbd", b,
+                                           unix=i != 2, export="block"))
+                for i, b in enumerate(blocks)]
+        uris = [s.uri for s in srvs]
+        assert _without_input_path(_scan_json(*uris)) == _without_input_path(local)
+        ctx = discover(uris, Options(progress=False))
+        n = 0
+        for im in manifest["images"]:
+            node = resolve(ctx.root, f"storage/ceph/{im['pool']}/{im['name']}")
+            assert node is not None and sha256_source(node.source) == im["sha256"], im["name"]
+            n += 1
+        assert n >= 2
+        for v in ctx.volumes:
+            if v.role == "input":
+                v.source.close()
