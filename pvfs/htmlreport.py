@@ -89,6 +89,25 @@ def _coarsen(ranges: list[tuple[int, int]], size: int, cap: int) -> list[tuple[i
     return out
 
 
+def _subtract(ranges: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``ranges`` outside ``minus`` (both merged first)."""
+    cut = merge_ranges(minus)
+    out = []
+    for off, n in merge_ranges(ranges):
+        end = off + n
+        for c_off, c_n in cut:
+            if c_off + c_n <= off or c_off >= end:
+                continue
+            if c_off > off:
+                out.append((off, c_off - off))
+            off = max(off, c_off + c_n)
+            if off >= end:
+                break
+        if off < end:
+            out.append((off, end - off))
+    return out
+
+
 def _offset_in(vol: Volume, top: Volume) -> int | None:
     """Where ``vol``'s bytes start in ``top`` when every layer between is a plain slice
     (partitions); ``None`` for anything else (an LV of a VG inside the disk)."""
@@ -115,15 +134,15 @@ class _Lookups:
         self.calls = 0
         self.deadline = time.monotonic() + LOOKUP_BUDGET_S
 
-    def files(self, vol: Volume, rng: tuple[int, int]) -> tuple[list[str], int] | None:
-        key = (id(vol), rng)
+    def files(self, vol: Volume, rngs: tuple[tuple[int, int], ...]) -> tuple[list[str], int] | None:
+        key = (id(vol), rngs)
         if key in self.cache:
             return self.cache[key]
         if self.calls >= MAX_LOOKUPS or time.monotonic() > self.deadline:
             return None
         self.calls += 1
         try:
-            names, total = vol.guestfs.files_in_ranges([rng], limit=MAX_NAMES)
+            names, total = vol.guestfs.files_in_ranges(list(rngs), limit=MAX_NAMES)
         except Exception:
             return None
         self.cache[key] = (list(names), total)
@@ -159,8 +178,13 @@ class _Page:
                     unknown = True
                 elif e.outcome in by_kind:
                     by_kind[e.outcome].extend(e.ranges)
-        drawn = {k: _coarsen([(o, n) for o, n in r if o < size], size, MAX_DRAWN)
+        # a range is drawn once, as its worst: lost over degraded over repaired
+        lost = merge_ranges(by_kind["lost"])
+        by_kind["degraded"] = _subtract(by_kind["degraded"], lost)
+        by_kind["repaired"] = _subtract(by_kind["repaired"], lost + by_kind["degraded"])
+        exact = {k: merge_ranges((o, min(n, size - o)) for o, n in r if o < size)
                  for k, r in by_kind.items()}
+        drawn = {k: _coarsen(r, size, MAX_DRAWN) for k, r in exact.items()}
         lost_bytes = sum(n for _o, n in merge_ranges(by_kind["lost"]))
         self.w(f'<figure id="d{idx}"><figcaption>{_e(label)}: <code>{_e(shown)}</code>, '
                f'{_e(fmt_size(size))}; {_e(fmt_size(lost_bytes))} lost</figcaption>')
@@ -195,8 +219,13 @@ class _Page:
         if ranges:
             self.w('<ol class="ranges">')
             for i, (kind, off, n) in enumerate(ranges):
+                inside = [r for r in exact[kind] if off <= r[0] < off + n]
+                what = f"({_e(fmt_size(n))})"
+                if len(inside) > 1:  # merged for drawing: say what is really in it
+                    what = (f"({_e(fmt_size(sum(x for _o, x in inside)))} {kind} in "
+                            f"{len(inside)} ranges between these offsets)")
                 self.w(f'<li id="r{idx}-{i}"><b>{kind}</b> <code>{off:#x} + {n:#x}</code> '
-                       f'({_e(fmt_size(n))}): {self._files_html(vol, kind, off, n)}</li>')
+                       f'{what}: {self._files_html(vol, kind, inside or [(off, n)])}</li>')
             self.w("</ol>")
         self.w("</figure>")
 
@@ -207,9 +236,11 @@ class _Page:
                 out.append((name, child.source.offset, child.source.size))
         return out
 
-    def _files_html(self, top: Volume, kind: str, off: int, n: int) -> str:
+    def _files_html(self, top: Volume, kind: str, ranges: list[tuple[int, int]]) -> str:
+        if kind == "repaired":
+            return "rebuilt from redundancy: it reads correctly"
         if kind != "lost":
-            return "nothing lost here; every file on it reads correctly"
+            return "it reads, but a copy or its parity is gone"
         found: list[str] = []
         total = 0
         looked = False
@@ -220,11 +251,13 @@ class _Page:
             vo = _offset_in(v, top)
             if vo is None:
                 continue
-            lo, hi = max(off, vo), min(off + n, vo + v.source.size)
-            if lo >= hi:
+            local = tuple((lo - vo, hi - lo) for o, n in ranges
+                          for lo, hi in [(max(o, vo), min(o + n, vo + v.source.size))]
+                          if lo < hi)
+            if not local:
                 continue
             looked = True
-            got = self.lookups.files(v, (lo - vo, hi - lo))
+            got = self.lookups.files(v, local)
             if got is None:
                 skipped = True
                 continue

@@ -178,3 +178,32 @@ def test_html_option_is_checked_before_any_work(tmp_path, capsys):
     before = copy.read_bytes()
     assert main(["scan", "--html", str(copy), str(copy)]) == 2
     assert "is an input" in capsys.readouterr().err and copy.read_bytes() == before
+
+
+def test_subtract_draws_each_byte_once():
+    from pvfs.htmlreport import _subtract
+
+    assert _subtract([(0, 100)], [(10, 10), (50, 60)]) == [(0, 10), (20, 30)]
+    assert _subtract([(0, 100)], []) == [(0, 100)]
+    assert _subtract([(0, 10), (20, 10)], [(0, 30)]) == []
+
+
+def test_page_stays_small_with_many_bad_sectors(tmp_path):
+    """A 1 GiB raw VM disk whose ddrescue mapfile (GNU ddrescue's format) marks 20,000
+    scattered sectors bad: the page draws at most MAX_DRAWN ranges and stays small."""
+    disk = tmp_path / "vm-100-disk-0.raw"
+    size = 1 << 30
+    with open(disk, "wb") as f:
+        f.truncate(size)
+    step = size // 20_000
+    lines = ["# Mapfile. Created by GNU ddrescue", "0x0 + 1"]
+    for i in range(20_000):
+        lines.append(f"{i * step:#x} 0x200 -")
+        lines.append(f"{i * step + 512:#x} {step - 512:#x} +")
+    Path(str(disk) + ".map").write_text("\n".join(lines) + "\n")
+    ctx = discover([str(disk)])
+    page = report_html(ctx)
+    assert page.count('<rect class="lost"') <= MAX_DRAWN
+    assert len(page) < 200_000, len(page)
+    assert "PARTIAL (9.8 MiB)" in page  # 20,000 x 512 bytes
+    assert "9.8 MiB lost in 20000 ranges between these offsets" in page  # merged, and said so
