@@ -81,7 +81,7 @@ def test_gpt_entries_crc_mismatch_uses_backup(tmp_path):
         f.write(b"\x99")
     table = read_gpt(FileSource(img))
     assert table.partitions[0].offset == 2048 * 512
-    assert any(code == "gpt-primary-damaged" for _, code, _ in table.problems)
+    assert any(p.code == "gpt-primary-damaged" for p in table.problems)
 
 
 def test_not_partition_tables(tmp_path):
@@ -122,7 +122,7 @@ def test_ebr_loop_is_bounded(tmp_path):
     table = read_mbr(FileSource(p))
     assert [x.number for x in table.partitions] == [5, 6]
     assert [(x.offset // 512, x.size // 512) for x in table.partitions] == [(2112, 128), (2072, 8)]
-    assert any(code == "ebr-loop" for _, code, _ in table.problems)
+    assert any(p.code == "ebr-loop" for p in table.problems)
 
 
 @needs_sfdisk
@@ -160,7 +160,7 @@ def test_gpt_array_crc_wrong_and_backup_gone_shows_primary_entries(tmp_path):
         f.write(bytes(512))
     table = read_gpt(FileSource(img))
     assert [(p.number, p.offset // 512, p.size // 512) for p in table.partitions] == [(1, 2048, 4096)]
-    assert [code for _, code, _ in table.problems] == ["gpt-array-unverified"]
+    assert [p.code for p in table.problems] == ["gpt-array-unverified"]
     ctx = discover([str(img)])
     assert any(e.code == "gpt-array-unverified" and e.severity == "error" for e in ctx.report)
     assert resolve(ctx.root, "storage/files/gpt.img/p1") is not None

@@ -215,3 +215,18 @@ def test_ceph_osd_alone_names_the_missing_and_keeps_lost_images(capsys):
         lost = [e for e in entries(doc, "volume-lost", "lost")
                 if e["path"] == f"vms/{vmid}/LOST.txt"]
         assert lost and image in lost[0]["message"] and "no given OSD" in lost[0]["message"]
+
+
+# ---------------------------------------------------------------------------
+# PBS
+
+def test_pbs_missing_chunk_is_lost_with_its_range(capsys):
+    """A datastore with one chunk file deleted: the backup's disk is ``lost`` exactly in
+    that chunk's 4 MiB (at the backup's storage path and in vms/100/backups/), exit 3."""
+    ds = require_fixture("pbs", "generated", "datastore-missing-chunk")
+    code, doc = scan(capsys, ds)
+    assert code == 3
+    lost = entries(doc, "missing-chunk")
+    assert lost and {(e["severity"], e["outcome"]) for e in lost} == {("error", "lost")}
+    assert {tuple(r) for e in lost for r in e["ranges"]} == {(8388608, 4194304)}
+    assert any(e["path"].startswith("vms/100/backups/") for e in lost)

@@ -136,7 +136,7 @@ def open_image(path, bad="eio", source=None):
 
 
 def codes(img):
-    return [c for _s, c, _m in img.problems]
+    return [p.code for p in img.problems]
 
 
 # ------------------------------------------------------------------------------ formats

@@ -60,11 +60,11 @@ def open_filesystem(volume, ctx) -> BtrfsFilesystem:
 
     reported = set()
 
-    def report(severity, code, message, ranges=(), key=None):
+    def report(severity, code, message, ranges=(), key=None, outcome=""):
         key = key if key is not None else (code, message)
         if key not in reported:
             reported.add(key)
-            ctx.report.add(severity, LAYER, volume.path, code, message, ranges)
+            ctx.report.add(severity, LAYER, volume.path, code, message, ranges, outcome)
 
     copies = read_superblocks(src)
     sb = pick_superblock(copies)
@@ -74,9 +74,12 @@ def open_filesystem(volume, ctx) -> BtrfsFilesystem:
     notes = []
     for m, other, why in copies:
         if other is None and m == 0:
-            report("warning", "superblock",
+            # the copies are rewritten at every commit: one of the newest generation
+            # gives everything back (pick_superblock takes the newest valid one)
+            report("info", "superblock",
                    f"primary superblock unusable ({why}); using the copy at "
-                   f"{sb.offset:#x} (generation {sb.generation})", [(S.sb_offset(0), 4096)])
+                   f"{sb.offset:#x} (generation {sb.generation})", [(S.sb_offset(0), 4096)],
+                   outcome="repaired")
             notes.append(f"superblock copy {sb.mirror} used (primary: {why})")
         elif other is not None and other.fsid != sb.fsid and other.mirror != sb.mirror:
             notes.append(f"superblock copy {m} belongs to another filesystem (stale)")

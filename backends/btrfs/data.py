@@ -204,7 +204,8 @@ class LogicalSource(Source):
             if good is not None:
                 self.report("info", "data-repaired",
                             f"data sector at logical {a + rel:#x} read from a mirror: "
-                            f"{'; '.join(problems)}", ranges=[], relpath=path)
+                            f"{'; '.join(problems)}", ranges=[], relpath=path,
+                            outcome="repaired")
                 out[rel:rel + ss] = good
                 continue
             if data is None and w is None and len(copies) == 1:

@@ -155,7 +155,7 @@ class BtrfsFilesystem(GuestFilesystem):
             return ""
         return v.files_paths[0] if v.files_paths else v.path
 
-    def report(self, severity, code, message, ranges=(), relpath="", key=None):
+    def report(self, severity, code, message, ranges=(), relpath="", key=None, outcome=""):
         """One damage entry at ``relpath`` below the filesystem's root (once per ``key``,
         by default per code, place and message)."""
         key = key if key is not None else (code, relpath, message)
@@ -165,7 +165,7 @@ class BtrfsFilesystem(GuestFilesystem):
             self._reported.add(key)
         where = f"{self.path}/{relpath}" if relpath else self.path
         if self.ctx is not None:
-            self.ctx.report.add(severity, LAYER, where, code, message, ranges)
+            self.ctx.report.add(severity, LAYER, where, code, message, ranges, outcome)
 
     def _lost_block(self, relpath, tree_id, lo, hi, err):
         """One entry per tree block that no copy gives."""

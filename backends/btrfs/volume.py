@@ -313,7 +313,7 @@ def parse_node(raw: bytes, nodesize: int) -> Node:
 class _OnceReport:
     """Drops reports (a Device used without a filesystem: tests, probing)."""
 
-    def __call__(self, severity, code, message, ranges=(), key=None):
+    def __call__(self, severity, code, message, ranges=(), key=None, outcome=""):
         pass
 
 
@@ -417,7 +417,7 @@ class Device:
                 self.report("info", "repaired-from-mirror",
                             f"tree block {logical:#x} repaired from mirror: "
                             f"{'; '.join(problems)}; copy {i + 1} is good", bad_ranges,
-                            key=("repaired", logical))
+                            key=("repaired", logical), outcome="repaired")
             return METADATA_CACHE.put(ck, node)
         if not copies:
             problems.append("no copy on this device")

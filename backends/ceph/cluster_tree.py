@@ -111,8 +111,8 @@ def _open_stores(volumes, ctx, backend=None):
             n += 1
         names.add(name)
 
-        def rep(sev, code, msg, ranges=(), _p=v.path):
-            ctx.report.add(sev, LAYER, _p, code, msg, ranges)
+        def rep(sev, code, msg, ranges=(), outcome="", _p=v.path):
+            ctx.report.add(sev, LAYER, _p, code, msg, ranges, outcome)
 
         st = OsdStore(osd, name, report=rep)
         try:
@@ -222,8 +222,8 @@ def open_filestore_cluster(backend, key, members, ctx):
 
     stores, names = [], set()
     for node, path, _vol in members:
-        def rep(sev, code, msg, ranges=(), _p=path):
-            ctx.report.add(sev, LAYER, _p, code, msg, ranges)
+        def rep(sev, code, msg, ranges=(), outcome="", _p=path):
+            ctx.report.add(sev, LAYER, _p, code, msg, ranges, outcome)
 
         st = FileStoreOsd(node, "osd", path, report=rep)
         name = f"osd.{st.whoami}" if st.whoami is not None else f"osd-{st.osd.label.osd_uuid}"
@@ -244,7 +244,8 @@ def open_filestore_cluster(backend, key, members, ctx):
             if why is None:
                 rep("info", "filestore-journal-replayed",
                     f"{name}: journal entries {done[0]}..{done[1]} (above commit_op_seq "
-                    f"{js[0]}) were not applied to the filesystem; replayed in memory")
+                    f"{js[0]}) were not applied to the filesystem; replayed in memory",
+                    outcome="repaired")
             else:
                 st.journal_pending = js[1]
                 rep("warning", "filestore-journal-unapplied",
@@ -263,8 +264,8 @@ def open_filestore_cluster(backend, key, members, ctx):
 
 def show_cluster(backend, key, stores, parent, ctx):
     """Pools, RBD images and the expert view of one cluster's opened stores."""
-    def report(sev, path, code, msg, ranges=()):
-        ctx.report.add(sev, LAYER, path, code, msg, ranges)
+    def report(sev, path, code, msg, ranges=(), outcome=""):
+        ctx.report.add(sev, LAYER, path, code, msg, ranges, outcome)
 
     cluster = Cluster(stores, report, bad=ctx.bad(BAD_EIO))
     osdmap = _load_pools(backend, cluster, ctx)

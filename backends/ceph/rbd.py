@@ -945,10 +945,10 @@ class Cluster:
                         f"{oname}: no object_info on its shards; size taken from the shards")
 
         def on_rebuild(shard):
-            self.report("warning", path, "ec-rebuilt",
+            self.report("info", path, "ec-rebuilt",
                         f"{oname}: data shard {shard} is on no given OSD (or unreadable); "
                         f"rebuilt from the other shards ({ec.plugin} {ec.technique} "
-                        f"k={ec.k} m={ec.m})", layout.object_ranges(objno))
+                        f"k={ec.k} m={ec.m})", layout.object_ranges(objno), outcome="repaired")
 
         src = EcObjectSource(ec, shards, min(size, slot), label=f"{label}: {oname}",
                              on_rebuild=on_rebuild)

@@ -151,10 +151,11 @@ def load_superblock(volume, ctx):
         raise Ext4Error(f"primary superblock unusable ({why}) and no backup superblock found")
     group, sb = found
     e = ctx.report.add(
-        "warning", LAYER, volume.path, "superblock-backup",
+        "info", LAYER, volume.path, "superblock-backup",
         f"primary superblock unusable ({why}); repaired from backup superblock in group "
         f"{group} (block {sb.group_first_block(group)}, {sb.block_size}-byte blocks) with "
-        f"the group descriptors that follow it", [(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)])
+        f"the group descriptors that follow it", [(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)],
+        outcome="repaired")
     return sb, [e.message]
 
 
@@ -274,9 +275,9 @@ def journal_overlay(volume, sb, ctx, from_backup: bool = False):
             return base, base, "invalid, not replayed"
         return base, base, None
     for note in notes:
-        report.add("warning", LAYER, path, "journal-inode",
+        report.add("info", LAYER, path, "journal-inode",
                    f"journal inode unusable ({note}); used the superblock's copy of its block "
-                   f"map (s_jnl_blocks)")
+                   f"map (s_jnl_blocks)", outcome="repaired")
     jsb = journal.sb
     if jsb.errno:  # jbd2_journal_abort() recorded it; ext4 says so on the next mount
         report.add("warning", LAYER, path, "journal-aborted",
@@ -321,5 +322,6 @@ def journal_overlay(volume, sb, ctx, from_backup: bool = False):
     overlay = jbd2.JournalOverlay(base, sb.block_size, rec)
     report.add("info", LAYER, path, "journal-replayed",
                f"journal {rec.summary()} in memory (transactions {rec.start_transaction}.."
-               f"{(rec.end_transaction - 1) & 0xFFFFFFFF}); nothing was written")
+               f"{(rec.end_transaction - 1) & 0xFFFFFFFF}); nothing was written",
+               outcome="repaired")
     return overlay, overlay, text

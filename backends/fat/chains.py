@@ -99,10 +99,10 @@ class FatTable:
                 errors.append(e)
                 continue
             if i > 0 and self._first_time(("chunk", index)):
-                self.problem("warning", "fat-copy-used",
+                self.problem("info", "fat-copy-used",
                              f"FAT #1 bytes {index * self.chunk_bytes:#x}+"
                              f"{self.chunk_bytes:#x} are unreadable "
-                             f"({errors[0]}); FAT #{i + 1} used for them")
+                             f"({errors[0]}); FAT #{i + 1} used for them", outcome="repaired")
             return arr
         raise errors[0]
 

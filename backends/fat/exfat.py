@@ -196,8 +196,8 @@ class ExfatFilesystem(ClusterFilesystem):
         self.cs = boot.cluster_size
         bps = boot.bytes_per_sector
         if why is not None:
-            self.problem("warning", "boot-region-backup", f"main boot region unusable ({why}); the "
-                         "backup boot region (sectors 12-23) is used")
+            self.problem("info", "boot-region-backup", f"main boot region unusable ({why}); the "
+                         "backup boot region (sectors 12-23) is used", outcome="repaired")
         size = bs.VolumeLength * bps
         if size > self.source.size:
             self.problem("error", "volume-truncated", f"the filesystem spans {size} bytes but the "
@@ -228,11 +228,11 @@ class ExfatFilesystem(ClusterFilesystem):
         if why is not None:
             self.info.notes.append("backup boot region used")
 
-    def problem(self, severity, code, message, path=None, ranges=()):
+    def problem(self, severity, code, message, path=None, ranges=(), outcome=""):
         """One damage entry at the tree path of ``path`` (``/dir/name`` below the root) once
         the files are placed, else at the volume."""
         self.ctx.report.add(severity, "exfat", self.tree_path(path), code, message,
-                            list(ranges))
+                            list(ranges), outcome)
 
     # -- the root directory's critical entries ------------------------------------------
     def _root_extents(self):

@@ -314,9 +314,9 @@ class FatFilesystem(ClusterFilesystem):
             self.ctx.report.add(p.severity, "vfat", self.where, p.code, p.message,
                                 outcome=p.outcome)
         if why is not None:
-            self.problem("warning", "boot-sector-backup",
+            self.problem("info", "boot-sector-backup",
                          f"primary boot sector unusable ({why}); the backup boot sector "
-                         f"(sector {BACKUP_BOOT_SECTOR}) is used")
+                         f"(sector {BACKUP_BOOT_SECTOR}) is used", outcome="repaired")
         copies = [geo.fat_offset + i * geo.fat_bytes for i in range(geo.num_fats)]
         copies.insert(0, copies.pop(geo.active_fat))
         self.fat = FatTable(self.source, copies, geo.fat_bytes, geo.fat_bits,
@@ -334,11 +334,11 @@ class FatFilesystem(ClusterFilesystem):
             self.info.notes.append("backup boot sector used")
 
     # -- reporting -------------------------------------------------------------------
-    def problem(self, severity, code, message, path=None, ranges=()):
+    def problem(self, severity, code, message, path=None, ranges=(), outcome=""):
         """One damage entry at the tree path of ``path`` (``/dir/name`` below the root) once
         the files are placed, else at the volume."""
         self.ctx.report.add(severity, "vfat", self.tree_path(path), code, message,
-                            list(ranges))
+                            list(ranges), outcome)
 
     # -- volume facts -------------------------------------------------------------------
     def _clean(self):

@@ -99,9 +99,9 @@ class NtfsBackend(Backend):
         patches = {}
         if boot_off:
             notes.append("boot sector unusable; the backup boot sector is used")
-            ctx.report.add("error", LAYER, volume.path, "bad-boot-sector",
+            ctx.report.add("info", LAYER, volume.path, "bad-boot-sector",
                            "the NTFS boot sector is unusable; its backup in the last "
-                           "sector is used", [(0, 512)])
+                           "sector is used", [(0, 512)], outcome="repaired")
             patches[0] = source.read(boot_off, 512)
         mp, mnotes = mirror_patches(source, boot)
         for msg in mnotes:

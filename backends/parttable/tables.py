@@ -213,10 +213,11 @@ def read_gpt(source) -> PartitionTable:
                 continue
             table = PartitionTable("gpt", ss, disk_guid=guid_str(hdr.disk_guid))
             if which == "backup":
-                table.problems.append(Problem("error", "gpt-primary-damaged",
+                table.problems.append(Problem("info", "gpt-primary-damaged",
                                        "primary GPT header or partition array is damaged ("
                                        + "; ".join(errors or ["not found"])
-                                       + f"); using the backup header at LBA {lba}"))
+                                       + f"); using the backup header at LBA {lba}",
+                                       "repaired"))
             elif errors:
                 table.problems.append(Problem("warning", "gpt", "; ".join(errors)))
             _gpt_partitions(hdr, array, ss, table, source.size)

@@ -225,7 +225,7 @@ class Qcow2Image:
         if hdr.crypt_method:
             raise Qcow2Error(f"encrypted qcow2 (crypt_method {hdr.crypt_method}) is not supported")
         if hdr.incompatible_features & INCOMPAT_DIRTY:
-            self.problems.append(("warning", "dirty",
+            self.problems.append(("info", "dirty",
                                   "dirty bit set (the image was not closed cleanly); refcounts "
                                   "may be stale, which does not affect reading"))
         if hdr.incompatible_features & INCOMPAT_CORRUPT:
@@ -233,7 +233,7 @@ class Qcow2Image:
                                   "corrupt bit set (qemu found an inconsistency); reading "
                                   "anyway, refcounts are not needed to read"))
         if hdr.refcount_table_offset == 0 or hdr.refcount_table_clusters == 0:
-            self.problems.append(("warning", "no-refcount-table",
+            self.problems.append(("info", "no-refcount-table",
                                   "the refcount table location is zeroed; qemu refuses such an "
                                   "image, pvfs reads it without refcounts"))
         self.l2_bits = hdr.cluster_bits - (4 if hdr.extended_l2 else 3)

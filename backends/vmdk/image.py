@@ -157,8 +157,8 @@ class VmdkImage:
         self.size = pos
         return ExtentSource(pos, parts, label=self.label)
 
-    def _problem(self, sev, code, msg):
-        self.problems.append(Problem(sev, code, msg))
+    def _problem(self, sev, code, msg, outcome=""):
+        self.problems.append(Problem(sev, code, msg, outcome))
 
     # -- parent -------------------------------------------------------------------------
     def _open_parent(self, depth):

@@ -110,7 +110,7 @@ class SparseExtent(Source):
         self.label = label or source.label
         self.parent = None
         self.parent_base = 0
-        self._problem = problem or (lambda sev, code, msg: None)
+        self._problem = problem or (lambda sev, code, msg, outcome="": None)
         self._reported: set = set()
         self._lock = threading.Lock()
         self.gd = self._load_gd(header.gd_offset, "grain directory")
@@ -124,8 +124,8 @@ class SparseExtent(Source):
         if self.gd is None and self.rgd is None:
             raise VmdkError(f"{self.label}: no usable grain directory")
         if self.gd is None:
-            self._problem("warning", "gd-fallback", f"{self.label}: grain directory unusable; "
-                          "the redundant grain directory is used")
+            self._problem("info", "gd-fallback", f"{self.label}: grain directory unusable; "
+                          "the redundant grain directory is used", outcome="repaired")
 
     # -- tables -------------------------------------------------------------------
     def _load_gd(self, sector, what):
@@ -194,18 +194,20 @@ class SparseExtent(Source):
         elif not isinstance(prim, np.ndarray):
             table = red  # primary GD entry zero or its table lost: the redundant copy
             if isinstance(red, np.ndarray) and self._first_time(("rgd", gi)):
-                self._problem("warning", "gd-fallback",
+                self._problem("info", "gd-fallback",
                               f"{self.label}: grain table {gi} is missing from the grain "
-                              "directory; the redundant grain directory's copy is used")
+                              "directory; the redundant grain directory's copy is used",
+                              outcome="repaired")
         elif isinstance(red, np.ndarray):
             lost = (prim == 0) & (red != 0)
             table = prim
             if lost.any():
                 table = np.where(lost, red, prim)
                 if self._first_time(("rgt", gi)):
-                    self._problem("warning", "gt-fallback",
+                    self._problem("info", "gt-fallback",
                                   f"{self.label}: grain table {gi} has {int(lost.sum())} "
-                                  "entries that only its redundant copy has; those are used")
+                                  "entries that only its redundant copy has; those are used",
+                                  outcome="repaired")
         else:
             table = prim
         if table is None:

@@ -88,7 +88,10 @@ class XfsBackend(Backend):
             msg = f"the primary superblock is unusable ({why}); the copy in AG {agno} is used " \
                   "(its free-space and inode counters are not kept up to date)"
             notes.append(msg)
-            ctx.report.add("error", LAYER, volume.path, "bad-superblock", msg, [(0, 512)])
+            # the secondary holds the same geometry; only its counters are stale, and
+            # they are not needed to read
+            ctx.report.add("info", LAYER, volume.path, "bad-superblock", msg, [(0, 512)],
+                           outcome="repaired")
         fs = XfsFilesystem(volume, ctx, geo, notes)
         ctx.add_filesystem(volume, fs)
 

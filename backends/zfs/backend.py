@@ -212,7 +212,9 @@ def _txg_loader(pool, ub, ctx, parent_vol, path):
             pool.mos = mos
             rootds = dsl.walk(mos, notes, pool.name)
         except (PvfsError, ValueError) as e:
-            ctx.report.add("error", "zfs", path, "bad-uberblock", f"datasets unreadable: {e}")
+            # an older txg's view: its blocks may have been freed and reused since
+            ctx.report.add("info", "zfs", path, "bad-uberblock",
+                           f"(older txg) datasets unreadable: {e}", outcome="note")
             return
         for sev, code, msg in notes:
             ctx.report.add(sev, "zfs", path, code, msg)

@@ -104,7 +104,7 @@ class Pool:
             # but said in the report
             if algo not in self.unverified:
                 self.unverified.add(algo)
-                self.report("warning", "checksum-off",
+                self.report("info", "checksum-off",
                             f"blocks written with checksum={algo} have no checksum: they "
                             f"are read unverified, as ZFS reads them")
             return True

@@ -748,7 +748,7 @@ def _report(ctx: Context, guests: dict[int, Guest], have_cluster: bool) -> None:
             else:
                 why = (f"the cluster has no config for VMID {g.vmid} (a deleted guest: this may "
                        f"be the only copy)")
-            ctx.report.add("warning", "pve", it.placed[0], "disk-not-in-config",
+            ctx.report.add("info", "pve", it.placed[0], "disk-not-in-config",
                            f"{name} on {_label(it)}: {why}")
 
 
