@@ -212,6 +212,12 @@ def test_a_distributed_spare_counts_as_present():
     notes = []
     v = vdevmod.build(cfg, {}, notes=notes)
     assert not notes and v.spares and v.spares[0].draid is v
+    assert [c.kind for c in v.children[3].children] == ["leaf", "dspare"]
+    # the replaced child flagged offline (zpool offline) is read after the spare
+    cfg["children"][3]["children"][0]["offline"] = 1
+    v = vdevmod.build(cfg, {})
+    assert [c.kind for c in v.children[3].children] == ["dspare", "leaf"]
+    del cfg["children"][3]["children"][0]["offline"]
     leaves = {100 + i: [(object(), None)] for i in range(5) if i != 3}
     v = vdevmod.build(cfg, leaves)
     assert v.lost_members() == 0 and len(v.missing_leaves()) == 1
@@ -264,18 +270,18 @@ def test_fuzz_configs_and_block_maps(over, nkids, offset, size):
 
 # -- the lab fixture: a draid1:2d:5c:1s pool written by OpenZFS 2.3.9 --------------------
 @functools.cache
-def _manifest():
-    return json.loads(require_fixture(*DR, "manifest.json").read_text())
+def _manifest(fx=DR):
+    return json.loads(require_fixture(*fx, "manifest.json").read_text())
 
 
-def _pool():
-    (name,) = _manifest()["pools"]
-    return name, _manifest()["pools"][name]
+def _pool(fx=DR):
+    (name,) = _manifest(fx)["pools"]
+    return name, _manifest(fx)["pools"][name]
 
 
 @functools.cache
-def _images(archive):
-    d = unpack(require_fixture(*DR, "images", archive))
+def _images(archive, fx=DR):
+    d = unpack(require_fixture(*fx, "images", archive))
     return tuple(sorted(glob.glob(str(d / "*" / "*.img"))))
 
 
@@ -291,11 +297,11 @@ def _get(root, path):
         return None
 
 
-def _check(ctx):
+def _check(ctx, fx=DR):
     """(items compared, failures): sha256 and size of every zvol, zvol snapshot and file
     of every dataset and snapshot; type, mode, owner, mtime (ns), link count, symlink
     target, xattrs and hard links of every entry."""
-    _, pool = _pool()
+    _, pool = _pool(fx)
     fails, n = [], 0
     for name, ds in pool["datasets"].items():
         dev = ds.get("device")
@@ -376,9 +382,9 @@ def _part1(img):
     return first * 512, (last - first + 1) * 512
 
 
-def _open_members(archive, patches=None, drop=()):
+def _open_members(archive, patches=None, drop=(), fx=DR):
     srcs = []
-    for i, img in enumerate(_images(archive)):
+    for i, img in enumerate(_images(archive, fx)):
         if i in drop:
             continue
         start, size = _part1(img)
@@ -469,3 +475,4 @@ def test_draid_more_damage_than_parity_reads_eio_never_wrong_bytes():
     assert src.read(1 << 20, 2 << 20) == truth[1 << 20:]
     lost = [e for e in ctx.report if e.code == "unreadable-block"]
     assert lost and lost[0].path == f"storage/zfs/{BIG}" and lost[0].severity == "error"
+

@@ -441,6 +441,9 @@ class Draid(Vdev):
         missing = [j for j, d in enumerate(data) if d is None]
         if not missing:
             yield b"".join(data)
+            # a column on a spare or replacing vdev: its other copies (a stale child
+            # that was not flagged out of service) before any parity
+            yield from self._other_copies(dcols, data)
         parity = [self._read(c.dev, c.offset, row.parity_size) for c in row.columns[:np_]]
         navail = sum(1 for p in parity if p is not None)
         empty = {j for j, s in enumerate(sizes) if s == 0}
@@ -455,6 +458,28 @@ class Draid(Vdev):
             tries += 1
             if tries >= self.MAX_TRIES:
                 return
+
+    def _other_copies(self, dcols, data, limit=16):
+        alts = []
+        for j, c in enumerate(dcols):
+            child = self.children[c.dev] if c.dev < len(self.children) else None
+            if c.size and isinstance(child, Mirror):
+                copies = itertools.islice(child.candidates(c.offset, c.size), 1, 4)
+                others = [x for x in copies if x != data[j]]
+                if others:
+                    alts.append((j, others))
+        if not alts:
+            return
+        choices = [[data[j]] + others for j, others in alts[:4]]
+        for n, combo in enumerate(itertools.product(*choices)):
+            if n == 0:
+                continue  # the plain read
+            if n > limit:
+                return
+            out = list(data)
+            for (j, _), piece in zip(alts, combo, strict=False):
+                out[j] = piece
+            yield b"".join(out)
 
     def lost_members(self) -> int:
         """Children that cannot be read at all (a child replaced by a distributed spare
@@ -522,6 +547,11 @@ class DraidSpare(Vdev):
         return f"dspare {self.path}{'' if self.draid else ' (no dRAID vdev)'}"
 
 
+def _out_of_service(cfg) -> bool:
+    """ZPOOL_CONFIG_OFFLINE / _FAULTED / _REMOVED set on a child's config."""
+    return isinstance(cfg, dict) and any(cfg.get(k) for k in ("offline", "faulted", "removed"))
+
+
 def _dspares(children, depth=0):
     for c in children:
         if isinstance(c, DraidSpare):
@@ -580,7 +610,13 @@ def build(cfg: dict, leaves: dict, depth: int = 0, notes=None) -> Vdev:
     for k in kids:
         if k.ashift == 9 and ashift != 9:
             k.ashift = ashift
-    if typ in ("mirror", "replacing", "spare"):
+    if typ == "spare":
+        # A hot spare or distributed spare in use: the child it replaced is read last
+        # when the config says it is offline, faulted or removed (OpenZFS does not read
+        # it at all: its columns written since are only on the spare).
+        order = sorted(range(len(kids)), key=lambda i: _out_of_service(children[i]))
+        return Mirror(guid, [kids[i] for i in order], ashift)
+    if typ in ("mirror", "replacing"):
         return Mirror(guid, kids, ashift)
     if typ == "raidz":
         nparity = cfg.get("nparity", 1)
