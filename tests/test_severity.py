@@ -230,3 +230,24 @@ def test_pbs_missing_chunk_is_lost_with_its_range(capsys):
     assert lost and {(e["severity"], e["outcome"]) for e in lost} == {("error", "lost")}
     assert {tuple(r) for e in lost for r in e["ranges"]} == {(8388608, 4194304)}
     assert any(e["path"].startswith("vms/100/backups/") for e in lost)
+
+
+def test_thin_pool_without_metadata_keeps_its_vms(capsys, tmp_path):
+    """The whole thin-pool metadata LV zeroed: no thin LV can be mapped.  The VMs stay in
+    vms/ with disks that fail every read, each a ``lost`` entry over the whole disk, and
+    the superblock entry is a loss (nothing was rebuilt), exit 3."""
+    d, m = _thin_fixture()
+    img = tmp_path / "thin.img"
+    shutil.copyfile(d / "pve-disk.img", img)
+    with open(img, "r+b") as f:
+        f.seek(m["thin_pool"]["tmeta_disk_offset_bytes"])
+        f.write(bytes(m["linear_volumes"]["data_tmeta"]["size_bytes"]))
+    code, doc = scan(capsys, img)
+    assert code == 3
+    assert [(e["severity"], e["outcome"]) for e in entries(doc, "thin-superblock")] == [
+        ("error", "lost")]
+    for vmid, size in (("100", 64 << 20), ("101", 32 << 20)):
+        assert "disk-0.raw" in doc["vms"][vmid]
+        lost = [e for e in entries(doc, "thin-device-missing", "lost")
+                if e["path"] == f"vms/{vmid}/disk-0.raw"]
+        assert lost and lost[0]["ranges"] == [[0, size]]

@@ -249,10 +249,12 @@ class _Builder:
                     self.add_plain(lv)
             except (LvmError, UnreadableError) as e:
                 self.report("error", "lv-failed", f"LV {lv.name}: {e}")
+                self.lost(lv, f"LV {self.vg.name}/{lv.name}: {e}")
             except (ValueError, TypeError, KeyError, IndexError) as e:
                 # values of the wrong kind in a hostile text: this LV only
                 self.report("error", "lv-failed", f"LV {lv.name}: bad metadata value "
                                                   f"({type(e).__name__}: {e})")
+                self.lost(lv, f"LV {self.vg.name}/{lv.name}: bad metadata value")
         for name, pool in self.pools.items():
             if pool is not None:
                 for p in pool.problems:  # also those found while loading
@@ -261,6 +263,15 @@ class _Builder:
                 for sev, msg in pool.check_data_space_map():
                     self.report(sev, "thin-data-space-map", f"thin pool {name}: {msg}",
                                 path=f"{self.base}/.pool/{name}")
+
+    def lost(self, lv, why):
+        """An LV that is named by the metadata but cannot be shown at all: its guest keeps
+        its folder in vms/ or cts/ with a LOST.txt (a Proxmox volume name only)."""
+        kind = "lvmthin" if "thin" in lv.types else "lvm"
+        m = _SNAP_RE.match(lv.name)
+        volname, snap = (m.group(1), m.group(2)) if m else (lv.name, None)
+        self.ctx.add_proxmox(Locator(kind, self.vg.name, volname, snap), lost=why,
+                             where=f"{self.base}/{lv.name}")
 
     def _info(self, vol, lv, **extra):
         vol.info["lvm"] = {"vg": self.vg.name, "vg_id": self.vg.id, "lv": lv.name,
@@ -425,6 +436,9 @@ class _Builder:
         if pool is None or not isinstance(dev, int):
             self.report("error", "thin-lv-lost",
                         f"thin LV {lv.name}: pool {pname} metadata is unusable", path=path)
+            self.lost(lv, f"thin LV {self.vg.name}/{lv.name}: the metadata of thin pool "
+                          f"{pname} is unusable, so its blocks cannot be found (the pool's data "
+                          f"area is at {self.base}/.pool/{pname}/tdata, for carving)")
             return
         ext = f.get("external_origin")
         ext_src = None
