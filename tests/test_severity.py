@@ -251,3 +251,18 @@ def test_thin_pool_without_metadata_keeps_its_vms(capsys, tmp_path):
         lost = [e for e in entries(doc, "thin-device-missing", "lost")
                 if e["path"] == f"vms/{vmid}/disk-0.raw"]
         assert lost and lost[0]["ranges"] == [[0, size]]
+
+
+# ---------------------------------------------------------------------------
+# DRBD
+
+def test_drbd_node_alone_names_its_missing_peer(capsys):
+    """One node of a two-node DRBD resource: its data is all there (exit 0), but the
+    peer -- DRBD's redundancy -- is missing, so one ``degraded`` entry names it by the
+    node id this node's meta data keeps a bitmap for (it was an info note)."""
+    d = unpack(require_fixture("drbd", "drbd-fixtures.tar.xz"))
+    code, doc = scan(capsys, d / "drbd-v09-node-a.img")
+    assert code == 0
+    alone = entries(doc, "single-node")
+    assert [(e["severity"], e["outcome"]) for e in alone] == [("warning", "degraded")]
+    assert "(node-id 1 missing)" in alone[0]["message"]

@@ -795,8 +795,10 @@ class Cluster:
         prescanned = set()  # objects already reported as missing when the image was opened
         ec = self.ec_layout(data_pool)
         if parent_src is not None and not layout.simple:
-            report("warning", path, "rbd-parent-striped",
-                   "a striped clone's parent data is not merged; unwritten ranges read as zeros")
+            # the parent's bytes in the ranges the clone never wrote are not shown: lost here
+            report("error", path, "rbd-parent-striped",
+                   "a striped clone's parent data is not merged; the ranges the clone never "
+                   "wrote read as zeros instead of the parent's bytes")
             parent_src = None
 
         def from_parent(objno):

@@ -382,8 +382,14 @@ class Resource:
                                f"{len(self.nodes)} nodes of one resource: all are shown; "
                                "diff.json, diverged/ and merged.raw cover nodes A and B")
         else:
-            ctx.report.add("info", "drbd", self.path, "single-node",
-                           "no peer of this DRBD node among the inputs; only its data is shown")
+            # the peer is DRBD's redundancy: without it the data is one copy (degraded),
+            # and the peer is named from this node's bitmap slots
+            peers = sorted({s.node_id for s in self.nodes[0].md.used_slots()
+                            if s.node_id is not None and s.node_id != self.nodes[0].md.node_id})
+            who = (", ".join(f"node-id {p}" for p in peers) if peers else "the peer")
+            ctx.report.add("warning", "drbd", self.path, "single-node",
+                           f"no peer of this DRBD node among the inputs ({who} missing): only "
+                           f"its data is shown, with no second copy")
             self._report_own_bitmaps(self.nodes[0])
         self._add_proxmox_view()
         meta = {"resource": self.name, "letter_rule": self.letter_rule,

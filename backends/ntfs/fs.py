@@ -382,7 +382,9 @@ class NtfsFilesystem(GuestFilesystem):
         failed, whole = self._list_index(d, record, path, depth, listed)
         if whole is not None:  # the directory's own record or index root is gone
             found = self._recover_entries(d, record, path, depth, listed)
-            self._damage("error", "bad-directory-index", f"{whole}; {found} entries found "
+            # the entries come back from the in-use records that name this directory as
+            # their parent: listed, but a record reused since cannot be told (degraded)
+            self._damage("warning", "bad-directory-index", f"{whole}; {found} entries found "
                          "through their records' $FILE_NAME parent references", path,
                          self._last_ranges(record))
         elif failed:
@@ -443,7 +445,7 @@ class NtfsFilesystem(GuestFilesystem):
             self._damage("error", "bad-record", f"MFT record {rec} cannot be opened and is "
                          "not an in-use directory", path)
             return None
-        self._damage("error", "bad-directory-index", f"the index of directory MFT record "
+        self._damage("warning", "bad-directory-index", f"the index of directory MFT record "
                      f"{rec} is unreadable; its entries are listed from their records' "
                      "$FILE_NAME parent references", path, self._last_ranges())
         node = Dir(mode=DIR_MODE, mtime=_ts(si[1]), ctime=_ts(si[2]), atime=_ts(si[3]),
