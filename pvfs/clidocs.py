@@ -106,7 +106,7 @@ def manpage() -> str:
         ".SH FILES",
         ".TP", "\\fIMOUNTPOINT/report.json\\fR",
         "inventory and damage report, the same document as \\fBpvfs scan \\-\\-json\\fR",
-        ".TP", "\\fI~/.cache/pvfs/vzdump/\\fR", "persistent vzdump archive indexes",
+        ".TP", "\\fI~/.cache/pvfs/index/\\fR", "persistent indexes (\\fB\\-\\-index\\-dir\\fR): OSD object lists, thin pool mappings, vzdump archive indexes in vzdump/",
         ".SH SEE ALSO",
         "\\fBfusermount3\\fR(1), \\fBddrescue\\fR(1), \\fBqemu\\-img\\fR(1)",
     ]

@@ -9,6 +9,7 @@ collected by key and opened as a group once nothing is left to probe.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from .damage import DamageReport
 from .errors import PvfsError, UnreadableError, UsageError
 from .fsprobe import detect_filesystem
 from .guestfs import GuestFilesystem
+from .index import IndexEntry, IndexStore
 from .nbd import is_nbd_uri
 from .namespace import OsFiles, TreeFiles
 from .nodes import Dir, File, resolve
@@ -47,6 +49,13 @@ class Options:
     mapfiles: dict = field(default_factory=dict)  # input path -> mapfile path
     backend_options: dict = field(default_factory=dict)  # e.g. {"zfs_txg": 123}
     progress: bool | None = None  # None: when stderr is a terminal
+    #: The persistent index store (pvfs/index.py); None keeps nothing (the library
+    #: default: the command line passes ``~/.cache/pvfs/index`` unless ``--index-dir none``).
+    index_dir: str | None = None
+    #: Worker processes that index independent inputs before discovery (pvfs/parallel.py).
+    jobs: int = 1
+    #: Remember which backend won each probe (ProbeCache); off in the workers.
+    probe_cache: bool = True
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.backend_options.get(key, default)
@@ -101,6 +110,87 @@ class Volume:
         return f"<Volume {self.path} {self.role}>"
 
 
+class ProbeCache:
+    """Which backend won each volume's probe when the very same inputs were discovered
+    before (the same files, sizes and mtimes, options, backends and code): kept in the
+    index store, so that a second discovery of a thousand thin LVs does not ask every
+    backend about every LV again.
+
+    A remembered winner is asked again (its probe must still say yes, else every backend
+    is asked); for a volume nobody recognised, no backend is asked.  The report entries
+    the probes made are kept and given again in the same place.  Inputs without an
+    identity (a ddrescue mapfile, a directory-only run) turn it off.
+    """
+
+    VERSION = 1
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.entry: IndexEntry | None = None
+        self.known: dict = {}
+        self.seen: dict = {}
+        self.missed = 0
+
+    def open(self) -> None:
+        import json
+
+        from . import __version__
+        from .index import code_fingerprint, source_identity
+
+        ctx = self.ctx
+        inputs = [v for v in ctx.volumes if v.role == "input" and v.parent is None]
+        if not ctx.indexes.enabled or not inputs or ctx.has_bad_ranges \
+                or not ctx.options.probe_cache:
+            return
+        idents = [source_identity(v.source) for v in inputs]
+        if any(i is None for i in idents):
+            return
+        check: dict = {}
+        for _w, c in idents:
+            check.update(c)
+        where = "probes:" + hashlib.sha256(
+            "|".join(f"{v.path}={i[0]}" for v, i in zip(inputs, idents, strict=True))
+            .encode()).hexdigest()
+        opts = ctx.options
+        meta = json.dumps([__version__, code_fingerprint(), opts.bad, sorted(opts.mapfiles.items()),
+                           sorted(opts.backend_options.items()),
+                           [b.name for b in load_backends()]], default=str).encode()
+        self.entry = ctx.indexes.entry("core", "probes", None, meta=meta, version=self.VERSION,
+                                       label=f"{len(inputs)} inputs", ident=(where, check))
+        got = self.entry.load()
+        if got is not None:
+            self.known = got[0].get("volumes", {})
+
+    @staticmethod
+    def _key(volume: Volume) -> str:
+        return f"{volume.role}\0{volume.path}"
+
+    def lookup(self, volume: Volume) -> list | None:
+        return self.known.get(self._key(volume))
+
+    def note(self, volume: Volume, winner: str, fs: str | None, first: int) -> None:
+        if self.entry is None:
+            return
+        new = self.ctx.report.entries[first:]
+        self.seen[self._key(volume)] = [winner, fs, [
+            [e.severity, e.layer, e.path, e.code, e.message, [list(r) for r in e.ranges],
+             e.outcome] for e in new]]
+
+    def note_fs(self, volume: Volume, fs: str | None) -> None:
+        rec = self.seen.get(self._key(volume))
+        if rec is not None:
+            rec[1] = fs
+
+    def replay(self, volume: Volume, rec: list) -> None:
+        for sev, layer, path, code, msg, ranges, outcome in rec[2]:
+            self.ctx.report.add(sev, layer, path, code, msg, [tuple(r) for r in ranges], outcome)
+        self.seen[self._key(volume)] = list(rec)
+
+    def save(self) -> None:
+        if self.entry is not None and self.entry.usable and self.missed:
+            self.entry.save({"volumes": self.seen})
+
+
 class Context:
     """What backends use to build the tree and report damage."""
 
@@ -127,6 +217,10 @@ class Context:
         self.host_roots: list = []  # pvfs.proxmox.cluster.HostRoot: roots holding /var/lib/pve-cluster
         self.host_roots_seen: set = set()
         self._states: dict[str, object] = {}
+        self.indexes = IndexStore(self.options.index_dir)
+        self.workers_log: list[dict] = []  # pvfs/parallel.py: what each worker indexed
+        self.cold_units: list[str] = []  # ... and the inputs it found without a current index
+        self.probes = ProbeCache(self)
 
     # -- per-backend state -----------------------------------------------------
     def state(self, backend: Backend) -> Any:
@@ -135,6 +229,23 @@ class Context:
         if st is None:
             st = self._states[backend.name] = backend.new_state(self)
         return st
+
+    # -- persistent indexes ------------------------------------------------------
+    def index(self, backend: Backend | str, name: str, source: Source, meta: bytes = b"",
+              version: int = 1, path: str | None = None) -> IndexEntry:
+        """The persistent index ``name`` of ``backend`` for ``source`` (:mod:`pvfs.index`):
+        ``load()`` it, or build and ``save(info, arrays)`` it.  ``meta``: the metadata it
+        is built from (a label, a superblock); ``version``: bump it when what is stored
+        changes.  Stale, truncated or corrupt entries are info entries at ``path``."""
+        bname = backend if isinstance(backend, str) else backend.name
+
+        label = path or getattr(source, "label", "?")
+
+        def notify(severity: str, code: str, message: str) -> None:
+            self.report.add(severity, "core", label, code, message)
+
+        return self.indexes.entry(bname, name, source, meta=meta, version=version,
+                                  label=label, notify=notify)
 
     # -- options -----------------------------------------------------------
     def bad(self, default: str = BAD_EIO) -> str:
@@ -445,16 +556,44 @@ def _run_backend(ctx: Context, backend: Backend, volume: Volume | None, what: st
     return False
 
 
-def probe_volume(ctx: Context, volume: Volume) -> None:
+def _probe_best(ctx: Context, volume: Volume) -> tuple[float, Backend] | None:
+    """The best backend for ``volume``: from the probe cache (pvfs.discover.ProbeCache)
+    when the same inputs were discovered before, else by asking every backend."""
+    rec = ctx.probes.lookup(volume)
+    if rec is not None:
+        winner = rec[0]
+        if not winner:
+            ctx.probes.replay(volume, rec)
+            return None
+        b = next((b for b in load_backends() if b.name == winner), None)
+        if b is not None:
+            ctx.probes.replay(volume, rec)
+            try:
+                score = float(b.probe(volume, ctx) or 0)
+            except Exception:
+                score = 0.0
+            if score > 0:
+                return score, b
+    ctx.probes.missed += 1
+    first = len(ctx.report.entries)
     candidates = [b for b in load_backends() if b.accepts(volume.role)]
     found = pick_best(candidates, lambda b: b.probe(volume, ctx), _probe_error(ctx, volume.path))
+    ctx.probes.note(volume, found[1].name if found else "", None, first)
+    return found
+
+
+def probe_volume(ctx: Context, volume: Volume) -> None:
+    found = _probe_best(ctx, volume)
     if found is None:
         log.debug("%s (%s): no backend recognises it", volume.path, volume.role)
         if volume.role == "input":
             ctx.report.add("info", "core", volume.path, "not-recognised",
                            "no format recognised; file skipped")
         else:
-            volume.filesystem = detect_filesystem(volume.source)
+            rec = ctx.probes.lookup(volume)
+            volume.filesystem = rec[1] if rec is not None and not rec[0] else \
+                detect_filesystem(volume.source)
+            ctx.probes.note_fs(volume, volume.filesystem)
         return
     score, best = found
     log.debug("%s (%s): %s wins with %.0f", volume.path, volume.role, best.name, score)
@@ -780,9 +919,15 @@ def discover(inputs: Iterable[str], options: Options | None = None,
     for name, err in load_errors():
         ctx.report.add("warning", "core", f"backends/{name}", "backend-unavailable",
                        f"backend {name} could not be loaded: {err}")
+    inputs = list(inputs)
+    if ctx.indexes.enabled:
+        from .parallel import warm
+
+        warm(ctx, inputs, ctx.options.jobs)  # workers index independent inputs first
     for path in inputs:
         ctx.note_progress(f"opening {path}")
         add_input(ctx, path)
+    ctx.probes.open()
     run_queue(ctx)
     from .treestorage import scan_tree_storages
 
@@ -793,4 +938,10 @@ def discover(inputs: Iterable[str], options: Options | None = None,
     finish_backends(ctx)
     run_queue(ctx)  # a finish hook may expose volumes
     finish(ctx)
+    ctx.probes.save()
+    if ctx.cold_units:
+        from .parallel import mark_warm
+
+        for unit in ctx.cold_units:
+            mark_warm(ctx.indexes.root, unit, ctx.options)
     return ctx

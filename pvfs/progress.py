@@ -39,6 +39,7 @@ class Progress:
         self.steps = 0
         self.completed = 0
         self.total = None
+        self._workers: dict[int, Any] = {}  # worker number -> rich task (or last line time)
 
     def __enter__(self) -> Progress:
         if self.enabled and not self.plain:
@@ -96,6 +97,33 @@ class Progress:
             if self._live is not None:
                 self._live.update(self._task, description=self.text, completed=self.completed,
                                   total=self.total)
+
+    def worker(self, wid: int, text: str) -> None:
+        """One line per worker process (pvfs/parallel.py): what it is doing now."""
+        text = text if len(text) < 70 else "..." + text[-67:]
+        if self.plain:
+            now = time.monotonic()
+            if now - self._workers.get(wid, 0.0) >= self.interval:
+                self._workers[wid] = now
+                self._last_line = now
+                self._line(f"worker {wid}: {text}")
+            return
+        with self._lock:
+            if self._live is None:
+                return
+            task = self._workers.get(wid)
+            if task is None:
+                self._workers[wid] = self._live.add_task(f"worker {wid}: {text}", total=None)
+            else:
+                self._live.update(task, description=f"worker {wid}: {text}")
+
+    def workers_done(self) -> None:
+        """The worker phase is over: their lines go."""
+        with self._lock:
+            if self._live is not None:
+                for task in self._workers.values():
+                    self._live.remove_task(task)
+            self._workers = {}
 
     def _line(self, text: str) -> None:
         done = f"{self.completed}/{self.total} " if self.total else ""

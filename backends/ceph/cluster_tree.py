@@ -115,14 +115,36 @@ def _open_stores(volumes, ctx, backend=None):
             ctx.report.add(sev, LAYER, _p, code, msg, ranges, outcome)
 
         st = OsdStore(osd, name, report=rep)
-        try:
-            st.build_index()
-        except (CephError, UnreadableError) as e:
-            ctx.report.add("error", LAYER, v.path, "index-failed", f"object index: {e}")
-            continue
+        # The object index is kept between runs (pvfs/index.py), keyed by this device
+        # and by what it was built from: the label, BlueFS's files and RocksDB's state.
+        ix = ctx.index(LAYER, "objects", v.source, meta=_osd_fingerprint(osd),
+                       version=OsdStore.INDEX_VERSION, path=v.path)
+        got = ix.load()
+        if got is None or not st.load_index(*got):
+            st = OsdStore(osd, name, report=rep)
+            ctx.note_progress(f"ceph: indexing the objects of {name}")
+            try:
+                st.build_index()
+            except (CephError, UnreadableError) as e:
+                ctx.report.add("error", LAYER, v.path, "index-failed", f"object index: {e}")
+                continue
+            if ix.usable:
+                ix.save(*st.index_payload())
         st.volume = v
         stores.append(st)
     return stores
+
+
+def _osd_fingerprint(osd) -> bytes:
+    """What an OSD's object index is derived from: its label, BlueFS's file table and
+    RocksDB's manifest, sequence and tables (``Osd.info``), and the damage met opening it."""
+    import json
+
+    try:
+        summary = json.dumps(osd.info(), sort_keys=True, default=str).encode()
+    except (TypeError, ValueError, AttributeError) as e:
+        summary = repr(e).encode()
+    return osd.source.read(0, 4096) + summary
 
 
 def _load_pools(backend, cluster, ctx):

@@ -95,6 +95,7 @@ class OsdStore:
         self.collections: set = set()  # (pool, pg seed)
         self.ec_pools: set = set()  # pools whose collections are EC shards (``2.3s0_head``)
         self.count = 0
+        self.bad_keys = 0
         self._sorted_other = {}
 
     def _note(self, severity, code, message, ranges=()):
@@ -131,9 +132,79 @@ class OsdStore:
             self.other.setdefault((oid.pool, oid.nspace, oid.name), {})[oid.snap] = bytes(key)
         for di in self.data.values():
             di.finish()
-        if bad:
-            self._note("warning", "bad-onode-keys", f"{bad} onode keys do not decode; skipped")
+        self.bad_keys = bad
+        self._note_bad()
         return self
+
+    def _note_bad(self):
+        if self.bad_keys:
+            self._note("warning", "bad-onode-keys",
+                       f"{self.bad_keys} onode keys do not decode; skipped")
+
+    # -- the persistent index (pvfs/index.py) ------------------------------------------
+    #: Bump when what :meth:`index_payload` stores changes.
+    INDEX_VERSION = 1
+
+    def index_payload(self):
+        """``(info, arrays)``: :meth:`build_index`'s result in flat arrays (12 bytes an RBD
+        data object, the onode key and name bytes of every other object)."""
+        groups = sorted(self.data)
+        objnos = [self.data[g].objnos for g in groups]
+        hashes = [self.data[g].hashes for g in groups]
+        counts = [len(o) for o in objnos]
+        other = [(p, ns, n, snap, key) for (p, ns, n), snaps in self.other.items()
+                 for snap, key in snaps.items()]
+        names = b"".join(n for _p, _ns, n, _s, _k in other)
+        keys = b"".join(k for _p, _ns, _n, _s, k in other)
+        arrays = {
+            "objnos": np.concatenate(objnos) if objnos else np.zeros(0, np.uint64),
+            "hashes": np.concatenate(hashes) if hashes else np.zeros(0, np.uint32),
+            "data_counts": np.array(counts, np.int64),
+            "other_pool": np.array([o[0] for o in other], np.int64),
+            "other_snap": np.array([o[3] for o in other], np.uint64),
+            "other_name_len": np.array([len(o[2]) for o in other], np.int64),
+            "other_key_len": np.array([len(o[4]) for o in other], np.int64),
+            "other_names": np.frombuffer(names, np.uint8),
+            "other_keys": np.frombuffer(keys, np.uint8),
+        }
+        info = {"groups": [[p, ns.hex(), px.hex()] for p, ns, px in groups],
+                "other_ns": [o[1].hex() for o in other],
+                "collections": sorted(self.collections), "ec_pools": sorted(self.ec_pools),
+                "count": self.count, "bad_keys": self.bad_keys}
+        return info, arrays
+
+    def load_index(self, info, arrays) -> bool:
+        """Take the object index from a stored :meth:`index_payload` (checked by the
+        store: same device, same label, BlueFS and RocksDB state)."""
+        counts = arrays["data_counts"].tolist()
+        if len(counts) != len(info["groups"]) or sum(counts) != len(arrays["objnos"]):
+            return False
+        pos = 0
+        for (p, ns, px), n in zip(info["groups"], counts, strict=True):
+            di = _DataIndex()
+            di.objnos = arrays["objnos"][pos:pos + n]
+            di.hashes = arrays["hashes"][pos:pos + n]
+            di._o = di._h = None
+            self.data[(int(p), bytes.fromhex(ns), bytes.fromhex(px))] = di
+            pos += n
+        names, keys = arrays["other_names"].tobytes(), arrays["other_keys"].tobytes()
+        nl, kl = arrays["other_name_len"].tolist(), arrays["other_key_len"].tolist()
+        if sum(nl) != len(names) or sum(kl) != len(keys):
+            return False
+        npos = kpos = 0
+        other = self.other
+        for p, ns, snap, a, b in zip(arrays["other_pool"].tolist(), info["other_ns"],
+                                     arrays["other_snap"].tolist(), nl, kl, strict=True):
+            other.setdefault((p, bytes.fromhex(ns), names[npos:npos + a]), {})[snap] = \
+                keys[kpos:kpos + b]
+            npos += a
+            kpos += b
+        self.collections = {tuple(c) for c in info["collections"]}
+        self.ec_pools = set(info["ec_pools"])
+        self.count = int(info["count"])
+        self.bad_keys = int(info["bad_keys"])
+        self._note_bad()
+        return True
 
     def lookup(self, pool, name: bytes, nspace=b"", snap=CEPH_NOSNAP):
         """(key, ObjectId) of an object, or None."""

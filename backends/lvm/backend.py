@@ -225,6 +225,7 @@ class _Builder:
             backend, ctx, vg, vgdir, base, parent
         self.generations = generations
         self.pools = {}
+        self.pool_indexes = {}  # pool name -> pvfs.index.IndexEntry to store after build
 
     def report(self, sev, code, msg, path=None, ranges=(), outcome=""):
         self.ctx.report.add(sev, self.b.name, path or self.base, code, msg, ranges, outcome)
@@ -263,6 +264,10 @@ class _Builder:
                 for sev, msg in pool.check_data_space_map():
                     self.report(sev, "thin-data-space-map", f"thin pool {name}: {msg}",
                                 path=f"{self.base}/.pool/{name}")
+                ix = self.pool_indexes.pop(name, None)
+                payload = pool.index_payload() if ix is not None and ix.usable else None
+                if payload is not None:
+                    ix.save(*payload)
 
     def lost(self, lv, why):
         """An LV that is named by the metadata but cannot be shown at all: its guest keeps
@@ -342,6 +347,13 @@ class _Builder:
         for msg in pool.info:
             self.report("info", "thin-pool", f"thin pool {lv.name}: {msg}", path=ppath)
         self.pools[lv.name] = pool
+        meta = pool.index_meta()
+        if meta is not None:  # the mappings of every thin device, kept between runs
+            ix = ctx.index(self.b, f"thin-pool {vg.id}/{lv.name}", tmeta, meta=meta,
+                           version=pool.INDEX_VERSION, path=ppath)
+            got = ix.load()
+            if got is None or not pool.load_index(*got):
+                self.pool_indexes[lv.name] = ix  # stored once every mapping is known
         named = set(hints["device_ids"])
         for dev in sorted(set(pool.dev_roots) - named):
             m = pool.mapping(dev)

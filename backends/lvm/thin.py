@@ -681,6 +681,11 @@ class ThinPool:
         self._lock = threading.Lock()
         self._rec = None
         self.stale_devs = set()  # devices restored from older copies of the trees
+        #: Mappings and the space-map check from the persistent index (see
+        #: :meth:`load_index`); ``_kept`` holds what was computed, to be stored.
+        self.indexed: dict[int, Mapping] = {}
+        self._kept: dict[int, Mapping] | None = None
+        self._space_map_check: list | None = None
         self._open()
 
     def _problem(self, severity, code, msg, outcome=""):
@@ -861,6 +866,11 @@ class ThinPool:
         """Compare the data space map with the mappings: ``(severity, message)`` list."""
         if self.sb is None or self.recovered:
             return []
+        if self._space_map_check is None:
+            self._space_map_check = self._check_data_space_map()
+        return self._space_map_check
+
+    def _check_data_space_map(self):
         try:
             sm = data_refcounts(self.md, self.sb)
         except (ThinError, UnreadableError) as e:
@@ -894,11 +904,69 @@ class ThinPool:
 
     # -- mappings ---------------------------------------------------------------
     def mapping(self, dev_id) -> Mapping:
+        m = self.indexed.get(dev_id)
+        if m is None and self._kept is not None:
+            m = self._kept.get(dev_id)
+        if m is not None:
+            return m
         key = ("lvm-thin-map", self.tmeta.uid, dev_id)
         m = METADATA_CACHE.get(key)
         if m is None:
             m = METADATA_CACHE.put(key, self._load_mapping(dev_id))
+        if self._kept is not None:
+            self._kept[dev_id] = m
         return m
+
+    # -- the persistent index (pvfs/index.py) -------------------------------------
+    INDEX_VERSION = 1
+
+    def index_meta(self) -> bytes | None:
+        """What the mappings are derived from: the superblock (transaction, roots, time)
+        and the device table.  None for a pool rebuilt by scanning (not indexed)."""
+        if self.sb is None or self.recovered or not self.usable:
+            return None
+        self._kept = {}
+        return self.md.read_block(0) + repr(sorted(self.dev_roots.items())).encode()
+
+    def load_index(self, info, arrays) -> bool:
+        """Take every device's mapping and the space-map check from a stored index."""
+        devs = [int(d) for d in info["devs"]]
+        if sorted(devs) != sorted(self.dev_roots):
+            return False
+        off = arrays["offsets"]
+        v, d, n = arrays["vstart"], arrays["dstart"], arrays["length"]
+        if len(off) != len(devs) + 1 or not len(v) == len(d) == len(n) == int(off[-1]):
+            return False
+        for i, dev in enumerate(devs):
+            lo, hi = int(off[i]), int(off[i + 1])
+            self.indexed[dev] = Mapping(v[lo:hi], d[lo:hi], n[lo:hi], [],
+                                        int(arrays["mapped"][i]), int(arrays["max_time"][i]))
+        self._space_map_check = [tuple(x) for x in info["space_map"]]
+        self._kept = None
+        return True
+
+    def index_payload(self):
+        """``(info, arrays)`` to store, or None when something was damaged, restored or
+        guessed (such pools are worked out again every time)."""
+        if self._kept is None or self.stale_devs or self.recovered:
+            return None
+        devs = sorted(self.dev_roots)
+        maps = [self.mapping(dev) for dev in devs]
+        if any(m.unknown or m.notes for m in maps):
+            return None
+        counts = np.array([len(m.vstart) for m in maps], np.int64)
+        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+
+        def cat(attr):
+            parts = [getattr(m, attr).astype(np.int64) for m in maps]
+            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+        arrays = {"vstart": cat("vstart"), "dstart": cat("dstart"), "length": cat("length"),
+                  "offsets": offsets,
+                  "mapped": np.array([m.mapped for m in maps], np.int64),
+                  "max_time": np.array([m.max_time for m in maps], np.int64)}
+        info = {"devs": devs, "space_map": [list(x) for x in self.check_data_space_map()]}
+        return info, arrays
 
     def _load_mapping(self, dev_id) -> Mapping:
         root = self.dev_roots.get(dev_id)

@@ -13,7 +13,7 @@ class VzdumpBackend(Backend):
     roles = ("input",)
     cli_options = [
         ("--vzdump-index-dir", {"metavar": "DIR", "help": "where the persistent vzdump indexes are kept "
-                                        "(default ~/.cache/pvfs/vzdump; 'none' keeps them in memory)"}),
+                                        "(default: vzdump/ in the --index-dir store; 'none' keeps them in memory)"}),
         ("--vzdump-seek-cache", {"choices": ["auto", "off"], "default": None,
                                  "help": "auto (default): when a .zst/.gz archive is one big frame/member, keep "
                                          "its decoded bytes as 1 MiB zstd frames beside the index for fast "

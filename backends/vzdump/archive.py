@@ -1,9 +1,9 @@
 """Open a vzdump archive: detect, index once (sidecar), build the tree and the Proxmox view.
 
 The sidecar index (stream restart points + VMA cluster map or tar member list) is kept in
-``$XDG_CACHE_HOME/pvfs/vzdump/`` (default ``~/.cache/pvfs/vzdump/``), never beside the
-input; ``--vzdump-index-dir DIR`` puts it elsewhere, ``--vzdump-index-dir none`` keeps it
-in memory only.  Its name is derived from the input's path, size and mtime, so a changed
+``vzdump/`` of the core index store (``--index-dir``, default ``~/.cache/pvfs/index/``),
+never beside the input; ``--vzdump-index-dir DIR`` puts it elsewhere, ``none`` (or
+``--index-dir none``) keeps it in memory only.  Its name is derived from the input's path, size and mtime, so a changed
 archive is indexed again.
 
 References: pve-manager ``PVE/VZDump.pm`` (archive names: ``vzdump-<qemu|lxc>-<vmid>-
@@ -85,13 +85,15 @@ def content_kind(head):
 
 # --- sidecar ------------------------------------------------------------------------------
 def sidecar_dir(ctx):
+    """``--vzdump-index-dir`` if given, else ``vzdump/`` in the core index store
+    (``--index-dir``, pvfs/index.py); None (memory only) when the store is off."""
     opt = ctx.options.get("vzdump_index_dir")
     if opt is not None and str(opt).lower() in ("", "none", "off"):
         return None
     if opt:
         return opt
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "pvfs", "vzdump")
+    root = ctx.indexes.root
+    return os.path.join(root, "vzdump") if root else None
 
 
 def sidecar_key(path):

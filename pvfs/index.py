@@ -1,0 +1,428 @@
+"""The persistent index store: what discovery computes at cost, kept between runs.
+
+A backend that spends time on something derived only from an input's bytes (the
+object list of a Ceph OSD, the block mappings of a thin pool) asks the context for an
+entry, ``ctx.index(backend, name, source, meta=..., version=...)``, and either loads it
+or builds and saves it::
+
+    ix = ctx.index(self, "objects", volume.source, meta=label + manifest, version=1)
+    got = ix.load()                      # None: missing, stale, truncated or corrupt
+    if got is None:
+        info, arrays = build()           # a JSON-able dict and named numpy arrays
+        ix.save(info, arrays)
+    else:
+        info, arrays = got
+
+An entry is keyed by the input's identity (:func:`source_identity`: device and inode,
+size and mtime of the files below ``source``; pluggable per Source through an
+``index_identity()`` method, e.g. an NBD export's size), by the backend's own
+``version`` and the pvfs version, and by a hash of the metadata it was built from
+(``meta``: the label, superblock, manifest the backend read anyway).  Nothing in an
+entry is trusted before it is checked: a file of another format version, whose
+identity or metadata hash differs (stale), that is shorter than its header says
+(truncated) or whose SHA-256 does not match (corrupt) is reported as an info entry and
+rebuilt (a stale one silently: that is how a cache entry goes out of date; the others
+with an info entry ``index-corrupt``, ``index-truncated``, ``index-unreadable``).  Files are written atomically (temporary file + rename) into the store, never
+beside an input, and the store is kept under a byte budget (least recently used entries
+go first).
+
+File format (all integers little-endian)::
+
+    b"PVFSIDX\\0"  u32 format version  u32 header length  u64 payload length
+    32 bytes SHA-256 of header + payload
+    header: JSON {backend, name, where, check, meta, version, pvfs, label, info, arrays}
+    payload: the arrays' bytes, one after another (``arrays`` gives dtype, shape, offset)
+
+The default store is ``$XDG_CACHE_HOME/pvfs/index`` (``~/.cache/pvfs/index``);
+``--index-dir DIR`` moves it, ``--index-dir none`` turns it off (nothing is written).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+
+MAGIC = b"PVFSIDX\0"
+FORMAT_VERSION = 1
+_HEAD = struct.Struct("<8sIIQ32s")
+SUFFIX = ".pvx"
+#: Default byte budget of a store (``PVFS_INDEX_MAX_MB`` overrides it).
+DEFAULT_MAX_BYTES = 4 << 30
+MAX_HEADER = 64 << 20  # a header (JSON) larger than this is corrupt
+MAX_EXTENTS = 4096  # an ExtentSource with more pieces has no identity (too costly to key)
+NONE_WORDS = ("none", "off", "")
+
+
+def default_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pvfs", "index")
+
+
+def resolve_dir(opt: str | None) -> str | None:
+    """The store folder for an ``--index-dir`` value (None: the default; 'none': off)."""
+    if opt is None:
+        return default_dir()
+    if str(opt).strip().lower() in NONE_WORDS:
+        return None
+    return os.path.abspath(os.path.expanduser(str(opt)))
+
+
+def check_dir(opt: str | None) -> str | None:
+    """Why an ``--index-dir`` value cannot be used (one line), or None when it can."""
+    d = resolve_dir(opt)
+    if d is None:
+        return None
+    if os.path.lexists(d):
+        if not os.path.isdir(d):
+            return f"--index-dir {opt}: not a directory"
+        if not os.access(d, os.W_OK | os.X_OK):
+            return f"--index-dir {opt}: not writable"
+        return None
+    up = os.path.dirname(d.rstrip("/")) or "/"
+    while not os.path.exists(up):
+        nxt = os.path.dirname(up)
+        if nxt == up:
+            break
+        up = nxt
+    if not os.path.isdir(up) or not os.access(up, os.W_OK | os.X_OK):
+        return f"--index-dir {opt}: cannot be created ({up} is not a writable directory)"
+    return None
+
+
+# -- identity --------------------------------------------------------------------------
+Identity = tuple[str, dict]  # (where, check): a location key and what must still match
+
+
+def code_fingerprint() -> str:
+    """Size and mtime of every module of pvfs and the backends: a probe result or index
+    made by other code is not used (developers change code without a version bump)."""
+    import backends
+
+    h = hashlib.sha256(__version__.encode())
+    for top in (os.path.dirname(__file__), *backends.__path__):
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for fn in sorted(filenames):
+                if fn.endswith(".py"):
+                    try:
+                        st = os.stat(os.path.join(dirpath, fn))
+                    except OSError:
+                        continue
+                    h.update(f"{dirpath}/{fn}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def source_identity(source: Any) -> Identity | None:
+    """``(where, check)`` for a source whose bytes are those of files that can be told
+    apart later, or None (then nothing is kept for it).
+
+    ``where`` names the place (device and inode of a file, a slice of it ...) and picks
+    the entry; ``check`` holds what must be unchanged for the entry to be used (size,
+    mtime in ns).  A Source class with its own notion of identity (an NBD export)
+    defines ``index_identity() -> (where, check) | None``.
+    """
+    from .source import ExtentSource, FileSource, SliceSource
+
+    own = getattr(source, "index_identity", None)
+    if callable(own):
+        return own()
+    if isinstance(source, FileSource):
+        st = getattr(source, "stat", None)
+        if st is None:
+            return None
+        if stat.S_ISBLK(st.st_mode):  # a device's mtime says nothing about its bytes
+            where = f"blk:{st.st_rdev}"
+            return where, {where: {"size": source.size}}
+        where = f"file:{st.st_dev}:{st.st_ino}"
+        return where, {where: {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    if isinstance(source, SliceSource):
+        inner = source_identity(source.parent)
+        if inner is None:
+            return None
+        return f"{inner[0]}[{source.offset}+{source.size}]", inner[1]
+    if isinstance(source, ExtentSource):
+        if len(source.extents) > MAX_EXTENTS:
+            return None
+        parts, check = [], {}
+        for off, ln, target, toff in source.extents:
+            if target is None:
+                parts.append(f"{off}+{ln}:-")
+                continue
+            inner = source_identity(target)
+            if inner is None:
+                return None
+            parts.append(f"{off}+{ln}:{inner[0]}@{toff}")
+            check.update(inner[1])
+        where = hashlib.sha256(f"{source.size}|{'|'.join(parts)}".encode()).hexdigest()
+        return f"ext:{where}", check
+    return None
+
+
+# -- the store ---------------------------------------------------------------------------
+@dataclass
+class LogEntry:
+    """One entry used during a run (``pvfs index`` prints them)."""
+
+    backend: str
+    name: str
+    label: str
+    state: str  # reused | built | rebuilt | not-saved
+    path: str
+    nbytes: int = 0
+    seconds: float = 0.0
+    why: str = ""  # why it was rebuilt
+
+
+Notify = Callable[[str, str, str], None]  # (severity, code, message)
+
+
+@dataclass
+class IndexStore:
+    """A folder of index files under a byte budget; ``root`` None: nothing is kept."""
+
+    root: str | None
+    max_bytes: int = field(default_factory=lambda: int(
+        os.environ.get("PVFS_INDEX_MAX_MB", DEFAULT_MAX_BYTES >> 20)) << 20)
+    log: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None
+
+    def entry(self, backend: str, name: str, source: Any, meta: bytes = b"", version: int = 1,
+              label: str = "", notify: Notify | None = None,
+              ident: Identity | None = None) -> IndexEntry:
+        """The entry of ``backend``'s index ``name`` for ``source`` (or for an explicit
+        identity ``ident``, e.g. one made of several inputs)."""
+        if ident is None and source is not None and self.enabled:
+            ident = source_identity(source)
+        return IndexEntry(self, backend, name, ident if self.enabled else None, meta, version,
+                          label or getattr(source, "label", "?"), notify)
+
+    def files(self) -> list[os.DirEntry]:
+        if self.root is None:
+            return []
+        try:
+            with os.scandir(self.root) as it:
+                return [e for e in it if e.name.endswith(SUFFIX) and e.is_file()]
+        except OSError:
+            return []
+
+    def total_bytes(self) -> int:
+        return sum(e.stat().st_size for e in self.files())
+
+    def trim(self, keep: str | None = None) -> int:
+        """Delete least recently used entries until the store fits its budget; returns
+        the bytes freed (``keep``: a file never deleted, the one just written)."""
+        entries = []
+        for e in self.files():
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, e.path))
+        total = sum(s for _, s, _ in entries)
+        freed = 0
+        for _mt, size, path in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if path == keep:
+                continue
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            total -= size
+            freed += size
+        return freed
+
+    def record(self, item: LogEntry) -> None:
+        with self._lock:
+            self.log.append(item)
+
+
+class IndexEntry:
+    """One index of one backend for one source (see the module docstring)."""
+
+    def __init__(self, store: IndexStore, backend: str, name: str, ident: Identity | None,
+                 meta: bytes, version: int, label: str, notify: Notify | None) -> None:
+        self.store = store
+        self.backend = backend
+        self.name = name
+        self.ident = ident
+        self.meta = hashlib.sha256(meta).hexdigest()
+        self.version = version
+        self.label = label
+        self.notify = notify
+        self.path = None
+        self.why = ""  # why a stored entry was not used
+        self._stale = False
+        self._t0 = time.monotonic()
+        if store.root is not None and ident is not None:
+            key = hashlib.sha256(f"{backend}\0{name}\0{ident[0]}".encode()).hexdigest()[:40]
+            self.path = os.path.join(store.root, f"{backend}-{key}{SUFFIX}")
+
+    @property
+    def usable(self) -> bool:
+        """Whether anything can be kept for this source (a store, and an identity)."""
+        return self.path is not None
+
+    def _expect(self) -> dict:
+        return {"backend": self.backend, "name": self.name, "where": self.ident[0],
+                "check": self.ident[1], "meta": self.meta, "version": self.version,
+                "pvfs": __version__}
+
+    def _out_of_date(self, why: str) -> None:
+        """The input or the code changed: the normal way a cache entry goes out of date,
+        not worth a report entry (``pvfs index`` lists why)."""
+        self._stale = True
+        self.why = why
+
+    def _bad(self, severity: str, code: str, why: str) -> None:
+        """The stored file itself is damaged: an info entry, and it is rebuilt."""
+        self._stale = True
+        self.why = why
+        if self.notify is not None:
+            self.notify(severity, code, f"{self.backend} index {self.name} of {self.label} "
+                                        f"({os.path.basename(self.path)}): {why}; rebuilt")
+
+    def load(self) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """``(info, arrays)`` when the stored entry is complete, intact and current."""
+        self._t0 = time.monotonic()
+        if self.path is None:
+            return None
+        try:
+            with open(self.path, "rb") as f:
+                blob = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self._bad("info", "index-unreadable", f"cannot be read ({e.strerror})")
+            return None
+        if len(blob) < _HEAD.size:
+            self._bad("info", "index-truncated", f"{len(blob)} bytes, shorter than its header")
+            return None
+        magic, fmt, hlen, plen, digest = _HEAD.unpack_from(blob)
+        if magic != MAGIC:
+            self._bad("info", "index-corrupt", "not a pvfs index file (bad magic)")
+            return None
+        if fmt != FORMAT_VERSION:
+            self._out_of_date(f"format version {fmt}, this pvfs writes {FORMAT_VERSION}")
+            return None
+        if hlen > MAX_HEADER or len(blob) != _HEAD.size + hlen + plen:
+            if len(blob) < _HEAD.size + hlen + plen:
+                self._bad("info", "index-truncated", f"{len(blob)} bytes, its header says "
+                                             f"{_HEAD.size + hlen + plen}")
+            else:
+                self._bad("info", "index-corrupt", f"{len(blob)} bytes, its header says "
+                                           f"{_HEAD.size + hlen + plen}")
+            return None
+        body = memoryview(blob)[_HEAD.size:]
+        if hashlib.sha256(body).digest() != digest:
+            self._bad("info", "index-corrupt", "checksum mismatch")
+            return None
+        try:
+            head = json.loads(bytes(body[:hlen]))
+            expect = self._expect()
+            diff = [k for k, v in expect.items() if head.get(k) != v]
+            if diff:
+                what = {"check": "the input changed (size or mtime)",
+                        "meta": "the metadata it was built from changed",
+                        "version": "built by another version of the backend",
+                        "pvfs": "built by another pvfs version",
+                        "where": "built for another input"}.get(diff[0], f"{diff[0]} differs")
+                self._out_of_date(what)
+                return None
+            payload = body[hlen:]
+            arrays = {}
+            for a in head["arrays"]:
+                off, n = int(a["offset"]), int(a["nbytes"])
+                if off < 0 or off + n > len(payload):
+                    raise ValueError(f"array {a['name']} outside the payload")
+                arr = np.frombuffer(payload[off:off + n], dtype=np.dtype(a["dtype"]))
+                arrays[a["name"]] = arr.reshape(a["shape"])
+            info = head["info"]
+        except (ValueError, KeyError, TypeError) as e:  # checksummed, yet not ours: corrupt
+            self._bad("info", "index-corrupt", f"unusable header ({e})")
+            return None
+        try:
+            os.utime(self.path)  # least recently *used* goes first when trimming
+        except OSError:
+            pass
+        self.store.record(LogEntry(self.backend, self.name, self.label, "reused", self.path,
+                                   len(blob), time.monotonic() - self._t0))
+        return info, arrays
+
+    def save(self, info: dict, arrays: dict[str, np.ndarray] | None = None) -> bool:
+        """Store ``info`` (JSON-able) and ``arrays`` atomically; False when not kept."""
+        if self.path is None:
+            return False
+        built = time.monotonic() - self._t0
+        table, chunks, pos = [], [], 0
+        for name, arr in (arrays or {}).items():
+            a = np.ascontiguousarray(arr)
+            if a.dtype.hasobject:
+                raise TypeError(f"index array {name}: object arrays cannot be stored")
+            table.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape),
+                          "offset": pos, "nbytes": a.nbytes})
+            chunks.append(a.tobytes())
+            pos += a.nbytes
+        head = json.dumps(dict(self._expect(), label=self.label, info=info, arrays=table,
+                               created=time.time()), separators=(",", ":")).encode()
+        total = _HEAD.size + len(head) + pos
+        state = "rebuilt" if self._stale else "built"
+        why = self.why
+        if total > self.store.max_bytes // 2:
+            self.store.record(LogEntry(self.backend, self.name, self.label, "not-saved",
+                                       self.path, total, built))
+            if self.notify is not None:
+                self.notify("info", "index-too-large",
+                            f"{self.backend} index {self.name} of {self.label}: {total} bytes, "
+                            f"more than half the store's budget of {self.store.max_bytes}; "
+                            f"not kept (built again next time)")
+            return False
+        h = hashlib.sha256(head)
+        for c in chunks:
+            h.update(c)
+        try:
+            os.makedirs(self.store.root, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.store.root, prefix=".tmp-", suffix=SUFFIX + "~")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(_HEAD.pack(MAGIC, FORMAT_VERSION, len(head), pos, h.digest()))
+                    f.write(head)
+                    for c in chunks:
+                        f.write(c)
+                os.replace(tmp, self.path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        except OSError as e:
+            if self.notify is not None:
+                self.notify("info", "index-not-saved",
+                            f"{self.backend} index {self.name} of {self.label}: cannot be "
+                            f"written to {self.store.root} ({e.strerror}); built again next time")
+            return False
+        self.store.trim(keep=self.path)
+        self.store.record(LogEntry(self.backend, self.name, self.label, state, self.path,
+                                   total, built, why))
+        return True

@@ -1,0 +1,318 @@
+"""The persistent index store (pvfs/index.py) and the parallel worker phase (pvfs/parallel.py).
+
+Against the fixtures: a thin pool's mappings and the object index of each Ceph OSD are
+stored on the first discovery and loaded on the second (the builders are not called
+again, the scan output is identical, the thin LVs and RBD images still hash to the
+manifests' sha256); a modified, truncated or corrupt index file and a changed input are
+detected and rebuilt with exact info entries; ``--index-dir none`` writes nothing; the
+inputs' bytes never change; the store stays under its byte budget; a parallel scan equals
+a serial one and a worker that raises or dies is a warning entry, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from pvfs import cli
+from pvfs.cache import METADATA_CACHE
+from pvfs.discover import Options, discover
+from pvfs.index import SUFFIX, IndexStore, check_dir, resolve_dir
+from pvfs.nodes import resolve
+from pvfs.report import report_json, report_text
+from pvfs.source import FileSource, SliceSource
+
+
+def _untouched(path: Path) -> tuple:
+    """What any write (or chmod) to an input would change: size, mtime and ctime."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _scan(inputs, store, jobs=1):
+    METADATA_CACHE.clear()  # nothing carried over from the run before but the store
+    ctx = discover([str(i) for i in inputs], Options(index_dir=store and str(store), jobs=jobs))
+    return ctx, report_text(ctx), json.loads(report_json(ctx))
+
+
+def _pvx(store: Path) -> list[Path]:
+    return sorted(store.glob("*" + SUFFIX))
+
+
+def _index_entries(ctx):
+    return [(e.severity, e.code, e.path) for e in ctx.report if e.code.startswith("index-")]
+
+
+# -- the store on its own ---------------------------------------------------------------
+@pytest.fixture
+def image(tmp_path):
+    p = tmp_path / "input.img"
+    p.write_bytes(os.urandom(1 << 16))
+    return p
+
+
+def _notes():
+    got = []
+    return got, lambda severity, code, msg: got.append((code, msg))
+
+
+def test_round_trip_and_each_kind_of_damage(tmp_path, image):
+    store = IndexStore(str(tmp_path / "store"))
+    src = FileSource(str(image))
+    arrays = {"a": np.arange(1000, dtype=np.uint64), "b": np.array([[1, 2], [3, 4]], np.int32)}
+    notes, notify = _notes()
+
+    def entry(meta=b"M", version=1, source=src):
+        return store.entry("demo", "things", source, meta=meta, version=version,
+                           label="input.img", notify=notify)
+
+    assert entry().load() is None and notes == []  # nothing yet: no note
+    assert entry().save({"n": 5}, arrays)
+    [f] = _pvx(tmp_path / "store")
+    info, got = entry().load()
+    assert info == {"n": 5} and got.keys() == arrays.keys()
+    assert all(np.array_equal(got[k], arrays[k]) and got[k].dtype == arrays[k].dtype
+               for k in arrays)
+    assert [e.state for e in store.log] == ["built", "reused"]
+
+    # metadata hash, backend version: stale, rebuilt without an entry (a cache going out
+    # of date is no damage); 'pvfs index' lists why
+    e1, e2 = entry(meta=b"other"), entry(version=2)
+    assert e1.load() is None and e2.load() is None and notes == []
+    assert e1.why == "the metadata it was built from changed"
+    assert e2.why == "built by another version of the backend"
+    assert e2.save({"n": 5}, arrays) and store.log[-1].state == "rebuilt"
+    assert entry(version=2).load() is not None and entry().load() is None
+    assert entry().save({"n": 5}, arrays)
+    # a slice of the same file is another place: another entry
+    assert entry(source=SliceSource(src, 512, 4096)).load() is None and notes == []
+
+    blob = bytearray(f.read_bytes())
+    blob[-3] ^= 0x40  # one bit of the payload
+    f.write_bytes(bytes(blob))
+    notes.clear()
+    assert entry().load() is None
+    assert notes == [("index-corrupt", f"demo index things of input.img ({f.name}): "
+                                       "checksum mismatch; rebuilt")]
+    f.write_bytes(bytes(blob[:-100]))
+    notes.clear()
+    assert entry().load() is None
+    assert notes == [("index-truncated", f"demo index things of input.img ({f.name}): "
+                                         f"{len(blob) - 100} bytes, its header says "
+                                         f"{len(blob)}; rebuilt")]
+    f.write_bytes(b"PVFSIDX\0" + bytes(20))
+    notes.clear()
+    assert entry().load() is None and notes[0][0] == "index-truncated"
+    f.write_bytes(b"not an index at all, but long enough for a header" * 2)
+    notes.clear()
+    assert entry().load() is None and notes[0][0] == "index-corrupt"
+    again = entry()
+    assert again.load() is None and again.save({"n": 6}, arrays)
+    assert store.log[-1].state == "rebuilt" and entry().load()[0] == {"n": 6}
+
+    # the input changes (a new mtime): stale
+    os.utime(image, ns=(1, 1))
+    notes.clear()
+    e3 = store.entry("demo", "things", FileSource(str(image)), meta=b"M", label="input.img",
+                     notify=notify)
+    assert e3.load() is None and notes == [] and e3.why == "the input changed (size or mtime)"
+    assert not [p for p in (tmp_path / "store").iterdir() if not p.name.endswith(SUFFIX)]
+
+
+def test_store_is_bounded(tmp_path, image):
+    store = IndexStore(str(tmp_path / "store"), max_bytes=200_000)
+    src = FileSource(str(image))
+    notes, notify = _notes()
+    for i in range(8):  # 8 entries of ~40 KB in a 200 KB store: the oldest go
+        e = store.entry("demo", f"n{i}", src, notify=notify)
+        assert e.save({}, {"x": np.zeros(5000, np.uint64)})
+        assert store.total_bytes() <= 200_000
+    names = {json.loads(p.read_bytes()[56:56 + 2000].split(b',"label"')[0] + b"}")["name"]
+             for p in _pvx(tmp_path / "store")}
+    assert names == {"n4", "n5", "n6", "n7"}
+    big = store.entry("demo", "big", src, notify=notify)
+    assert not big.save({}, {"x": np.zeros(20_000, np.uint64)})  # over half the budget
+    assert notes[-1][0] == "index-too-large" and store.log[-1].state == "not-saved"
+
+
+def test_disabled_store_and_sources_without_identity(tmp_path, image):
+    from pvfs.source import BytesSource
+
+    off = IndexStore(None)
+    e = off.entry("demo", "x", FileSource(str(image)))
+    assert not e.usable and e.load() is None and not e.save({}, {})
+    on = IndexStore(str(tmp_path / "s"))
+    e = on.entry("demo", "x", BytesSource(b"abc"))  # no identity: nothing is kept
+    assert not e.usable and not e.save({}, {}) and not (tmp_path / "s").exists()
+
+
+def test_index_dir_values(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_dir(None) == str(tmp_path / "xdg" / "pvfs" / "index")
+    assert resolve_dir("none") is None and resolve_dir("NONE") is None
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert check_dir(str(f)) == f"--index-dir {f}: not a directory"
+    assert check_dir(str(tmp_path / "new" / "deeper")) is None  # made when first needed
+    assert "cannot be created" in check_dir(str(f / "sub"))
+
+
+# -- LVM thin pool mappings -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def thin():
+    require_fixture("lvm-thin", "lvm-thin-fixtures.tar.xz")
+    d = unpack(FIXTURES / "lvm-thin" / "lvm-thin-fixtures.tar.xz")
+    return d / "pve-disk.img", json.loads((FIXTURES / "lvm-thin" / "manifest.json").read_text())
+
+
+def test_thin_mappings_kept_and_reused(tmp_path, thin, monkeypatch):
+    from backends.lvm.thin import ThinPool
+
+    img, m = thin
+    before = _untouched(img)
+    store = tmp_path / "store"
+    ctx0, text0, json0 = _scan([img], None)
+    ctx1, text1, json1 = _scan([img], store)
+    assert sorted((e.backend, e.state) for e in ctx1.indexes.log) == \
+        [("core", "built"), ("lvm", "built")]
+    assert len(_pvx(store)) == 2  # the pool's mappings, the probe results
+
+    def boom(self, dev):
+        raise AssertionError("the mapping tree was walked although the index is current")
+
+    def probed(self, volume, ctx):
+        raise AssertionError("a losing probe was asked although the probe cache is current")
+
+    monkeypatch.setattr(ThinPool, "_load_mapping", boom)
+    from backends.xfs import XfsBackend
+
+    monkeypatch.setattr(XfsBackend, "probe", probed)  # XFS wins nothing on this disk
+    ctx2, text2, json2 = _scan([img], store)
+    assert sorted((e.backend, e.state) for e in ctx2.indexes.log) == \
+        [("core", "reused"), ("lvm", "reused")]
+    assert ctx2.probes.missed == 0
+    assert text0 == text1 == text2 and json0 == json1 == json2
+    for name, tv in m["thin_volumes"].items():
+        assert sha256_source(resolve(ctx2.root, f"storage/lvm/pve/{name}").source) == \
+            tv["sha256"], name
+    monkeypatch.undo()
+
+    # A corrupt index file: an info entry at the pool, rebuilt, the rest unchanged.
+    [f] = [p for p in _pvx(store) if p.name.startswith("lvm-")]
+    blob = bytearray(f.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    f.write_bytes(bytes(blob))
+    ctx3, text3, _ = _scan([img], store)
+    assert _index_entries(ctx3) == [("info", "index-corrupt", "storage/lvm/pve/.pool/data")]
+    assert sorted(e.state for e in ctx3.indexes.log) == ["rebuilt", "reused"]
+    assert [ln for ln in text3.splitlines() if "index-corrupt" not in ln and
+            "checksum mismatch" not in ln and "Damage report" not in ln] == \
+        [ln for ln in text0.splitlines() if "Damage report" not in ln]
+    ctx4, text4, _ = _scan([img], store)
+    assert text4 == text0 and [e.state for e in ctx4.indexes.log] == ["reused", "reused"]
+    assert _untouched(img) == before  # the input was only read
+
+
+# -- Ceph OSD object indexes, parallel workers ---------------------------------------------------
+@pytest.fixture(scope="module")
+def ceph():
+    require_fixture("ceph", "ceph-fixture.tar.zst")
+    root = unpack(FIXTURES / "ceph" / "ceph-fixture.tar.zst") / "ceph-fixture"
+    return root, json.loads((FIXTURES / "ceph" / "manifest.json").read_text())
+
+
+def _osds(root):
+    return [root / f"osd.{i}" / "block" for i in range(3)]
+
+
+def test_osd_object_index_kept_and_reused(tmp_path, ceph, monkeypatch):
+    from backends.ceph.osd import OsdStore
+
+    root, m = ceph
+    before = {p: _untouched(p) for p in _osds(root)}
+    store = tmp_path / "store"
+    _c0, text0, json0 = _scan(_osds(root), None)
+    ctx1, text1, json1 = _scan(_osds(root), store)
+    assert sorted((e.backend, e.name, e.state) for e in ctx1.indexes.log
+                  if e.backend == "ceph") == [("ceph", "objects", "built")] * 3
+
+    def boom(self):
+        raise AssertionError("the onode keys were iterated although the index is current")
+
+    monkeypatch.setattr(OsdStore, "build_index", boom)
+    ctx2, text2, json2 = _scan(_osds(root), store)
+    assert [e.state for e in ctx2.indexes.log] == ["reused"] * 4  # 3 OSDs, the probes
+    assert text0 == text1 == text2 and json0 == json1 == json2
+    for img in m["images"]:  # every image, read through the stored object index
+        vmid = img["name"].split("-")[1]
+        assert sha256_source(resolve(ctx2.root, f"vms/{vmid}/disk-0.raw").source) == \
+            img["sha256"], img["name"]
+    monkeypatch.undo()
+
+    # The index file is cut short: rebuilt, with one entry for that OSD.
+    victim = max(_pvx(store), key=lambda p: p.stat().st_mtime_ns)
+    victim.write_bytes(victim.read_bytes()[:-10])
+    ctx3, _t, _j = _scan(_osds(root), store)
+    entries = _index_entries(ctx3)
+    assert len(entries) == 1 and entries[0][:2] == ("info", "index-truncated")
+    assert sorted(e.state for e in ctx3.indexes.log if e.backend == "ceph") == \
+        ["rebuilt", "reused", "reused"]
+    assert {p: _untouched(p) for p in _osds(root)} == before
+
+
+def test_parallel_scan_equals_serial(tmp_path, ceph):
+    root, _m = ceph
+    _c, serial, serial_json = _scan([root], None)
+    ctx, par, par_json = _scan([root], tmp_path / "store", jobs=2)
+    assert len(ctx.workers_log) >= 4 and par == serial and par_json == serial_json
+    built = sorted(e[3] for r in ctx.workers_log for e in r["entries"])
+    assert built == ["built"] * 4  # osd.0-2 and variants/osd.0-compacted, one worker each
+    assert [e.state for e in ctx.indexes.log if e.backend == "ceph"] == ["reused"] * 4
+    # second run: every unit is warm, no worker starts
+    ctx2, par2, _ = _scan([root], tmp_path / "store", jobs=2)
+    assert ctx2.workers_log == [] and par2 == serial
+
+
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_worker_failure_is_an_entry(tmp_path, ceph, monkeypatch, how):
+    import pvfs.parallel
+
+    root, _m = ceph
+    monkeypatch.setattr(pvfs.parallel, "WORKER_MIN_BYTES", 0)  # the fixture's OSDs are small
+    monkeypatch.setenv("PVFS_WORKER_FAULT", f"{how}:osd.1")
+    _c, serial, _ = _scan(_osds(root), None)
+    ctx, text, _ = _scan(_osds(root), tmp_path / "store", jobs=2)
+    failed = [e for e in ctx.report if e.code == "index-worker-failed"]
+    assert failed and all(e.severity == "warning" for e in failed)
+    assert any(e.path.endswith("osd.1/block") for e in failed)
+    word = "RuntimeError: injected fault" if how == "raise" else "BrokenProcessPool"
+    assert any(word in e.message for e in failed)
+    # everything else is what a serial scan shows; the OSD was indexed in this process
+    rest = [ln for ln in text.splitlines() if "index-worker-failed" not in ln
+            and "worker process" not in ln and "Damage report" not in ln]
+    assert rest == [ln for ln in serial.splitlines() if "Damage report" not in ln]
+
+
+# -- the command line --------------------------------------------------------------------------
+def test_cli_index_none_writes_nothing(tmp_path, thin, monkeypatch, capsys):
+    img, _m = thin
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cli.main(["scan", "--index-dir", "none", "--jobs", "2", str(img)]) == 0
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "home").exists()
+    assert cli.main(["index", "--index-dir", "none", str(img)]) == 2
+    assert "'pvfs index' needs an index store" in capsys.readouterr().err
+    assert cli.main(["scan", "--index-dir", str(img), str(img)]) == 2
+    assert f"--index-dir {img}: not a directory" in capsys.readouterr().err
+    # the default store, then 'pvfs index' says what it holds
+    assert cli.main(["scan", str(img)]) == 0
+    assert len(_pvx(tmp_path / "xdg" / "pvfs" / "index")) == 2  # mappings, probes
+    capsys.readouterr()
+    assert cli.main(["index", "--jobs", "1", str(img)]) == 0
+    out = capsys.readouterr().out
+    assert "reused    lvm thin-pool" in out and "the store holds 2 indexes" in out
