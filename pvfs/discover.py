@@ -231,12 +231,14 @@ class Context:
         return st
 
     # -- persistent indexes ------------------------------------------------------
-    def index(self, backend: Backend | str, name: str, source: Source, meta: bytes = b"",
-              version: int = 1, path: str | None = None) -> IndexEntry:
+    def index(self, backend: Backend | str, name: str, source: Source | None, meta: bytes = b"",
+              version: int = 1, path: str | None = None,
+              ident: tuple[str, dict] | None = None) -> IndexEntry:
         """The persistent index ``name`` of ``backend`` for ``source`` (:mod:`pvfs.index`):
         ``load()`` it, or build and ``save(info, arrays)`` it.  ``meta``: the metadata it
         is built from (a label, a superblock); ``version``: bump it when what is stored
-        changes.  Stale, truncated or corrupt entries are info entries at ``path``."""
+        changes.  Stale, truncated or corrupt entries are info entries at ``path``.
+        ``ident``: an explicit ``(where, check)`` for what is no Source (a folder)."""
         bname = backend if isinstance(backend, str) else backend.name
 
         label = path or getattr(source, "label", "?")
@@ -245,7 +247,7 @@ class Context:
             self.report.add(severity, "core", label, code, message)
 
         return self.indexes.entry(bname, name, source, meta=meta, version=version,
-                                  label=label, notify=notify)
+                                  label=label, notify=notify, ident=ident)
 
     # -- options -----------------------------------------------------------
     def bad(self, default: str = BAD_EIO) -> str:

@@ -316,3 +316,46 @@ def test_cli_index_none_writes_nothing(tmp_path, thin, monkeypatch, capsys):
     assert cli.main(["index", "--jobs", "1", str(img)]) == 0
     out = capsys.readouterr().out
     assert "reused    lvm thin-pool" in out and "the store holds 2 indexes" in out
+
+
+# -- PBS chunk listing --------------------------------------------------------------------------
+def test_pbs_chunk_listing_follows_the_folders(tmp_path):
+    import shutil
+
+    from backends.pbs import datastore
+
+    src = require_fixture("pbs", "generated", "datastore")
+    ds = tmp_path / "datastore"
+    shutil.copytree(src, ds, symlinks=True)
+    store = tmp_path / "store"
+    _c, text0, json0 = _scan([ds], None)
+    ctx1, text1, json1 = _scan([ds], store)
+    ctx2, text2, json2 = _scan([ds], store)
+    assert [(e.name, e.state) for e in ctx1.indexes.log if e.backend == "pbs"] == \
+        [("chunk-listing", "built")]
+    assert [(e.name, e.state) for e in ctx2.indexes.log if e.backend == "pbs"] == \
+        [("chunk-listing", "reused")]
+    assert text0 == text1 == text2 and json0 == json1 == json2
+    assert not [e for e in ctx2.report if e.code == "missing-chunk"]
+    # A chunk file goes: its folder's mtime changes, that folder is listed again and the
+    # chunk is missing, as without the index.
+    gt = json.loads(require_fixture("pbs", "generated", "ground-truth.json").read_text())
+    gone = gt["damaged_variants"]["datastore-missing-chunk"]["missing_chunk"]
+    victim = ds / ".chunks" / gone[:4] / gone
+    victim.unlink()
+    calls = []
+    real = datastore._list_dir
+    datastore_list = lambda p: (calls.append(p), real(p))[1]  # noqa: E731
+    datastore._list_dir = datastore_list
+    try:
+        ctx3, text3, _ = _scan([ds], store)
+    finally:
+        datastore._list_dir = real
+    assert calls == [str(victim.parent)]  # only the changed folder
+    _c, text_none, _ = _scan([ds], None)
+    assert text3 == text_none
+    miss = [e for e in ctx3.report if e.code == "missing-chunk"]
+    assert {e.path for e in miss} == {  # the ground truth's affected archive and range
+        "storage/pbs/datastore/vm/100/2024-01-16T10:00:00Z/drive-scsi0.img",
+        "vms/100/backups/2024-01-16T10:00:00Z/disk-scsi0.raw"}
+    assert all(gone in e.message and e.ranges == ((8388608, 4194304),) for e in miss)

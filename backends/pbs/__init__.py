@@ -40,7 +40,7 @@ class PbsBackend(Backend):
     def finish(self, ctx):
         """Check every referenced chunk once all datastores (inputs and those found
         inside recovered file systems) are open; incremental if called again."""
-        check_chunks(ctx, ctx.state(self), ctx.options.get("pbs_verify") or "exists")
+        check_chunks(ctx, ctx.state(self), ctx.options.get("pbs_verify") or "exists", self)
 
 
 BACKENDS = [PbsBackend()]

@@ -439,7 +439,95 @@ class Snapshot:
 
 
 # ---------------------------------------------------------------------------
-def check_chunks(ctx, state: State, verify="exists"):
+#: Bump when what :func:`chunk_listing` stores changes.
+LISTING_VERSION = 1
+
+
+class ChunkListing:
+    """Every chunk file of one datastore's ``.chunks/``: sorted digests (32 bytes each),
+    and per ``<4hex>`` folder its mtime and count of ``*.bad`` files."""
+
+    def __init__(self, digests, dirs, mtimes, bad):
+        self.digests = digests  # (n, 32) uint8, rows sorted
+        self.dirs, self.mtimes, self.bad = dirs, mtimes, bad
+
+    def keys(self):
+        return self.digests.view("S32").ravel() if len(self.digests) else np.zeros(0, "S32")
+
+
+def _list_dir(path):
+    """(digest bytes, count of ``*.bad``) of one ``.chunks/<4hex>`` folder."""
+    digs, bad = [], 0
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                if DIGEST_RE.match(e.name):
+                    digs.append(bytes.fromhex(e.name))
+                elif e.name.endswith(".bad"):
+                    bad += 1
+    except OSError:
+        pass
+    return digs, bad
+
+
+def chunk_listing(ctx, backend, store):
+    """The :class:`ChunkListing` of ``store`` (a folder of this machine), from the index
+    store when kept: a folder whose mtime is unchanged holds the same names (adding,
+    removing or renaming a chunk file changes it), so only changed folders are listed
+    again.  A datastore of 5 million chunks is then checked with 65,536 ``stat`` calls
+    instead of 65,536 listings and 5 million ``stat`` calls.  None for other stores."""
+    if not isinstance(store.fs, OsFiles):
+        return None
+    try:
+        st = os.stat(store.chunks)
+        with os.scandir(store.chunks) as it:
+            now = {e.name: e.stat(follow_symlinks=False).st_mtime_ns for e in it
+                   if HEX4_RE.match(e.name) and e.is_dir(follow_symlinks=False)}
+    except OSError:
+        return None
+    where = f"pbs-chunks:{st.st_dev}:{st.st_ino}"
+    ix = ctx.index(backend, "chunk-listing", None, version=LISTING_VERSION, path=store.chunks,
+                   ident=(where, {}))
+    old, kept = None, {}
+    got = ix.load()
+    if got is not None:
+        _info, a = got
+        old = ChunkListing(a["digests"], a["dirs"], a["mtimes"], a["bad"])
+        counts = a["counts"]
+        offs = np.concatenate(([0], np.cumsum(counts)))
+        # the stored rows of every folder still as it was
+        for i, (d, mt) in enumerate(zip(old.dirs.tolist(), old.mtimes.tolist(), strict=True)):
+            name = f"{d:04x}"
+            if now.get(name) == mt:
+                kept[name] = (int(offs[i]), int(offs[i + 1]), int(old.bad[i]))
+    if old is not None and len(kept) == len(now) == len(old.dirs):
+        return old
+    rows, dirs, mtimes, bads, counts = [], [], [], [], []
+    for k, name in enumerate(sorted(now)):
+        if k % 4096 == 0:
+            ctx.note_progress(f"pbs: listing chunks of {store.name}: {k}/{len(now)} folders")
+        if name in kept:
+            lo, hi, bad = kept[name]
+            part = old.digests[lo:hi]
+        else:
+            digs, bad = _list_dir(os.path.join(store.chunks, name))
+            part = np.frombuffer(b"".join(sorted(digs)), np.uint8).reshape(-1, 32)
+        rows.append(part)
+        dirs.append(int(name, 16))
+        mtimes.append(now[name])
+        bads.append(bad)
+        counts.append(len(part))
+    digests = np.concatenate(rows) if rows else np.zeros((0, 32), np.uint8)
+    lst = ChunkListing(digests, np.array(dirs, np.int64), np.array(mtimes, np.int64),
+                       np.array(bads, np.int64))
+    if ix.usable:
+        ix.save({"chunks": int(len(digests))},
+                {"digests": digests, "dirs": lst.dirs, "mtimes": lst.mtimes, "bad": lst.bad,
+                 "counts": np.array(counts, np.int64)})
+    return lst
+
+
+def check_chunks(ctx, state: State, verify="exists", backend=None):
     """After every datastore is known: missing (and, with ``verify=full``, corrupt)
     chunks become damage entries with their byte ranges, and for pxar the files in
     them; chunk files no index references are counted.
@@ -461,7 +549,16 @@ def check_chunks(ctx, state: State, verify="exists"):
     sizes = {a.index.chunk_size for a in new_archives if isinstance(a.index, FixedIndex)}
     zero = {zero_digest(cs) for cs in sizes} - {None}
     failures: dict = {}
+    listings = {id(st): chunk_listing(ctx, backend, st) for st in pool.stores} \
+        if verify == "exists" and backend is not None else {}
+    found = np.zeros(len(unique), dtype=bool)
+    if listings and all(v is not None for v in listings.values()):
+        keys = unique.view("S32")
+        for lst in listings.values():  # a chunk is there when any datastore has its file
+            found |= np.isin(keys, lst.keys())
     for k, v in enumerate(unique):
+        if found[k]:
+            continue
         digest = v.tobytes()
         if digest in zero:
             continue
@@ -493,9 +590,23 @@ def check_chunks(ctx, state: State, verify="exists"):
     if state.ref_prefixes is not None:
         prefixes = np.concatenate((state.ref_prefixes, prefixes))
     prefixes = state.ref_prefixes = np.unique(prefixes)
+    by_root = {st.root: listings.get(id(st)) for st in pool.stores}
     for _name, root, tpath, fs in new_stores:
         orphans = bad_files = 0
         chunks = fs.path(root, ".chunks")
+        lst = by_root.get(root)
+        if lst is not None:  # the same counts from the listing
+            pre = lst.digests[:, :8].copy().view(">u8").ravel().astype(np.uint64) \
+                if len(lst.digests) else np.zeros(0, np.uint64)
+            if len(pre):
+                pos = np.searchsorted(prefixes, pre)
+                known = (pos < len(prefixes)) & \
+                    (prefixes[np.minimum(pos, len(prefixes) - 1)] == pre) \
+                    if len(prefixes) else np.zeros(len(pre), dtype=bool)
+                orphans = int((~known).sum())
+            bad_files = int(lst.bad.sum())
+            _report_store(ctx, tpath, orphans, bad_files)
+            continue
         for d in fs.listdir(chunks):
             if not HEX4_RE.match(d):
                 continue
@@ -508,13 +619,17 @@ def check_chunks(ctx, state: State, verify="exists"):
                 known = (pos < len(prefixes)) & (prefixes[np.minimum(pos, len(prefixes) - 1)] == pre) \
                     if len(prefixes) else np.zeros(len(pre), dtype=bool)
                 orphans += int((~known).sum())
-        if orphans:
-            ctx.report.add("info", LAYER, tpath, "orphan-chunks",
-                           f"{orphans} chunk files are referenced by no index found "
-                           f"(pruned backups or lost indexes; raw material for carving)")
-        if bad_files:
-            ctx.report.add("warning", LAYER, tpath, "bad-chunk-files",
-                           f"{bad_files} chunk files were renamed *.bad by a PBS verify job")
+        _report_store(ctx, tpath, orphans, bad_files)
+
+
+def _report_store(ctx, tpath, orphans, bad_files):
+    if orphans:
+        ctx.report.add("info", LAYER, tpath, "orphan-chunks",
+                       f"{orphans} chunk files are referenced by no index found "
+                       f"(pruned backups or lost indexes; raw material for carving)")
+    if bad_files:
+        ctx.report.add("warning", LAYER, tpath, "bad-chunk-files",
+                       f"{bad_files} chunk files were renamed *.bad by a PBS verify job")
 
 
 def _report_bad(ctx, arc, bad_ranges, failures, pool):
