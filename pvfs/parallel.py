@@ -7,9 +7,9 @@ archive's stream index.  So, before the main discovery, every independent input
 ("unit": a file, a block device, or a folder a backend takes whole such as an OSD data
 directory or a PBS datastore; plain folders are walked for their units) whose index is
 not known to be current is discovered alone in a worker process
-(``concurrent.futures.ProcessPoolExecutor`` with the ``forkserver`` context, the backends
-imported once in the fork server).  A worker keeps nothing but the index entries it
-writes; the main process then runs the one discovery of all inputs, which finds the
+(``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` context: a fresh
+interpreter per worker, reused for several inputs).  A worker keeps nothing but the index
+entries it writes; the main process then runs the one discovery of all inputs, which finds the
 indexes and loads them.  Its result is therefore the serial result: a worker that fails
 or dies is a warning entry (``index-worker-failed``) and the main process builds what it
 would have built.
@@ -20,7 +20,7 @@ after its worker ran still matches its size and mtime (a folder: the sizes and m
 of its entries); warm units get no worker, so a second run starts no processes.
 
 References: Python's ``concurrent.futures`` and ``multiprocessing`` documentation
-(contexts and start methods, ``set_forkserver_preload``).
+(contexts and start methods).
 """
 
 from __future__ import annotations
@@ -243,19 +243,11 @@ def work(unit: str, options: Options, fault: str = "") -> dict:
 
 
 def _context() -> multiprocessing.context.BaseContext:
-    from .backend import load_backends
-
-    mp = multiprocessing.get_context("forkserver")
-    load_backends()  # names of the backend packages that imported here
-    import sys
-
-    pre = ["pvfs.discover", "pvfs.parallel", "pvfs.report"] + sorted(
-        m for m in sys.modules if m.startswith("backends.") and m.count(".") == 1)
-    try:
-        mp.set_forkserver_preload(pre)
-    except (ValueError, TypeError):
-        pass
-    return mp
+    """``spawn``: each worker is a new interpreter.  ``forkserver`` would import the
+    backends only once, but its server is a per-process singleton that a forked copy of
+    this process (a daemon, a test harness) inherits and cannot use; ``fork`` would copy
+    threads and locks in any state."""
+    return multiprocessing.get_context("spawn")
 
 
 def warm(ctx: Context, inputs: Iterable[str], jobs: int) -> list[dict]:
