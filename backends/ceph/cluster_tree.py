@@ -78,7 +78,9 @@ def _open_stores(volumes, ctx, backend=None):
         except UnreadableError:
             lab = None
         if lab is None:
-            ctx.report.add("error", LAYER, v.path, "bad-label", "BlueStore label unreadable")
+            # an OSD that cannot be used is like a missing one: the replicas decide
+            ctx.report.add("warning", LAYER, v.path, "bad-label",
+                           "BlueStore label unreadable; its objects are read from the other OSDs' copies (what only it held is reported lost)")
             continue
         desc = (lab.description or "").lower()
         if "db" in desc or "wal" in desc:
@@ -94,7 +96,8 @@ def _open_stores(volumes, ctx, backend=None):
                            db_source=extra["db"].source if "db" in extra else None,
                            wal_source=extra["wal"].source if "wal" in extra else None)
         except (CephError, UnreadableError) as e:
-            ctx.report.add("error", LAYER, v.path, "osd-open-failed", f"cannot open the OSD: {e}")
+            ctx.report.add("warning", LAYER, v.path, "osd-open-failed",
+                           f"cannot open the OSD: {e}; its objects are read from the other OSDs' copies (what only it held is reported lost)")
             continue
         for entry in osd.damage:
             if len(entry) == 3:
@@ -126,7 +129,9 @@ def _open_stores(volumes, ctx, backend=None):
             try:
                 st.build_index()
             except (CephError, UnreadableError) as e:
-                ctx.report.add("error", LAYER, v.path, "index-failed", f"object index: {e}")
+                ctx.report.add("warning", LAYER, v.path, "index-failed",
+                               f"object index: {e}; its objects are read from the other "
+                               f"OSDs' copies (what only it held is reported lost)")
                 continue
             if ix.usable:
                 ix.save(*st.index_payload())
@@ -258,7 +263,7 @@ def open_filestore_cluster(backend, key, members, ctx):
         try:
             st.build_index()
         except (CephError, UnreadableError) as e:
-            rep("error", "index-failed", f"FileStore object index: {e}")
+            rep("warning", "index-failed", f"FileStore object index: {e}; its objects are read from the other OSDs' copies (what only it held is reported lost)")
             continue
         js = st.journal_state()
         if js is not None and js[1] is not None:

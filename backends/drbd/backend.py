@@ -694,7 +694,9 @@ class PairAnalysis:
                                "but no bitmap marks them (a bitmap that lies, or writes "
                                "outside DRBD)", missed)
             if bad:
-                ctx.report.add("error", "drbd", self.resource.path, "compare-unreadable",
+                # the unreadable bytes are lost entries of their node; here only the
+                # comparison is incomplete
+                ctx.report.add("warning", "drbd", self.resource.path, "compare-unreadable",
                                "some ranges could not be compared (unreadable)", bad)
         doc["diverged_dir"] = {
             "ranges_shown": min(len(self.diverged), DIVERGED_MAX_RANGES),

@@ -227,8 +227,8 @@ def read_gpt(source) -> PartitionTable:
         # array merely fails its CRC, and say that they are unverified.
         ss, lba, hdr, array = bad_array
         table = PartitionTable("gpt", ss, disk_guid=guid_str(hdr.disk_guid))
-        table.problems.append(Problem(
-            "error", "gpt-array-unverified",
+        table.problems.append(Problem(  # shown, but not provably right: degraded
+            "warning", "gpt-array-unverified",
             f"the partition array of the GPT header at LBA {lba} fails its CRC and no other "
             "copy is valid (" + "; ".join(errors) + "); its entries are shown unverified"))
         _gpt_partitions(hdr, array, ss, table, source.size)
