@@ -286,8 +286,11 @@ class _TreeBuilder:
                 return None  # nothing to show without the key (no empty stand-in)
             os_ = None
         replay = None
-        if os_ is not None and os_.has_intent_log and self.live:
-            replay = self.intent_log(ds, os_, path)
+        if os_ is not None and self.live:
+            if os_.has_intent_log:
+                replay = self.intent_log(ds, os_, path)
+            else:
+                self.first_log_block(ds, os_, path)
         if os_ is not None and os_.os_type == 3:
             self.zvol(ds, os_, parent_dir, parent_path, name, replay)
             return None
@@ -388,6 +391,19 @@ class _TreeBuilder:
             return
         store = ds.name.rsplit("/", 1)[0] if "/" in ds.name else ""
         self.ctx.add_proxmox(Locator("zfspool", store, ds.short, snap), lost=why, where=path)
+
+    def first_log_block(self, ds, os_, path):
+        """zh_log points at a block that does not verify: normally the next block of a
+        log that is empty (preallocated, never written); damage when the block links to
+        its successor in the chain, i.e. it was written (zil._looks_written)."""
+        bp = os_.zil_log
+        if bp.hole or bp.embedded or not bp.dvas:
+            return
+        if zil._looks_written(self.pool, bp, bp.cksum[3]):
+            self.report("warning", path, "zil-damaged",
+                        f"{ds.name}: the first block of the intent log (seq {bp.cksum[3]}) "
+                        f"fails its checksum although it links to the next one: the log's "
+                        f"records (synchronous writes never synced) are lost")
 
     def dataset_features(self, ds, path):
         """Per-dataset features this reader cannot read, named at the dataset.  Dataset
