@@ -133,6 +133,15 @@ for _a in ("rpool-raidz1", "rpool-raidz1-degraded", "tank-mirror"):
     CASES.append(Case(f"zfs-modern/{_a}",
                       _unpacked("zfs-modern", "images", f"{_a}.tar.xz", glob="*.img"),
                       tags=frozenset({"rss"} if _a == "rpool-raidz1-degraded" else ())))
+for _a in ("dpool-draid", "dpool-draid-degraded"):  # dRAID, and a member deleted
+    CASES.append(Case(f"zfs-draid/{_a}",
+                      _unpacked("zfs-draid", "images", f"{_a}.tar.zst", glob="*.img")))
+for _a in ("zil-crashed", "zil-claimed"):  # unsynced intent logs: replayed, and ignored
+    CASES.append(Case(f"zfs-zil/{_a}",
+                      _unpacked("zfs-zil", "images", f"{_a}.tar.zst", glob="*.img")))
+CASES.append(Case("zfs-zil/zil-crashed-zil-ignore",
+                  _unpacked("zfs-zil", "images", "zil-crashed.tar.zst", glob="*.img"),
+                  ("--zfs-zil", "ignore")))
 _Z23_KEY = "rpool/encrypted_data=pvfs-zfs23-passphrase"  # manifest.json encryption_keys
 for _a in ("rpool-raidz1-expanded", "rpool-raidz1-expanded-degraded"):
     CASES.append(Case(f"zfs-2.3/{_a}",
