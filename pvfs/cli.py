@@ -237,7 +237,8 @@ def build_parser() -> Parser:
                     "holds the images, beside them.",
         epilog=EXAMPLES["index"])
     index.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                       help="drive images, image files, block devices or directories")
+                       help="drive images, image files, block devices, directories or NBD "
+                            "exports (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
     _add_common(index)
     _global_options(index, suppress=True)
 

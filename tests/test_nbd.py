@@ -498,3 +498,12 @@ def test_ceph_cluster_from_three_holders_is_assembled_like_local_osds(tmp_path):
         for v in ctx.volumes:
             if v.role == "input":
                 v.source.close()
+        # pvfs index on the holders' exports (parallel workers): built once, then reused
+        # by the next run, keyed by URI, export size and the first MiB
+        store = tmp_path / "index"
+        for want in ("built", "reused"):
+            r = subprocess.run([*PY, "index", "--index-dir", str(store), "--jobs", "2", *uris],
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            lines = [ln for ln in r.stdout.splitlines() if "ceph objects" in ln]
+            assert len(lines) == 3 and all(ln.split()[0] == want for ln in lines), r.stdout
