@@ -86,18 +86,18 @@ def scan():
                 found = _consts(code_node)
                 if not found and isinstance(code_node, ast.Name):
                     found = assigned.get(code_node.id, [])
-                outcome = OUTCOMES[sev][0]
+                outcomes = [OUTCOMES[sev][0]]
                 for kw in node.keywords:
-                    if kw.arg == "outcome" and _const(kw.value):
-                        outcome = _const(kw.value)
-                if fname == "Problem" and len(args) > 3 and _const(args[3]):
-                    outcome = _const(args[3])
+                    if kw.arg == "outcome" and _consts(kw.value):
+                        outcomes = [o or OUTCOMES[sev][0] for o in _consts(kw.value)]
+                if fname == "Problem" and len(args) > 3 and _consts(args[3]):
+                    outcomes = [o or OUTCOMES[sev][0] for o in _consts(args[3])]
                 for code in found:
                     if not CODE_RE.match(code):
                         continue
                     e = codes.setdefault(code, {"severity": set(), "layer": set(),
                                                 "where": set(), "example": None})
-                    e["severity"].add(f"{sev} ({outcome})")
+                    e["severity"].update(f"{sev} ({o})" for o in outcomes)
                     e["layer"].add(layer or rel.split("/")[1] if top == "backends"
                                    else layer or "core")
                     e["where"].add(rel)

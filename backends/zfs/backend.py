@@ -240,8 +240,8 @@ class _TreeBuilder:
         self.parent_vol = parent_vol
         self.live = live  # live tree: zvols are probed and shown under vms/ and cts/
 
-    def report(self, severity, path, code, msg):
-        self.ctx.report.add(severity, "zfs", path, code, msg)
+    def report(self, severity, path, code, msg, outcome=""):
+        self.ctx.report.add(severity, "zfs", path, code, msg, outcome=outcome)
 
     def objset(self, ds):
         if ds.bp is None:
@@ -372,10 +372,13 @@ class _TreeBuilder:
                         f"{r.seq}): {r.what()}{f' ({a.note})' if a.note else ''}")
         skipped = (f"; {len(rep.skipped)} skipped (their object was removed later: "
                    f"zil_replay_log_record, TX_OOO)" if rep.skipped else "")
+        # the whole log applied, as an import would: the crash lost nothing (repaired)
+        whole = rep.failed is None and not log.problem
         self.report("info", path, "intent-log",
                     f"{ds.name}: intent log (ZIL) replayed in memory as an import would: "
                     f"{len(rep.applied)} of {len(log.records)} records applied{skipped} "
-                    f"(--zfs-zil ignore shows the dataset as last synced): {what}")
+                    f"(--zfs-zil ignore shows the dataset as last synced): {what}",
+                    outcome="repaired" if whole else "note")
         if rep.failed is not None:
             r, why = rep.failed
             self.report("warning", path, "zil-replay-stopped",
