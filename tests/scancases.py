@@ -150,12 +150,6 @@ CASES.append(Case("zfs-2.3/rpool-raidz1-expanded-with-key",
                   _unpacked("zfs-2.3", "images", "rpool-raidz1-expanded.tar.zst", glob="*.img"),
                   ("--zfs-key", _Z23_KEY), tags=frozenset({"rss"})))
 
-for _a in ("zil-crashed", "zil-claimed"):  # intent logs replayed in memory (zfs-zil/README)
-    CASES.append(Case(f"zfs-zil/{_a}",
-                      _unpacked("zfs-zil", "images", f"{_a}.tar.zst", glob="*.img")))
-CASES.append(Case("zfs-zil/zil-crashed-ignore",
-                  _unpacked("zfs-zil", "images", "zil-crashed.tar.zst", glob="*.img"),
-                  ("--zfs-zil", "ignore")))
 
 
 def _external(sources: list[str]) -> Callable[[], list[str]]:

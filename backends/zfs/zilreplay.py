@@ -146,17 +146,15 @@ class ReplaySource(Source):
         return data + bytes(n - len(data))
 
     def _block(self, kind, bp):
-        key = ("zfs-zilrep", self.pool.uid, kind, bp.raw)
+        if kind != "log":  # a data block: read_bp verifies and caches it (DATA_CACHE)
+            return self.pool.read_bp(bp, self.objset)
+        key = ("zfs-zilrep", self.pool.uid, bp.raw)
         hit = METADATA_CACHE.get(key)
         if hit is None:
-            if kind == "log":
-                got = self.pool.read_zil_block(bp)
-                if got is None:
-                    raise UnreadableError("the log block no longer verifies", [])
-                hit = got[0]
-            else:
-                hit = self.pool.read_bp(bp, self.objset)
-            hit = METADATA_CACHE.put(key, _Bytes(hit))
+            got = self.pool.read_zil_block(bp)
+            if got is None:
+                raise UnreadableError("the log block no longer verifies", [])
+            hit = METADATA_CACHE.put(key, _Bytes(got[0]))
         return hit.data if isinstance(hit, _Bytes) else hit
 
     def _read(self, offset, length):
@@ -522,21 +520,21 @@ class Replay:
         offset, length = f["lr_offset"], f["lr_length"]
         eod = offset + length
         if r.indirect:
+            # zfs_replay_write / zvol_replay_write: the data is lr_blkptr's block (zeros
+            # for a hole, zil_read_log_data); shorter than the block: the whole block
             bp = r.blkptr
-            bsize = bp.lsize if not bp.hole else max(bp.lsize, length)
+            bsize = bp.lsize
+            if length < bsize:
+                offset -= offset % bsize
+                length = bsize
             if bp.hole:
-                ext.put(offset, offset + max(bp.lsize, length), "zero")
-                wstart, wend = offset, offset + max(bp.lsize, length)
+                ext.put(offset, offset + length, "zero")
             else:
-                if length < bsize:  # a dmu_sync() block: the whole block is written
-                    offset -= offset % bsize
-                    length = bsize
                 ext.put(offset, offset + length, "blk", bp, 0)
-                wstart, wend = offset, offset + length
             if o is not None:
-                # zfs_replay_write: z_replay_eof = eod when the file was shorter
-                o.size = eod if o.size < eod else max(o.size, wend)
-            del wstart
+                # z_replay_eof: the end of file becomes eod when the file was shorter,
+                # else zfs_write grows it to the end of what was written
+                o.size = eod if o.size < eod else max(o.size, offset + length)
         else:
             if r.data_at < 0:
                 raise ReplayError("write record without data")
