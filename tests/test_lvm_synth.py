@@ -158,6 +158,9 @@ def test_striped_across_two_pvs_and_raid1_with_a_missing_leg(tmp_path):
     assert read_all(ctx, "storage/lvm/vgs/r1") == mirror
     missing = [e for e in ctx.report if e.code == "missing-pv"]
     assert len(missing) == 1 and pv_uuid(2)[:6] in missing[0].message
+    # r1 reads whole from its other image: the missing PV is degraded, not a loss
+    assert (missing[0].severity, missing[0].outcome) == ("warning", "degraded")
+    assert "images of r1" in missing[0].message
     assert resolve(ctx.root, "storage/lvm/vgs/.hidden/r1_rimage_1") is not None
 
 
@@ -193,7 +196,9 @@ def test_missing_pv_reads_eio_or_zeros(tmp_path):
     with pytest.raises(UnreadableError):
         src.read(EXT, 512)
     assert src.unreadable_ranges() == [(EXT, EXT)]
-    assert any(e.code == "missing-pv" for e in ctx.report)
+    missing = [e for e in ctx.report if e.code == "missing-pv"]
+    assert [(e.severity, e.outcome) for e in missing] == [("error", "lost")]
+    assert "the extents of half, lost on it are unreadable" in missing[0].message
     ctx = discover([str(a)], Options(bad="zero"))
     assert read_all(ctx, "storage/lvm/vgm/lost") == bytes(EXT)
 
@@ -411,3 +416,19 @@ def test_raid1_without_metadata_devices_and_with_data_offset(tmp_path):
     a = write_pv(tmp_path / "a.img", pv_uuid(0), 2, [(512, text)], 0, extents={0: img})
     ctx = discover([str(a)], Options())
     assert read_all(ctx, "storage/lvm/vgd/r") == data
+
+
+def test_missing_pv_no_lv_uses_is_not_a_loss(tmp_path):
+    """A PV of the VG that no LV has extents on (a PV added, never used): missing, named,
+    degraded -- nothing of it is read, so it is no loss (it was an error, exit 3)."""
+    lvs = lv("good", [linear(0, 1, "pv0", 0)])
+    pvs = [("pv0", pv_uuid(0), 2), ("pv1", pv_uuid(1), 2)]
+    text = vg_text("vgu", VGID, 1, pvs, lvs)
+    good = rnd(2 * EXT, 5)
+    a = write_pv(tmp_path / "a.img", pv_uuid(0), 2, [(512, text)], 0, extents={0: good})
+    ctx = discover([str(a)], Options())
+    assert read_all(ctx, "storage/lvm/vgu/good") == good[:EXT]
+    missing = [e for e in ctx.report if e.code == "missing-pv"]
+    assert [(e.severity, e.outcome) for e in missing] == [("warning", "degraded")]
+    assert "PV pv1" in missing[0].message and "nothing is lost" in missing[0].message
+    assert not [e for e in ctx.report if e.severity == "error"]

@@ -188,10 +188,6 @@ class VolumeGroup:
             src = pv_sources.get(uuid)
             if src is not None:
                 ref.source, ref.path = src
-            else:
-                self.problems.append(Problem("error", "missing-pv",
-                                      f"PV {pvname} ({uuid}) of VG {self.name} was not found; "
-                                      f"its extents read as unreadable"))
             self.pvs[pvname] = ref
         self.lvs = {}
         for lvname, l in (vg.get("logical_volumes") or {}).items():
@@ -200,8 +196,65 @@ class VolumeGroup:
                     self.lvs[lvname] = self._read_lv(lvname, l)
                 except LvmError as e:
                     self.problems.append(Problem("error", "bad-lv", str(e)))
+        for pvname, ref in self.pvs.items():
+            if ref.source is None and ref.pe_count:
+                self._missing_pv(pvname, ref)
         self._sources = {}
         self._building = set()
+
+    def _missing_pv(self, pvname, ref):
+        """A PV the metadata names that no input holds: a loss for the LVs with extents on
+        it (named), only a missing member when none has (nothing of it is used)."""
+        users = sorted({lv.name for lv in self.lvs.values() for seg in lv.segments
+                        if pvname in [str(x) for x in (seg.fields.get("stripes")
+                                                  or seg.fields.get("areas") or [])][::2]})
+        covered = self._within_raid_redundancy(users)
+        if users and covered:
+            self.problems.append(Problem(
+                "warning", "missing-pv", f"PV {pvname} ({ref.uuid}) of VG {self.name} was not "
+                f"found; it holds {', '.join(users[:16])}, images of {', '.join(covered)} whose "
+                f"other images still hold every byte (degraded, within the RAID redundancy)"))
+        elif users:
+            self.problems.append(Problem(
+                "error", "missing-pv", f"PV {pvname} ({ref.uuid}) of VG {self.name} was not "
+                f"found; the extents of {', '.join(users[:16])}"
+                f"{f' (+{len(users) - 16} more)' if len(users) > 16 else ''} on it are "
+                f"unreadable"))
+        else:
+            self.problems.append(Problem(
+                "warning", "missing-pv", f"PV {pvname} ({ref.uuid}) of VG {self.name} was not "
+                f"found; no LV has extents on it, so nothing is lost"))
+
+    #: images a RAID type can lose and still read every byte (lib/raid/raid.c, dm-raid);
+    #: raid1/mirror: all but one (``None``)
+    RAID_TOLERANCE = {"raid1": None, "mirror": None, "raid4": 1, "raid5": 1, "raid5_la": 1,
+                      "raid5_ra": 1, "raid5_ls": 1, "raid5_rs": 1, "raid5_n": 1, "raid6": 2,
+                      "raid6_zr": 2, "raid6_nr": 2, "raid6_nc": 2, "raid10": 1}
+
+    def _within_raid_redundancy(self, users):
+        """The RAID LVs whose images (``*_rimage_N``/``*_rmeta_N``) are all of ``users``
+        and within what their RAID type can lose; [] when any user is not such an image."""
+        owner = {}
+        for lv in self.lvs.values():
+            for seg in lv.segments:
+                raids = [str(x) for x in (seg.fields.get("raids") or seg.fields.get("mirrors")
+                                          or [])]
+                if seg.type in self.RAID_TOLERANCE and raids:
+                    for sub in raids:
+                        owner[sub] = (lv.name, seg.type, len([r for r in raids
+                                                              if "_rmeta_" not in r]))
+        if not users or any(u not in owner for u in users):
+            return []
+        lost: dict[str, set] = {}
+        for u in users:
+            name, _t, _n = owner[u]
+            lost.setdefault(name, set()).add(u.rsplit("_", 1)[-1])  # the image index
+        for name, idx in lost.items():
+            _n, kind, n = next(v for v in owner.values() if v[0] == name)
+            tol = self.RAID_TOLERANCE[kind]
+            if len(idx) > (n - 1 if tol is None else tol):
+                return []
+        return sorted(lost)
 
     def _read_lv(self, name, l) -> LV:
         segs = []
