@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     bad = 0
     start = time.monotonic()
-    with multiprocessing.get_context("fork").Pool(args.j, maxtasksperchild=20) as pool:
-        for name, text, secs in pool.imap(_one, [c.name for c in cases]):
+    # (not multiprocessing.Pool: its workers are daemonic, and pvfs's parallel phase may
+    # start processes of its own from the scan)
+    with ProcessPoolExecutor(args.j, mp_context=multiprocessing.get_context("fork")) as pool:
+        for name, text, secs in pool.map(_one, [c.name for c in cases]):
             case = scancases.CASES_BY_NAME[name]
             path = scancases.golden_path(case)
             old = path.read_text() if path.exists() else ""
