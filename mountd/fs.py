@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 import threading
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -33,6 +34,11 @@ log = logging.getLogger("pvfs.mountd")
 
 TIMEOUT = 3600.0  # the tree is immutable
 GENERATED_TIMEOUT = 1.0  # README.txt / report.json change as damage is found
+#: Directory prefetch (see PvfsOperations._walk_prefetch): at most this many sibling
+#: directories are queued per walked parent, and the last this many opened directories
+#: are remembered to recognise a walk.
+PREFETCH_SIBLINGS = 256
+RECENT_DIRS = 256
 
 
 def handler(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -75,6 +81,10 @@ class PvfsOperations(pyfuse3.Operations):
         self._next_ino = pyfuse3.ROOT_INODE + 1
         self._handles: dict[int, tuple] = {}
         self._next_fh = 1
+        self._recent_dirs: OrderedDict[int, None] = OrderedDict()
+        self._prefetched: set[int] = set()  # parents whose subdirectories were queued
+        self._prefetch_queue: deque[Dir] = deque()
+        self._prefetch_thread: threading.Thread | None = None
         self.uid = os.getuid()
         self.gid = os.getgid()
 
@@ -202,7 +212,55 @@ class PvfsOperations(pyfuse3.Operations):
         children = node.children() if node.loaded else await self._run(node.children)
         names = list(children.items())
         fh = self._new_handle((inode, names))
+        self._walk_prefetch(inode)
         return fh
+
+    # -- directory prefetch ----------------------------------------------------------
+    def _walk_prefetch(self, inode: int) -> None:
+        """A subdirectory of a directory listed a moment ago is being listed: a walk
+        (``find``, ``ls -R``, ``os.walk``, ``rsync``).  Its unloaded sibling directories
+        are loaded in a background thread meanwhile, so the walk's next ``opendir`` is
+        answered at once instead of decoding the directory (a ZFS ZAP and a dnode per
+        entry) in a worker thread while the walker waits.  Bounded: siblings of one
+        parent are queued once, at most PREFETCH_SIBLINGS of them."""
+        recent = self._recent_dirs
+        recent[inode] = None
+        recent.move_to_end(inode)
+        while len(recent) > RECENT_DIRS:
+            recent.popitem(last=False)
+        parent_ino = self._parents.get(inode)
+        if parent_ino is None or parent_ino == inode or parent_ino not in recent \
+                or parent_ino in self._prefetched:
+            return
+        self._prefetched.add(parent_ino)
+        parent = self._nodes.get(parent_ino)
+        if not isinstance(parent, Dir) or not parent.loaded:
+            return
+        todo = [c for c in parent.children().values() if isinstance(c, Dir) and not c.loaded]
+        if not todo:
+            return
+        self._prefetch_queue.extend(todo[:PREFETCH_SIBLINGS])
+        if self._prefetch_thread is None or not self._prefetch_thread.is_alive():
+            self._prefetch_thread = threading.Thread(target=self._prefetch_run,
+                                                     name="pvfs-prefetch", daemon=True)
+            self._prefetch_thread.start()
+
+    def _prefetch_run(self) -> None:
+        queue = self._prefetch_queue
+        while True:
+            try:
+                d = queue.popleft()
+            except IndexError:
+                return
+            if d.loaded:
+                continue
+            try:
+                d.children()  # damage found while loading is reported by the backend
+            except Exception as e:  # noqa: BLE001 - reported as opendir would have
+                log.exception("prefetch of a directory failed")
+                ino = self._inos.get(id(d))
+                self.note_error("opendir", (ino,) if ino is not None else (), e,
+                                "handler-error")
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:

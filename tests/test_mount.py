@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -263,3 +265,73 @@ def test_sigterm_ends_the_daemon_with_reads_in_flight(tmp_path):
         if proc.poll() is None:
             proc.kill()
         unmount(mnt)
+
+
+PREFETCH_SCRIPT = textwrap.dedent("""
+    import sys, threading
+    from pvfs.damage import DamageReport
+    from pvfs.nodes import Dir, File
+    from pvfs.source import BytesSource
+    from mountd.daemon import serve
+
+    def loader(name):
+        def load(d):
+            print("LOADED", name, threading.current_thread().name, flush=True)
+            if name == "d07":
+                raise RuntimeError("broken directory")
+            d.add("x", File(BytesSource(name.encode())))
+        return load
+
+    root = Dir()
+    top = root.subdir("top")
+    for i in range(12):
+        top.add(f"d{i:02d}", Dir(loader=loader(f"d{i:02d}")))
+    report = DamageReport()
+    import json
+    from pvfs.nodes import GeneratedFile
+    root.add("report.json", GeneratedFile(lambda: json.dumps(report.to_json()).encode()))
+    serve(root, sys.argv[1], report, ready=lambda: print("READY", flush=True))
+""")
+
+
+@needs_fuse
+def test_a_walk_prefetches_sibling_directories(tmp_path):
+    """Listing top/ and then top/d00 is a walk: the other subdirectories of top/ are
+    loaded by the prefetch thread meanwhile, their contents are the same, and a loader
+    that fails there is reported (handler-error) as an opendir would report it."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", PREFETCH_SCRIPT, str(mnt)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        assert sorted(os.listdir(mnt / "top")) == [f"d{i:02d}" for i in range(12)]
+        assert os.listdir(mnt / "top" / "d00") == ["x"]
+        loaded = {}
+
+        def read_loaded():
+            for line in proc.stdout:
+                _, name, thread = line.strip().split(maxsplit=2)
+                loaded[name] = thread
+
+        threading.Thread(target=read_loaded, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while len(loaded) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(loaded) == 12, loaded  # without prefetch only d00 is ever loaded
+        assert loaded["d00"] != "pvfs-prefetch"
+        assert all(loaded[f"d{i:02d}"] == "pvfs-prefetch" for i in range(1, 12))
+        for i in range(12):
+            if i != 7:
+                assert (mnt / "top" / f"d{i:02d}" / "x").read_text() == f"d{i:02d}"
+        report = json.loads((mnt / "report.json").read_text())
+        assert any(d["code"] == "handler-error" and d["path"] == "top/d07"
+                   and "broken directory" in d["message"] for d in report)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            unmount(mnt)
