@@ -156,6 +156,7 @@ class _Page:
         self.maps = 0
         self.maps_left_out = 0
         self.lookups = _Lookups(ctx)
+        self._fs_of: tuple[Volume | None, list[Volume]] = (None, [])
 
     def w(self, text: str) -> None:
         self.out.append(text)
@@ -236,6 +237,14 @@ class _Page:
                 out.append((name, child.source.offset, child.source.size))
         return out
 
+    def _filesystems(self, top: Volume) -> list[Volume]:
+        """The guest filesystems on ``top`` (itself, its partitions ...), once per disk."""
+        if self._fs_of[0] is not top:
+            from .proxmox.status import descendants
+
+            self._fs_of = (top, [v for v in descendants(self.ctx, top) if v.guestfs is not None])
+        return self._fs_of[1]
+
     def _files_html(self, top: Volume, kind: str, ranges: list[tuple[int, int]]) -> str:
         if kind == "repaired":
             return "rebuilt from redundancy: it reads correctly"
@@ -245,9 +254,7 @@ class _Page:
         total = 0
         looked = False
         skipped = False
-        for v in self.ctx.filesystems:
-            if v.guestfs is None:
-                continue
+        for v in self._filesystems(top):
             vo = _offset_in(v, top)
             if vo is None:
                 continue
@@ -323,7 +330,7 @@ def report_html(ctx: Context) -> str:
             p.w(f"<p>{_e(r['why'])}</p>")
         if r["damage"]:
             lines = r["damage"][:MAX_LINES]
-            more = len(r["damage"]) - len(lines)
+            more = r["damage_count"] - len(lines)
             p.w("<pre>" + "\n".join(_e(x) for x in lines)
                 + (f"\n... and {more} more (report.json has all)" if more > 0 else "")
                 + "</pre>")

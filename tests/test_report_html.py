@@ -110,7 +110,7 @@ def test_damaged_example_in_chromium(browser, capsys, tmp_path):
 
 
 def test_ceph_osd_missing_in_chromium(browser, capsys, tmp_path, ceph_root):
-    """Ceph with one OSD of three: seven VMs, four PARTIAL, one OK, two LOST; the DOM rows equal
+    """Ceph with one OSD of three: seven VMs, four PARTIAL, one DEGRADED (its replicas are on the missing OSDs), two LOST; the DOM rows equal
     report.json's; every lost range of VM 102 links to a list entry that exists."""
     from selenium.webdriver.common.by import By
 
@@ -118,7 +118,7 @@ def test_ceph_osd_missing_in_chromium(browser, capsys, tmp_path, ceph_root):
     _load(browser, page)
     rows = _dom_rows(browser)
     assert rows == _json_rows(doc)
-    assert [r["status"] for r in rows] == ["PARTIAL"] * 4 + ["OK", "LOST", "LOST"]
+    assert [r["status"] for r in rows] == ["PARTIAL"] * 4 + ["DEGRADED", "LOST", "LOST"]
     sec = browser.find_element(By.ID, "g-vm-102")
     links = sec.find_elements(By.CSS_SELECTOR, "svg a")
     assert len(links) == 2

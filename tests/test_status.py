@@ -132,9 +132,10 @@ def test_ceph_one_osd_of_three_partial_by_the_manifests_placement(ceph_root):
         assert {o["objno"] for o in im["objects"] if 2 not in o["osds_head"]} <= in_lost
         assert not {o["objno"] for o in im["objects"] if 2 in o["osds_head"]} & in_lost
         assert r["bytes"] == sum(n for _o, n in ranges)
-        assert r["status"] == ("PARTIAL" if ranges else "OK"), im["name"]
+        # nothing lost: still DEGRADED, its replicas on osd.0/osd.1 are not among the inputs
+        assert r["status"] == ("PARTIAL" if ranges else "DEGRADED"), im["name"]
     assert {v: r["status"] for v, r in rows.items()} == {
-        100: "PARTIAL", 101: "PARTIAL", 102: "PARTIAL", 103: "PARTIAL", 200: "OK",
+        100: "PARTIAL", 101: "PARTIAL", 102: "PARTIAL", 103: "PARTIAL", 200: "DEGRADED",
         201: "LOST", 202: "LOST"}
     assert rows[102]["files"] == 3 and rows[100]["files"] is None  # 100: GPT unreadable
 
@@ -174,3 +175,71 @@ def test_thin_pool_rebuilt_is_repaired_and_every_byte_right():
         assert sha256_source(resolve(ctx.root, path).source) == tv[lv]["sha256"], path
     rows = _rows(discover([str(d / "pve-disk.img")]))
     assert {v: r["status"] for v, r in rows.items()} == {100: "OK", 101: "OK"}
+
+
+def test_ceph_missing_osd_covered_by_replicas_is_degraded(ceph_root):
+    """osd.0 and osd.1 of three (size-2 pools): the osdmap's osd.2 is missing, every
+    placement group keeps a copy: every VM DEGRADED, not OK and not PARTIAL, and DEGRADED
+    is true: every image equals `rbd export`'s sha256 in the manifest."""
+    manifest = json.loads(require_fixture("ceph", "manifest.json").read_text())
+    ctx = discover([str(ceph_root / "osd.0"), str(ceph_root / "osd.1")])
+    rows = _rows(ctx)
+    assert len(rows) == 7 and {r["status"] for r in rows.values()} == {"DEGRADED"}
+    assert all("osd.2" in r["why"] for r in rows.values())
+    for im in manifest["images"]:
+        node = resolve(ctx.root, f"vms/{im['name'].split('-')[1]}/disk-0.raw")
+        assert sha256_source(node.source) == im["sha256"], im["name"]
+
+
+def _one_vm():
+    from pvfs.discover import Context, finish
+    from pvfs.proxmox.view import Locator
+    from pvfs.source import BytesSource
+
+    ctx = Context()
+    d = ctx.storage("zfs").subdir("rpool").subdir("data")
+    vol = ctx.add_volume(BytesSource(bytes(1 << 20)), d, "vm-100-disk-0",
+                         "storage/zfs/rpool/data", "zvol", probe=False)
+    ctx.add_proxmox(Locator("zfspool", "rpool/data", "vm-100-disk-0"), vol)
+    finish(ctx)
+    return ctx
+
+
+def test_outcome_rules_below_and_on_the_disk():
+    """The pool's entries reach its guests (repaired < degraded); a loss elsewhere in the
+    pool does not (the core maps losses up to each volume they reach); a loss on the disk
+    makes it PARTIAL, and every byte lost makes it LOST."""
+    ctx = _one_vm()
+    assert _rows(ctx)[100]["status"] == "OK"
+    ctx.report.add("info", "zfs", "storage/zfs/rpool", "checksum-repaired", "healed",
+                   outcome="repaired")
+    assert _rows(ctx)[100]["status"] == "REPAIRED"
+    ctx.report.add("error", "zfs", "storage/zfs/rpool", "unreadable-block", "elsewhere")
+    assert _rows(ctx)[100]["status"] == "REPAIRED"
+    ctx.report.add("warning", "zfs", "storage/zfs/rpool", "missing-member", "d2 missing")
+    r = _rows(ctx)[100]
+    assert r["status"] == "DEGRADED" and r["why"] == "disk-0: zfs: d2 missing"
+    ctx.report.add("error", "zfs", "vms/100/disk-0.raw", "unreadable-block", "gone",
+                   [(4096, 8192), (8192, 8192)])
+    r = _rows(ctx)[100]
+    assert (r["status"], r["bytes"], r["files"]) == ("PARTIAL", 12288, None)
+    assert r["disks"][0]["lost_ranges"] == [[4096, 12288]]
+    ctx.report.add("error", "zfs", "vms/100/disk-0.raw", "unreadable-block", "all gone",
+                   [(0, 1 << 20)])
+    assert _rows(ctx)[100]["status"] == "LOST"
+
+
+def test_damage_lines_bounded_per_guest():
+    """README.txt lists the first MAX_LINES damage lines of a guest, then how many more."""
+    from pvfs.proxmox.status import MAX_LINES
+
+    ctx = _one_vm()
+    for i in range(MAX_LINES + 12):
+        ctx.report.add("error", "zfs", "vms/100/disk-0.raw", "unreadable-block",
+                       f"block {i} gone", [(i * 4096, 512)])
+    text = readme_text(ctx).splitlines()
+    shown = [ln for ln in text if ln.startswith("    ERROR   zfs: vms/100/disk-0.raw: block ")]
+    assert len(shown) == MAX_LINES
+    assert "    ... and 12 more (report.json has all)" in text
+    r = _rows(ctx)[100]
+    assert len(r["damage"]) == r["damage_count"] == MAX_LINES + 12  # report.json: up to 100

@@ -46,6 +46,7 @@ UNMAPPED_CODES = ("status-skipped", "status-partial", "status-failed")
 MAX_LINES = 8  # damage lines per guest in the text forms
 MAX_FILES = 20  # damaged file names per guest in the text forms
 MAX_FILE_NAMES = 200  # per unit in report.json
+MAX_JSON_LINES = 100  # damage lines per guest in report.json (the entries are all there too)
 
 
 @dataclass
@@ -73,14 +74,32 @@ class Unit:
     files_known: bool = False  # a guest filesystem or file tree was there to name files
 
 
-def _descendants(ctx: Context, vols: list[Volume]) -> list[Volume]:
-    """``vols`` and every volume stacked on them (partitions, LVs of a VG inside ...)."""
-    want = {id(v) for v in vols}
-    out = list(vols)
-    for v in ctx.volumes:  # discovery order: parents come before children
-        if id(v) not in want and v.parent is not None and id(v.parent) in want:
-            want.add(id(v))
-            out.append(v)
+def _kids(ctx: Context) -> dict[int, list[Volume]]:
+    """``{id(volume): the volumes whose parent it is}``, once per table (a walk of every
+    volume per disk would be quadratic on a folder of 10,000 images)."""
+    cache = getattr(ctx, "_status_kids", None)
+    if cache is not None and cache[0] == len(ctx.volumes):
+        return cache[1]
+    kids: dict[int, list[Volume]] = {}
+    for v in ctx.volumes:
+        if v.parent is not None:
+            kids.setdefault(id(v.parent), []).append(v)
+    ctx._status_kids = (len(ctx.volumes), kids)
+    return kids
+
+
+def descendants(ctx: Context, vol: Volume) -> list[Volume]:
+    """``vol`` and every volume stacked on it (partitions, LVs of a VG inside ...)."""
+    kids = _kids(ctx)
+    out = [vol]
+    seen = {id(vol)}
+    i = 0
+    while i < len(out):
+        for c in kids.get(id(out[i]), ()):
+            if id(c) not in seen:
+                seen.add(id(c))
+                out.append(c)
+        i += 1
     return out
 
 
@@ -92,7 +111,7 @@ def _unit_for_item(ctx: Context, it: Item, kind: str, label: str) -> Unit:
     vol = it.volume
     if vol is not None:
         u.size = vol.source.size
-        u.volumes = _descendants(ctx, [vol])
+        u.volumes = descendants(ctx, vol)
         for v in u.volumes:
             u.own.add(v.path)
             u.own.update(v.vm_paths)
@@ -114,12 +133,15 @@ def _unit_for_item(ctx: Context, it: Item, kind: str, label: str) -> Unit:
 
 def _prefixes(path: str, least: int = 1) -> list[str]:
     parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(least, len(parts))]
+    out = ["/".join(parts[:i]) for i in range(least, len(parts))]
+    return [p for p in out if p not in NOT_LAYERS] if least > 1 else out
 
 
-#: A layer below is at least ``storage/<area>/<name>`` (a pool, VG, Ceph pool, input): an
-#: entry about ``storage/files`` or ``vms/<id>`` as a whole says nothing of one disk.
-LAYER_DEPTH = 3
+#: A layer below is at least ``storage/<area>`` (``storage/ceph``: the cluster, whose
+#: missing OSDs concern every image) or ``storage/<area>/<name>`` (a pool, VG, Ceph pool);
+#: ``storage/files`` is only the folder of the inputs, which says nothing of one disk.
+LAYER_DEPTH = 2
+NOT_LAYERS = ("storage/files",)
 
 
 def _assign(ctx: Context, units: list[Unit]) -> None:
@@ -380,7 +402,8 @@ def guest_summary(units: list[Unit]) -> dict[str, Any]:
             "files": sum(u.files for u in counted) if any(u.files_known for u in counted)
             else None, "bytes": sum(u.bytes for u in counted),
             "missing": sum(1 for u in units if u.missing),
-            "damage": lines, "damaged_files": names,
+            "damage": lines[:MAX_JSON_LINES], "damage_count": len(lines),
+            "damaged_files": names,
             "damaged_files_count": max(len(names), sum(u.files for u in units))}
 
 

@@ -855,7 +855,8 @@ def table_text(ctx: Context, rows: list[dict] | None = None) -> list[str]:
     out = [f"  {'VMID':>6}  {'type':4}  {'name':16}  {'status':28}  {'node':8}  {'OS':6}  "
            f"{'backups':>7}  disks"]
     for r in rows:
-        disks = ", ".join(f"{d['key'] or d['volid']} {_disk_word(d)}" for d in r["disks"]) or "-"
+        disks = printable(", ".join(f"{d['key'] or d['volid']} {_disk_word(d)}"
+                                    for d in r["disks"])) or "-"
         word = status_word(r["status"], r["files"], r["bytes"], r["missing"])
         out.append(f"  {r['vmid']:>6}  {r['type']:4}  {printable(r['name']) or '-':16.16}  {word:28}  "
                    f"{r['node'] or '-':8.8}  {r['ostype'] or '-':6.6}  {r['backups']:>7}  "
@@ -878,8 +879,8 @@ def details_text(rows: list[dict]) -> list[str]:
                    f"{status_word(r['status'], r['files'], r['bytes'], r['missing'])}")
         for line in r["damage"][:MAX_LINES]:
             out.append(f"    {printable(line)}")
-        if len(r["damage"]) > MAX_LINES:
-            out.append(f"    ... and {len(r['damage']) - MAX_LINES} more (report.json has all)")
+        if r["damage_count"] > MAX_LINES:
+            out.append(f"    ... and {r['damage_count'] - MAX_LINES} more (report.json has all)")
         names = r["damaged_files"]
         if names:
             out.append("    damaged files:")
