@@ -135,9 +135,15 @@ def assemble(volumes, ctx=None, path="") -> Assembly:
     for n in bnotes:
         notes.append(("error", "unsupported-vdev", n))
     for t in tops:
-        for leaf in t.missing_leaves():
-            notes.append(("warning", "missing-member",
-                          f"member {leaf.path} (guid {leaf.guid}) of {t.kind} vdev is missing"))
+        gone = t.missing_leaves()
+        # within the vdev's redundancy a missing member is degraded; beyond it, a loss
+        n = t.lost_members() if isinstance(t, vdevmod.Draid) else len(gone)
+        beyond = n > _redundancy(t)
+        for leaf in gone:
+            notes.append(("error" if beyond else "warning", "missing-member",
+                          f"member {leaf.path} (guid {leaf.guid}) of {t.kind} vdev is missing"
+                          + (f" ({n} of its members are, more than its redundancy of "
+                             f"{_redundancy(t)})" if beyond else "")))
     notes.extend(health(tops))
     pool = Pool(name, guid, newest, tops, ctx=ctx, path=path)
     ubs = {}
