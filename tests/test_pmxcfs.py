@@ -267,3 +267,23 @@ def test_damaged_db_with_intact_wal_salvaged_with_the_wal_pages(tmp_path):
     assert c.read("nodes/pve/qemu-server/1000.conf") == want["nodes/pve/qemu-server/1000.conf"]
     want[last] = b"name: changed-in-wal\n"
     assert _check_cut(c, want, msg) == ["priv/big.bin"]  # its overflow chain runs into the cut
+
+
+def test_damaged_db_with_a_good_backup_is_not_a_loss(tmp_path):
+    """config.db destroyed, a backup dump beside it: the tree comes from the dump (stale,
+    said by config-stale), so the unreadable config.db is degraded, not lost (it was an
+    error, and the scan exited 3 though every config came back)."""
+    db, files = _cluster(tmp_path)
+    root = tmp_path / "host"
+    d = db.copy_to(root)
+    db.dump_to(root, T0 + 300)
+    db.close()
+    for extra in ("config.db-wal", "config.db-shm"):
+        (d / extra).unlink(missing_ok=True)
+    (d / "config.db").write_bytes(b"not a database" * 100)
+    c = load(OsDirFiles(str(root)))
+    assert c.origin == f"backup config-{T0 + 300}.sql.gz"
+    assert c.read("priv/authkey.key") == files["priv/authkey.key"]
+    sev = {code: s for s, code, _m in c.problems}
+    assert sev["config-db-damaged"] == "warning" and sev["config-stale"] == "warning"
+    assert not [p for p in c.problems if p[0] == "error"]

@@ -690,8 +690,18 @@ def _version(entries: list[Entry]) -> tuple[int, int]:
 def _make(entries: list[Entry], origin: str, stale: bool = False,
           problems: Iterable[tuple[str, str, str]] | None = None) -> ClusterDB:
     version, mtime = _version(entries)
-    return ClusterDB({e.inode: e for e in entries}, version, mtime, origin, stale,
-                     list(problems or []))
+    problems = list(problems or [])
+    if entries:
+        # a copy that could not be read is no loss when another one gave the tree (the
+        # config-stale / config-salvaged entry says what that copy may lack): degraded
+        problems = [("warning", code, msg) if sev == "error" and code in _FELL_BACK
+                    else (sev, code, msg) for sev, code, msg in problems]
+    return ClusterDB({e.inode: e for e in entries}, version, mtime, origin, stale, problems)
+
+
+#: errors about one copy of the database that a later fallback (config.db without its
+#: WAL, a backup dump, the page-by-page salvage) made good
+_FELL_BACK = ("config-db-damaged", "config-db-unreadable")
 
 
 def _read_file(files: HostFiles, rel: str, problems: list[tuple[str, str, str]],
