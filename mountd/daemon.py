@@ -96,6 +96,23 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def release_free_memory() -> None:
+    """Give the heap memory that discovery freed back to the system (glibc ``malloc_trim``).
+
+    Discovery's transient peaks (the digest tables of a PBS datastore sorted and compared,
+    decoded metadata blocks) are freed before the mount serves, but glibc keeps them in
+    the heap: freeing a large block raises its mmap threshold, so later large arrays come
+    from the heap too, and the daemon's RSS stays at the peak for the life of the mount
+    (measured: 240 MiB after mounting a datastore of 2 million chunks, of which 54 MiB
+    live).  No-op without glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(root: Dir, mountpoint: str, report: DamageReport | None = None,
           options: Iterable[str] = (), ready: Callable[[], None] | None = None,
           threads: int = 8, readahead_kb: int = 4096) -> None:
@@ -107,6 +124,7 @@ def serve(root: Dir, mountpoint: str, report: DamageReport | None = None,
         if ready is not None:
             ready()
         tune_gc()  # after ready(): not on the time ``pvfs mount`` takes
+        release_free_memory()
         trio.run(_main, str(mountpoint), readahead_kb)
     except BaseException:
         unmount = True
