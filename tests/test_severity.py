@@ -270,3 +270,17 @@ def test_drbd_node_alone_names_its_missing_peer(capsys):
     alone = entries(doc, "single-node")
     assert [(e["severity"], e["outcome"]) for e in alone] == [("warning", "degraded")]
     assert "(node-id 1 missing)" in alone[0]["message"]
+
+
+def test_pbs_unreadable_manifest_is_not_a_loss(capsys, tmp_path):
+    """A snapshot whose index.json.blob is garbage: its archives still read and every
+    chunk is checked against its digest, so nothing is lost (exit 0); the manifest is a
+    ``degraded`` entry (it was an error, exit 3)."""
+    ds = tmp_path / "datastore"
+    shutil.copytree(require_fixture("pbs", "generated", "datastore"), ds)
+    blob = ds / "vm/100/2024-01-16T10:00:00Z/index.json.blob"
+    blob.write_bytes(b"\0" * blob.stat().st_size)
+    code, doc = scan(capsys, ds)
+    assert code == 0
+    bad = entries(doc, "bad-manifest")
+    assert [(e["severity"], e["outcome"]) for e in bad] == [("warning", "degraded")]

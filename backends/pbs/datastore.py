@@ -221,7 +221,9 @@ class Snapshot:
                 raise PbsError("manifest is not a JSON object with a files list")
             self.manifest = doc
         except (PbsError, OSError, ValueError) as e:
-            self.report("error", "bad-manifest", f"{self.tree_path}/index.json",
+            # the archives stand on their own (every chunk is checked against its digest):
+            # without the manifest only their cross-check is gone, as with no-manifest
+            self.report("warning", "bad-manifest", f"{self.tree_path}/index.json",
                         f"{self.label}: manifest unreadable ({e}); archives shown without it")
 
     def check_manifest(self, files):
@@ -429,7 +431,10 @@ class Snapshot:
                         f"{self.label}: {fn} is encrypted; pass --pbs-keyfile to decode it")
             return
         except PbsError as e:
-            self.report("error", "bad-blob", f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {e}")
+            # a guest config or log blob is a lost file; the manifest's own loss is only
+            # its cross-check (bad-manifest says so)
+            self.report("warning" if fn == "index.json.blob" else "error", "bad-blob",
+                        f"{self.tree_path}/{fn}", f"{self.label}: {fn}: {e}")
             return
         node = File(BytesSource(data, label=f"{self.label}/{name}"), mtime=mtime)
         self.tree.add(name, node, report=self.ctx.report, path_hint=self.tree_path)
