@@ -69,7 +69,8 @@ def scan():
                 f = node.func
                 fname = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
                 args = node.args
-                sev = _const(args[0])
+                sevs = [s for s in _consts(args[0]) if s in SEVERITIES]  # "a if c else b" too
+                sev = sevs[0] if sevs else None
                 layer = code_node = msg = None
                 if fname == "Problem" and len(args) >= 2:
                     code_node, msg = args[1], args[2] if len(args) > 2 else None
@@ -86,18 +87,22 @@ def scan():
                 found = _consts(code_node)
                 if not found and isinstance(code_node, ast.Name):
                     found = assigned.get(code_node.id, [])
-                outcomes = [OUTCOMES[sev][0]]
+                given = []
                 for kw in node.keywords:
-                    if kw.arg == "outcome" and _consts(kw.value):
-                        outcomes = [o or OUTCOMES[sev][0] for o in _consts(kw.value)]
-                if fname == "Problem" and len(args) > 3 and _consts(args[3]):
-                    outcomes = [o or OUTCOMES[sev][0] for o in _consts(args[3])]
+                    if kw.arg == "outcome":
+                        given = _consts(kw.value)
+                if fname == "Problem" and len(args) > 3:
+                    given = _consts(args[3])
+                labels = set()
+                for s in sevs:
+                    fit = [o for o in given if o in OUTCOMES[s]]
+                    labels.update(f"{s} ({o})" for o in (fit or [OUTCOMES[s][0]]))
                 for code in found:
                     if not CODE_RE.match(code):
                         continue
                     e = codes.setdefault(code, {"severity": set(), "layer": set(),
                                                 "where": set(), "example": None})
-                    e["severity"].update(f"{sev} ({o})" for o in outcomes)
+                    e["severity"].update(labels)
                     e["layer"].add(layer or rel.split("/")[1] if top == "backends"
                                    else layer or "core")
                     e["where"].add(rel)
