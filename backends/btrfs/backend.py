@@ -111,14 +111,14 @@ def open_filesystem(volume, ctx) -> BtrfsFilesystem:
     striped = [ch for ch in dev.chunks.chunks if ch.copies(dev.devid) is None]
     if striped:
         kinds = ", ".join(sorted({f"{_kind(ch.type)} {ch.profile}" for ch in striped}))
-        report("warning", "unsupported-profile",
+        report("error", "unsupported-profile",  # bytes that cannot be read: lost here
                f"{len(striped)} chunk(s) are striped over several devices ({kinds}), which "
                f"this reader does not assemble: their data reads as EIO, tree blocks in them "
                f"are lost")
     elsewhere = [ch for ch in dev.chunks.chunks if ch.copies(dev.devid) == []]
     if elsewhere:
         gib = sum(ch.length for ch in elsewhere) / (1 << 30)
-        report("warning", "chunks-on-other-devices",
+        report("error", "chunks-on-other-devices",  # no copy among the inputs: lost
                f"{len(elsewhere)} of {len(dev.chunks.chunks)} chunks ({gib:.1f} GiB) lie only on "
                f"other devices: what they hold reads as EIO")
     root_tree = _root_tree(dev, sb, report, info)
