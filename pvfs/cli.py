@@ -1,7 +1,8 @@
 """The ``pvfs`` command: ``scan``, ``mount``, ``index`` and ``umount``.
 
 Exit status (``scan`` and ``mount``): 0 nothing lost; 3 something lost (the report has
-errors; ``mount`` still mounted the tree); 1 nothing recognised in the inputs, or a fatal
+entries with outcome ``lost``, which are exactly its errors -- repaired, degraded and note
+entries never change the status; ``mount`` still mounted the tree); 1 nothing recognised in the inputs, or a fatal
 error (one line on stderr); 2 usage: a bad option value, a missing input, a mountpoint
 that cannot be used.  ``umount``: 0 unmounted, 1 error, 2 busy (still mounted after the
 retries), 3 not mounted -- guestunmount's codes.
@@ -451,10 +452,21 @@ def _discover(args: argparse.Namespace) -> Context:
     return ctx
 
 
+def damage_summary(ctx: Context) -> str:
+    """The report counted by outcome, the words a user acts on: ``2 lost, 1 degraded,
+    3 repaired`` (a pool healed from parity said "3 errors" in severity words)."""
+    n = {o: 0 for o in ("lost", "degraded", "repaired", "note")}
+    for e in ctx.report:
+        n[e.outcome] = n.get(e.outcome, 0) + 1
+    parts = [f"{n[o]} {o}" for o in ("lost", "degraded", "repaired") if n[o]]
+    return ", ".join(parts) if parts else "none (nothing lost, degraded or repaired)"
+
+
 def _status(ctx: Context) -> int:
     if not recognised(ctx):
         return EXIT_NOTHING
-    return EXIT_DAMAGE if ctx.report.count("error") else EXIT_OK
+    lost = any(e.outcome == "lost" for e in ctx.report)  # == severity error (damage.OUTCOMES)
+    return EXIT_DAMAGE if lost else EXIT_OK
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -547,12 +559,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
     args.fuse_options = [",".join(p for p in o.split(",") if p.strip() != "nonempty")
                          for o in args.fuse_options]
     args.fuse_options = [o for o in args.fuse_options if o]
-    errors = ctx.report.count("error")
     from .proxmox.view import guest_ids
 
     summary = (f"pvfs: {len(ctx.volumes)} volumes, {len(guest_ids(ctx.vms_root))} VMs, "
-               f"{len(guest_ids(ctx.cts_root))} containers; damage: {errors} errors, "
-               f"{ctx.report.count('warning')} warnings (see {mountpoint}/report.json)")
+               f"{len(guest_ids(ctx.cts_root))} containers; damage: {damage_summary(ctx)} "
+               f"(see {mountpoint}/report.json)")
     from mountd.daemon import serve
 
     if args.foreground:

@@ -266,6 +266,7 @@ def test_mount_exit_status_says_whether_something_is_lost(tmp_path):
     try:
         assert r.returncode == 3, r.stderr  # mounted, with lost bytes (the bad sectors)
         assert os.path.ismount(mnt) and "damage: " in r.stderr
+        assert re.search(r"damage: \d+ lost", r.stderr), r.stderr  # outcome words
     finally:
         unmount(mnt)
 

@@ -151,8 +151,10 @@ def test_zfs_pool_healed_from_parity_is_repaired(capsys):
     assert len(fixed) > 10
     assert {(e.severity, e.outcome) for e in fixed} == {("info", "repaired")}
     assert {e.outcome for e in ctx.report} <= {"repaired", "note"}
-    from pvfs.cli import _status
+    from pvfs.cli import _status, damage_summary
     assert _status(ctx) == 0
+    # what `pvfs mount` prints: outcome words, never "N errors" for a healed pool
+    assert damage_summary(ctx) == f"{len(fixed)} repaired"
 
 
 def test_zfs_degraded_pool_does_not_promise_what_it_cannot_rebuild(capsys):
