@@ -370,6 +370,10 @@ def test_unreadable_fat1_sector_uses_fat2(images):
     compare(tree_view(root), m["entries"], 2_000_000_000)
     msgs = [e.message for e in ctx.report if e.code == "fat-copy-used"]
     assert len(msgs) == 2 and all("FAT #2 used" in m for m in msgs)
+    # every file compares equal: FAT #2 repaired it, nothing is lost
+    assert {(e.severity, e.outcome) for e in ctx.report if e.code == "fat-copy-used"} == {
+        ("info", "repaired")}
+    assert not [e for e in ctx.report if e.outcome == "lost"]
 
 
 def test_inconsistent_fat1_entry_uses_fat2(images):
@@ -385,6 +389,8 @@ def test_inconsistent_fat1_entry_uses_fat2(images):
     data = root2.get("big.bin").source.read(0, big.size)
     assert "fat-copy-used" in codes(ctx)
     assert hashlib.sha256(data).hexdigest() == m["entries"]["big.bin"]["sha256"]
+    assert {(e.severity, e.outcome) for e in ctx.report if e.code == "fat-copy-used"} == {
+        ("info", "repaired")}
 
 
 def test_chain_loop_is_bounded_and_reported(images):

@@ -135,9 +135,10 @@ class FatTable:
         for i, other in self._other(cluster):
             if self.valid_next(other):
                 if self._first_time(("entry", cluster)):
-                    self.problem("warning", "fat-copy-used",
+                    self.problem("info", "fat-copy-used",
                                  f"FAT #1 entry of cluster {cluster} is {value:#x} (not a "
-                                 f"valid next cluster); FAT #{i + 1} says {other:#x}, used")
+                                 f"valid next cluster); FAT #{i + 1} says {other:#x}, used",
+                                 outcome="repaired")
                 return other
         return value
 
