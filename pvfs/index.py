@@ -230,6 +230,7 @@ class IndexStore:
     def trim(self, keep: str | None = None) -> int:
         """Delete least recently used entries until the store fits its budget; returns
         the bytes freed (``keep``: a file never deleted, the one just written)."""
+        self._drop_leftovers()
         entries = []
         for e in self.files():
             try:
@@ -251,6 +252,23 @@ class IndexStore:
             total -= size
             freed += size
         return freed
+
+    def _drop_leftovers(self, age: float = 3600.0) -> None:
+        """Temporary files of writers that died (older than ``age`` seconds)."""
+        if self.root is None:
+            return
+        now = time.time()
+        try:
+            with os.scandir(self.root) as it:
+                old = [e.path for e in it if e.name.startswith(".tmp-")
+                       and now - e.stat().st_mtime > age]
+        except OSError:
+            return
+        for p in old:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
 
     def record(self, item: LogEntry) -> None:
         with self._lock:

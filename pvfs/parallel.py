@@ -14,6 +14,9 @@ indexes and loads them.  Its result is therefore the serial result: a worker tha
 or dies is a warning entry (``index-worker-failed``) and the main process builds what it
 would have built.
 
+A script that calls ``discover`` with ``jobs`` > 1 needs the usual ``if __name__ ==
+"__main__":`` guard: a spawned worker imports the main module.
+
 Units that need other inputs (a VG spread over several PVs) build only what they can
 alone; the rest is built by the main discovery.  A unit is "warm" when a marker written
 after its worker ran still matches its size and mtime (a folder: the sizes and mtimes
@@ -100,21 +103,45 @@ def units(ctx: Context, inputs: Iterable[str]) -> list[str]:
     return out
 
 
-#: A file smaller than this (allocated bytes) is discovered in well under a second: a
-#: worker process (about a second to start on a busy machine) would only cost time.
-WORKER_MIN_BYTES = 64 << 20
+#: Less than this many allocated bytes is discovered in about a second or less (an OSD of
+#: a few thousand objects, a small archive, a thin pool of a few million mappings); a
+#: worker costs about that to start (a new interpreter importing every backend), so such
+#: inputs stay in the main process.
+WORKER_MIN_BYTES = 1 << 30
+
+
+def _allocated(path: str) -> int:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0
+    if stat.S_ISBLK(st.st_mode):
+        return WORKER_MIN_BYTES  # a disk: always worth it
+    return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0
 
 
 def _worth_a_worker(path: str) -> bool:
-    """Folders a backend takes whole (an OSD data directory, a datastore) and files of
-    at least :data:`WORKER_MIN_BYTES` allocated (block devices always)."""
+    """Files and block devices of at least :data:`WORKER_MIN_BYTES` allocated; folders a
+    backend takes whole whose files hold that much (an OSD data directory: its ``block``),
+    and PBS datastores (65,536 chunk folders to list)."""
     try:
         st = os.stat(path)
     except OSError:
         return False
-    if stat.S_ISREG(st.st_mode):
-        return st.st_blocks * 512 >= WORKER_MIN_BYTES
-    return True
+    if not stat.S_ISDIR(st.st_mode):
+        return _allocated(path) >= WORKER_MIN_BYTES
+    if os.path.isdir(os.path.join(path, ".chunks")):
+        return True
+    total = 0
+    try:
+        with os.scandir(path) as it:
+            for i, e in enumerate(it):
+                if i >= 4096:
+                    break
+                total += _allocated(e.path)
+    except OSError:
+        return False
+    return total >= WORKER_MIN_BYTES
 
 
 def _stamp(path: str) -> list | None:

@@ -135,6 +135,11 @@ def test_store_is_bounded(tmp_path, image):
     names = {json.loads(p.read_bytes()[56:56 + 2000].split(b',"label"')[0] + b"}")["name"]
              for p in _pvx(tmp_path / "store")}
     assert names == {"n4", "n5", "n6", "n7"}
+    dead = tmp_path / "store" / ".tmp-dead.pvx~"  # a writer that died long ago
+    dead.write_bytes(b"x")
+    os.utime(dead, (1, 1))
+    store.trim()
+    assert not dead.exists()
     big = store.entry("demo", "big", src, notify=notify)
     assert not big.save({}, {"x": np.zeros(20_000, np.uint64)})  # over half the budget
     assert notes[-1][0] == "index-too-large" and store.log[-1].state == "not-saved"
@@ -265,8 +270,11 @@ def test_osd_object_index_kept_and_reused(tmp_path, ceph, monkeypatch):
     assert {p: _untouched(p) for p in _osds(root)} == before
 
 
-def test_parallel_scan_equals_serial(tmp_path, ceph):
+def test_parallel_scan_equals_serial(tmp_path, ceph, monkeypatch):
+    import pvfs.parallel
+
     root, _m = ceph
+    monkeypatch.setattr(pvfs.parallel, "WORKER_MIN_BYTES", 0)  # the fixture's OSDs are small
     _c, serial, serial_json = _scan([root], None)
     ctx, par, par_json = _scan([root], tmp_path / "store", jobs=2)
     assert len(ctx.workers_log) >= 4 and par == serial and par_json == serial_json
@@ -276,6 +284,10 @@ def test_parallel_scan_equals_serial(tmp_path, ceph):
     # second run: every unit is warm, no worker starts
     ctx2, par2, _ = _scan([root], tmp_path / "store", jobs=2)
     assert ctx2.workers_log == [] and par2 == serial
+    # small inputs are not worth a worker process: none starts
+    monkeypatch.setattr(pvfs.parallel, "WORKER_MIN_BYTES", 1 << 30)
+    ctx3, par3, _ = _scan([root], tmp_path / "store2", jobs=2)
+    assert ctx3.workers_log == [] and par3 == serial
 
 
 @pytest.mark.parametrize("how", ["raise", "exit"])
