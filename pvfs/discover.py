@@ -158,8 +158,27 @@ class ProbeCache:
         self.entry = ctx.indexes.entry("core", "probes", None, meta=meta, version=self.VERSION,
                                        label=f"{len(inputs)} inputs", ident=(where, check))
         got = self.entry.load()
-        if got is not None:
+        if got is not None and self._files_unchanged(got[0].get("files", {})):
             self.known = got[0].get("volumes", {})
+
+    @staticmethod
+    def _stat_of(src: FileSource) -> list:
+        st = src.stat
+        return [st.st_dev, st.st_ino, src.size, st.st_mtime_ns]
+
+    @staticmethod
+    def _files_unchanged(files: dict) -> bool:
+        """The files opened last time (a qcow2's backing file, a VMDK's extents) are
+        still the same: a changed one may change what a volume holds."""
+        for path, want in files.items():
+            try:
+                st = os.stat(path)
+            except OSError:
+                return False
+            size = want[2] if stat.S_ISBLK(st.st_mode) else st.st_size
+            if [st.st_dev, st.st_ino, size, st.st_mtime_ns] != want:
+                return False
+        return True
 
     @staticmethod
     def _key(volume: Volume) -> str:
@@ -188,7 +207,8 @@ class ProbeCache:
 
     def save(self) -> None:
         if self.entry is not None and self.entry.usable and self.missed:
-            self.entry.save({"volumes": self.seen})
+            files = {os.path.abspath(f.path): self._stat_of(f) for f in self.ctx.files_opened}
+            self.entry.save({"volumes": self.seen, "files": files})
 
 
 class Context:
@@ -221,6 +241,7 @@ class Context:
         self.workers_log: list[dict] = []  # pvfs/parallel.py: what each worker indexed
         self.cold_units: list[str] = []  # ... and the inputs it found without a current index
         self.probes = ProbeCache(self)
+        self.files_opened: list[FileSource] = []  # inputs and the files images name
 
     # -- per-backend state -----------------------------------------------------
     def state(self, backend: Backend) -> Any:
@@ -623,6 +644,7 @@ def open_file_source(ctx: Context, path: str, label: str | None = None
     open files that an image refers to (qcow2 backing files, data files).
     """
     src: Source = FileSource(path, label=label)
+    ctx.files_opened.append(src)  # the probe cache checks them again next time
     bad_ranges: list[tuple[int, int]] = []
     mapfile = ctx.options.mapfiles.get(os.path.abspath(path))
     if mapfile is None and os.path.exists(path + ".map"):
@@ -929,7 +951,8 @@ def discover(inputs: Iterable[str], options: Options | None = None,
     for path in inputs:
         ctx.note_progress(f"opening {path}")
         add_input(ctx, path)
-    ctx.probes.open()
+    if not any(os.path.isdir(p) for p in inputs):  # a folder's files may change unseen
+        ctx.probes.open()
     run_queue(ctx)
     from .treestorage import scan_tree_storages
 

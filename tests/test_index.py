@@ -371,3 +371,28 @@ def test_pbs_chunk_listing_follows_the_folders(tmp_path):
         "storage/pbs/datastore/vm/100/2024-01-16T10:00:00Z/drive-scsi0.img",
         "vms/100/backups/2024-01-16T10:00:00Z/disk-scsi0.raw"}
     assert all(gone in e.message and e.ranges == ((8388608, 4194304),) for e in miss)
+
+
+def test_probe_cache_follows_files_an_image_names(tmp_path):
+    """The probe results of an overlay are not used once its backing file changed (the
+    backing file is no input, but what the overlay's disk holds comes from it)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("qemu-img") is None:
+        pytest.fail("qemu-img is needed (Debian: qemu-utils)")
+    base = tmp_path / "base.img"
+    base.write_bytes(bytes(4 << 20))
+    ov = tmp_path / "overlay.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
+                    str(ov)], check=True)
+    store = tmp_path / "store"
+    ctx1, text1, _ = _scan([ov], store)
+    ctx2, text2, _ = _scan([ov], store)
+    assert ctx1.probes.missed > 0 and ctx2.probes.missed == 0 and text1 == text2
+    os.utime(base, ns=(10**18, 10**18))
+    ctx3, text3, _ = _scan([ov], store)
+    assert ctx3.probes.missed == ctx1.probes.missed and text3 == text1
+    # a folder given as the input: its files may change without the folder's identity
+    ctx4, _t, _ = _scan([tmp_path], store)
+    assert ctx4.probes.entry is None
