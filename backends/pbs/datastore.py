@@ -456,8 +456,69 @@ class ChunkListing:
         self.digests = digests  # (n, 32) uint8, rows sorted
         self.dirs, self.mtimes, self.bad = dirs, mtimes, bad
 
-    def keys(self):
-        return self.digests.view("S32").ravel() if len(self.digests) else np.zeros(0, "S32")
+
+
+def _words(digests) -> np.ndarray:
+    """32-byte digests as rows of four 64-bit words in native order, read big-endian: their
+    order is the bytes' order, and numpy sorts and compares them fast (its ``np.unique``
+    of a million V32 digests took 12 s here, of a million uint64 6 s: it hashes)."""
+    raw = np.frombuffer(np.ascontiguousarray(digests).tobytes(), dtype=">u8")
+    return raw.astype(np.uint64).reshape(-1, 4)
+
+
+def _sort_rows(w: np.ndarray) -> np.ndarray:
+    """Rows of words in lexicographic order: a sort on the first word (SHA-256 digests
+    rarely share it), then the few runs of equal first words sorted whole."""
+    w = w[np.argsort(w[:, 0])]
+    tie = np.flatnonzero(w[1:, 0] == w[:-1, 0])
+    if len(tie):
+        starts = tie[np.concatenate(([True], np.diff(tie) > 1))]
+        for a in starts.tolist():
+            b = a + 1
+            while b < len(w) and w[b, 0] == w[a, 0]:
+                b += 1
+            w[a:b] = sorted(w[a:b].tolist())
+    return w
+
+
+def _to_v32(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.astype(">u8")).view("V32").ravel()
+
+
+def unique_digests(v) -> np.ndarray:
+    """``np.unique`` of a V32 array of digests: sorted, each once."""
+    if not len(v):
+        return np.zeros(0, dtype="V32")
+    w = _sort_rows(_words(v))
+    keep = np.ones(len(w), dtype=bool)
+    keep[1:] = np.any(w[1:] != w[:-1], axis=1)
+    return _to_v32(w[keep])
+
+
+def unique_u64(a) -> np.ndarray:
+    """``np.unique`` of 64-bit integers by a sort (numpy 2.4 hashes: 60x slower here)."""
+    s = np.sort(np.asarray(a, dtype=np.uint64))
+    return s[np.concatenate(([True], s[1:] != s[:-1]))] if len(s) else s
+
+
+def digests_in(query, table) -> np.ndarray:
+    """For each digest of ``query`` whether ``table`` (rows of 32 bytes) holds it: a binary
+    search on the first word, then the whole digest compared."""
+    q = _words(query)
+    t = _words(table)
+    if not len(q) or not len(t):
+        return np.zeros(len(q), dtype=bool)
+    if len(t) > 1 and not np.all(t[1:, 0] >= t[:-1, 0]):
+        t = _sort_rows(t)
+    lo = np.searchsorted(t[:, 0], q[:, 0], "left")
+    hi = np.searchsorted(t[:, 0], q[:, 0], "right")
+    n = hi - lo
+    found = np.zeros(len(q), dtype=bool)
+    one = np.flatnonzero(n == 1)
+    found[one] = np.all(t[lo[one]] == q[one], axis=1)
+    for i in np.flatnonzero(n > 1):  # several digests share the first 8 bytes
+        found[i] = bool(np.any(np.all(t[lo[i]:hi[i]] == q[i], axis=1)))
+    return found
 
 
 def _list_dir(path):
@@ -546,7 +607,7 @@ def check_chunks(ctx, state: State, verify="exists", backend=None):
     archives = [a for a in new_archives if a.index.known]
     if archives:
         allv = np.concatenate([np.frombuffer(a.index.table, dtype="V32") for a in archives])
-        unique = np.unique(allv)
+        unique = unique_digests(allv)
     else:
         unique = np.zeros(0, dtype="V32")
     del archives
@@ -558,9 +619,8 @@ def check_chunks(ctx, state: State, verify="exists", backend=None):
         if verify == "exists" and backend is not None else {}
     found = np.zeros(len(unique), dtype=bool)
     if listings and all(v is not None for v in listings.values()):
-        keys = unique.view("S32")
         for lst in listings.values():  # a chunk is there when any datastore has its file
-            found |= np.isin(keys, lst.keys())
+            found |= digests_in(unique, lst.digests)
     for k, v in enumerate(unique):
         if found[k]:
             continue
@@ -594,7 +654,7 @@ def check_chunks(ctx, state: State, verify="exists", backend=None):
     prefixes = np.frombuffer(unique.tobytes(), dtype=">u8")[::4].astype(np.uint64)
     if state.ref_prefixes is not None:
         prefixes = np.concatenate((state.ref_prefixes, prefixes))
-    prefixes = state.ref_prefixes = np.unique(prefixes)
+    prefixes = state.ref_prefixes = unique_u64(prefixes)
     by_root = {st.root: listings.get(id(st)) for st in pool.stores}
     for _name, root, tpath, fs in new_stores:
         orphans = bad_files = 0
