@@ -3,7 +3,10 @@
 qemu-img convert, and cat of the equivalent raw file (the limit). Same run, same data.
 
 Needs root (drop_caches), qemu-utils and qemu-system-common (qemu-storage-daemon).
-Usage: python benchmarks/bench_qcow2.py [--size-mib 1024] [--workdir DIR]
+Rounds alternate cat, pvfs and qemu-storage-daemon, each from a cold page cache; the
+median and the per-round ratios are printed with the load average.
+Usage: python benchmarks/bench_qcow2.py [--size-mib 1024] [--workdir DIR] [--rounds 3]
+       [--stress N]
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +35,11 @@ def timed_read(path, size, bs=1 << 20):
     total, mbs = common.timed_read(path, bs)
     assert total == size, (total, size)
     return mbs
+
+
+def load():
+    a, b, c = os.getloadavg()
+    return f"load average {a:.1f} {b:.1f} {c:.1f} on {os.cpu_count()} CPUs"
 
 
 def build_image(work, size_mib):
@@ -57,6 +66,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--stress", type=int, default=0, metavar="N",
+                    help="run stress-ng --cpu N beside the reads (a loaded machine)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pvfs-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -74,15 +86,42 @@ def main():
     results["qemu-img convert -O raw"] = size / (time.perf_counter() - t) / 1e6
     os.unlink(work / "convert.raw")
 
-    results["cat raw file (limit)"] = timed_read(raw, size)
-
     mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
     py = sys.executable
-    sh(py, "-m", "pvfs", "mount", qcow, mnt, cwd=ROOT)
+    with open(work / "pvfs-mount.log", "w") as log:  # a file: see bench_zfs.py
+        subprocess.run([py, "-m", "pvfs", "mount", str(qcow), str(mnt)], cwd=ROOT,
+                       stdout=log, stderr=log, check=True)
+    qsd = shutil.which("qemu-storage-daemon")
+    proc = None
+    export = work / "qsd.raw"
+    if qsd:
+        export.touch()
+        proc = subprocess.Popen([qsd, "--blockdev", f"driver=file,filename={qcow},node-name=f,read-only=on",
+                                 "--blockdev", "driver=qcow2,file=f,node-name=q,read-only=on",
+                                 "--export", f"type=fuse,id=e,node-name=q,mountpoint={export},writable=off"])
+        for _ in range(100):
+            if os.path.ismount(export):
+                break
+            time.sleep(0.1)
+    else:
+        print("qemu-storage-daemon not installed (Debian: qemu-system-common); skipped")
+    stress = None
+    if args.stress:
+        stress = subprocess.Popen(["stress-ng", "--cpu", str(args.stress), "--quiet"])
+        time.sleep(5)
+    # Rounds alternate the readers, each from a cold page cache, so that the limit (cat
+    # of the raw file) and pvfs are measured under the same load and disk contention.
+    rounds = []
     try:
         disk = mnt / "storage" / "files" / "bench.qcow2" / "disk.raw"
-        results["pvfs mount"] = timed_read(disk, size)
+        for r in range(args.rounds):
+            one = {"cat raw file (limit)": timed_read(raw, size), "pvfs mount": timed_read(disk, size)}
+            if proc is not None:
+                one["qemu-storage-daemon FUSE export"] = timed_read(export, size)
+            rounds.append(one)
+            print(f"round {r + 1} ({load()}): " +
+                  ", ".join(f"{k} {v:.0f} MB/s" for k, v in one.items()), flush=True)
         results["pvfs mount (again, page cache)"] = common.timed_read(disk, cold=False)[1]
         pid = subprocess.run(["pgrep", "-f", f"pvfs mount {qcow}"], capture_output=True,
                              text=True).stdout.split()
@@ -93,39 +132,27 @@ def main():
                     rss = int(line.split()[1]) / 1024
         print(f"pvfs daemon peak RSS: {rss:.0f} MiB" if rss else "pvfs daemon RSS: unknown")
     finally:
+        if stress is not None:
+            stress.terminate()
+            stress.wait()
         subprocess.run(["fusermount3", "-u", str(mnt)])
-
-    qsd = shutil.which("qemu-storage-daemon")
-    if qsd:
-        export = work / "qsd.raw"
-        export.touch()
-        proc = subprocess.Popen([qsd, "--blockdev", f"driver=file,filename={qcow},node-name=f,read-only=on",
-                                 "--blockdev", "driver=qcow2,file=f,node-name=q,read-only=on",
-                                 "--export", f"type=fuse,id=e,node-name=q,mountpoint={export},writable=off"])
-        try:
-            for _ in range(100):
-                if os.path.ismount(export):
-                    break
-                time.sleep(0.1)
-            results["qemu-storage-daemon FUSE export"] = timed_read(export, size)
-            # The same kernel read-ahead pvfs sets for its own mount, for a like-for-like figure.
-            sys.path.insert(0, str(ROOT))
-            from mountd.daemon import tune_readahead
-            tune_readahead(str(export), 4096)
-            results["qemu-storage-daemon, read-ahead 4 MiB"] = timed_read(export, size)
-        finally:
+        if proc is not None:
             proc.terminate()
             proc.wait()
-    else:
-        print("qemu-storage-daemon not installed (Debian: qemu-system-common); skipped")
+    for k in rounds[0]:
+        results[k] = statistics.median(r[k] for r in rounds)
 
-    print()
+    print(f"\nmedian of {len(rounds)} rounds, {load()}"
+          f"{f', stress-ng --cpu {args.stress} beside it' if args.stress else ''}:")
     for k, v in results.items():
         print(f"{k:40s} {v:8.0f} MB/s")
-    if "qemu-storage-daemon FUSE export" in results:
-        print(f"\nratio pvfs / qemu-storage-daemon: "
-              f"{results['pvfs mount'] / results['qemu-storage-daemon FUSE export']:.2f}")
-    print(f"ratio pvfs / cat raw (limit):      {results['pvfs mount'] / results['cat raw file (limit)']:.2f}")
+    per = [r["pvfs mount"] / r["cat raw file (limit)"] for r in rounds]
+    print(f"\nratio pvfs / cat raw (limit), per round: {' '.join(f'{x:.2f}' for x in per)}"
+          f"   median {statistics.median(per):.2f}")
+    if proc is not None:
+        per = [r["pvfs mount"] / r["qemu-storage-daemon FUSE export"] for r in rounds]
+        print(f"ratio pvfs / qemu-storage-daemon, per round: {' '.join(f'{x:.2f}' for x in per)}"
+              f"   median {statistics.median(per):.2f}")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -133,7 +133,11 @@ def bench_pvfs(work, disks, results):
     mnt = work / "pvfs-mnt"
     mnt.mkdir(exist_ok=True)
     t = time.perf_counter()
-    sh(sys.executable, "-m", "pvfs", "mount", *disks, mnt, cwd=ROOT)
+    # output to a file, not a pipe: helper processes of discovery (multiprocessing's
+    # resource tracker) may keep a pipe open after 'pvfs mount' returned
+    with open(work / "pvfs-mount.log", "w") as log:
+        subprocess.run([sys.executable, "-m", "pvfs", "mount", *map(str, disks), str(mnt)],
+                       cwd=ROOT, stdout=log, stderr=log, check=True)
     results["pvfs: mount (discover pool)"] = ("s", time.perf_counter() - t)
     try:
         base = mnt / "storage" / "zfs" / POOL
