@@ -136,6 +136,9 @@ for _a in ("rpool-raidz1", "rpool-raidz1-degraded", "tank-mirror"):
 for _a in ("dpool-draid", "dpool-draid-degraded"):  # dRAID, and a member deleted
     CASES.append(Case(f"zfs-draid/{_a}",
                       _unpacked("zfs-draid", "images", f"{_a}.tar.zst", glob="*.img")))
+for _a in ("dpool-draid-spare", "dpool-draid-spare-degraded"):  # distributed spare in use
+    CASES.append(Case(f"zfs-draid-spare/{_a}",
+                      _unpacked("zfs-draid-spare", "images", f"{_a}.tar.zst", glob="*.img")))
 for _a in ("zil-crashed", "zil-claimed"):  # unsynced intent logs: replayed, and ignored
     CASES.append(Case(f"zfs-zil/{_a}",
                       _unpacked("zfs-zil", "images", f"{_a}.tar.zst", glob="*.img")))

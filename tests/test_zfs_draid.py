@@ -541,6 +541,8 @@ def test_draid_spare_pool_matches_its_manifest():
     assert "draid2:3d:9c:2s[" in info.message
     assert "mirror[dspare draid2-0-0, leaf /dev/disk/by-id/virtio-draid-d4-part1" in info.message
     assert full["dspare"] > 0  # offline: the spare is read first
+    assert [e.severity for e in report if e.code == "member-out-of-service"
+            and "virtio-draid-d4-part1" in e.message and "offline" in e.message] == ["info"]
 
     n, fails, report, no4 = _spare_read(SP_FULL, ("draid-d4.img",))
     assert not fails, f"{len(fails)} of {n}: {fails[:10]}"

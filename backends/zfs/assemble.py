@@ -144,6 +144,15 @@ def assemble(volumes, ctx=None, path="") -> Assembly:
                           f"member {leaf.path} (guid {leaf.guid}) of {t.kind} vdev is missing"
                           + (f" ({n} of its members are, more than its redundancy of "
                              f"{_redundancy(t)})" if beyond else "")))
+        for leaf in vdevmod.leaves_of(t):
+            if leaf.state and leaf.source is not None:
+                # zpool offline / a faulted or removed disk: OpenZFS stopped writing to
+                # it, so what it holds may be older than the pool (the checksum decides)
+                notes.append(("info", "member-out-of-service",
+                              f"member {leaf.path} (guid {leaf.guid}) is {leaf.state} in the "
+                              f"pool config: it may miss later writes (a spare that took "
+                              f"its place is read first; its own bytes count only where "
+                              f"the checksum matches)"))
     notes.extend(health(tops))
     pool = Pool(name, guid, newest, tops, ctx=ctx, path=path)
     ubs = {}

@@ -59,6 +59,8 @@ class Vdev:
 
 class Leaf(Vdev):
     kind = "leaf"
+    #: "offline", "faulted" or "removed" when the pool config says so (ZPOOL_CONFIG_*)
+    state = ""
 
     def __init__(self, guid, path, source=None, ashift=9, volume=None):
         self.guid = guid
@@ -416,12 +418,16 @@ class Draid(Vdev):
                     seen[k].append(nxt)
             return seen[k][i] if i < len(seen[k]) else None
 
+        pairs = 0
         for total in itertools.count():
             for i in range(total + 1):
                 a = get(0, i)
                 b = get(1, total - i) if a is not None else None
                 if b is not None:
                     yield (a + b)[:size]
+                    pairs += 1
+                    if pairs >= self.MAX_TRIES:
+                        return
             if any(done[k] and not seen[k] for k in (0, 1)) or \
                     (done[0] and done[1] and total >= len(seen[0]) + len(seen[1])):
                 return  # a row with no candidate at all, or every pair offered
@@ -547,6 +553,15 @@ class DraidSpare(Vdev):
         return f"dspare {self.path}{'' if self.draid else ' (no dRAID vdev)'}"
 
 
+def leaves_of(v, depth=0):
+    """Every Leaf under ``v``."""
+    if isinstance(v, Leaf):
+        yield v
+    elif depth < MAX_TREE_DEPTH:
+        for c in getattr(v, "children", ()):
+            yield from leaves_of(c, depth + 1)
+
+
 def _out_of_service(cfg) -> bool:
     """ZPOOL_CONFIG_OFFLINE / _FAULTED / _REMOVED set on a child's config."""
     return isinstance(cfg, dict) and any(cfg.get(k) for k in ("offline", "faulted", "removed"))
@@ -593,12 +608,14 @@ def build(cfg: dict, leaves: dict, depth: int = 0, notes=None) -> Vdev:
         children = []
     if typ in ("disk", "file"):
         copies = leaves.get(guid) or [(None, None)]
-        if len(copies) == 1:
-            src, vol = copies[0]
-            return Leaf(guid, cfg.get("path", "?"), src, ashift, vol)
+        state = next((k for k in ("offline", "faulted", "removed") if cfg.get(k)), "")
+        made = [Leaf(guid, cfg.get("path", "?"), src, ashift, vol) for src, vol in copies[:16]]
+        for leaf in made:
+            leaf.state = state
+        if len(made) == 1:
+            return made[0]
         # several images of the same disk: read like a mirror of them
-        return Mirror(guid, [Leaf(guid, cfg.get("path", "?"), src, ashift, vol)
-                             for src, vol in copies[:16]], ashift)
+        return Mirror(guid, made, ashift)
     if typ == "dspare":
         sid, top = cfg.get("spareid"), cfg.get("top_guid")
         if not isinstance(sid, int) or isinstance(sid, bool):
