@@ -205,8 +205,9 @@ def build_parser() -> Parser:
     mount = sub.add_parser(
         "mount", help="mount everything found, read-only", formatter_class=Formatter,
         description="Discover like 'pvfs scan', then mount the result read-only at "
-                    "MOUNTPOINT: vms/, cts/, storage/, README.txt and report.json. Returns once "
-                    "the tree can be used; a daemon serves it until 'pvfs umount MOUNTPOINT'.",
+                    "MOUNTPOINT: vms/, cts/, storage/, README.txt, report.json and "
+                    "report.html. Returns once the tree can be used; a daemon serves it "
+                    "until 'pvfs umount MOUNTPOINT'.",
         epilog=EXAMPLES["mount"])
     mount.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                        help="drive images, image files, block devices, directories or NBD "
