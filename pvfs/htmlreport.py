@@ -284,6 +284,28 @@ class _Page:
         return f"{total} file{'s' if total != 1 else ''}{note}:<ul>{items}{more}</ul>"
 
 
+def _other_volumes(ctx: Context, p: _Page, units: list[Unit]) -> None:
+    """Maps of damaged volumes no guest owns (a disk image not named like a Proxmox
+    volume, a pool member, a datastore's disk): the same map, under their storage path."""
+    from .proxmox.status import descendants
+
+    covered = {id(v) for u in units for v in u.volumes}
+    kinds = ("lost", "repaired", "degraded")
+    shown = False
+    for v in ctx.volumes:
+        if id(v) in covered or v.role == "partition" or (v.role == "input" and v.children):
+            continue
+        if not any(e.outcome in kinds and e.ranges for e in ctx.report.for_path(v.path)):
+            continue
+        if not shown:
+            p.w("<section id=\"other\"><h2>Other volumes with damage</h2>")
+            shown = True
+        covered.update(id(d) for d in descendants(ctx, v))
+        p.disk(v.role, v)
+    if shown:
+        p.w("</section>")
+
+
 def _top_volumes(u: Unit) -> list[Volume]:
     ids = {id(v) for v in u.volumes}
     return [v for v in u.volumes if v.parent is None or id(v.parent) not in ids]
@@ -347,6 +369,7 @@ def report_html(ctx: Context) -> str:
                 p.disk(u.label if len(u.volumes) == 1 or u.kind != "backup"
                        else f"{u.label}: {v.name}", v)
         p.w("</section>")
+    _other_volumes(ctx, p, [u for _r, units in rows for u in units])
     if p.maps_left_out:
         p.w(f"<p>{p.maps_left_out} more disks not drawn (at most {MAX_MAPS} maps).</p>")
     p.w("<h2>Inputs</h2><ul>")

@@ -207,3 +207,23 @@ def test_page_stays_small_with_many_bad_sectors(tmp_path):
     assert len(page) < 200_000, len(page)
     assert "PARTIAL (9.8 MiB)" in page  # 20,000 x 512 bytes
     assert "9.8 MiB lost in 20000 ranges between these offsets" in page  # merged, and said so
+
+
+def test_a_damaged_disk_no_guest_owns_gets_its_map(tmp_path):
+    """sdb.img (no Proxmox name): ext4 in a GPT partition, one bad 4 KiB block in big.bin
+    (placed by debugfs): the page has no guest, but the disk's map and the file on it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(bytes(range(256)) * 4096 * 4)
+    img = tmp_path / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(src),
+                    str(img), "16M"], check=True)
+    out = subprocess.run(["debugfs", "-R", "bmap /big.bin 100", str(img)], check=True,
+                         capture_output=True, text=True).stdout
+    bad = (1 << 20) + int(out.split()[-1]) * 4096
+    disk = tmp_path / "sdb.img"
+    gpt_disk_with_bad_block(img, disk, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", bad)
+    page = report_html(discover([str(disk)]))
+    assert "No VM or container found." in page and "Other volumes with damage" in page
+    assert f"<b>lost</b> <code>{bad:#x} + 0x1000</code>" in page
+    assert "storage/files/sdb.img/disk.files/p1/big.bin" in page
