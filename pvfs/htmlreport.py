@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .damage import merge_ranges
-from .proxmox.status import UNMAPPED_CODES, fmt_size, printable, status_word
+from .proxmox.status import UNMAPPED_CODES, fmt_size, printable, row_word
 from .source import SliceSource
 
 if TYPE_CHECKING:
@@ -45,7 +45,8 @@ MAX_PARTS = 128
 #: class -> (colour, legend text).  Drawn in this order: the last is on top.
 KINDS = {
     "readable": ("#3a3", "readable"),
-    "unknown": ("#999", "not mapped: damage below, the disk's unreadable ranges unknown"),
+    "unknown": ("#999", "unknown: a loss here or below names no ranges, so no byte is vouched "
+                        "for"),
     "degraded": ("#e6b800", "degraded: readable, but a copy or parity is gone"),
     "repaired": ("#36c", "repaired: rebuilt from a mirror, parity or metadata"),
     "lost": ("#d22", "lost: no copy can be read (EIO, or zeros with --bad zero)"),
@@ -175,8 +176,8 @@ class _Page:
         unknown = False
         for p in paths:
             for e in self.ctx.report.for_path(p):
-                if e.code in UNMAPPED_CODES:
-                    unknown = True
+                if e.code in UNMAPPED_CODES or (e.outcome == "lost" and not e.ranges):
+                    unknown = True  # not mapped, or a loss that names no ranges: no green
                 elif e.outcome in by_kind:
                     by_kind[e.outcome].extend(e.ranges)
         # a range is drawn once, as its worst: lost over degraded over repaired
@@ -337,7 +338,7 @@ def report_html(ctx: Context) -> str:
                 f'data-status="{r["status"]}" data-files="{files}" data-bytes="{r["bytes"]}">'
                 f'<td class="n">{_e(r["id"])}</td><td>{r["type"]}</td><td>{_e(r["name"])}</td>'
                 f'<td><a href="#g-{r["kind"]}-{_e(r["id"])}">'
-                f'{_e(status_word(r["status"], r["files"], r["bytes"], r["missing"]))}</a></td>'
+                f'{_e(row_word(r))}</a></td>'
                 f'<td>{_e(r["why"])}</td></tr>')
         p.w("</tbody></table>")
     p.w('<p class="legend">Damage maps: each strip is one whole disk, start at the left. ')
@@ -347,7 +348,7 @@ def report_html(ctx: Context) -> str:
     for r, units in rows:
         who = f"{r['type']} {r['id']}" + (f" ({r['name']})" if r["name"] else "")
         p.w(f'<section id="g-{r["kind"]}-{_e(r["id"])}"><h2>{_e(who)}: '
-            f'{_e(status_word(r["status"], r["files"], r["bytes"], r["missing"]))}</h2>')
+            f'{_e(row_word(r))}</h2>')
         if r["why"]:
             p.w(f"<p>{_e(r['why'])}</p>")
         if r["damage"]:

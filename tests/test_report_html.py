@@ -82,12 +82,12 @@ def _dom_rows(browser):
 
 
 def _json_rows(doc):
-    from pvfs.proxmox.status import status_word
+    from pvfs.proxmox.status import row_word
 
     return [{"id": g["id"], "type": g["type"], "name": g["name"], "status": g["status"],
              "kind": g["kind"], "files": "" if g["files"] is None else str(g["files"]),
              "bytes": str(g["bytes"]),
-             "word": status_word(g["status"], g["files"], g["bytes"], g["missing"]),
+             "word": row_word(g),
              "why": g["why"]} for g in doc["guests"]]
 
 

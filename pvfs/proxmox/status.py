@@ -72,6 +72,7 @@ class Unit:
     degraded_ranges: list = field(default_factory=list)
     unmapped: bool = False
     files_known: bool = False  # a guest filesystem or file tree was there to name files
+    bytes_exact: bool = True  # False: some lost entry names no ranges (``bytes`` is a floor)
 
 
 def _kids(ctx: Context) -> dict[int, list[Volume]]:
@@ -207,6 +208,9 @@ def _judge(ctx: Context, u: Unit) -> None:
             u.bytes = sum(n for _o, n in u.lost_ranges)
     # files: guest filesystems' damaged files, and lost entries on paths below a file tree
     names: list[str] = []
+    # a loss on the unit's own paths that names no ranges (a block that failed when read,
+    # an image whose size was guessed): ``bytes`` counts only what is known
+    u.bytes_exact = not any(e.outcome == "lost" and not e.ranges for e in own)
     u.files_known = any(v.guestfs is not None for v in u.volumes) or (
         not u.volumes and bool(u.under))
     for v in u.volumes:
@@ -255,18 +259,26 @@ def fmt_size(n: float) -> str:
     return ""
 
 
-def status_word(status: str, files: int | None, nbytes: int, missing: int = 0) -> str:
+def status_word(status: str, files: int | None, nbytes: int, missing: int = 0,
+                exact: bool = True) -> str:
     """``PARTIAL (1 file, 4.0 KiB)`` (``PARTIAL (4.0 KiB)`` when no guest filesystem could
-    say which files: raw data, or a disk whose partition table is lost); others as they are."""
+    say which files: raw data, or a disk whose partition table is lost; ``at least 4.0 KiB``
+    when some loss names no ranges); the other statuses as they are."""
     if status != "PARTIAL":
         return status
     if missing and not nbytes and not files:
         return f"PARTIAL ({_plural(missing, 'disk')} missing)"
     if not nbytes and not files:
         return "PARTIAL (extent unknown)"  # a lost entry that names no ranges and no files
+    size = fmt_size(nbytes) if exact else f"at least {fmt_size(nbytes)}"
     if files is None:
-        return f"PARTIAL ({fmt_size(nbytes)})"
-    return f"PARTIAL ({_plural(files, 'file')}, {fmt_size(nbytes)})"
+        return f"PARTIAL ({size})"
+    return f"PARTIAL ({_plural(files, 'file')}, {size})"
+
+
+def row_word(r: dict) -> str:
+    """:func:`status_word` of a :func:`pvfs.proxmox.view.table` row."""
+    return status_word(r["status"], r["files"], r["bytes"], r["missing"], r["bytes_exact"])
 
 
 def _why_body(u: Unit) -> str:
@@ -283,7 +295,8 @@ def _why_body(u: Unit) -> str:
         first = next((e for e in causes if e.ranges), causes[0] if causes else
                      lost[0] if lost else None)
         cause = f" ({first.layer}: {_short(first.message)})" if first else ""
-        lost = f"{fmt_size(u.bytes)} unreadable" if u.bytes else "bytes lost (where unknown)"
+        lost = (f"{'' if u.bytes_exact else 'at least '}{fmt_size(u.bytes)} unreadable"
+                if u.bytes else "bytes lost (where unknown)")
         files = (f", {_plural(u.files, 'damaged file')}" if u.files_known and (u.files or u.bytes)
                  else "" if u.files_known else ", no guest filesystem to name the files")
         return f"{lost}{cause}{files}"
@@ -401,6 +414,7 @@ def guest_summary(units: list[Unit]) -> dict[str, Any]:
     return {"status": status, "why": why,
             "files": sum(u.files for u in counted) if any(u.files_known for u in counted)
             else None, "bytes": sum(u.bytes for u in counted),
+            "bytes_exact": all(u.bytes_exact for u in counted),
             "missing": sum(1 for u in units if u.missing),
             "damage": lines[:MAX_JSON_LINES], "damage_count": len(lines),
             "damaged_files": names,
@@ -417,7 +431,8 @@ def printable(text: str) -> str:
 
 
 def unit_doc(u: Unit) -> dict[str, Any]:
-    return {"status": u.status, "bytes": u.bytes, "files": u.files if u.files_known else None,
+    return {"status": u.status, "bytes": u.bytes, "bytes_exact": u.bytes_exact,
+            "files": u.files if u.files_known else None,
             "size": u.size,
             "why": _why_unit(u) if u.status != "OK" else "",
             "lost_ranges": [list(r) for r in u.lost_ranges],

@@ -847,7 +847,7 @@ def _disk_word(d: dict) -> str:
 
 def table_text(ctx: Context, rows: list[dict] | None = None) -> list[str]:
     """The per-guest table: status first (with why under a guest that is not OK)."""
-    from .status import printable, status_word
+    from .status import printable, row_word
 
     rows = table(ctx) if rows is None else rows
     if not rows:
@@ -857,7 +857,7 @@ def table_text(ctx: Context, rows: list[dict] | None = None) -> list[str]:
     for r in rows:
         disks = printable(", ".join(f"{d['key'] or d['volid']} {_disk_word(d)}"
                                     for d in r["disks"])) or "-"
-        word = status_word(r["status"], r["files"], r["bytes"], r["missing"])
+        word = row_word(r)
         out.append(f"  {r['vmid']:>6}  {r['type']:4}  {printable(r['name']) or '-':16.16}  {word:28}  "
                    f"{r['node'] or '-':8.8}  {r['ostype'] or '-':6.6}  {r['backups']:>7}  "
                    f"{disks}")
@@ -868,7 +868,7 @@ def table_text(ctx: Context, rows: list[dict] | None = None) -> list[str]:
 
 def details_text(rows: list[dict]) -> list[str]:
     """Per guest that is not OK: its first damage lines and damaged files (bounded)."""
-    from .status import MAX_FILES, MAX_LINES, printable, status_word
+    from .status import MAX_FILES, MAX_LINES, printable, row_word
 
     out = []
     for r in rows:
@@ -876,7 +876,7 @@ def details_text(rows: list[dict]) -> list[str]:
             continue
         name = f" ({printable(r['name'])})" if r["name"] else ""
         out.append(f"  {r['type']} {r['vmid']}{name}: "
-                   f"{status_word(r['status'], r['files'], r['bytes'], r['missing'])}")
+                   f"{row_word(r)}")
         for line in r["damage"][:MAX_LINES]:
             out.append(f"    {printable(line)}")
         if r["damage_count"] > MAX_LINES:
