@@ -8,8 +8,9 @@ module/zfs/edonr_zfs.c (the MAC: the state after a salt block H(salt) || H(H(sal
 the first 32 digest bytes are the four checksum words).
 
 No maintained Python package implements Edon-R.  The block loop is compiled with numba
-(a dependency, as for lzjb: ~2 s once, then hundreds of MB/s); without numba the same
-loop runs on numpy scalars, correct but ~1000x slower.
+(a dependency, as for lzjb): ahead of time at set-up with the other kernels (kernels.py),
+else just in time (~2 s once and ~100 MB of memory for numba, then hundreds of MB/s);
+without numba the same loop runs on numpy scalars, correct but ~1000x slower.
 """
 
 from __future__ import annotations
@@ -145,10 +146,18 @@ _jit_lock = threading.Lock()
 
 
 def _kernel():
+    """The compiled Q512: the ahead-of-time build (kernels.py, no numba at run time),
+    else numba's just-in-time compilation, else numpy scalars."""
     global _jit
     if _jit is None:
         with _jit_lock:
             if _jit is None:
+                from . import kernels
+
+                mod = kernels.aot()
+                if mod is not None and hasattr(mod, "edonr_q512"):
+                    _jit = mod.edonr_q512
+                    return _jit
                 try:
                     import numba
 

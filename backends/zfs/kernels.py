@@ -35,6 +35,8 @@ import threading
 
 import numpy as np
 
+from .edonr import _q512 as _edonr_q512
+
 MODULE = "_zfs_kernels"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -99,10 +101,14 @@ def lzjb_kernel(src, dst):  # pragma: no cover - compiled; tests compare it with
     return d
 
 
-#: name -> (function, numba signature of the ahead-of-time export)
+#: name -> (function, numba signature of the ahead-of-time export).  Edon-R's block loop
+#: (edonr.py) is built here too: its just-in-time fallback loads numba into the mount
+#: daemon, about 100 MB of resident memory (a mount of modern-rpool, whose cksum-edonr
+#: dataset needs it, peaked at 313 MB; issue 13 item 6).
 KERNELS = {
     "fletcher4": (fletcher4_kernel, "UniTuple(u8, 4)(u4[::1])"),
     "lzjb": (lzjb_kernel, "i8(u1[::1], u1[::1])"),
+    "edonr_q512": (_edonr_q512, "void(u8[::1], u8[::1])"),
 }
 
 
