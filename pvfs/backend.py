@@ -32,6 +32,14 @@ Per-run state and the end of discovery
     runs once after every layer and tree storage is open, before the core
     maps damage and writes the report.
 
+Persistent indexes
+    What a backend works out at cost from an input's bytes (an OSD's object list, a
+    thin pool's mappings) it keeps through ``ctx.index(backend, name, source, meta=...,
+    version=N)`` (:mod:`pvfs.index`): ``load()`` or build and ``save(info, arrays)``.
+    The core checks an entry before it is used (input identity, ``meta`` hash, versions,
+    SHA-256) and remembers which backend won each probe, so a probe must depend only on
+    the bytes it reads, the options and the inputs.
+
 Each subpackage of ``backends/`` exports ``BACKENDS``, a list of backend
 instances; :func:`load_backends` imports them and checks their declarations
 (names unique, roles known, command-line options that do not clash).
