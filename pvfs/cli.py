@@ -456,11 +456,7 @@ def _discover(args: argparse.Namespace) -> Context:
 def damage_summary(ctx: Context) -> str:
     """The report counted by outcome, the words a user acts on: ``2 lost, 1 degraded,
     3 repaired`` (a pool healed from parity said "3 errors" in severity words)."""
-    n = {o: 0 for o in ("lost", "degraded", "repaired", "note")}
-    for e in ctx.report:
-        n[e.outcome] = n.get(e.outcome, 0) + 1
-    parts = [f"{n[o]} {o}" for o in ("lost", "degraded", "repaired") if n[o]]
-    return ", ".join(parts) if parts else "none (nothing lost, degraded or repaired)"
+    return ctx.report.outcome_summary() or "none"
 
 
 def _status(ctx: Context) -> int:

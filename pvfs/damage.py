@@ -124,5 +124,16 @@ class DamageReport:
     def count(self, severity: str) -> int:
         return sum(1 for e in self if e.severity == severity)
 
+    def outcome_summary(self) -> str:
+        """The entries counted in the words a user acts on: ``2 lost, 1 degraded, 3 repaired,
+        4 notes`` (severity words said "3 errors" of a pool healed from parity)."""
+        n = dict.fromkeys(("lost", "degraded", "repaired", "note"), 0)
+        for e in self:
+            n[e.outcome] = n.get(e.outcome, 0) + 1
+        parts = [f"{n[o]} {o}" for o in ("lost", "degraded", "repaired") if n[o]]
+        if n["note"]:
+            parts.append(f"{n['note']} note{'s' if n['note'] != 1 else ''}")
+        return ", ".join(parts)
+
     def to_json(self) -> dict:
         return [e.to_json() for e in self]

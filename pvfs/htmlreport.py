@@ -317,15 +317,13 @@ def report_html(ctx: Context) -> str:
 
     rows = table_units(ctx)
     p = _Page(ctx)
-    counts = {s: ctx.report.count(s) for s in ("error", "warning", "info")}
     made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ctx.started))
     p.w('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>pvfs report</title><style>{STYLE}</style></head><body>")
     p.w(f"<h1>pvfs report</h1><p>Made {_e(made)} by pvfs {_e(__version__)} from "
         f"{len(ctx.inputs)} input{'s' if len(ctx.inputs) != 1 else ''}; damage entries: "
-        f"{counts['error']} errors, {counts['warning']} warnings, {counts['info']} notes "
-        f"(all in report.json).</p>")
+        f"{_e(ctx.report.outcome_summary() or 'none')} (all in report.json).</p>")
     p.w('<h2>Status of each VM and container</h2>')
     if not rows:
         p.w("<p>No VM or container found.</p>")

@@ -318,8 +318,7 @@ def readme_text(ctx: Context) -> str:
         out.extend(details)
         out.append("")
     n = len(ctx.report)
-    counts = ", ".join(f"{ctx.report.count(sev)} {name}" for sev, name in
-                       (("error", "errors"), ("warning", "warnings"), ("info", "notes")))
+    counts = ctx.report.outcome_summary()
     out.append(f"Damage entries: {n} ({counts}; all in report.json)" if n
                else "Damage entries: none.")
     return "\n".join(out) + "\n"
