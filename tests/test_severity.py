@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from conftest import require_fixture, sha256_source, unpack
 
@@ -287,3 +288,44 @@ def test_pbs_unreadable_manifest_is_not_a_loss(capsys, tmp_path):
     assert code == 0
     bad = entries(doc, "bad-manifest")
     assert [(e["severity"], e["outcome"]) for e in bad] == [("warning", "degraded")]
+
+
+# ---------------------------------------------------------------------------
+# Every fixture and damaged variant at once
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "scan"
+
+
+def _json_runs(text):
+    """``(exit status, report document)`` of each ``pvfs scan --json`` run in a transcript."""
+    runs = []
+    for block in text.split("\n$ pvfs ")[0:]:
+        head, _, rest = block.partition("\n")
+        if "scan --json" not in head or not rest.startswith("[exit "):
+            continue
+        code = int(rest[6:rest.index("]")])
+        body = rest[rest.index("\n") + 1:]
+        if not body.startswith("{"):
+            continue
+        end = body.index("\n}\n") + 2 if "\n}\n" in body else len(body)
+        runs.append((code, json.loads(body[:end])))
+    return runs
+
+
+def test_every_golden_scan_exits_3_exactly_when_something_is_lost():
+    """Over the committed transcript of every fixture and damaged variant (tests/golden,
+    kept equal to the code by test_golden_scan): every error entry is a loss and every
+    loss an error; exit 3 exactly when an entry is lost, 0 when none is (1: nothing
+    recognised); a 'repaired' entry is always info, 'degraded' always a warning."""
+    files = sorted(GOLDEN.rglob("*.out"))
+    assert len(files) > 100
+    seen = 0
+    for f in files:
+        for code, doc in _json_runs(f.read_text()):
+            seen += 1
+            pairs = {(e["severity"], e["outcome"]) for e in doc["damage"]}
+            assert pairs <= {("error", "lost"), ("warning", "degraded"), ("info", "repaired"),
+                             ("info", "note")}, (f.name, pairs)
+            lost = any(e["outcome"] == "lost" for e in doc["damage"])
+            assert code in ((3,) if lost else (0, 1)), (f.name, code, lost)
+    assert seen > 100
