@@ -214,6 +214,7 @@ def test_one_device_of_two(device):
     assert eio & big and big - eio  # some data here, some on the other device
     w = next(e for e in ctx.report if e.code == "multi-device")
     assert f"device {device + 1} of 2" in w.message
+    assert f"(devid {2 - device})" in w.message  # the missing member, named
     # files on the missing device read as EIO: that is a loss, said at scan time
     assert [(e.severity, e.outcome) for e in ctx.report
             if e.code == "chunks-on-other-devices"] == [("error", "lost")]

@@ -93,10 +93,6 @@ def open_filesystem(volume, ctx) -> BtrfsFilesystem:
     for ch in parse_sys_chunk_array(sb):
         dev.chunks.add(ch)
     if sb.num_devices > 1:
-        report("warning", "multi-device",
-               f"device {sb.dev_item.devid} of {sb.num_devices}: the other "
-               f"{sb.num_devices - 1} member(s) are missing or not supported (multi-device "
-               f"btrfs); what lies on this device is shown, the rest reads as EIO")
         info.notes.append(f"member {sb.dev_item.devid} of {sb.num_devices} devices; "
                           f"the others are not read")
 
@@ -107,6 +103,15 @@ def open_filesystem(volume, ctx) -> BtrfsFilesystem:
     chunk_root = TreeRoot(S.CHUNK_TREE_OBJECTID, sb.chunk_root, sb.chunk_root_level,
                           sb.chunk_root_generation)
     dev.load_chunks(items(dev, chunk_root, (0, 0, 0), (MAX, 255, MAX), chunk_damage))
+    if sb.num_devices > 1:
+        # the missing members named by the device ids the chunk tree's stripes use
+        others = sorted({d for ch in dev.chunks.chunks for d, _o in ch.stripes}
+                        - {sb.dev_item.devid})
+        named = f" (devid {', '.join(map(str, others))})" if others else ""
+        report("warning", "multi-device",
+               f"device {sb.dev_item.devid} of {sb.num_devices}: the other "
+               f"{sb.num_devices - 1} member(s){named} are missing or not supported "
+               f"(multi-device btrfs); what lies on this device is shown, the rest reads as EIO")
 
     striped = [ch for ch in dev.chunks.chunks if ch.copies(dev.devid) is None]
     if striped:
