@@ -4,8 +4,8 @@ Parsing is Python and holds the GIL, so threads do not help; processes do.  The
 expensive per-input work of discovery is what the persistent index store
 (:mod:`pvfs.index`) keeps: an OSD's object index, a thin pool's mappings, a vzdump
 archive's stream index.  So, before the main discovery, every independent input
-("unit": a file, a block device, or a folder a backend takes whole such as an OSD data
-directory or a PBS datastore; plain folders are walked for their units) whose index is
+("unit": a file, a block device, an NBD export, or a folder a backend takes whole such as
+an OSD data directory or a PBS datastore; plain folders are walked for their units) whose index is
 not known to be current is discovered alone in a worker process
 (``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` context: a fresh
 interpreter per worker, reused for several inputs).  A worker keeps nothing but the index
@@ -40,6 +40,8 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
 
+from .nbd import is_nbd_uri
+
 if TYPE_CHECKING:
     from .discover import Context, Options
 
@@ -69,6 +71,11 @@ def units(ctx: Context, inputs: Iterable[str]) -> list[str]:
 
     def walk(path: str, depth: int) -> None:
         if len(out) >= MAX_UNITS:
+            return
+        if depth == 0 and is_nbd_uri(path):  # an export on another machine: one unit
+            if path not in seen:
+                seen.add(path)
+                out.append(path)
             return
         try:
             st = os.stat(path)
@@ -124,6 +131,8 @@ def _worth_a_worker(path: str) -> bool:
     """Files and block devices of at least :data:`WORKER_MIN_BYTES` allocated; folders a
     backend takes whole whose files hold that much (an OSD data directory: its ``block``),
     and PBS datastores (65,536 chunk folders to list)."""
+    if is_nbd_uri(path):
+        return True  # a remote disk: reading it is the slow part, worth a process
     try:
         st = os.stat(path)
     except OSError:
@@ -146,7 +155,10 @@ def _worth_a_worker(path: str) -> bool:
 
 def _stamp(path: str) -> list | None:
     """What must be unchanged for a unit's marker to count (size and mtime; a folder's
-    entries' names, sizes and mtimes)."""
+    entries' names, sizes and mtimes; an NBD export: its URI only, a changed export is
+    then indexed again by the main discovery, which checks every entry)."""
+    if is_nbd_uri(path):
+        return ["nbd", path]
     try:
         st = os.stat(path)
     except OSError:
@@ -172,6 +184,9 @@ def _stamp(path: str) -> list | None:
 
 
 def _marker(root: str, path: str) -> str | None:
+    if is_nbd_uri(path):
+        key = hashlib.sha256(path.encode()).hexdigest()[:32]
+        return os.path.join(root, f"warm-{key}.json")
     try:
         st = os.stat(path)
     except OSError:

@@ -416,3 +416,21 @@ def test_digest_set_operations_equal_numpys():
         t = np.ascontiguousarray(table)
         want = np.isin(u.view("S32"), t.view("S32").ravel())
         assert (digests_in(u, t) == want).all()
+
+
+def test_nbd_exports_are_units_and_remembered(tmp_path):
+    """An NBD export is an independent input for the workers; once indexed it is warm
+    (the main discovery still checks each entry against the export)."""
+    from pvfs import parallel
+    from pvfs.discover import Context
+
+    ctx = Context(Options(index_dir=str(tmp_path)))
+    uri = "nbd://127.0.0.1:1/osd0"
+    f = tmp_path / "disk.img"
+    f.write_bytes(bytes(4096))
+    assert parallel.units(ctx, [uri, str(f), uri]) == [uri, str(f)]
+    assert parallel._worth_a_worker(uri) and not parallel._worth_a_worker(str(f))
+    assert not parallel.is_warm(str(tmp_path), uri, ctx.options)
+    parallel.mark_warm(str(tmp_path), uri, ctx.options)
+    assert parallel.is_warm(str(tmp_path), uri, ctx.options)
+    assert not parallel.is_warm(str(tmp_path), "nbd://127.0.0.1:1/osd1", ctx.options)

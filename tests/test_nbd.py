@@ -501,9 +501,15 @@ def test_ceph_cluster_from_three_holders_is_assembled_like_local_osds(tmp_path):
         # pvfs index on the holders' exports (parallel workers): built once, then reused
         # by the next run, keyed by URI, export size and the first MiB
         store = tmp_path / "index"
-        for want in ("built", "reused"):
+        # (first run: each export indexed by a worker process, the discovery of all three
+        # then reuses them; second run: the exports are known, no worker starts)
+        for by_workers in (3, 0):
             r = subprocess.run([*PY, "index", "--index-dir", str(store), "--jobs", "2", *uris],
                                capture_output=True, text=True, timeout=300)
             assert r.returncode == 0, r.stderr
-            lines = [ln for ln in r.stdout.splitlines() if "ceph objects" in ln]
-            assert len(lines) == 3 and all(ln.split()[0] == want for ln in lines), r.stdout
+            workers, _, main = r.stdout.partition("used by the discovery of all inputs:")
+            built = [ln for ln in workers.splitlines() if "ceph objects" in ln]
+            reused = [ln for ln in main.splitlines() if "ceph objects" in ln]
+            assert len(built) == by_workers and all(ln.split()[0] == "built" for ln in built)
+            assert len(reused) == 3 and all(ln.split()[0] == "reused" for ln in reused), \
+                r.stdout
