@@ -255,9 +255,11 @@ class _Page:
         total = 0
         looked = False
         skipped = False
+        indirect = False
         for v in self._filesystems(top):
             vo = _offset_in(v, top)
             if vo is None:
+                indirect = True  # an LV of a VG inside the disk: offsets do not carry over
                 continue
             local = tuple((lo - vo, hi - lo) for o, n in ranges
                           for lo, hi in [(max(o, vo), min(o + n, vo + v.source.size))]
@@ -274,6 +276,9 @@ class _Page:
                         (v.files_paths or [v.path])[0])
             found += [f"{base}/{x}" for x in names]
             total += count
+        if not looked and indirect:
+            return ("not mapped to files here (a guest LVM layer lies between the disk and "
+                    "its filesystems); the guest's damaged files are listed above")
         if not looked:
             return ("no guest filesystem lies here (partition table, free space, or a "
                     "filesystem pvfs does not read)")

@@ -432,3 +432,47 @@ def test_missing_pv_no_lv_uses_is_not_a_loss(tmp_path):
     assert [(e.severity, e.outcome) for e in missing] == [("warning", "degraded")]
     assert "PV pv1" in missing[0].message and "nothing is lost" in missing[0].message
     assert not [e for e in ctx.report if e.severity == "error"]
+
+
+def test_guest_lvm_damage_in_report_html(tmp_path):
+    """A guest VG inside a VM disk, ext4 (mke2fs -d) on its LV, a ddrescue mapfile marking
+    4 KiB of big.bin bad on the host image: the VM is PARTIAL with big.bin named, and the
+    disk map's range says the files cannot be placed through the guest LVM layer instead of
+    claiming no filesystem lies there."""
+    import subprocess
+
+    from pvfs.htmlreport import report_html
+    from pvfs.proxmox.view import table
+
+    src = tmp_path / "src"
+    src.mkdir()
+    marker = rnd(1 << 20, 21)
+    (src / "big.bin").write_bytes(marker)
+    fs = tmp_path / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(src),
+                    str(fs), "2M"], check=True)
+    inner_data = fs.read_bytes()
+    n_fs = len(inner_data) // EXT
+    inner_text = vg_text("guest", "GUESTv-aaaa-bbbb-cccc-dddd-eeee-ffffff", 3,
+                         [("pv0", pv_uuid(5), n_fs)], lv("root", [linear(0, n_fs, "pv0", 0)]))
+    inner = write_pv(tmp_path / "inner.img", pv_uuid(5), n_fs, [(512, inner_text)], 0,
+                     extents={0: inner_data})
+    inner_bytes = inner.read_bytes()
+    n_ext = len(inner_bytes) // EXT
+    host_text = vg_text("host", VGID, 1, [("pv0", pv_uuid(0), n_ext)],
+                        lv("vm-100-disk-0", [linear(0, n_ext, "pv0", 0)]))
+    outer = write_pv(tmp_path / "outer.img", pv_uuid(0), n_ext, [(512, host_text)], 0,
+                     extents={0: inner_bytes})
+    raw = outer.read_bytes()
+    # where mke2fs put the file's last block (past the LV's first MiB, which LVM probes)
+    bad = raw.find(marker[-4096:])
+    assert bad > 0 and bad % 4096 == 0
+    (tmp_path / "outer.img.map").write_text(
+        f"# Mapfile. Created by GNU ddrescue\n0x0 + 1\n0x0 {bad:#x} +\n{bad:#x} 0x1000 -\n"
+        f"{bad + 4096:#x} {len(raw) - bad - 4096:#x} +\n")
+    ctx = discover([str(outer)], Options())
+    row = next(r for r in table(ctx) if r["vmid"] == 100)
+    assert row["status"] == "PARTIAL" and row["bytes"] == 4096 and row["files"] == 1
+    assert [n.rsplit("/", 1)[1] for n in row["damaged_files"]] == ["big.bin"]
+    page = report_html(ctx)
+    assert "a guest LVM layer lies between the disk and its filesystems" in page
