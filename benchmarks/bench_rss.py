@@ -92,6 +92,16 @@ def read_tree(mnt: Path, max_bytes: int | None = None) -> tuple[int, int, int]:
     return files, nbytes, errors
 
 
+def _unmount(mnt: Path, lazy: bool = False) -> None:
+    tool = shutil.which("fusermount3") or "fusermount"
+    for _ in range(0 if lazy else 50):
+        if subprocess.run([tool, "-u", str(mnt)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.2)
+    if os.path.ismount(mnt):
+        subprocess.run([tool, "-uz", str(mnt)], capture_output=True)
+
+
 def measure(case: scancases.Case, max_bytes: int | None = None,
             timeout: float = 900) -> dict:
     """Mount ``case``, read everything, return the daemon's figures."""
@@ -100,9 +110,15 @@ def measure(case: scancases.Case, max_bytes: int | None = None,
     with tempfile.TemporaryDirectory(prefix="pvfs-rss-") as tmp:
         mnt = Path(tmp) / "mnt"
         mnt.mkdir()
-        r = subprocess.run([sys.executable, "-m", "pvfs", "mount", *argv, str(mnt)],
-                           capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp)
+        try:
+            r = subprocess.run([sys.executable, "-m", "pvfs", "mount", *argv, str(mnt)],
+                               capture_output=True, text=True, timeout=timeout, env=env,
+                               cwd=tmp)
+        except subprocess.TimeoutExpired:
+            _unmount(mnt, lazy=True)  # never let the clean-up walk into a live mount
+            return {"case": case.name, "error": f"pvfs mount took over {timeout:.0f} s"}
         if r.returncode not in (0, 3) or not os.path.ismount(mnt):
+            _unmount(mnt, lazy=True)
             return {"case": case.name, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
         pid = daemon_pid(str(mnt))
         try:
@@ -112,13 +128,7 @@ def measure(case: scancases.Case, max_bytes: int | None = None,
             secs = time.monotonic() - t
             peak = status_kb(pid, "VmHWM") if pid else 0
         finally:
-            tool = shutil.which("fusermount3") or "fusermount"
-            for _ in range(50):
-                if subprocess.run([tool, "-u", str(mnt)], capture_output=True).returncode == 0:
-                    break
-                time.sleep(0.2)
-            else:
-                subprocess.run([tool, "-uz", str(mnt)], capture_output=True)
+            _unmount(mnt)
     return {"case": case.name, "files": files, "bytes": nbytes, "errors": errors,
             "seconds": secs, "rss_mount_kb": after_mount, "peak_kb": peak, "pid": pid}
 

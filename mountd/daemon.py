@@ -113,6 +113,32 @@ def release_free_memory() -> None:
         pass
 
 
+#: glibc mallopt parameters (malloc.h) and the values the daemon uses.
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+MMAP_THRESHOLD = 128 * 1024
+ARENA_MAX = 2
+
+
+def tune_malloc() -> None:
+    """Keep the daemon's heap from growing with what it only held for a moment.
+
+    Reads hand 128 KiB-1 MiB blocks between worker threads.  glibc raises its mmap
+    threshold each time such a block is freed, so later ones come from the heap, and
+    every worker thread gets its own arena (up to 8 per core) that keeps the freed
+    blocks: resident memory that no object holds.  A fixed threshold (mapped blocks go
+    back to the system when freed) and two arenas: a mount of zfs/modern-rpool (79,000
+    files, 6.3 GB read) peaked at 282 MB without, 250 MB with (issue 13 item 6).  Set
+    before the worker threads start; no-op without glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_ARENA_MAX, ARENA_MAX)
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(root: Dir, mountpoint: str, report: DamageReport | None = None,
           options: Iterable[str] = (), ready: Callable[[], None] | None = None,
           threads: int = 8, readahead_kb: int = 4096) -> None:
@@ -124,6 +150,7 @@ def serve(root: Dir, mountpoint: str, report: DamageReport | None = None,
         if ready is not None:
             ready()
         tune_gc()  # after ready(): not on the time ``pvfs mount`` takes
+        tune_malloc()
         release_free_memory()
         trio.run(_main, str(mountpoint), readahead_kb)
     except BaseException:
