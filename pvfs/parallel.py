@@ -302,6 +302,9 @@ def warm(ctx: Context, inputs: Iterable[str], jobs: int) -> list[dict]:
     ctx.cold_units = list(big)  # marked warm once the main discovery has indexed them
     if len(big) < 2:
         return []  # one unit: the main discovery does the same work without a process
+    if multiprocessing.current_process().daemon:
+        log.debug("a daemonic process cannot start workers: indexing here")
+        return []
     todo = big
     from dataclasses import replace
 
@@ -334,7 +337,7 @@ def warm(ctx: Context, inputs: Iterable[str], jobs: int) -> list[dict]:
     try:
         with ProcessPoolExecutor(max_workers=n, mp_context=mp, initializer=_init,
                                  initargs=(queue,)) as pool:
-            fault = os.environ.get(FAULT_ENV, "")  # read here: the fork server may be older
+            fault = os.environ.get(FAULT_ENV, "")  # passed on: tests set it late
             futs = {pool.submit(work, u, opts, fault): u for u in todo}
             for fut in as_completed(futs):
                 unit = futs[fut]

@@ -434,3 +434,29 @@ def test_nbd_exports_are_units_and_remembered(tmp_path):
     parallel.mark_warm(str(tmp_path), uri, ctx.options)
     assert parallel.is_warm(str(tmp_path), uri, ctx.options)
     assert not parallel.is_warm(str(tmp_path), "nbd://127.0.0.1:1/osd1", ctx.options)
+
+
+def _scan_in_daemon(args):
+    root, store, q = args
+    import pvfs.parallel
+
+    pvfs.parallel.WORKER_MIN_BYTES = 0
+    ctx, text, _ = _scan([root], store, jobs=2)
+    q.put((len(ctx.workers_log), [e.code for e in ctx.report if e.code.startswith("index")],
+           text))
+
+
+def test_no_workers_from_a_daemonic_process(tmp_path, ceph):
+    """A scan run inside a daemonic process (a multiprocessing.Pool worker) cannot start
+    workers: it indexes in its own process and says nothing about it."""
+    import multiprocessing
+
+    root, _m = ceph
+    _c, serial, _ = _scan([root], None)
+    mp = multiprocessing.get_context("fork")
+    q = mp.Queue()
+    p = mp.Process(target=_scan_in_daemon, args=((root, tmp_path / "s", q),), daemon=True)
+    p.start()
+    n, codes, text = q.get(timeout=120)  # (a crashed daemon sends nothing)
+    p.join(60)
+    assert n == 0 and codes == [] and text == serial
