@@ -351,3 +351,39 @@ def test_trashed_image_is_recoverable(monkeypatch):
     assert node.source.read(0, 2 * osz) == b"T" * (2 * osz)
     assert resolve(ctx.root, "storage/ceph/rbd/image-t1") is None
     assert resolve(ctx.root, "vms/500") is None
+
+
+def _parent_v1(pool, image_id, snap_id, overlap):
+    body = struct.pack("<q", pool) + _le_str(image_id) + struct.pack("<QQ", snap_id, overlap)
+    return struct.pack("<BBI", 1, 1, len(body)) + body
+
+
+@pytest.mark.parametrize("bad", ["eio", "zero"])
+@pytest.mark.parametrize("stripe", [None, (65536, 4)])
+def test_clone_without_its_parent_never_reads_zeros_by_default(stripe, bad):
+    """A clone whose parent image is gone (or a striped clone, whose parent data pvfs does
+    not merge): the ranges the clone never wrote are lost, EIO by default; they read as
+    zeros only with --bad zero.  Before, they read as zeros silently under both policies."""
+    rng = random.Random(11)
+    size, order = 1 << 20, 18  # 4 objects of 256 KiB
+    # the clone wrote object 1 only: its first stripe unit when striped
+    at, n = (1 << 16, 1 << 16) if stripe else (1 << 18, 1 << 18)
+    written = rng.randbytes(n)
+    data = bytes(at) + written + bytes(size - at - n)
+    st = FakeStore("osd.0")
+    prefix = _add_image(st, 3, b"vm-301-disk-0", b"c10e", size, order, data, stripe=stripe)
+    hdr = next(k for k in st.omaps if k[2] == b"rbd_header.c10e")
+    st.omaps[hdr][b"parent"] = _parent_v1(3, b"beef", 4, size)  # image beef is not there
+    assert any(k[2].startswith(prefix) for k in st.omaps)
+    reports.clear()
+    c = _cluster(st, bad=bad)
+    img = c.open_image_v2(3, "vm-301-disk-0", "c10e")
+    src = c.image_source(img, None, "vms/301/disk-0.raw")
+    assert any(r[0] == "error" and r[2] in ("rbd-parent", "rbd-parent-striped")
+               and "zeros with --bad zero" in r[3] for r in reports), reports
+    assert src.read(at, n) == written  # what the clone wrote still reads
+    if bad == "eio":
+        with pytest.raises(UnreadableError):
+            src.read(0, 4096)
+    else:
+        assert src.read(0, 4096) == bytes(4096)

@@ -293,7 +293,7 @@ def test_corrupt_committed_text_falls_back_to_scanned_generation(tmp_path):
     os.unlink(p)
 
 
-def _thin_pool_lvs(tid, with_vm100=True):
+def _thin_pool_lvs(tid, with_vm100=True, external=None):
     meta_ext, data_ext = 64, 512  # 4 MiB tmeta, 32 MiB tdata in 64 KiB extents
     out = lv("data", [f'start_extent = 0\nextent_count = {data_ext}\ntype = "thin-pool"\n'
                       f'metadata = "data_tmeta"\npool = "data_tdata"\n'
@@ -302,8 +302,10 @@ def _thin_pool_lvs(tid, with_vm100=True):
     out += lv("data_tdata", [linear(0, data_ext, "pv0", meta_ext)], visible=False)
     thin = [("vm-101-disk-0", 2, 512)] + ([("vm-100-disk-0", 1, 1024)] if with_vm100 else [])
     for name, dev, ext in thin:
+        origin = f'external_origin = "{external}"\n' if external and dev == 2 else ""
         out += lv(name, [f'start_extent = 0\nextent_count = {ext}\ntype = "thin"\n'
-                         f'thin_pool = "data"\ntransaction_id = 0\ndevice_id = {dev}\n'])
+                         f'thin_pool = "data"\ntransaction_id = 0\ndevice_id = {dev}\n'
+                         + origin])
     return out
 
 
@@ -349,6 +351,32 @@ def test_transaction_mismatch_and_regretted_lvremove(tmp_path, fixture_pool):
     ctx = discover([str(a)], Options(backend_options={"lvm_seqno": 1}))
     assert sha(read_all(ctx, "storage/lvm/pve/vm-100-disk-0")) == want["vm-100-disk-0"]["sha256"]
     assert sha(read_all(ctx, "vms/100/disk-0.raw")) == want["vm-100-disk-0"]["sha256"]
+
+
+@pytest.mark.parametrize("bad", ["eio", "zero"])
+def test_missing_external_origin_is_lost_not_zeros(tmp_path, fixture_pool, bad):
+    """A thin LV whose lvm2 external_origin is not in the VG: the blocks it never wrote
+    would come from the origin, so they are lost -- EIO by default, zeros only with
+    --bad zero (they read as zeros silently before); its own blocks still read."""
+    from pvfs.errors import UnreadableError
+    tmeta, tdata, m = fixture_pool
+    pvs = [("pv0", pv_uuid(0), 64 + 512)]
+    t1 = vg_text("pve", VGID, 1, pvs, _thin_pool_lvs(5, external="base-9000-disk-0"))
+    a = write_pv(tmp_path / "a.img", pv_uuid(0), 64 + 512, [(512, t1)], 0,
+                 extents={0: tmeta, 64: tdata})
+    ctx = discover([str(a)], Options(bad=bad))
+    lost = [e for e in ctx.report if e.code == "external-origin-missing"]
+    assert lost and all(e.outcome == "lost" and "base-9000-disk-0" in e.message for e in lost)
+    src = resolve(ctx.root, "storage/lvm/pve/vm-101-disk-0").source
+    status = src.block_status(0, src.size)
+    mapped = next((o, n) for o, n, st in status if st == "data")
+    hole = next((o, n) for o, n, st in status if st != "data")
+    assert len(src.read(mapped[0], 4096)) == 4096  # the LV's own blocks still read
+    if bad == "eio":
+        with pytest.raises(UnreadableError):
+            src.read(hole[0], 4096)
+    else:
+        assert src.read(hole[0], 4096) == bytes(4096)
 
 
 def test_newer_uncommitted_text_is_used_and_reported(tmp_path):

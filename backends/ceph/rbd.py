@@ -763,9 +763,12 @@ class Cluster:
         if overlap <= 0:
             return None, 0
         where = f"parent {self.pool_name(par.pool_id)}/{par.image_id}@{par.snap_id}"
+        lost_note = "ranges the clone never wrote are lost: they read EIO (zeros with --bad zero)"
         if depth >= 8:
-            self.report("error", path, "rbd-parent", f"{where}: more than 8 levels of clones")
-            return None, 0
+            self.report("error", path, "rbd-parent",
+                        f"{where}: more than 8 levels of clones; {lost_note}", [(0, overlap)])
+            return MissingSource(overlap, f"{where}: more than 8 levels of clones",
+                                 bad=self.bad, label=path), overlap
         try:
             pns = par.namespace.encode()
             names, _v1 = self.list_images(par.pool_id, pns)
@@ -776,10 +779,10 @@ class Cluster:
                 raise RbdError(f"snapshot {par.snap_id} of the parent is not in its header")
             src = self.image_source(pimg, psnap, f"{path} ({where})", depth + 1)
         except (CephError, UnreadableError) as e:
-            self.report("error", path, "rbd-parent",
-                        f"{where}: unreadable ({e}); ranges the clone never wrote read as zeros",
+            self.report("error", path, "rbd-parent", f"{where}: unreadable ({e}); {lost_note}",
                         [(0, overlap)])
-            return None, 0
+            return MissingSource(overlap, f"{where}: unreadable ({e})", bad=self.bad,
+                                 label=path), overlap
         return src, overlap
 
     def image_source(self, img: RbdImage, snap: RbdSnapshot | None, path: str, depth=0):
@@ -794,16 +797,20 @@ class Cluster:
         parent_src, overlap = self.parent_source(img, snap, path, depth)
         prescanned = set()  # objects already reported as missing when the image was opened
         ec = self.ec_layout(data_pool)
-        if parent_src is not None and not layout.simple:
-            # the parent's bytes in the ranges the clone never wrote are not shown: lost here
+        striped_parent = parent_src is not None and not layout.simple
+        if striped_parent:
+            # The parent's bytes in the ranges a striped clone never wrote are not merged
+            # (the object-to-image map differs per object set): never shown as zeros.
             report("error", path, "rbd-parent-striped",
-                   "a striped clone's parent data is not merged; the ranges the clone never "
-                   "wrote read as zeros instead of the parent's bytes")
-            parent_src = None
+                   "a striped clone's parent data is not merged; the objects the clone never "
+                   "wrote are lost: they read EIO (zeros with --bad zero)", [(0, overlap)])
 
         def from_parent(objno):
             """An object the clone never wrote: the parent's bytes below the overlap."""
             start = objno * img.object_size
+            if striped_parent:  # conservative: the whole object, wherever its stripes land
+                return MissingSource(img.object_size, "a striped clone's parent data is not "
+                                     "merged", bad=bad, label=f"{label}: object {objno:#x}")
             n = min(img.object_size, overlap - start)
             if parent_src is None or n <= 0:
                 return None

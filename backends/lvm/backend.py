@@ -22,7 +22,7 @@ from pvfs.cache import METADATA_CACHE
 from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, File
 from pvfs.proxmox.view import Locator
-from pvfs.source import BytesSource
+from pvfs.source import BytesSource, MissingSource
 
 from . import structs as S
 from .errors import LvmError, ThinError
@@ -460,7 +460,11 @@ class _Builder:
             else:
                 self.report("error", "external-origin-missing",
                             f"thin LV {lv.name}: external origin {ext} is not in the VG; "
-                            f"its unmapped blocks read as zeros", path=path)
+                            f"the blocks the thin LV never wrote are lost: they read EIO "
+                            f"(zeros with --bad zero)", path=path)
+                # never zeros by default: the origin's bytes exist, nobody can give them
+                ext_src = MissingSource(size, f"external origin {ext} is not in the VG",
+                                        bad=self.ctx.bad(), label=f"{self.vg.name}/{ext}")
         src = ThinSource(pool, dev, size, label=f"{self.vg.name}/{lv.name}", bad=self.ctx.bad(),
                          external=ext_src)
         stale = None
