@@ -292,6 +292,26 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with stdin, stdout and stderr on
+    /dev/null.  It lives as long as this process (the mount daemon) and would otherwise
+    keep the caller's pipes open: ``subprocess.run(["pvfs", "mount", ...],
+    capture_output=True)`` would wait until the file system is unmounted."""
+    from multiprocessing import resource_tracker
+
+    null = os.open(os.devnull, os.O_RDWR)
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    try:
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        resource_tracker.ensure_running()
+    finally:
+        for fd, old in zip((0, 1, 2), saved, strict=True):
+            os.dup2(old, fd)
+            os.close(old)
+        os.close(null)
+
+
 def warm(ctx: Context, inputs: Iterable[str], jobs: int) -> list[dict]:
     """Index the cold units of ``inputs`` in up to ``jobs`` worker processes."""
     store = ctx.indexes
@@ -310,6 +330,7 @@ def warm(ctx: Context, inputs: Iterable[str], jobs: int) -> list[dict]:
 
     opts = replace(ctx.options, jobs=1, progress=False, probe_cache=False)
     mp = _context()
+    _quiet_resource_tracker()
     queue = mp.Queue(1000)
     n = min(jobs, len(todo))
     ctx.note_progress(f"indexing {len(todo)} inputs in {n} worker processes")

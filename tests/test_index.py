@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,8 @@ from pvfs.index import SUFFIX, IndexStore, check_dir, resolve_dir
 from pvfs.nodes import resolve
 from pvfs.report import report_json, report_text
 from pvfs.source import FileSource, SliceSource
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _untouched(path: Path) -> tuple:
@@ -460,3 +464,23 @@ def test_no_workers_from_a_daemonic_process(tmp_path, ceph):
     n, codes, text = q.get(timeout=120)  # (a crashed daemon sends nothing)
     p.join(60)
     assert n == 0 and codes == [] and text == serial
+
+
+def test_resource_tracker_keeps_no_caller_pipe_open():
+    """The worker pool's resource tracker outlives discovery (it lives as long as the
+    mount daemon).  Started with the caller's stdout/stderr, it kept them open, so
+    ``subprocess.run(["pvfs", "mount", ...], capture_output=True)`` hung until unmount."""
+    code = ("import os, sys\n"
+            "from multiprocessing import resource_tracker\n"
+            "from pvfs.parallel import _quiet_resource_tracker\n"
+            "_quiet_resource_tracker()\n"
+            "pid = resource_tracker._resource_tracker._pid\n"
+            "print(pid, *[os.readlink(f'/proc/{pid}/fd/{n}') for n in (0, 1, 2)])\n"
+            "print('still mine', os.readlink('/proc/self/fd/1').startswith('pipe:'))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.splitlines()
+    pid, *targets = first.split()
+    assert int(pid) > 0 and targets == ["/dev/null"] * 3
+    assert second == "still mine True"
