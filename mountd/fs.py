@@ -25,7 +25,7 @@ import pyfuse3
 import trio
 
 from pvfs.errors import UnreadableError
-from pvfs.nodes import Dir, File, GeneratedFile, Node, Symlink, time_ns
+from pvfs.nodes import Dir, File, GeneratedFile, Node, Symlink
 
 if TYPE_CHECKING:
     from pvfs.damage import DamageReport
@@ -156,9 +156,7 @@ class PvfsOperations(pyfuse3.Operations):
         a.st_size = node.size
         a.st_blksize = 65536
         a.st_blocks = (node.allocated_bytes() + 511) // 512
-        a.st_atime_ns = time_ns(node.atime)
-        a.st_mtime_ns = time_ns(node.mtime)
-        a.st_ctime_ns = time_ns(node.ctime)
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = node.times_ns()
         return a
 
     async def _attrs_async(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
@@ -349,15 +347,17 @@ class PvfsOperations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self._node(inode)
+        xattrs = self._node(inode)._xattrs  # None: none (no dict made for asking)
         try:
-            return node.xattrs[name]
+            if xattrs is None:
+                raise KeyError(name)
+            return xattrs[name]
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENODATA) from None
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return list(self._node(inode).xattrs.keys())
+        return self._node(inode).xattr_names()
 
     @handler
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:

@@ -52,19 +52,82 @@ def time_ns(t: float) -> int:
     return ns if ns is not None else int(round(t * 1e9))
 
 
+def _stored_time(t: float) -> float | int:
+    """What a node keeps of a time: a :class:`Timestamp` as its int nanoseconds (one
+    int instead of a float subclass with an int slot: 32 instead of 88 bytes), any other
+    number as a float."""
+    ns = getattr(t, "ns", None)
+    return ns if ns is not None else float(t)
+
+
+def _loaded_time(v: float | int) -> float:
+    return Timestamp.from_ns(v) if type(v) is int else v
+
+
 class Node:
+    """One inode.  ``__slots__`` (no ``__dict__``: a subclass outside this module gets
+    one) and times kept as int nanoseconds: a pool of a million listed files keeps a
+    million nodes (issue 15 item 5)."""
+
+    __slots__ = ("mode", "_atime", "_mtime", "_ctime", "uid", "gid", "_xattrs", "nlink",
+                 "rdev", "__weakref__")
     kind = "node"
 
     def __init__(self, mode: int, mtime: float | None = None, uid: int = 0, gid: int = 0, atime: float | None = None, ctime: float | None = None) -> None:
         self.mode = mode
-        self.mtime = _START_TIME if mtime is None else mtime
-        self.atime = self.mtime if atime is None else atime
-        self.ctime = self.mtime if ctime is None else ctime
+        m = self._mtime = _stored_time(_START_TIME if mtime is None else mtime)
+        self._atime = m if atime is None else _stored_time(atime)
+        self._ctime = m if ctime is None else _stored_time(ctime)
         self.uid = uid
         self.gid = gid
-        self.xattrs: dict[bytes, bytes] = {}
+        self._xattrs: dict[bytes, bytes] | None = None
         self.nlink = 1
         self.rdev = 0
+
+    # Times read as floats (a Timestamp when the nanoseconds are known); *_ns for the mount.
+    @property
+    def mtime(self) -> float:
+        return _loaded_time(self._mtime)
+
+    @mtime.setter
+    def mtime(self, t: float) -> None:
+        self._mtime = _stored_time(t)
+
+    @property
+    def atime(self) -> float:
+        return _loaded_time(self._atime)
+
+    @atime.setter
+    def atime(self, t: float) -> None:
+        self._atime = _stored_time(t)
+
+    @property
+    def ctime(self) -> float:
+        return _loaded_time(self._ctime)
+
+    @ctime.setter
+    def ctime(self, t: float) -> None:
+        self._ctime = _stored_time(t)
+
+    def times_ns(self) -> tuple[int, int, int]:
+        """``(atime, mtime, ctime)`` in nanoseconds (exact when stored so)."""
+        return tuple(v if type(v) is int else int(round(v * 1e9))
+                     for v in (self._atime, self._mtime, self._ctime))
+
+    @property
+    def xattrs(self) -> dict[bytes, bytes]:
+        """Extended attributes; the dict is made on first use (most nodes have none)."""
+        x = self._xattrs
+        if x is None:
+            x = self._xattrs = {}
+        return x
+
+    @xattrs.setter
+    def xattrs(self, value: dict[bytes, bytes]) -> None:
+        self._xattrs = value
+
+    def xattr_names(self) -> list[bytes]:
+        return list(self._xattrs) if self._xattrs else []
 
     @property
     def size(self) -> int:
@@ -75,6 +138,7 @@ class Node:
 
 
 class Dir(Node):
+    __slots__ = ("_children", "filesystem_root", "_loader", "_loading", "_lock")
     kind = "dir"
 
     def __init__(self, mode: int = 0o555, loader: Callable[[Dir], None] | None = None, **kw: Any) -> None:
@@ -145,6 +209,7 @@ class Dir(Node):
 
 
 class File(Node):
+    __slots__ = ("source", "_allocated")
     kind = "file"
 
     def __init__(self, source: Source, mode: int = 0o444, **kw: Any) -> None:
@@ -174,6 +239,7 @@ class GeneratedFile(Node):
     calls :meth:`content` in a worker thread when :attr:`stale`.
     """
 
+    __slots__ = ("render", "version", "_cached", "_lock")
     kind = "generated"
 
     def __init__(self, render: Callable[[], bytes], mode: int = 0o444,
@@ -207,6 +273,7 @@ class GeneratedFile(Node):
 
 
 class Symlink(Node):
+    __slots__ = ("target",)
     kind = "symlink"
 
     def __init__(self, target: bytes | str, **kw: Any) -> None:
@@ -221,6 +288,7 @@ class Symlink(Node):
 class Special(Node):
     """Device node, fifo or socket: shown with its type, never opened."""
 
+    __slots__ = ()
     kind = "special"
 
     def __init__(self, mode: int, rdev: int = 0, **kw: Any) -> None:

@@ -62,6 +62,9 @@ class Source:
     #: True when ``allocated_bytes`` needs no I/O (a ZFS dnode's dn_used): the mount
     #: then answers ``stat`` inline instead of in a worker thread.
     cheap_allocation: bool = False
+    # A subclass kept per file (a ZFS file's DnodeSource) declares __slots__ and has no
+    # __dict__; every other subclass gets one as usual.
+    __slots__ = ("uid",)
 
     def __init__(self) -> None:
         self.uid = next(_uids)

@@ -375,7 +375,14 @@ class DnodeSource(Source):
     meta-dnode (object 0) is not in its object set's dnode array and stays kept.
     """
 
-    def __init__(self, dnode: Dnode, size: int, label: str, path=None, bad="eio", ctx=None):
+    __slots__ = ("objset", "objnum", "_kept", "_used", "size", "_label", "_path", "_fs",
+                 "bad", "ctx", "has_unreadable")
+
+    def __init__(self, dnode: Dnode, size: int, label: str, path=None, bad="eio", ctx=None,
+                 fs=None):
+        """``fs``: the file's ZPL file system (its ``objset.name`` and tree ``path``);
+        ``label`` is then the file's path in it, and the label and tree path are made
+        from them when asked (two path strings per listed file are not kept)."""
         super().__init__()
         self.objset = getattr(dnode, "objset", None)
         self.objnum = getattr(dnode, "objnum", 0)
@@ -385,12 +392,24 @@ class DnodeSource(Source):
         if hasattr(dnode, "flags"):
             self._used = dnode.used if dnode.flags & 1 else dnode.used * 512
         self.size = size
-        self.label = label
-        self.path = path
+        self._label = label
+        self._path = path
+        self._fs = fs
+        self.has_unreadable = False  # (a slot: pvfs/report.py sets it on a damaged zvol)
         self.bad = bad
         if ctx is None:
             ctx = getattr(getattr(dnode.objset, "pool", None), "ctx", None)
         self.ctx = ctx
+
+    @property
+    def label(self) -> str:
+        fs = self._fs
+        return self._label if fs is None else f"{fs.objset.name}:{self._label}"
+
+    @property
+    def path(self) -> str | None:
+        fs = self._fs
+        return self._path if fs is None else f"{fs.path}/{self._label}"
 
     @property
     def dnode(self) -> Dnode:

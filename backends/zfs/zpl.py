@@ -231,7 +231,7 @@ class Zpl:
                 base = None
                 if dnode is not None:
                     base = DnodeSource(dnode, ro.base_size if ro is not None else zn.size,
-                                       label, path=tree_path, bad=self.bad, ctx=self.ctx)
+                                       relpath, bad=self.bad, ctx=self.ctx, fs=self)
                 if ro is not None and ro.ext is not None:
                     from .zilreplay import ReplaySource
 
