@@ -73,14 +73,13 @@ class PvfsOperations(pyfuse3.Operations):
             raise ValueError(f"threads must be 1 or more, not {threads}")
         self.limiter = trio.CapacityLimiter(threads)
         self._lock = threading.Lock()
-        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
+        # Per inode handed out: (node, parent inode, name), the name being the string the
+        # parent directory holds; paths are made from these when asked (error entries).
+        # The kernel may look up every file of a pool: no path strings, no lookup counts
+        # (nodes stay in their directories, so forgetting would free next to nothing).
+        self._entries: dict[int, tuple[Node, int, str]] = {
+            pyfuse3.ROOT_INODE: (root, pyfuse3.ROOT_INODE, "")}
         self._inos: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}
-        #: each inode's name in the directory it was first found in; path_of() joins them
-        #: up the _parents chain.  (Full paths cost every inode ~100 bytes more: 8 MB for
-        #: a pool of 79,000 files, issue 13 item 6.)
-        self._names: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
-        self._parents: dict[int, int] = {pyfuse3.ROOT_INODE: pyfuse3.ROOT_INODE}
-        self._lookups: dict[int, int] = {}
         self._next_ino = pyfuse3.ROOT_INODE + 1
         self._handles: dict[int, tuple] = {}
         self._next_fh = 1
@@ -92,37 +91,41 @@ class PvfsOperations(pyfuse3.Operations):
         self.gid = os.getgid()
 
     # -- bookkeeping -----------------------------------------------------------
-    def _ino(self, node: Node, name: str, parent_ino: int | None) -> int:
+    def _ino(self, node: Node, parent_ino: int, name: str) -> int:
+        """The inode of ``node``, first met as ``name`` in directory ``parent_ino``
+        (a hard link keeps the inode and the path it was first met at)."""
+        ino = self._inos.get(id(node))
+        if ino is not None:
+            return ino
         with self._lock:
             ino = self._inos.get(id(node))
             if ino is None:
                 ino = self._next_ino
                 self._next_ino += 1
                 self._inos[id(node)] = ino
-                self._nodes[ino] = node
-                self._names[ino] = name
-                self._parents[ino] = parent_ino
+                self._entries[ino] = (node, parent_ino, name)
             return ino
 
     def _node(self, ino: int) -> Node:
-        node = self._nodes.get(ino)
-        if node is None:
+        entry = self._entries.get(ino)
+        if entry is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return node
+        return entry[0]
+
+    def _parent(self, ino: int) -> int | None:
+        entry = self._entries.get(ino)
+        return None if entry is None else entry[1]
 
     def path_of(self, ino: int) -> str | None:
-        """The inode's path below the mountpoint ("" for the root)."""
-        parts = []
-        cur = ino
-        for _ in range(4096):  # (parents are always older inodes: no cycle; bounded anyway)
-            if cur == pyfuse3.ROOT_INODE:
-                return "/".join(reversed(parts))
-            name = self._names.get(cur)
-            if name is None:
-                break
-            parts.append(name)
-            cur = self._parents.get(cur, pyfuse3.ROOT_INODE)
-        return f"<inode {ino}>"
+        entry = self._entries.get(ino)
+        if entry is None:
+            return f"<inode {ino}>"
+        names = []
+        while ino != pyfuse3.ROOT_INODE and entry is not None and len(names) < 4096:
+            names.append(entry[2])
+            ino = entry[1]
+            entry = self._entries.get(ino)
+        return "/".join(reversed(names))
 
     def note_error(self, op: str, args: tuple, exc: BaseException, code: str) -> None:
         if self.report is None:
@@ -178,24 +181,19 @@ class PvfsOperations(pyfuse3.Operations):
         if name_s == ".":
             node, ino = parent, parent_inode
         elif name_s == "..":
-            ino = self._parents.get(parent_inode, pyfuse3.ROOT_INODE)
+            ino = self._parent(parent_inode) or pyfuse3.ROOT_INODE
             node = self._node(ino)
         else:
             children = parent.children() if parent.loaded else await self._run(parent.children)
             node = children.get(name_s)
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            ino = self._ino(node, name_s, parent_inode)
-        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+            ino = self._ino(node, parent_inode, name_s)
         return await self._attrs_async(node, ino)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
-        for ino, nlookup in inode_list:
-            left = self._lookups.get(ino, 0) - nlookup
-            if left <= 0:
-                self._lookups.pop(ino, None)
-            else:
-                self._lookups[ino] = left
+        """Inodes stay: numbers are stable for the life of the mount, and a node is
+        kept by its directory whether the kernel holds it or not."""
 
     @handler
     async def getattr(self, inode: int,
@@ -239,12 +237,12 @@ class PvfsOperations(pyfuse3.Operations):
         recent.move_to_end(inode)
         while len(recent) > RECENT_DIRS:
             recent.popitem(last=False)
-        parent_ino = self._parents.get(inode)
+        parent_ino = self._parent(inode)
         if parent_ino is None or parent_ino == inode or parent_ino not in recent \
                 or parent_ino in self._prefetched:
             return
         self._prefetched.add(parent_ino)
-        parent = self._nodes.get(parent_ino)
+        parent = self._entries[parent_ino][0]
         if not isinstance(parent, Dir) or not parent.loaded:
             return
         todo = [c for c in parent.children().values() if isinstance(c, Dir) and not c.loaded]
@@ -278,11 +276,10 @@ class PvfsOperations(pyfuse3.Operations):
         inode, entries = self._handles[fh]
         for i in range(start_id, len(entries)):
             name, node = entries[i]
-            ino = self._ino(node, name, inode)
+            ino = self._ino(node, inode, name)
             attrs = await self._attrs_async(node, ino)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, i + 1):
                 return
-            self._lookups[ino] = self._lookups.get(ino, 0) + 1
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -339,7 +336,7 @@ class PvfsOperations(pyfuse3.Operations):
         s.f_blocks = 0
         s.f_bfree = 0
         s.f_bavail = 0
-        s.f_files = len(self._nodes)
+        s.f_files = len(self._entries)
         s.f_ffree = 0
         s.f_favail = 0
         s.f_namemax = 255

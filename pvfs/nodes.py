@@ -65,12 +65,13 @@ def _loaded_time(v: float | int) -> float:
 
 
 class Node:
-    """One inode.  ``__slots__`` (no ``__dict__``: a subclass outside this module gets
-    one) and times kept as int nanoseconds: a pool of a million listed files keeps a
-    million nodes (issue 15 item 5)."""
+    """One inode.  ``__slots__`` (and a ``__dict__``, made only when a backend sets an
+    attribute of its own, such as FAT's ``fat_extents``) and times kept as int
+    nanoseconds: a pool of a million listed files keeps a million nodes (issue 15
+    item 5)."""
 
     __slots__ = ("mode", "_atime", "_mtime", "_ctime", "uid", "gid", "_xattrs", "nlink",
-                 "rdev", "__weakref__")
+                 "rdev", "__dict__", "__weakref__")
     kind = "node"
 
     def __init__(self, mode: int, mtime: float | None = None, uid: int = 0, gid: int = 0, atime: float | None = None, ctime: float | None = None) -> None:
