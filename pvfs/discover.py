@@ -547,7 +547,9 @@ def timeline_of(volume: Volume | None) -> str | None:
 def _probe_error(ctx: Context, volume_path: str) -> Callable[[Backend, Exception], None]:
     def report(backend: Backend, e: Exception) -> None:
         if isinstance(e, UnreadableError):
-            ctx.report.add("warning", backend.name, volume_path, "probe-unreadable",
+            # A note, not a warning: the bytes are lost and reported where they are lost
+            # (the lost entry counts them); this says only what the loss hid.
+            ctx.report.add("info", backend.name, volume_path, "probe-unreadable",
                            f"could not read enough to recognise a {backend.name} structure: {e}",
                            e.ranges)
         else:  # a probe must never raise; if it does, it is a bug, not damage
