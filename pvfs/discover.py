@@ -668,7 +668,8 @@ def open_file_source(ctx: Context, path: str, label: str | None = None
 def _open_input_file(ctx: Context, path: str, directory: Dir, dir_path: str, name: str,
                      from_dir: bool = False) -> None:
     src, mapfile, bad_ranges = open_file_source(ctx, path, label=name)
-    ctx.inputs.append({"path": os.path.abspath(path), "size": src.size,
+    abspath = os.path.abspath(path)  # one string for the three places below
+    ctx.inputs.append({"path": abspath, "size": src.size,
                        "mapfile": os.path.abspath(mapfile) if mapfile else None,
                        "bad_bytes": sum(n for _, n in bad_ranges)})
     st = os.stat(path)
@@ -676,11 +677,11 @@ def _open_input_file(ctx: Context, path: str, directory: Dir, dir_path: str, nam
     name = directory.add(name, d, report=ctx.report, path_hint=dir_path)  # unique per input
     dpath = f"{dir_path}/{name}"
     # The input itself is a volume without its own node: what it holds is shown in d.
-    vol = Volume(src, dpath, name, "input", input_path=os.path.abspath(path))
+    vol = Volume(src, dpath, name, "input", input_path=abspath)
     vol.mtime = st.st_mtime
     vol.file_name = os.path.basename(path)
     vol.files = OsFiles(lambda p: open_file_source(ctx, p)[0])
-    vol.file_path = os.path.abspath(path)
+    vol.file_path = abspath
     vol.from_dir = from_dir
     vol.homes.append(Home(d, None, dpath))
     ctx._register(vol, True)
