@@ -665,6 +665,15 @@ def open_file_source(ctx: Context, path: str, label: str | None = None
     return src, mapfile, bad_ranges
 
 
+def _os_files(ctx: Context) -> OsFiles:
+    """The machine's files, opened through ``ctx``: one OsFiles (it keeps no state) for
+    every input, not one with its own closure each (a folder of 100,000 inputs)."""
+    files = ctx.__dict__.get("_os_files")
+    if files is None:
+        files = ctx._os_files = OsFiles(lambda p: open_file_source(ctx, p)[0])
+    return files
+
+
 def _open_input_file(ctx: Context, path: str, directory: Dir, dir_path: str, name: str,
                      from_dir: bool = False) -> None:
     src, mapfile, bad_ranges = open_file_source(ctx, path, label=name)
@@ -680,7 +689,7 @@ def _open_input_file(ctx: Context, path: str, directory: Dir, dir_path: str, nam
     vol = Volume(src, dpath, name, "input", input_path=abspath)
     vol.mtime = st.st_mtime
     vol.file_name = os.path.basename(path)
-    vol.files = OsFiles(lambda p: open_file_source(ctx, p)[0])
+    vol.files = _os_files(ctx)
     vol.file_path = abspath
     vol.from_dir = from_dir
     vol.homes.append(Home(d, None, dpath))
