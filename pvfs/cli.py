@@ -145,6 +145,12 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="never show progress", **(d or {"default": None}))
 
 
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                   help="drive images, image files, block devices, directories or NBD "
+                        "exports (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bad", choices=("eio", "zero"), default=None,
                    help="bytes that no copy, parity or fallback can produce (bad sectors, "
@@ -191,9 +197,7 @@ def build_parser() -> Parser:
                     "groups, images, backups) and print what is there with every damage "
                     "entry. Nothing is written anywhere.",
         epilog=EXAMPLES["scan"])
-    scan.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                      help="drive images, image files, block devices, directories or NBD "
-                           "exports (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
+    _add_inputs(scan)
     scan.add_argument("--json", action="store_true",
                       help="print the report as JSON (the same document as report.json)")
     scan.add_argument("--html", metavar="FILE",
@@ -209,9 +213,7 @@ def build_parser() -> Parser:
                     "report.html. Returns once the tree can be used; a daemon serves it "
                     "until 'pvfs umount MOUNTPOINT'.",
         epilog=EXAMPLES["mount"])
-    mount.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                       help="drive images, image files, block devices, directories or NBD "
-                           "exports (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
+    _add_inputs(mount)
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="stay in the foreground (Ctrl-C or SIGTERM unmounts)")
@@ -238,9 +240,7 @@ def build_parser() -> Parser:
                     "metadata changed is rebuilt, never trusted. Run it on the machine that "
                     "holds the images, beside them.",
         epilog=EXAMPLES["index"])
-    index.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                       help="drive images, image files, block devices, directories or NBD "
-                            "exports (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
+    _add_inputs(index)
     _add_common(index)
     _global_options(index, suppress=True)
 

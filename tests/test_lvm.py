@@ -478,12 +478,29 @@ def _drop_device_patches(real, dev):
     return patches
 
 
+def _real_pool_text(transaction_id):
+    """LVM text of the lvm-thin-real pool ``data`` (tmeta at extent 0, tdata at 64)."""
+    from test_lvm_synth import linear, lv
+    pool = lv("data", ['start_extent = 0\nextent_count = 1920\ntype = "thin-pool"\n'
+                       'metadata = "data_tmeta"\npool = "data_tdata"\n'
+                       f'transaction_id = {transaction_id}\nchunk_size = 128\n'])
+    pool += lv("data_tmeta", [linear(0, 64, "pv0", 0)], visible=False)
+    return pool + lv("data_tdata", [linear(0, 1920, "pv0", 64)], visible=False)
+
+
+def _thin(name, dev, ext):
+    """LVM text of a thin LV of the pool ``data``."""
+    from test_lvm_synth import lv
+    return lv(name, [f'start_extent = 0\nextent_count = {ext}\ntype = "thin"\n'
+                     f'thin_pool = "data"\ntransaction_id = 0\ndevice_id = {dev}\n'])
+
+
 def test_regretted_lvremove_of_a_thin_lv_is_listed_under_removed(real, tmp_path):
     """The newest LVM generation no longer names vm-101 and the pool no longer has its
     device (as after ``lvremove``); an older generation names it, and the kernel's older
     top-level trees still reference its mapping tree: it appears under removed/ with the
     manifest's sha256, without any option."""
-    from test_lvm_synth import lv, linear, pv_uuid, vg_text, write_pv
+    from test_lvm_synth import pv_uuid, vg_text, write_pv
     img, m = real
     patches = _drop_device_patches(real, 2)
     f = FileSource(img)
@@ -491,19 +508,11 @@ def test_regretted_lvremove_of_a_thin_lv_is_listed_under_removed(real, tmp_path)
     tmo = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
     tmeta = PatchedSource(f, patches).read(tmo, 4 << 20)
     tdata = f.read(tdo, 120 << 20)
-    pool = lv("data", ['start_extent = 0\nextent_count = 1920\ntype = "thin-pool"\n'
-                       'metadata = "data_tmeta"\npool = "data_tdata"\ntransaction_id = 3\n'
-                       'chunk_size = 128\n'])
-    pool += lv("data_tmeta", [linear(0, 64, "pv0", 0)], visible=False)
-    pool += lv("data_tdata", [linear(0, 1920, "pv0", 64)], visible=False)
-
-    def thin(name, dev, ext):
-        return lv(name, [f'start_extent = 0\nextent_count = {ext}\ntype = "thin"\n'
-                         f'thin_pool = "data"\ntransaction_id = 0\ndevice_id = {dev}\n'])
-    keep = thin("vm-100-disk-0", 1, 512) + thin("snap_vm-100-disk-0_before", 3, 512)
+    pool = _real_pool_text(3)
+    keep = _thin("vm-100-disk-0", 1, 512) + _thin("snap_vm-100-disk-0_before", 3, 512)
     pvs = [("pv0", pv_uuid(0), 64 + 1920)]
     vgid = "REALrm-aaaa-bbbb-cccc-dddd-eeee-ffffff"
-    t1 = vg_text("pve", vgid, 1, pvs, pool + keep + thin("vm-101-disk-0", 2, 768))
+    t1 = vg_text("pve", vgid, 1, pvs, pool + keep + _thin("vm-101-disk-0", 2, 768))
     t2 = vg_text("pve", vgid, 2, pvs, pool + keep, description="lvremove pve/vm-101-disk-0")
     off2 = 512 * (1 + (len(t1) + 511) // 512)
     a = write_pv(tmp_path / "pv.img", pv_uuid(0), 64 + 1920, [(512, t1), (off2, t2)], 1,
@@ -531,7 +540,7 @@ def test_removed_snapshot_stays_removed_when_the_thin_superblock_is_zeroed(real,
     --lvm-thin-scan, where every whole MiB matches the snapshot's per-MiB hashes."""
     import hashlib
 
-    from test_lvm_synth import lv, linear, pv_uuid, vg_text, write_pv
+    from test_lvm_synth import pv_uuid, vg_text, write_pv
     img, m = real
     f = FileSource(img)
     tmo = m["lvs"]["data_tmeta"]["segments"][0]["disk_offset"]
@@ -539,18 +548,10 @@ def test_removed_snapshot_stays_removed_when_the_thin_superblock_is_zeroed(real,
     patches = _drop_device_patches(real, 3)
     patches[tmo] = bytes(4096)  # the superblock
     tmeta = PatchedSource(f, patches).read(tmo, 4 << 20)
-    pool = lv("data", ['start_extent = 0\nextent_count = 1920\ntype = "thin-pool"\n'
-                       'metadata = "data_tmeta"\npool = "data_tdata"\ntransaction_id = 4\n'
-                       'chunk_size = 128\n'])
-    pool += lv("data_tmeta", [linear(0, 64, "pv0", 0)], visible=False)
-    pool += lv("data_tdata", [linear(0, 1920, "pv0", 64)], visible=False)
-
-    def thin(name, dev, ext):
-        return lv(name, [f'start_extent = 0\nextent_count = {ext}\ntype = "thin"\n'
-                         f'thin_pool = "data"\ntransaction_id = 0\ndevice_id = {dev}\n'])
+    pool = _real_pool_text(4)
     text = vg_text("pve", "REALzs-aaaa-bbbb-cccc-dddd-eeee-ffffff", 7,
                    [("pv0", pv_uuid(0), 1984)],
-                   pool + thin("vm-100-disk-0", 1, 512) + thin("vm-101-disk-0", 2, 768),
+                   pool + _thin("vm-100-disk-0", 1, 512) + _thin("vm-101-disk-0", 2, 768),
                    description="lvremove pve/snap_vm-100-disk-0_before")
     a = write_pv(tmp_path / "pv.img", pv_uuid(0), 1984, [(512, text)], 0,
                  extents={0: tmeta, 64: f.read(tdo, 120 << 20)})

@@ -412,13 +412,13 @@ def test_texts_after_stale_bytes_in_a_used_ring(tmp_path):
     assert [(g.seqno, g.offset) for g in info.generations] == [(7, off1), (8, off2)]
 
 
-def test_guest_lvm_inside_a_vm_disk_lv(tmp_path):
-    """A VM disk that is itself an LVM PV (a guest installed on LVM): the guest VG is
-    assembled in a later round from the host LV (role "lv")."""
-    inner_data = rnd(EXT, 13)
+def guest_vg_in_host_lv(tmp_path, inner_data):
+    """A guest VG ``guest`` (LV ``root`` holding ``inner_data``) on a PV that is the host
+    LV ``host/vm-100-disk-0``: returns (the host PV image, the host LV's bytes)."""
+    n_fs = len(inner_data) // EXT
     inner_text = vg_text("guest", "GUESTv-aaaa-bbbb-cccc-dddd-eeee-ffffff", 3,
-                         [("pv0", pv_uuid(5), 1)], lv("root", [linear(0, 1, "pv0", 0)]))
-    inner = write_pv(tmp_path / "inner.img", pv_uuid(5), 1, [(512, inner_text)], 0,
+                         [("pv0", pv_uuid(5), n_fs)], lv("root", [linear(0, n_fs, "pv0", 0)]))
+    inner = write_pv(tmp_path / "inner.img", pv_uuid(5), n_fs, [(512, inner_text)], 0,
                      extents={0: inner_data})
     inner_bytes = inner.read_bytes()
     n_ext = len(inner_bytes) // EXT
@@ -426,6 +426,14 @@ def test_guest_lvm_inside_a_vm_disk_lv(tmp_path):
                         lv("vm-100-disk-0", [linear(0, n_ext, "pv0", 0)]))
     outer = write_pv(tmp_path / "outer.img", pv_uuid(0), n_ext, [(512, host_text)], 0,
                      extents={0: inner_bytes})
+    return outer, inner_bytes
+
+
+def test_guest_lvm_inside_a_vm_disk_lv(tmp_path):
+    """A VM disk that is itself an LVM PV (a guest installed on LVM): the guest VG is
+    assembled in a later round from the host LV (role "lv")."""
+    inner_data = rnd(EXT, 13)
+    outer, inner_bytes = guest_vg_in_host_lv(tmp_path, inner_data)
     ctx = discover([str(outer)], Options())
     assert read_all(ctx, "storage/lvm/guest/root") == inner_data
     assert read_all(ctx, "vms/100/disk-0.raw") == inner_bytes
@@ -480,17 +488,7 @@ def test_guest_lvm_damage_in_report_html(tmp_path):
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(src),
                     str(fs), "2M"], check=True)
     inner_data = fs.read_bytes()
-    n_fs = len(inner_data) // EXT
-    inner_text = vg_text("guest", "GUESTv-aaaa-bbbb-cccc-dddd-eeee-ffffff", 3,
-                         [("pv0", pv_uuid(5), n_fs)], lv("root", [linear(0, n_fs, "pv0", 0)]))
-    inner = write_pv(tmp_path / "inner.img", pv_uuid(5), n_fs, [(512, inner_text)], 0,
-                     extents={0: inner_data})
-    inner_bytes = inner.read_bytes()
-    n_ext = len(inner_bytes) // EXT
-    host_text = vg_text("host", VGID, 1, [("pv0", pv_uuid(0), n_ext)],
-                        lv("vm-100-disk-0", [linear(0, n_ext, "pv0", 0)]))
-    outer = write_pv(tmp_path / "outer.img", pv_uuid(0), n_ext, [(512, host_text)], 0,
-                     extents={0: inner_bytes})
+    outer, inner_bytes = guest_vg_in_host_lv(tmp_path, inner_data)
     raw = outer.read_bytes()
     # where mke2fs put the file's last block (past the LV's first MiB, which LVM probes)
     bad = raw.find(marker[-4096:])
