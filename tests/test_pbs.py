@@ -892,3 +892,88 @@ def test_bad_goodbye_tables_fall_back_to_archive_order(gt, split, how):
     check_tree(found, tree)
     codes = [(sev, code) for sev, code, *_ in found_report]
     assert codes == [("error", "bad-goodbye")] * 2, found_report
+
+
+# --- standalone pxar streams and catalogs given as inputs (backends/pbs/stream.py) -----------
+STREAMS = GEN / "streams"
+
+
+@pytest.fixture(scope="module")
+def streams_ctx():
+    return discover([str(STREAMS)], Options(bad="eio"))
+
+
+def _home_tree(ctx, path):
+    return {"/" + p: n for p, n in walk(resolve(ctx.root, path)) if p}
+
+
+def test_standalone_streams_v1_and_split_v2(streams_ctx, gt):
+    """Every file of root.pxar (v1) and root.mpxar + root.ppxar (v2, the payload claimed as
+    a companion) equals the ground truth; the catalog reads as text."""
+    ctx = streams_ctx
+    tree = {t["path"]: t for t in gt["snapshots"][2]["archives"]["root.pxar.didx"]["tree"]}
+    del tree["/"]  # the archive's root is the input's own folder
+    for name in ("root.pxar", "root.mpxar"):
+        found = _home_tree(ctx, f"storage/files/streams/{name}")
+        assert set(found) == set(tree), name
+        check_tree(found, tree)  # sha256 of the 10 files, modes, owners, links, xattrs
+    assert resolve(ctx.root, "storage/files/streams/root.ppxar") is None
+    assert [e.code for e in ctx.report if e.severity != "info"] == []
+    assert {(e.path.rsplit("/", 1)[-1], e.code) for e in ctx.report} == {("root.ppxar", "companion-file")}
+    text = resolve(ctx.root, "storage/files/streams/catalog.pcat1/catalog.txt").content().decode()
+    files = [t for t in tree.values() if t["type"] == "file"]
+    for t in files:
+        assert f" {t['size']:>12} " in text and t["path"] in text, t["path"]
+
+
+def test_standalone_mpxar_without_payload(tmp_path, gt):
+    shutil.copy(STREAMS / "root.mpxar", tmp_path / "root.mpxar")
+    ctx = discover([str(tmp_path / "root.mpxar")], Options(bad="eio"))
+    lost = [e for e in ctx.report if e.code == "missing-payload"]
+    assert [(e.severity, e.outcome, e.path) for e in lost] == [("error", "lost", "storage/files/root.mpxar")]
+    tree = {t["path"]: t for t in gt["snapshots"][3]["archives"]["root.mpxar.didx"]["tree"]}
+    found = _home_tree(ctx, "storage/files/root.mpxar")
+    assert set(found) == set(tree) - {"/"}  # the metadata stream still lists everything
+    with pytest.raises(UnreadableError):
+        found["/etc/hosts"].source.read(0, 10)
+
+
+def test_standalone_pxar_truncated(tmp_path, gt):
+    """A cut archive: a damage entry naming it, the files before the cut still equal."""
+    data = (STREAMS / "root.pxar").read_bytes()
+    tree = {t["path"]: t for t in gt["snapshots"][2]["archives"]["root.pxar.didx"]["tree"]}
+    for cut in (len(data) - 100, len(data) // 2, 200, 30):
+        p = tmp_path / f"cut{cut}.pxar"
+        p.write_bytes(data[:cut])
+        ctx = discover([str(p)], Options(bad="eio"))
+        bad = [e for e in ctx.report if e.severity == "error" and e.layer == "pbs-stream"]
+        assert bad and all(e.path.startswith(f"storage/files/{p.name}") for e in bad), cut
+        for path, node in _home_tree(ctx, f"storage/files/{p.name}").items():
+            if node.kind == "file" and tree.get(path, {}).get("type") == "file":
+                try:
+                    got = hashlib.sha256(node.source.read(0, node.size)).hexdigest()
+                except UnreadableError:
+                    continue
+                assert got == tree[path]["sha256"], (cut, path)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, 4085), st.integers(1, 255), st.booleans())
+def test_fuzz_standalone_mpxar(tmp_path_factory, off, xor, cut):
+    data = bytearray((STREAMS / "root.mpxar").read_bytes())
+    if cut:
+        data = data[:off]
+    else:
+        data[off] ^= xor
+    d = tmp_path_factory.mktemp("fz")
+    (d / "root.mpxar").write_bytes(bytes(data))
+    shutil.copy(STREAMS / "root.ppxar", d / "root.ppxar")
+    ctx = discover([str(d)], Options(bad="eio"))
+    home = resolve(ctx.root, f"storage/files/{d.name}/root.mpxar")
+    if home is not None:
+        for _p, node in walk(home):
+            if node.kind == "file":
+                try:
+                    node.source.read(0, min(node.size, 1 << 20))
+                except PvfsError:
+                    pass

@@ -5,6 +5,8 @@ from pvfs.backend import Backend
 from .datastore import DatastoreWalker, State, check_chunks, looks_like_datastore
 from pvfs.namespace import TreeFiles
 
+from .stream import PxarStreamBackend
+
 
 class PbsBackend(Backend):
     """A PBS datastore folder given as an input (``.chunks/`` + backup groups)."""
@@ -43,4 +45,4 @@ class PbsBackend(Backend):
         check_chunks(ctx, ctx.state(self), ctx.options.get("pbs_verify") or "exists", self)
 
 
-BACKENDS = [PbsBackend()]
+BACKENDS = [PbsBackend(), PxarStreamBackend()]
