@@ -31,6 +31,8 @@ STATUS_BUDGET_SECONDS = 20.0  # for all volumes of one discovery
 VOLUME_BUDGET_SECONDS = 3.0  # for one volume
 STATUS_WINDOW = 1 << 34  # block status is asked in 16 GiB windows
 MAX_BAD_RANGES = 4096
+#: codes of entries made when one read failed: their ranges are that read's, not a map
+READ_TIME_CODES = frozenset({"unreadable-block"})
 
 
 def _bounded_unreadable(source: Source,
@@ -64,8 +66,11 @@ def propagate_unreadable(ctx: Context) -> None:
     mapfile or below an error entry are asked, so clean inputs cost nothing.
     """
     error_paths = {e.path for e in ctx.report if e.severity == "error"}
-    # A volume whose backend already reported its unreadable ranges needs no second walk.
-    mapped = {e.path for e in ctx.report if e.severity == "error" and e.ranges}
+    # A volume whose backend already reported its unreadable ranges needs no second walk;
+    # an entry made when a read failed (ZFS "unreadable-block", e.g. a probe reading the
+    # backup GPT) names only that read's block, not a map: such volumes are still walked.
+    mapped = {e.path for e in ctx.report if e.severity == "error" and e.ranges
+              and e.code not in READ_TIME_CODES}
     deadline = time.monotonic() + STATUS_BUDGET_SECONDS
     for vol in ctx.volumes:
         if vol.role == "input" or (vol.path in mapped and not ctx.has_bad_ranges):

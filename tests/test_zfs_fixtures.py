@@ -456,3 +456,57 @@ def test_zfs_times_are_exact_to_the_nanosecond():
         checked += 1
     assert checked >= 5
     assert any(e["mtime_ns"] % 1_000_000_000 for e in m["rpool/ROOT/pve-1"]["files"])
+
+
+# -- a pool beyond its redundancy: the bytes reported lost are the bytes that fail ----------
+def _failing(src, step):
+    """Ranges of ``src`` whose ``step``-sized reads raise UnreadableError (merged)."""
+    out = []
+    for off in range(0, src.size, step):
+        n = min(step, src.size - off)
+        try:
+            src.read(off, n)
+        except UnreadableError:
+            if out and out[-1][0] + out[-1][1] == off:
+                out[-1] = (out[-1][0], out[-1][1] + n)
+            else:
+                out.append((off, n))
+    return out
+
+
+@pytest.mark.parametrize("zvol", ["vm-100-disk-0", "vm-100-disk-0@before"])
+def test_zfs_faulted_raidz_zvol_lost_ranges_are_exact(zvol):
+    """rpool-raidz1-degraded given only rpool-d1 (two of three raidz1 members gone):
+    a data block is readable when its columns on d1 rebuild it, an indirect block when
+    one of its ditto copies does.  Block status used to mark every data block under a
+    readable level-1 block as data, and the scan kept the probe's single 16 KiB entry
+    as the whole map ("PARTIAL (at least 16 KiB)") while 16 MiB + 4 blocks failed.
+    The reported ranges must be exactly the volblocksize blocks whose reads fail, and
+    every block read must hold the bytes of the zvol read from d1+d3 (itself checked
+    against the manifest's sha256 in test_zfs_modern_every_file_and_zvol)."""
+    path = f"storage/zfs/rpool/data/{zvol}"
+    full = _discover("zfs-modern", "images", "rpool-raidz1-degraded.tar.xz")
+    good = resolve(full.root, path).source
+    m = _manifest("zfs-modern", "manifest.json")["pools"]["rpool"]["datasets"]
+    assert sha256_source(good) == m[f"rpool/data/{zvol}"]["device"]["sha256"]
+    want = {off: good.read(off, 1 << 17) for off in range(0, good.size, 1 << 17)}
+    ctx = _discover("zfs-modern", "images", "rpool-raidz1-degraded.tar.xz", only=("rpool-d1.img",))
+    src = resolve(ctx.root, path).source
+    reported = src.unreadable_ranges(0, src.size)
+    bs = 16 << 10  # volblocksize of the fixture's zvols
+    assert _failing(src, bs) == reported
+    lost = sum(n for _, n in reported)
+    assert lost == 16 * 2**20 + 4 * bs if zvol == "vm-100-disk-0" else lost > 0
+    # 128 KiB reads: each one that fails holds a reported range, each other one reads
+    # the verified bytes
+    step = 1 << 17
+    failing = _failing(src, step)
+    for off in range(0, src.size, step):
+        hit = any(a < off + step and off < a + n for a, n in reported)
+        bad = any(a <= off < a + n for a, n in failing)
+        assert hit == bad, off
+        if not bad:
+            assert src.read(off, step) == want[off], off
+    # the scan's own entry for the volume carries the same map
+    core = [e for e in ctx.report if e.path == path and e.code == "unreadable-range"]
+    assert core and [tuple(r) for r in core[0].ranges] == reported

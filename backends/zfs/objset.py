@@ -222,7 +222,9 @@ class Dnode:
                     j += 1
                 b0 = max(first + i0 + idx, lo)
                 b1 = min(first + i0 + j, hi)
-                if b1 > b0:
+                if b1 > b0 and not st and self._lossy():
+                    self._data_status(arr, first, b0, b1, runs)
+                elif b1 > b0:
                     _add_run(runs, b0, b1 - b0, UNMAPPED if st else DATA)
                 idx = j
             if i1 > arr.n:  # beyond the block's pointers: holes
@@ -230,6 +232,26 @@ class Dnode:
             return
         for i in range(i0, i1):
             self._status_walk(arr.get(i), level - 1, first + i * child_span, lo, hi, epbs, runs)
+
+    def _lossy(self) -> bool:
+        pool = getattr(self.objset, "pool", None)
+        return pool is not None and bool(pool._lossy_tops())
+
+    def _data_status(self, arr, first, b0, b1, runs):
+        """Data blocks ``[b0, b1)`` under a level-1 block of a pool with a top-level vdev
+        beyond its redundancy: a block whose every copy lies there is readable only if
+        it can be rebuilt, which only a read (and its checksum) tells
+        (vdev_raidz_reconstruct needs no more missing columns than parity)."""
+        pool = self.objset.pool
+        for b in range(b0, b1):
+            bp = arr.get(b - first)
+            st = DATA
+            if bp is not None and pool.may_be_lost(bp):
+                try:
+                    pool.read_physical(bp)
+                except (UnreadableError, ZfsError):
+                    st = UNREADABLE
+            _add_run(runs, b, 1, st)
 
     def __repr__(self):
         return (f"<Dnode {self.objnum} type={self.type} bonustype={self.bonustype} "

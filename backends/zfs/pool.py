@@ -55,6 +55,35 @@ class Pool:
         self.mos = None
         self.active_features = {}  # guid -> refcount from the MOS (backend._active_features)
         self.quiet = False  # while probing older uberblocks: their blocks may be reused
+        self._lossy = None  # _lossy_tops(), once
+
+    def _lossy_tops(self):
+        """Indexes of the top-level vdevs with more members missing than their redundancy
+        covers (a RAIDZ/dRAID with more than ``nparity``, a mirror with every child, a
+        missing leaf or top): some of their blocks cannot be rebuilt.  Computed once."""
+        if self._lossy is None:
+            lossy = set()
+            for i, top in enumerate(self.tops):
+                if top is None or top.kind == "missing":
+                    lossy.add(i)
+                    continue
+                gone = len(top.missing_leaves())
+                if not gone:
+                    continue
+                kids = getattr(top, "children", None)
+                if kids is None or gone > getattr(top, "nparity", len(kids) - 1):
+                    lossy.add(i)
+            self._lossy = frozenset(lossy)
+        return self._lossy
+
+    def may_be_lost(self, bp) -> bool:
+        """Whether every copy of ``bp`` lies on a top-level vdev beyond its redundancy,
+        so that only a read tells whether it can be rebuilt (block status asks this
+        before marking a data block readable)."""
+        lossy = self._lossy_tops()
+        if not lossy or bp.embedded or bp.hole:
+            return False
+        return all(d.vdev in lossy or d.vdev >= len(self.tops) for d in bp.dvas)
 
     def set_reflow(self, ub):
         """The progress of a RAIDZ expansion as of uberblock ``ub`` (rows past the synced
