@@ -510,3 +510,12 @@ def test_zfs_faulted_raidz_zvol_lost_ranges_are_exact(zvol):
     # the scan's own entry for the volume carries the same map
     core = [e for e in ctx.report if e.path == path and e.code == "unreadable-range"]
     assert core and [tuple(r) for r in core[0].ranges] == reported
+    # a read under the unreadable indirect block names its whole subtree (16 MiB), so no
+    # entry leaves the loss open-ended ("PARTIAL (at least ...)")
+    for e in ctx.report:
+        if e.path == path and e.code == "unreadable-block":
+            assert e.ranges, e.message
+            for a, n in e.ranges:
+                assert any(b <= a and a + n <= b + m for b, m in reported), (a, n)
+    assert any(tuple(r) == (0, 16 << 20) for e in ctx.report if e.path == path
+               and e.code == "unreadable-block" for r in e.ranges)

@@ -114,7 +114,14 @@ class Dnode:
                 return bp
             if bp.embedded:
                 raise ZfsError(f"object {self.objnum}: embedded block pointer at level {level}")
-            arr = self._indirect(bp)
+            try:
+                arr = self._indirect(bp)
+            except UnreadableError as e:  # every block under it is lost: name them all
+                if e.ranges:
+                    raise
+                a = ((blkid >> shift) << shift) * self.datablksz
+                n = max(0, min((1 << shift) * self.datablksz, self.size - a))
+                raise UnreadableError(e.message, [(a, n)]) from None
             shift -= epbs
             idx = (blkid >> shift) & ((1 << epbs) - 1)
             bp = arr.get(idx)
