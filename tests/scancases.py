@@ -133,6 +133,11 @@ for _a in ("rpool-raidz1", "rpool-raidz1-degraded", "tank-mirror"):
     CASES.append(Case(f"zfs-modern/{_a}",
                       _unpacked("zfs-modern", "images", f"{_a}.tar.xz", glob="*.img"),
                       tags=frozenset({"rss"} if _a == "rpool-raidz1-degraded" else ())))
+# beyond redundancy: two of the raidz1's three members gone (only d1 given): the lost
+# ranges of each zvol are mapped block by block
+CASES.append(Case("zfs-modern/rpool-raidz1-faulted-d1",
+                  _in_archive(("zfs-modern", "images", "rpool-raidz1-degraded.tar.xz"),
+                              "rpool-raidz1-degraded/rpool-d1.img")))
 for _a in ("dpool-draid", "dpool-draid-degraded"):  # dRAID, and a member deleted
     CASES.append(Case(f"zfs-draid/{_a}",
                       _unpacked("zfs-draid", "images", f"{_a}.tar.zst", glob="*.img")))
