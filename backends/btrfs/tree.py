@@ -41,13 +41,16 @@ def items(dev, root: TreeRoot, lo: tuple, hi: tuple, damage=None):
                      damage, seen)
 
 
-def _walk(dev, bytenr, gen, level, first_key, lo, hi, upper, damage, seen):
+def _visit(dev, bytenr, gen, level, first_key, upper, damage, seen):
+    """The checked node at ``bytenr``, or None when it is a second visit (a loop), the walk
+    is too long, or the block is unreadable (each reported to ``damage``, or raised when
+    there is no ``damage``)."""
     if bytenr in seen or len(seen) >= MAX_BLOCKS_PER_WALK:
         if damage is not None:
             damage(first_key, upper, TreeBlockError(
                 f"tree block {bytenr:#x} is referenced twice (a loop) or the walk is too long",
                 bytenr))
-        return
+        return None
     seen.add(bytenr)
     try:
         node = dev.read_node(bytenr, gen, level, first_key)
@@ -55,6 +58,13 @@ def _walk(dev, bytenr, gen, level, first_key, lo, hi, upper, damage, seen):
         if damage is None:
             raise
         damage(first_key, upper, e)
+        return None
+    return node
+
+
+def _walk(dev, bytenr, gen, level, first_key, lo, hi, upper, damage, seen):
+    node = _visit(dev, bytenr, gen, level, first_key, upper, damage, seen)
+    if node is None:
         return
     keys = node.keys
     n = len(keys)
@@ -84,19 +94,8 @@ def leaves(dev, root: TreeRoot, damage=None):
 
 
 def _leaves(dev, bytenr, gen, level, first_key, upper, damage, seen):
-    if bytenr in seen or len(seen) >= MAX_BLOCKS_PER_WALK:
-        if damage is not None:
-            damage(first_key, upper, TreeBlockError(
-                f"tree block {bytenr:#x} is referenced twice (a loop) or the walk is too long",
-                bytenr))
-        return
-    seen.add(bytenr)
-    try:
-        node = dev.read_node(bytenr, gen, level, first_key)
-    except BtrfsError as e:
-        if damage is None:
-            raise
-        damage(first_key, upper, e)
+    node = _visit(dev, bytenr, gen, level, first_key, upper, damage, seen)
+    if node is None:
         return
     if node.level == 0:
         yield node
@@ -120,19 +119,8 @@ def items_of(dev, root: TreeRoot, oids, type_lo: int, type_hi: int, damage=None)
 
 
 def _walk_of(dev, bytenr, gen, level, first_key, oids, tlo, thi, upper, damage, seen):
-    if bytenr in seen or len(seen) >= MAX_BLOCKS_PER_WALK:
-        if damage is not None:
-            damage(first_key, upper, TreeBlockError(
-                f"tree block {bytenr:#x} is referenced twice (a loop) or the walk is too long",
-                bytenr))
-        return
-    seen.add(bytenr)
-    try:
-        node = dev.read_node(bytenr, gen, level, first_key)
-    except BtrfsError as e:
-        if damage is None:
-            raise
-        damage(first_key, upper, e)
+    node = _visit(dev, bytenr, gen, level, first_key, upper, damage, seen)
+    if node is None:
         return
     keys = node.keys
     n = len(keys)
