@@ -337,23 +337,27 @@ def test_gzip_zle_lzjb_and_unknown():
         compress.decompress(99, b"x", 1)
 
 
-def test_lzjb_compiled_and_python_agree_on_real_blocks():
-    """The lzjb blocks of fxmirror/comp-lzjb through both decoders (numba when installed)."""
+def _real_lzjb_blocks():
+    """``(physical bytes, lsize)`` of every lzjb block of fxmirror/comp-lzjb/text-1m5.txt
+    (written by zfs-fuse)."""
     from pvfs.discover import discover
     from pvfs.nodes import resolve
 
     d = unpack(require_fixture("zfs", "images", "fxmirror.tar.xz"))
     ctx = discover(sorted(str(p) for p in d.rglob("*.img")))
-    node = resolve(ctx.root, "storage/zfs/fxmirror/comp-lzjb/text-1m5.txt")
-    compress.lzjb_jit_ready()  # numba (when installed) compiles in the background
-    dn = node.source.dnode
-    n = 0
+    dn = resolve(ctx.root, "storage/zfs/fxmirror/comp-lzjb/text-1m5.txt").source.dnode
     for blkid in range(dn.maxblkid + 1):
         bp = dn.block_bp(blkid)
-        if bp is None or bp.hole or bp.comp != 3:
-            continue
-        raw = dn.objset.pool.read_physical(bp)
-        assert compress.lzjb_decompress(raw, bp.lsize) == compress._lzjb_python(raw, bp.lsize)
+        if bp is not None and not bp.hole and bp.comp == 3:
+            yield dn.objset.pool.read_physical(bp), bp.lsize
+
+
+def test_lzjb_compiled_and_python_agree_on_real_blocks():
+    """The lzjb blocks of fxmirror/comp-lzjb through both decoders (numba when installed)."""
+    compress.lzjb_jit_ready()  # numba (when installed) compiles in the background
+    n = 0
+    for raw, lsize in _real_lzjb_blocks():
+        assert compress.lzjb_decompress(raw, lsize) == compress._lzjb_python(raw, lsize)
         n += 1
     assert n > 3
     for bad in (bytes([0xFF, 0x04, 0x05]), bytes([1])):
@@ -480,21 +484,11 @@ def test_aot_kernels_agree_with_numpy_and_python():
                 finally:
                     kernels._State.aot, kernels._State.jit = monkey
             assert got == want, (n, little)
-    d = unpack(require_fixture("zfs", "images", "fxmirror.tar.xz"))
-    from pvfs.discover import discover
-    from pvfs.nodes import resolve
-
-    ctx = discover(sorted(str(p) for p in d.rglob("*.img")))
-    dn = resolve(ctx.root, "storage/zfs/fxmirror/comp-lzjb/text-1m5.txt").source.dnode
     n = 0
-    for blkid in range(dn.maxblkid + 1):
-        bp = dn.block_bp(blkid)
-        if bp is None or bp.hole or bp.comp != 3:
-            continue
-        raw = dn.objset.pool.read_physical(bp)
-        dst = np.empty(bp.lsize, dtype=np.uint8)
-        assert mod.lzjb(np.frombuffer(raw, dtype=np.uint8), dst) == bp.lsize
-        assert dst.tobytes() == compress._lzjb_python(raw, bp.lsize)
+    for raw, lsize in _real_lzjb_blocks():
+        dst = np.empty(lsize, dtype=np.uint8)
+        assert mod.lzjb(np.frombuffer(raw, dtype=np.uint8), dst) == lsize
+        assert dst.tobytes() == compress._lzjb_python(raw, lsize)
         n += 1
     assert n > 3
     dst = np.empty(64, dtype=np.uint8)
