@@ -182,6 +182,24 @@ def gpt_disk_with_bad_block(img: Path, disk: Path, type_guid: str, bad: int) -> 
     return total
 
 
+def ext4_disk_with_one_damaged_file(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """An ext4 image (mke2fs -d) whose root holds one 1 MiB file ``name`` (inode 12: the
+    first free one after lost+found), laid into a GPT disk ``vm-100-disk-0.raw`` whose
+    ddrescue mapfile marks the file's 4th block unreadable.  Returns ``(image, disk)``."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / name).write_bytes(b"A" * (1 << 20))
+    img = tmp_path / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(src),
+                    str(img), "8M"], check=True)
+    out = subprocess.run(["debugfs", "-R", "bmap <12> 3", str(img)], check=True,
+                         capture_output=True, text=True).stdout
+    disk = tmp_path / "vm-100-disk-0.raw"
+    gpt_disk_with_bad_block(img, disk, "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+                            (1 << 20) + int(out.split()[-1]) * 4096)
+    return img, disk
+
+
 def _sparse_copy(f, path):
     zero = bytes(1 << 16)
     pos = 0

@@ -17,7 +17,7 @@ from pvfs.cli import main
 from pvfs.discover import discover
 from pvfs.htmlreport import MAX_DRAWN, _coarsen, report_html
 
-from conftest import IN_CI, ROOT, gpt_disk_with_bad_block
+from conftest import IN_CI, ROOT, ext4_disk_with_one_damaged_file, gpt_disk_with_bad_block
 
 EXAMPLES = ROOT / "examples"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -134,23 +134,12 @@ def test_ceph_osd_missing_in_chromium(browser, capsys, tmp_path, ceph_root):
 
 def test_hostile_names_are_escaped(tmp_path):
     """A damaged file named like markup shows as text, never as an element."""
-    src = tmp_path / "src"
-    src.mkdir()
     evil = '<img src=x onerror=alert(1)>&"\nx'
-    (src / evil).write_bytes(b"A" * (1 << 20))
-    img = tmp_path / "fs.img"
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(src),
-                    str(img), "8M"], check=True)
-    # the only file mke2fs -d adds to an empty root gets the first free inode, 12 (11 is
-    # lost+found); ncheck confirms it is the hostile name
+    img, disk = ext4_disk_with_one_damaged_file(tmp_path, evil)
+    # the damaged block is inode 12's: ncheck confirms it is the hostile name
     check = subprocess.run(["debugfs", "-R", "ncheck 12", str(img)], check=True,
                            capture_output=True, text=True).stdout
     assert "onerror" in check
-    out = subprocess.run(["debugfs", "-R", "bmap <12> 3", str(img)], check=True,
-                         capture_output=True, text=True).stdout
-    disk = tmp_path / "vm-100-disk-0.raw"
-    gpt_disk_with_bad_block(img, disk, "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
-                            (1 << 20) + int(out.split()[-1]) * 4096)
     page = report_html(discover([str(disk)]))
     assert "<img" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;&amp;&quot;\\x0ax" in page

@@ -15,7 +15,8 @@ from pvfs.proxmox.status import row_word
 from pvfs.proxmox.view import table
 from pvfs.report import readme_text, report_doc, report_text
 
-from conftest import ROOT, gpt_disk_with_bad_block, require_fixture, sha256_source, unpack
+from conftest import (ROOT, ext4_disk_with_one_damaged_file, gpt_disk_with_bad_block,
+                      require_fixture, sha256_source, unpack)
 
 EXAMPLES = ROOT / "examples"
 
@@ -80,18 +81,8 @@ def test_guest_filesystem_with_one_file_on_bad_sectors(tmp_path):
 
 def test_hostile_file_name_cannot_forge_a_readme_line(tmp_path):
     """A damaged file whose name holds a newline is listed escaped, on one line."""
-    src = tmp_path / "src"
-    src.mkdir()
     evil = "x\nVM 999 OK"
-    (src / evil).write_bytes(b"A" * (1 << 20))
-    img = tmp_path / "fs.img"
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(src),
-                    str(img), "8M"], check=True)
-    out = subprocess.run(["debugfs", "-R", f"bmap \"/{evil}\" 3", str(img)], check=True,
-                         capture_output=True, text=True).stdout
-    disk = tmp_path / "vm-100-disk-0.raw"
-    gpt_disk_with_bad_block(img, disk, "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
-                            (1 << 20) + int(out.split()[-1]) * 4096)
+    _img, disk = ext4_disk_with_one_damaged_file(tmp_path, evil)
     ctx = discover([str(disk)])
     assert _rows(ctx)[100]["damaged_files"] == [f"vms/100/disk-0.files/p1/{evil}"]
     for text in (readme_text(ctx), report_text(ctx)):
