@@ -460,6 +460,50 @@ def _kernels_build():
     return kernels._load_from(next(str(p) for p in Path(out).glob(kernels.MODULE + "*")))
 
 
+def _python_runs_during(call, seconds=0.4):
+    """How often the calling thread ran Python while another thread was inside ``call()``
+    (the middle 80% of each call, calls repeated for ``seconds``).  A kernel that holds the
+    GIL gives 0: no bytecode runs anywhere while it does."""
+    import threading
+    import time
+
+    spans, stamps = [], []
+
+    def run():
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            call()
+            spans.append((t0, time.perf_counter()))
+
+    th = threading.Thread(target=run)
+    th.start()
+    while th.is_alive():
+        stamps.append(time.perf_counter())
+    th.join()
+    inside = 0
+    for t0, t1 in spans:
+        m = (t1 - t0) * 0.1
+        inside += sum(t0 + m < s < t1 - m for s in stamps)
+    return inside
+
+
+def test_aot_kernels_release_the_gil():
+    """The ahead-of-time fletcher4, lzjb and Edon-R loops run beside Python (the mount's
+    FUSE loop, other reads): each call releases the GIL like ``njit(nogil=True)``."""
+    mod = _kernels_build()
+    words = np.frombuffer(os.urandom(16 << 20), dtype=np.uint32)
+    lit = np.frombuffer((b"\0" + b"abcdefgh") * (1 << 20), dtype=np.uint8)  # 8 MiB literals
+    dst = np.empty(8 << 20, dtype=np.uint8)
+    assert mod.lzjb(lit, dst) == len(dst) and dst[:8].tobytes() == b"abcdefgh"
+    q = np.frombuffer(os.urandom(4 << 20), dtype=np.uint64)
+    pipe = np.zeros(16, dtype=np.uint64)
+    for name, call in (("fletcher4", lambda: mod.fletcher4(words)),
+                       ("lzjb", lambda: mod.lzjb(lit, dst)),
+                       ("edonr_q512", lambda: mod.edonr_q512(q, pipe))):
+        assert _python_runs_during(call) > 0, f"{name} holds the GIL"
+
+
 def test_aot_kernels_agree_with_numpy_and_python():
     """The numba.pycc build (what scripts/setup.sh makes) against the numpy fletcher4 and
     the pure Python lzjb: random data in both byte orders and every size class, and the

@@ -112,9 +112,15 @@ KERNELS = {
 }
 
 
+#: How the ahead-of-time build is compiled, part of :func:`source_hash`: a build made
+#: otherwise (before the GIL was released) is ignored and set-up builds it again.
+BUILD_FLAGS = "release_gil"
+
+
 def source_hash() -> int:
-    """A 63-bit hash of the kernels' source and signatures (what a build must match)."""
-    h = hashlib.sha256()
+    """A 63-bit hash of the kernels' source, signatures and :data:`BUILD_FLAGS` (what a
+    build must match)."""
+    h = hashlib.sha256(BUILD_FLAGS.encode())
     for name, (fn, sig) in sorted(KERNELS.items()):
         h.update(f"{name}:{sig}:".encode() + inspect.getsource(fn).encode())
     return int.from_bytes(h.digest()[:8], "little") >> 1
@@ -256,7 +262,18 @@ def build(outdir: str | None = None, quiet: bool = True) -> str:
     os.makedirs(outdir, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba.pycc's pending deprecation
+        import numba.pycc.compiler as pycc_compiler
+        from numba.core.compiler import Flags
         from numba.pycc import CC
+
+        class NoGilFlags(Flags):
+            """numba.pycc has no ``nogil`` option: the exported wrappers are compiled with
+            ``release_gil`` like ``njit(nogil=True)``, so a kernel call (arrays unboxed,
+            no Python objects inside) lets the FUSE loop and other reads run beside it."""
+
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                self.release_gil = True
 
         cc = CC(MODULE)
         cc.output_dir = outdir
@@ -266,7 +283,12 @@ def build(outdir: str | None = None, quiet: bool = True) -> str:
         global _BUILD_HASH
         _BUILD_HASH = source_hash()  # numba freezes the global's value into the build
         cc.export("source_hash", "i8()")(_built_hash)
-        cc.compile()
+        saved = pycc_compiler.Flags
+        pycc_compiler.Flags = NoGilFlags  # read by _ModuleCompiler._cull_exports
+        try:
+            cc.compile()
+        finally:
+            pycc_compiler.Flags = saved
     _State.aot = None  # look again
     for suf in importlib.machinery.EXTENSION_SUFFIXES:
         path = os.path.join(outdir, MODULE + suf)
