@@ -9,6 +9,13 @@ or ``unreadable`` (bad sectors, a missing member, a failed checksum).
 Subclasses implement ``_read(offset, length)`` for an in-bounds range and,
 when they know better than "all data", ``_block_status``.  The model is
 dissect.util's stream.py and qemu's block-status API.
+
+``readinto(offset, buffer, nowait)`` is the same read into the caller's buffer (the
+mount's reply buffers: no allocation per request).  Layers whose bytes are plain
+ranges of files (files, slices, extents, qcow2 data clusters) implement ``_readinto``
+with ``preadv``; with ``nowait`` they read only what the page cache holds
+(``RWF_NOWAIT``) and raise :class:`WouldBlock` instead of waiting for the disk, so the
+mount answers cached ranges inline and sends only the rest to a worker thread.
 """
 
 from __future__ import annotations
@@ -37,6 +44,24 @@ BAD_ZERO = "zero"
 
 _uids = itertools.count(1)
 
+#: ``os.preadv`` flag: fail with EAGAIN instead of waiting for I/O (Linux 4.14+).
+RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+class WouldBlock(Exception):
+    """A ``readinto(..., nowait=True)`` would wait for I/O (or for work its layer does not
+    do inline): ask again without ``nowait``, from a thread that may block."""
+
+
+def zero_fill(view: memoryview) -> None:
+    """Write zeros over ``view`` (no allocation of its size)."""
+    pos, n = 0, len(view)
+    while pos < n:
+        k = min(n - pos, len(_ZEROS))
+        view[pos:pos + k] = _ZEROS[:k]
+        pos += k
+
 
 def coalesce(extents: list) -> list[tuple[int, int, str]]:
     """Join neighbouring ``(offset, length, status)`` triples of equal status."""
@@ -63,6 +88,9 @@ class Source:
     #: True when ``allocated_bytes`` needs no I/O (a ZFS dnode's dn_used): the mount
     #: then answers ``stat`` inline instead of in a worker thread.
     cheap_allocation: bool = False
+    #: True when ``_readinto`` is the layer's own (preadv into the buffer, ``nowait``
+    #: honoured); the mount then reads into its reply buffers, else it uses ``read``.
+    readinto_native: bool = False
     # A subclass kept per file (a ZFS file's DnodeSource) declares __slots__ and has no
     # __dict__; every other subclass gets one as usual.
     __slots__ = ("uid",)
@@ -83,6 +111,20 @@ class Source:
                 f"{self.label}: short read at {offset:#x} ({len(data)} of {length} bytes)",
                 [(offset + len(data), length - len(data))])
         return data
+
+    def readinto(self, offset: int, buf: memoryview | bytearray, nowait: bool = False) -> int:
+        """Read ``len(buf)`` bytes at ``offset`` into ``buf`` (writable, byte format), with
+        ``read``'s semantics: short only at the end of the source; returns the count.
+        ``nowait``: raise :class:`WouldBlock` rather than wait for I/O (the bytes of
+        ``buf`` are then undefined)."""
+        if offset < 0:
+            raise ValueError("negative offset")
+        view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
+        if offset >= self.size or not len(view):
+            return 0
+        n = min(len(view), self.size - offset)
+        self._readinto(offset, view[:n] if n < len(view) else view, nowait)
+        return n
 
     def block_status(self, offset: int = 0, length: int | None = None) -> list[tuple[int, int, str]]:
         """List of ``(offset, length, status)`` covering the range, coalesced."""
@@ -116,6 +158,17 @@ class Source:
     # -- for subclasses ----------------------------------------------------
     def _read(self, offset: int, length: int) -> bytes:
         raise NotImplementedError
+
+    def _readinto(self, offset: int, view: memoryview, nowait: bool) -> None:
+        """Fill all of ``view`` (in bounds).  By default from ``_read`` (never inline)."""
+        if nowait:
+            raise WouldBlock
+        data = self._read(offset, len(view))
+        if len(data) != len(view):
+            raise UnreadableError(
+                f"{self.label}: short read at {offset:#x} ({len(data)} of {len(view)} bytes)",
+                [(offset + len(data), len(view) - len(data))])
+        view[:] = data
 
     def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         return [(offset, length, DATA)]
@@ -283,6 +336,28 @@ class FileSource(Source):
                                   [(offset + len(data), length - len(data))])
         return data
 
+    readinto_native = True
+
+    def _readinto(self, offset: int, view: memoryview, nowait: bool) -> None:
+        if nowait and not RWF_NOWAIT:
+            raise WouldBlock
+        fd = FD_POOL.acquire(self)
+        try:
+            n = os.preadv(fd, [view], offset, RWF_NOWAIT) if nowait else \
+                os.preadv(fd, [view], offset)
+        except OSError as e:
+            if nowait:  # EAGAIN: not in the page cache; EOPNOTSUPP: no RWF_NOWAIT here
+                raise WouldBlock from None
+            raise UnreadableError(f"{self.label}: read error at {offset:#x}: {e.strerror}",
+                                  [(offset, len(view))]) from None
+        finally:
+            FD_POOL.release(self)
+        if n < len(view):
+            if nowait:  # partly cached (or the file shrank: the blocking read tells)
+                raise WouldBlock
+            raise UnreadableError(f"{self.label}: file ends at {offset + n:#x}",
+                                  [(offset + n, len(view) - n)])
+
     def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """Holes found with SEEK_DATA/SEEK_HOLE are ``unmapped``."""
         end = offset + length
@@ -327,8 +402,13 @@ class BytesSource(Source):
         self.size = len(self.data)
         self.label = label
 
+    readinto_native = True
+
     def _read(self, offset: int, length: int) -> bytes:
         return self.data[offset:offset + length]
+
+    def _readinto(self, offset: int, view: memoryview, nowait: bool) -> None:
+        view[:] = memoryview(self.data)[offset:offset + len(view)]
 
 
 class ZeroSource(Source):
@@ -340,8 +420,13 @@ class ZeroSource(Source):
         self.status = status
         self.label = label
 
+    readinto_native = True
+
     def _read(self, offset: int, length: int) -> bytes:
         return bytes(length)
+
+    def _readinto(self, offset: int, view: memoryview, nowait: bool) -> None:
+        zero_fill(view)
 
     def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         return [(offset, length, self.status)]
@@ -394,6 +479,20 @@ class SliceSource(Source):
             raise UnreadableError(f"{self.label}: beyond the end of {self.parent.label}",
                                   [(offset + avail, length - avail)])
         return data
+
+    readinto_native = True
+
+    def _readinto(self, offset: int, view: memoryview, nowait: bool) -> None:
+        start = self.offset + offset
+        length = len(view)
+        avail = max(0, min(length, self.parent.size - start))
+        if avail:
+            self.parent.readinto(start, view[:avail], nowait)
+        if avail < length:
+            if self.bad != BAD_ZERO:
+                raise UnreadableError(f"{self.label}: beyond the end of {self.parent.label}",
+                                      [(offset + avail, length - avail)])
+            zero_fill(view[avail:])
 
     def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         return [(o - self.offset, n, s)
@@ -448,6 +547,17 @@ class ExtentSource(Source):
             else:
                 parts.append(target.read(t_off, n))
         return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    readinto_native = True
+
+    def _readinto(self, offset: int, view: memoryview, nowait: bool) -> None:
+        for pos, n, target, t_off in self._pieces(offset, len(view)):
+            part = view[pos - offset:pos - offset + n]
+            if target is None:
+                zero_fill(part)
+            elif target.readinto(t_off, part, nowait) != n:
+                raise UnreadableError(f"{target.label}: short read at {t_off:#x}",
+                                      [(pos, n)])
 
     def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         out = []

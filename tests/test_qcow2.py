@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 
@@ -11,7 +12,7 @@ from conftest import FIXTURES, fixture_json, require_fixture, sha256_source, unp
 from pvfs.discover import Options, discover
 from pvfs.errors import UnreadableError
 from pvfs.nodes import resolve
-from pvfs.source import UNREADABLE, FileSource
+from pvfs.source import UNREADABLE, FileSource, WouldBlock
 from backends.qcow2.image import Qcow2Error, Qcow2Image, parse_header
 
 MANIFEST_PATH = FIXTURES / "qcow2" / "manifest.json"
@@ -42,6 +43,66 @@ def test_every_image_matches_manifest(imgdir, name):
         assert snode is not None
         assert sha256_source(snode.source) == sentry["raw_sha256_applied"]
     assert not [d for d in ctx.report if d.severity == "error" and d.layer == "qcow2"]
+
+
+def _sha256_readinto(src, chunk=(1 << 20) + 4093):
+    """sha256 of ``src`` read as the mount reads it: ``readinto`` one reused buffer, each
+    piece first with ``nowait`` (inline), else blocking.  Returns (hex, pieces inline)."""
+    h = hashlib.sha256()
+    buf = memoryview(bytearray(chunk))
+    inline = 0
+    for off in range(0, src.size, chunk):
+        try:
+            n = src.readinto(off, buf, nowait=True)
+            inline += 1
+        except WouldBlock:
+            n = src.readinto(off, buf)
+        assert n == min(chunk, src.size - off)
+        h.update(buf[:n])
+    return h.hexdigest(), inline
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["images"]))
+def test_readinto_matches_manifest(imgdir, name):
+    """The mount's path (preadv of data clusters into its reply buffer, inline when the
+    page cache and the table cache hold them): every image and snapshot, twice (cold
+    tables, then cached), gives qemu-img's sha256."""
+    entry = MANIFEST["images"][name]
+    ctx = discover([str(imgdir / name)])
+    base = os.path.basename(name)
+    node = resolve(ctx.root, f"storage/files/{base}/disk.raw")
+    assert node is not None and node.source.readinto_native
+    for _ in range(2):
+        assert _sha256_readinto(node.source)[0] == _expected(entry)
+    for snap, sentry in (entry.get("snapshots") or {}).items():
+        snode = resolve(ctx.root, f"storage/files/{base}/snapshots/{snap}/disk.raw")
+        assert _sha256_readinto(snode.source)[0] == sentry["raw_sha256_applied"]
+
+
+def test_readinto_inline_once_cached_and_eio_where_read_fails(imgdir, tmp_path):
+    """Once the image is in the page cache and its tables are cached, every piece is read
+    inline (no worker thread).  A truncated copy: ``readinto`` fails exactly where
+    ``read`` does, with or without ``nowait``, and the bytes before are the same."""
+    node = resolve(discover([str(imgdir / "base.qcow2")]).root,
+                   "storage/files/base.qcow2/disk.raw")
+    _sha256_readinto(node.source)
+    sha, inline = _sha256_readinto(node.source)
+    assert sha == BASE_SHA and inline == -(-node.size // ((1 << 20) + 4093))
+    data = (imgdir / "base.qcow2").read_bytes()
+    p = tmp_path / "base.qcow2"
+    p.write_bytes(data[:len(data) // 2])
+    src = resolve(discover([str(p)]).root, "storage/files/base.qcow2/disk.raw").source
+    off = src.unreadable_ranges()[0][0]
+    buf = bytearray(8192)
+    with pytest.raises((UnreadableError, WouldBlock)):  # inline: EIO, or "ask a thread"
+        src.readinto(off, memoryview(buf)[:512], nowait=True)
+    with pytest.raises(UnreadableError):
+        src.readinto(off, memoryview(buf)[:512])
+    if off >= 4096:
+        assert src.readinto(off - 4096, memoryview(buf)[:4096]) == 4096
+        assert bytes(buf[:4096]) == src.read(off - 4096, 4096)
+        with pytest.raises(UnreadableError):  # a read that runs into the bad range
+            src.readinto(off - 4096, buf)
 
 
 def test_snapshot_dates_and_sizes(imgdir):

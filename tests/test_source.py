@@ -1,10 +1,11 @@
+import os
 
 import pytest
 
 from pvfs.ddrescue import BadRangeSource, MapfileError, parse_mapfile
 from pvfs.errors import UnreadableError
-from pvfs.source import (DATA, UNMAPPED, UNREADABLE, BytesSource, ExtentSource, FileSource,
-                         SliceSource, concat)
+from pvfs.source import (BAD_ZERO, DATA, UNMAPPED, UNREADABLE, BytesSource, ExtentSource,
+                         FileSource, SliceSource, Source, WouldBlock, ZeroSource, concat)
 
 
 def test_file_source_reads_and_holes(tmp_path):
@@ -42,6 +43,91 @@ def test_slice_past_parent_end_is_unreadable():
     with pytest.raises(UnreadableError):
         s.read(0, 10)
     assert s.block_status() == [(0, 5, DATA), (5, 5, UNREADABLE)]
+
+
+class _PlainBytes(Source):
+    """A layer without its own ``_readinto`` (the default: from ``_read``, never inline)."""
+
+    def __init__(self, data):
+        super().__init__()
+        self.data, self.size = data, len(data)
+
+    def _read(self, offset, length):
+        return self.data[offset:offset + length]
+
+
+def _readinto_everywhere(src):
+    """``readinto`` at every offset/length pair of a grid (buffers with a guard byte after
+    them) against ``read``; returns how many bytes-bearing pieces ``nowait`` served."""
+    inline = 0
+    step = max(1, src.size // 13)
+    for off in list(range(0, src.size + 3, step)) + [src.size - 1, src.size]:
+        for ln in (0, 1, 7, step, src.size + 5):
+            buf = bytearray(ln + 1)
+            buf[-1] = 0xA5
+            view = memoryview(buf)[:ln]
+            try:
+                n = src.readinto(off, view, nowait=True)
+                inline += n > 0
+            except WouldBlock:
+                n = src.readinto(off, view)
+            want = src.read(max(0, off), ln)
+            assert n == len(want) and bytes(buf[:n]) == want, (off, ln)
+            assert buf[-1] == 0xA5
+    return inline
+
+
+def test_readinto_agrees_with_read_in_every_layer(tmp_path):
+    """``readinto`` (the mount's path) against ``read`` for files, slices (past the
+    parent's end: EIO, or zeros with --bad zero), extents with gaps over layers with and
+    without their own readinto, zeros and bytes."""
+    p = tmp_path / "img"
+    blob = os.urandom(300_000)
+    p.write_bytes(blob)
+    f = FileSource(p)
+    assert _readinto_everywhere(f) > 0  # just written: in the page cache, served inline
+    plain = _PlainBytes(blob[:5000])
+    assert _readinto_everywhere(plain) == 0  # no own readinto: never inline
+    ext = ExtentSource(400_000, [(10, 100_000, f, 7), (150_000, 5000, plain, 0),
+                                 (200_000, 4, BytesSource(b"abcd"), 0),
+                                 (300_000, 5000, ZeroSource(5000), 0)])
+    _readinto_everywhere(ext)
+    _readinto_everywhere(SliceSource(f, 1234, 200_000))
+    _readinto_everywhere(concat([f, SliceSource(ext, 5, 1000)]))
+    short = SliceSource(f, 299_000, 2000)
+    buf = bytearray(2000)
+    with pytest.raises(UnreadableError) as ei:
+        short.readinto(0, buf)
+    assert ei.value.ranges == [(1000, 1000)]
+    zeroed = SliceSource(f, 299_000, 2000, bad=BAD_ZERO)
+    assert zeroed.readinto(0, buf) == 2000 and bytes(buf) == blob[299_000:] + bytes(1000)
+
+
+def test_file_readinto_nowait_waits_for_nothing(tmp_path):
+    """``nowait`` reads only what the page cache holds (RWF_NOWAIT): a file whose pages
+    were dropped gives WouldBlock, the blocking read fills it, then nowait succeeds."""
+    p = tmp_path / "img"
+    blob = os.urandom(1 << 20)
+    p.write_bytes(blob)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        probe = bytearray(4096)
+        try:
+            os.preadv(fd, [probe], 0, os.RWF_NOWAIT)
+            pytest.skip("this file system keeps the file in memory (tmpfs)")
+        except BlockingIOError:
+            pass
+    finally:
+        os.close(fd)
+    f = FileSource(p)
+    buf = bytearray(1 << 20)
+    with pytest.raises(WouldBlock):
+        f.readinto(4096, buf, nowait=True)
+    assert f.readinto(0, buf) == 1 << 20 and bytes(buf) == blob
+    buf[:] = bytes(len(buf))
+    assert f.readinto(0, buf, nowait=True) == 1 << 20 and bytes(buf) == blob
 
 
 MAP = """# Mapfile. Created by GNU ddrescue version 1.27

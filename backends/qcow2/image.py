@@ -20,7 +20,7 @@ from pvfs.cache import METADATA_CACHE
 from pvfs.damage import merge_ranges as merge
 from pvfs.errors import FormatError, UnreadableError
 from pvfs.source import (BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, ZERO, FileSource,
-                         MissingSource, Source)
+                         MissingSource, Source, WouldBlock, zero_fill)
 from pvfs.structs import parse
 
 from .structs import (AUTOCLEAR_DATA_FILE_RAW, COMPRESSION_ZLIB, COMPRESSION_ZSTD,
@@ -340,7 +340,7 @@ class Qcow2Disk(Source):
             image.problems.append(("error", "bad-l1", self._l1_bad))
 
     # -- metadata lookups (cached) ---------------------------------------------
-    def _l1_entry(self, l1_index):
+    def _l1_entry(self, l1_index, nowait=False):
         if l1_index >= self.l1_size:
             return 0
         if self._l1_bad:
@@ -349,33 +349,38 @@ class Qcow2Disk(Source):
         key = ("qcow2-l1", self.img.source.uid, self.l1_offset, chunk)
         table = METADATA_CACHE.get(key)
         if table is None:
+            if nowait:
+                raise WouldBlock
             start = chunk * L1_CHUNK_ENTRIES
             n = min(L1_CHUNK_ENTRIES, self.l1_size - start)
             table = METADATA_CACHE.put(key, self.img.source.read(self.l1_offset + 8 * start, 8 * n))
         return struct.unpack_from(">Q", table, 8 * (l1_index % L1_CHUNK_ENTRIES))[0]
 
-    def _l2_table(self, l2_offset):
+    def _l2_table(self, l2_offset, nowait=False):
         key = ("qcow2-l2", self.img.source.uid, l2_offset)
         table = METADATA_CACHE.get(key)
         if table is None:
+            if nowait:  # a metadata read: done in a worker thread, then cached
+                raise WouldBlock
             table = METADATA_CACHE.put(key, self.img.source.read(l2_offset, self.cs))
         return table
 
-    def _l2_for(self, cluster_index):
+    def _l2_for(self, cluster_index, nowait=False):
         """(L2 table bytes or None, error text or None) for the cluster's L2 table."""
-        l1e = self._l1_entry(cluster_index >> self.l2_bits)
+        l1e = self._l1_entry(cluster_index >> self.l2_bits, nowait)
         l2_off = l1e & OFFSET_MASK
         if l2_off == 0:
             return None, None
         if l1e & L1E_RESERVED or l2_off % self.cs or l2_off + self.cs > self.file_size:
             return None, f"L1 entry {l1e:#018x} points outside the image"
         try:
-            return self._l2_table(l2_off), None
+            return self._l2_table(l2_off, nowait), None
         except UnreadableError as e:
             return None, f"L2 table at {l2_off:#x} unreadable: {e}"
 
-    def _pieces(self, offset, length):
-        """Yield ``(vpos, n, kind, arg)``: what each part of the range is made of."""
+    def _pieces(self, offset, length, nowait=False):
+        """Yield ``(vpos, n, kind, arg)``: what each part of the range is made of
+        (``nowait``: :class:`WouldBlock` where a table is not cached)."""
         end = offset + length
         pos = offset
         mask = (1 << self.l2_bits) - 1
@@ -385,7 +390,7 @@ class Qcow2Disk(Source):
             cstart = ci << self.cluster_bits
             cend = min(cstart + self.cs, end)
             try:
-                l2, err = self._l2_for(ci)
+                l2, err = self._l2_for(ci, nowait)
             except UnreadableError as e:
                 l2, err = None, str(e)
             if err:
@@ -428,10 +433,10 @@ class Qcow2Disk(Source):
                 yield pos, cend - pos, _DATA, host + (pos - cstart)
             pos = cend
 
-    def _merged_pieces(self, offset, length):
+    def _merged_pieces(self, offset, length, nowait=False):
         """``_pieces`` with neighbouring pieces joined (one pread per contiguous host run)."""
         cur = None
-        for p in self._pieces(offset, length):
+        for p in self._pieces(offset, length, nowait):
             if cur is not None and p[2] == cur[2] and cur[0] + cur[1] == p[0] and (
                     (p[2] == _DATA and cur[3] + cur[1] == p[3]) or p[2] in (_ZERO, _BACKING)):
                 cur = (cur[0], cur[1] + p[1], cur[2], cur[3])
@@ -442,11 +447,13 @@ class Qcow2Disk(Source):
         if cur is not None:
             yield cur
 
-    def _decompress(self, entry):
+    def _decompress(self, entry, nowait=False):
         key = ("qcow2-z", self.img.source.uid, entry)
         data = METADATA_CACHE.get(key)
         if data is not None:
             return data
+        if nowait:  # zlib/zstd work: in a worker thread
+            raise WouldBlock
         x = 62 - (self.cluster_bits - 8)
         host = entry & ((1 << x) - 1)
         nsec = ((entry >> x) & ((1 << (self.cluster_bits - 8)) - 1)) + 1
@@ -571,6 +578,49 @@ class Qcow2Disk(Source):
                 else:
                     raise UnreadableError(f"{self.label}: {arg}", [(vpos, n)])
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    readinto_native = True
+
+    def _readinto(self, offset, view, nowait):
+        """``_read`` into the caller's buffer: data clusters are read with one preadv per
+        contiguous host run straight into it (no joined copy); with ``nowait`` only
+        what needs no I/O and no decompression (else :class:`WouldBlock`)."""
+        zero = self.img.bad == BAD_ZERO
+        for vpos, n, kind, arg in self._merged_pieces(offset, len(view), nowait):
+            part = view[vpos - offset:vpos - offset + n]
+            if kind == _DATA:
+                avail = max(0, min(n, self.data.size - arg))
+                if avail:
+                    self.data.readinto(arg, part[:avail], nowait)
+                if avail < n:  # a truncated file: the cluster's tail is gone
+                    if not zero:
+                        raise UnreadableError(f"{self.label}: cluster at host {arg + avail:#x} "
+                                              "lies past the end of the file",
+                                              [(vpos + avail, n - avail)])
+                    zero_fill(part[avail:])
+            elif kind == _ZERO:
+                zero_fill(part)
+            elif kind == _BACKING:
+                b = self.img.backing
+                avail = 0 if b is None else max(0, min(n, b.size - vpos))
+                if avail:
+                    b.readinto(vpos, part[:avail], nowait)
+                if avail < n:
+                    zero_fill(part[avail:])
+            elif kind == _COMPRESSED:
+                try:
+                    c = self._decompress(arg, nowait)
+                except UnreadableError as e:
+                    if not zero:
+                        raise UnreadableError(str(e), [(vpos, n)]) from None
+                    zero_fill(part)
+                    continue
+                start = vpos & (self.cs - 1)
+                part[:] = memoryview(c)[start:start + n]
+            elif zero:
+                zero_fill(part)
+            else:
+                raise UnreadableError(f"{self.label}: {arg}", [(vpos, n)])
 
     def _read_backing(self, vpos, n):
         b = self.img.backing
