@@ -91,6 +91,20 @@ def require_fixture(*parts) -> Path:
     return require_path(FIXTURES.joinpath(*parts))
 
 
+#: Small fixtures the project made itself (tests/fixtures/<name>/: archive, manifest, the
+#: script that made them, README).  They are part of the repository, so CI always has them.
+PROJECT_FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def project_fixture(*parts) -> Path:
+    """A file of tests/fixtures; a missing one is a failure everywhere (never a skip):
+    these fixtures come with the checkout."""
+    p = PROJECT_FIXTURES.joinpath(*parts)
+    if not p.exists():
+        pytest.fail(f"project fixture {p} is missing from the checkout", pytrace=False)
+    return p
+
+
 def fixture_json(path: Path, default):
     """A fixture's JSON document for module-level use (parametrisation).  Missing: an
     error at collection in CI, ``default`` elsewhere (the tests then skip or collect nothing)."""

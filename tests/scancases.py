@@ -8,7 +8,8 @@ zeroed or bit-rotted members, a zeroed thin superblock, a deleted chunk, a SIGKI
 alone, corrupt qcow2 headers, a ddrescue mapfile) and the options its README uses.
 
 Inputs are found through conftest (unpack once into the cache, ``require_fixture``), so
-a missing fixture skips locally and fails in CI, as everywhere else.
+a missing fixture skips locally and fails in CI, as everywhere else; the project's own
+small fixtures (tests/fixtures, ``project_fixture``) come with the checkout.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import FIXTURES, ROOT, extract_external, require_fixture, unpack
+from conftest import FIXTURES, ROOT, extract_external, project_fixture, require_fixture, unpack
 
 EXAMPLES = ROOT / "examples"
 
@@ -70,6 +71,14 @@ def _unpacked(*archive: str, glob: str = "*", sub: str = "") -> Callable[[], lis
 def _files(*paths: tuple[str, ...]) -> Callable[[], list[str]]:
     return lambda: [str(require_fixture(*p)) for p in paths]
 
+
+def _project(*archive: str, without: tuple[str, ...] = ()) -> Callable[[], list[str]]:
+    """The ``*.img`` members of a tests/fixtures archive, less the members ``without``
+    (a degraded set of a fixture that ships one archive)."""
+    def f() -> list[str]:
+        d = unpack(project_fixture(*archive))
+        return sorted(str(p) for p in d.rglob("*.img") if p.is_file() and p.name not in without)
+    return f
 
 def _in_archive(archive: tuple[str, ...], *names: str) -> Callable[[], list[str]]:
     def f() -> list[str]:
@@ -145,10 +154,9 @@ for _a in ("dpool-draid-spare", "dpool-draid-spare-degraded"):  # distributed sp
     CASES.append(Case(f"zfs-draid-spare/{_a}",
                       _unpacked("zfs-draid-spare", "images", f"{_a}.tar.zst", glob="*.img")))
 for _a in ("zil-crashed", "zil-claimed"):  # unsynced intent logs: replayed, and ignored
-    CASES.append(Case(f"zfs-zil/{_a}",
-                      _unpacked("zfs-zil", "images", f"{_a}.tar.zst", glob="*.img")))
+    CASES.append(Case(f"zfs-zil/{_a}", _project("zfs-zil", "images", f"{_a}.tar.zst")))
 CASES.append(Case("zfs-zil/zil-crashed-zil-ignore",
-                  _unpacked("zfs-zil", "images", "zil-crashed.tar.zst", glob="*.img"),
+                  _project("zfs-zil", "images", "zil-crashed.tar.zst"),
                   ("--zfs-zil", "ignore")))
 _Z23_KEY = "rpool/encrypted_data=pvfs-zfs23-passphrase"  # manifest.json encryption_keys
 for _a in ("rpool-raidz1-expanded", "rpool-raidz1-expanded-degraded"):

@@ -1,5 +1,6 @@
 """ZFS intent log replay (backends/zfs/zil.py, zilreplay.py) against pools the real
-OpenZFS 2.3.9 kernel module left with unsynced log records (../shared/fixtures/zfs-zil).
+OpenZFS 2.3.9 kernel module left with unsynced log records (tests/fixtures/zfs-zil: made
+by its make.sh in the lab VM; README there).
 
 Ground truth (manifest.json ``states``, all made by the real module in the lab VM):
 ``replayed`` = an ordinary import of the crashed images (claim + zil_replay at mount and
@@ -31,7 +32,7 @@ from pvfs.errors import PvfsError
 from pvfs.nodes import Dir, File, Special, Symlink, resolve, time_ns
 from pvfs.source import FileSource, PatchedSource, SliceSource
 
-from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from conftest import project_fixture, sha256_source, unpack
 
 ZZ = ("zfs-zil",)
 CRASHED = "zil-crashed.tar.zst"
@@ -41,12 +42,12 @@ KINDS = {"dir": Dir, "file": File, "symlink": Symlink, "fifo": Special}
 
 @functools.cache
 def _manifest():
-    return json.loads(FIXTURES.joinpath(*ZZ, "manifest.json").read_text())
+    return json.loads(project_fixture(*ZZ, "manifest.json").read_text())
 
 
 @functools.cache
 def _images(archive):
-    d = unpack(require_fixture(*ZZ, "images", archive))
+    d = unpack(project_fixture(*ZZ, "images", archive))
     return tuple(sorted(glob.glob(str(d / "*" / "*.img"))))
 
 
@@ -192,7 +193,7 @@ def _zdb_totals():
     """Records per dataset as zdb -ivvv of the unreplayed images counts them."""
     out = {}
     for pool in ("tank", "fast"):
-        text = lzma.decompress(FIXTURES.joinpath(*ZZ, "zdb", f"{pool}.ivvv.txt.xz")
+        text = lzma.decompress(project_fixture(*ZZ, "zdb", f"{pool}.ivvv.txt.xz")
                                .read_bytes()).decode("utf-8", "replace")
         ds = None
         for line in text.splitlines():
