@@ -37,6 +37,25 @@ def sha256_source(src, chunk=4 << 20):
     return h.hexdigest()
 
 
+def sha256_readinto(src, chunk=(1 << 20) + 4093):
+    """sha256 of ``src`` read as the mount reads it: ``readinto`` one reused buffer, each
+    piece first with ``nowait`` (inline), else blocking.  Returns (hex, pieces inline)."""
+    from pvfs.source import WouldBlock
+
+    h = hashlib.sha256()
+    buf = memoryview(bytearray(chunk))
+    inline = 0
+    for off in range(0, src.size, chunk):
+        try:
+            n = src.readinto(off, buf, nowait=True)
+            inline += 1
+        except WouldBlock:
+            n = src.readinto(off, buf)
+        assert n == min(chunk, src.size - off)
+        h.update(buf[:n])
+    return h.hexdigest(), inline
+
+
 def unpack(archive: Path) -> Path:
     """Unpack ``archive`` (tar, any compression GNU tar knows) into the cache, once.
 

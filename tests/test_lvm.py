@@ -17,7 +17,7 @@ import pytest
 from backends.lvm.config import parse_config
 from backends.lvm.label import read_label, read_pv
 from backends.lvm.thin import ThinPool, ThinSource
-from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from conftest import FIXTURES, require_fixture, sha256_readinto, sha256_source, unpack
 from pvfs.discover import Context, Options, discover, finish, run_queue
 from pvfs.errors import UnreadableError
 from pvfs.nodes import resolve
@@ -155,6 +155,25 @@ def test_synthetic_every_lv_via_partition_volume(syn):
     assert not [e for e in ctx.report if e.severity != "info" and e.layer == "lvm"]
     gens = [e for e in ctx.report if e.code == "metadata-generation"]
     assert len(gens) == 2 and "seqno 9" in gens[1].message and "[in use]" in gens[1].message
+
+
+def test_synthetic_every_lv_through_readinto(syn):
+    """The mount's read path (readinto reused buffers, inline when cached): every linear
+    and thin LV by the manifest's sha256, twice (mappings loaded, then cached: the second
+    pass of each thin LV is served inline)."""
+    d, m = syn
+    ctx = _discover_partition(d / "pve-disk.img", m["gpt"]["pv_offset_bytes"])
+    for name, lv in m["linear_volumes"].items():
+        if name.startswith(("data_", "lvol0")):
+            continue
+        src = resolve(ctx.root, f"storage/lvm/pve/{name}").source
+        assert src.readinto_native and sha256_readinto(src)[0] == lv["sha256"], name
+    for name, tv in m["thin_volumes"].items():
+        src = resolve(ctx.root, f"storage/lvm/pve/{name}").source
+        assert src.readinto_native
+        assert sha256_readinto(src)[0] == tv["sha256"], name
+        sha, inline = sha256_readinto(src)
+        assert sha == tv["sha256"] and inline == -(-src.size // ((1 << 20) + 4093)), name
 
 
 def test_synthetic_through_discover_and_gpt(syn):

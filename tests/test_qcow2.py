@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 
 import pytest
 
-from conftest import FIXTURES, fixture_json, require_fixture, sha256_source, unpack
+from conftest import (FIXTURES, fixture_json, require_fixture, sha256_readinto, sha256_source,
+                      unpack)
 from pvfs.discover import Options, discover
 from pvfs.errors import UnreadableError
 from pvfs.nodes import resolve
@@ -45,23 +45,6 @@ def test_every_image_matches_manifest(imgdir, name):
     assert not [d for d in ctx.report if d.severity == "error" and d.layer == "qcow2"]
 
 
-def _sha256_readinto(src, chunk=(1 << 20) + 4093):
-    """sha256 of ``src`` read as the mount reads it: ``readinto`` one reused buffer, each
-    piece first with ``nowait`` (inline), else blocking.  Returns (hex, pieces inline)."""
-    h = hashlib.sha256()
-    buf = memoryview(bytearray(chunk))
-    inline = 0
-    for off in range(0, src.size, chunk):
-        try:
-            n = src.readinto(off, buf, nowait=True)
-            inline += 1
-        except WouldBlock:
-            n = src.readinto(off, buf)
-        assert n == min(chunk, src.size - off)
-        h.update(buf[:n])
-    return h.hexdigest(), inline
-
-
 @pytest.mark.parametrize("name", sorted(MANIFEST["images"]))
 def test_readinto_matches_manifest(imgdir, name):
     """The mount's path (preadv of data clusters into its reply buffer, inline when the
@@ -73,10 +56,10 @@ def test_readinto_matches_manifest(imgdir, name):
     node = resolve(ctx.root, f"storage/files/{base}/disk.raw")
     assert node is not None and node.source.readinto_native
     for _ in range(2):
-        assert _sha256_readinto(node.source)[0] == _expected(entry)
+        assert sha256_readinto(node.source)[0] == _expected(entry)
     for snap, sentry in (entry.get("snapshots") or {}).items():
         snode = resolve(ctx.root, f"storage/files/{base}/snapshots/{snap}/disk.raw")
-        assert _sha256_readinto(snode.source)[0] == sentry["raw_sha256_applied"]
+        assert sha256_readinto(snode.source)[0] == sentry["raw_sha256_applied"]
 
 
 def test_readinto_inline_once_cached_and_eio_where_read_fails(imgdir, tmp_path):
@@ -85,8 +68,8 @@ def test_readinto_inline_once_cached_and_eio_where_read_fails(imgdir, tmp_path):
     ``read`` does, with or without ``nowait``, and the bytes before are the same."""
     node = resolve(discover([str(imgdir / "base.qcow2")]).root,
                    "storage/files/base.qcow2/disk.raw")
-    _sha256_readinto(node.source)
-    sha, inline = _sha256_readinto(node.source)
+    sha256_readinto(node.source)
+    sha, inline = sha256_readinto(node.source)
     assert sha == BASE_SHA and inline == -(-node.size // ((1 << 20) + 4093))
     data = (imgdir / "base.qcow2").read_bytes()
     p = tmp_path / "base.qcow2"

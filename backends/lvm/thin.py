@@ -27,7 +27,8 @@ from pvfs.damage import Problem
 from pvfs.cache import METADATA_CACHE
 from pvfs.checksum import crc32c_raw
 from pvfs.errors import UnreadableError
-from pvfs.source import BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, Source
+from pvfs.source import (BAD_EIO, BAD_ZERO, DATA, UNMAPPED, UNREADABLE, Source, WouldBlock,
+                         zero_fill)
 
 from . import structs as S
 from .errors import ThinError
@@ -903,7 +904,9 @@ class ThinPool:
         return out
 
     # -- mappings ---------------------------------------------------------------
-    def mapping(self, dev_id) -> Mapping:
+    def mapping(self, dev_id, nowait=False) -> Mapping:
+        """The device's mapping; ``nowait``: :class:`WouldBlock` rather than walk its
+        tree now (the mount's inline reads)."""
         m = self.indexed.get(dev_id)
         if m is None and self._kept is not None:
             m = self._kept.get(dev_id)
@@ -912,6 +915,8 @@ class ThinPool:
         key = ("lvm-thin-map", self.tmeta.uid, dev_id)
         m = METADATA_CACHE.get(key)
         if m is None:
+            if nowait:
+                raise WouldBlock
             m = METADATA_CACHE.put(key, self._load_mapping(dev_id))
         if self._kept is not None:
             self._kept[dev_id] = m
@@ -1026,12 +1031,12 @@ class ThinSource(Source):
         self.label = label
         self.bad = bad
 
-    def _map(self):
-        return self.pool.mapping(self.dev_id)
+    def _map(self, nowait=False):
+        return self.pool.mapping(self.dev_id, nowait)
 
-    def _pieces(self, offset, length):
+    def _pieces(self, offset, length, nowait=False):
         """Yield (offset, n, data_offset | None, status) over the range."""
-        m = self._map()
+        m = self._map(nowait)
         cb = self.pool.chunk_bytes
         end = offset + length
         pos = offset
@@ -1069,6 +1074,24 @@ class ThinSource(Source):
                 raise UnreadableError(f"{self.label}: mapping of this range is lost "
                                       f"(damaged thin-pool metadata)", [(pos, n)])
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    readinto_native = True
+
+    def _readinto(self, offset, view, nowait):
+        """``_read`` into the caller's buffer: mapped runs are read from the pool's data
+        LV straight into it (inline with ``nowait`` when cached, see pvfs.source)."""
+        for pos, n, doff, st in self._pieces(offset, len(view), nowait):
+            part = view[pos - offset:pos - offset + n]
+            if st == DATA:
+                self.pool.tdata.readinto(doff, part, nowait)
+            elif st == UNMAPPED and self.external is not None and pos < self.external.size:
+                got = self.external.readinto(pos, part, nowait)
+                zero_fill(part[got:])
+            elif st == UNMAPPED or self.bad == BAD_ZERO:
+                zero_fill(part)
+            else:
+                raise UnreadableError(f"{self.label}: mapping of this range is lost "
+                                      f"(damaged thin-pool metadata)", [(pos, n)])
 
     def _block_status(self, offset, length):
         out = []
