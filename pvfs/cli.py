@@ -467,10 +467,13 @@ def _status(ctx: Context) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from .report import report_json, report_text
+    from .report import report_text, write_report_json
 
     ctx = _discover(args)
-    sys.stdout.write(report_json(ctx) if args.json else report_text(ctx))
+    if args.json:
+        write_report_json(ctx, sys.stdout.write)  # piece by piece, never whole in memory
+    else:
+        sys.stdout.write(report_text(ctx))
     if args.html is not None:
         from .htmlreport import report_html
 

@@ -97,12 +97,35 @@ class DamageReport:
         entry = Damage(severity, layer, str(path), code, message,
                        tuple(tuple(r) for r in merge_ranges(ranges)), outcome)
         with self._lock:
-            if entry in self._seen:
-                return entry
+            self._append(entry)
+        return entry
+
+    def _append(self, entry: Damage) -> None:
+        if entry not in self._seen:
             self._seen.add(entry)
             self.entries.append(entry)
             self._by_path.setdefault(entry.path, []).append(entry)
-        return entry
+
+    def take_since(self, first: int) -> list[Damage]:
+        """Remove and return the entries added after the first ``first`` (discovery
+        probes a folder's files as the walk finds them, and gives a recognised file's probe
+        entries back with :meth:`put_back` where they were made before: when it is opened)."""
+        with self._lock:
+            taken = self.entries[first:]
+            del self.entries[first:]
+            for e in taken:
+                self._seen.discard(e)
+                same = self._by_path[e.path]
+                same.remove(e)
+                if not same:
+                    del self._by_path[e.path]
+        return taken
+
+    def put_back(self, entries: Iterable[Damage]) -> None:
+        """Add entries taken with :meth:`take_since` again, in their order."""
+        with self._lock:
+            for e in entries:
+                self._append(e)
 
     def for_path(self, path: str) -> list[Damage]:
         """The entries about ``path``, without a walk over all of them (a folder of

@@ -29,9 +29,10 @@ from .guestfs import GuestFilesystem
 from .index import IndexEntry, IndexStore
 from .nbd import is_nbd_uri
 from .namespace import OsFiles, TreeFiles
-from .nodes import Dir, File, resolve
+from .nodes import Dir, File, resolve, sanitize_name
 from .proxmox.view import Locator
 from .source import BAD_EIO, FileSource, Source
+from .unrecognised import SkippedFiles
 
 if TYPE_CHECKING:
     from .nodes import Node
@@ -224,7 +225,7 @@ class Context:
         self.volumes: list[Volume] = []
         self.inputs: list[dict] = []
         self.queue: deque[Volume] = deque()
-        self.seen_inputs: dict = {}  # (st_dev, st_ino) of every input walked -> its path
+        self.seen_inputs: dict = {}  # st_dev << 64 | st_ino of every input walked -> its path
         self.groups: dict = {}
         self.opened_groups: set = set()
         self.progress = None
@@ -242,6 +243,7 @@ class Context:
         self.cold_units: list[str] = []  # ... and the inputs it found without a current index
         self.probes = ProbeCache(self)
         self.files_opened: list[FileSource] = []  # inputs and the files images name
+        self.skipped: list = []  # pvfs.unrecognised.SkippedFiles: per input folder
 
     # -- per-backend state -----------------------------------------------------
     def state(self, backend: Backend) -> Any:
@@ -584,6 +586,10 @@ def _run_backend(ctx: Context, backend: Backend, volume: Volume | None, what: st
 def _probe_best(ctx: Context, volume: Volume) -> tuple[float, Backend] | None:
     """The best backend for ``volume``: from the probe cache (pvfs.discover.ProbeCache)
     when the same inputs were discovered before, else by asking every backend."""
+    walked = volume.__dict__.pop("walk_probe", None)
+    if walked is not None:  # probed when its folder was walked (_probe_walked)
+        ctx.report.put_back(walked[1])
+        return walked[0]
     rec = ctx.probes.lookup(volume)
     if rec is not None:
         winner = rec[0]
@@ -675,26 +681,48 @@ def _os_files(ctx: Context) -> OsFiles:
 
 
 def _open_input_file(ctx: Context, path: str, directory: Dir, dir_path: str, name: str,
-                     from_dir: bool = False) -> None:
+                     from_dir: bool = False, skipped: SkippedFiles | None = None
+                     ) -> Volume | None:
     src, mapfile, bad_ranges = open_file_source(ctx, path, label=name)
     abspath = os.path.abspath(path)  # one string for the three places below
-    ctx.inputs.append({"path": abspath, "size": src.size,
-                       "mapfile": os.path.abspath(mapfile) if mapfile else None,
-                       "bad_bytes": sum(n for _, n in bad_ranges)})
     st = os.stat(path)
-    d = Dir()
-    name = directory.add(name, d, report=ctx.report, path_hint=dir_path)  # unique per input
-    dpath = f"{dir_path}/{name}"
     # The input itself is a volume without its own node: what it holds is shown in d.
-    vol = Volume(src, dpath, name, "input", input_path=abspath)
+    vol = Volume(src, f"{dir_path}/{name}", name, "input", input_path=abspath)
     vol.mtime = st.st_mtime
     vol.file_name = os.path.basename(path)
     vol.files = _os_files(ctx)
     vol.file_path = abspath
     vol.from_dir = from_dir
-    vol.homes.append(Home(d, None, dpath))
+    if skipped is not None and not mapfile and sanitize_name(name) == name \
+            and directory.get(name) is None and not _probe_walked(ctx, vol):
+        skipped.add(name, src.size)  # nothing else of it is kept (pvfs/unrecognised.py)
+        src.close()
+        if ctx.files_opened and ctx.files_opened[-1] is src:
+            ctx.files_opened.pop()
+        return None
+    ctx.inputs.append({"path": abspath, "size": src.size,
+                       "mapfile": os.path.abspath(mapfile) if mapfile else None,
+                       "bad_bytes": sum(n for _, n in bad_ranges)})
+    d = Dir()
+    name = directory.add(name, d, report=ctx.report, path_hint=dir_path)  # unique per input
+    vol.path, vol.name = f"{dir_path}/{name}", name
+    vol.homes.append(Home(d, None, vol.path))
     ctx._register(vol, True)
     return vol
+
+
+def _probe_walked(ctx: Context, volume: Volume) -> bool:
+    """Probe a file of an input folder as soon as the walk finds it: one that no backend
+    recognises is then dropped at once (a folder of 100,000 notes keeps no source or
+    volume per note).  A recognised one keeps the result and the entries its probes made
+    (taken out of the report for now), both given back when the queue reaches it, so that
+    it is opened and reported exactly as if probed there."""
+    first = len(ctx.report.entries)
+    found = _probe_best(ctx, volume)
+    if found is None:
+        return False  # a probe's own entries (probe-failed ...) stay in the report
+    volume.walk_probe = (found, ctx.report.take_since(first))
+    return True
 
 
 MAX_DIR_FILES = 100_000
@@ -753,14 +781,21 @@ def _open_input_dir(ctx: Context, path: str, directory: Dir, dir_path: str, name
     name = directory.add(name, d, report=ctx.report, path_hint=dir_path)
     names = set(entries)
     owners = companion_files(ctx, OsFiles(), path, entries)
-    for e in entries:
+    skipped = SkippedFiles(os.path.abspath(path), f"{dir_path}/{name}")
+    for i, e in enumerate(entries):
+        if i and not i % 1000:
+            ctx.note_progress(f"walking {path}: {i:,} of {len(entries):,} files")
         if e.endswith(".map") and e[:-4] in names:
             continue  # a ddrescue mapfile beside its image (open_file_source finds it)
         if e in owners:
             ctx.report.add("info", "core", os.path.join(path, e), "companion-file",
                            f"part of {owners[e]}; read through it, not on its own")
             continue
-        add_input(ctx, os.path.join(path, e), d, f"{dir_path}/{name}", depth=depth + 1)
+        add_input(ctx, os.path.join(path, e), d, f"{dir_path}/{name}", depth=depth + 1,
+                  skipped=skipped)
+    if skipped.count:
+        ctx.skipped.append(skipped)
+        skipped.report(ctx.report)
 
 
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
@@ -783,14 +818,16 @@ def companion_files(ctx: Context, files: OsFiles | TreeFiles, folder: str,
 
 
 def add_input(ctx: Context, path: str, directory: Dir | None = None,
-              dir_path: str = "storage/files", depth: int = 0) -> None:
+              dir_path: str = "storage/files", depth: int = 0,
+              skipped: SkippedFiles | None = None) -> None:
     """Add one input (file, block device or directory): named by the user, or found by
     walking a directory (``depth`` > 0).
 
     The walk is bounded and linear: every file and directory is taken once by (device,
     inode), so a symlink back to a parent (a loop) or a second name of the same image is
     one damage entry, not another walk; dangling links, FIFOs, sockets and character
-    devices are entries too, never opened.
+    devices are entries too, never opened.  ``skipped``: where a walked file that no
+    backend recognises goes instead of the tree (:mod:`pvfs.unrecognised`).
     """
     if directory is None:
         directory = ctx.storage("files")
@@ -818,8 +855,11 @@ def add_input(ctx: Context, path: str, directory: Dir | None = None,
                        f"{_KINDS.get(fmt, 'not a regular file')}{via}, not an image, block "
                        "device or directory; not opened")
         return
-    key = ("blk", st.st_rdev) if fmt == stat.S_IFBLK else (st.st_dev, st.st_ino)
+    # one int per file or folder (a folder of 100,000 files kept a tuple and a path each)
+    key = ("blk", st.st_rdev) if fmt == stat.S_IFBLK else st.st_dev << 64 | st.st_ino
     first = ctx.seen_inputs.get(key)
+    if isinstance(first, SkippedFiles):  # only names are kept of a file not recognised
+        first = f"a file of {first.folder} that was not recognised"
     if first is not None:
         if fmt == stat.S_IFDIR:
             ctx.report.add("warning", "core", path, "symlink-loop" if _is_under(first, path)
@@ -836,7 +876,9 @@ def add_input(ctx: Context, path: str, directory: Dir | None = None,
         _open_input_dir(ctx, path, directory, dir_path, name, depth)
         return
     try:
-        _open_input_file(ctx, path, directory, dir_path, name, from_dir=depth > 0)
+        if _open_input_file(ctx, path, directory, dir_path, name, from_dir=depth > 0,
+                            skipped=skipped) is None:
+            ctx.seen_inputs[key] = skipped  # not the path: it is kept nowhere else
     except PvfsError as e:  # it went away, or cannot be opened: say so and go on
         ctx.report.add("error", "core", path, "unreadable-input", f"{e}; skipped")
 

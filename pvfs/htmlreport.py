@@ -381,5 +381,7 @@ def report_html(ctx: Context) -> str:
         extra = (f", mapfile <code>{_e(i['mapfile'])}</code> ({i['bad_bytes']} bad bytes)"
                  if i.get("mapfile") else "")
         p.w(f"<li><code>{_e(i['path'])}</code> ({_e(fmt_size(i['size']))}{extra})</li>")
+    for sk in ctx.skipped:  # pvfs/unrecognised.py: report.json lists every one
+        p.w(f"<li>{_e(sk.line())} (report.json lists them)</li>")
     p.w("</ul></body></html>\n")
     return "".join(p.out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -127,31 +127,95 @@ def volume_doc(vol: Volume) -> dict[str, Any]:
 
 
 def report_doc(ctx: Context) -> dict[str, Any]:
+    """The scan document as one object (for callers that want it whole; report.json and
+    ``--json`` are written piece by piece by :func:`report_json_chunks`)."""
+    return json.loads(report_json(ctx))
+
+
+def _report_fields(ctx: Context) -> list[tuple[str, Any]]:
+    """The document's keys in order; a value that is an iterator is a list made item by
+    item (the volumes and damage entries of a folder of 10,000 images)."""
     counts = {s: ctx.report.count(s) for s in ("error", "warning", "info")}
     from .proxmox.view import guest_ids, table
 
     vms = {n: sorted(ctx.vms_root.children()[n].children()) for n in guest_ids(ctx.vms_root)}
     cts = {n: sorted(ctx.cts_root.children()[n].children()) for n in guest_ids(ctx.cts_root)}
-    return {
-        "schema": SCHEMA,
-        "pvfs_version": __version__,
-        "inputs": ctx.inputs,
-        "volumes": [volume_doc(v) for v in ctx.volumes],
-        "vms": vms,
-        "cts": cts,
-        "guests": table(ctx),
-        "damage": ctx.report.to_json(),
-        "summary": {"volumes": len(ctx.volumes), "damage": counts},
-    }
+    # "unrecognised": the files of input folders that no backend recognised, per folder
+    # (only when there are some)
+    skipped = [("unrecognised", _Raw(ctx.skipped))] if ctx.skipped else []
+    return [
+        ("schema", SCHEMA),
+        ("pvfs_version", __version__),
+        ("inputs", ctx.inputs),
+        *skipped,
+        ("volumes", (volume_doc(v) for v in ctx.volumes)),
+        ("vms", vms),
+        ("cts", cts),
+        ("guests", table(ctx)),
+        ("damage", (e.to_json() for e in ctx.report)),
+        ("summary", {"volumes": len(ctx.volumes), "damage": counts}),
+    ]
+
+
+class _Raw(list):
+    """A list whose items write themselves (pvfs.unrecognised.SkippedFiles.json_chunks)."""
+
+
+_ENCODER = json.JSONEncoder(indent=1, default=str)
+
+
+def _encoded(value: Any, indent: str) -> str:
+    # the encoder indents from level 0; JSON text has no raw newline but between items
+    return _ENCODER.encode(value).replace("\n", "\n" + indent)
+
+
+def report_json_chunks(ctx: Context) -> Iterator[str]:
+    """report.json in pieces, the same text as ``json.dump(doc, indent=1)`` would write
+    (files not recognised one per line), never the whole document in memory: a folder of
+    100,000 files kept a dict per file and the text several times while rendering."""
+    yield "{"
+    for i, (key, value) in enumerate(_report_fields(ctx)):
+        yield ("," if i else "") + f"\n {json.dumps(key)}: "
+        if isinstance(value, _Raw):
+            for j, item in enumerate(value):
+                yield ",\n  " if j else "[\n  "
+                yield from item.json_chunks("  ")
+            yield "\n ]" if value else "[]"
+        elif isinstance(value, Iterator):
+            empty = True
+            for item in value:
+                yield ("[" if empty else ",") + "\n  " + _encoded(item, "  ")
+                empty = False
+            yield "[]" if empty else "\n ]"
+        else:
+            yield _encoded(value, " ")
+    yield "\n}\n"
+
+
+def write_report_json(ctx: Context, write: Callable[[str], object]) -> None:
+    """Write report.json with ``write`` a few KB at a time."""
+    buf: list[str] = []
+    size = 0
+    for chunk in report_json_chunks(ctx):
+        buf.append(chunk)
+        size += len(chunk)
+        if size >= 1 << 16:
+            write("".join(buf))
+            buf.clear()
+            size = 0
+    write("".join(buf))
 
 
 def report_json(ctx: Context) -> str:
-    # json.dump into a StringIO, not json.dumps: with indent the encoder is the pure-Python
-    # one, and dumps joins a list of all its small pieces at the end; dump writes them as
-    # they come.  A folder of 10,000 inputs (5 MB of JSON): peak 39 -> 15 MB while rendering.
     buf = io.StringIO()
-    json.dump(report_doc(ctx), buf, indent=1, sort_keys=False, default=str)
-    buf.write("\n")
+    write_report_json(ctx, buf.write)
+    return buf.getvalue()
+
+
+def report_json_bytes(ctx: Context) -> bytes:
+    """report.json as the mount serves it (ASCII: the encoder escapes the rest)."""
+    buf = io.BytesIO()
+    write_report_json(ctx, lambda text: buf.write(text.encode("ascii")))
     return buf.getvalue()
 
 
@@ -181,6 +245,8 @@ def report_text(ctx: Context) -> str:
     for i in ctx.inputs:
         extra = f", mapfile {i['mapfile']} ({i['bad_bytes']} bad bytes)" if i.get("mapfile") else ""
         lines.append(f"  {i['path']} ({_fmt_size(i['size'])}{extra})")
+    for sk in ctx.skipped:
+        lines.append(f"  {sk.line()}")
     lines.append("")
     lines.append("Layers:")
     children: dict[int | None, list[Volume]] = {}
@@ -352,7 +418,7 @@ def _examples(ctx: Context) -> tuple[str, str]:
 def attach_generated_files(ctx: Context) -> None:
     version = ctx.report.version  # re-rendered only when an entry was added (reads add some)
     ctx.root.add("README.txt", GeneratedFile(lambda: readme_text(ctx).encode(), version=version))
-    ctx.root.add("report.json", GeneratedFile(lambda: report_json(ctx).encode(), version=version))
+    ctx.root.add("report.json", GeneratedFile(lambda: report_json_bytes(ctx), version=version))
     from .htmlreport import report_html
 
     ctx.root.add("report.html", GeneratedFile(lambda: report_html(ctx).encode(), version=version))

@@ -227,7 +227,8 @@ def test_nothing_recognised_exits_1(tmp_path):
     (d / "zeros.bin").write_bytes(bytes(8192))
     r = pvfs("scan", d)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "no format recognised" in r.stdout  # the report still says what was looked at
+    # the report still says what was looked at
+    assert f"1 file in {d} was not recognised and is not shown: notes.txt" in r.stdout
     assert r.stderr == "pvfs: nothing recognised in the inputs\n"
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -34,8 +34,12 @@ def test_var_lib_vz_copy_with_container_raw(tmp_path):
     assert resolve(ctx.root, "vms/105") is None  # a container is never also a VM
     assert resolve(ctx.root, "vms/100/disk-0.parts/p2") is not None
     assert resolve(ctx.root, "storage/files/vz/images/105/vm-105-disk-0.raw/disk.raw") is not None
-    skipped = [d for d in ctx.report if d.code == "not-recognised"]
-    assert [d.path for d in skipped] == ["storage/files/vz/template/iso/notes.txt"]
+    skipped = [(d.path, d.message) for d in ctx.report if "not-recognised" in d.code]
+    assert skipped == [("storage/files/vz/template/iso", f"1 file in {vz}/template/iso was not "
+                        "recognised and is not shown: notes.txt")]
+    assert [(s.folder, list(s)) for s in ctx.skipped] == [(f"{vz}/template/iso",
+                                                           [("notes.txt", 21)])]
+    assert resolve(ctx.root, "storage/files/vz/template/iso").children() == {}
 
 
 def test_name_clashes_are_unique_and_reported(tmp_path):

@@ -7,6 +7,7 @@ many images a folder holds, and the cost per file does not grow with the folder.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -44,8 +45,8 @@ def test_symlink_loops_are_walked_once(tmp_path):
     top = make_tree(tmp_path)
     ctx = discover([str(top)], Options())
     inputs = [v for v in ctx.volumes if v.role == "input"]
-    assert sorted(os.path.basename(v.input_path) for v in inputs) == \
-        ["notes.txt", "vm-100-disk-0.qcow2"]
+    assert [os.path.basename(v.input_path) for v in inputs] == ["vm-100-disk-0.qcow2"]
+    assert [(s.folder, list(s)) for s in ctx.skipped] == [(str(top), [("notes.txt", 6)])]
     loops = sorted(e.path for e in ctx.report if e.code == "symlink-loop")
     assert loops == [str(top / "a" / "b" / "up"), str(top / "a" / "self")]
     assert [e.path for e in ctx.report if e.code == "same-directory"] == [str(top / "again")]
@@ -200,3 +201,69 @@ def test_damaged_folder_walk_does_not_rescan_the_report(tmp_path, monkeypatch):
     assert len(ctx.vms_root.children()) == 300
     assert len([e for e in real_iter(ctx.report) if e.code == "backing-missing"]) == 300
     assert len(walks) < 60, f"{len(walks)} walks over the whole report for 300 images"
+
+
+MANY_UNRECOGNISED = """\
+Status of each VM and container (OK, REPAIRED, DEGRADED, PARTIAL, LOST):
+    VMID  type  name              status                        node      OS      backups  disks
+     100  VM    -                 OK                            -         -             0  vm-100-disk-0.qcow2 OK
+
+Inputs:
+  $D/vm-100-disk-0.qcow2 (960.0 KiB)
+  $D/iso/: 1 file not recognised (12 B)
+  $D/: 3,000 files not recognised (29.3 KiB)
+
+Layers:
+  storage/files/clutter/vm-100-disk-0.qcow2  [input, 960.0 KiB, qcow2]
+    storage/files/clutter/vm-100-disk-0.qcow2/disk.raw  [disk, 8.0 MiB, gpt]  -> vms/100/disk-0.raw
+      storage/files/clutter/vm-100-disk-0.qcow2/p1  [partition, 1007.0 KiB, raw data]  -> vms/100/disk-0.parts/p1
+      storage/files/clutter/vm-100-disk-0.qcow2/p2  [partition, 6.0 MiB, ext4]  -> vms/100/disk-0.parts/p2
+        files: vms/100/disk-0.files/p2  [ext4, label 'demo-root', UUID 0b7c3a52-5e36-4b43-a3a7-1f2d7f0c0d01, 1.4 MiB of 6.0 MiB used, clean, no damaged files]
+    storage/files/clutter/vm-100-disk-0.qcow2/snapshots/before-upgrade/disk.raw  [disk, 8.0 MiB, gpt]  -> vms/100/snapshots/before-upgrade/disk-0.raw
+      storage/files/clutter/vm-100-disk-0.qcow2/snapshots/before-upgrade/p1  [partition, 1007.0 KiB, raw data]  -> vms/100/snapshots/before-upgrade/disk-0.parts/p1
+      storage/files/clutter/vm-100-disk-0.qcow2/snapshots/before-upgrade/p2  [partition, 6.0 MiB, ext4]  -> vms/100/snapshots/before-upgrade/disk-0.parts/p2
+        files: vms/100/snapshots/before-upgrade/disk-0.files/p2  [ext4, label 'demo-root', UUID 0b7c3a52-5e36-4b43-a3a7-1f2d7f0c0d01, 1.4 MiB of 6.0 MiB used, clean, no damaged files]
+
+VMs: 100
+
+Guest filesystems, per VM and container:
+  VM 100: 2 guest filesystems, all intact (ext4)
+
+Damage report (2 entries):
+  INFO    core: storage/files/clutter/iso: 1 file in $D/iso was not recognised and is not shown: readme.txt
+  INFO    core: storage/files/clutter: 3,000 files (29.3 KiB) in $D were not recognised and are not shown: note-0000.txt, note-0001.txt, note-0002.txt and 2,997 more (report.json lists every one)
+"""
+
+
+def test_many_unrecognised_files_are_one_line_each_folder(tmp_path):
+    """A folder of 3,000 small files that are no image, beside one VM disk: ``pvfs scan``
+    says how many per folder with three names (it printed 3,000 inputs, 3,000 layers and
+    3,000 report entries), they are not in the tree, and ``--json`` lists every one with
+    the size os.stat gives (pvfs/unrecognised.py)."""
+    d = tmp_path / "clutter"
+    (d / "iso").mkdir(parents=True)
+    for i in range(3000):
+        (d / f"note-{i:04d}.txt").write_bytes(b"n" * 10)
+    (d / "iso" / "readme.txt").write_text("an ISO here\n")
+    (d / "vm-100-disk-0.qcow2").write_bytes(EXAMPLE.read_bytes())
+    argv = [sys.executable, "-m", "pvfs", "scan", "--no-progress", "--index-dir", "none", str(d)]
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == MANY_UNRECOGNISED.replace("$D", str(d))
+    r = subprocess.run(argv + ["--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    got = {f["folder"]: (f["path"], f["count"], f["bytes"], [(x["name"], x["size"])
+                                                             for x in f["files"]])
+           for f in doc["unrecognised"]}
+    want = {str(p): (f"storage/files/{p.relative_to(tmp_path)}", len(files),
+                     sum(s for _n, s in files), files)
+            for p in (d, d / "iso")
+            for files in [sorted((f.name, f.stat().st_size) for f in p.iterdir()
+                                 if f.is_file() and f.suffix != ".qcow2")]}
+    assert got == want
+    assert [i["path"] for i in doc["inputs"]] == [str(d / "vm-100-disk-0.qcow2")]
+    ctx = discover([str(d)], Options())
+    assert set(resolve(ctx.root, "storage/files/clutter").children()) == {
+        "iso", "vm-100-disk-0.qcow2"}
+    assert resolve(ctx.root, "storage/files/clutter/iso").children() == {}
