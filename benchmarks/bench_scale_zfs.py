@@ -5,13 +5,16 @@ and by zfs-fuse itself in the same run (issue 15 item 5).
 For each size N (default 10,000, 100,000 and 1,000,000 files) one pool on one sparse file
 vdev holds dataset ``fs`` with ``big/`` (N/10 files in one directory: 100,000 entries at
 1M) and ``tree/`` (the rest, 1,000 files per directory), small files of 0-99 bytes.
-Measured per size, each side freshly mounted / imported after dropping the page cache:
+Measured per size, each side freshly mounted / imported, the page cache and the kernel's
+dentries and inodes dropped before each step (so every step asks the daemon, and the kernel
+forgets what the step before looked up):
 
 - mount: ``pvfs mount`` until the tree answers / ``zpool import`` with its mounts;
-- ``ls`` of ``big/`` (names only, sorted by ls);
+- ``ls -f`` of ``big/`` (names only, unsorted) and the daemon's RSS right after it;
+- ``ls -l`` of ``big/`` (a stat per entry);
 - ``find`` of the whole dataset (``-type f``): files per second;
-- RSS of the pvfs mount daemon after mounting and its peak after the find (VmHWM), and the
-  zfs-fuse daemon's peak, with the load average of each line.
+- RSS of the pvfs mount daemon after mounting, after ``ls -f`` and its peak after the find
+  (VmHWM), and the zfs-fuse daemon's, with the load average of each line.
 
 Pools are built once into ``--workdir`` (default ``/var/tmp/pvfs-bench-scale``: building
 1M files through zfs-fuse takes several minutes) and reused.  A zfs-fuse daemon is started
@@ -19,6 +22,7 @@ only when none answers, and only that process is stopped.  Needs root and /dev/f
 Debian package zfs-fuse (``scripts/setup.sh --bench``).
 
     python benchmarks/bench_scale_zfs.py [--sizes 10000,100000,1000000] [--workdir DIR]
+        [--root CHECKOUT]   # measure another checkout's pvfs (e.g. main, for a before/after)
 """
 
 from __future__ import annotations
@@ -112,27 +116,43 @@ def count_find(top: Path) -> tuple[float, int]:
     return dt, out.count(b"\n")
 
 
-def bench_pvfs(work: Path, disk: Path, n: int) -> dict:
+def listings(top: Path, n: int, row: dict, pid: int | None = None) -> None:
+    """``ls -f`` and ``ls -l`` of ``big/`` and ``find`` below ``top``, each after dropping
+    the caches; the daemon's RSS after ``ls -f`` and after the find."""
+    big = layout(n)[0]
+    drop_caches()
+    dt, out = timed(["ls", "-f", str(top / "big")])
+    names = [x for x in out.split(b"\n") if x not in (b"", b".", b"..")]
+    assert len(names) == big, len(names)  # (zfs-fuse lists . and .., pvfs does not)
+    row["ls -f big/ s"] = dt
+    if pid is not None:
+        row["rss ls MiB"] = rss_mib(pid)[0]
+    drop_caches()
+    dt, out = timed(["ls", "-l", str(top / "big")])
+    assert out.count(b"\n") == big + 1, out.count(b"\n")  # with "total"
+    row["ls -l big/ s"] = dt
+    drop_caches()
+    dt, found = count_find(top)
+    assert found == n, (found, n)
+    row["find s"] = dt
+    row["find files/s"] = int(n / dt)
+    if pid is not None:
+        row["rss now MiB"], row["rss peak MiB"] = rss_mib(pid)
+    row["load"] = os.getloadavg()[0]
+
+
+def bench_pvfs(work: Path, disk: Path, n: int, root: Path = ROOT) -> dict:
     mnt = work / "pvfs-mnt"
     mnt.mkdir(exist_ok=True)
     drop_caches()
     row: dict = {"files": n}
     t = time.perf_counter()
-    sh(sys.executable, "-m", "pvfs", "mount", disk, mnt, cwd=ROOT)
+    sh(sys.executable, "-m", "pvfs", "mount", disk, mnt, cwd=root)
     row["mount s"] = time.perf_counter() - t
     try:
         pid = mount_daemon_pid(mnt)
         row["rss mount MiB"] = rss_mib(pid)[0]
-        fs = mnt / "storage" / "zfs" / pool_name(n) / "fs"
-        dt, out = timed(["ls", str(fs / "big")])
-        assert out.count(b"\n") == layout(n)[0], out.count(b"\n")
-        row["ls big/ s"] = dt
-        dt, found = count_find(fs)
-        assert found == n, (found, n)
-        row["find s"] = dt
-        row["find files/s"] = int(n / dt)
-        row["rss now MiB"], row["rss peak MiB"] = rss_mib(pid)
-        row["load"] = os.getloadavg()[0]
+        listings(mnt / "storage" / "zfs" / pool_name(n) / "fs", n, row, pid)
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)])
     return row
@@ -150,16 +170,7 @@ def bench_zfs_fuse(work: Path, n: int) -> dict:
         try:
             mnt = Path(sh("zfs", "get", "-H", "-o", "value", "mountpoint", f"{pool}/fs")
                        .stdout.strip())
-            dt, out = timed(["ls", str(mnt / "big")])
-            assert out.count(b"\n") == layout(n)[0]
-            row["ls big/ s"] = dt
-            dt, found = count_find(mnt)
-            assert found == n, (found, n)
-            row["find s"] = dt
-            row["find files/s"] = int(n / dt)
-            if zf.proc is not None:
-                row["rss now MiB"], row["rss peak MiB"] = rss_mib(zf.proc.pid)
-            row["load"] = os.getloadavg()[0]
+            listings(mnt, n, row, zf.proc.pid if zf.proc is not None else None)
         finally:
             sh("zpool", "export", pool, check=False)
     finally:
@@ -173,6 +184,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/var/tmp/pvfs-bench-scale")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--no-peer", action="store_true", help="skip zfs-fuse's side")
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="the checkout whose pvfs is measured (default: this one)")
     args = ap.parse_args()
     for tool in ("zfs-fuse", "zpool", "zfs", "fusermount3"):
         if not shutil.which(tool):
@@ -187,16 +200,17 @@ def main() -> None:
         print(f"pool of {n} files ready ({time.perf_counter() - t:.0f} s), {load()}", flush=True)
         if args.build_only:
             continue
-        pv.append(bench_pvfs(work, disk, n))
+        pv.append(bench_pvfs(work, disk, n, args.root))
         print(f"  pvfs     {pv[-1]}", flush=True)
         if not args.no_peer:
             zf.append(bench_zfs_fuse(work, n))
             print(f"  zfs-fuse {zf[-1]}", flush=True)
     if args.build_only:
         return
-    cols = ["files", "mount s", "ls big/ s", "find s", "find files/s", "rss mount MiB",
-            "rss peak MiB", "load"]
-    print_curve(f"pvfs mount of a zfs-fuse pool ({os.cpu_count()} CPUs)", pv, cols)
+    cols = ["files", "mount s", "ls -f big/ s", "ls -l big/ s", "find s", "find files/s",
+            "rss mount MiB", "rss ls MiB", "rss peak MiB", "load"]
+    print_curve(f"pvfs mount of a zfs-fuse pool ({os.cpu_count()} CPUs), {args.root}", pv,
+                cols)
     if zf:
         print_curve("zfs-fuse on the same pools (its daemon's RSS: ARC and caches)", zf,
                     [c for c in cols if c != "rss mount MiB"], check_rss=False)

@@ -6,7 +6,11 @@ limiter, and any exception other than ``FUSEError`` becomes EIO plus a damage
 entry, because pyfuse3 ends the session on anything it does not expect.
 Inode numbers are handed out once per node object and never reused, so they
 stay stable for the life of the mount; the tree never changes, hence long
-kernel cache timeouts and ``keep_cache``.
+kernel cache timeouts and ``keep_cache``.  Entries of a directory that takes them
+from an :class:`pvfs.nodes.InodeSpace` (a ZFS dataset) are numbered from the space and
+their key instead (``space index << 48 | key``) and not kept: the daemon holds a few
+thousand of their nodes for the kernel's next ``getattr``/``open`` and forgets one when
+the kernel does (FUSE ``forget``), and builds it again from its key when asked.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pyfuse3
 import trio
 
 from pvfs.errors import UnreadableError
-from pvfs.nodes import Dir, File, GeneratedFile, Node, Symlink
+from pvfs.nodes import Dir, File, GeneratedFile, InodeSpace, Listing, Node, Symlink
 from pvfs.source import WouldBlock
 
 if TYPE_CHECKING:
@@ -45,6 +49,35 @@ RECENT_DIRS = 256
 #: ones are kept.
 READ_BUFFER = 1 << 20
 IDLE_READ_BUFFERS = 4
+DT_DIR = stat.S_IFDIR >> 12
+#: Inodes of InodeSpace entries: the space's index above KEY_BITS, its key below.
+KEY_BITS = 48
+KEY_MASK = (1 << KEY_BITS) - 1
+MAX_SPACES = (1 << 15) - 1  # inode numbers stay below 2**63 (signed in some tools)
+#: Nodes of InodeSpace entries kept for the kernel's next request about them (getattr,
+#: open, readlink); one is built again from its key when it is not here.
+NODE_CACHE = 8192
+#: Entries of an InodeSpace directory made (node, attributes) per worker-thread hop.
+READDIR_BATCH = 128
+#: Inodes last answered with type-only attributes, and the listing they came from: a
+#: getattr of one means the lister stats what it lists (``ls -l``), so that listing
+#: answers the rest with full attributes.
+TYPE_ONLY_RECENT = 4096
+
+
+class _SpaceListing:
+    """An open directory whose entries come from an InodeSpace: its kept entries, the
+    space's compact listing, the last batch of made entries (the kernel's buffer may take
+    only part of it), and whether its entries are answered with full attributes."""
+
+    __slots__ = ("dir", "kept", "listing", "batch", "full")
+
+    def __init__(self, d: Dir, kept: list[tuple[str, Node]], listing: Listing) -> None:
+        self.dir = d
+        self.kept = kept
+        self.listing = listing
+        self.batch: list[tuple[int, str, Node | None, int, pyfuse3.EntryAttributes]] = []
+        self.full = listing.types is None
 
 
 def handler(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -87,6 +120,12 @@ class PvfsOperations(pyfuse3.Operations):
             pyfuse3.ROOT_INODE: (root, pyfuse3.ROOT_INODE, "")}
         self._inos: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}
         self._next_ino = pyfuse3.ROOT_INODE + 1
+        # InodeSpace entries: the spaces by index (spaces live as long as their kept
+        # directories, so their id() is stable), and the nodes the kernel asked about last.
+        self._spaces: list[InodeSpace | None] = [None]
+        self._space_index: dict[int, int] = {}
+        self._keyed: OrderedDict[int, Node] = OrderedDict()
+        self._type_only: OrderedDict[int, _SpaceListing] = OrderedDict()
         self._handles: dict[int, tuple] = {}
         self._next_fh = 1
         self._recent_dirs: OrderedDict[int, None] = OrderedDict()
@@ -114,11 +153,69 @@ class PvfsOperations(pyfuse3.Operations):
                 self._entries[ino] = (node, parent_ino, name)
             return ino
 
+    def _space_ino(self, space: InodeSpace, key: int) -> int | None:
+        """The inode of entry ``key`` of ``space`` (None: too many spaces, or a key that
+        does not fit: the entry is then numbered and kept as any node)."""
+        if not 0 < key <= KEY_MASK:
+            return None
+        idx = self._space_index.get(id(space))
+        if idx is None:
+            with self._lock:
+                idx = self._space_index.get(id(space))
+                if idx is None:
+                    if len(self._spaces) > MAX_SPACES:
+                        return None
+                    idx = len(self._spaces)
+                    self._spaces.append(space)
+                    self._space_index[id(space)] = idx
+        return idx << KEY_BITS | key
+
+    def _child_ino(self, parent: Dir, parent_ino: int, name: str, node: Node,
+                   key: int | None) -> int:
+        """The inode of ``node``, entry ``name`` of ``parent``; ``key``: its key when it
+        is an entry of the parent's space (directories are kept nodes: numbered as any)."""
+        if key is not None and parent.space is not None and not isinstance(node, Dir):
+            ino = self._space_ino(parent.space, key)
+            if ino is not None:
+                return ino
+        return self._ino(node, parent_ino, name)
+
+    def _remember(self, ino: int, node: Node) -> None:
+        """Keep the node of a space inode for the kernel's next request (event loop only)."""
+        if ino >> KEY_BITS:
+            cache = self._keyed
+            cache[ino] = node
+            cache.move_to_end(ino)
+            if len(cache) > NODE_CACHE:
+                cache.popitem(last=False)
+
     def _node(self, ino: int) -> Node:
         entry = self._entries.get(ino)
         if entry is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            node = self._keyed.get(ino)
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return node
         return entry[0]
+
+    async def _get(self, ino: int) -> Node:
+        """The node of ``ino``; a space inode's is built again from its key if dropped."""
+        entry = self._entries.get(ino)
+        if entry is not None:
+            return entry[0]
+        node = self._keyed.get(ino)
+        if node is not None:
+            self._keyed.move_to_end(ino)
+            return node
+        idx = ino >> KEY_BITS
+        space = self._spaces[idx] if 0 < idx < len(self._spaces) else None
+        if space is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = await self._run(space.node, ino & KEY_MASK)
+        if node is None:  # broken since it was listed: reported by the space
+            raise pyfuse3.FUSEError(errno.EIO)
+        self._remember(ino, node)
+        return node
 
     def _parent(self, ino: int) -> int | None:
         entry = self._entries.get(ino)
@@ -127,6 +224,11 @@ class PvfsOperations(pyfuse3.Operations):
     def path_of(self, ino: int) -> str | None:
         entry = self._entries.get(ino)
         if entry is None:
+            idx = ino >> KEY_BITS
+            if 0 < idx < len(self._spaces):
+                space = self._spaces[idx]
+                if space is not None:
+                    return space.path(ino & KEY_MASK)
             return f"<inode {ino}>"
         names = []
         while ino != pyfuse3.ROOT_INODE and entry is not None and len(names) < 4096:
@@ -182,7 +284,7 @@ class PvfsOperations(pyfuse3.Operations):
     @handler
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
-        parent = self._node(parent_inode)
+        parent = await self._get(parent_inode)
         if not isinstance(parent, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         name_s = os.fsdecode(name)
@@ -191,6 +293,12 @@ class PvfsOperations(pyfuse3.Operations):
         elif name_s == "..":
             ino = self._parent(parent_inode) or pyfuse3.ROOT_INODE
             node = self._node(ino)
+        elif parent.space is not None:
+            node, key = await self._run(_space_lookup, parent, name_s)
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            ino = self._child_ino(parent, parent_inode, name_s, node, key)
+            self._remember(ino, node)
         else:
             children = parent.children() if parent.loaded else await self._run(parent.children)
             node = children.get(name_s)
@@ -200,13 +308,21 @@ class PvfsOperations(pyfuse3.Operations):
         return await self._attrs_async(node, ino)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
-        """Inodes stay: numbers are stable for the life of the mount, and a node is
-        kept by its directory whether the kernel holds it or not."""
+        """The kernel evicted these inodes (it sends their whole lookup count at once).
+        A space inode's node is dropped (built again from its key if the kernel asks
+        about it later); every other inode stays: its node is kept by its directory,
+        and its number is stable for the life of the mount."""
+        keyed = self._keyed
+        for ino, _nlookup in inode_list:
+            keyed.pop(ino, None)
 
     @handler
     async def getattr(self, inode: int,
                       ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
-        return await self._attrs_async(self._node(inode), inode)
+        listing = self._type_only.pop(inode, None)
+        if listing is not None:  # stat after readdir (ls -l): full attributes from now on
+            listing.full = True
+        return await self._attrs_async(await self._get(inode), inode)
 
     @handler
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -216,19 +332,22 @@ class PvfsOperations(pyfuse3.Operations):
 
     @handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self._node(inode)
+        node = await self._get(inode)
         if not isinstance(node, Symlink):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return node.target
 
     @handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self._node(inode)
+        node = await self._get(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        children = node.children() if node.loaded else await self._run(node.children)
-        names = list(children.items())
-        fh = self._new_handle((inode, names))
+        if node.space is not None:
+            entries: object = await self._run(_space_listing, node)
+        else:
+            children = node.children() if node.loaded else await self._run(node.children)
+            entries = list(children.items())
+        fh = self._new_handle((inode, entries))
         self._walk_prefetch(inode)
         return fh
 
@@ -282,12 +401,102 @@ class PvfsOperations(pyfuse3.Operations):
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         inode, entries = self._handles[fh]
+        if isinstance(entries, _SpaceListing):
+            return await self._readdir_space(inode, entries, start_id, token)
         for i in range(start_id, len(entries)):
             name, node = entries[i]
             ino = self._ino(node, inode, name)
             attrs = await self._attrs_async(node, ino)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, i + 1):
                 return
+
+    async def _readdir_space(self, inode: int, h: _SpaceListing, start_id: int,
+                             token: pyfuse3.ReaddirToken) -> None:
+        """Entries from ``start_id`` on: kept ones first, then the space's listing.
+
+        Readdirplus hands the kernel attributes with each entry.  When the listing
+        knows the entry's type, a file's are its inode and type only, expired at once
+        (``attr_timeout`` 0): ``ls``, ``find -type f`` and ``du``'s walk take them as
+        they are, and a ``stat`` asks getattr, which builds the node.  When the lister
+        does stat what it lists, the rest of the listing gets full attributes (nodes
+        built READDIR_BATCH at a time in a worker thread), as do directories (kept
+        nodes) and entries whose node is at hand.  An entry whose object is broken is
+        left out when its node is built, and answers EIO when asked by inode."""
+        total = len(h.kept) + len(h.listing)
+        i = start_id
+        while i < total:
+            batch = h.batch
+            if not batch or not batch[0][0] <= i <= batch[-1][0]:
+                batch = h.batch = self._batch(inode, h, i, build=False)  # no image read
+                if not batch:
+                    batch = h.batch = await self._run(self._batch, inode, h, i, True)
+                if not batch:
+                    return
+            for idx, name, node, ino, attrs in batch:
+                if idx < i:
+                    continue
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, idx + 1):
+                    return
+                if node is not None:
+                    self._remember(ino, node)
+                else:
+                    recent = self._type_only
+                    recent[ino] = h
+                    if len(recent) > TYPE_ONLY_RECENT:
+                        recent.popitem(last=False)
+                i = idx + 1
+            i = max(i, batch[-1][0] + 1)
+
+    def _batch(self, inode: int, h: _SpaceListing, start: int, build: bool
+               ) -> list[tuple[int, str, Node | None, int, pyfuse3.EntryAttributes]]:
+        """Up to READDIR_BATCH entries from index ``start``: ``(index, name, node or None,
+        inode, attributes)``.  Without ``build`` (on the event loop: no image read) it
+        stops at the first entry that needs its node built; with it (a worker thread) it
+        builds them, and leaves out the broken ones."""
+        d, kept, listing = h.dir, h.kept, h.listing
+        space = d.space
+        assert space is not None
+        types = None if h.full else listing.types
+        keyed = self._keyed
+        nk = len(kept)
+        total = nk + len(listing)
+        out: list[tuple[int, str, Node | None, int, pyfuse3.EntryAttributes]] = []
+        i = start
+        while i < total and len(out) < READDIR_BATCH:
+            node: Node | None
+            if i < nk:
+                name, node = kept[i]
+                key = None
+                if not build and not isinstance(node, Dir):  # attributes may cost
+                    break
+            else:
+                j = i - nk
+                name, key = listing.names[j], listing.keys[j]
+                if name in d._children:  # a kept entry of that name hides it
+                    i += 1
+                    continue
+                dt = types[j] if types is not None else 0
+                ino = self._space_ino(space, key) if dt not in (0, DT_DIR) else None
+                node = keyed.get(ino) if ino is not None else None
+                if ino is not None and node is None:
+                    a = pyfuse3.EntryAttributes()
+                    a.st_ino = ino
+                    a.st_mode = dt << 12
+                    a.entry_timeout = TIMEOUT
+                    a.attr_timeout = 0  # type only: a stat asks getattr
+                    a.st_blksize = 65536
+                    out.append((i, name, None, ino, a))
+                    i += 1
+                    continue
+                if node is None:
+                    if not build:
+                        break
+                    node = space.child(d.key, name, key)
+            if node is not None:
+                ino = self._child_ino(d, inode, name, node, key)
+                out.append((i, name, node, ino, self._attrs(node, ino)))
+            i += 1
+        return out
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -296,7 +505,7 @@ class PvfsOperations(pyfuse3.Operations):
     @handler
     async def open(self, inode: int, flags: int,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self._node(inode)
+        node = await self._get(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         if isinstance(node, GeneratedFile):
@@ -386,7 +595,7 @@ class PvfsOperations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        xattrs = self._node(inode)._xattrs  # None: none (no dict made for asking)
+        xattrs = (await self._get(inode))._xattrs  # None: none (no dict made for asking)
         try:
             if xattrs is None:
                 raise KeyError(name)
@@ -396,7 +605,7 @@ class PvfsOperations(pyfuse3.Operations):
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return self._node(inode).xattr_names()
+        return (await self._get(inode)).xattr_names()
 
     @handler
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
@@ -444,3 +653,23 @@ class PvfsOperations(pyfuse3.Operations):
             self._next_fh += 1
         self._handles[fh] = value
         return fh
+
+
+def _space_lookup(d: Dir, name: str) -> tuple[Node | None, int | None]:
+    """``(node, key)`` of ``name`` in ``d``: a kept entry (no key) or the space's."""
+    node = d.kept().get(name)
+    if node is not None:
+        return node, None
+    space = d.space
+    assert space is not None
+    key = space.lookup(d.key, name)
+    if key is None:
+        return None, None
+    return space.child(d.key, name, key), key
+
+
+def _space_listing(d: Dir) -> _SpaceListing:
+    space = d.space
+    assert space is not None
+    kept = list(d.kept().items())
+    return _SpaceListing(d, kept, space.entries(d.key))

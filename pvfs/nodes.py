@@ -4,6 +4,13 @@ Nodes know nothing about FUSE; ``mountd`` turns them into inodes.  A node
 object is one inode: a hard link is the same node placed in two
 directories.  Directories may be lazy: ``loader`` is called once, on first
 listing, to fill the children (large ZFS or pxar directories).
+
+A directory may also take its entries from an :class:`InodeSpace` (``Dir.use_space``):
+the backend's own numbering of a file system's objects (a ZFS object set's object
+numbers).  Such entries are not kept: each listing or lookup asks the backend, which
+builds the node when asked and may drop it after, so a mount that lists a million files
+keeps none of them (issue 15 item 5); the mount numbers their inodes from the keys, so
+an inode stays the same across drop and rebuild and a hard link is one inode.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import gc
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .source import Source
@@ -138,8 +145,72 @@ class Node:
         return 0
 
 
+class Listing(Sequence):
+    """The entries of one directory of an :class:`InodeSpace`, compactly: names and keys
+    side by side (a list of str and an array of ints, no node or tuple per entry), and
+    when the directory says so, each entry's file type (``stat.S_IFMT`` bits >> 12, the
+    ``DT_*`` value; 0: unknown), which lets the mount answer a listing without building
+    the entries' nodes."""
+
+    __slots__ = ("names", "keys", "types")
+
+    def __init__(self, names: list[str], keys: Sequence[int],
+                 types: Sequence[int] | None = None) -> None:
+        self.names = names
+        self.keys = keys
+        self.types = types
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> tuple[str, int]:  # type: ignore[override]
+        return self.names[i], self.keys[i]
+
+    @property
+    def cache_cost(self) -> int:
+        """Bytes, for :class:`pvfs.cache.ByteLRU` (a str is ~50 bytes plus its text)."""
+        return 128 + sum(len(n) for n in self.names) + len(self.names) * (58 + 8 + 1)
+
+
+class InodeSpace:
+    """A backend's own numbering of the objects of one file system, for directories whose
+    entries are not kept (``Dir.use_space``).
+
+    Keys are ints below ``2**48`` (a ZFS object number), one per object: two names of
+    one object (a hard link) have one key.  Directory keys are only ever handed to
+    :meth:`entries` and :meth:`lookup`; the directories themselves are ordinary, kept
+    :class:`Dir` nodes, so only files, symlinks and special files come and go.  The mount
+    numbers the inode of such an entry from its key: after the node is dropped and built
+    again it has the same inode and attributes.  Every method may read the image (call
+    them off the event loop); each reports damage itself and returns None or skips the
+    entry instead of raising, except :meth:`entries` for an unreadable directory.
+    """
+
+    def entries(self, key: int) -> Listing:
+        """The entries of directory ``key`` (in the file system's own order)."""
+        raise NotImplementedError
+
+    def lookup(self, key: int, name: str) -> int | None:
+        """The key of ``name`` in directory ``key`` (None: no such entry)."""
+        raise NotImplementedError
+
+    def child(self, key: int, name: str, child: int) -> Node | None:
+        """The node of entry ``name`` (key ``child``) of directory ``key`` (None: it is
+        broken and reported).  A directory's node is the same object each time."""
+        raise NotImplementedError
+
+    def node(self, key: int) -> Node | None:
+        """The node of ``key`` met by number only (the kernel still holds its inode)."""
+        raise NotImplementedError
+
+    def path(self, key: int) -> str:
+        """The tree path of ``key``, for messages (may cost a directory search)."""
+        raise NotImplementedError
+
+
 class Dir(Node):
-    __slots__ = ("_children", "filesystem_root", "_loader", "_loading", "_lock")
+    __slots__ = ("_children", "filesystem_root", "_loader", "_loading", "_lock", "space",
+                 "key")
     kind = "dir"
 
     def __init__(self, mode: int = 0o555, loader: Callable[[Dir], None] | None = None, **kw: Any) -> None:
@@ -151,14 +222,17 @@ class Dir(Node):
         self._loader = loader
         self._loading = False
         self._lock = threading.RLock()
+        #: Where the entries that are not kept come from (see :meth:`use_space`).
+        self.space: InodeSpace | None = None
+        self.key = 0
 
-    def children(self) -> dict:
-        """The entries, filled by the loader on first use.
+    def use_space(self, space: InodeSpace, key: int) -> None:
+        """Take the entries of directory ``key`` of ``space`` besides the kept ones
+        (which win on a name both have: a child dataset mounted on its mount point)."""
+        self.space = space
+        self.key = key
 
-        Other threads asking while the loader runs wait for it to finish (they
-        must not see a half-filled directory).  A loader that fails leaves
-        what it added and is not retried.
-        """
+    def _load(self) -> None:
         if self._loader is not None:
             with self._lock:  # an RLock: the loader itself may look at this directory
                 loader = self._loader
@@ -169,15 +243,46 @@ class Dir(Node):
                     finally:
                         self._loader = None
                         self._loading = False
+
+    def children(self) -> dict:
+        """The entries, filled by the loader on first use.
+
+        Other threads asking while the loader runs wait for it to finish (they
+        must not see a half-filled directory).  A loader that fails leaves
+        what it added and is not retried.  Entries of an :class:`InodeSpace` are
+        built for this call (sorted by name) and not kept.
+        """
+        self._load()
+        space = self.space
+        if space is None:
+            return self._children
+        out = dict(self._children)
+        listing = space.entries(self.key)
+        for name, child in sorted(zip(listing.names, listing.keys, strict=True)):
+            if name not in out:
+                node = space.child(self.key, name, child)
+                if node is not None:
+                    out[name] = node
+        return out
+
+    def kept(self) -> dict[str, Node]:
+        """The entries the directory keeps (after its loader ran), without the space's."""
+        self._load()
         return self._children
 
     @property
     def loaded(self) -> bool:
-        """Whether listing costs nothing (no loader left to run)."""
-        return self._loader is None
+        """Whether listing costs nothing (no loader left to run, no space to ask)."""
+        return self._loader is None and self.space is None
 
     def get(self, name: str) -> Node | None:
-        return self.children().get(name)
+        node = self.kept().get(name)
+        space = self.space
+        if node is None and space is not None:
+            child = space.lookup(self.key, name)
+            if child is not None:
+                node = space.child(self.key, name, child)
+        return node
 
     def add(self, name: str, node: Node, report: DamageReport | None = None, layer: str = "core", path_hint: str = "") -> str:
         """Add ``node`` under ``name``; a clashing name gets ``~2``, ``~3`` ...

@@ -57,7 +57,9 @@ def _top_dirs(ctx: Context) -> Iterator[tuple[Dir, str, int]]:
         if depth >= MAX_DEPTH or listings >= MAX_LISTINGS:
             continue
         listings += 1
-        for name, child in node.children().items():
+        # file system roots are kept entries (child datasets): a directory's own entries
+        # (InodeSpace, not kept) are not built for this
+        for name, child in node.kept().items():
             if isinstance(child, Dir) and child.filesystem_root and not name.startswith("."):
                 queue.append((child, f"{path}/{name}", depth + 1))
 

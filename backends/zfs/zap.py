@@ -146,8 +146,10 @@ class ZapEntries(dict):
     def cache_cost(self):
         cost = self.__dict__.get("_cost")
         if cost is None or cost[0] != len(self):  # computed once per size (cache evictions)
-            cost = (len(self), 256 + sum(96 + len(k) + (len(v) if isinstance(v, bytes)
-                                                       else 8 * len(v))
+            # per entry: the str (49 + text), a one-int list (64), the int (32), the
+            # dict's slot (~40): sys.getsizeof, so the cache's budget is what it holds
+            cost = (len(self), 256 + sum(185 + len(k) + (len(v) if isinstance(v, bytes)
+                                                        else 8 * len(v))
                                          for k, v in self.items()))
             self.__dict__["_cost"] = cost
         return cost[1]
@@ -532,23 +534,32 @@ def _salvage_leaves(dnode, why):
     return out
 
 
-def zap_lookup(dnode, name: str):
+def zap_lookup(dnode, name: str, errors: list | None = None):
     """The value of ``name`` or None.
 
     A fat ZAP is searched by hash (one leaf read); when that misses on a
-    normalized or damaged object the full listing decides.
+    normalized or damaged object the full listing decides, and its ``errors`` (what
+    the listing lost) are added to ``errors``.
     """
+    def listed():
+        entries = zap_entries(dnode)  # salvages the leaves or raises
+        if errors is not None:
+            errors.extend(entries.errors)
+        return entries.get(name)
+
     key = getattr(dnode, "cache_key", None)
     if key is not None:
         hit = METADATA_CACHE.get(("zap", key))
         if hit is not None:
+            if errors is not None:
+                errors.extend(hit.errors)
             return hit.get(name)
     try:
         block0, order, btype = _open(dnode)
     except (UnreadableError, ZapError):
-        return zap_entries(dnode).get(name)  # salvages the leaves or raises
-    if btype == ZBT_MICRO:
-        return _micro_entries(block0, order).get(name)
+        return listed()
+    if btype == ZBT_MICRO:  # decoded once and cached: a directory is looked up often
+        return listed()
     fat = _Fat(dnode, block0, order)
     if not fat.normflags and not (fat.flags & (ZAP_FLAG_UINT64_KEY | ZAP_FLAG_PRE_HASHED_KEY)):
         nb = name.encode("utf-8", "surrogateescape")
@@ -560,7 +571,7 @@ def zap_lookup(dnode, name: str):
             return value  # a clean miss on an intact leaf: trust the hash
         except (UnreadableError, ZapError, IndexError, struct.error):
             pass
-    return zap_entries(dnode).get(name)
+    return listed()
 
 
 def zap_int(dnode, name: str, default=None):

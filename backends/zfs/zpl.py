@@ -6,11 +6,16 @@ ZAPs whose values hold the object number in the low 48 bits and the
 ``DT_*`` type in the top 4 bits (``ZFS_DIRENT_OBJ``/``ZFS_DIRENT_TYPE``).
 Each object's metadata is a legacy znode or system attributes (``sa.py``).
 
-Directories become lazy :class:`pvfs.nodes.Dir` objects, filled when first
-listed; a hard-linked object is one node in several directories; xattrs
-(SA nvlist ``ZPL_DXATTR`` and xattr directories) land in ``node.xattrs``.
-Anything that cannot be decoded becomes a damage entry and the rest of the
-tree goes on.
+A :class:`Zpl` is the object set's :class:`pvfs.nodes.InodeSpace`: keys are object
+numbers.  Each directory is one kept :class:`pvfs.nodes.Dir` whose entries are not kept:
+listing one reads the directory ZAP (decoded once into a compact
+:class:`pvfs.nodes.Listing` in the byte-bounded metadata cache) and builds the node of
+each entry when asked, a lookup reads one fat ZAP leaf by hash.  File, symlink and
+special nodes live while somebody holds them (a weak map: a hard-linked object is one
+node while held, one inode always), so listing a million files keeps none of them; what
+is kept per directory is its node and its parent and path.  xattrs (SA nvlist
+``ZPL_DXATTR`` and xattr directories) land in ``node.xattrs``.  Anything that cannot be
+decoded becomes a damage entry and the rest of the tree goes on.
 
 References:
   - OpenZFS ``include/sys/zfs_znode.h`` (master node names, ``ZFS_DIRENT_*``),
@@ -23,12 +28,16 @@ References:
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import threading
+import weakref
+from array import array
 
+from pvfs.cache import METADATA_CACHE
 from pvfs.errors import PvfsError, UnreadableError
-from pvfs.nodes import Dir, File, Special, Symlink
+from pvfs.nodes import Dir, File, InodeSpace, Listing, Special, Symlink, sanitize_name
 
 from . import zap
 from .sa import SaError, SaRegistry, read_znode, rdev_split
@@ -48,10 +57,28 @@ MAX_ORPHANS = 100_000
 MAX_ROOT_SCAN = 1_000_000  # objects looked at for the root when the master node is lost
 MAX_ROOT_CANDIDATES = 10_000  # directories tried as the root
 DMU_OT_SA_MASTER_NODE = 45
+_ZPL_IDS = itertools.count(1)  # cache keys of listings (an id() could be reused)
 
 
-class Zpl:
-    """One mounted ZPL object set (a filesystem, snapshot or clone)."""
+class _Rel:
+    """A node's path in its file system, made when a message needs it: entry ``name`` of
+    directory ``parent``, or object ``obj`` found by number (its znode's parent searched)."""
+
+    __slots__ = ("fs", "parent", "name", "obj")
+
+    def __init__(self, fs: Zpl, parent: int | None, name: str | None, obj: int = 0):
+        self.fs, self.parent, self.name, self.obj = fs, parent, name, obj
+
+    def __str__(self) -> str:
+        if self.parent is None:
+            return self.fs.relpath_of(self.obj)
+        prefix = self.fs.dir_relpath(self.parent)
+        return f"{prefix}/{self.name}" if prefix else self.name
+
+
+class Zpl(InodeSpace):
+    """One mounted ZPL object set (a filesystem, snapshot or clone); the
+    :class:`pvfs.nodes.InodeSpace` of its objects (keys: object numbers)."""
 
     def __init__(self, objset, ctx, path: str, replay=None):
         self.objset = objset
@@ -83,8 +110,12 @@ class Zpl:
                             "sa-registry", err)
         #: objects the master node names (SHARES directory, delete queue, SA, FUID ...)
         self.master_objects = {v[0] for v in master.values() if isinstance(v, list) and v}
-        self.hardlinks: dict[int, object] = {}
-        self.dirs_seen: set[int] = set()
+        #: nodes of files, symlinks and special files while somebody holds them
+        self._live: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
+        #: directory object -> (the directory it was met in, its path); and its node
+        self._dirs: dict[int, tuple[int | None, str]] = {}
+        self._dir_nodes: dict[int, Dir] = {}
+        self._cache_id = next(_ZPL_IDS)
         self._lock = threading.RLock()  # directories may load in several FUSE threads
 
     def _scan_for_master(self, why: str):
@@ -140,7 +171,8 @@ class Zpl:
 
     # -- the tree --------------------------------------------------------------
     def fill_root(self, dir_node: Dir):
-        """Fill the dataset's root directory (``dir_node``) and take its metadata."""
+        """Make ``dir_node`` the dataset's root directory: its metadata, and its entries
+        from this space (names already in it, child datasets, win)."""
         ro = self.replay.objs.get(self.root) if self.replay is not None else None
         if ro is not None:
             zn = ro.zn
@@ -153,49 +185,151 @@ class Zpl:
         for k, v in self._node_kw(zn).items():
             setattr(dir_node, k, v)
         dir_node.nlink = zn.links
-        self.dirs_seen.add(self.root)
+        self._dirs[self.root] = (None, "")
+        self._dir_nodes[self.root] = dir_node
         self._xattrs(dir_node, zn, "")
         self._replayed_xattrs(dir_node, ro)
-        self.fill(dir_node, self.root, "", keep_existing=True)
+        dir_node.use_space(self, self.root)
 
-    def fill(self, dir_node: Dir, objnum: int, relpath: str, keep_existing=False):
-        """Add every entry of directory object ``objnum`` to ``dir_node``."""
+    # -- the InodeSpace ----------------------------------------------------------
+    def dir_relpath(self, objnum: int) -> str:
+        d = self._dirs.get(objnum)
+        return d[1] if d is not None else f"<directory {objnum}>"
+
+    def relpath_of(self, objnum: int) -> str:
+        """The path of object ``objnum`` met by number: its znode names the directory
+        it was created in, whose listing names it (costs a directory search)."""
         try:
-            if self.replay is not None and objnum in self.replay.dirs:
-                entries = zap.ZapEntries({n: [v] for n, v in self.replay.dirs[objnum].items()})
-            else:
-                entries = zap.zap_entries(self.objset.dnode(objnum))
+            zn = self._znode(objnum)
+            parent = zn.parent
+            if parent in self._dirs:
+                listing = self.entries(parent, report=False)
+                for name, key in zip(listing.names, listing.keys, strict=True):
+                    if key == objnum:
+                        prefix = self.dir_relpath(parent)
+                        return f"{prefix}/{name}" if prefix else name
+        except (PvfsError, OSError):
+            pass
+        return f"<object {objnum}>"
+
+    def path(self, key: int) -> str:
+        return f"{self.path_prefix}{self.relpath_of(key)}"
+
+    @property
+    def path_prefix(self) -> str:
+        return f"{self.path}/" if self.path else ""
+
+    def _znode(self, objnum):
+        ro = self.replay.objs.get(objnum) if self.replay is not None else None
+        if ro is not None:
+            return ro.zn
+        return read_znode(self.objset.dnode(objnum), self.registry)
+
+    def _zap(self, objnum) -> zap.ZapEntries:
+        if self.replay is not None and objnum in self.replay.dirs:
+            return zap.ZapEntries({n: [v] for n, v in self.replay.dirs[objnum].items()})
+        return zap.zap_entries(self.objset.dnode(objnum))
+
+    def entries(self, objnum: int, report: bool = True) -> Listing:
+        """The entries of directory ``objnum`` (names and object numbers, in ZAP order);
+        kept in the metadata cache, a damaged or unreadable directory reported once."""
+        ck = ("zpl-dir", self._cache_id, objnum)
+        hit = METADATA_CACHE.get(ck)
+        if hit is not None:
+            return hit
+        relpath = self.dir_relpath(objnum)
+        names: list[str] = []
+        keys = array("Q")
+        types = array("B")
+        try:
+            entries = self._zap(objnum)
         except UnreadableError as e:
-            self.report("error", relpath, "unreadable-dir", f"directory unreadable: {e}",
-                        e.ranges)
-            return
+            if report:
+                self.report("error", relpath, "unreadable-dir", f"directory unreadable: {e}",
+                            e.ranges)
+            return Listing(names, keys)
         except (PvfsError, OSError) as e:
-            self.report("error", relpath, "bad-dir", f"directory object {objnum}: {e}")
-            return
-        for err in entries.errors:
-            self.report("error", relpath, "zap-damaged", f"directory entries lost: {err}")
-        for name, value in sorted(entries.items()):
-            child_rel = f"{relpath}/{name}" if relpath else name
-            if keep_existing and name in dir_node._children:
-                continue  # a child dataset is mounted on its (empty) mount-point directory
+            if report:
+                self.report("error", relpath, "bad-dir", f"directory object {objnum}: {e}")
+            return Listing(names, keys)
+        if report:
+            for err in entries.errors:
+                self.report("error", relpath, "zap-damaged", f"directory entries lost: {err}")
+        renamed = False
+        for name, value in entries.items():
             obj = _int(value)
             if obj is None:
-                self.report("error", child_rel, "bad-dirent", "directory entry without an "
-                            "object number")
+                if report:
+                    self.report("error", f"{relpath}/{name}" if relpath else name,
+                                "bad-dirent", "directory entry without an object number")
                 continue
-            node = self.node_for(obj & DIRENT_OBJ_MASK, child_rel)
-            if node is not None:
-                dir_node.add(name, node, report=self.ctx.report if self.ctx else None,
-                             layer=LAYER, path_hint=f"{self.path}/{relpath}".rstrip("/"))
+            if "/" in name or "\0" in name or name in ("", ".", ".."):
+                name = sanitize_name(name)  # a damaged name: shown, findable by listing
+                renamed = True
+            names.append(name)
+            keys.append(obj & DIRENT_OBJ_MASK)
+            types.append(obj >> 60)  # ZFS_DIRENT_TYPE: IFTODT(mode), as DT_* values
+        listing = (_RenamedListing if renamed else Listing)(names, keys, types)
+        return METADATA_CACHE.put(ck, listing)
 
-    def node_for(self, objnum: int, relpath: str):
-        """The node of object ``objnum`` (None, with a damage entry, if it is broken)."""
-        with self._lock:  # one node per hard-linked object, one visit per directory
-            return self._node_for(objnum, relpath)
+    def lookup(self, objnum: int, name: str) -> int | None:
+        """One fat ZAP leaf read by hash (or the cached listing of a micro ZAP)."""
+        try:
+            if self.replay is not None and objnum in self.replay.dirs:
+                value = self.replay.dirs[objnum].get(name)
+                value = None if value is None else [value]
+            else:
+                errors: list[str] = []
+                value = zap.zap_lookup(self.objset.dnode(objnum), name, errors)
+                if errors:
+                    self.entries(objnum)  # reports what the directory lost (once)
+        except (PvfsError, OSError):
+            value = None
+            self.entries(objnum)  # reports the unreadable directory
+        obj = _int(value)
+        if obj is not None:
+            return obj & DIRENT_OBJ_MASK
+        listing = self.entries(objnum)
+        if isinstance(listing, _RenamedListing):
+            for n, key in zip(listing.names, listing.keys, strict=True):
+                if n == name:
+                    return key
+        return None
 
-    def _node_for(self, objnum: int, relpath: str):
-        node = self.hardlinks.get(objnum)
+    def child(self, objnum: int, name: str, child: int):
+        d = self._dir_nodes.get(child)
+        if d is not None:  # a directory is one node, met in one directory under one name
+            if self._dirs.get(child, (None,))[0] != objnum \
+                    or self.dir_relpath(child).rsplit("/", 1)[-1] != name:
+                rel = self.dir_relpath(objnum)
+                self.report("error", f"{rel}/{name}" if rel else name, "dir-loop",
+                            f"directory object {child} appears twice (loop); skipped")
+                return None
+            return d
+        node = self._live.get(child)
         if node is not None:
+            return node
+        return self.node_for(child, _Rel(self, objnum, name), parent=objnum)
+
+    def node(self, key: int):
+        node = self._live.get(key) or self._dir_nodes.get(key)
+        if node is not None:
+            return node
+        return self.node_for(key, _Rel(self, None, None, key))
+
+    def node_for(self, objnum: int, relpath, parent: int | None = None):
+        """The node of object ``objnum`` (None, with a damage entry, if it is broken);
+        ``relpath`` a str or :class:`_Rel`, ``parent`` the directory it was met in."""
+        with self._lock:  # one node per hard-linked object, one per directory
+            return self._node_for(objnum, relpath, parent)
+
+    def _node_for(self, objnum: int, relpath, parent: int | None):
+        node = self._live.get(objnum) or self._dir_nodes.get(objnum)
+        if node is not None:
+            if isinstance(node, Dir):
+                self.report("error", relpath, "dir-loop",
+                            f"directory object {objnum} appears twice (loop); skipped")
+                return None
             return node
         ro = self.replay.objs.get(objnum) if self.replay is not None else None
         try:
@@ -214,20 +348,13 @@ class Zpl:
             return None
         kind = stat.S_IFMT(zn.mode)
         kw = self._node_kw(zn)
-        tree_path = f"{self.path}/{relpath}"
         try:
             if kind == stat.S_IFDIR:
-                if objnum in self.dirs_seen:
-                    self.report("error", relpath, "dir-loop",
-                                f"directory object {objnum} appears twice (loop); skipped")
-                    return None
-                self.dirs_seen.add(objnum)
-                node = Dir(mode=zn.mode, loader=lambda d, o=objnum, r=relpath: self.fill(d, o, r),
-                           **kw)
+                node = Dir(mode=zn.mode, **kw)
+                node.use_space(self, objnum)
             elif kind == stat.S_IFREG:
                 from .objset import DnodeSource
 
-                label = f"{self.objset.name}:{relpath}"
                 base = None
                 if dnode is not None:
                     base = DnodeSource(dnode, ro.base_size if ro is not None else zn.size,
@@ -236,7 +363,9 @@ class Zpl:
                     from .zilreplay import ReplaySource
 
                     src = ReplaySource(ro.size, ro.ext, base, self.objset.pool, self.objset,
-                                       label, path=tree_path, bad=self.bad, ctx=self.ctx)
+                                       f"{self.objset.name}:{relpath}",
+                                       path=f"{self.path}/{relpath}", bad=self.bad,
+                                       ctx=self.ctx)
                 else:
                     src = base
                 node = File(src, mode=zn.mode, **kw)
@@ -268,8 +397,11 @@ class Zpl:
         node.nlink = zn.links
         self._xattrs(node, zn, relpath)
         self._replayed_xattrs(node, ro)
-        if kind != stat.S_IFDIR and zn.links > 1:
-            self.hardlinks[objnum] = node
+        if kind == stat.S_IFDIR:
+            self._dirs[objnum] = (parent, str(relpath))
+            self._dir_nodes[objnum] = node
+        else:
+            self._live[objnum] = node
         return node
 
     def _symlink_target(self, dnode, zn, relpath) -> bytes:
@@ -482,6 +614,12 @@ class Zpl:
                 self.report("warning", relpath, "bad-xattr", f"xattr {name!r}: {e}")
                 continue
             dict.__setitem__(target, _xattr_name(name), data)
+
+
+class _RenamedListing(Listing):
+    """A listing with damaged names shown sanitized: a lookup of one searches it."""
+
+    __slots__ = ()
 
 
 class LazyXattrs(dict):

@@ -176,7 +176,7 @@ class NodeFiles(HostFiles):
         for part in [p for p in rel.split("/") if p]:
             if not isinstance(node, Dir):
                 return None
-            node = node.children().get(part)
+            node = node.get(part)
             if node is None:
                 return None
         return node
