@@ -1,8 +1,8 @@
 """pyfuse3 operations over a :class:`pvfs.nodes.Dir` tree, read-only.
 
 Every handler goes through :func:`handler`: blocking work (lazy directory
-loading, reads, allocation maps) runs in worker threads under a capacity
-limiter, and any exception other than ``FUSEError`` becomes EIO plus a damage
+loading, reads, allocation maps) runs in a fixed set of worker threads
+(:class:`Workers`), and any exception other than ``FUSEError`` becomes EIO plus a damage
 entry, because pyfuse3 ends the session on anything it does not expect.
 Inode numbers are handed out once per node object and never reused, so they
 stay stable for the life of the mount; the tree never changes, hence long
@@ -19,12 +19,14 @@ import errno
 import functools
 import logging
 import os
+import queue
 import stat
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import outcome
 import pyfuse3
 import trio
 
@@ -80,6 +82,62 @@ class _SpaceListing:
         self.full = listing.types is None
 
 
+class Workers:
+    """``threads`` worker threads for the blocking work of handlers, started on first use.
+
+    ``trio.to_thread.run_sync`` costs about as much per call as a ZFS record's read: per
+    job it renames the OS thread twice (ctypes), goes through a capacity limiter and the
+    thread cache.  Here a job is a queue entry; its thread hands the result back with one
+    ``run_sync_soon`` (the loop's wake-up).  A task cancelled while its job runs (unmount
+    with a read stuck in a backend) is abandoned: the thread finishes alone and its
+    result is dropped; the threads are daemons and do not keep the process alive.
+    """
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:  # no thread would park every read forever
+            raise ValueError(f"threads must be 1 or more, not {threads}")
+        self.threads = threads
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = 0
+
+    def _start(self) -> None:
+        while self._started < self.threads:
+            self._started += 1
+            threading.Thread(target=self._work, name=f"pvfs-worker-{self._started}",
+                             daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            fn, args, deliver = self._jobs.get()
+            deliver(outcome.capture(fn, *args))
+            del fn, args, deliver
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._started < self.threads:
+            self._start()
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+        abandoned = False
+
+        def resume(result: outcome.Outcome) -> None:
+            if not abandoned:
+                trio.lowlevel.reschedule(task, result)
+
+        def deliver(result: outcome.Outcome) -> None:
+            try:
+                token.run_sync_soon(resume, result)
+            except trio.RunFinishedError:  # the loop ended (unmounted) meanwhile
+                pass
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            nonlocal abandoned
+            abandoned = True
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self._jobs.put((fn, args, deliver))
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 def handler(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """The one wrapper of every handler: FUSEError passes, anything else is EIO."""
 
@@ -108,9 +166,7 @@ class PvfsOperations(pyfuse3.Operations):
     def __init__(self, root: Dir, report: DamageReport | None = None, threads: int = 8) -> None:
         super().__init__()
         self.report = report
-        if threads < 1:  # a limiter of 0 would park every read forever
-            raise ValueError(f"threads must be 1 or more, not {threads}")
-        self.limiter = trio.CapacityLimiter(threads)
+        self.workers = Workers(threads)
         self._lock = threading.Lock()
         # Per inode handed out: (node, parent inode, name), the name being the string the
         # parent directory holds; paths are made from these when asked (error entries).
@@ -249,10 +305,9 @@ class PvfsOperations(pyfuse3.Operations):
                         f"{op}: {type(exc).__name__}: {exc}", ranges)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        # abandon_on_cancel: at unmount (SIGTERM) a read stuck in a backend is left to its
-        # thread instead of keeping the daemon alive; the process exits around it.
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter,
-                                             abandon_on_cancel=True)
+        # At unmount (SIGTERM) a read stuck in a backend is left to its thread instead of
+        # keeping the daemon alive; the process exits around it (see Workers).
+        return await self.workers.run(fn, *args)
 
     def _attrs(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
