@@ -779,13 +779,15 @@ def _open_input_dir(ctx: Context, path: str, directory: Dir, dir_path: str, name
         entries = entries[:MAX_DIR_FILES]
     d = Dir()
     name = directory.add(name, d, report=ctx.report, path_hint=dir_path)
-    names = set(entries)
+    # images with a ddrescue mapfile beside them (not a set of every name: 100,000 names)
+    stems = {e[:-4] for e in entries if e.endswith(".map")}
+    mapped = {e for e in entries if e in stems} if stems else stems
     owners = companion_files(ctx, OsFiles(), path, entries)
     skipped = SkippedFiles(os.path.abspath(path), f"{dir_path}/{name}")
     for i, e in enumerate(entries):
         if i and not i % 1000:
             ctx.note_progress(f"walking {path}: {i:,} of {len(entries):,} files")
-        if e.endswith(".map") and e[:-4] in names:
+        if e.endswith(".map") and e[:-4] in mapped:
             continue  # a ddrescue mapfile beside its image (open_file_source finds it)
         if e in owners:
             ctx.report.add("info", "core", os.path.join(path, e), "companion-file",
@@ -858,8 +860,6 @@ def add_input(ctx: Context, path: str, directory: Dir | None = None,
     # one int per file or folder (a folder of 100,000 files kept a tuple and a path each)
     key = ("blk", st.st_rdev) if fmt == stat.S_IFBLK else st.st_dev << 64 | st.st_ino
     first = ctx.seen_inputs.get(key)
-    if isinstance(first, SkippedFiles):  # only names are kept of a file not recognised
-        first = f"a file of {first.folder} that was not recognised"
     if first is not None:
         if fmt == stat.S_IFDIR:
             ctx.report.add("warning", "core", path, "symlink-loop" if _is_under(first, path)
@@ -878,7 +878,9 @@ def add_input(ctx: Context, path: str, directory: Dir | None = None,
     try:
         if _open_input_file(ctx, path, directory, dir_path, name, from_dir=depth > 0,
                             skipped=skipped) is None:
-            ctx.seen_inputs[key] = skipped  # not the path: it is kept nowhere else
+            # not kept: a second name of a file not recognised is one more such name
+            # (the walk stays bounded: folders are walked once), not worth 100 bytes a file
+            del ctx.seen_inputs[key]
     except PvfsError as e:  # it went away, or cannot be opened: say so and go on
         ctx.report.add("error", "core", path, "unreadable-input", f"{e}; skipped")
 
