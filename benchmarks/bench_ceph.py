@@ -78,7 +78,7 @@ def bench_index_synthetic(n_objects):
     keys.sort()
 
     class _KV:
-        def iterate(self, prefix, start=b"", end=None):
+        def iterate(self, prefix, start=b"", end=None, fill_cache=True):
             return iter([(k, b"") for k in keys] if prefix == "O" else [])
 
     class _Osd:

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import types
 
 import pytest
 
@@ -277,8 +278,8 @@ class _DamagedKV:
             return self.bad[(prefix, bytes(key))]
         return self.kv.get(prefix, key)
 
-    def iterate(self, prefix, start=b"", end=None):
-        return self.kv.iterate(prefix, start, end)
+    def iterate(self, prefix, start=b"", end=None, fill_cache=True):
+        return self.kv.iterate(prefix, start, end, fill_cache)
 
 
 def _stores(ceph_dir, *ids):
@@ -405,3 +406,29 @@ def test_fuzz_damaged_onodes_never_crash(ceph_dir):
                             assert eio
     s0.kv = base_kv
     METADATA_CACHE.clear()
+
+
+def test_object_index_scan_leaves_the_block_cache_alone(ceph_dir, manifest):
+    """Building an OSD's object index reads every onode key once: its data blocks are not
+    put in METADATA_CACHE (bench_scale_ceph.py, 2 million objects on 4 OSDs: the cache
+    filled to its budget with blocks never read again, RSS 178 MiB; 200,000: 95 -> 47 MiB),
+    and the index finds every head object the manifest places on the OSD."""
+    from backends.ceph.kv import open_osd
+    from backends.ceph.osd import OsdStore
+    from pvfs.cache import METADATA_CACHE
+    from pvfs.source import FileSource
+
+    METADATA_CACHE.clear()
+    kv = open_osd(FileSource(ceph_dir / "osd.0" / "block")).kv
+
+    def blocks():
+        return {k for k in METADATA_CACHE._items if k[0] == "rocksdb-block"}
+
+    before = blocks()
+    store = OsdStore(types.SimpleNamespace(kv=kv, source=FileSource(ceph_dir / "osd.0" / "block")),
+                     "osd.0").build_index()
+    assert blocks() == before
+    heads = [(im["pool_id"], ob["name"]) for im in manifest["images"] for ob in im["objects"]
+             if 0 in ob["osds_head"]]
+    missed = [n for pool, n in heads if store.lookup(pool, n.encode()) is None]
+    assert heads and not missed, missed

@@ -209,23 +209,27 @@ class KV:
             self._note("warning", "rocksdb-merge", f"prefix {prefix!r}: {e}")
             return operands[-1]
 
-    def _sources(self, prefix, start, end):
+    def _sources(self, prefix, start, end, fill_cache=True):
         p = self._p(prefix)
         srcs = []
         spec = self.sharding.get(p.decode("latin-1"))
         if spec is not None:
             for name in spec.cf_names():
-                srcs.append(self.db.iterate(name, start, end))
+                srcs.append(self.db.iterate(name, start, end, fill_cache))
         head = p + b"\0"
         hi = head + end if end is not None else p + b"\x01"
         n = len(head)
-        srcs.append(((k[n:], v) for k, v in self.db.iterate("default", head + start, hi)))
+        srcs.append(((k[n:], v) for k, v in self.db.iterate("default", head + start, hi,
+                                                              fill_cache)))
         return srcs
 
-    def iterate(self, prefix, start: bytes = b"", end: bytes | None = None):
-        """``(key, value)`` of ``prefix`` with ``start <= key < end``, in key order."""
+    def iterate(self, prefix, start: bytes = b"", end: bytes | None = None,
+                fill_cache: bool = True):
+        """``(key, value)`` of ``prefix`` with ``start <= key < end``, in key order;
+        ``fill_cache=False``: a one-pass scan that leaves the block cache as it was."""
         last = None
-        for k, v in heapq.merge(*self._sources(prefix, start, end), key=lambda e: e[0]):
+        for k, v in heapq.merge(*self._sources(prefix, start, end, fill_cache),
+                                key=lambda e: e[0]):
             if k == last:
                 continue  # same key in a shard and the default family: the shard wins
             last = k

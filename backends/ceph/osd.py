@@ -104,14 +104,14 @@ class OsdStore:
 
     # -- index -------------------------------------------------------------------------
     def build_index(self):
-        for key, _value in self.kv.iterate("C"):
+        for key, _value in self.kv.iterate("C", fill_cache=False):
             m = _COLL_RE.match(bytes(key))
             if m:
                 self.collections.add((int(m.group(1)), int(m.group(2), 16)))
                 if m.group(3) is not None:
                     self.ec_pools.add(int(m.group(1)))
         bad = 0
-        for key, _value in self.kv.iterate("O"):
+        for key, _value in self.kv.iterate("O", fill_cache=False):  # each block once
             if not is_onode_key(key):
                 continue
             try:

@@ -416,20 +416,23 @@ class DB:
             for seq, kind, value in reversed(c.mem[k]):  # appended oldest first
                 yield k, seq, kind, value
 
-    def raw_iterate(self, cf_name, start=b"", end=None):
-        """Every version ``(user_key, seq, type, value)`` in internal key order."""
+    def raw_iterate(self, cf_name, start=b"", end=None, fill_cache=True):
+        """Every version ``(user_key, seq, type, value)`` in internal key order
+        (``fill_cache``: see ``Table.iterate``)."""
         c = self.cf_by_name.get(cf_name)
         if c is None:
             return iter(())
-        sources = [t.iterate(start, end) for t in c.tables if t.overlaps(start, end)]
+        sources = [t.iterate(start, end, fill_cache) for t in c.tables
+                   if t.overlaps(start, end)]
         if c.mem_keys:
             sources.append(self._mem_iter(c, start, end))
         if len(sources) == 1:
             return sources[0]
         return heapq.merge(*sources, key=_order)
 
-    def iterate(self, cf_name, start=b"", end=None):
-        """``(user_key, value)`` of the live keys of a column family, in order."""
+    def iterate(self, cf_name, start=b"", end=None, fill_cache=True):
+        """``(user_key, value)`` of the live keys of a column family, in order;
+        ``fill_cache=False`` for a one-pass scan of many blocks."""
         c = self.cf_by_name.get(cf_name)
         if c is None:
             return
@@ -437,7 +440,7 @@ class DB:
         cur = None
         done = True
         operands = []
-        for key, seq, kind, value in self.raw_iterate(cf_name, start, end):
+        for key, seq, kind, value in self.raw_iterate(cf_name, start, end, fill_cache):
             if key != cur:
                 if not done and operands:  # a merge chain without a base value
                     out = self._merged(c, cur, None, operands)

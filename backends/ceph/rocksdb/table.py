@@ -238,8 +238,17 @@ class Table:
         return hi >= start and (end is None or lo < end)
 
     # -- iteration ---------------------------------------------------------------------
-    def iterate(self, start: bytes = b"", end: bytes | None = None):
-        """Yield ``(user_key, seq, type, value)`` in internal key order from ``start``."""
+    def scan_block(self, off, size):
+        """A data block for a scan that reads each block once (building an OSD's object
+        index): from the cache when it is there, else decoded and not kept, so that
+        millions of onode keys do not fill METADATA_CACHE (64 MiB of budget, more in
+        Python objects) and push out what the mount reads again."""
+        got = METADATA_CACHE.get(("rocksdb-block", self.source.uid, off))
+        return got if got is not None else self._load_data(off, size)
+
+    def iterate(self, start: bytes = b"", end: bytes | None = None, fill_cache: bool = True):
+        """Yield ``(user_key, seq, type, value)`` in internal key order from ``start``;
+        ``fill_cache=False``: a one-pass scan (:meth:`scan_block`)."""
         try:
             seps, handles = self.index()
         except RocksDBError as e:
@@ -250,7 +259,7 @@ class Table:
         i = bisect.bisect_left(seps, start) if start else 0
         for j in range(i, len(handles)):
             try:
-                block = self.data_block(*handles[j])
+                block = (self.data_block if fill_cache else self.scan_block)(*handles[j])
             except RocksDBError as e:
                 if self.on_damage is None:
                     raise
