@@ -40,9 +40,17 @@ Persistent indexes
     SHA-256) and remembers which backend won each probe, so a probe must depend only on
     the bytes it reads, the options and the inputs.
 
-Each subpackage of ``backends/`` exports ``BACKENDS``, a list of backend
-instances; :func:`load_backends` imports them and checks their declarations
-(names unique, roles known, command-line options that do not clash).
+The registry
+    Each subpackage of ``backends/`` declares ``SPECS``, a list of
+    :class:`BackendSpec`: the name, roles, options and optional hooks of each of its
+    backends, where its code lives, and cheap "sniffs" (a magic at an offset) that
+    rule a volume out without that code.  :func:`load_backends` imports only these
+    light declarations and checks them (names unique, roles known, command-line
+    options that do not clash); a backend's code is imported when a sniff says "maybe"
+    or one of its hooks is called (:class:`LazyBackend`), and must agree with its
+    declaration.  A start-up of ``pvfs`` that meets one format imports that format's
+    code alone (the model is dissect.target's ``register(module, class)`` lists of
+    lazily imported plug-ins, ``dissect/target/filesystem.py``).
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -177,6 +185,207 @@ class BackendDeclarationError(Exception):
     """A backend declares something the core cannot accept (a programming error)."""
 
 
+# -- the registry: light declarations, heavy code imported on first use ------------------
+#: The optional hooks a declaration lists when its class overrides them: the core asks
+#: only the backends that have them (probe_node of tree storages, companions of folders,
+#: finish at the end of discovery).
+OPTIONAL_HOOKS = ("probe_dir", "probe_node", "companions", "finish")
+
+VolumeSniff = Callable[["Volume", "Context"], bool]
+DirSniff = Callable[[str, "Context"], bool]
+NodeSniff = Callable[["Dir", str, "Context"], bool]
+CompanionsSniff = Callable[[Any, str, "list[str]", "Context"], bool]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What the core knows of a backend before its code is imported.
+
+    Each ``backends/<fmt>/__init__.py`` declares ``SPECS = [BackendSpec(...)]`` and
+    imports nothing heavy (no numpy, construct, compressors or the backend's own
+    parsers): ``pvfs --help``, option parsing and the probe of a volume that is not
+    this format cost no import of the backend.  ``impl`` (``"module:attribute"``, a
+    :class:`Backend` subclass or instance) is imported when a sniff says "maybe" or a
+    hook of the backend is called.  The class must agree with the declaration (name,
+    roles, grouping, options, optional hooks); :meth:`LazyBackend.load` checks it.
+
+    A sniff is a necessary condition of its hook, over the same arguments, from the
+    same bytes: False means the hook would return "not mine" (0, ``{}``) and add no
+    report entry, so the core answers that without importing the backend.  A sniff
+    that cannot decide (an unreadable sector) answers True; the hook decides.  None:
+    no sniff, the hook is always asked.  Best written as the first step of the probe
+    itself, shared with it (``backends/zfs/__init__.py``: the label magics).
+    """
+
+    name: str
+    impl: str
+    roles: frozenset[str] | None = None
+    grouped: bool = False
+    phase: int = 0
+    joins_timelines: bool = False
+    cli_options: tuple[CliOption, ...] = ()
+    hooks: frozenset[str] = frozenset()
+    sniff: VolumeSniff | None = None
+    sniff_dir: DirSniff | None = None
+    sniff_node: NodeSniff | None = None
+    sniff_companions: CompanionsSniff | None = None
+
+    def __post_init__(self) -> None:
+        if self.roles is not None:
+            object.__setattr__(self, "roles", frozenset(self.roles))
+        object.__setattr__(self, "hooks", frozenset(self.hooks))
+        object.__setattr__(self, "cli_options", tuple(self.cli_options))
+        unknown = self.hooks - set(OPTIONAL_HOOKS)
+        if unknown:
+            raise BackendDeclarationError(f"backend {self.name}: unknown hooks {sorted(unknown)}")
+
+
+class BackendUnavailable(Exception):
+    """A declared backend whose code cannot be imported (a missing dependency)."""
+
+
+def _maybe(sniff: Callable[..., bool] | None, *args: Any) -> bool:
+    """A sniff's answer; a sniff that raises cannot decide: the hook is asked."""
+    if sniff is None:
+        return True
+    try:
+        return bool(sniff(*args))
+    except Exception:
+        return True
+
+
+class LazyBackend(Backend):
+    """A declared backend: answers from its :class:`BackendSpec` and sniffs, imports the
+    implementation on the first hook that needs it and hands every hook to it."""
+
+    def __init__(self, spec: BackendSpec, package: str) -> None:
+        self.spec = spec
+        self.package = package
+        self.name = spec.name  # type: ignore[misc]
+        self.roles = spec.roles  # type: ignore[misc]
+        self.grouped = spec.grouped  # type: ignore[misc]
+        self.phase = spec.phase  # type: ignore[misc]
+        self.joins_timelines = spec.joins_timelines  # type: ignore[misc]
+        self.cli_options = list(spec.cli_options)  # type: ignore[misc]
+        self._impl: Backend | None = None
+        self._error: str | None = None
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._impl is not None else "not loaded"
+        return f"<LazyBackend {self.name} ({state})>"
+
+    @property
+    def loaded(self) -> bool:
+        return self._impl is not None
+
+    def load(self) -> Backend:
+        """The implementation (imported once); BackendUnavailable when it cannot be."""
+        if self._impl is not None:
+            return self._impl
+        if self._error is not None:
+            raise BackendUnavailable(self._error)
+        module, _, attr = self.spec.impl.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except Exception as e:  # a broken optional backend must not stop the rest
+            self._error = f"{type(e).__name__}: {e}"
+            log.debug("backend %s failed to import: %s", self.name, self._error)
+            _load_errors.append((self.package, self._error))
+            raise BackendUnavailable(self._error) from None
+        impl = obj() if isinstance(obj, type) else obj
+        check_agrees(self.spec, impl)
+        self._impl = impl
+        return impl
+
+    def implements(self, hook: str) -> bool:
+        if hook in OPTIONAL_HOOKS:
+            return hook in self.spec.hooks
+        return self.load().implements(hook)
+
+    # -- hooks answered by a sniff when it can ------------------------------------
+    def probe(self, volume: Volume, ctx: Context) -> float:
+        if not _maybe(self.spec.sniff, volume, ctx):
+            return 0.0
+        try:
+            impl = self.load()
+        except BackendUnavailable:
+            return 0.0
+        return impl.probe(volume, ctx)
+
+    def probe_dir(self, path: str, ctx: Context) -> float:
+        if "probe_dir" not in self.spec.hooks or not _maybe(self.spec.sniff_dir, path, ctx):
+            return 0.0
+        try:
+            impl = self.load()
+        except BackendUnavailable:
+            return 0.0
+        return impl.probe_dir(path, ctx)
+
+    def probe_node(self, node: Dir, path: str, ctx: Context) -> float:
+        if "probe_node" not in self.spec.hooks \
+                or not _maybe(self.spec.sniff_node, node, path, ctx):
+            return 0.0
+        try:
+            impl = self.load()
+        except BackendUnavailable:
+            return 0.0
+        return impl.probe_node(node, path, ctx)
+
+    def companions(self, files: Any, folder: str, names: list[str],
+                   ctx: Context) -> dict[str, str]:
+        if "companions" not in self.spec.hooks \
+                or not _maybe(self.spec.sniff_companions, files, folder, names, ctx):
+            return {}
+        try:
+            impl = self.load()
+        except BackendUnavailable:
+            return {}
+        return impl.companions(files, folder, names, ctx)
+
+    def finish(self, ctx: Context) -> None:
+        # Not imported yet: none of its hooks ran in this process, so there is nothing
+        # for it to finish (its state in ``ctx`` does not exist).
+        if "finish" in self.spec.hooks and self._impl is not None:
+            self._impl.finish(ctx)
+
+    # -- hooks that need the implementation ---------------------------------------
+    def new_state(self, ctx: Context) -> Any:
+        return self.load().new_state(ctx)
+
+    def open(self, volume: Volume, ctx: Context) -> None:
+        self.load().open(volume, ctx)
+
+    def member_key(self, volume: Volume, ctx: Context) -> Hashable | None:
+        return self.load().member_key(volume, ctx)
+
+    def open_group(self, key: Hashable, volumes: list[Volume], ctx: Context) -> None:
+        self.load().open_group(key, volumes, ctx)
+
+    def open_dir(self, path: str, ctx: Context) -> None:
+        self.load().open_dir(path, ctx)
+
+    def open_node(self, node: Dir, path: str, ctx: Context) -> None:
+        self.load().open_node(node, path, ctx)
+
+
+def check_agrees(spec: BackendSpec, impl: Backend) -> None:
+    """The implementation declares what its spec says (a programming error otherwise)."""
+    if not isinstance(impl, Backend):
+        raise BackendDeclarationError(f"{spec.impl} is not a pvfs.backend.Backend")
+    roles = None if impl.roles is None else frozenset(impl.roles)
+    have = {"name": impl.name, "roles": roles, "grouped": impl.grouped, "phase": impl.phase,
+            "joins_timelines": impl.joins_timelines,
+            "cli_options": tuple(tuple(o) for o in impl.cli_options),
+            "hooks": frozenset(h for h in OPTIONAL_HOOKS if impl.implements(h))}
+    want = {"name": spec.name, "roles": spec.roles, "grouped": spec.grouped,
+            "phase": spec.phase, "joins_timelines": spec.joins_timelines,
+            "cli_options": tuple(tuple(o) for o in spec.cli_options), "hooks": spec.hooks}
+    for key, value in want.items():
+        if have[key] != value:
+            raise BackendDeclarationError(f"backend {spec.name}: {spec.impl} has {key} "
+                                          f"{have[key]!r}, its declaration says {value!r}")
+
+
 _loaded: list[Backend] | None = None
 _load_errors: list[tuple[str, str]] = []
 
@@ -205,7 +414,8 @@ def check_backends(found: Sequence[Backend]) -> None:
 
 
 def load_backends() -> list[Backend]:
-    """Import every ``backends.<name>`` package, collect its ``BACKENDS`` and check them."""
+    """Every declared backend, as :class:`LazyBackend` objects: imports each
+    ``backends.<name>`` package (light: its ``SPECS``), not the backends' code."""
     global _loaded
     if _loaded is not None:
         return _loaded
@@ -221,13 +431,19 @@ def load_backends() -> list[Backend]:
             log.debug("backend package %s failed to import: %s", info.name, e)
             _load_errors.append((info.name, f"{type(e).__name__}: {e}"))
             continue
-        found.extend(getattr(mod, "BACKENDS", []))
+        for spec in getattr(mod, "SPECS", []):
+            if not isinstance(spec, BackendSpec):
+                raise BackendDeclarationError(f"backends.{info.name}: {spec!r} in SPECS is "
+                                              "not a pvfs.backend.BackendSpec")
+            found.append(LazyBackend(spec, info.name))
     check_backends(found)
     _loaded = found
     return found
 
 
 def load_errors() -> list[tuple[str, str]]:
+    """``(package, error)`` of every backend that could not be imported so far (its
+    package, or its code on first use)."""
     load_backends()
     return list(_load_errors)
 

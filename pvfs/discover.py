@@ -996,7 +996,8 @@ def discover(inputs: Iterable[str], options: Options | None = None,
     """Open every input, stack every layer, return the finished :class:`Context`."""
     ctx = Context(options)
     ctx.progress = progress
-    for name, err in load_errors():
+    reported = load_errors()
+    for name, err in reported:
         ctx.report.add("warning", "core", f"backends/{name}", "backend-unavailable",
                        f"backend {name} could not be loaded: {err}")
     inputs = list(inputs)
@@ -1018,6 +1019,11 @@ def discover(inputs: Iterable[str], options: Options | None = None,
         run_queue(ctx)
     finish_backends(ctx)
     run_queue(ctx)  # a finish hook may expose volumes
+    # A backend's code is imported on first use (pvfs.backend.LazyBackend): one that
+    # failed to import during this discovery is said here, before the report is built.
+    for name, err in load_errors()[len(reported):]:
+        ctx.report.add("warning", "core", f"backends/{name}", "backend-unavailable",
+                       f"backend {name} could not be loaded: {err}")
     finish(ctx)
     ctx.probes.save()
     if ctx.cold_units:

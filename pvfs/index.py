@@ -49,11 +49,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+
+if TYPE_CHECKING:  # numpy is imported where arrays are read or written, not at start-up
+    import numpy as np
 
 MAGIC = b"PVFSIDX\0"
 FORMAT_VERSION = 1
@@ -369,6 +370,8 @@ class IndexEntry:
                 return None
             payload = body[hlen:]
             arrays = {}
+            if head["arrays"]:
+                import numpy as np
             for a in head["arrays"]:
                 off, n = int(a["offset"]), int(a["nbytes"])
                 if off < 0 or off + n > len(payload):
@@ -391,6 +394,8 @@ class IndexEntry:
         """Store ``info`` (JSON-able) and ``arrays`` atomically; False when not kept."""
         if self.path is None:
             return False
+        import numpy as np
+
         built = time.monotonic() - self._t0
         table, chunks, pos = [], [], 0
         for name, arr in (arrays or {}).items():

@@ -31,18 +31,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import stat
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
 
 from .nbd import is_nbd_uri
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # multiprocessing is imported when workers start, not at start-up
+    import multiprocessing.context
+
     from .discover import Context, Options
 
 log = logging.getLogger("pvfs.parallel")
@@ -289,6 +289,8 @@ def _context() -> multiprocessing.context.BaseContext:
     backends only once, but its server is a per-process singleton that a forked copy of
     this process (a daemon, a test harness) inherits and cannot use; ``fork`` would copy
     threads and locks in any state."""
+    import multiprocessing
+
     return multiprocessing.get_context("spawn")
 
 
@@ -322,6 +324,9 @@ def warm(ctx: Context, inputs: Iterable[str], jobs: int) -> list[dict]:
     ctx.cold_units = list(big)  # marked warm once the main discovery has indexed them
     if len(big) < 2:
         return []  # one unit: the main discovery does the same work without a process
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     if multiprocessing.current_process().daemon:
         log.debug("a daemonic process cannot start workers: indexing here")
         return []

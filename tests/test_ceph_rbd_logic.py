@@ -264,7 +264,8 @@ def test_newest_replica_wins_and_lost_pg_detected():
 def test_erasure_coded_pools_reported_and_tree(monkeypatch):
     """open_cluster with synthetic stores: an image whose data pool is erasure-coded is
     reported and not shown; a replicated one lands in storage/ceph/<pool>/ and vms/."""
-    from backends.ceph import CephBackend, cluster_tree
+    from backends.ceph import cluster_tree
+    from backends.ceph.backend import CephBackend
     from pvfs.discover import Context, Options, Volume
     from pvfs.nodes import resolve
 
@@ -324,7 +325,8 @@ def test_db_device_without_its_osd_is_reported(tmp_path):
 def test_trashed_image_is_recoverable(monkeypatch):
     """``rbd trash mv`` keeps header and data: the image shows under <pool>/.trash/ by name,
     outside the Proxmox view."""
-    from backends.ceph import CephBackend, cluster_tree
+    from backends.ceph import cluster_tree
+    from backends.ceph.backend import CephBackend
     from pvfs.discover import Context, Options, Volume
     from pvfs.nodes import resolve
 

@@ -82,11 +82,11 @@ def test_zeroed_primary_superblock_same_files(block_size, size, tmp_path):
     src = FileSource(d / "clean.img")
     bad_src = PatchedSource(src, {1024: bytes(1024)})
     from pvfs.discover import Context, Volume
-    from backends.ext4 import BACKENDS
+    from backends.ext4.backend import Ext4Backend
 
     ctx = Context()
     vol = Volume(bad_src, "storage/files/clean.img", "clean.img", "disk")
-    backend = BACKENDS[0]
+    backend = Ext4Backend()
     assert 0 < backend.probe(vol, ctx) < 50
     backend.open(vol, ctx)
     n, bad = compare_tree(vol.guestfs_root, truth)

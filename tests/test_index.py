@@ -198,7 +198,7 @@ def test_thin_mappings_kept_and_reused(tmp_path, thin, monkeypatch):
         raise AssertionError("a losing probe was asked although the probe cache is current")
 
     monkeypatch.setattr(ThinPool, "_load_mapping", boom)
-    from backends.xfs import XfsBackend
+    from backends.xfs.backend import XfsBackend
 
     monkeypatch.setattr(XfsBackend, "probe", probed)  # XFS wins nothing on this disk
     ctx2, text2, json2 = _scan([img], store)

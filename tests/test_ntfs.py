@@ -194,7 +194,7 @@ def ntfs_image():
 
 def open_fs(source):
     """Open the NTFS backend on ``source`` outside discovery (damage injected below it)."""
-    from backends.ntfs import NtfsBackend
+    from backends.ntfs.backend import NtfsBackend
 
     ctx = Context()
     vol = Volume(source, "t", "t", "disk")

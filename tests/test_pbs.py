@@ -333,7 +333,7 @@ def test_manifest_mismatch_and_orphans(tmp_path, gt):
 
 
 def test_probe_dir_only_datastores(tmp_path):
-    from backends.pbs import PbsBackend
+    from backends.pbs.backend import PbsBackend
 
     b = PbsBackend()
     assert b.probe_dir(str(DS), None) == 100
@@ -531,7 +531,7 @@ def _node_tree(path):
 
 
 def test_datastore_inside_a_directory_node(gt):
-    from backends.pbs import PbsBackend
+    from backends.pbs.backend import PbsBackend
     from pvfs.discover import Context, run_queue
 
     ctx = Context(Options())
@@ -793,7 +793,7 @@ def test_fuzz_catalog(data, cut):
 
 def test_datastore_opened_after_the_check(gt):
     """A datastore found late (e.g. from a filesystem pvfs opened) is checked on its own."""
-    from backends.pbs import PbsBackend
+    from backends.pbs.backend import PbsBackend
     from pvfs.discover import Context, run_queue
 
     ctx = Context(Options())

@@ -27,7 +27,7 @@ from pvfs.namespace import OsFiles
 from pvfs.nodes import File, resolve
 from pvfs.source import FileSource, PatchedSource
 
-from backends.vmdk import VmdkBackend
+from backends.vmdk.backend import VmdkBackend
 from backends.vmdk.descriptor import VmdkError, parse_descriptor
 from backends.vmdk.image import VmdkImage
 

@@ -269,7 +269,7 @@ def build_v4_image() -> tuple[Path, dict]:
 
 
 def open_fs(source):
-    from backends.xfs import XfsBackend
+    from backends.xfs.backend import XfsBackend
 
     ctx = Context()
     vol = Volume(source, "t", "t", "disk")

@@ -15,31 +15,36 @@ replicas (rbd.py) and shows:
 Pools are named from the monitor store when ``--ceph-mon DIR`` is given (or a
 monitor data directory is among the inputs), else from the newest OSDMap an
 OSD keeps in its meta collection, else by id.
+
+This module is the backend's light declaration (``pvfs.backend.BackendSpec``); the code
+is imported only for a volume that starts with the BlueStore label magic, an OSD or
+monitor data directory, or a tree directory that looks like a FileStore OSD (``type``
+and ``current/``): ceph ``src/os/bluestore/bluestore_types.h`` (bluestore_bdev_label_t),
+``src/os/filestore/FileStore.cc`` (the data directory).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
-from pvfs.backend import Backend
-from pvfs.errors import PvfsError, UnreadableError
-from pvfs.nodes import Dir, File
-from pvfs.source import BAD_ZERO
-
-from .errors import CephError
-from .label import probe_label
+from pvfs.backend import BackendSpec
 
 AUX_KEY = "bluefs-db-wal-devices"
+LABEL_MAGIC = b"bluestore block device\n"  # (as label.py; test_startup checks they agree)
+
+CLI_OPTIONS = (
+    ("--ceph-mon", {"metavar": "DIR", "action": "append",
+                    "help": "Ceph monitor data directory (with store.db) for pool names"}),
+)
 
 
-def _is_mon_dir(path):
+def is_mon_dir(path):
     return (os.path.isdir(os.path.join(path, "store.db"))
             and os.path.isfile(os.path.join(path, "kv_backend"))
             and not os.path.exists(os.path.join(path, "block")))
 
 
-def _is_osd_dir(path):
+def is_osd_dir(path):
     try:
         with open(os.path.join(path, "type")) as f:
             kind = f.read(64).strip()
@@ -48,106 +53,26 @@ def _is_osd_dir(path):
     return kind == "bluestore" and os.path.exists(os.path.join(path, "block"))
 
 
-@dataclass
-class CephState:
-    """Per-discovery state: monitor data directories found among the inputs."""
-
-    mon_dirs: list[str] = field(default_factory=list)
-    #: FileStore OSD data directories found in the tree, by cluster fsid:
-    #: ``[(node, tree path, volume)]``, opened together by ``finish``
-    filestores: dict = field(default_factory=dict)
+def sniff(volume, ctx) -> bool:
+    src = volume.source
+    return src.size >= 8192 and src.read(0, len(LABEL_MAGIC)) == LABEL_MAGIC
 
 
-class CephBackend(Backend):
-    name = "ceph"
-    grouped = True
-    roles = None  # an OSD may be a whole disk, a partition or an LV
-    cli_options = [
-        ("--ceph-mon", {"metavar": "DIR", "action": "append",
-                        "help": "Ceph monitor data directory (with store.db) for pool names"}),
-    ]
-
-    def new_state(self, ctx):
-        return CephState()
-
-    # -- probing -------------------------------------------------------------------
-    def probe(self, volume, ctx):
-        try:
-            if volume.source.size < 8192:
-                return 0.0
-            label = probe_label(volume.source.read(0, 4096))
-        except Exception:
-            return 0.0
-        if label is None:
-            return 0.0
-        return 100.0 if getattr(label, "crc_ok", False) else 50.0
-
-    def member_key(self, volume, ctx):
-        label = probe_label(volume.source.read(0, 4096))
-        if not label.is_main:
-            # block.db / block.wal labels carry no cluster fsid: they join their OSD (by
-            # osd uuid) when its cluster opens
-            return AUX_KEY
-        fsid = label.meta.get("ceph_fsid") if label.meta else None
-        return fsid or f"osd-{label.osd_uuid}"
-
-    def probe_dir(self, path, ctx):
-        if _is_mon_dir(path):
-            return 60.0
-        if _is_osd_dir(path):
-            return 60.0
-        return 0.0
-
-    def open_dir(self, path, ctx):
-        from pvfs.discover import add_input
-
-        if _is_mon_dir(path):
-            ctx.state(self).mon_dirs.append(path)
-            return
-        # An OSD data dir: its block (and block.db / block.wal) devices are the inputs.
-        name = os.path.basename(os.path.normpath(path))
-        d = ctx.storage("files").subdir(name)
-        for dev in ("block", "block.db", "block.wal"):
-            p = os.path.join(path, dev)
-            if os.path.exists(p):
-                add_input(ctx, p, d, f"storage/files/{name}")
-
-    # -- FileStore OSDs inside filesystems (an OSD's XFS/ext4 image) ------------------
-    def probe_node(self, node, path, ctx):
-        from .filestore import is_filestore_dir
-
-        return 70.0 if is_filestore_dir(node) else 0.0
-
-    def open_node(self, node, path, ctx):
-        from .filestore import small_file
-
-        fsid = small_file(node, "ceph_fsid") or f"filestore-{path}"
-        vol = next((v for v in ctx.filesystems if v.guestfs_root is node), None)
-        ctx.state(self).filestores.setdefault(fsid, []).append((node, path, vol))
-
-    def finish(self, ctx):
-        from .cluster_tree import open_filestore_cluster
-
-        state = ctx.state(self)
-        for fsid, members in sorted(state.filestores.items()):
-            try:
-                open_filestore_cluster(self, fsid, members, ctx)
-            except (CephError, UnreadableError) as e:
-                ctx.report.add("error", "ceph", members[0][1], "filestore-cluster",
-                               f"FileStore cluster {fsid}: {e}")
-        state.filestores = {}
-
-    # -- the group --------------------------------------------------------------------
-    def open_group(self, key, volumes, ctx):
-        from .cluster_tree import open_aux, open_cluster
-
-        if key == AUX_KEY:
-            open_aux(self, volumes, ctx)
-        else:
-            open_cluster(self, key, volumes, ctx)
+def sniff_dir(path, ctx) -> bool:
+    return is_mon_dir(path) or is_osd_dir(path)
 
 
-BACKENDS = [CephBackend()]
+def sniff_node(node, path, ctx) -> bool:
+    """filestore.is_filestore_dir's first step: a ``type`` file and ``current/``."""
+    from pvfs.nodes import Dir
 
-__all__ = ["BACKENDS", "CephBackend", "CephError", "PvfsError", "UnreadableError", "Dir",
-           "File", "BAD_ZERO"]
+    if not isinstance(node, Dir):
+        return False
+    kids = node.children()
+    return "type" in kids and "current" in kids
+
+
+SPECS = [BackendSpec(name="ceph", impl="backends.ceph.backend:CephBackend", grouped=True,
+                     cli_options=CLI_OPTIONS,
+                     hooks=frozenset({"probe_dir", "probe_node", "finish"}), sniff=sniff,
+                     sniff_dir=sniff_dir, sniff_node=sniff_node)]

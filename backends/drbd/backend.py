@@ -16,6 +16,7 @@ from pvfs.proxmox import parse_volname
 from pvfs.proxmox.view import Locator
 from pvfs.source import FileSource, SliceSource
 
+from . import CLI_OPTIONS
 from . import pair as P
 from . import structs as S
 from .meta import (FLEX_EXTERNAL, INTERNAL, MIN_DEVICE, DrbdError, MdLocation, magic_at, read_activity_log,
@@ -129,26 +130,7 @@ class DrbdBackend(Backend):
     #: LINSTOR makes them), so that both nodes of a resource are paired however deep
     #: each one was found.
     phase = 1
-    cli_options = [
-        ("--drbd-md", {"action": "append", "metavar": "DEVICE=MD_IMAGE[@INDEX]",
-                       "help": "DRBD external meta data: the backing device (input path or "
-                               "volume name) and the image holding its meta data "
-                               "(@INDEX for indexed 128 MiB slots); repeatable"}),
-        ("--drbd-pair", {"action": "append", "metavar": "DEVICE=DEVICE",
-                         "help": "treat two DRBD backing devices (input paths or volume names) "
-                                 "as nodes of one resource even when their generation UUIDs "
-                                 "share nothing; repeatable"}),
-        ("--drbd-prefer", {"action": "append", "metavar": "[RESOURCE=]A|B",
-                           "help": "which node merged.raw reads by default (default: the node "
-                                   "the generation UUIDs call newer, else A); repeatable"}),
-        ("--drbd-ranges", {"action": "append", "metavar": "[RESOURCE=]FILE",
-                           "help": "ranges file for merged.raw: lines 'OFFSET LENGTH NODE' "
-                                   "(units s,K,M,G,b=4KiB block); later lines win"}),
-        ("--drbd-compare", {"choices": ["lazy", "now", "off"],
-                            "help": "byte comparison of the two nodes for diff.json: on first "
-                                    "read (lazy, default), during discovery (now), or never "
-                                    "(off: bitmaps only)"}),
-    ]
+    cli_options = list(CLI_OPTIONS)
 
     def new_state(self, ctx):
         return DrbdState()

@@ -36,13 +36,6 @@ from .superblock import Ext4Error, Superblock, read_superblock
 
 LAYER = "ext4"
 
-#: ``--guest-journal`` (declare on the backend class: ``cli_options = CLI_OPTIONS``).
-CLI_OPTIONS = [
-    ("--guest-journal", {
-        "choices": ["replay", "ignore"], "default": None,
-        "help": "ext3/ext4 guests with a dirty journal: replay its committed transactions "
-                "in memory (default) or show the unreplayed state"}),
-]
 JOURNAL_REPLAY = "replay"
 JOURNAL_IGNORE = "ignore"
 

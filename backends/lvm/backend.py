@@ -24,6 +24,7 @@ from pvfs.nodes import Dir, File
 from pvfs.proxmox.view import Locator
 from pvfs.source import BytesSource, MissingSource
 
+from . import CLI_OPTIONS
 from . import structs as S
 from .errors import LvmError, ThinError
 from .label import headless_mda, looks_like_backup, read_backup, read_pv
@@ -62,16 +63,7 @@ class LvmBackend(Backend):
     name = "lvm"
     grouped = True
     roles = ROLES
-    cli_options = [
-        ("--lvm-seqno", {
-            "type": int, "metavar": "N",
-            "help": "use LVM metadata generation (seqno) N instead of the newest one found "
-                    "in the metadata ring (e.g. to see an LV removed by lvremove)"}),
-        ("--lvm-thin-scan", {
-            "action": "store_true",
-            "help": "scan all thin-pool metadata for older copies of removed thin devices "
-                    "and show them under storage/lvm/<vg>/.pool/<pool>/removed/"}),
-    ]
+    cli_options = list(CLI_OPTIONS)
 
     def new_state(self, ctx):
         return LvmState()

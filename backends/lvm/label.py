@@ -24,6 +24,7 @@ from construct import ConstructError
 
 from pvfs.errors import UnreadableError
 
+from . import DEFAULT_MDA_OFFSET, looks_like_backup  # (shared with the light declaration)
 from . import structs as S
 from .config import ConfigError, parse_config
 from .errors import LvmError
@@ -366,9 +367,6 @@ class PVInfo:
         return committed[-1] if committed else self.newest()
 
 
-DEFAULT_MDA_OFFSET = 4096  # where pvcreate puts the first metadata area
-
-
 def headless_mda(source):
     """``(offset, size)`` of a checksummed mda_header at the default place, for a PV whose
     label was wiped (``wipefs`` erases the ``LVM2 001`` type at 0x218), else None."""
@@ -453,19 +451,6 @@ def read_pv(source) -> PVInfo | None:
     return PVInfo(label, mdas, ordered, problems)
 
 
-MAX_BACKUP_FILE = 64 << 20
-_BACKUP_MARK = re.compile(rb'contents = "Text Format Volume Group"')
-
-
-def looks_like_backup(source) -> bool:
-    """A VG metadata backup file (``vgcfgbackup``, /etc/lvm/backup, /etc/lvm/archive)."""
-    if not 0 < source.size <= MAX_BACKUP_FILE:
-        return False
-    try:
-        head = source.read(0, min(source.size, 64 << 10))
-    except UnreadableError:
-        return False
-    return bool(_BACKUP_MARK.search(head)) and b"\0" not in head
 
 
 def read_backup(source) -> Generation:

@@ -1,69 +1,38 @@
-"""MBR and GPT partition tables: each partition becomes a volume (``p1``, ``p2`` ...)."""
+"""MBR and GPT partition tables: each partition becomes a volume (``p1``, ``p2`` ...).
+
+The backends' light declarations (``pvfs.backend.BackendSpec``); the code (backend.py,
+tables.py) is imported only for a volume with a GPT header signature (primary or
+backup, UEFI 2.10 5.3.2) or an MBR boot signature 0x55AA.
+"""
 
 from __future__ import annotations
 
-from pvfs.backend import BLOCK_ROLES, PARTITION, Backend
-from pvfs.source import SliceSource
-
-from .tables import GPT_PROBE_SECTOR_SIZES, PartitionTableError, read_gpt, read_mbr
+from pvfs.backend import BLOCK_ROLES, PARTITION, BackendSpec
 
 #: Volume roles a partition table can live on (not inside a partition: no nesting
 #: except the MBR extended chain, which the MBR reader follows itself).
 DISK_ROLES = BLOCK_ROLES - {PARTITION}
+GPT_SIGNATURE = b"EFI PART"
+GPT_PROBE_SECTOR_SIZES = (512, 4096)  # (as tables.py; test_startup checks they agree)
+MBR_SIGNATURE = b"\x55\xaa"
 
 
-def _add_partitions(volume, ctx, table):
-    for part in table.partitions:
-        end = part.offset + part.size
-        if end > volume.source.size:
-            start = max(0, volume.source.size - part.offset)  # inside the partition
-            ctx.report.add("error", table.scheme, f"{volume.path}:p{part.number}",
-                           "partition-beyond-disk",
-                           f"partition p{part.number} ends at {end:#x}, past the end of the disk "
-                           f"({volume.source.size:#x}); the missing {part.size - start} bytes "
-                           "are unreadable", [(start, part.size - start)])
-        src = SliceSource(volume.source, part.offset, part.size,
-                          label=f"{volume.name}:p{part.number}", bad=ctx.bad())
-        ctx.add_child(volume, f"p{part.number}", src, role="partition", info=part.info())
-    volume.info["partition_table"] = table.summary()
-    for p in table.problems:
-        ctx.report.add(p.severity, table.scheme, volume.path, p.code, p.message,
-                       outcome=p.outcome)
+def sniff_gpt(volume, ctx) -> bool:
+    src = volume.source
+    for ss in GPT_PROBE_SECTOR_SIZES:
+        if src.read(ss, 8) == GPT_SIGNATURE:
+            return True
+    return any(src.size >= 2 * ss and src.size % ss == 0
+               and src.read(src.size - ss, 8) == GPT_SIGNATURE for ss in GPT_PROBE_SECTOR_SIZES)
 
 
-class GptBackend(Backend):
-    name = "gpt"
-    roles = DISK_ROLES
-
-    def probe(self, volume, ctx):
-        src = volume.source
-        for ss in GPT_PROBE_SECTOR_SIZES:
-            if src.read(ss, 8) == b"EFI PART":
-                return 90.0
-        # Primary header destroyed: the backup at the last sector may still be there.
-        for ss in GPT_PROBE_SECTOR_SIZES:
-            if src.size >= 2 * ss and src.size % ss == 0 and \
-                    src.read(src.size - ss, 8) == b"EFI PART":
-                return 80.0
-        return 0.0
-
-    def open(self, volume, ctx):
-        _add_partitions(volume, ctx, read_gpt(volume.source))
+def sniff_mbr(volume, ctx) -> bool:
+    return volume.source.read(510, 2) == MBR_SIGNATURE
 
 
-class MbrBackend(Backend):
-    name = "mbr"
-    roles = DISK_ROLES
-
-    def probe(self, volume, ctx):
-        try:
-            table = read_mbr(volume.source, probe_only=True)
-        except PartitionTableError:
-            return 0.0
-        return 40.0 if table.partitions else 0.0
-
-    def open(self, volume, ctx):
-        _add_partitions(volume, ctx, read_mbr(volume.source))
-
-
-BACKENDS = [GptBackend(), MbrBackend()]
+SPECS = [
+    BackendSpec(name="gpt", impl="backends.parttable.backend:GptBackend", roles=DISK_ROLES,
+                sniff=sniff_gpt),
+    BackendSpec(name="mbr", impl="backends.parttable.backend:MbrBackend", roles=DISK_ROLES,
+                sniff=sniff_mbr),
+]

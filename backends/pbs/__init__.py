@@ -1,48 +1,60 @@
-"""Proxmox Backup Server datastores: blobs, chunk indexes, pxar archives."""
+"""Proxmox Backup Server datastores: blobs, chunk indexes, pxar archives.
 
-from pvfs.backend import Backend
+The backends' light declarations (``pvfs.backend.BackendSpec``); the code is imported
+only for a folder or tree directory holding ``.chunks/`` (a datastore, proxmox-backup
+``pbs-datastore/src/chunk_store.rs``) and for an input file that starts with a pxar
+item type or the catalog magic (proxmox/pxar ``src/format/mod.rs``, proxmox-backup
+``pbs-datastore/src/catalog.rs``).
+"""
 
-from .datastore import DatastoreWalker, State, check_chunks, looks_like_datastore
-from pvfs.namespace import TreeFiles
+from __future__ import annotations
 
-from .stream import PxarStreamBackend
+import os
+import struct
 
+from pvfs.backend import INPUT, BackendSpec
 
-class PbsBackend(Backend):
-    """A PBS datastore folder given as an input (``.chunks/`` + backup groups)."""
+# (the same values as structs.py; test_startup checks they agree)
+PROXMOX_CATALOG_FILE_MAGIC_1_0 = bytes([145, 253, 96, 249, 196, 103, 88, 213])
+#: PXAR_ENTRY, PXAR_ENTRY_V1, PXAR_FORMAT_VERSION, PXAR_PAYLOAD_START_MARKER: the item
+#: types a stream may start with
+STREAM_START_TYPES = (0xD5956474E588ACEF, 0x11DA850A1C1CCEFF, 0x730F6C75DF16A40D,
+                      0x834C68C2194A4ED2)
 
-    name = "pbs"
-    roles = ()  # works on directories only
-    cli_options = [
-        ("--pbs-keyfile", {"metavar": "FILE", "help": "PBS client key file (JSON) to decrypt encrypted backups; "
-                                   "its password is read from PBS_ENCRYPTION_PASSWORD"}),
-        ("--pbs-verify", {"choices": ["exists", "full"], "default": None,
-                          "help": "check every referenced chunk at mount time: 'exists' (default) "
-                                  "only looks for the files, 'full' also checks CRC and digest"}),
-    ]
-
-    def probe_dir(self, path, ctx):
-        return looks_like_datastore(path)
-
-    def open_dir(self, path, ctx):
-        DatastoreWalker(path, ctx, self).open()
-
-    # A datastore inside a filesystem pvfs opened (a ZFS dataset): the node twins of
-    # probe_dir/open_dir.  The core does not call them yet (see README: needs a hook that
-    # offers filesystem roots); they are tested directly.
-    def probe_node(self, node, path, ctx):
-        return looks_like_datastore("", TreeFiles(node, label=path))
-
-    def open_node(self, node, path, ctx):
-        DatastoreWalker("", ctx, self, fs=TreeFiles(node, label=path), name=path.rstrip("/").rsplit("/", 1)[-1]).open()
-
-    def new_state(self, ctx):
-        return State(ctx)
-
-    def finish(self, ctx):
-        """Check every referenced chunk once all datastores (inputs and those found
-        inside recovered file systems) are open; incremental if called again."""
-        check_chunks(ctx, ctx.state(self), ctx.options.get("pbs_verify") or "exists", self)
+CLI_OPTIONS = (
+    ("--pbs-keyfile", {"metavar": "FILE", "help": "PBS client key file (JSON) to decrypt encrypted backups; "
+                               "its password is read from PBS_ENCRYPTION_PASSWORD"}),
+    ("--pbs-verify", {"choices": ["exists", "full"], "default": None,
+                      "help": "check every referenced chunk at mount time: 'exists' (default) "
+                              "only looks for the files, 'full' also checks CRC and digest"}),
+)
 
 
-BACKENDS = [PbsBackend(), PxarStreamBackend()]
+def sniff_dir(path, ctx) -> bool:
+    return os.path.isdir(os.path.join(path, ".chunks"))
+
+
+def sniff_node(node, path, ctx) -> bool:
+    from pvfs.nodes import Dir
+
+    return isinstance(node, Dir) and ".chunks" in node.children()
+
+
+def sniff_stream(volume, ctx) -> bool:
+    head = volume.source.read(0, 8)
+    return len(head) == 8 and (head == PROXMOX_CATALOG_FILE_MAGIC_1_0
+                               or struct.unpack("<Q", head)[0] in STREAM_START_TYPES)
+
+
+def sniff_payloads(files, folder, names, ctx) -> bool:
+    return any(n.endswith(".mpxar") for n in names)
+
+
+SPECS = [
+    BackendSpec(name="pbs", impl="backends.pbs.backend:PbsBackend", roles=frozenset(),
+                cli_options=CLI_OPTIONS, hooks=frozenset({"probe_dir", "probe_node", "finish"}),
+                sniff_dir=sniff_dir, sniff_node=sniff_node),
+    BackendSpec(name="pbs-stream", impl="backends.pbs.stream:PxarStreamBackend",
+                roles=frozenset({INPUT}), hooks=frozenset({"companions"}), sniff=sniff_stream,
+                sniff_companions=sniff_payloads),
+]

@@ -5,7 +5,7 @@ their name says so (``.raw``, ``.img`` ...) or they are at least 1 MiB of whole
 sectors; the rest (notes, checksums, scripts) are listed as skipped.
 """
 
-from pvfs.backend import Backend
+from pvfs.backend import INPUT, Backend, BackendSpec
 
 
 class RawBackend(Backend):
@@ -29,4 +29,5 @@ class RawBackend(Backend):
         ctx.add_input_disk(volume, volume.source, info={"format": "raw"})
 
 
-BACKENDS = [RawBackend()]
+#: No sniff: the class is this light module, and it takes every input file as a fallback.
+SPECS = [BackendSpec(name="raw", impl="backends.raw:RawBackend", roles=frozenset({INPUT}))]

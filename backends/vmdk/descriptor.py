@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from pvfs.errors import FormatError
 
+from . import looks_like_descriptor  # noqa: F401 (shared with the light declaration)
+
 MAX_DESCRIPTOR = 1 << 20  # bytes read of a descriptor file
 MAX_EXTENTS = 4096
 NO_PARENT = 0xFFFFFFFF
@@ -49,12 +51,6 @@ class Descriptor:
     @property
     def sectors(self) -> int:
         return sum(e.sectors for e in self.extents)
-
-
-def looks_like_descriptor(head: bytes) -> bool:
-    """A text descriptor: its comment line or a createType key in the first KiB."""
-    text = head[:1024]
-    return text.lstrip().startswith(b"# Disk DescriptorFile") or b"createType" in text
 
 
 def _unquote(v: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import tempfile
 import time
@@ -28,14 +27,13 @@ from pvfs.nodes import Dir, File
 from pvfs.proxmox.view import Locator
 from pvfs.source import BAD_EIO, BytesSource
 
+from . import NAME_RE, header_ok
 from .streams import (DecodedStream, SeekCacheWriter, StreamIndex, _SliceIO, decode_lzo_block, detect_codec,
                       lzop_header, scan)
 from .structs import VMA_MAGIC, VzdumpError
-from .tarindex import MemberDB, TarTree, header_ok, index_tar
+from .tarindex import MemberDB, TarTree, index_tar
 from .vma import ClusterMap, VmaDevice, VmaHeaderInfo, index_vma
 
-NAME_RE = re.compile(r"^vzdump-(qemu|lxc|openvz)-(\d+)-(\d{4})_(\d\d)_(\d\d)-(\d\d)_(\d\d)_(\d\d)"
-                     r"\.(vma|tar|tgz)(\.zst|\.lzo|\.gz)?$")
 SIDECAR_VERSION = 3
 LAYER = "vzdump"
 

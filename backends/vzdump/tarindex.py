@@ -27,6 +27,7 @@ from pvfs.nodes import Dir, File, Special, Symlink
 from pvfs.posixacl import ACL_UNDEFINED_ID, posix_acl_xattr
 from pvfs.source import ExtentSource, MissingSource, SliceSource, concat
 
+from . import header_ok  # (shared with the light declaration)
 from .streams import GapError, SequentialReader
 
 MAX_MEMBERS = 10_000_000
@@ -35,18 +36,6 @@ TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "f
          tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "chr", tarfile.BLKTYPE: "blk",
          tarfile.FIFOTYPE: "fifo"}
 IFMT = {"chr": stat.S_IFCHR, "blk": stat.S_IFBLK, "fifo": stat.S_IFIFO}
-
-
-def header_ok(block: bytes) -> bool:
-    """A 512-byte ustar/GNU header with a correct checksum."""
-    if len(block) < 512 or not any(block):
-        return False
-    try:
-        stored = int(block[148:156].replace(b"\0", b" ").strip() or b"-1", 8)
-    except ValueError:
-        return False
-    calc = sum(block[:148]) + 256 + sum(block[156:512])
-    return stored == calc
 
 
 class _PushbackFile:

@@ -16,7 +16,7 @@ from pvfs.nodes import Dir, File
 from pvfs.proxmox import parse_volname
 from pvfs.proxmox.view import Locator
 
-from . import dsl, features, zap, zil, zilreplay
+from . import CLI_OPTIONS, dsl, features, zap, zil, zilreplay
 from .assemble import assemble
 from .errors import ZfsError
 from .label import read_labels
@@ -40,29 +40,11 @@ def _crypto():
         return None
 
 
-def _crypto_cli_options():
-    crypto = _crypto()
-    opts = getattr(crypto, "CLI_OPTIONS", None) if crypto is not None else None
-    if opts:
-        return list(opts)
-    return [("--zfs-key", {"action": "append", "metavar": "DATASET=KEY",
-                           "help": "ZFS: key of an encrypted dataset (repeatable)"})]
-
-
 class ZfsBackend(Backend):
     name = "zfs"
     grouped = True
     roles = None
-    cli_options = [
-        ("--zfs-txg", {"type": int, "metavar": "TXG",
-                       "help": "ZFS: open pools at this transaction group (an older "
-                               "uberblock) instead of the newest one"}),
-        ("--zfs-zil", {"choices": ["replay", "ignore"], "default": None,
-                       "help": "ZFS: replay the intent log (records of synchronous writes "
-                               "the pool never synced) in memory as an import would "
-                               "(replay, the default) or show the datasets as last synced "
-                               "(ignore)"}),
-    ] + _crypto_cli_options()
+    cli_options = list(CLI_OPTIONS)
 
     def probe(self, volume, ctx):
         try:

@@ -63,14 +63,6 @@ MAX_PBKDF2_ITERS = 100_000_000
 #: (objset blocks are only authenticated; legacy znodes are never encrypted)
 _ENCRYPTED_TYPES = {9, 10, 18, 19, 20, 22, 23, 25, 26, 33, 34, 35, 39, 40, 44, 45, 46, 47, 49}
 
-#: The option part B asks part A's backend class to declare.
-CLI_OPTIONS = [
-    ("--zfs-key", {"action": "append", "metavar": "DATASET=KEY",
-                   "help": "key of an encrypted ZFS dataset (or of its encryption root): "
-                           "the passphrase, the 64 hex digits of a hex or raw key, or "
-                           "file:PATH of a raw 32-byte key file; repeatable"}),
-]
-
 
 class CryptoError(FormatError):
     """A DSL crypto key object or an encrypted block that cannot be used."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import PvfsError
 
-from . import checksum
+from . import checksum, label_magics, label_offset
 from .blkptr import BlkPtr
 from .errors import ZfsError
 from .nvlist import NvlistError, unpack_nvlist
@@ -31,13 +31,6 @@ UB_FIELDS = ("ub_magic", "ub_version", "ub_txg", "ub_guid_sum", "ub_timestamp", 
              "ub_software_version", "ub_mmp_magic", "ub_mmp_delay", "ub_mmp_config",
              "ub_checkpoint_txg", "ub_raidz_reflow_info")
 UB_STRUCT = {True: struct.Struct("<5Q128s6Q"), False: struct.Struct(">5Q128s6Q")}
-
-
-def label_offset(psize: int, l: int) -> int:
-    """vdev_label_offset: L0/L1 at the start, L2/L3 in the last 512 KiB of the
-    device size rounded down to a multiple of 256 KiB."""
-    psize = psize - psize % VDEV_LABEL_SIZE
-    return l * VDEV_LABEL_SIZE + (0 if l < VDEV_LABELS // 2 else psize - VDEV_LABELS * VDEV_LABEL_SIZE)
 
 
 def verify_eck(buf: bytes, verifier_offset: int):
@@ -134,16 +127,7 @@ def read_labels(source, want_uberblocks=True) -> LabelInfo:
         return info
     # Cheap first look (every volume of a discovery is probed): the zio_eck_t magic at
     # the end of each label's nvlist area.  No magic anywhere: not a ZFS member.
-    magics = 0
-    for l in range(VDEV_LABELS):
-        tail = label_offset(size, l) + VDEV_PHYS_OFFSET + VDEV_PHYS_SIZE - ZIO_ECK_SIZE
-        try:
-            m = source.read(tail, 8)
-        except PvfsError:
-            continue
-        if len(m) == 8 and struct.unpack("<Q", m)[0] in (ZEC_MAGIC, _BSWAP_ZEC_MAGIC):
-            magics += 1
-    if magics == 0:
+    if label_magics(source) == 0:
         info.bad_labels.append((-1, "no vdev label"))
         METADATA_CACHE.put(key, _wrap(info))
         return info

@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Start-up of the ``pvfs`` command (issue 15): time to a listable mount and re-mounts
+from the persistent index store.
+
+Each case is a new ``pvfs`` process, as a user runs it, timed from its start until the
+answer (wall time, and the CPU time of the process and its children, which a busy
+machine changes less); 7 rounds by default, the median reported with the load average:
+
+* ``import``: ``python -c "import pvfs.cli; pvfs.cli.build_parser()"`` (what every
+  command pays before it reads anything);
+* ``zfs mount``: ``pvfs mount`` of the zfs-fuse raidz1 pool of ``bench_zfs.py`` (3 file
+  vdevs) until ``ls MOUNTPOINT`` answers, and ``pvfs scan`` of the same pool (discovery
+  alone: the difference is the mount daemon's start, fork and FUSE init); the peer in the
+  same rounds, when zfs-fuse is installed: ``zpool import -d DIR`` of the same pool
+  (its datasets mounted) and ``zpool export``;
+* ``ceph re-mount`` / ``thin re-mount``: ``pvfs mount`` (until ``ls``) and ``pvfs scan``
+  of the Ceph fixture's three OSDs and of the 1000-LV thin pool of ``bench_lvm.py``,
+  with an index store filled by a first, untimed run.
+
+``--compare DIR`` runs every case with the code of another checkout too, in the same
+rounds (``--compare /work/main``: before and after a change, under the same load).
+Python's bytecode caches are written first (``compileall``), as an installed package
+has them: without them every start compiles every module it imports.  Needs root and
+/dev/fuse for the mounts.
+
+    python benchmarks/bench_startup.py [--rounds 7] [--compare DIR] [--skip-zfs-fuse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT / "tests")]
+
+from common import load  # noqa: E402
+
+TARGETS = {"zfs mount": 0.5, "ceph re-mount": 1.0, "thin re-mount": 1.0}
+
+
+def _cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class Tree:
+    """One checkout's code, run as ``python -m pvfs`` with it first on the path."""
+
+    def __init__(self, root: Path, label: str):
+        self.root = root
+        self.label = label
+        self.env = dict(os.environ, PYTHONPATH=str(root))
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "pvfs", "backends",
+                        "mountd"], cwd=root, check=False, stdout=subprocess.DEVNULL)
+
+    def run(self, args, check=True):
+        """``(wall s, cpu s)`` of one ``pvfs`` command."""
+        c0, t0 = _cpu_children(), time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "pvfs", *map(str, args)], env=self.env,
+                           cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+        wall = time.perf_counter() - t0
+        if check and r.returncode not in (0, 3):
+            raise SystemExit(f"{self.label}: pvfs {' '.join(map(str, args))}: exit "
+                             f"{r.returncode}: {r.stderr.strip()[-400:]}")
+        return wall, _cpu_children() - c0
+
+    def import_time(self):
+        c0, t0 = _cpu_children(), time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import pvfs.cli; pvfs.cli.build_parser()"],
+                       env=self.env, cwd=self.root, check=True)
+        return time.perf_counter() - t0, _cpu_children() - c0
+
+    def mount_ready(self, inputs, mnt, index_dir):
+        """``pvfs mount`` until ``ls`` of the mountpoint answers; then unmounted."""
+        c0, t0 = _cpu_children(), time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "pvfs", "mount", "--index-dir", index_dir,
+                            *map(str, inputs), str(mnt)], env=self.env, cwd=self.root,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode not in (0, 3):
+            raise SystemExit(f"{self.label}: pvfs mount: exit {r.returncode}: "
+                             f"{r.stderr.strip()[-400:]}")
+        names = os.listdir(mnt)
+        wall = time.perf_counter() - t0
+        cpu = _cpu_children() - c0  # the command; the daemon's own CPU is not counted
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        for _ in range(50):  # the daemon exits after the unmount
+            if not os.path.ismount(mnt):
+                break
+            time.sleep(0.1)
+        if "storage" not in names:
+            raise SystemExit(f"{self.label}: the mount shows {names}")
+        return wall, cpu
+
+
+def zfs_pool():
+    import bench_zfs
+
+    work = Path.home() / ".cache" / "pvfs-bench-zfs"
+    if not all((work / f"{bench_zfs.POOL}-d{i}.img").exists() for i in range(3)):
+        if not shutil.which("zpool"):
+            return None, None
+        work.mkdir(parents=True, exist_ok=True)
+        bench_zfs.build_pool(work, 256, 10000)
+    return work, [work / f"{bench_zfs.POOL}-d{i}.img" for i in range(3)]
+
+
+def zpool_import(work):
+    """zfs-fuse's ``zpool import -d`` of the same pool (datasets mounted), then export."""
+    import bench_zfs
+
+    zf = bench_zfs.ZfsFuse(work)
+    try:
+        t = time.perf_counter()
+        bench_zfs.sh("zpool", "import", "-d", work, bench_zfs.POOL)
+        dt = time.perf_counter() - t
+        bench_zfs.sh("zpool", "export", bench_zfs.POOL, check=False)
+        return dt
+    finally:
+        zf.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--compare", metavar="DIR", help="another checkout, run in the same rounds")
+    ap.add_argument("--skip-zfs-fuse", action="store_true")
+    args = ap.parse_args()
+    trees = [Tree(ROOT, "this tree")]
+    if args.compare:
+        trees.append(Tree(Path(args.compare).resolve(), f"{args.compare}"))
+    from conftest import FIXTURES, unpack
+
+    cases = {}
+    work, disks = zfs_pool()
+    if disks:
+        cases["zfs"] = disks
+    ceph = unpack(FIXTURES / "ceph" / "ceph-fixture.tar.zst") / "ceph-fixture"
+    cases["ceph"] = [ceph / f"osd.{i}" for i in range(3)]
+    lvm = Path.home() / ".cache" / "pvfs-bench" / "lvm" / "bench-1000x10000.img"
+    if not lvm.exists():
+        subprocess.run([sys.executable, str(HERE / "bench_lvm.py")], check=True)
+    cases["thin"] = [lvm]
+    peer = bool(disks) and not args.skip_zfs_fuse and shutil.which("zfs-fuse") is not None
+
+    tmp = Path(tempfile.mkdtemp(prefix="pvfs-bench-startup-"))
+    mnt = tmp / "mnt"
+    mnt.mkdir()
+    stores = {t.label: str(tmp / f"index-{i}") for i, t in enumerate(trees)}
+    print(f"trees: {', '.join(t.label for t in trees)}; {load()}", flush=True)
+    for t in trees:  # fill the index stores (the first mount of an input builds them)
+        for inputs in cases.values():
+            t.run(["scan", "--index-dir", stores[t.label], *inputs])
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    loads = []
+    try:
+        for r in range(args.rounds):
+            for t in trees:
+                res = {"import": t.import_time()}
+                for name, inputs in cases.items():
+                    key = "zfs mount" if name == "zfs" else f"{name} re-mount"
+                    res[key] = t.mount_ready(inputs, mnt, stores[t.label])
+                    res[f"{name} scan"] = t.run(["scan", "--index-dir", stores[t.label],
+                                                 *inputs])
+                for k, v in res.items():
+                    results.setdefault((t.label, k), []).append(v)
+            if peer:
+                dt = zpool_import(work)
+                results.setdefault(("zfs-fuse", "zpool import -d"), []).append((dt, 0.0))
+            loads.append(os.getloadavg()[0])
+            print(f"round {r + 1}: load {loads[-1]:.1f}: " + ", ".join(
+                f"{lab[:12]} {k} {v[-1][0]:.2f}" for (lab, k), v in results.items()),
+                flush=True)
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nmedian of {args.rounds} rounds (load average during the rounds "
+          f"{min(loads):.1f}-{max(loads):.1f}, now {load()}; wall s / CPU s of the command):")
+    for (lab, k), v in results.items():
+        wall = statistics.median(x[0] for x in v)
+        cpu = statistics.median(x[1] for x in v)
+        target = TARGETS.get(k)
+        mark = "" if target is None else \
+            f"   target < {target} s: {'met' if wall < target else 'NOT met'}"
+        print(f"  {lab:14s} {k:18s} {wall:6.3f} s wall  {cpu:6.3f} s CPU{mark}")
+    if peer:
+        zi = statistics.median(x[0] for x in results[("zfs-fuse", "zpool import -d")])
+        zm = statistics.median(x[0] for x in results[(trees[0].label, "zfs mount")])
+        print(f"  pvfs mount until ls / zpool import -d (same pool, same rounds): "
+              f"{zm / zi:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Start-up cost of the ``pvfs`` command (issue 15): backends are declared light
+(``backends/<fmt>/__init__.py``: ``SPECS``) and their code is imported only when a sniff
+says "maybe" or a hook is called.  Guarded by what a fresh interpreter has imported, not
+by timing (benchmarks/bench_startup.py measures the time); and by the sniffs' contract:
+a sniff that says no means the backend's own probe says no and reports nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pvfs.backend import BackendSpec, LazyBackend, load_backends
+from pvfs.discover import Context, Options, Volume
+from pvfs.source import PatchedSource, ZeroSource
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+#: Modules a start-up must not pay for unless a format needs them.
+HEAVY = ("numpy", "construct", "crc32c", "zstandard", "lz4", "trio", "pyfuse3",
+         "multiprocessing", "concurrent.futures", "mountd.daemon")
+
+
+def _modules_after(code: str) -> dict:
+    """``sys.modules`` of a fresh interpreter after ``code``: the heavy ones and the
+    backend packages whose code (a module below the package) was imported."""
+    probe = code + """
+import json, sys
+print(json.dumps({"heavy": [m for m in HEAVY if m in sys.modules],
+                  "code": sorted({m.split(".")[1] for m in sys.modules
+                                  if m.startswith("backends.") and m.count(".") >= 2})}))
+"""
+    r = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + probe], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_parsing_the_command_line_imports_no_backend_code():
+    got = _modules_after("import pvfs.cli\npvfs.cli.build_parser().parse_args(['scan', 'x'])")
+    assert got == {"heavy": [], "code": []}
+
+
+def test_scan_of_a_qcow2_imports_only_the_formats_it_meets(tmp_path):
+    """examples/vm-100-disk-0.qcow2: a GPT disk with an ext4 root (SHA256SUMS)."""
+    got = _modules_after(f"""
+import contextlib, io, pvfs.cli
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    code = pvfs.cli.main(["scan", "--index-dir", "none", {str(EXAMPLES / "vm-100-disk-0.qcow2")!r}])
+assert code == 0, code
+assert "VM 100: 2 guest filesystems, all intact (ext4)" in out.getvalue(), out.getvalue()
+""")
+    # the qcow2 reader, the GPT, ext4 (and the FAT probe: a protective MBR ends in 55AA)
+    assert set(got["code"]) <= {"qcow2", "parttable", "ext4", "fat"}, got
+    assert {"qcow2", "parttable", "ext4"} <= set(got["code"]), got
+    for absent in ("trio", "pyfuse3", "multiprocessing", "mountd.daemon"):
+        assert absent not in got["heavy"], got
+
+
+def test_every_declaration_agrees_with_its_code():
+    """LazyBackend.load checks name, roles, grouping, options and optional hooks."""
+    backends = load_backends()
+    assert all(isinstance(b, LazyBackend) and isinstance(b.spec, BackendSpec)
+               for b in backends)
+    for b in backends:
+        impl = b.load()
+        assert impl.name == b.name and b.loaded
+
+
+def test_light_constants_agree_with_the_structures():
+    """The light declarations repeat a few constants of modules they must not import."""
+    import backends.btrfs as btrfs
+    import backends.ceph as ceph
+    import backends.drbd as drbd
+    import backends.ext4 as ext4
+    import backends.fat as fat
+    import backends.lvm as lvm
+    import backends.ntfs as ntfs
+    import backends.parttable as pt
+    import backends.pbs as pbs
+    import backends.qcow2 as qcow2
+    import backends.vmdk as vmdk
+    import backends.vzdump as vzdump
+    import backends.zfs as zfs
+    from backends.btrfs import structs as BS
+    from backends.ceph import label as CL
+    from backends.drbd import meta as DM
+    from backends.drbd import structs as DS
+    from backends.ext4 import recovery as ER
+    from backends.ext4 import structs as ES
+    from backends.fat import fat as FF
+    from backends.fat import structs as FS
+    from backends.lvm import label as LL
+    from backends.lvm import structs as LS
+    from backends.ntfs import ondisk as NO
+    from backends.parttable import tables as PT
+    from backends.pbs import structs as PS
+    from backends.qcow2 import structs as QS
+    from backends.vmdk import descriptor as VD
+    from backends.vmdk import structs as VS
+    from backends.vzdump import structs as ZS
+    from backends.zfs import structs as S
+
+    assert (zfs.VDEV_LABEL_SIZE, zfs.VDEV_LABELS, zfs.VDEV_PHYS_OFFSET, zfs.VDEV_PHYS_SIZE,
+            zfs.ZIO_ECK_SIZE, zfs.ZEC_MAGIC) == (S.VDEV_LABEL_SIZE, S.VDEV_LABELS,
+                                                 S.VDEV_PHYS_OFFSET, S.VDEV_PHYS_SIZE,
+                                                 S.ZIO_ECK_SIZE, S.ZEC_MAGIC)
+    assert btrfs.BTRFS_MAGIC == BS.BTRFS_MAGIC and BS.sb_offset(0) == btrfs.PRIMARY
+    assert BS.sb_offset(1) == btrfs.MIRROR_1 and BS.SUPER_INFO_SIZE == 4096
+    assert ceph.LABEL_MAGIC == CL.LABEL_MAGIC
+    assert drbd.MAGICS == (DS.DRBD_MD_MAGIC_08, DS.DRBD_MD_MAGIC_84_UNCLEAN, DS.DRBD_MD_MAGIC_09)
+    assert (drbd.MAGIC_OFFSET, drbd.MIN_DEVICE) == (DS.MAGIC_OFFSET, DM.MIN_DEVICE)
+    assert (ext4.SUPERBLOCK_OFFSET, ext4.SUPERBLOCK_SIZE) == (ES.SUPERBLOCK_OFFSET,
+                                                              ES.SUPERBLOCK_SIZE)
+    assert ext4.PROBE_BLOCK_SIZES == ER.PROBE_BLOCK_SIZES
+    assert list(ext4.group1_backups(1 << 40)) == [
+        off for g, _bs, off in ER.backup_candidates(1 << 40, max_group=1,
+                                                    block_sizes=ER.PROBE_BLOCK_SIZES)]
+    assert fat.SECTOR_SIGNATURE == FS.SECTOR_SIGNATURE and fat.EXFAT_NAME == FS.EXFAT_NAME
+    assert fat.BACKUP_BOOT_SECTOR == FF.BACKUP_BOOT_SECTOR
+    assert (lvm.SECTOR_SIZE, lvm.LABEL_SCAN_SECTORS, lvm.LABEL_ID, lvm.FMTT_MAGIC) == (
+        LS.SECTOR_SIZE, LS.LABEL_SCAN_SECTORS, LS.LABEL_ID, LS.FMTT_MAGIC)
+    assert LL.DEFAULT_MDA_OFFSET == lvm.DEFAULT_MDA_OFFSET
+    assert NO.BootSector.oem_id.subcon.value == ntfs.OEM_ID
+    assert pt.GPT_PROBE_SECTOR_SIZES == PT.GPT_PROBE_SECTOR_SIZES
+    assert pbs.PROXMOX_CATALOG_FILE_MAGIC_1_0 == PS.PROXMOX_CATALOG_FILE_MAGIC_1_0
+    assert set(pbs.STREAM_START_TYPES) == {PS.PXAR_ENTRY, PS.PXAR_ENTRY_V1,
+                                           PS.PXAR_FORMAT_VERSION, PS.PXAR_PAYLOAD_START_MARKER}
+    assert qcow2.QCOW_MAGIC == QS.QCOW_MAGIC
+    assert (vmdk.SPARSE_MAGIC, vmdk.OTHER_MAGICS) == (VS.SPARSE_MAGIC,
+                                                      (VS.COWD_MAGIC, VS.SESPARSE_MAGIC))
+    assert vmdk.MAX_DESCRIPTOR == VD.MAX_DESCRIPTOR
+    assert vzdump.VMA_MAGIC == ZS.VMA_MAGIC
+    assert vzdump.CODEC_MAGICS == (ZS.ZSTD_MAGIC, ZS.LZOP_MAGIC, ZS.GZIP_MAGIC)
+
+
+# -- the sniffs' contract ---------------------------------------------------------------
+def _tar_header() -> bytes:
+    import tarfile
+
+    info = tarfile.TarInfo("./etc/hostname")
+    info.size = 4
+    return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="strict")[:512]
+
+
+def _lvm_label() -> bytes:
+    return b"LABELONE" + bytes(8) + bytes(4) + (32).to_bytes(4, "little") + b"LVM2 001"
+
+
+ZEC = (0x0210DA7AB10C7A11).to_bytes(8, "little")
+#: Where the sniffs (and the probes) look, and what they look for: ``(offset of a volume
+#: of size n, bytes)``.  Planted in zeroed volumes of several sizes, with random bytes
+#: after them; a sniff must never say no where the probe says yes or reports something.
+LANDMARKS = [
+    (lambda n: 0, b"XFSB"), (lambda n: 0, b"QFI\xfb"), (lambda n: 0, b"KDMV"),
+    (lambda n: 0, b"COWD"), (lambda n: 0, b"# Disk DescriptorFile\ncreateType=\"flat\"\n"),
+    (lambda n: 0, b"VMA\0"), (lambda n: 0, b"\x28\xb5\x2f\xfd"), (lambda n: 0, b"\x1f\x8b"),
+    (lambda n: 0, b"\x89LZO\x00\r\n\x1a\n"), (lambda n: 0, _tar_header()),
+    (lambda n: 0, b"bluestore block device\n"),
+    (lambda n: 0, bytes([145, 253, 96, 249, 196, 103, 88, 213])),
+    (lambda n: 0, (0xD5956474E588ACEF).to_bytes(8, "little") + (56).to_bytes(8, "little")),
+    (lambda n: 0, b'contents = "Text Format Volume Group"\n'),
+    (lambda n: 512, _lvm_label()), (lambda n: 1536, _lvm_label()),
+    (lambda n: 4096 + 4, b"\x20\x4c\x56\x4d\x32\x20\x78\x5b\x35\x41\x25\x72\x30\x4e\x2a\x3e"),
+    (lambda n: 3, b"NTFS    "), (lambda n: n - 512 + 3, b"NTFS    "),
+    (lambda n: 3, b"EXFAT   "), (lambda n: 12 * 512 + 3, b"EXFAT   "),
+    (lambda n: 510, b"\x55\xaa"), (lambda n: 6 * 512 + 510, b"\x55\xaa"),
+    (lambda n: 512, b"EFI PART"), (lambda n: n - 512, b"EFI PART"),
+    (lambda n: 1024 + 0x38, b"\x53\xef"), (lambda n: 8193 * 1024 + 0x38, b"\x53\xef"),
+    (lambda n: 0x10040, b"_BHRfS_M"), (lambda n: (64 << 20) + 0x40, b"_BHRfS_M"),
+    (lambda n: ((n - 4096) & ~4095) + 60, b"\x83\x74\x02\x6b"),
+    (lambda n: 60, b"\x83\x74\x02\x6d"),
+    (lambda n: 128 * 1024 - 40, ZEC),
+    (lambda n: n - n % (256 * 1024) - 128 * 1024 - 40, ZEC),
+]
+SIZES = [600, 4096, 70 * 1024, 1 << 20, (1 << 20) + 512, 9 << 20, 65 << 20]
+
+
+def _sniffing(role: str) -> list[LazyBackend]:
+    return [b for b in load_backends() if b.spec.sniff is not None and b.accepts(role)]
+
+
+NAMES = ["a.img", "d.qcow2", "x.vmdk", "vzdump-qemu-100-2024_01_02-03_04_05.vma.zst"]
+
+
+def _check_sniffs(size: int, role: str, name: str, patches: dict[int, bytes]) -> int:
+    """Every sniffing backend on one volume; returns how many sniffs said no."""
+    src = PatchedSource(ZeroSource(size), {o: b[:size - o] for o, b in patches.items()
+                                           if 0 <= o < size})
+    said_no = 0
+    for b in _sniffing(role):
+        vol = Volume(src, f"storage/files/{name}", name, role)
+        vol.file_name = name
+        ctx = Context(Options())
+        if b.spec.sniff(vol, ctx):
+            continue
+        said_no += 1
+        try:
+            score = b.load().probe(vol, ctx)
+        except Exception as e:  # a probe that raises is reported: the sniff hid that
+            raise AssertionError(f"{b.name}: sniff said no, probe raised {e!r}") from None
+        assert not score, f"{b.name}: sniff said no, probe says {score} ({size}, {patches})"
+        assert not ctx.report.entries, f"{b.name}: sniff said no, probe reported"
+    return said_no
+
+
+def test_a_sniff_that_says_no_means_the_probe_says_no():
+    """Every landmark alone, in every size of volume and role (an input under several
+    names): what the sniffs rule out, the probes rule out too."""
+    said_no = 0
+    for where, magic in LANDMARKS:
+        for size in SIZES:
+            for role, name in [("disk", "a.img"), ("partition", "a.img"), ("lv", "a.img"),
+                               *(("input", n) for n in NAMES)]:
+                said_no += _check_sniffs(size, role, name, {where(size): magic + bytes(64)})
+    assert said_no > 1000  # the sniffs do rule volumes out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(size=st.sampled_from(SIZES), role=st.sampled_from(["input", "disk", "lv"]),
+       name=st.sampled_from(NAMES),
+       planted=st.lists(st.tuples(st.sampled_from(LANDMARKS), st.binary(max_size=48)),
+                        min_size=1, max_size=4))
+def test_sniffs_with_several_landmarks_and_random_bytes(size, role, name, planted):
+    _check_sniffs(size, role, name, {where(size): magic + tail for (where, magic), tail in planted})
+
+
+def test_sniffs_say_yes_on_the_example_images():
+    """The volumes of a real discovery (examples/: qcow2 disks with GPT and ext4): every
+    backend whose probe claims a volume has a sniff that lets it through."""
+    from pvfs.discover import discover
+
+    ctx = discover([str(EXAMPLES / "vm-100-disk-0.qcow2"), str(EXAMPLES / "pve-dir")],
+                   Options())
+    claimed = 0
+    for vol in ctx.volumes:
+        for b in _sniffing(vol.role):
+            score = b.load().probe(vol, Context(Options()))
+            if score:
+                claimed += 1
+                assert b.spec.sniff(vol, Context(Options())), (b.name, vol.path)
+    assert claimed >= 4  # qcow2 x2, gpt, ext4 ...
