@@ -274,6 +274,22 @@ class LazyBackend(Backend):
         state = "loaded" if self._impl is not None else "not loaded"
         return f"<LazyBackend {self.name} ({state})>"
 
+    @classmethod
+    def of(cls, impl: Backend, package: str) -> LazyBackend:
+        """An implementation already imported (a package that exports ``BACKENDS``
+        instances, the contract before :class:`BackendSpec`), with the spec it implies."""
+        if not isinstance(impl, Backend):
+            raise BackendDeclarationError(f"backends.{package}: {impl!r} is not a "
+                                          "pvfs.backend.Backend")
+        spec = BackendSpec(name=impl.name, impl=f"{type(impl).__module__}:{type(impl).__name__}",
+                           roles=impl.roles, grouped=impl.grouped, phase=impl.phase,
+                           joins_timelines=impl.joins_timelines,
+                           cli_options=tuple(impl.cli_options),
+                           hooks=frozenset(h for h in OPTIONAL_HOOKS if impl.implements(h)))
+        lazy = cls(spec, package)
+        lazy._impl = impl
+        return lazy
+
     @property
     def loaded(self) -> bool:
         return self._impl is not None
@@ -430,6 +446,12 @@ def load_backends() -> list[Backend]:
         except Exception as e:  # a broken optional backend must not stop the rest
             log.debug("backend package %s failed to import: %s", info.name, e)
             _load_errors.append((info.name, f"{type(e).__name__}: {e}"))
+            continue
+        if not hasattr(mod, "SPECS") and hasattr(mod, "BACKENDS"):
+            # The contract before lazy loading (instances, imported with the package):
+            # still loaded, eagerly, so that a backend written for it is not lost.
+            log.debug("backends.%s exports BACKENDS, not SPECS: loaded eagerly", info.name)
+            found.extend(LazyBackend.of(b, info.name) for b in mod.BACKENDS)
             continue
         for spec in getattr(mod, "SPECS", []):
             if not isinstance(spec, BackendSpec):

@@ -247,3 +247,38 @@ def test_sniffs_say_yes_on_the_example_images():
                 claimed += 1
                 assert b.spec.sniff(vol, Context(Options())), (b.name, vol.path)
     assert claimed >= 4  # qcow2 x2, gpt, ext4 ...
+
+
+def test_a_package_on_the_old_contract_is_still_loaded(monkeypatch):
+    """A backend package that exports ``BACKENDS`` instances (the contract before
+    ``SPECS``) is not lost: it is loaded eagerly, with the declaration its class implies."""
+    import types
+
+    import pvfs.backend as pb
+    from pvfs.backend import Backend
+
+    class Old(Backend):
+        name = "oldstyle"
+        roles = ("input",)
+        cli_options = [("--oldstyle-x", {"help": "x"})]
+
+        def probe(self, volume, ctx):
+            return 7.0
+
+        def finish(self, ctx):
+            pass
+
+    mod = types.ModuleType("backends.zz_oldstyle")
+    mod.BACKENDS = [Old()]
+    monkeypatch.setitem(sys.modules, "backends.zz_oldstyle", mod)
+    real = pb.pkgutil.iter_modules
+    monkeypatch.setattr(pb.pkgutil, "iter_modules", lambda path: [
+        *real(path), types.SimpleNamespace(name="zz_oldstyle", ispkg=True)])
+    monkeypatch.setattr(pb, "_loaded", None)
+    found = {b.name: b for b in load_backends()}
+    assert {"zfs", "oldstyle"} <= set(found)
+    old = found["oldstyle"]
+    assert old.loaded and old.implements("finish") and not old.implements("probe_dir")
+    assert old.cli_options == [("--oldstyle-x", {"help": "x"})] and old.accepts("input")
+    vol = Volume(PatchedSource(ZeroSource(4096), {}), "storage/files/a", "a", "input")
+    assert old.probe(vol, Context(Options())) == 7.0
