@@ -267,7 +267,10 @@ class PvfsOperations(pyfuse3.Operations):
         space = self._spaces[idx] if 0 < idx < len(self._spaces) else None
         if space is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        node = await self._run(space.node, ino & KEY_MASK)
+        try:  # inline when the space has what it needs in memory: no thread hop
+            node = space.node(ino & KEY_MASK, True)
+        except WouldBlock:
+            node = await self._run(space.node, ino & KEY_MASK)
         if node is None:  # broken since it was listed: reported by the space
             raise pyfuse3.FUSEError(errno.EIO)
         self._remember(ino, node)

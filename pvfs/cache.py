@@ -51,6 +51,10 @@ class ByteLRU:
             self.hits += 1
             return value
 
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` is cached (no hit counted, no recency change)."""
+        return key in self._items
+
     def put(self, key: Hashable, value: Any) -> Any:
         cost = self._cost(value)
         if cost > self.max_bytes:

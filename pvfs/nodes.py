@@ -169,7 +169,7 @@ class Listing(Sequence):
     @property
     def cache_cost(self) -> int:
         """Bytes, for :class:`pvfs.cache.ByteLRU` (a str is ~50 bytes plus its text)."""
-        return 128 + sum(len(n) for n in self.names) + len(self.names) * (58 + 8 + 1)
+        return 128 + sum(map(len, self.names)) + len(self.names) * (58 + 8 + 1)
 
 
 class InodeSpace:
@@ -199,8 +199,10 @@ class InodeSpace:
         broken and reported).  A directory's node is the same object each time."""
         raise NotImplementedError
 
-    def node(self, key: int) -> Node | None:
-        """The node of ``key`` met by number only (the kernel still holds its inode)."""
+    def node(self, key: int, nowait: bool = False) -> Node | None:
+        """The node of ``key`` met by number only (the kernel still holds its inode).
+        ``nowait``: raise :class:`pvfs.source.WouldBlock` instead of waiting for I/O (the
+        mount asks first on its event loop, then from a worker thread)."""
         raise NotImplementedError
 
     def path(self, key: int) -> str:

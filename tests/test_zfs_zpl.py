@@ -384,10 +384,10 @@ def test_lost_sa_layouts_are_guessed(monkeypatch, lost):
 
     real = zapmod.zap_entries
 
-    def lossy(dnode):
+    def lossy(dnode, **kw):
         if getattr(dnode, "type", None) in lost:
             raise UnreadableError("made unreadable by the test", [(0, 512)])
-        return real(dnode)
+        return real(dnode, **kw)
 
     monkeypatch.setattr(zapmod, "zap_entries", lossy)
     images = _images(ZFS, "modern-rpool.tar.xz")

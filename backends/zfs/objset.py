@@ -356,6 +356,16 @@ class ObjSet:
         self._last_block = (blkid, hit)
         return hit
 
+    def dnode_cached(self, objnum: int) -> bool:
+        """Whether ``dnode(objnum)`` is answered from memory (its dnode block is cached)."""
+        bs = self.meta.datablksz
+        if not bs or objnum <= 0:
+            return False
+        blkid = objnum * DNODE_SIZE // bs
+        last = self._last_block
+        return (last is not None and last[0] == blkid) or \
+            ("zfs-dnblk", self.key, blkid) in METADATA_CACHE
+
     def dnode(self, objnum: int) -> Dnode:
         if objnum <= 0 or objnum >= self.nobjects:
             raise ZfsError(f"{self.name}: object {objnum} is out of range (0..{self.nobjects})")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 from construct import Bytes, Int8ul, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub, Int64ul, Struct
 
 from pvfs.cache import METADATA_CACHE
@@ -122,6 +123,11 @@ def _structs(E):
 
 
 _STRUCTS = {"<": _structs("l"), ">": _structs("b")}
+#: zap_leaf_entry as a numpy record (24 bytes, the leaf's byte order)
+_ENTRY_DTYPE = {o: np.dtype([("type", "u1"), ("value_intlen", "u1"), ("next", o + "u2"),
+                             ("name_chunk", o + "u2"), ("name_numints", o + "u2"),
+                             ("value_chunk", o + "u2"), ("value_numints", o + "u2"),
+                             ("cd", o + "u4"), ("hash", o + "u8")]) for o in "<>"}
 
 
 class ZapEntries(dict):
@@ -148,9 +154,13 @@ class ZapEntries(dict):
         if cost is None or cost[0] != len(self):  # computed once per size (cache evictions)
             # per entry: the str (49 + text), a one-int list (64), the int (32), the
             # dict's slot (~40): sys.getsizeof, so the cache's budget is what it holds
-            cost = (len(self), 256 + sum(185 + len(k) + (len(v) if isinstance(v, bytes)
-                                                        else 8 * len(v))
-                                         for k, v in self.items()))
+            n = len(self)
+            if n > 256 and self.kind == "fat":  # a directory: one-int values (C-speed sum)
+                total = 256 + n * (185 + 8) + sum(map(len, self.keys()))
+            else:
+                total = 256 + sum(185 + len(k) + (len(v) if isinstance(v, bytes) else 8 * len(v))
+                                  for k, v in self.items())
+            cost = (n, total)
             self.__dict__["_cost"] = cost
         return cost[1]
 
@@ -398,6 +408,51 @@ class _Leaf:
             value = [v for (v,) in struct.iter_unpack(fmt, raw)]
         return name, value, h
 
+    def decode_all(self, errors: list[str]) -> list[tuple[str, object]]:
+        """``(name, value)`` of every entry chunk, in chunk order (what :meth:`decode` gives
+        for each of :meth:`entries`); a broken entry is named in ``errors`` and skipped.
+
+        The common case, a string name of up to 20 bytes and one uint64 value (every
+        directory entry with a short name), is taken from the chunk table with numpy:
+        one array chunk each, no chain to follow (a 100,000-entry directory decoded in
+        1.4 s entry by entry).  Anything else goes through :meth:`decode`."""
+        data, n, base, o = self.data, self.nchunks, self.chunk_base, self.order
+        table = np.frombuffer(data, np.uint8, n * ZAP_LEAF_CHUNKSIZE, base).reshape(n, -1)
+        kinds = table[:, 0]
+        idx = np.flatnonzero(kinds == ZAP_CHUNK_ENTRY)
+        out: list[tuple[str, object]] = []
+        if not len(idx):
+            return out
+        rec = np.frombuffer(data, _ENTRY_DTYPE[o], n, base)[idx]
+        nc, nn, vc = rec["name_chunk"], rec["name_numints"], rec["value_chunk"]
+        fast = ((nn >= 1) & (nn <= ZAP_LEAF_ARRAY_BYTES) & (rec["value_intlen"] == 8)
+                & (rec["value_numints"] == 1) & (nc < n) & (vc < n))
+        if self.zap_flags & ZAP_FLAG_UINT64_KEY:
+            fast[:] = False
+        ncs = np.where(fast, nc, 0)
+        vcs = np.where(fast, vc, 0)
+        fast &= (kinds[ncs] == ZAP_CHUNK_ARRAY) & (kinds[vcs] == ZAP_CHUNK_ARRAY)
+        names = table[ncs, 1:1 + ZAP_LEAF_ARRAY_BYTES].tobytes()  # arrays are big-endian:
+        values = table[vcs, 1:9].copy().view(">u8").ravel().tolist()
+        w = ZAP_LEAF_ARRAY_BYTES
+        for k, (i, ok, ln) in enumerate(zip(idx.tolist(), fast.tolist(), nn.tolist(),
+                                            strict=True)):
+            if ok:
+                raw = names[k * w:k * w + ln]
+                nul = raw.find(b"\0")
+                if nul >= 0:
+                    raw = raw[:nul]
+                if raw:
+                    out.append((raw.decode("utf-8", "surrogateescape"), [values[k]]))
+                    continue
+            try:
+                name, value, _h = self.decode(i)
+            except ZapError as e:
+                errors.append(str(e))
+                continue
+            out.append((name, value))
+        return out
+
     def entries(self):
         """Every entry chunk of the leaf (no hash-chain walk: robust to broken chains)."""
         data = self.data
@@ -438,12 +493,7 @@ def _fat_entries(dnode, block0, order) -> ZapEntries:
         except (UnreadableError, ZapError) as e:
             out.errors.append(f"fat ZAP leaf block {blk}: {e}")
             continue
-        for i in leaf.entries():
-            try:
-                name, value, _h = leaf.decode(i)
-            except ZapError as e:
-                out.errors.append(str(e))
-                continue
+        for name, value in leaf.decode_all(out.errors):
             if name in out:
                 out.errors.append(f"fat ZAP: duplicate name {name!r} in leaf {blk}")
                 continue
@@ -466,14 +516,15 @@ def _open(dnode):
     return block0, order, btype
 
 
-def zap_entries(dnode) -> ZapEntries:
+def zap_entries(dnode, cache: bool = True) -> ZapEntries:
     """Every ``name -> value`` of a ZAP object (see :class:`ZapEntries`).
 
     Raises :class:`ZapError` when block 0 is not a ZAP header and
     :class:`pvfs.errors.UnreadableError` when it cannot be read; damaged
-    leaves are skipped and named in ``.errors``.
+    leaves are skipped and named in ``.errors``.  ``cache=False``: not kept in
+    METADATA_CACHE (the caller keeps its own, smaller form).
     """
-    key = getattr(dnode, "cache_key", None)
+    key = getattr(dnode, "cache_key", None) if cache else None
     if key is not None:
         hit = METADATA_CACHE.get(("zap", key))
         if hit is not None:

@@ -38,6 +38,7 @@ from array import array
 from pvfs.cache import METADATA_CACHE
 from pvfs.errors import PvfsError, UnreadableError
 from pvfs.nodes import Dir, File, InodeSpace, Listing, Special, Symlink, sanitize_name
+from pvfs.source import WouldBlock
 
 from . import zap
 from .sa import SaError, SaRegistry, read_znode, rdev_split
@@ -228,7 +229,7 @@ class Zpl(InodeSpace):
     def _zap(self, objnum) -> zap.ZapEntries:
         if self.replay is not None and objnum in self.replay.dirs:
             return zap.ZapEntries({n: [v] for n, v in self.replay.dirs[objnum].items()})
-        return zap.zap_entries(self.objset.dnode(objnum))
+        return zap.zap_entries(self.objset.dnode(objnum), cache=False)  # (the listing is)
 
     def entries(self, objnum: int, report: bool = True) -> Listing:
         """The entries of directory ``objnum`` (names and object numbers, in ZAP order);
@@ -311,19 +312,24 @@ class Zpl(InodeSpace):
             return node
         return self.node_for(child, _Rel(self, objnum, name), parent=objnum)
 
-    def node(self, key: int):
+    def node(self, key: int, nowait: bool = False):
         node = self._live.get(key) or self._dir_nodes.get(key)
         if node is not None:
             return node
-        return self.node_for(key, _Rel(self, None, None, key))
+        if nowait:
+            cached = getattr(self.objset, "dnode_cached", None)
+            if cached is None or not cached(key):
+                raise WouldBlock(f"object {key}: its dnode block is not cached")
+        return self.node_for(key, _Rel(self, None, None, key), nowait=nowait)
 
-    def node_for(self, objnum: int, relpath, parent: int | None = None):
+    def node_for(self, objnum: int, relpath, parent: int | None = None, nowait=False):
         """The node of object ``objnum`` (None, with a damage entry, if it is broken);
-        ``relpath`` a str or :class:`_Rel`, ``parent`` the directory it was met in."""
+        ``relpath`` a str or :class:`_Rel`, ``parent`` the directory it was met in;
+        ``nowait``: raise WouldBlock rather than read a symlink's target block."""
         with self._lock:  # one node per hard-linked object, one per directory
-            return self._node_for(objnum, relpath, parent)
+            return self._node_for(objnum, relpath, parent, nowait)
 
-    def _node_for(self, objnum: int, relpath, parent: int | None):
+    def _node_for(self, objnum: int, relpath, parent: int | None, nowait=False):
         node = self._live.get(objnum) or self._dir_nodes.get(objnum)
         if node is not None:
             if isinstance(node, Dir):
@@ -347,6 +353,8 @@ class Zpl(InodeSpace):
             self.report("error", relpath, "bad-object", f"object {objnum}: {e}")
             return None
         kind = stat.S_IFMT(zn.mode)
+        if nowait and (kind == stat.S_IFLNK and zn.symlink is None or ro is not None):
+            raise WouldBlock(f"object {objnum}: the target is in a data block")
         kw = self._node_kw(zn)
         try:
             if kind == stat.S_IFDIR:
