@@ -93,6 +93,7 @@ class Volume:
         self.claimed_by: str | None = None
         self.info: dict = {}
         self.filesystem: str | None = None
+        self.fs_checked = False  # detect_filesystem ran (or the probe cache answered for it)
         self.vm_paths: list[str] = []
         self.mtime = None  # from the source where known; children (partitions) inherit it
         self.timeline = None  # set on one of several copies of the same data (DRBD nodes)
@@ -624,6 +625,7 @@ def probe_volume(ctx: Context, volume: Volume) -> None:
             rec = ctx.probes.lookup(volume)
             volume.filesystem = rec[1] if rec is not None and not rec[0] else \
                 detect_filesystem(volume.source)
+            volume.fs_checked = True
             ctx.probes.note_fs(volume, volume.filesystem)
         return
     score, best = found
@@ -939,7 +941,8 @@ def finish(ctx: Context) -> None:
     from .report import attach_generated_files, propagate_unreadable
 
     for vol in ctx.volumes:
-        if vol.claimed_by is None and vol.filesystem is None and vol.role != "input":
+        if vol.claimed_by is None and vol.filesystem is None and vol.role != "input" \
+                and not vol.fs_checked:  # (a thousand LVs without one: once, not twice)
             vol.filesystem = detect_filesystem(vol.source)
     from .proxmox.view import build
 

@@ -282,3 +282,46 @@ def test_a_package_on_the_old_contract_is_still_loaded(monkeypatch):
     assert old.cli_options == [("--oldstyle-x", {"help": "x"})] and old.accepts("input")
     vol = Volume(PatchedSource(ZeroSource(4096), {}), "storage/files/a", "a", "input")
     assert old.probe(vol, Context(Options())) == 7.0
+
+
+# -- re-mounts: a long VG text is parsed once --------------------------------------------
+def _vg_text(n_lvs: int) -> bytes:
+    lvs = "".join(
+        f'vm-{100 + i}-disk-0 {{\nid = "lv{i:06d}-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx"\n'
+        f'status = ["READ", "WRITE", "VISIBLE"]\nflags = []\ncreation_time = {1700000000 + i}\n'
+        f'segment_count = 1\nsegment1 {{\nstart_extent = 0\nextent_count = 256\n'
+        f'type = "thin"\nthin_pool = "data"\ntransaction_id = {i}\ndevice_id = {i + 1}\n}}\n}}\n'
+        for i in range(n_lvs))
+    return (f'pve {{\nid = "vgid-0000"\nseqno = 7\nformat = "lvm2"\nstatus = ["RESIZEABLE"]\n'
+            f'extent_size = 8192\nmax_lv = 0\nmax_pv = 0\n# a comment \\u00e9\n'
+            f'logical_volumes {{\n{lvs}}}\n}}\ncontents = "Text Format Volume Group"\n'
+            f'version = 1\ncreation_time = 1.5e9\n').encode()
+
+
+def test_a_long_vg_text_is_parsed_once_and_then_loaded_from_the_index_store(tmp_path):
+    from backends.lvm.backend import CACHED_TEXT_MIN, config_parser
+    from backends.lvm.config import parse_config
+
+    text = _vg_text(400)
+    assert len(text) >= CACHED_TEXT_MIN
+    want = parse_config(text)
+    assert len(want["pve"]["logical_volumes"]) == 400
+    lvm = next(b for b in load_backends() if b.name == "lvm")
+    states = []
+    for _ in range(2):
+        ctx = Context(Options(index_dir=str(tmp_path)))
+        got = config_parser(lvm, ctx, "storage/lvm/pve")(text)
+        assert got == want and list(got["pve"]["logical_volumes"]) == \
+            list(want["pve"]["logical_volumes"])  # the same sections, in the same order
+        states.append([e.state for e in ctx.indexes.log])
+    assert states == [["built"], ["reused"]]
+    # another text (one byte differs): its own entry, never the first one's
+    other = text.replace(b"seqno = 7", b"seqno = 8")
+    ctx = Context(Options(index_dir=str(tmp_path)))
+    assert config_parser(lvm, ctx, "x")(other)["pve"]["seqno"] == 8
+    assert [e.state for e in ctx.indexes.log] == ["built"]
+    # short texts, or no store: parsed, nothing kept
+    assert config_parser(lvm, Context(Options()), "x") is parse_config
+    ctx = Context(Options(index_dir=str(tmp_path)))
+    assert config_parser(lvm, ctx, "x")(_vg_text(3)) == parse_config(_vg_text(3))
+    assert ctx.indexes.log == []

@@ -14,6 +14,7 @@ Tree::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from pvfs.source import BytesSource, MissingSource
 
 from . import CLI_OPTIONS
 from . import structs as S
+from .config import parse_config
 from .errors import LvmError, ThinError
 from .label import headless_mda, looks_like_backup, read_backup, read_pv
 from .thin import ThinPool, ThinSource
@@ -40,12 +42,41 @@ ROLES = PV_ROLES | {INPUT}
 _SNAP_RE = re.compile(r"^snap_((?:vm|base)-\d+-disk-\d+)_(.+)$")
 
 
-def pv_info(volume):
+#: VG texts at least this long are parsed once and kept in the index store (a VG of a
+#: thousand LVs is ~230 KB of text, ~45,000 tokens: 60 ms to parse, 2 ms to load); the
+#: shorter ones parse in a few milliseconds.
+CACHED_TEXT_MIN = 64 << 10
+VG_TEXT_INDEX_VERSION = 1
+
+
+def config_parser(backend, ctx, path):
+    """``parse_config``, keeping the result of long VG texts in the index store
+    (pvfs/index.py), keyed by the text's SHA-256 and checked against it (``meta``)."""
+    if not ctx.indexes.enabled:
+        return parse_config
+
+    def parse(text):
+        if len(text) < CACHED_TEXT_MIN:
+            return parse_config(text)
+        text = bytes(text)
+        ident = (f"vg-text:{hashlib.sha256(text).hexdigest()}", {})
+        entry = ctx.index(backend, "vg-text", None, meta=text, version=VG_TEXT_INDEX_VERSION,
+                          path=path, ident=ident)
+        got = entry.load()
+        if got is not None and isinstance(got[0].get("config"), dict):
+            return got[0]["config"]
+        cfg = parse_config(text)
+        entry.save({"config": cfg})
+        return cfg
+    return parse
+
+
+def pv_info(volume, parse=parse_config):
     """The PV's label and metadata generations, cached by source uid."""
     key = ("lvm-pv", volume.source.uid)
     info = METADATA_CACHE.get(key)
     if info is None:
-        info = read_pv(volume.source)
+        info = read_pv(volume.source, parse)
         if info is None:
             raise LvmError("no LVM2 label in sectors 0-3")
         METADATA_CACHE.put(key, info)
@@ -90,7 +121,7 @@ class LvmBackend(Backend):
             volume.info["lvm_backup"] = {"vg": g.vgname, "vg_id": g.vg_id, "seqno": g.seqno}
             ctx.state(self).backups[id(volume)] = g
             return g.vg_id
-        info = pv_info(volume)
+        info = pv_info(volume, config_parser(self, ctx, volume.path))
         for msg in info.problems:
             ctx.report.add("warning", self.name, volume.path, "pv-metadata", msg)
         newest = info.current()

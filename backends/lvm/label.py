@@ -244,8 +244,8 @@ _SEQNO_NEAR_START = re.compile(rb'\A[^{]{1,160}\{\s{0,8}id = "[^"]{0,64}"\s{0,8}
 _TEXT_START = re.compile(rb'([0-9A-Za-z+_.-]{1,127}) \{\s{0,8}id = "')
 
 
-def _make_generation(vgname_hint, text, mda_offset, off, how, crc_ok):
-    cfg = parse_config(text)
+def _make_generation(vgname_hint, text, mda_offset, off, how, crc_ok, parse=parse_config):
+    cfg = parse(text)
     candidates = [k for k, v in cfg.items() if isinstance(v, dict) and "seqno" in v
                   and "id" in v]
     if vgname_hint in candidates:
@@ -261,8 +261,9 @@ def _make_generation(vgname_hint, text, mda_offset, off, how, crc_ok):
                       crc_ok, cfg, bytes(text))
 
 
-def read_generations(source, mda: MdaHeader, problems: list) -> list:
-    """Every VG text in the metadata area: raw_locn texts (crc checked) and scanned ones."""
+def read_generations(source, mda: MdaHeader, problems: list, parse=parse_config) -> list:
+    """Every VG text in the metadata area: raw_locn texts (crc checked) and scanned ones.
+    ``parse``: config.parse_config, or one that keeps its results (backend.config_parser)."""
     ring = _Ring(source, mda.offset, mda.size)
     gens = {}
     pointed = {}
@@ -283,7 +284,7 @@ def read_generations(source, mda: MdaHeader, problems: list) -> list:
             problems.append(f"mda at {mda.offset:#x}: {how} VG text at +{off:#x} fails its crc")
         pointed[off] = crc_ok
         try:
-            g = _make_generation(None, text, mda.offset, off, how, crc_ok)
+            g = _make_generation(None, text, mda.offset, off, how, crc_ok, parse)
         except (LvmError, RecursionError) as e:
             problems.append(f"mda at {mda.offset:#x}: {how} VG text at +{off:#x}: {e}")
             continue
@@ -331,7 +332,7 @@ def read_generations(source, mda: MdaHeader, problems: list) -> list:
         text = ring.text_at(at, min(MAX_TEXT, budget))
         budget -= len(text) + 1
         try:
-            g = _make_generation(name, text, mda.offset, at, "scan", pointed.get(at))
+            g = _make_generation(name, text, mda.offset, at, "scan", pointed.get(at), parse)
         except (LvmError, RecursionError):
             continue  # overwritten in part by a newer text: not a whole generation
         gens[at] = g
@@ -401,7 +402,7 @@ def _identify_headless(source, gens, problems):
     return None
 
 
-def read_pv(source) -> PVInfo | None:
+def read_pv(source, parse=parse_config) -> PVInfo | None:
     """Label, mda headers and all generations of the PV in ``source`` (None: no PV)."""
     label = read_label(source)
     problems = []
@@ -429,7 +430,7 @@ def read_pv(source) -> PVInfo | None:
             problems.append(f"mda at {off:#x}: mda_header crc mismatch")
         mdas.append(mda)
         try:
-            gens.extend(read_generations(source, mda, problems))
+            gens.extend(read_generations(source, mda, problems, parse))
         except ConfigError as e:
             problems.append(str(e))
     # One entry per (vg id, seqno): a checksummed copy wins over a scanned one.
