@@ -37,7 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import drop_caches, load, mount_daemon_pid, print_curve, rss_mib  # noqa: E402
+from common import (drop_caches, load, mount_daemon_pid, print_curve, rss_mib,  # noqa: E402
+                    run_peak)
 from pvfs.discover import Options, discover  # noqa: E402
 
 
@@ -104,15 +105,6 @@ def _unrecognised(report: bytes) -> int:
     return listed + sum(1 for e in doc["damage"] if e["code"] == "not-recognised")
 
 
-def _child_peak_mib(argv: list[str], cwd: Path) -> tuple[float, float, int]:
-    """Run ``argv`` (output thrown away): (seconds, its peak RSS in MiB, exit status)."""
-    t = time.perf_counter()
-    p = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _pid, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - t, usage.ru_maxrss / 1024, p.returncode
-
-
 def mount_row(folder: Path, n: int) -> dict:
     """``pvfs scan`` and ``pvfs mount`` of ``folder``: time, RSS, find and report.json."""
     mnt = folder.parent / f"mnt-{n}"
@@ -120,18 +112,17 @@ def mount_row(folder: Path, n: int) -> dict:
     row = {"files": n}
     root = Path(__file__).resolve().parent.parent
     drop_caches()
-    row["scan s"], row["scan rss peak MiB"], code = _child_peak_mib(
+    code, _err, row["scan s"], row["scan rss peak MiB"] = run_peak(
         [sys.executable, "-m", "pvfs", "scan", "--no-progress", "--index-dir", "none",
          str(folder)], root)
     if code not in (0, 3):
         raise SystemExit(f"scan failed: exit {code}")
     drop_caches()
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "pvfs", "mount", "--index-dir", "none",
-                        str(folder), str(mnt)], cwd=root, capture_output=True, text=True)
-    row["mount s"] = time.perf_counter() - t
-    if r.returncode not in (0, 1, 3) or not os.path.ismount(mnt):
-        raise SystemExit(f"mount failed: {r.stderr}")
+    code, err, row["mount s"], row["discovery rss MiB"] = run_peak(
+        [sys.executable, "-m", "pvfs", "mount", "--index-dir", "none", str(folder), str(mnt)],
+        cwd=root)
+    if code not in (0, 1, 3) or not os.path.ismount(mnt):
+        raise SystemExit(f"mount failed: {err}")
     try:
         pid = mount_daemon_pid(mnt)
         row["rss mount MiB"] = rss_mib(pid)[0]
@@ -175,8 +166,8 @@ def curve(base: Path, sizes: list[int]) -> None:
         print(f"  {rows[-1]}  ({load()})", flush=True)
     print_curve(f"pvfs scan and mount of a folder of small files that are no image "
                 f"({os.cpu_count()} CPUs)", rows,
-                ["files", "scan s", "scan rss peak MiB", "mount s", "rss mount MiB", "find s",
-                 "report.json s", "rss peak MiB", "load"])
+                ["files", "scan s", "scan rss peak MiB", "mount s", "discovery rss MiB",
+                 "rss mount MiB", "find s", "report.json s", "rss peak MiB", "load"])
 
 
 def main():

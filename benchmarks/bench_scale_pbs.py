@@ -40,7 +40,8 @@ sys.path.insert(0, str(HERE))
 
 from backends.pbs.blob import encode_blob  # noqa: E402
 from backends.pbs.structs import FIXED_SIZED_CHUNK_INDEX_1_0  # noqa: E402
-from common import drop_caches, load, mount_daemon_pid, print_curve, rss_mib  # noqa: E402
+from common import (drop_caches, load, mount_daemon_pid, print_curve, rss_mib,  # noqa: E402
+                    run_peak)
 
 CHUNK = 1024
 VMS = 20
@@ -128,14 +129,12 @@ def bench(store: Path, n: int, want_sha: str, size: int) -> dict:
     mount = [sys.executable, "-m", "pvfs", "mount", "--index-dir", str(index), str(store),
              str(mnt)]
     drop_caches()
-    t = time.perf_counter()
-    r = subprocess.run(mount, cwd=ROOT, capture_output=True, text=True)
-    row["mount s"] = time.perf_counter() - t
-    if r.returncode not in (0, 3):
-        raise SystemExit(f"mount failed: {r.stderr}")
+    code, err, row["mount s"], row["discovery rss MiB"] = run_peak(mount, cwd=ROOT)
+    if code not in (0, 3):
+        raise SystemExit(f"mount failed: {err}")
     try:
         pid = mount_daemon_pid(mnt)
-        row["rss mount MiB"], row["peak mount MiB"] = rss_mib(pid)  # peak: discovery's
+        row["rss mount MiB"] = rss_mib(pid)[0]
         disk = mnt / "vms" / "100" / "disk-0.raw"
         if not disk.exists():
             disk = next(mnt.glob("storage/pbs/*/vm/100/*/drive-scsi0.img"))
@@ -191,7 +190,7 @@ def main() -> None:
         rows.append(bench(store, n, sha, size))
         print(f"  {rows[-1]}", flush=True)
     print_curve(f"pvfs mount of a PBS datastore ({os.cpu_count()} CPUs)", rows,
-                ["chunks", "mount s", "rss mount MiB", "peak mount MiB", "read chunks/s",
+                ["chunks", "mount s", "discovery rss MiB", "rss mount MiB", "read chunks/s",
                  "rss peak MiB",
                  "remount s", "rss remount MiB", "find .chunks s", "load"])
 

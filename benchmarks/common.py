@@ -63,6 +63,22 @@ def mount_daemon_pid(mnt) -> int | None:
     return None
 
 
+def run_peak(argv: list[str], cwd=None) -> tuple[int, str, float, float]:
+    """Run ``argv`` (stdout thrown away): ``(exit status, stderr, seconds, its peak RSS in
+    MiB)``.  For ``pvfs mount`` that is the discovery's peak: the daemon it forks starts
+    after it, and its own VmHWM does not include it."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        _pid, status, usage = os.wait4(p.pid, 0)
+        secs = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return p.returncode, err.read().decode(errors="replace"), secs, usage.ru_maxrss / 1024
+
+
 def rss_mib(pid: int | None) -> tuple[float, float]:
     """``(current, peak)`` resident set size of ``pid`` in MiB (VmRSS, VmHWM)."""
     cur = peak = 0.0
