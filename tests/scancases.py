@@ -147,12 +147,17 @@ for _a in ("rpool-raidz1", "rpool-raidz1-degraded", "tank-mirror"):
 CASES.append(Case("zfs-modern/rpool-raidz1-faulted-d1",
                   _in_archive(("zfs-modern", "images", "rpool-raidz1-degraded.tar.xz"),
                               "rpool-raidz1-degraded/rpool-d1.img")))
-for _a in ("dpool-draid", "dpool-draid-degraded"):  # dRAID, and a member deleted
+# project-made fixtures (tests/fixtures): dRAID, and the same images less a member
+for _a, _w in (("dpool-draid", ()), ("dpool-draid-degraded", ("draid-d2.img",))):
     CASES.append(Case(f"zfs-draid/{_a}",
-                      _unpacked("zfs-draid", "images", f"{_a}.tar.zst", glob="*.img")))
-for _a in ("dpool-draid-spare", "dpool-draid-spare-degraded"):  # distributed spare in use
+                      _project("zfs-draid", "images", "dpool-draid.tar.zst", without=_w)))
+for _a, _w in (("dpool-draid-spare", ()),  # distributed spare in use
+               ("dpool-draid-spare-degraded", ("draid-d4.img",)),
+               ("dpool-draid-spare-without-d1-d4-d7", ("draid-d1.img", "draid-d4.img",
+                                                       "draid-d7.img"))):
     CASES.append(Case(f"zfs-draid-spare/{_a}",
-                      _unpacked("zfs-draid-spare", "images", f"{_a}.tar.zst", glob="*.img")))
+                      _project("zfs-draid-spare", "images", "dpool-draid-spare.tar.zst",
+                               without=_w)))
 for _a in ("zil-crashed", "zil-claimed"):  # unsynced intent logs: replayed, and ignored
     CASES.append(Case(f"zfs-zil/{_a}", _project("zfs-zil", "images", f"{_a}.tar.zst")))
 CASES.append(Case("zfs-zil/zil-crashed-zil-ignore",

@@ -3,9 +3,10 @@
 External checks: every permutation map regenerated here matches the checksum OpenZFS
 stores for it in ``draid_maps[]`` (vdev_draid.c, zfs-2.3.9); the group/row arithmetic
 reproduces the layout drawn in vdev_draid.c's comment (14 children, 8+1, 2 spares).
-Ground truth for reading: ../shared/fixtures/zfs-draid/ and zfs-draid-spare/ manifest.json,
-pools written by the real OpenZFS 2.3.9 kernel module (intact, with members missing, with
-a distributed spare in use), read with members left out or damaged in memory.
+Ground truth for reading: tests/fixtures/zfs-draid/ and zfs-draid-spare/ manifest.json,
+pools written by the real OpenZFS 2.3.9 kernel module (intact, with a distributed spare in
+use), read with members left out (each set the real module imported and re-checked: the
+manifest's ``sets``) or damaged in memory.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ from pvfs.errors import PvfsError
 from pvfs.nodes import Dir, File, Symlink, resolve, time_ns
 from pvfs.source import FileSource, PatchedSource, SliceSource
 
-from conftest import require_fixture, sha256_source, unpack
+from conftest import project_fixture, require_fixture, sha256_source, unpack
 
 R = draid.ROWHEIGHT
 DR = ("zfs-draid",)
-INTACT = "dpool-draid.tar.zst"
-DEGRADED = "dpool-draid-degraded.tar.zst"
+ARCHIVE = "dpool-draid.tar.zst"
+INTACT, DEGRADED = "intact", "degraded"  # sets of ARCHIVE's members (manifest ``sets``)
 KINDS = {"dir": Dir, "file": File, "symlink": Symlink}
 
 
@@ -272,7 +273,7 @@ def test_fuzz_configs_and_block_maps(over, nkids, offset, size):
 # -- the lab fixture: a draid1:2d:5c:1s pool written by OpenZFS 2.3.9 --------------------
 @functools.cache
 def _manifest(fx=DR):
-    return json.loads(require_fixture(*fx, "manifest.json").read_text())
+    return json.loads(project_fixture(*fx, "manifest.json").read_text())
 
 
 def _pool(fx=DR):
@@ -281,9 +282,15 @@ def _pool(fx=DR):
 
 
 @functools.cache
-def _images(archive, fx=DR):
-    d = unpack(require_fixture(*fx, "images", archive))
-    return tuple(sorted(glob.glob(str(d / "*" / "*.img"))))
+def _images(which, fx=DR):
+    """The member images of set ``which`` (intact, degraded, ...): the fixture's one
+    archive unpacked, without the members the manifest says that set lacks."""
+    (archive, meta), = _manifest(fx)["archives"].items()
+    missing = set(meta["sets"][which]["missing_members"])
+    d = unpack(project_fixture(*fx, archive))
+    imgs = sorted(glob.glob(str(d / "*" / "*.img")))
+    assert missing <= {p.rsplit("/", 1)[-1] for p in imgs}
+    return tuple(p for p in imgs if p.rsplit("/", 1)[-1] not in missing)
 
 
 def _tree_root(name):
@@ -351,12 +358,14 @@ def _check(ctx, fx=DR):
     return n, fails
 
 
-@pytest.mark.parametrize("archive", [INTACT, DEGRADED], ids=["intact", "degraded"])
+@pytest.mark.parametrize("archive", [INTACT, DEGRADED])
 def test_draid_pool_matches_its_manifest(archive):
     """Every file, zvol and snapshot of the dRAID pool, with all children and without
     member 2 (each block then rebuilt from parity when a column was on it)."""
     imgs = _images(archive)
+    names = [p.rsplit("/", 1)[-1] for p in imgs]
     assert len(imgs) == (5 if archive == INTACT else 4)
+    assert archive == INTACT or "draid-d2.img" not in names
     ctx = discover(list(imgs), Options())
     n, fails = _check(ctx)
     assert n > 20
@@ -400,11 +409,12 @@ def _open_members(archive, patches=None, drop=(), fx=DR):
     return ctx
 
 
-BIG = "dpool/data/subvol-201-disk-0/big/random-3M.bin"  # 3 records of 1 MiB, random
+BIG_DS, BIG_REL = "dpool/data/subvol-200-disk-0", "usr/bin/tool"  # 3 records of 128 KiB, random
+BIG = f"{BIG_DS}/{BIG_REL}"
 
 
-def _data_columns(ctx, path, nblocks):
-    """(member image index, byte offset in partition 1, size) of the first data column of
+def _data_columns(ctx, path, nblocks, which=0):
+    """(member image index, byte offset in partition 1, size) of data column ``which`` of
     each of the first ``nblocks`` blocks of ``path``, and the dRAID vdev."""
     from backends.zfs.structs import VDEV_LABEL_START_SIZE
 
@@ -415,7 +425,7 @@ def _data_columns(ctx, path, nblocks):
     for b in range(nblocks):
         bp = node.source.dnode.block_bp(b)
         (row,) = top.geom.map_block(bp.dvas[0].offset, bp.psize)
-        col = row.columns[top.nparity]
+        col = row.columns[top.nparity + which]
         leaf = top.children[col.dev].path  # /dev/disk/by-id/virtio-draid-dN-part1
         member = names.index(leaf.rsplit("virtio-", 1)[1].split("-part")[0] + ".img")
         out.append((member, VDEV_LABEL_START_SIZE + col.offset, col.size, col.dev))
@@ -430,25 +440,24 @@ def _labtool():
     return mod
 
 
-def _want(path):
+def _want(ds, rel):
     _, pool = _pool()
-    ds, rel = path.split("/big/")
     files = {e["path"]: e for e in pool["datasets"][ds]["files"]}
-    return files["/big/" + rel]["sha256"]
+    return files["/" + rel]["sha256"]
 
 
 def test_draid_silently_corrupt_data_columns_are_repaired():
-    """Garbage over the first data column of each 1 MiB block of a random file (no
+    """Garbage over the first data column of each 128 KiB block of a random file (no
     decompressor notices): each block fails its checksum, is rebuilt from the parity of
     its row with the suspect column found by trying, the file matches and the repairs
     are reported."""
     cols, top = _data_columns(discover(list(_images(INTACT)), Options()), BIG, 3)
-    assert [c[2] for c in cols] == [512 << 10] * 3  # 2 data columns of 512 KiB
+    assert [c[2] for c in cols] == [64 << 10] * 3  # 2 data columns of 64 KiB
     patches = {}
     for member, off, size, _ in cols:
         patches.setdefault(member, {})[off] = bytes([0xA5]) * size
     ctx = _open_members(INTACT, patches)
-    assert sha256_source(resolve(ctx.root, f"storage/zfs/{BIG}").source) == _want(BIG)
+    assert sha256_source(resolve(ctx.root, f"storage/zfs/{BIG}").source) == _want(BIG_DS, BIG_REL)
     assert sum(e.code == "checksum-repaired" for e in ctx.report) >= 3
     assert not [e.line() for e in ctx.report if e.severity == "error"]
     n, fails = _check(ctx)
@@ -459,10 +468,11 @@ def test_draid_more_damage_than_parity_reads_eio_never_wrong_bytes():
     """Member 2 missing and, on another member, garbage over a data column of the first
     block of the random file: a draid1 row cannot lose two columns.  That range reads
     EIO (never the damaged bytes) and is reported at the file; the other blocks read."""
-    cols, top = _data_columns(discover(list(_images(INTACT)), Options()), BIG, 1)
-    member, off, size, dev = cols[0]
     names = [p.rsplit("/", 1)[-1] for p in _images(INTACT)]
-    assert names[member] != "draid-d2.img"
+    ictx = discover(list(_images(INTACT)), Options())
+    # a data column of the first block that is not on member 2 (the first, else the second)
+    cols = [_data_columns(ictx, BIG, 1, which)[0][0] for which in (0, 1)]
+    member, off, size, dev = next(c for c in cols if names[c[0]] != "draid-d2.img")
     ctx = _open_members(INTACT, {member: {off: bytes([0x5A]) * size}},
                         drop=(names.index("draid-d2.img"),))
     src = resolve(ctx.root, f"storage/zfs/{BIG}").source
@@ -471,9 +481,9 @@ def test_draid_more_damage_than_parity_reads_eio_never_wrong_bytes():
     # the other two blocks: compared with the file's bytes regenerated by the lab's
     # labtool.py (whose output is checked against the manifest's sha256 first)
     truth = _labtool().content(_manifest()["made_by"]["params"]["JOB_SEED"],
-                               "big/random-3M.bin", 3 << 20, "random")
-    assert hashlib.sha256(truth).hexdigest() == _want(BIG)
-    assert src.read(1 << 20, 2 << 20) == truth[1 << 20:]
+                               BIG_REL, 3 << 17, "random")
+    assert hashlib.sha256(truth).hexdigest() == _want(BIG_DS, BIG_REL)
+    assert src.read(1 << 17, 2 << 17) == truth[1 << 17:]
     lost = [e for e in ctx.report if e.code == "unreadable-block"]
     assert lost and lost[0].path == f"storage/zfs/{BIG}" and lost[0].severity == "error"
 
@@ -481,8 +491,7 @@ def test_draid_more_damage_than_parity_reads_eio_never_wrong_bytes():
 
 # -- zfs-draid-spare: draid2:3d:9c:2s, data past slice 0, a distributed spare in use ------
 SP = ("zfs-draid-spare",)
-SP_FULL = "dpool-draid-spare.tar.zst"
-SP_DEGRADED = "dpool-draid-spare-degraded.tar.zst"
+SP_FULL, SP_DEGRADED = "intact", "degraded"  # sets of the one archive (manifest ``sets``)
 
 
 def _spare_read(archive, drop=()):
@@ -549,6 +558,11 @@ def test_draid_spare_pool_matches_its_manifest():
     assert not [e.line() for e in report if e.severity == "error"]
 
     three = ("draid-d4.img", "draid-d7.img", "draid-d1.img")
+    # the real module imported exactly this set (DEGRADED) and re-checked every sha256
+    (meta,) = _manifest(SP)["archives"].values()
+    verified = meta["sets"]["degraded2"]
+    assert sorted(verified["missing_members"]) == sorted(three)
+    assert verified["verified"]["mismatches"] == [] and verified["verified"]["checked"] > 5
     n, fails, report, no3 = _spare_read(SP_FULL, three)
     assert not fails, f"{len(fails)} of {n}: {fails[:10]}"
     assert not [e.line() for e in report if e.severity == "error"]
