@@ -550,7 +550,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     check_values(args)
     if not os.path.exists("/dev/fuse"):
         raise PvfsError("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse")
+    t0 = time.perf_counter()
     ctx = _discover(args)
+    args.discovered_in = time.perf_counter() - t0
     code = _status(ctx)
     if code == EXIT_NOTHING:
         raise NothingRecognised("nothing recognised in the inputs; not mounted "
@@ -564,8 +566,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     summary = (f"pvfs: {len(ctx.volumes)} volumes, {len(guest_ids(ctx.vms_root))} VMs, "
                f"{len(guest_ids(ctx.cts_root))} containers; damage: {damage_summary(ctx)} "
                f"(see {mountpoint}/report.json)")
-    from mountd.daemon import serve
+    t0 = time.perf_counter()
+    from mountd.daemon import serve  # pyfuse3 and trio: imported only to mount
 
+    args.mountd_import = time.perf_counter() - t0
     if args.foreground:
         print(summary, file=sys.stderr)
         serve(ctx.root, mountpoint, ctx.report, args.fuse_options, threads=args.threads,
@@ -584,12 +588,18 @@ def _daemonize(ctx: Context, mountpoint: str, args: argparse.Namespace, summary:
     from mountd.daemon import serve
 
     rfd, wfd = os.pipe()
+    t_fork = time.perf_counter()
     pid = os.fork()
     if pid:
         os.close(wfd)
         with os.fdopen(rfd, "rb") as r:
             msg = r.read().decode(errors="replace")
         if msg.startswith("OK"):
+            logging.getLogger("pvfs.cli").debug(
+                "start-up: discovery %.3f s, mount daemon imports (pyfuse3, trio) %.3f s, "
+                "fork to FUSE mount %.3f s (%s)", getattr(args, "discovered_in", 0.0),
+                getattr(args, "mountd_import", 0.0), time.perf_counter() - t_fork,
+                msg[2:].strip() or "-")
             print(summary, file=sys.stderr)
             return
         os.waitpid(pid, 0)
@@ -607,7 +617,8 @@ def _daemonize(ctx: Context, mountpoint: str, args: argparse.Namespace, summary:
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def ready() -> None:
-        os.write(wfd, b"OK\n")
+        os.write(wfd, f"OK daemon: fork to mounted {time.perf_counter() - t_fork:.3f} s\n"
+                 .encode())
         os.close(wfd)
 
     code = 0

@@ -20,14 +20,27 @@ from . import kernels
 from .errors import ZfsError
 from .structs import ZIO_COMPRESS
 
-try:
-    import lz4.block as _lz4
-except ImportError:  # pragma: no cover
-    _lz4 = None
-try:
-    import zstandard as _zstd
-except ImportError:  # pragma: no cover
-    _zstd = None
+_lz4 = _zstd = False  # imported at the first block that needs them (None: not installed)
+
+
+def _lz4_block():
+    global _lz4
+    if _lz4 is False:
+        try:
+            import lz4.block as _lz4
+        except ImportError:  # pragma: no cover
+            _lz4 = None
+    return _lz4
+
+
+def _zstandard():
+    global _zstd
+    if _zstd is False:
+        try:
+            import zstandard as _zstd
+        except ImportError:  # pragma: no cover
+            _zstd = None
+    return _zstd
 
 
 class DecompressError(ZfsError):
@@ -120,7 +133,8 @@ def zle_decompress(src: bytes, d_len: int, n: int = 64) -> bytes:
 
 
 def lz4_decompress(src: bytes, d_len: int) -> bytes:
-    if _lz4 is None:
+    lz4 = _lz4_block()
+    if lz4 is None:
         raise DecompressError("lz4: the lz4 package is not installed")
     if len(src) < 4:
         raise DecompressError("lz4: block shorter than its header")
@@ -128,7 +142,7 @@ def lz4_decompress(src: bytes, d_len: int) -> bytes:
     if clen > len(src) - 4:
         raise DecompressError(f"lz4: header says {clen} bytes, block has {len(src) - 4}")
     try:
-        out = _lz4.decompress(src[4:4 + clen], uncompressed_size=d_len)
+        out = lz4.decompress(src[4:4 + clen], uncompressed_size=d_len)
     except Exception as e:
         raise DecompressError(f"lz4: {e}") from None
     if len(out) < d_len:
@@ -140,7 +154,8 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def zstd_decompress(src: bytes, d_len: int) -> bytes:
-    if _zstd is None:
+    zstd = _zstandard()
+    if zstd is None:
         raise DecompressError("zstd: the zstandard package is not installed")
     if len(src) < 8:
         raise DecompressError("zstd: block shorter than its header")
@@ -151,7 +166,7 @@ def zstd_decompress(src: bytes, d_len: int) -> bytes:
     if frame[:4] != _ZSTD_MAGIC:  # OpenZFS writes ZSTD_f_zstd1_magicless frames
         frame = _ZSTD_MAGIC + frame
     try:
-        dobj = _zstd.ZstdDecompressor().decompressobj()
+        dobj = zstd.ZstdDecompressor().decompressobj()
         out = dobj.decompress(frame)
     except Exception as e:
         raise DecompressError(f"zstd: {e}") from None
