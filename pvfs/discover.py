@@ -4,7 +4,9 @@ Every input file becomes a :class:`Volume`.  Each volume is probed by every
 backend; the best score opens it, and what it exposes (a virtual disk, a
 partition, an LV) becomes a new volume that is probed in turn, so layers
 stack without knowing each other.  Members of multi-member formats are
-collected by key and opened as a group once nothing is left to probe.
+collected by key and opened as a group once nothing is left to probe.  A file found by
+walking an input folder is probed as soon as it is found; one that no backend recognises
+keeps only its name and size (pvfs/unrecognised.py).
 """
 
 from __future__ import annotations
