@@ -508,8 +508,8 @@ def unique_u64(a) -> np.ndarray:
     return s[np.concatenate(([True], s[1:] != s[:-1]))] if len(s) else s
 
 
-#: Digests looked up at once in :func:`digests_in` (memory: ~80 bytes each while it runs)
-LOOKUP_BATCH = 1 << 16
+#: Digests looked up at once in :func:`digests_in` (~140 bytes each while it runs)
+LOOKUP_BATCH = 1 << 15
 
 
 def digests_in(query, table, t0=None) -> np.ndarray:
