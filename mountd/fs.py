@@ -58,13 +58,50 @@ KEY_MASK = (1 << KEY_BITS) - 1
 MAX_SPACES = (1 << 15) - 1  # inode numbers stay below 2**63 (signed in some tools)
 #: Nodes of InodeSpace entries kept for the kernel's next request about them (getattr,
 #: open, readlink); one is built again from its key when it is not here.
-NODE_CACHE = 8192
+#: (PVFS_NODE_CACHE: the tests make it small, to see what happens past it.)
+NODE_CACHE = int(os.environ.get("PVFS_NODE_CACHE", "8192"))
 #: Entries of an InodeSpace directory made (node, attributes) per worker-thread hop.
 READDIR_BATCH = 128
 #: Inodes last answered with type-only attributes, and the listing they came from: a
 #: getattr of one means the lister stats what it lists (``ls -l``), so that listing
 #: answers the rest with full attributes.
 TYPE_ONLY_RECENT = 4096
+
+
+class _HeldBits:
+    """Which keys of one space the kernel holds with full attributes (from a lookup, a
+    getattr or a full readdir entry, until it forgets the inode): one bit per key, so
+    flat in the number of files (a dataset of a million objects: 128 KiB); keys beyond
+    MAX_BITS (damaged numbers) go to a set."""
+
+    MAX_BITS = 1 << 27
+
+    __slots__ = ("bits", "big")
+
+    def __init__(self) -> None:
+        self.bits = bytearray()
+        self.big: set[int] = set()
+
+    def __contains__(self, key: int) -> bool:
+        if key >= self.MAX_BITS:
+            return key in self.big
+        i = key >> 3
+        return i < len(self.bits) and bool(self.bits[i] >> (key & 7) & 1)
+
+    def add(self, key: int) -> None:
+        if key >= self.MAX_BITS:
+            self.big.add(key)
+            return
+        i = key >> 3
+        if i >= len(self.bits):
+            self.bits.extend(bytes(max(i + 1, 2 * len(self.bits)) - len(self.bits)))
+        self.bits[i] |= 1 << (key & 7)
+
+    def discard(self, key: int) -> None:
+        if key >= self.MAX_BITS:
+            self.big.discard(key)
+        elif (key >> 3) < len(self.bits):
+            self.bits[key >> 3] &= ~(1 << (key & 7)) & 0xFF
 
 
 class _SpaceListing:
@@ -179,6 +216,7 @@ class PvfsOperations(pyfuse3.Operations):
         # InodeSpace entries: the spaces by index (spaces live as long as their kept
         # directories, so their id() is stable), and the nodes the kernel asked about last.
         self._spaces: list[InodeSpace | None] = [None]
+        self._held: list[_HeldBits] = [_HeldBits()]
         self._space_index: dict[int, int] = {}
         self._keyed: OrderedDict[int, Node] = OrderedDict()
         self._type_only: OrderedDict[int, _SpaceListing] = OrderedDict()
@@ -222,6 +260,7 @@ class PvfsOperations(pyfuse3.Operations):
                     if len(self._spaces) > MAX_SPACES:
                         return None
                     idx = len(self._spaces)
+                    self._held.append(_HeldBits())
                     self._spaces.append(space)
                     self._space_index[id(space)] = idx
         return idx << KEY_BITS | key
@@ -237,8 +276,10 @@ class PvfsOperations(pyfuse3.Operations):
         return self._ino(node, parent_ino, name)
 
     def _remember(self, ino: int, node: Node) -> None:
-        """Keep the node of a space inode for the kernel's next request (event loop only)."""
+        """Keep the node of a space inode for the kernel's next request, which now holds
+        the inode with full attributes (event loop only)."""
         if ino >> KEY_BITS:
+            self._held[ino >> KEY_BITS].add(ino & KEY_MASK)
             cache = self._keyed
             cache[ino] = node
             cache.move_to_end(ino)
@@ -371,8 +412,12 @@ class PvfsOperations(pyfuse3.Operations):
         about it later); every other inode stays: its node is kept by its directory,
         and its number is stable for the life of the mount."""
         keyed = self._keyed
+        held = self._held
         for ino, _nlookup in inode_list:
-            keyed.pop(ino, None)
+            if ino >> KEY_BITS:
+                keyed.pop(ino, None)
+                if ino >> KEY_BITS < len(held):
+                    held[ino >> KEY_BITS].discard(ino & KEY_MASK)
 
     @handler
     async def getattr(self, inode: int,
@@ -380,7 +425,9 @@ class PvfsOperations(pyfuse3.Operations):
         listing = self._type_only.pop(inode, None)
         if listing is not None:  # stat after readdir (ls -l): full attributes from now on
             listing.full = True
-        return await self._attrs_async(await self._get(inode), inode)
+        node = await self._get(inode)
+        self._remember(inode, node)  # (marks it held with full attributes)
+        return await self._attrs_async(node, inode)
 
     @handler
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -516,6 +563,7 @@ class PvfsOperations(pyfuse3.Operations):
         assert space is not None
         types = None if h.full else listing.types
         keyed = self._keyed
+        held = self._held[self._space_index.get(id(space), 0)]
         nk = len(kept)
         total = nk + len(listing)
         out: list[tuple[int, str, Node | None, int, pyfuse3.EntryAttributes]] = []
@@ -536,7 +584,10 @@ class PvfsOperations(pyfuse3.Operations):
                 dt = types[j] if types is not None else 0
                 ino = self._space_ino(space, key) if dt not in (0, DT_DIR) else None
                 node = keyed.get(ino) if ino is not None else None
-                if ino is not None and node is None:
+                # type-only, unless the kernel holds the inode with full attributes: it
+                # would take size 0 and truncate the file's cached pages (a read racing
+                # with it could end early)
+                if ino is not None and node is None and key not in held:
                     a = pyfuse3.EntryAttributes()
                     a.st_ino = ino
                     a.st_mode = dt << 12

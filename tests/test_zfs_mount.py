@@ -101,3 +101,42 @@ def test_dataset_through_the_mount(tmp_path):
         assert sorted(f"bigdir/{n}" for n in names) == sorted(big)
         for n in names:
             assert os.lstat(os.path.join(top, "bigdir", n)).st_size == want[f"bigdir/{n}"]["size"]
+
+
+def _cached_size(path: str) -> int:
+    """The size the kernel has cached for ``path``, not asking the daemon (statx with
+    AT_STATX_DONT_SYNC)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    at_fdcwd, nofollow, dont_sync, basic = -100, 0x100, 0x4000, 0x7FF
+    if libc.statx(at_fdcwd, os.fsencode(path), nofollow | dont_sync, basic, buf) != 0:
+        raise OSError(ctypes.get_errno(), path)
+    return int.from_bytes(buf.raw[40:48], "little")  # stx_size
+
+
+@needs_fuse
+def test_listing_keeps_the_attributes_the_kernel_holds(tmp_path, monkeypatch):
+    """A listing answers files with their type only (size 0, expired at once) unless the
+    kernel holds the inode with full attributes: it would take size 0 and drop the
+    file's cached pages, and a read racing with the listing could end early.  The
+    daemon keeps 16 nodes here: the held inodes' nodes are gone when it lists again."""
+    monkeypatch.setenv("PVFS_NODE_CACHE", "16")
+    images = _images(ZFS, "fxmirror.tar.xz")
+    man, _ = _legacy_manifest("fxmirror")
+    want = man["fxmirror"]
+    with pvfs_mounted(images, tmp_path / "m") as mnt:
+        top = os.path.join(mnt, "storage/zfs/fxmirror")
+        _drop_kernel_caches()
+        names = sorted(os.listdir(os.path.join(top, "bigdir")))  # type-only entries
+        files = [n for n in names if want[f"bigdir/{n}"]["size"] > 0][:50]
+        assert len(files) == 50
+        assert _cached_size(os.path.join(top, "bigdir", files[0])) == 0  # never stat'ed
+        for n in files:  # now held with full attributes (and pages cached)
+            with open(os.path.join(top, "bigdir", n), "rb") as f:
+                assert len(f.read()) == want[f"bigdir/{n}"]["size"]
+        assert sorted(os.listdir(os.path.join(top, "bigdir"))) == names
+        for n in files:
+            assert _cached_size(os.path.join(top, "bigdir", n)) == \
+                want[f"bigdir/{n}"]["size"], n
