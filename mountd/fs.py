@@ -62,10 +62,16 @@ MAX_SPACES = (1 << 15) - 1  # inode numbers stay below 2**63 (signed in some too
 NODE_CACHE = int(os.environ.get("PVFS_NODE_CACHE", "8192"))
 #: Entries of an InodeSpace directory made (node, attributes) per worker-thread hop.
 READDIR_BATCH = 128
-#: Inodes last answered with type-only attributes, and the listing they came from: a
-#: getattr of one means the lister stats what it lists (``ls -l``), so that listing
-#: answers the rest with full attributes.
-TYPE_ONLY_RECENT = 4096
+#: Listings opened last: a request about a dropped inode of one of them means the
+#: lister stats what it lists (``ls -l``, ``os.walk`` + ``lstat``): that listing answers
+#: the rest with full attributes, and the nodes of the next READDIR_BATCH entries are
+#: built at once in a worker thread (stat-ahead) instead of one thread hop per file.
+RECENT_LISTINGS = 4
+#: After such a request, the next this many listings are answered with full attributes
+#: from their start (a walk that stats: ``os.walk`` lists a whole directory before its
+#: ``lstat`` calls, ``du``, ``rsync``); the one after is type-only again, a probe: a walk
+#: that lists names only (``find``) is back to type-only, one that stats stays full.
+STAT_WALK_LISTINGS = 16
 
 
 class _HeldBits:
@@ -219,7 +225,8 @@ class PvfsOperations(pyfuse3.Operations):
         self._held: list[_HeldBits] = [_HeldBits()]
         self._space_index: dict[int, int] = {}
         self._keyed: OrderedDict[int, Node] = OrderedDict()
-        self._type_only: OrderedDict[int, _SpaceListing] = OrderedDict()
+        self._listings: deque[_SpaceListing] = deque(maxlen=RECENT_LISTINGS)
+        self._full_listings = 0
         self._handles: dict[int, tuple] = {}
         self._next_fh = 1
         self._recent_dirs: OrderedDict[int, None] = OrderedDict()
@@ -275,11 +282,12 @@ class PvfsOperations(pyfuse3.Operations):
                 return ino
         return self._ino(node, parent_ino, name)
 
-    def _remember(self, ino: int, node: Node) -> None:
-        """Keep the node of a space inode for the kernel's next request, which now holds
-        the inode with full attributes (event loop only)."""
+    def _remember(self, ino: int, node: Node, held: bool = True) -> None:
+        """Keep the node of a space inode for the kernel's next request; ``held``: the
+        kernel now holds the inode with full attributes (event loop only)."""
         if ino >> KEY_BITS:
-            self._held[ino >> KEY_BITS].add(ino & KEY_MASK)
+            if held:
+                self._held[ino >> KEY_BITS].add(ino & KEY_MASK)
             cache = self._keyed
             cache[ino] = node
             cache.move_to_end(ino)
@@ -308,14 +316,46 @@ class PvfsOperations(pyfuse3.Operations):
         space = self._spaces[idx] if 0 < idx < len(self._spaces) else None
         if space is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        key = ino & KEY_MASK
+        for h in self._listings:
+            if h.dir.space is space and key in h.listing.keys:  # (a C-speed scan)
+                h.full = True
+                self._full_listings = STAT_WALK_LISTINGS
+                ahead = await self._run(self._stat_ahead, h, h.listing.keys.index(key))
+                for other, n in ahead:
+                    self._remember(other, n, held=False)
+                node = self._keyed.get(ino)
+                if node is not None:
+                    return node
+                break
         try:  # inline when the space has what it needs in memory: no thread hop
-            node = space.node(ino & KEY_MASK, True)
+            node = space.node(key, True)
         except WouldBlock:
-            node = await self._run(space.node, ino & KEY_MASK)
+            node = await self._run(space.node, key)
         if node is None:  # broken since it was listed: reported by the space
             raise pyfuse3.FUSEError(errno.EIO)
-        self._remember(ino, node)
+        self._remember(ino, node, held=False)
         return node
+
+    def _stat_ahead(self, h: _SpaceListing, j: int) -> list[tuple[int, Node]]:
+        """``(inode, node)`` of the files of ``h``'s listing from index ``j`` on, up to
+        READDIR_BATCH of them (worker thread)."""
+        d, listing = h.dir, h.listing
+        space = d.space
+        assert space is not None
+        types = listing.types
+        out = []
+        for k in range(j, min(j + READDIR_BATCH, len(listing))):
+            if types is not None and types[k] == DT_DIR or listing.names[k] in d._children:
+                continue
+            key = listing.keys[k]
+            ino = self._space_ino(space, key)
+            if ino is None or ino in self._keyed:
+                continue
+            node = space.child(d.key, listing.names[k], key)
+            if node is not None and not isinstance(node, Dir):
+                out.append((ino, node))
+        return out
 
     def _parent(self, ino: int) -> int | None:
         entry = self._entries.get(ino)
@@ -422,9 +462,6 @@ class PvfsOperations(pyfuse3.Operations):
     @handler
     async def getattr(self, inode: int,
                       ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
-        listing = self._type_only.pop(inode, None)
-        if listing is not None:  # stat after readdir (ls -l): full attributes from now on
-            listing.full = True
         node = await self._get(inode)
         self._remember(inode, node)  # (marks it held with full attributes)
         return await self._attrs_async(node, inode)
@@ -448,7 +485,12 @@ class PvfsOperations(pyfuse3.Operations):
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if node.space is not None:
-            entries: object = await self._run(_space_listing, node)
+            h = await self._run(_space_listing, node)
+            if self._full_listings > 0:
+                self._full_listings -= 1
+                h.full = True
+            self._listings.append(h)
+            entries: object = h
         else:
             children = node.children() if node.loaded else await self._run(node.children)
             entries = list(children.items())
@@ -524,8 +566,9 @@ class PvfsOperations(pyfuse3.Operations):
         (``attr_timeout`` 0): ``ls``, ``find -type f`` and ``du``'s walk take them as
         they are, and a ``stat`` asks getattr, which builds the node.  When the lister
         does stat what it lists, the rest of the listing gets full attributes (nodes
-        built READDIR_BATCH at a time in a worker thread), as do directories (kept
-        nodes) and entries whose node is at hand.  An entry whose object is broken is
+        built READDIR_BATCH at a time in a worker thread), and so do the next
+        STAT_WALK_LISTINGS listings; directories (kept nodes), entries whose node is at
+        hand and inodes the kernel holds with full attributes always get them.  An entry whose object is broken is
         left out when its node is built, and answers EIO when asked by inode."""
         total = len(h.kept) + len(h.listing)
         i = start_id
@@ -544,11 +587,6 @@ class PvfsOperations(pyfuse3.Operations):
                     return
                 if node is not None:
                     self._remember(ino, node)
-                else:
-                    recent = self._type_only
-                    recent[ino] = h
-                    if len(recent) > TYPE_ONLY_RECENT:
-                        recent.popitem(last=False)
                 i = idx + 1
             i = max(i, batch[-1][0] + 1)
 

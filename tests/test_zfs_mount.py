@@ -140,3 +140,38 @@ def test_listing_keeps_the_attributes_the_kernel_holds(tmp_path, monkeypatch):
         for n in files:
             assert _cached_size(os.path.join(top, "bigdir", n)) == \
                 want[f"bigdir/{n}"]["size"], n
+
+
+def test_a_lister_that_stats_gets_full_attributes():
+    """Without the kernel: the mount's handlers on fxmirror's bigdir.  A listing starts
+    type-only; a getattr of one of its entries builds the next entries' nodes in one
+    worker-thread hop (stat-ahead), switches the listing to full attributes, and so the
+    next listings (a walk that stats: os.walk lists a whole directory first)."""
+    import trio
+
+    from mountd import fs as mountfs
+    from mountd.fs import PvfsOperations
+    from pvfs.discover import Options, discover
+
+    man, _ = _legacy_manifest("fxmirror")
+    ops = PvfsOperations(discover(list(_images(ZFS, "fxmirror.tar.xz")), Options()).root)
+
+    async def go():
+        ino = 1
+        for part in (b"storage", b"zfs", b"fxmirror", b"bigdir"):
+            ino = (await ops.lookup(ino, part)).st_ino
+        h = ops._handles[await ops.opendir(ino, None)][1]
+        batch = ops._batch(ino, h, 0, False)
+        assert len(batch) == mountfs.READDIR_BATCH and not h.full
+        assert all(node is None and a.attr_timeout == 0 for _, _, node, _, a in batch)
+        _, name, _, file_ino, a = batch[5]
+        assert a.st_size == 0 and stat.S_ISREG(a.st_mode)
+        got = await ops.getattr(file_ino)
+        e = man["fxmirror"][f"bigdir/{name}"]
+        assert (got.st_ino & KEY_MASK, got.st_size, got.attr_timeout) == (
+            e["ino"], e["size"], mountfs.TIMEOUT)
+        assert h.full and len(ops._keyed) >= mountfs.READDIR_BATCH // 2  # stat-ahead
+        assert all(n is not None for _, _, n, _, _ in ops._batch(ino, h, 200, True))
+        assert ops._handles[await ops.opendir(ino, None)][1].full  # the next listing
+
+    trio.run(go)
