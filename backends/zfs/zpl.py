@@ -41,6 +41,7 @@ from pvfs.nodes import Dir, File, InodeSpace, Listing, Special, Symlink, sanitiz
 from pvfs.source import WouldBlock
 
 from . import zap
+from .objset import DnodeSource
 from .sa import SaError, SaRegistry, read_znode, rdev_split
 
 LAYER = "zfs"
@@ -361,8 +362,6 @@ class Zpl(InodeSpace):
                 node = Dir(mode=zn.mode, **kw)
                 node.use_space(self, objnum)
             elif kind == stat.S_IFREG:
-                from .objset import DnodeSource
-
                 base = None
                 if dnode is not None:
                     base = DnodeSource(dnode, ro.base_size if ro is not None else zn.size,
@@ -605,7 +604,6 @@ class Zpl(InodeSpace):
                                 f"xattr {name!r} of {zn.size} bytes not shown")
                     continue
                 if ro is not None and ro.ext is not None:
-                    from .objset import DnodeSource
                     from .zilreplay import ReplaySource
 
                     base = (DnodeSource(dn, ro.base_size, relpath) if dn is not None
