@@ -121,7 +121,7 @@ class _SpaceListing:
         self.dir = d
         self.kept = kept
         self.listing = listing
-        self.batch: list[tuple[int, str, Node | None, int, pyfuse3.EntryAttributes]] = []
+        self.batch: list[tuple[int, str, Node | None, int, Any]] = []
         self.full = listing.types is None
 
 
@@ -568,10 +568,15 @@ class PvfsOperations(pyfuse3.Operations):
         does stat what it lists, the rest of the listing gets full attributes (nodes
         built READDIR_BATCH at a time in a worker thread), and so do the next
         STAT_WALK_LISTINGS listings; directories (kept nodes), entries whose node is at
-        hand and inodes the kernel holds with full attributes always get them.  An entry whose object is broken is
-        left out when its node is built, and answers EIO when asked by inode."""
+        hand and inodes the kernel holds with full attributes always get them.  An
+        entry whose object is broken is left out when its node is built, and answers
+        EIO when asked by inode."""
         total = len(h.kept) + len(h.listing)
         i = start_id
+        type_only = pyfuse3.EntryAttributes()  # one for every type-only entry: the reply
+        type_only.entry_timeout = TIMEOUT  # copies it (fuse_add_direntry_plus)
+        type_only.attr_timeout = 0  # expired at once: a stat asks getattr
+        type_only.st_blksize = 65536
         while i < total:
             batch = h.batch
             if not batch or not batch[0][0] <= i <= batch[-1][0]:
@@ -583,6 +588,10 @@ class PvfsOperations(pyfuse3.Operations):
             for idx, name, node, ino, attrs in batch:
                 if idx < i:
                     continue
+                if node is None:  # attrs: the DT_* type
+                    type_only.st_ino = ino
+                    type_only.st_mode = attrs << 12
+                    attrs = type_only
                 if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, idx + 1):
                     return
                 if node is not None:
@@ -591,9 +600,10 @@ class PvfsOperations(pyfuse3.Operations):
             i = max(i, batch[-1][0] + 1)
 
     def _batch(self, inode: int, h: _SpaceListing, start: int, build: bool
-               ) -> list[tuple[int, str, Node | None, int, pyfuse3.EntryAttributes]]:
-        """Up to READDIR_BATCH entries from index ``start``: ``(index, name, node or None,
-        inode, attributes)``.  Without ``build`` (on the event loop: no image read) it
+               ) -> list[tuple[int, str, Node | None, int, Any]]:
+        """Up to READDIR_BATCH entries from index ``start``: ``(index, name, node,
+        inode, attributes)``, or ``(index, name, None, inode, DT_* type)`` for a
+        type-only entry.  Without ``build`` (on the event loop: no image read) it
         stops at the first entry that needs its node built; with it (a worker thread) it
         builds them, and leaves out the broken ones."""
         d, kept, listing = h.dir, h.kept, h.listing
@@ -604,7 +614,7 @@ class PvfsOperations(pyfuse3.Operations):
         held = self._held[self._space_index.get(id(space), 0)]
         nk = len(kept)
         total = nk + len(listing)
-        out: list[tuple[int, str, Node | None, int, pyfuse3.EntryAttributes]] = []
+        out: list[tuple[int, str, Node | None, int, Any]] = []
         i = start
         while i < total and len(out) < READDIR_BATCH:
             node: Node | None
@@ -626,13 +636,7 @@ class PvfsOperations(pyfuse3.Operations):
                 # would take size 0 and truncate the file's cached pages (a read racing
                 # with it could end early)
                 if ino is not None and node is None and key not in held:
-                    a = pyfuse3.EntryAttributes()
-                    a.st_ino = ino
-                    a.st_mode = dt << 12
-                    a.entry_timeout = TIMEOUT
-                    a.attr_timeout = 0  # type only: a stat asks getattr
-                    a.st_blksize = 65536
-                    out.append((i, name, None, ino, a))
+                    out.append((i, name, None, ino, dt))
                     i += 1
                     continue
                 if node is None:
