@@ -57,6 +57,18 @@ def tune_readahead(mountpoint: str, kb: int) -> None:
         log.info("read-ahead left alone: %s", e)
 
 
+#: The collector and heap tidying wait this long after the mount serves: the first
+#: listing (``ls`` right after ``pvfs mount`` returns) does not wait for a full
+#: collection of what discovery built (~20 ms of CPU for a 3-disk ZFS pool).
+SETTLE_SECONDS = 0.2
+
+
+async def _settle() -> None:
+    await trio.sleep(SETTLE_SECONDS)
+    tune_gc()
+    release_free_memory()
+
+
 async def _main(mountpoint: str, readahead_kb: int) -> None:
     async with trio.open_nursery() as nursery:
         if readahead_kb:
@@ -77,6 +89,7 @@ async def _main(mountpoint: str, readahead_kb: int) -> None:
                     return
 
         nursery.start_soon(on_signals)
+        nursery.start_soon(_settle)
         await pyfuse3.main(min_tasks=4, max_tasks=64)
         nursery.cancel_scope.cancel()
 
@@ -151,12 +164,10 @@ def serve(root: Dir, mountpoint: str, report: DamageReport | None = None,
     pyfuse3.init(ops, str(mountpoint), fuse_options(options))
     unmount = True
     try:
+        tune_malloc()  # before the worker threads' first jobs
         if ready is not None:
             ready()
-        tune_gc()  # after ready(): not on the time ``pvfs mount`` takes
-        tune_malloc()
-        release_free_memory()
-        trio.run(_main, str(mountpoint), readahead_kb)
+        trio.run(_main, str(mountpoint), readahead_kb)  # tune_gc: in _settle
     except BaseException:
         unmount = True
         raise
