@@ -469,8 +469,8 @@ def _words(digests) -> np.ndarray:
 def first_words(digests) -> np.ndarray:
     """The first 8 bytes of each digest (rows of 32 bytes or V32) as native uint64:
     8 bytes a chunk where the whole words take 32."""
-    rows = np.ascontiguousarray(digests).view(np.uint8).reshape(-1, 32)
-    return rows[:, :8].copy().view(">u8").ravel().astype(np.uint64)
+    words = np.ascontiguousarray(digests).view(">u8").reshape(-1, 4)  # a view
+    return words[:, 0].astype(np.uint64)  # the one copy
 
 
 def _sort_rows(w: np.ndarray) -> np.ndarray:
@@ -645,22 +645,22 @@ def check_chunks(ctx, state: State, verify="exists", backend=None):
         # digest, no sorted copy): only the chunks not found, a few, are collected, and
         # of the rest only the first 8 bytes, for the orphan count (2 million chunks:
         # the check peaked at ~4 copies of the 64 MB of digests, now 16 MB more).
-        heads = [(first_words(lst.digests), lst.digests) for lst in listings.values()]
+        heads = {k: (first_words(lst.digests), lst.digests) for k, lst in listings.items()}
         missing: dict = {}
         firsts = []
         for a in archives:
             v = np.frombuffer(a.index.table, dtype="V32")
             found = np.zeros(len(v), dtype=bool)
-            for t0, table in heads:  # a chunk is there when any datastore has its file
+            for t0, table in heads.values():  # there when any datastore has its file
                 found |= digests_in(v, table, t0)
             for d in v[~found]:
                 missing.setdefault(d.tobytes())
             firsts.append(first_words(v))
-        del heads
         todo = sorted(missing)
         prefixes = np.concatenate(firsts) if firsts else np.zeros(0, np.uint64)
         del firsts
     else:
+        heads = {}
         allv = np.concatenate([np.frombuffer(a.index.table, dtype="V32") for a in archives]) \
             if archives else np.zeros(0, dtype="V32")
         unique = unique_digests(allv)
@@ -697,14 +697,17 @@ def check_chunks(ctx, state: State, verify="exists", backend=None):
     # Orphans: chunk files that no index references (64-bit digest prefixes, sorted).
     if state.ref_prefixes is not None:
         prefixes = np.concatenate((state.ref_prefixes, prefixes))
-    prefixes = state.ref_prefixes = unique_u64(prefixes)
-    by_root = {st.root: listings.get(id(st)) for st in pool.stores}
+    prefixes.sort()  # in place (an array of this call's own), then each once
+    if len(prefixes):
+        prefixes = prefixes[np.concatenate(([True], prefixes[1:] != prefixes[:-1]))]
+    state.ref_prefixes = prefixes
+    by_root = {st.root: (listings.get(id(st)), heads.get(id(st))) for st in pool.stores}
     for _name, root, tpath, fs in new_stores:
         orphans = bad_files = 0
         chunks = fs.path(root, ".chunks")
-        lst = by_root.get(root)
+        lst, head = by_root.get(root, (None, None))
         if lst is not None:  # the same counts from the listing
-            pre = first_words(lst.digests)
+            pre = head[0] if head is not None else first_words(lst.digests)
             if len(pre):
                 pos = np.searchsorted(prefixes, pre)
                 known = (pos < len(prefixes)) & \
