@@ -317,9 +317,11 @@ class PvfsOperations(pyfuse3.Operations):
         if space is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         key = ino & KEY_MASK
-        for h in self._listings:
+        for h in reversed(self._listings):  # the newest first: the lister's own
             if h.dir.space is space and key in h.listing.keys:  # (a C-speed scan)
-                h.full = True
+                for other in self._listings:
+                    if other.dir is h.dir:  # (an older listing of it may still be read)
+                        other.full = True
                 self._full_listings = STAT_WALK_LISTINGS
                 ahead = await self._run(self._stat_ahead, h, h.listing.keys.index(key))
                 for other, n in ahead:
