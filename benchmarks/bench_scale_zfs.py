@@ -13,6 +13,7 @@ forgets what the step before looked up):
 - ``ls -f`` of ``big/`` (names only, unsorted) and the daemon's RSS right after it;
 - ``ls -l`` of ``big/`` (a stat per entry);
 - ``find`` of the whole dataset (``-type f``): files per second;
+- ``os.walk`` + ``lstat`` of every file of ``tree/`` (list + stat, issue 15 item 1);
 - RSS of the pvfs mount daemon after mounting, after ``ls -f`` and its peak after the find
   (VmHWM), and the zfs-fuse daemon's, with the load average of each line.
 
@@ -136,6 +137,15 @@ def listings(top: Path, n: int, row: dict, pid: int | None = None) -> None:
     assert found == n, (found, n)
     row["find s"] = dt
     row["find files/s"] = int(n / dt)
+    drop_caches()
+    t = time.perf_counter()
+    stats = 0
+    for dirpath, _dirs, files in os.walk(top / "tree"):
+        for f in files:
+            os.lstat(os.path.join(dirpath, f))
+        stats += len(files)
+    row["walk+lstat s"] = time.perf_counter() - t
+    assert stats == n - big, (stats, n - big)
     if pid is not None:
         row["rss now MiB"], row["rss peak MiB"] = rss_mib(pid)
     row["load"] = os.getloadavg()[0]
@@ -208,7 +218,7 @@ def main() -> None:
     if args.build_only:
         return
     cols = ["files", "mount s", "ls -f big/ s", "ls -l big/ s", "find s", "find files/s",
-            "rss mount MiB", "rss ls MiB", "rss peak MiB", "load"]
+            "walk+lstat s", "rss mount MiB", "rss ls MiB", "rss peak MiB", "load"]
     print_curve(f"pvfs mount of a zfs-fuse pool ({os.cpu_count()} CPUs), {args.root}", pv,
                 cols)
     if zf:
