@@ -267,3 +267,25 @@ def test_many_unrecognised_files_are_one_line_each_folder(tmp_path):
     assert set(resolve(ctx.root, "storage/files/clutter").children()) == {
         "iso", "vm-100-disk-0.qcow2"}
     assert resolve(ctx.root, "storage/files/clutter/iso").children() == {}
+
+
+def test_unrecognised_names_that_are_no_utf8_round_trip(tmp_path):
+    """Names of files not recognised are kept as bytes: one that is no UTF-8 or holds a
+    newline comes back from report.json as os.listdir gives it, and the text escapes it."""
+    d = tmp_path / "odd"
+    d.mkdir()
+    names = [b"caf\xe9.txt", b"new\nline.txt", b"plain.txt"]
+    for n in names:
+        with open(os.path.join(os.fsencode(d), n), "wb") as f:
+            f.write(b"x")
+    r = subprocess.run([sys.executable, "-m", "pvfs", "scan", "--json", "--index-dir", "none",
+                        str(d)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1, r.stderr  # nothing recognised
+    [folder] = json.loads(r.stdout)["unrecognised"]
+    assert [f["name"] for f in folder["files"]] == sorted(os.listdir(d), key=os.fsencode)
+    r = subprocess.run([sys.executable, "-m", "pvfs", "scan", "--index-dir", "none", str(d)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    line = [x for x in r.stdout.splitlines() if "were not recognised" in x]
+    assert line == [f"  INFO    core: storage/files/odd: 3 files (3 B) in {d} were not "
+                    "recognised and are not shown: caf\\udce9.txt, new\\x0aline.txt, plain.txt"], \
+        r.stdout
