@@ -325,3 +325,17 @@ def test_a_long_vg_text_is_parsed_once_and_then_loaded_from_the_index_store(tmp_
     ctx = Context(Options(index_dir=str(tmp_path)))
     assert config_parser(lvm, ctx, "x")(_vg_text(3)) == parse_config(_vg_text(3))
     assert ctx.indexes.log == []
+
+
+def test_numpy_starts_one_blas_thread_unless_told_otherwise():
+    """OpenBLAS's thread pool cost 50-60 ms of every start-up that imports numpy."""
+    import os
+
+    code = "import pvfs, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    for value, want in ((None, "1"), ("3", "3")):
+        if value is not None:
+            env["OPENBLAS_NUM_THREADS"] = value
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.stdout.strip() == want, r.stderr
