@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""The common FUSE read path: sequential reads of exposed disks through ``pvfs mount``
+against ``cat`` of the equivalent raw file (the limit), same run, cold page cache.
+
+One mount serves four inputs of 1 GiB each (issue 15 item 1: >= 0.8x of the limit):
+
+* ``raw``: a raw disk image file (``storage/files/raw.img/disk.raw``);
+* ``lvm``: a linear LV on a PV made by real lvm2 (``pvcreate``/``vgcreate``/``lvcreate
+  -an`` on a loop device; its bytes written at the LV's extents: no device-mapper needed);
+* ``thin``: a thin LV of 16,384 mapped 64 KiB blocks in shuffled 1 MiB runs
+  (thin_restore's metadata, as benchmarks/bench_lvm.py makes it);
+* ``qcow2``: bench_qcow2's image (7/8 incompressible data, compressed clusters in every
+  8th 4 MiB), with qemu-storage-daemon's FUSE export of it as the peer.
+
+The limit is ``cat`` (1 MiB ``readv``) of ``raw.img``, qemu-img's conversion of the qcow2.
+Rounds alternate every reader, each from a cold page cache (``drop_caches``: root); the
+median of the rounds and the per-round ratios are printed with the load average.
+``--stress N`` runs ``stress-ng --cpu N`` beside it; ``--also NAME=DIR`` mounts the same
+inputs a second time with the pvfs checkout in DIR (before/after in the same run).
+
+Usage: python benchmarks/bench_read.py [--rounds 7] [--stress N] [--workdir DIR]
+       [--also before=/path/to/other/checkout]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT), str(ROOT / "tests")]
+import common  # noqa: E402
+
+SIZE_MIB = 1024
+# global/activation=0: lvm2 writes metadata only and asks nothing of device-mapper (which
+# containers and VMs often lack)
+LVM_CONF = ('devices{filter=["a|/dev/loop|","r|.*|"] use_devicesfile=0 '
+            'obtain_device_list_from_udev=0} activation{udev_sync=0 udev_rules=0 monitoring=0} '
+            'global{activation=0}')
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(list(map(str, cmd)), check=True, capture_output=True, text=True,
+                          **kw).stdout
+
+
+def lvm(*args):
+    env = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS="1")
+    return sh(args[0], "-q", "--config", LVM_CONF, *args[1:], env=env)
+
+
+def build_lvm(work: Path, raw: Path) -> Path:
+    """A PV image with VG ``benchvg`` and a linear LV ``disk`` holding raw.img's bytes."""
+    img = work / "lvm.img"
+    with open(img, "wb") as f:
+        f.truncate((SIZE_MIB + 64) << 20)
+    loop = sh("losetup", "-f", "--show", img).strip()
+    try:
+        lvm("pvcreate", loop)
+        lvm("vgcreate", "benchvg", loop)
+        lvm("lvcreate", "-an", "-Zn", "-y", "-L", f"{SIZE_MIB}m", "-n", "disk", "benchvg")
+        pe_start = int(lvm("pvs", "--noheadings", "--units", "b", "--nosuffix",
+                           "-o", "pe_start", loop).strip())
+        ext = int(lvm("vgs", "--noheadings", "--units", "b", "--nosuffix",
+                      "-o", "vg_extent_size", "benchvg").strip())
+        seg = lvm("lvs", "--noheadings", "-o", "seg_pe_ranges", "benchvg/disk").strip()
+        first_pe = int(seg.split(":")[1].split("-")[0])
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+    with open(raw, "rb") as src, open(img, "r+b") as out:
+        out.seek(pe_start + first_pe * ext)
+        shutil.copyfileobj(src, out, 4 << 20)
+    return img
+
+
+def build(work: Path) -> dict[str, Path]:
+    stamp = work / f"built-{SIZE_MIB}"
+    files = {"raw": work / "raw.img", "lvm": work / "lvm.img", "thin": work / "thin.img",
+             "qcow2": work / "bench.qcow2"}
+    if stamp.exists() and all(p.exists() for p in files.values()):
+        return files
+    import bench_lvm
+    import bench_qcow2
+
+    t = time.perf_counter()
+    qcow = bench_qcow2.build_image(work, SIZE_MIB)
+    sh("qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow, files["raw"])
+    build_lvm(work, files["raw"])
+    thinwork = work / "thin"
+    thinwork.mkdir(exist_ok=True)
+    bench_lvm.make_image(files["thin"], 1, SIZE_MIB * 16, thinwork)
+    shutil.rmtree(thinwork)
+    stamp.write_text("ok")
+    print(f"inputs built in {time.perf_counter() - t:.0f} s", flush=True)
+    return files
+
+
+def mount(files: dict[str, Path], mnt: Path, tree: Path, log: Path) -> dict[str, Path]:
+    mnt.mkdir(exist_ok=True)
+    with open(log, "w") as f:  # a file, not a pipe: see bench_zfs.py
+        subprocess.run([sys.executable, "-m", "pvfs", "mount", *map(str, files.values()),
+                        str(mnt)], cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)),
+                       stdout=f, stderr=f, check=True, timeout=300)
+    return {"raw": mnt / "storage" / "files" / "raw.img" / "disk.raw",
+            "lvm": mnt / "storage" / "lvm" / "benchvg" / "disk",
+            "thin": mnt / "storage" / "lvm" / "bench" / "vm-1001-disk-0",
+            "qcow2": mnt / "storage" / "files" / "bench.qcow2" / "disk.raw"}
+
+
+def start_qsd(qcow: Path, export: Path):
+    qsd = shutil.which("qemu-storage-daemon")
+    if not qsd:
+        print("qemu-storage-daemon not installed (Debian: qemu-system-common); skipped")
+        return None
+    export.touch()
+    proc = subprocess.Popen([qsd, "--blockdev",
+                             f"driver=file,filename={qcow},node-name=f,read-only=on",
+                             "--blockdev", "driver=qcow2,file=f,node-name=q,read-only=on",
+                             "--export", f"type=fuse,id=e,node-name=q,mountpoint={export},"
+                             "writable=off"])
+    for _ in range(100):
+        if os.path.ismount(export):
+            break
+        time.sleep(0.1)
+    return proc
+
+
+def timed_read(path, size):
+    total, mbs = common.timed_read(path)
+    assert total == size, (path, total, size)
+    return mbs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", default="/var/tmp/pvfs-bench-read")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--stress", type=int, default=0, metavar="N",
+                    help="run stress-ng --cpu N beside the reads (a loaded machine)")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=DIR",
+                    help="mount the inputs again with the pvfs checkout in DIR")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    files = build(work)
+    size = SIZE_MIB << 20
+    trees = [("pvfs", ROOT)] + [(a.split("=", 1)[0], Path(a.split("=", 1)[1]).resolve())
+                               for a in args.also]
+    mounts, readers = [], {}
+    qsd = None
+    stress = None
+    try:
+        for name, tree in trees:
+            mnt = work / f"mnt-{name}"
+            mounts.append(mnt)
+            for fmt, p in mount(files, mnt, tree, work / f"mount-{name}.log").items():
+                readers[f"{name} {fmt}"] = p
+        qsd = start_qsd(files["qcow2"], work / "qsd.raw")
+        if qsd is not None:
+            readers["qemu-storage-daemon qcow2"] = work / "qsd.raw"
+        if args.stress:
+            stress = subprocess.Popen(["stress-ng", "--cpu", str(args.stress), "--quiet"])
+            time.sleep(5)
+        rounds = []
+        for r in range(args.rounds):
+            one = {"cat raw.img (limit)": timed_read(files["raw"], size)}
+            for k, p in readers.items():
+                one[k] = timed_read(p, size)
+            rounds.append(one)
+            print(f"round {r + 1} ({common.load()}): " +
+                  ", ".join(f"{k} {v:.0f}" for k, v in one.items()) + " MB/s", flush=True)
+    finally:
+        if stress is not None:
+            stress.terminate()
+            stress.wait()
+        for mnt in mounts:
+            subprocess.run(["fusermount3", "-u", str(mnt)])
+        if qsd is not None:
+            qsd.terminate()
+            qsd.wait()
+    limit = "cat raw.img (limit)"
+    print(f"\nmedian of {len(rounds)} rounds, {common.load()} on {os.cpu_count()} CPUs"
+          f"{f', stress-ng --cpu {args.stress} beside it' if args.stress else ''}:")
+    for k in rounds[0]:
+        print(f"  {k:36s} {statistics.median(r[k] for r in rounds):8.0f} MB/s")
+    print(f"\nratio to {limit} (per round, then the median; target >= 0.80):")
+    for k in readers:
+        per = [r[k] / r[limit] for r in rounds]
+        print(f"  {k:36s} {' '.join(f'{x:5.2f}' for x in per)}   median "
+              f"{statistics.median(per):.2f}")
+    if qsd is not None:
+        for name, _ in trees:
+            per = [r[f"{name} qcow2"] / r["qemu-storage-daemon qcow2"] for r in rounds]
+            print(f"  {name + ' qcow2 / qemu-storage-daemon':36s} "
+                  f"{' '.join(f'{x:5.2f}' for x in per)}   median {np.median(per):.2f}")
+
+
+if __name__ == "__main__":
+    main()
