@@ -24,12 +24,13 @@ load average.
 inputs a second time with the pvfs checkout in DIR (before/after in the same run).
 
 Usage: python benchmarks/bench_read.py [--rounds 7] [--stress N] [--workdir DIR]
-       [--also before=/path/to/other/checkout]
+       [--size-mib 1024] [--slice-mib 128] [--also before=/path/to/other/checkout]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import statistics
@@ -95,6 +96,8 @@ def build(work: Path) -> dict[str, Path]:
     import bench_lvm
     import bench_qcow2
 
+    for old in work.glob("built-*"):  # inputs of another size are rebuilt
+        old.unlink()
     t = time.perf_counter()
     qcow = bench_qcow2.build_image(work, SIZE_MIB)
     sh("qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow, files["raw"])
@@ -164,6 +167,38 @@ def timed_slice(path, off, n, buf) -> float:
         os.close(fd)
 
 
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def thin_sha256(size: int) -> str:
+    """What the thin LV holds: each mapped 64 KiB data block tagged with its number
+    (bench_lvm.make_image), in the order of the device's mapping runs."""
+    import bench_lvm
+
+    devs, _ = bench_lvm.layout(1, size // bench_lvm.CHUNK)
+    h = hashlib.sha256()
+    for _v, d, n in sorted(devs[1]):
+        h.update(np.repeat(np.arange(d, d + n, dtype="<u8"), bench_lvm.CHUNK // 8).tobytes())
+    return h.hexdigest()
+
+
+def check_content(readers: dict[str, Path], size: int) -> None:
+    """Every reader gave the right bytes: the raw-equivalent ones equal raw.img, the thin
+    LVs their tagged blocks (after the timed rounds, warm)."""
+    want = {"thin": thin_sha256(size)}
+    for k, p in readers.items():
+        kind = "thin" if k.endswith(" thin") else "raw"
+        if kind not in want:
+            want[kind] = sha256_of(p)  # the limit, raw.img, comes first
+        assert sha256_of(p) == want[kind], f"{k}: other bytes than {kind}"
+    print(f"content: all {len(readers)} readers gave the expected bytes (sha256)")
+
+
 def one_round(readers: dict[str, Path], inputs, size: int, slice_bytes: int) -> dict:
     buf = memoryview(bytearray(1 << 20))
     spent = dict.fromkeys(readers, 0.0)
@@ -184,9 +219,13 @@ def main():
                     help="run stress-ng --cpu N beside the reads (a loaded machine)")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=DIR",
                     help="mount the inputs again with the pvfs checkout in DIR")
+    ap.add_argument("--size-mib", type=int, default=1024,
+                    help="size of each input (a multiple of 32)")
     ap.add_argument("--slice-mib", type=int, default=128,
                     help="readers are interleaved in slices of this size (see above)")
     args = ap.parse_args()
+    global SIZE_MIB
+    SIZE_MIB = args.size_mib
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     files = build(work)
@@ -215,6 +254,7 @@ def main():
             rounds.append(one)
             print(f"round {r + 1} ({common.load()}): " +
                   ", ".join(f"{k} {v:.0f}" for k, v in one.items()) + " MB/s", flush=True)
+        check_content(readers, size)
     finally:
         if stress is not None:
             stress.terminate()

@@ -223,8 +223,14 @@ def run_rounds(work, disks, rounds):
     runs = []
     for r in range(rounds):
         results = {}
-        bench_pvfs(work, disks, results)
-        bench_zfs_fuse(work, disks, results)
+        try:
+            bench_pvfs(work, disks, results)
+            bench_zfs_fuse(work, disks, results)
+        except SystemExit as e:  # zfs-fuse did not start (a loaded machine): keep the rest
+            print(f"round {r + 1}: {e}; {len(runs)} rounds kept", flush=True)
+            if not runs:
+                raise
+            break
         runs.append(results)
         print(f"round {r + 1} ({load()}):", flush=True)
         for k, (u, v) in results.items():

@@ -338,15 +338,19 @@ class FileSource(Source):
 
     readinto_native = True
 
+    _nowait_unsupported = False
+
     def _readinto(self, offset: int, view: memoryview, nowait: bool) -> None:
-        if nowait and not RWF_NOWAIT:
+        if nowait and (not RWF_NOWAIT or self._nowait_unsupported):
             raise WouldBlock
         fd = FD_POOL.acquire(self)
         try:
             n = os.preadv(fd, [view], offset, RWF_NOWAIT) if nowait else \
                 os.preadv(fd, [view], offset)
         except OSError as e:
-            if nowait:  # EAGAIN: not in the page cache; EOPNOTSUPP: no RWF_NOWAIT here
+            if nowait:  # EAGAIN: not in the page cache
+                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no RWF_NOWAIT on this fs
+                    self._nowait_unsupported = True
                 raise WouldBlock from None
             raise UnreadableError(f"{self.label}: read error at {offset:#x}: {e.strerror}",
                                   [(offset, len(view))]) from None

@@ -54,3 +54,18 @@ def test_zfs_pool_curve(tmp_path):
     out = run(tmp_path, "bench_scale_zfs.py", "--sizes", "300", "--workdir", str(tmp_path),
               timeout=300)
     assert "zfs-fuse on the same pools" in out
+
+
+@needs_fuse
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("pvcreate") or not shutil.which("qemu-img"),
+                    reason="needs root (loop device), lvm2 and qemu-img")
+def test_read_path_against_cat(tmp_path):
+    """benchmarks/bench_read.py at 32 MiB: the raw image, linear LV, thin LV and qcow2 it
+    builds are read whole through the mount (every read's length checked) beside cat."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_read.py"),
+                        "--size-mib", "32", "--slice-mib", "16", "--rounds", "1",
+                        "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env=ENV)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for reader in ("pvfs raw", "pvfs lvm", "pvfs thin", "pvfs qcow2"):
+        assert f"  {reader} " in r.stdout.split("ratio to cat")[1], r.stdout
