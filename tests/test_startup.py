@@ -8,11 +8,13 @@ a sniff that says no means the backend's own probe says no and reports nothing.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
+from mountutil import needs_fuse, pvfs_mounted
 from hypothesis import strategies as st
 
 from pvfs.backend import BackendSpec, LazyBackend, load_backends
@@ -329,8 +331,6 @@ def test_a_long_vg_text_is_parsed_once_and_then_loaded_from_the_index_store(tmp_
 
 def test_numpy_starts_one_blas_thread_unless_told_otherwise():
     """OpenBLAS's thread pool cost 50-60 ms of every start-up that imports numpy."""
-    import os
-
     code = "import pvfs, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     for value, want in ((None, "1"), ("3", "3")):
@@ -339,3 +339,21 @@ def test_numpy_starts_one_blas_thread_unless_told_otherwise():
         r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60)
         assert r.stdout.strip() == want, r.stderr
+
+
+@needs_fuse
+def test_listing_the_root_of_a_new_mount_leaves_the_reports_for_later(tmp_path):
+    """``ls`` of a new mount does not render README.txt, report.json and report.html
+    (inode and type only, expired at once); a stat then gives each its true size, the
+    size of the bytes a read returns."""
+    with pvfs_mounted([EXAMPLES / "vm-100-disk-0.qcow2"], tmp_path / "m", "--index-dir",
+                      "none") as mnt:
+        assert {"README.txt", "report.json", "report.html", "vms"} <= set(os.listdir(mnt))
+        with os.scandir(mnt) as it:  # type from the listing, the rest from getattr
+            entries = {e.name: e for e in it}
+        for name in ("README.txt", "report.json", "report.html"):
+            assert entries[name].is_file(follow_symlinks=False)
+            data = (Path(mnt) / name).read_bytes()
+            assert len(data) > 100 and entries[name].stat().st_size == len(data)
+            assert os.stat(Path(mnt) / name).st_size == len(data)
+        assert json.loads((Path(mnt) / "report.json").read_bytes())["inputs"]
