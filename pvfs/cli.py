@@ -719,5 +719,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def run() -> NoReturn:
+    """The ``pvfs`` command's entry point (the console script, ``python -m pvfs``):
+    :func:`main`, then out without the interpreter's teardown.
+
+    With numpy, trio and a backend's modules loaded, tearing the interpreter down took
+    70-90 ms after the work was done (measured: a process importing them exits in 0.25 s
+    with ``sys.exit``, 0.18 s with ``os._exit``), on every ``pvfs scan`` and on the way
+    back from ``pvfs mount``.  Nothing of pvfs needs it (temporary files are removed
+    where they are made, indexes are renamed into place when written, the mount daemon
+    is its own process): output is flushed, logging shut down, and the process exits.
+    After worker processes (multiprocessing's finalizers) or with another thread still
+    running, the normal exit is kept."""
+    import threading
+
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # the reader went away: nothing left to say
+        pass
+    if "multiprocessing" in sys.modules or threading.active_count() > 1:
+        sys.exit(code)
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -357,3 +357,28 @@ def test_listing_the_root_of_a_new_mount_leaves_the_reports_for_later(tmp_path):
             assert len(data) > 100 and entries[name].stat().st_size == len(data)
             assert os.stat(Path(mnt) / name).st_size == len(data)
         assert json.loads((Path(mnt) / "report.json").read_bytes())["inputs"]
+
+
+def test_the_command_exits_without_teardown_and_loses_no_output(capsys):
+    """``python -m pvfs`` leaves through os._exit after flushing (pvfs.cli.run): its
+    whole output arrives, the exit status is main's, and a reader that stops early
+    (``| head``) gets no traceback."""
+    from pvfs import cli
+
+    img = str(EXAMPLES / "vm-100-disk-0.qcow2")
+    assert cli.main(["scan", "--index-dir", "none", "--json", img]) == 0
+    want = capsys.readouterr().out
+    r = subprocess.run([sys.executable, "-m", "pvfs", "scan", "--index-dir", "none", "--json",
+                        img], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == ""
+    assert json.loads(r.stdout) == json.loads(want)  # (no times in it: the same document)
+    r = subprocess.run([sys.executable, "-m", "pvfs", "scan", "--index-dir", "none", "x"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no such file or directory" in r.stderr
+    p = subprocess.Popen([sys.executable, "-m", "pvfs", "scan", "--index-dir", "none", img],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    assert p.wait(timeout=120) == 0
+    err = p.stderr.read()
+    assert b"Traceback" not in err and b"Exception ignored" not in err, err
