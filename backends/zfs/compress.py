@@ -11,6 +11,7 @@ ZSTD_f_zstd1_magicless, i.e. without the 4-byte frame magic).
 
 from __future__ import annotations
 
+import importlib
 import struct
 import zlib
 
@@ -20,27 +21,28 @@ from . import kernels
 from .errors import ZfsError
 from .structs import ZIO_COMPRESS
 
-_lz4 = _zstd = False  # imported at the first block that needs them (None: not installed)
+_optional: dict[str, object] = {}  # imported at the first block that needs them (None: not installed)
+
+
+def _optional_module(name: str):
+    """The module ``name``, imported at first use; None when it is not installed."""
+    try:
+        return _optional[name]
+    except KeyError:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:  # pragma: no cover
+            mod = None
+        _optional[name] = mod
+        return mod
 
 
 def _lz4_block():
-    global _lz4
-    if _lz4 is False:
-        try:
-            import lz4.block as _lz4
-        except ImportError:  # pragma: no cover
-            _lz4 = None
-    return _lz4
+    return _optional_module("lz4.block")
 
 
 def _zstandard():
-    global _zstd
-    if _zstd is False:
-        try:
-            import zstandard as _zstd
-        except ImportError:  # pragma: no cover
-            _zstd = None
-    return _zstd
+    return _optional_module("zstandard")
 
 
 class DecompressError(ZfsError):
