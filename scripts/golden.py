@@ -29,10 +29,15 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 import scancases  # noqa: E402
 
 
-def _one(name: str) -> tuple[str, str, float]:
+def _one(name: str) -> tuple[str, str | None, float]:
+    """The case's transcript, or None and the reason when the case cannot run (a missing
+    fixture raises pytest's skip/fail outcome, which cannot be sent back to the parent)."""
     t = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="pvfs-golden-") as tmp:
-        text = scancases.run_case(scancases.CASES_BY_NAME[name], Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory(prefix="pvfs-golden-") as tmp:
+            text = scancases.run_case(scancases.CASES_BY_NAME[name], Path(tmp))
+    except BaseException as e:  # noqa: BLE001 - pytest's outcomes are BaseException
+        return name, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return name, text, time.monotonic() - t
 
 
@@ -48,13 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(c.name for c in cases))
         return 0
-    bad = 0
+    bad = cannot = 0
     start = time.monotonic()
     # (not multiprocessing.Pool: its workers are daemonic, and pvfs's parallel phase may
     # start processes of its own from the scan)
     with ProcessPoolExecutor(args.j, mp_context=multiprocessing.get_context("fork")) as pool:
         for name, text, secs in pool.map(_one, [c.name for c in cases]):
             case = scancases.CASES_BY_NAME[name]
+            if text is None:
+                cannot += 1
+                print(f"CANNOT RUN        {case.name}: {secs}")
+                continue
             path = scancases.golden_path(case)
             old = path.read_text() if path.exists() else ""
             if text == old:
@@ -76,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 f.unlink()
                 print(f"removed  {f.relative_to(ROOT)}")
     print(f"{len(cases)} cases in {time.monotonic() - start:.0f} s"
-          + (f", {bad} differ (--update rewrites them)" if bad else ""))
-    return 1 if bad else 0
+          + (f", {bad} differ (--update rewrites them)" if bad else "")
+          + (f", {cannot} cannot run" if cannot else ""))
+    return 1 if bad or cannot else 0
 
 
 if __name__ == "__main__":
