@@ -142,6 +142,7 @@ class Workers:
         self.threads = threads
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._started = 0
+        self.jobs = 0  # handed to the threads so far (tests count thread hops)
 
     def _start(self) -> None:
         while self._started < self.threads:
@@ -178,6 +179,7 @@ class Workers:
             return trio.lowlevel.Abort.SUCCEEDED
 
         self._jobs.put((fn, args, deliver))
+        self.jobs += 1
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
@@ -760,17 +762,31 @@ class PvfsOperations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        """The value of attribute ``name``; ENODATA when the node has none of that name
+        (pyfuse3 answers the kernel's size probe and ERANGE from the value).  ``ls -l``
+        asks two per file (``security.selinux``, ``system.posix_acl_access``): answered
+        on the event loop whenever the node's attributes are in memory (any built node:
+        ZFS SA xattrs are decoded with the znode).  Only a set that must still be read
+        from the image (:attr:`pvfs.nodes.Node.xattrs` ``pending``: a ZFS xattr
+        directory) is read in a worker thread, once."""
         xattrs = (await self._get(inode))._xattrs  # None: none (no dict made for asking)
-        try:
-            if xattrs is None:
-                raise KeyError(name)
-            return xattrs[name]
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENODATA) from None
+        if xattrs is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        if type(xattrs) is not dict and getattr(xattrs, "pending", False):
+            value = await self._run(xattrs.get, name)
+        else:
+            value = xattrs.get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return (await self._get(inode)).xattr_names()
+        node = await self._get(inode)
+        xattrs = node._xattrs
+        if xattrs is not None and type(xattrs) is not dict and getattr(xattrs, "pending", False):
+            return await self._run(node.xattr_names)  # read from the image: not here
+        return node.xattr_names()
 
     @handler
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:

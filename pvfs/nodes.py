@@ -124,7 +124,11 @@ class Node:
 
     @property
     def xattrs(self) -> dict[bytes, bytes]:
-        """Extended attributes; the dict is made on first use (most nodes have none)."""
+        """Extended attributes; the dict is made on first use (most nodes have none).
+
+        A backend may set a dict subclass that reads the rest of the set from the image on
+        first use (a ZFS xattr directory): it then has a ``pending`` attribute, true until
+        that read happened, and the mount reads it in a worker thread."""
         x = self._xattrs
         if x is None:
             x = self._xattrs = {}

@@ -175,3 +175,84 @@ def test_a_lister_that_stats_gets_full_attributes():
         assert ops._handles[await ops.opendir(ino, None)][1].full  # the next listing
 
     trio.run(go)
+
+
+def test_xattrs_of_a_listed_directory_without_thread_hops():
+    """``ls -l`` asks every listed file for two xattrs (security.selinux,
+    system.posix_acl_access): the mount answers them, and listxattr, on its event loop,
+    with no worker-thread hop once the node is built (zfs-modern subvol-105: 400 files
+    with 2 SA xattrs each, made by OpenZFS; values against the manifest's sha256).  An
+    xattr directory (subvol-104, xattr=on) is read in a worker thread, once."""
+    import errno
+    import json
+
+    import pyfuse3
+    import pytest
+    import trio
+
+    import scancases
+    from conftest import require_fixture
+    from mountd import fs as mountfs
+    from mountd.fs import PvfsOperations
+    from pvfs.discover import Options, discover
+
+    man = json.loads(require_fixture("zfs-modern", "manifest.json").read_text())
+    sets = man["pools"]["rpool"]["datasets"]
+    want = {f"{ds.rsplit('/', 1)[-1]}{e['path']}": {
+        k.encode(): v["sha256"] for k, v in e["xattrs"].items()}
+        for ds in ("rpool/data/subvol-104-disk-0", "rpool/data/subvol-105-disk-0")
+        for e in sets[ds]["files"] if e.get("xattrs")}
+    size = {e["path"].rsplit("/", 1)[-1]: e["size"]
+            for e in sets["rpool/data/subvol-105-disk-0"]["files"]}
+    images = scancases.CASES_BY_NAME["zfs-modern/rpool-raidz1"].inputs()
+    ops = PvfsOperations(discover(images, Options()).root)
+
+    async def walk_to(*parts: str) -> int:
+        ino = 1
+        for part in ("storage", "zfs", "rpool", "data", *parts):
+            ino = (await ops.lookup(ino, part.encode())).st_ino
+        return ino
+
+    async def absent(ino: int, name: bytes) -> None:
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.getxattr(ino, name, None)
+        assert e.value.errno == errno.ENODATA
+
+    async def go():
+        many = await walk_to("subvol-105-disk-0", "many")
+        h = ops._handles[await ops.opendir(many, None)][1]
+        names, i = [], 0
+        while True:  # what readdir hands the kernel (type-only: no node built)
+            batch = ops._batch(many, h, i, False)
+            if not batch:
+                break
+            names += [(name, ino) for _, name, node, ino, _ in batch if node is None]
+            i = batch[-1][0] + 1
+        assert len(names) == 400
+        xattr_hops = got = 0
+        for name, ino in names:
+            assert (await ops.getattr(ino)).st_size == size[name]  # (+ stat-ahead)
+            before = ops.workers.jobs
+            await absent(ino, b"security.selinux")
+            await absent(ino, b"system.posix_acl_access")
+            listed = await ops.listxattr(ino, None)
+            values = {n: hashlib.sha256(await ops.getxattr(ino, n, None)).hexdigest()
+                      for n in listed}
+            xattr_hops += ops.workers.jobs - before
+            assert values == want[f"subvol-105-disk-0/many/{name}"], name
+            got += len(values)
+        assert xattr_hops == 0 and got == 800
+        # the stat-ahead built the files' nodes READDIR_BATCH at a time, not one per file
+        assert ops.workers.jobs < 400 // mountfs.READDIR_BATCH + 10, ops.workers.jobs
+
+        docs = await walk_to("subvol-104-disk-0", "docs")
+        ino = (await ops.lookup(docs, b"with-xattrs.txt")).st_ino
+        before = ops.workers.jobs
+        await absent(ino, b"security.selinux")  # reads the xattr directory: one hop
+        assert ops.workers.jobs == before + 1
+        listed = await ops.listxattr(ino, None)
+        assert {n: hashlib.sha256(await ops.getxattr(ino, n, None)).hexdigest()
+                for n in listed} == want["subvol-104-disk-0/docs/with-xattrs.txt"]
+        assert ops.workers.jobs == before + 1  # read once
+
+    trio.run(go)

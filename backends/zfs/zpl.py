@@ -637,13 +637,22 @@ class LazyXattrs(dict):
         super().__init__(initial)
         self._load = load
 
+    @property
+    def pending(self):
+        """Whether the xattr directory is still to be read (the mount reads it in a
+        worker thread, not on its event loop)."""
+        return self._load is not None
+
     def _fill(self):
         if self._load is None:
             return
         with LazyXattrs._lock:
-            load, self._load = self._load, None
+            load = self._load
             if load is not None:
-                load(self)
+                try:
+                    load(self)
+                finally:  # (only now: pending until the set is complete)
+                    self._load = None
 
     def __getitem__(self, key):
         self._fill()
