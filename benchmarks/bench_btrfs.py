@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import drop_caches, timed_read  # noqa: E402
+from common import drop_caches, timed_read, unmount  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PART_START = 1 << 20
@@ -124,7 +124,7 @@ def one_round(disk: Path, work: Path, results: dict):
             sh("umount", kmnt)
     finally:
         os.rmdir(kmnt)
-        subprocess.run(["fusermount3", "-u", str(mnt)])
+        unmount(mnt)
     results["files"] = [n]
 
 

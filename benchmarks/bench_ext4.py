@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import common  # noqa: E402
-from common import drop_caches  # noqa: E402
+from common import drop_caches, unmount  # noqa: E402
 
 
 def sh(*cmd, **kw):
@@ -95,10 +95,6 @@ def daemon_rss(disk: Path) -> float | None:
 def mount_pvfs(disk: Path, mnt: Path):
     mnt.mkdir(exist_ok=True)
     sh(sys.executable, "-m", "pvfs", "mount", disk, mnt, cwd=ROOT)
-
-
-def unmount(mnt: Path):
-    subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
 
 
 def main():

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (drop_caches, load, mount_daemon_pid, print_curve, rss_mib,  # noqa: E402
-                    run_peak)
+                    run_peak, unmount)
 from pvfs.discover import Options, discover  # noqa: E402
 
 
@@ -136,7 +136,7 @@ def mount_row(folder: Path, n: int) -> dict:
         row["rss now MiB"], row["rss peak MiB"] = rss_mib(pid)
         row["load"] = os.getloadavg()[0]
     finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)])
+        unmount(mnt)
     return row
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import common  # noqa: E402
-from common import drop_caches  # noqa: E402
+from common import drop_caches, unmount  # noqa: E402
 
 
 def sh(*cmd, **kw):
@@ -135,7 +135,7 @@ def main():
         if stress is not None:
             stress.terminate()
             stress.wait()
-        subprocess.run(["fusermount3", "-u", str(mnt)])
+        unmount(mnt)
         if proc is not None:
             proc.terminate()
             proc.wait()

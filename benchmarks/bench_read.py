@@ -44,6 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT), str(ROOT / "tests")]
 import common  # noqa: E402
+from common import unmount  # noqa: E402
 
 SIZE_MIB = 1024
 # global/activation=0: lvm2 writes metadata only and asks nothing of device-mapper (which
@@ -260,7 +261,7 @@ def main():
             stress.terminate()
             stress.wait()
         for mnt in mounts:
-            subprocess.run(["fusermount3", "-u", str(mnt)])
+            unmount(mnt)
         if qsd is not None:
             qsd.terminate()
             qsd.wait()

@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 from backends.pbs.blob import encode_blob  # noqa: E402
 from backends.pbs.structs import FIXED_SIZED_CHUNK_INDEX_1_0  # noqa: E402
 from common import (drop_caches, load, mount_daemon_pid, print_curve, rss_mib,  # noqa: E402
-                    run_peak)
+                    run_peak, unmount)
 
 CHUNK = 1024
 VMS = 20
@@ -161,14 +161,16 @@ def bench(store: Path, n: int, want_sha: str, size: int) -> dict:
         assert not errors, errors[:3]
         row["rss now MiB"], row["rss peak MiB"] = rss_mib(pid)
     finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)])
+        unmount(mnt)
     drop_caches()  # again, with the index kept by the first mount (folders unchanged)
     t = time.perf_counter()
     r = subprocess.run(mount, cwd=ROOT, capture_output=True, text=True)
     row["remount s"] = time.perf_counter() - t
     if r.returncode in (0, 3):
-        row["rss remount MiB"] = rss_mib(mount_daemon_pid(mnt))[0]
-        subprocess.run(["fusermount3", "-u", str(mnt)])
+        try:
+            row["rss remount MiB"] = rss_mib(mount_daemon_pid(mnt))[0]
+        finally:
+            unmount(mnt)
     drop_caches()
     t = time.perf_counter()
     out = subprocess.run(["find", str(store / ".chunks"), "-type", "f"], capture_output=True,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_zfs import ZfsFuse, sh  # noqa: E402
-from common import drop_caches, load, mount_daemon_pid, print_curve, rss_mib  # noqa: E402
+from common import drop_caches, load, mount_daemon_pid, print_curve, rss_mib, unmount  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_DIR = 1000
@@ -164,7 +164,7 @@ def bench_pvfs(work: Path, disk: Path, n: int, root: Path = ROOT) -> dict:
         row["rss mount MiB"] = rss_mib(pid)[0]
         listings(mnt / "storage" / "zfs" / pool_name(n) / "fs", n, row, pid)
     finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)])
+        unmount(mnt)
     return row
 
 

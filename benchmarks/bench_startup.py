@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 
-from common import load  # noqa: E402
+from common import load, unmount  # noqa: E402
 
 TARGETS = {"zfs mount": 0.5, "ceph re-mount": 1.0, "thin re-mount": 1.0}
 
@@ -112,7 +112,7 @@ class Tree:
         wall = time.perf_counter() - t0
         # the command's CPU and the daemon's until the listing (it forked from the command)
         cpu = _cpu_children() - c0 + _daemon_cpu(mnt)
-        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        unmount(mnt)
         for _ in range(50):  # the daemon exits after the unmount
             if not os.path.ismount(mnt):
                 break

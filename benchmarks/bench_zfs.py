@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import timed_read  # noqa: E402
+from common import timed_read, unmount  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "pvfsbench"
@@ -154,7 +154,7 @@ def bench_pvfs(work, disks, results):
             results[f"pvfs: read big.bin, compression={ds}"] = ("MB/s", mbs)
         results["pvfs: daemon peak RSS"] = ("MiB", daemon_rss_mib(mnt) or 0.0)
     finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)])
+        unmount(mnt)
 
 
 def bench_zfs_fuse(work, disks, results):

@@ -133,3 +133,15 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3f}" if v < 10 else f"{v:.1f}"
     return str(v)
+
+
+def unmount(mnt) -> None:
+    """Unmount a pvfs mount of a benchmark, waiting while it is busy (a file or directory
+    handle of the measured step may still be closing), and detach it lazily in the end, so
+    no mount and no daemon outlive the benchmark."""
+    for _ in range(10):
+        r = subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        if r.returncode == 0 or not os.path.ismount(mnt):
+            return
+        time.sleep(0.2)
+    subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
