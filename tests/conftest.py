@@ -56,6 +56,18 @@ def sha256_readinto(src, chunk=(1 << 20) + 4093):
     return h.hexdigest(), inline
 
 
+def sha256_readinto_warm(src, chunk=(1 << 20) + 4093, tries=3):
+    """:func:`sha256_readinto` of a source read once already: repeated (up to ``tries``
+    times) while some piece was not served inline, since anything else on the machine
+    (another process dropping the page cache, memory pressure) may evict pages between two
+    passes.  Returns the last (hex, pieces inline); the caller asserts both."""
+    for _ in range(tries):
+        sha, inline = sha256_readinto(src, chunk)
+        if inline == -(-src.size // chunk):
+            break
+    return sha, inline
+
+
 def unpack(archive: Path) -> Path:
     """Unpack ``archive`` (tar, any compression GNU tar knows) into the cache, once.
 

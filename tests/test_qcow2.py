@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from conftest import (FIXTURES, fixture_json, require_fixture, sha256_readinto, sha256_source,
-                      unpack)
+from conftest import (FIXTURES, fixture_json, require_fixture, sha256_readinto,
+                      sha256_readinto_warm, sha256_source, unpack)
 from pvfs.discover import Options, discover
 from pvfs.errors import UnreadableError
 from pvfs.nodes import resolve
@@ -69,7 +69,7 @@ def test_readinto_inline_once_cached_and_eio_where_read_fails(imgdir, tmp_path):
     node = resolve(discover([str(imgdir / "base.qcow2")]).root,
                    "storage/files/base.qcow2/disk.raw")
     sha256_readinto(node.source)
-    sha, inline = sha256_readinto(node.source)
+    sha, inline = sha256_readinto_warm(node.source)
     assert sha == BASE_SHA and inline == -(-node.size // ((1 << 20) + 4093))
     data = (imgdir / "base.qcow2").read_bytes()
     p = tmp_path / "base.qcow2"
