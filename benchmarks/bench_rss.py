@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -30,23 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 import scancases  # noqa: E402
+from common import mount_daemon_pid, unmount  # noqa: E402
 
 CHUNK = 1 << 20
-
-
-def daemon_pid(mountpoint: str) -> int | None:
-    """The daemon serving ``mountpoint``: the forked ``pvfs mount`` child keeps its parent's
-    command line, whose last argument is the (unique, temporary) mountpoint."""
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mount" in argv and mountpoint.encode() in argv and b"pvfs" in b" ".join(argv):
-            return int(d)
-    return None
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -92,16 +77,6 @@ def read_tree(mnt: Path, max_bytes: int | None = None) -> tuple[int, int, int]:
     return files, nbytes, errors
 
 
-def _unmount(mnt: Path, lazy: bool = False) -> None:
-    tool = shutil.which("fusermount3") or "fusermount"
-    for _ in range(0 if lazy else 50):
-        if subprocess.run([tool, "-u", str(mnt)], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.2)
-    if os.path.ismount(mnt):
-        subprocess.run([tool, "-uz", str(mnt)], capture_output=True)
-
-
 def measure(case: scancases.Case, max_bytes: int | None = None,
             timeout: float = 900) -> dict:
     """Mount ``case``, read everything, return the daemon's figures."""
@@ -115,12 +90,12 @@ def measure(case: scancases.Case, max_bytes: int | None = None,
                                capture_output=True, text=True, timeout=timeout, env=env,
                                cwd=tmp)
         except subprocess.TimeoutExpired:
-            _unmount(mnt, lazy=True)  # never let the clean-up walk into a live mount
+            unmount(mnt, lazy=True)  # never let the clean-up walk into a live mount
             return {"case": case.name, "error": f"pvfs mount took over {timeout:.0f} s"}
         if r.returncode not in (0, 3) or not os.path.ismount(mnt):
-            _unmount(mnt, lazy=True)
+            unmount(mnt, lazy=True)
             return {"case": case.name, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
-        pid = daemon_pid(str(mnt))
+        pid = mount_daemon_pid(mnt)
         try:
             after_mount = status_kb(pid, "VmRSS") if pid else 0
             t = time.monotonic()
@@ -128,7 +103,7 @@ def measure(case: scancases.Case, max_bytes: int | None = None,
             secs = time.monotonic() - t
             peak = status_kb(pid, "VmHWM") if pid else 0
         finally:
-            _unmount(mnt)
+            unmount(mnt)
     return {"case": case.name, "files": files, "bytes": nbytes, "errors": errors,
             "seconds": secs, "rss_mount_kb": after_mount, "peak_kb": peak, "pid": pid}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -135,13 +136,15 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def unmount(mnt) -> None:
-    """Unmount a pvfs mount of a benchmark, waiting while it is busy (a file or directory
-    handle of the measured step may still be closing), and detach it lazily in the end, so
-    no mount and no daemon outlive the benchmark."""
-    for _ in range(10):
-        r = subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
-        if r.returncode == 0 or not os.path.ismount(mnt):
+def unmount(mnt, lazy: bool = False) -> None:
+    """Unmount a pvfs mount of a benchmark, waiting (up to 10 s) while it is busy (a file or
+    directory handle of the measured step may still be closing), and detach it lazily in the
+    end, so no mount and no daemon outlive the benchmark.  ``lazy``: detach at once (a mount
+    that never came up, or timed out: the clean-up must not walk into it)."""
+    tool = shutil.which("fusermount3") or "fusermount"
+    for _ in range(0 if lazy else 50):
+        if subprocess.run([tool, "-u", str(mnt)], capture_output=True).returncode == 0:
             return
         time.sleep(0.2)
-    subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+    if os.path.ismount(mnt):
+        subprocess.run([tool, "-uz", str(mnt)], capture_output=True)
