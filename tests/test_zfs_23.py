@@ -31,7 +31,7 @@ from pvfs.errors import PvfsError, UnreadableError
 from pvfs.source import FileSource, PatchedSource, SliceSource
 from pvfs.nodes import Dir, File, Symlink, resolve, time_ns
 
-from conftest import FIXTURES, require_fixture, sha256_source, unpack
+from conftest import FIXTURES, gpt_partition, require_fixture, sha256_source, unpack
 
 Z23 = ("zfs-2.3",)
 INTACT = "rpool-raidz1-expanded.tar.zst"
@@ -229,20 +229,12 @@ def test_expanded_map_reflow_in_progress_and_scratch():
 
 
 # -- blake3 (and every other checksum) verified; damage repaired or reported -------------
-def _gpt_part3(path):
-    """(first byte, size) of GPT partition 3 (the Proxmox installer's ZFS partition)."""
-    with open(path, "rb") as f:
-        f.seek(1024 + 2 * 128 + 32)
-        first, last = struct.unpack("<2Q", f.read(16))
-    return first * 512, (last - first + 1) * 512
-
-
 def _members(archive, patches=None):
     """The pool's partitions as sources; ``patches``: {image index: {offset in the
     partition: bytes}} laid over them in memory (PatchedSource, nothing is written)."""
     out = []
     for i, img in enumerate(_images(archive)):
-        start, size = _gpt_part3(img)
+        start, size = gpt_partition(img, 3)
         src = SliceSource(FileSource(img), start, size)
         if patches and i in patches:
             src = PatchedSource(src, patches[i])

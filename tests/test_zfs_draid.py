@@ -18,7 +18,6 @@ import importlib.util
 import json
 import math
 import stat
-import struct
 
 import pytest
 from hypothesis import given, settings
@@ -35,7 +34,7 @@ from pvfs.errors import PvfsError
 from pvfs.nodes import Dir, File, Symlink, resolve, time_ns
 from pvfs.source import FileSource, PatchedSource, SliceSource
 
-from conftest import project_fixture, require_fixture, sha256_source, unpack
+from conftest import gpt_partition, project_fixture, require_fixture, sha256_source, unpack
 
 R = draid.ROWHEIGHT
 DR = ("zfs-draid",)
@@ -384,20 +383,12 @@ def test_draid_pool_matches_its_manifest(archive):
         assert not states
 
 
-def _part1(img):
-    """(first byte, size) of GPT partition 1 (zpool create on a whole disk)."""
-    with open(img, "rb") as f:
-        f.seek(1024 + 32)
-        first, last = struct.unpack("<2Q", f.read(16))
-    return first * 512, (last - first + 1) * 512
-
-
 def _open_members(archive, patches=None, drop=(), fx=DR):
     srcs = []
     for i, img in enumerate(_images(archive, fx)):
         if i in drop:
             continue
-        start, size = _part1(img)
+        start, size = gpt_partition(img, 1)
         src = SliceSource(FileSource(img), start, size)
         if patches and i in patches:
             src = PatchedSource(src, patches[i])

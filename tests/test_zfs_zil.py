@@ -32,7 +32,7 @@ from pvfs.errors import PvfsError
 from pvfs.nodes import Dir, File, Special, Symlink, resolve, time_ns
 from pvfs.source import FileSource, PatchedSource, SliceSource
 
-from conftest import project_fixture, sha256_source, unpack
+from conftest import gpt_partition, project_fixture, sha256_source, unpack
 
 ZZ = ("zfs-zil",)
 CRASHED = "zil-crashed.tar.zst"
@@ -216,17 +216,10 @@ def test_record_counts_match_zdb():
 
 
 # -- damage ------------------------------------------------------------------------------
-def _gpt_part1(path):
-    with open(path, "rb") as f:
-        f.seek(1024 + 32)
-        first, last = struct.unpack("<2Q", f.read(16))
-    return first * 512, (last - first + 1) * 512
-
-
 def _members(archive, patches=None):
     out = []
     for i, img in enumerate(_images(archive)):
-        start, size = _gpt_part1(img)
+        start, size = gpt_partition(img, 1)
         src = SliceSource(FileSource(img), start, size)
         if patches and i in patches:
             src = PatchedSource(src, patches[i])
