@@ -768,8 +768,24 @@ class PvfsOperations(pyfuse3.Operations):
         on the event loop whenever the node's attributes are in memory (any built node:
         ZFS SA xattrs are decoded with the znode).  Only a set that must still be read
         from the image (:attr:`pvfs.nodes.Node.xattrs` ``pending``: a ZFS xattr
-        directory) is read in a worker thread, once."""
-        xattrs = (await self._get(inode))._xattrs  # None: none (no dict made for asking)
+        directory) is read in a worker thread, once.
+
+        A name the file system does not have at all (:meth:`InodeSpace.xattr_supported`:
+        ``system.posix_acl_access`` of a ZFS dataset with ``acltype=off``) answers
+        EOPNOTSUPP, as its kernel driver does; ``ls`` then stops asking it (per device:
+        in one ``ls -lR`` that goes on into a dataset with ACLs it shows no ``+``)."""
+        idx = inode >> KEY_BITS
+        if idx:
+            space = self._spaces[idx] if idx < len(self._spaces) else None
+            if space is not None and not space.xattr_supported(name):
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            node = await self._get(inode)
+        else:
+            node = await self._get(inode)
+            space = node.space if isinstance(node, Dir) else None
+            if space is not None and not space.xattr_supported(name):
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        xattrs = node._xattrs  # None: none (no dict made for asking)
         if xattrs is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
         if type(xattrs) is not dict and getattr(xattrs, "pending", False):
@@ -785,8 +801,14 @@ class PvfsOperations(pyfuse3.Operations):
         node = await self._get(inode)
         xattrs = node._xattrs
         if xattrs is not None and type(xattrs) is not dict and getattr(xattrs, "pending", False):
-            return await self._run(node.xattr_names)  # read from the image: not here
-        return node.xattr_names()
+            names = await self._run(node.xattr_names)  # read from the image: not here
+        else:
+            names = node.xattr_names()
+        idx = inode >> KEY_BITS
+        space = self._spaces[idx] if idx else node.space if isinstance(node, Dir) else None
+        if space is not None and names:
+            names = [n for n in names if space.xattr_supported(n)]
+        return names
 
     @handler
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:

@@ -213,6 +213,15 @@ class InodeSpace:
         """The tree path of ``key``, for messages (may cost a directory search)."""
         raise NotImplementedError
 
+    def xattr_supported(self, name: bytes) -> bool:
+        """Whether this file system has extended attribute ``name`` at all, for every
+        object of the space and its directories.  False: the mount answers getxattr
+        with EOPNOTSUPP and leaves the name out of listxattr, as the file system's own
+        kernel driver does for a namespace turned off (a ZFS dataset's ``acltype=off``:
+        ``system.posix_acl_*``; ``xattr=off``: ``user.*``).  Asked on the event loop for
+        every getxattr (``ls -l`` asks two per file): answer from memory."""
+        return True
+
 
 class Dir(Node):
     __slots__ = ("_children", "filesystem_root", "_loader", "_loading", "_lock", "space",

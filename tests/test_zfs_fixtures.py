@@ -519,3 +519,42 @@ def test_zfs_faulted_raidz_zvol_lost_ranges_are_exact(zvol):
                 assert any(b <= a and a + n <= b + m for b, m in reported), (a, n)
     assert any(tuple(r) == (0, 16 << 20) for e in ctx.report if e.path == path
                and e.code == "unreadable-block" for r in e.ranges)
+
+
+# -- the properties a mount answers by (acltype, xattr) --------------------------------------
+PROPS = [(("zfs", "images", "fxmirror.tar.xz"), ("zfs", "manifests", "fxmirror.json")),
+         (("zfs", "images", "modern-rpool.tar.xz"), ("zfs", "manifests", "modern-rpool.json")),
+         (("zfs-modern", "images", "rpool-raidz1.tar.xz"), ("zfs-modern", "manifest.json")),
+         (("zfs-2.3", "images", "rpool-raidz1-expanded.tar.zst"), ("zfs-2.3", "manifest.json"))]
+
+
+@pytest.mark.parametrize("archive,manifest", PROPS, ids=["zfs-fuse", "openzfs-2.1-inherited",
+                                                         "openzfs-2.1-proxmox", "openzfs-2.3"])
+def test_zfs_acltype_and_xattr_of_every_dataset(archive, manifest):
+    """Each file system and snapshot gets the acltype and xattr that ``zfs get`` showed
+    when the fixture was made (set locally, inherited from the pool's root or a
+    snapshot's dataset, or the default: zfs-fuse has no acltype, Linux's default is
+    off), read from the DSL property ZAPs when the dataset is first listed."""
+    ctx = _discover(*archive)
+    m = _manifest(*manifest)
+    sets = m["pools"]["rpool"]["datasets"] if "pools" in m else {
+        **m["datasets"], **{k: {"properties": m["datasets"][k.split("@")[0]]["properties"]}
+                            for k in m.get("snapshots") or {}}}
+    seen = 0
+    for name, ds in sets.items():
+        props = ds.get("properties") or {}
+        if ds.get("type", "filesystem") == "volume" or "volsize" in props \
+                or _encrypted(name, m):
+            continue
+        base, _, snap = name.partition("@")
+        d = resolve(ctx.root, f"storage/zfs/{base}" + (f"/.zfs/snapshot/{snap}" if snap else ""))
+        if not isinstance(d, Dir):  # a zvol snapshot
+            continue
+        d.children()
+        acltype = (props.get("acltype") or {}).get("value", "off")
+        xattr = props["xattr"]["value"]
+        assert (d.space.posix_acl, d.space.user_xattrs) == (acltype == "posix",
+                                                            xattr != "off"), name
+        seen += 1
+    assert seen == {"zfs": 15 if "fxmirror" in manifest[-1] else 30, "zfs-modern": 9,
+                    "zfs-2.3": 9}[manifest[0]], seen

@@ -179,7 +179,8 @@ def test_a_lister_that_stats_gets_full_attributes():
 
 def test_xattrs_of_a_listed_directory_without_thread_hops():
     """``ls -l`` asks every listed file for two xattrs (security.selinux,
-    system.posix_acl_access): the mount answers them, and listxattr, on its event loop,
+    system.posix_acl_access; the second is EOPNOTSUPP with acltype=off): the mount
+    answers them, and listxattr, on its event loop,
     with no worker-thread hop once the node is built (zfs-modern subvol-105: 400 files
     with 2 SA xattrs each, made by OpenZFS; values against the manifest's sha256).  An
     xattr directory (subvol-104, xattr=on) is read in a worker thread, once."""
@@ -213,10 +214,10 @@ def test_xattrs_of_a_listed_directory_without_thread_hops():
             ino = (await ops.lookup(ino, part.encode())).st_ino
         return ino
 
-    async def absent(ino: int, name: bytes) -> None:
+    async def absent(ino: int, name: bytes, err: int = errno.ENODATA) -> None:
         with pytest.raises(pyfuse3.FUSEError) as e:
             await ops.getxattr(ino, name, None)
-        assert e.value.errno == errno.ENODATA
+        assert e.value.errno == err
 
     async def go():
         many = await walk_to("subvol-105-disk-0", "many")
@@ -234,7 +235,8 @@ def test_xattrs_of_a_listed_directory_without_thread_hops():
             assert (await ops.getattr(ino)).st_size == size[name]  # (+ stat-ahead)
             before = ops.workers.jobs
             await absent(ino, b"security.selinux")
-            await absent(ino, b"system.posix_acl_access")
+            # acltype=off (the manifest): no ACL handler, as the kernel module answers
+            await absent(ino, b"system.posix_acl_access", errno.EOPNOTSUPP)
             listed = await ops.listxattr(ino, None)
             values = {n: hashlib.sha256(await ops.getxattr(ino, n, None)).hexdigest()
                       for n in listed}
@@ -256,3 +258,91 @@ def test_xattrs_of_a_listed_directory_without_thread_hops():
         assert ops.workers.jobs == before + 1  # read once
 
     trio.run(go)
+
+
+def _getfacl_lines(value: bytes) -> list[str]:
+    """What ``getfacl -cnE`` prints for a ``system.posix_acl_access`` value, decoded here
+    from the manifest's bytes (linux/include/uapi/linux/posix_acl_xattr.h: a u32 version
+    2, then (u16 tag, u16 perm, u32 id) entries)."""
+    import struct
+
+    assert struct.unpack_from("<I", value)[0] == 2
+    kinds = {1: "user", 2: "user", 4: "group", 8: "group", 0x10: "mask", 0x20: "other"}
+    out = []
+    for off in range(4, len(value), 8):
+        tag, perm, ident = struct.unpack_from("<HHI", value, off)
+        who = str(ident) if tag in (2, 8) else ""
+        rwx = "".join(c if perm & bit else "-" for c, bit in (("r", 4), ("w", 2), ("x", 1)))
+        out.append(f"{kinds[tag]}:{who}:{rwx}")
+    return out
+
+
+@needs_fuse
+def test_acltype_and_xattr_properties_through_the_mount(tmp_path):
+    """getxattr answers what OpenZFS's Linux ZPL answers for the dataset's properties
+    (zfs-modern, written by OpenZFS 2.1; the manifest has ``zfs get`` of each dataset):
+    with acltype=posix (subvol-102 and its snapshot, which inherits it) the POSIX ACL
+    the kernel module stored is shown, by getxattr and by getfacl; with acltype=off
+    (subvol-103, -104, the default) ``system.posix_acl_*`` are EOPNOTSUPP (GNU ``ls -l``
+    then stops asking for them) and not listed, while ``security.selinux`` is ENODATA
+    and the user xattrs (xattr=on) are still there, against the manifest's sha256."""
+    import errno
+    import json
+    import subprocess
+
+    import pytest
+
+    import scancases
+    from conftest import require_fixture
+
+    man = json.loads(require_fixture("zfs-modern", "manifest.json").read_text())
+    sets = man["pools"]["rpool"]["datasets"]
+
+    def entry(ds: str, path: str) -> dict:
+        return next(e for e in sets[ds]["files"] if e["path"] == path)
+
+    def errno_of(path: str, name: str) -> int:
+        with pytest.raises(OSError) as e:
+            os.getxattr(path, name, follow_symlinks=False)
+        return e.value.errno
+
+    assert sets["rpool/data/subvol-102-disk-0"]["properties"]["acltype"]["value"] == "posix"
+    assert sets["rpool/data/subvol-102-disk-0@before"]["properties"]["acltype"][
+        "value"] == "posix"
+    for ds in ("rpool/data/subvol-103-disk-0", "rpool/data/subvol-104-disk-0"):
+        assert sets[ds]["properties"]["acltype"]["value"] == "off"
+        assert sets[ds]["properties"]["xattr"]["value"] != "off"
+    images = scancases.CASES_BY_NAME["zfs-modern/rpool-raidz1"].inputs()
+    with pvfs_mounted(images, tmp_path / "m") as mnt:
+        data = os.path.join(mnt, "storage/zfs/rpool/data")
+        acls = 0
+        for ds, rel in (("rpool/data/subvol-102-disk-0", "opt/app2/config.json"),
+                        ("rpool/data/subvol-102-disk-0@before", "opt/app/config.json")):
+            want = bytes.fromhex(entry(ds, "/" + rel)["xattrs"]["system.posix_acl_access"]["hex"])
+            top = os.path.join(data, ds.split("/")[-1].replace("@", "/.zfs/snapshot/"))
+            path = os.path.join(top, rel)
+            assert os.getxattr(path, "system.posix_acl_access") == want
+            assert "system.posix_acl_access" in os.listxattr(path)
+            out = subprocess.run(["getfacl", "-cnE", path], capture_output=True, text=True,
+                                 check=True).stdout.split()
+            assert out == _getfacl_lines(want)
+            assert errno_of(path, "security.selinux") == errno.ENODATA
+            assert errno_of(path, "system.posix_acl_default") == errno.ENODATA
+            acls += 1
+        assert acls == 2
+        checked = 0
+        for ds in ("rpool/data/subvol-103-disk-0", "rpool/data/subvol-104-disk-0"):
+            top = os.path.join(data, ds.split("/")[-1])
+            for e in sets[ds]["files"]:
+                path = top + e["path"]
+                if e["type"] == "symlink":
+                    continue
+                assert errno_of(path, "system.posix_acl_access") == errno.EOPNOTSUPP, path
+                assert errno_of(path, "system.posix_acl_default") == errno.EOPNOTSUPP, path
+                assert errno_of(path, "security.selinux") == errno.ENODATA, path
+                listed = os.listxattr(path)
+                assert sorted(listed) == sorted(e.get("xattrs") or {}), path
+                for name, x in (e.get("xattrs") or {}).items():
+                    assert hashlib.sha256(os.getxattr(path, name)).hexdigest() == x["sha256"]
+                checked += 1
+        assert checked > 20, checked

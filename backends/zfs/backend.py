@@ -228,7 +228,10 @@ class _TreeBuilder:
     def objset(self, ds):
         if ds.bp is None:
             raise ZfsError(f"{ds.name}: no head dataset")
-        return ObjSet(self.pool, ds.bp, ds.name, crypt=self._crypt(ds))
+        os_ = ObjSet(self.pool, ds.bp, ds.name, crypt=self._crypt(ds))
+        mos = self.pool.mos  # (a txg view's own MOS)
+        os_.dsl_props = lambda: dsl.dataset_props(mos, ds)  # read when the ZPL mounts it
+        return os_
 
     def _crypt(self, ds):
         if not ds.encrypted or ds.crypto_key_obj is None:

@@ -4,7 +4,10 @@ References: OpenZFS include/sys/dsl_dir.h (dsl_dir_phys_t: dd_head_dataset_obj,
 dd_child_dir_zapobj, dd_origin_obj), dsl_dataset.h (dsl_dataset_phys_t: ds_bp,
 ds_snapnames_zapobj, ds_prev_snap_obj), module/zfs/dsl_dir.c (hidden "$MOS", "$FREE",
 "$ORIGIN" children), dsl_crypt.c (DD_FIELD_CRYPTO_KEY_OBJ in the dsl_dir ZAP),
-zvol.c (object 1 = data, object 2 = the "size" ZAP), "ZFS On-Disk Specification" ch. 5.
+zvol.c (object 1 = data, object 2 = the "size" ZAP), "ZFS On-Disk Specification" ch. 5;
+module/zfs/dsl_prop.c (dsl_prop_get_ds, dsl_prop_get_dd: a property's value, inherited from
+the parent directories), module/zcommon/zfs_prop.c (defaults), include/sys/zfs_ioctl.h and
+include/sys/fs/zfs.h (ZFS_ACLTYPE_*, ZFS_XATTR_*).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Dataset:
     origin: str | None = None
     encrypted: bool = False
     crypto_key_obj: int | None = None
+    props_obj: int = 0  # ds_props_obj: a snapshot's own property ZAP (0: none)
 
     @property
     def short(self):
@@ -55,7 +59,7 @@ def _dataset(mos, dsobj, name, notes):
     dn, ds = _bonus(mos, dsobj, "dsl_dataset_phys", DMU_OT_DSL_DATASET)
     bp = BlkPtr(ds.ds_bp, dn.little)
     return Dataset(name, dsobj, ds.ds_dir_obj, bp, ds.ds_creation_txg, ds.ds_creation_time,
-                   ds.ds_guid), ds
+                   ds.ds_guid, props_obj=ds.ds_props_obj), ds
 
 
 def walk(mos, notes: list, pool_name: str = "pool") -> Dataset:
@@ -153,3 +157,58 @@ def iter_datasets(ds):
     yield ds
     for c in ds.children:
         yield from iter_datasets(c)
+
+
+# -- properties ------------------------------------------------------------------------
+#: The properties the ZPL reads at mount (zfsvfs_init, zfs_register_callbacks) that change
+#: what a mount answers, with their Linux defaults (zfs_prop.c: acltype off on Linux,
+#: xattr sa) and their known index values (dsl_prop_known_index, for "$iuv" entries).
+ZFS_ACLTYPE_OFF, ZFS_ACLTYPE_POSIX, ZFS_ACLTYPE_NFSV4 = 0, 1, 2
+ZFS_XATTR_OFF, ZFS_XATTR_DIR, ZFS_XATTR_SA = 0, 1, 2
+ZPL_PROPS = {"acltype": (ZFS_ACLTYPE_OFF, {0, 1, 2}), "xattr": (ZFS_XATTR_SA, {0, 1, 2})}
+
+
+def dataset_props(mos, ds: Dataset, names=tuple(ZPL_PROPS)) -> dict[str, int]:
+    """The values of the inheritable index properties ``names`` for dataset or snapshot
+    ``ds``, as ``dsl_prop_get_ds`` finds them: a snapshot's own ZAP (local, then
+    ``$recvd`` unless ``$inherit``), then each DSL directory from the dataset's up to the
+    root: ``$iuv`` (a known value), the local value, ``$recvd`` unless ``$inherit``; the
+    default when none is set.  Raises on an unreadable directory or ZAP."""
+    snapshot = "@" in ds.name
+    out: dict[str, int] = {}
+    todo = [n for n in names if n in ZPL_PROPS]
+    if snapshot and ds.props_obj:
+        props = zap.zap_entries(mos.dnode(ds.props_obj))
+        for n in list(todo):
+            v = _first_int(props.get(n))
+            if v is None and f"{n}$inherit" not in props:
+                v = _first_int(props.get(f"{n}$recvd"))
+            if v is not None:
+                out[n] = v
+                todo.remove(n)
+    dirobj, seen = ds.dirobj, set()
+    while todo and dirobj and dirobj not in seen and len(seen) <= MAX_DEPTH:
+        seen.add(dirobj)
+        _, dd = _bonus(mos, dirobj, "dsl_dir_phys", DMU_OT_DSL_DIR)
+        props = zap.zap_entries(mos.dnode(dd.dd_props_zapobj)) if dd.dd_props_zapobj else {}
+        for n in list(todo):
+            v = _first_int(props.get(f"{n}$iuv"))
+            if v is not None and v not in ZPL_PROPS[n][1]:
+                v = None
+            if v is None:
+                v = _first_int(props.get(n))
+            if v is None and f"{n}$inherit" not in props:
+                v = _first_int(props.get(f"{n}$recvd"))
+            if v is not None:
+                out[n] = v
+                todo.remove(n)
+        dirobj = dd.dd_parent_obj
+    for n in todo:
+        out[n] = ZPL_PROPS[n][0]
+    return out
+
+
+def _first_int(value):
+    if isinstance(value, list) and value and isinstance(value[0], int):
+        return value[0]
+    return None

@@ -312,6 +312,9 @@ class ObjSet:
         self.bp = bp
         self.crypt = crypt
         self.dsl_crypto_key_obj = None
+        #: The dataset's DSL properties the ZPL reads (``dsl.dataset_props``): a callable
+        #: set by whoever opened the object set from its dataset (None: not known).
+        self.dsl_props = None
         self.key = (pool.uid, bp.dvas[0].offset if bp.dvas else 0, bp.birth, bp.cksum)
         self._last_block = None  # (blkid, _Block): the dnode block read last
         if bp.hole:

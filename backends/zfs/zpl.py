@@ -22,7 +22,10 @@ References:
     ``module/zfs/zfs_dir.c``, ``module/os/linux/zfs/zfs_vnops_os.c`` (symlinks:
     ``ZPL_SYMLINK`` or the data block), ``module/zfs/zfs_sa.c`` (``zfs_sa_readlink``,
     ``zfs_sa_get_xattr``: the SA xattr nvlist is XDR-packed),
-    ``module/os/linux/zfs/zpl_xattr.c`` (xattr names keep their namespace prefix).
+    ``module/os/linux/zfs/zpl_xattr.c`` (xattr names keep their namespace prefix; the
+    handlers: ``user.`` EOPNOTSUPP unless ``ZSB_XATTR``, ``system.posix_acl_*`` EOPNOTSUPP
+    unless ``z_acl_type`` is POSIX, no handler for other names), ``zfs_vfsops.c``
+    (``xattr_changed_cb``, ``acltype_changed_cb``: nfsv4 is off on Linux).
   - "ZFS On-Disk Specification" (Sun, 2006), chapter 6.
 """
 
@@ -50,6 +53,9 @@ MAX_SYMLINK = 1 << 16
 MAX_XATTR_VALUE = 1 << 20
 MAX_XATTRS = 10_000
 LINUX_XATTR_NAMESPACES = ("user.", "trusted.", "security.", "system.")
+POSIX_ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
+ZFS_ACLTYPE_POSIX = 1  # dsl.ZFS_ACLTYPE_POSIX (include/sys/zfs_ioctl.h)
+ZFS_XATTR_OFF = 0
 DMU_OT_PLAIN_FILE_CONTENTS = 19
 DMU_OT_DIRECTORY_CONTENTS = 20
 DT_DIR = 4  # ZFS_DIRENT_TYPE of a directory (IFTODT)
@@ -119,6 +125,40 @@ class Zpl(InodeSpace):
         self._dir_nodes: dict[int, Dir] = {}
         self._cache_id = next(_ZPL_IDS)
         self._lock = threading.RLock()  # directories may load in several FUSE threads
+        #: What the kernel's ZPL would answer getxattr with, from the dataset's acltype
+        #: and xattr properties (load_props); None: not known, every name is answered.
+        self.posix_acl: bool | None = None
+        self.user_xattrs: bool | None = None
+
+    def load_props(self) -> None:
+        """The dataset's ``acltype`` and ``xattr`` (inherited as ``zfs get`` shows
+        them): ``system.posix_acl_*`` exist only with ``acltype=posix`` (``posixacl``),
+        ``user.*`` only without ``xattr=off``.  Unreadable: every name is answered."""
+        reader = getattr(self.objset, "dsl_props", None)
+        if reader is None:
+            return
+        try:
+            props = reader()
+        except (PvfsError, OSError) as e:
+            self.report("warning", "", "dataset-properties",
+                        f"the dataset's properties (acltype, xattr) cannot be read ({e}); "
+                        f"extended attributes are answered as if both were on")
+            return
+        self.posix_acl = props["acltype"] == ZFS_ACLTYPE_POSIX
+        self.user_xattrs = props["xattr"] != ZFS_XATTR_OFF
+
+    def xattr_supported(self, name: bytes) -> bool:
+        """The InodeSpace hook: whether Linux's ZPL has a handler that answers ``name``
+        (zpl_xattr_handler) for this dataset."""
+        if self.posix_acl is None:
+            return True
+        if name.startswith(b"security.") or name.startswith(b"trusted."):
+            return True
+        if name.startswith(b"user."):
+            return self.user_xattrs
+        if name in POSIX_ACL_NAMES:
+            return self.posix_acl
+        return False  # no handler: the VFS answers EOPNOTSUPP
 
     def _scan_for_master(self, why: str):
         """Find the root directory and the SA master node without the master node.
@@ -760,6 +800,7 @@ def build_tree(objset, dir_node: Dir, ctx, path: str, snapshots=None, replay=Non
     Raises on a broken master node or root (the caller reports it).
     """
     fs = Zpl(objset, ctx, path, replay=replay)
+    fs.load_props()
     fs.fill_root(dir_node)
     if snapshots is not None:
         add_snapshot_dir(dir_node, ctx, path, snapshots)
