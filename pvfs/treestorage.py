@@ -94,11 +94,12 @@ def _storage_dirs(ctx: Context,
         for rel in rels:
             cand = resolve(node, rel) if rel else node
             cpath = f"{path}/{rel}" if rel else path
-            if isinstance(cand, Dir) and id(cand) not in seen:
-                kids = cand.children()
-                if isinstance(kids.get("images"), Dir) or isinstance(kids.get("dump"), Dir):
-                    seen.add(id(cand))
-                    yield cand, cpath, path
+            # by name, not by listing: a dataset's root may hold thousands of entries, and
+            # listing builds a node for each (every mount with ZFS passes here)
+            if isinstance(cand, Dir) and id(cand) not in seen and (
+                    isinstance(cand.get("images"), Dir) or isinstance(cand.get("dump"), Dir)):
+                seen.add(id(cand))
+                yield cand, cpath, path
 
 
 _BTRFS_DISK = re.compile(r"^(?:vm|base)-\d+-disk-\d+$")

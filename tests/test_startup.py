@@ -382,3 +382,33 @@ def test_the_command_exits_without_teardown_and_loses_no_output(capsys):
     assert p.wait(timeout=120) == 0
     err = p.stderr.read()
     assert b"Traceback" not in err and b"Exception ignored" not in err, err
+
+
+def test_discovery_of_a_zfs_pool_lists_no_dataset_directory(monkeypatch):
+    """Looking for Proxmox storages, PBS datastores and Ceph OSDs in each dataset's root
+    asks for a few names (``images``, ``dump``, ``.chunks``, ``type``); listing the root
+    instead built a node for every entry (a dataset holding 10,000 files at its top: a
+    dnode read each, on every mount).  zfs/fxmirror (zfs-fuse) holds no storage: its
+    discovery must list no directory of the pool, and still find every dataset."""
+    from conftest import require_fixture, unpack
+
+    from pvfs.discover import discover
+    from pvfs.nodes import Dir
+
+    root = unpack(require_fixture("zfs", "images", "fxmirror.tar.xz"))
+    images = sorted(str(p) for p in root.glob("*/*.img"))
+    listed = []
+    children = Dir.children
+
+    def spy(self):
+        if self.space is not None:
+            listed.append(self)
+        return children(self)
+
+    monkeypatch.setattr(Dir, "children", spy)
+    ctx = discover(images, Options(index_dir=None))
+    assert listed == []
+    zfs = ctx.storage_root.get("zfs")
+    assert isinstance(zfs, Dir) and "fxmirror" in zfs.kept()
+    monkeypatch.setattr(Dir, "children", children)
+    assert len(zfs.kept()["fxmirror"].children()) > 3  # the dataset has entries to list

@@ -63,13 +63,13 @@ def sniff_dir(path, ctx) -> bool:
 
 
 def sniff_node(node, path, ctx) -> bool:
-    """filestore.is_filestore_dir's first step: a ``type`` file and ``current/``."""
+    """filestore.is_filestore_dir's first step: a ``type`` file and ``current/``.  Looked
+    up by name: listing a ZFS dataset's root would build a node for each of its entries
+    (the start-up of every mount with ZFS offers each dataset root here)."""
     from pvfs.nodes import Dir
 
-    if not isinstance(node, Dir):
-        return False
-    kids = node.children()
-    return "type" in kids and "current" in kids
+    return isinstance(node, Dir) and node.get("type") is not None \
+        and node.get("current") is not None
 
 
 SPECS = [BackendSpec(name="ceph", impl="backends.ceph.backend:CephBackend", grouped=True,
