@@ -51,6 +51,13 @@ RECENT_DIRS = 256
 #: ones are kept.
 READ_BUFFER = 1 << 20
 IDLE_READ_BUFFERS = 4
+#: Prefetch ahead of a sequential reader (see PvfsOperations._follow): once SEQUENTIAL_READS
+#: requests in a row have followed each other (within SEQUENTIAL_SLACK: the kernel's
+#: read-ahead requests may arrive a little out of order), the file ranges under the next
+#: PREFETCH_BYTES are asked of the kernel, again each time the reader has used half.
+SEQUENTIAL_READS = 2
+SEQUENTIAL_SLACK = 4 << 20
+PREFETCH_BYTES = 16 << 20
 DT_DIR = stat.S_IFDIR >> 12
 #: Inodes of InodeSpace entries: the space's index above KEY_BITS, its key below.
 KEY_BITS = 48
@@ -143,6 +150,7 @@ class Workers:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._started = 0
         self.jobs = 0  # handed to the threads so far (tests count thread hops)
+        self.submitted = 0  # fire-and-forget jobs (prefetch)
 
     def _start(self) -> None:
         while self._started < self.threads:
@@ -155,6 +163,14 @@ class Workers:
             fn, args, deliver = self._jobs.get()
             deliver(outcome.capture(fn, *args))
             del fn, args, deliver
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in a worker thread and forget it (its result and errors are
+        dropped): work nobody waits for, such as a prefetch.  Not counted in ``jobs``."""
+        if self._started < self.threads:
+            self._start()
+        self._jobs.put((fn, args, _dropped))
+        self.submitted += 1
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._started < self.threads:
@@ -181,6 +197,21 @@ class Workers:
         self._jobs.put((fn, args, deliver))
         self.jobs += 1
         return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+def _dropped(result: outcome.Outcome) -> None:
+    """What becomes of a :meth:`Workers.submit` job's result: nothing."""
+
+
+class _Stream:
+    """What the reads of one open file have looked like (see PvfsOperations._follow)."""
+
+    __slots__ = ("end", "run", "ahead")
+
+    def __init__(self) -> None:
+        self.end = -1 << 62  # end of the furthest read so far (none yet)
+        self.run = 0  # requests in a row that followed the previous ones
+        self.ahead = 0  # prefetch asked up to here
 
 
 def handler(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -230,6 +261,8 @@ class PvfsOperations(pyfuse3.Operations):
         self._listings: deque[_SpaceListing] = deque(maxlen=RECENT_LISTINGS)
         self._full_listings = 0
         self._handles: dict[int, tuple] = {}
+        self._streams: dict[int, _Stream] = {}  # per open file handle, once read
+        self.prefetches = 0  # prefetch jobs handed to the worker threads
         self._next_fh = 1
         self._recent_dirs: OrderedDict[int, None] = OrderedDict()
         self._prefetched: set[int] = set()  # parents whose subdirectories were queued
@@ -691,6 +724,8 @@ class PvfsOperations(pyfuse3.Operations):
         inode, what = self._handles[fh]
         if isinstance(what, bytes):
             return what[off:off + size]
+        if getattr(what, "maps_plain", False):
+            self._follow(fh, what, off, size)
         try:
             if what.readinto_native:
                 return await self._read_into(what, off, size)
@@ -709,6 +744,36 @@ class PvfsOperations(pyfuse3.Operations):
                 self.report.add("error", "mount", self.path_of(inode) or "/", "read-eio",
                                 f"read failed: {e}", ranges)
             raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _follow(self, fh: int, src: Any, off: int, size: int) -> None:
+        """Prefetch ahead of a sequential reader: the file ranges under the next
+        PREFETCH_BYTES of ``src`` (``Source.prefetch``, in a worker thread, not waited for).
+
+        The kernel's read-ahead of the FUSE file asks only a few MiB ahead, and a layer
+        that maps the disk onto scattered places of a file (thin runs, qcow2 clusters)
+        defeats the file's own read-ahead: each request then waits for the disk in a
+        worker thread.  Ahead of the reader, the requests find the bytes in the page cache
+        and are answered inline.  A random reader (a request not following the previous
+        ones) asks for nothing; prefetch reads only what the layer maps to file bytes and
+        never reports or raises (the reader's own request meets any damage)."""
+        st = self._streams.get(fh)
+        if st is None:
+            st = self._streams[fh] = _Stream()
+        end = off + size
+        if st.end - SEQUENTIAL_SLACK <= off <= st.end + SEQUENTIAL_SLACK:
+            st.run += 1
+            st.end = max(st.end, end)
+        else:
+            st.run = 0
+            st.end = end
+            st.ahead = 0
+        if st.run < SEQUENTIAL_READS or st.ahead - st.end >= PREFETCH_BYTES // 2:
+            return
+        start = max(st.ahead, st.end)
+        st.ahead = min(st.end + PREFETCH_BYTES, src.size)
+        if start < st.ahead:
+            self.workers.submit(src.prefetch, start, st.ahead - start)
+            self.prefetches += 1
 
     async def _read_into(self, src: Any, off: int, size: int) -> memoryview:
         """Read into a reply buffer: inline when the page cache holds the bytes (``nowait``:
@@ -745,6 +810,7 @@ class PvfsOperations(pyfuse3.Operations):
     @handler
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
+        self._streams.pop(fh, None)
 
     @handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

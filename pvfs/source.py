@@ -16,6 +16,13 @@ ranges of files (files, slices, extents, qcow2 data clusters) implement ``_readi
 with ``preadv``; with ``nowait`` they read only what the page cache holds
 (``RWF_NOWAIT``) and raise :class:`WouldBlock` instead of waiting for the disk, so the
 mount answers cached ranges inline and sends only the rest to a worker thread.
+
+``plain_ranges(offset, length)`` tells where the bytes of a range lie in input files, for
+the parts that are plain copies of file bytes (a file, a slice, an LV extent, a thin run,
+a qcow2 data cluster), from the layer's mapping alone; ``prefetch`` asks the kernel to
+read those file ranges ahead (``POSIX_FADV_WILLNEED``).  The mount prefetches ahead of a
+sequential reader: a thin LV or a qcow2 image reads its files at scattered places, which
+the file's own read-ahead cannot guess, so every request would wait for the disk.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import bisect
 import errno
 import itertools
+import logging
 import os
 import stat
 import threading
@@ -43,6 +51,7 @@ BAD_EIO = "eio"
 BAD_ZERO = "zero"
 
 _uids = itertools.count(1)
+log = logging.getLogger("pvfs.source")
 
 #: ``os.preadv`` flag: fail with EAGAIN instead of waiting for I/O (Linux 4.14+).
 RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
@@ -155,9 +164,51 @@ class Source:
     def close(self) -> None:
         pass
 
+    def plain_ranges(self, offset: int, length: int) -> list[tuple[int, FileSource, int, int]]:
+        """``(offset, file, file_offset, n)`` for the parts of ``[offset, offset + length)``
+        whose bytes are ``n`` bytes of ``file`` at ``file_offset``, in order.  Zeros,
+        compressed or unreadable parts, and whatever a layer does not map, are left out.
+        The layer may read metadata (a table) but no data.  Advisory (for
+        :meth:`prefetch`): a failure leaves the rest of the range out and is not raised;
+        the reader's own read reports it."""
+        if offset < 0 or length <= 0 or offset >= self.size:
+            return []
+        out: list[tuple[int, FileSource, int, int]] = []
+        try:
+            self._plain_ranges(offset, min(length, self.size - offset), out)
+        except Exception as e:  # noqa: BLE001 - advisory: the read itself reports damage
+            log.debug("%s: no plain ranges past %#x: %s", self.label, offset, e)
+        return out
+
+    #: True when ``_plain_ranges`` is the layer's own (the mount prefetches only then).
+    maps_plain = False
+
+    def prefetch(self, offset: int, length: int) -> int:
+        """Ask the kernel to read the file ranges under ``[offset, offset + length)`` into
+        the page cache in the background (``posix_fadvise(WILLNEED)``: starts the I/O, does
+        not wait for it).  Returns the bytes asked for.  Never raises: a range that cannot
+        be read is met, and reported, by the read that asks for it."""
+        done = 0
+        run: list | None = None  # [file, file offset, length]: neighbours joined
+        for _pos, f, foff, n in sorted(self.plain_ranges(offset, length),
+                                       key=lambda r: (r[1].uid, r[2])):
+            if run is not None and f is run[0] and foff == run[1] + run[2]:
+                run[2] += n
+                continue
+            if run is not None:
+                done += run[0].willneed(run[1], run[2])
+            run = [f, foff, n]
+        if run is not None:
+            done += run[0].willneed(run[1], run[2])
+        return done
+
     # -- for subclasses ----------------------------------------------------
     def _read(self, offset: int, length: int) -> bytes:
         raise NotImplementedError
+
+    def _plain_ranges(self, offset: int, length: int, out: list) -> None:
+        """Append ``plain_ranges`` entries of the in-bounds range to ``out`` (default:
+        nothing known)."""
 
     def _readinto(self, offset: int, view: memoryview, nowait: bool) -> None:
         """Fill all of ``view`` (in bounds).  By default from ``_read`` (never inline)."""
@@ -362,6 +413,28 @@ class FileSource(Source):
             raise UnreadableError(f"{self.label}: file ends at {offset + n:#x}",
                                   [(offset + n, len(view) - n)])
 
+    maps_plain = True
+
+    def _plain_ranges(self, offset: int, length: int, out: list) -> None:
+        out.append((offset, self, offset, length))
+
+    def willneed(self, offset: int, length: int) -> int:
+        """``posix_fadvise(WILLNEED)`` of the range (clipped to the file); 0 when refused."""
+        length = min(length, self.size - offset)
+        if offset < 0 or length <= 0:
+            return 0
+        try:
+            fd = FD_POOL.acquire(self)
+        except UnreadableError:
+            return 0
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            return 0
+        finally:
+            FD_POOL.release(self)
+        return length
+
     def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """Holes found with SEEK_DATA/SEEK_HOLE are ``unmapped``."""
         end = offset + length
@@ -498,6 +571,12 @@ class SliceSource(Source):
                                       [(offset + avail, length - avail)])
             zero_fill(view[avail:])
 
+    maps_plain = True
+
+    def _plain_ranges(self, offset: int, length: int, out: list) -> None:
+        out.extend((pos - self.offset, f, foff, n)
+                   for pos, f, foff, n in self.parent.plain_ranges(self.offset + offset, length))
+
     def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         return [(o - self.offset, n, s)
                 for o, n, s in self.parent.status_of(self.offset + offset, length)]
@@ -562,6 +641,14 @@ class ExtentSource(Source):
             elif target.readinto(t_off, part, nowait) != n:
                 raise UnreadableError(f"{target.label}: short read at {t_off:#x}",
                                       [(pos, n)])
+
+    maps_plain = True
+
+    def _plain_ranges(self, offset: int, length: int, out: list) -> None:
+        for pos, n, target, t_off in self._pieces(offset, length):
+            if target is not None:
+                out.extend((pos + tpos - t_off, f, foff, k)
+                           for tpos, f, foff, k in target.plain_ranges(t_off, n))
 
     def _block_status(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         out = []

@@ -903,3 +903,53 @@ def test_stale_text_of_an_earlier_vg_with_the_same_name_is_history(tmp_path):
                        if c == "stale-vg-text")
         assert stale == ["2", "3", "4"] and all(old_id in m for c, m in codes
                                                 if c == "stale-vg-text")
+
+
+def test_plain_ranges_of_thin_lvs_equal_thin_dump(syn):
+    """What the mount prefetches ahead of a reader (``plain_ranges``): every mapped chunk
+    of every thin LV at the disk offset thin_dump's mapping and the manifest's tdata
+    segments give, nothing else.  With the mapping root damaged, the blocks that stay
+    unknown are left out (no exception), and a prefetch of the whole LV raises nothing."""
+    d, m = syn
+    pool = _pool(d / "pve-disk.img", m)
+    truth = _xml_runs(SYN / "truth" / "thin_dump.xml")
+    cb = m["thin_pool"]["chunk_size_bytes"]
+    segs = m["linear_volumes"]["data_tdata"]["segments"]
+
+    def disk_offset(t):
+        seg = next(s for s in segs if s["le_start"] * EXTENT <= t
+                   < (s["le_start"] + s["extents"]) * EXTENT)
+        return seg["disk_offset"] + t - seg["le_start"] * EXTENT
+
+    def chunks(ranges):
+        out = {}
+        for pos, f, foff, n in ranges:
+            assert f.path == str(d / "pve-disk.img") and pos % cb == 0 and n % cb == 0
+            out.update((pos // cb + k, foff + k * cb) for k in range(n // cb))
+        return out
+
+    wants = {}
+    for name, tv in m["thin_volumes"].items():
+        dev, size = tv["device_id"], tv["size_bytes"]
+        want = wants[dev] = {v + k: disk_offset((db + k) * cb) for v, db, n, _ in truth[dev][1]
+                             for k in range(n) if (v + k) * cb < size}
+        got = chunks(ThinSource(pool, dev, size).plain_ranges(0, size))
+        assert got == want and len(got) == tv["mapped_blocks"], name
+        # a range in the middle, not on chunk bounds: clipped to it
+        lo, hi = 3 * cb + 100, 40 * cb + 7
+        part = ThinSource(pool, dev, size).plain_ranges(lo, hi - lo)
+        assert all(lo <= p and p + n <= hi for p, _, _, n in part)
+        assert sum(n for *_, n in part) == sum(
+            min(hi, (v + 1) * cb) - max(lo, v * cb) for v in want if lo < (v + 1) * cb
+            and v * cb < hi)
+
+    root = pool.dev_roots[1]
+    off = m["thin_pool"]["tmeta_disk_offset_bytes"] + root * 4096 + 16
+    damaged = _pool(d / "pve-disk.img", m, {off: b"\xff\xfe"})
+    size = m["thin_volumes"]["vm-100-disk-0"]["size_bytes"]
+    strict = ThinSource(damaged, 1, size)
+    assert damaged.mapping(1).unknown == [(0, None)]  # gaps are lost, not unmapped
+    assert chunks(strict.plain_ranges(0, size)) == wants[1]  # the recovered leaves
+    with pytest.raises(UnreadableError):
+        strict.read(1000 * cb, 10)  # a gap: EIO when read, left out of the prefetch
+    assert strict.prefetch(0, size) == len(wants[1]) * cb

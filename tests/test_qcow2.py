@@ -293,3 +293,51 @@ def test_truncated_compressed_image_policy(imgdir, tmp_path, name):
     zsrc = resolve(zctx.root, "vms/100/disk-0.raw").source
     for off, n in lost:
         assert zsrc.read(off, n) == bytes(n)
+
+
+@pytest.mark.parametrize("name", ["base.qcow2", "c512.qcow2", "c2m.qcow2", "extl2.qcow2",
+                                  "extl2-c2m.qcow2", "compressed-mixed.qcow2",
+                                  "datafile.qcow2", "overlay1.qcow2", "extl2-overlay.qcow2",
+                                  "chain/overlay2.qcow2", "prealloc-metadata.qcow2"])
+def test_plain_ranges_equal_qemu_img_map(imgdir, name):
+    """What the mount prefetches ahead of a reader (``plain_ranges``): the host ranges
+    ``qemu-img map`` gives for the image's data clusters, its external data file's and its
+    backing chain's (depth), and no compressed or zero cluster."""
+    import json
+    import subprocess
+
+    path = imgdir / name
+    chain = json.loads(subprocess.run(
+        ["qemu-img", "info", "--backing-chain", "--output=json", str(path)],
+        capture_output=True, text=True, check=True, cwd=path.parent).stdout)
+    files = []  # the file each depth's offsets are in
+    for img in chain:
+        data_file = img.get("format-specific", {}).get("data", {}).get("data-file")
+        files.append(os.path.realpath(os.path.join(os.path.dirname(img["filename"]), data_file)
+                                      if data_file else img["filename"]))
+    # (qemu opens an external data file by its name relative to the working directory)
+    entries = json.loads(subprocess.run(["qemu-img", "map", "--output=json", str(path)],
+                                        capture_output=True, text=True, check=True,
+                                        cwd=path.parent).stdout)
+
+    def joined(ranges):
+        out = []
+        for pos, f, off, n in ranges:
+            if out and out[-1][1] == f and out[-1][0] + out[-1][3] == pos \
+                    and out[-1][2] + out[-1][3] == off:
+                out[-1] = (out[-1][0], f, out[-1][2], out[-1][3] + n)
+            else:
+                out.append((pos, f, off, n))
+        return out
+
+    want = joined([(e["start"], files[e["depth"]], e["offset"], e["length"])
+                   for e in entries if e["data"] and "offset" in e])
+    base = os.path.basename(name)
+    src = resolve(discover([str(path)]).root, f"storage/files/{base}/disk.raw").source
+    got = joined([(p, os.path.realpath(f.path), o, n) for p, f, o, n in
+                  src.plain_ranges(0, src.size)])
+    assert got == want and want
+    for pos, f, off, n in got[:20]:  # and the bytes there are the disk's
+        with open(f, "rb") as fh:
+            fh.seek(off)
+            assert fh.read(min(n, 1 << 16)) == src.read(pos, min(n, 1 << 16))

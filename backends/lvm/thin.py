@@ -1093,6 +1093,17 @@ class ThinSource(Source):
                 raise UnreadableError(f"{self.label}: mapping of this range is lost "
                                       f"(damaged thin-pool metadata)", [(pos, n)])
 
+    maps_plain = True
+
+    def _plain_ranges(self, offset, length, out):
+        """Mapped runs: where they lie under the pool's data LV (unmapped, lost: left out)."""
+        for pos, n, doff, st in self._pieces(offset, length):
+            if st == DATA:
+                out.extend((pos + p - doff, f, foff, k)
+                           for p, f, foff, k in self.pool.tdata.plain_ranges(doff, n))
+            elif st == UNMAPPED and self.external is not None and pos < self.external.size:
+                out.extend(self.external.plain_ranges(pos, n))
+
     def _block_status(self, offset, length):
         out = []
         for pos, n, doff, st in self._pieces(offset, length):

@@ -622,6 +622,19 @@ class Qcow2Disk(Source):
             else:
                 raise UnreadableError(f"{self.label}: {arg}", [(vpos, n)])
 
+    maps_plain = True
+
+    def _plain_ranges(self, offset, length, out):
+        """Data clusters (in the image or its external data file) and what the backing
+        file maps; compressed, zero and invalid clusters are left out."""
+        for vpos, n, kind, arg in self._merged_pieces(offset, length):
+            if kind == _DATA:
+                avail = max(0, min(n, self.data.size - arg))  # a truncated file: its head
+                out.extend((vpos + p - arg, f, foff, k)
+                           for p, f, foff, k in self.data.plain_ranges(arg, avail))
+            elif kind == _BACKING and self.img.backing is not None:
+                out.extend(self.img.backing.plain_ranges(vpos, n))
+
     def _read_backing(self, vpos, n):
         b = self.img.backing
         if b is None or vpos >= b.size:
