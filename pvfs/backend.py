@@ -62,6 +62,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .startup import importing
+
 if TYPE_CHECKING:
     from .discover import Context, Volume
     from .nodes import Dir
@@ -302,7 +304,8 @@ class LazyBackend(Backend):
             raise BackendUnavailable(self._error)
         module, _, attr = self.spec.impl.partition(":")
         try:
-            obj = getattr(importlib.import_module(module), attr)
+            with importing():  # its code lives as long as the process (pvfs/startup.py)
+                obj = getattr(importlib.import_module(module), attr)
         except Exception as e:  # a broken optional backend must not stop the rest
             self._error = f"{type(e).__name__}: {e}"
             log.debug("backend %s failed to import: %s", self.name, self._error)

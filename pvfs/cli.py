@@ -444,7 +444,9 @@ def _options(args: argparse.Namespace) -> Options:
 def _discover(args: argparse.Namespace) -> Context:
     from .discover import discover
     from .progress import Progress
+    from .startup import discovery_begins
 
+    discovery_begins()  # the collector, off during start-up (run): pvfs/startup.py
     check_values(args)
     opts = _options(args)
     with Progress(enabled=opts.progress) as progress:
@@ -551,6 +553,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not os.path.exists("/dev/fuse"):
         raise PvfsError("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse")
     t0 = time.perf_counter()
+    # pyfuse3 and trio (imported only to mount), before discovery: with the rest of
+    # start-up's imports they are frozen out of the collector's work (pvfs/startup.py)
+    from mountd.daemon import serve
+
+    args.mountd_import = time.perf_counter() - t0
+    t0 = time.perf_counter()
     ctx = _discover(args)
     args.discovered_in = time.perf_counter() - t0
     code = _status(ctx)
@@ -566,10 +574,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
     summary = (f"pvfs: {len(ctx.volumes)} volumes, {len(guest_ids(ctx.vms_root))} VMs, "
                f"{len(guest_ids(ctx.cts_root))} containers; damage: {damage_summary(ctx)} "
                f"(see {mountpoint}/report.json)")
-    t0 = time.perf_counter()
-    from mountd.daemon import serve  # pyfuse3 and trio: imported only to mount
-
-    args.mountd_import = time.perf_counter() - t0
     if args.foreground:
         print(summary, file=sys.stderr)
         serve(ctx.root, mountpoint, ctx.report, args.fuse_options, threads=args.threads,
@@ -733,6 +737,9 @@ def run() -> NoReturn:
     running, the normal exit is kept."""
     import threading
 
+    from .startup import begin
+
+    begin()  # the collector waits until start-up's imports are done (pvfs/startup.py)
     code = main()
     try:
         sys.stdout.flush()
