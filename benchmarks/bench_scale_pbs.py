@@ -9,11 +9,12 @@ of the datastore, referenced by the fixed indexes (``.fidx``, chunk_size 1 KiB) 
 backups.  The stores of the smaller sizes hard-link the biggest one's chunk files.
 
 Measured per size: ``pvfs scan --jobs 1`` (the discovery in one process, no index store:
-its time and peak RSS), then in a fresh ``pvfs mount`` daemon after dropping the page cache:
+its time, peak RSS (VmHWM) and the largest RssAnon and RssFile seen), then in a fresh ``pvfs mount`` daemon after dropping the page cache:
 mount time with an empty index store (discovery plus the existence check of every chunk and
 the orphan count, from a listing of ``.chunks``), daemon RSS after mounting, a full
 sequential read of one VM disk through the mount checked against the sha256 recorded at
-build time, the daemon's peak RSS after that; the re-mount with the listing kept in the
+build time, the daemon's peak RSS after that (every RSS as VmRSS, RssAnon: the daemon's own
+memory, and RssFile: file pages such as mapped index tables, which the kernel reclaims); the re-mount with the listing kept in the
 index store (``--index-dir``); the load average; and, as the floor a listing is bound by,
 ``find .chunks -type f`` of the same store.
 
@@ -41,8 +42,8 @@ sys.path.insert(0, str(HERE))
 
 from backends.pbs.blob import encode_blob  # noqa: E402
 from backends.pbs.structs import FIXED_SIZED_CHUNK_INDEX_1_0  # noqa: E402
-from common import (drop_caches, load, mount_daemon_pid, print_curve, rss_mib,  # noqa: E402
-                    run_peak, unmount)
+from common import (drop_caches, load, mount_daemon_pid, print_curve, rss_split,  # noqa: E402
+                    run_peak, run_peak_split, unmount)
 
 CHUNK = 1024
 VMS = 20
@@ -130,9 +131,9 @@ def bench(store: Path, n: int, want_sha: str, size: int) -> dict:
     mount = [sys.executable, "-m", "pvfs", "mount", "--index-dir", str(index), str(store),
              str(mnt)]
     drop_caches()  # the discovery alone, in one process (no workers): its peak
-    code, err, row["scan s"], row["scan rss peak MiB"] = run_peak(
-        [sys.executable, "-m", "pvfs", "scan", "--jobs", "1", "--index-dir", "none", str(store)],
-        cwd=ROOT)
+    code, err, row["scan s"], row["scan hwm MiB"], row["scan anon"], row["scan file"] = \
+        run_peak_split([sys.executable, "-m", "pvfs", "scan", "--jobs", "1", "--index-dir", "none",
+                        str(store)], cwd=ROOT)
     if code not in (0, 3):
         raise SystemExit(f"scan failed: {err}")
     drop_caches()
@@ -141,7 +142,8 @@ def bench(store: Path, n: int, want_sha: str, size: int) -> dict:
         raise SystemExit(f"mount failed: {err}")
     try:
         pid = mount_daemon_pid(mnt)
-        row["rss mount MiB"] = rss_mib(pid)[0]
+        m = rss_split(pid)
+        row["mount rss MiB"], row["mount anon"], row["mount file"] = m["rss"], m["anon"], m["file"]
         disk = mnt / "vms" / "100" / "disk-0.raw"
         if not disk.exists():
             disk = next(mnt.glob("storage/pbs/*/vm/100/*/drive-scsi0.img"))
@@ -159,7 +161,9 @@ def bench(store: Path, n: int, want_sha: str, size: int) -> dict:
         report = json.loads((mnt / "report.json").read_text())
         errors = [e for e in report["damage"] if e["severity"] == "error"]
         assert not errors, errors[:3]
-        row["rss now MiB"], row["rss peak MiB"] = rss_mib(pid)
+        m = rss_split(pid)
+        row["read rss MiB"], row["read anon"], row["read file"] = m["rss"], m["anon"], m["file"]
+        row["daemon hwm MiB"] = m["hwm"]
     finally:
         unmount(mnt)
     drop_caches()  # again, with the index kept by the first mount (folders unchanged)
@@ -168,7 +172,9 @@ def bench(store: Path, n: int, want_sha: str, size: int) -> dict:
     row["remount s"] = time.perf_counter() - t
     if r.returncode in (0, 3):
         try:
-            row["rss remount MiB"] = rss_mib(mount_daemon_pid(mnt))[0]
+            m = rss_split(mount_daemon_pid(mnt))
+            row["remount rss MiB"], row["remount anon"] = m["rss"], m["anon"]
+            row["remount hwm MiB"] = m["hwm"]
         finally:
             unmount(mnt)
     drop_caches()
@@ -199,10 +205,10 @@ def main() -> None:
         rows.append(bench(store, n, sha, size))
         print(f"  {rows[-1]}", flush=True)
     print_curve(f"pvfs mount of a PBS datastore ({os.cpu_count()} CPUs)", rows,
-                ["chunks", "scan s", "scan rss peak MiB", "mount s", "rss mount MiB",
-                 "read chunks/s",
-                 "rss peak MiB",
-                 "remount s", "rss remount MiB", "find .chunks s", "load"])
+                ["chunks", "scan s", "scan hwm MiB", "scan anon", "scan file", "mount s",
+                 "mount rss MiB", "mount anon", "mount file", "read chunks/s", "read rss MiB",
+                 "read anon", "read file", "daemon hwm MiB", "remount s", "remount rss MiB",
+                 "remount anon", "remount hwm MiB", "find .chunks s", "load"])
 
 
 if __name__ == "__main__":

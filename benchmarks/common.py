@@ -68,16 +68,38 @@ def mount_daemon_pid(mnt) -> int | None:
 #: its parent's peak (the kernel counts the memory a process had before exec), so the
 #: command is started from this small interpreter, not from a benchmark that holds
 #: hundreds of MB of test data.
-_PEAK_WRAPPER = ("import os, subprocess, sys\n"
-                 "p = subprocess.Popen(sys.argv[1:])\n"
-                 "_pid, status, usage = os.wait4(p.pid, 0)\n"
-                 "sys.stderr.write(f'\\n@peak-kib {usage.ru_maxrss}\\n')\n"
-                 "sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)\n")
+_PEAK_WRAPPER = r"""
+import os, subprocess, sys, time
+p = subprocess.Popen(sys.argv[1:])
+anon = file = 0
+while True:  # the largest RssAnon and RssFile seen, every 50 ms
+    pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+    if pid:
+        break
+    try:
+        with open(f"/proc/{p.pid}/status") as f:
+            for ln in f:
+                if ln.startswith("RssAnon:"):
+                    anon = max(anon, int(ln.split()[1]))
+                elif ln.startswith("RssFile:"):
+                    file = max(file, int(ln.split()[1]))
+    except (OSError, ValueError, IndexError):
+        pass
+    time.sleep(0.05)
+sys.stderr.write(f"\n@peak-kib {usage.ru_maxrss} {anon} {file}\n")
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
 
 
 def run_peak(argv: list[str], cwd=None) -> tuple[int, str, float, float]:
     """Run ``argv`` (stdout thrown away): ``(exit status, stderr, seconds, its peak RSS in
     MiB)``.  Of ``pvfs mount`` that is the mount command's, not its daemon's."""
+    return run_peak_split(argv, cwd)[:4]
+
+
+def run_peak_split(argv: list[str], cwd=None) -> tuple[int, str, float, float, float, float]:
+    """:func:`run_peak` and the largest RssAnon and RssFile (MiB) seen while it ran
+    (sampled every 50 ms: what of the peak was anonymous memory, what file pages)."""
     import sys
     import tempfile
 
@@ -88,7 +110,8 @@ def run_peak(argv: list[str], cwd=None) -> tuple[int, str, float, float]:
         secs = time.perf_counter() - t
         err.seek(0)
         text, _, peak = err.read().decode(errors="replace").rpartition("\n@peak-kib ")
-        return code, text, secs, int(peak.split()[0]) / 1024
+        kib = [int(x) for x in peak.split()[:3]]
+        return code, text, secs, kib[0] / 1024, kib[1] / 1024, kib[2] / 1024
 
 
 def rss_mib(pid: int | None) -> tuple[float, float]:
@@ -105,6 +128,24 @@ def rss_mib(pid: int | None) -> tuple[float, float]:
     except OSError:
         pass
     return cur, peak
+
+
+def rss_split(pid: int | None) -> dict:
+    """VmRSS, VmHWM, RssAnon and RssFile of ``pid`` in MiB (keys ``rss``, ``hwm``, ``anon``,
+    ``file``): anonymous memory is the daemon's own, file pages (mapped index tables) are
+    reclaimable by the kernel."""
+    want = {"VmRSS:": "rss", "VmHWM:": "hwm", "RssAnon:": "anon", "RssFile:": "file"}
+    out = dict.fromkeys(want.values(), 0.0)
+    if pid is None:
+        return out
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k = line.split(None, 1)[0] if line else ""
+            if k in want:
+                out[want[k]] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
 
 
 def load() -> str:

@@ -47,7 +47,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -321,39 +321,80 @@ class IndexEntry:
             self.notify(severity, code, f"{self.backend} index {self.name} of {self.label} "
                                         f"({os.path.basename(self.path)}): {why}; rebuilt")
 
-    def load(self) -> tuple[dict, dict[str, np.ndarray]] | None:
-        """``(info, arrays)`` when the stored entry is complete, intact and current."""
+    def load(self, mapped: bool = False) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """``(info, arrays)`` when the stored entry is complete, intact and current.
+
+        ``mapped``: the arrays are read-only views of the file mapped into memory (a
+        :class:`MappedArrays`): their pages are file pages, read when touched, counted as
+        ``RssFile`` and given back by the kernel under pressure (``release()`` drops them
+        at once), instead of a copy in the process's own memory; the file is checked
+        (SHA-256 of all of it) a piece at a time before it is mapped."""
         self._t0 = time.monotonic()
         if self.path is None:
             return None
         try:
-            with open(self.path, "rb") as f:
-                blob = f.read()
+            fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         except OSError as e:
             self._bad("info", "index-unreadable", f"cannot be read ({e.strerror})")
             return None
-        if len(blob) < _HEAD.size:
-            self._bad("info", "index-truncated", f"{len(blob)} bytes, shorter than its header")
+        try:
+            got = self._load_fd(fd, mapped)
+        except OSError as e:
+            self._bad("info", "index-unreadable", f"cannot be read ({e.strerror})")
+            got = None
+        finally:
+            os.close(fd)  # a mapping stays valid without its descriptor
+        if got is None:
             return None
-        magic, fmt, hlen, plen, digest = _HEAD.unpack_from(blob)
+        info, arrays, size = got
+        try:
+            os.utime(self.path)  # least recently *used* goes first when trimming
+        except OSError:
+            pass
+        self.store.record(LogEntry(self.backend, self.name, self.label, "reused", self.path,
+                                   size, time.monotonic() - self._t0))
+        return info, arrays
+
+    def _load_fd(self, fd: int, mapped: bool) -> tuple[dict, dict, int] | None:
+        size = os.fstat(fd).st_size
+        fixed = os.pread(fd, _HEAD.size, 0)
+        if len(fixed) < _HEAD.size:
+            self._bad("info", "index-truncated", f"{size} bytes, shorter than its header")
+            return None
+        magic, fmt, hlen, plen, digest = _HEAD.unpack_from(fixed)
         if magic != MAGIC:
             self._bad("info", "index-corrupt", "not a pvfs index file (bad magic)")
             return None
         if fmt != FORMAT_VERSION:
             self._out_of_date(f"format version {fmt}, this pvfs writes {FORMAT_VERSION}")
             return None
-        if hlen > MAX_HEADER or len(blob) != _HEAD.size + hlen + plen:
-            if len(blob) < _HEAD.size + hlen + plen:
-                self._bad("info", "index-truncated", f"{len(blob)} bytes, its header says "
-                                             f"{_HEAD.size + hlen + plen}")
+        want = _HEAD.size + hlen + plen
+        if hlen > MAX_HEADER or size != want:
+            if size < want:
+                self._bad("info", "index-truncated", f"{size} bytes, its header says {want}")
             else:
-                self._bad("info", "index-corrupt", f"{len(blob)} bytes, its header says "
-                                           f"{_HEAD.size + hlen + plen}")
+                self._bad("info", "index-corrupt", f"{size} bytes, its header says {want}")
             return None
-        body = memoryview(blob)[_HEAD.size:]
-        if hashlib.sha256(body).digest() != digest:
+        if mapped:  # checked a piece at a time: no copy of the payload in memory
+            h = hashlib.sha256()
+            pos = _HEAD.size
+            buf = bytearray(min(READ_PIECE, size))
+            while pos < size:
+                n = os.preadv(fd, [memoryview(buf)[:min(len(buf), size - pos)]], pos)
+                if not n:
+                    self._bad("info", "index-truncated", f"ends at {pos} bytes while read")
+                    return None
+                h.update(memoryview(buf)[:n])
+                pos += n
+            del buf
+            body = memoryview(os.pread(fd, hlen, _HEAD.size))
+        else:
+            blob = os.pread(fd, size - _HEAD.size, _HEAD.size)
+            body = memoryview(blob)
+            h = hashlib.sha256(body) if len(blob) == size - _HEAD.size else None
+        if h is None or h.digest() != digest:
             self._bad("info", "index-corrupt", "checksum mismatch")
             return None
         try:
@@ -368,37 +409,58 @@ class IndexEntry:
                         "where": "built for another input"}.get(diff[0], f"{diff[0]} differs")
                 self._out_of_date(what)
                 return None
-            payload = body[hlen:]
-            arrays = {}
+            mm = None
+            if mapped:
+                import mmap
+
+                arrays: dict = MappedArrays()
+                if plen:
+                    mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                    arrays.mm = mm
+                payload = mm
+                base = _HEAD.size + hlen
+            else:
+                arrays = {}
+                payload = body[hlen:]
+                base = 0
             if head["arrays"]:
                 import numpy as np
             for a in head["arrays"]:
                 off, n = int(a["offset"]), int(a["nbytes"])
-                if off < 0 or off + n > len(payload):
+                if off < 0 or n < 0 or off + n > plen:
                     raise ValueError(f"array {a['name']} outside the payload")
-                arr = np.frombuffer(payload[off:off + n], dtype=np.dtype(a["dtype"]))
+                dt = np.dtype(a["dtype"])
+                if dt.hasobject or (dt.itemsize and n % dt.itemsize):
+                    raise ValueError(f"array {a['name']}: {n} bytes of {dt}")
+                if n == 0:
+                    arr = np.zeros(0, dtype=dt)
+                else:
+                    arr = np.frombuffer(payload, dtype=dt, count=n // dt.itemsize,
+                                        offset=base + off)
                 arrays[a["name"]] = arr.reshape(a["shape"])
             info = head["info"]
         except (ValueError, KeyError, TypeError) as e:  # checksummed, yet not ours: corrupt
             self._bad("info", "index-corrupt", f"unusable header ({e})")
             return None
-        try:
-            os.utime(self.path)  # least recently *used* goes first when trimming
-        except OSError:
-            pass
-        self.store.record(LogEntry(self.backend, self.name, self.label, "reused", self.path,
-                                   len(blob), time.monotonic() - self._t0))
-        return info, arrays
+        return info, arrays, size
 
     def save(self, info: dict, arrays: dict[str, np.ndarray] | None = None) -> bool:
         """Store ``info`` (JSON-able) and ``arrays`` atomically; False when not kept."""
+        return self._save(info, arrays or {}, {})
+
+    def writer(self) -> IndexWriter | None:
+        """An :class:`IndexWriter` for an entry whose big arrays are made a piece at a
+        time (None when nothing can be kept: no store, or no identity)."""
+        return IndexWriter(self) if self.path is not None else None
+
+    def _save(self, info: dict, arrays: dict, streamed: dict) -> bool:
         if self.path is None:
             return False
         import numpy as np
 
         built = time.monotonic() - self._t0
         table, chunks, pos = [], [], 0
-        for name, arr in (arrays or {}).items():
+        for name, arr in arrays.items():
             a = np.ascontiguousarray(arr)
             if a.dtype.hasobject:
                 raise TypeError(f"index array {name}: object arrays cannot be stored")
@@ -407,6 +469,12 @@ class IndexEntry:
             chunks.append(memoryview(a).cast("B") if a.nbytes else b"")  # no copy: a PBS
             # chunk listing of 2 million digests is 64 MB
             pos += a.nbytes
+        for name, part in streamed.items():  # rows kept in a temporary file: copied
+            table.append({"name": name, "dtype": part.dtype.str,
+                          "shape": [part.rows, *part.rowshape], "offset": pos,
+                          "nbytes": part.nbytes})
+            chunks.append(part)
+            pos += part.nbytes
         head = json.dumps(dict(self._expect(), label=self.label, info=info, arrays=table,
                                created=time.time()), separators=(",", ":")).encode()
         total = _HEAD.size + len(head) + pos
@@ -421,18 +489,22 @@ class IndexEntry:
                             f"more than half the store's budget of {self.store.max_bytes}; "
                             f"not kept (built again next time)")
             return False
-        h = hashlib.sha256(head)
-        for c in chunks:
-            h.update(c)
         try:
             os.makedirs(self.store.root, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.store.root, prefix=".tmp-", suffix=SUFFIX + "~")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(_HEAD.pack(MAGIC, FORMAT_VERSION, len(head), pos, h.digest()))
+                    # the head (with the SHA-256 of what follows) is written last, over a
+                    # placeholder: one pass over the payload
+                    f.write(bytes(_HEAD.size))
+                    h = hashlib.sha256(head)
                     f.write(head)
                     for c in chunks:
-                        f.write(c)
+                        for piece in (c.pieces() if isinstance(c, _Spill) else (c,)):
+                            h.update(piece)
+                            f.write(piece)
+                    f.seek(0)
+                    f.write(_HEAD.pack(MAGIC, FORMAT_VERSION, len(head), pos, h.digest()))
                 os.replace(tmp, self.path)
             except BaseException:
                 try:
@@ -450,3 +522,95 @@ class IndexEntry:
         self.store.record(LogEntry(self.backend, self.name, self.label, state, self.path,
                                    total, built, why))
         return True
+
+
+#: Bytes read at a time when a mapped entry is checked or a spilled array copied.
+READ_PIECE = 1 << 20
+
+
+class MappedArrays(dict):
+    """The arrays of an entry loaded with ``load(mapped=True)``: read-only views of the
+    mapped file.  ``release()`` gives the pages touched so far back (they stay in the page
+    cache; the next touch reads them again from there): a table walked once, a range at a
+    time, then costs the process no more than the range it is at."""
+
+    mm = None
+
+    def release(self) -> None:
+        if self.mm is not None:
+            import mmap
+
+            self.mm.madvise(mmap.MADV_DONTNEED)
+
+
+class _Spill:
+    """Rows of one array appended to an unnamed temporary file of the store."""
+
+    def __init__(self, root: str, dtype: np.dtype, rowshape: tuple) -> None:
+        self.file = tempfile.TemporaryFile(dir=root, prefix=".tmp-")
+        self.dtype, self.rowshape = dtype, rowshape
+        self.rows = self.nbytes = 0
+
+    def pieces(self) -> Iterator[bytes]:
+        self.file.flush()
+        pos = 0
+        while pos < self.nbytes:
+            piece = os.pread(self.file.fileno(), min(READ_PIECE, self.nbytes - pos), pos)
+            if not piece:
+                raise OSError(5, "temporary index file ended early")
+            yield piece
+            pos += len(piece)
+
+
+class IndexWriter:
+    """An entry whose big arrays are made a piece at a time: ``append(name, rows)`` adds
+    rows to array ``name`` (kept in a temporary file of the store, not in memory), and
+    ``save(info, arrays)`` writes the entry with the small ``arrays`` given at the end.
+    The entry is read back like any other (``load``)."""
+
+    def __init__(self, entry: IndexEntry) -> None:
+        self.entry = entry
+        self.parts: dict[str, _Spill] = {}
+        self.failed: OSError | None = None
+
+    def append(self, name: str, rows: np.ndarray) -> None:
+        import numpy as np
+
+        if self.failed is not None:
+            return
+        a = np.ascontiguousarray(rows)
+        try:
+            part = self.parts.get(name)
+            if part is None:
+                os.makedirs(self.entry.store.root, exist_ok=True)
+                part = self.parts[name] = _Spill(self.entry.store.root, a.dtype, a.shape[1:])
+            if a.dtype != part.dtype or a.shape[1:] != part.rowshape:
+                raise TypeError(f"index array {name}: rows of {a.dtype}{a.shape[1:]}, "
+                                f"not {part.dtype}{part.rowshape}")
+            if a.nbytes:
+                part.file.write(memoryview(a).cast("B"))
+            part.rows += len(a)
+            part.nbytes += a.nbytes
+        except OSError as e:
+            self.failed = e
+            self.close()
+
+    def save(self, info: dict, arrays: dict | None = None) -> bool:
+        try:
+            if self.failed is not None:
+                e = self.failed
+                if self.entry.notify is not None:
+                    self.entry.notify("info", "index-not-saved",
+                                      f"{self.entry.backend} index {self.entry.name} of "
+                                      f"{self.entry.label}: cannot be written to "
+                                      f"{self.entry.store.root} ({e.strerror}); built again "
+                                      f"next time")
+                return False
+            return self.entry._save(info, arrays or {}, self.parts)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for part in self.parts.values():
+            part.file.close()
+        self.parts = {}

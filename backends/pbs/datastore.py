@@ -96,7 +96,6 @@ class State:
         self.checked = False  # check_chunks has run
         self.checked_archives = 0  # archives[:n] and datastores[:m] are checked (a datastore
         self.checked_stores = 0  # opened later, e.g. from a node tree, is checked on its own)
-        self.ref_prefixes = None  # sorted 64-bit digest prefixes of every checked archive
         self.early: list = []  # read failures before it (probes of other backends): deferred
 
 
@@ -444,18 +443,172 @@ class Snapshot:
 
 
 # ---------------------------------------------------------------------------
-#: Bump when what :func:`chunk_listing` stores changes.
+#: Bump when what :class:`ChunkListing` stores changes.
 LISTING_VERSION = 1
+FOLDERS = 1 << 16  # ``.chunks/0000`` .. ``.chunks/ffff``
+#: Bytes of digests (32 a chunk) the chunk check holds at once: it takes the digests of
+#: every index and of the chunk files a range of folders at a time (more ranges for a
+#: bigger datastore), so a datastore of millions of chunks is checked in this much
+#: memory, not in ~90 bytes a chunk.
+CHECK_BUDGET = 8 << 20
 
 
-class ChunkListing:
-    """Every chunk file of one datastore's ``.chunks/``: sorted digests (32 bytes each),
-    and per ``<4hex>`` folder its mtime and count of ``*.bad`` files."""
+class FolderLister:
+    """The chunk files of one datastore's ``.chunks/`` a range of ``<4hex>`` folders at a
+    time (in ascending, adjoining ranges): their sorted digests and the ``*.bad`` files."""
 
-    def __init__(self, digests, dirs, mtimes, bad):
-        self.digests = digests  # (n, 32) uint8, rows sorted
-        self.dirs, self.mtimes, self.bad = dirs, mtimes, bad
+    def __init__(self, store):
+        self.store = store
+        fs = store.fs
+        try:
+            names = sorted(n for n in fs.listdir(store.chunks) if HEX4_RE.match(n))
+        except (OSError, PbsError):
+            names = []
+        self.dirs = [int(n, 16) for n in names]
+        self.pos = 0
+        self.bad = 0
+        self.ok = True
 
+    def estimate(self):
+        """About how many chunk files there are (a few folders counted)."""
+        if not self.dirs:
+            return 0
+        pick = self.dirs[:: max(1, len(self.dirs) // 8)][:8]
+        n = sum(len(self._names(d)) for d in pick)
+        return n * len(self.dirs) // len(pick)
+
+    def _names(self, d):
+        fs = self.store.fs
+        try:
+            return fs.listdir(fs.path(self.store.chunks, f"{d:04x}"))
+        except (OSError, PbsError):
+            return []
+
+    def _folder(self, d):
+        names = self._names(d)
+        digs = sorted(bytes.fromhex(e) for e in names if DIGEST_RE.match(e))
+        return digs, sum(1 for e in names if e.endswith(".bad"))
+
+    def rows(self, lo, hi):
+        """``(n, 32)`` uint8: the sorted digests of the chunk files of folders lo..hi-1."""
+        buf = bytearray()
+        while self.pos < len(self.dirs) and self.dirs[self.pos] < hi:
+            d = self.dirs[self.pos]
+            self.pos += 1
+            if d < lo:
+                continue
+            got = self._take(d)
+            buf += got
+        return np.frombuffer(buf, np.uint8).reshape(-1, 32)
+
+    def _take(self, d):
+        digs, bad = self._folder(d)
+        self.bad += bad
+        return b"".join(digs)
+
+    def finish(self):
+        pass
+
+
+class ChunkListing(FolderLister):
+    """:class:`FolderLister` of a folder of this machine, kept in the index store: a folder
+    whose mtime is unchanged holds the same names (adding, removing or renaming a chunk
+    file changes it), so only changed folders are listed again.  A datastore of 5 million
+    chunks is then checked with 65,536 ``stat`` calls instead of 65,536 listings.  The
+    stored digests are read from the mapped entry a range at a time (file pages, given
+    back after each range); a new listing is written a range at a time
+    (:class:`pvfs.index.IndexWriter`).  ``ok`` is False for other stores."""
+
+    def __init__(self, ctx, backend, store):
+        self.store, self.ctx = store, ctx
+        self.pos = self.bad = 0
+        self.ok = False
+        self.old = self.writer = None
+        self.counts, self.bads = [], []
+        self.kept = {}
+        if not isinstance(store.fs, OsFiles):
+            return
+        try:
+            st = os.stat(store.chunks)
+            with os.scandir(store.chunks) as it:
+                now = {int(e.name, 16): e.stat(follow_symlinks=False).st_mtime_ns for e in it
+                       if HEX4_RE.match(e.name) and e.is_dir(follow_symlinks=False)}
+        except OSError:
+            return
+        self.ok = True
+        self.dirs = sorted(now)
+        self.mtimes = [now[d] for d in self.dirs]
+        where = f"pbs-chunks:{st.st_dev}:{st.st_ino}"
+        self.ix = ctx.index(backend, "chunk-listing", None, version=LISTING_VERSION,
+                            path=store.chunks, ident=(where, {}))
+        got = self.ix.load(mapped=True)
+        if got is not None:
+            _info, a = got
+            counts = a["counts"].tolist()
+            odirs, omt, obad = a["dirs"].tolist(), a["mtimes"].tolist(), a["bad"].tolist()
+            if a["digests"].shape[1:] == (32,) and sum(counts) == len(a["digests"]) \
+                    and len(counts) == len(odirs) == len(omt) == len(obad):
+                self.old = a
+                pos = 0
+                for d, mt, n, bad in zip(odirs, omt, counts, obad, strict=True):
+                    if now.get(d) == mt:  # the stored rows of every folder still as it was
+                        self.kept[d] = (pos, pos + n, bad)
+                    pos += n
+        reuse = self.old is not None and len(self.kept) == len(now) == len(self.old["dirs"])
+        if not reuse:
+            self.writer = self.ix.writer()
+
+    def estimate(self):
+        if self.old is not None:
+            return len(self.old["digests"])
+        return super().estimate()
+
+    def _names(self, d):
+        try:
+            return os.listdir(os.path.join(self.store.chunks, f"{d:04x}"))
+        except OSError:
+            return []
+
+    def _take(self, d):
+        k = self.pos - 1
+        if k % 4096 == 0:
+            self.ctx.note_progress(f"pbs: listing chunks of {self.store.name}: {k}/{len(self.dirs)} "
+                                   f"folders")
+        kept = self.kept.get(d)
+        if kept is not None:
+            lo, hi, bad = kept
+            raw = self.old["digests"][lo:hi].tobytes()
+        else:
+            digs, bad = _list_dir(os.path.join(self.store.chunks, f"{d:04x}"))
+            digs.sort()
+            raw = b"".join(digs)
+        self.bad += bad
+        self.counts.append(len(raw) // 32)
+        self.bads.append(bad)
+        return raw
+
+    def rows(self, lo, hi):
+        out = super().rows(lo, hi)
+        if self.writer is not None:
+            self.writer.append("digests", out)
+        if self.old is not None:
+            self.old.release()  # the pages of this range: read, copied, given back
+        return out
+
+    def finish(self):
+        """Keep the listing when it changed (every folder was taken)."""
+        if self.writer is not None:
+            n = sum(self.counts)
+            if not n:
+                self.writer.append("digests", np.zeros((0, 32), np.uint8))
+            self.writer.save({"chunks": n},
+                             {"dirs": np.array(self.dirs, np.int64),
+                              "mtimes": np.array(self.mtimes, np.int64),
+                              "bad": np.array(self.bads, np.int64),
+                              "counts": np.array(self.counts, np.int64)})
+            self.writer = None
+        self.old = None
+        self.kept = {}
 
 
 def _words(digests) -> np.ndarray:
@@ -558,67 +711,56 @@ def _list_dir(path):
     return digs, bad
 
 
-def chunk_listing(ctx, backend, store):
-    """The :class:`ChunkListing` of ``store`` (a folder of this machine), from the index
-    store when kept: a folder whose mtime is unchanged holds the same names (adding,
-    removing or renaming a chunk file changes it), so only changed folders are listed
-    again.  A datastore of 5 million chunks is then checked with 65,536 ``stat`` calls
-    instead of 65,536 listings and 5 million ``stat`` calls.  None for other stores."""
-    if not isinstance(store.fs, OsFiles):
-        return None
-    try:
-        st = os.stat(store.chunks)
-        with os.scandir(store.chunks) as it:
-            now = {e.name: e.stat(follow_symlinks=False).st_mtime_ns for e in it
-                   if HEX4_RE.match(e.name) and e.is_dir(follow_symlinks=False)}
-    except OSError:
-        return None
-    where = f"pbs-chunks:{st.st_dev}:{st.st_ino}"
-    ix = ctx.index(backend, "chunk-listing", None, version=LISTING_VERSION, path=store.chunks,
-                   ident=(where, {}))
-    old, kept = None, {}
-    got = ix.load()
-    if got is not None:
-        _info, a = got
-        old = ChunkListing(a["digests"], a["dirs"], a["mtimes"], a["bad"])
-        counts = a["counts"]
-        offs = np.concatenate(([0], np.cumsum(counts)))
-        # the stored rows of every folder still as it was
-        for i, (d, mt) in enumerate(zip(old.dirs.tolist(), old.mtimes.tolist(), strict=True)):
-            name = f"{d:04x}"
-            if now.get(name) == mt:
-                kept[name] = (int(offs[i]), int(offs[i + 1]), int(old.bad[i]))
-    if old is not None and len(kept) == len(now) == len(old.dirs):
-        return old
-    # one growing buffer, not an array per folder joined at the end (65,536 small arrays
-    # and a copy of them all: 2 million digests peaked at 3 times their 64 MB)
-    buf, dirs, mtimes, bads, counts = bytearray(), [], [], [], []
-    for k, name in enumerate(sorted(now)):
-        if k % 4096 == 0:
-            ctx.note_progress(f"pbs: listing chunks of {store.name}: {k}/{len(now)} folders")
-        if name in kept:
-            lo, hi, bad = kept[name]
-            buf += memoryview(old.digests[lo:hi]).cast("B") if hi > lo else b""
-            n = hi - lo
-        else:
-            digs, bad = _list_dir(os.path.join(store.chunks, name))
-            digs.sort()
-            for d in digs:
-                buf += d
-            n = len(digs)
-        dirs.append(int(name, 16))
-        mtimes.append(now[name])
-        bads.append(bad)
-        counts.append(n)
-    old = kept = None
-    digests = np.frombuffer(buf, np.uint8).reshape(-1, 32)
-    lst = ChunkListing(digests, np.array(dirs, np.int64), np.array(mtimes, np.int64),
-                       np.array(bads, np.int64))
-    if ix.usable:
-        ix.save({"chunks": int(len(digests))},
-                {"digests": digests, "dirs": lst.dirs, "mtimes": lst.mtimes, "bad": lst.bad,
-                 "counts": np.array(counts, np.int64)})
-    return lst
+def _folder_ranges(items):
+    """Adjoining ranges of ``<4hex>`` folders, each holding about ``CHECK_BUDGET`` bytes of
+    digests when ``items`` digests are spread over all of them (SHA-256: evenly)."""
+    parts = 1
+    while parts < FOLDERS and items * 32 > parts * CHECK_BUDGET:
+        parts *= 2
+    step = FOLDERS // parts
+    return [(lo, lo + step) for lo in range(0, FOLDERS, step)]
+
+
+def _gather(archives, lo, hi):
+    """The digests of ``archives`` in folders lo..hi-1 (their first 2 bytes), each once,
+    sorted, as ``(n, 32)`` uint8 rows: every table is walked a piece at a time (not held)
+    into one growing buffer."""
+    buf = bytearray()
+    for a in archives:
+        for _first, rows in a.index.digest_rows():
+            if not len(rows):
+                continue
+            folder = first_words(rows) >> np.uint64(48)
+            sel = rows[(folder >= lo) & (folder < hi)]
+            if len(sel):
+                buf += memoryview(np.ascontiguousarray(sel)).cast("B")
+    return _unique_rows(np.frombuffer(buf, np.uint8).reshape(-1, 32))
+
+
+def _unique_rows(rows):
+    """``rows`` ((n, 32) uint8 digests) sorted, each once, in about 48 bytes a row on top
+    of them (one sorted copy, its first words, the order): :func:`unique_digests` made
+    four 32-byte copies."""
+    if not len(rows):
+        return np.zeros((0, 32), np.uint8)
+    t0 = first_words(rows)
+    order = np.argsort(t0, kind="stable")
+    t0 = t0[order]
+    rows = rows[order]
+    del order
+    same = np.flatnonzero(t0[1:] == t0[:-1])  # rows sharing their first 8 bytes: rare
+    keep = np.ones(len(rows), dtype=bool)
+    if len(same):
+        starts = same[np.concatenate(([True], np.diff(same) > 1))]
+        for a in starts.tolist():
+            b = a + 1
+            while b < len(rows) and t0[b] == t0[a]:
+                b += 1
+            run = sorted(rows[a:b].tobytes()[i:i + 32] for i in range(0, (b - a) * 32, 32))
+            rows[a:b] = np.frombuffer(b"".join(run), np.uint8).reshape(-1, 32)
+            for i in range(a + 1, b):
+                keep[i] = run[i - a] != run[i - a - 1]
+    return rows if keep.all() else rows[keep]
 
 
 def check_chunks(ctx, state: State, verify="exists", backend=None):
@@ -626,110 +768,95 @@ def check_chunks(ctx, state: State, verify="exists", backend=None):
     chunks become damage entries with their byte ranges, and for pxar the files in
     them; chunk files no index references are counted.
 
-    Memory stays compact for stores of millions of chunks: each index's digest table is
-    looked up in the listings as it is, a chunk not listed is checked once, only
-    failures are kept in a dict."""
+    Memory stays flat for stores of millions of chunks: the referenced digests and the
+    chunk files are joined a range of ``<4hex>`` folders at a time (about
+    :data:`CHECK_BUDGET` bytes of digests each: the index tables are walked once per
+    range, never held), only failures are kept in a dict."""
     pool = state.pool
     new_archives = state.archives[state.checked_archives:]
     new_stores = state.datastores[state.checked_stores:]
     state.checked_archives, state.checked_stores = len(state.archives), len(state.datastores)
     archives = [a for a in new_archives if a.index.known]
+    # Orphans of a datastore opened now count the references of every archive so far.
+    everything = [a for a in state.archives if a.index.known] if new_stores else archives
+    if len(everything) == len(archives):  # (archives is part of it)
+        everything = archives
     # The zero chunk of any chunk size in use has known content: nothing to check.
     sizes = {a.index.chunk_size for a in new_archives if isinstance(a.index, FixedIndex)}
     zero = {zero_digest(cs) for cs in sizes} - {None}
     failures: dict = {}
-    listings = {id(st): chunk_listing(ctx, backend, st) for st in pool.stores} \
-        if verify == "exists" and backend is not None else {}
-    if listings and all(v is not None for v in listings.values()):
-        # Each index's digests looked up in the listings as they are (no table of every
-        # digest, no sorted copy): only the chunks not found, a few, are collected, and
-        # of the rest only the first 8 bytes, for the orphan count (2 million chunks:
-        # the check peaked at ~4 copies of the 64 MB of digests, now 16 MB more).
-        heads = {k: (first_words(lst.digests), lst.digests) for k, lst in listings.items()}
-        missing: dict = {}
-        firsts = []
-        for a in archives:
-            v = np.frombuffer(a.index.table, dtype="V32")
-            found = np.zeros(len(v), dtype=bool)
-            for t0, table in heads.values():  # there when any datastore has its file
-                found |= digests_in(v, table, t0)
-            for d in v[~found]:
-                missing.setdefault(d.tobytes())
-            firsts.append(first_words(v))
-        todo = sorted(missing)
-        prefixes = np.concatenate(firsts) if firsts else np.zeros(0, np.uint64)
-        del firsts
-    else:
-        heads = {}
-        allv = np.concatenate([np.frombuffer(a.index.table, dtype="V32") for a in archives]) \
-            if archives else np.zeros(0, dtype="V32")
-        unique = unique_digests(allv)
-        del allv
-        todo = (v.tobytes() for v in unique)
-        prefixes = unique.view(">u8")[::4].astype(np.uint64)
-    del archives
-    for k, digest in enumerate(todo):
-        if digest in zero:
-            continue
-        if k % 4096 == 0:
-            ctx.note_progress(f"pbs: checking chunks ({verify}): {k}")
-        err = _check_one(pool, digest, None, verify)
-        if err is not None:
-            failures[digest] = err
+    new_roots = {root for _n, root, _t, _fs in new_stores}
+    listers: dict = {}
+    use_listing = verify == "exists" and backend is not None
+    if use_listing:
+        listers = {id(st): ChunkListing(ctx, backend, st) for st in pool.stores}
+        use_listing = all(v.ok for v in listers.values())
+    if not use_listing:  # the chunks are checked one by one: the folders only for orphans
+        listers = {id(st): FolderLister(st) for st in pool.stores if st.root in new_roots}
+    orphans = {id(st): 0 for st in pool.stores if id(st) in listers and st.root in new_roots}
+    refs = sum(a.index.known for a in everything)
+    chunks = max((v.estimate() for v in listers.values()), default=0)
+    k = 0
+    for lo, hi in _folder_ranges(max(refs, chunks)):
+        new_u = _gather(archives, lo, hi)
+        all_u = new_u if everything is archives else _gather(everything, lo, hi)
+        all_t0 = first_words(all_u) if orphans and len(all_u) else None
+        found = np.zeros(len(new_u), dtype=bool)
+        for st in pool.stores:
+            lister = listers.get(id(st))
+            if lister is None:
+                continue
+            have = lister.rows(lo, hi)
+            if use_listing and len(new_u) and len(have):
+                found |= digests_in(new_u, have)  # there when any datastore has its file
+            if id(st) in orphans and len(have):
+                used = digests_in(have, all_u, all_t0) if all_t0 is not None else 0
+                orphans[id(st)] += int(len(have) - np.count_nonzero(used))
+            del have
+        todo = new_u[~found] if use_listing else new_u
+        del new_u, all_u, all_t0, found
+        for v in todo:
+            digest = v.tobytes()
+            if digest in zero:
+                continue
+            if k % 4096 == 0:
+                ctx.note_progress(f"pbs: checking chunks ({verify}): {k}")
+            k += 1
+            err = _check_one(pool, digest, None, verify)
+            if err is not None:
+                failures[digest] = err
+        del todo
+    for lister in listers.values():
+        lister.finish()
+    del archives, everything
     if failures:
+        fail_rows = np.frombuffer(b"".join(sorted(failures)), np.uint8).reshape(-1, 32)
+        fail_t0 = first_words(fail_rows)
         for arc in new_archives:
             ix = arc.index
-            bad_ranges: dict = {}  # kind -> [(start, length, error)]
-            for i in range(ix.known):
-                digest = ix.digest(i)
-                err = failures.get(digest)
-                if err is None:
-                    continue
-                start, length = ix.chunk_range(i)
-                kind = err if isinstance(err, str) else err.kind
-                bad_ranges.setdefault(kind, []).append((start, length, digest))
-                state.reported.add((id(ix), digest))
+            skip_none = ix.kind == "fidx" and ix.unfinished  # digest(i) None: never written
+            bad_ranges: dict = {}  # kind -> [(start, length, digest)]
+            for first, rows in ix.digest_rows():
+                for j in np.flatnonzero(digests_in(rows, fail_rows, fail_t0)).tolist():
+                    digest = rows[j].tobytes()
+                    if skip_none and digest == bytes(32):
+                        continue
+                    err = failures[digest]
+                    start, length = ix.chunk_range(first + j)
+                    kind = err if isinstance(err, str) else err.kind
+                    bad_ranges.setdefault(kind, []).append((start, length, digest))
+                    state.reported.add((id(ix), digest))
             _report_bad(ctx, arc, bad_ranges, failures, pool)
     state.checked = True
     early, state.early = state.early, []
     for cb, start, length, err in early:  # corrupt chunks the check did not look at (no verify)
         cb(start, length, err)
-    # Orphans: chunk files that no index references (64-bit digest prefixes, sorted).
-    if state.ref_prefixes is not None:
-        prefixes = np.concatenate((state.ref_prefixes, prefixes))
-    prefixes.sort()  # in place (an array of this call's own), then each once
-    if len(prefixes):
-        prefixes = prefixes[np.concatenate(([True], prefixes[1:] != prefixes[:-1]))]
-    state.ref_prefixes = prefixes
-    by_root = {st.root: (listings.get(id(st)), heads.get(id(st))) for st in pool.stores}
-    for _name, root, tpath, fs in new_stores:
-        orphans = bad_files = 0
-        chunks = fs.path(root, ".chunks")
-        lst, head = by_root.get(root, (None, None))
-        if lst is not None:  # the same counts from the listing
-            pre = head[0] if head is not None else first_words(lst.digests)
-            if len(pre):
-                pos = np.searchsorted(prefixes, pre)
-                known = (pos < len(prefixes)) & \
-                    (prefixes[np.minimum(pos, len(prefixes) - 1)] == pre) \
-                    if len(prefixes) else np.zeros(len(pre), dtype=bool)
-                orphans = int((~known).sum())
-            bad_files = int(lst.bad.sum())
-            _report_store(ctx, tpath, orphans, bad_files)
-            continue
-        for d in fs.listdir(chunks):
-            if not HEX4_RE.match(d):
-                continue
-            names = fs.listdir(fs.path(chunks, d))
-            digs = [e for e in names if DIGEST_RE.match(e)]
-            bad_files += sum(1 for e in names if e.endswith(".bad"))
-            if digs:
-                pre = np.array([int(e[:16], 16) for e in digs], dtype=np.uint64)
-                pos = np.searchsorted(prefixes, pre)
-                known = (pos < len(prefixes)) & (prefixes[np.minimum(pos, len(prefixes) - 1)] == pre) \
-                    if len(prefixes) else np.zeros(len(pre), dtype=bool)
-                orphans += int((~known).sum())
-        _report_store(ctx, tpath, orphans, bad_files)
+    by_root = {st.root: listers.get(id(st)) for st in pool.stores}
+    ids = {st.root: id(st) for st in pool.stores}
+    for _name, root, tpath, _fs in new_stores:
+        lister = by_root.get(root)
+        _report_store(ctx, tpath, orphans.get(ids.get(root), 0),
+                      lister.bad if lister is not None else 0)
 
 
 def _report_store(ctx, tpath, orphans, bad_files):

@@ -39,11 +39,65 @@ class ChunkError(PbsError):
 
 
 # ---------------------------------------------------------------------------
-class FixedIndex:
+#: Entries of an index table read (and cached) at a time when a chunk is looked up.
+TABLE_BLOCK = 2048
+#: Bytes of an index table read at a time when all of it is walked (checksum, chunk check).
+WALK_BYTES = 1 << 20
+_index_ids = itertools.count(1)
+
+
+class _Table:
+    """The table of an index file, read from the file when needed rather than held: a
+    datastore of millions of chunks has tables of 32 bytes a chunk per backup (tens of MB
+    each), which stayed in the daemon for its life.  Blocks of :data:`TABLE_BLOCK` entries
+    are cached in the byte-bounded ``METADATA_CACHE``."""
+
+    entry = FIXED_ENTRY_SIZE
+
+    def _init_table(self, fs, path, count):
+        self.fs = fs
+        self.path = path
+        self.uid = next(_index_ids)
+        self.known = count
+
+    def _raw(self, first, n):
+        """The bytes of entries ``first .. first+n-1`` (fewer if the file got shorter)."""
+        want = n * self.entry
+        if want <= 0:
+            return b""
+        try:
+            data = self.fs.read_range(self.path, INDEX_HEADER_SIZE + first * self.entry, want)
+        except OSError:
+            return b""
+        return data[: len(data) // self.entry * self.entry]
+
+    def _block(self, b):
+        key = ("pbs-index", self.uid, b)
+        got = METADATA_CACHE.get(key)
+        if got is None:
+            first = b * TABLE_BLOCK
+            got = METADATA_CACHE.put(key, self._decode(self._raw(first, min(TABLE_BLOCK, self.known - first))))
+        return got
+
+    def walk(self, step=None):
+        """``(first entry, raw bytes)`` of the table a piece at a time (not cached)."""
+        step = step or max(1, WALK_BYTES // self.entry)
+        for first in range(0, self.known, step):
+            yield first, self._raw(first, min(step, self.known - first))
+
+    def digest_rows(self, step=None):
+        """``(first entry, (n, 32) uint8 digests)`` a piece at a time."""
+        for first, raw in self.walk(step):
+            yield first, self._rows(raw)
+
+
+class FixedIndex(_Table):
     """A ``.fidx``: image size, chunk size and one digest per chunk.
 
     A truncated table keeps the digests that are there; the missing tail is reported
-    through ``problems`` and reads as unreadable (``digest(i)`` is None).
+    through ``problems`` and reads as unreadable (``digest(i)`` is None).  The digests
+    are read from the file when asked for (see :class:`_Table`); the checksum is checked
+    on a walk over the table at open.
     """
 
     kind = "fidx"
@@ -52,7 +106,6 @@ class FixedIndex:
         """``unfinished``: a ``*.tmp_fidx`` of an interrupted backup (fixed_index.rs writes
         the table in place; digests never written are zero, the checksum is not set)."""
         fs = fs or OsFiles(root=os.path.dirname(path) or ".")
-        self.path = path
         self.problems: list[str] = []
         self.unfinished = unfinished
         name = fs.name(path)
@@ -70,29 +123,47 @@ class FixedIndex:
             expect = INDEX_HEADER_SIZE + FIXED_ENTRY_SIZE * self.count
             if expect > MAX_INDEX_FILE:
                 raise PbsError(f"{name}: image size {h.size} is implausible")
-            want = min(fsize, expect) - INDEX_HEADER_SIZE
-            self.table = fs.read_range(path, INDEX_HEADER_SIZE, want) if want > 0 else b""
+            want = max(0, min(fsize, expect) - INDEX_HEADER_SIZE)
+            self._init_table(fs, path, want // FIXED_ENTRY_SIZE)
+            csum, written, got = hashlib.sha256(), 0, 0
+            for _first, raw in self.walk():
+                csum.update(raw)
+                got += len(raw)
+                if unfinished:
+                    rows = self._rows(raw)
+                    written += int(np.count_nonzero(rows.any(axis=1)))
+            if got != self.known * FIXED_ENTRY_SIZE:
+                raise OSError(5, "the index file got shorter while read")
         except OSError as e:
             raise PbsError(f"cannot read {path}: {e.strerror or e}") from None
         self.uuid, self.ctime, self.index_csum = h.uuid, h.ctime, h.index_csum
-        self.known = len(self.table) // FIXED_ENTRY_SIZE
         if fsize != expect:
             self.problems.append(
                 f"file size {fsize} != 4096 + 32*ceil(size/chunk_size) = {expect}"
                 + (f"; digests of chunks {self.known}..{self.count - 1} are lost"
                    if self.known < self.count else ""))
-        elif not unfinished and hashlib.sha256(self.table).digest() != self.index_csum:
+        elif not unfinished and csum.digest() != self.index_csum:
             self.problems.append("index checksum mismatch (digest table altered)")
-        self.table = self.table[: self.known * FIXED_ENTRY_SIZE]
         if unfinished:
-            written = sum(1 for i in range(self.known) if self.table[i * 32:(i + 1) * 32] != _NO_DIGEST)
             self.problems.append(f"unfinished backup (interrupted upload): {written} of {self.count} "
                                  f"chunks were written; the others read as unreadable")
 
+    @staticmethod
+    def _rows(raw):
+        return np.frombuffer(raw, np.uint8).reshape(-1, 32)
+
+    @staticmethod
+    def _decode(raw):
+        return raw
+
     def digest(self, i):
-        if i >= self.known:
+        if not 0 <= i < self.known:
             return None
-        d = self.table[i * 32:(i + 1) * 32]
+        blk = self._block(i // TABLE_BLOCK)
+        j = (i % TABLE_BLOCK) * 32
+        d = blk[j:j + 32]
+        if len(d) < 32:
+            return None  # the file got shorter since it was opened
         return None if (self.unfinished and d == _NO_DIGEST) else d
 
     def chunk_range(self, i):
@@ -109,18 +180,22 @@ class FixedIndex:
 
 
 _NO_DIGEST = bytes(32)
+_DYN = np.dtype([("end", "<u8"), ("digest", "V32")])
 
 
-class DynamicIndex:
-    """A ``.didx``: a stream cut into chunks; entry i ends at ``ends[i]``."""
+class DynamicIndex(_Table):
+    """A ``.didx``: a stream cut into chunks; entry i ends at ``ends[i]``.
+
+    The entries are read from the file when asked for (see :class:`_Table`); only the
+    end of every :data:`TABLE_BLOCK`-th entry is kept, to find the block of an offset."""
 
     kind = "didx"
+    entry = DYNAMIC_ENTRY_SIZE
 
     def __init__(self, path, fs=None, unfinished=False):
         """``unfinished``: a ``*.tmp_didx`` of an interrupted backup (entries are appended
         as chunks arrive; the checksum is not set): its entries are a prefix of the stream."""
         fs = fs or OsFiles(root=os.path.dirname(path) or ".")
-        self.path = path
         self.problems: list[str] = []
         self.unfinished = unfinished
         name = fs.name(path)
@@ -128,48 +203,94 @@ class DynamicIndex:
             fsize = fs.size(path)
             if fsize > MAX_INDEX_FILE:
                 raise PbsError(f"{name}: index file of {fsize} bytes is implausible")
-            data = fs.read(path, MAX_INDEX_FILE)
+            head = fs.read_range(path, 0, INDEX_HEADER_SIZE)
+            h = parse(DynamicIndexHeader, head, f"{name} header")
+            if h.magic != DYNAMIC_SIZED_CHUNK_INDEX_1_0:
+                raise PbsError(f"{name}: not a dynamic index (bad magic)")
+            body = max(0, fsize - INDEX_HEADER_SIZE)
+            n = body // DYNAMIC_ENTRY_SIZE
+            self._init_table(fs, path, n)
+            # one walk: the checksum, the ends growing strictly (the consistent prefix of
+            # a damaged table is kept), the last end of every block
+            csum, got, prev, bad = hashlib.sha256(), 0, 0, None
+            fences = []
+            step = TABLE_BLOCK * max(1, WALK_BYTES // (TABLE_BLOCK * DYNAMIC_ENTRY_SIZE))
+            for first, raw in self.walk(step):
+                csum.update(raw)
+                got += len(raw)
+                if bad is not None:
+                    continue
+                ends = np.frombuffer(raw, _DYN)["end"].astype(np.int64)
+                if len(ends):
+                    steps = np.diff(ends, prepend=prev)
+                    if not np.all(steps > 0):  # (the first end must be > 0 too)
+                        bad = first + int(np.argmax(steps <= 0))
+                        ends = ends[: bad - first]
+                    fences.append(ends[TABLE_BLOCK - 1::TABLE_BLOCK])
+                    prev = int(ends[-1]) if len(ends) else prev
+            if got != n * DYNAMIC_ENTRY_SIZE:
+                raise OSError(5, "the index file got shorter while read")
         except FileTooLargeError as e:
             raise PbsError(str(e)) from None
         except OSError as e:
             raise PbsError(f"cannot read {path}: {e.strerror or e}") from None
-        h = parse(DynamicIndexHeader, data[:INDEX_HEADER_SIZE], f"{name} header")
-        if h.magic != DYNAMIC_SIZED_CHUNK_INDEX_1_0:
-            raise PbsError(f"{name}: not a dynamic index (bad magic)")
         self.uuid, self.ctime, self.index_csum = h.uuid, h.ctime, h.index_csum
-        body = data[INDEX_HEADER_SIZE:]
-        n = len(body) // DYNAMIC_ENTRY_SIZE
-        if len(body) % DYNAMIC_ENTRY_SIZE and not unfinished:
+        if body % DYNAMIC_ENTRY_SIZE and not unfinished:
             self.problems.append(f"file size {fsize} != 4096 + 40*N; the last partial entry is dropped")
-        body = body[: n * DYNAMIC_ENTRY_SIZE]
         if unfinished:
             self.problems.append(f"unfinished backup (interrupted upload): the first {n} chunks of the "
                                  f"stream were written; it ends there")
-        elif not self.problems and hashlib.sha256(body).digest() != self.index_csum:
+        elif not self.problems and csum.digest() != self.index_csum:
             self.problems.append("index checksum mismatch (entry table altered)")
-        arr = np.frombuffer(body, dtype=[("end", "<u8"), ("digest", "V32")])
-        ends = arr["end"].astype(np.int64) if n else np.zeros(0, np.int64)
-        # Ends must grow strictly; keep the consistent prefix of a damaged table.
-        if n and (ends[0] <= 0 or (n > 1 and not np.all(np.diff(ends) > 0))):
-            bad = 0 if ends[0] <= 0 else int(np.argmax(np.diff(ends) <= 0)) + 1
+        if bad is not None:
             self.problems.append(f"entry {bad}: end offsets do not increase; later entries ignored")
             n = bad
-            ends = ends[:n]
-        self.ends = np.ascontiguousarray(ends[:n])
-        self.table = arr["digest"][:n].tobytes()  # "V32": raw bytes, trailing NULs kept
         self.count = self.known = n
-        self.size = int(self.ends[-1]) if n else 0
+        # the end of entry k*TABLE_BLOCK-1 for each block k (the last block's own end apart)
+        self.fences = np.concatenate(fences) if fences else np.zeros(0, np.int64)
+        self.fences = np.ascontiguousarray(self.fences[: n // TABLE_BLOCK])
+        self.size = self.end(n - 1) if n else 0
+
+    @staticmethod
+    def _rows(raw):
+        a = np.frombuffer(raw, _DYN)["digest"]
+        return np.ascontiguousarray(a).view(np.uint8).reshape(-1, 32)
+
+    @staticmethod
+    def _decode(raw):
+        a = np.frombuffer(raw, _DYN)
+        return a["end"].astype(np.int64), a["digest"].tobytes()  # "V32": raw bytes kept
+
+    def end(self, i):
+        ends = self._block(i // TABLE_BLOCK)[0]
+        j = i % TABLE_BLOCK
+        if j >= len(ends):
+            raise PbsError(f"{os.path.basename(self.path)}: entry {i} can no longer be read")
+        return int(ends[j])
 
     def digest(self, i):
-        return self.table[i * 32:(i + 1) * 32] if i < self.count else None
+        if not 0 <= i < self.count:
+            return None
+        table = self._block(i // TABLE_BLOCK)[1]
+        j = (i % TABLE_BLOCK) * 32
+        d = table[j:j + 32]
+        return d if len(d) == 32 else None
 
     def chunk_range(self, i):
-        start = int(self.ends[i - 1]) if i else 0
-        return start, int(self.ends[i]) - start
+        start = self.end(i - 1) if i else 0
+        return start, self.end(i) - start
+
+    def _find(self, offset):
+        """The first entry whose end is after ``offset`` (``count`` if none)."""
+        b = int(np.searchsorted(self.fences, offset, side="right"))
+        if b * TABLE_BLOCK >= self.count:
+            return self.count
+        ends = self._block(b)[0]
+        return b * TABLE_BLOCK + int(np.searchsorted(ends, offset, side="right"))
 
     def chunks_at(self, offset, length):
-        first = int(np.searchsorted(self.ends, offset, side="right"))
-        last = int(np.searchsorted(self.ends, offset + length - 1, side="right"))
+        first = self._find(offset)
+        last = self._find(offset + length - 1)
         return range(first, min(last, self.count - 1) + 1)
 
     def digests(self):
