@@ -12,6 +12,7 @@ Usage: python benchmarks/bench_qcow2.py [--size-mib 1024] [--workdir DIR] [--rou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -106,14 +107,12 @@ def main():
             time.sleep(0.1)
     else:
         print("qemu-storage-daemon not installed (Debian: qemu-system-common); skipped")
-    stress = None
-    if args.stress:
-        stress = subprocess.Popen(["stress-ng", "--cpu", str(args.stress), "--quiet"])
-        time.sleep(5)
     # Rounds alternate the readers, each from a cold page cache, so that the limit (cat
     # of the raw file) and pvfs are measured under the same load and disk contention.
     rounds = []
+    stack = contextlib.ExitStack()
     try:
+        stack.enter_context(common.stress_ng(args.stress))
         disk = mnt / "storage" / "files" / "bench.qcow2" / "disk.raw"
         for r in range(args.rounds):
             one = {"cat raw file (limit)": timed_read(raw, size), "pvfs mount": timed_read(disk, size)}
@@ -132,9 +131,7 @@ def main():
                     rss = int(line.split()[1]) / 1024
         print(f"pvfs daemon peak RSS: {rss:.0f} MiB" if rss else "pvfs daemon RSS: unknown")
     finally:
-        if stress is not None:
-            stress.terminate()
-            stress.wait()
+        stack.close()
         unmount(mnt)
         if proc is not None:
             proc.terminate()

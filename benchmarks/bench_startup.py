@@ -26,7 +26,14 @@ Python's bytecode caches are written first (``compileall``), as an installed pac
 has them: without them every start compiles every module it imports.  Needs root and
 /dev/fuse for the mounts.
 
-    python benchmarks/bench_startup.py [--rounds 7] [--compare DIR] [--skip-zfs-fuse]
+``--stress N`` runs ``stress-ng --cpu N`` during the rounds (a machine whose cores are
+busy: the wall times are then about the CPU times times the run-queue's share).  Each
+tree's line says whether its ZFS kernels are built ahead of time (``python -m
+backends.zfs.kernels``): without them a tree decodes lzjb metadata in Python and the
+ZFS mount is not comparable.
+
+    python benchmarks/bench_startup.py [--rounds 7] [--compare DIR] [--stress N]
+                                       [--skip-zfs-fuse]
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 
-from common import load, unmount  # noqa: E402
+from common import load, stress_ng, unmount  # noqa: E402
 
 TARGETS = {"zfs mount": 0.5, "ceph re-mount": 1.0, "thin re-mount": 1.0}
 
@@ -80,6 +87,10 @@ class Tree:
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         subprocess.run([sys.executable, "-m", "compileall", "-q", "pvfs", "backends",
                         "mountd"], cwd=root, check=False, stdout=subprocess.DEVNULL)
+        r = subprocess.run([sys.executable, "-c", "from backends.zfs import kernels; "
+                            "print(bool(kernels.aot()))"], env=self.env, cwd=root,
+                           capture_output=True, text=True)
+        self.aot = r.stdout.strip() == "True"
 
     def run(self, args, check=True):
         """``(wall s, cpu s)`` of one ``pvfs`` command."""
@@ -165,6 +176,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--compare", metavar="DIR", help="another checkout, run in the same rounds")
+    ap.add_argument("--stress", type=int, default=0, metavar="N",
+                    help="run stress-ng --cpu N during the rounds (a loaded machine)")
     ap.add_argument("--skip-zfs-fuse", action="store_true")
     args = ap.parse_args()
     trees = [Tree(ROOT, "this tree")]
@@ -188,47 +201,65 @@ def main():
     mnt = tmp / "mnt"
     mnt.mkdir()
     stores = {t.label: str(tmp / f"index-{i}") for i, t in enumerate(trees)}
-    print(f"trees: {', '.join(t.label for t in trees)}; {load()}", flush=True)
+    for t in trees:
+        print(f"tree {t.label} ({t.root}): ZFS kernels "
+              f"{'built ahead of time' if t.aot else 'NOT built (lzjb in Python)'}")
+    print(f"{load()}; stress-ng --cpu {args.stress}" if args.stress else load(), flush=True)
     for t in trees:  # fill the index stores (the first mount of an input builds them)
         for inputs in cases.values():
             t.run(["scan", "--index-dir", stores[t.label], *inputs])
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     loads = []
     try:
-        for r in range(args.rounds):
-            for t in trees:
-                res = {"import": t.import_time()}
-                for name, inputs in cases.items():
-                    key = "zfs mount" if name == "zfs" else f"{name} re-mount"
-                    res[key] = t.mount_ready(inputs, mnt, stores[t.label])
-                    res[f"{name} scan"] = t.run(["scan", "--index-dir", stores[t.label],
-                                                 *inputs])
-                for k, v in res.items():
-                    results.setdefault((t.label, k), []).append(v)
-            if peer:
-                dt = zpool_import(work)
-                if dt is None:
-                    print("  zfs-fuse is in use by another process: no peer this round")
-                else:
-                    results.setdefault(("zfs-fuse", "zpool import -d"), []).append((dt, 0.0))
-            loads.append(os.getloadavg()[0])
-            print(f"round {r + 1}: load {loads[-1]:.1f}: " + ", ".join(
-                f"{lab[:12]} {k} {v[-1][0]:.2f}" for (lab, k), v in results.items()),
-                flush=True)
+        with stress_ng(args.stress):
+            for r in range(args.rounds):
+                for t in trees if r % 2 == 0 else trees[::-1]:  # neither always first
+                    res = {"import": t.import_time()}
+                    for name, inputs in cases.items():
+                        key = "zfs mount" if name == "zfs" else f"{name} re-mount"
+                        res[key] = t.mount_ready(inputs, mnt, stores[t.label])
+                        res[f"{name} scan"] = t.run(["scan", "--index-dir", stores[t.label],
+                                                     *inputs])
+                    for k, v in res.items():
+                        results.setdefault((t.label, k), []).append(v)
+                if peer:
+                    dt = zpool_import(work)
+                    if dt is None:
+                        print("  zfs-fuse is in use by another process: no peer this round")
+                    else:
+                        results.setdefault(("zfs-fuse", "zpool import -d"), []).append((dt, 0.0))
+                loads.append(os.getloadavg()[0])
+                print(f"round {r + 1}: load {loads[-1]:.1f}: " + ", ".join(
+                    f"{lab[:12]} {k} {v[-1][0]:.2f}" for (lab, k), v in results.items()),
+                    flush=True)
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    stressed = f", stress-ng --cpu {args.stress} running" if args.stress else ""
     print(f"\nmedian of {args.rounds} rounds (load average during the rounds "
-          f"{min(loads):.1f}-{max(loads):.1f}, now {load()}; wall s / CPU s of the command):")
-    for (lab, k), v in results.items():
-        wall = statistics.median(x[0] for x in v)
-        cpu = statistics.median(x[1] for x in v)
+          f"{min(loads):.1f}-{max(loads):.1f}{stressed}; now {load()}); "
+          f"wall s / CPU s of the command:")
+    med = {key: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+           for key, v in results.items()}
+    first = trees[0].label
+    head = "".join(f"  {t.label[-17:]:>17s}" for t in trees)
+    print(f"  {'':18s}{head}" + (f"   wall: this / {trees[1].label[-17:]}"
+                                  if len(trees) > 1 else ""))
+    for k in dict.fromkeys(k for (_lab, k) in results if _lab != "zfs-fuse"):
+        cells = "".join(f"  {med[(t.label, k)][0]:7.3f} / {med[(t.label, k)][1]:5.3f} s"
+                        if (t.label, k) in med else f"  {'-':>17s}" for t in trees)
+        ratio = ""
+        if len(trees) > 1 and (trees[1].label, k) in med:
+            ratio = f"   {med[(first, k)][0] / med[(trees[1].label, k)][0]:5.2f}"
         target = TARGETS.get(k)
         mark = "" if target is None else \
-            f"   target < {target} s: {'met' if wall < target else 'NOT met'}"
-        print(f"  {lab:14s} {k:18s} {wall:6.3f} s wall  {cpu:6.3f} s CPU{mark}")
+            f"   target < {target} s: {'met' if med[(first, k)][0] < target else 'NOT met'}"
+        print(f"  {k:18s}{cells}{ratio}{mark}")
+    for (lab, k), (wall, _cpu) in med.items():
+        if lab == "zfs-fuse":
+            print(f"  {'zfs-fuse ' + k:18s}  {wall:7.3f} s")
     if ("zfs-fuse", "zpool import -d") in results:
         zi = statistics.median(x[0] for x in results[("zfs-fuse", "zpool import -d")])
         zm = statistics.median(x[0] for x in results[(trees[0].label, "zfs mount")])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -152,6 +153,24 @@ def load() -> str:
     """The load average, for every printed line of a curve (2 shared cores: it matters)."""
     a, b, c = os.getloadavg()
     return f"load {a:.1f} {b:.1f} {c:.1f}"
+
+
+@contextlib.contextmanager
+def stress_ng(cpus: int, settle: float = 5.0):
+    """``stress-ng --cpu CPUS`` running for the duration of the block (a loaded machine;
+    0: nothing), ``settle`` seconds given to the load average to follow."""
+    if not cpus:
+        yield
+        return
+    if not shutil.which("stress-ng"):
+        raise SystemExit("stress-ng is not installed (Debian: apt-get install stress-ng)")
+    proc = subprocess.Popen(["stress-ng", "--cpu", str(cpus), "--quiet"])
+    try:
+        time.sleep(settle)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 RSS_LIMIT_MIB = 300  # issue 15: the daemon stays under 300 MB at every size
