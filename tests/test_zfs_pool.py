@@ -538,3 +538,23 @@ def test_aot_kernels_agree_with_numpy_and_python():
     dst = np.empty(64, dtype=np.uint8)
     assert mod.lzjb(np.frombuffer(bytes([0xFF, 0x04, 0x05]), dtype=np.uint8), dst) == -2
     assert mod.lzjb(np.frombuffer(bytes([1]), dtype=np.uint8), dst) == -1
+
+
+def test_the_kernels_source_read_for_the_build_hash_is_inspects():
+    """kernels._source (the lines the code covers, read at every ZFS start-up) gives
+    exactly inspect.getsource for each kernel: the build's hash stays the one set-up made."""
+    import inspect
+
+    from backends.zfs import kernels
+
+    for name, (fn, _sig) in kernels.KERNELS.items():
+        assert kernels._source(fn) == inspect.getsource(fn), name
+    assert kernels._source(_nested_example) == inspect.getsource(_nested_example)
+
+
+def _nested_example(x):  # the last line is in a nested function's code
+    def inner(y):
+        return (y +
+                1)
+    return inner(
+        x)
