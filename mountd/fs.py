@@ -767,12 +767,12 @@ class PvfsOperations(pyfuse3.Operations):
             st.run = 0
             st.end = end
             st.ahead = 0
-        if st.run < SEQUENTIAL_READS or st.ahead - st.end >= PREFETCH_BYTES // 2:
+        if st.run < SEQUENTIAL_READS or st.ahead - st.end >= PREFETCH_BYTES // 2 \
+                or st.ahead >= src.size:  # asked up to the end already
             return
-        start = max(st.ahead, st.end)
         st.ahead = min(st.end + PREFETCH_BYTES, src.size)
-        if start < st.ahead:
-            self.workers.submit(src.prefetch, start, st.ahead - start)
+        if st.end < st.ahead:  # from the reader on: what continues its run is left alone
+            self.workers.submit(src.prefetch, st.end, st.ahead - st.end)
             self.prefetches += 1
 
     async def _read_into(self, src: Any, off: int, size: int) -> memoryview:

@@ -53,6 +53,9 @@ BAD_ZERO = "zero"
 _uids = itertools.count(1)
 log = logging.getLogger("pvfs.source")
 
+#: A forward skip in a file up to this size still counts as the reader following the
+#: file (its read-ahead reads across it); see Source.prefetch.
+PREFETCH_GAP = 4 << 20
 #: ``os.preadv`` flag: fail with EAGAIN instead of waiting for I/O (Linux 4.14+).
 RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _ZEROS = memoryview(bytes(1 << 20))
@@ -184,22 +187,33 @@ class Source:
     maps_plain = False
 
     def prefetch(self, offset: int, length: int) -> int:
-        """Ask the kernel to read the file ranges under ``[offset, offset + length)`` into
-        the page cache in the background (``posix_fadvise(WILLNEED)``: starts the I/O, does
-        not wait for it).  Returns the bytes asked for.  Never raises: a range that cannot
-        be read is met, and reported, by the read that asks for it."""
+        """Ask the kernel to read, in the background, the file ranges under ``[offset,
+        offset + length)`` that its own read-ahead will not: ``offset`` is where a
+        sequential reader is, and the file's read-ahead follows the reader along a file as
+        long as the bytes come in file order (a raw image, an LV, a run of qcow2 clusters;
+        a forward skip of up to :data:`PREFETCH_GAP`, such as compressed clusters read
+        in between, included).  Each place where the mapping jumps elsewhere (a thin run, a
+        qcow2 cluster allocated later) is advised with ``posix_fadvise(WILLNEED)``, which
+        starts the I/O and does not wait for it.  Advising what read-ahead already follows
+        was measured to cost more than it gains (a raw image 0.47x cat against 0.58x).
+        Returns the bytes advised.  Never raises: a range that cannot be read is met, and
+        reported, by the read that asks for it."""
         done = 0
-        run: list | None = None  # [file, file offset, length]: neighbours joined
-        for _pos, f, foff, n in sorted(self.plain_ranges(offset, length),
-                                       key=lambda r: (r[1].uid, r[2])):
-            if run is not None and f is run[0] and foff == run[1] + run[2]:
-                run[2] += n
+        last: tuple | None = None  # (file, end offset) of the previous range
+        advise = False  # the run being followed started where the mapping jumped
+        todo: list = []  # [file, offset, length] to advise, neighbours joined
+        for pos, f, foff, n in self.plain_ranges(offset, length):
+            if last is None or f is not last[0] or not 0 <= foff - last[1] <= PREFETCH_GAP:
+                advise = last is not None or pos > offset  # not the reader's own run
+            last = (f, foff + n)
+            if not advise:
                 continue
-            if run is not None:
-                done += run[0].willneed(run[1], run[2])
-            run = [f, foff, n]
-        if run is not None:
-            done += run[0].willneed(run[1], run[2])
+            if todo and todo[-1][0] is f and todo[-1][1] + todo[-1][2] == foff:
+                todo[-1][2] += n
+            else:
+                todo.append([f, foff, n])
+        for f, foff, n in todo:
+            done += f.willneed(foff, n)
         return done
 
     # -- for subclasses ----------------------------------------------------
