@@ -14,7 +14,10 @@ images placed on an OSD by their rjenkins hash, 1% of them with a clone, and eac
 10,000 random objects.  Onode values are one byte: the index never decodes them (onodes are
 decoded on demand and cached in the byte-bounded METADATA_CACHE).
 
-Each size runs in a fresh process so that its peak RSS is its own.  Databases are built once
+Each size runs twice, each time in a fresh process so that its peak RSS is its own: with
+an empty index store (``pvfs/index.py``: built and saved, as a first mount does), then
+with the store it filled (a re-mount).  RSS is given as VmRSS, RssAnon (the process's own
+memory) and RssFile (file pages: mapped index tables, reclaimable), and VmHWM.  Databases are built once
 under ``--workdir`` (default /var/tmp/pvfs-bench-scale) and reused.
 
     python benchmarks/bench_scale_ceph.py [--sizes 200000,1000000,2000000] [--osds 4]
@@ -39,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from common import load, print_curve, rss_mib  # noqa: E402
+from common import load, print_curve, rss_split  # noqa: E402
 
 OBJECTS_PER_IMAGE = 25600  # a 100 GiB RBD image in 4 MiB objects
 POOL = 2
@@ -97,23 +100,43 @@ def build(work: Path, total: int, osds: int) -> list[Path]:
     return dbs
 
 
-def measure(dbs: list[Path]) -> dict:
-    """Open every OSD's database and build its index, in this (fresh) process."""
+def _indexed(osd_store, osd, name, ix):
+    """The store with its index as a mount gets it (``cluster_tree``): from the index
+    store, else built and saved (and, where pvfs maps its tables, mapped)."""
+    if hasattr(osd_store, "indexed"):
+        return osd_store.indexed(osd, name, ix)
+    got = ix.load()  # pvfs before the mapped tables
+    st = osd_store(osd, name)
+    if got is not None and st.load_index(*got):
+        return st
+    st = osd_store(osd, name).build_index()
+    if ix.usable:
+        ix.save(*st.index_payload())
+    return st
+
+
+def measure(dbs: list[Path], store: str) -> dict:
+    """Open every OSD's database and take its index from the index store ``store`` (built
+    and saved there when empty), in this (fresh) process, as a mount does."""
     from backends.ceph.kv import open_kv_dir
     from backends.ceph.osd import OsdStore
+    from pvfs.index import IndexStore
     from pvfs.source import BytesSource
 
     gc.collect()
-    base = rss_mib(os.getpid())[0]
+    base = rss_split(os.getpid())["anon"]
     row = {"open s": 0.0, "index s": 0.0, "objects": 0}
     stores = []
+    indexes = IndexStore(store)
     for d in dbs:
         t = time.perf_counter()
         kv = open_kv_dir(d)
         row["open s"] += time.perf_counter() - t
         osd = types.SimpleNamespace(kv=kv, source=BytesSource(b"", label=d.name))
         t = time.perf_counter()
-        st = OsdStore(osd, d.name).build_index()
+        ix = indexes.entry("ceph", "objects", None, meta=b"bench", version=OsdStore.INDEX_VERSION,
+                           ident=(f"bench:{d}", {}))
+        st = _indexed(OsdStore, osd, d.name, ix)
         row["index s"] += time.perf_counter() - t
         row["objects"] += st.count
         stores.append(st)
@@ -129,9 +152,10 @@ def measure(dbs: list[Path]) -> dict:
     row["lookups/s"] = int(len(sample) / (time.perf_counter() - t))
     assert hits == len(sample), hits
     gc.collect()
-    row["index MiB"] = rss_mib(os.getpid())[0] - base
-    row["rss MiB"] = rss_mib(os.getpid())[0]
-    row["rss peak MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    m = rss_split(os.getpid())
+    row["anon growth MiB"] = m["anon"] - base
+    row["rss MiB"], row["anon MiB"], row["file MiB"] = m["rss"], m["anon"], m["file"]
+    row["hwm MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row["load"] = os.getloadavg()[0]
     return row
 
@@ -142,9 +166,10 @@ def main() -> None:
     ap.add_argument("--osds", type=int, default=4)
     ap.add_argument("--workdir", default="/var/tmp/pvfs-bench-scale")
     ap.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)  # one size, in a child
+    ap.add_argument("--store", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure([Path(p) for p in args.measure])))
+        print(json.dumps(measure([Path(p) for p in args.measure], args.store)))
         return
     if not shutil.which("ldb"):
         raise SystemExit("missing ldb (Debian: rocksdb-tools)")
@@ -155,15 +180,19 @@ def main() -> None:
         dbs = build(work, total, args.osds)
         print(f"{total} objects on {args.osds} OSDs ready ({time.perf_counter() - t:.0f} s), "
               f"{load()}", flush=True)
-        out = subprocess.run([sys.executable, __file__, "--measure", *map(str, dbs)],
-                             check=True, capture_output=True, text=True).stdout
-        row = {"objects": total, **json.loads(out.splitlines()[-1])}
-        row["objects"] = row.pop("objects")
-        rows.append(row)
-        print(f"  {row}", flush=True)
+        store = work / "index"
+        shutil.rmtree(store, ignore_errors=True)
+        for phase in ("first", "again"):  # an empty index store, then the one it filled
+            out = subprocess.run([sys.executable, __file__, "--store", str(store), "--measure",
+                                  *map(str, dbs)], check=True, capture_output=True,
+                                 text=True).stdout
+            row = {"objects": total, "run": phase, **json.loads(out.splitlines()[-1])}
+            row["objects"] = row.pop("objects")
+            rows.append(row)
+            print(f"  {row}", flush=True)
     print_curve(f"Ceph OSD index over {args.osds} OSD RocksDBs ({os.cpu_count()} CPUs)", rows,
-                ["objects", "open s", "index s", "objects/s", "lookups/s", "index MiB",
-                 "rss MiB", "rss peak MiB", "load"])
+                ["objects", "run", "open s", "index s", "objects/s", "lookups/s",
+                 "anon growth MiB", "rss MiB", "anon MiB", "file MiB", "hwm MiB", "load"])
 
 
 if __name__ == "__main__":

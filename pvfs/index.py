@@ -321,7 +321,7 @@ class IndexEntry:
             self.notify(severity, code, f"{self.backend} index {self.name} of {self.label} "
                                         f"({os.path.basename(self.path)}): {why}; rebuilt")
 
-    def load(self, mapped: bool = False) -> tuple[dict, dict[str, np.ndarray]] | None:
+    def load(self, mapped: bool = False, _log: bool = True) -> tuple[dict, dict[str, np.ndarray]] | None:
         """``(info, arrays)`` when the stored entry is complete, intact and current.
 
         ``mapped``: the arrays are read-only views of the file mapped into memory (a
@@ -349,6 +349,8 @@ class IndexEntry:
         if got is None:
             return None
         info, arrays, size = got
+        if not _log:
+            return info, arrays
         try:
             os.utime(self.path)  # least recently *used* goes first when trimming
         except OSError:
@@ -356,6 +358,11 @@ class IndexEntry:
         self.store.record(LogEntry(self.backend, self.name, self.label, "reused", self.path,
                                    size, time.monotonic() - self._t0))
         return info, arrays
+
+    def load_saved(self) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """The entry just saved, read back mapped (``load(mapped=True)``, not logged as a
+        reuse): what was built then costs the process file pages, not its own memory."""
+        return self.load(mapped=True, _log=False)
 
     def _load_fd(self, fd: int, mapped: bool) -> tuple[dict, dict, int] | None:
         size = os.fstat(fd).st_size
@@ -541,6 +548,36 @@ class MappedArrays(dict):
             import mmap
 
             self.mm.madvise(mmap.MADV_DONTNEED)
+
+
+def scratch_map(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` copied into an unnamed temporary file (``$TMPDIR``) and mapped, as
+    ``load(mapped=True)`` gives them: for tables built without a store (``--index-dir
+    none``) that should cost file pages, not the process's own memory.  The arrays
+    themselves when the file cannot be written."""
+    import mmap
+
+    import numpy as np
+
+    try:
+        with tempfile.TemporaryFile(prefix="pvfs-scratch-") as f:
+            table, pos = [], 0
+            for name, arr in arrays.items():
+                a = np.ascontiguousarray(arr)
+                if a.nbytes:
+                    f.write(memoryview(a).cast("B"))
+                table.append((name, a.dtype, a.shape, pos, a.nbytes))
+                pos += a.nbytes
+            f.flush()
+            out = MappedArrays()
+            if pos:
+                out.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            for name, dt, shape, off, n in table:
+                out[name] = (np.frombuffer(out.mm, dtype=dt, count=n // dt.itemsize, offset=off)
+                             if n else np.zeros(0, dtype=dt)).reshape(shape)
+            return out
+    except OSError:
+        return arrays
 
 
 class _Spill:

@@ -349,3 +349,55 @@ def test_unique_rows_equals_numpys():
     want = np.unique(rows.view("V32").ravel())
     assert got.shape == (len(want), 32) and got.tobytes() == want.tobytes()
     assert _unique_rows(np.zeros((0, 32), np.uint8)).shape == (0, 32)
+
+
+# -- Ceph: the OSD object index as mapped tables -------------------------------------------------
+def _mapped(arr) -> bool:
+    import mmap
+
+    while arr is not None:
+        if isinstance(arr, mmap.mmap):
+            return True
+        arr = arr.obj if isinstance(arr, memoryview) else getattr(arr, "base", None)
+    return False
+
+
+@pytest.mark.parametrize("with_store", [False, True])
+def test_osd_object_tables_are_file_pages(tmp_path, monkeypatch, with_store):
+    """After a build (with the index store: saved then mapped; without: an unnamed
+    temporary file) and after a reuse, every per-object table of every OSD is a view of a
+    mapped file, not the process's memory; every image still reads to its manifest sha256
+    and the report is the same as with the index held in memory."""
+    from backends.ceph.osd import OsdStore
+
+    from conftest import FIXTURES, sha256_source, unpack
+    from pvfs.nodes import resolve
+
+    require_fixture("ceph", "ceph-fixture.tar.zst")
+    root = unpack(FIXTURES / "ceph" / "ceph-fixture.tar.zst") / "ceph-fixture"
+    m = json.loads((FIXTURES / "ceph" / "manifest.json").read_text())
+    osds = [root / f"osd.{i}" / "block" for i in range(3)]
+    made = []
+    real = OsdStore.indexed.__func__
+
+    def spy(cls, *a, **k):
+        made.append(real(cls, *a, **k))
+        return made[-1]
+
+    monkeypatch.setattr(OsdStore, "indexed", classmethod(spy))
+    store = tmp_path / "store" if with_store else None
+    for _run in range(2 if with_store else 1):  # built, then reused
+        made.clear()
+        ctx, text, js = _scan(osds, store)
+        assert len(made) == 3
+        tables = [a for st in made for di in st.data.values() for a in (di.objnos, di.hashes)]
+        assert tables and all(_mapped(a) for a in tables)
+        assert sum(len(di.objnos) for st in made for di in st.data.values()) > 50
+        for img in m["images"]:
+            vmid = img["name"].split("-")[1]
+            assert sha256_source(resolve(ctx.root, f"vms/{vmid}/disk-0.raw").source) == \
+                img["sha256"], img["name"]
+    # the same report as the index held in memory (as built)
+    monkeypatch.setattr("pvfs.index.scratch_map", lambda arrays: arrays)
+    _c, text0, js0 = _scan(osds, None)
+    assert text0 == text and js0 == js

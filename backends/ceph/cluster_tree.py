@@ -117,24 +117,17 @@ def _open_stores(volumes, ctx, backend=None):
         def rep(sev, code, msg, ranges=(), outcome="", _p=v.path):
             ctx.report.add(sev, LAYER, _p, code, msg, ranges, outcome)
 
-        st = OsdStore(osd, name, report=rep)
         # The object index is kept between runs (pvfs/index.py), keyed by this device
         # and by what it was built from: the label, BlueFS's files and RocksDB's state.
         ix = ctx.index(LAYER, "objects", v.source, meta=_osd_fingerprint(osd),
                        version=OsdStore.INDEX_VERSION, path=v.path)
-        got = ix.load()
-        if got is None or not st.load_index(*got):
-            st = OsdStore(osd, name, report=rep)
-            ctx.note_progress(f"ceph: indexing the objects of {name}")
-            try:
-                st.build_index()
-            except (CephError, UnreadableError) as e:
-                ctx.report.add("warning", LAYER, v.path, "index-failed",
-                               f"object index: {e}; its objects are read from the other "
-                               f"OSDs' copies (what only it held is reported lost)")
-                continue
-            if ix.usable:
-                ix.save(*st.index_payload())
+        try:
+            st = OsdStore.indexed(osd, name, ix, report=rep, progress=ctx.note_progress)
+        except (CephError, UnreadableError) as e:
+            ctx.report.add("warning", LAYER, v.path, "index-failed",
+                           f"object index: {e}; its objects are read from the other "
+                           f"OSDs' copies (what only it held is reported lost)")
+            continue
         st.volume = v
         stores.append(st)
     return stores
