@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
+from . import session
 from .fs import PvfsOperations
 
 if TYPE_CHECKING:
@@ -69,7 +70,8 @@ async def _settle() -> None:
     release_free_memory()
 
 
-async def _main(mountpoint: str, readahead_kb: int) -> None:
+async def _main(mountpoint: str, readahead_kb: int,
+                wait: session.FastWait | None = None) -> None:
     async with trio.open_nursery() as nursery:
         if readahead_kb:
             # stat() of the mountpoint is served by this very loop: run it beside it.
@@ -78,6 +80,8 @@ async def _main(mountpoint: str, readahead_kb: int) -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
                 async for _ in sigs:
                     log.info("signal received: unmounting")
+                    if wait is not None:
+                        wait.close()
                     pyfuse3.terminate()
                     # Requests still in flight (a read stuck in a backend) would keep
                     # pyfuse3.main waiting: after a grace period they are cancelled, their
@@ -90,6 +94,8 @@ async def _main(mountpoint: str, readahead_kb: int) -> None:
 
         nursery.start_soon(on_signals)
         nursery.start_soon(_settle)
+        if wait is not None:
+            nursery.start_soon(wait.watch)
         await pyfuse3.main(min_tasks=4, max_tasks=64)
         nursery.cancel_scope.cancel()
 
@@ -161,13 +167,16 @@ def serve(root: Dir, mountpoint: str, report: DamageReport | None = None,
           threads: int = 8, readahead_kb: int = 4096) -> None:
     """Mount ``root`` at ``mountpoint`` and serve it until unmounted."""
     ops = PvfsOperations(root, report=report, threads=threads)
+    before = session.fuse_fds()
     pyfuse3.init(ops, str(mountpoint), fuse_options(options))
+    new = session.fuse_fds() - before
+    wait = session.install(new.pop() if len(new) == 1 else None)
     unmount = True
     try:
         tune_malloc()  # before the worker threads' first jobs
         if ready is not None:
             ready()
-        trio.run(_main, str(mountpoint), readahead_kb)  # tune_gc: in _settle
+        trio.run(_main, str(mountpoint), readahead_kb, wait)  # tune_gc: in _settle
     except BaseException:
         unmount = True
         raise

@@ -34,6 +34,8 @@ from pvfs.errors import UnreadableError
 from pvfs.nodes import Dir, File, GeneratedFile, InodeSpace, Listing, Node, Symlink
 from pvfs.source import WouldBlock
 
+from . import session
+
 if TYPE_CHECKING:
     from pvfs.damage import DamageReport
 
@@ -196,6 +198,7 @@ class Workers:
 
         self._jobs.put((fn, args, deliver))
         self.jobs += 1
+        session.handoff()  # the FUSE fd is watched by another task meanwhile
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
