@@ -558,3 +558,24 @@ def test_zfs_acltype_and_xattr_of_every_dataset(archive, manifest):
         seen += 1
     assert seen == {"zfs": 15 if "fxmirror" in manifest[-1] else 30, "zfs-modern": 9,
                     "zfs-2.3": 9}[manifest[0]], seen
+
+
+def test_zfs_directories_first_met_by_many_threads_at_once():
+    """Eight threads resolve every file of a freshly opened pool at once: each directory
+    is built by one of them and found by the others, never taken for a loop (it was:
+    "directory object 84 appears twice (loop); skipped" and its files missing, 3 runs of 3,
+    once discovery stopped listing the dataset's root before the mount's first request)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pvfs.cache import METADATA_CACHE
+
+    tree = _manifest("zfs", "manifests", "fxraidz1.json")["datasets"]["fxraidz1"]["tree"]
+    files = [rel for rel, e in tree.items() if e.get("type") == "file"]
+    for _ in range(3):
+        METADATA_CACHE.clear()
+        ctx = _discover("zfs", "images", "fxraidz1.tar.xz")
+        with ThreadPoolExecutor(8) as ex:
+            found = list(ex.map(lambda rel: resolve(ctx.root, f"storage/zfs/fxraidz1/{rel}"),
+                                files * 2))
+        assert [e.line() for e in ctx.report if e.code == "dir-loop"] == []
+        assert all(n is not None for n in found) and len(found) > 80

@@ -340,18 +340,22 @@ class Zpl(InodeSpace):
 
     def child(self, objnum: int, name: str, child: int):
         d = self._dir_nodes.get(child)
-        if d is not None:  # a directory is one node, met in one directory under one name
-            if self._dirs.get(child, (None,))[0] != objnum \
-                    or self.dir_relpath(child).rsplit("/", 1)[-1] != name:
-                rel = self.dir_relpath(objnum)
-                self.report("error", f"{rel}/{name}" if rel else name, "dir-loop",
-                            f"directory object {child} appears twice (loop); skipped")
-                return None
-            return d
-        node = self._live.get(child)
-        if node is not None:
-            return node
-        return self.node_for(child, _Rel(self, objnum, name), parent=objnum)
+        if d is None:
+            node = self._live.get(child)
+            if node is not None:
+                return node
+            with self._lock:  # another thread may have built this very directory meanwhile
+                d = self._dir_nodes.get(child)  # (_node_for would call that a loop)
+                if d is None:
+                    return self._node_for(child, _Rel(self, objnum, name), parent=objnum)
+        # a directory is one node, met in one directory under one name
+        if self._dirs.get(child, (None,))[0] != objnum \
+                or self.dir_relpath(child).rsplit("/", 1)[-1] != name:
+            rel = self.dir_relpath(objnum)
+            self.report("error", f"{rel}/{name}" if rel else name, "dir-loop",
+                        f"directory object {child} appears twice (loop); skipped")
+            return None
+        return d
 
     def node(self, key: int, nowait: bool = False):
         node = self._live.get(key) or self._dir_nodes.get(key)
