@@ -419,6 +419,10 @@ def attach_generated_files(ctx: Context) -> None:
     version = ctx.report.version  # re-rendered only when an entry was added (reads add some)
     ctx.root.add("README.txt", GeneratedFile(lambda: readme_text(ctx).encode(), version=version))
     ctx.root.add("report.json", GeneratedFile(lambda: report_json_bytes(ctx), version=version))
-    from .htmlreport import report_html
+    ctx.root.add("report.html", GeneratedFile(lambda: _html(ctx), version=version))
 
-    ctx.root.add("report.html", GeneratedFile(lambda: report_html(ctx).encode(), version=version))
+
+def _html(ctx: Context) -> bytes:
+    from .htmlreport import report_html  # when report.html is read, not at every mount
+
+    return report_html(ctx).encode()

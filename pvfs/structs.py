@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from construct import ConstructError
@@ -22,4 +21,6 @@ def parse(struct: Any, data: bytes, error: type[Exception] = FormatError, what: 
 
 def guid_str(raw: bytes) -> str:
     """A GUID stored mixed-endian (EFI, Microsoft) as its usual text form."""
+    import uuid  # here: every backend's start-up imports this module
+
     return str(uuid.UUID(bytes_le=bytes(raw)))
