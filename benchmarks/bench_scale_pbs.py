@@ -19,6 +19,7 @@ index store (``--index-dir``); the load average; and, as the floor a listing is 
 ``find .chunks -type f`` of the same store.
 
     python benchmarks/bench_scale_pbs.py [--sizes 200000,1000000,2000000] [--workdir DIR]
+        [--snapshots K]  # K backups of each VM: K times the index entries
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def chunk_path(store: Path, digest: bytes) -> Path:
     return store / ".chunks" / h[:4] / h
 
 
-def write_index(store: Path, vm: int, digests: list[bytes]) -> None:
-    snap = store / "vm" / str(100 + vm) / TIME
+def write_index(store: Path, vm: int, digests: list[bytes], time_=TIME) -> None:
+    snap = store / "vm" / str(100 + vm) / time_
     snap.mkdir(parents=True, exist_ok=True)
     table = b"".join(digests)
     size = len(digests) * CHUNK
@@ -122,6 +123,29 @@ def build(base: Path, sizes: list[int], all_dirs: bool = True) -> dict:
     return truth
 
 
+def with_snapshots(base: Path, truth: dict, k: int) -> dict:
+    """For each size, a datastore whose VMs have ``k`` backups each (the same disks on ``k``
+    days: ``k`` times the index entries, the same chunk files, as daily backups of
+    unchanged disks give): ``.chunks`` is a link to that size's store's."""
+    out = {}
+    for n, (store, sha, size) in truth.items():
+        top = base / f"pbs-{n}-x{k}"
+        multi = top / "store"
+        if not (top / "built").exists():
+            multi.mkdir(parents=True, exist_ok=True)
+            if not (multi / ".chunks").exists():
+                os.symlink(store / ".chunks", multi / ".chunks")
+            for idx in sorted(store.glob("vm/*/*/drive-scsi0.img.fidx")):
+                vm = int(idx.parent.parent.name) - 100
+                table = idx.read_bytes()[4096:]
+                digests = [table[i:i + 32] for i in range(0, len(table), 32)]
+                for day in range(k):
+                    write_index(multi, vm, digests, f"2024-05-{5 + day:02d}T05:05:05Z")
+            (top / "built").write_text("ok")
+        out[n] = (multi, sha, size)
+    return out
+
+
 def bench(store: Path, n: int, want_sha: str, size: int) -> dict:
     mnt = store.parent / "mnt"
     mnt.mkdir(exist_ok=True)
@@ -179,7 +203,7 @@ def bench(store: Path, n: int, want_sha: str, size: int) -> dict:
             unmount(mnt)
     drop_caches()
     t = time.perf_counter()
-    out = subprocess.run(["find", str(store / ".chunks"), "-type", "f"], capture_output=True,
+    out = subprocess.run(["find", str(store / ".chunks") + "/", "-type", "f"], capture_output=True,
                          check=True).stdout
     row["find .chunks s"] = time.perf_counter() - t
     assert out.count(b"\n") == n, out.count(b"\n")
@@ -193,19 +217,24 @@ def main() -> None:
     ap.add_argument("--workdir", default="/var/tmp/pvfs-bench-scale")
     ap.add_argument("--used-dirs-only", action="store_true",
                     help="make only the prefix folders that hold chunks (smoke runs)")
+    ap.add_argument("--snapshots", type=int, default=1,
+                    help="backups per VM (the same disks on as many days: index entries grow, "
+                         "chunk files do not)")
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     base = Path(args.workdir)
     t = time.perf_counter()
     truth = build(base, sizes, all_dirs=not args.used_dirs_only)
+    if args.snapshots > 1:
+        truth = with_snapshots(base, truth, args.snapshots)
     print(f"datastores ready ({time.perf_counter() - t:.0f} s), {load()}", flush=True)
     rows = []
     for n in sizes:
         store, sha, size = truth[n]
-        rows.append(bench(store, n, sha, size))
+        rows.append({"index entries": n * args.snapshots, **bench(store, n, sha, size)})
         print(f"  {rows[-1]}", flush=True)
     print_curve(f"pvfs mount of a PBS datastore ({os.cpu_count()} CPUs)", rows,
-                ["chunks", "scan s", "scan hwm MiB", "scan anon", "scan file", "mount s",
+                ["chunks", "index entries", "scan s", "scan hwm MiB", "scan anon", "scan file", "mount s",
                  "mount rss MiB", "mount anon", "mount file", "read chunks/s", "read rss MiB",
                  "read anon", "read file", "daemon hwm MiB", "remount s", "remount rss MiB",
                  "remount anon", "remount hwm MiB", "find .chunks s", "load"])
