@@ -773,9 +773,10 @@ class PvfsOperations(pyfuse3.Operations):
         if st.run < SEQUENTIAL_READS or st.ahead - st.end >= PREFETCH_BYTES // 2 \
                 or st.ahead >= src.size:  # asked up to the end already
             return
-        st.ahead = min(st.end + PREFETCH_BYTES, src.size)
-        if st.end < st.ahead:  # from the reader on: what continues its run is left alone
-            self.workers.submit(src.prefetch, st.end, st.ahead - st.end)
+        asked, st.ahead = st.ahead, min(st.end + PREFETCH_BYTES, src.size)
+        if st.end < st.ahead:  # from the reader on (what continues its run is left alone),
+            # advising only what was not asked before
+            self.workers.submit(src.prefetch, st.end, st.ahead - st.end, asked)
             self.prefetches += 1
 
     async def _read_into(self, src: Any, off: int, size: int) -> memoryview:

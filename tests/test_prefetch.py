@@ -67,8 +67,8 @@ def test_sequential_reader_prefetches_where_the_mapping_jumps(syn, advised):  # 
     """A thin LV (runs scattered over the pool's data LV) read in 1 MiB requests from the
     start: from the third request on, the disk ranges ahead where the mapping jumps (a
     run that does not continue the one before it in the file, which the file's own
-    read-ahead follows) are advised: every one of them past the reader's first run, and
-    nothing that is not mapped there; the bytes are the manifest's."""
+    read-ahead follows) are advised: every one of them past the reader's first run, once,
+    and nothing that is not mapped there; the bytes are the manifest's."""
     d, m = syn
     tv = m["thin_volumes"]["vm-100-disk-0"]
     cb = m["thin_pool"]["chunk_size_bytes"]
@@ -95,6 +95,7 @@ def test_sequential_reader_prefetches_where_the_mapping_jumps(syn, advised):  # 
     got = _bytes_of(advised, cb)
     assert len(jumps) > 5 and jumps <= got  # every jump ahead of the reader
     assert got <= {(p, o) for v, p, o in chunks if v >= 3 * MIB}  # and only what is mapped
+    assert len(got) == sum(n for *_, n in advised) // cb  # each once
     assert 2 <= ops.prefetches <= src.size // (mountfs.PREFETCH_BYTES // 2) + 1
     assert ops.workers.submitted == ops.prefetches and not ops._streams  # released
 
