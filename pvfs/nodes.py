@@ -213,6 +213,15 @@ class InodeSpace:
         """The tree path of ``key``, for messages (may cost a directory search)."""
         raise NotImplementedError
 
+    def stat(self, key: int) -> tuple | None:
+        """The attributes of file ``key`` without building its node, for listings the
+        mount answers with full attributes (a walk that stats every file): ``(mode,
+        nlink, uid, gid, size, allocated bytes, atime_ns, mtime_ns, ctime_ns)`` of a
+        regular file, exactly what its node would give, or None: the mount builds the node
+        (any other kind, an object that is not plain or not readable: the node's
+        building reports it).  May read the image (worker thread)."""
+        return None
+
     def xattr_supported(self, name: bytes) -> bool:
         """Whether this file system has extended attribute ``name`` at all, for every
         object of the space and its directories.  False: the mount answers getxattr

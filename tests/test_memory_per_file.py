@@ -79,6 +79,9 @@ def _walk(ops, listed: weakref.WeakSet) -> tuple[int, int]:
             entries, i = [], 0
             while batch := ops._batch(ino, h, i, True):
                 for _i, name, node, child, _attrs in batch:
+                    if node is mountfs.ATTRS_ONLY:  # a file's attributes from its dnode:
+                        # its node is built as a getattr or an open would
+                        node = d.space.child(d.key, name, child & mountfs.KEY_MASK)
                     ops._remember(child, node)
                     if child >> mountfs.KEY_BITS:  # (not a kept entry: a zvol, .zfs)
                         listed.add(node)

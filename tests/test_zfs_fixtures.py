@@ -575,7 +575,7 @@ def test_zfs_directories_first_met_by_many_threads_at_once():
         METADATA_CACHE.clear()
         ctx = _discover("zfs", "images", "fxraidz1.tar.xz")
         with ThreadPoolExecutor(8) as ex:
-            found = list(ex.map(lambda rel: resolve(ctx.root, f"storage/zfs/fxraidz1/{rel}"),
-                                files * 2))
+            found = list(ex.map(lambda rel, root=ctx.root: resolve(
+                root, f"storage/zfs/fxraidz1/{rel}"), files * 2))
         assert [e.line() for e in ctx.report if e.code == "dir-loop"] == []
         assert all(n is not None for n in found) and len(found) > 80

@@ -172,7 +172,31 @@ def test_a_lister_that_stats_gets_full_attributes():
             e["ino"], e["size"], mountfs.TIMEOUT)
         assert h.full and len(ops._keyed) >= mountfs.READDIR_BATCH // 2  # stat-ahead
         assert all(n is not None for _, _, n, _, _ in ops._batch(ino, h, 200, True))
-        assert ops._handles[await ops.opendir(ino, None)][1].full  # the next listing
+        h2 = ops._handles[await ops.opendir(ino, None)][1]
+        assert h2.full  # the next listing
+        # its files come with full attributes read from their dnodes, no node built
+        # (InodeSpace.stat): what the node gives, and what the manifest says
+        ops._keyed.clear()
+        space = h2.dir.space
+        fields = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+                  "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "attr_timeout",
+                  "entry_timeout")
+        seen, i = 0, 0
+        while i < len(h2.listing):
+            batch = ops._batch(ino, h2, i, True)
+            for _, name, node, file_ino, attrs in batch:
+                e = man["fxmirror"][f"bigdir/{name}"]
+                assert node is mountfs.ATTRS_ONLY, name  # bigdir holds regular files only
+                built = ops._attrs(space.child(h2.dir.key, name, file_ino & KEY_MASK),
+                                   file_ino)
+                assert [getattr(attrs, f) for f in fields] == \
+                    [getattr(built, f) for f in fields], name
+                assert (file_ino & KEY_MASK, attrs.st_size, attrs.st_nlink,
+                        attrs.st_mtime_ns // 10**9) == (e["ino"], e["size"], e["nlink"],
+                                                         e["mtime"]), name
+                seen += 1
+            i = batch[-1][0] + 1
+        assert seen == 1400
 
     trio.run(go)
 
@@ -346,3 +370,79 @@ def test_acltype_and_xattr_properties_through_the_mount(tmp_path):
                     assert hashlib.sha256(os.getxattr(path, name)).hexdigest() == x["sha256"]
                 checked += 1
         assert checked > 20, checked
+
+
+def test_full_listing_attributes_without_nodes_on_system_attributes():
+    """A listing answered with full attributes takes a regular file's from its dnode
+    (InodeSpace.stat) instead of building its node: on a dataset written by OpenZFS
+    2.1 with system attributes (zfs-modern subvol-102: hard links, symlinks, a fifo,
+    sparse files, ACLs, and its snapshot), every directory's entries equal what the
+    built nodes give and the manifest; other kinds still build their nodes."""
+    import json
+
+    import trio
+
+    import scancases
+    from conftest import require_fixture
+    from mountd import fs as mountfs
+    from mountd.fs import PvfsOperations
+    from pvfs.discover import Options, discover
+
+    man = json.loads(require_fixture("zfs-modern", "manifest.json").read_text())
+    images = scancases.CASES_BY_NAME["zfs-modern/rpool-raidz1"].inputs()
+    ops = PvfsOperations(discover(images, Options()).root)
+    fields = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+              "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
+
+    async def check(ds: str, parts: tuple[str, ...]) -> tuple[int, int]:
+        want = {e["path"]: e for e in man["pools"]["rpool"]["datasets"][ds]["files"]}
+        top = 1
+        for part in parts:
+            top = (await ops.lookup(top, part.encode())).st_ino
+        files = others = 0
+        todo = [(top, "")]
+        while todo:
+            ino, rel = todo.pop()
+            h = ops._handles[await ops.opendir(ino, None)][1]
+            if isinstance(h, list):  # a dataset's root before its first listing loaded it
+                h = ops._handles[await ops.opendir(ino, None)][1]
+            h.full = True
+            space = h.dir.space
+            i = 0
+            while i < len(h.kept) + len(h.listing):
+                batch = ops._batch(ino, h, i, True)
+                if not batch:
+                    break
+                for _, name, node, child_ino, attrs in batch:
+                    path = f"{rel}/{name}"
+                    if name == ".zfs":
+                        continue
+                    e = want[path]
+                    if node is mountfs.ATTRS_ONLY:
+                        assert e["type"] == "file", path
+                        built = ops._attrs(space.child(h.dir.key, name, child_ino & KEY_MASK),
+                                           child_ino)
+                        assert [getattr(attrs, f) for f in fields] == \
+                            [getattr(built, f) for f in fields], path
+                        assert (attrs.st_size, attrs.st_nlink, attrs.st_uid,
+                                attrs.st_mtime_ns, stat.S_IMODE(attrs.st_mode)) == (
+                            e["size"], e["nlink"], e["uid"], e["mtime_ns"],
+                            int(e["mode"], 8)), path
+                        files += 1
+                    else:
+                        assert e["type"] != "file", path
+                        others += 1
+                        if e["type"] == "dir":
+                            todo.append((child_ino, path))
+                i = batch[-1][0] + 1
+        return files, others
+
+    async def go():
+        live = await check("rpool/data/subvol-102-disk-0",
+                           ("storage", "zfs", "rpool", "data", "subvol-102-disk-0"))
+        snap = await check("rpool/data/subvol-102-disk-0@before",
+                           ("storage", "zfs", "rpool", "data", "subvol-102-disk-0", ".zfs",
+                            "snapshot", "before"))
+        assert live[0] > 20 and live[1] > 10 and snap[0] > 20, (live, snap)
+
+    trio.run(go)

@@ -143,6 +143,34 @@ def parse_znode_phys(bonus: bytes) -> Znode:
     return zn
 
 
+def _ns(sec: int, nsec: int) -> int:
+    """What :func:`_ts` keeps of a time, in nanoseconds (its ``ns``)."""
+    if sec >= 1 << 63:
+        sec -= 1 << 64
+    return sec * 1_000_000_000 + nsec % 1_000_000_000
+
+
+def znode_stat(dnode, registry: SaRegistry | None):
+    """``(mode, links, uid, gid, size, atime_ns, mtime_ns, ctime_ns)`` of a ZPL object,
+    equal to what :func:`read_znode` gives, for listings that only need the attributes: a
+    legacy ``znode_phys_t`` is unpacked straight into the tuple (no :class:`Znode`, no
+    time objects: ~3x cheaper per listed file)."""
+    bonus = dnode.bonus or b""
+    if dnode.bonustype == DMU_OT_ZNODE and len(bonus) >= ZNODE_PHYS_SIZE:
+        order = "<"
+        le_mode, = struct.unpack_from("<Q", bonus, 72)
+        if not plausible_mode(le_mode):
+            be_mode, = struct.unpack_from(">Q", bonus, 72)
+            if plausible_mode(be_mode):
+                order = ">"
+        w = _ZNODE_FAST[order].unpack_from(bonus, 0)
+        return (_check_mode(w[9]), w[12], w[16], w[17], w[10], _ns(w[0], w[1]),
+                _ns(w[2], w[3]), _ns(w[4], w[5]))
+    zn = read_znode(dnode, registry)
+    return (zn.mode, zn.links, zn.uid, zn.gid, zn.size, zn.atime.ns, zn.mtime.ns,
+            zn.ctime.ns)
+
+
 class SaRegistry:
     """The SA attribute table and layouts of one dataset (``sa_os_t``)."""
 

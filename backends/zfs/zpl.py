@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import os
 import stat
+import struct
 import threading
 import weakref
 from array import array
@@ -45,7 +46,7 @@ from pvfs.source import WouldBlock
 
 from . import zap
 from .objset import DnodeSource
-from .sa import SaError, SaRegistry, read_znode, rdev_split
+from .sa import SaError, SaRegistry, read_znode, rdev_split, znode_stat
 
 LAYER = "zfs"
 DIRENT_OBJ_MASK = (1 << 48) - 1
@@ -356,6 +357,22 @@ class Zpl(InodeSpace):
                         f"directory object {child} appears twice (loop); skipped")
             return None
         return d
+
+    def stat(self, key: int):
+        """The InodeSpace hook: a regular file's attributes from its dnode, as
+        :meth:`_node_for` would make them (None for anything else, an object the intent
+        log changed, or one that does not read: the node path handles and reports it)."""
+        if self.replay is not None and key in self.replay.objs:
+            return None
+        try:
+            dnode = self.objset.dnode(key)
+            mode, links, uid, gid, size, at, mt, ct = znode_stat(dnode, self.registry)
+        except (PvfsError, OSError, ValueError, struct.error):
+            return None
+        if not stat.S_ISREG(mode):
+            return None
+        used = dnode.used if dnode.flags & 1 else dnode.used * 512  # DnodeSource's
+        return (stat.S_IFREG | (mode & 0o7777), links, uid, gid, size, used, at, mt, ct)
 
     def node(self, key: int, nowait: bool = False):
         node = self._live.get(key) or self._dir_nodes.get(key)
