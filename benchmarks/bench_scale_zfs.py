@@ -24,6 +24,9 @@ Debian package zfs-fuse (``scripts/setup.sh --bench``).
 
     python benchmarks/bench_scale_zfs.py [--sizes 10000,100000,1000000] [--workdir DIR]
         [--root CHECKOUT]   # measure another checkout's pvfs (e.g. main, for a before/after)
+        [--rounds N]        # N rounds per size, pvfs and zfs-fuse alternating: medians,
+                            # and each step's ratio zfs-fuse time / pvfs time (> 1: pvfs
+                            # faster), median of the per-round ratios
 """
 
 from __future__ import annotations
@@ -196,13 +199,14 @@ def main() -> None:
     ap.add_argument("--no-peer", action="store_true", help="skip zfs-fuse's side")
     ap.add_argument("--root", type=Path, default=ROOT,
                     help="the checkout whose pvfs is measured (default: this one)")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     for tool in ("zfs-fuse", "zpool", "zfs", "fusermount3"):
         if not shutil.which(tool):
             raise SystemExit(f"missing {tool} (Debian: zfs-fuse, fuse3)")
     sizes = [int(s) for s in args.sizes.split(",")]
     base = Path(args.workdir)
-    pv, zf = [], []
+    pv, zf, ratios = [], [], []
     for n in sizes:
         work = base / f"zfs-{n}"
         t = time.perf_counter()
@@ -210,11 +214,17 @@ def main() -> None:
         print(f"pool of {n} files ready ({time.perf_counter() - t:.0f} s), {load()}", flush=True)
         if args.build_only:
             continue
-        pv.append(bench_pvfs(work, disk, n, args.root))
-        print(f"  pvfs     {pv[-1]}", flush=True)
-        if not args.no_peer:
-            zf.append(bench_zfs_fuse(work, n))
-            print(f"  zfs-fuse {zf[-1]}", flush=True)
+        pvr, zfr = [], []
+        for _r in range(args.rounds):
+            pvr.append(bench_pvfs(work, disk, n, args.root))
+            print(f"  pvfs     {pvr[-1]}", flush=True)
+            if not args.no_peer:
+                zfr.append(bench_zfs_fuse(work, n))
+                print(f"  zfs-fuse {zfr[-1]}", flush=True)
+        pv.append(median_row(pvr))
+        if zfr:
+            zf.append(median_row(zfr))
+            ratios.append(ratio_row(pvr, zfr))
     if args.build_only:
         return
     cols = ["files", "mount s", "ls -f big/ s", "ls -l big/ s", "find s", "find files/s",
@@ -224,6 +234,28 @@ def main() -> None:
     if zf:
         print_curve("zfs-fuse on the same pools (its daemon's RSS: ARC and caches)", zf,
                     [c for c in cols if c != "rss mount MiB"], check_rss=False)
+        print_curve(f"zfs-fuse time / pvfs time (> 1: pvfs faster), median of {args.rounds} "
+                    f"round(s)", ratios, ["files"] + STEPS + ["load"], check_rss=False)
+
+
+STEPS = ["mount s", "ls -f big/ s", "ls -l big/ s", "find s", "walk+lstat s"]
+
+
+def median_row(rows: list[dict]) -> dict:
+    """Each column's median over the rounds."""
+    import statistics
+
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def ratio_row(pv: list[dict], zf: list[dict]) -> dict:
+    """Each step's median of the per-round ratios zfs-fuse / pvfs (same round: same load)."""
+    import statistics
+
+    out = {"files": pv[0]["files"], "load": statistics.median(r["load"] for r in pv + zf)}
+    for k in STEPS:
+        out[k] = statistics.median(z[k] / p[k] for p, z in zip(pv, zf, strict=True))
+    return out
 
 
 if __name__ == "__main__":
