@@ -69,8 +69,11 @@ MAX_SPACES = (1 << 15) - 1  # inode numbers stay below 2**63 (signed in some too
 #: open, readlink); one is built again from its key when it is not here.
 #: (PVFS_NODE_CACHE: the tests make it small, to see what happens past it.)
 NODE_CACHE = int(os.environ.get("PVFS_NODE_CACHE", "8192"))
-#: Entries of an InodeSpace directory made (node, attributes) per worker-thread hop.
+#: Entries of an InodeSpace directory made (node, attributes) per worker-thread hop,
+#: and how many entries from there on the space is asked to read ahead
+#: (InodeSpace.prefetch) when they are made with full attributes.
 READDIR_BATCH = 128
+PREFETCH_AHEAD = 4 * READDIR_BATCH
 #: Listings opened last: a request about a dropped inode of one of them means the
 #: lister stats what it lists (``ls -l``, ``os.walk`` + ``lstat``): that listing answers
 #: the rest with full attributes, and the nodes of the next READDIR_BATCH entries are
@@ -384,6 +387,7 @@ class PvfsOperations(pyfuse3.Operations):
         space = d.space
         assert space is not None
         types = listing.types
+        space.prefetch(listing.keys[j:j + PREFETCH_AHEAD])
         out = []
         for k in range(j, min(j + READDIR_BATCH, len(listing))):
             if types is not None and types[k] == DT_DIR or listing.names[k] in d._children:
@@ -664,6 +668,9 @@ class PvfsOperations(pyfuse3.Operations):
         space = d.space
         assert space is not None
         types = None if h.full else listing.types
+        if build and (h.full or types is None):  # the next entries' dnodes, in parallel
+            j0 = max(0, start - len(kept))
+            space.prefetch(listing.keys[j0:j0 + PREFETCH_AHEAD])
         keyed = self._keyed
         held = self._held[self._space_index.get(id(space), 0)]
         nk = len(kept)

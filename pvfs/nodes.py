@@ -213,6 +213,10 @@ class InodeSpace:
         """The tree path of ``key``, for messages (may cost a directory search)."""
         raise NotImplementedError
 
+    def prefetch(self, keys: Sequence[int]) -> None:
+        """A hint: the nodes or attributes of these keys will be asked for soon (a walk
+        that stats); start reading what they need in the background, do not wait."""
+
     def stat(self, key: int) -> tuple | None:
         """The attributes of file ``key`` without building its node, for listings the
         mount answers with full attributes (a walk that stats every file): ``(mode,

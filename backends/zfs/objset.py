@@ -16,6 +16,7 @@ from pvfs.cache import METADATA_CACHE
 from pvfs.errors import UnreadableError
 from pvfs.source import BAD_ZERO, DATA, UNMAPPED, UNREADABLE, Source
 
+from . import readahead
 from .blkptr import BlkPtr
 from .errors import ZfsError
 from .structs import (BLKPTR_SIZE, DNODE_CORE_SIZE, DNODE_FLAG_SPILL_BLKPTR, DNODE_SIZE,
@@ -317,6 +318,7 @@ class ObjSet:
         self.dsl_props = None
         self.key = (pool.uid, bp.dvas[0].offset if bp.dvas else 0, bp.birth, bp.cksum)
         self._last_block = None  # (blkid, _Block): the dnode block read last
+        self._inflight: dict = {}  # blkid -> Future: dnode blocks being read ahead
         if bp.hole:
             raise ZfsError(f"{name}: the object set block pointer is a hole")
         raw = pool.read_bp(bp, self)
@@ -352,12 +354,36 @@ class ObjSet:
         key = ("zfs-dnblk", self.key, blkid)
         hit = METADATA_CACHE.get(key)
         if hit is None:
+            ahead = self._inflight.get(blkid)
+            if ahead is not None and not readahead.inside():
+                try:
+                    hit = ahead.result()
+                except Exception:  # noqa: BLE001 - read again below, and reported there
+                    hit = None
+        if hit is None:
             bp = self.meta.block_bp(blkid)
             little = bp.little if bp is not None and not bp.hole else self.little
             data = self.meta.read_block(blkid)
             hit = METADATA_CACHE.put(key, _Block(data, little))
         self._last_block = (blkid, hit)
         return hit
+
+    def prefetch_dnodes(self, objnums) -> None:
+        """Start reading the dnode blocks of these objects in the read-ahead threads (the
+        ones not cached or on their way already); ``zfs_readdir``'s dmu_prefetch_dnode."""
+        bs = self.meta.datablksz
+        if not bs:
+            return
+        inflight = self._inflight
+        last = self._last_block
+        todo = [b for b in sorted({o * DNODE_SIZE // bs for o in objnums if o > 0})
+                if b not in inflight and (last is None or last[0] != b)
+                and ("zfs-dnblk", self.key, b) not in METADATA_CACHE]
+        if not todo:
+            return
+        for b, f in zip(todo, readahead.start(self._dnode_block, todo), strict=False):
+            inflight[b] = f
+            f.add_done_callback(lambda _f, b=b: inflight.pop(b, None))
 
     def dnode_cached(self, objnum: int) -> bool:
         """Whether ``dnode(objnum)`` is answered from memory (its dnode block is cached)."""

@@ -35,6 +35,8 @@ from pvfs.cache import METADATA_CACHE
 from pvfs.errors import FormatError, UnreadableError
 from pvfs.structs import parse
 
+from . import readahead
+
 #: ``zap_block_type`` values (``zap_impl.h``).
 ZBT_LEAF = (1 << 63) + 0
 ZBT_HEADER = (1 << 63) + 1
@@ -487,9 +489,12 @@ def _fat_entries(dnode, block0, order) -> ZapEntries:
     out = ZapEntries()
     out.kind = "fat"
     out.salt, out.normflags, out.flags = fat.salt, fat.normflags, fat.flags
-    for blk in fat.leaf_blocks(out.errors):
+    # the leaves are read a few at a time in the read-ahead threads (zap_cursor_retrieve
+    # prefetches the whole object too): a cold 10,000-entry directory waits for one
+    # round of parallel reads, not one read after the other
+    for blk, future in readahead.in_order(fat.read_leaf, fat.leaf_blocks(out.errors)):
         try:
-            leaf = fat.read_leaf(blk)
+            leaf = future.result()
         except (UnreadableError, ZapError) as e:
             out.errors.append(f"fat ZAP leaf block {blk}: {e}")
             continue

@@ -358,6 +358,12 @@ class Zpl(InodeSpace):
             return None
         return d
 
+    def prefetch(self, keys) -> None:
+        """The InodeSpace hook: start reading these objects' dnode blocks."""
+        prefetch = getattr(self.objset, "prefetch_dnodes", None)
+        if prefetch is not None:
+            prefetch(keys)
+
     def stat(self, key: int):
         """The InodeSpace hook: a regular file's attributes from its dnode, as
         :meth:`_node_for` would make them (None for anything else, an object the intent
