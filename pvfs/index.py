@@ -328,7 +328,10 @@ class IndexEntry:
         :class:`MappedArrays`): their pages are file pages, read when touched, counted as
         ``RssFile`` and given back by the kernel under pressure (``release()`` drops them
         at once), instead of a copy in the process's own memory; the file is checked
-        (SHA-256 of all of it) a piece at a time before it is mapped."""
+        (SHA-256 of all of it) a piece at a time before it is mapped.  pvfs never changes a
+        stored file in place (a new one is renamed over it, trimming unlinks it: a mapping
+        keeps the old file), so the mapping stays valid; a file cut short by hand while it
+        is mapped would end the process (SIGBUS)."""
         self._t0 = time.monotonic()
         if self.path is None:
             return None

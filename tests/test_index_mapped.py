@@ -12,6 +12,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pvfs.cache import METADATA_CACHE
 from pvfs.discover import Options, discover
@@ -401,3 +403,29 @@ def test_osd_object_tables_are_file_pages(tmp_path, monkeypatch, with_store):
     monkeypatch.setattr("pvfs.index.scratch_map", lambda arrays: arrays)
     _c, text0, js0 = _scan(osds, None)
     assert text0 == text and js0 == js
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 10_000), st.integers(0, 255), st.integers(0, 3000))
+def test_fuzz_mapped_load(tmp_path_factory, pos, xor, cut):
+    """Any byte changed or any tail cut off: load(mapped=True) gives None (and a note) or
+    the very arrays saved, never an exception."""
+    base = tmp_path_factory.getbasetemp() / "fuzz-mapped"
+    base.mkdir(exist_ok=True)
+    img = base / "input.img"
+    if not img.exists():
+        img.write_bytes(bytes(4096))
+    store = IndexStore(str(base / "store"))
+    arrays = {"rows": np.arange(256 * 32, dtype=np.uint8).reshape(256, 32),
+              "n": np.arange(5, dtype=np.int64)}
+    e = store.entry("demo", "fuzz", FileSource(str(img)), notify=lambda *a: None)
+    assert e.save({"k": 1}, arrays)
+    blob = bytearray(e.path and open(e.path, "rb").read())
+    if pos < len(blob):
+        blob[pos] ^= xor
+    with open(e.path, "wb") as f:
+        f.write(bytes(blob[:max(0, len(blob) - cut)]))
+    got = store.entry("demo", "fuzz", FileSource(str(img)), notify=lambda *a: None).load(mapped=True)
+    if got is not None:
+        info, arr = got
+        assert info == {"k": 1} and all(np.array_equal(arr[k], arrays[k]) for k in arrays)
