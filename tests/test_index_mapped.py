@@ -429,3 +429,50 @@ def test_fuzz_mapped_load(tmp_path_factory, pos, xor, cut):
     if got is not None:
         info, arr = got
         assert info == {"k": 1} and all(np.array_equal(arr[k], arrays[k]) for k in arrays)
+
+
+def test_other_objects_from_arrays_answer_as_the_dict():
+    """The objects outside the compact data arrays (headers, clones, meta objects), read
+    from the stored arrays, answer every question as the dict they were built from: the
+    versions of an object, iteration in the order found, pools, namespaces, sorted names
+    and names by prefix; a table that does not add up is refused."""
+    import random
+    import types
+
+    from backends.ceph.keys import CEPH_NOSNAP
+    from backends.ceph.osd import OsdStore, _OtherIndex
+    from pvfs.index import scratch_map
+    from pvfs.source import BytesSource
+
+    osd = types.SimpleNamespace(kv=None, source=BytesSource(b"", label="osd"))
+    built = OsdStore(osd, "osd.0")
+    rnd = random.Random(5)
+    for i in range(3000):
+        pool = rnd.choice([-1, 1, 2, 2, 3])
+        ns = rnd.choice([b"", b"", b"", b"tenant", b"t2"])
+        name = rnd.choice([b"rbd_header.", b"rbd_id.vm-", b"rbd_data.ab.", b"osdmap.", b"x"]) \
+            + b"%d" % rnd.randrange(400)
+        for snap in rnd.sample([CEPH_NOSNAP, 4, 9, 12], rnd.randint(1, 3)):
+            built.other.setdefault((pool, ns, name), {})[snap] = b"K%d" % i + name
+    info, arrays = built.index_payload()
+    st = OsdStore(osd, "osd.0")
+    assert st.load_index(info, scratch_map(arrays)) and isinstance(st.other, _OtherIndex)
+    d = built.other
+    assert len(st.other) == len(d) and list(st.other) == list(d)
+    assert [(k, v) for k, v in st.other.items()] == list(d.items())
+    for k in list(d)[::7] + [(2, b"", b"nothing"), (9, b"", b"x1"), (2, b"zz", b"x1")]:
+        assert st.other.get(k) == d.get(k) and (k in st.other) == (k in d)
+    assert st.pools() == built.pools() and all(
+        st.namespaces(p) == built.namespaces(p) for p in (-1, 1, 2, 3, 7))
+    for pool in (-1, 2, 3, 5):
+        for ns in (b"", b"tenant", b"nope"):
+            assert sorted(set(st.other_names(pool, ns))) == built.other_names(pool, ns)
+            for prefix in (b"rbd_header.", b"rbd_id.vm-1", b"osdmap.3", b"", b"zzz"):
+                assert st.names_with_prefix(pool, prefix, ns) == \
+                    built.names_with_prefix(pool, prefix, ns)
+    assert st.snaps_of(2, b"x5", b"") == built.snaps_of(2, b"x5", b"")
+    # offsets that do not add up, an order out of range: refused (then rebuilt)
+    for name, bad in (("other_name_off", lambda a: a[:-1]),
+                      ("other_order", lambda a: a + len(a))):
+        broken = dict(arrays, **{name: bad(arrays[name])})
+        assert not OsdStore(osd, "osd.0").load_index(info, broken), name

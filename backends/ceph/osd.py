@@ -73,6 +73,118 @@ class _DataIndex:
         return None
 
 
+class _OtherIndex:
+    """:attr:`OsdStore.other` read from flat arrays (mapped from the index store) instead
+    of a dict: ``(pool, nspace, name) -> {snap: onode key}``.  Rows are kept in the order
+    the keys were found, grouped by object; ``order`` sorts them by object (then row) for
+    lookups by bisection.  Only the rows a lookup touches are read: a cluster of many
+    snapshot clones keeps no Python objects per clone (~500 bytes each in a dict)."""
+
+    def __init__(self, arrays, objects):
+        self.pool, self.snap = arrays["other_pool"], arrays["other_snap"]
+        self.name_off, self.names = arrays["other_name_off"], arrays["other_names"]
+        self.key_off, self.keys = arrays["other_key_off"], arrays["other_keys"]
+        self.ns_off, self.nss = arrays["other_ns_off"], arrays["other_nss"]
+        self.order = arrays["other_order"]
+        self.rows = len(self.pool)
+        self.objects = objects
+
+    @staticmethod
+    def check(arrays, objects) -> bool:
+        """Whether the arrays agree with each other (their file is checksummed; this is
+        what a lookup relies on)."""
+        n = len(arrays["other_pool"])
+        if len(arrays["other_snap"]) != n or len(arrays["other_order"]) != n:
+            return False
+        for off, blob in (("other_name_off", "other_names"), ("other_key_off", "other_keys"),
+                          ("other_ns_off", "other_nss")):
+            o = arrays[off]
+            if len(o) != n + 1 or int(o[0]) != 0 or int(o[-1]) != len(arrays[blob]) or \
+                    (n and not np.all(o[1:] >= o[:-1])):
+                return False
+        order = arrays["other_order"]
+        return not n or (int(order.min()) >= 0 and int(order.max()) < n and 0 <= objects <= n)
+
+    def _obj(self, r):
+        r = int(r)
+        return (int(self.pool[r]), self.nss[self.ns_off[r]:self.ns_off[r + 1]].tobytes(),
+                self.names[self.name_off[r]:self.name_off[r + 1]].tobytes())
+
+    def _key(self, r):
+        return self.keys[self.key_off[r]:self.key_off[r + 1]].tobytes()
+
+    def get(self, obj, default=None):
+        i = bisect.bisect_left(self.order, obj, key=self._obj)
+        out = {}
+        while i < self.rows:
+            r = int(self.order[i])
+            if self._obj(r) != obj:
+                break
+            out[int(self.snap[r])] = self._key(r)
+            i += 1
+        return out or default
+
+    def __contains__(self, obj):
+        return self.get(obj) is not None
+
+    def __len__(self):
+        return self.objects
+
+    def items(self):
+        cur, snaps = None, {}
+        for r in range(self.rows):
+            obj = self._obj(r)
+            if obj != cur and cur is not None:
+                yield cur, snaps
+                snaps = {}
+            cur = obj
+            snaps[int(self.snap[r])] = self._key(r)
+        if cur is not None:
+            yield cur, snaps
+
+    def __iter__(self):
+        return (obj for obj, _snaps in self.items())
+
+    def keys(self):
+        return iter(self)
+
+    def pools(self):
+        return set(np.unique(self.pool).tolist()) if self.rows else set()
+
+    def namespaces(self, pool):
+        rows = np.flatnonzero(self.pool == pool)
+        named = rows[self.ns_off[rows + 1] > self.ns_off[rows]]
+        found = {self.nss[self.ns_off[r]:self.ns_off[r + 1]].tobytes() for r in named.tolist()}
+        return found | ({b""} if len(named) < len(rows) else set())
+
+    def sorted_names(self, pool, nspace):
+        """The names of (pool, nspace), sorted, as a sequence (one per row: an object
+        with clones is there once per version)."""
+        where = (pool, nspace)
+
+        def head(r):
+            return self._obj(r)[:2]
+
+        lo = bisect.bisect_left(self.order, where, key=head)
+        hi = bisect.bisect_right(self.order, where, lo=lo, key=head)
+        return _NameRows(self, lo, hi)
+
+
+class _NameRows:
+    """Names of rows ``lo .. hi-1`` of an :class:`_OtherIndex` in sorted order (for bisect)."""
+
+    def __init__(self, other, lo, hi):
+        self.other, self.lo, self.hi = other, lo, hi
+
+    def __len__(self):
+        return self.hi - self.lo
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.hi - self.lo:
+            raise IndexError(i)
+        return self.other._obj(self.other.order[self.lo + i])[2]
+
+
 class OsdStore:
     """Objects of one OSD.
 
@@ -143,32 +255,40 @@ class OsdStore:
 
     # -- the persistent index (pvfs/index.py) ------------------------------------------
     #: Bump when what :meth:`index_payload` stores changes.
-    INDEX_VERSION = 1
+    INDEX_VERSION = 2
 
     def index_payload(self):
         """``(info, arrays)``: :meth:`build_index`'s result in flat arrays (12 bytes an RBD
-        data object, the onode key and name bytes of every other object)."""
+        data object; for every other object its pool, snap, namespace, name and onode key,
+        rows in the order found and their order by object: :class:`_OtherIndex`)."""
         groups = sorted(self.data)
         objnos = [self.data[g].objnos for g in groups]
         hashes = [self.data[g].hashes for g in groups]
         counts = [len(o) for o in objnos]
         other = [(p, ns, n, snap, key) for (p, ns, n), snaps in self.other.items()
                  for snap, key in snaps.items()]
-        names = b"".join(n for _p, _ns, n, _s, _k in other)
-        keys = b"".join(k for _p, _ns, _n, _s, k in other)
+
+        def offsets(parts):
+            return np.concatenate(([0], np.cumsum([len(x) for x in parts], dtype=np.int64))) \
+                .astype(np.int64)
+
+        order = sorted(range(len(other)), key=lambda r: (other[r][:3], r))
         arrays = {
             "objnos": np.concatenate(objnos) if objnos else np.zeros(0, np.uint64),
             "hashes": np.concatenate(hashes) if hashes else np.zeros(0, np.uint32),
             "data_counts": np.array(counts, np.int64),
             "other_pool": np.array([o[0] for o in other], np.int64),
             "other_snap": np.array([o[3] for o in other], np.uint64),
-            "other_name_len": np.array([len(o[2]) for o in other], np.int64),
-            "other_key_len": np.array([len(o[4]) for o in other], np.int64),
-            "other_names": np.frombuffer(names, np.uint8),
-            "other_keys": np.frombuffer(keys, np.uint8),
+            "other_name_off": offsets([o[2] for o in other]),
+            "other_names": np.frombuffer(b"".join(o[2] for o in other), np.uint8),
+            "other_key_off": offsets([o[4] for o in other]),
+            "other_keys": np.frombuffer(b"".join(o[4] for o in other), np.uint8),
+            "other_ns_off": offsets([o[1] for o in other]),
+            "other_nss": np.frombuffer(b"".join(o[1] for o in other), np.uint8),
+            "other_order": np.array(order, np.int64),
         }
         info = {"groups": [[p, ns.hex(), px.hex()] for p, ns, px in groups],
-                "other_ns": [o[1].hex() for o in other],
+                "other_objects": len(self.other),
                 "collections": sorted(self.collections), "ec_pools": sorted(self.ec_pools),
                 "count": self.count, "bad_keys": self.bad_keys}
         return info, arrays
@@ -216,18 +336,10 @@ class OsdStore:
             di._o = di._h = None
             self.data[(int(p), bytes.fromhex(ns), bytes.fromhex(px))] = di
             pos += n
-        names, keys = arrays["other_names"].tobytes(), arrays["other_keys"].tobytes()
-        nl, kl = arrays["other_name_len"].tolist(), arrays["other_key_len"].tolist()
-        if sum(nl) != len(names) or sum(kl) != len(keys):
+        objects = int(info.get("other_objects", -1))
+        if not _OtherIndex.check(arrays, objects):
             return False
-        npos = kpos = 0
-        other = self.other
-        for p, ns, snap, a, b in zip(arrays["other_pool"].tolist(), info["other_ns"],
-                                     arrays["other_snap"].tolist(), nl, kl, strict=True):
-            other.setdefault((p, bytes.fromhex(ns), names[npos:npos + a]), {})[snap] = \
-                keys[kpos:kpos + b]
-            npos += a
-            kpos += b
+        self.other = _OtherIndex(arrays, objects)
         self.collections = {tuple(c) for c in info["collections"]}
         self.ec_pools = set(info["ec_pools"])
         self.count = int(info["count"])
@@ -261,14 +373,21 @@ class OsdStore:
         return out
 
     def pools(self):
-        return {p for (p, _ns, _n) in self.other} | {p for (p, _ns, _x) in self.data}
+        other = self.other.pools() if isinstance(self.other, _OtherIndex) else \
+            {p for (p, _ns, _n) in self.other}
+        return other | {p for (p, _ns, _x) in self.data}
 
     def namespaces(self, pool):
-        return {ns for (p, ns, _n) in self.other if p == pool} | \
-            {ns for (p, ns, _x) in self.data if p == pool}
+        other = self.other.namespaces(pool) if isinstance(self.other, _OtherIndex) else \
+            {ns for (p, ns, _n) in self.other if p == pool}
+        return other | {ns for (p, ns, _x) in self.data if p == pool}
 
     def other_names(self, pool, nspace=b""):
-        """Sorted names of this pool's objects outside the compact data index."""
+        """Sorted names of this pool's objects outside the compact data index (a
+        sequence for ``bisect``; from the arrays, an object with clones is there once per
+        version)."""
+        if isinstance(self.other, _OtherIndex):
+            return self.other.sorted_names(pool, nspace)
         k = (pool, nspace)
         names = self._sorted_other.get(k)
         if names is None:
