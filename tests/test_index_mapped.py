@@ -290,7 +290,7 @@ def test_stored_chunk_listing_damage_is_rebuilt(tmp_path):
 
 
 def test_chunk_check_memory_is_flat(tmp_path, monkeypatch):
-    """A datastore of 40,000 chunk files in 16 folders (names only: the existence check
+    """A datastore of 40,000 chunk files in 256 folders (names only: the existence check
     lists folders) and a .fidx referencing 30,000 of them plus 100 missing: with ranges of
     64 KiB of digests and tables read 32 KiB at a time the check's traced peak stays under half the 1.28 MB of digests (it
     held ~90 bytes a chunk, 3.6 MB), and it finds exactly the 100 missing and 10,000
@@ -299,8 +299,8 @@ def test_chunk_check_memory_is_flat(tmp_path, monkeypatch):
 
     rng = np.random.default_rng(9)
     raw = rng.integers(0, 256, (40_100, 32), dtype=np.uint8)
-    raw[:, 0] = (np.arange(40_100) % 16) << 4  # 16 folders (0000, 1000 ... f000): the
-    raw[:, 1] = 0  # memory measured is the digests', not the 65,536 folders' own
+    raw[:, 0] = np.arange(40_100) % 256  # 256 folders (0000, 0100 ... ff00): the memory
+    raw[:, 1] = 0  # measured is the digests', not the 65,536 folders' own
     digs = [r.tobytes() for r in raw]
     assert len(set(digs)) == len(digs)
     files, missing = digs[:40_000], digs[40_000:]

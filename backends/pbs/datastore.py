@@ -721,20 +721,57 @@ def _folder_ranges(items):
     return [(lo, lo + step) for lo in range(0, FOLDERS, step)]
 
 
-def _gather(archives, lo, hi):
-    """The digests of ``archives`` in folders lo..hi-1 (their first 2 bytes), each once,
-    sorted, as ``(n, 32)`` uint8 rows: every table is walked a piece at a time (not held)
-    into one growing buffer."""
-    buf = bytearray()
-    for a in archives:
-        for _first, rows in a.index.digest_rows():
-            if not len(rows):
-                continue
-            folder = first_words(rows) >> np.uint64(48)
-            sel = rows[(folder >= lo) & (folder < hi)]
-            if len(sel):
-                buf += memoryview(np.ascontiguousarray(sel)).cast("B")
-    return _unique_rows(np.frombuffer(buf, np.uint8).reshape(-1, 32))
+class _Buckets:
+    """The digests of some archives sorted into folder ranges in one walk over their
+    tables: kept in memory for one range, else appended to an unnamed temporary file per
+    range (32 bytes a reference: the index tables of a datastore are read once, not once
+    per range)."""
+
+    def __init__(self, ranges):
+        self.flush = max(4096, CHECK_BUDGET // len(ranges))  # bytes kept per range
+        self.starts = np.array([lo for lo, _hi in ranges], np.uint64)
+        self.bufs = [bytearray() for _ in ranges]
+        self.files = [None] * len(ranges)
+
+    def add(self, rows):
+        if len(self.bufs) == 1:
+            self.bufs[0] += memoryview(np.ascontiguousarray(rows)).cast("B")
+            return
+        part = np.searchsorted(self.starts, first_words(rows) >> np.uint64(48), "right") - 1
+        order = np.argsort(part, kind="stable")
+        rows, part = rows[order], part[order]
+        bounds = np.searchsorted(part, np.arange(len(self.bufs) + 1))
+        for i in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+            buf = self.bufs[i]
+            buf += memoryview(rows[bounds[i]:bounds[i + 1]]).cast("B")
+            if len(buf) >= self.flush:
+                self._flush(i)
+
+    def _flush(self, i):
+        import tempfile
+
+        if self.files[i] is None:
+            self.files[i] = tempfile.TemporaryFile(prefix="pvfs-pbs-")
+        self.files[i].write(self.bufs[i])
+        self.bufs[i] = bytearray()
+
+    def take(self, i):
+        """The digests of range ``i``, each once, sorted, as ``(n, 32)`` uint8 rows."""
+        f = self.files[i]
+        if f is not None:
+            self._flush(i)
+            f.seek(0)
+            raw = f.read()
+            f.close()
+            self.files[i] = None
+        else:
+            raw, self.bufs[i] = self.bufs[i], bytearray()
+        return _unique_rows(np.frombuffer(raw, np.uint8).reshape(-1, 32))
+
+    def close(self):
+        for f in self.files:
+            if f is not None:
+                f.close()
 
 
 def _unique_rows(rows):
@@ -761,6 +798,41 @@ def _unique_rows(rows):
             for i in range(a + 1, b):
                 keep[i] = run[i - a] != run[i - a - 1]
     return rows if keep.all() else rows[keep]
+
+
+def _check_range(ctx, pool, part, lo, hi, new_b, all_b, listers, orphans, use_listing, zero,
+                 verify, failures, k):
+    """One folder range of :func:`check_chunks`: the referenced digests looked up in the
+    chunk files (``found``), the chunk files no digest references counted (orphans), the
+    rest checked one by one; returns the count of digests checked so far."""
+    new_u = new_b.take(part)
+    all_u = (new_u if all_b is new_b else all_b.take(part)) if all_b is not None else new_u
+    all_t0 = first_words(all_u) if orphans and len(all_u) else None
+    found = np.zeros(len(new_u), dtype=bool)
+    for st in pool.stores:
+        lister = listers.get(id(st))
+        if lister is None:
+            continue
+        have = lister.rows(lo, hi)
+        if use_listing and len(new_u) and len(have):
+            found |= digests_in(new_u, have)  # there when any datastore has its file
+        if id(st) in orphans and len(have):
+            used = digests_in(have, all_u, all_t0) if all_t0 is not None else 0
+            orphans[id(st)] += int(len(have) - np.count_nonzero(used))
+        del have
+    todo = new_u[~found] if use_listing else new_u
+    del new_u, all_u, all_t0, found
+    for v in todo:
+        digest = v.tobytes()
+        if digest in zero:
+            continue
+        if k % 4096 == 0:
+            ctx.note_progress(f"pbs: checking chunks ({verify}): {k}")
+        k += 1
+        err = _check_one(pool, digest, None, verify)
+        if err is not None:
+            failures[digest] = err
+    return k
 
 
 def check_chunks(ctx, state: State, verify="exists", backend=None):
@@ -796,36 +868,26 @@ def check_chunks(ctx, state: State, verify="exists", backend=None):
     orphans = {id(st): 0 for st in pool.stores if id(st) in listers and st.root in new_roots}
     refs = sum(a.index.known for a in everything)
     chunks = max((v.estimate() for v in listers.values()), default=0)
-    k = 0
-    for lo, hi in _folder_ranges(max(refs, chunks)):
-        new_u = _gather(archives, lo, hi)
-        all_u = new_u if everything is archives else _gather(everything, lo, hi)
-        all_t0 = first_words(all_u) if orphans and len(all_u) else None
-        found = np.zeros(len(new_u), dtype=bool)
-        for st in pool.stores:
-            lister = listers.get(id(st))
-            if lister is None:
-                continue
-            have = lister.rows(lo, hi)
-            if use_listing and len(new_u) and len(have):
-                found |= digests_in(new_u, have)  # there when any datastore has its file
-            if id(st) in orphans and len(have):
-                used = digests_in(have, all_u, all_t0) if all_t0 is not None else 0
-                orphans[id(st)] += int(len(have) - np.count_nonzero(used))
-            del have
-        todo = new_u[~found] if use_listing else new_u
-        del new_u, all_u, all_t0, found
-        for v in todo:
-            digest = v.tobytes()
-            if digest in zero:
-                continue
-            if k % 4096 == 0:
-                ctx.note_progress(f"pbs: checking chunks ({verify}): {k}")
-            k += 1
-            err = _check_one(pool, digest, None, verify)
-            if err is not None:
-                failures[digest] = err
-        del todo
+    ranges = _folder_ranges(max(refs, chunks))
+    new_b = _Buckets(ranges)
+    all_b = new_b if everything is archives else _Buckets(ranges) if orphans else None
+    fresh = {id(a) for a in archives}
+    try:
+        for a in everything if all_b is not None else archives:  # each table walked once
+            for _first, rows in a.index.digest_rows():
+                if len(rows):
+                    if id(a) in fresh:
+                        new_b.add(rows)
+                    if all_b is not None and all_b is not new_b:
+                        all_b.add(rows)
+        k = 0
+        for part, (lo, hi) in enumerate(ranges):
+            k = _check_range(ctx, pool, part, lo, hi, new_b, all_b, listers, orphans,
+                             use_listing, zero, verify, failures, k)
+    finally:
+        new_b.close()
+        if all_b is not None:
+            all_b.close()
     for lister in listers.values():
         lister.finish()
     del archives, everything
