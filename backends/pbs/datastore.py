@@ -448,8 +448,8 @@ LISTING_VERSION = 1
 FOLDERS = 1 << 16  # ``.chunks/0000`` .. ``.chunks/ffff``
 #: Bytes of digests (32 a chunk) the chunk check holds at once: it takes the digests of
 #: every index and of the chunk files a range of folders at a time (more ranges for a
-#: bigger datastore), so a datastore of millions of chunks is checked in this much
-#: memory, not in ~90 bytes a chunk.
+#: bigger datastore), so a datastore of millions of chunks is checked in a few times this
+#: much memory, not in ~90 bytes a chunk.
 CHECK_BUDGET = 8 << 20
 
 
@@ -842,8 +842,9 @@ def check_chunks(ctx, state: State, verify="exists", backend=None):
 
     Memory stays flat for stores of millions of chunks: the referenced digests and the
     chunk files are joined a range of ``<4hex>`` folders at a time (about
-    :data:`CHECK_BUDGET` bytes of digests each: the index tables are walked once per
-    range, never held), only failures are kept in a dict."""
+    :data:`CHECK_BUDGET` bytes of digests each: the index tables are walked once, their
+    digests sorted into the ranges (:class:`_Buckets`), never held), only failures are
+    kept in a dict."""
     pool = state.pool
     new_archives = state.archives[state.checked_archives:]
     new_stores = state.datastores[state.checked_stores:]
