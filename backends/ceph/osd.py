@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import hashlib
 import re
 
 import numpy as np
@@ -80,7 +81,16 @@ class _OtherIndex:
     lookups by bisection.  Only the rows a lookup touches are read: a cluster of many
     snapshot clones keeps no Python objects per clone (~500 bytes each in a dict)."""
 
+    @staticmethod
+    def object_hash(obj) -> int:
+        """A 64-bit hash of ``(pool, nspace, name)``: most lookups are of RBD data objects,
+        which are not here, and a search in the sorted hashes says so at once."""
+        pool, ns, name = obj
+        h = hashlib.blake2b(b"%d\0%s\0%s" % (pool, ns, name), digest_size=8).digest()
+        return int.from_bytes(h, "little")
+
     def __init__(self, arrays, objects):
+        self.hashes = arrays["other_hashes"]
         self.pool, self.snap = arrays["other_pool"], arrays["other_snap"]
         self.name_off, self.names = arrays["other_name_off"], arrays["other_names"]
         self.key_off, self.keys = arrays["other_key_off"], arrays["other_keys"]
@@ -102,7 +112,9 @@ class _OtherIndex:
             if len(o) != n + 1 or int(o[0]) != 0 or int(o[-1]) != len(arrays[blob]) or \
                     (n and not np.all(o[1:] >= o[:-1])):
                 return False
-        order = arrays["other_order"]
+        order, hashes = arrays["other_order"], arrays["other_hashes"]
+        if len(hashes) != objects or (len(hashes) > 1 and not np.all(hashes[1:] >= hashes[:-1])):
+            return False
         return not n or (int(order.min()) >= 0 and int(order.max()) < n and 0 <= objects <= n)
 
     def _obj(self, r):
@@ -114,6 +126,10 @@ class _OtherIndex:
         return self.keys[self.key_off[r]:self.key_off[r + 1]].tobytes()
 
     def get(self, obj, default=None):
+        h = np.uint64(self.object_hash(obj))
+        j = int(np.searchsorted(self.hashes, h))
+        if j >= len(self.hashes) or self.hashes[j] != h:
+            return default
         i = bisect.bisect_left(self.order, obj, key=self._obj)
         out = {}
         while i < self.rows:
@@ -255,7 +271,7 @@ class OsdStore:
 
     # -- the persistent index (pvfs/index.py) ------------------------------------------
     #: Bump when what :meth:`index_payload` stores changes.
-    INDEX_VERSION = 2
+    INDEX_VERSION = 3
 
     def index_payload(self):
         """``(info, arrays)``: :meth:`build_index`'s result in flat arrays (12 bytes an RBD
@@ -286,6 +302,8 @@ class OsdStore:
             "other_ns_off": offsets([o[1] for o in other]),
             "other_nss": np.frombuffer(b"".join(o[1] for o in other), np.uint8),
             "other_order": np.array(order, np.int64),
+            "other_hashes": np.sort(np.array([_OtherIndex.object_hash(o) for o in self.other],
+                                             np.uint64)),
         }
         info = {"groups": [[p, ns.hex(), px.hex()] for p, ns, px in groups],
                 "other_objects": len(self.other),
