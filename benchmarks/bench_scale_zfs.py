@@ -245,7 +245,9 @@ def median_row(rows: list[dict]) -> dict:
     """Each column's median over the rounds."""
     import statistics
 
-    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    out = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    out["files"] = rows[0]["files"]
+    return out
 
 
 def ratio_row(pv: list[dict], zf: list[dict]) -> dict:

@@ -130,12 +130,13 @@ class Dnode:
                 return None
         return bp
 
-    def read_block(self, blkid: int) -> bytes:
+    def read_block(self, blkid: int, cache: bool = True) -> bytes:
+        """Block ``blkid``'s logical bytes (``cache``: keep them in the block cache)."""
         bp = self.block_bp(blkid)
         if bp is None or bp.hole:
             return bytes(self.datablksz)
         try:
-            data = self.objset.pool.read_bp(bp, self.objset)
+            data = self.objset.pool.read_bp(bp, self.objset, cache=cache)
         except (UnreadableError, ZfsError) as e:  # no good copy, undecodable, encrypted
             raise UnreadableError(f"object {self.objnum} block {blkid}: {e}",
                                   [(blkid * self.datablksz, self.datablksz)]) from None
@@ -363,7 +364,10 @@ class ObjSet:
         if hit is None:
             bp = self.meta.block_bp(blkid)
             little = bp.little if bp is not None and not bp.hole else self.little
-            data = self.meta.read_block(blkid)
+            # cached once, here (read_bp's own cache would count the same bytes again:
+            # half the dnode blocks in the same budget, and ls -l of a 100,000-entry
+            # directory re-read most of them)
+            data = self.meta.read_block(blkid, cache=False)
             hit = METADATA_CACHE.put(key, _Block(data, little))
         self._last_block = (blkid, hit)
         return hit
