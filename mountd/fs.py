@@ -22,8 +22,9 @@ import os
 import queue
 import stat
 import threading
+from array import array
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import outcome
@@ -359,12 +360,13 @@ class PvfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         key = ino & KEY_MASK
         for h in reversed(self._listings):  # the newest first: the lister's own
-            if h.dir.space is space and key in h.listing.keys:  # (a C-speed scan)
+            j = _index(h.listing.keys, key) if h.dir.space is space else -1
+            if j >= 0:
                 for other in self._listings:
                     if other.dir is h.dir:  # (an older listing of it may still be read)
                         other.full = True
                 self._full_listings = STAT_WALK_LISTINGS
-                ahead = await self._run(self._stat_ahead, h, h.listing.keys.index(key))
+                ahead = await self._run(self._stat_ahead, h, j)
                 for other, n in ahead:
                     self._remember(other, n, held=False)
                 node = self._keyed.get(ino)
@@ -944,6 +946,23 @@ class PvfsOperations(pyfuse3.Operations):
             self._next_fh += 1
         self._handles[fh] = value
         return fh
+
+
+def _index(keys: Sequence[int], key: int) -> int:
+    """The index of ``key`` in a listing's keys, -1 if absent.  An ``array`` of keys
+    (a ZFS listing) is searched by numpy: ``in`` and ``index`` on an array make an int
+    object per element (~2 ms for 100,000 keys, twice per stat-ahead: 1.5 s of an
+    ``ls -l`` of a 100,000-entry directory)."""
+    if isinstance(keys, array) and keys.typecode in "QqLl" and keys.itemsize == 8:
+        import numpy as np  # (imported by then: a ZFS mount's checksums use it)
+
+        hit = np.flatnonzero(np.frombuffer(keys, dtype=np.uint64 if keys.typecode in "QL"
+                                           else np.int64) == key)
+        return int(hit[0]) if hit.size else -1
+    try:
+        return keys.index(key)
+    except ValueError:
+        return -1
 
 
 #: A listing entry answered with full attributes from InodeSpace.stat (no node built).

@@ -479,3 +479,16 @@ def _mounted_tree():
     d = resolve(root, "storage/zfs/fxmirror/bigdir")
     d.children()
     return root
+
+
+def test_listing_key_index():
+    """The stat-ahead finds an entry's place in a listing by its key: a ZFS listing's
+    array of keys through numpy (no int object per element), any other sequence as is."""
+    from array import array
+
+    from mountd.fs import _index
+
+    keys = array("Q", [5, 9, (1 << 63) + 1, 7] + list(range(100, 100_100)))
+    assert [_index(keys, k) for k in (5, 9, (1 << 63) + 1, 7, 8, 100_099)] == \
+        [0, 1, 2, 3, -1, 100_003]
+    assert (_index([3, 4], 4), _index([3, 4], 5), _index(range(10), 7)) == (1, -1, 7)

@@ -26,6 +26,8 @@ _CORE = struct.Struct("<BBBBBBBBHHB3xQQ32x")
 _CORE_BE = struct.Struct(">BBBBBBBBHHB3xQQ32x")
 SPA_BLKPTRSHIFT = 7
 MAX_LEVELS = 10
+#: Distinct dnode blocks looked at per prefetch_dnodes call.
+PREFETCH_BLOCKS = 32
 
 
 class Dnode:
@@ -380,9 +382,18 @@ class ObjSet:
             return
         inflight = self._inflight
         last = self._last_block
-        todo = [b for b in sorted({o * DNODE_SIZE // bs for o in objnums if o > 0})
-                if b not in inflight and (last is None or last[0] != b)
-                and ("zfs-dnblk", self.key, b) not in METADATA_CACHE]
+        seen: set = set()
+        todo = []
+        for o in objnums:  # the first PREFETCH_BLOCKS distinct blocks (a big directory
+            b = o * DNODE_SIZE // bs  # in hash order touches a block per entry)
+            if o <= 0 or b in seen:
+                continue
+            seen.add(b)
+            if b not in inflight and (last is None or last[0] != b) \
+                    and ("zfs-dnblk", self.key, b) not in METADATA_CACHE:
+                todo.append(b)
+            if len(seen) >= PREFETCH_BLOCKS:
+                break
         if not todo:
             return
         for b, f in zip(todo, readahead.start(self._dnode_block, todo), strict=False):
