@@ -777,7 +777,8 @@ class _Buckets:
 def _unique_rows(rows):
     """``rows`` ((n, 32) uint8 digests) sorted, each once, in about 48 bytes a row on top
     of them (one sorted copy, its first words, the order): :func:`unique_digests` made
-    four 32-byte copies."""
+    four 32-byte copies.  Repeated digests are found with numpy; only digests that share
+    their first 8 bytes yet differ (rare with SHA-256) are sorted in Python."""
     if not len(rows):
         return np.zeros((0, 32), np.uint8)
     t0 = first_words(rows)
@@ -785,18 +786,30 @@ def _unique_rows(rows):
     t0 = t0[order]
     rows = rows[order]
     del order
-    same = np.flatnonzero(t0[1:] == t0[:-1])  # rows sharing their first 8 bytes: rare
     keep = np.ones(len(rows), dtype=bool)
-    if len(same):
-        starts = same[np.concatenate(([True], np.diff(same) > 1))]
-        for a in starts.tolist():
-            b = a + 1
-            while b < len(rows) and t0[b] == t0[a]:
-                b += 1
-            run = sorted(rows[a:b].tobytes()[i:i + 32] for i in range(0, (b - a) * 32, 32))
-            rows[a:b] = np.frombuffer(b"".join(run), np.uint8).reshape(-1, 32)
-            for i in range(a + 1, b):
-                keep[i] = run[i - a] != run[i - a - 1]
+    tie = np.flatnonzero(t0[1:] == t0[:-1])  # rows sharing their first 8 bytes: mostly the
+    if not len(tie):  # same digest again (backups of the same disk share their chunks)
+        return rows
+    words = rows.view(np.uint64)  # (n, 4): whole rows compared a batch at a time
+    same = np.empty(len(tie), dtype=bool)
+    for s in range(0, len(tie), 1 << 16):
+        j = tie[s:s + (1 << 16)]
+        same[s:s + len(j)] = np.all(words[j + 1] == words[j], axis=1)
+    keep[tie[same] + 1] = False
+    starts = set()
+    for p in tie[~same].tolist():  # other digests with the same first 8 bytes: rare
+        a = p
+        while a > 0 and t0[a - 1] == t0[p]:
+            a -= 1
+        starts.add(a)
+    for a in sorted(starts):  # such a run sorted by its whole digests, each kept once
+        b = a + 1
+        while b < len(rows) and t0[b] == t0[a]:
+            b += 1
+        run = sorted(rows[a:b].tobytes()[i:i + 32] for i in range(0, (b - a) * 32, 32))
+        rows[a:b] = np.frombuffer(b"".join(run), np.uint8).reshape(-1, 32)
+        for i in range(a + 1, b):
+            keep[i] = run[i - a] != run[i - a - 1]
     return rows if keep.all() else rows[keep]
 
 
