@@ -909,7 +909,8 @@ def test_plain_ranges_of_thin_lvs_equal_thin_dump(syn):
     """What the mount prefetches ahead of a reader (``plain_ranges``): every mapped chunk
     of every thin LV at the disk offset thin_dump's mapping and the manifest's tdata
     segments give, nothing else.  With the mapping root damaged, the blocks that stay
-    unknown are left out (no exception), and a prefetch of the whole LV raises nothing."""
+    unknown are left out (no exception), and a prefetch of the whole LV raises nothing and
+    advises what it does on the intact pool."""
     d, m = syn
     pool = _pool(d / "pve-disk.img", m)
     truth = _xml_runs(SYN / "truth" / "thin_dump.xml")
@@ -952,4 +953,5 @@ def test_plain_ranges_of_thin_lvs_equal_thin_dump(syn):
     assert chunks(strict.plain_ranges(0, size)) == wants[1]  # the recovered leaves
     with pytest.raises(UnreadableError):
         strict.read(1000 * cb, 10)  # a gap: EIO when read, left out of the prefetch
-    assert strict.prefetch(0, size) == len(wants[1]) * cb
+    # the prefetch of the whole LV raises nothing and advises what it does on the intact pool
+    assert strict.prefetch(0, size) == ThinSource(pool, 1, size).prefetch(0, size) > 0
