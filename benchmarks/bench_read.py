@@ -17,7 +17,8 @@ Each round reads every input whole, interleaved in slices (``--slice-mib``, 128)
 by every reader, then slice 2 ..., each slice from a cold page cache (the inputs' and the
 exposed files' pages dropped with ``posix_fadvise(DONTNEED)`` before it), so that every
 reader meets the same disk: on a shared machine the disk's speed changes several times
-within one 1 GiB read.  A reader's speed in a round is its bytes over the sum of its
+within one 1 GiB read.  Before each slice the disk is let finish the I/O in progress (the
+read-ahead a reader started past its slice is not timed as the next reader's).  A reader's speed in a round is its bytes over the sum of its
 slices' times; the median of the rounds and the per-round ratios are printed with the
 load average.
 ``--stress N`` runs ``stress-ng --cpu N`` beside it; ``--also NAME=DIR`` mounts the same
@@ -142,6 +143,29 @@ def start_qsd(qcow: Path, export: Path):
     return proc
 
 
+def in_flight(dev: int) -> int | None:
+    """Reads and writes the disk holding the inputs has in progress (/proc/diskstats, the
+    ninth counter), or None when it is not listed."""
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                p = line.split()
+                if int(p[0]) == os.major(dev) and int(p[1]) == os.minor(dev):
+                    return int(p[11])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def settle(dev: int, limit: float = 1.0) -> None:
+    """Wait (up to ``limit`` s) until the disk has no I/O in progress: the read-ahead or
+    prefetch a reader started beyond its slice would otherwise still be reading when the
+    next reader's slice is timed, and slow it down (the next reader, not its own)."""
+    t = time.perf_counter() + limit
+    while time.perf_counter() < t and (in_flight(dev) or 0) > 0:
+        time.sleep(0.002)
+
+
 def drop(paths) -> None:
     """Drop these files' clean pages from the page cache (FUSE files too): a cold read
     without dropping, and waiting for, everybody else's page cache."""
@@ -204,9 +228,11 @@ def one_round(readers: dict[str, Path], inputs, size: int, slice_bytes: int) -> 
     buf = memoryview(bytearray(1 << 20))
     spent = dict.fromkeys(readers, 0.0)
     every = list(inputs) + list(readers.values())
+    dev = os.stat(every[0]).st_dev
     for off in range(0, size, slice_bytes):
         n = min(slice_bytes, size - off)
         for k, p in readers.items():
+            settle(dev)
             drop(every)
             spent[k] += timed_slice(p, off, n, buf)
     return {k: size / t / 1e6 for k, t in spent.items()}
