@@ -2,7 +2,7 @@
 """The common FUSE read path: sequential reads of exposed disks through ``pvfs mount``
 against ``cat`` of the equivalent raw file (the limit), same run, cold page cache.
 
-One mount serves four inputs of 1 GiB each (issue 15 item 1: >= 0.8x of the limit):
+One mount serves five inputs of 1 GiB each (issue 15 item 1: >= 0.8x of the limit):
 
 * ``raw``: a raw disk image file (``storage/files/raw.img/disk.raw``);
 * ``lvm``: a linear LV on a PV made by real lvm2 (``pvcreate``/``vgcreate``/``lvcreate
@@ -10,7 +10,9 @@ One mount serves four inputs of 1 GiB each (issue 15 item 1: >= 0.8x of the limi
 * ``thin``: a thin LV of 16,384 mapped 64 KiB blocks in shuffled 1 MiB runs
   (thin_restore's metadata, as benchmarks/bench_lvm.py makes it);
 * ``qcow2``: bench_qcow2's image (7/8 incompressible data, compressed clusters in every
-  8th 4 MiB), with qemu-storage-daemon's FUSE export of it as the peer.
+  8th 4 MiB), with qemu-storage-daemon's FUSE export of it as the peer;
+* ``qcow2-frag``: raw.img's bytes written into a qcow2 by qemu-io in 1 MiB writes in
+  shuffled order (clusters out of the disk's order, as a running VM writes them).
 
 The limit is ``cat`` (1 MiB ``readv``) of ``raw.img``, qemu-img's conversion of the qcow2.
 Each round reads every input whole, interleaved in slices (``--slice-mib``, 128): slice 1
@@ -94,6 +96,7 @@ def build(work: Path) -> dict[str, Path]:
     files = {"raw": work / "raw.img", "lvm": work / "lvm.img", "thin": work / "thin.img",
              "qcow2": work / "bench.qcow2"}
     if stamp.exists() and all(p.exists() for p in files.values()):
+        files["qcow2-frag"] = build_frag(work, files["raw"])
         return files
     import bench_lvm
     import bench_qcow2
@@ -108,9 +111,37 @@ def build(work: Path) -> dict[str, Path]:
     thinwork.mkdir(exist_ok=True)
     bench_lvm.make_image(files["thin"], 1, SIZE_MIB * 16, thinwork)
     shutil.rmtree(thinwork)
+    (work / "frag.qcow2").unlink(missing_ok=True)
+    files["qcow2-frag"] = build_frag(work, files["raw"])
     stamp.write_text("ok")
     print(f"inputs built in {time.perf_counter() - t:.0f} s", flush=True)
     return files
+
+
+def build_frag(work: Path, raw: Path) -> Path:
+    """A qcow2 holding raw.img's bytes written by qemu-io in 1 MiB writes in shuffled
+    order, as a running VM allocates clusters: the disk's order is not the file's."""
+    out = work / "frag.qcow2"
+    if out.exists():
+        return out
+    import random
+
+    pieces = work / "frag-pieces"
+    pieces.mkdir(exist_ok=True)
+    n = raw.stat().st_size >> 20
+    with open(raw, "rb") as f:
+        for i in range(n):
+            (pieces / str(i)).write_bytes(f.read(1 << 20))
+    order = list(range(n))
+    random.Random(7).shuffle(order)
+    tmp = work / "frag.qcow2.tmp"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", tmp, f"{n}M")
+    subprocess.run(["qemu-io", "-f", "qcow2", str(tmp)], check=True, capture_output=True,
+                   text=True, input="".join(f"write -q -s {pieces / str(i)} {i}M 1M\n"
+                                            for i in order))
+    shutil.rmtree(pieces)
+    tmp.rename(out)
+    return out
 
 
 def mount(files: dict[str, Path], mnt: Path, tree: Path, log: Path) -> dict[str, Path]:
@@ -122,7 +153,8 @@ def mount(files: dict[str, Path], mnt: Path, tree: Path, log: Path) -> dict[str,
     return {"raw": mnt / "storage" / "files" / "raw.img" / "disk.raw",
             "lvm": mnt / "storage" / "lvm" / "benchvg" / "disk",
             "thin": mnt / "storage" / "lvm" / "bench" / "vm-1001-disk-0",
-            "qcow2": mnt / "storage" / "files" / "bench.qcow2" / "disk.raw"}
+            "qcow2": mnt / "storage" / "files" / "bench.qcow2" / "disk.raw",
+            "qcow2-frag": mnt / "storage" / "files" / "frag.qcow2" / "disk.raw"}
 
 
 def start_qsd(qcow: Path, export: Path):
