@@ -114,11 +114,27 @@ class FastWait:
         self._lot.unpark_all()
 
 
+#: pyfuse3 releases whose session loop was read and tested with :class:`FastWait`
+#: (``_session_loop`` calls ``_wait_fuse_readable()`` then reads the fd at once).  A
+#: later release keeps its own wait until it is checked here: the function replaced is
+#: private, and a change of its contract could leave a request unread.
+KNOWN_PYFUSE3 = ((3, 2), (3, 6))
+
+
+def _known_version(version: str) -> bool:
+    try:
+        major_minor = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return False
+    return KNOWN_PYFUSE3[0] <= major_minor < KNOWN_PYFUSE3[1]
+
+
 def install(fd: int | None) -> FastWait | None:
     """Put a :class:`FastWait` for ``fd`` in place of pyfuse3's wait (None: left alone)."""
     import pyfuse3
 
     if fd is None or not hasattr(pyfuse3, "_wait_fuse_readable") \
+            or not _known_version(getattr(pyfuse3, "__version__", "")) \
             or os.environ.get("PVFS_PYFUSE3_WAIT"):  # (benchmarks: pyfuse3's own)
         log.info("pyfuse3's request wait left as it is")
         return None
