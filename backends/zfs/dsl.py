@@ -180,9 +180,7 @@ def dataset_props(mos, ds: Dataset, names=tuple(ZPL_PROPS)) -> dict[str, int]:
     if snapshot and ds.props_obj:
         props = zap.zap_entries(mos.dnode(ds.props_obj))
         for n in list(todo):
-            v = _first_int(props.get(n))
-            if v is None and f"{n}$inherit" not in props:
-                v = _first_int(props.get(f"{n}$recvd"))
+            v = _set_value(props, n)
             if v is not None:
                 out[n] = v
                 todo.remove(n)
@@ -196,9 +194,7 @@ def dataset_props(mos, ds: Dataset, names=tuple(ZPL_PROPS)) -> dict[str, int]:
             if v is not None and v not in ZPL_PROPS[n][1]:
                 v = None
             if v is None:
-                v = _first_int(props.get(n))
-            if v is None and f"{n}$inherit" not in props:
-                v = _first_int(props.get(f"{n}$recvd"))
+                v = _set_value(props, n)
             if v is not None:
                 out[n] = v
                 todo.remove(n)
@@ -212,3 +208,13 @@ def _first_int(value):
     if isinstance(value, list) and value and isinstance(value[0], int):
         return value[0]
     return None
+
+
+def _set_value(props: dict, name: str):
+    """A property's value set in one properties ZAP: the local value, else the received
+    one (``$recvd``) unless ``zfs inherit -S`` was asked (``$inherit``); None when
+    neither is there (dsl_prop_get_dd)."""
+    v = _first_int(props.get(name))
+    if v is None and f"{name}$inherit" not in props:
+        v = _first_int(props.get(f"{name}$recvd"))
+    return v

@@ -120,16 +120,22 @@ def _ts(pair) -> float:
     return Timestamp(sec, nsec % 1_000_000_000)
 
 
-def parse_znode_phys(bonus: bytes) -> Znode:
-    """A legacy ``znode_phys_t`` bonus (byte order guessed from the mode's file type)."""
-    if len(bonus) < ZNODE_PHYS_SIZE:
-        raise SaError(f"znode bonus of {len(bonus)} bytes (needs {ZNODE_PHYS_SIZE})")
-    order = "<"
+def _znode_order(bonus: bytes) -> str:
+    """The byte order of a legacy ``znode_phys_t``: little endian unless only the
+    big-endian reading of ``zp_mode`` (offset 72) is a plausible mode."""
     le_mode, = struct.unpack_from("<Q", bonus, 72)
     if not plausible_mode(le_mode):
         be_mode, = struct.unpack_from(">Q", bonus, 72)
         if plausible_mode(be_mode):
-            order = ">"
+            return ">"
+    return "<"
+
+
+def parse_znode_phys(bonus: bytes) -> Znode:
+    """A legacy ``znode_phys_t`` bonus (byte order guessed from the mode's file type)."""
+    if len(bonus) < ZNODE_PHYS_SIZE:
+        raise SaError(f"znode bonus of {len(bonus)} bytes (needs {ZNODE_PHYS_SIZE})")
+    order = _znode_order(bonus)
     w = _ZNODE_FAST[order].unpack_from(bonus, 0)
     # w: atime[2] mtime[2] ctime[2] crtime[2] gen mode size parent links xattr rdev flags
     #    uid gid zap pad[3]
@@ -157,13 +163,7 @@ def znode_stat(dnode, registry: SaRegistry | None):
     time objects: ~3x cheaper per listed file)."""
     bonus = dnode.bonus or b""
     if dnode.bonustype == DMU_OT_ZNODE and len(bonus) >= ZNODE_PHYS_SIZE:
-        order = "<"
-        le_mode, = struct.unpack_from("<Q", bonus, 72)
-        if not plausible_mode(le_mode):
-            be_mode, = struct.unpack_from(">Q", bonus, 72)
-            if plausible_mode(be_mode):
-                order = ">"
-        w = _ZNODE_FAST[order].unpack_from(bonus, 0)
+        w = _ZNODE_FAST[_znode_order(bonus)].unpack_from(bonus, 0)
         return (_check_mode(w[9]), w[12], w[16], w[17], w[10], _ns(w[0], w[1]),
                 _ns(w[2], w[3]), _ns(w[4], w[5]))
     zn = read_znode(dnode, registry)
