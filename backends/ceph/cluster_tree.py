@@ -11,12 +11,12 @@ import os
 import types
 
 from pvfs.errors import UnreadableError
-from pvfs.nodes import Dir, File, GeneratedFile
+from pvfs.nodes import Dir, GeneratedFile
 from pvfs.proxmox.view import Locator
 from pvfs.source import BAD_EIO
 
 from .errors import CephError
-from .keys import CEPH_NOSNAP, decode_onode_key
+from .keys import CEPH_NOSNAP
 from .label import probe_label
 from .osd import OsdStore
 from .rbd import Cluster, RbdError
@@ -479,35 +479,21 @@ def _add_image(cluster, ctx, img, pdir, ppath, parent, ec, proxmox=True):
 
 
 def _add_osd_view(cluster, root):
-    """``storage/ceph/.osd/<osd>/<pool>/<object>[@snap]``, listed lazily."""
+    """``storage/ceph/.osd/<osd>/<pool>/<object>[@snap]``: each pool directory takes its
+    entries from the OSD's object index (:class:`osdview.OsdSpace`), keeping no node per
+    object."""
+    from .osdview import OsdSpace
+
     top = root.subdir(".osd")
     for st in cluster.stores:
         def load_osd(d, st=st):
+            space = OsdSpace(st, f"storage/ceph/.osd/{st.name}", cluster.pool_name,
+                             _object_meta)
             for pool in sorted(st.pools()):
                 pname = "meta" if pool == -1 else cluster.pool_name(pool)
-
-                def load_pool(pd, pool=pool):
-                    for p, ns, name, snap, key in sorted(st.iter_objects(pool),
-                                                         key=lambda t: (t[1], t[2], t[3])):
-                        if key is None:
-                            hit = st.lookup(p, name, ns, snap)
-                            if hit is None:
-                                continue
-                            key = hit[0]
-                        oid = decode_onode_key(key)
-                        fname = oid.display() or f"(pgmeta {oid.hash:x})"
-                        if snap != CEPH_NOSNAP and "@" not in fname:
-                            fname = f"{fname}@{snap}"
-                        try:
-                            src = st.object_source(key, label=f"{st.name}:{fname}")
-                        except (CephError, UnreadableError):
-                            src = None
-                        if src is not None:
-                            pd.add(fname, File(src))
-                        pd.add(f"{fname}.meta.json",
-                               GeneratedFile(lambda key=key, oid=oid: _object_meta(st, key, oid)))
-
-                d.add(pname, Dir(loader=load_pool))
+                pd = Dir()
+                pd.use_space(space, space.dir_key(pool))
+                d.add(pname, pd)
 
         top.add(st.name, Dir(loader=load_osd))
 

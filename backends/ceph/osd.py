@@ -140,6 +140,23 @@ class _OtherIndex:
             i += 1
         return out or default
 
+    def row(self, obj, snap):
+        """The row of version ``snap`` of ``obj`` (None: not here); rows are numbered in
+        the order found, stable for the life of the index (the OSD view's inode keys)."""
+        h = np.uint64(self.object_hash(obj))
+        j = int(np.searchsorted(self.hashes, h))
+        if j >= len(self.hashes) or self.hashes[j] != h:
+            return None
+        i = bisect.bisect_left(self.order, obj, key=self._obj)
+        while i < self.rows:
+            r = int(self.order[i])
+            if self._obj(r) != obj:
+                break
+            if int(self.snap[r]) == snap:
+                return r
+            i += 1
+        return None
+
     def __contains__(self, obj):
         return self.get(obj) is not None
 
