@@ -263,6 +263,9 @@ class PvfsOperations(pyfuse3.Operations):
         # directories, so their id() is stable), and the nodes the kernel asked about last.
         self._spaces: list[InodeSpace | None] = [None]
         self._held: list[_HeldBits] = [_HeldBits()]
+        # keys answered from InodeSpace.stat: files without extended attributes (for the
+        # life of the mount: the image does not change)
+        self._bare: list[_HeldBits] = [_HeldBits()]
         self._space_index: dict[int, int] = {}
         self._keyed: OrderedDict[int, Node] = OrderedDict()
         self._listings: deque[_SpaceListing] = deque(maxlen=RECENT_LISTINGS)
@@ -310,6 +313,7 @@ class PvfsOperations(pyfuse3.Operations):
                         return None
                     idx = len(self._spaces)
                     self._held.append(_HeldBits())
+                    self._bare.append(_HeldBits())
                     self._spaces.append(space)
                     self._space_index[id(space)] = idx
         return idx << KEY_BITS | key
@@ -654,6 +658,7 @@ class PvfsOperations(pyfuse3.Operations):
                     return
                 if node is ATTRS_ONLY:  # held with full attributes; no node to keep
                     self._held[ino >> KEY_BITS].add(ino & KEY_MASK)
+                    self._bare[ino >> KEY_BITS].add(ino & KEY_MASK)  # and no xattrs
                 elif node is not None:
                     self._remember(ino, node)
                 i = idx + 1
@@ -863,12 +868,17 @@ class PvfsOperations(pyfuse3.Operations):
         A name the file system does not have at all (:meth:`InodeSpace.xattr_supported`:
         ``system.posix_acl_access`` of a ZFS dataset with ``acltype=off``) answers
         EOPNOTSUPP, as its kernel driver does; ``ls`` then stops asking it (per device:
-        in one ``ls -lR`` that goes on into a dataset with ACLs it shows no ``+``)."""
+        in one ``ls -lR`` that goes on into a dataset with ACLs it shows no ``+``).
+
+        A file listed with attributes from :meth:`InodeSpace.stat` has no extended
+        attributes: ENODATA without building its node (``ls -l`` asks every file)."""
         idx = inode >> KEY_BITS
         if idx:
             space = self._spaces[idx] if idx < len(self._spaces) else None
             if space is not None and not space.xattr_supported(name):
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            if space is not None and (inode & KEY_MASK) in self._bare[idx]:
+                raise pyfuse3.FUSEError(errno.ENODATA)
             node = await self._get(inode)
         else:
             node = await self._get(inode)
@@ -888,6 +898,9 @@ class PvfsOperations(pyfuse3.Operations):
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        idx = inode >> KEY_BITS
+        if idx and idx < len(self._bare) and (inode & KEY_MASK) in self._bare[idx]:
+            return []  # listed from InodeSpace.stat: no extended attributes
         node = await self._get(inode)
         xattrs = node._xattrs
         if xattrs is not None and type(xattrs) is not dict and getattr(xattrs, "pending", False):

@@ -222,8 +222,11 @@ class InodeSpace:
         mount answers with full attributes (a walk that stats every file): ``(mode,
         nlink, uid, gid, size, allocated bytes, atime_ns, mtime_ns, ctime_ns)`` of a
         regular file, exactly what its node would give, or None: the mount builds the node
-        (any other kind, an object that is not plain or not readable: the node's
-        building reports it).  May read the image (worker thread)."""
+        (any other kind, a file with extended attributes, an object that is not plain or
+        not readable: the node's building reports it).  A file answered here has no
+        extended attributes: the mount answers its getxattr ENODATA and its listxattr
+        empty without building its node (``ls -l`` asks one per file).  May read the
+        image (worker thread)."""
         return None
 
     def xattr_supported(self, name: bytes) -> bool:

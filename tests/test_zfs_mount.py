@@ -419,7 +419,7 @@ def test_full_listing_attributes_without_nodes_on_system_attributes():
                         continue
                     e = want[path]
                     if node is mountfs.ATTRS_ONLY:
-                        assert e["type"] == "file", path
+                        assert e["type"] == "file" and not e.get("xattrs"), path
                         built = ops._attrs(space.child(h.dir.key, name, child_ino & KEY_MASK),
                                            child_ino)
                         assert [getattr(attrs, f) for f in fields] == \
@@ -429,8 +429,8 @@ def test_full_listing_attributes_without_nodes_on_system_attributes():
                             e["size"], e["nlink"], e["uid"], e["mtime_ns"],
                             int(e["mode"], 8)), path
                         files += 1
-                    else:
-                        assert e["type"] != "file", path
+                    else:  # (a file with xattrs builds its node: the mount answers them)
+                        assert e["type"] != "file" or e.get("xattrs"), path
                         others += 1
                         if e["type"] == "dir":
                             todo.append((child_ino, path))
@@ -444,6 +444,103 @@ def test_full_listing_attributes_without_nodes_on_system_attributes():
                            ("storage", "zfs", "rpool", "data", "subvol-102-disk-0", ".zfs",
                             "snapshot", "before"))
         assert live[0] > 20 and live[1] > 10 and snap[0] > 20, (live, snap)
+
+    trio.run(go)
+
+
+def test_xattrs_of_files_listed_from_their_dnodes(monkeypatch):
+    """A full listing answers a file without extended attributes from its dnode
+    (InodeSpace.stat), and then its getxattr ENODATA and its listxattr empty without
+    building its node or a worker-thread hop (``ls -l`` asks every file); a file with
+    xattrs (SA xattrs, an xattr directory, POSIX ACLs) is listed from its node and still
+    answers them.  Every file of zfs-modern's subvol-102 (ACLs), -104 (xattr directory)
+    and -105 (400 files with SA xattrs): listxattr and getxattr through the readdir
+    handler against the manifest's sha256 and against the built node's."""
+    import errno
+    import json
+
+    import pyfuse3
+    import pytest
+    import trio
+
+    import scancases
+    from conftest import require_fixture
+    from mountd.fs import PvfsOperations
+    from pvfs.discover import Options, discover
+
+    man = json.loads(require_fixture("zfs-modern", "manifest.json").read_text())
+    sets = man["pools"]["rpool"]["datasets"]
+    images = scancases.CASES_BY_NAME["zfs-modern/rpool-raidz1"].inputs()
+    ops = PvfsOperations(discover(images, Options()).root)
+    replies: list[tuple[bytes, pyfuse3.EntryAttributes]] = []
+
+    def reply(token, name, attrs, next_id):  # what readdir hands the kernel
+        a = pyfuse3.EntryAttributes()
+        for f in ("st_ino", "st_mode", "st_size"):
+            setattr(a, f, getattr(attrs, f))
+        replies.append((name, a))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+
+    async def xattrs_of(ino: int) -> dict[bytes, str]:
+        names = await ops.listxattr(ino, None)
+        with pytest.raises(pyfuse3.FUSEError) as e:  # absent unless the manifest has it
+            await ops.getxattr(ino, b"security.pvfs-none", None)
+        assert e.value.errno == errno.ENODATA
+        return {n: hashlib.sha256(await ops.getxattr(ino, n, None)).hexdigest()
+                for n in names}
+
+    async def check(ds: str) -> tuple[int, int]:
+        want = {e["path"]: e for e in sets[ds]["files"]}
+        top = 1
+        for part in ("storage", "zfs", *ds.split("/")):
+            top = (await ops.lookup(top, part.encode())).st_ino
+        bare = rich = 0
+        todo = [(top, "")]
+        while todo:
+            ino, rel = todo.pop()
+            fh = await ops.opendir(ino, None)
+            if isinstance(ops._handles[fh][1], list):  # a dataset's root, first listing
+                fh = await ops.opendir(ino, None)
+            h = ops._handles[fh][1]
+            h.full = True
+            replies.clear()
+            await ops.readdir(fh, 0, None)
+            for name_b, attrs in list(replies):
+                name = name_b.decode()
+                path = f"{rel}/{name}"
+                if name == ".zfs":
+                    continue
+                e = want[path]
+                if stat.S_ISDIR(attrs.st_mode):
+                    todo.append((attrs.st_ino, path))
+                if not stat.S_ISREG(attrs.st_mode):
+                    continue
+                ino_f = attrs.st_ino
+                fast = (ino_f & KEY_MASK) in ops._bare[ino_f >> 48]
+                ops._keyed.pop(ino_f, None)  # as after the kernel forgot it
+                before = ops.workers.jobs
+                got = await xattrs_of(ino_f)
+                assert got == {k.encode(): v["sha256"]
+                               for k, v in (e.get("xattrs") or {}).items()}, path
+                node = h.dir.space.child(h.dir.key, name, ino_f & KEY_MASK)
+                assert sorted(got) == sorted(n for n in node.xattr_names()
+                                             if h.dir.space.xattr_supported(n)), path
+                if fast:
+                    assert not e.get("xattrs") and ops.workers.jobs == before, path
+                    bare += 1
+                else:
+                    assert e.get("xattrs"), path  # (all files here are plain)
+                    rich += 1
+        return bare, rich
+
+    async def go():
+        counts = {ds: await check(f"rpool/data/{ds}")
+                  for ds in ("subvol-102-disk-0", "subvol-104-disk-0", "subvol-105-disk-0")}
+        assert counts["subvol-105-disk-0"][1] == 400, counts
+        assert counts["subvol-104-disk-0"][1] == 1 and counts["subvol-102-disk-0"][1] == 2
+        assert all(b > 5 for b, _ in counts.values()), counts
 
     trio.run(go)
 

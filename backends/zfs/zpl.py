@@ -366,16 +366,17 @@ class Zpl(InodeSpace):
 
     def stat(self, key: int):
         """The InodeSpace hook: a regular file's attributes from its dnode, as
-        :meth:`_node_for` would make them (None for anything else, an object the intent
-        log changed, or one that does not read: the node path handles and reports it)."""
+        :meth:`_node_for` would make them (None for anything else, a file with extended
+        attributes, an object the intent log changed, or one that does not read: the
+        node path handles and reports it)."""
         if self.replay is not None and key in self.replay.objs:
             return None
         try:
             dnode = self.objset.dnode(key)
-            mode, links, uid, gid, size, at, mt, ct = znode_stat(dnode, self.registry)
+            mode, links, uid, gid, size, at, mt, ct, xattrs = znode_stat(dnode, self.registry)
         except (PvfsError, OSError, ValueError, struct.error):
             return None
-        if not stat.S_ISREG(mode):
+        if xattrs or not stat.S_ISREG(mode):  # (the mount answers its xattrs: none)
             return None
         used = dnode.used if dnode.flags & 1 else dnode.used * 512  # DnodeSource's
         return (stat.S_IFREG | (mode & 0o7777), links, uid, gid, size, used, at, mt, ct)
