@@ -219,3 +219,70 @@ def test_listing_keeps_no_node_per_object():
     assert [space.lookup(pd.key, n) for n in ("rbd_data.1234.0000000000000007",
                                               "rbd_data.1234.0000000000000007.meta.json")] \
         == list(array("Q", space.entries(pd.key).keys)[16:18])  # (after 5, 5@4, 6)
+
+
+# -- a pool whose names do not parse back: namespaces, clashes -------------------------
+N_NS = 3_000
+
+
+def _clash_oids():
+    """Objects of pool 3 whose names ``Dir.add`` renames or ``sanitize_name`` changes:
+    namespaced objects ("ns1/x" is shown as "ns1_x", which an object of no namespace
+    also is), an object named like another's .meta.json, a clone next to an object
+    named "<name>@<snap>", '/' in a name, and RBD data objects in a namespace (the
+    compact data index)."""
+    oids = [ObjectId(3, i * 2654435761 % (1 << 32), b"ns1", b"obj%05d" % i, b"", CEPH_NOSNAP)
+            for i in range(N_NS)]
+    oids += [ObjectId(3, 11, b"", b"ns1_obj00007", b"", CEPH_NOSNAP),
+             ObjectId(3, 12, b"", b"a", b"", CEPH_NOSNAP),
+             ObjectId(3, 13, b"", b"a.meta.json", b"", CEPH_NOSNAP),
+             ObjectId(3, 14, b"", b"a~2.meta.json", b"", CEPH_NOSNAP),
+             ObjectId(3, 15, b"", b"c@4", b"", CEPH_NOSNAP),
+             ObjectId(3, 16, b"", b"c", b"", 4),
+             ObjectId(3, 17, b"", b"d/e", b"", CEPH_NOSNAP),
+             ObjectId(3, 18, b"", b"d_e", b"", CEPH_NOSNAP)]
+    oids += [ObjectId(3, i * 40503 % (1 << 32), b"img", b"rbd_data.99.%016x" % i, b"",
+                      CEPH_NOSNAP) for i in range(N_NS)]
+    return oids
+
+
+def test_pool_with_namespaces_and_clashes():
+    """Names and order as the kept nodes had them (``ObjectId.display()`` sorted by
+    (namespace, name, snap), each added with ``Dir.add``: the reference here), and every
+    name looked up to its own entry by the listing's name hashes."""
+    from pvfs.cache import METADATA_CACHE
+
+    oids = _clash_oids()
+    osd = types.SimpleNamespace(kv=_FakeKV([encode_onode_key(o) for o in oids]),
+                                source=BytesSource(b"", label="fake"))
+    st = OsdStore(osd, "osd.0").build_index()
+    mapped = OsdStore(osd, "osd.0")
+    info, arrays = st.index_payload()
+    assert mapped.load_index(info, scratch_map(arrays))
+    ref = Dir()
+    for o in sorted(oids, key=lambda o: (o.nspace, o.name, o.snap)):
+        ref.add(o.display(), File(BytesSource(b"")))
+        ref.add(o.display() + ".meta.json", GeneratedFile(lambda: b""))
+    want = list(ref.children())
+    assert "ns1_obj00007~2" in want and "a~2.meta.json" in want and "a~2~2.meta.json" in want
+    assert "c@4~2" in want and "d_e~2" in want  # (the reference renames: a real test)
+    for store in (st, mapped):  # a dict of other objects (as FileStore), the mapped arrays
+        space = OsdSpace(store, "storage/ceph/.osd/osd.0", str, _object_meta)
+        key = space.dir_key(3)
+        METADATA_CACHE.clear()
+        listing = space.entries(key)
+        assert list(listing.names) == want
+        assert len(set(listing.keys)) == len(want)
+        assert listing.names[-2:] == want[-2:]
+        for j, name in enumerate(want):
+            k = space.lookup(key, name)
+            assert k == listing.keys[j], name
+            assert listing.keys.index(k) == j
+            if name.startswith("ns1_obj") and "~" not in name and \
+                    not name.startswith("ns1_obj00007"):  # the object's own path
+                assert space.path(k).endswith("/3/ns1/" + name[4:]), (name, space.path(k))
+        for name in (f"ns1_obj{N_NS:05d}", "a~3.meta.json", "nope", "ns1_obj00007~3"):
+            assert space.lookup(key, name) is None, name
+        METADATA_CACHE.clear()  # evicted: a lookup builds the listing again
+        assert space.lookup(key, "ns1_obj00007~2.meta.json") == listing.keys[want.index(
+            "ns1_obj00007~2.meta.json")]
