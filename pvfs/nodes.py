@@ -154,11 +154,13 @@ class Listing(Sequence):
     side by side (a list of str and an array of ints, no node or tuple per entry), and
     when the directory says so, each entry's file type (``stat.S_IFMT`` bits >> 12, the
     ``DT_*`` value; 0: unknown), which lets the mount answer a listing without building
-    the entries' nodes."""
+    the entries' nodes.  ``names`` is any sequence the mount can index and iterate (a
+    backend may make names on demand, as the Ceph ``.osd/`` view does; such a listing
+    says its own :attr:`cache_cost`)."""
 
     __slots__ = ("names", "keys", "types")
 
-    def __init__(self, names: list[str], keys: Sequence[int],
+    def __init__(self, names: Sequence[str], keys: Sequence[int],
                  types: Sequence[int] | None = None) -> None:
         self.names = names
         self.keys = keys
