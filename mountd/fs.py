@@ -444,22 +444,11 @@ class PvfsOperations(pyfuse3.Operations):
         return await self.workers.run(fn, *args)
 
     def _attrs(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = ino
-        a.generation = 0
-        timeout = GENERATED_TIMEOUT if isinstance(node, GeneratedFile) else TIMEOUT
-        a.entry_timeout = timeout
-        a.attr_timeout = timeout
-        a.st_mode = node.mode
-        a.st_nlink = node.nlink if not isinstance(node, Dir) else max(2, node.nlink)
-        a.st_uid = node.uid
-        a.st_gid = node.gid
-        a.st_rdev = node.rdev
-        a.st_size = node.size
-        a.st_blksize = 65536
-        a.st_blocks = (node.allocated_bytes() + 511) // 512
-        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = node.times_ns()
-        return a
+        return _full_attrs(
+            ino, GENERATED_TIMEOUT if isinstance(node, GeneratedFile) else TIMEOUT,
+            node.mode, node.nlink if not isinstance(node, Dir) else max(2, node.nlink),
+            node.uid, node.gid, node.rdev, node.size, node.allocated_bytes(),
+            *node.times_ns())
 
     async def _attrs_async(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
         if isinstance(node, GeneratedFile) and node.stale:
@@ -608,12 +597,7 @@ class PvfsOperations(pyfuse3.Operations):
                 # first ``ls`` of a mount of a thousand guests waited ~0.3 s for them).
                 # Inode and type only, expired at once: a stat asks getattr, which
                 # renders; reads are direct_io and do not go by the size.
-                attrs = pyfuse3.EntryAttributes()
-                attrs.st_ino = ino
-                attrs.st_mode = node.mode
-                attrs.entry_timeout = GENERATED_TIMEOUT
-                attrs.attr_timeout = 0
-                attrs.st_blksize = 65536
+                attrs = _type_only_attrs(ino, node.mode, GENERATED_TIMEOUT)
             else:
                 attrs = await self._attrs_async(node, ino)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, i + 1):
@@ -635,10 +619,8 @@ class PvfsOperations(pyfuse3.Operations):
         EIO when asked by inode."""
         total = len(h.kept) + len(h.listing)
         i = start_id
-        type_only = pyfuse3.EntryAttributes()  # one for every type-only entry: the reply
-        type_only.entry_timeout = TIMEOUT  # copies it (fuse_add_direntry_plus)
-        type_only.attr_timeout = 0  # expired at once: a stat asks getattr
-        type_only.st_blksize = 65536
+        # one for every type-only entry: the reply copies it (fuse_add_direntry_plus)
+        type_only = _type_only_attrs(0, 0, TIMEOUT)
         while i < total:
             batch = h.batch
             if not batch or not batch[0][0] <= i <= batch[-1][0]:
@@ -855,6 +837,20 @@ class PvfsOperations(pyfuse3.Operations):
         s.f_namemax = 255
         return s
 
+    def _space_of(self, inode: int, node: Node | None = None) -> InodeSpace | None:
+        """The InodeSpace whose xattr rules apply to ``inode``: the space of its key, or
+        for a kept node (given as ``node``) the space a directory lists; else None."""
+        idx = inode >> KEY_BITS
+        if idx:
+            return self._spaces[idx] if idx < len(self._spaces) else None
+        return node.space if isinstance(node, Dir) else None
+
+    def _is_bare(self, inode: int) -> bool:
+        """Whether ``inode`` was listed from :meth:`InodeSpace.stat` (no extended
+        attributes)."""
+        idx = inode >> KEY_BITS
+        return 0 < idx < len(self._bare) and (inode & KEY_MASK) in self._bare[idx]
+
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         """The value of attribute ``name``; ENODATA when the node has none of that name
@@ -872,23 +868,21 @@ class PvfsOperations(pyfuse3.Operations):
 
         A file listed with attributes from :meth:`InodeSpace.stat` has no extended
         attributes: ENODATA without building its node (``ls -l`` asks every file)."""
-        idx = inode >> KEY_BITS
-        if idx:
-            space = self._spaces[idx] if idx < len(self._spaces) else None
-            if space is not None and not space.xattr_supported(name):
+        space = self._space_of(inode)  # an InodeSpace entry: asked before any node
+        if space is not None:
+            if not space.xattr_supported(name):
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-            if space is not None and (inode & KEY_MASK) in self._bare[idx]:
+            if self._is_bare(inode):
                 raise pyfuse3.FUSEError(errno.ENODATA)
-            node = await self._get(inode)
-        else:
-            node = await self._get(inode)
-            space = node.space if isinstance(node, Dir) else None
+        node = await self._get(inode)
+        if space is None:  # a kept node: a directory of a space answers for it
+            space = self._space_of(inode, node)
             if space is not None and not space.xattr_supported(name):
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         xattrs = node._xattrs  # None: none (no dict made for asking)
         if xattrs is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
-        if type(xattrs) is not dict and getattr(xattrs, "pending", False):
+        if _pending(xattrs):
             value = await self._run(xattrs.get, name)
         else:
             value = xattrs.get(name)
@@ -898,17 +892,14 @@ class PvfsOperations(pyfuse3.Operations):
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        idx = inode >> KEY_BITS
-        if idx and idx < len(self._bare) and (inode & KEY_MASK) in self._bare[idx]:
+        if self._is_bare(inode):
             return []  # listed from InodeSpace.stat: no extended attributes
         node = await self._get(inode)
-        xattrs = node._xattrs
-        if xattrs is not None and type(xattrs) is not dict and getattr(xattrs, "pending", False):
+        if _pending(node._xattrs):
             names = await self._run(node.xattr_names)  # read from the image: not here
         else:
             names = node.xattr_names()
-        idx = inode >> KEY_BITS
-        space = self._spaces[idx] if idx else node.space if isinstance(node, Dir) else None
+        space = self._space_of(inode, node)
         if space is not None and names:
             names = [n for n in names if space.xattr_supported(n)]
         return names
@@ -961,6 +952,12 @@ class PvfsOperations(pyfuse3.Operations):
         return fh
 
 
+def _pending(xattrs: Any) -> bool:
+    """Whether a node's extended attributes must still be read from the image (a ZFS
+    xattr directory: :attr:`pvfs.nodes.Node.xattrs` ``pending``), in a worker thread."""
+    return xattrs is not None and type(xattrs) is not dict and getattr(xattrs, "pending", False)
+
+
 def _index(keys: Sequence[int], key: int) -> int:
     """The index of ``key`` in a listing's keys, -1 if absent.  An ``array`` of keys
     (a ZFS listing) is searched by numpy: ``in`` and ``index`` on an array make an int
@@ -982,25 +979,47 @@ def _index(keys: Sequence[int], key: int) -> int:
 ATTRS_ONLY: Any = Node(0)
 
 
-def _stat_attrs(st: tuple, ino: int) -> pyfuse3.EntryAttributes:
-    """EntryAttributes from an :meth:`InodeSpace.stat` tuple: what
-    :meth:`PvfsOperations._attrs` gives for the file's node."""
-    mode, nlink, uid, gid, size, used, atime, mtime, ctime = st
+def _full_attrs(ino: int, timeout: float, mode: int, nlink: int, uid: int, gid: int,
+                rdev: int, size: int, used: int, atime: int, mtime: int, ctime: int
+                ) -> pyfuse3.EntryAttributes:
+    """EntryAttributes with every field, valid for ``timeout`` (a node's, or a file's
+    from :meth:`InodeSpace.stat`: the same answer either way)."""
     a = pyfuse3.EntryAttributes()
     a.st_ino = ino
     a.generation = 0
-    a.entry_timeout = TIMEOUT
-    a.attr_timeout = TIMEOUT
+    a.entry_timeout = timeout
+    a.attr_timeout = timeout
     a.st_mode = mode
     a.st_nlink = nlink
     a.st_uid = uid
     a.st_gid = gid
-    a.st_rdev = 0
+    a.st_rdev = rdev
     a.st_size = size
     a.st_blksize = 65536
     a.st_blocks = (used + 511) // 512
     a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = atime, mtime, ctime
     return a
+
+
+def _type_only_attrs(ino: int, mode: int, entry_timeout: float) -> pyfuse3.EntryAttributes:
+    """A listing entry's inode and type only, expired at once (``attr_timeout`` 0): a
+    ``stat`` of it asks getattr, which answers in full."""
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = ino
+    a.st_mode = mode
+    a.entry_timeout = entry_timeout
+    a.attr_timeout = 0
+    a.st_blksize = 65536
+    return a
+
+
+def _stat_attrs(st: tuple, ino: int) -> pyfuse3.EntryAttributes:
+    """EntryAttributes from an :meth:`InodeSpace.stat` tuple ``(mode, nlink, uid, gid,
+    size, used, atime, mtime, ctime)``: what :meth:`PvfsOperations._attrs` gives for the
+    file's node (a regular file: no rdev)."""
+    mode, nlink, uid, gid, size, used, atime, mtime, ctime = st
+    return _full_attrs(ino, TIMEOUT, mode, nlink, uid, gid, 0, size, used, atime, mtime,
+                       ctime)
 
 
 def _space_lookup(d: Dir, name: str) -> tuple[Node | None, int | None]:
