@@ -125,14 +125,20 @@ class ObjectId:
         return self.snap == CEPH_NOSNAP
 
     def display(self) -> str:
-        n = self.name.decode("utf-8", "backslashreplace")
-        if self.nspace:
-            n = self.nspace.decode("utf-8", "backslashreplace") + "/" + n
-        if self.snap == CEPH_NOSNAP:
-            return n
-        if self.snap == CEPH_SNAPDIR:
-            return n + "@snapdir"
-        return f"{n}@{self.snap}"
+        return display(self.nspace, self.name, self.snap)
+
+
+def display(nspace: bytes, name: bytes, snap: int) -> str:
+    """``[<namespace>/]<name>[@<snap>|@snapdir]``: :meth:`ObjectId.display` from the parts
+    alone (the OSD view names objects from its index's rows without an ObjectId)."""
+    n = name.decode("utf-8", "backslashreplace")
+    if nspace:
+        n = nspace.decode("utf-8", "backslashreplace") + "/" + n
+    if snap == CEPH_NOSNAP:
+        return n
+    if snap == CEPH_SNAPDIR:
+        return n + "@snapdir"
+    return f"{n}@{snap}"
 
 
 def encode_onode_key(oid: ObjectId) -> bytes:

@@ -33,7 +33,7 @@ from pvfs.errors import UnreadableError
 from pvfs.nodes import File, GeneratedFile, InodeSpace, Listing, sanitize_name
 
 from .errors import CephError
-from .keys import CEPH_NOSNAP, CEPH_SNAPDIR, decode_onode_key
+from .keys import CEPH_NOSNAP, CEPH_SNAPDIR, decode_onode_key, display
 from .osd import _OtherIndex
 
 #: Keys of the pool directories (above every object's key: rows stay below 2**46).
@@ -47,15 +47,7 @@ def display_name(ns: bytes, name: bytes, snap: int, key) -> str:
     """The file name of an object as the expert view shows it (before ``sanitize_name``):
     ``ObjectId.display()``; ``key()`` gives the onode key, only needed for a PG's meta
     object (no name: shown by its hash)."""
-    n = name.decode("utf-8", "backslashreplace")
-    if ns:
-        n = ns.decode("utf-8", "backslashreplace") + "/" + n
-    if snap == CEPH_NOSNAP:
-        fname = n
-    elif snap == CEPH_SNAPDIR:
-        fname = n + "@snapdir"
-    else:
-        fname = f"{n}@{snap}"
+    fname = display(ns, name, snap)
     if not fname:
         fname = f"(pgmeta {decode_onode_key(key()).hash:x})"
     if snap != CEPH_NOSNAP and "@" not in fname:
@@ -362,9 +354,7 @@ class OsdSpace(InodeSpace):
         oid = decode_onode_key(okey)
         if is_meta:
             return GeneratedFile(lambda: self.meta(st, okey, oid))
-        fname = oid.display() or f"(pgmeta {oid.hash:x})"
-        if oid.snap != CEPH_NOSNAP and "@" not in fname:
-            fname = f"{fname}@{oid.snap}"
+        fname = display_name(oid.nspace, oid.name, oid.snap, lambda: okey)
         try:
             return File(st.object_source(okey, label=f"{st.name}:{fname}"))
         except (CephError, UnreadableError):
