@@ -125,37 +125,29 @@ class _OtherIndex:
     def _key(self, r):
         return self.keys[self.key_off[r]:self.key_off[r + 1]].tobytes()
 
-    def get(self, obj, default=None):
+    def _rows_of(self, obj):
+        """The rows of ``obj`` (each of its versions), by the sorted hashes first (most
+        lookups are of objects not here), then by bisection in ``order``."""
         h = np.uint64(self.object_hash(obj))
         j = int(np.searchsorted(self.hashes, h))
         if j >= len(self.hashes) or self.hashes[j] != h:
-            return default
+            return
         i = bisect.bisect_left(self.order, obj, key=self._obj)
-        out = {}
         while i < self.rows:
             r = int(self.order[i])
             if self._obj(r) != obj:
-                break
-            out[int(self.snap[r])] = self._key(r)
+                return
+            yield r
             i += 1
+
+    def get(self, obj, default=None):
+        out = {int(self.snap[r]): self._key(r) for r in self._rows_of(obj)}
         return out or default
 
     def row(self, obj, snap):
         """The row of version ``snap`` of ``obj`` (None: not here); rows are numbered in
         the order found, stable for the life of the index (the OSD view's inode keys)."""
-        h = np.uint64(self.object_hash(obj))
-        j = int(np.searchsorted(self.hashes, h))
-        if j >= len(self.hashes) or self.hashes[j] != h:
-            return None
-        i = bisect.bisect_left(self.order, obj, key=self._obj)
-        while i < self.rows:
-            r = int(self.order[i])
-            if self._obj(r) != obj:
-                break
-            if int(self.snap[r]) == snap:
-                return r
-            i += 1
-        return None
+        return next((r for r in self._rows_of(obj) if int(self.snap[r]) == snap), None)
 
     def __contains__(self, obj):
         return self.get(obj) is not None
