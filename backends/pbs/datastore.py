@@ -485,9 +485,7 @@ class FolderLister:
             return []
 
     def _folder(self, d):
-        names = self._names(d)
-        digs = sorted(bytes.fromhex(e) for e in names if DIGEST_RE.match(e))
-        return digs, sum(1 for e in names if e.endswith(".bad"))
+        return _folder_names(self._names(d))
 
     def rows(self, lo, hi):
         """``(n, 32)`` uint8: the sorted digests of the chunk files of folders lo..hi-1."""
@@ -580,7 +578,6 @@ class ChunkListing(FolderLister):
             raw = self.old["digests"][lo:hi].tobytes()
         else:
             digs, bad = _list_dir(os.path.join(self.store.chunks, f"{d:04x}"))
-            digs.sort()
             raw = b"".join(digs)
         self.bad += bad
         self.counts.append(len(raw) // 32)
@@ -696,19 +693,19 @@ def digests_in(query, table, t0=None) -> np.ndarray:
     return found
 
 
+def _folder_names(names):
+    """(sorted digest bytes, count of ``*.bad``) of the names in a ``.chunks/<4hex>``
+    folder."""
+    digs = sorted(bytes.fromhex(e) for e in names if DIGEST_RE.match(e))
+    return digs, sum(1 for e in names if e.endswith(".bad"))
+
+
 def _list_dir(path):
-    """(digest bytes, count of ``*.bad``) of one ``.chunks/<4hex>`` folder."""
-    digs, bad = [], 0
+    """:func:`_folder_names` of one ``.chunks/<4hex>`` folder of this machine."""
     try:
-        with os.scandir(path) as it:
-            for e in it:
-                if DIGEST_RE.match(e.name):
-                    digs.append(bytes.fromhex(e.name))
-                elif e.name.endswith(".bad"):
-                    bad += 1
+        return _folder_names(os.listdir(path))
     except OSError:
-        pass
-    return digs, bad
+        return [], 0
 
 
 def _folder_ranges(items):
