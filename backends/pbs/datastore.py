@@ -623,41 +623,6 @@ def first_words(digests) -> np.ndarray:
     return words[:, 0].astype(np.uint64)  # the one copy
 
 
-def _sort_rows(w: np.ndarray) -> np.ndarray:
-    """Rows of words in lexicographic order: a sort on the first word (SHA-256 digests
-    rarely share it), then the few runs of equal first words sorted whole."""
-    w = w[np.argsort(w[:, 0])]
-    tie = np.flatnonzero(w[1:, 0] == w[:-1, 0])
-    if len(tie):
-        starts = tie[np.concatenate(([True], np.diff(tie) > 1))]
-        for a in starts.tolist():
-            b = a + 1
-            while b < len(w) and w[b, 0] == w[a, 0]:
-                b += 1
-            w[a:b] = sorted(w[a:b].tolist())
-    return w
-
-
-def _to_v32(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.astype(">u8")).view("V32").ravel()
-
-
-def unique_digests(v) -> np.ndarray:
-    """``np.unique`` of a V32 array of digests: sorted, each once."""
-    if not len(v):
-        return np.zeros(0, dtype="V32")
-    w = _sort_rows(_words(v))
-    keep = np.ones(len(w), dtype=bool)
-    keep[1:] = np.any(w[1:] != w[:-1], axis=1)
-    return _to_v32(w[keep])
-
-
-def unique_u64(a) -> np.ndarray:
-    """``np.unique`` of 64-bit integers by a sort (numpy 2.4 hashes: 60x slower here)."""
-    s = np.sort(np.asarray(a, dtype=np.uint64))
-    return s[np.concatenate(([True], s[1:] != s[:-1]))] if len(s) else s
-
-
 #: Digests looked up at once in :func:`digests_in` (~140 bytes each while it runs)
 LOOKUP_BATCH = 1 << 15
 
@@ -773,8 +738,8 @@ class _Buckets:
 
 def _unique_rows(rows):
     """``rows`` ((n, 32) uint8 digests) sorted, each once, in about 48 bytes a row on top
-    of them (one sorted copy, its first words, the order): :func:`unique_digests` made
-    four 32-byte copies.  Repeated digests are found with numpy; only digests that share
+    of them (one sorted copy, its first words, the order; the lexsort it replaced made
+    four 32-byte copies).  Repeated digests are found with numpy; only digests that share
     their first 8 bytes yet differ (rare with SHA-256) are sorted in Python."""
     if not len(rows):
         return np.zeros((0, 32), np.uint8)
