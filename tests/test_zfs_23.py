@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.zfs import checksum, raidz
+from backends.zfs import checksum, compress, raidz
 from backends.zfs.backend import ZfsBackend
 from backends.zfs.structs import VDEV_LABEL_START_SIZE
 from pvfs.discover import Context, Options, Volume, discover
@@ -336,7 +336,7 @@ def test_zfs23_unverifiable_checksum_is_never_served(monkeypatch):
     blake3 dataset (its metadata is blake3 too) is named as unreadable; the cross-dataset
     clone of its blocks in subvol-102 (fletcher4 metadata) reads EIO with a damage entry
     naming the file; the pool says why once; everything else reads on."""
-    monkeypatch.setitem(checksum._SALTED_LIBS, "blake3", None)  # as if not installed
+    monkeypatch.setitem(compress._optional, "blake3", None)  # as if not installed
     ctx = _open_members(_members(INTACT))
     why = [e for e in ctx.report if e.code == "checksum-unverifiable"]
     assert len(why) == 1 and "blake3 package is not installed" in why[0].message

@@ -24,30 +24,12 @@ arithmetic wraps exactly like the C code; very large blocks use prefix sums inst
 from __future__ import annotations
 
 import hashlib
-import importlib
 import struct
 
 import numpy as np
 
-_SALTED_LIBS: dict[str, object] = {}
-
-
-def _salted_lib(name: str):
-    """``blake3`` (the Rust crate, SIMD: ~1-3 GB/s) or ``skein`` (pyskein: the Skein
-    team's C reference code), imported at the first block that needs it (3-4 ms of every
-    ZFS start-up otherwise; few pools use them); None when not installed (such blocks
-    read EIO)."""
-    try:
-        return _SALTED_LIBS[name]
-    except KeyError:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:  # pragma: no cover - dependencies
-            mod = None
-        _SALTED_LIBS[name] = mod
-        return mod
-
 from . import kernels
+from .compress import optional_module
 from .structs import ZIO_CHECKSUM
 
 _NATIVE_LE = np.dtype("<u4")
@@ -164,12 +146,12 @@ def compute(algo: str, data, little=True, salt: bytes | None = None):
             raise Unverifiable("the pool's checksum salt (org.illumos:checksum_salt in the "
                                "MOS object directory) could not be read")
         if algo == "blake3":
-            blake3 = _salted_lib("blake3")
+            blake3 = optional_module("blake3")
             if blake3 is None:
                 raise Unverifiable("the blake3 package is not installed")
             return _native_words(blake3.blake3(data, key=salt).digest(), little)
         if algo == "skein":
-            skein = _salted_lib("skein")
+            skein = optional_module("skein")
             if skein is None:
                 raise Unverifiable("the pyskein package is not installed")
             return _native_words(skein.skein512(data, digest_bits=256, key=salt).digest(),

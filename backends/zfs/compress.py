@@ -24,25 +24,27 @@ from .structs import ZIO_COMPRESS
 _optional: dict[str, object] = {}  # imported at the first block that needs them (None: not installed)
 
 
-def _optional_module(name: str):
-    """The module ``name``, imported at first use; None when it is not installed."""
+def optional_module(name: str):
+    """The module ``name``, imported at first use (lz4, zstandard here; blake3, skein in
+    checksum.py: 3-4 ms of every ZFS start-up otherwise, and few pools use them); None
+    when it is not installed (such blocks read EIO)."""
     try:
         return _optional[name]
     except KeyError:
         try:
             mod = importlib.import_module(name)
-        except ImportError:  # pragma: no cover
+        except ImportError:  # pragma: no cover - dependencies
             mod = None
         _optional[name] = mod
         return mod
 
 
 def _lz4_block():
-    return _optional_module("lz4.block")
+    return optional_module("lz4.block")
 
 
 def _zstandard():
-    return _optional_module("zstandard")
+    return optional_module("zstandard")
 
 
 class DecompressError(ZfsError):
