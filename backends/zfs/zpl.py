@@ -45,6 +45,7 @@ from pvfs.nodes import Dir, File, InodeSpace, Listing, Special, Symlink, sanitiz
 from pvfs.source import WouldBlock
 
 from . import zap
+from .dsl import ZFS_ACLTYPE_POSIX, ZFS_XATTR_OFF
 from .objset import DnodeSource
 from .sa import SaError, SaRegistry, read_znode, rdev_split, znode_stat
 
@@ -55,8 +56,6 @@ MAX_XATTR_VALUE = 1 << 20
 MAX_XATTRS = 10_000
 LINUX_XATTR_NAMESPACES = ("user.", "trusted.", "security.", "system.")
 POSIX_ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
-ZFS_ACLTYPE_POSIX = 1  # dsl.ZFS_ACLTYPE_POSIX (include/sys/zfs_ioctl.h)
-ZFS_XATTR_OFF = 0
 DMU_OT_PLAIN_FILE_CONTENTS = 19
 DMU_OT_DIRECTORY_CONTENTS = 20
 DT_DIR = 4  # ZFS_DIRENT_TYPE of a directory (IFTODT)
