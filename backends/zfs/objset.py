@@ -381,7 +381,6 @@ class ObjSet:
         if not bs:
             return
         inflight = self._inflight
-        last = self._last_block
         seen: set = set()
         todo = []
         for o in objnums:  # the first PREFETCH_BLOCKS distinct blocks (a big directory
@@ -389,8 +388,7 @@ class ObjSet:
             if o <= 0 or b in seen:
                 continue
             seen.add(b)
-            if b not in inflight and (last is None or last[0] != b) \
-                    and ("zfs-dnblk", self.key, b) not in METADATA_CACHE:
+            if b not in inflight and not self._block_cached(b):
                 todo.append(b)
             if len(seen) >= PREFETCH_BLOCKS:
                 break
@@ -405,7 +403,11 @@ class ObjSet:
         bs = self.meta.datablksz
         if not bs or objnum <= 0:
             return False
-        blkid = objnum * DNODE_SIZE // bs
+        return self._block_cached(objnum * DNODE_SIZE // bs)
+
+    def _block_cached(self, blkid: int) -> bool:
+        """Whether dnode block ``blkid`` is in memory (the block read last, or in the
+        metadata cache under :meth:`_dnode_block`'s key)."""
         last = self._last_block
         return (last is not None and last[0] == blkid) or \
             ("zfs-dnblk", self.key, blkid) in METADATA_CACHE
