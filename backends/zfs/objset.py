@@ -448,6 +448,12 @@ class _Block:
         self.cache_cost = len(data) + 96
 
 
+def used_bytes(dnode) -> int:
+    """``dn_used`` in bytes: DNODE_FLAG_USED_BYTES (flag 1) says bytes, else it counts
+    512-byte sectors (include/sys/dnode.h): what ``du`` shows on ZFS."""
+    return dnode.used if dnode.flags & 1 else dnode.used * 512
+
+
 class DnodeSource(Source):
     """A file's or zvol's bytes: ``size`` bytes of a dnode's data; see INTERFACE.md.
 
@@ -475,7 +481,7 @@ class DnodeSource(Source):
         self._kept = None if refetch else dnode  # (also any dnode not from an ObjSet)
         self._used = None  # dn_used in bytes (DNODE_FLAG_USED_BYTES) or 512-byte sectors
         if hasattr(dnode, "flags"):
-            self._used = dnode.used if dnode.flags & 1 else dnode.used * 512
+            self._used = used_bytes(dnode)
         self.size = size
         self._label = label
         self._path = path
@@ -530,8 +536,7 @@ class DnodeSource(Source):
         """dn_used (DNODE_FLAG_USED_BYTES: bytes, else 512-byte sectors): what ``du``
         shows on ZFS, without walking the block tree."""
         if self._used is None:
-            d = self.dnode
-            return d.used if d.flags & 1 else d.used * 512
+            return used_bytes(self.dnode)
         return self._used
 
     def _block_status(self, offset, length):

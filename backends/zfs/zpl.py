@@ -46,7 +46,7 @@ from pvfs.source import WouldBlock
 
 from . import zap
 from .dsl import ZFS_ACLTYPE_POSIX, ZFS_XATTR_OFF
-from .objset import DnodeSource
+from .objset import DnodeSource, used_bytes
 from .sa import SaError, SaRegistry, read_znode, rdev_split, znode_stat
 
 LAYER = "zfs"
@@ -377,8 +377,7 @@ class Zpl(InodeSpace):
             return None
         if xattrs or not stat.S_ISREG(mode):  # (the mount answers its xattrs: none)
             return None
-        used = dnode.used if dnode.flags & 1 else dnode.used * 512  # DnodeSource's
-        return (stat.S_IFREG | (mode & 0o7777), links, uid, gid, size, used, at, mt, ct)
+        return (stat.S_IFREG | (mode & 0o7777), links, uid, gid, size, used_bytes(dnode), at, mt, ct)
 
     def node(self, key: int, nowait: bool = False):
         node = self._live.get(key) or self._dir_nodes.get(key)
