@@ -117,18 +117,8 @@ def run_peak_split(argv: list[str], cwd=None) -> tuple[int, str, float, float, f
 
 def rss_mib(pid: int | None) -> tuple[float, float]:
     """``(current, peak)`` resident set size of ``pid`` in MiB (VmRSS, VmHWM)."""
-    cur = peak = 0.0
-    if pid is None:
-        return cur, peak
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                cur = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return cur, peak
+    m = rss_split(pid)
+    return m["rss"], m["hwm"]
 
 
 def rss_split(pid: int | None) -> dict:
