@@ -10,16 +10,13 @@ xattr directory was removed, and encrypted pools of the pre-release format.
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 
 import pytest
 
-from conftest import CACHE, FIXTURES, require_path, unpack
+from conftest import CACHE, FIXTURES, extract_external
 from pvfs.discover import Options, discover
 from pvfs.nodes import Dir, File, Symlink, resolve
 
@@ -27,40 +24,13 @@ EXT = FIXTURES / "zfs" / "external"
 
 
 def _decompressed(rel: str) -> str:
-    """A ``.bz2`` pool image decompressed (sparse) into the cache, once."""
-    src = EXT / rel
-    require_path(src)
-    st = src.stat()
-    dest_dir = CACHE / f"zfs-external-{st.st_size}-{int(st.st_mtime)}"
-    dest = dest_dir / rel.replace("/", "_").rsplit(".", 1)[0]
-    if dest.exists():
-        return str(dest)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    if rel.endswith(".Z"):  # compress(1): gzip -d reads it, Python's gzip does not
-        with open(tmp, "wb") as fout:
-            subprocess.run(["gzip", "-dc", str(src)], stdout=fout, check=True)
-        tmp.rename(dest)
-        return str(dest)
-    with bz2.open(src, "rb") as fin, open(tmp, "wb") as fout:
-        while True:
-            chunk = fin.read(1 << 20)
-            if not chunk:
-                break
-            if chunk.count(0) == len(chunk):
-                fout.seek(len(chunk), os.SEEK_CUR)  # keep holes
-            else:
-                fout.write(chunk)
-        fout.truncate()
-    tmp.rename(dest)
-    return str(dest)
+    """A single compressed pool image, decompressed (sparse) into the cache once."""
+    (path,) = extract_external(rel)
+    return path
 
 
-def _tar_images(rel: str):
-    src = EXT / rel
-    require_path(src)
-    root = unpack(src)
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.name != ".complete")
+def _tar_images(rel: str) -> list[str]:
+    return extract_external(rel)  # the same cached copy test_zfs_external reads
 
 
 def _tree_path(ds: str, p: str) -> str:
