@@ -11,6 +11,7 @@ stays fast; a fresh machine (CI) rebuilds them.  Needs root (loop mounts).
 from __future__ import annotations
 
 import fcntl
+import errno
 import hashlib
 import json
 import os
@@ -200,23 +201,36 @@ def populate_inline(root: Path):
     os.setxattr(small / "size-100", "user.note", b"inline + xattr")
 
 
-def kernel_truth(image, opts: str = "") -> dict:
+def kernel_truth(image, opts: str = "", unreadable: list | None = None) -> dict:
     """The kernel's view: {path: record} of every entry below the root (``opts``: more
-    mount options, e.g. ``noload`` for the unreplayed state of a dirty journal)."""
+    mount options, e.g. ``noload`` for the unreplayed state of a dirty journal;
+    ``unreadable``: see tree_truth)."""
     with Mounted(image, opts=opts) as mnt:
-        return tree_truth(mnt)
+        return tree_truth(mnt, unreadable)
 
 
-def tree_truth(top) -> dict:
+def tree_truth(top, unreadable: list | None = None) -> dict:
     """{path: record} of every entry below the directory ``top`` (lstat, sha256,
-    readlink, listxattr/getxattr), and of ``top`` itself as ""."""
+    readlink, listxattr/getxattr), and of ``top`` itself as "".
+
+    With a list ``unreadable``, an entry the kernel names but cannot read (its inode
+    fails the checksum: EBADMSG, EUCLEAN, as in the unreplayed state of a dirty journal)
+    is appended there instead of failing, and left out of the view."""
     out = {}
     base = os.fsencode(str(top))
     for dirpath, dirnames, filenames in os.walk(base):
         for name in sorted(dirnames + filenames):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, base)
-            st = os.lstat(full)
+            try:
+                st = os.lstat(full)
+            except OSError as e:
+                if unreadable is None or e.errno not in (errno.EBADMSG, errno.EUCLEAN):
+                    raise
+                unreadable.append(rel.decode("utf-8", "surrogateescape"))
+                if name in dirnames:
+                    dirnames.remove(name)
+                continue
             rec = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
                    "mtime_ns": st.st_mtime_ns, "atime_ns": st.st_atime_ns,
                    "ctime_ns": st.st_ctime_ns, "nlink": st.st_nlink, "ino": st.st_ino,
