@@ -8,6 +8,7 @@ import hashlib
 import struct
 import json
 import os
+import tempfile
 import shutil
 import subprocess
 from pathlib import Path
@@ -198,11 +199,37 @@ def pytest_runtest_logreport(report):
         _FIXTURE_PASSED.add(report.nodeid)
 
 
+#: Scratch space a whole run needs (measured 6 December 2026: 4.5 GB of unpacked fixtures
+#: in CACHE, up to ~0.5 GB of tmp_path at a time).
+SCRATCH_NEEDED = 6 << 30
+
+
+def _free_space() -> list[tuple[str, int]]:
+    out = []
+    for p in (CACHE, Path(tempfile.gettempdir())):
+        p = next((q for q in (p, *p.parents) if q.exists()), Path("/"))
+        out.append((str(p), shutil.disk_usage(p).free))
+    return out
+
+
+_FREE_AT_START: list[tuple[str, int]] = []
+
+
+def pytest_sessionstart(session):
+    _FREE_AT_START[:] = _free_space()
+
+
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(
         f"fixture cases run: {len(_FIXTURE_PASSED)} of {len(_FIXTURE_ITEMS)} collected tests "
         f"in fixture-reading modules passed ({FIXTURES})"
         + (f"; {len(_MISSING)} fixture paths were MISSING" if _MISSING else ""))
+    # a run that ran out of disk fails far from the cause: say how much there was
+    start = dict(_FREE_AT_START)
+    terminalreporter.write_line("scratch space free at the start / end: " + ", ".join(
+        f"{p} {start.get(p, 0) / 2**30:.1f} / {f / 2**30:.1f} GiB" for p, f in _free_space())
+        + (f" (LOW: the suite needs about {SCRATCH_NEEDED >> 30} GiB)"
+           if start and min(start.values()) < SCRATCH_NEEDED else ""))
 
 
 @pytest.fixture(scope="session")
