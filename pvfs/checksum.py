@@ -19,7 +19,10 @@ rocksdb/util/crc32c.h.
 
 from __future__ import annotations
 
-import crc32c as _crc32c
+from .startup import light_metadata
+
+with light_metadata():  # crc32c reads its version at import (pvfs/startup.py)
+    import crc32c as _crc32c
 
 _MASK32 = 0xFFFFFFFF
 

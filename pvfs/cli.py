@@ -555,7 +555,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # pyfuse3 and trio (imported only to mount), before discovery: with the rest of
     # start-up's imports they are frozen out of the collector's work (pvfs/startup.py)
-    from mountd.daemon import serve
+    from .startup import light_metadata
+
+    with light_metadata():  # pyfuse3 reads its version at import (pvfs/startup.py)
+        from mountd.daemon import serve
 
     args.mountd_import = time.perf_counter() - t0
     t0 = time.perf_counter()

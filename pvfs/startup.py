@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
+import os
+import sys
+import types
 from collections.abc import Iterator
 
 #: Collections since the last freeze up to which a backend's import is frozen: each is
@@ -69,3 +73,93 @@ def importing() -> Iterator[None]:
             gc.freeze()
             _State.base = _collections()
         gc.enable()
+
+
+# -- package versions without importlib.metadata ---------------------------------------
+
+METADATA = "importlib.metadata"
+
+
+class _PackageNotFoundError(ModuleNotFoundError):
+    """Stands for ``importlib.metadata.PackageNotFoundError`` in :func:`light_metadata`."""
+
+
+def _real_metadata(shim: types.ModuleType) -> types.ModuleType:
+    """The real ``importlib.metadata``, imported in place of the stand-in."""
+    if sys.modules.get(METADATA) is shim:
+        del sys.modules[METADATA]
+    return importlib.import_module(METADATA)
+
+
+def _dist_info_version(name: str) -> str | None:
+    """``Version:`` of the first ``NAME-*.dist-info`` on ``sys.path``, in the order
+    ``importlib.metadata.version`` searches it; None when anything is unusual (an
+    egg-info, a zip on the path, two matches, no header): the caller asks the real
+    module then."""
+    norm = name.replace("-", "_").replace(".", "_").lower()
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            if os.path.exists(entry):  # a zip or an unreadable directory
+                return None
+            continue
+        hits = [n for n in names if n.lower().startswith(norm + "-")
+                or n.lower() in (norm + ".egg-info", norm + ".egg")]
+        if not hits:
+            continue
+        if len(hits) != 1 or not hits[0].endswith(".dist-info"):
+            return None
+        try:
+            with open(os.path.join(entry or ".", hits[0], "METADATA"), encoding="utf-8") as f:
+                for line in f:
+                    if not line.strip():
+                        return None  # end of the headers
+                    if line.startswith("Version:"):
+                        return line[len("Version:"):].strip()
+        except OSError:
+            return None
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def light_metadata() -> Iterator[None]:
+    """Imports of packages that read their own version at import time, with
+    ``importlib.metadata.version`` answered from the ``dist-info`` directory.
+
+    pyfuse3 (``_pyfuse3.py``) and crc32c (``__init__.py``) do ``from importlib.metadata
+    import version`` and ``version(NAME)`` when imported: ~7 ms of CPU to import
+    ``importlib.metadata`` (email, zipfile, csv ...) and ~2 ms per lookup, on every mount
+    and every scan of a Ceph OSD, for a string pvfs never reads.  The stand-in module
+    reads the same ``Version:`` header the real one returns (the first matching
+    distribution on ``sys.path``) and hands anything unusual, and every other name, to
+    the real module.  Outside the block nothing changes."""
+    if METADATA in sys.modules:  # already imported: nothing to save
+        yield
+        return
+    shim = types.ModuleType(METADATA)
+    shim.PackageNotFoundError = _PackageNotFoundError
+
+    def version(name: str) -> str:
+        found = _dist_info_version(name)
+        if found is not None:
+            return found
+        try:
+            return _real_metadata(shim).version(name)
+        except ModuleNotFoundError as e:  # the real PackageNotFoundError
+            raise _PackageNotFoundError(str(e)) from e
+
+    def __getattr__(attr: str) -> object:  # other names: the real module's
+        if attr.startswith("__"):  # the import system's own look-ups (__path__ ...)
+            raise AttributeError(attr)
+        return getattr(_real_metadata(shim), attr)
+
+    shim.version = version
+    shim.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules[METADATA] = shim
+    try:
+        yield
+    finally:
+        if sys.modules.get(METADATA) is shim:
+            del sys.modules[METADATA]

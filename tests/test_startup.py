@@ -474,3 +474,51 @@ print(json.dumps({"early": early, "late": gc.get_freeze_count() - late_before,
     assert got["early"] > 0
     assert got["late"] == 0
     assert got["found"] >= 50_000  # the cycles were not frozen with the late import
+
+
+def test_pyfuse3_and_crc32c_report_their_versions_without_importlib_metadata():
+    """pvfs/startup.py light_metadata: the mount's import of pyfuse3 and pvfs.checksum's
+    of crc32c leave importlib.metadata unimported (~10 ms of every mount), and the
+    versions they read are the ones importlib.metadata gives."""
+    from importlib import metadata
+
+    got = json.loads(_run_python("""
+import json, sys
+from pvfs.startup import light_metadata
+import pvfs.checksum
+with light_metadata():
+    import mountd.daemon
+import crc32c, pyfuse3
+print(json.dumps({"loaded": "importlib.metadata" in sys.modules,
+                  "versions": [pyfuse3.__version__, crc32c.__version__]}))
+"""))
+    assert got == {"loaded": False,
+                   "versions": [metadata.version("pyfuse3"), metadata.version("crc32c")]}
+
+
+def test_the_version_stand_in_answers_as_importlib_metadata_does():
+    """Any distribution: the same version string; an unknown one: the same exception
+    type; any other name of the module: the real module's (imported then)."""
+    from importlib import metadata
+
+    got = json.loads(_run_python("""
+import json, sys
+from pvfs.startup import light_metadata
+out = {}
+with light_metadata():
+    from importlib.metadata import PackageNotFoundError, version
+    out["light"] = "distribution" not in vars(sys.modules["importlib.metadata"])
+    out["versions"] = [version(n) for n in ("numpy", "trio", "construct", "hypothesis")]
+    try:
+        version("no-such-distribution-pvfs")
+    except PackageNotFoundError as e:
+        out["missing"] = isinstance(e, ModuleNotFoundError)
+    from importlib.metadata import distribution  # another name: the real module
+    out["dist"] = distribution("trio").metadata["Name"]
+import importlib.metadata
+out["real_after"] = hasattr(importlib.metadata, "entry_points")
+print(json.dumps(out))
+"""))
+    assert got == {"light": True, "missing": True, "dist": "trio", "real_after": True,
+                   "versions": [metadata.version(n)
+                                for n in ("numpy", "trio", "construct", "hypothesis")]}
