@@ -235,3 +235,20 @@ def test_dm_checksum_matches_the_pool(pv_head):
     m = json.loads((FIXTURES / "lvm-thin" / "manifest.json").read_text())
     want = m["thin_pool"]["superblock"]["csum_crc32c_xor"]
     assert thin.dm_checksum(tmeta[:4096], S.SUPERBLOCK_CSUM_XOR) == want
+
+_PIECES = [b" {", b' { id = "', b' {\n\tid = "', b' {         id = "', b"vg0", b"x" * 130,
+           b"\x00", b"\n", b'"', b"-", b"{", b" ", b"pve", b"id = "]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES) | st.binary(max_size=6), max_size=30),
+       st.integers(0, 3))
+def test_the_fast_text_scan_finds_what_the_expression_finds(pieces, pos):
+    """label._text_starts (the ring scan of every PV) is _TEXT_START.finditer, faster:
+    the same starts and names, also for names longer than 127 bytes, names right at
+    ``pos``, anchors without a name and runs of anchors."""
+    from backends.lvm.label import _TEXT_START, _text_starts
+
+    chunk = b"".join(pieces)
+    want = [(m.start(), m.group(1)) for m in _TEXT_START.finditer(chunk, pos)]
+    assert list(_text_starts(chunk, pos)) == want
