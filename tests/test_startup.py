@@ -522,3 +522,23 @@ print(json.dumps(out))
     assert got == {"light": True, "missing": True, "dist": "trio", "real_after": True,
                    "versions": [metadata.version(n)
                                 for n in ("numpy", "trio", "construct", "hypothesis")]}
+
+
+def test_scan_of_a_zfs_pool_imports_no_draid_or_replay_code():
+    """zfs/fxmirror (a mirror, no intent log records): the dRAID layout and the log
+    replay are imported only for a pool that has them (~2.5 ms of every start-up)."""
+    from conftest import require_fixture, unpack
+
+    root = unpack(require_fixture("zfs", "images", "fxmirror.tar.xz"))
+    images = sorted(str(p) for p in root.glob("*/*.img"))
+    r = subprocess.run([sys.executable, "-c", f"""
+import contextlib, io, json, sys, pvfs.cli
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    code = pvfs.cli.main(["scan", "--index-dir", "none", *{images!r}])
+print(json.dumps({{"code": code, "out": out.getvalue(),
+                  "zfs": sorted(m for m in sys.modules if m.startswith("backends.zfs."))}}))
+"""], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["code"] == 0 and "fxmirror" in got["out"], got
+    assert "backends.zfs.dsl" in got["zfs"], got  # the pool was read
+    assert "backends.zfs.draid" not in got["zfs"] and "backends.zfs.zilreplay" not in got["zfs"]

@@ -16,7 +16,7 @@ from pvfs.nodes import Dir, File
 from pvfs.proxmox import parse_volname
 from pvfs.proxmox.view import Locator
 
-from . import CLI_OPTIONS, dsl, features, zap, zil, zilreplay
+from . import CLI_OPTIONS, dsl, features, zap
 from .assemble import assemble
 from .errors import ZfsError
 from .label import read_labels
@@ -305,7 +305,11 @@ class _TreeBuilder:
         """The dataset's intent log (ZIL): records of synchronous writes the pool never
         synced.  Replayed in memory as an import would (zil.py claims them, zilreplay.py
         applies them) unless ``--zfs-zil ignore``; every replayed record is named.
-        Returns the ``zilreplay.Replay`` or None (nothing to replay, or not replayed)."""
+        Returns the ``zilreplay.Replay`` or None (nothing to replay, or not replayed).
+        (zil and zilreplay are imported here: most pools have no log to read, and they
+        cost ~3 ms of every mount's start-up.)"""
+        from . import zil, zilreplay
+
         try:
             log = zil.read_log(os_, self.synced_txg)
         except (PvfsError, ValueError) as e:
@@ -387,6 +391,8 @@ class _TreeBuilder:
         bp = os_.zil_log
         if bp.hole or bp.embedded or not bp.dvas:
             return
+        from . import zil
+
         if zil._looks_written(self.pool, bp, bp.cksum[3]):
             self.report("warning", path, "zil-damaged",
                         f"{ds.name}: the first block of the intent log (seq {bp.cksum[3]}) "
@@ -468,8 +474,9 @@ class _TreeBuilder:
             src = DnodeSource(data, size, label=d.name, path=fpath, bad=self.ctx.bad("eio"),
                               ctx=self.ctx)
             if replay is not None and o is os_:  # the head zvol: its log replayed
-                src = zilreplay.zvol_source(replay, d.name, fpath, self.ctx.bad("eio"),
-                                            self.ctx)
+                from .zilreplay import zvol_source
+
+                src = zvol_source(replay, d.name, fpath, self.ctx.bad("eio"), self.ctx)
             snap = d.name.split("@", 1)[1] if "@" in d.name else None
             if not self.live:
                 parent_dir.add(fname, File(src, mtime=d.creation_time), report=self.ctx.report,

@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import itertools
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pvfs.errors import UnreadableError
 
-from . import draid, raidz
+from . import raidz
 from .errors import ZfsError
 from .structs import VDEV_LABEL_START_SIZE
+
+if TYPE_CHECKING:  # draid.py is imported for a dRAID vdev only (~1.5 ms of a start-up)
+    from . import draid
 
 
 class Vdev:
@@ -650,6 +654,8 @@ def build(cfg: dict, leaves: dict, depth: int = 0, notes=None) -> Vdev:
         return Raidz(guid, kids, nparity, ashift, expand_txgs=txgs,
                      expanding="raidz_expanding" in cfg)
     if typ == "draid":
+        from . import draid
+
         geom = draid.Geometry(cfg.get("draid_ndata"), cfg.get("nparity"),
                               cfg.get("draid_nspares"), len(children),
                               cfg.get("draid_ngroups"), ashift)
