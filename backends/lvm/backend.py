@@ -374,7 +374,9 @@ class _Builder:
         if meta is not None:  # the mappings of every thin device, kept between runs
             ix = ctx.index(self.b, f"thin-pool {vg.id}/{lv.name}", tmeta, meta=meta,
                            version=pool.INDEX_VERSION, path=ppath)
-            got = ix.load()
+            # mapped: the file's pages, not a copy (15 MB for 1000 LVs x 10,000 mappings:
+            # ~5 ms of CPU faulting in a fresh copy, and as much resident memory)
+            got = ix.load(mapped=True)
             if got is None or not pool.load_index(*got):
                 self.pool_indexes[lv.name] = ix  # stored once every mapping is known
         named = set(hints["device_ids"])
