@@ -54,6 +54,11 @@ BDEV_NAMES = {BDEV_WAL: "wal", BDEV_DB: "db", BDEV_SLOW: "slow", 3: "newwal", 4:
 MAX_EXTENTS = 1 << 20
 #: How far past a damaged log record to look for the next one (blocks).
 RESYNC_BLOCKS = 256
+#: Where a transaction head holds the log's uuid (after struct_v, struct_compat and
+#: struct_len), and the head's size: a block whose bytes there are not the uuid is
+#: stale data without parsing it (_record_at; the 256 blocks of a resync are mostly so).
+_UUID_AT = sum(sc.sizeof() for sc in bluefs_transaction_head.subcons[:3])
+_HEAD_SIZE = bluefs_transaction_head.sizeof()
 MAX_NAME = 4096
 
 
@@ -365,6 +370,8 @@ class BlueFS:
             bl = src.read(pos, bs)
         except UnreadableError as e:
             return ("unreadable", str(e))
+        if len(bl) >= _HEAD_SIZE and bl[_UUID_AT:_UUID_AT + 16] != self.super.uuid.bytes:
+            return ("end", f"uuid differs at {pos:#x}")  # (what the parse below would say)
         head = bluefs_transaction_head.parse(bl)
         if head.uuid != self.super.uuid.bytes:
             return ("end", f"uuid differs at {pos:#x}")
