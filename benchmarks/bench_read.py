@@ -24,10 +24,14 @@ read-ahead a reader started past its slice is not timed as the next reader's).  
 slices' times; the median of the rounds and the per-round ratios are printed with the
 load average.
 ``--stress N`` runs ``stress-ng --cpu N`` beside it; ``--also NAME=DIR`` mounts the same
-inputs a second time with the pvfs checkout in DIR (before/after in the same run).
+inputs a second time with the pvfs checkout in DIR (before/after in the same run);
+``--direct`` adds a reader per input that opens the exposed file ``O_DIRECT`` (as ``dd
+iflag=direct`` or ``qemu-img convert -T none``): the kernel keeps no page cache of the FUSE
+file, each 1 MiB read is one request answered into the reader's buffer (one copy and one
+page allocation fewer per byte; see the README's speed section).
 
 Usage: python benchmarks/bench_read.py [--rounds 7] [--stress N] [--workdir DIR]
-       [--size-mib 1024] [--slice-mib 128] [--also before=/path/to/other/checkout]
+       [--size-mib 1024] [--slice-mib 128] [--also before=/path/to/other/checkout] [--direct]
 """
 
 from __future__ import annotations
@@ -209,9 +213,14 @@ def drop(paths) -> None:
             os.close(fd)
 
 
-def timed_slice(path, off, n, buf) -> float:
-    """Seconds to read ``n`` bytes at ``off`` in 1 MiB ``preadv`` calls (as ``cat``)."""
-    fd = os.open(path, os.O_RDONLY)
+#: Readers (by name) that open their file O_DIRECT (``--direct``).
+DIRECT: set[str] = set()
+
+
+def timed_slice(path, off, n, buf, flags: int = 0) -> float:
+    """Seconds to read ``n`` bytes at ``off`` in 1 MiB ``preadv`` calls (as ``cat``);
+    ``flags``: more open flags (``O_DIRECT``: ``buf`` is page-aligned)."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         t = time.perf_counter()
         pos, end = off, off + n
@@ -224,11 +233,20 @@ def timed_slice(path, off, n, buf) -> float:
         os.close(fd)
 
 
-def sha256_of(path) -> str:
+def sha256_of(path, flags: int = 0) -> str:
+    """sha256 of the file, read in 4 MiB ``readv`` calls into a page-aligned buffer (open
+    ``flags``: ``O_DIRECT`` reads it as such a reader does)."""
+    import mmap
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
+    buf = mmap.mmap(-1, 4 << 20)
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        while n := os.readv(fd, [buf]):
+            h.update(memoryview(buf)[:n])
+    finally:
+        os.close(fd)
+        buf.close()
     return h.hexdigest()
 
 
@@ -249,15 +267,18 @@ def check_content(readers: dict[str, Path], size: int) -> None:
     LVs their tagged blocks (after the timed rounds, warm)."""
     want = {"thin": thin_sha256(size)}
     for k, p in readers.items():
-        kind = "thin" if k.endswith(" thin") else "raw"
+        kind = "thin" if k.removesuffix(" O_DIRECT").endswith(" thin") else "raw"
+        flags = os.O_DIRECT if k in DIRECT else 0
         if kind not in want:
             want[kind] = sha256_of(p)  # the limit, raw.img, comes first
-        assert sha256_of(p) == want[kind], f"{k}: other bytes than {kind}"
+        assert sha256_of(p, flags) == want[kind], f"{k}: other bytes than {kind}"
     print(f"content: all {len(readers)} readers gave the expected bytes (sha256)")
 
 
 def one_round(readers: dict[str, Path], inputs, size: int, slice_bytes: int) -> dict:
-    buf = memoryview(bytearray(1 << 20))
+    import mmap
+
+    buf = memoryview(mmap.mmap(-1, 1 << 20))  # page-aligned, for the O_DIRECT readers
     spent = dict.fromkeys(readers, 0.0)
     every = list(inputs) + list(readers.values())
     dev = os.stat(every[0]).st_dev
@@ -266,7 +287,7 @@ def one_round(readers: dict[str, Path], inputs, size: int, slice_bytes: int) -> 
         for k, p in readers.items():
             settle(dev)
             drop(every)
-            spent[k] += timed_slice(p, off, n, buf)
+            spent[k] += timed_slice(p, off, n, buf, os.O_DIRECT if k in DIRECT else 0)
     return {k: size / t / 1e6 for k, t in spent.items()}
 
 
@@ -282,6 +303,8 @@ def main():
                     help="size of each input (a multiple of 32)")
     ap.add_argument("--slice-mib", type=int, default=128,
                     help="readers are interleaved in slices of this size (see above)")
+    ap.add_argument("--direct", action="store_true",
+                    help="also read every input of the first mount O_DIRECT")
     args = ap.parse_args()
     global SIZE_MIB
     SIZE_MIB = args.size_mib
@@ -299,8 +322,13 @@ def main():
         for name, tree in trees:
             mnt = work / f"mnt-{name}"
             mounts.append(mnt)
-            for fmt, p in mount(files, mnt, tree, work / f"mount-{name}.log").items():
+            exposed = mount(files, mnt, tree, work / f"mount-{name}.log")
+            for fmt, p in exposed.items():
                 readers[f"{name} {fmt}"] = p
+            if args.direct and name == trees[0][0]:
+                for fmt, p in exposed.items():
+                    readers[f"{name} {fmt} O_DIRECT"] = p
+                    DIRECT.add(f"{name} {fmt} O_DIRECT")
         qsd = start_qsd(files["qcow2"], work / "qsd.raw")
         if qsd is not None:
             readers["qemu-storage-daemon qcow2"] = work / "qsd.raw"

@@ -63,11 +63,14 @@ def test_zfs_pool_curve(tmp_path):
 def test_read_path_against_cat(tmp_path):
     """benchmarks/bench_read.py at 32 MiB: the raw image, linear LV, thin LV and qcow2 it
     builds (and a qcow2 written in shuffled order) are read whole through the mount (every
-    read's length checked, every reader's bytes by sha256) beside cat."""
+    read's length checked, every reader's bytes by sha256) beside cat, buffered and
+    O_DIRECT (``--direct``: each read one FUSE request into the reader's buffer)."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_read.py"),
-                        "--size-mib", "32", "--slice-mib", "16", "--rounds", "1",
+                        "--size-mib", "32", "--slice-mib", "16", "--rounds", "1", "--direct",
                         "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env=ENV)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "readers gave the expected bytes (sha256)" in r.stdout, r.stdout
     for reader in ("pvfs raw", "pvfs lvm", "pvfs thin", "pvfs qcow2", "pvfs qcow2-frag"):
-        assert f"  {reader} " in r.stdout.split("ratio to cat")[1], r.stdout
+        for how in ("", " O_DIRECT"):
+            assert f"  {reader}{how} " in r.stdout.split("ratio to cat")[1], r.stdout
