@@ -74,3 +74,19 @@ def test_read_path_against_cat(tmp_path):
     for reader in ("pvfs raw", "pvfs lvm", "pvfs thin", "pvfs qcow2", "pvfs qcow2-frag"):
         for how in ("", " O_DIRECT"):
             assert f"  {reader}{how} " in r.stdout.split("ratio to cat")[1], r.stdout
+
+
+@needs_fuse
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the FUSE mount's read-ahead)")
+def test_fuse_floor_against_cat(tmp_path):
+    """benchmarks/bench_fuse_floor.py at 16 MiB: the minimal pyfuse3 file system answers
+    by pread, by mmap (MADV_POPULATE_READ, dropped behind) and with direct_io; every
+    reader's bytes are checked against the file by sha256."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_fuse_floor.py"),
+                        "--size-mib", "16", "--slice-mib", "8", "--rounds", "1",
+                        "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env=ENV)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "content: all 4 readers gave the file's bytes (sha256)" in r.stdout, r.stdout
+    for mode in ("pread", "mmap", "direct"):
+        assert f"  {mode} " in r.stdout.split("median of")[1], r.stdout
