@@ -1,4 +1,5 @@
-"""The ``pvfs`` command's start-up and Python's cyclic garbage collector.
+"""The ``pvfs`` command's start-up: Python's cyclic garbage collector, and package
+versions read without ``importlib.metadata`` (:func:`light_metadata`).
 
 A start-up imports 30,000-60,000 objects (modules, functions, classes: argparse, numpy,
 construct, trio, pyfuse3) that live as long as the process, and the collector runs its
@@ -14,6 +15,14 @@ whatever the input's size.  The collector is on for all of discovery.
 
 Only the command does this (``pvfs.cli.run``): used as a library (tests, another program)
 nothing here changes the collector.
+
+Where the CPU of a start-up goes (``benchmarks/bench_startup.py``; ``pvfs mount`` of a
+3-disk raidz1 pool until ``ls`` answers, 0.17 s of CPU, 7 December): the interpreter 17
+ms, the command's own imports (argparse, logging, typing ...) 24 ms, numpy 40 ms, the ZFS
+backend's code and construct 17 ms, trio and pyfuse3 49 ms (asyncio is 10 ms, but the
+mount daemon is written on trio, and pyfuse3 3.5 imports trio when it is imported, in its
+asyncio mode too), discovery, fork and FUSE start ~20 ms.  On a busy
+machine the wall time is that CPU time over the share of a core the process gets.
 """
 
 from __future__ import annotations
