@@ -1,11 +1,12 @@
-"""The ``pvfs`` command: ``scan``, ``mount``, ``index`` and ``umount``.
+"""The ``pvfs`` command: ``scan``, ``mount``, ``index``, ``copy`` and ``umount``.
 
 Exit status (``scan`` and ``mount``): 0 nothing lost; 3 something lost (the report has
 entries with outcome ``lost``, which are exactly its errors -- repaired, degraded and note
 entries never change the status; ``mount`` still mounted the tree); 1 nothing recognised in the inputs, or a fatal
 error (one line on stderr); 2 usage: a bad option value, a missing input, a mountpoint
 that cannot be used.  ``umount``: 0 unmounted, 1 error, 2 busy (still mounted after the
-retries), 3 not mounted -- guestunmount's codes.
+retries), 3 not mounted -- guestunmount's codes.  ``copy``: 0 copied whole, 3 unreadable bytes
+(the copy removed, or with ``--keep-going`` zeros listed in DEST.map), 1 and 2 as above.
 
 Every option value that can be checked without reading the inputs is checked before any
 work (:func:`check_values`); the values only discovery can judge (a txg or seqno that does
@@ -23,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
@@ -33,6 +34,7 @@ from .nbd import is_nbd_uri, parse_uri
 
 if TYPE_CHECKING:
     from .discover import Context, Options
+    from .progress import Progress
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGE = 0, 1, 2, 3
 EXIT_NOTHING = 1  # nothing recognised in the inputs
@@ -70,6 +72,20 @@ examples:
 
 exit status: 0 indexed, 3 indexed but something is lost (see 'pvfs scan'), 1 nothing
 recognised, 2 usage error""",
+    "copy": """\
+examples:
+  pvfs copy pve-disk.img --path vms/100/disk-0.raw --to /big/vm-100-disk-0.raw
+  pvfs copy sd?.img --path vms/100/disk-0.raw --path vms/100/disk-1.raw --to /big/vm-100/
+                                            several files into a directory, by base name
+  pvfs copy --keep-going bad.img --path vms/102/disk-0.raw --to /big/vm-102.raw
+                                            unreadable bytes become zeros, listed in
+                                            /big/vm-102.raw.map (a GNU ddrescue mapfile)
+
+TREE_PATH is a file of the tree 'pvfs mount' shows (see 'pvfs scan'). The copy does not go
+through FUSE: plain ranges of the inputs are copied in the kernel (copy_file_range, as cp
+does), holes stay holes. Unreadable bytes stop the copy and remove what was written.
+exit status: 0 copied whole; 3 unreadable bytes (without --keep-going: not copied); 1 nothing
+recognised, or an error; 2 usage error (also: DEST exists, TREE_PATH not in the tree)""",
     "umount": """\
 examples:
   pvfs umount /mnt/pvfs
@@ -245,6 +261,30 @@ def build_parser() -> Parser:
     _add_inputs(index)
     _add_common(index)
     _global_options(index, suppress=True)
+
+    copy = sub.add_parser(
+        "copy", help="copy files of the tree out, without FUSE", formatter_class=Formatter,
+        description="Discover like 'pvfs scan', then copy each TREE_PATH (a file of the tree "
+                    "'pvfs mount' shows: a VM disk, a backup's disk, a container's file) to "
+                    "DEST at the speed of 'cp' of a plain file: bytes that are plain ranges "
+                    "of an input are copied in the kernel (copy_file_range), holes of the "
+                    "source stay holes. A copied file is either right or the copy fails.",
+        epilog=EXAMPLES["copy"])
+    _add_inputs(copy)
+    copy.add_argument("--path", dest="paths", action="append", required=True,
+                      metavar="TREE_PATH",
+                      help="a regular file of the tree, e.g. vms/100/disk-0.raw; repeatable "
+                           "(then --to is a directory)")
+    copy.add_argument("--to", dest="dest", required=True, metavar="DEST",
+                      help="the new file; an existing directory keeps each file's base name")
+    copy.add_argument("--force", action="store_true",
+                      help="replace an existing DEST (and DEST.map)")
+    copy.add_argument("--keep-going", action="store_true",
+                      help="copy unreadable bytes as zeros instead of failing, list them in "
+                           "DEST.map (a GNU ddrescue mapfile) and exit 3; '--bad zero' "
+                           "does the same")
+    _add_common(copy)
+    _global_options(copy, suppress=True)
 
     umount = sub.add_parser(
         "umount", help="unmount a pvfs mount", formatter_class=Formatter,
@@ -525,6 +565,149 @@ def cmd_index(args: argparse.Namespace) -> int:
     return code
 
 
+def _pvfs_mounts() -> list[str]:
+    """Mount points of pvfs mounts (fstype fuse.pvfs in /proc/self/mountinfo)."""
+    out = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "fuse.pvfs":
+                    out.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)),
+                                      left.split()[4]))
+    except OSError:
+        pass
+    return out
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def copy_targets(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(TREE_PATH, DEST)`` pairs, every DEST checked before anything is read: a new
+    file (or an existing one with --force) in an existing directory, not an input, not
+    inside an input directory or a pvfs mount."""
+    paths = [p.strip("/") for p in args.paths]
+    for p in paths:
+        if not p:
+            raise UsageError("--path: empty tree path")
+    to = args.dest
+    if len(paths) > 1 or os.path.isdir(to):
+        if not os.path.isdir(to):
+            raise UsageError(f"--to {to}: not a directory (several --path need one)")
+        names = [p.rsplit("/", 1)[-1] for p in paths]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise UsageError(f"--path: two files named {dup} would go to the same "
+                             f"{os.path.join(to, dup)}")
+        pairs = [(p, os.path.join(to, n)) for p, n in zip(paths, names, strict=True)]
+    else:
+        pairs = [(paths[0], to)]
+    keep_going = args.keep_going or args.bad == "zero"
+    inputs = [os.path.realpath(i) for i in args.inputs if not is_nbd_uri(i)]
+    mounts = [os.path.realpath(m) for m in _pvfs_mounts()]
+    for _, dest in pairs:
+        parent = os.path.dirname(os.path.abspath(dest))
+        if not os.path.isdir(parent):
+            raise UsageError(f"--to {dest}: directory {parent} does not exist")
+        real = os.path.join(os.path.realpath(parent), os.path.basename(dest))
+        for what in [dest] + ([dest + ".map"] if keep_going else []):
+            if os.path.lexists(what):
+                if not args.force:
+                    raise UsageError(f"{what} exists (--force replaces it)")
+                if not os.path.isfile(what) or os.path.islink(what):
+                    raise UsageError(f"{what} exists and is not a regular file")
+        for i in inputs:
+            if i in (real, real + ".map") or (os.path.isdir(i) and _inside(real, i)):
+                raise UsageError(f"--to {dest}: is an input or inside an input directory "
+                                 f"({i}); inputs are never written")
+        for m in mounts:
+            if _inside(real, m):
+                raise UsageError(f"--to {dest}: inside the pvfs mount {m}")
+    return pairs
+
+
+def _copy_ticker(progress: Progress, path: str, size: int) -> Callable[[int], None]:
+    """The progress line of a copy: MiB done of the total, and the rate so far."""
+    t0, total = time.monotonic(), max(1, size >> 20)
+
+    def tick(done: int) -> None:
+        rate = done / max(time.monotonic() - t0, 1e-6) / 1e6
+        progress.update(f"{path}: {rate:.0f} MB/s", completed=done >> 20, total=total)
+
+    return tick
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    from .copyout import CopyDamage, Copier, mapfile_text
+    from .nodes import File, GeneratedFile, resolve
+    from .progress import Progress
+    from .source import BytesSource
+
+    check_values(args)
+    pairs = copy_targets(args)
+    keep_going = args.keep_going or args.bad == "zero"
+    args.bad = "eio"  # every unreadable byte is met as one, then kept going or not here
+    ctx = _discover(args)
+    sources = []
+    for path, dest in pairs:
+        node = resolve(ctx.root, path)
+        if node is None and not recognised(ctx):
+            raise NothingRecognised("nothing recognised in the inputs; nothing copied")
+        if node is None:
+            raise UsageError(f"--path {path}: not in the tree (run 'pvfs scan' to see it)")
+        if isinstance(node, File):
+            sources.append((path, dest, node.source))
+        elif isinstance(node, GeneratedFile):
+            sources.append((path, dest, BytesSource(node.content(), label=path)))
+        else:
+            raise UsageError(f"--path {path}: not a regular file")
+    code = EXIT_OK
+    for path, dest, src in sources:
+        for what in (dest, dest + ".map") if args.force else ():
+            if keep_going or what == dest:
+                try:
+                    os.unlink(what)
+                except FileNotFoundError:
+                    pass
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise PvfsError(f"cannot create {dest}: {e.strerror}") from None
+        try:
+            with Progress(enabled=args.progress, delay=0.5) as progress:
+                res = Copier(src, fd, path, keep_going=keep_going,
+                             tick=_copy_ticker(progress, path, src.size)).run()
+        except CopyDamage as e:
+            os.close(fd)
+            os.unlink(dest)
+            print(f"pvfs: error: {e}; {dest} removed (--keep-going copies the rest, "
+                  "with zeros for these bytes and a mapfile)", file=sys.stderr)
+            code = EXIT_DAMAGE
+            continue
+        except BaseException:
+            os.close(fd)
+            os.unlink(dest)
+            raise
+        os.close(fd)
+        line = (f"{path} -> {dest}: {_size(res.size)} in {res.seconds:.1f} s "
+                f"({res.size / max(res.seconds, 1e-6) / 1e6:.0f} MB/s; "
+                f"{_size(res.kernel_bytes)} copied in the kernel, "
+                f"{_size(res.read_bytes)} read, {_size(res.hole_bytes)} of holes)")
+        if res.bad:
+            with open(dest + ".map", "x", encoding="ascii") as f:
+                f.write(mapfile_text(res.size, res.bad, "pvfs copy --keep-going ... "
+                                     f"--path {path} --to {dest}"))
+            line += (f"\n  damage: {len(res.bad)} unreadable ranges, {res.bad_bytes} bytes, "
+                     f"copied as zeros; listed in {dest}.map: " + ", ".join(
+                         f"{o:#x}+{n:#x}" for o, n in res.bad[:10])
+                     + (" ..." if len(res.bad) > 10 else ""))
+            code = EXIT_DAMAGE
+        print(line)
+    return code
+
+
 def _size(n: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -701,7 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="pvfs: %(levelname)s: %(message)s")
     try:
         return {"scan": cmd_scan, "mount": cmd_mount, "index": cmd_index,
-                "umount": cmd_umount}[args.command](args)
+                "copy": cmd_copy, "umount": cmd_umount}[args.command](args)
     except UsageError as e:
         if args.debug:
             raise

@@ -347,6 +347,10 @@ TRANSCRIPT = [
     ["scan", "--bad", "maybe", "examples"],
     ["umount", "mnt"],
     ["scan", "junk"],
+    ["copy", "examples/vm-100-disk-0.qcow2", "--to", "out.raw"],
+    ["copy", "examples/vm-100-disk-0.qcow2", "--path", "vms/100/disk-0.raw", "--to", "full/x"],
+    ["copy", "examples/vm-100-disk-0.qcow2", "--path", "vms/1/disk-0.raw", "--to", "out.raw"],
+    ["copy", "junk", "--path", "vms/100/disk-0.raw", "--to", "out.raw"],
 ]
 
 
