@@ -14,7 +14,11 @@ A sequential read through the FUSE mount is capped by the FUSE path itself (READ
   an old kernel, a block device, another file system type), it falls back to
   pread + pwrite;
 * everything else (compressed clusters, ZFS blocks, chunks of backups) is read with
-  ``readinto`` and written with ``pwrite``.
+  ``readinto`` and written with ``pwrite``;
+* where the mapping jumps elsewhere in an input file (a thin LV's runs, qcow2 clusters
+  allocated out of order), the next step is advised to the kernel ahead
+  (:meth:`~pvfs.source.Source.prefetch`), as the mount does: the file's own read-ahead
+  cannot guess those places.
 
 A copied disk is either right or the copy fails: an unreadable range (``block_status``
 says ``unreadable``, or a read raises :class:`~pvfs.errors.UnreadableError`: a bad
@@ -38,6 +42,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import PvfsError, UnreadableError
@@ -97,17 +102,27 @@ class Copier:
     def run(self) -> CopyResult:
         t0 = time.monotonic()
         size, pos = self.src.size, 0
-        while pos < size:
-            n = min(STEP, size - pos)
-            for off, ln, st in self.src.status_of(pos, n):
-                if st == DATA:
-                    self._data(off, ln)
-                elif st == UNREADABLE:
-                    self._bad(off, ln, "unreadable (block status)")
-                else:  # zero or unmapped: a hole
-                    self.result.hole_bytes += ln
-            pos += n
-            self.tick(pos)
+        self.src.prefetch(0, STEP)
+        ahead = ThreadPoolExecutor(1, thread_name_prefix="pvfs-copy-ahead")
+        try:
+            while pos < size:
+                n = min(STEP, size - pos)
+                # the next step's scattered runs (a thin LV's, a qcow2's clusters allocated
+                # out of order) read ahead by the kernel while this one is copied
+                # (Source.prefetch; posix_fadvise takes a while to queue them: a thread)
+                pending = ahead.submit(self.src.prefetch, pos + n, STEP)
+                for off, ln, st in self.src.status_of(pos, n):
+                    if st == DATA:
+                        self._data(off, ln)
+                    elif st == UNREADABLE:
+                        self._bad(off, ln, "unreadable (block status)")
+                    else:  # zero or unmapped: a hole
+                        self.result.hole_bytes += ln
+                pending.result()
+                pos += n
+                self.tick(pos)
+        finally:
+            ahead.shutdown(wait=True, cancel_futures=True)
         os.ftruncate(self.fd, size)
         self.result.seconds = time.monotonic() - t0
         return self.result
