@@ -90,3 +90,22 @@ def test_fuse_floor_against_cat(tmp_path):
     assert "content: all 4 readers gave the file's bytes (sha256)" in r.stdout, r.stdout
     for mode in ("pread", "mmap", "direct"):
         assert f"  {mode} " in r.stdout.split("median of")[1], r.stdout
+
+
+@needs_fuse
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("pvcreate") or not shutil.which("qemu-img")
+                    or not shutil.which("qemu-io"),
+                    reason="needs root (loop device), lvm2 and qemu-img")
+def test_copy_out_against_cp(tmp_path):
+    """benchmarks/bench_copy.py at 32 MiB: every input copied out by pvfs copy and by cat
+    through the mount, beside cp of the raw file; every output checked by sha256."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_copy.py"),
+                        "--size-mib", "32", "--rounds", "1", "--inputs", str(tmp_path / "in"),
+                        "--workdir", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "content: every output of round 1 had the expected sha256" in r.stdout, r.stdout
+    ratios = r.stdout.split("ratio to cp")[1]
+    for name in ("raw", "lvm", "thin", "qcow2", "qcow2-frag"):
+        assert f"  pvfs copy {name} (copy alone) " in ratios, r.stdout
+        assert f"  cat mount {name} > file " in ratios, r.stdout
