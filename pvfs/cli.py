@@ -676,7 +676,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
         except OSError as e:
             raise PvfsError(f"cannot create {dest}: {e.strerror}") from None
         try:
-            with Progress(enabled=args.progress, delay=0.5) as progress:
+            with Progress(enabled=args.progress, delay=0.5, what=f"copy of {path}") as progress:
                 res = Copier(src, fd, path, keep_going=keep_going,
                              tick=_copy_ticker(progress, path, src.size)).run()
         except CopyDamage as e:

@@ -20,7 +20,7 @@ class Progress:
     """
 
     def __init__(self, enabled: bool | None = None, delay: float = 0.5,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, what: str = "discovery") -> None:
         tty = sys.stderr.isatty()
         if enabled is None:
             enabled = tty
@@ -29,6 +29,7 @@ class Progress:
         #: most one per ``interval`` seconds, instead of a redrawn bar.
         self.plain = enabled and not tty
         self.interval = interval
+        self.what = what  # the last plain line: "<what> done after N steps"
         self._last_line = 0.0
         self.delay = delay
         self.text = "starting"
@@ -138,7 +139,7 @@ class Progress:
         if self.plain:
             self._stop.set()
             if exc[0] is None:
-                self._line(f"discovery done after {self.steps} steps")
+                self._line(f"{self.what} done after {self.steps} steps")
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -284,3 +285,15 @@ def test_dest_among_the_inputs_is_refused(tmp_path):
         assert r.stderr == (f"pvfs: usage error: --to {dest}: is an input or inside an input "
                             f"directory ({d}); inputs are never written\n")
     assert sha256_file(img) == before and sorted(os.listdir(d)) == [img.name]
+
+
+def test_progress_lines_name_the_copy(tmp_path):
+    """--progress into a pipe: plain lines with MiB done of the total and the rate, the
+    last one saying which copy finished."""
+    dest = tmp_path / "d.raw"
+    r = pvfs("copy", "--progress", EXAMPLES / "vm-100-disk-0.qcow2", "--path",
+             "vms/100/disk-0.raw", "--to", dest)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert any(re.search(r"\] 8/8 vms/100/disk-0\.raw: \d+ MB/s$", x) for x in lines), lines
+    assert lines[-1].endswith("8/8 copy of vms/100/disk-0.raw done after 1 steps"), lines
