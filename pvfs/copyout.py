@@ -51,8 +51,11 @@ from .source import DATA, UNREADABLE, FileSource, Source
 #: Bytes walked per step (block status, plain ranges, progress): large enough that the
 #: per-step work is nothing next to the copy, small enough for a smooth progress line.
 STEP = 32 << 20
-#: Buffer of the pread + pwrite path.
-BUF = 8 << 20
+#: Buffer of the pread + pwrite path: small enough to stay in the CPU's cache between the
+#: read and the write.  Measured (1 GiB, cold, 3 rounds, copy_file_range off): a raw image
+#: 128 KiB 2139-2251 MiB/s, 1 MiB 1543-2187, 8 MiB 441-907 (cp: 1986-2261); a qcow2 with
+#: compressed clusters 128 KiB 2419-2507, 256 KiB 2430-2503, 1 MiB 1555-2519, 8 MiB 417-1003.
+BUF = 256 << 10
 #: The smallest range a failing read is halved down to.
 SECTOR = 512
 #: copy_file_range's errors that mean "not here, do it yourself" (copy_file_range(2)).
