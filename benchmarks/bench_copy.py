@@ -14,7 +14,10 @@ before.  A copy is timed until its command exits (no ``fsync``: as ``cp`` is use
 ``pvfs copy``'s time includes its start-up and discovery of the input (about 0.2 s: a
 sizeable part of a 1 GiB copy at 2 GB/s, nothing of a disk of 100 GiB); "copy alone" is
 the rate it reports itself, from the first byte to the last.  Outputs are
-checked by sha256 in the first round (raw.img's, or the thin LV's tagged blocks).  The
+checked by sha256 in the first round (raw.img's, or the thin LV's tagged blocks).  The CPU
+each way spends per GiB is printed too (the mount daemon's counted for ``cat`` through
+it): on a shared machine whose "cold" disk is the host's page cache it is steadier than
+the speed.  The
 median of the rounds and the per-round ratios to ``cp`` are printed with the load.
 
 Usage: python benchmarks/bench_copy.py [--rounds 5] [--stress N] [--size-mib 1024]
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,12 +48,29 @@ TREE = {"raw": "storage/files/raw.img/disk.raw", "lvm": "storage/lvm/benchvg/dis
         "qcow2-frag": "storage/files/frag.qcow2/disk.raw"}
 
 
-def timed_run(argv: list[str], stdout=subprocess.PIPE) -> tuple[float, str]:
-    """Seconds until ``argv`` exits, and its output (when not sent to ``stdout``)."""
+def cpu_of(pid: int | None) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far (/proc/PID/stat)."""
+    if pid is None:
+        return 0.0
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_run(argv: list[str], stdout=subprocess.PIPE,
+              daemon: int | None = None) -> tuple[float, float, str]:
+    """Seconds until ``argv`` exits, the CPU seconds it used (with the mount daemon's, when
+    ``daemon`` is its pid: a read through FUSE costs there too), and its output."""
+    ru0, d0 = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_of(daemon)
     t = time.perf_counter()
     r = subprocess.run(argv, check=True, stdout=stdout, stderr=subprocess.PIPE,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
-    return time.perf_counter() - t, (r.stdout or b"").decode()
+    secs = time.perf_counter() - t
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime + cpu_of(daemon) - d0
+    return secs, cpu, (r.stdout or b"").decode()
 
 
 def cold(paths, dev: int) -> None:
@@ -87,7 +108,8 @@ def main() -> None:
     out = work / "out.raw"
     dev = files["raw"].stat().st_dev
     every = list(files.values()) + list(exposed.values())
-    rounds = []
+    daemon = common.mount_daemon_pid(mnt)
+    rounds, cpus = [], {}
     try:
         with common.stress_ng(args.stress):
             for r in range(args.rounds):
@@ -106,10 +128,11 @@ def main() -> None:
                         cold(every, dev)
                         if way.startswith("cat "):
                             with open(out, "wb") as f:
-                                secs, text = timed_run(argv, stdout=f)
+                                secs, cpu, text = timed_run(argv, stdout=f, daemon=daemon)
                         else:
-                            secs, text = timed_run(argv)
+                            secs, cpu, text = timed_run(argv)
                         one[way] = size / secs / 1e6
+                        cpus.setdefault(way, []).append(cpu / (size / 2**30))
                         if way.startswith("pvfs "):  # its own report: the copy alone
                             one[f"{way} (copy alone)"] = float(
                                 re.search(r"\((\d+) MB/s;", text)[1])
@@ -130,6 +153,10 @@ def main() -> None:
           f"{f', stress-ng --cpu {args.stress} beside it' if args.stress else ''}:")
     for k in rounds[0]:
         print(f"  {k:40s} {statistics.median(x[k] for x in rounds):8.0f} MB/s")
+    print("\nCPU seconds per GiB (the command's; for cat through the mount with the mount "
+          "daemon's), median:")
+    for k, v in cpus.items():
+        print(f"  {k:40s} {statistics.median(v):8.2f}")
     print("\nratio to cp of raw.img just before it (per round, then the median):")
     for name in names:
         for k in (f"pvfs copy {name}", f"pvfs copy {name} (copy alone)",
