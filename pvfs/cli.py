@@ -640,7 +640,7 @@ def _copy_ticker(progress: Progress, path: str, size: int) -> Callable[[int], No
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
-    from .copyout import CopyDamage, Copier, mapfile_text
+    from .copyout import CopyDamage, Copier, CopyWriteError, mapfile_text
     from .nodes import File, GeneratedFile, resolve
     from .progress import Progress
     from .source import BytesSource
@@ -686,6 +686,10 @@ def cmd_copy(args: argparse.Namespace) -> int:
                   "with zeros for these bytes and a mapfile)", file=sys.stderr)
             code = EXIT_DAMAGE
             continue
+        except CopyWriteError as e:
+            os.close(fd)
+            os.unlink(dest)
+            raise PvfsError(f"{dest}: {e}; removed") from None
         except BaseException:
             os.close(fd)
             os.unlink(dest)

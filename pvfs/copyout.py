@@ -71,6 +71,10 @@ class CopyDamage(PvfsError):
         self.offset, self.length = offset, length
 
 
+class CopyWriteError(PvfsError):
+    """DEST could not be written (a full or failing disk)."""
+
+
 @dataclass
 class CopyResult:
     size: int = 0
@@ -126,7 +130,10 @@ class Copier:
                 self.tick(pos)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
-        os.ftruncate(self.fd, size)
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as e:
+            raise CopyWriteError(f"cannot extend to {size} bytes: {e.strerror}") from None
         self.result.seconds = time.monotonic() - t0
         return self.result
 
@@ -163,6 +170,8 @@ class Copier:
                     return False
                 done += k
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CopyWriteError(f"cannot write at {pos + done:#x}: {e.strerror}") from None
             if e.errno in _CFR_FALLBACK:
                 self._cfr = False  # the same refusal for every range: stop asking
             return False  # EIO and friends: the read path finds and reports the bytes
@@ -201,7 +210,10 @@ class Copier:
     def _write(self, view: memoryview, pos: int) -> None:
         self.result.read_bytes += len(view)
         while view:
-            k = os.pwrite(self.fd, view, pos)
+            try:
+                k = os.pwrite(self.fd, view, pos)
+            except OSError as e:
+                raise CopyWriteError(f"cannot write at {pos:#x}: {e.strerror}") from None
             view, pos = view[k:], pos + k
 
     def _bad(self, off: int, ln: int, why: str) -> None:

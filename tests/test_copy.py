@@ -297,3 +297,27 @@ def test_progress_lines_name_the_copy(tmp_path):
     lines = r.stderr.splitlines()
     assert any(re.search(r"\] 8/8 vms/100/disk-0\.raw: \d+ MB/s$", x) for x in lines), lines
     assert lines[-1].endswith("8/8 copy of vms/100/disk-0.raw done after 1 steps"), lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root)")
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """DEST on a 1 MiB tmpfs (another file system: copy_file_range refused, the buffer path
+    writes) that 1.2 MiB of data do not fit: one line, exit 1, no partial DEST."""
+    img = tmp_path / "vm-200-disk-0.raw"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+        for off in (0, 8 << 20, 15 << 20):
+            f.seek(off)
+            f.write(os.urandom(400_000))
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        dest = small / "d.raw"
+        r = pvfs("copy", img, "--path", "vms/200/disk-0.raw", "--to", dest)
+        assert r.returncode == 1
+        assert re.fullmatch(rf"pvfs: error: {re.escape(str(dest))}: cannot write at 0x[0-9a-f]+: "
+                            r"No space left on device; removed\n", r.stderr), r.stderr
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
