@@ -266,7 +266,7 @@ def build_parser() -> Parser:
         "copy", help="copy files of the tree out, without FUSE", formatter_class=Formatter,
         description="Discover like 'pvfs scan', then copy each TREE_PATH (a file of the tree "
                     "'pvfs mount' shows: a VM disk, a backup's disk, a container's file) to "
-                    "DEST at the speed of 'cp' of a plain file: bytes that are plain ranges "
+                    "DEST without the FUSE round trip: bytes that are plain ranges "
                     "of an input are copied in the kernel (copy_file_range), holes of the "
                     "source stay holes. A copied file is either right or the copy fails.",
         epilog=EXAMPLES["copy"])
