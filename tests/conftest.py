@@ -206,9 +206,9 @@ SCRATCH_NEEDED = 6 << 30
 
 def _free_space() -> list[tuple[str, int]]:
     out = []
-    for p in (CACHE, Path(tempfile.gettempdir())):
-        p = next((q for q in (p, *p.parents) if q.exists()), Path("/"))
-        out.append((str(p), shutil.disk_usage(p).free))
+    for p in (CACHE, Path(tempfile.gettempdir())):  # (CACHE may not exist yet)
+        there = next((q for q in (p, *p.parents) if q.exists()), Path("/"))
+        out.append((str(p), shutil.disk_usage(there).free))
     return out
 
 
