@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
@@ -565,19 +565,23 @@ def cmd_index(args: argparse.Namespace) -> int:
     return code
 
 
+def _mountinfo() -> Iterator[tuple[str, str]]:
+    """(mount point, file system type) of each line of /proc/self/mountinfo (proc(5): the
+    mount point is field 5, octal-escaped; the type follows the " - " separator).  Raises
+    OSError when the file cannot be read."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            yield (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), left.split()[4]),
+                   right.split(" ", 1)[0])
+
+
 def _pvfs_mounts() -> list[str]:
     """Mount points of pvfs mounts (fstype fuse.pvfs in /proc/self/mountinfo)."""
-    out = []
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "fuse.pvfs":
-                    out.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)),
-                                      left.split()[4]))
+        return [mp for mp, fstype in _mountinfo() if fstype == "fuse.pvfs"]
     except OSError:
-        pass
-    return out
+        return []
 
 
 def _inside(path: str, top: str) -> bool:
@@ -835,12 +839,7 @@ def _mounted(path: str) -> bool:
     """Whether ``path`` is a mount point (also when its FUSE daemon is gone: ENOTCONN)."""
     real = os.path.realpath(path)
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
-                if mp == real:
-                    return True
-        return False
+        return any(mp == real for mp, _fstype in _mountinfo())
     except OSError:
         return os.path.ismount(path)
 
