@@ -179,33 +179,26 @@ class Copier:
         return True
 
     def _through_buffer(self, off: int, ln: int) -> None:
-        pos, end = off, off + ln
-        while pos < end:
-            k = min(len(self._buf), end - pos)
-            view = self._buf[:k]
-            try:
-                self.src.readinto(pos, view)
-            except UnreadableError as e:
-                self._salvage(pos, k, str(e))
-            else:
-                self._write(view, pos)
-            pos += k
+        step = len(self._buf)
+        for pos in range(off, off + ln, step):
+            self._piece(pos, min(step, off + ln - pos))
 
-    def _salvage(self, off: int, ln: int, why: str) -> None:
-        """A read of ``[off, off + ln)`` failed: halve it down to sectors, copy what
-        reads, and record (or stop at) what does not."""
-        if ln <= SECTOR:
-            self._bad(off, ln, why)
-            return
-        half = max(SECTOR, (ln // 2) // SECTOR * SECTOR)
-        for o, n in ((off, half), (off + half, ln - half)):
-            view = self._buf[:n] if n <= len(self._buf) else memoryview(bytearray(n))
-            try:
-                self.src.readinto(o, view)
-            except UnreadableError as e:
-                self._salvage(o, n, str(e))
-            else:
-                self._write(view, o)
+    def _piece(self, off: int, ln: int) -> None:
+        """Read ``[off, off + ln)`` (at most the buffer) and write it.  A read that fails is
+        halved down to sectors: what reads is copied, what does not is recorded (or stops
+        the copy) by :meth:`_bad`."""
+        view = self._buf[:ln]
+        try:
+            self.src.readinto(off, view)
+        except UnreadableError as e:
+            if ln <= SECTOR:
+                self._bad(off, ln, str(e))
+                return
+            half = max(SECTOR, (ln // 2) // SECTOR * SECTOR)
+            self._piece(off, half)
+            self._piece(off + half, ln - half)
+        else:
+            self._write(view, off)
 
     def _write(self, view: memoryview, pos: int) -> None:
         self.result.read_bytes += len(view)
