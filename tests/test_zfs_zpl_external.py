@@ -29,10 +29,6 @@ def _decompressed(rel: str) -> str:
     return path
 
 
-def _tar_images(rel: str) -> list[str]:
-    return extract_external(rel)  # the same cached copy test_zfs_external reads
-
-
 def _tree_path(ds: str, p: str) -> str:
     head, _, snap = ds.partition("@")
     base = f"storage/zfs/{head}" + (f"/.zfs/snapshot/{snap}" if snap else "")
@@ -87,7 +83,7 @@ def _zdblist(key):
 ])
 def test_v5000_pools_match_zdb(key, archive):
     inv = _zdblist(key)
-    ctx = discover(_tar_images(archive), Options())
+    ctx = discover(extract_external(archive), Options())
     problems, checked = [], 0
     for ds, d in inv["datasets"].items():
         for o in d.get("objects") or []:
@@ -114,7 +110,7 @@ def test_v5000_pools_match_zdb(key, archive):
 
 
 def test_zstd_pool_directory_xattr_and_both_byte_orders():
-    ctx = discover(_tar_images("openzfs-zfs-tests/compression/testpool_zstd.tar.gz"), Options())
+    ctx = discover(extract_external("openzfs-zfs-tests/compression/testpool_zstd.tar.gz"), Options())
     x86 = resolve(ctx.root, "storage/zfs/testpool_zstd/x86_64/zstd")
     ppc = resolve(ctx.root, "storage/zfs/testpool_zstd/ppc64_fbsd/zstd")
     assert x86.xattrs == {b"security.selinux": b"unconfined_u:object_r:unlabeled_t:s0\0"}
@@ -124,7 +120,7 @@ def test_zstd_pool_directory_xattr_and_both_byte_orders():
 
 def test_removed_xattr_directory_is_a_warning_not_a_failure():
     """ZoL bug #2094-era image: a znode names an xattr directory that was freed."""
-    imgs = _tar_images("openzfs-zfs-images/zol-znode-removed-xattr.tar.bz2")
+    imgs = extract_external("openzfs-zfs-images/zol-znode-removed-xattr.tar.bz2")
     ctx = discover(imgs, Options())
     d = resolve(ctx.root, "storage/zfs/tank")
     names = sorted(n for n in d.children() if n != ".zfs")
